@@ -1,0 +1,267 @@
+"""Static analysis of an IR graph: constants, parameters, costs, memory, stages.
+
+`analyze(model)` returns a `ModelAnalysis` keyed by node id, kept beside the
+graph (never stored on nodes).  Everything here is linear in the number of
+nodes and values so that a 10,000-node model is analysed in well under a
+second.
+"""
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
+
+from engine.analysis import costs
+from engine.analysis.stages import Stage, find_stages
+from engine.ir import FLOAT_DTYPES, Graph, Model, Node
+
+# Ops that produce the same value on every run when their inputs are constant.
+_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+                     "Multinomial", "Bernoulli"}
+_PARAM_DTYPES = FLOAT_DTYPES | {"int8", "uint8", "int4", "uint4"}
+
+
+@dataclass(frozen=True, slots=True)
+class NodeMetrics:
+    node_id: str
+    op_type: str
+    order: int  # position in the execution order
+    is_constant: bool  # produces a constant (folded): drawn as a weight, costs nothing at run time
+    params: int  # parameters first read by this node
+    param_bytes: int
+    buffers: int  # non-trainable stored statistics (BatchNorm mean/variance)
+    macs: Optional[int]  # None: unknown (op not in the cost model or shapes unknown)
+    flops: Optional[int]
+    output_bytes: Optional[int]
+    bytes_moved: Optional[int]  # input activations + weights + outputs
+    arithmetic_intensity: Optional[float]
+    spatial_size: Optional[int]  # H*W of the main output for NC.. tensors
+    stage: str = ""
+
+    @property
+    def cost_known(self) -> bool:
+        return self.flops is not None
+
+
+@dataclass(frozen=True)
+class Totals:
+    nodes: int
+    compute_nodes: int
+    constant_nodes: int
+    params: int
+    params_by_dtype: Mapping[str, int]
+    buffers: int
+    weight_bytes: int
+    macs: int
+    flops: int
+    peak_activation_bytes: int
+    peak_node_id: Optional[str]
+    unknown_cost_nodes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ModelAnalysis:
+    model: Model
+    graph: Graph
+    order: tuple[str, ...]
+    nodes: Mapping[str, NodeMetrics]
+    stages: tuple[Stage, ...]
+    totals: Totals
+    conventions: Mapping[str, str] = field(default_factory=lambda: dict(costs.CONVENTIONS))
+
+    def compute_nodes(self) -> list[NodeMetrics]:
+        """Non-constant nodes in execution order."""
+        return [self.nodes[i] for i in self.order if not self.nodes[i].is_constant]
+
+    def heaviest(self, count: int = 10) -> list[NodeMetrics]:
+        ranked = [m for m in self.compute_nodes() if m.flops]
+        ranked.sort(key=lambda m: (m.macs or 0, m.flops or 0), reverse=True)
+        return ranked[:count]
+
+    def stage_of(self, node_id: str) -> str:
+        return self.nodes[node_id].stage
+
+
+def analyze(model: Model, graph_index: int = 0) -> ModelAnalysis:
+    graph = model.graphs[graph_index]
+    order = execution_order(graph)
+    constant_values, constant_nodes = _fold_constants(graph, order)
+    producers = {out: node for node in graph.nodes for out in node.outputs if out}
+
+    metrics: dict[str, NodeMetrics] = {}
+    counted: set[str] = set()
+    params_by_dtype: dict[str, int] = {}
+    total_params = total_buffers = weight_bytes = total_macs = total_flops = 0
+    unknown: list[str] = []
+    for position, node in enumerate(order):
+        is_constant = node.id in constant_nodes
+        params = param_bytes = buffers = 0
+        cost = costs.Cost(0, 0)
+        input_bytes: Optional[int] = 0
+        if not is_constant:
+            op = costs.canonical_op(node)
+            arguments, buffer_slots = costs.argument_inputs(op), costs.buffer_inputs(op)
+            for index, name in enumerate(node.inputs):
+                if not name:
+                    continue
+                value_type = graph.value_type(name)
+                size = value_type.byte_size if value_type is not None else None
+                if name in constant_values:
+                    if index in arguments or value_type is None or value_type.dtype not in _PARAM_DTYPES:
+                        continue
+                    size = size or 0
+                    input_bytes = None if input_bytes is None else input_bytes + size
+                    if name in counted:
+                        continue
+                    counted.add(name)
+                    elements = value_type.element_count or 0
+                    weight_bytes += size
+                    if index in buffer_slots:
+                        buffers += elements
+                    else:
+                        params += elements
+                        param_bytes += size
+                        params_by_dtype[value_type.dtype] = params_by_dtype.get(value_type.dtype, 0) + elements
+                else:
+                    input_bytes = None if size is None or input_bytes is None else input_bytes + size
+            cost = costs.node_cost(node, graph)
+            if not cost.known:
+                unknown.append(node.id)
+        output_bytes = _output_bytes(node, graph)
+        bytes_moved = None if input_bytes is None or output_bytes is None else input_bytes + output_bytes
+        intensity = None
+        if cost.flops is not None and bytes_moved:
+            intensity = cost.flops / bytes_moved
+        total_params += params
+        total_buffers += buffers
+        total_macs += cost.macs or 0
+        total_flops += cost.flops or 0
+        first_output = graph.value_type(node.outputs[0]) if node.outputs and node.outputs[0] else None
+        metrics[node.id] = NodeMetrics(node.id, node.op_type, position, is_constant, params, param_bytes,
+                                       buffers, cost.macs, cost.flops, output_bytes, bytes_moved, intensity,
+                                       costs.spatial_size(first_output))
+
+    peak_bytes, peak_node = _peak_activation(graph, order, constant_values)
+    stages, stage_of = find_stages(graph, order, metrics, producers)
+    metrics = {node_id: _with_stage(m, stage_of.get(node_id, "")) for node_id, m in metrics.items()}
+    totals = Totals(
+        nodes=len(graph.nodes), compute_nodes=len(graph.nodes) - len(constant_nodes),
+        constant_nodes=len(constant_nodes), params=total_params, params_by_dtype=params_by_dtype,
+        buffers=total_buffers, weight_bytes=weight_bytes, macs=total_macs, flops=total_flops,
+        peak_activation_bytes=peak_bytes, peak_node_id=peak_node, unknown_cost_nodes=tuple(unknown))
+    return ModelAnalysis(model, graph, tuple(n.id for n in order), metrics, stages, totals)
+
+
+def _with_stage(m: NodeMetrics, stage: str) -> NodeMetrics:
+    return NodeMetrics(m.node_id, m.op_type, m.order, m.is_constant, m.params, m.param_bytes, m.buffers,
+                       m.macs, m.flops, m.output_bytes, m.bytes_moved, m.arithmetic_intensity,
+                       m.spatial_size, stage)
+
+
+def execution_order(graph: Graph) -> list[Node]:
+    """A topological order that keeps the file's order wherever the file is already valid."""
+    produced_by = {out: i for i, node in enumerate(graph.nodes) for out in node.outputs if out}
+    in_file_order_ok = True
+    seen: set[int] = set()
+    for i, node in enumerate(graph.nodes):
+        for name in node.inputs:
+            j = produced_by.get(name)
+            if j is not None and j not in seen and j != i:
+                in_file_order_ok = False
+                break
+        if not in_file_order_ok:
+            break
+        seen.add(i)
+    if in_file_order_ok:
+        return list(graph.nodes)
+    # Kahn's algorithm, smallest file index first, so the order stays close to the file's.
+    dependents: dict[int, list[int]] = {}
+    pending = [0] * len(graph.nodes)
+    for i, node in enumerate(graph.nodes):
+        for j in {produced_by[n] for n in node.inputs if n in produced_by and produced_by[n] != i}:
+            dependents.setdefault(j, []).append(i)
+            pending[i] += 1
+    ready = [i for i, count in enumerate(pending) if count == 0]
+    heapq.heapify(ready)
+    result = []
+    while ready:
+        i = heapq.heappop(ready)
+        result.append(graph.nodes[i])
+        for k in dependents.get(i, ()):
+            pending[k] -= 1
+            if pending[k] == 0:
+                heapq.heappush(ready, k)
+    if len(result) < len(graph.nodes):  # a cycle: keep the rest in file order rather than drop it
+        placed = {id(n) for n in result}
+        result.extend(n for n in graph.nodes if id(n) not in placed)
+    return result
+
+
+def _fold_constants(graph: Graph, order: list[Node]) -> tuple[set[str], set[str]]:
+    """Values known before any input arrives, and the nodes that only produce such values.
+
+    Initializers are constant; so is the output of a deterministic node whose
+    inputs are all constant (ConstantOfShape on a shape initializer: the light
+    zoo's weights) and of Shape on a tensor whose shape is static.
+    """
+    constant_values = {name for name, value in graph.values.items() if value.initializer is not None}
+    constant_values.difference_update(graph.inputs)
+    constant_nodes: set[str] = set()
+    for node in order:
+        if node.op_type in _NONDETERMINISTIC or node.subgraphs:
+            continue
+        inputs = [name for name in node.inputs if name]
+        if node.op_type == "Shape" and inputs:
+            source = graph.value_type(inputs[0])
+            folds = source is not None and source.is_static
+        else:
+            folds = all(name in constant_values for name in inputs)
+        if folds:
+            constant_nodes.add(node.id)
+            constant_values.update(out for out in node.outputs if out)
+    return constant_values, constant_nodes
+
+
+def _output_bytes(node: Node, graph: Graph) -> Optional[int]:
+    total = 0
+    for name in node.outputs:
+        if not name:
+            continue
+        value_type = graph.value_type(name)
+        size = value_type.byte_size if value_type is not None else None
+        if size is None:
+            return None
+        total += size
+    return total
+
+
+def _peak_activation(graph: Graph, order: list[Node], constants: set[str]) -> tuple[int, Optional[str]]:
+    """Peak of live activation bytes along `order`; a tensor is freed after its last consumer runs."""
+    last_use: dict[str, int] = {}
+    for position, node in enumerate(order):
+        for name in node.inputs:
+            if name and name not in constants:
+                last_use[name] = position
+    keep_to_end = set(graph.outputs)
+
+    def size_of(name: str) -> int:
+        value_type = graph.value_type(name)
+        return (value_type.byte_size or 0) if value_type is not None else 0
+
+    live = sum(size_of(name) for name in graph.inputs)
+    peak, peak_node = live, None
+    frees_at: dict[int, list[str]] = {}
+    for name, position in last_use.items():
+        if name not in keep_to_end:
+            frees_at.setdefault(position, []).append(name)
+    for position, node in enumerate(order):
+        if node.outputs and all(out in constants for out in node.outputs if out):
+            continue
+        live += sum(size_of(out) for out in node.outputs if out and out not in constants)
+        if live > peak:
+            peak, peak_node = live, node.id
+        live -= sum(size_of(name) for name in frees_at.get(position, ()))
+        # An output nobody reads is freed at once (e.g. Dropout's mask).
+        live -= sum(size_of(out) for out in node.outputs
+                    if out and out not in last_use and out not in keep_to_end and out not in constants)
+    return peak, peak_node

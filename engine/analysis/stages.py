@@ -1,0 +1,151 @@
+"""Stages from the spatial-resolution profile: encoder, bottleneck, decoder, head.
+
+The rules, in the order they are applied:
+
+1. Decoder: every node downstream of an upsampling op (ConvTranspose with
+   stride > 1, Resize/Upsample to a larger size, DepthToSpace).  Topology, not
+   file order, decides, so a skip branch scheduled late stays in the encoder.
+2. Head: the tail of the execution order.  In a classifier it is the run of
+   trailing nodes whose outputs are no longer spatial (global pooling, Gemm,
+   Softmax); in a dense-prediction net it is the trailing pointwise ops plus
+   one 1x1 projection conv (the "to classes" layer).
+3. Bottleneck (only when there is a decoder): encoder-side nodes at the lowest
+   spatial resolution.
+4. Encoder: the rest.  Nodes with no spatial output of their own (shape
+   arithmetic, reshapes, constants) take the stage of a neighbour.
+
+A graph with no spatial ops at all gets one stage of kind "other".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Mapping
+
+from engine.analysis import costs
+from engine.ir import Graph, Node
+
+if TYPE_CHECKING:
+    from engine.analysis import NodeMetrics
+
+STAGE_KINDS = ("encoder", "bottleneck", "decoder", "head", "other")
+_SPATIAL_OPS = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool",
+                "GlobalMaxPool", "Resize", "Upsample", "DepthToSpace", "SpaceToDepth"}
+_POINTWISE_OPS = set(costs.ELEMENTWISE_FLOPS) | {"BatchNormalization", "Softmax", "LogSoftmax",
+                                                  "Identity", "Dropout", "Cast", "Reshape", "Transpose",
+                                                  "Flatten", "Squeeze", "Unsqueeze", "InstanceNormalization"}
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    kind: str
+    node_ids: tuple[str, ...]
+    macs: int
+    flops: int
+    params: int
+
+
+def find_stages(graph: Graph, order: list[Node], metrics: Mapping[str, "NodeMetrics"],
+                producers: Mapping[str, Node]) -> tuple[tuple[Stage, ...], dict[str, str]]:
+    compute = [node for node in order if not metrics[node.id].is_constant]
+    is_spatial_model = any(costs.canonical_op(n) in _SPATIAL_OPS for n in compute) and \
+        any((metrics[n.id].spatial_size or 0) > 1 for n in compute)
+    stage_of: dict[str, str] = {}
+    if not is_spatial_model:
+        for node in order:
+            stage_of[node.id] = "model"
+        return _collect(order, metrics, stage_of, {"model": "other"}), stage_of
+
+    consumers: dict[str, list[Node]] = {}
+    for node in compute:
+        for name in node.inputs:
+            if name:
+                consumers.setdefault(name, []).append(node)
+
+    # 1. decoder: downstream of any upsampling op
+    decoder: set[str] = set()
+    frontier = [n for n in compute if costs.is_upsampling(n, graph)]
+    while frontier:
+        node = frontier.pop()
+        if node.id in decoder:
+            continue
+        decoder.add(node.id)
+        for out in node.outputs:
+            frontier.extend(consumers.get(out, ()))
+
+    # 2. head: the tail
+    head = _head(compute, metrics, graph, has_decoder=bool(decoder))
+    for node_id in head:
+        stage_of[node_id] = "head"
+    for node_id in decoder:
+        stage_of.setdefault(node_id, "decoder")
+
+    # 3. bottleneck: lowest resolution on the encoder side (only meaningful with a decoder)
+    encoder_side = [n for n in compute if n.id not in stage_of]
+    if decoder:
+        sizes = [metrics[n.id].spatial_size for n in encoder_side if metrics[n.id].spatial_size]
+        lowest = min(sizes) if sizes else None
+        for node in encoder_side:
+            if lowest is not None and metrics[node.id].spatial_size == lowest:
+                stage_of[node.id] = "bottleneck"
+
+    # 4. encoder, and nodes without a spatial output of their own follow a neighbour
+    for node in compute:
+        if node.id in stage_of:
+            continue
+        if metrics[node.id].spatial_size is not None:
+            stage_of[node.id] = "encoder"
+            continue
+        neighbour = next((stage_of[p.id] for name in node.inputs if name
+                          for p in [producers.get(name)] if p is not None and p.id in stage_of), None)
+        stage_of[node.id] = neighbour or "encoder"
+    # constants are drawn as weights of their consumer, so they take its stage
+    for node in reversed(order):
+        if node.id in stage_of:
+            continue
+        consumer_stage = next((stage_of[c.id] for out in node.outputs for c in consumers.get(out, ())
+                               if c.id in stage_of), None)
+        stage_of[node.id] = consumer_stage or "encoder"
+    kinds = {kind: kind for kind in STAGE_KINDS}
+    return _collect(order, metrics, stage_of, kinds), stage_of
+
+
+def _head(compute: list[Node], metrics: Mapping[str, "NodeMetrics"], graph: Graph,
+          has_decoder: bool) -> list[str]:
+    def spatial(node: Node) -> bool:
+        return (metrics[node.id].spatial_size or 0) > 1
+
+    tail: list[str] = []
+    for node in reversed(compute):  # classifier: trailing non-spatial run
+        if spatial(node):
+            break
+        tail.append(node.id)
+    if tail and len(tail) < len(compute):
+        return tail
+    # dense prediction: trailing pointwise ops and one 1x1 projection
+    tail, projections = [], 0
+    for node in reversed(compute):
+        op = costs.canonical_op(node)
+        if op in _POINTWISE_OPS:
+            tail.append(node.id)
+        elif op == "Conv" and projections == 0 and costs.kernel_is_pointwise(node, graph):
+            tail.append(node.id)
+            projections += 1
+        else:
+            break
+    return tail if projections else []
+
+
+def _collect(order: list[Node], metrics: Mapping[str, "NodeMetrics"], stage_of: Mapping[str, str],
+             kinds: Mapping[str, str]) -> tuple[Stage, ...]:
+    members: dict[str, list[str]] = {}
+    for node in order:
+        members.setdefault(stage_of[node.id], []).append(node.id)
+    stages = []
+    for name in sorted(members, key=lambda s: STAGE_KINDS.index(kinds.get(s, "other"))
+                       if kinds.get(s, "other") in STAGE_KINDS else len(STAGE_KINDS)):
+        ids = members[name]
+        stages.append(Stage(name, kinds.get(name, "other"), tuple(ids),
+                            sum(metrics[i].macs or 0 for i in ids), sum(metrics[i].flops or 0 for i in ids),
+                            sum(metrics[i].params for i in ids)))
+    return tuple(stages)

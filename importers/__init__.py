@@ -1,0 +1,67 @@
+"""Format registry: picks the importer for a file by its content, not only its name.
+
+Each format is one module in this package exposing the same small interface
+(the Netron habit):
+
+    FORMAT: str                                  # "onnx", "coreml"
+    EXTENSIONS: tuple[str, ...]                  # (".onnx",)
+    def sniff(path: Path) -> bool                # cheap content check
+    def load(path: Path, input_shapes=None) -> engine.ir.Model
+
+`load` raises `engine.ir.ModelLoadError` with a message that names the file
+and the problem.  Adding a format means adding a module and listing it in
+`_FORMAT_MODULES`.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+from typing import Mapping, Optional, Sequence
+
+from engine.ir import Model, ModelLoadError
+
+_FORMAT_MODULES = ("importers.onnx", "importers.coreml")
+
+InputShapes = Mapping[str, Sequence[int]]
+
+
+def formats() -> list[ModuleType]:
+    return [importlib.import_module(name) for name in _FORMAT_MODULES]
+
+
+def supported_extensions() -> list[str]:
+    return [ext for module in formats() for ext in module.EXTENSIONS]
+
+
+def importer_for(path: Path) -> ModuleType:
+    """The importer that claims the file by content; else the one its extension names."""
+    modules = formats()
+    for module in modules:
+        if module.sniff(path):
+            return module
+    for module in modules:
+        if path.suffix.lower() in module.EXTENSIONS:
+            return module  # its load() explains what is wrong with the content
+    raise ModelLoadError(
+        str(path),
+        "not a model file LayerScope can read: the content is neither ONNX nor Core ML "
+        f"(supported: {', '.join(supported_extensions())})",
+    )
+
+
+def open_model(path: str | Path, input_shapes: Optional[InputShapes] = None) -> Model:
+    """Open any supported model file.  Raises ModelLoadError with a readable message."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(str(path), "no such file or directory")
+    module = importer_for(path)
+    try:
+        return module.load(path, input_shapes=input_shapes)
+    except ModelLoadError:
+        raise
+    except MemoryError:
+        raise ModelLoadError(str(path), "not enough memory to open this model")
+    except Exception as exc:  # a library failing on a malformed file: name it, no traceback
+        raise ModelLoadError(str(path), f"could not be read as {module.FORMAT}: "
+                                        f"{type(exc).__name__}: {exc}") from exc

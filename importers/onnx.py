@@ -1,0 +1,352 @@
+"""ONNX importer: `.onnx` files (any opset, embedded or external weights, subgraphs).
+
+Opening does not load weights.  The file is memory-mapped and walked with the
+protobuf wire format; large tensor payloads inside initializers are skipped
+(their offsets recorded) and only the rest — a few hundred kilobytes even for
+a large model — is parsed by the onnx package and shape-inferred.  Small
+constants (shape vectors, axes, scalars) keep their values, because shape
+inference and analysis need them.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+import onnx
+from onnx import AttributeProto, TensorProto
+
+from engine.ir import (Graph, Initializer, Model, ModelLoadError, Node, TensorType, Value,
+                       WeightLocation)
+from importers import protowire
+
+FORMAT = "onnx"
+EXTENSIONS = (".onnx",)
+
+# Tensor payloads up to this size are kept in the parsed model (shape data, scalars).
+SMALL_TENSOR_BYTES = 4096
+
+# ModelProto field numbers (onnx.proto): the ones a sniff may see.
+_MODEL_FIELDS = {1, 2, 3, 4, 5, 6, 7, 8, 14, 20, 25}
+_MODEL_GRAPH, _GRAPH_INITIALIZER = 7, 5
+# TensorProto fields holding data, and the name field.
+_TENSOR_NAME, _TENSOR_RAW_DATA = 8, 9
+_TENSOR_DATA_FIELDS = {4, 5, 6, 7, 9, 10, 11}
+
+_DTYPE_NAMES = {
+    TensorProto.FLOAT: "float32", TensorProto.DOUBLE: "float64", TensorProto.FLOAT16: "float16",
+    TensorProto.BFLOAT16: "bfloat16", TensorProto.INT8: "int8", TensorProto.UINT8: "uint8",
+    TensorProto.INT16: "int16", TensorProto.UINT16: "uint16", TensorProto.INT32: "int32",
+    TensorProto.UINT32: "uint32", TensorProto.INT64: "int64", TensorProto.UINT64: "uint64",
+    TensorProto.BOOL: "bool", TensorProto.STRING: "string", TensorProto.COMPLEX64: "complex64",
+    TensorProto.COMPLEX128: "complex128",
+}
+for _name, _dtype in (("FLOAT8E4M3FN", "float8e4m3fn"), ("FLOAT8E4M3FNUZ", "float8e4m3fnuz"),
+                      ("FLOAT8E5M2", "float8e5m2"), ("FLOAT8E5M2FNUZ", "float8e5m2fnuz"),
+                      ("INT4", "int4"), ("UINT4", "uint4")):
+    if hasattr(TensorProto, _name):
+        _DTYPE_NAMES[getattr(TensorProto, _name)] = _dtype
+
+
+def dtype_name(elem_type: int) -> str:
+    return _DTYPE_NAMES.get(elem_type, "undefined" if elem_type == 0 else f"onnx-type-{elem_type}")
+
+
+# ----------------------------------------------------------------------------- sniffing
+
+def sniff(path: Path) -> bool:
+    """True when the file's top-level protobuf fields are those of an ONNX ModelProto with a graph."""
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return False
+        with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            numbers = protowire.top_level_field_numbers(buf)
+    except (OSError, ValueError):
+        return False
+    return _MODEL_GRAPH in numbers and set(numbers) <= _MODEL_FIELDS
+
+
+# ----------------------------------------------------------------------------- loading
+
+def load(path: Path, input_shapes: Optional[Mapping[str, Sequence[int]]] = None) -> Model:
+    path = Path(path)
+    if path.is_dir():
+        raise ModelLoadError(str(path), "is a directory, not an ONNX file")
+    size = path.stat().st_size
+    if size == 0:
+        raise ModelLoadError(str(path), "the file is empty")
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        try:
+            stripped, embedded = _strip_large_tensors(buf)
+        except protowire.WireError as exc:
+            raise ModelLoadError(str(path), f"not a valid ONNX file ({exc})") from None
+    try:
+        proto = onnx.ModelProto.FromString(stripped)
+    except Exception as exc:  # DecodeError: well-formed wire data of another message type
+        raise ModelLoadError(str(path), f"not a valid ONNX file ({exc})") from None
+    if not proto.HasField("graph"):
+        raise ModelLoadError(str(path), "not a valid ONNX file (it has no graph)")
+    return ModelBuilder(proto, path, embedded, input_shapes or {}).build()
+
+
+def _strip_large_tensors(buf) -> tuple[bytes, dict[str, WeightLocation]]:
+    """Copy of the ModelProto bytes without large initializer payloads, plus where those are."""
+    embedded: dict[str, WeightLocation] = {}
+    model_parts = []
+    for field in protowire.iter_fields(buf):
+        if field.number == _MODEL_GRAPH and field.wire_type == protowire.LENGTH_DELIMITED:
+            graph_parts = []
+            for graph_field in protowire.iter_fields(buf, field.start, field.end):
+                if graph_field.number == _GRAPH_INITIALIZER and graph_field.wire_type == protowire.LENGTH_DELIMITED:
+                    tensor = _strip_tensor(buf, graph_field, embedded)
+                    graph_parts.append(protowire.length_delimited(_GRAPH_INITIALIZER, tensor))
+                else:
+                    graph_parts.append(bytes(buf[graph_field.tag_start:graph_field.end]))
+            model_parts.append(protowire.length_delimited(_MODEL_GRAPH, b"".join(graph_parts)))
+        else:
+            model_parts.append(bytes(buf[field.tag_start:field.end]))
+    return b"".join(model_parts), embedded
+
+
+def _strip_tensor(buf, tensor_field: protowire.Field, embedded: dict[str, WeightLocation]) -> bytes:
+    kept, name, big = [], "", None
+    for field in protowire.iter_fields(buf, tensor_field.start, tensor_field.end):
+        if field.number == _TENSOR_NAME and field.wire_type == protowire.LENGTH_DELIMITED:
+            name = bytes(buf[field.start:field.end]).decode("utf-8", "replace")
+        if field.number in _TENSOR_DATA_FIELDS and field.end - field.start > SMALL_TENSOR_BYTES:
+            big = field  # the payload stays in the file; only its place is remembered
+            continue
+        kept.append(bytes(buf[field.tag_start:field.end]))
+    if big is not None:
+        embedded[name] = WeightLocation("embedded", "", big.start, big.end - big.start)
+    return b"".join(kept)
+
+
+class ModelBuilder:
+    """Turns a (stripped) ModelProto into the IR, with shapes from ONNX shape inference."""
+
+    def __init__(self, proto: onnx.ModelProto, path: Path, embedded: dict[str, WeightLocation],
+                 input_shapes: Mapping[str, Sequence[int]]):
+        self.proto = proto
+        self.path = path
+        self.embedded = embedded
+        self.input_shapes = dict(input_shapes)
+        self.warnings: list[str] = []
+        self.opsets = {entry.domain or "ai.onnx": entry.version for entry in proto.opset_import}
+
+    def build(self) -> Model:
+        self._apply_input_shapes()
+        inferred = self._infer_shapes()
+        graph = self._graph(inferred.graph, top_level=True)
+        for name in self.input_shapes:
+            if name not in graph.inputs:
+                raise ModelLoadError(str(self.path), f"--shape names input '{name}', but the model's "
+                                                     f"inputs are: {', '.join(graph.inputs)}")
+        proto = self.proto
+        metadata = {"ir_version": str(proto.ir_version),
+                    "opsets": ", ".join(f"{d} {v}" for d, v in sorted(self.opsets.items())),
+                    "producer_version": proto.producer_version, "domain": proto.domain,
+                    "model_version": str(proto.model_version), "doc_string": proto.doc_string,
+                    "graph_name": proto.graph.name}
+        metadata.update({entry.key: entry.value for entry in proto.metadata_props})
+        metadata = {k: v for k, v in metadata.items() if v not in ("", "0") or k == "ir_version"}
+        producer = " ".join(p for p in (proto.producer_name, proto.producer_version) if p) or "unknown"
+        return Model(FORMAT, producer, (graph,), metadata, str(self.path), tuple(self.warnings))
+
+    # -- shapes ---------------------------------------------------------------------------
+
+    def _apply_input_shapes(self) -> None:
+        graph = self.proto.graph
+        initializer_names = {t.name for t in graph.initializer}
+        for graph_input in graph.input:
+            if graph_input.name in initializer_names:
+                continue  # IR<4 lists weights as inputs too
+            dims = graph_input.type.tensor_type.shape.dim
+            given = self.input_shapes.get(graph_input.name)
+            if given is not None:
+                graph_input.type.tensor_type.shape.Clear()
+                for size in given:
+                    graph_input.type.tensor_type.shape.dim.add().dim_value = int(size)
+                continue
+            if not graph_input.type.tensor_type.HasField("shape"):
+                self.warnings.append(
+                    f"input '{graph_input.name}' has no shape: costs that depend on it are unknown; "
+                    f"give one with --shape {graph_input.name}=1x3x224x224")
+                continue
+            free = [i for i, d in enumerate(dims) if not d.HasField("dim_value")]
+            if free == [0] and len(dims) > 1:
+                # A free batch dimension is the norm in exported models; per-sample costs are wanted.
+                label = dims[0].dim_param or "?"
+                dims[0].Clear()
+                dims[0].dim_value = 1
+                self.warnings.append(f"input '{graph_input.name}': batch dimension '{label}' taken as 1")
+            elif free:
+                shape = "x".join(d.dim_param or "?" if i in free else str(d.dim_value) for i, d in enumerate(dims))
+                self.warnings.append(
+                    f"input '{graph_input.name}' has free dimensions ({shape}): costs that depend on them "
+                    f"are unknown; fix them with --shape {graph_input.name}=...")
+
+    def _infer_shapes(self) -> onnx.ModelProto:
+        try:
+            return onnx.shape_inference.infer_shapes(self.proto, check_type=False, strict_mode=False,
+                                                     data_prop=True)
+        except Exception as exc:  # inference errors must not stop the graph from opening
+            self.warnings.append(f"shape inference failed ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+                                 "shapes shown are those stored in the file")
+            return self.proto
+
+    # -- graphs ---------------------------------------------------------------------------
+
+    def _graph(self, graph: onnx.GraphProto, top_level: bool) -> Graph:
+        values: dict[str, Value] = {}
+        for info in list(graph.value_info) + list(graph.input) + list(graph.output):
+            values[info.name] = Value(info.name, _tensor_type(info.type))
+        for tensor in graph.initializer:
+            values[tensor.name] = self._initializer_value(tensor, values.get(tensor.name))
+        initializer_names = {t.name for t in graph.initializer}
+
+        nodes: list[Node] = []
+        used_ids: set[str] = set()
+        unknown_ops: dict[tuple[str, str], list[str]] = {}
+        for index, node in enumerate(graph.node):
+            node_id = _unique_id(node.name or f"{node.op_type}_{index}", used_ids)
+            attributes, subgraphs = {}, {}
+            for attribute in node.attribute:
+                if attribute.type == AttributeProto.GRAPH:
+                    subgraphs[attribute.name] = self._graph(attribute.g, top_level=False)
+                elif attribute.type == AttributeProto.GRAPHS:
+                    for i, sub in enumerate(attribute.graphs):
+                        subgraphs[f"{attribute.name}[{i}]"] = self._graph(sub, top_level=False)
+                else:
+                    attributes[attribute.name] = _attribute_value(attribute)
+            for name in list(node.input) + list(node.output):
+                if name and name not in values:
+                    values[name] = Value(name)
+            if node.op_type == "Constant":
+                values[node.output[0]] = self._constant_node_value(node, values[node.output[0]])
+            if not _is_known_op(node.op_type, node.domain, self.opsets):
+                unknown_ops.setdefault((node.domain or "ai.onnx", node.op_type), []).append(node_id)
+            nodes.append(Node(node_id, node.op_type, node.name, _namespace(node.name), tuple(node.input),
+                              tuple(node.output), attributes, subgraphs, node.domain))
+        for (domain, op_type), ids in unknown_ops.items():
+            where = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+            self.warnings.append(f"op '{op_type}' (domain {domain}) is not a standard ONNX op: {where} "
+                                 "shown with shapes where inferable and cost unknown")
+        inputs = tuple(i.name for i in graph.input if i.name not in initializer_names)
+        outputs = tuple(o.name for o in graph.output)
+        return Graph(graph.name or ("main" if top_level else "body"), inputs, outputs, tuple(nodes), values)
+
+    def _initializer_value(self, tensor: TensorProto, existing: Optional[Value]) -> Value:
+        tensor_type = TensorType(dtype_name(tensor.data_type), tuple(int(d) for d in tensor.dims))
+        small_data = None
+        if tensor.data_location == TensorProto.EXTERNAL:
+            info = {entry.key: entry.value for entry in tensor.external_data}
+            location_path = (self.path.parent / info.get("location", "")).resolve()
+            location = WeightLocation("external", str(location_path), int(info.get("offset", 0) or 0),
+                                      int(info.get("length", 0) or tensor_type.byte_size or 0))
+            if not location_path.is_file():
+                self.warnings.append(f"external weight file '{info.get('location', '')}' of tensor "
+                                     f"'{tensor.name}' is missing: the graph opens, but the model cannot run")
+        elif tensor.name in self.embedded:
+            place = self.embedded[tensor.name]
+            location = WeightLocation("embedded", str(self.path), place.offset, place.length)
+        else:
+            location = WeightLocation("inline", str(self.path), 0, tensor_type.byte_size or 0)
+            small_data = _small_values(tensor)
+        return Value(tensor.name, tensor_type, Initializer(tensor_type, location), small_data)
+
+    def _constant_node_value(self, node: onnx.NodeProto, value: Value) -> Value:
+        for attribute in node.attribute:
+            if attribute.name == "value" and attribute.type == AttributeProto.TENSOR:
+                t = attribute.t
+                tensor_type = TensorType(dtype_name(t.data_type), tuple(int(d) for d in t.dims))
+                return Value(value.name, value.type or tensor_type, None, _small_values(t))
+            if attribute.name in ("value_int", "value_float"):
+                return Value(value.name, value.type, None,
+                             (attribute.i if attribute.name == "value_int" else attribute.f,))
+            if attribute.name in ("value_ints", "value_floats"):
+                data = tuple(attribute.ints) if attribute.name == "value_ints" else tuple(attribute.floats)
+                return Value(value.name, value.type, None, data)
+        return value
+
+
+def _unique_id(candidate: str, used: set[str]) -> str:
+    node_id, suffix = candidate, 1
+    while node_id in used:
+        suffix += 1
+        node_id = f"{candidate}#{suffix}"
+    used.add(node_id)
+    return node_id
+
+
+def _namespace(node_name: str) -> str:
+    """'/encoder/layer1/conv/Conv' -> 'encoder/layer1/conv' (PyTorch and TF style module scopes)."""
+    if "/" not in node_name:
+        return ""
+    return "/".join(part for part in node_name.split("/")[:-1] if part)
+
+
+def _tensor_type(type_proto: onnx.TypeProto) -> Optional[TensorType]:
+    if not type_proto.HasField("tensor_type"):
+        return None
+    tensor_type = type_proto.tensor_type
+    shape = None
+    if tensor_type.HasField("shape"):
+        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                      for d in tensor_type.shape.dim)
+    return TensorType(dtype_name(tensor_type.elem_type), shape)
+
+
+def _small_values(tensor: TensorProto) -> Optional[tuple]:
+    """The values of a small tensor as a flat tuple (None when too big or not stored inline)."""
+    count = 1
+    for d in tensor.dims:
+        count *= d
+    if count > SMALL_TENSOR_BYTES // 4 or tensor.data_location == TensorProto.EXTERNAL:
+        return None
+    if tensor.data_type == TensorProto.STRING:
+        return None
+    if tensor.HasField("raw_data") or any(len(getattr(tensor, f)) for f in (
+            "float_data", "int32_data", "int64_data", "double_data", "uint64_data")):
+        try:
+            return tuple(np.asarray(onnx.numpy_helper.to_array(tensor)).reshape(-1).tolist())
+        except Exception:
+            return None
+    return None
+
+
+def _attribute_value(attribute: AttributeProto) -> object:
+    kind = attribute.type
+    if kind == AttributeProto.INT:
+        return attribute.i
+    if kind == AttributeProto.FLOAT:
+        return attribute.f
+    if kind == AttributeProto.STRING:
+        return attribute.s.decode("utf-8", "replace")
+    if kind == AttributeProto.INTS:
+        return tuple(attribute.ints)
+    if kind == AttributeProto.FLOATS:
+        return tuple(attribute.floats)
+    if kind == AttributeProto.STRINGS:
+        return tuple(s.decode("utf-8", "replace") for s in attribute.strings)
+    if kind == AttributeProto.TENSOR:
+        t = attribute.t
+        values = _small_values(t)
+        tensor_type = TensorType(dtype_name(t.data_type), tuple(int(d) for d in t.dims))
+        return {"tensor": tensor_type.shape_text(), "dtype": tensor_type.dtype,
+                **({"values": values} if values is not None and len(values) <= 16 else {})}
+    return f"<{AttributeProto.AttributeType.Name(kind).lower()}>"
+
+
+_KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml"}
+
+
+def _is_known_op(op_type: str, domain: str, opsets: Mapping[str, int]) -> bool:
+    if domain not in _KNOWN_DOMAINS:
+        return False
+    try:
+        return onnx.defs.has(op_type, domain)
+    except Exception:
+        return False
