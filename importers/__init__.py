@@ -26,8 +26,19 @@ _FORMAT_MODULES = ("importers.onnx", "importers.coreml")
 InputShapes = Mapping[str, Sequence[int]]
 
 
+# Formats whose module could not be imported (a missing optional library): name -> reason.
+unavailable_formats: dict[str, str] = {}
+
+
 def formats() -> list[ModuleType]:
-    return [importlib.import_module(name) for name in _FORMAT_MODULES]
+    """The importable format modules; one whose library is missing is skipped, not fatal."""
+    modules = []
+    for name in _FORMAT_MODULES:
+        try:
+            modules.append(importlib.import_module(name))
+        except ImportError as exc:
+            unavailable_formats[name] = str(exc)
+    return modules
 
 
 def supported_extensions() -> list[str]:

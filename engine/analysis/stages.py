@@ -7,8 +7,8 @@ The rules, in the order they are applied:
    file order, decides, so a skip branch scheduled late stays in the encoder.
 2. Head: the tail of the execution order.  In a classifier it is the run of
    trailing nodes whose outputs are no longer spatial (global pooling, Gemm,
-   Softmax); in a dense-prediction net it is the trailing pointwise ops plus
-   one 1x1 projection conv (the "to classes" layer).
+   Softmax); in a dense-prediction net it is the pointwise ops after the last
+   1x1 projection conv, and that conv (the "to classes" layer).
 3. Bottleneck (only when there is a decoder): encoder-side nodes at the lowest
    spatial resolution.
 4. Encoder: the rest.  Nodes with no spatial output of their own (shape
@@ -128,9 +128,10 @@ def _head(compute: list[Node], metrics: Mapping[str, "NodeMetrics"], graph: Grap
         op = costs.canonical_op(node)
         if op in _POINTWISE_OPS:
             tail.append(node.id)
-        elif op == "Conv" and projections == 0 and costs.kernel_is_pointwise(node, graph):
-            tail.append(node.id)
+        elif op == "Conv" and costs.kernel_is_pointwise(node, graph):
+            tail.append(node.id)  # the projection; what feeds it is the decoder's work
             projections += 1
+            break
         else:
             break
     return tail if projections else []

@@ -1,0 +1,3 @@
+import sys
+from engine.cli import main
+sys.exit(main())
