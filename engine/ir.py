@@ -24,7 +24,8 @@ DTYPE_BYTES: Mapping[str, float] = {
     "float8e4m3fn": 1, "float8e4m3fnuz": 1, "float8e5m2": 1, "float8e5m2fnuz": 1,
     "int64": 8, "int32": 4, "int16": 2, "int8": 1,
     "uint64": 8, "uint32": 4, "uint16": 2, "uint8": 1,
-    "int4": 0.5, "uint4": 0.5, "bool": 1,
+    "int4": 0.5, "uint4": 0.5, "uint1": 0.125, "uint2": 0.25, "uint3": 0.375, "uint6": 0.75,
+    "int1": 0.125, "int2": 0.25, "int3": 0.375, "int6": 0.75, "bool": 1,
     "complex64": 8, "complex128": 16,
 }
 

@@ -54,6 +54,10 @@ def importer_for(path: Path) -> ModuleType:
     for module in modules:
         if path.suffix.lower() in module.EXTENSIONS:
             return module  # its load() explains what is wrong with the content
+    if path.is_dir():
+        for module in modules:
+            if getattr(module, "DIRECTORY_FORMAT", False):
+                return module  # says what a model directory of its format must contain
     raise ModelLoadError(
         str(path),
         "not a model file LayerScope can read: the content is neither ONNX nor Core ML "

@@ -100,7 +100,7 @@ def analyze(model: Model, graph_index: int = 0) -> ModelAnalysis:
         input_bytes: Optional[int] = 0
         if not is_constant:
             op = costs.canonical_op(node)
-            arguments, buffer_slots = costs.argument_inputs(op), costs.buffer_inputs(op)
+            arguments, buffer_slots = costs.argument_inputs(op), costs.buffer_inputs(op, node)
             for index, name in enumerate(node.inputs):
                 if not name:
                     continue

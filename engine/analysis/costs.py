@@ -251,7 +251,12 @@ def argument_inputs(op: str) -> set[int]:
     return ARGUMENT_INPUTS.get(op, set())
 
 
-def buffer_inputs(op: str) -> set[int]:
+def buffer_inputs(op: str, node: Optional[Node] = None) -> set[int]:
+    """Input positions holding non-trainable statistics.  Core ML ops name their inputs
+    (MIL batch_norm is x, mean, variance, gamma, beta), so names win over ONNX positions."""
+    names = node.attributes.get("input_names") if node is not None else None
+    if op == "BatchNormalization" and isinstance(names, (list, tuple)):
+        return {i for i, name in enumerate(names) if name in ("mean", "variance")}
     return BUFFER_INPUTS.get(op, set())
 
 
