@@ -107,8 +107,9 @@ def analyze(model: Model, graph_index: int = 0) -> ModelAnalysis:
                 value_type = graph.value_type(name)
                 size = value_type.byte_size if value_type is not None else None
                 if name in constant_values:
-                    if index in arguments or value_type is None or value_type.dtype not in _PARAM_DTYPES:
-                        continue
+                    if index in arguments or value_type is None or value_type.dtype not in _PARAM_DTYPES \
+                            or value_type.shape == ():
+                        continue  # arguments (shapes, axes, epsilon, clip bounds) are not parameters
                     size = size or 0
                     input_bytes = None if input_bytes is None else input_bytes + size
                     if name in counted:

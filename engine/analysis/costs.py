@@ -25,8 +25,8 @@ CONVENTIONS = {
     "macs": "multiply-accumulates of Conv, ConvTranspose, Gemm/MatMul/linear and RNN layers",
     "flops": "2 x MACs for those ops (bias adds not counted) plus approximate per-element "
              "operation counts for elementwise, normalisation, pooling and softmax ops",
-    "params": "elements of constant floating-point (or int8) tensors read by compute ops, each "
-              "counted once; BatchNorm scale and bias count as parameters, its running mean and "
+    "params": "elements of constant floating-point (or int8) tensors of rank 1 or more read by "
+              "compute ops, each counted once; BatchNorm scale and bias count as parameters, its running mean and "
               "variance do not (they are reported as buffers); shape/axes/index constants do not count",
     "weight_bytes": "bytes of all parameter and buffer tensors at their stored dtype",
     "output_bytes": "bytes of a node's output tensors at their dtype",

@@ -199,3 +199,27 @@ def test_classifier_has_encoder_and_head_only():
     head = next(s for s in a.stages if s.kind == "head")
     head_ops = {a.nodes[i].op_type for i in head.node_ids}
     assert {"Gemm", "Softmax"} <= head_ops and "Conv" not in head_ops
+
+
+def test_core_ml_program_costs_use_the_same_formulas(tmp_path):
+    ct = pytest.importorskip("coremltools")
+    from coremltools.converters.mil import Builder as mb
+
+    weight = np.random.default_rng(0).random((16, 3, 3, 3)).astype(np.float32)
+    linear = np.random.default_rng(1).random((10, 16 * 30 * 30)).astype(np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 3, 32, 32))], opset_version=ct.target.iOS15)
+    def program(x):
+        conv = mb.conv(x=x, weight=weight, pad_type="valid", name="conv")
+        norm = mb.batch_norm(x=mb.relu(x=conv, name="relu"), mean=np.zeros(16, np.float32),
+                             variance=np.ones(16, np.float32), gamma=np.ones(16, np.float32),
+                             beta=np.zeros(16, np.float32), name="bn")
+        return mb.linear(x=mb.reshape(x=norm, shape=[1, 16 * 30 * 30], name="flat"), weight=linear, name="fc")
+
+    path = tmp_path / "program.mlpackage"
+    ct.convert(program, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS15).save(str(path))
+    a = analyze(open_model(path))
+    assert a.totals.macs == 30 * 30 * 16 * 27 + 10 * 16 * 900
+    # conv weight + BN gamma/beta + linear weight and its (zero) bias; mean/variance are buffers
+    assert a.totals.params == weight.size + 32 + linear.size + 10
+    assert a.totals.buffers == 32
