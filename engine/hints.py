@@ -1,0 +1,155 @@
+"""Bottleneck hints: rules that read a profile and the static analysis and say what to try.
+
+Each hint names the nodes it concerns and why, with the measured figures
+behind it.  Rules are deliberately few and conservative: a hint that fires on
+every model teaches people to ignore hints.
+
+    find_hints(profile, analysis) -> list[dict]   # {rule, severity, message, node_ids, time_ms, share}
+
+Thresholds are module constants so a test (or a person) can see them.
+"""
+from __future__ import annotations
+
+import statistics
+from typing import TYPE_CHECKING, Optional
+
+from engine.analysis import costs
+
+if TYPE_CHECKING:
+    from engine.analysis import ModelAnalysis
+    from engine.profile import Profile
+
+# A ConvTranspose share of the decoder's time above this fires "convtranspose_decoder".
+CONVTRANSPOSE_DECODER_SHARE = 0.30
+# Depthwise convolutions above this share of the whole run fire "depthwise_cpu" on a CPU target.
+DEPTHWISE_SHARE = 0.25
+# A layer taking at least this share of the time and this many times the model's median
+# milliseconds per MAC fires "low_efficiency".
+LOW_EFFICIENCY_MIN_SHARE = 0.01
+LOW_EFFICIENCY_FACTOR = 3.0
+# A layer taking at least this share of the time at an arithmetic intensity below
+# this many FLOPs per byte fires "memory_bound".
+MEMORY_BOUND_MIN_SHARE = 0.02
+MEMORY_BOUND_INTENSITY = 1.0
+# BatchNorm folding is worth saying when the BatchNorms take at least this share.
+BATCHNORM_MIN_SHARE = 0.005
+
+_FOLDABLE_PRODUCERS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+
+
+def _severity(share: float) -> str:
+    return "high" if share >= 0.20 else "medium" if share >= 0.05 else "low"
+
+
+def _hint(rule: str, share: float, message: str, node_ids, time_ms: float) -> dict:
+    return {"rule": rule, "severity": _severity(share), "message": message, "node_ids": list(node_ids),
+            "time_ms": round(time_ms, 6), "share": round(share, 6), "kind": "measured"}
+
+
+def find_hints(profile: "Profile", analysis: "ModelAnalysis") -> list[dict]:
+    total = profile.total_node_ms
+    if total <= 0:
+        return []
+    graph = analysis.graph
+    producers = {out: node for node in graph.nodes for out in node.outputs if out}
+    consumers = graph.consumers()
+
+    def ms(node_id: str) -> float:
+        timing = profile.nodes.get(node_id)
+        return timing.time.median_ms if timing is not None else 0.0
+
+    timed = [node_id for node_id in analysis.order if node_id in profile.nodes]
+    hints: list[dict] = []
+
+    # 1. BatchNorm that can be folded into the preceding Conv/Gemm
+    foldable = []
+    for node_id in timed:
+        node = graph.node(node_id)
+        if costs.canonical_op(node) != "BatchNormalization" or not node.inputs:
+            continue
+        producer = producers.get(node.inputs[0])
+        if producer is not None and costs.canonical_op(producer) in _FOLDABLE_PRODUCERS \
+                and len(consumers.get(node.inputs[0], ())) == 1:
+            foldable.append((node_id, producer.id))
+    bn_ms = sum(ms(bn) for bn, _ in foldable)
+    fused_in_deployment = profile.mode == "deployed" and all(
+        profile.nodes[bn].group_id == profile.nodes[conv].group_id
+        for bn, conv in foldable if conv in profile.nodes)
+    if foldable and bn_ms / total >= BATCHNORM_MIN_SHARE and not fused_in_deployment:
+        example_bn, example_conv = foldable[0]
+        hints.append(_hint(
+            "fold_batchnorm", bn_ms / total,
+            f"{len(foldable)} BatchNormalization layers follow a Conv/Gemm and can be folded into its "
+            f"weights (e.g. {example_bn} into {example_conv}); they take {bn_ms:.3f} ms "
+            f"({100 * bn_ms / total:.1f} % of the time). Fold them before export or deployment.",
+            [bn for bn, _ in foldable], bn_ms))
+
+    # 2. ConvTranspose dominating the decoder
+    decoder_ids = [i for i in timed if analysis.nodes[i].stage == "decoder"]
+    decoder_ms = sum(ms(i) for i in decoder_ids)
+    transposed = [i for i in decoder_ids if costs.canonical_op(graph.node(i)) == "ConvTranspose"]
+    transposed_ms = sum(ms(i) for i in transposed)
+    if transposed and decoder_ms > 0 and transposed_ms / decoder_ms >= CONVTRANSPOSE_DECODER_SHARE:
+        hints.append(_hint(
+            "convtranspose_decoder", transposed_ms / total,
+            f"ConvTranspose takes {100 * transposed_ms / decoder_ms:.0f} % of the decoder's time "
+            f"({transposed_ms:.3f} ms in {len(transposed)} layers). Try Resize (nearest or bilinear) "
+            "followed by a Conv: it is often much faster on mobile GPUs and CPUs, and avoids "
+            "checkerboard artefacts.", transposed, transposed_ms))
+
+    # 3. depthwise convolutions dominating on a CPU
+    depthwise = [i for i in timed if _is_depthwise(graph.node(i), graph)]
+    depthwise_ms = sum(ms(i) for i in depthwise)
+    on_cpu = all(profile.nodes[i].compute_unit.upper().startswith("CPU") for i in depthwise)
+    if depthwise and on_cpu and depthwise_ms / total >= DEPTHWISE_SHARE:
+        hints.append(_hint(
+            "depthwise_cpu", depthwise_ms / total,
+            f"Depthwise convolutions take {100 * depthwise_ms / total:.0f} % of the time on the CPU "
+            f"({len(depthwise)} layers) while doing few MACs: they are memory-bound on CPUs. "
+            "On a phone they are cheap on the GPU/Neural Engine; on CPU consider fewer, wider layers.",
+            depthwise, depthwise_ms))
+
+    # 4. layers far slower than their MACs predict
+    rates = {i: ms(i) / analysis.nodes[i].macs for i in timed if (analysis.nodes[i].macs or 0) > 0 and ms(i) > 0}
+    if len(rates) >= 3:
+        median_rate = statistics.median(rates.values())
+        slow = [i for i, rate in rates.items()
+                if rate >= LOW_EFFICIENCY_FACTOR * median_rate and ms(i) / total >= LOW_EFFICIENCY_MIN_SHARE]
+        slow.sort(key=ms, reverse=True)
+        if slow:
+            slow_ms = sum(ms(i) for i in slow)
+            worst = slow[0]
+            hints.append(_hint(
+                "low_efficiency", slow_ms / total,
+                f"{len(slow)} layers run at {LOW_EFFICIENCY_FACTOR:.0f}x or more of the model's median time "
+                f"per MAC (worst: {worst}, {rates[worst] / median_rate:.1f}x). Their shapes or ops fit the "
+                "target badly: check their kernel sizes, groups, strides and channel counts.", slow, slow_ms))
+
+    # 5. memory-bound layers
+    bound = [i for i in timed if ms(i) / total >= MEMORY_BOUND_MIN_SHARE
+             and _intensity(analysis, i) is not None and _intensity(analysis, i) < MEMORY_BOUND_INTENSITY]
+    if bound:
+        bound.sort(key=ms, reverse=True)
+        bound_ms = sum(ms(i) for i in bound)
+        hints.append(_hint(
+            "memory_bound", bound_ms / total,
+            f"{len(bound)} layers taking {100 * bound_ms / total:.0f} % of the time do under "
+            f"{MEMORY_BOUND_INTENSITY:g} FLOP per byte moved (e.g. {bound[0]}: "
+            f"{graph.node(bound[0]).op_type}): they are limited by memory traffic, not arithmetic. "
+            "Fuse them into neighbours, keep tensors smaller (lower resolution, fewer channels) or "
+            "avoid layout changes.", bound, bound_ms))
+    return hints
+
+
+def _intensity(analysis: "ModelAnalysis", node_id: str) -> Optional[float]:
+    return analysis.nodes[node_id].arithmetic_intensity
+
+
+def _is_depthwise(node, graph) -> bool:
+    if costs.canonical_op(node) != "Conv":
+        return False
+    group = int(node.attributes.get("group", 1) or 1)  # type: ignore[arg-type]
+    if group <= 1 or len(node.inputs) < 2:
+        return False
+    weight = graph.value_type(node.inputs[1])
+    return weight is not None and weight.shape is not None and len(weight.shape) >= 2 and weight.shape[1] == 1
