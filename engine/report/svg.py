@@ -35,9 +35,11 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], annotations: Seque
     """Horizontal bars, one per label, with optional p10..p90 whiskers and a note per bar."""
     row, top = 22, 8
     height = top + row * len(labels) + 24
-    scale_max = max(list(values) + list(highs or [])) if values else 1.0
-    scale_max = scale_max or 1.0
-    plot_width = width - label_width - 170
+    # Scale to the bars, not the whiskers: one noisy p90 must not squash every bar; long
+    # whiskers are clipped at the plot's edge (their full value is in the tooltip and tables).
+    scale_max = (max(values) * 1.25 if values else 1.0) or 1.0
+    note_width = 250  # the notes get their own column so whiskers never run through them
+    plot_width = width - label_width - note_width - 10
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">']
     for i, (label, value) in enumerate(zip(labels, values)):
         y = top + i * row
@@ -49,10 +51,10 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], annotations: Seque
                      f'fill="{colour}"><title>{escape(label)}: {value:.4g} {unit}</title></rect>')
         if lows is not None and highs is not None:
             x0 = label_width + plot_width * lows[i] / scale_max
-            x1 = label_width + plot_width * highs[i] / scale_max
+            x1 = label_width + plot_width * min(highs[i], scale_max) / scale_max
             parts.append(f'<line x1="{x0:.1f}" x2="{x1:.1f}" y1="{y + row / 2:.1f}" y2="{y + row / 2:.1f}" '
                          'stroke="#333" stroke-width="1.2"/>')
-        parts.append(_text(label_width + max(bar, 1) + 6, y + 14, annotations[i], size=10, fill="#444"))
+        parts.append(_text(label_width + plot_width + 10, y + 14, annotations[i], size=10, fill="#444"))
     parts.append(_text(label_width, height - 6, f"0 {unit}", size=9, fill="#777"))
     parts.append(_text(label_width + plot_width, height - 6, f"{scale_max:.3g} {unit}", "end", 9, "#777"))
     parts.append("</svg>")
@@ -81,7 +83,7 @@ def line_chart(series: Sequence[tuple[str, Sequence[str], Sequence[float]]], y_l
                width: int = 860, height: int = 300) -> str:
     """Lines of y values over shared categorical x labels: [(series name, x labels, y values)]."""
     palette = ("#4e79a7", "#e15759", "#59a14f", "#f28e2b", "#b07aa1", "#76b7b2")
-    left, right, top, bottom = 60, 150, 14, 40
+    left, right, top, bottom = 60, 150, 24, 40
     all_x: list[str] = []
     for _, xs, _ in series:
         all_x.extend(x for x in xs if x not in all_x)
@@ -98,7 +100,7 @@ def line_chart(series: Sequence[tuple[str, Sequence[str], Sequence[float]]], y_l
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
              f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#888"/>',
              f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#888"/>',
-             _text(12, top + 10, y_label, size=10, fill="#555")]
+             _text(left, top - 2, y_label, size=10, fill="#555")]
     for tick in range(5):
         value = y_max * 1.1 * tick / 4
         parts.append(_text(left - 6, py(value) + 4, f"{value:.3g}", "end", 9, "#777"))
