@@ -98,6 +98,47 @@ def cmd_gui(args: argparse.Namespace) -> int:
     return run_app(args.model)
 
 
+VIEW_OVERLAYS = ("none", "macs", "params", "output_bytes", "arithmetic_intensity")
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    """Open the app on MODEL, or with --screenshot render the main window offscreen to a PNG."""
+    if args.screenshot:
+        if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+        try:
+            from gui.app import render_screenshot  # Qt only now: engine never imports it at import time
+        except ImportError as exc:
+            raise CliError(f"the desktop app is not available: {exc}")
+        try:
+            path = render_screenshot(args.model, args.screenshot, overlay=args.overlay, size=args.size,
+                                     select=args.select)
+        except OSError as exc:
+            raise CliError(f"--screenshot {args.screenshot}: {exc}")
+        print(f"wrote {path}")
+        return EXIT_OK
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) \
+            and os.environ.get("QT_QPA_PLATFORM") not in ("offscreen", "minimal"):
+        print("layerscope: no display found; use `layerscope view MODEL --screenshot out.png` to render "
+              "the window offscreen, or the headless commands: layerscope inspect MODEL", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        from gui.app import run_app
+    except ImportError as exc:
+        raise CliError(f"the desktop app is not available: {exc}")
+    return run_app(args.model, overlay=args.overlay)
+
+
+def _window_size_arg(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+        if width < 200 or height < 150:
+            raise ValueError
+        return width, height
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a window size like 1400x900 (at least 200x150)")
+
+
 def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -131,6 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--fold-batchnorm", action="store_true", help="fold BatchNorm into the convs")
     sample.add_argument("-o", "--output", required=True, help="where to write the .onnx file")
     sample.set_defaults(func=cmd_sample)
+
+    view = sub.add_parser("view", help="open the desktop app on a model, or render it to a PNG with --screenshot")
+    view.add_argument("model", nargs="?", help="model file; default: the bundled MobileUNet sample")
+    view.add_argument("--screenshot", metavar="PNG", help="render the main window offscreen, save it, exit")
+    view.add_argument("--overlay", choices=VIEW_OVERLAYS, default="none",
+                      help="colour the nodes by this static estimate (default: op category)")
+    view.add_argument("--size", type=_window_size_arg, default=(1400, 900), metavar="WxH",
+                      help="window size for --screenshot (default 1400x900)")
+    view.add_argument("--select", metavar="NODE_ID", help="select this node (fills the inspector)")
+    view.set_defaults(func=cmd_view)
     return parser
 
 

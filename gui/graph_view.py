@@ -1,0 +1,663 @@
+"""The graph view: node boxes and edges of an analysed model, overlays, search.
+
+Geometry comes from `engine.layout` (computed in a worker thread); this module
+only turns it into scene items and recolours them.
+
+Speed (see benchmarks/bench_gui_open.py): the scene holds one
+`QGraphicsRectItem` per node and one `QGraphicsPathItem` per edge, both
+painted by Qt in C++.  Text is the expensive part of a scene (a
+`QGraphicsSimpleTextItem` costs ~20 us to create, 0.4 s for 20,000 nodes), so
+all labels are painted by one `LabelLayer` item that draws only the labels of
+the boxes in the exposed rectangle, found with numpy, and none when zoomed
+out too far to read them.  Overlays change brushes and pens of the existing
+items; they never add or remove items.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+from PySide6.QtCore import QEvent, QPointF, QRectF, QSize, Qt, Signal
+from PySide6.QtGui import (QBrush, QColor, QFont, QFontMetrics, QLinearGradient, QPainter, QPainterPath,
+                           QPen, QTransform)
+from PySide6.QtWidgets import (QGraphicsItem, QGraphicsScene, QGraphicsView, QStyleOptionGraphicsItem,
+                               QToolTip, QWidget)
+
+from engine.inspect import human_bytes, human_count
+from engine.layout import INPUT_PREFIX, OUTPUT_PREFIX, GraphLayout, op_category
+
+CATEGORY_COLORS = {
+    "conv/linear": "#9ecae9",
+    "normalization": "#b5e0c4",
+    "activation": "#ffd8a8",
+    "pooling": "#d4b9f0",
+    "data movement": "#e3e3e3",
+    "upsampling": "#f4a6a6",
+    "elementwise": "#fff0a8",
+    "constant": "#f4f4f4",
+    "io": "#ffffff",
+    "other": "#d9c8b4",
+}
+# Overlay gradient (light yellow -> orange -> red): black text stays readable on every stop.
+GRADIENT_STOPS = ((0.0, QColor("#ffffcc")), (0.5, QColor("#fd8d3c")), (1.0, QColor("#e31a1c")))
+UNKNOWN_COLOR = QColor("#d0d0d0")
+ZERO_COLOR = QColor("#ffffff")  # known to be zero (a Relu has no MACs): not the same as "small"
+BOX_PEN = QColor("#5a5a5a")
+EDGE_COLOR = QColor("#7a7a7a")
+TOP_PEN_COLOR = QColor("#1f3fbf")
+LABEL_MIN_SCALE = 0.3  # below this zoom labels are unreadable: not drawn
+LABEL_MAX_COUNT = 4000  # more visible boxes than this: labels not drawn (too small anyway)
+
+
+@dataclass(frozen=True)
+class OverlaySpec:
+    key: str
+    title: str
+    metric: str  # NodeMetrics attribute
+    formatter: str  # "count" or "bytes" or "ratio"
+    unit: str = ""
+
+
+OVERLAYS: dict[str, Optional[OverlaySpec]] = {
+    "none": None,
+    "macs": OverlaySpec("macs", "MACs", "macs", "count", "MAC"),
+    "params": OverlaySpec("params", "Parameters", "params", "count"),
+    "output_bytes": OverlaySpec("output_bytes", "Output memory", "output_bytes", "bytes"),
+    "arithmetic_intensity": OverlaySpec("arithmetic_intensity", "Arithmetic intensity", "arithmetic_intensity",
+                                        "ratio", "FLOP/B"),
+}
+OVERLAY_TITLES = {"none": "Op category", "macs": "MACs", "params": "Parameters",
+                  "output_bytes": "Output memory", "arithmetic_intensity": "Arithmetic intensity"}
+
+
+def format_value(value: Optional[float], formatter: str, unit: str = "") -> str:
+    if value is None:
+        return "unknown"
+    if formatter == "bytes":
+        return human_bytes(value)
+    if formatter == "ratio":
+        return f"{value:.3g} {unit}".strip()
+    return human_count(value, unit)
+
+
+def gradient_color(t: float) -> QColor:
+    """Colour at position t in [0, 1] of the overlay gradient."""
+    t = min(1.0, max(0.0, t))
+    for (t0, c0), (t1, c1) in zip(GRADIENT_STOPS, GRADIENT_STOPS[1:]):
+        if t <= t1:
+            f = 0.0 if t1 == t0 else (t - t0) / (t1 - t0)
+            return QColor.fromRgbF(c0.redF() + (c1.redF() - c0.redF()) * f,
+                                   c0.greenF() + (c1.greenF() - c0.greenF()) * f,
+                                   c0.blueF() + (c1.blueF() - c0.blueF()) * f)
+    return QColor(GRADIENT_STOPS[-1][1])
+
+
+def _type_text(value_type) -> str:
+    return "type unknown" if value_type is None else f"{value_type.dtype} {value_type.shape_text()}"
+
+
+def is_io(node_id: str) -> bool:
+    return node_id.startswith((INPUT_PREFIX, OUTPUT_PREFIX))
+
+
+class LabelLayer(QGraphicsItem):
+    """Paints the text of every visible box in one paint() call (see the module docstring)."""
+
+    def __init__(self, rects: np.ndarray, lines: Sequence[tuple[str, str, str]], arrow_tips: np.ndarray):
+        super().__init__()
+        self._rects = rects  # (n, 4): x, y, w, h
+        # Arrow heads are drawn here too, only where visible: one path of 24,000 arrows
+        # costs ~40 ms per repaint even when ten of them are on screen.
+        self._tips = arrow_tips  # (m, 2): end point of each edge
+        self._right = rects[:, 0] + rects[:, 2]
+        self._bottom = rects[:, 1] + rects[:, 3]
+        self._lines = lines
+        self._elided: dict[int, tuple[str, str, str]] = {}
+        if len(rects):
+            self._bounds = QRectF(float(rects[:, 0].min()), float(rects[:, 1].min()),
+                                  float(self._right.max() - rects[:, 0].min()),
+                                  float(self._bottom.max() - rects[:, 1].min()))
+        else:
+            self._bounds = QRectF()
+        self.title_font = QFont()
+        self.title_font.setPixelSize(13)
+        self.title_font.setBold(True)
+        self.text_font = QFont()
+        self.text_font.setPixelSize(11)
+        self._title_metrics = QFontMetrics(self.title_font)
+        self._text_metrics = QFontMetrics(self.text_font)
+        self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemUsesExtendedStyleOption)
+        self.setAcceptedMouseButtons(Qt.MouseButton.NoButton)
+        self.setAcceptHoverEvents(False)
+        self.setZValue(10)
+
+    def boundingRect(self) -> QRectF:
+        return self._bounds
+
+    def shape(self) -> QPainterPath:
+        return QPainterPath()  # never hit: clicks and tooltips go to the boxes and edges below
+
+    def _elide(self, index: int) -> tuple[str, str, str]:
+        cached = self._elided.get(index)
+        if cached is None:
+            width = int(self._rects[index, 2]) - 10
+            title, name, detail = self._lines[index]
+            cached = (self._title_metrics.elidedText(title, Qt.TextElideMode.ElideRight, width),
+                      self._text_metrics.elidedText(name, Qt.TextElideMode.ElideMiddle, width),
+                      self._text_metrics.elidedText(detail, Qt.TextElideMode.ElideRight, width))
+            self._elided[index] = cached
+        return cached
+
+    def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem, widget=None) -> None:
+        scale = QStyleOptionGraphicsItem.levelOfDetailFromTransform(painter.worldTransform())
+        if scale < LABEL_MIN_SCALE or not len(self._rects):
+            return
+        exposed = option.exposedRect
+        tips = self._tips
+        if len(tips):
+            shown = np.flatnonzero((tips[:, 0] >= exposed.left() - 5) & (tips[:, 0] <= exposed.right() + 5)
+                                   & (tips[:, 1] >= exposed.top()) & (tips[:, 1] <= exposed.bottom() + 8))
+            if len(shown) <= LABEL_MAX_COUNT:
+                painter.setPen(Qt.PenStyle.NoPen)
+                painter.setBrush(EDGE_COLOR)
+                for x, y in tips[shown].tolist():
+                    painter.drawPolygon([QPointF(x, y), QPointF(x - 4, y - 7), QPointF(x + 4, y - 7)])
+        visible = np.flatnonzero((self._right >= exposed.left()) & (self._rects[:, 0] <= exposed.right())
+                                 & (self._bottom >= exposed.top()) & (self._rects[:, 1] <= exposed.bottom()))
+        if len(visible) > LABEL_MAX_COUNT:
+            return
+        painter.setPen(QColor("#111111"))
+        title_ascent = self._title_metrics.ascent()
+        text_ascent = self._text_metrics.ascent()
+        line = self._text_metrics.height()
+        for index in visible.tolist():
+            x, y, w, h = self._rects[index].tolist()
+            title, name, detail = self._elide(index)
+            if h < 40:  # graph input/output: kind and name, then the tensor type
+                painter.setFont(self.text_font)
+                painter.drawText(QPointF(x + 6, y + 3 + text_ascent), title)
+                painter.drawText(QPointF(x + 6, y + 3 + line + text_ascent), name)
+                continue
+            painter.setFont(self.title_font)
+            painter.drawText(QPointF(x + 6, y + 3 + title_ascent), title)
+            painter.setFont(self.text_font)
+            painter.drawText(QPointF(x + 6, y + 19 + text_ascent), name)
+            painter.drawText(QPointF(x + 6, y + 19 + line + text_ascent), detail)
+
+
+class GraphScene(QGraphicsScene):
+    """Items for one laid-out model.  Built once; overlays recolour, never rebuild."""
+
+    # Items created per build step: about 30 ms of UI-thread time each, so that opening a
+    # 20,000-node model never freezes the window for long (see MainWindow._on_loaded).
+    CHUNK_NODES = 1500
+    CHUNK_EDGES = 2000
+
+    def __init__(self, loaded, parent=None, build: bool = True):
+        super().__init__(parent)
+        self.loaded = loaded
+        layout = loaded.layout
+        # No BSP index: measured on a 20,000-node graph, the index costs ~150 ms at the first
+        # paint and makes every later paint slower (31 -> 100 ms); look-ups (tooltips) stay
+        # a few ms without it, and no item accepts hover events.
+        self.setItemIndexMethod(QGraphicsScene.ItemIndexMethod.NoIndex)
+        self.node_ids: list[str] = list(layout.boxes)
+        self.node_index = {node_id: i for i, node_id in enumerate(self.node_ids)}
+        self.node_items = []
+        self.edge_items = []
+        self.edges = layout.edges
+        self.categories: list[str] = []
+        self.rects = np.array([layout.boxes[n] for n in self.node_ids], dtype=float).reshape(-1, 4)
+        self._lines: list[tuple[str, str, str]] = []
+        self.box_pen = QPen(BOX_PEN, 1.0)
+        self.top_pen = QPen(TOP_PEN_COLOR, 4.0)
+        self.selection_pen = QPen(QColor("#000000"), 3.0)
+        self._category_brushes = {name: QBrush(QColor(color)) for name, color in CATEGORY_COLORS.items()}
+        self.overlay_key = "none"
+        self.overlay_range: Optional[tuple[float, float]] = None
+        self.top_node_ids: list[str] = []
+        self._top_set: set[str] = set()
+        self._selected_index: Optional[int] = None
+        self.labels: Optional[LabelLayer] = None
+        self.complete = False
+        margin = 60.0
+        self.setSceneRect(-margin, -margin, layout.width + 2 * margin, layout.height + 2 * margin)
+        self.selectionChanged.connect(self._mark_selection)
+        if build:
+            for _ in self.build_steps():
+                pass
+
+    def build_steps(self):
+        """Create the items a chunk at a time; yields between chunks. Edges first: they lie below."""
+        layout, analysis = self.loaded.layout, self.loaded.analysis
+        graph = analysis.graph
+        edge_pen = QPen(EDGE_COLOR, 1.3)
+        add_path = self.addPath
+        for start in range(0, len(layout.edges), self.CHUNK_EDGES):
+            for index in range(start, min(start + self.CHUNK_EDGES, len(layout.edges))):
+                points = layout.edges[index].points
+                path = QPainterPath(QPointF(*points[0]))
+                for p in points[1:]:
+                    path.lineTo(*p)
+                item = add_path(path, edge_pen)
+                item.setData(0, index)
+                self.edge_items.append(item)
+            yield
+        selectable = QGraphicsItem.GraphicsItemFlag.ItemIsSelectable
+        add_rect = self.addRect
+        for start in range(0, len(self.node_ids), self.CHUNK_NODES):
+            for i in range(start, min(start + self.CHUNK_NODES, len(self.node_ids))):
+                node_id = self.node_ids[i]
+                x, y, w, h = layout.boxes[node_id]
+                category, text = self._describe(node_id, graph, analysis)
+                self.categories.append(category)
+                self._lines.append(text)
+                item = add_rect(x, y, w, h, self.box_pen, self._category_brushes[category])
+                item.setFlag(selectable)
+                item.setData(0, node_id)
+                self.node_items.append(item)
+            yield
+        tips = np.array([e.points[-1] for e in layout.edges], dtype=float).reshape(-1, 2)
+        self.labels = LabelLayer(self.rects, self._lines, tips)
+        self.addItem(self.labels)
+        self.complete = True
+
+    def _base_pen(self, index: int) -> QPen:
+        return self.top_pen if self.node_ids[index] in self._top_set else self.box_pen
+
+    def _mark_selection(self) -> None:
+        """A thick outline on the selected box (Qt's dashed one is hard to see on a coloured box)."""
+        previous = self._selected_index
+        if previous is not None:
+            self.node_items[previous].setPen(self._base_pen(previous))
+        selected = self.selectedItems()
+        node_id = selected[0].data(0) if selected else None
+        self._selected_index = self.node_index.get(node_id) if isinstance(node_id, str) else None
+        if self._selected_index is not None:
+            self.node_items[self._selected_index].setPen(self.selection_pen)
+
+    @staticmethod
+    def _describe(node_id: str, graph, analysis) -> tuple[str, tuple[str, str, str]]:
+        if node_id.startswith(INPUT_PREFIX):
+            name = node_id[len(INPUT_PREFIX):]
+            value_type = graph.value_type(name)
+            return "io", (f"input  {name}", _type_text(value_type), "")
+        if node_id.startswith(OUTPUT_PREFIX):
+            name = node_id[len(OUTPUT_PREFIX):]
+            value_type = graph.value_type(name)
+            return "io", (f"output  {name}", _type_text(value_type), "")
+        node = graph.node(node_id)
+        metrics = analysis.nodes[node_id]
+        category = "constant" if metrics.is_constant else op_category(node.op_type)
+        first = node.outputs[0] if node.outputs else ""
+        value_type = graph.value_type(first) if first else None
+        detail = value_type.shape_text() if value_type is not None else ""
+        if metrics.params:
+            detail += f"   W {human_count(metrics.params)}"
+        return category, (node.op_type, node.name or node.id, detail)
+
+    # --- overlays -------------------------------------------------------------------------
+    def overlay_values(self, key: str) -> list[Optional[float]]:
+        spec = OVERLAYS[key]
+        values: list[Optional[float]] = []
+        nodes = self.loaded.analysis.nodes
+        for node_id in self.node_ids:
+            metrics = nodes.get(node_id)
+            values.append(None if metrics is None or spec is None else getattr(metrics, spec.metric))
+        return values
+
+    def set_overlay(self, key: str, top_count: int = 10) -> None:
+        """Recolour the boxes for overlay `key` (a key of OVERLAYS); outline the top `top_count`."""
+        if key not in OVERLAYS:
+            raise ValueError(f"unknown overlay {key!r}; known: {', '.join(OVERLAYS)}")
+        self.overlay_key = key
+        if OVERLAYS[key] is None:
+            for item, category in zip(self.node_items, self.categories):
+                item.setBrush(self._category_brushes[category])
+                item.setPen(self.box_pen)
+            self.overlay_range = None
+            self.top_node_ids = []
+            self._top_set = set()
+            self._mark_selection()
+            return
+        self.apply_values(self.overlay_values(key), top_count)
+
+    def apply_values(self, values: Sequence[Optional[float]], top_count: int = 10) -> None:
+        """Colour boxes by `values` (one per node, None = unknown) on a log scale; outline the largest."""
+        known = np.array([v if v is not None else np.nan for v in values], dtype=float)
+        io_mask = np.array([is_io(n) for n in self.node_ids], dtype=bool)
+        known[io_mask] = np.nan
+        finite = known[np.isfinite(known)]
+        positive = finite[finite > 0]
+        if len(positive):
+            low, high = float(positive.min()), float(positive.max())
+        else:
+            low = high = 0.0
+        self.overlay_range = (low, high)
+        log_low, log_high = (math.log10(low), math.log10(high)) if low > 0 else (0.0, 0.0)
+        span = log_high - log_low
+        brushes: dict[int, QBrush] = {}
+        unknown = QBrush(UNKNOWN_COLOR)
+        zero = QBrush(ZERO_COLOR)
+        io_brush = self._category_brushes["io"]
+        for i, item in enumerate(self.node_items):
+            value = known[i]
+            if io_mask[i]:
+                item.setBrush(io_brush)
+            elif not np.isfinite(value):
+                item.setBrush(unknown)
+            elif value <= 0:
+                item.setBrush(zero)
+            else:
+                t = 1.0 if span <= 0 else (math.log10(value) - log_low) / span
+                step = int(round(t * 100))  # 101 shared brushes, not one per node
+                brush = brushes.get(step)
+                if brush is None:
+                    brush = brushes[step] = QBrush(gradient_color(step / 100))
+                item.setBrush(brush)
+            item.setPen(self.box_pen)
+        ranked = np.argsort(-np.nan_to_num(known, nan=-1.0), kind="stable")
+        self.top_node_ids = [self.node_ids[i] for i in ranked[:top_count].tolist()
+                             if np.isfinite(known[i]) and known[i] > 0]
+        self._top_set = set(self.top_node_ids)
+        for node_id in self.top_node_ids:
+            self.node_items[self.node_index[node_id]].setPen(self.top_pen)
+        self._mark_selection()
+
+    # --- look-ups -------------------------------------------------------------------------
+    def item_for(self, node_id: str):
+        return self.node_items[self.node_index[node_id]]
+
+    def node_at(self, scene_pos: QPointF) -> Optional[str]:
+        for item in self.items(scene_pos):
+            node_id = item.data(0)
+            if isinstance(node_id, str):
+                return node_id
+        return None
+
+    def edge_near(self, scene_pos: QPointF, tolerance: float) -> Optional[int]:
+        area = QRectF(scene_pos.x() - tolerance, scene_pos.y() - tolerance, 2 * tolerance, 2 * tolerance)
+        for item in self.items(area, Qt.ItemSelectionMode.IntersectsItemShape):
+            index = item.data(0)
+            if isinstance(index, int):
+                return index
+        return None
+
+    def edge_tooltip(self, index: int) -> str:
+        edge = self.edges[index]
+        graph = self.loaded.analysis.graph
+        value_type = graph.value_type(edge.value)
+        if value_type is None:
+            return f"{edge.value}\nshape unknown"
+        return (f"{edge.value}\n{value_type.dtype} {value_type.shape_text()}"
+                f"  ({human_bytes(value_type.byte_size)})")
+
+    def node_tooltip(self, node_id: str) -> str:
+        if is_io(node_id):
+            title, type_text, _ = self._lines[self.node_index[node_id]]
+            return f"{title}\n{type_text}"
+        node = self.loaded.analysis.graph.node(node_id)
+        metrics = self.loaded.analysis.nodes[node_id]
+        return (f"{node.op_type}  {node.name or node.id}\n"
+                f"MACs {human_count(metrics.macs)} · params {human_count(metrics.params)} · "
+                f"output {human_bytes(metrics.output_bytes)}  (estimated)")
+
+    def find_nodes(self, text: str) -> list[str]:
+        """Node ids whose name, id or op type contains `text` (case-insensitive), in execution order."""
+        needle = text.strip().lower()
+        if not needle:
+            return []
+        graph = self.loaded.analysis.graph
+        found = []
+        for node_id in self.node_ids:
+            if is_io(node_id):
+                if needle in node_id.lower():
+                    found.append(node_id)
+                continue
+            node = graph.node(node_id)
+            if needle in node.name.lower() or needle in node_id.lower() or needle in node.op_type.lower():
+                found.append(node_id)
+        return found
+
+
+class LegendWidget(QWidget):
+    """Top-right legend over the view: op categories, or the overlay gradient with its range."""
+
+    def __init__(self, parent: QWidget):
+        super().__init__(parent)
+        self.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
+        self.title = "Op category"
+        self.range_text: tuple[str, str] = ("", "")
+        self.categories: list[str] = []
+        self.gradient = False
+        self.kind = ""
+
+    def show_categories(self, categories: Sequence[str]) -> None:
+        self.gradient, self.title, self.categories, self.kind = False, "Op category", list(categories), ""
+        self._resize()
+
+    def show_gradient(self, title: str, low: str, high: str, kind: str = "estimated") -> None:
+        self.gradient, self.title, self.range_text, self.kind = True, title, (low, high), kind
+        self._resize()
+
+    def _resize(self) -> None:
+        rows = 6 if self.gradient else 1 + len(self.categories)
+        self.resize(QSize(210, 10 + rows * 18))
+        self.update()
+
+    def paintEvent(self, event) -> None:
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        painter.setPen(QColor("#999999"))
+        painter.setBrush(QColor(255, 255, 255, 225))
+        painter.drawRoundedRect(QRectF(self.rect()).adjusted(0.5, 0.5, -0.5, -0.5), 5, 5)
+        font = painter.font()
+        font.setBold(True)
+        painter.setFont(font)
+        painter.setPen(QColor("#111111"))
+        title = self.title + (f" ({self.kind})" if self.kind else "")
+        painter.drawText(QRectF(8, 4, self.width() - 16, 18), Qt.AlignmentFlag.AlignVCenter, title)
+        font.setBold(False)
+        painter.setFont(font)
+        if self.gradient:
+            bar = QRectF(8, 26, self.width() - 16, 14)
+            gradient = QLinearGradient(bar.topLeft(), bar.topRight())
+            for t, color in GRADIENT_STOPS:
+                gradient.setColorAt(t, color)
+            painter.setBrush(QBrush(gradient))
+            painter.setPen(QColor("#777777"))
+            painter.drawRect(bar)
+            painter.setPen(QColor("#111111"))
+            low, high = self.range_text
+            painter.drawText(QRectF(8, 42, self.width() - 16, 16), Qt.AlignmentFlag.AlignLeft, low)
+            painter.drawText(QRectF(8, 42, self.width() - 16, 16), Qt.AlignmentFlag.AlignRight, high)
+            swatches = ((QPen(QColor("#777777")), ZERO_COLOR, "zero"),
+                        (QPen(QColor("#777777")), UNKNOWN_COLOR, "unknown"),
+                        (QPen(TOP_PEN_COLOR, 3), QColor("#ffffff"), "top 10 (outlined)"))
+            for row, (pen, color, text) in enumerate(swatches):
+                y = 62 + row * 18
+                painter.setPen(pen)
+                painter.setBrush(color)
+                painter.drawRect(QRectF(9, y + 2, 11, 11))
+                painter.setPen(QColor("#111111"))
+                painter.drawText(QRectF(26, y, self.width() - 34, 16), Qt.AlignmentFlag.AlignVCenter, text)
+            return
+        for row, category in enumerate(self.categories):
+            y = 26 + row * 18
+            painter.setBrush(QColor(CATEGORY_COLORS[category]))
+            painter.setPen(QColor("#777777"))
+            painter.drawRect(QRectF(8, y + 2, 12, 12))
+            painter.setPen(QColor("#111111"))
+            painter.drawText(QRectF(26, y, self.width() - 34, 16), Qt.AlignmentFlag.AlignVCenter, category)
+
+
+class GraphView(QGraphicsView):
+    """Zoom (wheel, keys), pan (drag the background), fit, selection signal, tooltips, legend."""
+
+    nodeSelected = Signal(str)  # node id, "" when nothing is selected
+    zoomChanged = Signal(float)
+
+    ZOOM_STEP = 1.2
+    MIN_SCALE, MAX_SCALE = 0.002, 8.0
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setRenderHints(QPainter.RenderHint.Antialiasing | QPainter.RenderHint.TextAntialiasing)
+        self.setDragMode(QGraphicsView.DragMode.ScrollHandDrag)
+        self.setTransformationAnchor(QGraphicsView.ViewportAnchor.AnchorUnderMouse)
+        self.setResizeAnchor(QGraphicsView.ViewportAnchor.AnchorViewCenter)
+        self.setViewportUpdateMode(QGraphicsView.ViewportUpdateMode.MinimalViewportUpdate)
+        self.setOptimizationFlag(QGraphicsView.OptimizationFlag.DontSavePainterState, True)
+        self.setBackgroundBrush(QColor("#fafafa"))
+        self.setMouseTracking(True)
+        self.legend = LegendWidget(self)
+        self.legend.hide()
+        self.graph_scene: Optional[GraphScene] = None
+
+    def set_graph_scene(self, scene: Optional[GraphScene]) -> None:
+        old = self.graph_scene
+        self.graph_scene = scene
+        self.setScene(scene)
+        if scene is not None:
+            scene.selectionChanged.connect(self._on_selection_changed)
+            self.legend.show_categories([c for c in CATEGORY_COLORS
+                                         if c in set(scene.categories) and c != "io"])
+            self.legend.show()
+            self._place_legend()
+        else:
+            self.legend.hide()
+        if old is not None:
+            old.deleteLater()
+
+    # --- selection ------------------------------------------------------------------------
+    def _on_selection_changed(self) -> None:
+        scene = self.graph_scene
+        if scene is None:
+            return
+        try:
+            selected = scene.selectedItems()
+        except RuntimeError:  # the scene is being deleted
+            return
+        node_id = selected[0].data(0) if selected else ""
+        self.nodeSelected.emit(node_id if isinstance(node_id, str) else "")
+
+    def select_node(self, node_id: str, center: bool = True) -> None:
+        scene = self.graph_scene
+        if scene is None or node_id not in scene.node_index:
+            return
+        item = scene.item_for(node_id)
+        scene.blockSignals(True)
+        scene.clearSelection()
+        scene.blockSignals(False)
+        item.setSelected(True)
+        if center:
+            if self.current_scale() < 0.6:
+                self.set_scale(0.8)
+            self.centerOn(item)
+
+    # --- zoom -----------------------------------------------------------------------------
+    def current_scale(self) -> float:
+        return self.transform().m11()
+
+    def set_scale(self, scale: float) -> None:
+        scale = min(self.MAX_SCALE, max(self.MIN_SCALE, scale))
+        center = self.mapToScene(self.viewport().rect().center())
+        self.setTransform(QTransform.fromScale(scale, scale))
+        self.centerOn(center)
+        self.zoomChanged.emit(scale)
+
+    def zoom_by(self, factor: float) -> None:
+        scale = self.current_scale()
+        target = min(self.MAX_SCALE, max(self.MIN_SCALE, scale * factor))
+        self.scale(target / scale, target / scale)
+        self.zoomChanged.emit(target)
+
+    def zoom_in(self) -> None:
+        anchor = self.transformationAnchor()
+        self.setTransformationAnchor(QGraphicsView.ViewportAnchor.AnchorViewCenter)
+        self.zoom_by(self.ZOOM_STEP)
+        self.setTransformationAnchor(anchor)
+
+    def zoom_out(self) -> None:
+        anchor = self.transformationAnchor()
+        self.setTransformationAnchor(QGraphicsView.ViewportAnchor.AnchorViewCenter)
+        self.zoom_by(1 / self.ZOOM_STEP)
+        self.setTransformationAnchor(anchor)
+
+    def fit(self) -> None:
+        if self.graph_scene is None:
+            return
+        self.fitInView(self.graph_scene.sceneRect(), Qt.AspectRatioMode.KeepAspectRatio)
+        self.zoomChanged.emit(self.current_scale())
+
+    def show_start(self) -> None:
+        """The first view of a model: all of it when it is readable so, else the top at a readable zoom."""
+        scene = self.graph_scene
+        if scene is None:
+            return
+        self.fit()
+        if self.current_scale() < 0.55:
+            self.setTransform(QTransform.fromScale(0.75, 0.75))
+            rect = scene.sceneRect()
+            visible_height = self.viewport().height() / 0.75
+            # Centre horizontally on the first nodes (the inputs), vertically on the top of the graph.
+            first = scene.rects[: min(5, len(scene.rects))]
+            x = float((first[:, 0] + first[:, 2] / 2).mean()) if len(first) else rect.center().x()
+            self.centerOn(QPointF(x, rect.top() + visible_height / 2))
+            self.zoomChanged.emit(0.75)
+
+    def wheelEvent(self, event) -> None:
+        delta = event.angleDelta().y()
+        if delta == 0:
+            return super().wheelEvent(event)
+        self.zoom_by(self.ZOOM_STEP ** (delta / 120.0))
+        event.accept()
+
+    def keyPressEvent(self, event) -> None:
+        if event.key() in (Qt.Key.Key_Plus, Qt.Key.Key_Equal):
+            self.zoom_in()
+        elif event.key() == Qt.Key.Key_Minus:
+            self.zoom_out()
+        else:
+            super().keyPressEvent(event)
+
+    # --- tooltips and legend --------------------------------------------------------------
+    def viewportEvent(self, event) -> bool:
+        if event.type() == QEvent.Type.ToolTip and self.graph_scene is not None:
+            scene_pos = self.mapToScene(event.pos())
+            node_id = self.graph_scene.node_at(scene_pos)
+            if node_id is not None:
+                text = self.graph_scene.node_tooltip(node_id)
+            else:
+                index = self.graph_scene.edge_near(scene_pos, 5.0 / max(self.current_scale(), 1e-6))
+                text = self.graph_scene.edge_tooltip(index) if index is not None else ""
+            if text:
+                QToolTip.showText(event.globalPos(), text, self.viewport())
+            else:
+                QToolTip.hideText()
+            return True
+        return super().viewportEvent(event)
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self._place_legend()
+
+    def _place_legend(self) -> None:
+        scrollbar = self.verticalScrollBar()
+        right = self.viewport().width() - 8 if scrollbar.isVisible() else self.width() - 8
+        self.legend.move(max(0, right - self.legend.width()), 8)
+
+    def update_legend(self) -> None:
+        scene = self.graph_scene
+        if scene is None:
+            return
+        spec = OVERLAYS.get(scene.overlay_key)
+        if spec is None:
+            self.legend.show_categories([c for c in CATEGORY_COLORS if c in set(scene.categories) and c != "io"])
+        else:
+            low, high = scene.overlay_range or (0.0, 0.0)
+            self.legend.show_gradient(spec.title, format_value(low, spec.formatter, spec.unit),
+                                      format_value(high, spec.formatter, spec.unit), "estimated")
+        self._place_legend()

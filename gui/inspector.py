@@ -1,0 +1,172 @@
+"""Inspector panel: everything known about the selected node.
+
+Static figures come from `engine.analysis` and are labelled "estimated": they
+are computed from shapes, not measured.  Profile figures (measured or
+attributed) will be added beside them with their own kind.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QFont
+from PySide6.QtWidgets import QHeaderView, QTreeWidget, QTreeWidgetItem
+
+from engine.inspect import human_bytes, human_count
+from engine.layout import INPUT_PREFIX, OUTPUT_PREFIX
+
+ESTIMATED = "estimated"
+
+
+def _attribute_text(value: object, limit: int = 80) -> str:
+    if isinstance(value, (list, tuple)):
+        text = "[" + ", ".join(str(v) for v in value) + "]"
+    elif isinstance(value, bytes):
+        text = value.decode("utf-8", "replace")
+    else:
+        text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class Inspector(QTreeWidget):
+    """A three-column tree: property, value, kind (estimated / measured / attributed)."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setColumnCount(3)
+        self.setHeaderLabels(["Property", "Value", "Kind"])
+        self.setRootIsDecorated(True)
+        self.setAlternatingRowColors(True)
+        self.setUniformRowHeights(True)
+        # Long tensor names are elided in the middle (full text in the tooltip) so that the
+        # value and kind columns stay visible in a narrow dock.
+        self.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        self.header().setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
+        self.header().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        self.header().setSectionResizeMode(2, QHeaderView.ResizeMode.Fixed)
+        self.header().setStretchLastSection(False)
+        self.setColumnWidth(0, 170)
+        self.setColumnWidth(2, 72)
+        self.node_id: Optional[str] = None
+        self.show_nothing()
+
+    def show_nothing(self, message: str = "Select a node to see its details") -> None:
+        self.clear()
+        self.node_id = None
+        QTreeWidgetItem(self, [message, "", ""])
+
+    def _section(self, title: str) -> QTreeWidgetItem:
+        item = QTreeWidgetItem(self, [title, "", ""])
+        font = QFont(item.font(0))
+        font.setBold(True)
+        item.setFont(0, font)
+        item.setFirstColumnSpanned(True)
+        item.setExpanded(True)
+        return item
+
+    @staticmethod
+    def _row(parent: QTreeWidgetItem, name: str, value: str, kind: str = "") -> QTreeWidgetItem:
+        item = QTreeWidgetItem(parent, [name, value, kind])
+        item.setToolTip(1, value)
+        return item
+
+    def rows(self) -> dict[str, str]:
+        """{"Section/Property": value} of everything shown (for tests and copy)."""
+        result = {}
+        for i in range(self.topLevelItemCount()):
+            section = self.topLevelItem(i)
+            for j in range(section.childCount()):
+                child = section.child(j)
+                result[f"{section.text(0)}/{child.text(0)}"] = child.text(1)
+        return result
+
+    def kinds(self) -> dict[str, str]:
+        result = {}
+        for i in range(self.topLevelItemCount()):
+            section = self.topLevelItem(i)
+            for j in range(section.childCount()):
+                child = section.child(j)
+                result[f"{section.text(0)}/{child.text(0)}"] = child.text(2)
+        return result
+
+    def _tensor_text(self, graph, name: str) -> str:
+        value_type = graph.value_type(name)
+        if value_type is None:
+            return "type unknown"
+        size = value_type.byte_size
+        return f"{value_type.dtype} {value_type.shape_text()}" + (f"  ({human_bytes(size)})" if size else "")
+
+    def show_node(self, loaded, node_id: str) -> None:
+        """Fill the panel for `node_id` of `loaded` (gui.app.LoadedModel); "" clears it."""
+        self.setUpdatesEnabled(False)
+        try:
+            self.clear()
+            self.node_id = node_id or None
+            if not node_id:
+                self.show_nothing()
+                return
+            analysis = loaded.analysis
+            graph = analysis.graph
+            if node_id.startswith((INPUT_PREFIX, OUTPUT_PREFIX)):
+                is_input = node_id.startswith(INPUT_PREFIX)
+                name = node_id[len(INPUT_PREFIX if is_input else OUTPUT_PREFIX):]
+                section = self._section("Graph input" if is_input else "Graph output")
+                self._row(section, "Name", name)
+                self._row(section, "Tensor", self._tensor_text(graph, name))
+                return
+            node = graph.node(node_id)
+            metrics = analysis.nodes[node_id]
+            section = self._section("Node")
+            self._row(section, "Op type", node.op_type + (f" ({node.domain})" if node.domain else ""))
+            self._row(section, "Name", node.name or "(unnamed)")
+            self._row(section, "Id", node.id)
+            self._row(section, "Namespace", node.namespace or "(none)")
+            self._row(section, "Stage", metrics.stage or "(none)")
+            self._row(section, "Execution order", str(metrics.order))
+            if metrics.is_constant:
+                self._row(section, "Constant", "yes: folded, drawn as a weight of its consumers")
+
+            section = self._section(f"Attributes ({len(node.attributes)})")
+            for key in sorted(node.attributes):
+                self._row(section, key, _attribute_text(node.attributes[key]))
+
+            producers = loaded.producers
+            section = self._section(f"Inputs ({sum(1 for n in node.inputs if n)})")
+            for index, name in enumerate(node.inputs):
+                if not name:
+                    continue
+                value = graph.values.get(name)
+                producer = producers.get(name)
+                if value is not None and value.initializer is not None:
+                    role = "weight"
+                elif producer is not None and analysis.nodes[producer.id].is_constant:
+                    role = f"constant (from {producer.op_type})"
+                elif producer is not None:
+                    role = f"from {producer.name or producer.id}"
+                else:
+                    role = "graph input"
+                item = self._row(section, f"#{index} {name}", f"{self._tensor_text(graph, name)} · {role}")
+                item.setToolTip(0, name)
+            section = self._section(f"Outputs ({sum(1 for n in node.outputs if n)})")
+            for index, name in enumerate(node.outputs):
+                if name:
+                    self._row(section, f"#{index} {name}", self._tensor_text(graph, name)).setToolTip(0, name)
+
+            section = self._section("Static cost (estimated from shapes)")
+            self._row(section, "Params", f"{human_count(metrics.params)} ({metrics.params:,})", ESTIMATED)
+            self._row(section, "Weight bytes", human_bytes(metrics.param_bytes), ESTIMATED)
+            if metrics.buffers:
+                self._row(section, "Buffers", human_count(metrics.buffers), ESTIMATED)
+            macs = "unknown" if metrics.macs is None else f"{human_count(metrics.macs)} ({metrics.macs:,})"
+            self._row(section, "MACs", macs, ESTIMATED)
+            self._row(section, "FLOPs", human_count(metrics.flops), ESTIMATED)
+            self._row(section, "Output bytes", human_bytes(metrics.output_bytes), ESTIMATED)
+            self._row(section, "Bytes moved", human_bytes(metrics.bytes_moved), ESTIMATED)
+            intensity = metrics.arithmetic_intensity
+            self._row(section, "Arithmetic intensity",
+                      "unknown" if intensity is None else f"{intensity:.3g} FLOP/B", ESTIMATED)
+            totals = analysis.totals
+            if totals.macs and metrics.macs:
+                self._row(section, "Share of model MACs", f"{100.0 * metrics.macs / totals.macs:.2f} %", ESTIMATED)
+        finally:
+            self.setUpdatesEnabled(True)

@@ -1,0 +1,124 @@
+"""engine.layout: layered geometry of real graphs (the light zoo) and generated large ones. No Qt."""
+from __future__ import annotations
+
+import pytest
+from onnx import TensorProto, helper
+
+from conftest import LIGHT_ZOO, light_model
+from engine.analysis import analyze
+from engine.layout import (INPUT_PREFIX, OUTPUT_PREFIX, GraphLayout, layout_graph, op_category)
+from importers import open_model
+
+
+def _check_geometry(layout: GraphLayout) -> None:
+    """Boxes of one layer do not overlap; layers go down; edges join bottom of source to top of target."""
+    by_layer: dict[int, list[tuple[float, float]]] = {}
+    for node_id, (x, y, w, h) in layout.boxes.items():
+        assert w > 0 and h > 0
+        assert 0 <= x and x + w <= layout.width + 1e-6 and 0 <= y and y + h <= layout.height + 1e-6
+        by_layer.setdefault(layout.layers[node_id], []).append((x, x + w))
+    for spans in by_layer.values():
+        spans.sort()
+        for (_, right), (left, _) in zip(spans, spans[1:]):
+            assert left >= right - 1e-6, "boxes of one layer overlap"
+    for edge in layout.edges:
+        assert layout.layers[edge.target] > layout.layers[edge.source]
+        sx, sy, sw, sh = layout.boxes[edge.source]
+        tx, ty, tw, th = layout.boxes[edge.target]
+        assert edge.points[0] == pytest.approx((sx + sw / 2, sy + sh))
+        assert edge.points[-1] == pytest.approx((tx + tw / 2, ty))
+        ys = [p[1] for p in edge.points]
+        assert ys == sorted(ys), "an edge goes back up"
+
+
+@pytest.mark.parametrize("path", LIGHT_ZOO, ids=lambda p: p.stem)
+def test_light_zoo_compute_nodes_laid_out_constants_hidden(path):
+    analysis = analyze(open_model(path))
+    layout = layout_graph(analysis)
+    compute = {m.node_id for m in analysis.compute_nodes()}
+    constants = {node_id for node_id, m in analysis.nodes.items() if m.is_constant}
+    node_boxes = {k for k in layout.boxes if not k.startswith((INPUT_PREFIX, OUTPUT_PREFIX))}
+    assert node_boxes == compute
+    assert layout.hidden == constants
+    assert constants, "the light zoo's weights come from ConstantOfShape nodes"
+    assert {INPUT_PREFIX + name for name in analysis.graph.inputs
+            if analysis.graph.values[name].initializer is None} <= set(layout.boxes)
+    assert {OUTPUT_PREFIX + name for name in analysis.graph.outputs} <= set(layout.boxes)
+    assert layout.method == "sugiyama"
+    _check_geometry(layout)
+    # Every data edge between compute nodes is drawn.
+    producers = {out: n.id for n in analysis.graph.nodes if n.id in compute for out in n.outputs}
+    expected = {(producers[name], n.id, name) for n in analysis.graph.nodes if n.id in compute
+                for name in n.inputs if name in producers}
+    drawn = {(e.source, e.target, e.value) for e in layout.edges}
+    assert expected <= drawn
+
+
+def test_include_constants_lays_out_every_node():
+    analysis = analyze(open_model(light_model("squeezenet")))
+    layout = layout_graph(analysis, include_constants=True, include_io=False)
+    assert set(layout.boxes) == set(analysis.order)
+    assert layout.hidden == frozenset()
+    _check_geometry(layout)
+
+
+def test_without_io_boxes():
+    analysis = analyze(open_model(light_model("resnet50")))
+    layout = layout_graph(analysis, include_io=False)
+    assert not any(k.startswith((INPUT_PREFIX, OUTPUT_PREFIX)) for k in layout.boxes)
+
+
+def test_fallback_layering_is_valid():
+    analysis = analyze(open_model(light_model("inception_v1")))
+    layout = layout_graph(analysis, max_dummy_vertices=0)
+    assert layout.method == "layered"
+    reference = layout_graph(analysis)
+    assert layout.layers == reference.layers
+    _check_geometry(layout)
+
+
+def _residual_chain(tmp_path, blocks: int, fan_out_input: bool = False):
+    """A chain of Mul/Add residual blocks (3 nodes per block); optionally every Add also reads the input."""
+    nodes, x = [], "x"
+    for i in range(blocks):
+        nodes.append(helper.make_node("Mul", [x, "w"], [f"m{i}"], name=f"block{i}/mul"))
+        nodes.append(helper.make_node("Relu", [f"m{i}"], [f"r{i}"], name=f"block{i}/relu"))
+        nodes.append(helper.make_node("Add", [f"r{i}", "x" if fan_out_input else x], [f"a{i}"],
+                                      name=f"block{i}/add"))
+        x = f"a{i}"
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 8])],
+                              initializer=[helper.make_tensor("w", TensorProto.FLOAT, [1], [0.5])])
+    path = tmp_path / "chain.onnx"
+    import onnx
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return analyze(open_model(path))
+
+
+def test_large_residual_chain(tmp_path):
+    analysis = _residual_chain(tmp_path, 3400)  # 10,200 nodes
+    layout = layout_graph(analysis)
+    assert len(layout.boxes) == 10_200 + 2
+    assert layout.method == "sugiyama"
+    assert max(layout.layers.values()) == 3 * 3400 + 1  # input, three layers per block, output
+    _check_geometry(layout)
+
+
+def test_huge_fan_out_uses_fallback(tmp_path):
+    # One input read by every block's Add: edges skipping thousands of layers.
+    analysis = _residual_chain(tmp_path, 700, fan_out_input=True)
+    layout = layout_graph(analysis, max_dummy_vertices=50_000)
+    assert layout.method == "layered"
+    assert len(layout.boxes) == 2100 + 2
+    _check_geometry(layout)
+
+
+def test_op_categories():
+    assert op_category("Conv") == "conv/linear"
+    assert op_category("innerProduct") == "conv/linear"  # Core ML name through the canonical table
+    assert op_category("BatchNormalization") == "normalization"
+    assert op_category("Relu") == "activation"
+    assert op_category("MaxPool") == "pooling"
+    assert op_category("Concat") == "data movement"
+    assert op_category("ConvTranspose") == "upsampling"
+    assert op_category("SomethingCustom") == "other"
