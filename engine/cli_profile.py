@@ -1,0 +1,402 @@
+"""`layerscope profile` and `layerscope compare` (registered by engine.cli).
+
+    layerscope profile MODEL [--target cpu] [--mode exact|deployed] [--runs N] [--warmup N]
+                             [--threads N] [--size HxW ...] [--alpha A ...] [--shape NAME=DIMS]
+                             [--inputs random|zeros|FILE.npz] [--seed N] [--json out.json]
+                             [--report out.html] [--csv out.csv] [--trace out.json]
+                             [--model-explorer out.json]
+    layerscope compare A.json B.json [--report diff.html] [--json diff.json]
+
+Progress goes to stderr: a bar on a terminal, one line per run in a pipe.
+Ctrl-C stops after the current run; what was measured is still summarised
+and written (exit code 130).  A second Ctrl-C stops at once.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 2, 3, 130
+
+
+# ----------------------------------------------------------------------------- progress
+
+class Progress:
+    """A progress bar on a terminal, plain lines in a pipe (both on stderr)."""
+
+    def __init__(self, stream=None, label: str = ""):
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.label = label
+        self.started = time.monotonic()
+        self._last_width = 0
+
+    def __call__(self, done: int, total: int, message: str) -> None:
+        if self.tty:
+            width = 28
+            filled = int(width * done / total) if total else width
+            elapsed = time.monotonic() - self.started
+            eta = elapsed / done * (total - done) if done else 0.0
+            line = (f"\r{self.label}[{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
+                    f"{message}  {elapsed:.0f}s elapsed, ~{eta:.0f}s left")
+            pad = max(0, self._last_width - len(line))
+            self.stream.write(line + " " * pad)
+            self._last_width = len(line)
+            self.stream.flush()
+        else:
+            print(f"{self.label}{done}/{total} {message}", file=self.stream, flush=True)
+
+    def finish(self) -> None:
+        if self.tty and self._last_width:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._last_width = 0
+
+
+class CtrlC:
+    """First Ctrl-C sets `cancel` (stop after this run, keep what was measured); the second interrupts."""
+
+    def __init__(self):
+        self.cancel = threading.Event()
+        self._previous = None
+
+    def __enter__(self) -> "CtrlC":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.cancel.is_set():
+            raise KeyboardInterrupt
+        self.cancel.set()
+        print("\nlayerscope: stopping after the current run (Ctrl-C again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+# ----------------------------------------------------------------------------- summary text
+
+def _pct(value: float) -> str:
+    return f"{value * 100:.1f} %"
+
+
+def _ms(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.3f} ms"
+
+
+def profile_summary(profile, top: int = 10) -> str:
+    lines = []
+    target = profile.target
+    shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in (profile.settings.get("input_shapes") or {}).items())
+    lines.append(f"Model       {profile.model_path} ({profile.model_format}){'; ' + shapes if shapes else ''}")
+    threads = profile.settings.get("threads") or "auto"
+    lines.append(f"Target      {target.get('name', '?')}: {target.get('chip', '?')}, {target.get('os', '?')}, "
+                 f"{target.get('runtime', '?')}, threads {threads}")
+    mode_text = {"exact": "exact (graph optimizations off, one timing per source node)",
+                 "deployed": "deployed (optimizations on, fused kernels mapped to source nodes)"}
+    lines.append(f"Mode        {mode_text.get(profile.mode, profile.mode)}")
+    runs = f"{profile.runs_completed} measured after {profile.settings.get('warmup', 0)} warm-up"
+    if not profile.complete:
+        runs += f" - INCOMPLETE ({profile.error or 'stopped'}; {profile.settings.get('runs')} asked)"
+    lines.append(f"Runs        {runs}")
+    e2e = profile.end_to_end
+    if e2e is None:
+        lines.append("End-to-end  no run completed")
+        return "\n".join(lines)
+    lines.append(f"End-to-end  {_ms(e2e.median_ms)} median (p10 {e2e.p10_ms:.3f}, p90 {e2e.p90_ms:.3f}, "
+                 f"CV {_pct(e2e.cv)}) measured, plain runs")
+    if profile.profiler_overhead is not None and profile.profiled_end_to_end is not None:
+        lines.append(f"Profiler    adds {_pct(profile.profiler_overhead)} "
+                     f"(profiled runs {_ms(profile.profiled_end_to_end.median_ms)} median)")
+    if profile.coverage is not None:
+        lines.append(f"Coverage    {profile.coverage:.2f} (sum of per-kernel medians / end-to-end median)")
+    total = profile.total_node_ms
+    if profile.stage_times_ms:
+        lines.append("")
+        lines.append("Stages (share of node time)")
+        for name, ms in profile.stage_times_ms.items():
+            share = ms / total if total else 0.0
+            lines.append(f"  {name:<12} {ms:9.3f} ms  {share * 100:5.1f} %  {profile.stage_kind(name)}")
+    ranked = profile.top_nodes(top)
+    if ranked:
+        lines.append("")
+        lines.append(f"Top {len(ranked)} layers")
+        width = min(48, max(len(n.node_id) for n in ranked))
+        for index, node in enumerate(ranked, 1):
+            share = node.time.median_ms / total if total else 0.0
+            name = node.node_id if len(node.node_id) <= width else "..." + node.node_id[-(width - 3):]
+            lines.append(f"  {index:2}. {name:<{width}} {node.op_type:<18} {node.stage:<10} "
+                         f"{node.time.median_ms:8.3f} ms {share * 100:5.1f} %  {node.kind:<10} "
+                         f"CV {node.time.cv * 100:4.1f} %")
+    ops = profile.top_op_types(min(top, 8))
+    if ops:
+        counts: dict[str, int] = {}
+        for node in profile.nodes.values():
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+        lines.append("")
+        lines.append("Top op types")
+        for op, ms in ops:
+            share = ms / total if total else 0.0
+            lines.append(f"  {op:<22} {ms:9.3f} ms  {share * 100:5.1f} %  ({counts.get(op, 0)} nodes)  "
+                         f"{profile.op_type_kind(op)}")
+    if profile.hints:
+        lines.append("")
+        lines.append("Hints")
+        for hint in profile.hints:
+            lines.append(f"  [{hint.get('severity', '?')}] {hint.get('message', '')}")
+    for warning in profile.warnings:
+        lines.append(f"warning: {warning}")
+    return "\n".join(lines)
+
+
+def sweep_summary(rows) -> str:
+    lines = ["", "Sweep (end-to-end, measured; MACs estimated)",
+             f"  {'setting':<14} {'median':>11} {'p10':>11} {'p90':>11} {'MACs':>14}"]
+    for row in rows:
+        lines.append(f"  {row['setting']:<14} {_ms(row.get('median_ms')):>11} {_ms(row.get('p10_ms')):>11} "
+                     f"{_ms(row.get('p90_ms')):>11} {row.get('macs', 0):>14,}"
+                     + ("" if row.get("complete", True) else "  incomplete"))
+    return "\n".join(lines)
+
+
+def compare_summary(comparison, top: int = 10) -> str:
+    lines = [f"Compare     a = {comparison.a_label}", f"            b = {comparison.b_label}"]
+    e2e = comparison.end_to_end
+    if e2e is not None:
+        lines.append(f"End-to-end  {_ms(e2e.a_ms)} -> {_ms(e2e.b_ms)}  b/a {e2e.ratio:.2f}" if e2e.ratio
+                     else f"End-to-end  {_ms(e2e.a_ms)} -> {_ms(e2e.b_ms)}")
+    if comparison.stages:
+        lines.append("")
+        lines.append("Stages")
+        for change in comparison.stages:
+            ratio = "-" if change.ratio is None else f"{change.ratio:.2f}"
+            lines.append(f"  {change.key:<12} {change.a_ms:9.3f} ms -> {change.b_ms:9.3f} ms  b/a {ratio}  "
+                         f"{change.kind}")
+    changes = comparison.top_changes(top)
+    if changes:
+        lines.append("")
+        lines.append(f"Top {len(changes)} changed layers (by time difference)")
+        width = min(48, max(len(c.key) for c in changes))
+        for change in changes:
+            ratio = "-" if change.ratio is None else f"{change.ratio:.2f}"
+            name = change.key if len(change.key) <= width else "..." + change.key[-(width - 3):]
+            lines.append(f"  {name:<{width}} {change.op_type:<16} {change.a_ms:8.3f} -> {change.b_ms:8.3f} ms  "
+                         f"b/a {ratio}  {change.kind}")
+    lines.append("")
+    lines.append(f"{len(comparison.faster)} layer(s) faster and {len(comparison.slower)} slower by more than "
+                 f"{comparison.threshold * 100:.0f} %")
+    for warning in comparison.warnings:
+        lines.append(f"warning: {warning}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- commands
+
+def _with_hints(profile, analysis):
+    try:
+        from engine.hints import find_hints
+    except ImportError:
+        return profile
+    hints = []
+    for hint in find_hints(profile, analysis):
+        if isinstance(hint, dict):
+            hints.append(hint)
+        elif hasattr(hint, "to_json_dict"):
+            hints.append(hint.to_json_dict())
+        else:
+            import dataclasses
+            hints.append(dataclasses.asdict(hint))
+    return profile.with_hints(hints)
+
+
+def _write_outputs(args, profile, analysis, sweep=None) -> list[str]:
+    written = []
+    if args.json:
+        profile.save_json(args.json)
+        written.append(args.json)
+    wanted = [(args.report, "write_html"), (args.csv, "write_csv"), (args.trace, "write_chrome_trace"),
+              (args.model_explorer, "write_model_explorer")]
+    if any(path for path, _ in wanted):
+        try:
+            import engine.report as report
+        except ImportError as exc:
+            from engine.cli import CliError
+            raise CliError(f"exports are not available in this build ({exc})")
+        for path, function in wanted:
+            if not path:
+                continue
+            if function == "write_html":
+                report.write_html(profile, analysis, path, sweep=sweep)
+            elif function == "write_chrome_trace":
+                report.write_chrome_trace(profile, path)
+            else:
+                getattr(report, function)(profile, analysis, path)
+            written.append(path)
+    return written
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from engine.cli import CliError, parse_shape_option
+    from engine.sweep import model_for_setting, parse_size, sweep_alpha, sweep_sizes
+    from engine.targets import ProfileSettings, get_target
+
+    path = Path(args.model) if args.model else _default_model()
+    sizes = [parse_size(s) for s in (args.size or [])]
+    alphas = list(args.alpha or [])
+    settings = ProfileSettings(mode=args.mode, runs=args.runs, warmup=args.warmup, threads=args.threads,
+                               inputs=args.inputs, seed=args.seed,
+                               input_shapes=parse_shape_option(args.shape))
+    if len(sizes) > 1 and len(alphas) > 1:
+        raise CliError("sweep either sizes or alphas, not both at once")
+    progress = Progress()
+    sweep_rows = None
+    with CtrlC() as ctrl_c:
+        if len(sizes) > 1 or len(alphas) > 1:
+            kept: list = []
+            if len(sizes) > 1:
+                sweep_rows = sweep_sizes(path, sizes, settings, progress=progress, cancel=ctrl_c.cancel,
+                                         keep_profiles=kept)
+            else:
+                sweep_rows = sweep_alpha(path, alphas, settings, size=sizes[0] if sizes else None,
+                                         progress=progress, cancel=ctrl_c.cancel, keep_profiles=kept)
+            progress.finish()
+            if not kept:
+                print("layerscope: interrupted before any setting was measured", file=sys.stderr)
+                return EXIT_INTERRUPTED
+            profile, analysis = kept[0]
+        else:
+            import tempfile, shutil
+            workdir = Path(tempfile.mkdtemp(prefix="layerscope-profile-"))
+            try:
+                model_file, size = model_for_setting(path, workdir, size=sizes[0] if sizes else None,
+                                                     alpha=alphas[0] if alphas else None)
+                if size is not None:
+                    settings = settings.replace(size=size)
+                target = get_target(args.target)
+                try:
+                    target.prepare(model_file, settings)
+                    profile = target.profile(settings, progress, ctrl_c.cancel)
+                    analysis = target.analysis
+                finally:
+                    progress.finish()
+                    target.close()
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+            if model_file != path:  # a regenerated sample: name the file the person gave, and the setting
+                from dataclasses import replace
+                profile = replace(profile, model_path=str(path))
+    profile = _with_hints(profile, analysis)
+    written = _write_outputs(args, profile, analysis, sweep=sweep_rows)
+    print(profile_summary(profile, top=args.top))
+    if sweep_rows:
+        print(sweep_summary(sweep_rows))
+    for item in written:
+        print(f"wrote {item}", file=sys.stderr)
+    if not profile.complete:
+        if profile.error in ("cancelled", "interrupted"):
+            print(f"layerscope: interrupted after {profile.runs_completed} run(s); the figures above and the "
+                  "files written hold those runs", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        print(f"layerscope: {path}: profile incomplete: {profile.error}; {profile.runs_completed} run(s) kept",
+              file=sys.stderr)
+        return EXIT_INCOMPLETE
+    return EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from engine.cli import CliError
+    from engine.compare import compare_profiles
+    from engine.profile import Profile
+
+    a = Profile.load_json(args.a)
+    b = Profile.load_json(args.b)
+    comparison = compare_profiles(a, b, threshold=args.threshold)
+    print(compare_summary(comparison, top=args.top))
+    if args.json:
+        import json
+        from engine.cli import _write_atomically
+        _write_atomically(Path(args.json), json.dumps(comparison.to_json_dict(), indent=1))
+        print(f"wrote {args.json}", file=sys.stderr)
+    if args.report:
+        try:
+            from engine.report import write_html
+        except ImportError as exc:
+            raise CliError(f"reports are not available in this build ({exc})")
+        from engine.analysis import analyze
+        from importers import open_model
+        model_path = Path(b.model_path)
+        if not model_path.exists():
+            raise CliError(f"--report needs the model file {b.model_path} (named in {args.b}), which is not there")
+        shapes = {k: list(v) for k, v in (b.settings.get("input_shapes") or {}).items()}
+        try:
+            analysis = analyze(open_model(model_path, input_shapes=shapes))
+        except Exception:
+            analysis = analyze(open_model(model_path))
+        write_html(b, analysis, args.report, compare=comparison.to_json_dict())
+        print(f"wrote {args.report}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _default_model() -> Path:
+    from engine.samples import default_sample_path
+    return default_sample_path()
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def add_profile_commands(sub) -> None:
+    profile = sub.add_parser("profile", help="run a model and measure every layer (CPU reference)",
+                             description="Run a model on a target and measure every layer. "
+                                         "Ctrl-C stops after the current run and still writes what was measured.")
+    profile.add_argument("model", nargs="?", help="model file (.onnx); default: the bundled MobileUNet sample")
+    profile.add_argument("--target", default="cpu", choices=["cpu"], help="where to run (default cpu)")
+    profile.add_argument("--mode", default="exact", choices=["exact", "deployed"],
+                         help="exact: optimizations off, one timing per node; deployed: optimizations on, "
+                              "fused kernels mapped back to nodes (default exact)")
+    profile.add_argument("--runs", type=_positive_int, default=20, help="measured runs (default 20)")
+    profile.add_argument("--warmup", type=_positive_int, default=3, help="warm-up runs (default 3)")
+    profile.add_argument("--threads", type=_positive_int, default=1,
+                         help="intra-op threads (default 1: stable, attributable per-layer times; "
+                              "0 lets the runtime use one per physical core)")
+    profile.add_argument("--size", nargs="+", metavar="HxW",
+                         help="input height x width for image inputs; several sizes run a sweep")
+    profile.add_argument("--alpha", nargs="+", type=float, metavar="A",
+                         help="width multiplier of a generated sample; several run a sweep")
+    profile.add_argument("--shape", action="append", metavar="NAME=DIMS",
+                         help="full shape of an input with free dimensions, e.g. input=1x3x224x224")
+    profile.add_argument("--inputs", default="random", metavar="random|zeros|FILE.npz",
+                         help="input values: random (seeded), zeros, or arrays named after the inputs in a .npz")
+    profile.add_argument("--seed", type=int, default=0, help="seed of random inputs (default 0)")
+    profile.add_argument("--json", metavar="FILE", help="write the layerscope.profile/1 JSON")
+    profile.add_argument("--report", metavar="FILE", help="write a self-contained HTML report")
+    profile.add_argument("--csv", metavar="FILE", help="write one CSV row per layer")
+    profile.add_argument("--trace", metavar="FILE", help="write Chrome trace-event JSON (opens in Perfetto)")
+    profile.add_argument("--model-explorer", metavar="FILE", help="write Model Explorer node data JSON")
+    profile.add_argument("--top", type=int, default=10, help="how many slowest layers to list (default 10)")
+    profile.set_defaults(func=cmd_profile)
+
+    compare = sub.add_parser("compare", help="compare two profiles (JSON) of the same model")
+    compare.add_argument("a", help="profile JSON (the reference)")
+    compare.add_argument("b", help="profile JSON (ratios are b / a)")
+    compare.add_argument("--report", metavar="FILE", help="write an HTML report of b with the comparison")
+    compare.add_argument("--json", metavar="FILE", help="write the comparison as JSON")
+    compare.add_argument("--threshold", type=float, default=0.10,
+                         help="relative change that counts as faster/slower (default 0.10)")
+    compare.add_argument("--top", type=int, default=10, help="how many changed layers to list")
+    compare.set_defaults(func=cmd_compare)

@@ -1,0 +1,477 @@
+"""The profile data model: what one profiling session measured, immutable once built.
+
+A `Profile` is keyed by the same node ids as the IR and the static analysis
+(`engine.ir.Node.id`), and lives beside the graph, never on it.  Targets
+(engine.targets.*) build it; reports, the GUI, hints and `compare` only read it.
+
+Every figure says how it was obtained (DESIGN.md, "Measured versus estimated"):
+
+- ``measured``   timed on the target (one sample per run);
+- ``attributed`` a measured total split by a cost model: in deployed mode a
+                 fused kernel's time is split over its source nodes by FLOPs share;
+- ``estimated``  from a model of the device, no run.
+
+Invariants:
+
+- `TimingStats.samples_ms` holds one sample per completed run, in run order;
+  the summary figures are derived from them by `TimingStats.from_samples`.
+- `Profile.groups` are the timed units (one kernel each).  In exact mode each
+  group covers one source node; in deployed mode a fused kernel covers several,
+  and a kernel the runtime inserted itself (a layout reorder) may cover none.
+  Every source compute node belongs to at most one group.
+- `Profile.nodes` is in execution order.  The per-node medians sum to the
+  per-group medians of groups that cover at least one node (attribution
+  preserves totals).
+- `coverage` = sum of per-group medians / end-to-end median (plain runs
+  without the profiler).  Near 1 means the per-node figures explain the run.
+
+The JSON form (`to_json_dict`, schema ``layerscope.profile/1``) is documented
+in docs/profile-json.md.  Keys may be added within version 1; none is removed
+or renamed.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
+
+SCHEMA = "layerscope.profile/1"
+
+MEASURED, ATTRIBUTED, ESTIMATED = "measured", "attributed", "estimated"
+KINDS = (MEASURED, ATTRIBUTED, ESTIMATED)
+
+MODE_EXACT, MODE_DEPLOYED = "exact", "deployed"
+MODES = (MODE_EXACT, MODE_DEPLOYED)
+
+__all__ = ["SCHEMA", "MEASURED", "ATTRIBUTED", "ESTIMATED", "KINDS", "MODE_EXACT", "MODE_DEPLOYED", "MODES",
+           "FrozenMap", "TimingStats", "TimingGroup", "NodeTiming", "Profile", "ProfileFormatError",
+           "combine_kinds"]
+
+
+class ProfileFormatError(ValueError):
+    """A JSON file that is not a layerscope.profile/1 document; the message says what is wrong."""
+
+
+class FrozenMap(Mapping):
+    """A read-only, picklable mapping that keeps insertion order (for `Profile.nodes`)."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Union[Mapping, Iterable] = ()):
+        object.__setattr__(self, "_data", dict(data))
+
+    def __getitem__(self, key):
+        return self._data[key]
+
+    def __iter__(self) -> Iterator:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("FrozenMap is read-only")
+
+    def __reduce__(self):
+        return (FrozenMap, (self._data,))
+
+    def __eq__(self, other):
+        return isinstance(other, Mapping) and dict(self.items()) == dict(other.items())
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._data!r})"
+
+
+def combine_kinds(kinds: Iterable[str]) -> str:
+    """The kind of a sum: the weakest of its parts (estimated < attributed < measured)."""
+    kinds = set(kinds)
+    if ESTIMATED in kinds:
+        return ESTIMATED
+    if ATTRIBUTED in kinds:
+        return ATTRIBUTED
+    return MEASURED
+
+
+def _percentile(ordered: Sequence[float], q: float) -> float:
+    """Linear-interpolation percentile of sorted data (numpy's default method)."""
+    if len(ordered) == 1:
+        return float(ordered[0])
+    position = (len(ordered) - 1) * q / 100.0
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return float(ordered[low] + (ordered[high] - ordered[low]) * (position - low))
+
+
+@dataclass(frozen=True, slots=True)
+class TimingStats:
+    """Samples of one duration (milliseconds) and their summary.
+
+    cv is the coefficient of variation, population standard deviation / mean
+    (0 for a single sample or a zero mean).
+    """
+
+    samples_ms: tuple[float, ...]
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    cv: float
+    kind: str = MEASURED
+
+    @classmethod
+    def from_samples(cls, samples: Iterable[float], kind: str = MEASURED) -> "TimingStats":
+        values = tuple(float(s) for s in samples)
+        if not values:
+            raise ValueError("TimingStats needs at least one sample")
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        ordered = sorted(values)
+        mean = sum(values) / len(values)
+        if len(values) > 1 and mean > 0:
+            variance = sum((v - mean) ** 2 for v in values) / len(values)
+            cv = math.sqrt(variance) / mean
+        else:
+            cv = 0.0
+        return cls(values, _percentile(ordered, 50), _percentile(ordered, 10), _percentile(ordered, 90),
+                   cv, kind)
+
+    @property
+    def count(self) -> int:
+        return len(self.samples_ms)
+
+    @property
+    def mean_ms(self) -> float:
+        return sum(self.samples_ms) / len(self.samples_ms)
+
+    @property
+    def robust_cv(self) -> float:
+        """1.4826 * median absolute deviation / median: the CV that a few disturbed runs
+        (another process taking the core) do not dominate.  Equals cv for normal noise."""
+        if len(self.samples_ms) < 2 or self.median_ms <= 0:
+            return 0.0
+        deviations = sorted(abs(s - self.median_ms) for s in self.samples_ms)
+        return 1.4826 * _percentile(deviations, 50) / self.median_ms
+
+    def scaled(self, factor: float, kind: Optional[str] = None) -> "TimingStats":
+        """Every sample times `factor` (how a fused group's time is attributed to one member)."""
+        return TimingStats.from_samples((s * factor for s in self.samples_ms), kind or self.kind)
+
+    def to_json_dict(self, with_samples: bool = True) -> dict:
+        data = {"median_ms": self.median_ms, "p10_ms": self.p10_ms, "p90_ms": self.p90_ms,
+                "cv": self.cv, "robust_cv": self.robust_cv, "kind": self.kind}
+        if with_samples:
+            data["samples_ms"] = list(self.samples_ms)
+        return data
+
+    @classmethod
+    def from_json_dict(cls, data: Mapping) -> "TimingStats":
+        samples = tuple(float(s) for s in data.get("samples_ms", ()))
+        return cls(samples, float(data["median_ms"]), float(data["p10_ms"]), float(data["p90_ms"]),
+                   float(data.get("cv", 0.0)), str(data.get("kind", MEASURED)))
+
+
+@dataclass(frozen=True, slots=True)
+class TimingGroup:
+    """One timed kernel and the source nodes it covers.
+
+    Exact mode: one group per source node, group_id == that node's id.
+    Deployed mode: a fused kernel; `node_ids` are the source nodes it computes
+    (empty for a kernel the runtime inserted, e.g. a layout reorder).
+    `kernel` is the runtime's name of the kernel, `kernel_op` its op type.
+    """
+
+    group_id: str
+    kernel: str
+    node_ids: tuple[str, ...]
+    time: TimingStats
+    kernel_op: str = ""
+
+    def to_json_dict(self) -> dict:
+        return {"id": self.group_id, "kernel": self.kernel, "kernel_op": self.kernel_op,
+                "node_ids": list(self.node_ids), "time": self.time.to_json_dict()}
+
+    @classmethod
+    def from_json_dict(cls, data: Mapping) -> "TimingGroup":
+        return cls(str(data["id"]), str(data.get("kernel", "")), tuple(data.get("node_ids", ())),
+                   TimingStats.from_json_dict(data["time"]), str(data.get("kernel_op", "")))
+
+
+@dataclass(frozen=True, slots=True)
+class NodeTiming:
+    """Time (and runtime memory figures) of one source node.
+
+    `kind` is the kind of `time`: measured when the node is its own kernel,
+    attributed when it shares a fused kernel (the group's time split by FLOPs).
+    output_bytes: bytes the node's outputs occupy (from the runtime when it
+    reports them, else from static shapes).  memory_bytes: the runtime's own
+    figure of memory the kernel touched (activations + parameters + outputs),
+    None when the runtime does not report it.
+    """
+
+    node_id: str
+    op_type: str
+    stage: str
+    time: TimingStats
+    group_id: str
+    kind: str = MEASURED
+    output_bytes: Optional[int] = None
+    memory_bytes: Optional[int] = None
+    compute_unit: str = "CPU"
+
+    def to_json_dict(self) -> dict:
+        return {"id": self.node_id, "op_type": self.op_type, "stage": self.stage, "group": self.group_id,
+                "time": self.time.to_json_dict(), "kind": self.kind, "output_bytes": self.output_bytes,
+                "memory_bytes": self.memory_bytes, "compute_unit": self.compute_unit}
+
+    @classmethod
+    def from_json_dict(cls, data: Mapping) -> "NodeTiming":
+        time = TimingStats.from_json_dict(data["time"])
+        return cls(str(data["id"]), str(data.get("op_type", "")), str(data.get("stage", "")), time,
+                   str(data.get("group", data["id"])), str(data.get("kind", time.kind)),
+                   _optional_int(data.get("output_bytes")), _optional_int(data.get("memory_bytes")),
+                   str(data.get("compute_unit", "CPU")))
+
+
+def _optional_int(value) -> Optional[int]:
+    return None if value is None else int(value)
+
+
+def _optional_float(value) -> Optional[float]:
+    return None if value is None else float(value)
+
+
+def _now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything one profiling session measured.  Build with `Profile.build` or the constructor.
+
+    end_to_end: plain runs (no profiler), one sample per run; None when no run finished.
+    profiled_end_to_end: the same runs' wall time with the profiler on.
+    profiler_overhead: profiled median / plain median - 1 (0.05 = the profiler adds 5 %).
+    stage_times_ms / op_type_times_ms: sums of node medians (stage in execution
+    order of first appearance; op types by descending time).
+    hints: plain dicts {rule, message, node_ids, severity}, filled by the caller
+    (engine.hints.find_hints) with dataclasses.replace.
+    """
+
+    model_path: str
+    model_format: str
+    target: Mapping[str, Any]
+    mode: str
+    settings: Mapping[str, Any]
+    end_to_end: Optional[TimingStats]
+    profiled_end_to_end: Optional[TimingStats]
+    profiler_overhead: Optional[float]
+    groups: tuple[TimingGroup, ...]
+    nodes: Mapping[str, NodeTiming]
+    coverage: Optional[float]
+    runs_completed: int
+    complete: bool = True
+    error: str = ""
+    stage_times_ms: Mapping[str, float] = field(default_factory=dict)
+    op_type_times_ms: Mapping[str, float] = field(default_factory=dict)
+    created_at: str = field(default_factory=_now_iso)
+    hints: tuple = ()
+    # Source nodes the runtime did not run (constants folded before the run): no time, by design.
+    untimed_node_ids: tuple[str, ...] = ()
+    # Things the reader should know about the figures (e.g. a kernel that could not be mapped).
+    warnings: tuple[str, ...] = ()
+    schema: str = SCHEMA
+
+    def __post_init__(self):
+        # Frozen all the way down where it is cheap: mappings become read-only views.
+        for name in ("nodes", "target", "settings", "stage_times_ms", "op_type_times_ms"):
+            value = getattr(self, name)
+            if not isinstance(value, FrozenMap):
+                object.__setattr__(self, name, FrozenMap(value))
+        object.__setattr__(self, "groups", tuple(self.groups))
+        object.__setattr__(self, "hints", tuple(self.hints))
+        object.__setattr__(self, "untimed_node_ids", tuple(self.untimed_node_ids))
+        object.__setattr__(self, "warnings", tuple(self.warnings))
+
+    # -- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, *, model_path: str, model_format: str, target: Mapping, mode: str, settings: Mapping,
+              end_to_end_samples: Sequence[float], profiled_samples: Sequence[float],
+              groups: Sequence[TimingGroup], nodes: Sequence[NodeTiming], runs_completed: int,
+              complete: bool = True, error: str = "", stage_order: Sequence[str] = (),
+              untimed_node_ids: Sequence[str] = (), warnings: Sequence[str] = ()) -> "Profile":
+        """Derive the summary figures (coverage, overhead, stage and op-type sums) from the parts."""
+        end_to_end = TimingStats.from_samples(end_to_end_samples) if end_to_end_samples else None
+        profiled = TimingStats.from_samples(profiled_samples) if profiled_samples else None
+        overhead = None
+        if end_to_end is not None and profiled is not None and end_to_end.median_ms > 0:
+            overhead = profiled.median_ms / end_to_end.median_ms - 1.0
+        group_total = sum(g.time.median_ms for g in groups)
+        coverage = group_total / end_to_end.median_ms if end_to_end is not None and end_to_end.median_ms > 0 \
+            else None
+        stage_times: dict[str, float] = {name: 0.0 for name in stage_order}
+        op_times: dict[str, float] = {}
+        for node in nodes:
+            stage_times[node.stage] = stage_times.get(node.stage, 0.0) + node.time.median_ms
+            op_times[node.op_type] = op_times.get(node.op_type, 0.0) + node.time.median_ms
+        stage_times = {k: v for k, v in stage_times.items() if v > 0 or k in stage_order}
+        op_times = dict(sorted(op_times.items(), key=lambda item: -item[1]))
+        return cls(model_path=model_path, model_format=model_format, target=dict(target), mode=mode,
+                   settings=dict(settings), end_to_end=end_to_end, profiled_end_to_end=profiled,
+                   profiler_overhead=overhead, groups=tuple(groups),
+                   nodes={n.node_id: n for n in nodes}, coverage=coverage, runs_completed=runs_completed,
+                   complete=complete, error=error, stage_times_ms=stage_times, op_type_times_ms=op_times,
+                   untimed_node_ids=tuple(untimed_node_ids), warnings=tuple(warnings))
+
+    # -- queries --------------------------------------------------------------------------
+
+    @property
+    def total_node_ms(self) -> float:
+        """Sum of per-node medians (equals the covered groups' sum)."""
+        return sum(n.time.median_ms for n in self.nodes.values())
+
+    @property
+    def total_group_ms(self) -> float:
+        return sum(g.time.median_ms for g in self.groups)
+
+    def group(self, group_id: str) -> TimingGroup:
+        for g in self.groups:
+            if g.group_id == group_id:
+                return g
+        raise KeyError(group_id)
+
+    def top_nodes(self, n: int = 10) -> list[NodeTiming]:
+        """The n slowest nodes by median time, slowest first."""
+        ranked = sorted(self.nodes.values(), key=lambda t: t.time.median_ms, reverse=True)
+        return ranked[:n]
+
+    def top_op_types(self, n: int = 10) -> list[tuple[str, float]]:
+        """(op_type, summed median ms) of the n most expensive op types."""
+        return sorted(self.op_type_times_ms.items(), key=lambda item: -item[1])[:n]
+
+    def share(self, node_id: str) -> float:
+        """A node's share of the summed node time (0..1)."""
+        total = self.total_node_ms
+        return self.nodes[node_id].time.median_ms / total if total > 0 else 0.0
+
+    def stage_shares(self) -> dict[str, float]:
+        total = sum(self.stage_times_ms.values())
+        return {k: (v / total if total > 0 else 0.0) for k, v in self.stage_times_ms.items()}
+
+    def stage_kind(self, stage: str) -> str:
+        return combine_kinds(n.kind for n in self.nodes.values() if n.stage == stage)
+
+    def op_type_kind(self, op_type: str) -> str:
+        return combine_kinds(n.kind for n in self.nodes.values() if n.op_type == op_type)
+
+    def with_hints(self, hints: Iterable[Mapping]) -> "Profile":
+        return replace(self, hints=tuple(dict(h) for h in hints))
+
+    # -- JSON -----------------------------------------------------------------------------
+
+    def to_json_dict(self) -> dict:
+        node_total = self.total_node_ms
+        op_counts: dict[str, int] = {}
+        for node in self.nodes.values():
+            op_counts[node.op_type] = op_counts.get(node.op_type, 0) + 1
+        return {
+            "schema": self.schema,
+            "created_at": self.created_at,
+            "model": {"path": self.model_path, "format": self.model_format},
+            "target": dict(self.target),
+            "mode": self.mode,
+            "settings": _jsonable(dict(self.settings)),
+            "runs": self.runs_completed,
+            "complete": self.complete,
+            "error": self.error,
+            "warnings": list(self.warnings),
+            "end_to_end": self.end_to_end.to_json_dict() if self.end_to_end else None,
+            "profiled_end_to_end": self.profiled_end_to_end.to_json_dict() if self.profiled_end_to_end else None,
+            "profiler_overhead": self.profiler_overhead,
+            "coverage": self.coverage,
+            "nodes": [n.to_json_dict() for n in self.nodes.values()],
+            "untimed_node_ids": list(self.untimed_node_ids),
+            "groups": [g.to_json_dict() for g in self.groups],
+            "stages": [{"name": name, "median_ms": ms,
+                        "share": ms / node_total if node_total > 0 else 0.0,
+                        "kind": self.stage_kind(name)} for name, ms in self.stage_times_ms.items()],
+            "op_types": [{"op_type": op, "median_ms": ms, "count": op_counts.get(op, 0),
+                          "share": ms / node_total if node_total > 0 else 0.0,
+                          "kind": self.op_type_kind(op)} for op, ms in self.op_type_times_ms.items()],
+            "hints": [_jsonable(dict(h)) for h in self.hints],
+        }
+
+    @classmethod
+    def from_json_dict(cls, data: Mapping) -> "Profile":
+        if not isinstance(data, Mapping):
+            raise ProfileFormatError("not a LayerScope profile: the document is not a JSON object")
+        schema = data.get("schema")
+        if schema != SCHEMA:
+            raise ProfileFormatError(f"not a LayerScope profile: schema is {schema!r}, expected {SCHEMA!r}")
+        try:
+            model = data.get("model", {})
+            end_to_end = data.get("end_to_end")
+            profiled = data.get("profiled_end_to_end")
+            return cls(
+                model_path=str(model.get("path", "")), model_format=str(model.get("format", "")),
+                target=dict(data.get("target", {})), mode=str(data.get("mode", "")),
+                settings=dict(data.get("settings", {})),
+                end_to_end=TimingStats.from_json_dict(end_to_end) if end_to_end else None,
+                profiled_end_to_end=TimingStats.from_json_dict(profiled) if profiled else None,
+                profiler_overhead=_optional_float(data.get("profiler_overhead")),
+                groups=tuple(TimingGroup.from_json_dict(g) for g in data.get("groups", ())),
+                nodes={n["id"]: NodeTiming.from_json_dict(n) for n in data.get("nodes", ())},
+                coverage=_optional_float(data.get("coverage")),
+                runs_completed=int(data.get("runs", 0)),
+                complete=bool(data.get("complete", True)), error=str(data.get("error", "")),
+                stage_times_ms={s["name"]: float(s["median_ms"]) for s in data.get("stages", ())},
+                op_type_times_ms={o["op_type"]: float(o["median_ms"]) for o in data.get("op_types", ())},
+                created_at=str(data.get("created_at", "")),
+                hints=tuple(dict(h) for h in data.get("hints", ())),
+                untimed_node_ids=tuple(data.get("untimed_node_ids", ())),
+                warnings=tuple(str(w) for w in data.get("warnings", ())),
+                schema=schema)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ProfileFormatError(f"malformed {SCHEMA} document: {type(exc).__name__}: {exc}") from None
+
+    def to_json(self, indent: Optional[int] = 1) -> str:
+        return json.dumps(self.to_json_dict(), indent=indent, allow_nan=False)
+
+    def save_json(self, path: Union[str, Path]) -> Path:
+        """Write atomically: a reader never sees a half-written file."""
+        path = Path(path)
+        text = self.to_json()
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load_json(cls, path: Union[str, Path]) -> "Profile":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ProfileFormatError(f"{path}: no such file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ProfileFormatError(f"{path}: not a JSON file ({exc})") from None
+        try:
+            return cls.from_json_dict(data)
+        except ProfileFormatError as exc:
+            raise ProfileFormatError(f"{path}: {exc}") from None
+
+
+def _jsonable(value):
+    """Settings may hold tuples, Paths and numpy scalars; JSON wants lists, strings and numbers."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy scalar
+        return value.item()
+    return value
