@@ -1,0 +1,530 @@
+"""The device bridge end to end: real agent subprocesses on loopback, real websockets, real ONNX Runtime."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.bridge.cache import ModelCache, safe_extract
+from engine.bridge.calibration import calibrate_unit, estimate_transfers, fit_transfer_cost
+from engine.bridge.client import BridgeBusy, BridgeClient, BridgeConnectionLost, BridgeError
+from engine.bridge.protocol import ProtocolError
+from engine.bridge.results import BridgeProfile, UnitCalibration
+from engine.profile import ESTIMATED, MEASURED, Profile
+from engine.targets import ProfileSettings, get_target
+from engine.targets.bridge import BridgeTarget
+from tests.bridge_conformance.bridge_wire import (REPO, AgentHandle, start_agent_process, stop_agent_process,
+                                                  tiny_onnx_bytes)
+
+LONG_RUNS = 1_000_000
+
+
+@pytest.fixture
+def start_agent(tmp_path):
+    started: list[AgentHandle] = []
+
+    def start(token=None, port=0, extra=(), cache_dir: Path | None = None) -> AgentHandle:
+        folder = cache_dir or tmp_path / f"agent{len(started)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = start_agent_process(folder, token=token, port=port, extra=extra)
+        started.append(handle)
+        return handle
+
+    yield start
+    for handle in started:
+        stop_agent_process(handle)
+
+
+@pytest.fixture
+def tiny_model(tmp_path) -> Path:
+    path = tmp_path / "tiny.onnx"
+    path.write_bytes(tiny_onnx_bytes())
+    return path
+
+
+def _wait(predicate, timeout=20.0, interval=0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+# ---------------------------------------------------------------------------- the target
+
+def test_get_target_ws_address_profiles_the_sample_like_the_cpu_reference(start_agent, sample_model):
+    agent = start_agent()
+    target = get_target(agent.address)
+    assert isinstance(target, BridgeTarget)
+    settings = ProfileSettings(runs=3, warmup=1)
+    progress = []
+    try:
+        description = target.describe()
+        assert description["compute_units"] == ["CPU"]
+        coreml = next(b for b in description["backends"] if b["name"] == "coreml")
+        if sys.platform != "darwin":
+            assert coreml["available"] is False and "macOS" in coreml["reason"]
+        target.prepare(sample_model, settings)
+        profile = target.profile(settings, lambda done, total, message: progress.append((done, total)))
+        analysis = target.analysis  # what `layerscope profile` reads after profiling
+    finally:
+        target.close()
+    assert isinstance(profile, BridgeProfile)
+    assert profile.complete and profile.runs_completed == 3
+    assert profile.target["name"] == "bridge" and profile.target["address"] == agent.address
+    assert profile.model_path == str(sample_model)
+    assert progress and progress[-1] == (3, 3)
+    # node ids are the importer's ids: the profile overlays the same graph as the CPU reference
+    assert set(profile.nodes) <= set(analysis.nodes)
+    assert len(profile.nodes) > 50
+    assert all(len(n.time.samples_ms) == 3 for n in profile.nodes.values())
+    kinds = {t.kind: t for t in profile.transfers}
+    assert {"input", "output"} <= set(kinds)
+    assert all(t.time.kind == ESTIMATED for t in profile.transfers)
+    assert kinds["input"].bytes == 1 * 3 * 160 * 160 * 4
+    assert profile.calibration["CPU"].kind == MEASURED and profile.calibration["CPU"].bandwidth_bytes_per_s > 0
+    # the JSON round trip keeps transfers and calibration (keys added within layerscope.profile/1)
+    again = BridgeProfile.from_json_dict(json.loads(profile.to_json()))
+    assert again.transfers == profile.transfers and set(again.calibration) == {"CPU"}
+    assert Profile.from_json_dict(profile.to_json_dict()).runs_completed == 3  # plain readers still read it
+    assert target.overhead["upload_bytes"] == sample_model.stat().st_size
+
+
+def test_wrong_token_is_refused_and_the_right_one_accepted(start_agent, tiny_model):
+    token = secrets.token_hex(8)
+    agent = start_agent(token=token)
+    with pytest.raises(BridgeError) as caught:
+        BridgeTarget(agent.address, token="not-" + token).prepare(tiny_model, ProfileSettings(runs=1))
+    assert caught.value.code == "unauthorized" and "token" in str(caught.value)
+    with pytest.raises(BridgeError) as caught:
+        BridgeTarget(agent.address).describe()
+    assert caught.value.code == "unauthorized"
+    target = BridgeTarget(f"{agent.address}?token={token}")
+    try:
+        assert target.describe()["device"]
+    finally:
+        target.close()
+
+
+def test_agent_refuses_a_non_loopback_address_without_a_token():
+    result = subprocess.run([sys.executable, "-m", "engine", "agent", "--listen", "0.0.0.0:0"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "token" in result.stderr and "other machines" in result.stderr
+
+
+def test_oversized_frames_are_refused_and_the_agent_keeps_serving(start_agent):
+    from websockets.exceptions import ConnectionClosed
+    agent = start_agent()
+    client, other = BridgeClient(agent.address), BridgeClient(agent.address)
+    try:
+        welcome = client.connect()
+        other.connect()
+        limit = welcome["limits"]["max_message_bytes"]
+        client.send({"type": "ping", "id": "big", "padding": "x" * (limit + 10)})
+        reply = client.receive(10)
+        assert reply["type"] == "error" and reply["code"] == "message_too_large"
+        assert client.ping() > 0                       # same connection still served
+        client.send_binary(b"\0" * (limit + 10))       # an oversized binary frame
+        assert client.receive(10)["code"] == "message_too_large"
+        assert client.ping() > 0
+        # Beyond the transport's hard limit the connection is closed (1009), and only that one.
+        client.websocket.send(b"\0" * (4 * limit + 10))
+        with pytest.raises(ConnectionClosed):
+            client.websocket.recv(timeout=10)
+            client.websocket.recv(timeout=10)
+        assert other.ping() > 0
+        assert BridgeClient(agent.address).connect()["protocol"] == "layerscope-bridge/1"
+    finally:
+        client.close()
+        other.close()
+
+
+def test_agent_killed_during_a_run_keeps_the_completed_runs(start_agent, tiny_model):
+    agent = start_agent()
+    target = BridgeTarget(agent.address, partial_every=10)
+    settings = ProfileSettings(runs=LONG_RUNS, warmup=1)
+    target.prepare(tiny_model, settings)
+    killed = []
+
+    def progress(done, total, message):
+        if target.last_partial is not None and not killed:
+            os.kill(agent.process.pid, signal.SIGKILL)
+            killed.append(done)
+
+    try:
+        profile = target.profile(settings, progress)
+        assert killed
+        assert profile.complete is False
+        assert "lost the connection to the agent" in profile.error and "runs are kept" in profile.error
+        assert profile.runs_completed >= 10
+        assert profile.end_to_end.count == profile.runs_completed
+        assert {"conv1", "conv2", "add"} <= set(profile.nodes)
+        assert all(n.time.count == profile.runs_completed for n in profile.nodes.values())
+        # the agent is gone: the next call says so clearly instead of hanging
+        agent.process.wait(timeout=10)
+        with pytest.raises(BridgeError) as caught:
+            target.profile(settings.replace(runs=2))
+        assert caught.value.code == "unreachable" and "is `layerscope agent`" in str(caught.value)
+    finally:
+        target.close()
+
+
+def test_agent_killed_before_any_run_raises_a_clear_error(start_agent, tiny_model):
+    agent = start_agent()
+    target = BridgeTarget(agent.address)
+    settings = ProfileSettings(runs=LONG_RUNS, warmup=1)
+    target.prepare(tiny_model, settings)
+
+    def progress(done, total, message):
+        os.kill(agent.process.pid, signal.SIGKILL)
+
+    try:
+        with pytest.raises(BridgeConnectionLost) as caught:
+            target.profile(settings.replace(runs=LONG_RUNS), progress)
+        assert "nothing was measured" in str(caught.value)
+    finally:
+        target.close()
+
+
+def test_reconnect_after_the_agent_restarts(start_agent, tiny_model, tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cache = tmp_path / "shared-cache"
+    first = start_agent(port=port, cache_dir=cache)
+    target = BridgeTarget(first.address)
+    settings = ProfileSettings(runs=2, warmup=0)
+    try:
+        target.prepare(tiny_model, settings)
+        assert target.overhead["upload_cached"] is False
+        stop_agent_process(first)
+        second = start_agent(port=port, cache_dir=cache)
+        assert second.address == first.address
+        profile = target.profile(settings)
+        assert profile.complete and profile.runs_completed == 2
+        assert target.overhead["upload_cached"] is True  # same sha256: no bytes sent again
+    finally:
+        target.close()
+
+
+def test_cancel_stops_the_agents_work(start_agent, tiny_model):
+    agent = start_agent()
+    target = BridgeTarget(agent.address)
+    settings = ProfileSettings(runs=LONG_RUNS, warmup=0)
+    cancel = threading.Event()
+    target.prepare(tiny_model, settings)
+
+    def progress(done, total, message):
+        if done >= 5:
+            cancel.set()
+
+    try:
+        started = time.monotonic()
+        profile = target.profile(settings, progress, cancel)
+        assert time.monotonic() - started < 30
+        assert profile.complete is False and profile.error == "cancelled"
+        assert 5 <= profile.runs_completed < LONG_RUNS
+        # the agent stopped: it takes a new job at once instead of answering busy
+        again = target.profile(settings.replace(runs=2))
+        assert again.complete and again.runs_completed == 2
+    finally:
+        target.close()
+
+
+def test_two_clients_the_second_is_told_busy(start_agent, tiny_model):
+    agent = start_agent()
+    first, second = BridgeTarget(agent.address), BridgeTarget(agent.address)
+    settings = ProfileSettings(runs=LONG_RUNS, warmup=0)
+    first.prepare(tiny_model, settings)
+    second.prepare(tiny_model, settings.replace(runs=2))
+    cancel = threading.Event()
+    running = threading.Event()
+    outcome = {}
+
+    def run_first():
+        outcome["profile"] = first.profile(settings, lambda d, t, m: running.set(), cancel)
+
+    thread = threading.Thread(target=run_first)
+    thread.start()
+    try:
+        assert running.wait(30)
+        with pytest.raises(BridgeBusy) as caught:
+            second.profile(settings.replace(runs=2))
+        assert "busy" in str(caught.value) and "another client" in str(caught.value)
+    finally:
+        cancel.set()
+        thread.join(30)
+        first.close()
+        second.close()
+    assert outcome["profile"].error == "cancelled"
+
+
+# ---------------------------------------------------------------------------- uploads and archives
+
+def _zip(entries) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, data, mode in entries:
+            info = zipfile.ZipInfo(name)
+            if mode is not None:
+                info.external_attr = mode << 16
+            zf.writestr(info, data)
+    return buffer.getvalue()
+
+
+def _tar(members) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tf:
+        for name, kind, payload in members:
+            info = tarfile.TarInfo(name)
+            if kind == "file":
+                info.size = len(payload)
+                tf.addfile(info, io.BytesIO(payload))
+            else:
+                info.type = tarfile.SYMTYPE if kind == "symlink" else tarfile.LNKTYPE
+                info.linkname = payload
+                tf.addfile(info)
+    return buffer.getvalue()
+
+
+MANIFEST = ("pkg.mlpackage/Manifest.json", b"{}", None)
+MALICIOUS = {
+    "zip-traversal": ("evil.mlpackage.zip", _zip([MANIFEST, ("pkg.mlpackage/../../escaped.txt", b"owned", None)])),
+    "zip-absolute": ("abs.mlpackage.zip", _zip([MANIFEST, ("/tmp/layerscope-escaped.txt", b"owned", None)])),
+    "zip-symlink": ("link.mlpackage.zip", _zip([MANIFEST, ("pkg.mlpackage/Data", b"/etc", 0o120777)])),
+    "tar-traversal": ("evil.mlpackage.tar", _tar([("pkg.mlpackage/Manifest.json", "file", b"{}"),
+                                                 ("../escaped.txt", "file", b"owned")])),
+    "tar-symlink-out": ("link.mlpackage.tar", _tar([("pkg.mlpackage/Manifest.json", "file", b"{}"),
+                                                   ("pkg.mlpackage/Data", "symlink", "../../../etc"),
+                                                   ("pkg.mlpackage/Data/passwd", "file", b"owned")])),
+    "tar-hardlink-out": ("hard.mlpackage.tar", _tar([("pkg.mlpackage/Manifest.json", "file", b"{}"),
+                                                    ("pkg.mlpackage/x", "hardlink", "/etc/passwd")])),
+}
+
+
+def test_malicious_mlpackage_archives_are_refused(start_agent, tmp_path):
+    agent = start_agent()
+    client = BridgeClient(agent.address)
+    client.connect()
+    try:
+        for label, (name, data) in MALICIOUS.items():
+            path = tmp_path / label / name
+            path.parent.mkdir()
+            path.write_bytes(data)
+            with pytest.raises(BridgeError) as caught:
+                client.upload(path)
+            assert caught.value.code == "unsafe_archive", (label, caught.value)
+        assert client.ping() > 0
+        # nothing landed outside the agent's cache, and no half-unpacked model stayed inside it
+        assert not list(tmp_path.rglob("escaped.txt")) and not Path("/tmp/layerscope-escaped.txt").exists()
+        assert not [p for p in (agent.cache_dir / "models").iterdir()]
+        # a well-formed package is accepted, and the Core ML backend says why it cannot run here
+        package = tmp_path / "good.mlpackage"
+        (package / "Data").mkdir(parents=True)
+        (package / "Manifest.json").write_text("{}")
+        (package / "Data" / "weights.bin").write_bytes(b"\0" * 1000)
+        done = client.upload(package)
+        assert done.format == "mlpackage" and not done.cached
+        assert client.upload(package).cached  # deterministic zip: same sha256
+        if sys.platform != "darwin":
+            with pytest.raises(BridgeError) as caught:
+                client.load(done.sha256, "coreml", "CPU_AND_NE", {})
+            assert caught.value.code == "backend_unavailable" and "macOS" in str(caught.value)
+    finally:
+        client.close()
+
+
+def test_safe_extract_refuses_every_unsafe_entry_kind(tmp_path):
+    for label, (name, data) in MALICIOUS.items():
+        archive = tmp_path / name
+        archive.write_bytes(data)
+        dest = tmp_path / f"out-{label}"
+        with pytest.raises(ProtocolError) as caught:
+            safe_extract(archive, dest, 10_000_000)
+        assert caught.value.code == "unsafe_archive", label
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("pkg/Manifest.json", b"{}")
+        zf.writestr("pkg/big.bin", b"\0" * 5_000_000)
+    with pytest.raises(ProtocolError) as caught:
+        safe_extract(bomb, tmp_path / "bomb-out", 1_000_000)
+    assert caught.value.code == "model_too_large"
+    assert bomb.stat().st_size < 100_000
+
+
+def test_model_cache_is_bounded_in_bytes_least_recently_used_first(tmp_path):
+    import hashlib
+    cache = ModelCache(tmp_path / "cache", cache_bytes=250_000, max_model_bytes=100_000)
+    blobs = [os.urandom(100_000) for _ in range(3)]
+    shas = [hashlib.sha256(b).hexdigest() for b in blobs]
+
+    def store(index):
+        upload = cache.begin_upload(f"{index:032x}", shas[index], len(blobs[index]), "b.bin", "file")
+        assert cache.write_chunk(upload, 0, blobs[index])
+        cache.finish_upload(upload)
+
+    store(0)
+    store(1)
+    cache.pin(shas[0])
+    assert cache.get(shas[0]) is not None  # also marks 0 as recently used
+    time.sleep(0.01)
+    store(2)  # needs room: 1 is the least recently used unpinned model
+    assert cache.get(shas[1]) is None and cache.get(shas[0]) is not None and cache.get(shas[2]) is not None
+    assert cache.stored_bytes() <= 250_000
+    with pytest.raises(ProtocolError) as caught:
+        cache.begin_upload("f" * 32, "0" * 64, 100_001, "big.onnx", "onnx")
+    assert caught.value.code == "model_too_large"
+
+
+# ---------------------------------------------------------------------------- calibration and transfers
+
+def test_calibration_recovers_overhead_and_bandwidth_of_a_synthetic_cost_curve():
+    overhead_ms, bandwidth = 0.08, 6e9                     # 80 us per round trip, 6 GB/s
+    rng = np.random.default_rng(3)
+
+    def round_trip(tensor_bytes: int) -> float:           # a device whose cost curve we know
+        noise = 1.0 + rng.uniform(-0.05, 0.05)
+        return (overhead_ms + 2 * tensor_bytes / bandwidth * 1000.0) * noise
+
+    fit = calibrate_unit("GPU", round_trip, repeats=7)
+    assert abs(fit.overhead_ms - overhead_ms) / overhead_ms < 0.2
+    assert abs(fit.bandwidth_bytes_per_s - bandwidth) / bandwidth < 0.2
+    assert fit.r2 > 0.99 and fit.kind == MEASURED and len(fit.points) == 6
+    exact = fit_transfer_cost([(0, 1.0), (1000, 2.0), (2000, 3.0)])
+    assert exact[0] == pytest.approx(1.0) and exact[1] == pytest.approx(1e6)
+
+
+def test_transfers_are_estimated_on_every_edge_between_units(sample_model):
+    from importers import open_model
+    graph = open_model(sample_model).main_graph
+    units = {n.id: ("GPU" if n.id.startswith("/decoder") else "CPU") for n in graph.nodes}
+    calibration = {"CPU": UnitCalibration("CPU", 0.01, 10e9), "GPU": UnitCalibration("GPU", 0.1, 5e9)}
+    transfers, warnings = estimate_transfers(graph, units, calibration)
+    assert not warnings
+    edges = [t for t in transfers if t.kind == "edge"]
+    assert edges and all(units[t.from_node] != units[t.to_node] for t in edges)
+    # every producer->consumer pair that crosses units is there, with the tensor's static size
+    crossing = {(v, units[c.id]) for n in graph.nodes for v in n.outputs
+                for c in graph.consumers().get(v, ()) if units[c.id] != units[n.id]}
+    assert {(t.value, t.to_unit) for t in edges} == crossing
+    for t in edges:
+        size = graph.value_type(t.value).byte_size
+        assert t.bytes == size
+        assert t.time.median_ms == pytest.approx(calibration["GPU"].one_way_ms(size))
+        assert t.time.kind == ESTIMATED
+    assert [t.kind for t in transfers].count("input") == 1 and [t.kind for t in transfers].count("output") == 1
+    missing, warnings = estimate_transfers(graph, units, {"CPU": calibration["CPU"]})
+    assert warnings and "GPU" in warnings[0]
+
+
+# ---------------------------------------------------------------------------- discovery and CLI
+
+def _cli(*args, env_code: str = "", timeout: float = 60.0) -> subprocess.CompletedProcess:
+    code = f"import sys\n{env_code}\nfrom engine.cli import main\nsys.exit(main({list(args)!r}))"
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def test_devices_with_no_usb_device_says_why_the_list_is_empty():
+    result = _cli("devices", "--no-mdns", "--timeout", "0.5")
+    assert result.returncode == 0, result.stderr
+    usb_notes = [line for line in result.stdout.splitlines() if line.startswith("note: USB:")]
+    assert len(usb_notes) == 1, result.stdout
+    if not Path("/var/run/usbmuxd").exists():
+        assert "usbmuxd is not running" in usb_notes[0] and "install" in usb_notes[0]
+    else:  # a machine with usbmuxd and no iPhone
+        assert "no iPhone connected" in usb_notes[0]
+
+
+def test_devices_without_the_devices_extra_says_what_to_install():
+    blocked = "sys.modules['pymobiledevice3'] = None\nsys.modules['zeroconf'] = None"
+    result = _cli("devices", "--timeout", "0.2", env_code=blocked)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("pip install 'layerscope[devices]'") == 2, result.stdout
+
+
+def test_devices_lists_a_typed_agent_with_its_backends(start_agent):
+    agent = start_agent()
+    result = _cli("devices", "--agent", agent.address.replace("ws://", ""), "--no-mdns", "--no-usb")
+    assert result.returncode == 0, result.stderr
+    assert agent.address in result.stdout
+    assert "onnxruntime: CPU" in result.stdout
+    if sys.platform != "darwin":
+        assert "coreml: unavailable (Core ML runs only on macOS" in result.stdout
+    dead = _cli("devices", "--agent", "127.0.0.1:1", "--no-mdns", "--no-usb")
+    assert "unreachable" in dead.stdout
+
+
+def test_profile_command_through_the_bridge(start_agent, tiny_model, tmp_path):
+    from engine.cli import build_parser
+    agent = start_agent()
+    try:
+        build_parser().parse_args(["profile", str(tiny_model), "--target", agent.address])
+    except SystemExit:
+        pytest.skip("`layerscope profile --target` does not accept ws:// addresses yet (engine/cli_profile.py "
+                    "limits --target to choices=['cpu']); get_target(address) itself works (tests above)")
+    out = tmp_path / "p.json"
+    result = _cli("profile", str(tiny_model), "--target", agent.address, "--runs", "3", "--warmup", "1",
+                  "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    profile = BridgeProfile.load_json(out) if hasattr(BridgeProfile, "load_json") else None
+    assert profile is not None and profile.target["name"] == "bridge"
+
+
+def test_uploaded_npz_inputs_and_run_give_the_cpu_reference_outputs(start_agent, tiny_model, tmp_path):
+    inputs = tmp_path / "inputs.npz"
+    x = np.random.default_rng(5).random((1, 3, 32, 32), dtype=np.float32)
+    np.savez(inputs, x=x)
+    settings = ProfileSettings(runs=2, warmup=0, inputs=str(inputs))
+    agent = start_agent()
+    target, reference = BridgeTarget(agent.address), get_target("cpu")
+    try:
+        target.prepare(tiny_model, settings)
+        reference.prepare(tiny_model, settings)
+        remote, local = target.run(), reference.run()
+        assert set(remote) == set(local) == {"y"}
+        np.testing.assert_allclose(remote["y"], local["y"], rtol=1e-5, atol=1e-5)
+        given = target.run({"x": np.zeros_like(x)})["y"]
+        np.testing.assert_allclose(given, reference.run({"x": np.zeros_like(x)})["y"], atol=1e-6)
+        profile = target.profile(settings)
+        assert profile.complete and profile.settings["input_mode"] == "npz"
+        assert target.input_shapes == {"x": (1, 3, 32, 32)}
+    finally:
+        target.close()
+        reference.close()
+
+
+def test_onnx_naming_an_external_data_file_is_refused(start_agent, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    weight = numpy_helper.from_array(np.zeros(4, np.float32), "w")
+    weight.ClearField("raw_data")
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "meta.json"), ("length", "4")):  # a file beside the model in the cache
+        entry = weight.external_data.add()
+        entry.key, entry.value = key, value
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"], name="add")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "external.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=False)
+    agent = start_agent()
+    with pytest.raises(BridgeError) as caught:
+        BridgeTarget(agent.address).prepare(path, ProfileSettings(runs=1))
+    assert caught.value.code == "bad_settings" and "external file" in str(caught.value)
