@@ -4,11 +4,19 @@ Opening a model (import, analysis, layout) runs in a worker thread of the
 global QThreadPool; the UI thread only builds the scene from the finished
 layout.  A file that cannot be opened shows the importer's message and leaves
 the current model open.
+
+Profiling runs in a `gui.run_dialog.ProfileWorker` thread (Profile > Run…).
+The window keeps the session: the model and every profile taken of it
+(`ProfileEntry`, listed in the Profiles dock by target, mode and size) plus
+sweep results; the selected profile drives the time overlay, the inspector's
+profile section and the chart panels.  Sessions are saved and reopened with
+`engine.session`; exports call `engine.report` and `Profile.save_json`.
 """
 from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,17 +24,42 @@ from typing import Optional
 
 from PySide6.QtCore import QObject, QRectF, QRunnable, QSettings, QSize, Qt, QThreadPool, QTimer, Signal, Slot
 from PySide6.QtGui import QAction, QImage, QKeySequence, QPainter
-from PySide6.QtWidgets import (QApplication, QCheckBox, QComboBox, QDockWidget, QFileDialog, QLabel,
-                               QLineEdit, QMainWindow, QMessageBox, QProgressBar, QToolBar, QWidget)
+from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QComboBox, QDockWidget, QFileDialog,
+                               QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QMainWindow,
+                               QMessageBox, QProgressBar, QPushButton, QToolBar, QVBoxLayout, QWidget)
 
+from engine.compare import profile_label
 from engine.inspect import human_bytes, human_count
 from engine.ir import ModelLoadError
-from gui.graph_view import OVERLAY_TITLES, OVERLAYS, GraphScene, GraphView
+from engine.profile import Profile, ProfileFormatError
+from engine.session import (Session, SessionFormatError, SweepResult, load_profile_json, load_session,
+                            profile_analysis, save_session)
+from gui.graph_view import OVERLAY_TITLES, OVERLAYS, GraphScene, GraphView, format_ms
 from gui.inspector import Inspector
+from gui.panels import ProfilePanels
+from gui.run_dialog import ProfileWorker, RunDialog, RunRequest, RunResult
 
 APP_NAME = "LayerScope"
 MAX_RECENT = 10
 MODEL_FILTER = "Models (*.onnx *.mlmodel *.mlpackage);;All files (*)"
+SESSION_FILTER = "LayerScope session (*.layerscope);;All files (*)"
+# Profile exports: kind -> (menu text, file suffix, file dialog filter)
+PROFILE_EXPORTS = {
+    "html": ("Bottleneck report (&HTML)…", ".html", "HTML report (*.html)"),
+    "json": ("Profile (&JSON)…", ".profile.json", "LayerScope profile (*.json)"),
+    "csv": ("Per-layer table (&CSV)…", ".csv", "CSV (*.csv)"),
+    "trace": ("Chrome &trace…", ".trace.json", "Chrome trace (*.json)"),
+    "model_explorer": ("&Model Explorer node data…", ".node_data.json", "Model Explorer node data (*.json)"),
+}
+
+
+@dataclass
+class ProfileEntry:
+    """One profile in the session, its list label, and (lazily) the analysis at its input shapes."""
+
+    profile: Profile
+    label: str
+    analysis: object = None  # engine.analysis.ModelAnalysis; None until needed (reports, hints)
 
 
 @dataclass
@@ -93,7 +126,7 @@ class _LoadTask(QRunnable):
     def run(self) -> None:
         try:
             result = self.function(progress=self.signals.progress.emit)
-        except ModelLoadError as exc:
+        except (ModelLoadError, SessionFormatError) as exc:
             self.signals.failed.emit(str(exc))
         except Exception as exc:  # an engine bug must not kill the app: say what happened
             self.signals.failed.emit(f"unexpected {type(exc).__name__} while opening: {exc}")
@@ -101,9 +134,30 @@ class _LoadTask(QRunnable):
             self.signals.finished.emit(result)
 
 
+def _warm_profiling_imports() -> None:
+    """Import ONNX Runtime and the CPU target in the background while the Run dialog is filled in.
+
+    A first `import onnxruntime` holds the GIL for tens of milliseconds (C extension
+    initialisation); done here, it does not stall the window in the middle of the first run.
+    """
+    def work():
+        try:
+            import engine.targets.cpu  # noqa: F401
+            import engine.sweep  # noqa: F401 (imported for its side effect: loaded)
+        except Exception:  # the run itself will report what is missing
+            pass
+
+    threading.Thread(target=work, name="layerscope-warm-imports", daemon=True).start()
+
+
 class MainWindow(QMainWindow):
     modelLoaded = Signal(str)  # path
     loadFailed = Signal(str)  # message shown to the person
+    profileAdded = Signal(int)  # index of the new profile in the session
+    profileFailed = Signal(str)  # message shown to the person
+    profileCancelled = Signal()
+    profileSelected = Signal(int)  # -1: none
+    sessionOpened = Signal(str)  # path
 
     def __init__(self, settings: Optional[QSettings] = None, parent=None, error_dialogs: bool = True):
         super().__init__(parent)
@@ -114,30 +168,78 @@ class MainWindow(QMainWindow):
         self.scene: Optional[GraphScene] = None
         self._tasks: set[_LoadTask] = set()
         self._pending_build = None  # (scene, build steps, loaded, keep_view, start time)
+        self._pending_session: Optional[Session] = None  # installed once its model is drawn
         self._search_matches: list[str] = []
         self._search_position = -1
+        # The session: profiles of the open model, sweeps, which profile the overlay shows.
+        self.entries: list[ProfileEntry] = []
+        self.sweeps: list[SweepResult] = []
+        self.selected_profile = -1
+        self.worker: Optional[ProfileWorker] = None
+        self.run_dialog: Optional[RunDialog] = None
+        self.compare_view = None
+        self._docks_sized = False
         self.setWindowTitle(APP_NAME)
         self.resize(1400, 900)
         self.setAcceptDrops(True)
 
         self.view = GraphView(self)
         self.setCentralWidget(self.view)
+        # Right column (profiles over inspector) runs the full height; the charts sit under the graph only.
+        self.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.setCorner(Qt.Corner.TopRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
+        features = QDockWidget.DockWidgetFeature.DockWidgetMovable | QDockWidget.DockWidgetFeature.DockWidgetFloatable
+        self.profiles_dock = QDockWidget("Profiles", self)
+        self.profiles_dock.setObjectName("profiles")
+        self.profiles_dock.setWidget(self._build_profiles_panel())
+        self.profiles_dock.setFeatures(features)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.profiles_dock)
         self.inspector = Inspector()
-        dock = QDockWidget("Inspector", self)
+        self.inspector_dock = dock = QDockWidget("Inspector", self)
         dock.setObjectName("inspector")
         dock.setWidget(self.inspector)
-        dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable
-                         | QDockWidget.DockWidgetFeature.DockWidgetFloatable)
+        dock.setFeatures(features)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
-        self.resizeDocks([dock], [500], Qt.Orientation.Horizontal)
+        self.panels = ProfilePanels()
+        self.panels_dock = QDockWidget("Profile charts", self)
+        self.panels_dock.setObjectName("profile-charts")
+        self.panels_dock.setWidget(self.panels)
+        self.panels_dock.setFeatures(features | QDockWidget.DockWidgetFeature.DockWidgetClosable)
+        self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.panels_dock)
+        self.panels_dock.hide()  # shown with the first profile
         self.view.nodeSelected.connect(self._on_node_selected)
+        self.panels.nodeClicked.connect(self.select_node)
 
         self._build_actions()
         self._build_toolbar()
         self._build_status_bar()
         self._update_recent_menu()
+        self._update_profile_actions()
 
     # --- UI construction ------------------------------------------------------------------
+    def _build_profiles_panel(self) -> QWidget:
+        panel = QWidget()
+        layout = QVBoxLayout(panel)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.setSpacing(4)
+        self.profile_list = QListWidget()
+        self.profile_list.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.profile_list.currentRowChanged.connect(self._profile_row_changed)
+        self.profile_list.setToolTip("Profiles of this model (target, mode, input size); the selected one "
+                                     "colours the graph")
+        layout.addWidget(self.profile_list, 1)
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Run…")
+        self.run_button.clicked.connect(self.show_run_dialog)
+        self.compare_button = QPushButton("Compare…")
+        self.compare_button.clicked.connect(lambda: self.show_compare())
+        self.remove_button = QPushButton("Remove")
+        self.remove_button.clicked.connect(lambda: self.remove_profile(self.selected_profile))
+        for button in (self.run_button, self.compare_button, self.remove_button):
+            buttons.addWidget(button)
+        layout.addLayout(buttons)
+        return panel
+
     def _build_actions(self) -> None:
         menu = self.menuBar().addMenu("&File")
         self.open_action = QAction("&Open…", self, shortcut=QKeySequence.StandardKey.Open,
@@ -145,12 +247,12 @@ class MainWindow(QMainWindow):
         menu.addAction(self.open_action)
         self.recent_menu = menu.addMenu("Open &Recent")
         menu.addSeparator()
-        self.export_png_action = QAction("Export graph as &PNG…", self,
-                                         triggered=lambda: self.export_dialog("png"))
-        self.export_svg_action = QAction("Export graph as &SVG…", self,
-                                         triggered=lambda: self.export_dialog("svg"))
-        menu.addAction(self.export_png_action)
-        menu.addAction(self.export_svg_action)
+        self.open_session_action = QAction("Open &Session…", self, triggered=self.open_session_dialog)
+        self.save_session_action = QAction("&Save Session…", self, shortcut=QKeySequence.StandardKey.Save,
+                                           triggered=self.save_session_dialog)
+        self.import_profile_action = QAction("&Import Profile (JSON)…", self, triggered=self.import_profile_dialog)
+        for action in (self.open_session_action, self.save_session_action, self.import_profile_action):
+            menu.addAction(action)
         menu.addSeparator()
         menu.addAction(QAction("&Quit", self, shortcut=QKeySequence.StandardKey.Quit, triggered=self.close))
 
@@ -179,6 +281,31 @@ class MainWindow(QMainWindow):
             overlay_menu.addAction(action)
             self.overlay_actions[key] = action
         self.overlay_actions["none"].setChecked(True)
+        view_menu.addSeparator()
+        view_menu.addAction(self.profiles_dock.toggleViewAction())
+        view_menu.addAction(self.inspector_dock.toggleViewAction())
+        view_menu.addAction(self.panels_dock.toggleViewAction())
+
+        profile_menu = self.menuBar().addMenu("&Profile")
+        self.run_action = QAction("&Run…", self, shortcut=QKeySequence("Ctrl+R"), triggered=self.show_run_dialog)
+        self.cancel_action = QAction("&Cancel Run", self, triggered=self.cancel_profile)
+        self.compare_action = QAction("C&ompare Profiles…", self, triggered=lambda: self.show_compare())
+        self.remove_action = QAction("Re&move Selected Profile", self,
+                                     triggered=lambda: self.remove_profile(self.selected_profile))
+        for action in (self.run_action, self.cancel_action, self.compare_action, self.remove_action):
+            profile_menu.addAction(action)
+
+        export_menu = self.menuBar().addMenu("&Export")
+        self.export_actions: dict[str, QAction] = {}
+        for kind, (text, _, _) in PROFILE_EXPORTS.items():
+            action = QAction(text, self, triggered=lambda checked=False, k=kind: self.export_profile_dialog(k))
+            export_menu.addAction(action)
+            self.export_actions[kind] = action
+        export_menu.addSeparator()
+        self.export_png_action = QAction("Graph as &PNG…", self, triggered=lambda: self.export_dialog("png"))
+        self.export_svg_action = QAction("Graph as &SVG…", self, triggered=lambda: self.export_dialog("svg"))
+        export_menu.addAction(self.export_png_action)
+        export_menu.addAction(self.export_svg_action)
 
     def _build_toolbar(self) -> None:
         bar = QToolBar("Main", self)
@@ -189,6 +316,8 @@ class MainWindow(QMainWindow):
         bar.addAction(self.fit_action)
         bar.addAction(self.zoom_in_action)
         bar.addAction(self.zoom_out_action)
+        bar.addSeparator()
+        bar.addAction(self.run_action)
         bar.addSeparator()
         bar.addWidget(QLabel(" Overlay: "))
         self.overlay_combo = QComboBox()
@@ -227,9 +356,30 @@ class MainWindow(QMainWindow):
         status.addPermanentWidget(self.progress_label)
         status.addPermanentWidget(self.progress)
         self.progress.hide()
+        self.run_progress = QProgressBar()  # profiling: runs done of runs planned
+        self.run_progress.setFixedWidth(140)
+        self.run_progress.setMaximumHeight(14)
+        self.run_progress.setFormat("%v/%m runs")
+        status.addPermanentWidget(self.run_progress)
+        self.run_progress.hide()
         self.zoom_label = QLabel("")
         status.addPermanentWidget(self.zoom_label)
         self.view.zoomChanged.connect(lambda s: self.zoom_label.setText(f"{s * 100:.0f} %"))
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        if not self._docks_sized:
+            self._docks_sized = True
+            self.size_docks()
+
+    def size_docks(self) -> None:
+        """The graph gets about 70 % of the width; the charts (when shown) about 30 % of the height."""
+        self.resizeDocks([self.inspector_dock, self.profiles_dock], [int(self.width() * 0.3)] * 2,
+                         Qt.Orientation.Horizontal)
+        self.resizeDocks([self.profiles_dock, self.inspector_dock],
+                         [int(self.height() * 0.15), int(self.height() * 0.65)], Qt.Orientation.Vertical)
+        if self.panels_dock.isVisible():
+            self.resizeDocks([self.panels_dock], [int(self.height() * 0.3)], Qt.Orientation.Vertical)
 
     # --- opening --------------------------------------------------------------------------
     @property
@@ -279,9 +429,9 @@ class MainWindow(QMainWindow):
         elif result is not None:
             on_done(result)
 
-    def _on_failed(self, message: str) -> None:
+    def _on_failed(self, message: str, title: str = "Cannot open model") -> None:
         if self.error_dialogs:
-            QMessageBox.critical(self, "Cannot open model", message)
+            QMessageBox.critical(self, title, message)
         self.loadFailed.emit(message)
 
     def _on_loaded(self, loaded: LoadedModel, keep_view: bool = False, incremental: bool = True) -> None:
@@ -322,15 +472,23 @@ class MainWindow(QMainWindow):
             self.progress.hide()
             self.progress_label.setText("")
         selected = self.inspector.node_id if keep_view else None
+        self.inspector.show_nothing()  # before the session changes: the old node may not exist any more
+        previous = self.loaded
         self.loaded = loaded
         self.scene = scene
+        session, self._pending_session = self._pending_session, None
+        if session is not None:
+            self._install_session(session)
+        elif not keep_view and (previous is None or Path(previous.path).resolve() != Path(loaded.path).resolve()):
+            self._clear_profiles()  # they were taken of the previous model
         self.view.set_graph_scene(scene)
+        entry = self.selected_entry()
+        scene.set_profile(entry.profile if entry else None)
         key = self.overlay_combo.currentData()
         if key != "none":
             scene.set_overlay(key)
         self.view.update_legend()
         loaded.timings["scene"] = time.perf_counter() - started
-        self.inspector.show_nothing()
         if selected and selected in scene.node_index:
             self.view.select_node(selected)
         else:
@@ -342,7 +500,12 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(f"{Path(loaded.path).name} — {APP_NAME}")
         if not keep_view:
             self._remember_recent(loaded.path)
+        self._update_profile_actions()
+        if self.run_dialog is not None:
+            self.run_dialog.model_path = loaded.path
         self.modelLoaded.emit(loaded.path)
+        if session is not None:
+            self.sessionOpened.emit(loaded.path)
 
     def _show_summary(self) -> None:
         loaded = self.loaded
@@ -418,11 +581,388 @@ class MainWindow(QMainWindow):
         self.search_label.setText(f"{self._search_position + 1} / {len(self._search_matches)}")
         return node_id
 
+    def select_node(self, node_id: str) -> None:
+        """Select and centre `node_id` in the graph (from a chart bar or a hint)."""
+        self.view.select_node(node_id)
+
     def _on_node_selected(self, node_id: str) -> None:
         if self.loaded is not None:
-            self.inspector.show_node(self.loaded, node_id)
+            entry = self.selected_entry()
+            self.inspector.show_node(self.loaded, node_id, entry.profile if entry else None,
+                                     entry.label if entry else "")
+        self.panels.highlight_node(node_id or None)
+
+    # --- the session: profiles of this model -----------------------------------------------
+    def selected_entry(self) -> Optional[ProfileEntry]:
+        return self.entries[self.selected_profile] if 0 <= self.selected_profile < len(self.entries) else None
+
+    def _unique_label(self, profile: Profile) -> str:
+        base = profile_label(profile)
+        taken = {entry.label for entry in self.entries}
+        label, count = base, 1
+        while label in taken:
+            count += 1
+            label = f"{base} #{count}"
+        return label
+
+    def add_profile(self, profile: Profile, analysis=None, select: bool = True) -> int:
+        """Add a finished profile to the session (and the list); returns its index."""
+        entry = ProfileEntry(profile, self._unique_label(profile), analysis)
+        self.entries.append(entry)
+        e2e = profile.end_to_end
+        item = QListWidgetItem(f"{entry.label} — {format_ms(e2e.median_ms)}" if e2e else entry.label)
+        item.setToolTip(f"{entry.label}\n{profile.target.get('device', '')} {profile.target.get('chip', '')}\n"
+                        f"{profile.runs_completed} runs · taken {profile.created_at}\n{profile.model_path}")
+        self.profile_list.addItem(item)
+        index = len(self.entries) - 1
+        if select:
+            self.select_profile(index)
+        self._update_profile_actions()
+        self.profileAdded.emit(index)
+        return index
+
+    def select_profile(self, index: int) -> None:
+        """Show profile `index` (-1: none) in the overlay, inspector and charts."""
+        if not -1 <= index < len(self.entries):
+            raise IndexError(f"no profile {index}; the session has {len(self.entries)}")
+        self.selected_profile = index
+        if self.profile_list.currentRow() != index:
+            self.profile_list.blockSignals(True)
+            self.profile_list.setCurrentRow(index)
+            self.profile_list.blockSignals(False)
+        entry = self.selected_entry()
+        profile = entry.profile if entry else None
+        if self.scene is not None:
+            self.scene.set_profile(profile)
+            self.view.update_legend()
+        self.panels.set_profile(profile, entry.label if entry else "")
+        self.panels.set_sweeps(self.sweeps)
+        if profile is not None and not self.panels_dock.isVisible():
+            self.panels_dock.show()
+            self.resizeDocks([self.panels_dock], [int(self.height() * 0.3)], Qt.Orientation.Vertical)
+        node_id = self.inspector.node_id
+        if node_id:
+            self._on_node_selected(node_id)
+        self._update_profile_actions()
+        self.profileSelected.emit(index)
+
+    def _profile_row_changed(self, row: int) -> None:
+        if row != self.selected_profile and -1 <= row < len(self.entries):
+            self.select_profile(row)
+
+    def remove_profile(self, index: int) -> None:
+        if not 0 <= index < len(self.entries):
+            return
+        del self.entries[index]
+        self.profile_list.blockSignals(True)
+        self.profile_list.takeItem(index)
+        self.profile_list.blockSignals(False)
+        self.select_profile(min(index, len(self.entries) - 1))
+        if not self.entries and OVERLAYS[self.overlay_combo.currentData()] is not None \
+                and OVERLAYS[self.overlay_combo.currentData()].needs_profile:
+            self.set_overlay("none")
+
+    def _clear_profiles(self) -> None:
+        self.entries, self.sweeps = [], []
+        self.profile_list.clear()
+        self.selected_profile = -1
+        self.panels.set_profile(None)
+        self.panels.set_sweeps([])
+        if self.compare_view is not None:
+            self.compare_view.close()
+            self.compare_view = None
+        key = self.overlay_combo.currentData()
+        if OVERLAYS.get(key) is not None and OVERLAYS[key].needs_profile:
+            self.overlay_combo.blockSignals(True)
+            self.overlay_combo.setCurrentIndex(self.overlay_combo.findData("none"))
+            self.overlay_combo.blockSignals(False)
+            for k, action in self.overlay_actions.items():
+                action.setChecked(k == "none")
+        self._update_profile_actions()
+
+    def _update_profile_actions(self) -> None:
+        has_model = self.loaded is not None
+        has_profile = self.selected_entry() is not None
+        running = self.worker is not None
+        self.run_action.setEnabled(has_model and not running)
+        self.run_button.setEnabled(has_model and not running)
+        self.cancel_action.setEnabled(running)
+        self.compare_action.setEnabled(len(self.entries) >= 1)
+        self.compare_button.setEnabled(len(self.entries) >= 1)
+        self.remove_action.setEnabled(has_profile and not running)
+        self.remove_button.setEnabled(has_profile and not running)
+        for action in self.export_actions.values():
+            action.setEnabled(has_profile)
+        self.save_session_action.setEnabled(has_model)
+        self.import_profile_action.setEnabled(has_model)
+        model = self.overlay_combo.model()
+        entry = self.selected_entry()
+        for key, spec in OVERLAYS.items():
+            if spec is not None and spec.needs_profile:
+                # Transfers exist only where the target reports them (bridge targets).
+                usable = has_profile and (key != "transfer" or bool(getattr(entry.profile, "transfers", ())))
+                model.item(self.overlay_combo.findData(key)).setEnabled(usable)
+                self.overlay_actions[key].setEnabled(usable)
+
+    def analysis_for(self, entry: ProfileEntry):
+        """The static analysis at the profile's input shapes (reports join it by node id); cached."""
+        if entry.analysis is None:
+            entry.analysis = profile_analysis(self.loaded.path, entry.profile, self.loaded.analysis)
+        return entry.analysis
+
+    # --- profiling ------------------------------------------------------------------------
+    def show_run_dialog(self) -> RunDialog:
+        if self.run_dialog is None:
+            _warm_profiling_imports()
+            remembered = self.settings.value("bridgeTargets", []) or []
+            if isinstance(remembered, str):
+                remembered = [remembered]
+            self.run_dialog = RunDialog(self, tuple(str(t) for t in remembered))
+            self.run_dialog.runRequested.connect(self.start_profile)
+            self.run_dialog.cancelRequested.connect(self.cancel_profile)
+        self.run_dialog.model_path = self.loaded.path if self.loaded else ""
+        self.run_dialog.show()
+        self.run_dialog.raise_()
+        return self.run_dialog
+
+    def start_profile(self, request: RunRequest) -> Optional[ProfileWorker]:
+        """Profile in a worker thread; the result (or the error) comes back through signals."""
+        if self.worker is not None or self.loaded is None:
+            return None
+        worker = ProfileWorker(request, self.loaded.analysis, self)
+        self.worker = worker
+        worker.progressed.connect(self._on_profile_progress)
+        worker.succeeded.connect(self._on_profiled)
+        worker.failed.connect(self._on_profile_failed)
+        worker.finished.connect(lambda w=worker: self._on_worker_finished(w))
+        if self.run_dialog is not None:
+            self.run_dialog.set_running(True)
+        self.run_progress.setRange(0, 0)
+        self.run_progress.show()
+        self.progress_label.setText("Profiling…")
+        self._update_profile_actions()
+        worker.start()
+        return worker
+
+    def cancel_profile(self) -> None:
+        if self.worker is not None:
+            self.worker.cancel()
+            self.progress_label.setText("Cancelling…")
+
+    def _on_profile_progress(self, done: int, total: int, message: str) -> None:
+        if total > 0:
+            self.run_progress.setRange(0, total)
+            self.run_progress.setValue(min(done, total))
+        self.progress_label.setText(f"Profiling: {message}")
+        if self.run_dialog is not None:
+            self.run_dialog.show_progress(done, total, message)
+
+    def _on_profiled(self, result: RunResult) -> None:
+        worker = self.sender()
+        request = getattr(worker, "request", None)
+        if request is not None and (self.loaded is None or request.model_path != self.loaded.path):
+            message = "The profile finished after another model was opened: it was not added."
+            self.progress_label.setText(message)
+            if self.run_dialog is not None:
+                self.run_dialog.show_finished(message)
+            return
+        if result.sweep is not None:
+            self.sweeps.append(result.sweep)
+        first_new = len(self.entries)
+        for index, entry in enumerate(result.entries):
+            self.add_profile(entry.profile, entry.analysis, select=index == len(result.entries) - 1)
+        if result.entries and result.target != "cpu":
+            self._remember_target(result.target)
+        if result.entries:
+            key = self.overlay_combo.currentData()
+            if OVERLAYS.get(key) is None or not OVERLAYS[key].needs_profile:
+                self.set_overlay("time")  # what the person ran the profile for
+        elif result.sweep is not None:
+            self.panels.set_sweeps(self.sweeps)
+        if result.cancelled:
+            message = (f"Cancelled; {len(result.entries)} finished profile(s) kept." if result.entries
+                       else "Cancelled; nothing was added, earlier profiles are kept.")
+            if self.run_dialog is not None:
+                self.run_dialog.show_finished(message)
+            self.progress_label.setText(message)
+            self.profileCancelled.emit()
+            return
+        added = len(self.entries) - first_new
+        message = f"Added {added} profile(s)" + (" and a sweep" if result.sweep is not None else "")
+        self.progress_label.setText(message)
+        if self.run_dialog is not None:
+            self.run_dialog.show_finished(message)
+            self.run_dialog.hide()
+
+    def _on_profile_failed(self, message: str) -> None:
+        if self.run_dialog is not None:
+            self.run_dialog.show_finished(f"Failed: {message}")
+        self.progress_label.setText("Profiling failed")
+        if self.error_dialogs:
+            QMessageBox.critical(self.run_dialog if self.run_dialog and self.run_dialog.isVisible() else self,
+                                 "Profiling failed", message)
+        self.profileFailed.emit(message)
+
+    def _on_worker_finished(self, worker: ProfileWorker) -> None:
+        if self.worker is worker:
+            self.worker = None
+        worker.deleteLater()
+        self.run_progress.hide()
+        self._update_profile_actions()
+
+    def _remember_target(self, target: str) -> None:
+        remembered = self.settings.value("bridgeTargets", []) or []
+        if isinstance(remembered, str):
+            remembered = [remembered]
+        self.settings.setValue("bridgeTargets", [target] + [t for t in remembered if t != target][:9])
+
+    # --- compare --------------------------------------------------------------------------
+    def show_compare(self, a: Optional[int] = None, b: Optional[int] = None):
+        """Open the compare view on profiles a and b (default: the previous profile vs the selected one)."""
+        if self.loaded is None or not self.entries:
+            return None
+        from gui.compare_view import CompareView
+
+        if b is None:
+            b = self.selected_profile if self.selected_profile >= 0 else len(self.entries) - 1
+        if a is None:
+            a = b - 1 if b > 0 else (1 if len(self.entries) > 1 else 0)
+        if self.compare_view is not None:
+            self.compare_view.close()
+        self.compare_view = CompareView(self.loaded, [(e.label, e.profile) for e in self.entries], self, a, b)
+        self.compare_view.nodeSelected.connect(lambda node_id: self.view.select_node(node_id))
+        self.compare_view.show()
+        return self.compare_view
+
+    # --- sessions and imported profiles ---------------------------------------------------
+    def current_session(self) -> Session:
+        if self.loaded is None:
+            raise OSError("no model is open")
+        return Session(self.loaded.path, tuple(e.profile for e in self.entries), tuple(self.sweeps),
+                       self.selected_profile if self.selected_profile >= 0 else None,
+                       self.overlay_combo.currentData())
+
+    def save_session_to(self, path: str) -> Path:
+        return save_session(self.current_session(), path)
+
+    def save_session_dialog(self) -> None:
+        if self.loaded is None:
+            return
+        suggested = str(Path(self.loaded.path).with_suffix(".layerscope"))
+        path, _ = QFileDialog.getSaveFileName(self, "Save session", suggested, SESSION_FILTER)
+        if path:
+            try:
+                self.save_session_to(path)
+                self.progress_label.setText(f"Saved {Path(path).name}")
+            except (OSError, ValueError) as exc:
+                QMessageBox.critical(self, "Cannot save session", f"{path}: {exc}")
+
+    def open_session_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open session", "", SESSION_FILTER)
+        if path:
+            self.open_session(path)
+
+    def open_session(self, path: str) -> None:
+        """Read the session and open its model in a worker; the profiles come back once it is drawn."""
+        include_constants = self.show_constants_action.isChecked()
+
+        def work(progress):
+            progress("Reading session…")
+            session = load_session(path)
+            return session, load_model(session.model_path, include_constants, progress)
+
+        self._start_task(work, f"Opening session {Path(path).name}", self._on_session_loaded)
+
+    def _on_session_loaded(self, result) -> None:
+        session, loaded = result
+        self._pending_session = session
+        self._on_loaded(loaded)
+
+    def _install_session(self, session: Session) -> None:
+        self._clear_profiles()
+        self.sweeps = list(session.sweeps)
+        for profile in session.profiles:
+            self.add_profile(profile, select=False)
+        self.select_profile(session.selected if session.selected is not None else len(self.entries) - 1)
+        key = session.overlay if session.overlay in OVERLAYS else "none"
+        if OVERLAYS[key] is not None and OVERLAYS[key].needs_profile and not self.entries:
+            key = "none"
+        self.overlay_combo.blockSignals(True)
+        self.overlay_combo.setCurrentIndex(self.overlay_combo.findData(key))
+        self.overlay_combo.blockSignals(False)
+        for k, action in self.overlay_actions.items():
+            action.setChecked(k == key)
+
+    def import_profile(self, path: str) -> int:
+        """Add a layerscope.profile/1 file (e.g. from `layerscope profile --json`) to the session.
+
+        Raises ProfileFormatError when the file is not a profile or was taken of another model.
+        """
+        if self.loaded is None:
+            raise ProfileFormatError("open the profiled model first")
+        profile = load_profile_json(path)
+        nodes = self.loaded.analysis.nodes
+        matched = sum(1 for node_id in profile.nodes if node_id in nodes)
+        if profile.nodes and matched < len(profile.nodes) / 2:
+            raise ProfileFormatError(
+                f"{path}: only {matched} of its {len(profile.nodes)} nodes are in {Path(self.loaded.path).name}; "
+                f"it was taken of {profile.model_path or 'another model'}: open that model first")
+        entry_analysis = None
+        if not profile.hints:
+            from engine.hints import find_hints
+            entry_analysis = profile_analysis(self.loaded.path, profile, self.loaded.analysis)
+            profile = profile.with_hints(find_hints(profile, entry_analysis))
+        index = self.add_profile(profile, entry_analysis)
+        if OVERLAYS[self.overlay_combo.currentData()] is None:
+            self.set_overlay("time")
+        return index
+
+    def import_profile_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Import profile", "", "LayerScope profile (*.json)")
+        if path:
+            try:
+                self.import_profile(path)
+            except (ProfileFormatError, ModelLoadError) as exc:
+                QMessageBox.critical(self, "Cannot import profile", str(exc))
 
     # --- export ---------------------------------------------------------------------------
+    def export_profile(self, kind: str, path: str) -> Path:
+        """Write the selected profile as `kind` (a key of PROFILE_EXPORTS) with the engine's writers."""
+        from engine.report import write_chrome_trace, write_csv, write_html, write_model_explorer
+
+        entry = self.selected_entry()
+        if entry is None:
+            raise OSError("no profile: run one first (Profile > Run…)")
+        profile = entry.profile
+        if kind == "json":
+            return profile.save_json(path)
+        if kind == "trace":
+            return write_chrome_trace(profile, path)
+        analysis = self.analysis_for(entry)
+        if kind == "html":
+            rows = [row for sweep in self.sweeps for row in sweep.rows]
+            return write_html(profile, analysis, path, sweep=rows or None)
+        if kind == "csv":
+            return write_csv(profile, analysis, path)
+        if kind == "model_explorer":
+            return write_model_explorer(profile, analysis, path)
+        raise ValueError(f"unknown export {kind!r}; known: {', '.join(PROFILE_EXPORTS)}")
+
+    def export_profile_dialog(self, kind: str) -> None:
+        entry = self.selected_entry()
+        if entry is None or self.loaded is None:
+            return
+        _, suffix, file_filter = PROFILE_EXPORTS[kind]
+        slug = "-".join(entry.label.replace("#", "").split())
+        suggested = str(Path(self.loaded.path).with_name(f"{Path(self.loaded.path).stem}-{slug}{suffix}"))
+        path, _ = QFileDialog.getSaveFileName(self, "Export profile", suggested, file_filter)
+        if path:
+            try:
+                self.export_profile(kind, path)
+                self.progress_label.setText(f"Wrote {Path(path).name}")
+            except (OSError, ValueError, ModelLoadError) as exc:
+                QMessageBox.critical(self, "Export failed", f"{path}: {exc}")
+
     def export_dialog(self, kind: str) -> None:
         if self.scene is None:
             return
@@ -485,7 +1025,27 @@ class MainWindow(QMainWindow):
                 pass
         self._tasks.clear()
         self._pending_build = None
+        self.stop_profile_worker()
+        for window in (self.run_dialog, self.compare_view):
+            if window is not None:
+                window.close()
         super().closeEvent(event)
+
+    def stop_profile_worker(self) -> None:
+        """Cancel a running profile and wait for its thread: nothing outlives the window."""
+        worker = self.worker
+        if worker is None:
+            return
+        for signal in (worker.progressed, worker.succeeded, worker.failed, worker.finished):
+            try:
+                signal.disconnect()
+            except (RuntimeError, TypeError):
+                pass
+        worker.cancel()
+        worker.wait()  # the target checks the cancel event between runs: one run at most
+        self.worker = None
+        worker.deleteLater()
+        self.run_progress.hide()
 
 
 def _ensure_platform() -> None:
@@ -502,15 +1062,27 @@ def _application() -> QApplication:
     return app
 
 
-def run_app(model_path: Optional[str] = None, overlay: str = "none") -> int:
-    """Open the main window on `model_path` (default: the bundled sample) and run the event loop."""
+def run_app(model_path: Optional[str] = None, overlay: str = "none", profile: Optional[Profile] = None) -> int:
+    """Open the main window on `model_path` (default: the bundled sample) and run the event loop.
+
+    `profile` (engine.profile.Profile of that model) is added to the session once the model is drawn.
+    """
     app = _application()
     window = MainWindow()
-    window.set_overlay(overlay)
     window.show()
     if model_path is None:
         from engine.samples import default_sample_path
         model_path = str(default_sample_path())
+
+    def first_open(_path: str) -> None:
+        window.modelLoaded.disconnect(first_open)
+        if profile is not None:
+            window.add_profile(profile)
+        window.set_overlay(overlay)
+
+    window.modelLoaded.connect(first_open)
+    if OVERLAYS.get(overlay) is None or not OVERLAYS[overlay].needs_profile:
+        window.set_overlay(overlay)
     QTimer.singleShot(0, lambda: window.open_path(model_path))
     return app.exec()
 
@@ -527,8 +1099,13 @@ def _quiet_offscreen_warnings() -> None:
 
 
 def render_screenshot(model_path: Optional[str], output: str, overlay: str = "none",
-                      size: tuple[int, int] = (1400, 900), select: Optional[str] = None) -> str:
-    """Render the main window offscreen on `model_path` and save it as a PNG; returns the path."""
+                      size: tuple[int, int] = (1400, 900), select: Optional[str] = None,
+                      profile: Optional[Profile] = None) -> str:
+    """Render the main window offscreen on `model_path` and save it as a PNG; returns the path.
+
+    With `profile` (engine.profile.Profile of this model) the window shows it as a
+    session profile would be: list, charts, inspector figures and the time overlay.
+    """
     _ensure_platform()
     if os.environ.get("QT_QPA_PLATFORM") == "offscreen":
         _quiet_offscreen_warnings()
@@ -548,6 +1125,13 @@ def render_screenshot(model_path: Optional[str], output: str, overlay: str = "no
         window.load_blocking(model_path)
         if failures:
             raise ModelLoadError(model_path, failures[0].split(": ", 1)[-1])
+        if profile is not None:
+            analysis = profile_analysis(window.loaded.path, profile, window.loaded.analysis)
+            if not profile.hints:
+                from engine.hints import find_hints
+                profile = profile.with_hints(find_hints(profile, analysis))
+            window.add_profile(profile, analysis)
+            window.size_docks()
         window.set_overlay(overlay)
         if select:
             window.view.select_node(select)

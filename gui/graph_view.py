@@ -55,21 +55,40 @@ LABEL_MAX_COUNT = 4000  # more visible boxes than this: labels not drawn (too sm
 class OverlaySpec:
     key: str
     title: str
-    metric: str  # NodeMetrics attribute
-    formatter: str  # "count" or "bytes" or "ratio"
+    metric: str  # NodeMetrics attribute (source "static") or profile figure (source "profile")
+    formatter: str  # "count", "bytes", "ratio", "ms" or "category"
     unit: str = ""
+    source: str = "static"  # "static": engine.analysis (estimated); "profile": the selected profile
+
+    @property
+    def needs_profile(self) -> bool:
+        return self.source == "profile"
 
 
 OVERLAYS: dict[str, Optional[OverlaySpec]] = {
     "none": None,
+    "time": OverlaySpec("time", "Time (median)", "median_ms", "ms", "ms", source="profile"),
+    "compute_unit": OverlaySpec("compute_unit", "Compute unit", "compute_unit", "category", source="profile"),
+    # Bridge profiles carry tensor transfers between units (estimated from a measured calibration).
+    "transfer": OverlaySpec("transfer", "Transfer cost", "transfer_ms", "ms", "ms", source="profile"),
     "macs": OverlaySpec("macs", "MACs", "macs", "count", "MAC"),
     "params": OverlaySpec("params", "Parameters", "params", "count"),
     "output_bytes": OverlaySpec("output_bytes", "Output memory", "output_bytes", "bytes"),
     "arithmetic_intensity": OverlaySpec("arithmetic_intensity", "Arithmetic intensity", "arithmetic_intensity",
                                         "ratio", "FLOP/B"),
 }
-OVERLAY_TITLES = {"none": "Op category", "macs": "MACs", "params": "Parameters",
-                  "output_bytes": "Output memory", "arithmetic_intensity": "Arithmetic intensity"}
+OVERLAY_TITLES = {"none": "Op category", "time": "Time (profile)", "compute_unit": "Compute unit (profile)",
+                  "transfer": "Transfer cost (profile)",
+                  "macs": "MACs", "params": "Parameters", "output_bytes": "Output memory",
+                  "arithmetic_intensity": "Arithmetic intensity"}
+COMPUTE_UNIT_COLORS = {"CPU": "#9ecae9", "GPU": "#f4a6a6", "ANE": "#b5e0c4", "NeuralEngine": "#b5e0c4",
+                       "NPU": "#b5e0c4", "DSP": "#d4b9f0"}
+OTHER_UNIT_COLOR = "#d9c8b4"
+# Diverging colours of a ratio B / A (compare view): blue = B faster, white = equal, red = B slower.
+DIVERGING_STOPS = ((0.0, QColor("#2166ac")), (0.5, QColor("#f7f7f7")), (1.0, QColor("#b2182b")))
+RATIO_LIMIT = 4.0  # ratios beyond 1/4 .. 4 get the end colours
+# Edge pen widths by tensor bytes (log scale), set once when the scene is built.
+EDGE_MIN_WIDTH, EDGE_MAX_WIDTH, EDGE_WIDTH_STEPS = 1.0, 4.5, 8
 
 
 def format_value(value: Optional[float], formatter: str, unit: str = "") -> str:
@@ -79,7 +98,18 @@ def format_value(value: Optional[float], formatter: str, unit: str = "") -> str:
         return human_bytes(value)
     if formatter == "ratio":
         return f"{value:.3g} {unit}".strip()
+    if formatter == "ms":
+        return format_ms(value)
     return human_count(value, unit)
+
+
+def format_ms(value: float) -> str:
+    """Milliseconds with three significant digits, trailing zeros kept (0.0120 ms, 1.00 ms, 123 ms)."""
+    if value >= 100:
+        return f"{value:.0f} ms"
+    if value == 0:
+        return "0 ms"
+    return f"{value:#.3g} ms"
 
 
 def gradient_color(t: float) -> QColor:
@@ -92,6 +122,35 @@ def gradient_color(t: float) -> QColor:
                                    c0.greenF() + (c1.greenF() - c0.greenF()) * f,
                                    c0.blueF() + (c1.blueF() - c0.blueF()) * f)
     return QColor(GRADIENT_STOPS[-1][1])
+
+
+def diverging_color(ratio: Optional[float], limit: float = RATIO_LIMIT) -> QColor:
+    """Colour of a ratio B / A on a log scale: 1 is neutral, 1/limit and below blue, limit and above red."""
+    if ratio is None or not math.isfinite(ratio) or ratio <= 0:
+        return QColor(UNKNOWN_COLOR)
+    t = 0.5 + 0.5 * max(-1.0, min(1.0, math.log(ratio) / math.log(limit)))
+    for (t0, c0), (t1, c1) in zip(DIVERGING_STOPS, DIVERGING_STOPS[1:]):
+        if t <= t1:
+            f = 0.0 if t1 == t0 else (t - t0) / (t1 - t0)
+            return QColor.fromRgbF(c0.redF() + (c1.redF() - c0.redF()) * f,
+                                   c0.greenF() + (c1.greenF() - c0.greenF()) * f,
+                                   c0.blueF() + (c1.blueF() - c0.blueF()) * f)
+    return QColor(DIVERGING_STOPS[-1][1])
+
+
+def unit_color(unit: str) -> QColor:
+    return QColor(COMPUTE_UNIT_COLORS.get(unit, OTHER_UNIT_COLOR))
+
+
+def node_transfers(profile) -> dict[str, list]:
+    """Node id -> the profile's transfers charged to it: into the node (its consumer), or out of it
+    when nothing consumes the tensor (a graph output).  Empty for profiles without transfers."""
+    charged: dict[str, list] = {}
+    for transfer in getattr(profile, "transfers", ()) or ():
+        node_id = transfer.to_node or transfer.from_node
+        if node_id:
+            charged.setdefault(node_id, []).append(transfer)
+    return charged
 
 
 def _type_text(value_type) -> str:
@@ -217,6 +276,10 @@ class GraphScene(QGraphicsScene):
         self._category_brushes = {name: QBrush(QColor(color)) for name, color in CATEGORY_COLORS.items()}
         self.overlay_key = "none"
         self.overlay_range: Optional[tuple[float, float]] = None
+        self.overlay_kind = ""  # how the shown values were obtained: estimated / measured / attributed
+        self.overlay_units: list[str] = []  # compute units shown by the "compute_unit" overlay
+        self.profile = None  # engine.profile.Profile that the profile overlays show
+        self.edge_widths: list[float] = []
         self.top_node_ids: list[str] = []
         self._top_set: set[str] = set()
         self._selected_index: Optional[int] = None
@@ -233,7 +296,7 @@ class GraphScene(QGraphicsScene):
         """Create the items a chunk at a time; yields between chunks. Edges first: they lie below."""
         layout, analysis = self.loaded.layout, self.loaded.analysis
         graph = analysis.graph
-        edge_pen = QPen(EDGE_COLOR, 1.3)
+        edge_pens = self._edge_pens(layout.edges, graph)
         add_path = self.addPath
         for start in range(0, len(layout.edges), self.CHUNK_EDGES):
             for index in range(start, min(start + self.CHUNK_EDGES, len(layout.edges))):
@@ -241,7 +304,7 @@ class GraphScene(QGraphicsScene):
                 path = QPainterPath(QPointF(*points[0]))
                 for p in points[1:]:
                     path.lineTo(*p)
-                item = add_path(path, edge_pen)
+                item = add_path(path, edge_pens[index])
                 item.setData(0, index)
                 self.edge_items.append(item)
             yield
@@ -263,6 +326,31 @@ class GraphScene(QGraphicsScene):
         self.labels = LabelLayer(self.rects, self._lines, tips)
         self.addItem(self.labels)
         self.complete = True
+
+    def _edge_pens(self, edges, graph) -> list[QPen]:
+        """One pen per edge, its width growing with the log of the tensor's bytes (shared pens per step).
+
+        Unknown sizes get the thinnest pen.  Set once at build time: overlays never touch edges.
+        """
+        byte_sizes: dict[str, float] = {}  # per tensor: a tensor feeding many consumers is looked up once
+        value_type = graph.value_type
+        for edge in edges:
+            if edge.value not in byte_sizes:
+                found = value_type(edge.value)
+                byte_sizes[edge.value] = float((found.byte_size or 0) if found is not None else 0)
+        sizes = np.fromiter((byte_sizes[e.value] for e in edges), dtype=float, count=len(edges))
+        positive = sizes[sizes > 0]
+        steps = np.zeros(len(edges), dtype=int)
+        if len(positive):
+            low, high = np.log10(positive.min()), np.log10(positive.max())
+            if high > low:
+                logs = np.log10(np.where(sizes > 0, sizes, positive.min()))
+                steps = np.rint((logs - low) / (high - low) * (EDGE_WIDTH_STEPS - 1)).astype(int)
+        widths = EDGE_MIN_WIDTH + steps * (EDGE_MAX_WIDTH - EDGE_MIN_WIDTH) / (EDGE_WIDTH_STEPS - 1)
+        pens = [QPen(EDGE_COLOR, float(EDGE_MIN_WIDTH + k * (EDGE_MAX_WIDTH - EDGE_MIN_WIDTH)
+                                       / (EDGE_WIDTH_STEPS - 1))) for k in range(EDGE_WIDTH_STEPS)]
+        self.edge_widths = widths.tolist()
+        return [pens[k] for k in steps.tolist()]
 
     def _base_pen(self, index: int) -> QPen:
         return self.top_pen if self.node_ids[index] in self._top_set else self.box_pen
@@ -299,30 +387,110 @@ class GraphScene(QGraphicsScene):
         return category, (node.op_type, node.name or node.id, detail)
 
     # --- overlays -------------------------------------------------------------------------
+    def set_profile(self, profile) -> None:
+        """Show `profile` (engine.profile.Profile or None) in the profile overlays; re-applies the current one."""
+        self.profile = profile
+        spec = OVERLAYS.get(self.overlay_key)
+        if spec is not None and spec.needs_profile:
+            self.set_overlay(self.overlay_key)
+
     def overlay_values(self, key: str) -> list[Optional[float]]:
         spec = OVERLAYS[key]
         values: list[Optional[float]] = []
+        if key == "transfer":
+            per_node = node_transfers(self.profile)
+            return [sum(t.time.median_ms for t in per_node[n]) if n in per_node else None for n in self.node_ids]
+        if spec is not None and spec.needs_profile:
+            timings = self.profile.nodes if self.profile is not None else {}
+            for node_id in self.node_ids:
+                timing = timings.get(node_id)
+                values.append(None if timing is None else getattr(timing.time, spec.metric))
+            return values
         nodes = self.loaded.analysis.nodes
         for node_id in self.node_ids:
             metrics = nodes.get(node_id)
             values.append(None if metrics is None or spec is None else getattr(metrics, spec.metric))
         return values
 
+    def profile_kinds(self, key: str = "time") -> list[str]:
+        """Kinds of the selected profile's figures for overlay `key`, strongest first (measured, attributed)."""
+        if self.profile is None:
+            return []
+        if key == "transfer":
+            present = {t.time.kind for t in getattr(self.profile, "transfers", ())}
+        else:
+            present = {timing.kind for timing in self.profile.nodes.values()}
+        return [kind for kind in ("measured", "attributed", "estimated") if kind in present]
+
     def set_overlay(self, key: str, top_count: int = 10) -> None:
         """Recolour the boxes for overlay `key` (a key of OVERLAYS); outline the top `top_count`."""
         if key not in OVERLAYS:
             raise ValueError(f"unknown overlay {key!r}; known: {', '.join(OVERLAYS)}")
         self.overlay_key = key
-        if OVERLAYS[key] is None:
+        spec = OVERLAYS[key]
+        self.overlay_units = []
+        if spec is None:
             for item, category in zip(self.node_items, self.categories):
                 item.setBrush(self._category_brushes[category])
                 item.setPen(self.box_pen)
             self.overlay_range = None
+            self.overlay_kind = ""
             self.top_node_ids = []
             self._top_set = set()
             self._mark_selection()
             return
+        self.overlay_kind = "/".join(self.profile_kinds(key)) if spec.needs_profile else "estimated"
+        if spec.formatter == "category":
+            self._apply_units()
+            return
         self.apply_values(self.overlay_values(key), top_count)
+
+    def _apply_units(self) -> None:
+        """Colour each box by the compute unit the profile reports for it (categorical, no gradient)."""
+        timings = self.profile.nodes if self.profile is not None else {}
+        brushes: dict[str, QBrush] = {}
+        unknown, io_brush = QBrush(UNKNOWN_COLOR), self._category_brushes["io"]
+        units: list[str] = []
+        for node_id, item in zip(self.node_ids, self.node_items):
+            timing = timings.get(node_id)
+            if is_io(node_id):
+                item.setBrush(io_brush)
+            elif timing is None or not timing.compute_unit:
+                item.setBrush(unknown)
+            else:
+                unit = timing.compute_unit
+                brush = brushes.get(unit)
+                if brush is None:
+                    brush = brushes[unit] = QBrush(unit_color(unit))
+                    units.append(unit)
+                item.setBrush(brush)
+            item.setPen(self.box_pen)
+        self.overlay_units = units
+        self.overlay_range = None
+        self.top_node_ids, self._top_set = [], set()
+        self._mark_selection()
+
+    def apply_ratios(self, ratios: Mapping[str, Optional[float]], limit: float = RATIO_LIMIT) -> None:
+        """Colour boxes by a ratio per node id (compare view: B / A) with the diverging scale."""
+        self.overlay_key = "ratio"
+        brushes: dict[int, QBrush] = {}
+        unknown, io_brush = QBrush(UNKNOWN_COLOR), self._category_brushes["io"]
+        for node_id, item in zip(self.node_ids, self.node_items):
+            ratio = ratios.get(node_id)
+            if is_io(node_id):
+                item.setBrush(io_brush)
+            elif ratio is None or not math.isfinite(ratio) or ratio <= 0:
+                item.setBrush(unknown)
+            else:
+                t = max(-1.0, min(1.0, math.log(ratio) / math.log(limit)))
+                step = int(round(t * 50))  # 101 shared brushes
+                brush = brushes.get(step)
+                if brush is None:
+                    brush = brushes[step] = QBrush(diverging_color(limit ** (step / 50), limit))
+                item.setBrush(brush)
+            item.setPen(self.box_pen)
+        self.top_node_ids, self._top_set = [], set()
+        self._mark_selection()
 
     def apply_values(self, values: Sequence[Optional[float]], top_count: int = 10) -> None:
         """Colour boxes by `values` (one per node, None = unknown) on a log scale; outline the largest."""
@@ -400,9 +568,14 @@ class GraphScene(QGraphicsScene):
             return f"{title}\n{type_text}"
         node = self.loaded.analysis.graph.node(node_id)
         metrics = self.loaded.analysis.nodes[node_id]
-        return (f"{node.op_type}  {node.name or node.id}\n"
+        text = (f"{node.op_type}  {node.name or node.id}\n"
                 f"MACs {human_count(metrics.macs)} · params {human_count(metrics.params)} · "
                 f"output {human_bytes(metrics.output_bytes)}  (estimated)")
+        timing = self.profile.nodes.get(node_id) if self.profile is not None else None
+        if timing is not None:
+            text += (f"\ntime {format_ms(timing.time.median_ms)} (p10 {format_ms(timing.time.p10_ms)}, "
+                     f"p90 {format_ms(timing.time.p90_ms)})  ({timing.kind})")
+        return text
 
     def find_nodes(self, text: str) -> list[str]:
         """Node ids whose name, id or op type contains `text` (case-insensitive), in execution order."""
@@ -423,7 +596,15 @@ class GraphScene(QGraphicsScene):
 
 
 class LegendWidget(QWidget):
-    """Top-right legend over the view: op categories, or the overlay gradient with its range."""
+    """A compact, semi-transparent legend in the view's bottom-left corner.
+
+    Shows the op categories (two columns), an overlay gradient with its range and
+    kind, the compute units of a profile, or the diverging ratio scale of a
+    comparison.  It never takes mouse events, so nodes under it stay clickable.
+    """
+
+    ROW = 15
+    WIDTH = 232
 
     def __init__(self, parent: QWidget):
         super().__init__(parent)
@@ -431,66 +612,104 @@ class LegendWidget(QWidget):
         self.title = "Op category"
         self.range_text: tuple[str, str] = ("", "")
         self.categories: list[str] = []
+        self.swatches: list[tuple[QColor, str]] = []  # categorical rows (op categories or compute units)
         self.gradient = False
+        self.diverging = False
         self.kind = ""
+        self.top_count = 10
+        self.font_ = QFont()
+        self.font_.setPixelSize(11)
 
     def show_categories(self, categories: Sequence[str]) -> None:
-        self.gradient, self.title, self.categories, self.kind = False, "Op category", list(categories), ""
+        self.gradient = self.diverging = False
+        self.title, self.categories, self.kind = "Op category", list(categories), ""
+        self.swatches = [(QColor(CATEGORY_COLORS[c]), c) for c in categories]
         self._resize()
 
-    def show_gradient(self, title: str, low: str, high: str, kind: str = "estimated") -> None:
-        self.gradient, self.title, self.range_text, self.kind = True, title, (low, high), kind
+    def show_units(self, units: Sequence[str], kind: str) -> None:
+        self.gradient = self.diverging = False
+        self.title, self.kind = "Compute unit", kind
+        self.categories = list(units)
+        self.swatches = [(unit_color(u), u) for u in units] + [(QColor(UNKNOWN_COLOR), "not reported")]
+        self._resize()
+
+    def show_gradient(self, title: str, low: str, high: str, kind: str = "estimated", top_count: int = 10) -> None:
+        self.gradient, self.diverging = True, False
+        self.title, self.range_text, self.kind, self.top_count = title, (low, high), kind, top_count
+        self._resize()
+
+    def show_diverging(self, title: str, kind: str, limit: float = RATIO_LIMIT) -> None:
+        self.gradient, self.diverging = True, True
+        self.title, self.kind = title, kind
+        self.range_text = (f"≤1/{limit:g}× faster", f"≥{limit:g}× slower")
         self._resize()
 
     def _resize(self) -> None:
-        rows = 6 if self.gradient else 1 + len(self.categories)
-        self.resize(QSize(210, 10 + rows * 18))
+        if self.gradient:
+            rows = 4
+        else:
+            rows = 1 + (len(self.swatches) + 1) // 2
+        self.resize(QSize(self.WIDTH, 8 + rows * self.ROW + (6 if self.gradient else 0)))
         self.update()
 
     def paintEvent(self, event) -> None:
         painter = QPainter(self)
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-        painter.setPen(QColor("#999999"))
-        painter.setBrush(QColor(255, 255, 255, 225))
-        painter.drawRoundedRect(QRectF(self.rect()).adjusted(0.5, 0.5, -0.5, -0.5), 5, 5)
-        font = painter.font()
+        painter.setPen(QColor(150, 150, 150, 160))
+        painter.setBrush(QColor(255, 255, 255, 190))  # semi-transparent: the graph shows through
+        painter.drawRoundedRect(QRectF(self.rect()).adjusted(0.5, 0.5, -0.5, -0.5), 4, 4)
+        font = QFont(self.font_)
         font.setBold(True)
         painter.setFont(font)
         painter.setPen(QColor("#111111"))
-        title = self.title + (f" ({self.kind})" if self.kind else "")
-        painter.drawText(QRectF(8, 4, self.width() - 16, 18), Qt.AlignmentFlag.AlignVCenter, title)
-        font.setBold(False)
-        painter.setFont(font)
+        row, left, inner = self.ROW, 6, self.width() - 12
+        title = self.title + (f"  ({self.kind})" if self.kind else "")
+        title = QFontMetrics(font).elidedText(title, Qt.TextElideMode.ElideRight, inner)
+        painter.drawText(QRectF(left, 3, inner, row), Qt.AlignmentFlag.AlignVCenter, title)
+        painter.setFont(self.font_)
         if self.gradient:
-            bar = QRectF(8, 26, self.width() - 16, 14)
+            bar = QRectF(left, 4 + row, inner, 10)
             gradient = QLinearGradient(bar.topLeft(), bar.topRight())
-            for t, color in GRADIENT_STOPS:
+            for t, color in (DIVERGING_STOPS if self.diverging else GRADIENT_STOPS):
                 gradient.setColorAt(t, color)
             painter.setBrush(QBrush(gradient))
             painter.setPen(QColor("#777777"))
             painter.drawRect(bar)
             painter.setPen(QColor("#111111"))
             low, high = self.range_text
-            painter.drawText(QRectF(8, 42, self.width() - 16, 16), Qt.AlignmentFlag.AlignLeft, low)
-            painter.drawText(QRectF(8, 42, self.width() - 16, 16), Qt.AlignmentFlag.AlignRight, high)
-            swatches = ((QPen(QColor("#777777")), ZERO_COLOR, "zero"),
-                        (QPen(QColor("#777777")), UNKNOWN_COLOR, "unknown"),
-                        (QPen(TOP_PEN_COLOR, 3), QColor("#ffffff"), "top 10 (outlined)"))
-            for row, (pen, color, text) in enumerate(swatches):
-                y = 62 + row * 18
+            y = 16 + row
+            painter.drawText(QRectF(left, y, inner, row), Qt.AlignmentFlag.AlignLeft, low)
+            if self.diverging:
+                painter.drawText(QRectF(left, y, inner, row), Qt.AlignmentFlag.AlignHCenter, "1×")
+            painter.drawText(QRectF(left, y, inner, row), Qt.AlignmentFlag.AlignRight, high)
+            y += row + 2
+            if self.diverging:
+                items = ((QPen(QColor("#777777")), UNKNOWN_COLOR, "in one profile only"),)
+            else:
+                items = ((QPen(QColor("#777777")), ZERO_COLOR, "zero"),
+                         (QPen(QColor("#777777")), UNKNOWN_COLOR, "unknown"),
+                         (QPen(TOP_PEN_COLOR, 2.5), QColor("#ffffff"), f"top {self.top_count}"))
+            x = left
+            metrics = QFontMetrics(self.font_)
+            for pen, color, text in items:
                 painter.setPen(pen)
                 painter.setBrush(color)
-                painter.drawRect(QRectF(9, y + 2, 11, 11))
+                painter.drawRect(QRectF(x + 1, y + 2, 10, 10))
                 painter.setPen(QColor("#111111"))
-                painter.drawText(QRectF(26, y, self.width() - 34, 16), Qt.AlignmentFlag.AlignVCenter, text)
+                painter.drawText(QRectF(x + 15, y, inner, row), Qt.AlignmentFlag.AlignVCenter, text)
+                x += 15 + metrics.horizontalAdvance(text) + 10
             return
-        for row, category in enumerate(self.categories):
-            y = 26 + row * 18
-            painter.setBrush(QColor(CATEGORY_COLORS[category]))
+        column = inner / 2
+        metrics = QFontMetrics(self.font_)
+        for index, (color, text) in enumerate(self.swatches):
+            x = left + (index % 2) * column
+            y = 4 + row * (1 + index // 2)
+            painter.setBrush(color)
             painter.setPen(QColor("#777777"))
-            painter.drawRect(QRectF(8, y + 2, 12, 12))
+            painter.drawRect(QRectF(x + 1, y + 2, 10, 10))
             painter.setPen(QColor("#111111"))
-            painter.drawText(QRectF(26, y, self.width() - 34, 16), Qt.AlignmentFlag.AlignVCenter, category)
+            text = metrics.elidedText(text, Qt.TextElideMode.ElideRight, int(column - 18))
+            painter.drawText(QRectF(x + 15, y, column - 15, row), Qt.AlignmentFlag.AlignVCenter, text)
 
 
 class GraphView(QGraphicsView):
@@ -645,19 +864,29 @@ class GraphView(QGraphicsView):
         self._place_legend()
 
     def _place_legend(self) -> None:
-        scrollbar = self.verticalScrollBar()
-        right = self.viewport().width() - 8 if scrollbar.isVisible() else self.width() - 8
-        self.legend.move(max(0, right - self.legend.width()), 8)
+        # Bottom-left: the layout starts at the top (inputs) and is centred, so the lower-left
+        # corner is where boxes are least likely to be.
+        viewport = self.viewport().geometry()
+        self.legend.move(viewport.left() + 8, max(0, viewport.bottom() - self.legend.height() - 8))
 
     def update_legend(self) -> None:
         scene = self.graph_scene
         if scene is None:
             return
-        spec = OVERLAYS.get(scene.overlay_key)
+        key = scene.overlay_key
+        spec = OVERLAYS.get(key)
+        if key == "ratio":
+            return  # the compare view sets its own legend
         if spec is None:
             self.legend.show_categories([c for c in CATEGORY_COLORS if c in set(scene.categories) and c != "io"])
+        elif spec.formatter == "category":
+            self.legend.show_units(scene.overlay_units, scene.overlay_kind or "no profile")
         else:
             low, high = scene.overlay_range or (0.0, 0.0)
-            self.legend.show_gradient(spec.title, format_value(low, spec.formatter, spec.unit),
-                                      format_value(high, spec.formatter, spec.unit), "estimated")
+            title = spec.title
+            if spec.needs_profile and scene.profile is None:
+                title += ": no profile"
+            self.legend.show_gradient(title, format_value(low, spec.formatter, spec.unit),
+                                      format_value(high, spec.formatter, spec.unit),
+                                      scene.overlay_kind or "no profile")
         self._place_legend()

@@ -1,8 +1,9 @@
 """Inspector panel: everything known about the selected node.
 
 Static figures come from `engine.analysis` and are labelled "estimated": they
-are computed from shapes, not measured.  Profile figures (measured or
-attributed) will be added beside them with their own kind.
+are computed from shapes, not measured.  Once profiled, the selected profile's
+figures (engine.profile.NodeTiming) are shown in their own section, each with
+its kind: measured (own kernel) or attributed (share of a fused kernel).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from PySide6.QtWidgets import QHeaderView, QTreeWidget, QTreeWidgetItem
 
 from engine.inspect import human_bytes, human_count
 from engine.layout import INPUT_PREFIX, OUTPUT_PREFIX
+from gui.graph_view import format_ms, node_transfers
 
 ESTIMATED = "estimated"
 
@@ -53,7 +55,8 @@ class Inspector(QTreeWidget):
     def show_nothing(self, message: str = "Select a node to see its details") -> None:
         self.clear()
         self.node_id = None
-        QTreeWidgetItem(self, [message, "", ""])
+        item = QTreeWidgetItem(self, [message, "", ""])
+        item.setFirstColumnSpanned(True)  # the message is wider than the property column
 
     def _section(self, title: str) -> QTreeWidgetItem:
         item = QTreeWidgetItem(self, [title, "", ""])
@@ -96,8 +99,11 @@ class Inspector(QTreeWidget):
         size = value_type.byte_size
         return f"{value_type.dtype} {value_type.shape_text()}" + (f"  ({human_bytes(size)})" if size else "")
 
-    def show_node(self, loaded, node_id: str) -> None:
-        """Fill the panel for `node_id` of `loaded` (gui.app.LoadedModel); "" clears it."""
+    def show_node(self, loaded, node_id: str, profile=None, profile_label: str = "") -> None:
+        """Fill the panel for `node_id` of `loaded` (gui.app.LoadedModel); "" clears it.
+
+        `profile` (engine.profile.Profile, optional) adds its figures for the node.
+        """
         self.setUpdatesEnabled(False)
         try:
             self.clear()
@@ -125,6 +131,8 @@ class Inspector(QTreeWidget):
             self._row(section, "Execution order", str(metrics.order))
             if metrics.is_constant:
                 self._row(section, "Constant", "yes: folded, drawn as a weight of its consumers")
+            if profile is not None:
+                self._profile_section(profile, node_id, profile_label)
 
             section = self._section(f"Attributes ({len(node.attributes)})")
             for key in sorted(node.attributes):
@@ -170,3 +178,47 @@ class Inspector(QTreeWidget):
                 self._row(section, "Share of model MACs", f"{100.0 * metrics.macs / totals.macs:.2f} %", ESTIMATED)
         finally:
             self.setUpdatesEnabled(True)
+
+    def _profile_section(self, profile, node_id: str, label: str) -> None:
+        section = self._section(f"Profile: {label}" if label else "Profile")
+        timing = profile.nodes.get(node_id)
+        if timing is None:
+            if node_id in profile.untimed_node_ids:
+                self._row(section, "Time", "not run: folded to a constant before the run")
+            else:
+                self._row(section, "Time", "no timing for this node in the profile")
+            return
+        time, kind = timing.time, timing.kind
+        self._row(section, "Time (median)", format_ms(time.median_ms), kind)
+        self._row(section, "p10 / p90", f"{format_ms(time.p10_ms)} / {format_ms(time.p90_ms)}", kind)
+        self._row(section, "Share of total", f"{100.0 * profile.share(node_id):.2f} %", kind)
+        self._row(section, "Variation (CV)", f"{100.0 * time.cv:.1f} % over {time.count} runs", kind)
+        how = ("measured (own kernel)" if kind == "measured"
+               else "attributed (fused kernel's time split by FLOPs)" if kind == "attributed" else kind)
+        self._row(section, "Kind", how, kind)
+        if timing.compute_unit:
+            self._row(section, "Compute unit", timing.compute_unit, "measured")
+        try:
+            group = profile.group(timing.group_id)
+        except KeyError:
+            group = None
+        if group is not None:
+            if len(group.node_ids) > 1:
+                others = len(group.node_ids) - 1
+                text = (f"{group.kernel_op or 'kernel'} {group.kernel or group.group_id} "
+                        f"(fused with {others} other node{'s' if others != 1 else ''})")
+            else:
+                text = f"own kernel ({group.kernel_op or timing.op_type})"
+            self._row(section, "Group (kernel)", text).setToolTip(1, "\n".join(group.node_ids) or text)
+            self._row(section, "Group time", format_ms(group.time.median_ms), group.time.kind)
+        for transfer in node_transfers(profile).get(node_id, []):
+            where = (f"{transfer.from_unit} → {transfer.to_unit}" if transfer.from_unit != transfer.to_unit
+                     else transfer.to_unit)
+            size = f", {human_bytes(transfer.bytes)}" if transfer.bytes is not None else ""
+            self._row(section, f"Transfer ({transfer.kind})",
+                      f"{format_ms(transfer.time.median_ms)}  {transfer.value} {where}{size}",
+                      transfer.time.kind).setToolTip(0, transfer.value)
+        # output_bytes may come from static shapes when the runtime does not report it, so only
+        # the runtime's own memory figure is shown here (the static one is under Static cost).
+        if timing.memory_bytes is not None:
+            self._row(section, "Memory (runtime)", human_bytes(timing.memory_bytes), "measured")

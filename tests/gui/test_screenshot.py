@@ -16,7 +16,10 @@ def _pixels(path) -> np.ndarray:
     image = QImage(str(path)).convertToFormat(QImage.Format.Format_RGB32)
     assert not image.isNull()
     data = np.frombuffer(image.constBits(), dtype=np.uint8, count=image.sizeInBytes())
-    return data.reshape(image.height(), image.bytesPerLine() // 4, 4)[:, : image.width(), :3]
+    # RGB32 is 0xffRRGGBB per pixel, little-endian in memory: B, G, R, A.  Copy: the image's
+    # buffer is freed when `image` goes out of scope, and a view of it would read freed memory.
+    bgr = data.reshape(image.height(), image.bytesPerLine() // 4, 4)[:, : image.width(), :3]
+    return bgr[..., ::-1].copy()  # R, G, B
 
 
 def test_screenshot_of_sample_is_not_blank(qtbot, tmp_path, sample_model):
