@@ -160,6 +160,7 @@ class ModelBuilder:
     def _apply_input_shapes(self) -> None:
         graph = self.proto.graph
         initializer_names = {t.name for t in graph.initializer}
+        changed = False
         for graph_input in graph.input:
             if graph_input.name in initializer_names:
                 continue  # IR<4 lists weights as inputs too
@@ -169,6 +170,7 @@ class ModelBuilder:
                 graph_input.type.tensor_type.shape.Clear()
                 for size in given:
                     graph_input.type.tensor_type.shape.dim.add().dim_value = int(size)
+                changed = True
                 continue
             if not graph_input.type.tensor_type.HasField("shape"):
                 self.warnings.append(
@@ -181,12 +183,20 @@ class ModelBuilder:
                 label = dims[0].dim_param or "?"
                 dims[0].Clear()
                 dims[0].dim_value = 1
+                changed = True
                 self.warnings.append(f"input '{graph_input.name}': batch dimension '{label}' taken as 1")
             elif free:
                 shape = "x".join(d.dim_param or "?" if i in free else str(d.dim_value) for i, d in enumerate(dims))
                 self.warnings.append(
                     f"input '{graph_input.name}' has free dimensions ({shape}): costs that depend on them "
                     f"are unknown; fix them with --shape {graph_input.name}=...")
+        if changed:
+            # Shapes stored in the file were inferred for the old input shapes: drop them so
+            # inference recomputes every intermediate and output shape from the new ones.
+            del graph.value_info[:]
+            for graph_output in graph.output:
+                if graph_output.type.tensor_type.HasField("shape"):
+                    graph_output.type.tensor_type.ClearField("shape")
 
     def _infer_shapes(self) -> onnx.ModelProto:
         try:

@@ -153,3 +153,13 @@ def test_content_beats_extension(tmp_path, sample_model):
 def test_missing_file(tmp_path):
     with pytest.raises(ModelLoadError, match="no such file"):
         open_model(tmp_path / "nope.onnx")
+
+
+def test_input_shape_option_recomputes_stored_shapes(sample_model):
+    """The sample stores inferred shapes (value_info); a new input size must replace them all."""
+    from engine.analysis import analyze
+
+    base = analyze(open_model(sample_model))
+    bigger = analyze(open_model(sample_model, input_shapes={"image": [1, 3, 320, 320]}))
+    assert bigger.graph.value_type("mask").shape == (1, 1, 320, 320)
+    assert bigger.totals.macs == 4 * base.totals.macs

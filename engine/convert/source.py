@@ -1,0 +1,313 @@
+"""The ONNX side of a conversion: the full model, our IR of it, and its constants.
+
+Conversion needs the weight data, so unlike the importer this reads the whole
+file with `onnx.load` (external data included).  Node ids, value types and the
+set of constant nodes come from our own IR and analysis (`importers.onnx`,
+`engine.analysis`), so that the layer map is keyed exactly like every other
+overlay and "folded" means the same thing here as in the inspector.
+
+Constants are evaluated lazily with numpy (the onnx package's reference
+evaluator for anything that is not a one-liner): a folded node's value is
+computed only when a compute node reads it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from engine.analysis import analyze
+from engine.ir import Graph, Model, Node, TensorType
+
+
+class FoldError(Exception):
+    """A constant node that cannot be evaluated at conversion time."""
+
+    def __init__(self, node_id: str, op_type: str, reason: str):
+        self.node_id = node_id
+        self.op_type = op_type
+        self.reason = reason
+        super().__init__(f"{node_id} ({op_type}): {reason}")
+
+
+@dataclass
+class SourceModel:
+    """An ONNX model ready to convert: proto (with weights), IR graph, constants."""
+
+    path: Path
+    proto: onnx.ModelProto
+    model: Model  # our IR, with the caller's input shapes applied
+    graph: Graph
+    order: list[Node]  # execution order (same as analysis)
+    folded: set[str]  # ids of nodes that only produce constants
+    opset: int
+    node_protos: dict[str, onnx.NodeProto]  # node id -> its NodeProto
+    # Flexible input shapes: value name -> axes whose size varies at run time (empty when
+    # every input is fixed), and the shape-inferred graphs of the probe shapes (input sizes
+    # -> our IR's graph at those sizes) that verification compares the program against.
+    flexible: dict[str, frozenset[int]] = field(default_factory=dict)
+    probes: list[tuple[dict[str, tuple[int, ...]], Graph]] = field(default_factory=list)
+    target: str = "iOS16"  # the deployment target, for op checks that depend on it
+    _initializers: dict[str, onnx.TensorProto] = field(default_factory=dict)
+    _values: dict[str, np.ndarray] = field(default_factory=dict)
+    _producers: dict[str, Node] = field(default_factory=dict)
+    _constant_names: set[str] = field(default_factory=set)
+
+    # -- constants -------------------------------------------------------------------
+
+    def is_constant(self, value_name: str) -> bool:
+        return value_name in self._constant_names
+
+    def constant(self, value_name: str) -> np.ndarray:
+        """The value of a constant tensor (an initializer or the output of a folded node)."""
+        if value_name in self._values:
+            return self._values[value_name]
+        if value_name in self._initializers:
+            array = numpy_helper.to_array(self._initializers[value_name])
+            self._values[value_name] = array
+            return array
+        node = self._producers.get(value_name)
+        if node is None or node.id not in self.folded:
+            raise KeyError(f"'{value_name}' is not a constant")
+        outputs = self._evaluate(node)
+        for name, array in zip(node.outputs, outputs):
+            if name:
+                self._values[name] = array
+        return self._values[value_name]
+
+    def release_constants(self) -> None:
+        """Drop evaluated constant arrays (the MIL program holds its own copies by now)."""
+        self._values.clear()
+
+    def value_type(self, value_name: str) -> Optional[TensorType]:
+        return self.graph.value_type(value_name)
+
+    def _evaluate(self, node: Node) -> list[np.ndarray]:
+        proto = self.node_protos[node.id]
+        if node.op_type == "Shape":
+            source = self.graph.value_type(node.inputs[0])
+            if source is None or not source.is_static:
+                raise FoldError(node.id, node.op_type, "the shape of its input is not known")
+            shape = np.array(source.shape, dtype=np.int64)
+            start = int(node.attributes.get("start", 0))
+            end = node.attributes.get("end")
+            return [shape[start:None if end is None else int(end)]]
+        inputs = [self.constant(name) if name else None for name in node.inputs]
+        try:
+            if node.op_type == "Constant":
+                return [_constant_node_value(proto)]
+            if node.op_type == "ConstantOfShape":
+                return [_constant_of_shape(proto, inputs[0])]
+            if node.op_type in ("Identity", "Dropout") and inputs:
+                return [inputs[0]] + [np.ones(inputs[0].shape, dtype=bool)] * (len(node.outputs) - 1)
+            return _reference_evaluate(proto, inputs, self.opset)
+        except FoldError:
+            raise
+        except Exception as exc:  # the reference evaluator failing: name the node
+            raise FoldError(node.id, node.op_type, f"cannot be evaluated at conversion time "
+                                                   f"({type(exc).__name__}: {exc})") from exc
+
+
+def load_source(path: Path, input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
+                with_weights: bool = True,
+                probe_shapes: Sequence[Mapping[str, Sequence[int]]] = ()) -> SourceModel:
+    """Read an ONNX model for conversion.  Raises engine.ir.ModelLoadError for unusable files.
+
+    input_shapes fixes the shapes the program is built (and checked) at; probe_shapes are
+    other input shapes the program must also accept (flexible inputs): the axes whose sizes
+    differ between them are the flexible ones.
+    """
+    from importers import open_model
+
+    path = Path(path)
+    model = open_model(path)
+    if model.format != "onnx":
+        from engine.ir import ModelLoadError
+        raise ModelLoadError(str(path), f"is a {model.format} model: conversion to Core ML "
+                                        "starts from an ONNX file")
+    proto = onnx.load(str(path), load_external_data=with_weights)
+    if input_shapes:
+        model = _ir_at_shapes(path, proto, input_shapes)
+    graph = model.main_graph
+    if len(proto.graph.node) != len(graph.nodes):
+        raise RuntimeError("the IR and the ONNX file disagree on the node count")
+    node_protos = {}
+    for node, node_proto in zip(graph.nodes, proto.graph.node):
+        assert node.op_type == node_proto.op_type
+        node_protos[node.id] = node_proto
+    analysis = analyze(model)
+    order = [graph.node(node_id) for node_id in analysis.order]
+    folded = {node_id for node_id, metrics in analysis.nodes.items() if metrics.is_constant}
+    opset = next((entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), 1)
+    initializers = {t.name: t for t in proto.graph.initializer}
+    producers = {out: node for node in graph.nodes for out in node.outputs if out}
+    constant_names = {name for name in initializers if name not in graph.inputs}
+    for node in graph.nodes:
+        if node.id in folded:
+            constant_names.update(out for out in node.outputs if out)
+    probes = []
+    for shapes in probe_shapes:
+        shapes = {name: tuple(int(d) for d in shape) for name, shape in shapes.items()}
+        probes.append((shapes, _ir_at_shapes(path, proto, {**dict(input_shapes or {}), **shapes}).main_graph))
+    return SourceModel(path=path, proto=proto, model=model, graph=graph, order=order, folded=folded,
+                       opset=opset, node_protos=node_protos, flexible=_flexible_axes(graph, probes),
+                       probes=probes, _initializers=initializers, _producers=producers,
+                       _constant_names=constant_names)
+
+
+def _ir_at_shapes(path: Path, proto: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> Model:
+    """Our IR of the model with other input shapes, inferred afresh.
+
+    The shapes a file stores (value_info, output shapes: exporters write them) describe the
+    sizes it was exported at; ONNX shape inference keeps those when the inputs change, so
+    opening the file itself with new input shapes gives stale intermediate shapes.  This
+    opens a copy without them (and without weight data, which shapes do not need).
+    """
+    import dataclasses
+    import tempfile
+
+    from importers import open_model
+
+    copy = onnx.ModelProto(ir_version=proto.ir_version, producer_name=proto.producer_name,
+                           producer_version=proto.producer_version, domain=proto.domain,
+                           model_version=proto.model_version, doc_string=proto.doc_string)
+    copy.opset_import.extend(proto.opset_import)
+    copy.metadata_props.extend(proto.metadata_props)
+    copy.functions.extend(proto.functions)
+    graph = copy.graph
+    graph.name = proto.graph.name
+    graph.node.extend(proto.graph.node)
+    graph.input.extend(proto.graph.input)
+    for output in proto.graph.output:
+        stripped = graph.output.add()
+        stripped.CopyFrom(output)
+        if stripped.type.HasField("tensor_type"):
+            stripped.type.tensor_type.ClearField("shape")
+    for tensor in proto.graph.initializer:
+        if int(np.prod(tensor.dims)) <= 1024:  # small constants (shapes, axes) keep their values
+            graph.initializer.append(tensor)
+        else:  # shapes need the dims only
+            graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+    with tempfile.TemporaryDirectory(prefix="layerscope-shapes-") as folder:
+        copy_path = Path(folder) / path.name
+        onnx.save_model(copy, str(copy_path))
+        model = open_model(copy_path, input_shapes=input_shapes)
+    return dataclasses.replace(model, path=str(path))
+
+
+def _flexible_axes(graph: Graph, probes) -> dict[str, frozenset[int]]:
+    """Per value: the axes whose size is not the same at every probe shape as at the default."""
+    flexible: dict[str, frozenset[int]] = {}
+    for name, value in graph.values.items():
+        if value.type is None or value.type.shape is None or value.initializer is not None:
+            continue
+        axes = set()
+        for _, probe in probes:
+            other = probe.value_type(name)
+            for axis, size in enumerate(value.type.shape):
+                if other is None or other.shape is None or len(other.shape) != len(value.type.shape) \
+                        or other.shape[axis] != size:
+                    axes.add(axis)
+        if axes:
+            flexible[name] = frozenset(axes)
+    return flexible
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def _constant_node_value(proto: onnx.NodeProto) -> np.ndarray:
+    for attribute in proto.attribute:
+        if attribute.name == "value":
+            return numpy_helper.to_array(attribute.t)
+        if attribute.name == "value_float":
+            return np.array(attribute.f, dtype=np.float32)
+        if attribute.name == "value_floats":
+            return np.array(list(attribute.floats), dtype=np.float32)
+        if attribute.name == "value_int":
+            return np.array(attribute.i, dtype=np.int64)
+        if attribute.name == "value_ints":
+            return np.array(list(attribute.ints), dtype=np.int64)
+    raise FoldError(proto.name, "Constant", "has no value this converter reads "
+                                            "(sparse and string constants are not supported)")
+
+
+def _constant_of_shape(proto: onnx.NodeProto, shape: Optional[np.ndarray]) -> np.ndarray:
+    fill = np.zeros(1, dtype=np.float32)
+    for attribute in proto.attribute:
+        if attribute.name == "value":
+            fill = numpy_helper.to_array(attribute.t).reshape(-1)
+    dims = [] if shape is None else [int(d) for d in np.asarray(shape).reshape(-1)]
+    return np.full(dims, fill[0], dtype=fill.dtype)
+
+
+def _attributes(proto: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in proto.attribute}
+
+
+def _axes(attributes: dict, inputs: list, index: int) -> Optional[list[int]]:
+    if len(inputs) > index and inputs[index] is not None:
+        return [int(a) for a in np.asarray(inputs[index]).reshape(-1)]
+    return list(attributes["axes"]) if "axes" in attributes else None
+
+
+def _fast_evaluate(op_type: str, proto: onnx.NodeProto, inputs: list) -> Optional[list[np.ndarray]]:
+    """numpy one-liners for the ops that shape weights (the reference evaluator is slower)."""
+    attributes = _attributes(proto)
+    x = inputs[0] if inputs else None
+    if op_type == "Unsqueeze":
+        axes = _axes(attributes, inputs, 1)
+        rank = x.ndim + len(axes)
+        return [np.expand_dims(x, tuple(sorted(a % rank for a in axes)))]
+    if op_type == "Squeeze":
+        axes = _axes(attributes, inputs, 1)
+        return [np.squeeze(x) if axes is None else np.squeeze(x, tuple(a % x.ndim for a in axes))]
+    if op_type == "Reshape":
+        target = [int(d) for d in np.asarray(inputs[1]).reshape(-1)]
+        if not attributes.get("allowzero", 0):
+            target = [x.shape[i] if d == 0 else d for i, d in enumerate(target)]
+        return [x.reshape(target)]
+    if op_type == "Flatten":
+        axis = int(attributes.get("axis", 1)) % (x.ndim + 1)
+        return [x.reshape(int(np.prod(x.shape[:axis])), -1)]
+    if op_type == "Transpose":
+        perm = attributes.get("perm")
+        return [np.transpose(x, perm)]
+    if op_type == "Concat":
+        return [np.concatenate([i for i in inputs if i is not None], axis=int(attributes["axis"]))]
+    if op_type in ("Add", "Sub", "Mul", "Div") and len(inputs) == 2 and np.issubdtype(x.dtype, np.floating):
+        function = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}[op_type]
+        return [function(x, inputs[1]).astype(np.result_type(x, inputs[1]))]
+    return None
+
+
+def _reference_evaluate(proto: onnx.NodeProto, inputs: list, opset: int) -> list[np.ndarray]:
+    fast = _fast_evaluate(proto.op_type, proto, inputs)
+    if fast is not None:
+        return fast
+    from onnx import helper
+    from onnx.reference import ReferenceEvaluator
+
+    # A one-node model, so that the evaluator picks the op version of the model's opset.
+    node = onnx.NodeProto()
+    node.CopyFrom(proto)
+    feeds, graph_inputs = {}, []
+    for index, array in enumerate(inputs):
+        if array is not None:
+            name = f"in{index}"
+            node.input[index] = name
+            feeds[name] = array
+            graph_inputs.append(helper.make_tensor_value_info(
+                name, helper.np_dtype_to_tensor_dtype(array.dtype), array.shape))
+    outputs = []
+    for index in range(len(node.output)):
+        if node.output[index]:
+            node.output[index] = f"out{index}"
+            outputs.append(helper.make_empty_tensor_value_info(f"out{index}"))
+    graph = helper.make_graph([node], "fold", graph_inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    results = ReferenceEvaluator(model).run(None, feeds)
+    return [np.asarray(r) for r in results]
