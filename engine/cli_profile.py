@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 2, 3, 130
 
@@ -118,6 +118,9 @@ def profile_summary(profile, top: int = 10) -> str:
                      f"(profiled runs {_ms(profile.profiled_end_to_end.median_ms)} median)")
     if profile.coverage is not None:
         lines.append(f"Coverage    {profile.coverage:.2f} (sum of per-kernel medians / end-to-end median)")
+    if profile.cpu_wait_share is not None:
+        state = "busy" if profile.cpu_wait_share > 0.10 else "idle enough"
+        lines.append(f"Machine     {state}: runs waited {_pct(profile.cpu_wait_share)} of their time for a CPU")
     total = profile.total_node_ms
     if profile.stage_times_ms:
         lines.append("")
@@ -365,7 +368,8 @@ def add_profile_commands(sub) -> None:
                              description="Run a model on a target and measure every layer. "
                                          "Ctrl-C stops after the current run and still writes what was measured.")
     profile.add_argument("model", nargs="?", help="model file (.onnx); default: the bundled MobileUNet sample")
-    profile.add_argument("--target", default="cpu", choices=["cpu"], help="where to run (default cpu)")
+    profile.add_argument("--target", default="cpu", metavar="cpu|ws://HOST:PORT",
+                         help="where to run: cpu (ONNX Runtime here, the default) or an agent's address")
     profile.add_argument("--mode", default="exact", choices=["exact", "deployed"],
                          help="exact: optimizations off, one timing per node; deployed: optimizations on, "
                               "fused kernels mapped back to nodes (default exact)")

@@ -282,6 +282,9 @@ class Profile:
     untimed_node_ids: tuple[str, ...] = ()
     # Things the reader should know about the figures (e.g. a kernel that could not be mapped).
     warnings: tuple[str, ...] = ()
+    # Share of the plain runs' wall time spent waiting for a CPU (other work on the machine);
+    # None when not measurable (several threads).  Above ~0.1 the figures are disturbed.
+    cpu_wait_share: Optional[float] = None
     schema: str = SCHEMA
 
     def __post_init__(self):
@@ -302,7 +305,8 @@ class Profile:
               end_to_end_samples: Sequence[float], profiled_samples: Sequence[float],
               groups: Sequence[TimingGroup], nodes: Sequence[NodeTiming], runs_completed: int,
               complete: bool = True, error: str = "", stage_order: Sequence[str] = (),
-              untimed_node_ids: Sequence[str] = (), warnings: Sequence[str] = ()) -> "Profile":
+              untimed_node_ids: Sequence[str] = (), warnings: Sequence[str] = (),
+              cpu_wait_share: Optional[float] = None) -> "Profile":
         """Derive the summary figures (coverage, overhead, stage and op-type sums) from the parts."""
         end_to_end = TimingStats.from_samples(end_to_end_samples) if end_to_end_samples else None
         profiled = TimingStats.from_samples(profiled_samples) if profiled_samples else None
@@ -324,7 +328,8 @@ class Profile:
                    profiler_overhead=overhead, groups=tuple(groups),
                    nodes={n.node_id: n for n in nodes}, coverage=coverage, runs_completed=runs_completed,
                    complete=complete, error=error, stage_times_ms=stage_times, op_type_times_ms=op_times,
-                   untimed_node_ids=tuple(untimed_node_ids), warnings=tuple(warnings))
+                   untimed_node_ids=tuple(untimed_node_ids), warnings=tuple(warnings),
+                   cpu_wait_share=cpu_wait_share)
 
     # -- queries --------------------------------------------------------------------------
 
@@ -392,6 +397,7 @@ class Profile:
             "profiled_end_to_end": self.profiled_end_to_end.to_json_dict() if self.profiled_end_to_end else None,
             "profiler_overhead": self.profiler_overhead,
             "coverage": self.coverage,
+            "cpu_wait_share": self.cpu_wait_share,
             "nodes": [n.to_json_dict() for n in self.nodes.values()],
             "untimed_node_ids": list(self.untimed_node_ids),
             "groups": [g.to_json_dict() for g in self.groups],
@@ -433,6 +439,7 @@ class Profile:
                 hints=tuple(dict(h) for h in data.get("hints", ())),
                 untimed_node_ids=tuple(data.get("untimed_node_ids", ())),
                 warnings=tuple(str(w) for w in data.get("warnings", ())),
+                cpu_wait_share=_optional_float(data.get("cpu_wait_share")),
                 schema=schema)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ProfileFormatError(f"malformed {SCHEMA} document: {type(exc).__name__}: {exc}") from None

@@ -35,6 +35,7 @@ import shutil
 import tempfile
 import threading
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -310,11 +311,13 @@ def _fold_constant_nodes(proto: onnx.ModelProto, ir_graph: Graph, constant_ids: 
         else:
             run_nodes.append(node)
     to_run = [name for name in frontier if name not in values]
+    read_by_constants = {name for n in run_nodes for name in n.input if name}
     if to_run:
         sub = onnx.helper.make_graph(
             [onnx.NodeProto.FromString(n.SerializeToString()) for n in run_nodes], "constants", [],
             [onnx.helper.make_empty_tensor_value_info(name) for name in to_run],
-            initializer=list(graph.initializer) + [numpy_helper.from_array(v, k) for k, v in values.items()])
+            initializer=[t for t in graph.initializer if t.name in read_by_constants]
+            + [numpy_helper.from_array(v, k) for k, v in values.items()])
         sub_model = onnx.helper.make_model(sub, opset_imports=list(proto.opset_import))
         sub_model.ir_version = max(proto.ir_version, 4)
         try:
@@ -659,6 +662,27 @@ def _int_arg(args: Mapping, key: str) -> Optional[int]:
 
 # ============================================================================ the target
 
+_WORKDIR_PREFIX = "layerscope-cpu-"
+_stale_checked = False
+
+
+def _remove_stale_workdirs() -> None:
+    """Work directories of processes that were killed (no chance to clean up): removed once per process."""
+    global _stale_checked
+    if _stale_checked:
+        return
+    _stale_checked = True
+    for entry in Path(tempfile.gettempdir()).glob(f"{_WORKDIR_PREFIX}*-*"):
+        pid_text = entry.name[len(_WORKDIR_PREFIX):].split("-", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            pass  # alive but not ours to signal: leave it
+
 @dataclass
 class _Prepared:
     key: tuple
@@ -685,13 +709,14 @@ class CpuTarget:
             raise TargetError(f"the CPU reference needs onnxruntime, which is not installed ({_ORT_IMPORT_ERROR})")
         self._prepared: Optional[_Prepared] = None
         self._workdir: Optional[Path] = None
+        self._finalizer = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def close(self) -> None:
         self._prepared = None
         if self._workdir is not None:
-            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._finalizer()
             self._workdir = None
 
     def __enter__(self) -> "CpuTarget":
@@ -699,12 +724,6 @@ class CpuTarget:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def describe(self) -> dict:
         threads = self._prepared.settings.threads if self._prepared else 0
@@ -771,7 +790,10 @@ class CpuTarget:
         folded_ids, warnings = _fold_constant_nodes(proto, ir_graph, constant_ids)
 
         self.close()
-        self._workdir = Path(tempfile.mkdtemp(prefix="layerscope-cpu-"))
+        _remove_stale_workdirs()
+        self._workdir = Path(tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{os.getpid()}-"))
+        # Removed when the target is closed or collected, and at interpreter exit.
+        self._finalizer = weakref.finalize(self, shutil.rmtree, str(self._workdir), True)
         session_model = self._workdir / "session.onnx"
         big = proto.ByteSize() > _EXTERNAL_DATA_THRESHOLD if _proto_size_ok(proto) else True
         onnx.save_model(proto, str(session_model), save_as_external_data=big, all_tensors_to_one_file=True,
@@ -881,6 +903,7 @@ class CpuTarget:
         output_names = [o.name for o in plain.get_outputs()]
         total = settings.warmup + settings.runs
         plain_ms: list[float] = []
+        plain_cpu_ms: list[float] = []  # CPU time of this thread during the plain runs
         profiled_ms: list[float] = []
         error, interrupted, warmed = "", False, 0
         clock = time.perf_counter
@@ -890,9 +913,11 @@ class CpuTarget:
                     break
                 is_warmup = index < settings.warmup
                 try:
+                    cpu_start = time.thread_time()
                     start = clock()
                     plain.run(output_names, feed)
                     middle = clock()
+                    cpu_used = time.thread_time() - cpu_start
                     profiled.run(output_names, feed)
                     end = clock()
                 except Exception as exc:
@@ -906,6 +931,7 @@ class CpuTarget:
                     message = f"warm-up {index + 1}/{settings.warmup}"
                 else:
                     plain_ms.append((middle - start) * 1000.0)
+                    plain_cpu_ms.append(cpu_used * 1000.0)
                     profiled_ms.append((end - middle) * 1000.0)
                     message = f"run {len(plain_ms)}/{settings.runs}: {plain_ms[-1]:.2f} ms"
                 if progress is not None:
@@ -950,12 +976,18 @@ class CpuTarget:
                             "input_shapes": {k: list(v) for k, v in prepared.input_shapes.items()},
                             "size": list(settings.size) if settings.size else None}
         target = describe_cpu(settings.threads)
+        wait_share = _cpu_wait_share(plain_ms, plain_cpu_ms) if settings.threads == 1 else None
+        if wait_share is not None and wait_share > BUSY_WAIT_SHARE:
+            warnings.append(f"this computer was busy: the runs spent {wait_share * 100:.0f} % of their time waiting "
+                            "for a CPU (wall against CPU time), which inflates end-to-end times and lowers "
+                            "coverage; per-layer medians suffer less. Profile again when it is idle")
         return Profile.build(
             model_path=str(prepared.model_path), model_format=prepared.model.format, target=target,
             mode=settings.mode, settings=profile_settings, end_to_end_samples=plain_ms,
             profiled_samples=profiled_ms, groups=groups, nodes=nodes, runs_completed=completed,
             complete=complete, error=error, stage_order=[s.name for s in analysis.stages],
-            untimed_node_ids=prepared.folded_ids, warnings=prepared.warnings + warnings)
+            untimed_node_ids=prepared.folded_ids, warnings=prepared.warnings + warnings,
+            cpu_wait_share=wait_share)
 
     def _timings(self, prepared: _Prepared, settings: ProfileSettings, per_run: list[dict[str, float]],
                  kernel_args: Mapping[str, Mapping], optimized_file: Optional[Path]
@@ -1031,6 +1063,25 @@ class CpuTarget:
             warnings.append(f"{len(missing)} node(s) have no time (not run by ONNX Runtime): "
                             f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
         return groups, nodes, warnings
+
+
+# Above this share of wall time spent waiting for a CPU, a profile says the computer was busy.
+BUSY_WAIT_SHARE = 0.10
+
+
+def _cpu_wait_share(wall_ms: Sequence[float], cpu_ms: Sequence[float]) -> Optional[float]:
+    """Share of the plain runs' wall time the (single) running thread spent off the CPU.
+
+    With one intra-op thread ONNX Runtime computes on the calling thread, so
+    wall - CPU time is time spent preempted (or blocked): near 0 on an idle
+    machine.  None when there are no runs.
+    """
+    if not wall_ms or not cpu_ms:
+        return None
+    wall, cpu = sorted(wall_ms)[len(wall_ms) // 2], sorted(cpu_ms)[len(cpu_ms) // 2]
+    if wall <= 0:
+        return None
+    return max(0.0, min(1.0, 1.0 - cpu / wall))
 
 
 def _proto_dims(value_info: onnx.ValueInfoProto) -> Optional[list]:
