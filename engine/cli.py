@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from engine.files import write_text_atomically
+
 EXIT_OK, EXIT_BAD_INPUT, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 2, 3, 130
 
 
@@ -59,7 +61,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         if args.json == "-":
             print(text)
         else:
-            _write_atomically(Path(args.json), text)
+            write_text_atomically(args.json, text)
             print(f"wrote {args.json}", file=sys.stderr)
     if not args.json or args.json != "-":
         print(summary_text(analysis, top=args.top))
@@ -86,16 +88,21 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_gui(args: argparse.Namespace) -> int:
+    return _run_app("the headless commands work without one: layerscope inspect MODEL, layerscope --help",
+                    args.model)
+
+
+def _run_app(no_display_advice: str, model, **options) -> int:
+    """Start the desktop app, or say in one line that there is no display and what to use instead."""
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) \
             and os.environ.get("QT_QPA_PLATFORM") not in ("offscreen", "minimal"):
-        print("layerscope: no display found; the headless commands work without one: "
-              "layerscope inspect MODEL, layerscope --help", file=sys.stderr)
+        print(f"layerscope: no display found; {no_display_advice}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
         from gui.app import run_app
     except ImportError as exc:
         raise CliError(f"the desktop app is not available: {exc}")
-    return run_app(args.model)
+    return run_app(model, **options)
 
 
 VIEW_OVERLAYS = ("none", "time", "compute_unit", "transfer", "macs", "params", "output_bytes",
@@ -130,16 +137,9 @@ def cmd_view(args: argparse.Namespace) -> int:
             raise CliError(f"--screenshot {args.screenshot}: {exc}")
         print(f"wrote {path}")
         return EXIT_OK
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) \
-            and os.environ.get("QT_QPA_PLATFORM") not in ("offscreen", "minimal"):
-        print("layerscope: no display found; use `layerscope view MODEL --screenshot out.png` to render "
-              "the window offscreen, or the headless commands: layerscope inspect MODEL", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    try:
-        from gui.app import run_app
-    except ImportError as exc:
-        raise CliError(f"the desktop app is not available: {exc}")
-    return run_app(args.model, overlay=args.overlay, profile=profile)
+    return _run_app("use `layerscope view MODEL --screenshot out.png` to render the window offscreen, "
+                    "or the headless commands: layerscope inspect MODEL",
+                    args.model, overlay=args.overlay, profile=profile)
 
 
 def _window_size_arg(text: str) -> tuple[int, int]:
@@ -223,12 +223,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
     for warning in result.warnings:
         print(f"layerscope: warning: {warning}", file=sys.stderr)
     return EXIT_OK if result.verified else EXIT_INCOMPLETE
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -325,8 +325,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(compare_summary(comparison, top=args.top))
     if args.json:
         import json
-        from engine.cli import _write_atomically
-        _write_atomically(Path(args.json), json.dumps(comparison.to_json_dict(), indent=1))
+        from engine.files import write_text_atomically
+        write_text_atomically(Path(args.json), json.dumps(comparison.to_json_dict(), indent=1))
         print(f"wrote {args.json}", file=sys.stderr)
     if args.report:
         try:

@@ -34,10 +34,11 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
+
+from engine.files import jsonable, write_text_atomically
 
 SCHEMA = "layerscope.profile/1"
 
@@ -388,7 +389,7 @@ class Profile:
             "model": {"path": self.model_path, "format": self.model_format},
             "target": dict(self.target),
             "mode": self.mode,
-            "settings": _jsonable(dict(self.settings)),
+            "settings": jsonable(dict(self.settings)),
             "runs": self.runs_completed,
             "complete": self.complete,
             "error": self.error,
@@ -407,7 +408,7 @@ class Profile:
             "op_types": [{"op_type": op, "median_ms": ms, "count": op_counts.get(op, 0),
                           "share": ms / node_total if node_total > 0 else 0.0,
                           "kind": self.op_type_kind(op)} for op, ms in self.op_type_times_ms.items()],
-            "hints": [_jsonable(dict(h)) for h in self.hints],
+            "hints": [jsonable(dict(h)) for h in self.hints],
         }
 
     @classmethod
@@ -449,12 +450,7 @@ class Profile:
 
     def save_json(self, path: Union[str, Path]) -> Path:
         """Write atomically: a reader never sees a half-written file."""
-        path = Path(path)
-        text = self.to_json()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return write_text_atomically(path, self.to_json())
 
     @classmethod
     def load_json(cls, path: Union[str, Path]) -> "Profile":
@@ -469,16 +465,3 @@ class Profile:
             return cls.from_json_dict(data)
         except ProfileFormatError as exc:
             raise ProfileFormatError(f"{path}: {exc}") from None
-
-
-def _jsonable(value):
-    """Settings may hold tuples, Paths and numpy scalars; JSON wants lists, strings and numbers."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item") and callable(value.item):  # numpy scalar
-        return value.item()
-    return value

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
+from engine.files import jsonable, write_text_atomically
 from engine.profile import Profile, ProfileFormatError
 
 __all__ = ["SESSION_SCHEMA", "SessionFormatError", "SweepResult", "Session", "session_to_json_dict",
@@ -48,19 +49,6 @@ def _now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def _jsonable(value):
-    """Sweep rows and settings may hold tuples, Paths and numpy scalars; JSON wants lists, str, numbers."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item") and callable(value.item):  # numpy scalar
-        return value.item()
-    return value
-
-
 @dataclass(frozen=True)
 class SweepResult:
     """The rows of one `engine.sweep` run (one line of the latency-vs-size chart)."""
@@ -71,8 +59,8 @@ class SweepResult:
     created_at: str = field(default_factory=_now_iso)
 
     def to_json_dict(self) -> dict:
-        return {"target": self.target, "settings": _jsonable(dict(self.settings)),
-                "rows": [_jsonable(dict(r)) for r in self.rows], "created_at": self.created_at}
+        return {"target": self.target, "settings": jsonable(dict(self.settings)),
+                "rows": [jsonable(dict(r)) for r in self.rows], "created_at": self.created_at}
 
     @classmethod
     def from_json_dict(cls, data: Mapping) -> "SweepResult":
@@ -172,20 +160,7 @@ def save_session(session: Session, path: Union[str, Path]) -> Path:
     """Write atomically: the file is either the old session or the complete new one, never half."""
     path = Path(path)
     text = json.dumps(session_to_json_dict(session, path.parent), indent=1, allow_nan=False)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    return write_text_atomically(path, text)
 
 
 def load_session(path: Union[str, Path]) -> Session:

@@ -10,7 +10,6 @@ inference and analysis need them.
 from __future__ import annotations
 
 import mmap
-import os
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 

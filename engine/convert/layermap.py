@@ -19,7 +19,9 @@ Schema "layerscope.layermap/1":
       "fused":   {onnx_node_id: owner_node_id},   # optimize="default" only: merged into owner's ops
       "mil_ops": {mil op name: {"type": "conv", "outputs": [...], "source": onnx_node_id | null}},
       "unattributed": [mil op name, ...],         # input/output casts, image preprocessing
-      "inputs":  {onnx input: Core ML input}, "outputs": {onnx output: Core ML output}
+      "inputs":  {onnx input: Core ML input}, "outputs": {onnx output: Core ML output},
+      "source_nodes": {onnx_node_id: {"op_type", "stage", "output_bytes", "flops"}}
+                                                  # every compute node, execution order
     }
 
 MIL op names are the `name` of the operations in the saved program; "outputs"
@@ -31,8 +33,11 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
+
+from engine.files import write_text_atomically
 
 SCHEMA = "layerscope.layermap/1"
 SUFFIX = ".layermap.json"
@@ -71,15 +76,12 @@ def load_layer_map(path: str | os.PathLike) -> dict:
 
 
 def write_layer_map(layer_map: Mapping, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(layer_map, indent=1, sort_keys=False), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomically(path, json.dumps(layer_map, indent=1, sort_keys=False))
 
 
-def _source_index(layer_map: Mapping) -> dict[str, str]:
-    """MIL op name and output name -> the source node whose result it is part of."""
+def source_index(layer_map: Mapping) -> dict[str, str]:
+    """MIL op name and output name -> the source node whose result it is part of (ops of no
+    source node are absent)."""
     index: dict[str, str] = {}
     for node_id, op_names in layer_map.get("nodes", {}).items():
         for name in op_names:
@@ -102,7 +104,7 @@ def sum_to_source(layer_map: Mapping, per_mil_op_values: Mapping[str, float]) ->
     out; use `unattributed_total` for their sum.  Each op counts once, so the
     total is preserved for everything that is attributed.
     """
-    index = _source_index(layer_map)
+    index = source_index(layer_map)
     totals: dict[str, float] = {}
     for key, value in per_mil_op_values.items():
         node_id = index.get(key)
@@ -113,13 +115,50 @@ def sum_to_source(layer_map: Mapping, per_mil_op_values: Mapping[str, float]) ->
 
 def unattributed_total(layer_map: Mapping, per_mil_op_values: Mapping[str, float]) -> float:
     """Sum of the values whose op belongs to no source node (or is not in the map)."""
-    index = _source_index(layer_map)
+    index = source_index(layer_map)
     return sum(float(v) for k, v in per_mil_op_values.items() if k not in index)
 
 
 def source_node_of(layer_map: Mapping, mil_name: str) -> Optional[str]:
     """The source node of one MIL op (by op name or output name), None if it has none."""
-    return _source_index(layer_map).get(mil_name)
+    return source_index(layer_map).get(mil_name)
+
+
+@dataclass(frozen=True)
+class NodeLinks:
+    """Source node <-> nodes of the converted package, for views that show both (synced selection).
+
+    Converted node ids are those of our Core ML importer (first output name).  A node fused
+    into another's op links to that op; removed nodes and ops of no source node link to nothing.
+    """
+
+    to_converted: Mapping[str, tuple[str, ...]]
+    to_source: Mapping[str, str]
+
+    def converted_of(self, source_id: str) -> tuple[str, ...]:
+        return self.to_converted.get(source_id, ())
+
+    def source_of(self, converted_id: str) -> Optional[str]:
+        return self.to_source.get(converted_id)
+
+
+def node_links(layer_map: Mapping, converted_graph) -> NodeLinks:
+    """The links between the source graph and `converted_graph` (the package opened by importers)."""
+    index = source_index(layer_map)
+    to_converted: dict[str, list[str]] = {}
+    to_source: dict[str, str] = {}
+    for node in converted_graph.nodes:
+        source = index.get(node.name) if node.name else None
+        if source is None:
+            source = index.get(node.id)
+        if source is None:
+            continue
+        to_source[node.id] = source
+        to_converted.setdefault(source, []).append(node.id)
+    for member, owner in (layer_map.get("fused") or {}).items():
+        if owner in to_converted and member not in to_converted:
+            to_converted[member] = list(to_converted[owner])
+    return NodeLinks({k: tuple(v) for k, v in to_converted.items()}, to_source)
 
 
 # ----------------------------------------------------------------------------- building the map
@@ -168,6 +207,8 @@ def attribute_ops(coreml_graph, op_source: Mapping[str, str], node_of_prefix: Ma
 
 def build_layer_map(*, source, built, coreml_graph, optimize: str, options: Mapping,
                     package_name: str, source_sha256: str) -> dict:
+    from engine.convert.attribution import source_node_table
+
     owner = attribute_ops(coreml_graph, built.op_source, built.names.node_of_prefix)
     nodes: dict[str, list[str]] = {}
     for node in coreml_graph.nodes:
@@ -208,6 +249,9 @@ def build_layer_map(*, source, built, coreml_graph, optimize: str, options: Mapp
         "unattributed": [name for name, info in mil_ops.items() if info["source"] is None],
         "inputs": dict(built.input_names),
         "outputs": dict(built.output_names),
+        # What an agent needs to key device results by source node without the ONNX file.
+        "source_nodes": (source_node_table(source.analysis, [n.id for n in compute])
+                         if source.analysis is not None else {}),
     }
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
+
+from engine.files import write_text_atomically
 
 if TYPE_CHECKING:
     from engine.analysis import ModelAnalysis
@@ -15,15 +16,6 @@ if TYPE_CHECKING:
 CSV_COLUMNS = ("order", "id", "name", "op_type", "stage", "namespace", "group", "median_ms", "p10_ms", "p90_ms",
                "cv", "time_kind", "share", "macs", "flops", "params", "output_bytes", "arithmetic_intensity",
                "static_kind", "compute_unit")
-
-
-def write_atomically(path: Path, text: str) -> Path:
-    """Write via a temporary file and rename, so a crash never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def csv_text(profile: "Profile", analysis: "ModelAnalysis") -> str:
@@ -59,7 +51,7 @@ def _num(value) -> str:
 
 
 def write_csv(profile: "Profile", analysis: "ModelAnalysis", path) -> Path:
-    return write_atomically(Path(path), csv_text(profile, analysis))
+    return write_text_atomically(Path(path), csv_text(profile, analysis))
 
 
 def chrome_trace(profile: "Profile", max_runs: int = 10) -> dict:
@@ -97,7 +89,7 @@ def chrome_trace(profile: "Profile", max_runs: int = 10) -> dict:
 
 
 def write_chrome_trace(profile: "Profile", path) -> Path:
-    return write_atomically(Path(path), json.dumps(chrome_trace(profile)))
+    return write_text_atomically(Path(path), json.dumps(chrome_trace(profile)))
 
 
 def model_explorer_node_data(profile: "Profile", analysis: "ModelAnalysis", graph_id: Optional[str] = None) -> dict:
@@ -121,4 +113,4 @@ def model_explorer_node_data(profile: "Profile", analysis: "ModelAnalysis", grap
 
 
 def write_model_explorer(profile: "Profile", analysis: "ModelAnalysis", path) -> Path:
-    return write_atomically(Path(path), json.dumps(model_explorer_node_data(profile, analysis), indent=1))
+    return write_text_atomically(Path(path), json.dumps(model_explorer_node_data(profile, analysis), indent=1))

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 from engine.inspect import human_bytes, human_count
 from engine.report import svg
-from engine.report.exports import write_atomically
+from engine.files import write_text_atomically
 
 if TYPE_CHECKING:
     from engine.analysis import ModelAnalysis
@@ -272,4 +272,4 @@ def _layer_table(profile: "Profile", analysis: "ModelAnalysis") -> str:
 
 
 def write_html(profile: "Profile", analysis: "ModelAnalysis", path, sweep=None, compare=None, blockers=None) -> Path:
-    return write_atomically(Path(path), html_report(profile, analysis, sweep=sweep, compare=compare, blockers=blockers))
+    return write_text_atomically(Path(path), html_report(profile, analysis, sweep=sweep, compare=compare, blockers=blockers))

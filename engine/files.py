@@ -1,0 +1,44 @@
+"""File helpers shared by every writer: atomic text writes and JSON-safe values."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping, Union
+
+
+def write_text_atomically(path: Union[str, os.PathLike], text: str) -> Path:
+    """Write `text` so that `path` is always either the old file or the complete new one.
+
+    The bytes go to a temporary file in the same folder (so the rename stays on
+    one file system), are flushed to disk, then renamed over the target; a crash
+    or a full disk leaves the old file and no stray temporary.
+    """
+    path = Path(path)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def jsonable(value):
+    """Settings and rows may hold tuples, Paths and numpy scalars; JSON wants lists, strings and numbers."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy scalar
+        return value.item()
+    return value
