@@ -199,6 +199,10 @@ class ModelBuilder:
 
     def _infer_shapes(self) -> onnx.ModelProto:
         try:
+            executor = _inference_executor
+            if executor is not None and len(self.proto.graph.node) >= INFERENCE_OFFLOAD_NODES:
+                inferred = executor.submit(infer_shapes_bytes, self.proto.SerializeToString()).result()
+                return onnx.ModelProto.FromString(inferred)
             return onnx.shape_inference.infer_shapes(self.proto, check_type=False, strict_mode=False,
                                                      data_prop=True)
         except Exception as exc:  # inference errors must not stop the graph from opening
@@ -279,6 +283,27 @@ class ModelBuilder:
                 data = tuple(attribute.ints) if attribute.name == "value_ints" else tuple(attribute.floats)
                 return Value(value.name, value.type, None, data)
         return value
+
+
+# ONNX shape inference is one C++ call that holds the GIL for about 13 ms per 1,000 nodes.  A GUI
+# opening a model in a worker thread would freeze for that long, so it can hand inference of
+# large graphs to a process of its own (a warm concurrent.futures.ProcessPoolExecutor).  The
+# CLI leaves this unset: in one process there is nothing to keep responsive.
+INFERENCE_OFFLOAD_NODES = 2000
+_inference_executor = None
+
+
+def set_inference_executor(executor) -> None:
+    """Run shape inference of graphs with INFERENCE_OFFLOAD_NODES+ nodes in `executor` (None: in-process)."""
+    global _inference_executor
+    _inference_executor = executor
+
+
+def infer_shapes_bytes(model_bytes: bytes) -> bytes:
+    """Shape inference from serialized model to serialized model (picklable, for a worker process)."""
+    proto = onnx.ModelProto.FromString(model_bytes)
+    inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+    return inferred.SerializeToString()
 
 
 def _unique_id(candidate: str, used: set[str]) -> str:

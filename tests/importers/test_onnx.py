@@ -163,3 +163,26 @@ def test_input_shape_option_recomputes_stored_shapes(sample_model):
     bigger = analyze(open_model(sample_model, input_shapes={"image": [1, 3, 320, 320]}))
     assert bigger.graph.value_type("mask").shape == (1, 1, 320, 320)
     assert bigger.totals.macs == 4 * base.totals.macs
+
+
+def test_shape_inference_in_a_worker_process_gives_the_same_graph(tmp_path):
+    """The GUI offloads inference of large graphs to a process (GIL-free UI); results must not change."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import importers.onnx as onnx_importer
+    from benchmarks.bench_open_analyse import make_chain_model
+
+    path = tmp_path / "chain.onnx"
+    make_chain_model(path, onnx_importer.INFERENCE_OFFLOAD_NODES + 400)
+    in_process = open_model(path)
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as executor:
+        onnx_importer.set_inference_executor(executor)
+        try:
+            offloaded = open_model(path)
+        finally:
+            onnx_importer.set_inference_executor(None)
+    assert [n.id for n in offloaded.main_graph.nodes] == [n.id for n in in_process.main_graph.nodes]
+    last = in_process.main_graph.nodes[-1].outputs[0]
+    assert offloaded.main_graph.value_type(last) == in_process.main_graph.value_type(last)
+    assert offloaded.main_graph.value_type(last).is_static
