@@ -237,7 +237,9 @@ def _write_outputs(args, profile, analysis, sweep=None) -> list[str]:
             if not path:
                 continue
             if function == "write_html":
-                report.write_html(profile, analysis, path, sweep=sweep)
+                from engine.convert import report_blockers  # "Cannot run on Core ML: N nodes"
+                report.write_html(profile, analysis, path, sweep=sweep,
+                                  blockers=report_blockers(profile.model_path, profile.settings.get("input_shapes")))
             elif function == "write_chrome_trace":
                 report.write_chrome_trace(profile, path)
             else:

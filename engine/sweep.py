@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 from engine.targets import ProfileSettings, ProgressCallback, Target, TargetError, get_target
 

@@ -178,6 +178,8 @@ class MainWindow(QMainWindow):
         self.worker: Optional[ProfileWorker] = None
         self.run_dialog: Optional[RunDialog] = None
         self.compare_view = None
+        self.convert_dialog = None  # gui.convert_dialog.ConvertDialog (Model > Convert to Core ML…)
+        self.convert_view = None  # gui.convert_view.ConvertView: a converted package beside its source
         self._docks_sized = False
         self.setWindowTitle(APP_NAME)
         self.resize(1400, 900)
@@ -285,6 +287,11 @@ class MainWindow(QMainWindow):
         view_menu.addAction(self.profiles_dock.toggleViewAction())
         view_menu.addAction(self.inspector_dock.toggleViewAction())
         view_menu.addAction(self.panels_dock.toggleViewAction())
+
+        model_menu = self.menuBar().addMenu("&Model")
+        self.convert_action = QAction("&Convert to Core ML…", self, shortcut=QKeySequence("Ctrl+Shift+C"),
+                                      triggered=self.show_convert_dialog)
+        model_menu.addAction(self.convert_action)
 
         profile_menu = self.menuBar().addMenu("&Profile")
         self.run_action = QAction("&Run…", self, shortcut=QKeySequence("Ctrl+R"), triggered=self.show_run_dialog)
@@ -695,6 +702,7 @@ class MainWindow(QMainWindow):
             action.setEnabled(has_profile)
         self.save_session_action.setEnabled(has_model)
         self.import_profile_action.setEnabled(has_model)
+        self.convert_action.setEnabled(has_model and getattr(self.loaded.model, "format", "") == "onnx")
         model = self.overlay_combo.model()
         entry = self.selected_entry()
         for key, spec in OVERLAYS.items():
@@ -834,6 +842,57 @@ class MainWindow(QMainWindow):
         self.compare_view.show()
         return self.compare_view
 
+    # --- conversion to Core ML ------------------------------------------------------------
+    def show_convert_dialog(self):
+        """Model > Convert to Core ML…: the options of `layerscope convert` for the open ONNX model."""
+        if self.loaded is None or getattr(self.loaded.model, "format", "") != "onnx":
+            return None
+        from gui.convert_dialog import ConvertDialog
+
+        dialog = self.convert_dialog
+        if dialog is None or dialog.model_path != self.loaded.path:
+            if dialog is not None:
+                dialog.close()
+            dialog = ConvertDialog(self.loaded.path, list(self.loaded.analysis.graph.inputs), self)
+            dialog.openRequested.connect(lambda result: self.show_converted(result.package_path))
+            self.convert_dialog = dialog
+        dialog.show()
+        dialog.raise_()
+        return dialog
+
+    def show_converted(self, package_path) -> None:
+        """Open a converted .mlpackage beside its ONNX source (ConvertView) once both are loaded."""
+        from engine.convert import LayerMapError, load_layer_map
+
+        include_constants = self.show_constants_action.isChecked()
+        current = self.loaded
+
+        def work(progress):
+            try:
+                layer_map = load_layer_map(package_path)
+            except LayerMapError as exc:  # shown like any file that cannot be opened
+                raise ModelLoadError(str(package_path), str(exc).split(": ", 1)[-1]) from None
+            source_path = Path(str(layer_map.get("source_model", "")))
+            if current is not None and Path(current.path).resolve() == source_path.resolve():
+                source = current
+            else:
+                source = load_model(str(source_path), include_constants, progress)
+            return source, load_model(str(package_path), False, progress), layer_map
+
+        self._start_task(work, f"Opening {Path(package_path).name} beside its source", self._on_converted_loaded)
+
+    def _on_converted_loaded(self, result) -> None:
+        from gui.convert_view import ConvertView
+
+        source, converted, layer_map = result
+        if self.convert_view is not None:
+            self.convert_view.close()
+        self.convert_view = ConvertView(source, converted, layer_map, self)
+        if self.loaded is not None and source is self.loaded:
+            self.convert_view.sourceSelected.connect(
+                lambda node_id: node_id and self.view.select_node(node_id, center=False))
+        self.convert_view.show()
+
     # --- sessions and imported profiles ---------------------------------------------------
     def current_session(self) -> Session:
         if self.loaded is None:
@@ -940,8 +999,11 @@ class MainWindow(QMainWindow):
             return write_chrome_trace(profile, path)
         analysis = self.analysis_for(entry)
         if kind == "html":
+            from engine.convert import report_blockers
             rows = [row for sweep in self.sweeps for row in sweep.rows]
-            return write_html(profile, analysis, path, sweep=rows or None)
+            # "Cannot run on Core ML: N nodes", checked at the sizes the profile ran at.
+            blockers = report_blockers(self.loaded.path, profile.settings.get("input_shapes"))
+            return write_html(profile, analysis, path, sweep=rows or None, blockers=blockers)
         if kind == "csv":
             return write_csv(profile, analysis, path)
         if kind == "model_explorer":
@@ -1026,7 +1088,7 @@ class MainWindow(QMainWindow):
         self._tasks.clear()
         self._pending_build = None
         self.stop_profile_worker()
-        for window in (self.run_dialog, self.compare_view):
+        for window in (self.run_dialog, self.compare_view, self.convert_dialog, self.convert_view):
             if window is not None:
                 window.close()
         super().closeEvent(event)

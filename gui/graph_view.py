@@ -47,6 +47,8 @@ ZERO_COLOR = QColor("#ffffff")  # known to be zero (a Relu has no MACs): not the
 BOX_PEN = QColor("#5a5a5a")
 EDGE_COLOR = QColor("#7a7a7a")
 TOP_PEN_COLOR = QColor("#1f3fbf")
+# Boxes linked to the selection of another view (source <-> converted model): a colour no fill uses.
+LINK_PEN_COLOR = QColor("#d6007a")
 LABEL_MIN_SCALE = 0.3  # below this zoom labels are unreadable: not drawn
 LABEL_MAX_COUNT = 4000  # more visible boxes than this: labels not drawn (too small anyway)
 
@@ -273,6 +275,9 @@ class GraphScene(QGraphicsScene):
         self.box_pen = QPen(BOX_PEN, 1.0)
         self.top_pen = QPen(TOP_PEN_COLOR, 4.0)
         self.selection_pen = QPen(QColor("#000000"), 3.0)
+        self.link_pen = QPen(LINK_PEN_COLOR, 5.0)
+        self.linked_node_ids: list[str] = []  # outlined: what the other view's selection maps to
+        self._linked: set[int] = set()
         self._category_brushes = {name: QBrush(QColor(color)) for name, color in CATEGORY_COLORS.items()}
         self.overlay_key = "none"
         self.overlay_range: Optional[tuple[float, float]] = None
@@ -353,7 +358,22 @@ class GraphScene(QGraphicsScene):
         return [pens[k] for k in steps.tolist()]
 
     def _base_pen(self, index: int) -> QPen:
+        if index in self._linked:
+            return self.link_pen
         return self.top_pen if self.node_ids[index] in self._top_set else self.box_pen
+
+    def set_linked(self, node_ids: Sequence[str]) -> None:
+        """Outline `node_ids` (those of this scene; others are ignored) as linked to another view's selection."""
+        previous = self._linked
+        self.linked_node_ids = [n for n in dict.fromkeys(node_ids) if n in self.node_index]
+        self._linked = {self.node_index[n] for n in self.linked_node_ids}
+        for index in previous | self._linked:
+            self.node_items[index].setPen(self._base_pen(index))
+        self._mark_selection()
+
+    def _restore_linked_pens(self) -> None:
+        for index in self._linked:
+            self.node_items[index].setPen(self.link_pen)
 
     def _mark_selection(self) -> None:
         """A thick outline on the selected box (Qt's dashed one is hard to see on a coloured box)."""
@@ -437,6 +457,7 @@ class GraphScene(QGraphicsScene):
             self.overlay_kind = ""
             self.top_node_ids = []
             self._top_set = set()
+            self._restore_linked_pens()
             self._mark_selection()
             return
         self.overlay_kind = "/".join(self.profile_kinds(key)) if spec.needs_profile else "estimated"
@@ -468,6 +489,7 @@ class GraphScene(QGraphicsScene):
         self.overlay_units = units
         self.overlay_range = None
         self.top_node_ids, self._top_set = [], set()
+        self._restore_linked_pens()
         self._mark_selection()
 
     def apply_ratios(self, ratios: Mapping[str, Optional[float]], limit: float = RATIO_LIMIT) -> None:
@@ -490,6 +512,7 @@ class GraphScene(QGraphicsScene):
                 item.setBrush(brush)
             item.setPen(self.box_pen)
         self.top_node_ids, self._top_set = [], set()
+        self._restore_linked_pens()
         self._mark_selection()
 
     def apply_values(self, values: Sequence[Optional[float]], top_count: int = 10) -> None:
@@ -532,6 +555,7 @@ class GraphScene(QGraphicsScene):
         self._top_set = set(self.top_node_ids)
         for node_id in self.top_node_ids:
             self.node_items[self.node_index[node_id]].setPen(self.top_pen)
+        self._restore_linked_pens()
         self._mark_selection()
 
     # --- look-ups -------------------------------------------------------------------------

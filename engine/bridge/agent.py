@@ -346,7 +346,7 @@ class Agent:
         cached = self.cache.get(sha256)
         if cached is not None:
             connection.send({"type": "upload_done", "id": message["id"], "sha256": sha256, "cached": True,
-                             "size": cached.size, "format": cached.format})
+                             "size": cached.size, "format": cached.format, **_layer_map_field(cached)})
             return
         upload_id = P.new_upload_id()
         upload = self.cache.begin_upload(upload_id, sha256, message["size"], message.get("name", ""),
@@ -389,7 +389,7 @@ class Agent:
         connection.send({"type": "upload_done", "id": request_id, "sha256": cached.sha256, "cached": False,
                          "size": cached.size, "format": cached.format,
                          "seconds": time.monotonic() - upload.started,
-                         "finish_ms": (time.perf_counter() - started) * 1000.0})
+                         "finish_ms": (time.perf_counter() - started) * 1000.0, **_layer_map_field(cached)})
 
     # -- jobs -----------------------------------------------------------------------------
 
@@ -578,6 +578,11 @@ class Agent:
             raise ProtocolError("no_job", f"no running job {message['job']!r} on this connection")
         job.cancel.set()
         connection.send({"type": "cancelling", "id": message["id"], "job": job.request_id})
+
+
+def _layer_map_field(cached) -> dict:
+    """upload_done's `layer_map` key: for packages, whether their layer map came with them."""
+    return {"layer_map": cached.layer_map} if cached.format == "mlpackage" else {}
 
 
 def _peek_id(text: str) -> Optional[str]:

@@ -20,7 +20,9 @@ The Core ML backend needs macOS (coremltools can only predict there).  On
 other systems `info()` says so with the reason, and `open` raises
 BackendUnavailable; the import of this module never fails.  Its code path is
 written against coremltools 8/9 and has not been run on a Mac by its author:
-the docs say so.
+the docs say so.  A package uploaded with its layer map (made by `layerscope convert`) gets
+its results keyed by the ONNX source nodes (engine.convert.attribution; the summing is
+pure and tested on Linux, the Core ML figures that feed it are not).
 """
 from __future__ import annotations
 
@@ -40,7 +42,9 @@ import numpy as np
 from engine.bridge.calibration import (DEFAULT_SWEEP_BYTES, HOST_UNIT, calibrate_unit, estimate_transfers,
                                        ort_identity_round_trip)
 from engine.bridge.protocol import BACKEND_COREML, BACKEND_ONNXRUNTIME, GRANULARITIES, ProtocolError
-from engine.bridge.results import BridgeProfile, Transfer, UnitCalibration, merge_profiles
+from engine.bridge.results import BridgeProfile, Transfer, UnitCalibration, merge_profiles, rekey_transfers
+from engine.convert.attribution import profile_on_source, source_nodes_from_layer_map, source_segments
+from engine.convert.layermap import LayerMapError, layer_map_path, load_layer_map, source_index
 from engine.profile import ATTRIBUTED, MEASURED, NodeTiming, Profile, TimingGroup, TimingStats
 from engine.targets import ProfileSettings, TargetError
 
@@ -525,6 +529,10 @@ class CoreMLSession:
         self.analysis = analyze(self.ir_model)
         self.feed = self._make_feed(settings)
         self._plan: Optional[dict[str, tuple[str, Optional[float]]]] = None
+        # A package converted by `layerscope convert` comes with its layer map (stored beside it
+        # by the cache): results are then keyed by the ONNX source nodes (engine.convert.attribution).
+        self.layer_map, self.source_nodes = _layer_map_beside(Path(model.path), self.warnings)
+        self._segment_members: dict[str, tuple[str, ...]] = {}
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -655,8 +663,14 @@ class CoreMLSession:
             order = [n.id for n in graph.nodes if n.id in self.analysis.nodes
                      and not self.analysis.nodes[n.id].is_constant]
             cuts = [(node_id, (node_id,)) for node_id in order]
+        elif self.layer_map is not None:
+            # Cut where the source model's stages end, so that segments are its encoder, decoder, ...
+            order = [n.id for n in graph.nodes if n.id in self.analysis.nodes
+                     and not self.analysis.nodes[n.id].is_constant]
+            cuts = source_segments(self.layer_map, self.source_nodes, order)
         else:
             cuts = [(stage.name, stage.node_ids) for stage in self.analysis.stages if stage.node_ids]
+        self._segment_members = {name: tuple(node_ids) for name, node_ids in cuts}
         if len(cuts) < 2:
             return {}
         runs = max(3, settings.runs // 2)
@@ -694,37 +708,13 @@ class CoreMLSession:
         ops = [n for n in graph.nodes if n.id in analysis.nodes and not analysis.nodes[n.id].is_constant]
         stage_of = {node_id: stage.name for stage in analysis.stages for node_id in stage.node_ids}
         if segments:
-            if len(segments) == len(ops) and all(len(s) for s in segments.values()):
-                members = {node.id: (node.id,) for node in ops}
-            else:
-                members = {stage.name: tuple(stage.node_ids) for stage in analysis.stages
-                           if stage.name in segments}
+            # The cuts that were timed: a stage (or source stage) each, or one op each at layer granularity.
+            members = {name: node_ids for name, node_ids in self._segment_members.items() if name in segments}
             group_samples = dict(segments)
         else:
             members = {"model": tuple(n.id for n in ops)}
             group_samples = {"model": samples}
-        groups, nodes = [], []
-        for group_id, node_ids in members.items():
-            values = group_samples.get(group_id) or []
-            if not values or not node_ids:
-                continue
-            stats = TimingStats.from_samples(values, MEASURED)
-            groups.append(TimingGroup(group_id, group_id, tuple(node_ids), stats, "segment"))
-            weights = []
-            for node_id in node_ids:
-                cost = plan.get(node_id, (None, None))[1]
-                weights.append(cost if cost is not None else float(analysis.nodes[node_id].flops or 0))
-            weight_total = sum(weights) or float(len(node_ids))
-            if not sum(weights):
-                weights = [1.0] * len(node_ids)
-            for node_id, weight in zip(node_ids, weights):
-                metrics = analysis.nodes[node_id]
-                kind = MEASURED if len(node_ids) == 1 else ATTRIBUTED
-                nodes.append(NodeTiming(node_id, metrics.op_type, stage_of.get(node_id, metrics.stage),
-                                        stats.scaled(weight / weight_total, kind), group_id, kind,
-                                        metrics.output_bytes, None, plan.get(node_id, ("CPU", None))[0]))
-        order = {n.id: i for i, n in enumerate(graph.nodes)}
-        nodes.sort(key=lambda n: order.get(n.node_id, 0))
+        groups, nodes = split_measured_groups(graph, analysis, plan, members, group_samples, stage_of)
         target = {"name": "coreml", "backend": BACKEND_COREML, "compute_unit": self.compute_unit,
                   "runtime": f"Core ML (coremltools {self.ct.__version__})", **device_description(),
                   "compute_units": sorted({u for u, _ in plan.values()} or {"CPU"}),
@@ -735,8 +725,16 @@ class CoreMLSession:
                                 profiled_samples=(), groups=groups, nodes=nodes, runs_completed=len(samples),
                                 complete=complete, error=error, stage_order=[s.name for s in analysis.stages],
                                 warnings=self.warnings)
+        on_source: Optional[Profile] = None
+        if self.layer_map is not None:
+            try:
+                on_source = profile_on_source(profile, self.layer_map, self.source_nodes)
+            except LayerMapError as exc:
+                self.warnings.append(f"the layer map does not fit this package ({exc}); results are keyed by "
+                                     "Core ML op")
+                self.layer_map = None
         if not transfers:
-            return profile
+            return on_source or profile
         calibration: dict[str, UnitCalibration] = {}
         settings_for_unit = {"CPU": "CPU_ONLY", "GPU": "CPU_AND_GPU", "NeuralEngine": "CPU_AND_NE"}
         for unit in sorted({n.compute_unit for n in nodes} | {HOST_UNIT}):
@@ -747,11 +745,63 @@ class CoreMLSession:
             except Exception as exc:
                 self.warnings.append(f"transfer calibration of {unit} failed: {exc}")
         estimated, warnings = estimate_transfers(graph, {n.node_id: n.compute_unit for n in nodes}, calibration)
+        if on_source is not None:
+            estimated = rekey_transfers(estimated, source_index(self.layer_map))
+            profile = on_source
         return BridgeProfile.from_profile(profile, estimated, calibration,
                                           warnings=tuple(profile.warnings) + tuple(warnings))
 
     def close(self) -> None:
         self.mlmodel = None
+
+
+def split_measured_groups(graph, analysis, plan: Mapping[str, tuple[str, Optional[float]]],
+                          members: Mapping[str, Sequence[str]], group_samples: Mapping[str, Sequence[float]],
+                          stage_of: Mapping[str, str]) -> tuple[list[TimingGroup], list[NodeTiming]]:
+    """Measured groups (segments, or the whole model) split over their ops by compute-plan cost.
+
+    plan: op id -> (preferred compute unit, estimated cost weight or None); an op without a
+    cost weight is weighted by its static FLOPs, a group without any weight evenly.  A group
+    of one op gives it the measured time; otherwise each op's share is `attributed`.
+    Nodes come back in program order.  Pure: no Core ML call.
+    """
+    groups, nodes = [], []
+    for group_id, node_ids in members.items():
+        values = group_samples.get(group_id) or []
+        if not values or not node_ids:
+            continue
+        stats = TimingStats.from_samples(values, MEASURED)
+        groups.append(TimingGroup(group_id, group_id, tuple(node_ids), stats, "segment"))
+        weights = []
+        for node_id in node_ids:
+            cost = plan.get(node_id, (None, None))[1]
+            weights.append(cost if cost is not None else float(analysis.nodes[node_id].flops or 0))
+        weight_total = sum(weights) or float(len(node_ids))
+        if not sum(weights):
+            weights = [1.0] * len(node_ids)
+        for node_id, weight in zip(node_ids, weights):
+            metrics = analysis.nodes[node_id]
+            kind = MEASURED if len(node_ids) == 1 else ATTRIBUTED
+            nodes.append(NodeTiming(node_id, metrics.op_type, stage_of.get(node_id, metrics.stage),
+                                    stats.scaled(weight / weight_total, kind), group_id, kind,
+                                    metrics.output_bytes, None, plan.get(node_id, ("CPU", None))[0]))
+    order = {n.id: i for i, n in enumerate(graph.nodes)}
+    nodes.sort(key=lambda n: order.get(n.node_id, 0))
+    return groups, nodes
+
+
+def _layer_map_beside(package_path: Path, warnings: list[str]) -> tuple[Optional[dict], Optional[list]]:
+    """The layer map uploaded with a package (the cache stores it beside the package), if usable."""
+    path = layer_map_path(package_path)
+    if not path.is_file():
+        return None, None
+    try:
+        layer_map = load_layer_map(path)
+        return layer_map, source_nodes_from_layer_map(layer_map)
+    except LayerMapError as exc:
+        warnings.append(f"the layer map uploaded with the package cannot be used ({exc}); results are keyed "
+                        "by Core ML op")
+        return None, None
 
 
 def _mil_operations(block):

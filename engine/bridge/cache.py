@@ -4,6 +4,7 @@ Layout under the cache directory:
 
     models/<sha256>/meta.json            size, format, name, stored bytes, last use
     models/<sha256>/model.onnx           (or model.mlmodel, model.mlpackage/, inputs.npz, blob)
+    models/<sha256>/model.layermap.json  the layer map that came with an .mlpackage, if any
     partial/<sha256>.part                bytes received so far of an unfinished upload
     partial/<sha256>.json                its announced size, format and name
 
@@ -36,6 +37,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Optional
 
 from engine.bridge.protocol import UPLOAD_FORMATS, ProtocolError
+from engine.convert.layermap import layer_map_path
 
 __all__ = ["ModelCache", "Upload", "CachedModel", "safe_extract", "format_for_name"]
 
@@ -68,6 +70,7 @@ class CachedModel:
     format: str         # onnx, mlmodel, mlpackage, npz, file
     size: int           # bytes uploaded
     name: str = ""
+    layer_map: bool = False  # an .mlpackage that came with its layer map (stored beside it)
 
 
 @dataclass
@@ -265,7 +268,7 @@ class ModelCache:
             meta["last_used"] = time.time()
             _write_json(meta_path, meta)
             return CachedModel(sha256, self.models_dir / sha256 / meta["stored"], meta["format"],
-                               int(meta["size"]), meta.get("name", ""))
+                               int(meta["size"]), meta.get("name", ""), bool(meta.get("layer_map")))
 
     def stored_bytes(self) -> int:
         total = 0
@@ -374,20 +377,28 @@ class ModelCache:
             raise ProtocolError("checksum_mismatch", f"received bytes have sha256 {digest}, not {upload.sha256}; "
                                                      "the upload is discarded, send it again")
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.models_dir))
+        layer_map: Optional[str] = None
         try:
             if upload.format in ("mlpackage-zip", "mlpackage-tar"):
                 unpacked = staging / "unpacked"
                 safe_extract(upload.part_path, unpacked, self.max_model_bytes)
                 root = _package_root(unpacked)
+                # `layerscope convert` writes OUT.layermap.json beside OUT.mlpackage; the client
+                # sends it beside the package folder in the archive.  Only a plain file by that
+                # exact name counts (safe_extract wrote nothing but plain files and folders).
+                beside = unpacked / layer_map_path(root).name if root != unpacked else None
                 root.rename(staging / "model.mlpackage")
+                if beside is not None and beside.is_file():
+                    os.replace(beside, layer_map_path(staging / "model.mlpackage"))
+                    layer_map = layer_map_path(staging / "model.mlpackage").name
                 shutil.rmtree(unpacked, ignore_errors=True)
                 stored, fmt = "model.mlpackage", "mlpackage"
             else:
                 stored, fmt = _STORED_NAMES[upload.format], upload.format
                 os.replace(upload.part_path, staging / stored)
-            stored_bytes = _tree_bytes(staging / stored)
+            stored_bytes = _tree_bytes(staging / stored) + (_tree_bytes(staging / layer_map) if layer_map else 0)
             _write_json(staging / "meta.json", {"sha256": upload.sha256, "size": upload.size, "format": fmt,
-                                                "name": upload.name, "stored": stored,
+                                                "name": upload.name, "stored": stored, "layer_map": layer_map,
                                                 "stored_bytes": stored_bytes, "last_used": time.time()})
             with self._lock:
                 self._make_room(stored_bytes)

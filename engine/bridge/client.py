@@ -88,10 +88,20 @@ def file_sha256(path: Path) -> str:
             digest.update(block)
 
 
-def package_archive(folder: Path, dest: Path) -> Path:
-    """A deterministic zip of a .mlpackage folder (same bytes for the same content -> same sha256)."""
+def package_archive(folder: Path, dest: Path, layer_map: Optional[Path] = None) -> Path:
+    """A deterministic zip of a .mlpackage folder (same bytes for the same content -> same sha256).
+
+    `layer_map` (the package's OUT.layermap.json from `layerscope convert`) goes beside the
+    package folder, under the name the agent looks for (docs/bridge-protocol.md §5).
+    """
+    from engine.convert.layermap import layer_map_path
+
     root_name = folder.name
     with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_STORED) as zf:
+        if layer_map is not None:
+            info = zipfile.ZipInfo(layer_map_path(Path(root_name)).name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o100644 << 16
+            zf.writestr(info, Path(layer_map).read_bytes())
         for path in sorted(p for p in folder.rglob("*")):
             if path.is_symlink():
                 raise TargetError(f"{path}: links inside a model package are not uploaded; replace the link "
@@ -126,6 +136,7 @@ class UploadResult:
     cached: bool
     seconds: float
     format: str
+    layer_map: bool = False  # the agent stored the package's layer map with it
 
 
 class BridgeClient:
@@ -303,15 +314,18 @@ class BridgeClient:
 
     def upload(self, path: Path, progress: Optional[Callable[[int, int], None]] = None,
                timeout_per_mb: float = 2.0) -> UploadResult:
-        """Upload a model file (or .mlpackage folder, zipped) unless the agent has it; resumes a partial one."""
+        """Upload a model file (or .mlpackage folder, zipped with its layer map when one is beside
+        it) unless the agent has it; resumes a partial one."""
         path = Path(path)
         temp: Optional[Path] = None
         try:
             if path.is_dir():
+                from engine.convert.layermap import layer_map_path
                 handle, name = tempfile.mkstemp(suffix=".mlpackage.zip")
                 os.close(handle)
                 temp = Path(name)
-                package_archive(path, temp)
+                beside = layer_map_path(path)  # sent with the package: results come back per ONNX node
+                package_archive(path, temp, beside if beside.is_file() else None)
                 source, fmt = temp, "mlpackage-zip"
             else:
                 source, fmt = path, format_for_name(path.name)
@@ -330,7 +344,7 @@ class BridgeClient:
                                   "name": name, "format": fmt}, ("upload_ready", "upload_done"))
             if reply["type"] == "upload_done":
                 return UploadResult(sha256, size, bool(reply["cached"]), time.perf_counter() - started,
-                                    str(reply.get("format", fmt)))
+                                    str(reply.get("format", fmt)), bool(reply.get("layer_map", False)))
             upload_id, offset = reply["upload"], int(reply["offset"])
             chunk = int(reply["chunk_bytes"])
             header_len = P.CHUNK_HEADER_BYTES
@@ -354,7 +368,8 @@ class BridgeClient:
                 if exc.code == "bad_offset" and attempt < 2:
                     continue  # the agent says where it is: begin again, it resumes from there
                 raise
-            return UploadResult(sha256, size, False, time.perf_counter() - started, str(done.get("format", fmt)))
+            return UploadResult(sha256, size, False, time.perf_counter() - started, str(done.get("format", fmt)),
+                                bool(done.get("layer_map", False)))
         raise BridgeError("bad_offset", f"the upload to {self.address} kept going out of step; try again")
 
     def request_reply_for(self, request_id: str, expect: tuple[str, ...], timeout: float) -> dict:

@@ -18,12 +18,13 @@ one profile whose samples are the batches' samples in run order.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from engine.profile import KINDS, MEASURED, NodeTiming, Profile, TimingGroup, TimingStats
 
-__all__ = ["Transfer", "UnitCalibration", "BridgeProfile", "merge_profiles", "profile_from_document"]
+__all__ = ["Transfer", "UnitCalibration", "BridgeProfile", "merge_profiles", "profile_from_document",
+           "rekey_transfers"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +136,14 @@ class BridgeProfile(Profile):
         values = {f.name: getattr(profile, f.name) for f in fields(Profile)}
         values.update(changes)
         return cls(**values, transfers=tuple(transfers), calibration=dict(calibration or {}))
+
+
+def rekey_transfers(transfers: Iterable[Transfer], node_ids: Mapping[str, str]) -> list[Transfer]:
+    """Transfers with their end nodes renamed through `node_ids` (e.g. Core ML op -> ONNX source
+    node, from the layer map).  Ends not in the mapping keep their id; None (the host) stays None."""
+    return [replace(t, from_node=node_ids.get(t.from_node, t.from_node) if t.from_node is not None else None,
+                    to_node=node_ids.get(t.to_node, t.to_node) if t.to_node is not None else None)
+            for t in transfers]
 
 
 def profile_from_document(data: Mapping) -> Profile:

@@ -13,6 +13,10 @@ temporary package; re-open it with our Core ML importer to read back the op
 names, build the layer map and verify; only then move the package into place
 and write the map beside it.  On any problem nothing is written.
 
+Device results of a converted package go back onto the source graph with
+`profile_on_source` (engine/convert/attribution.py); `report_blockers` lists, for the
+bottleneck report, what keeps a model off Core ML.
+
 coremltools is imported on first use, not when this package is imported.
 See docs/conversion.md for the op coverage table.
 """
@@ -29,17 +33,23 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from engine.convert.layermap import (SCHEMA as LAYER_MAP_SCHEMA, LayerMapError, layer_map_path,
-                                     load_layer_map, sum_to_source, unattributed_total)
+from engine.convert.attribution import SourceNode, profile_on_source, source_segments
+from engine.convert.layermap import (SCHEMA as LAYER_MAP_SCHEMA, LayerMapError, NodeLinks, layer_map_path,
+                                     load_layer_map, node_links, sum_to_source, unattributed_total)
 
-__all__ = ["convert", "check_convertible", "ConversionError", "Blocker", "ConversionResult", "ImageInput",
+__all__ = ["convert", "check_convertible", "report_blockers", "ConversionError", "Blocker", "ConversionResult",
+           "ImageInput",
            "FlexibleShape", "parse_shape_options",
            "load_layer_map", "sum_to_source", "unattributed_total", "layer_map_path", "LAYER_MAP_SCHEMA",
-           "LayerMapError", "PRECISIONS", "OPTIMIZE_MODES", "supported_ops"]
+           "LayerMapError", "PRECISIONS", "OPTIMIZE_MODES", "DEPLOYMENT_TARGETS", "supported_ops",
+           "node_links", "NodeLinks", "profile_on_source", "source_segments", "SourceNode"]
 
 PRECISIONS = ("fp16", "fp32")
 OPTIMIZE_MODES = ("exact", "default")
 DEFAULT_TARGET = "iOS16"
+# Minimum deployment targets ML Programs run on (coremltools' ct.target names; iOS26 needs coremltools 9).
+DEPLOYMENT_TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "iOS26", "macOS12", "macOS13", "macOS14", "macOS15",
+                      "tvOS15", "tvOS16", "tvOS17", "tvOS18", "watchOS8", "watchOS9", "watchOS10", "watchOS11")
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,8 @@ class Blocker:
     node_id: str
     op_type: str
     reason: str
+    # True when a conversion option resolves it (a free input size): the model itself can run.
+    needs_option: bool = field(default=False, compare=False)
 
     def __str__(self) -> str:
         return f"{self.node_id} ({self.op_type}): {self.reason}"
@@ -228,7 +240,8 @@ def _collect_blockers(source, image_inputs: Mapping[str, ImageInput], evaluate_c
         if value_type is None or not value_type.is_static:
             shape = value_type.shape_text() if value_type is not None else "?"
             blockers.append(Blocker(name, "(input)", f"shape {shape} is not fixed; give one with "
-                                                     f"--shape {name}=1x3x224x224 (dimensions as the model needs)"))
+                                                     f"--shape {name}=1x3x224x224 (dimensions as the model needs)",
+                                    needs_option=True))
         elif value_type.dtype not in ("float32", "float16", "float64", "int32", "int64"):
             blockers.append(Blocker(name, "(input)", f"{value_type.dtype} inputs are not supported"))
     for name in graph.outputs:
@@ -305,6 +318,38 @@ def check_convertible(model_path: str | os.PathLike,
     source = _load(Path(model_path), input_shapes, flexible)
     source.target = target
     return _collect_blockers(source, dict(image_inputs or {}))
+
+
+def report_blockers(model_path: str | os.PathLike,
+                    input_shapes: Optional[Mapping[str, Sequence[int]]] = None) -> list[dict]:
+    """What keeps a profiled model off Core ML, as the bottleneck report lists it.
+
+    [{"node_id", "op_type", "reason"}, ...] for an ONNX model (`check_convertible` at
+    `input_shapes`: pass the profile's settings["input_shapes"], the sizes it ran at),
+    leaving out what a conversion option resolves (a free input size); [] for Core ML
+    models and when everything converts.  With input sizes still free, only ops that have
+    no Core ML translation at any size are listed.  An unreadable file raises
+    engine.ir.ModelLoadError.
+    """
+    from importers import importer_for
+
+    path = Path(model_path)
+    if not path.exists():
+        from engine.ir import ModelLoadError
+        raise ModelLoadError(str(path), "no such file or directory")
+    if importer_for(path).FORMAT != "onnx":
+        return []
+    from engine.convert import ops
+
+    shapes = {str(k): [int(d) for d in v] for k, v in (input_shapes or {}).items()}
+    blockers = check_convertible(path, input_shapes=shapes or None)
+    if any(b.needs_option for b in blockers):
+        # Input sizes still free: checks that need sizes say "not known statically" everywhere;
+        # only ops Core ML cannot run at any size are certain.
+        blockers = [b for b in blockers if not b.op_type.startswith("(") and b.op_type not in ops.OPS
+                    and b.op_type not in ops.FOLD_ONLY]
+    return [{"node_id": b.node_id, "op_type": b.op_type, "reason": b.reason}
+            for b in blockers if not b.needs_option and b.op_type != "(option)"]
 
 
 def _flexible_option_problems(flexible: Mapping[str, FlexibleShape], input_shapes: Mapping) -> list[Blocker]:

@@ -52,6 +52,7 @@ class SourceModel:
     flexible: dict[str, frozenset[int]] = field(default_factory=dict)
     probes: list[tuple[dict[str, tuple[int, ...]], Graph]] = field(default_factory=list)
     target: str = "iOS16"  # the deployment target, for op checks that depend on it
+    analysis: object = None  # engine.analysis.ModelAnalysis of `model` (stages, costs per node)
     _initializers: dict[str, onnx.TensorProto] = field(default_factory=dict)
     _values: dict[str, np.ndarray] = field(default_factory=dict)
     _producers: dict[str, Node] = field(default_factory=dict)
@@ -155,7 +156,7 @@ def load_source(path: Path, input_shapes: Optional[Mapping[str, Sequence[int]]] 
         probes.append((shapes, _ir_at_shapes(path, proto, {**dict(input_shapes or {}), **shapes}).main_graph))
     return SourceModel(path=path, proto=proto, model=model, graph=graph, order=order, folded=folded,
                        opset=opset, node_protos=node_protos, flexible=_flexible_axes(graph, probes),
-                       probes=probes, _initializers=initializers, _producers=producers,
+                       probes=probes, analysis=analysis, _initializers=initializers, _producers=producers,
                        _constant_names=constant_names)
 
 

@@ -80,6 +80,7 @@ class BridgeTarget:
         self._settings: Optional[ProfileSettings] = None
         self._loaded: Optional[dict] = None
         self.last_partial: Optional[dict] = None
+        self._source_keyed = False  # the last profile came back keyed by the ONNX source (layer map)
         # What the bridge itself cost (ms unless named otherwise): filled by prepare and profile.
         self.overhead: dict[str, Any] = {}
 
@@ -184,8 +185,25 @@ class BridgeTarget:
         target = dict(profile.target)
         target.update({"name": "bridge", "address": self.address, "protocol": P.PROTOCOL,
                        "agent": dict((self._client.welcome.get("agent") or {}) if self._client else {})})
-        return replace(profile, target=target,
-                       model_path=str(self._model_path) if self._model_path else profile.model_path)
+        # A package uploaded with its layer map comes back keyed by the ONNX source nodes
+        # (target["layer_map"]): the profile then names the source model, not the package.
+        self._source_keyed = "layer_map" in target
+        if self._source_keyed:
+            model_path = str(self._source_model() or profile.model_path)
+        else:
+            model_path = str(self._model_path) if self._model_path else profile.model_path
+        return replace(profile, target=target, model_path=model_path)
+
+    def _source_model(self) -> Optional[Path]:
+        """The ONNX file a prepared .mlpackage was converted from (its layer map says), if it is here."""
+        if self._model_path is None or not self._model_path.is_dir():
+            return None
+        from engine.convert.layermap import LayerMapError, load_layer_map
+        try:
+            source = Path(str(load_layer_map(self._model_path).get("source_model") or ""))
+        except LayerMapError:
+            return None
+        return source if source.is_file() else None
 
     @property
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -200,12 +218,19 @@ class BridgeTarget:
         """Static analysis of the prepared model at the input shapes the agent runs (as CpuTarget.analysis)."""
         if self._model_path is None:
             raise TargetError("no model prepared: call prepare(model_path, settings) first")
-        key = (str(self._model_path), tuple(sorted(self.input_shapes.items())) if self._loaded else ())
+        source = self._source_model() if self._source_keyed else None
+        if source is not None:
+            # Results keyed by the ONNX nodes: the analysis of the source, at the shapes it was converted at.
+            from engine.convert.layermap import load_layer_map
+            shapes = load_layer_map(self._model_path).get("options", {}).get("input_shapes") or {}
+            key = (str(source), tuple(sorted((k, tuple(v)) for k, v in shapes.items())))
+        else:
+            key = (str(self._model_path), tuple(sorted(self.input_shapes.items())) if self._loaded else ())
         if getattr(self, "_analysis_key", None) != key:
             from engine.analysis import analyze
             from importers import open_model
-            shapes = dict(key[1]) or None
-            self._analysis = analyze(open_model(self._model_path, input_shapes=shapes))
+            shapes = {name: list(dims) for name, dims in key[1]} or None
+            self._analysis = analyze(open_model(key[0], input_shapes=shapes))
             self._analysis_key = key
         return self._analysis
 

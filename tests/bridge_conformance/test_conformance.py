@@ -307,6 +307,19 @@ def test_5_archive_with_a_symlink_is_refused(wire):
     assert_error(upload(wire, buffer.getvalue(), "link.mlpackage.zip", "mlpackage-zip"), "unsafe_archive")
 
 
+def test_5_a_package_archive_carries_its_layer_map_beside_the_package_folder(wire):
+    layer_map = '{"schema": "layerscope.layermap/1", "nodes": {}, "folded": [], "removed": []}'
+    for with_map in (True, False):
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as zf:
+            zf.writestr("pkg.mlpackage/Manifest.json", "{}")
+            if with_map:
+                zf.writestr("pkg.layermap.json", layer_map)
+        done = upload(wire, buffer.getvalue(), "pkg.mlpackage.zip", "mlpackage-zip")
+        assert done["type"] == "upload_done" and done["format"] == "mlpackage", done
+        assert done.get("layer_map") is with_map, done
+
+
 # ---------------------------------------------------------------------------- 4, 9. load and profile
 
 def test_9_load_of_an_unknown_model_is_refused(wire):
