@@ -211,14 +211,42 @@ def _longest_path_layers(count: int, edges: list[tuple[int, int, str]]) -> np.nd
     return np.asarray(layers, dtype=np.int64)
 
 
-def _sugiyama(count: int, edges: list[tuple[int, int, str]], layers: np.ndarray):
+# igraph's Sugiyama is one C call that holds the GIL (~90 ms for 20,000 nodes).  A GUI laying out
+# in a worker thread would freeze for that long, so, as importers.onnx does for shape inference,
+# it can register an executor (a process of its own) that runs the call for graphs of
+# LAYOUT_OFFLOAD_VERTICES or more vertices.  Only integers cross the process boundary.
+LAYOUT_OFFLOAD_VERTICES = 5000
+_layout_executor = None
+
+
+def set_layout_executor(executor) -> None:
+    """Run Sugiyama of graphs with LAYOUT_OFFLOAD_VERTICES+ vertices in `executor` (None: in-process)."""
+    global _layout_executor
+    _layout_executor = executor
+
+
+def sugiyama_columns(count: int, edge_pairs: list[tuple[int, int]], layers: list[int]):
+    """igraph's Sugiyama: (x of each vertex, control points per edge or None); picklable in and out."""
     import igraph
 
-    g = igraph.Graph(n=count, edges=[(s, t) for s, t, _ in edges], directed=True)
-    result = g.layout_sugiyama(layers=[int(v) for v in layers], maxiter=20)
-    coords = np.asarray(result.coords[:count], dtype=float)
-    routes = getattr(result, "edge_routing", None)
-    return _separate(coords[:, 0], layers), routes
+    g = igraph.Graph(n=count, edges=edge_pairs, directed=True)
+    result = g.layout_sugiyama(layers=layers, maxiter=20)
+    columns = [xy[0] for xy in result.coords[:count]]
+    return columns, getattr(result, "edge_routing", None)  # lists of [x, y] lists: picklable
+
+
+def _sugiyama(count: int, edges: list[tuple[int, int, str]], layers: np.ndarray):
+    pairs = [(s, t) for s, t, _ in edges]
+    layer_list = [int(v) for v in layers]
+    executor = _layout_executor
+    if executor is not None and count >= LAYOUT_OFFLOAD_VERTICES:
+        try:
+            columns, routes = executor.submit(sugiyama_columns, count, pairs, layer_list).result()
+        except Exception:  # a broken worker process: lay out here (slower for a GUI, same result)
+            columns, routes = sugiyama_columns(count, pairs, layer_list)
+    else:
+        columns, routes = sugiyama_columns(count, pairs, layer_list)
+    return _separate(np.asarray(columns, dtype=float), layers), routes
 
 
 def _separate(columns: np.ndarray, layers: np.ndarray) -> np.ndarray:

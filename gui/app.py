@@ -34,8 +34,9 @@ from engine.ir import ModelLoadError
 from engine.profile import Profile, ProfileFormatError
 from engine.session import (Session, SessionFormatError, SweepResult, load_profile_json, load_session,
                             profile_analysis, save_session)
-from gui.graph_view import OVERLAY_TITLES, OVERLAYS, GraphScene, GraphView, format_ms
+from gui.graph_view import OVERLAY_TITLES, OVERLAYS, GraphScene, GraphView, format_ms, retire_scene
 from gui.inspector import Inspector
+from gui.responsive import hold_gc, release_gc, start_helper_process, stop_helper_process
 from gui.panels import ProfilePanels
 from gui.run_dialog import ProfileWorker, RunDialog, RunRequest, RunResult
 
@@ -159,10 +160,19 @@ class MainWindow(QMainWindow):
     profileSelected = Signal(int)  # -1: none
     sessionOpened = Signal(str)  # path
 
-    def __init__(self, settings: Optional[QSettings] = None, parent=None, error_dialogs: bool = True):
+    # UI-thread time per scene-building turn (seconds).  The longest event-loop gap while a model
+    # is drawn came out at about twice the slice plus the paint of the old scene, so keep it small.
+    BUILD_SLICE = float(os.environ.get("LS_SLICE", "0.025"))
+
+    def __init__(self, settings: Optional[QSettings] = None, parent=None, error_dialogs: bool = True,
+                 helper_process: bool = True):
         super().__init__(parent)
         # False for offscreen rendering: a failure is reported through loadFailed only.
         self.error_dialogs = error_dialogs
+        if helper_process:
+            # Shape inference and layout of large graphs in a warm process of its own: their C++
+            # calls hold the GIL and would freeze this thread while a worker opens the model.
+            start_helper_process()
         self.settings = settings if settings is not None else QSettings(APP_NAME, APP_NAME)
         self.loaded: Optional[LoadedModel] = None
         self.scene: Optional[GraphScene] = None
@@ -417,6 +427,7 @@ class MainWindow(QMainWindow):
     def _start_task(self, function, message: str, on_done) -> None:
         task = _LoadTask(function)
         self._tasks.add(task)
+        hold_gc()  # until the task is done (see gui.responsive): no full collection while opening
         task.signals.progress.connect(self.progress_label.setText)
         task.signals.finished.connect(lambda result, t=task: self._task_done(t, result, None, on_done))
         task.signals.failed.connect(lambda message, t=task: self._task_done(t, None, message, on_done))
@@ -431,10 +442,13 @@ class MainWindow(QMainWindow):
         if not self._tasks:
             self.progress.hide()
             self.progress_label.setText("")
-        if error is not None:
-            self._on_failed(error)
-        elif result is not None:
-            on_done(result)
+        try:
+            if error is not None:
+                self._on_failed(error)
+            elif result is not None:
+                on_done(result)  # a model's scene build holds collection off on its own
+        finally:
+            release_gc()
 
     def _on_failed(self, message: str, title: str = "Cannot open model") -> None:
         if self.error_dialogs:
@@ -444,12 +458,14 @@ class MainWindow(QMainWindow):
     def _on_loaded(self, loaded: LoadedModel, keep_view: bool = False, incremental: bool = True) -> None:
         """Build the scene for `loaded` and show it; the current scene stays until the new one is complete.
 
-        Incremental building creates the items in chunks between event-loop turns (~40 ms
+        Incremental building creates the items in chunks between event-loop turns (~25 ms
         each), so a 20,000-node model does not freeze the window while it is drawn.
         """
         if self._pending_build is not None:  # a newer model wins over one still being drawn
-            self._pending_build[0].deleteLater()
+            retire_scene(self._pending_build[0])
             self._pending_build = None
+            release_gc()
+        hold_gc()  # released by _finish_build
         scene = GraphScene(loaded, self, build=False)
         self._pending_build = (scene, scene.build_steps(), loaded, keep_view, time.perf_counter())
         if incremental:
@@ -465,7 +481,7 @@ class MainWindow(QMainWindow):
         if self._pending_build is None:
             return
         steps = self._pending_build[1]
-        deadline = time.perf_counter() + 0.04
+        deadline = time.perf_counter() + self.BUILD_SLICE
         while time.perf_counter() < deadline:
             if next(steps, StopIteration) is StopIteration:
                 self._finish_build()
@@ -475,6 +491,12 @@ class MainWindow(QMainWindow):
     def _finish_build(self) -> None:
         scene, _, loaded, keep_view, started = self._pending_build
         self._pending_build = None
+        try:
+            self._show_built(scene, loaded, keep_view, started)
+        finally:
+            release_gc()
+
+    def _show_built(self, scene: GraphScene, loaded: LoadedModel, keep_view: bool, started: float) -> None:
         if not self._tasks:
             self.progress.hide()
             self.progress_label.setText("")
@@ -1085,8 +1107,12 @@ class MainWindow(QMainWindow):
                 task.signals.failed.disconnect()
             except (RuntimeError, TypeError):
                 pass
+        for _ in self._tasks:
+            release_gc()
         self._tasks.clear()
-        self._pending_build = None
+        if self._pending_build is not None:
+            self._pending_build = None
+            release_gc()
         self.stop_profile_worker()
         for window in (self.run_dialog, self.compare_view, self.convert_dialog, self.convert_view):
             if window is not None:
@@ -1146,7 +1172,10 @@ def run_app(model_path: Optional[str] = None, overlay: str = "none", profile: Op
     if OVERLAYS.get(overlay) is None or not OVERLAYS[overlay].needs_profile:
         window.set_overlay(overlay)
     QTimer.singleShot(0, lambda: window.open_path(model_path))
-    return app.exec()
+    try:
+        return app.exec()
+    finally:
+        stop_helper_process()
 
 
 def _quiet_offscreen_warnings() -> None:
@@ -1174,7 +1203,8 @@ def render_screenshot(model_path: Optional[str], output: str, overlay: str = "no
     app = _application()
     settings = QSettings(QSettings.Format.IniFormat, QSettings.Scope.UserScope, APP_NAME, "screenshot")
     # No dialog offscreen: a failure is raised to the caller instead.
-    window = MainWindow(settings=settings, error_dialogs=False)
+    # The model is opened in this thread (nothing to keep responsive): no helper process.
+    window = MainWindow(settings=settings, error_dialogs=False, helper_process=False)
     failures: list[str] = []
     window.loadFailed.connect(failures.append)
     try:

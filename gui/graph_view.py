@@ -15,11 +15,12 @@ items; they never add or remove items.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
-from PySide6.QtCore import QEvent, QPointF, QRectF, QSize, Qt, Signal
+from PySide6.QtCore import QEvent, QPointF, QRectF, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import (QBrush, QColor, QFont, QFontMetrics, QLinearGradient, QPainter, QPainterPath,
                            QPen, QTransform)
 from PySide6.QtWidgets import (QGraphicsItem, QGraphicsScene, QGraphicsView, QStyleOptionGraphicsItem,
@@ -251,10 +252,12 @@ class LabelLayer(QGraphicsItem):
 class GraphScene(QGraphicsScene):
     """Items for one laid-out model.  Built once; overlays recolour, never rebuild."""
 
-    # Items created per build step: about 30 ms of UI-thread time each, so that opening a
-    # 20,000-node model never freezes the window for long (see MainWindow._on_loaded).
-    CHUNK_NODES = 1500
-    CHUNK_EDGES = 2000
+    # Items created per build step (~15 us each: 5-8 ms per step).  The caller runs steps until
+    # its time slice is used (MainWindow._on_loaded: 25 ms), so a step must be much shorter than
+    # the slice: with 1,500 nodes per step a slice overran to 100+ ms on a 20,000-node model.
+    CHUNK_NODES = 400
+    CHUNK_EDGES = 500
+    CHUNK_TEARDOWN = 1000  # items removed and deleted per teardown step (~10 ms)
 
     def __init__(self, loaded, parent=None, build: bool = True):
         super().__init__(parent)
@@ -331,6 +334,39 @@ class GraphScene(QGraphicsScene):
         self.labels = LabelLayer(self.rects, self._lines, tips)
         self.addItem(self.labels)
         self.complete = True
+
+    def teardown_steps(self):
+        """Remove and delete the items a slice at a time; yields between slices (see `retire_scene`).
+
+        Deleting the scene at once costs ~0.2 s for a 20,000-node model (C++ items plus their
+        Python wrappers), all in one event-loop turn.  `removeItem` hands an item to its Python
+        wrapper, so dropping the wrapper deletes it.  Items go in the order they were added:
+        the scene's unindexed item list then shrinks from its front, which costs nothing,
+        while removing from the back would scan the whole list for every item.
+        """
+        self.complete = False
+        self.blockSignals(True)  # no selectionChanged for removed items: no slot may touch them
+        remove = self.removeItem
+        for attribute in ("edge_items", "node_items"):
+            items = getattr(self, attribute)
+            setattr(self, attribute, [])
+            while items:
+                chunk = items[:self.CHUNK_TEARDOWN]
+                del items[:self.CHUNK_TEARDOWN]
+                for item in chunk:
+                    remove(item)
+                del chunk  # deletes the C++ items
+                yield
+        if self.labels is not None:
+            remove(self.labels)
+            self.labels = None
+        yield
+        # Drop the model: the scene is in reference cycles (its signal connections), which only a
+        # full garbage collection would free, and gui.responsive freezes what is alive after an
+        # open.  Without this the previous model would stay in memory for good.
+        self.loaded = self.profile = None
+        self.node_ids, self.node_index, self.categories, self._lines = [], {}, [], []
+        self.edges, self.edge_widths, self.rects = (), [], np.zeros((0, 4))
 
     def _edge_pens(self, edges, graph) -> list[QPen]:
         """One pen per edge, its width growing with the log of the tensor's bytes (shared pens per step).
@@ -619,6 +655,39 @@ class GraphScene(QGraphicsScene):
         return found
 
 
+_retiring: set = set()  # scenes being torn down; kept alive here until their last slice
+
+
+def retire_scene(scene: GraphScene, time_slice: float = 0.02) -> None:
+    """Delete `scene` (no longer shown) a slice of items per event-loop turn, `time_slice` seconds each.
+
+    The scene is detached from its parent first, so it is ours to delete even if the
+    window that held it closes meanwhile.
+    """
+    scene.setParent(None)
+    steps = scene.teardown_steps()
+    _retiring.add(scene)
+
+    def work() -> None:
+        deadline = time.perf_counter() + time_slice
+        try:
+            for _ in steps:
+                if time.perf_counter() > deadline:
+                    QTimer.singleShot(0, work)
+                    return
+        except RuntimeError:  # the C++ scene is already gone (application shutdown)
+            pass
+        _retiring.discard(scene)
+        scene.deleteLater()
+
+    QTimer.singleShot(0, work)
+
+
+def retiring_scenes() -> int:
+    """How many scenes are still being torn down (tests and benchmarks wait for zero)."""
+    return len(_retiring)
+
+
 class LegendWidget(QWidget):
     """A compact, semi-transparent legend in the view's bottom-left corner.
 
@@ -765,14 +834,14 @@ class GraphView(QGraphicsView):
         self.setScene(scene)
         if scene is not None:
             scene.selectionChanged.connect(self._on_selection_changed)
-            self.legend.show_categories([c for c in CATEGORY_COLORS
-                                         if c in set(scene.categories) and c != "io"])
+            present = set(scene.categories)
+            self.legend.show_categories([c for c in CATEGORY_COLORS if c in present and c != "io"])
             self.legend.show()
             self._place_legend()
         else:
             self.legend.hide()
         if old is not None:
-            old.deleteLater()
+            retire_scene(old)
 
     # --- selection ------------------------------------------------------------------------
     def _on_selection_changed(self) -> None:
@@ -902,7 +971,8 @@ class GraphView(QGraphicsView):
         if key == "ratio":
             return  # the compare view sets its own legend
         if spec is None:
-            self.legend.show_categories([c for c in CATEGORY_COLORS if c in set(scene.categories) and c != "io"])
+            present = set(scene.categories)
+            self.legend.show_categories([c for c in CATEGORY_COLORS if c in present and c != "io"])
         elif spec.formatter == "category":
             self.legend.show_units(scene.overlay_units, scene.overlay_kind or "no profile")
         else:
