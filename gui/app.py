@@ -5,7 +5,8 @@ global QThreadPool; the UI thread only builds the scene from the finished
 layout.  A file that cannot be opened shows the importer's message and leaves
 the current model open.
 
-Profiling runs in a `gui.run_dialog.ProfileWorker` thread (Profile > Run…).
+Profiling (Profile > Run…) runs the CLI in a child process (`gui.run_dialog.ProfileProcess`), or a sweep
+in a `ProfileWorker` thread.
 The window keeps the session: the model and every profile taken of it
 (`ProfileEntry`, listed in the Profiles dock by target, mode and size) plus
 sweep results; the selected profile drives the time overlay, the inspector's
@@ -34,11 +35,12 @@ from engine.ir import ModelLoadError
 from engine.profile import Profile, ProfileFormatError
 from engine.session import (Session, SessionFormatError, SweepResult, load_profile_json, load_session,
                             profile_analysis, save_session)
-from gui.graph_view import OVERLAY_TITLES, OVERLAYS, GraphScene, GraphView, format_ms, retire_scene
+from gui.graph_view import (OVERLAY_TITLES, OVERLAYS, GraphScene, GraphView, format_ms, prepare_scene_data,
+                             retire_scene)
 from gui.inspector import Inspector
 from gui.responsive import hold_gc, release_gc, start_helper_process, stop_helper_process
 from gui.panels import ProfilePanels
-from gui.run_dialog import ProfileWorker, RunDialog, RunRequest, RunResult
+from gui.run_dialog import ProfileWorker, RunDialog, RunRequest, RunResult, make_profile_runner
 
 APP_NAME = "LayerScope"
 MAX_RECENT = 10
@@ -74,6 +76,7 @@ class LoadedModel:
     include_constants: bool = False
     producers: dict = field(default_factory=dict)  # value name -> Node
     timings: dict = field(default_factory=dict)  # step -> seconds
+    scene_data: object = None  # gui.graph_view.SceneData: labels, colours, edge widths (made by the worker)
 
 
 def load_model(path: str, include_constants: bool = False, progress=None) -> LoadedModel:
@@ -105,8 +108,12 @@ def relayout(loaded: LoadedModel, include_constants: bool, progress=None) -> Loa
     start = time.perf_counter()
     layout = layout_graph(loaded.analysis, include_constants=include_constants)
     timings = dict(loaded.timings, layout=time.perf_counter() - start)
-    return LoadedModel(loaded.path, loaded.model, loaded.analysis, layout, include_constants,
-                       loaded.producers, timings)
+    result = LoadedModel(loaded.path, loaded.model, loaded.analysis, layout, include_constants,
+                         loaded.producers, timings)
+    start = time.perf_counter()
+    result.scene_data = prepare_scene_data(result)
+    result.timings["scene_data"] = time.perf_counter() - start
+    return result
 
 
 class _TaskSignals(QObject):
@@ -162,13 +169,14 @@ class MainWindow(QMainWindow):
 
     # UI-thread time per scene-building turn (seconds).  The longest event-loop gap while a model
     # is drawn came out at about twice the slice plus the paint of the old scene, so keep it small.
-    BUILD_SLICE = float(os.environ.get("LS_SLICE", "0.025"))
+    BUILD_SLICE = float(os.environ.get("LS_SLICE", "0.02"))
 
     def __init__(self, settings: Optional[QSettings] = None, parent=None, error_dialogs: bool = True,
                  helper_process: bool = True):
         super().__init__(parent)
         # False for offscreen rendering: a failure is reported through loadFailed only.
         self.error_dialogs = error_dialogs
+        self.helper_process = helper_process
         if helper_process:
             # Shape inference and layout of large graphs in a warm process of its own: their C++
             # calls hold the GIL and would freeze this thread while a worker opens the model.
@@ -411,6 +419,8 @@ class MainWindow(QMainWindow):
 
     def open_path(self, path: str) -> None:
         """Open `path` in a worker; the current model stays until the new one is ready."""
+        if self.helper_process:
+            start_helper_process()  # no-op while it runs; replaces one that died
         include_constants = self.show_constants_action.isChecked()
         self._start_task(lambda progress: load_model(path, include_constants, progress),
                          f"Opening {Path(path).name}", self._on_loaded)
@@ -484,9 +494,14 @@ class MainWindow(QMainWindow):
         deadline = time.perf_counter() + self.BUILD_SLICE
         while time.perf_counter() < deadline:
             if next(steps, StopIteration) is StopIteration:
-                self._finish_build()
+                # Showing the scene (and its first paint) gets a turn of its own.
+                QTimer.singleShot(0, self._finish_pending_build)
                 return
         QTimer.singleShot(0, self._continue_build)
+
+    def _finish_pending_build(self) -> None:
+        if self._pending_build is not None and self._pending_build[0].complete:
+            self._finish_build()
 
     def _finish_build(self) -> None:
         scene, _, loaded, keep_view, started = self._pending_build
@@ -755,11 +770,14 @@ class MainWindow(QMainWindow):
         self.run_dialog.raise_()
         return self.run_dialog
 
-    def start_profile(self, request: RunRequest) -> Optional[ProfileWorker]:
-        """Profile in a worker thread; the result (or the error) comes back through signals."""
+    def start_profile(self, request: RunRequest):
+        """Profile in a child process (one size) or a worker thread (a sweep); results come back by signals.
+
+        Returns the ProfileProcess / ProfileWorker, or None when a run is already going.
+        """
         if self.worker is not None or self.loaded is None:
             return None
-        worker = ProfileWorker(request, self.loaded.analysis, self)
+        worker = make_profile_runner(request, self.loaded.analysis, self)
         self.worker = worker
         worker.progressed.connect(self._on_profile_progress)
         worker.succeeded.connect(self._on_profiled)
@@ -1130,7 +1148,7 @@ class MainWindow(QMainWindow):
             except (RuntimeError, TypeError):
                 pass
         worker.cancel()
-        worker.wait()  # the target checks the cancel event between runs: one run at most
+        worker.wait()  # the target (or the CLI, on SIGINT) stops after the current run
         self.worker = None
         worker.deleteLater()
         self.run_progress.hide()

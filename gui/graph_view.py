@@ -4,8 +4,11 @@ Geometry comes from `engine.layout` (computed in a worker thread); this module
 only turns it into scene items and recolours them.
 
 Speed (see benchmarks/bench_gui_open.py): the scene holds one
-`QGraphicsRectItem` per node and one `QGraphicsPathItem` per edge, both
-painted by Qt in C++.  Text is the expensive part of a scene (a
+`QGraphicsRectItem` per node and one `QGraphicsPathItem` per EDGE_BATCH edges
+of one width, all painted by Qt in C++; the paths, label text and colours are
+prepared by the worker that opens the model (`prepare_scene_data`), so the UI
+thread only creates items, a slice per event-loop turn, and an old scene is
+deleted the same way (`retire_scene`).  Text is the expensive part of a scene (a
 `QGraphicsSimpleTextItem` costs ~20 us to create, 0.4 s for 20,000 nodes), so
 all labels are painted by one `LabelLayer` item that draws only the labels of
 the boxes in the exposed rectangle, found with numpy, and none when zoomed
@@ -22,7 +25,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 from PySide6.QtCore import QEvent, QPointF, QRectF, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import (QBrush, QColor, QFont, QFontMetrics, QLinearGradient, QPainter, QPainterPath,
-                           QPen, QTransform)
+                           QPen, QPolygonF, QTransform)
 from PySide6.QtWidgets import (QGraphicsItem, QGraphicsScene, QGraphicsView, QStyleOptionGraphicsItem,
                                QToolTip, QWidget)
 
@@ -249,6 +252,112 @@ class LabelLayer(QGraphicsItem):
             painter.drawText(QPointF(x + 6, y + 19 + line + text_ascent), detail)
 
 
+@dataclass
+class SceneData:
+    """What a GraphScene draws, as plain data: prepared in the worker thread that opens the model.
+
+    Label text, colour categories and edge widths cost ~60 % of building a scene when made
+    on the UI thread; made here, the UI thread only creates the Qt items.
+    """
+
+    node_ids: list[str]
+    rects: np.ndarray  # (n, 4): x, y, w, h per node id
+    categories: list[str]
+    lines: list[tuple[str, str, str]]  # label lines per box
+    edge_steps: list[int]  # pen width step per edge, 0 .. EDGE_WIDTH_STEPS - 1
+    edge_widths: list[float]
+    tips: np.ndarray  # (m, 2): end point of each edge (arrow heads)
+    edge_batches: list[tuple[int, QPainterPath]]  # (pen width step, the polylines of up to EDGE_BATCH edges)
+    edge_batch_of: np.ndarray  # (m,): the batch drawing each edge
+    segments: np.ndarray  # (k, 4): x0, y0, x1, y1 of every straight piece of every edge (hit tests)
+    segment_edge: np.ndarray  # (k,): the edge of each segment
+
+
+# Edges per path item.  One QGraphicsPathItem per edge made the first paint of a 20,000-node
+# model 54 ms and a fitted view 90 ms (the unindexed scene walks every item on every paint);
+# batched, 23 ms and 20 ms, and building the edges takes 40 ms instead of 300 ms.
+EDGE_BATCH = 64
+
+
+def prepare_scene_data(loaded) -> SceneData:
+    """The SceneData of `loaded` (a gui.app.LoadedModel); any thread may call it.
+
+    It makes no QObject: QPainterPath is a value type that any thread may build.
+    """
+    layout, analysis = loaded.layout, loaded.analysis
+    graph = analysis.graph
+    node_ids = list(layout.boxes)
+    rects = np.array([layout.boxes[n] for n in node_ids], dtype=float).reshape(-1, 4)
+    categories, lines = [], []
+    describe = GraphScene.describe
+    for node_id in node_ids:
+        category, text = describe(node_id, graph, analysis)
+        categories.append(category)
+        lines.append(text)
+    steps, widths = _edge_width_steps(layout.edges, graph)
+    tips = np.array([e.points[-1] for e in layout.edges], dtype=float).reshape(-1, 2)
+    batches, batch_of, segments, segment_edge = _edge_batches(layout.edges, steps)
+    return SceneData(node_ids, rects, categories, lines, steps, widths, tips, batches, batch_of,
+                     segments, segment_edge)
+
+
+def _edge_batches(edges, steps: list[int]):
+    """Group edges of one pen width, in layout order (so a batch covers nearby edges), EDGE_BATCH at a time."""
+    batches: list[tuple[int, QPainterPath]] = []
+    batch_of = np.zeros(len(edges), dtype=np.int64)
+    open_batches: dict[int, list] = {}  # step -> [path, count, members]
+    segment_points: list[tuple[float, float, float, float]] = []
+    segment_edge: list[int] = []
+
+    def close(step: int, entry: list) -> None:
+        index = len(batches)
+        batches.append((step, entry[0]))
+        for member in entry[2]:
+            batch_of[member] = index
+
+    for index, edge in enumerate(edges):
+        step = steps[index]
+        entry = open_batches.get(step)
+        if entry is None:
+            entry = open_batches[step] = [QPainterPath(), 0, []]
+        points = edge.points
+        entry[0].addPolygon(QPolygonF([QPointF(x, y) for x, y in points]))
+        entry[1] += 1
+        entry[2].append(index)
+        for (x0, y0), (x1, y1) in zip(points, points[1:]):
+            segment_points.append((x0, y0, x1, y1))
+            segment_edge.append(index)
+        if entry[1] >= EDGE_BATCH:
+            close(step, open_batches.pop(step))
+    for step, entry in sorted(open_batches.items()):
+        close(step, entry)
+    segments = np.array(segment_points, dtype=float).reshape(-1, 4)
+    return batches, batch_of, segments, np.array(segment_edge, dtype=np.int64)
+
+
+def _edge_width_steps(edges, graph) -> tuple[list[int], list[float]]:
+    """Per edge: its pen width step (log of the tensor's bytes) and that width.
+
+    Unknown sizes get the thinnest pen.  Set once at build time: overlays never touch edges.
+    """
+    byte_sizes: dict[str, float] = {}  # per tensor: a tensor feeding many consumers is looked up once
+    value_type = graph.value_type
+    for edge in edges:
+        if edge.value not in byte_sizes:
+            found = value_type(edge.value)
+            byte_sizes[edge.value] = float((found.byte_size or 0) if found is not None else 0)
+    sizes = np.fromiter((byte_sizes[e.value] for e in edges), dtype=float, count=len(edges))
+    positive = sizes[sizes > 0]
+    steps = np.zeros(len(edges), dtype=int)
+    if len(positive):
+        low, high = np.log10(positive.min()), np.log10(positive.max())
+        if high > low:
+            logs = np.log10(np.where(sizes > 0, sizes, positive.min()))
+            steps = np.rint((logs - low) / (high - low) * (EDGE_WIDTH_STEPS - 1)).astype(int)
+    widths = EDGE_MIN_WIDTH + steps * (EDGE_MAX_WIDTH - EDGE_MIN_WIDTH) / (EDGE_WIDTH_STEPS - 1)
+    return steps.tolist(), widths.tolist()
+
+
 class GraphScene(QGraphicsScene):
     """Items for one laid-out model.  Built once; overlays recolour, never rebuild."""
 
@@ -256,7 +365,7 @@ class GraphScene(QGraphicsScene):
     # its time slice is used (MainWindow._on_loaded: 25 ms), so a step must be much shorter than
     # the slice: with 1,500 nodes per step a slice overran to 100+ ms on a 20,000-node model.
     CHUNK_NODES = 400
-    CHUNK_EDGES = 500
+    CHUNK_EDGE_BATCHES = 50  # of EDGE_BATCH edges each
     CHUNK_TEARDOWN = 1000  # items removed and deleted per teardown step (~10 ms)
 
     def __init__(self, loaded, parent=None, build: bool = True):
@@ -267,14 +376,18 @@ class GraphScene(QGraphicsScene):
         # paint and makes every later paint slower (31 -> 100 ms); look-ups (tooltips) stay
         # a few ms without it, and no item accepts hover events.
         self.setItemIndexMethod(QGraphicsScene.ItemIndexMethod.NoIndex)
-        self.node_ids: list[str] = list(layout.boxes)
+        data = getattr(loaded, "scene_data", None)
+        if data is None or data.node_ids != list(layout.boxes):
+            data = prepare_scene_data(loaded)
+        self._data = data
+        self.node_ids: list[str] = data.node_ids
         self.node_index = {node_id: i for i, node_id in enumerate(self.node_ids)}
         self.node_items = []
         self.edge_items = []
         self.edges = layout.edges
-        self.categories: list[str] = []
-        self.rects = np.array([layout.boxes[n] for n in self.node_ids], dtype=float).reshape(-1, 4)
-        self._lines: list[tuple[str, str, str]] = []
+        self.categories: list[str] = []  # filled as the boxes are made (overlays zip them with the items)
+        self.rects = data.rects
+        self._lines: list[tuple[str, str, str]] = data.lines
         self.box_pen = QPen(BOX_PEN, 1.0)
         self.top_pen = QPen(TOP_PEN_COLOR, 4.0)
         self.selection_pen = QPen(QColor("#000000"), 3.0)
@@ -302,36 +415,33 @@ class GraphScene(QGraphicsScene):
 
     def build_steps(self):
         """Create the items a chunk at a time; yields between chunks. Edges first: they lie below."""
-        layout, analysis = self.loaded.layout, self.loaded.analysis
-        graph = analysis.graph
-        edge_pens = self._edge_pens(layout.edges, graph)
+        data = self._data
+        pens = [QPen(EDGE_COLOR, float(EDGE_MIN_WIDTH + k * (EDGE_MAX_WIDTH - EDGE_MIN_WIDTH)
+                                       / (EDGE_WIDTH_STEPS - 1))) for k in range(EDGE_WIDTH_STEPS)]
+        self.edge_widths = data.edge_widths
         add_path = self.addPath
-        for start in range(0, len(layout.edges), self.CHUNK_EDGES):
-            for index in range(start, min(start + self.CHUNK_EDGES, len(layout.edges))):
-                points = layout.edges[index].points
-                path = QPainterPath(QPointF(*points[0]))
-                for p in points[1:]:
-                    path.lineTo(*p)
-                item = add_path(path, edge_pens[index])
-                item.setData(0, index)
+        batches = data.edge_batches
+        for start in range(0, len(batches), self.CHUNK_EDGE_BATCHES):
+            for step, path in batches[start:start + self.CHUNK_EDGE_BATCHES]:
+                item = add_path(path, pens[step])
+                item.setAcceptedMouseButtons(Qt.MouseButton.NoButton)  # clicks go through to the background
                 self.edge_items.append(item)
             yield
         selectable = QGraphicsItem.GraphicsItemFlag.ItemIsSelectable
         add_rect = self.addRect
+        brushes = self._category_brushes
+        rects = data.rects.tolist()
         for start in range(0, len(self.node_ids), self.CHUNK_NODES):
             for i in range(start, min(start + self.CHUNK_NODES, len(self.node_ids))):
-                node_id = self.node_ids[i]
-                x, y, w, h = layout.boxes[node_id]
-                category, text = self._describe(node_id, graph, analysis)
+                category = data.categories[i]
                 self.categories.append(category)
-                self._lines.append(text)
-                item = add_rect(x, y, w, h, self.box_pen, self._category_brushes[category])
+                x, y, w, h = rects[i]
+                item = add_rect(x, y, w, h, self.box_pen, brushes[category])
                 item.setFlag(selectable)
-                item.setData(0, node_id)
+                item.setData(0, self.node_ids[i])
                 self.node_items.append(item)
             yield
-        tips = np.array([e.points[-1] for e in layout.edges], dtype=float).reshape(-1, 2)
-        self.labels = LabelLayer(self.rects, self._lines, tips)
+        self.labels = LabelLayer(self.rects, self._lines, data.tips)
         self.addItem(self.labels)
         self.complete = True
 
@@ -364,34 +474,9 @@ class GraphScene(QGraphicsScene):
         # Drop the model: the scene is in reference cycles (its signal connections), which only a
         # full garbage collection would free, and gui.responsive freezes what is alive after an
         # open.  Without this the previous model would stay in memory for good.
-        self.loaded = self.profile = None
+        self.loaded = self.profile = self._data = None
         self.node_ids, self.node_index, self.categories, self._lines = [], {}, [], []
         self.edges, self.edge_widths, self.rects = (), [], np.zeros((0, 4))
-
-    def _edge_pens(self, edges, graph) -> list[QPen]:
-        """One pen per edge, its width growing with the log of the tensor's bytes (shared pens per step).
-
-        Unknown sizes get the thinnest pen.  Set once at build time: overlays never touch edges.
-        """
-        byte_sizes: dict[str, float] = {}  # per tensor: a tensor feeding many consumers is looked up once
-        value_type = graph.value_type
-        for edge in edges:
-            if edge.value not in byte_sizes:
-                found = value_type(edge.value)
-                byte_sizes[edge.value] = float((found.byte_size or 0) if found is not None else 0)
-        sizes = np.fromiter((byte_sizes[e.value] for e in edges), dtype=float, count=len(edges))
-        positive = sizes[sizes > 0]
-        steps = np.zeros(len(edges), dtype=int)
-        if len(positive):
-            low, high = np.log10(positive.min()), np.log10(positive.max())
-            if high > low:
-                logs = np.log10(np.where(sizes > 0, sizes, positive.min()))
-                steps = np.rint((logs - low) / (high - low) * (EDGE_WIDTH_STEPS - 1)).astype(int)
-        widths = EDGE_MIN_WIDTH + steps * (EDGE_MAX_WIDTH - EDGE_MIN_WIDTH) / (EDGE_WIDTH_STEPS - 1)
-        pens = [QPen(EDGE_COLOR, float(EDGE_MIN_WIDTH + k * (EDGE_MAX_WIDTH - EDGE_MIN_WIDTH)
-                                       / (EDGE_WIDTH_STEPS - 1))) for k in range(EDGE_WIDTH_STEPS)]
-        self.edge_widths = widths.tolist()
-        return [pens[k] for k in steps.tolist()]
 
     def _base_pen(self, index: int) -> QPen:
         if index in self._linked:
@@ -423,7 +508,8 @@ class GraphScene(QGraphicsScene):
             self.node_items[self._selected_index].setPen(self.selection_pen)
 
     @staticmethod
-    def _describe(node_id: str, graph, analysis) -> tuple[str, tuple[str, str, str]]:
+    def describe(node_id: str, graph, analysis) -> tuple[str, tuple[str, str, str]]:
+        """Colour category and label lines (title, name, detail) of a box; plain data, any thread."""
         if node_id.startswith(INPUT_PREFIX):
             name = node_id[len(INPUT_PREFIX):]
             value_type = graph.value_type(name)
@@ -599,19 +685,34 @@ class GraphScene(QGraphicsScene):
         return self.node_items[self.node_index[node_id]]
 
     def node_at(self, scene_pos: QPointF) -> Optional[str]:
-        for item in self.items(scene_pos):
-            node_id = item.data(0)
-            if isinstance(node_id, str):
-                return node_id
-        return None
+        """The node id of the box under `scene_pos`, or None (numpy on the box array: no item shapes)."""
+        rects = self.rects
+        if not len(rects) or len(self.node_items) < len(self.node_ids):
+            return None
+        x, y = scene_pos.x(), scene_pos.y()
+        inside = np.flatnonzero((rects[:, 0] <= x) & (x <= rects[:, 0] + rects[:, 2])
+                                & (rects[:, 1] <= y) & (y <= rects[:, 1] + rects[:, 3]))
+        return self.node_ids[int(inside[-1])] if len(inside) else None
 
     def edge_near(self, scene_pos: QPointF, tolerance: float) -> Optional[int]:
-        area = QRectF(scene_pos.x() - tolerance, scene_pos.y() - tolerance, 2 * tolerance, 2 * tolerance)
-        for item in self.items(area, Qt.ItemSelectionMode.IntersectsItemShape):
-            index = item.data(0)
-            if isinstance(index, int):
-                return index
-        return None
+        """The index (into `edges`) of the edge nearest to `scene_pos`, if within `tolerance`."""
+        segments = self._data.segments if self._data is not None else np.zeros((0, 4))
+        if not len(segments):
+            return None
+        px, py = scene_pos.x(), scene_pos.y()
+        x0, y0, x1, y1 = segments[:, 0], segments[:, 1], segments[:, 2], segments[:, 3]
+        dx, dy = x1 - x0, y1 - y0
+        length2 = dx * dx + dy * dy
+        t = np.clip(((px - x0) * dx + (py - y0) * dy) / np.where(length2 > 0, length2, 1.0), 0.0, 1.0)
+        distance2 = (x0 + t * dx - px) ** 2 + (y0 + t * dy - py) ** 2
+        nearest = int(np.argmin(distance2))
+        if distance2[nearest] > tolerance * tolerance:
+            return None
+        return int(self._data.segment_edge[nearest])
+
+    def edge_item(self, index: int):
+        """The path item that draws edge `index` (with up to EDGE_BATCH - 1 other edges of its width)."""
+        return self.edge_items[int(self._data.edge_batch_of[index])]
 
     def edge_tooltip(self, index: int) -> str:
         edge = self.edges[index]
@@ -658,11 +759,12 @@ class GraphScene(QGraphicsScene):
 _retiring: set = set()  # scenes being torn down; kept alive here until their last slice
 
 
-def retire_scene(scene: GraphScene, time_slice: float = 0.02) -> None:
+def retire_scene(scene: GraphScene, time_slice: float = 0.015, delay_ms: int = 150) -> None:
     """Delete `scene` (no longer shown) a slice of items per event-loop turn, `time_slice` seconds each.
 
-    The scene is detached from its parent first, so it is ours to delete even if the
-    window that held it closes meanwhile.
+    Starts after `delay_ms`, so that the first paint of the scene that replaced it (~35 ms
+    for 20,000 boxes) has an event-loop turn of its own.  The scene is detached from its
+    parent first, so it is ours to delete even if the window that held it closes meanwhile.
     """
     scene.setParent(None)
     steps = scene.teardown_steps()
@@ -680,7 +782,7 @@ def retire_scene(scene: GraphScene, time_slice: float = 0.02) -> None:
         _retiring.discard(scene)
         scene.deleteLater()
 
-    QTimer.singleShot(0, work)
+    QTimer.singleShot(delay_ms, work)
 
 
 def retiring_scenes() -> int:

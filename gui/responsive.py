@@ -30,13 +30,61 @@ from __future__ import annotations
 import atexit
 import gc
 import multiprocessing
+import os
 import threading
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
 from typing import Optional
+
+# A call the helper has not answered in this time is run in-process instead (a safety net: a
+# 20,000-node graph takes the helper ~0.3 s).
+HELPER_TIMEOUT_S = 60.0
 
 _lock = threading.Lock()
 _executor: Optional[ProcessPoolExecutor] = None
 _ready = threading.Event()  # set once the helper answered its warm-up call and is registered
+
+
+def _exit_with_parent() -> None:
+    """Helper process initializer: exit when the app does, even if it crashed and never said so."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        def watch() -> None:
+            parent.join()
+            os._exit(0)
+
+        threading.Thread(target=watch, name="layerscope-parent-watch", daemon=True).start()
+
+
+class _HelperCall:
+    """The future handed to the importer and the layout: waits for the helper, or runs the call here."""
+
+    def __init__(self, client: "_HelperClient", future: Optional[Future], function, args):
+        self.client, self.future, self.function, self.args = client, future, function, args
+
+    def result(self, timeout: Optional[float] = None):
+        if self.future is not None:
+            try:
+                return self.future.result(timeout=HELPER_TIMEOUT_S)
+            except (BrokenProcessPool, FutureTimeout, CancelledError):
+                _helper_failed(self.client.executor)
+        return self.function(*self.args)
+
+
+class _HelperClient:
+    """What `importers.onnx` and `engine.layout` see as their executor: `submit(fn, *args).result()`."""
+
+    def __init__(self, executor: ProcessPoolExecutor):
+        self.executor = executor
+
+    def submit(self, function, *args) -> _HelperCall:
+        try:
+            future = self.executor.submit(function, *args)
+        except (BrokenProcessPool, RuntimeError):  # broken, or shut down meanwhile
+            _helper_failed(self.executor)
+            future = None
+        return _HelperCall(self, future, function, args)
 
 
 def start_helper_process() -> Optional[ProcessPoolExecutor]:
@@ -48,8 +96,11 @@ def start_helper_process() -> Optional[ProcessPoolExecutor]:
     the layout only when that call has answered, so a helper that cannot start
     (e.g. a script without an `if __name__ == "__main__":` guard, which the spawned
     process would run again) leaves opening in-process instead of waiting forever.
-    Stopped by `stop_helper_process` (the app calls it on exit; atexit as a safety net).
-    Returns None inside a multiprocessing child: it never starts helpers of its own.
+    A helper that dies or does not answer is replaced at once (calls run in-process
+    until the new one answers).  Stopped by `stop_helper_process`
+    (the app calls it on exit; atexit as a safety net); it also exits by itself
+    when the app's process ends.  Returns None inside a multiprocessing child: it
+    never starts helpers of its own.
     """
     global _executor
     from importers.onnx import infer_shapes_bytes
@@ -59,11 +110,11 @@ def start_helper_process() -> Optional[ProcessPoolExecutor]:
     with _lock:
         if _executor is None:
             _ready.clear()
-            executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                           initializer=_exit_with_parent)
             _executor = executor
             warm = executor.submit(infer_shapes_bytes, b"")
             warm.add_done_callback(lambda future, e=executor: _register(e, future))
-            atexit.register(stop_helper_process)
         return _executor
 
 
@@ -75,9 +126,27 @@ def _register(executor: ProcessPoolExecutor, warm: Future) -> None:
         return  # the helper could not start: inference and layout stay in-process
     with _lock:
         if _executor is executor:
-            set_inference_executor(executor)
-            set_layout_executor(executor)
+            client = _HelperClient(executor)
+            set_inference_executor(client)
+            set_layout_executor(client)
             _ready.set()
+
+
+def _helper_failed(executor: ProcessPoolExecutor) -> None:
+    """The helper died or hung: unregister it and start a new one (registered once it answers)."""
+    global _executor
+    from engine.layout import set_layout_executor
+    from importers.onnx import set_inference_executor
+
+    with _lock:
+        if _executor is not executor:
+            return
+        _executor = None
+        _ready.clear()
+        set_inference_executor(None)
+        set_layout_executor(None)
+    executor.shutdown(wait=False, cancel_futures=True)
+    start_helper_process()
 
 
 def helper_ready(timeout: Optional[float] = None) -> bool:
@@ -134,3 +203,6 @@ def release_gc() -> None:
 
 def gc_held() -> bool:
     return _gc_holds > 0
+
+
+atexit.register(stop_helper_process)  # a safety net: the app stops it on exit

@@ -1,32 +1,49 @@
-"""The Run dialog and the worker thread that profiles a model.
+"""The Run dialog and what runs a profile: the CLI in a child process, or (sweeps) a worker thread.
 
 The dialog collects a `RunRequest` (target, mode, runs, warm-up, threads,
-input sizes).  `ProfileWorker` (a QThread) runs it with `execute_run`, which
-only calls engine functions, the same ones the CLI uses:
-`engine.targets.get_target`, `Target.prepare` / `Target.profile` (progress
-callback, cancel event), `engine.sweep.sweep_sizes` for several sizes,
-`engine.hints.find_hints` and `engine.session.profile_analysis`.
+input sizes).
 
-Cancel sets a threading.Event that the target checks between runs; the worker
-then returns promptly and nothing half-measured is added to the session.
+One input size (or the model's own): `ProfileProcess` runs
+`python -m engine profile MODEL ... --json TMP.json`, the same engine function
+as `layerscope profile`, as a child process (QProcess).  ONNX Runtime's
+session creation and the parsing of its profile are long C++ calls that hold
+the GIL; in a thread of the app they froze the window for 100+ ms (DenseNet-121),
+in a child process they cannot.  The CLI prints one progress line per run on
+stderr when it is not a terminal ("DONE/TOTAL MESSAGE"), which drives the
+progress bars.  Cancel sends SIGINT: the CLI stops after the current run and
+writes what it measured, which the app discards as the thread path did
+(nothing half-measured goes into the session).  A failure is the CLI's
+one-line "layerscope: ..." message.  The profile is read back with
+`engine.session.load_profile_json` (a device profile keeps its transfers);
+the CLI attached the hints.
+
+Several sizes (a sweep): `ProfileWorker` (a QThread) runs `execute_run`,
+which calls `engine.sweep.sweep_sizes` in this process, because the CLI's
+--json keeps only the first setting's profile while the session keeps every
+setting's profile and the sweep's rows.  Cancel sets a threading.Event that
+the target checks between runs.
 """
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import signal
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
-from PySide6.QtCore import QThread, Signal
+from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QThread, Signal
 from PySide6.QtWidgets import (QComboBox, QDialog, QFormLayout, QHBoxLayout, QLabel,
                                QLineEdit, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from engine.hints import find_hints
 from engine.ir import ModelLoadError
 from engine.profile import MODES, Profile, ProfileFormatError
-from engine.session import SweepResult
+from engine.session import SweepResult, load_profile_json
 from engine.targets import TARGET_NAMES, ProfileSettings, TargetError, get_target
 
 TARGET_TITLES = {"cpu": "CPU reference (ONNX Runtime)"}
@@ -150,6 +167,170 @@ class ProfileWorker(QThread):
             self.failed.emit(f"unexpected {type(exc).__name__} while profiling: {exc}")
         else:
             self.succeeded.emit(result)
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where `python -m engine` finds the engine
+_PROGRESS_LINE = re.compile(r"^(\d+)/(\d+) (.*)$")  # engine.cli_profile.Progress, not on a terminal
+EXIT_OK, EXIT_BAD_INPUT, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 2, 3, 130  # engine.cli_profile's codes
+
+
+def profile_command(request: RunRequest, json_path: str) -> list[str]:
+    """The `layerscope profile` arguments (after the interpreter) that run `request` (one size at most)."""
+    if len(request.sizes) > 1:
+        raise ValueError("a sweep of several sizes runs in a ProfileWorker, not the CLI")
+    settings = request.settings
+    arguments = ["-m", "engine", "profile", str(Path(request.model_path).resolve()),
+                 "--target", request.target, "--mode", settings.mode, "--runs", str(settings.runs),
+                 "--warmup", str(settings.warmup), "--threads", str(settings.threads), "--json", json_path]
+    if request.sizes:
+        height, width = request.sizes[0]
+        arguments += ["--size", f"{height}x{width}"]
+    return arguments
+
+
+class ProfileProcess(QObject):
+    """Runs one profile as `python -m engine profile ... --json` in a child process (see the module docstring).
+
+    The same signals and methods as ProfileWorker: progressed, succeeded(RunResult),
+    failed(message), finished; start(), cancel(), wait(), isFinished().
+    """
+
+    progressed = Signal(int, int, str)
+    succeeded = Signal(object)  # RunResult
+    failed = Signal(str)
+    finished = Signal()
+
+    def __init__(self, request: RunRequest, opened_analysis=None, parent=None):
+        super().__init__(parent)
+        self.request = request
+        self.cancelled = False
+        self._done = False
+        self._stderr_tail = ""  # an incomplete last line
+        self._messages: list[str] = []  # stderr lines that are not progress
+        self._workdir = Path(tempfile.mkdtemp(prefix="layerscope-gui-profile-"))
+        self.json_path = self._workdir / "profile.json"
+        self.process = QProcess(self)
+        environment = QProcessEnvironment.systemEnvironment()
+        environment.insert("PYTHONPATH", os.pathsep.join(
+            [str(PROJECT_ROOT)] + [p for p in [environment.value("PYTHONPATH", "")] if p]))
+        environment.insert("PYTHONUNBUFFERED", "1")
+        self.process.setProcessEnvironment(environment)
+        self.process.setWorkingDirectory(str(PROJECT_ROOT))
+        self.process.setStandardOutputFile(QProcess.nullDevice())  # the text summary: not needed here
+        self.process.readyReadStandardError.connect(self._read_stderr)
+        self.process.finished.connect(self._on_finished)
+        self.process.errorOccurred.connect(self._on_error)
+
+    def start(self) -> None:
+        self.progressed.emit(0, 0, f"starting the profiler for {self.request.target}…")
+        self.process.start(sys.executable, profile_command(self.request, str(self.json_path)))
+
+    def cancel(self) -> None:
+        """Ask the CLI to stop after the current run (SIGINT, as Ctrl-C); what it measured is discarded."""
+        if self._done or self.cancelled:
+            return
+        self.cancelled = True
+        pid = self.process.processId()
+        if pid and hasattr(signal, "SIGINT") and sys.platform != "win32":
+            os.kill(pid, signal.SIGINT)
+        else:  # no SIGINT to a child on Windows: stop it (nothing half-measured is kept anyway)
+            self.process.terminate()
+
+    def wait(self, timeout_ms: int = 10_000) -> bool:
+        """Block until the child has exited (killed after `timeout_ms`); True when it had stopped by itself."""
+        if self._done or self.process.state() == QProcess.ProcessState.NotRunning:
+            self._finish_once()
+            return True
+        stopped = self.process.waitForFinished(timeout_ms)
+        if not stopped:
+            self.process.kill()
+            self.process.waitForFinished(2000)
+        self._finish_once()
+        return stopped
+
+    def isFinished(self) -> bool:
+        return self._done
+
+    # --- the child's output -----------------------------------------------------------------
+    def _read_stderr(self) -> None:
+        text = self._stderr_tail + bytes(self.process.readAllStandardError()).decode("utf-8", "replace")
+        lines = text.replace("\r", "\n").split("\n")
+        self._stderr_tail = lines.pop()
+        for line in lines:
+            self._handle_line(line.strip())
+
+    def _handle_line(self, line: str) -> None:
+        if not line:
+            return
+        match = _PROGRESS_LINE.match(line)
+        if match:
+            self.progressed.emit(int(match.group(1)), int(match.group(2)), match.group(3))
+        else:
+            self._messages.append(line)
+
+    def _error_message(self, exit_code: int) -> str:
+        said = [m[len("layerscope: "):] for m in self._messages if m.startswith("layerscope: ")]
+        if said:
+            return said[-1]
+        if self._messages:
+            return f"the profiler stopped (exit code {exit_code}): {self._messages[-1]}"
+        return f"the profiler stopped (exit code {exit_code}) without saying why"
+
+    def _on_error(self, error) -> None:
+        if error == QProcess.ProcessError.FailedToStart:
+            self.failed.emit(f"could not start the profiler ({sys.executable} -m engine profile): "
+                             f"{self.process.errorString()}")
+            self._finish_once()
+
+    def _on_finished(self, exit_code: int, exit_status) -> None:
+        self._read_stderr()
+        if self._stderr_tail:
+            self._handle_line(self._stderr_tail.strip())
+            self._stderr_tail = ""
+        if self._done:
+            return
+        normal = exit_status == QProcess.ExitStatus.NormalExit and exit_code == EXIT_OK
+        try:
+            if self.cancelled:
+                # Stopped midway: the partial profile is dropped.  A run that had finished
+                # before the cancel arrived is kept, as the thread path keeps finished profiles.
+                entries = self._entries() if normal else []
+                self.succeeded.emit(RunResult(entries, None, True, self.request.target))
+            elif not normal:
+                self.failed.emit(self._error_message(exit_code))
+            else:
+                entries = self._entries()
+                if entries:
+                    self.succeeded.emit(RunResult(entries, None, False, self.request.target))
+                else:
+                    self.failed.emit("the profiler finished but its profile is incomplete")
+        except (ProfileFormatError, OSError, ValueError) as exc:
+            self.failed.emit(f"could not read the profile the profiler wrote: {exc}")
+        finally:
+            self._finish_once()
+
+    def _entries(self) -> list[ProfiledEntry]:
+        """The complete profile the CLI wrote (none if incomplete); its analysis is made when needed."""
+        profile = load_profile_json(self.json_path)  # keeps a device profile's transfers
+        if not profile.complete:
+            return []
+        if Path(profile.model_path).resolve() != Path(self.request.model_path).resolve():
+            profile = replace(profile, model_path=str(self.request.model_path))
+        return [ProfiledEntry(profile, None)]
+
+    def _finish_once(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        shutil.rmtree(self._workdir, ignore_errors=True)
+        self.finished.emit()
+
+
+def make_profile_runner(request: RunRequest, opened_analysis=None, parent=None):
+    """A ProfileProcess (the CLI in a child process) for one size; a ProfileWorker (a thread) for a sweep."""
+    if len(request.sizes) > 1:
+        return ProfileWorker(request, opened_analysis, parent)
+    return ProfileProcess(request, opened_analysis, parent)
 
 
 class RunDialog(QDialog):

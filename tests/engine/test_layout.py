@@ -122,3 +122,23 @@ def test_op_categories():
     assert op_category("Concat") == "data movement"
     assert op_category("ConvTranspose") == "upsampling"
     assert op_category("SomethingCustom") == "other"
+
+
+def test_sugiyama_in_a_worker_process_gives_the_same_layout(tmp_path):
+    """A GUI hands igraph's GIL-holding call for large graphs to a process; geometry must not change."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import engine.layout as layout_module
+
+    analysis = _residual_chain(tmp_path, layout_module.LAYOUT_OFFLOAD_VERTICES // 3 + 10)
+    in_process = layout_graph(analysis)
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as executor:
+        layout_module.set_layout_executor(executor)
+        try:
+            offloaded = layout_graph(analysis)
+        finally:
+            layout_module.set_layout_executor(None)
+    assert len(in_process.boxes) >= layout_module.LAYOUT_OFFLOAD_VERTICES
+    assert offloaded.boxes == in_process.boxes and offloaded.layers == in_process.layers
+    assert offloaded.edges == in_process.edges

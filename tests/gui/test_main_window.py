@@ -29,7 +29,11 @@ def test_light_zoo_every_compute_node_drawn_and_selectable(qtbot, window, path):
     compute = {m.node_id for m in analysis.compute_nodes()}
     drawn = {node_id for node_id in scene.node_ids if not node_id.startswith((INPUT_PREFIX, OUTPUT_PREFIX))}
     assert drawn == compute
-    assert len(scene.edge_items) == len(window.loaded.layout.edges) > 0
+    # Every edge is drawn by one of the batched path items, as a subpath of its own.
+    edges = window.loaded.layout.edges
+    assert len(edges) > 0 and scene.edge_items
+    assert sum(item.path().elementCount() for item in scene.edge_items) == sum(len(e.points) for e in edges)
+    assert {id(scene.edge_item(i)) for i in range(len(edges))} == {id(item) for item in scene.edge_items}
     # Every box is a real scene item with its geometry; selecting it fills the inspector.
     for node_id in scene.node_ids:
         item = scene.item_for(node_id)

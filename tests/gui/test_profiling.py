@@ -14,14 +14,14 @@ import time
 
 import numpy as np
 import pytest
-from PySide6.QtCore import QPointF, Qt, QTimer
+from PySide6.QtCore import QPointF, QProcess, Qt, QTimer
 from PySide6.QtWidgets import QMessageBox
 
 from engine.profile import Profile
 from engine.targets import ProfileSettings
 from gui.app import MainWindow, render_screenshot
 from gui.graph_view import EDGE_MAX_WIDTH, EDGE_MIN_WIDTH, diverging_color, format_ms
-from gui.run_dialog import RunRequest, execute_run
+from gui.run_dialog import ProfileProcess, RunRequest, execute_run
 from tests.gui.gui_fixtures import LOAD_TIMEOUT_MS, open_and_wait, settings, window  # noqa: F401 (fixtures)
 from tests.gui.test_screenshot import _pixels
 
@@ -175,7 +175,9 @@ def test_closing_the_window_during_a_run_cancels_it(qtbot, settings, sample_mode
     qtbot.waitUntil(lambda: dialog.progress.value() >= 2, timeout=RUN_TIMEOUT_MS)
     started = time.perf_counter()
     win.close()
-    assert worker.isFinished() and worker.cancel_event.is_set()
+    assert isinstance(worker, ProfileProcess)  # one size: the CLI in a child process
+    assert worker.isFinished() and worker.cancelled
+    assert worker.process.state() == QProcess.ProcessState.NotRunning
     assert win.worker is None and time.perf_counter() - started < 5
     assert not dialog.isVisible()
 
@@ -369,7 +371,7 @@ def test_layout_legend_and_inspector_placeholder(qtbot, window, sample_model):
     widths = window.scene.edge_widths
     assert min(widths) == EDGE_MIN_WIDTH and max(widths) == EDGE_MAX_WIDTH
     biggest = max(range(len(widths)), key=lambda i: widths[i])
-    assert window.scene.edge_items[biggest].pen().widthF() == EDGE_MAX_WIDTH
+    assert window.scene.edge_item(biggest).pen().widthF() == EDGE_MAX_WIDTH
 
 
 def test_ui_thread_gap_during_profiling(qtbot, window, sample_model):
