@@ -13,6 +13,15 @@ What is visible:
 - graph inputs and outputs as small boxes with ids `input:NAME` and
   `output:NAME` (`include_io=True`).
 
+Groups (collapsible, as in Model Explorer): `node_groups(analysis, by)` finds
+the groups of nodes by stage (encoder/decoder/...) or by namespace
+("encoder/block3/conv", nested); `layout_graph(..., groups=, collapsed=)`
+draws every node inside a collapsed group as that group's one box (id
+`group:...`, the outermost collapsed group wins).  An edge into or out of a
+collapsed group attaches to its box, an edge inside it disappears, so every
+edge still joins two boxes.  `group_totals` sums a group's node count, MACs,
+parameters and (with a profile) time.
+
 Method: longest-path layering along the execution order (sources pulled down
 next to their first consumer), then igraph's compiled Sugiyama crossing
 reduction and edge routing, which takes about 30 ms for 20,000 nodes.  Its
@@ -24,7 +33,7 @@ the same layers, barycenter ordering in numpy and straight edges.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping, NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -46,16 +55,21 @@ MAX_DUMMY_VERTICES = 200_000
 
 INPUT_PREFIX = "input:"
 OUTPUT_PREFIX = "output:"
+GROUP_PREFIX = "group:"
+GROUP_HEIGHT = 64.0  # a collapsed group's box: room for its totals (and time) under the title
+GROUPINGS = ("none", "stage", "namespace")
 
 Point = tuple[float, float]
 Rect = tuple[float, float, float, float]  # x, y (top-left), width, height
 
 
 class LayoutEdge(NamedTuple):  # a NamedTuple: 30,000 of them are built in ~10 ms
-    source: str  # node id (or input:NAME)
-    target: str  # node id (or output:NAME)
-    value: str  # the tensor flowing along the edge
+    source: str  # node id (or input:NAME, or a collapsed group's box)
+    target: str  # node id (or output:NAME, or a collapsed group's box)
+    value: str  # the tensor flowing along the edge (of several: the largest)
     points: tuple[Point, ...]  # from the bottom of source to the top of target
+    # An edge into or out of a collapsed group stands for every tensor between the two boxes.
+    values: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -67,10 +81,56 @@ class GraphLayout:
     height: float
     method: str  # "sugiyama" or "layered" (the fallback for huge fan-out)
     hidden: frozenset[str] = field(default_factory=frozenset)  # constant nodes without a box
+    # Collapsed groups: box id -> the node ids it stands for (constants included), and the reverse.
+    members: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    box_for: Mapping[str, str] = field(default_factory=dict)
 
     def center(self, node_id: str) -> Point:
         x, y, w, h = self.boxes[node_id]
         return (x + w / 2, y + h / 2)
+
+    def box_of(self, node_id: str) -> Optional[str]:
+        """The id of the box that draws `node_id`: its own, its collapsed group's, or None (hidden)."""
+        if node_id in self.boxes:
+            return node_id
+        return self.box_for.get(node_id)
+
+
+@dataclass(frozen=True)
+class NodeGroup:
+    """Nodes that can be drawn as one box: a stage, or a namespace (nested: `parent` is the enclosing one)."""
+
+    id: str  # GROUP_PREFIX + kind + ":" + name
+    kind: str  # "stage" or "namespace"
+    name: str  # "decoder", "encoder/block3"
+    members: tuple[str, ...]  # node ids in execution order, constants included
+    parent: Optional[str] = None
+    depth: int = 0
+
+    @property
+    def title(self) -> str:
+        return self.name.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class GroupTotals:
+    """What a collapsed group's box carries.  MACs and parameters are estimated (static analysis)."""
+
+    nodes: int  # compute nodes (folded constants not counted)
+    macs: int  # sum of the known MACs
+    params: int
+    unknown_cost_nodes: int  # compute nodes whose MACs are unknown (not in `macs`)
+    flops: int = 0  # sums of the known figures, as `macs`
+    output_bytes: int = 0
+    bytes_moved: int = 0
+    time_ms: Optional[float] = None  # sum of the profile's node medians; None without a profile
+    time_kind: str = ""  # measured / attributed / estimated: the weakest of the summed figures
+    timed_nodes: int = 0
+
+    @property
+    def arithmetic_intensity(self) -> Optional[float]:
+        """FLOPs per byte moved over the whole group (None when nothing is known)."""
+        return self.flops / self.bytes_moved if self.bytes_moved else None
 
 
 # Op categories for colouring and legends; matched after costs.canonical_op.
@@ -117,21 +177,32 @@ def op_category(op_type: str) -> str:
 
 
 def layout_graph(analysis: "ModelAnalysis", include_constants: bool = False, include_io: bool = True,
-                 max_dummy_vertices: int = MAX_DUMMY_VERTICES) -> GraphLayout:
-    """Lay out the analysed graph; see the module docstring for what is visible."""
+                 max_dummy_vertices: int = MAX_DUMMY_VERTICES, groups: Optional[Mapping[str, NodeGroup]] = None,
+                 collapsed: Iterable[str] = ()) -> GraphLayout:
+    """Lay out the analysed graph; see the module docstring for what is visible.
+
+    `groups` (from `node_groups`) and `collapsed` (ids of groups drawn as one box each).
+    """
     graph = analysis.graph
     visible = [node_id for node_id in analysis.order
                if include_constants or not analysis.nodes[node_id].is_constant]
     shown = set(visible)
     hidden = frozenset(node_id for node_id in analysis.order if node_id not in shown)
+    box_for, members = collapsed_boxes(groups or {}, collapsed)
     return layout_nodes(graph, visible, include_io=include_io, hidden=hidden,
-                        max_dummy_vertices=max_dummy_vertices)
+                        max_dummy_vertices=max_dummy_vertices, box_for=box_for, members=members)
 
 
 def layout_nodes(graph: Graph, visible_order: Sequence[str], include_io: bool = True,
-                 hidden: frozenset[str] = frozenset(),
-                 max_dummy_vertices: int = MAX_DUMMY_VERTICES) -> GraphLayout:
-    """Lay out the nodes `visible_order` (a topological order of node ids) of `graph`."""
+                 hidden: frozenset[str] = frozenset(), max_dummy_vertices: int = MAX_DUMMY_VERTICES,
+                 box_for: Optional[Mapping[str, str]] = None,
+                 members: Optional[Mapping[str, tuple[str, ...]]] = None) -> GraphLayout:
+    """Lay out the nodes `visible_order` (a topological order of node ids) of `graph`.
+
+    `box_for` maps nodes inside collapsed groups to their group's box id (see `collapsed_boxes`).
+    """
+    box_for = dict(box_for or {})
+    members = dict(members or {})
     ids: list[str] = []
     sizes: list[tuple[float, float]] = []
     index: dict[str, int] = {}
@@ -142,23 +213,30 @@ def layout_nodes(graph: Graph, visible_order: Sequence[str], include_io: bool = 
         sizes.append(size)
         return index[vertex_id]
 
+    nodes = graph.nodes_by_id
+    # The boxes: a node's own, or its collapsed group's (first appearance in execution order).
+    box_ids = list(dict.fromkeys(box_for.get(node_id, node_id) for node_id in visible_order))
+    if box_for:
+        box_ids = _box_order(box_ids, visible_order, box_for, nodes)
     producer: dict[str, int] = {}
     constant_values = {name for name, value in graph.values.items() if value.initializer is not None}
     if include_io:
         for name in graph.inputs:
             if name not in constant_values:
                 producer[name] = add_vertex(INPUT_PREFIX + name, (IO_WIDTH, IO_HEIGHT))
-    nodes = graph.nodes_by_id
+    for box_id in box_ids:
+        add_vertex(box_id, (NODE_WIDTH, GROUP_HEIGHT) if box_id in members else (NODE_WIDTH, NODE_HEIGHT))
     for node_id in visible_order:
-        vertex = add_vertex(node_id, (NODE_WIDTH, NODE_HEIGHT))
+        vertex = index[box_for.get(node_id, node_id)]
         for out in nodes[node_id].outputs:
             if out:
                 producer[out] = vertex
     # Edges (source vertex, target vertex, value); one per distinct (source, target, value).
+    # An edge inside a collapsed group (source == target) is not drawn.
     edge_list: list[tuple[int, int, str]] = []
     seen: set[tuple[int, int, str]] = set()
     for node_id in visible_order:
-        target = index[node_id]
+        target = index[box_for.get(node_id, node_id)]
         for name in nodes[node_id].inputs:
             source = producer.get(name)
             if source is None or source == target:
@@ -174,9 +252,15 @@ def layout_nodes(graph: Graph, visible_order: Sequence[str], include_io: bool = 
             if source is not None:
                 edge_list.append((source, target, name))
 
+    if members:
+        edge_list, edge_values = _merge_group_edges(edge_list, {index[b] for b in members if b in index}, graph)
+    else:
+        edge_values = None
+    visible_members = {box: group_members for box, group_members in members.items() if box in index}
+    drawn_box_for = {node_id: box for node_id, box in box_for.items() if box in index}
     count = len(ids)
     if count == 0:
-        return GraphLayout({}, (), {}, 0.0, 0.0, "sugiyama", hidden)
+        return GraphLayout({}, (), {}, 0.0, 0.0, "sugiyama", hidden, visible_members, drawn_box_for)
     layers = _longest_path_layers(count, edge_list)
     dummies = sum(max(0, int(layers[t]) - int(layers[s]) - 1) for s, t, _ in edge_list)
     if dummies <= max_dummy_vertices:
@@ -185,7 +269,187 @@ def layout_nodes(graph: Graph, visible_order: Sequence[str], include_io: bool = 
     else:
         columns, routes = _barycenter_columns(count, edge_list, layers), None
         method = "layered"
-    return _to_scene(ids, sizes, layers, columns, edge_list, routes, method, hidden)
+    return _to_scene(ids, sizes, layers, columns, edge_list, routes, method, hidden, visible_members,
+                     drawn_box_for, edge_values)
+
+
+def _merge_group_edges(edges: list[tuple[int, int, str]], group_vertices: set[int], graph: Graph):
+    """One edge per pair of boxes when either is a collapsed group (a stage's skip connections
+    would otherwise be a fan of parallel edges); it carries the largest tensor, and all of them."""
+    merged: dict[tuple[int, int], list[str]] = {}
+    kept: list[tuple[int, int, str]] = []
+    for source, target, value in edges:
+        if source in group_vertices or target in group_vertices:
+            if (source, target) not in merged:
+                merged[(source, target)] = []
+                kept.append((source, target, value))
+            merged[(source, target)].append(value)
+        else:
+            kept.append((source, target, value))
+
+    def size(name: str) -> int:
+        value_type = graph.value_type(name)
+        return (value_type.byte_size or 0) if value_type is not None else 0
+
+    result, values = [], []
+    for source, target, value in kept:
+        names = merged.get((source, target))
+        if names is None:
+            result.append((source, target, value))
+            values.append(())
+        else:
+            result.append((source, target, max(names, key=size)))
+            values.append(tuple(names))
+    return result, values
+
+
+def _box_order(box_ids: list[str], visible_order: Sequence[str], box_for: Mapping[str, str],
+               nodes: Mapping) -> list[str]:
+    """The boxes in a topological order of the graph between boxes (first appearance breaks ties).
+
+    Collapsing a group whose nodes are not contiguous in the graph (a path leaves the group and
+    comes back) makes a cycle between boxes; then the box that appears first goes first, and
+    the layering ignores the edges that go back (they are still drawn).
+    """
+    import heapq
+
+    rank = {box: position for position, box in enumerate(box_ids)}
+    producer_box: dict[str, str] = {}
+    for node_id in visible_order:
+        for out in nodes[node_id].outputs:
+            if out:
+                producer_box[out] = box_for.get(node_id, node_id)
+    successors: dict[str, set[str]] = {box: set() for box in box_ids}
+    indegree = dict.fromkeys(box_ids, 0)
+    for node_id in visible_order:
+        target = box_for.get(node_id, node_id)
+        for name in nodes[node_id].inputs:
+            source = producer_box.get(name)
+            if source is not None and source != target and target not in successors[source]:
+                successors[source].add(target)
+                indegree[target] += 1
+    ready = [(rank[box], box) for box in box_ids if indegree[box] == 0]
+    heapq.heapify(ready)
+    placed: set[str] = set()
+    order: list[str] = []
+    remaining = iter(box_ids)
+    while len(order) < len(box_ids):
+        if not ready:  # a cycle: take the earliest box not placed yet
+            box = next(b for b in remaining if b not in placed)
+            heapq.heappush(ready, (rank[box], box))
+            indegree[box] = 0
+        _, box = heapq.heappop(ready)
+        if box in placed:
+            continue
+        placed.add(box)
+        order.append(box)
+        for successor in successors[box]:
+            indegree[successor] -= 1
+            if indegree[successor] == 0 and successor not in placed:
+                heapq.heappush(ready, (rank[successor], successor))
+    return order
+
+
+def collapsed_boxes(groups: Mapping[str, NodeGroup], collapsed: Iterable[str]
+                    ) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
+    """(node id -> box id, box id -> member node ids) for the collapsed groups.
+
+    A node inside several collapsed groups (nested namespaces) is drawn by the outermost.
+    """
+    closed = {group_id for group_id in collapsed if group_id in groups}
+    box_for: dict[str, str] = {}
+    members: dict[str, tuple[str, ...]] = {}
+    for group_id in closed:
+        parent, outermost = groups[group_id].parent, True
+        while parent is not None:
+            if parent in closed:
+                outermost = False
+                break
+            parent = groups[parent].parent if parent in groups else None
+        if outermost:
+            members[group_id] = groups[group_id].members
+            for node_id in groups[group_id].members:
+                box_for[node_id] = group_id
+    return box_for, members
+
+
+def node_groups(analysis: "ModelAnalysis", by: str) -> dict[str, NodeGroup]:
+    """The collapsible groups of the analysed graph, by "stage", "namespace" or "none" (no groups).
+
+    Stages come from `engine.analysis.stages` (encoder, bottleneck, decoder, head).
+    Namespaces are the nodes' scope paths ("encoder/block3/conv"), nested: every
+    prefix that holds at least two compute nodes is a group; a level holding the
+    same nodes as the level above it is left out.  A graph without scopes has no
+    namespace groups (a caller can offer stages instead).  Groups are listed
+    outermost first, in execution order.
+    """
+    if by not in GROUPINGS:
+        raise ValueError(f"unknown grouping {by!r}; known: {', '.join(GROUPINGS)}")
+    if by == "none":
+        return {}
+    if by == "stage":
+        groups = {}
+        for stage in analysis.stages:
+            group_id = f"{GROUP_PREFIX}stage:{stage.name}"
+            groups[group_id] = NodeGroup(group_id, "stage", stage.name, tuple(stage.node_ids))
+        return groups
+    graph, metrics = analysis.graph, analysis.nodes
+    found: dict[str, list[str]] = {}  # namespace path -> member node ids, execution order
+    for node_id in analysis.order:
+        parts = [p for p in graph.node(node_id).namespace.split("/") if p]
+        for depth in range(1, len(parts) + 1):
+            found.setdefault("/".join(parts[:depth]), []).append(node_id)
+    kept: dict[str, tuple[str, ...]] = {}
+    for path in sorted(found, key=lambda p: p.count("/")):  # a parent is decided before its children
+        nodes = tuple(found[path])
+        if sum(1 for n in nodes if not metrics[n].is_constant) < 2:
+            continue
+        parent = _kept_parent(path, kept)
+        if parent is not None and kept[parent] == nodes:
+            continue
+        kept[path] = nodes
+    first = {node_id: position for position, node_id in enumerate(analysis.order)}
+    groups = {}
+    for path in sorted(kept, key=lambda p: (p.count("/"), first[kept[p][0]])):
+        parent = _kept_parent(path, kept)
+        group_id = f"{GROUP_PREFIX}namespace:{path}"
+        parent_id = f"{GROUP_PREFIX}namespace:{parent}" if parent is not None else None
+        depth = 0 if parent_id is None else groups[parent_id].depth + 1
+        groups[group_id] = NodeGroup(group_id, "namespace", path, kept[path], parent_id, depth)
+    return groups
+
+
+def _kept_parent(path: str, kept: Mapping[str, tuple[str, ...]]) -> Optional[str]:
+    parts = path.split("/")
+    for depth in range(len(parts) - 1, 0, -1):
+        candidate = "/".join(parts[:depth])
+        if candidate in kept:
+            return candidate
+    return None
+
+
+def group_totals(group: NodeGroup, analysis: "ModelAnalysis", profile=None) -> GroupTotals:
+    """Node count, MACs and parameters of `group` (static analysis), and its time in `profile`."""
+    metrics = analysis.nodes
+    compute = [metrics[n] for n in group.members if n in metrics and not metrics[n].is_constant]
+    static = GroupTotals(
+        nodes=len(compute), macs=sum(m.macs for m in compute if m.macs is not None),
+        params=sum(metrics[n].params for n in group.members if n in metrics),
+        unknown_cost_nodes=sum(1 for m in compute if m.macs is None),
+        flops=sum(m.flops for m in compute if m.flops is not None),
+        output_bytes=sum(m.output_bytes for m in compute if m.output_bytes is not None),
+        bytes_moved=sum(m.bytes_moved for m in compute if m.bytes_moved is not None and m.flops is not None))
+    if profile is None:
+        return static
+    from dataclasses import replace
+
+    from engine.profile import combine_kinds
+
+    timed = [profile.nodes[n] for n in group.members if n in profile.nodes]
+    if not timed:
+        return static
+    return replace(static, time_ms=sum(t.time.median_ms for t in timed),
+                   time_kind=combine_kinds(t.kind for t in timed), timed_nodes=len(timed))
 
 
 def _longest_path_layers(count: int, edges: list[tuple[int, int, str]]) -> np.ndarray:
@@ -297,27 +561,30 @@ def _barycenter_columns(count: int, edges: list[tuple[int, int, str]], layers: n
 
 def _to_scene(ids: list[str], sizes: list[tuple[float, float]], layers: np.ndarray, columns: np.ndarray,
               edges: list[tuple[int, int, str]], routes: Optional[list], method: str,
-              hidden: frozenset[str]) -> GraphLayout:
+              hidden: frozenset[str], members: Mapping[str, tuple[str, ...]],
+              box_for: Mapping[str, str], edge_values: Optional[list[tuple[str, ...]]] = None) -> GraphLayout:
     column_step = NODE_WIDTH + HORIZONTAL_GAP
     row_step = NODE_HEIGHT + VERTICAL_GAP
     min_column = float(columns.min())
     center_x = (columns - min_column) * column_step + NODE_WIDTH / 2
-    center_y = layers.astype(float) * row_step + NODE_HEIGHT / 2
+    top = max(h for _, h in sizes) / 2  # NODE_HEIGHT / 2, or more when a collapsed group is taller
+    center_y = layers.astype(float) * row_step + top
     xs, ys = center_x.tolist(), center_y.tolist()
     boxes: dict[str, Rect] = {}
     for vertex_id, x, y, (w, h) in zip(ids, xs, ys, sizes):
         boxes[vertex_id] = (x - w / 2, y - h / 2, w, h)
     layout_edges = []
     offset_x = NODE_WIDTH / 2 - min_column * column_step
-    offset_y = NODE_HEIGHT / 2
+    offset_y = top
     for k, (s, t, value) in enumerate(edges):
         points: list[Point] = [(xs[s], ys[s] + sizes[s][1] / 2)]
         route = routes[k] if routes is not None and k < len(routes) else None
         if route is not None and len(route):
             points.extend((cx * column_step + offset_x, cy * row_step + offset_y) for cx, cy in route)
         points.append((xs[t], ys[t] - sizes[t][1] / 2))
-        layout_edges.append(LayoutEdge(ids[s], ids[t], value, tuple(points)))
+        layout_edges.append(LayoutEdge(ids[s], ids[t], value, tuple(points),
+                                       edge_values[k] if edge_values is not None else ()))
     width = float(center_x.max() + NODE_WIDTH / 2)
-    height = float(center_y.max() + NODE_HEIGHT / 2)
+    height = float(max(y + h / 2 for y, (_, h) in zip(ys, sizes)))
     layer_of = dict(zip(ids, layers.tolist()))
-    return GraphLayout(boxes, tuple(layout_edges), layer_of, width, height, method, hidden)
+    return GraphLayout(boxes, tuple(layout_edges), layer_of, width, height, method, hidden, members, box_for)

@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QComb
 from engine.compare import profile_label
 from engine.inspect import human_bytes, human_count
 from engine.ir import ModelLoadError
+from engine.layout import GROUPINGS
 from engine.profile import Profile, ProfileFormatError
 from engine.session import (Session, SessionFormatError, SweepResult, load_profile_json, load_session,
                             profile_analysis, save_session)
@@ -44,6 +45,7 @@ from gui.run_dialog import ProfileWorker, RunDialog, RunRequest, RunResult, make
 
 APP_NAME = "LayerScope"
 MAX_RECENT = 10
+GROUPING_TITLES = {"none": "None", "stage": "Stage", "namespace": "Namespace"}
 MODEL_FILTER = "Models (*.onnx *.mlmodel *.mlpackage);;All files (*)"
 SESSION_FILTER = "LayerScope session (*.layerscope);;All files (*)"
 # Profile exports: kind -> (menu text, file suffix, file dialog filter)
@@ -77,12 +79,18 @@ class LoadedModel:
     producers: dict = field(default_factory=dict)  # value name -> Node
     timings: dict = field(default_factory=dict)  # step -> seconds
     scene_data: object = None  # gui.graph_view.SceneData: labels, colours, edge widths (made by the worker)
+    grouping: str = "none"  # "none", "stage" or "namespace" (engine.layout.GROUPINGS)
+    groups: dict = field(default_factory=dict)  # group id -> engine.layout.NodeGroup
+    collapsed: frozenset = frozenset()  # ids of the groups drawn as one box
+    note: str = ""  # something the person should know about this layout (e.g. a grouping fallback)
 
 
-def load_model(path: str, include_constants: bool = False, progress=None) -> LoadedModel:
-    """Import, analyse and lay out `path`: the engine calls the worker makes (no Qt objects)."""
+def load_model(path: str, include_constants: bool = False, progress=None, grouping: str = "none") -> LoadedModel:
+    """Import, analyse and lay out `path`: the engine calls the worker makes (no Qt objects).
+
+    With a `grouping` other than "none", every group starts collapsed (an overview to expand).
+    """
     from engine.analysis import analyze
-    from engine.layout import layout_graph
     from importers import open_model
 
     timings = {}
@@ -97,19 +105,39 @@ def load_model(path: str, include_constants: bool = False, progress=None) -> Loa
     analysis = analyze(model)
     timings["analysis"] = time.perf_counter() - start
     return relayout(LoadedModel(str(path), model, analysis, None, include_constants,
-                                analysis.graph.producers(), timings), include_constants, progress)
+                                analysis.graph.producers(), timings), include_constants, progress, grouping)
 
 
-def relayout(loaded: LoadedModel, include_constants: bool, progress=None) -> LoadedModel:
-    from engine.layout import layout_graph
+def relayout(loaded: LoadedModel, include_constants: bool, progress=None, grouping: Optional[str] = None,
+             collapsed: Optional[frozenset] = None) -> LoadedModel:
+    """Lay `loaded` out again: constants shown or not, another grouping, other groups collapsed.
 
+    `grouping` None keeps the current one; a new grouping starts with every group collapsed.
+    `collapsed` None keeps the current collapsed groups.  A model without namespaces grouped
+    "by namespace" is grouped by stage (the design's fallback), and `note` says so.
+    """
+    from engine.layout import layout_graph, node_groups
+
+    note = ""
+    if grouping is None or grouping == loaded.grouping:
+        grouping, groups = loaded.grouping, loaded.groups
+        collapsed = loaded.collapsed if collapsed is None else collapsed
+    else:
+        if progress:
+            progress("Grouping…")
+        groups = node_groups(loaded.analysis, grouping)
+        if grouping == "namespace" and not groups:
+            note = "This model has no namespaces: grouped by stage instead."
+            grouping, groups = "stage", node_groups(loaded.analysis, "stage")
+        collapsed = frozenset(groups) if collapsed is None else collapsed
+    collapsed = frozenset(g for g in collapsed if g in groups)
     if progress:
         progress("Laying out…")
     start = time.perf_counter()
-    layout = layout_graph(loaded.analysis, include_constants=include_constants)
+    layout = layout_graph(loaded.analysis, include_constants=include_constants, groups=groups, collapsed=collapsed)
     timings = dict(loaded.timings, layout=time.perf_counter() - start)
     result = LoadedModel(loaded.path, loaded.model, loaded.analysis, layout, include_constants,
-                         loaded.producers, timings)
+                         loaded.producers, timings, None, grouping, groups, collapsed, note)
     start = time.perf_counter()
     result.scene_data = prepare_scene_data(result)
     result.timings["scene_data"] = time.perf_counter() - start
@@ -187,6 +215,8 @@ class MainWindow(QMainWindow):
         self._tasks: set[_LoadTask] = set()
         self._pending_build = None  # (scene, build steps, loaded, keep_view, start time)
         self._pending_session: Optional[Session] = None  # installed once its model is drawn
+        self._pending_keep_selection = False
+        self._focus_after_build: Optional[str] = None  # box to centre on once a relayout is drawn
         self._search_matches: list[str] = []
         self._search_position = -1
         # The session: profiles of the open model, sweeps, which profile the overlay shows.
@@ -228,6 +258,8 @@ class MainWindow(QMainWindow):
         self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.panels_dock)
         self.panels_dock.hide()  # shown with the first profile
         self.view.nodeSelected.connect(self._on_node_selected)
+        self.view.groupToggled.connect(self.toggle_group)
+        self.view.allGroupsToggled.connect(self.set_all_groups)
         self.panels.nodeClicked.connect(self.select_node)
 
         self._build_actions()
@@ -291,6 +323,24 @@ class MainWindow(QMainWindow):
             view_menu.addAction(action)
         view_menu.addSeparator()
         view_menu.addAction(self.show_constants_action)
+        self.minimap_action = QAction("&Minimap", self, checkable=True, checked=True,
+                                      shortcut=QKeySequence("Ctrl+M"), toggled=self.view.set_minimap_enabled)
+        view_menu.addAction(self.minimap_action)
+        group_menu = view_menu.addMenu("&Group by")
+        self.group_actions = {}
+        for key in GROUPINGS:
+            action = QAction(GROUPING_TITLES[key], self, checkable=True,
+                             triggered=lambda checked=False, k=key: self.set_grouping(k))
+            group_menu.addAction(action)
+            self.group_actions[key] = action
+        self.group_actions["none"].setChecked(True)
+        group_menu.addSeparator()
+        self.expand_all_action = QAction("&Expand all groups", self, enabled=False,
+                                         triggered=lambda: self.set_all_groups(False))
+        self.collapse_all_action = QAction("&Collapse all groups", self, enabled=False,
+                                           triggered=lambda: self.set_all_groups(True))
+        group_menu.addAction(self.expand_all_action)
+        group_menu.addAction(self.collapse_all_action)
         view_menu.addAction(self.find_action)
         overlay_menu = view_menu.addMenu("O&verlay")
         self.overlay_actions = {}
@@ -357,6 +407,14 @@ class MainWindow(QMainWindow):
         self.show_constants_action.toggled.connect(self.constants_box.setChecked)
         bar.addSeparator()
         bar.addWidget(self.constants_box)
+        bar.addWidget(QLabel(" Group: "))
+        self.group_combo = QComboBox()
+        for key in GROUPINGS:
+            self.group_combo.addItem(GROUPING_TITLES[key], key)
+        self.group_combo.setToolTip("Collapse the graph into groups (double-click a group to expand it, "
+                                    "a node to collapse its group; right-click for more)")
+        self.group_combo.currentIndexChanged.connect(lambda i: self.set_grouping(self.group_combo.itemData(i)))
+        bar.addWidget(self.group_combo)
         bar.addSeparator()
         self.search_field = QLineEdit()
         self.search_field.setPlaceholderText("Find name or op type (Enter: next)")
@@ -421,14 +479,14 @@ class MainWindow(QMainWindow):
         """Open `path` in a worker; the current model stays until the new one is ready."""
         if self.helper_process:
             start_helper_process()  # no-op while it runs; replaces one that died
-        include_constants = self.show_constants_action.isChecked()
-        self._start_task(lambda progress: load_model(path, include_constants, progress),
+        include_constants, grouping = self.show_constants_action.isChecked(), self.grouping()
+        self._start_task(lambda progress: load_model(path, include_constants, progress, grouping),
                          f"Opening {Path(path).name}", self._on_loaded)
 
     def load_blocking(self, path: str) -> None:
         """Open `path` in this thread (for `layerscope view --screenshot` and scripts)."""
         try:
-            loaded = load_model(path, self.show_constants_action.isChecked())
+            loaded = load_model(path, self.show_constants_action.isChecked(), grouping=self.grouping())
         except ModelLoadError as exc:
             self._on_failed(str(exc))
             return
@@ -465,7 +523,8 @@ class MainWindow(QMainWindow):
             QMessageBox.critical(self, title, message)
         self.loadFailed.emit(message)
 
-    def _on_loaded(self, loaded: LoadedModel, keep_view: bool = False, incremental: bool = True) -> None:
+    def _on_loaded(self, loaded: LoadedModel, keep_view: bool = False, incremental: bool = True,
+                   same_model: bool = False) -> None:
         """Build the scene for `loaded` and show it; the current scene stays until the new one is complete.
 
         Incremental building creates the items in chunks between event-loop turns (~25 ms
@@ -477,7 +536,8 @@ class MainWindow(QMainWindow):
             release_gc()
         hold_gc()  # released by _finish_build
         scene = GraphScene(loaded, self, build=False)
-        self._pending_build = (scene, scene.build_steps(), loaded, keep_view, time.perf_counter())
+        self._pending_build = (scene, scene.build_steps(), loaded, keep_view or same_model, time.perf_counter())
+        self._pending_keep_selection = keep_view
         if incremental:
             self.progress_label.setText("Drawing…")
             self.progress.show()
@@ -512,10 +572,11 @@ class MainWindow(QMainWindow):
             release_gc()
 
     def _show_built(self, scene: GraphScene, loaded: LoadedModel, keep_view: bool, started: float) -> None:
+        """Show the scene just built.  `keep_view`: the same model laid out again (profiles stay)."""
         if not self._tasks:
             self.progress.hide()
             self.progress_label.setText("")
-        selected = self.inspector.node_id if keep_view else None
+        selected = self.inspector.node_id if keep_view and self._pending_keep_selection else None
         self.inspector.show_nothing()  # before the session changes: the old node may not exist any more
         previous = self.loaded
         self.loaded = loaded
@@ -533,16 +594,23 @@ class MainWindow(QMainWindow):
             scene.set_overlay(key)
         self.view.update_legend()
         loaded.timings["scene"] = time.perf_counter() - started
-        if selected and selected in scene.node_index:
+        focus, self._focus_after_build = self._focus_after_build, None
+        selected = scene.box_id(selected) if selected else None
+        if focus is not None and scene.box_id(focus) is not None:
+            if selected:  # the selection stays, the view goes to the group just opened or closed
+                self.view.select_node(selected, center=False)
+            self.view.center_on_node(focus)
+        elif selected:
             self.view.select_node(selected)
         else:
             self.view.show_start()
+        self._sync_grouping_controls(loaded)
         self._search_matches, self._search_position = [], -1
         if self.search_field.text():
             self._search_changed(self.search_field.text())
         self._show_summary()
         self.setWindowTitle(f"{Path(loaded.path).name} — {APP_NAME}")
-        if not keep_view:
+        if previous is None or Path(previous.path).resolve() != Path(loaded.path).resolve():
             self._remember_recent(loaded.path)
         self._update_profile_actions()
         if self.run_dialog is not None:
@@ -569,6 +637,69 @@ class MainWindow(QMainWindow):
 
     def _on_relaid(self, loaded: LoadedModel) -> None:
         self._on_loaded(loaded, keep_view=True)
+
+    # --- collapsible groups -----------------------------------------------------------------
+    def grouping(self) -> str:
+        """The grouping asked for in the toolbar: "none", "stage" or "namespace"."""
+        return str(self.group_combo.currentData())
+
+    def set_grouping(self, key: str) -> None:
+        """Group the open model's nodes by `key` (every group collapsed) or ungroup it ("none")."""
+        if key not in GROUPINGS:
+            raise ValueError(f"unknown grouping {key!r}; known: {', '.join(GROUPINGS)}")
+        index = self.group_combo.findData(key)
+        if self.group_combo.currentIndex() != index:
+            self.group_combo.setCurrentIndex(index)  # comes back here through the signal
+            return
+        for k, action in self.group_actions.items():
+            action.setChecked(k == key)
+        if self.loaded is None or self.loaded.grouping == key:
+            return
+        current, constants = self.loaded, self.loaded.include_constants
+        self._focus_after_build = None
+        self._start_task(lambda progress: relayout(current, constants, progress, grouping=key),
+                         "Grouping" if key != "none" else "Ungrouping", self._on_regrouped)
+
+    def _on_regrouped(self, loaded: LoadedModel) -> None:
+        self._on_loaded(loaded, keep_view=False, same_model=True)
+
+    def toggle_group(self, group_id: str, collapse: bool) -> None:
+        """Collapse (one box with the group's totals) or expand the group `group_id`; laid out in a worker."""
+        loaded = self.loaded
+        if loaded is None or group_id not in loaded.groups or (group_id in loaded.collapsed) == collapse:
+            return
+        collapsed = loaded.collapsed | {group_id} if collapse else loaded.collapsed - {group_id}
+        if collapse:
+            self._focus_after_build = group_id
+        else:  # the first of its nodes (or of its collapsed sub-groups) that will be drawn
+            self._focus_after_build = next((m for m in loaded.groups[group_id].members
+                                            if not loaded.analysis.nodes[m].is_constant), None)
+        self._relayout_groups(collapsed, f"{'Collapsing' if collapse else 'Expanding'} "
+                                         f"{loaded.groups[group_id].name}")
+
+    def set_all_groups(self, collapse: bool) -> None:
+        if self.loaded is None or not self.loaded.groups:
+            return
+        self._focus_after_build = None
+        self._relayout_groups(frozenset(self.loaded.groups) if collapse else frozenset(),
+                              "Collapsing all groups" if collapse else "Expanding all groups")
+
+    def _relayout_groups(self, collapsed: frozenset, message: str) -> None:
+        current = self.loaded
+        self._start_task(lambda progress: relayout(current, current.include_constants, progress,
+                                                   collapsed=frozenset(collapsed)), message, self._on_relaid)
+
+    def _sync_grouping_controls(self, loaded: LoadedModel) -> None:
+        """The toolbar shows the grouping actually used (a fallback may differ); say why."""
+        self.group_combo.blockSignals(True)
+        self.group_combo.setCurrentIndex(self.group_combo.findData(loaded.grouping))
+        self.group_combo.blockSignals(False)
+        for key, action in self.group_actions.items():
+            action.setChecked(key == loaded.grouping)
+        self.expand_all_action.setEnabled(bool(loaded.groups))
+        self.collapse_all_action.setEnabled(bool(loaded.groups))
+        if loaded.note:
+            self.progress_label.setText(loaded.note)
 
     # --- recent files ---------------------------------------------------------------------
     def recent_files(self) -> list[str]:
@@ -877,7 +1008,10 @@ class MainWindow(QMainWindow):
             a = b - 1 if b > 0 else (1 if len(self.entries) > 1 else 0)
         if self.compare_view is not None:
             self.compare_view.close()
-        self.compare_view = CompareView(self.loaded, [(e.label, e.profile) for e in self.entries], self, a, b)
+        loaded = self.loaded
+        if loaded.groups and loaded.collapsed:  # node for node: compare without collapsed groups
+            loaded = relayout(loaded, loaded.include_constants, grouping="none")
+        self.compare_view = CompareView(loaded, [(e.label, e.profile) for e in self.entries], self, a, b)
         self.compare_view.nodeSelected.connect(lambda node_id: self.view.select_node(node_id))
         self.compare_view.show()
         return self.compare_view
@@ -914,7 +1048,9 @@ class MainWindow(QMainWindow):
                 raise ModelLoadError(str(package_path), str(exc).split(": ", 1)[-1]) from None
             source_path = Path(str(layer_map.get("source_model", "")))
             if current is not None and Path(current.path).resolve() == source_path.resolve():
-                source = current
+                # Side by side node for node: the source without collapsed groups.
+                source = current if not current.groups else relayout(current, current.include_constants,
+                                                                      progress, grouping="none")
             else:
                 source = load_model(str(source_path), include_constants, progress)
             return source, load_model(str(package_path), False, progress), layer_map
@@ -928,7 +1064,7 @@ class MainWindow(QMainWindow):
         if self.convert_view is not None:
             self.convert_view.close()
         self.convert_view = ConvertView(source, converted, layer_map, self)
-        if self.loaded is not None and source is self.loaded:
+        if self.loaded is not None and source.model is self.loaded.model:  # (possibly ungrouped) open model
             self.convert_view.sourceSelected.connect(
                 lambda node_id: node_id and self.view.select_node(node_id, center=False))
         self.convert_view.show()
@@ -963,12 +1099,12 @@ class MainWindow(QMainWindow):
 
     def open_session(self, path: str) -> None:
         """Read the session and open its model in a worker; the profiles come back once it is drawn."""
-        include_constants = self.show_constants_action.isChecked()
+        include_constants, grouping = self.show_constants_action.isChecked(), self.grouping()
 
         def work(progress):
             progress("Reading session…")
             session = load_session(path)
-            return session, load_model(session.model_path, include_constants, progress)
+            return session, load_model(session.model_path, include_constants, progress, grouping)
 
         self._start_task(work, f"Opening session {Path(path).name}", self._on_session_loaded)
 

@@ -24,13 +24,13 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 from PySide6.QtCore import QEvent, QPointF, QRectF, QSize, Qt, QTimer, Signal
-from PySide6.QtGui import (QBrush, QColor, QFont, QFontMetrics, QLinearGradient, QPainter, QPainterPath,
-                           QPen, QPolygonF, QTransform)
-from PySide6.QtWidgets import (QGraphicsItem, QGraphicsScene, QGraphicsView, QStyleOptionGraphicsItem,
+from PySide6.QtGui import (QBrush, QColor, QFont, QFontMetrics, QImage, QLinearGradient, QPainter,
+                           QPainterPath, QPen, QPolygonF, QTransform)
+from PySide6.QtWidgets import (QGraphicsItem, QGraphicsScene, QGraphicsView, QMenu, QStyleOptionGraphicsItem,
                                QToolTip, QWidget)
 
 from engine.inspect import human_bytes, human_count
-from engine.layout import INPUT_PREFIX, OUTPUT_PREFIX, GraphLayout, op_category
+from engine.layout import GROUP_PREFIX, INPUT_PREFIX, OUTPUT_PREFIX, GraphLayout, group_totals, op_category
 
 CATEGORY_COLORS = {
     "conv/linear": "#9ecae9",
@@ -43,7 +43,9 @@ CATEGORY_COLORS = {
     "constant": "#f4f4f4",
     "io": "#ffffff",
     "other": "#d9c8b4",
+    "group": "#e6e0f3",  # a collapsed group (stage or namespace): one box for many nodes
 }
+GROUP_PEN_COLOR = QColor("#5b4a8b")
 # Overlay gradient (light yellow -> orange -> red): black text stays readable on every stop.
 GRADIENT_STOPS = ((0.0, QColor("#ffffcc")), (0.5, QColor("#fd8d3c")), (1.0, QColor("#e31a1c")))
 UNKNOWN_COLOR = QColor("#d0d0d0")
@@ -167,6 +169,10 @@ def is_io(node_id: str) -> bool:
     return node_id.startswith((INPUT_PREFIX, OUTPUT_PREFIX))
 
 
+def is_group(node_id: str) -> bool:
+    return node_id.startswith(GROUP_PREFIX)
+
+
 class LabelLayer(QGraphicsItem):
     """Paints the text of every visible box in one paint() call (see the module docstring)."""
 
@@ -204,16 +210,22 @@ class LabelLayer(QGraphicsItem):
     def shape(self) -> QPainterPath:
         return QPainterPath()  # never hit: clicks and tooltips go to the boxes and edges below
 
-    def _elide(self, index: int) -> tuple[str, str, str]:
+    def _elide(self, index: int) -> tuple[str, ...]:
         cached = self._elided.get(index)
         if cached is None:
             width = int(self._rects[index, 2]) - 10
-            title, name, detail = self._lines[index]
+            title, name, *details = self._lines[index]
             cached = (self._title_metrics.elidedText(title, Qt.TextElideMode.ElideRight, width),
                       self._text_metrics.elidedText(name, Qt.TextElideMode.ElideMiddle, width),
-                      self._text_metrics.elidedText(detail, Qt.TextElideMode.ElideRight, width))
+                      *(self._text_metrics.elidedText(d, Qt.TextElideMode.ElideRight, width) for d in details))
             self._elided[index] = cached
         return cached
+
+    def set_line(self, index: int, lines: tuple[str, ...]) -> None:
+        """Replace the text of box `index` (a collapsed group's time line follows the selected profile)."""
+        self._lines[index] = lines
+        self._elided.pop(index, None)
+        self.update()
 
     def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem, widget=None) -> None:
         scale = QStyleOptionGraphicsItem.levelOfDetailFromTransform(painter.worldTransform())
@@ -239,7 +251,7 @@ class LabelLayer(QGraphicsItem):
         line = self._text_metrics.height()
         for index in visible.tolist():
             x, y, w, h = self._rects[index].tolist()
-            title, name, detail = self._elide(index)
+            title, name, *details = self._elide(index)
             if h < 40:  # graph input/output: kind and name, then the tensor type
                 painter.setFont(self.text_font)
                 painter.drawText(QPointF(x + 6, y + 3 + text_ascent), title)
@@ -249,7 +261,9 @@ class LabelLayer(QGraphicsItem):
             painter.drawText(QPointF(x + 6, y + 3 + title_ascent), title)
             painter.setFont(self.text_font)
             painter.drawText(QPointF(x + 6, y + 19 + text_ascent), name)
-            painter.drawText(QPointF(x + 6, y + 19 + line + text_ascent), detail)
+            for row, detail in enumerate(details[: max(1, int((h - 19) // line) - 1)], 1):
+                if detail:  # a collapsed group's box is taller: totals, then the profile's time
+                    painter.drawText(QPointF(x + 6, y + 19 + row * line + text_ascent), detail)
 
 
 @dataclass
@@ -290,8 +304,12 @@ def prepare_scene_data(loaded) -> SceneData:
     rects = np.array([layout.boxes[n] for n in node_ids], dtype=float).reshape(-1, 4)
     categories, lines = [], []
     describe = GraphScene.describe
+    groups = getattr(loaded, "groups", None) or {}
     for node_id in node_ids:
-        category, text = describe(node_id, graph, analysis)
+        if is_group(node_id):
+            category, text = "group", group_lines(groups[node_id], analysis)
+        else:
+            category, text = describe(node_id, graph, analysis)
         categories.append(category)
         lines.append(text)
     steps, widths = _edge_width_steps(layout.edges, graph)
@@ -333,6 +351,19 @@ def _edge_batches(edges, steps: list[int]):
         close(step, entry)
     segments = np.array(segment_points, dtype=float).reshape(-1, 4)
     return batches, batch_of, segments, np.array(segment_edge, dtype=np.int64)
+
+
+def group_lines(group, analysis, profile=None) -> tuple[str, str, str, str]:
+    """The text of a collapsed group's box: name, what it is, its totals, and its time in `profile`."""
+    totals = group_totals(group, analysis, profile)
+    macs = human_count(totals.macs) + ("+?" if totals.unknown_cost_nodes else "")
+    time_line = ""
+    if totals.time_ms is not None:
+        time_line = f"time {format_ms(totals.time_ms)} ({totals.time_kind})"
+    elif profile is not None:
+        time_line = "time: not in this profile"
+    return (f"▸ {group.title}", f"{group.kind} · {totals.nodes} nodes",
+            f"MACs {macs} · W {human_count(totals.params)}", time_line)
 
 
 def _edge_width_steps(edges, graph) -> tuple[list[int], list[float]]:
@@ -383,12 +414,16 @@ class GraphScene(QGraphicsScene):
         self.node_ids: list[str] = data.node_ids
         self.node_index = {node_id: i for i, node_id in enumerate(self.node_ids)}
         self.node_items = []
+        self.box_brushes: list[QBrush] = []  # the brush of each box, as set (the minimap reads colours here)
         self.edge_items = []
         self.edges = layout.edges
         self.categories: list[str] = []  # filled as the boxes are made (overlays zip them with the items)
         self.rects = data.rects
         self._lines: list[tuple[str, str, str]] = data.lines
         self.box_pen = QPen(BOX_PEN, 1.0)
+        self.group_pen = QPen(GROUP_PEN_COLOR, 2.0)
+        self.groups = dict(getattr(loaded, "groups", None) or {})  # engine.layout.NodeGroup by box id
+        self.group_indexes = {i for i, node_id in enumerate(self.node_ids) if is_group(node_id)}
         self.top_pen = QPen(TOP_PEN_COLOR, 4.0)
         self.selection_pen = QPen(QColor("#000000"), 3.0)
         self.link_pen = QPen(LINK_PEN_COLOR, 5.0)
@@ -431,12 +466,23 @@ class GraphScene(QGraphicsScene):
         add_rect = self.addRect
         brushes = self._category_brushes
         rects = data.rects.tolist()
+        if self.group_indexes:
+            # A collapsed group looks like a stack of cards: one path of offset frames under its box.
+            stack = QPainterPath()
+            for i in sorted(self.group_indexes):
+                x, y, w, h = rects[i]
+                stack.addRect(x + 5, y + 5, w, h)
+            backdrop = self.addPath(stack, QPen(GROUP_PEN_COLOR, 1.0), QBrush(QColor("#d3cbe8")))
+            backdrop.setAcceptedMouseButtons(Qt.MouseButton.NoButton)
+            self.edge_items.append(backdrop)  # torn down with the edges
         for start in range(0, len(self.node_ids), self.CHUNK_NODES):
             for i in range(start, min(start + self.CHUNK_NODES, len(self.node_ids))):
                 category = data.categories[i]
                 self.categories.append(category)
                 x, y, w, h = rects[i]
-                item = add_rect(x, y, w, h, self.box_pen, brushes[category])
+                item = add_rect(x, y, w, h, self.group_pen if i in self.group_indexes else self.box_pen,
+                                brushes[category])
+                self.box_brushes.append(brushes[category])
                 item.setFlag(selectable)
                 item.setData(0, self.node_ids[i])
                 self.node_items.append(item)
@@ -475,13 +521,50 @@ class GraphScene(QGraphicsScene):
         # full garbage collection would free, and gui.responsive freezes what is alive after an
         # open.  Without this the previous model would stay in memory for good.
         self.loaded = self.profile = self._data = None
+        self.box_brushes = []
         self.node_ids, self.node_index, self.categories, self._lines = [], {}, [], []
         self.edges, self.edge_widths, self.rects = (), [], np.zeros((0, 4))
 
     def _base_pen(self, index: int) -> QPen:
         if index in self._linked:
             return self.link_pen
-        return self.top_pen if self.node_ids[index] in self._top_set else self.box_pen
+        if self.node_ids[index] in self._top_set:
+            return self.top_pen
+        return self.group_pen if index in self.group_indexes else self.box_pen
+
+    def _reset_pens(self) -> None:
+        """Every box's own outline (overlays call it before outlining their top boxes)."""
+        for index, item in enumerate(self.node_items):
+            item.setPen(self.group_pen if index in self.group_indexes else self.box_pen)
+
+    # --- collapsed groups -------------------------------------------------------------------
+    def box_id(self, node_id: str) -> Optional[str]:
+        """The id of the box drawing `node_id` here: its own, or its collapsed group's (None: not drawn)."""
+        if node_id in self.node_index:
+            return node_id
+        layout = self.loaded.layout if self.loaded is not None else None
+        box = layout.box_of(node_id) if layout is not None else None
+        return box if box in self.node_index else None
+
+    def enclosing_groups(self, node_id: str) -> list[str]:
+        """Ids of the expanded groups that hold `node_id`, innermost first (what a collapse can close)."""
+        if not hasattr(self, "_groups_of"):
+            self._groups_of: dict[str, list[str]] = {}
+            for group in sorted(self.groups.values(), key=lambda g: -g.depth):
+                for member in group.members:
+                    self._groups_of.setdefault(member, []).append(group.id)
+        return [g for g in self._groups_of.get(node_id, ()) if g not in self.node_index]
+
+    def group_totals(self, group_id: str):
+        """engine.layout.GroupTotals of a collapsed group, with the selected profile's time."""
+        return group_totals(self.groups[group_id], self.loaded.analysis, self.profile)
+
+    def _update_group_lines(self) -> None:
+        if not self.group_indexes or self.labels is None:
+            return
+        analysis = self.loaded.analysis
+        for index in self.group_indexes:
+            self.labels.set_line(index, group_lines(self.groups[self.node_ids[index]], analysis, self.profile))
 
     def set_linked(self, node_ids: Sequence[str]) -> None:
         """Outline `node_ids` (those of this scene; others are ignored) as linked to another view's selection."""
@@ -532,24 +615,37 @@ class GraphScene(QGraphicsScene):
     def set_profile(self, profile) -> None:
         """Show `profile` (engine.profile.Profile or None) in the profile overlays; re-applies the current one."""
         self.profile = profile
+        self._update_group_lines()
         spec = OVERLAYS.get(self.overlay_key)
         if spec is not None and spec.needs_profile:
             self.set_overlay(self.overlay_key)
 
     def overlay_values(self, key: str) -> list[Optional[float]]:
+        """One value per box for overlay `key`; a collapsed group shows the sum over its nodes
+        (arithmetic intensity: its FLOPs over its bytes moved)."""
         spec = OVERLAYS[key]
         values: list[Optional[float]] = []
         if key == "transfer":
             per_node = node_transfers(self.profile)
-            return [sum(t.time.median_ms for t in per_node[n]) if n in per_node else None for n in self.node_ids]
+            for node_id in self.node_ids:
+                members = self.groups[node_id].members if node_id in self.groups else (node_id,)
+                charged = [t.time.median_ms for m in members for t in per_node.get(m, ())]
+                values.append(sum(charged) if charged else None)
+            return values
         if spec is not None and spec.needs_profile:
             timings = self.profile.nodes if self.profile is not None else {}
             for node_id in self.node_ids:
+                if node_id in self.groups:
+                    values.append(self.group_totals(node_id).time_ms)
+                    continue
                 timing = timings.get(node_id)
                 values.append(None if timing is None else getattr(timing.time, spec.metric))
             return values
         nodes = self.loaded.analysis.nodes
         for node_id in self.node_ids:
+            if node_id in self.groups and spec is not None:
+                values.append(getattr(self.group_totals(node_id), spec.metric, None))
+                continue
             metrics = nodes.get(node_id)
             values.append(None if metrics is None or spec is None else getattr(metrics, spec.metric))
         return values
@@ -572,9 +668,12 @@ class GraphScene(QGraphicsScene):
         spec = OVERLAYS[key]
         self.overlay_units = []
         if spec is None:
-            for item, category in zip(self.node_items, self.categories):
-                item.setBrush(self._category_brushes[category])
-                item.setPen(self.box_pen)
+            groups, group_pen, box_pen = self.group_indexes, self.group_pen, self.box_pen
+            box_brushes = self.box_brushes
+            for index, (item, category) in enumerate(zip(self.node_items, self.categories)):
+                brush = box_brushes[index] = self._category_brushes[category]
+                item.setBrush(brush)
+                item.setPen(group_pen if index in groups else box_pen)
             self.overlay_range = None
             self.overlay_kind = ""
             self.top_node_ids = []
@@ -594,20 +693,25 @@ class GraphScene(QGraphicsScene):
         brushes: dict[str, QBrush] = {}
         unknown, io_brush = QBrush(UNKNOWN_COLOR), self._category_brushes["io"]
         units: list[str] = []
-        for node_id, item in zip(self.node_ids, self.node_items):
-            timing = timings.get(node_id)
-            if is_io(node_id):
-                item.setBrush(io_brush)
-            elif timing is None or not timing.compute_unit:
-                item.setBrush(unknown)
+        for index, (node_id, item) in enumerate(zip(self.node_ids, self.node_items)):
+            if node_id in self.groups:  # one unit for all its timed nodes, else "not reported"
+                found = {timings[m].compute_unit for m in self.groups[node_id].members if m in timings}
+                unit = found.pop() if len(found) == 1 else ""
             else:
-                unit = timing.compute_unit
+                timing = timings.get(node_id)
+                unit = timing.compute_unit if timing is not None else ""
+            if is_io(node_id):
+                brush = io_brush
+            elif not unit:
+                brush = unknown
+            else:
                 brush = brushes.get(unit)
                 if brush is None:
                     brush = brushes[unit] = QBrush(unit_color(unit))
                     units.append(unit)
-                item.setBrush(brush)
-            item.setPen(self.box_pen)
+            item.setBrush(brush)
+            self.box_brushes[index] = brush
+            item.setPen(self.group_pen if index in self.group_indexes else self.box_pen)
         self.overlay_units = units
         self.overlay_range = None
         self.top_node_ids, self._top_set = [], set()
@@ -619,19 +723,20 @@ class GraphScene(QGraphicsScene):
         self.overlay_key = "ratio"
         brushes: dict[int, QBrush] = {}
         unknown, io_brush = QBrush(UNKNOWN_COLOR), self._category_brushes["io"]
-        for node_id, item in zip(self.node_ids, self.node_items):
+        for index, (node_id, item) in enumerate(zip(self.node_ids, self.node_items)):
             ratio = ratios.get(node_id)
             if is_io(node_id):
-                item.setBrush(io_brush)
+                brush = io_brush
             elif ratio is None or not math.isfinite(ratio) or ratio <= 0:
-                item.setBrush(unknown)
+                brush = unknown
             else:
                 t = max(-1.0, min(1.0, math.log(ratio) / math.log(limit)))
                 step = int(round(t * 50))  # 101 shared brushes
                 brush = brushes.get(step)
                 if brush is None:
                     brush = brushes[step] = QBrush(diverging_color(limit ** (step / 50), limit))
-                item.setBrush(brush)
+            item.setBrush(brush)
+            self.box_brushes[index] = brush
             item.setPen(self.box_pen)
         self.top_node_ids, self._top_set = [], set()
         self._restore_linked_pens()
@@ -655,22 +760,25 @@ class GraphScene(QGraphicsScene):
         unknown = QBrush(UNKNOWN_COLOR)
         zero = QBrush(ZERO_COLOR)
         io_brush = self._category_brushes["io"]
+        group_pen, box_pen, groups = self.group_pen, self.box_pen, self.group_indexes
+        box_brushes = self.box_brushes
         for i, item in enumerate(self.node_items):
             value = known[i]
             if io_mask[i]:
-                item.setBrush(io_brush)
+                brush = io_brush
             elif not np.isfinite(value):
-                item.setBrush(unknown)
+                brush = unknown
             elif value <= 0:
-                item.setBrush(zero)
+                brush = zero
             else:
                 t = 1.0 if span <= 0 else (math.log10(value) - log_low) / span
                 step = int(round(t * 100))  # 101 shared brushes, not one per node
                 brush = brushes.get(step)
                 if brush is None:
                     brush = brushes[step] = QBrush(gradient_color(step / 100))
-                item.setBrush(brush)
-            item.setPen(self.box_pen)
+            item.setBrush(brush)
+            box_brushes[i] = brush
+            item.setPen(group_pen if i in groups else box_pen)
         ranked = np.argsort(-np.nan_to_num(known, nan=-1.0), kind="stable")
         self.top_node_ids = [self.node_ids[i] for i in ranked[:top_count].tolist()
                              if np.isfinite(known[i]) and known[i] > 0]
@@ -714,16 +822,35 @@ class GraphScene(QGraphicsScene):
         """The path item that draws edge `index` (with up to EDGE_BATCH - 1 other edges of its width)."""
         return self.edge_items[int(self._data.edge_batch_of[index])]
 
-    def edge_tooltip(self, index: int) -> str:
+    def edge_tooltip(self, index: int, listed: int = 6) -> str:
         edge = self.edges[index]
         graph = self.loaded.analysis.graph
-        value_type = graph.value_type(edge.value)
-        if value_type is None:
-            return f"{edge.value}\nshape unknown"
-        return (f"{edge.value}\n{value_type.dtype} {value_type.shape_text()}"
-                f"  ({human_bytes(value_type.byte_size)})")
+
+        def describe(name: str) -> str:
+            value_type = graph.value_type(name)
+            if value_type is None:
+                return f"{name}\nshape unknown"
+            return (f"{name}\n{value_type.dtype} {value_type.shape_text()}"
+                    f"  ({human_bytes(value_type.byte_size)})")
+
+        values = getattr(edge, "values", ()) or ()
+        if len(values) <= 1:
+            return describe(edge.value)
+        lines = [f"{len(values)} tensors between these boxes (the widest line is the largest):"]
+        lines += [describe(name).replace("\n", ": ") for name in values[:listed]]
+        if len(values) > listed:
+            lines.append(f"… and {len(values) - listed} more")
+        return "\n".join(lines)
 
     def node_tooltip(self, node_id: str) -> str:
+        if node_id in self.groups:
+            group, totals = self.groups[node_id], self.group_totals(node_id)
+            text = (f"{group.kind} {group.name}: {totals.nodes} nodes (collapsed; double-click to expand)\n"
+                    f"MACs {human_count(totals.macs)} · params {human_count(totals.params)} · "
+                    f"output {human_bytes(totals.output_bytes)}  (estimated)")
+            if totals.time_ms is not None:
+                text += f"\ntime {format_ms(totals.time_ms)} over {totals.timed_nodes} nodes  ({totals.time_kind})"
+            return text
         if is_io(node_id):
             title, type_text, _ = self._lines[self.node_index[node_id]]
             return f"{title}\n{type_text}"
@@ -739,21 +866,29 @@ class GraphScene(QGraphicsScene):
         return text
 
     def find_nodes(self, text: str) -> list[str]:
-        """Node ids whose name, id or op type contains `text` (case-insensitive), in execution order."""
+        """Boxes whose node's name, id or op type contains `text` (case-insensitive), in execution order.
+
+        A node inside a collapsed group is found as its group's box (once); a group is also
+        found by its name.
+        """
         needle = text.strip().lower()
         if not needle:
             return []
         graph = self.loaded.analysis.graph
-        found = []
+        found: dict[str, None] = {}
         for node_id in self.node_ids:
-            if is_io(node_id):
-                if needle in node_id.lower():
-                    found.append(node_id)
-                continue
+            if is_io(node_id) and needle in node_id.lower():
+                found[node_id] = None
+            elif node_id in self.groups and needle in self.groups[node_id].name.lower():
+                found[node_id] = None
+        for node_id in self.loaded.analysis.order:
             node = graph.node(node_id)
             if needle in node.name.lower() or needle in node_id.lower() or needle in node.op_type.lower():
-                found.append(node_id)
-        return found
+                box = self.box_id(node_id)
+                if box is not None:
+                    found[box] = None
+        order = {node_id: i for i, node_id in enumerate(self.node_ids)}
+        return sorted(found, key=order.__getitem__)
 
 
 _retiring: set = set()  # scenes being torn down; kept alive here until their last slice
@@ -818,7 +953,8 @@ class LegendWidget(QWidget):
     def show_categories(self, categories: Sequence[str]) -> None:
         self.gradient = self.diverging = False
         self.title, self.categories, self.kind = "Op category", list(categories), ""
-        self.swatches = [(QColor(CATEGORY_COLORS[c]), c) for c in categories]
+        self.swatches = [(QColor(CATEGORY_COLORS[c]), "collapsed group" if c == "group" else c)
+                         for c in categories]
         self._resize()
 
     def show_units(self, units: Sequence[str], kind: str) -> None:
@@ -907,11 +1043,153 @@ class LegendWidget(QWidget):
             painter.drawText(QRectF(x + 15, y, column - 15, row), Qt.AlignmentFlag.AlignVCenter, text)
 
 
+class Minimap(QWidget):
+    """An overview of the whole graph in the view's top-right corner, with the visible part outlined.
+
+    The graph is drawn once into a thumbnail (QGraphicsScene.render; ~30 ms for 20,000 boxes),
+    again only when the scene or its colours change (`refresh`, debounced), never while the
+    person pans: each pan only repaints the thumbnail and the outline.  A click or a drag
+    centres the main view on that point.
+    """
+
+    MAX_WIDTH, MAX_HEIGHT, MIN_WIDTH = 180, 220, 64
+    RENDER_ITEMS_MAX = 3000  # more boxes: drawn as pixels with numpy, edges left out
+
+    def __init__(self, view: "GraphView"):
+        super().__init__(view)
+        self.view = view
+        self.thumbnail: Optional[QImage] = None
+        self.source = QRectF()  # the scene rectangle the thumbnail shows
+        # 60 ms: after the new scene's first paint, before the old scene's teardown (150 ms)
+        self._refresh_timer = QTimer(self, singleShot=True, interval=60)
+        self._refresh_timer.timeout.connect(self.render_thumbnail)
+        self.setCursor(Qt.CursorShape.PointingHandCursor)
+        self.setToolTip("Overview: click or drag to move the view")
+
+    # --- the thumbnail --------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Render the thumbnail again soon (scene replaced or recoloured); repeated calls coalesce."""
+        self._refresh_timer.start()
+
+    def render_thumbnail(self) -> None:
+        scene = self.view.graph_scene
+        if scene is None or not scene.complete:
+            self.thumbnail = None
+            self.hide()
+            return
+        self.source = scene.sceneRect()
+        scale = min(self.MAX_WIDTH / max(self.source.width(), 1.0), self.MAX_HEIGHT / max(self.source.height(), 1.0))
+        width = max(self.MIN_WIDTH, int(round(self.source.width() * scale)))
+        height = max(24, int(round(self.source.height() * scale)))
+        image = QImage(width, height, QImage.Format.Format_ARGB32_Premultiplied)
+        image.fill(QColor(250, 250, 250, 235))
+        painter = QPainter(image)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        # A tall, narrow graph is stretched sideways to the minimum width: an overview to steer by,
+        # not a drawing to scale (the outline of the visible part is stretched the same way).
+        if len(scene.node_items) <= self.RENDER_ITEMS_MAX:
+            scene.render(painter, QRectF(0, 0, width, height), self.source, Qt.AspectRatioMode.IgnoreAspectRatio)
+        painter.end()
+        if len(scene.node_items) > self.RENDER_ITEMS_MAX:
+            image = self._raster(scene, image)
+        self.thumbnail = image
+        self.resize(width + 2, height + 2)
+        self.view.place_overlays()
+        self.setVisible(self.view.minimap_enabled)
+        self.update()
+
+    def _raster(self, scene: "GraphScene", background: QImage) -> QImage:
+        """Boxes as coloured pixels, with numpy: QGraphicsScene.render of 20,000 items took 130 ms."""
+        width, height = background.width(), background.height()
+        pixels = np.frombuffer(background.constBits(), dtype=np.uint32).reshape(height, background.bytesPerLine() // 4)
+        pixels = pixels[:, :width].copy()
+        rgba: dict[int, int] = {}  # a few hundred distinct brushes are shared by all the boxes
+
+        def colour(brush: QBrush) -> int:
+            value = rgba.get(id(brush))
+            if value is None:
+                value = rgba[id(brush)] = brush.color().rgba()
+            return value
+
+        colours = np.fromiter((colour(b) for b in scene.box_brushes), dtype=np.uint32,
+                              count=len(scene.box_brushes))
+        rects = scene.rects[: len(colours)]
+        sx, sy = width / self.source.width(), height / self.source.height()
+        x0 = np.clip(((rects[:, 0] - self.source.left()) * sx).astype(int), 0, width - 1)
+        x1 = np.clip(((rects[:, 0] + rects[:, 2] - self.source.left()) * sx).astype(int), 0, width - 1)
+        y0 = np.clip(((rects[:, 1] - self.source.top()) * sy).astype(int), 0, height - 1)
+        y1 = np.clip(((rects[:, 1] + rects[:, 3] - self.source.top()) * sy).astype(int), 0, height - 1)
+        for dy in range(min(4, int((y1 - y0).max()) + 1)):  # each box: its few pixels (at most 4 x 12)
+            rows = np.minimum(y0 + dy, y1)
+            for dx in range(min(12, int((x1 - x0).max()) + 1)):
+                pixels[rows, np.minimum(x0 + dx, x1)] = colours
+        image = QImage(pixels.tobytes(), width, height, width * 4, QImage.Format.Format_ARGB32_Premultiplied)
+        return image.copy()  # owns its pixels
+
+    # --- geometry: scene <-> minimap -----------------------------------------------------------
+    def _target(self) -> QRectF:
+        """Where the scene rectangle lands in this widget: the whole thumbnail, inside a 1-pixel frame."""
+        if self.thumbnail is None or self.source.isEmpty():
+            return QRectF(0, 0, 1, 1)
+        return QRectF(1, 1, self.thumbnail.width(), self.thumbnail.height())
+
+    def scene_to_map(self, point: QPointF) -> QPointF:
+        target = self._target()
+        return QPointF(target.left() + (point.x() - self.source.left()) / self.source.width() * target.width(),
+                       target.top() + (point.y() - self.source.top()) / self.source.height() * target.height())
+
+    def map_to_scene(self, point: QPointF) -> QPointF:
+        target = self._target()
+        return QPointF(self.source.left() + (point.x() - target.left()) / target.width() * self.source.width(),
+                       self.source.top() + (point.y() - target.top()) / target.height() * self.source.height())
+
+    def visible_rect(self) -> QRectF:
+        """The main view's visible scene rectangle, in this widget's coordinates."""
+        visible = self.view.mapToScene(self.view.viewport().rect()).boundingRect()
+        return QRectF(self.scene_to_map(visible.topLeft()), self.scene_to_map(visible.bottomRight()))
+
+    # --- painting and input ------------------------------------------------------------
+    def paintEvent(self, event) -> None:
+        painter = QPainter(self)
+        painter.setPen(QColor(150, 150, 150, 200))
+        painter.setBrush(QColor(255, 255, 255, 200))
+        painter.drawRect(QRectF(self.rect()).adjusted(0.5, 0.5, -0.5, -0.5))
+        if self.thumbnail is None:
+            return
+        painter.drawImage(1, 1, self.thumbnail)
+        marker = self.visible_rect().intersected(QRectF(self.rect()))
+        if marker.height() < 3:  # a very tall graph: keep the marker visible
+            marker.adjust(0, -(3 - marker.height()) / 2, 0, (3 - marker.height()) / 2)
+        if marker.width() < 3:
+            marker.adjust(-(3 - marker.width()) / 2, 0, (3 - marker.width()) / 2, 0)
+        painter.setPen(QPen(QColor("#1f3fbf"), 1.5))
+        painter.setBrush(QColor(31, 63, 191, 40))
+        painter.drawRect(marker)
+
+    def _move_view(self, event) -> None:
+        if self.thumbnail is not None:
+            self.view.centerOn(self.map_to_scene(event.position()))
+        event.accept()
+
+    def mousePressEvent(self, event) -> None:
+        if event.button() == Qt.MouseButton.LeftButton:
+            self._move_view(event)
+
+    def mouseMoveEvent(self, event) -> None:
+        if event.buttons() & Qt.MouseButton.LeftButton:
+            self._move_view(event)
+
+    def wheelEvent(self, event) -> None:
+        event.ignore()  # the wheel zooms the main view, not the overview
+
+
 class GraphView(QGraphicsView):
     """Zoom (wheel, keys), pan (drag the background), fit, selection signal, tooltips, legend."""
 
     nodeSelected = Signal(str)  # node id, "" when nothing is selected
     zoomChanged = Signal(float)
+    groupToggled = Signal(str, bool)  # group id, True: collapse it / False: expand it
+    allGroupsToggled = Signal(bool)  # True: collapse every group / False: expand every group
 
     ZOOM_STEP = 1.2
     MIN_SCALE, MAX_SCALE = 0.002, 8.0
@@ -929,6 +1207,19 @@ class GraphView(QGraphicsView):
         self.legend = LegendWidget(self)
         self.legend.hide()
         self.graph_scene: Optional[GraphScene] = None
+        self.minimap_enabled = True
+        self.minimap = Minimap(self)
+        self.minimap.hide()
+        self.horizontalScrollBar().valueChanged.connect(self.minimap.update)
+        self.verticalScrollBar().valueChanged.connect(self.minimap.update)
+        self.zoomChanged.connect(lambda _scale: self.minimap.update())
+
+    def set_minimap_enabled(self, enabled: bool) -> None:
+        """Show or hide the overview in the top-right corner (View > Minimap)."""
+        self.minimap_enabled = enabled
+        self.minimap.setVisible(enabled and self.minimap.thumbnail is not None)
+        if enabled:
+            self.minimap.refresh()
 
     def set_graph_scene(self, scene: Optional[GraphScene]) -> None:
         old = self.graph_scene
@@ -942,6 +1233,7 @@ class GraphView(QGraphicsView):
             self._place_legend()
         else:
             self.legend.hide()
+        self.minimap.refresh()
         if old is not None:
             retire_scene(old)
 
@@ -958,8 +1250,12 @@ class GraphView(QGraphicsView):
         self.nodeSelected.emit(node_id if isinstance(node_id, str) else "")
 
     def select_node(self, node_id: str, center: bool = True) -> None:
+        """Select (and centre on) the box of `node_id`: its own, or its collapsed group's."""
         scene = self.graph_scene
-        if scene is None or node_id not in scene.node_index:
+        if scene is None:
+            return
+        node_id = scene.box_id(node_id) if node_id else None
+        if node_id is None:
             return
         item = scene.item_for(node_id)
         scene.blockSignals(True)
@@ -970,6 +1266,14 @@ class GraphView(QGraphicsView):
             if self.current_scale() < 0.6:
                 self.set_scale(0.8)
             self.centerOn(item)
+
+    def center_on_node(self, node_id: str) -> None:
+        """Centre the view on the box of `node_id` (its own or its collapsed group's), zoom unchanged."""
+        scene = self.graph_scene
+        box = scene.box_id(node_id) if scene is not None else None
+        if box is not None:
+            x, y, w, h = scene.rects[scene.node_index[box]].tolist()
+            self.centerOn(QPointF(x + w / 2, y + h / 2))
 
     # --- zoom -----------------------------------------------------------------------------
     def current_scale(self) -> float:
@@ -1012,6 +1316,9 @@ class GraphView(QGraphicsView):
         if scene is None:
             return
         self.fit()
+        if self.current_scale() > 1.0:  # a small graph (or a grouped overview): no larger than life
+            self.set_scale(1.0)
+            self.centerOn(scene.sceneRect().center())
         if self.current_scale() < 0.55:
             self.setTransform(QTransform.fromScale(0.75, 0.75))
             rect = scene.sceneRect()
@@ -1021,6 +1328,49 @@ class GraphView(QGraphicsView):
             x = float((first[:, 0] + first[:, 2] / 2).mean()) if len(first) else rect.center().x()
             self.centerOn(QPointF(x, rect.top() + visible_height / 2))
             self.zoomChanged.emit(0.75)
+
+    # --- collapsible groups: double-click and context menu -------------------------------------
+    def mouseDoubleClickEvent(self, event) -> None:
+        """On a collapsed group: expand it.  On a node inside a group: collapse the innermost one."""
+        scene = self.graph_scene
+        node_id = scene.node_at(self.mapToScene(event.position().toPoint())) if scene is not None else None
+        if node_id is not None and is_group(node_id):
+            self.groupToggled.emit(node_id, False)
+            event.accept()
+            return
+        enclosing = scene.enclosing_groups(node_id) if node_id is not None else []
+        if enclosing:
+            self.groupToggled.emit(enclosing[0], True)
+            event.accept()
+            return
+        super().mouseDoubleClickEvent(event)
+
+    def group_menu(self, node_id: Optional[str]) -> QMenu:
+        """The context menu for the box `node_id` (None: the background): expand / collapse groups."""
+        menu = QMenu(self)
+        scene = self.graph_scene
+        if scene is not None and scene.groups:
+            if node_id is not None and is_group(node_id):
+                group = scene.groups[node_id]
+                menu.addAction(f"Expand {group.kind} “{group.name}”",
+                               lambda g=node_id: self.groupToggled.emit(g, False))
+            for group_id in (scene.enclosing_groups(node_id) if node_id is not None else [])[:4]:
+                group = scene.groups[group_id]
+                menu.addAction(f"Collapse {group.kind} “{group.name}”",
+                               lambda g=group_id: self.groupToggled.emit(g, True))
+            if not menu.isEmpty():
+                menu.addSeparator()
+            menu.addAction("Expand all groups", lambda: self.allGroupsToggled.emit(False))
+            menu.addAction("Collapse all groups", lambda: self.allGroupsToggled.emit(True))
+        return menu
+
+    def contextMenuEvent(self, event) -> None:
+        scene = self.graph_scene
+        if scene is None or not scene.groups:
+            return super().contextMenuEvent(event)
+        menu = self.group_menu(scene.node_at(self.mapToScene(event.pos())))
+        menu.exec(event.globalPos())
+        event.accept()
 
     def wheelEvent(self, event) -> None:
         delta = event.angleDelta().y()
@@ -1056,7 +1406,13 @@ class GraphView(QGraphicsView):
 
     def resizeEvent(self, event) -> None:
         super().resizeEvent(event)
+        self.place_overlays()
+
+    def place_overlays(self) -> None:
+        """The legend in the bottom-left corner, the minimap in the top-right one."""
         self._place_legend()
+        viewport = self.viewport().geometry()
+        self.minimap.move(max(0, viewport.right() - self.minimap.width() - 8), viewport.top() + 8)
 
     def _place_legend(self) -> None:
         # Bottom-left: the layout starts at the top (inputs) and is centred, so the lower-left
@@ -1086,3 +1442,4 @@ class GraphView(QGraphicsView):
                                       format_value(high, spec.formatter, spec.unit),
                                       scene.overlay_kind or "no profile")
         self._place_legend()
+        self.minimap.refresh()  # the colours changed

@@ -14,7 +14,7 @@ from PySide6.QtGui import QFont
 from PySide6.QtWidgets import QHeaderView, QTreeWidget, QTreeWidgetItem
 
 from engine.inspect import human_bytes, human_count
-from engine.layout import INPUT_PREFIX, OUTPUT_PREFIX
+from engine.layout import INPUT_PREFIX, OUTPUT_PREFIX, group_totals
 from gui.graph_view import format_ms, node_transfers
 
 ESTIMATED = "estimated"
@@ -113,6 +113,10 @@ class Inspector(QTreeWidget):
                 return
             analysis = loaded.analysis
             graph = analysis.graph
+            group = (getattr(loaded, "groups", None) or {}).get(node_id)
+            if group is not None:
+                self._show_group(loaded, group, profile, profile_label)
+                return
             if node_id.startswith((INPUT_PREFIX, OUTPUT_PREFIX)):
                 is_input = node_id.startswith(INPUT_PREFIX)
                 name = node_id[len(INPUT_PREFIX if is_input else OUTPUT_PREFIX):]
@@ -178,6 +182,57 @@ class Inspector(QTreeWidget):
                 self._row(section, "Share of model MACs", f"{100.0 * metrics.macs / totals.macs:.2f} %", ESTIMATED)
         finally:
             self.setUpdatesEnabled(True)
+
+    def _show_group(self, loaded, group, profile, label: str, listed: int = 8) -> None:
+        """A collapsed group: what it is, its totals (estimated), and its time in the selected profile."""
+        analysis = loaded.analysis
+        totals = group_totals(group, analysis, profile)
+        section = self._section("Group (collapsed)")
+        self._row(section, "Name", group.name)
+        self._row(section, "Kind", group.kind)
+        self._row(section, "Nodes", f"{totals.nodes} (double-click the box to expand it)")
+        if group.parent is not None:
+            self._row(section, "Inside", loaded.groups[group.parent].name)
+        section = self._section("Totals (estimated from shapes)")
+        macs = f"{human_count(totals.macs)} ({totals.macs:,})"
+        if totals.unknown_cost_nodes:
+            macs += f"; {totals.unknown_cost_nodes} node(s) unknown"
+        self._row(section, "MACs", macs, ESTIMATED)
+        self._row(section, "Params", f"{human_count(totals.params)} ({totals.params:,})", ESTIMATED)
+        self._row(section, "FLOPs", human_count(totals.flops), ESTIMATED)
+        self._row(section, "Output bytes", human_bytes(totals.output_bytes), ESTIMATED)
+        intensity = totals.arithmetic_intensity
+        self._row(section, "Arithmetic intensity",
+                  "unknown" if intensity is None else f"{intensity:.3g} FLOP/B", ESTIMATED)
+        if analysis.totals.macs and totals.macs:
+            self._row(section, "Share of model MACs", f"{100.0 * totals.macs / analysis.totals.macs:.2f} %",
+                      ESTIMATED)
+        members = [m for m in group.members if not analysis.nodes[m].is_constant]
+        if profile is not None:
+            section = self._section(f"Profile: {label}" if label else "Profile")
+            if totals.time_ms is None:
+                self._row(section, "Time", "no timing for these nodes in the profile")
+            else:
+                kind = totals.time_kind
+                self._row(section, "Time (sum)", format_ms(totals.time_ms), kind)
+                total = profile.total_node_ms
+                if total > 0:
+                    self._row(section, "Share of total", f"{100.0 * totals.time_ms / total:.2f} %", kind)
+                self._row(section, "Timed nodes", f"{totals.timed_nodes} of {totals.nodes}", kind)
+            ranked = sorted((m for m in members if m in profile.nodes),
+                            key=lambda m: -profile.nodes[m].time.median_ms)
+            section = self._section(f"Slowest nodes ({min(listed, len(ranked))} of {len(ranked)})")
+            for node_id in ranked[:listed]:
+                timing = profile.nodes[node_id]
+                self._row(section, node_id, f"{format_ms(timing.time.median_ms)}  {timing.op_type}",
+                          timing.kind).setToolTip(0, node_id)
+        else:
+            ranked = sorted(members, key=lambda m: -(analysis.nodes[m].macs or 0))
+            section = self._section(f"Heaviest nodes ({min(listed, len(ranked))} of {len(ranked)})")
+            for node_id in ranked[:listed]:
+                metrics = analysis.nodes[node_id]
+                self._row(section, node_id, f"MACs {human_count(metrics.macs)}  {metrics.op_type}",
+                          ESTIMATED).setToolTip(0, node_id)
 
     def _profile_section(self, profile, node_id: str, label: str) -> None:
         section = self._section(f"Profile: {label}" if label else "Profile")

@@ -6,7 +6,8 @@ from onnx import TensorProto, helper
 
 from conftest import LIGHT_ZOO, light_model
 from engine.analysis import analyze
-from engine.layout import (INPUT_PREFIX, OUTPUT_PREFIX, GraphLayout, layout_graph, op_category)
+from engine.layout import (GROUP_PREFIX, INPUT_PREFIX, OUTPUT_PREFIX, GraphLayout, group_totals, layout_graph,
+                           node_groups, op_category)
 from importers import open_model
 
 
@@ -142,3 +143,110 @@ def test_sugiyama_in_a_worker_process_gives_the_same_layout(tmp_path):
     assert len(in_process.boxes) >= layout_module.LAYOUT_OFFLOAD_VERTICES
     assert offloaded.boxes == in_process.boxes and offloaded.layers == in_process.layers
     assert offloaded.edges == in_process.edges
+
+
+# ----------------------------------------------------------------------------- collapsible groups
+
+def _check_connected(layout: GraphLayout, analysis) -> None:
+    """Every edge joins two drawn boxes, and every visible node is drawn by exactly one box."""
+    for edge in layout.edges:
+        assert edge.source in layout.boxes and edge.target in layout.boxes
+        assert edge.source != edge.target
+    for metrics in analysis.compute_nodes():
+        box = layout.box_of(metrics.node_id)
+        assert box is not None and box in layout.boxes
+        assert (box == metrics.node_id) != (metrics.node_id in layout.box_for)
+
+
+def test_collapsed_stages_are_one_box_each_with_edges_attached(sample_model):
+    analysis = analyze(open_model(sample_model))
+    groups = node_groups(analysis, "stage")
+    assert [g.name for g in groups.values()] == [s.name for s in analysis.stages]
+    layout = layout_graph(analysis, groups=groups, collapsed=groups)
+    stage_boxes = [k for k in layout.boxes if k.startswith(GROUP_PREFIX)]
+    assert stage_boxes == list(groups)
+    assert len(layout.boxes) == len(groups) + 2  # the stages, the input and the output
+    _check_connected(layout, analysis)
+    _check_geometry(layout)
+    # The encoder's skip connections reach the decoder: one edge between the two boxes stands for
+    # all those tensors (no fan of parallel edges), and carries the largest of them.
+    encoder, decoder = (f"{GROUP_PREFIX}stage:{name}" for name in ("encoder", "decoder"))
+    between = [e for e in layout.edges if e.source == encoder and e.target == decoder]
+    assert len(between) == 1 and len(between[0].values) >= 2 and between[0].value in between[0].values
+    sizes = {v: analysis.graph.value_type(v).byte_size for v in between[0].values}
+    assert sizes[between[0].value] == max(sizes.values())
+    assert len({(e.source, e.target) for e in layout.edges}) == len(layout.edges)
+    # Totals are the sums of the members' figures (and agree with the stage's own sums).
+    for stage in analysis.stages:
+        group = groups[f"{GROUP_PREFIX}stage:{stage.name}"]
+        totals = group_totals(group, analysis)
+        members = [analysis.nodes[n] for n in group.members]
+        assert totals.macs == sum(m.macs or 0 for m in members) == stage.macs
+        assert totals.params == sum(m.params for m in members) == stage.params
+        assert totals.nodes == sum(1 for m in members if not m.is_constant)
+        assert totals.time_ms is None
+
+
+def test_expanding_a_stage_shows_its_nodes_and_keeps_edges_connected(sample_model):
+    analysis = analyze(open_model(sample_model))
+    groups = node_groups(analysis, "stage")
+    decoder = f"{GROUP_PREFIX}stage:decoder"
+    layout = layout_graph(analysis, groups=groups, collapsed=set(groups) - {decoder})
+    assert decoder not in layout.boxes
+    decoder_nodes = [n for n in groups[decoder].members if not analysis.nodes[n].is_constant]
+    assert all(n in layout.boxes for n in decoder_nodes)
+    assert f"{GROUP_PREFIX}stage:encoder" in layout.boxes
+    _check_connected(layout, analysis)
+    _check_geometry(layout)
+    # Expanding every group is the plain layout.
+    assert layout_graph(analysis, groups=groups, collapsed=()).boxes == layout_graph(analysis).boxes
+
+
+def test_namespaces_nest_and_the_outermost_collapsed_group_draws_its_nodes(sample_model):
+    analysis = analyze(open_model(sample_model))
+    groups = node_groups(analysis, "namespace")
+    top = [g for g in groups.values() if g.parent is None]
+    assert [g.name for g in top] == ["encoder", "decoder", "head"]
+    block = groups[f"{GROUP_PREFIX}namespace:encoder/block1"]
+    assert block.parent == f"{GROUP_PREFIX}namespace:encoder" and block.depth == 1 and block.title == "block1"
+    assert set(block.members) <= set(groups[block.parent].members)
+    # Single-node scopes ("encoder/block1/dw" holds one Conv) are not groups.
+    assert f"{GROUP_PREFIX}namespace:encoder/block1/dw" not in groups
+    everything = layout_graph(analysis, groups=groups, collapsed=groups)
+    assert sorted(k for k in everything.boxes if k.startswith(GROUP_PREFIX)) == sorted(g.id for g in top)
+    # Expanding "encoder" shows its blocks, still collapsed, and the encoder's loose nodes.
+    encoder = f"{GROUP_PREFIX}namespace:encoder"
+    opened = layout_graph(analysis, groups=groups, collapsed=set(groups) - {encoder})
+    assert encoder not in opened.boxes and block.id in opened.boxes
+    assert opened.members[block.id] == block.members
+    assert all(opened.box_of(n) == block.id for n in block.members if not analysis.nodes[n].is_constant)
+    _check_connected(opened, analysis)
+    _check_geometry(opened)
+
+
+def test_a_group_that_is_not_contiguous_still_draws_every_edge(tmp_path):
+    """a/first -> other -> a/second: collapsing "a" makes a cycle between two boxes."""
+    import onnx
+    nodes = [helper.make_node("Relu", ["x"], ["t1"], name="/a/first/Relu"),
+             helper.make_node("Neg", ["t1"], ["t2"], name="/other/Neg"),
+             helper.make_node("Relu", ["t2"], ["t3"], name="/a/second/Relu"),
+             helper.make_node("Add", ["t3", "x"], ["y"], name="/tail/Add")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    path = tmp_path / "cycle.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    analysis = analyze(open_model(path))
+    groups = node_groups(analysis, "namespace")
+    assert list(groups) == [f"{GROUP_PREFIX}namespace:a"]
+    layout = layout_graph(analysis, groups=groups, collapsed=groups)
+    _check_connected(layout, analysis)
+    pairs = {(e.source, e.target) for e in layout.edges}
+    group = f"{GROUP_PREFIX}namespace:a"
+    assert (group, "/other/Neg") in pairs and ("/other/Neg", group) in pairs
+
+
+def test_unknown_grouping_is_refused(sample_model):
+    analysis = analyze(open_model(sample_model))
+    assert node_groups(analysis, "none") == {}
+    with pytest.raises(ValueError, match="unknown grouping"):
+        node_groups(analysis, "layers")
