@@ -192,7 +192,7 @@ def main() -> int:
     parser.add_argument("--profile-runs", type=int, default=20, help="measured runs of the profiling gap runs")
     args = parser.parse_args()
 
-    from PySide6.QtCore import QElapsedTimer, QEventLoop, QSettings, QTimer
+    from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QApplication
 
     from engine.samples import default_sample_path

@@ -173,8 +173,9 @@ class _LoadTask(QRunnable):
 def _warm_profiling_imports() -> None:
     """Import ONNX Runtime and the CPU target in the background while the Run dialog is filled in.
 
+    Only a sweep runs ONNX Runtime in this process (one size runs the CLI in a child process).
     A first `import onnxruntime` holds the GIL for tens of milliseconds (C extension
-    initialisation); done here, it does not stall the window in the middle of the first run.
+    initialisation); done here, it does not stall the window in the middle of the first sweep.
     """
     def work():
         try:
@@ -197,7 +198,7 @@ class MainWindow(QMainWindow):
 
     # UI-thread time per scene-building turn (seconds).  The longest event-loop gap while a model
     # is drawn came out at about twice the slice plus the paint of the old scene, so keep it small.
-    BUILD_SLICE = float(os.environ.get("LS_SLICE", "0.02"))
+    BUILD_SLICE = 0.02
 
     def __init__(self, settings: Optional[QSettings] = None, parent=None, error_dialogs: bool = True,
                  helper_process: bool = True):
@@ -1381,6 +1382,9 @@ def render_screenshot(model_path: Optional[str], output: str, overlay: str = "no
         window.set_overlay(overlay)
         if select:
             window.view.select_node(select)
+        app.processEvents()
+        if window.view.minimap_enabled:
+            window.view.minimap.render_thumbnail()  # now, not after its debounce timer
         app.processEvents()
         image = window.grab()
         if not image.save(output):

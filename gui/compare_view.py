@@ -100,6 +100,7 @@ class CompareView(QWidget):
         self.scene.apply_ratios(self.ratios)
         kinds = sorted({change.kind for change in comparison.nodes}) or ["measured"]
         self.view.legend.show_diverging("Time ratio B / A", "/".join(kinds))
+        self.view.minimap.refresh()  # the overview in the ratio colours too
         self.view._place_legend()
         self._fill_stages(comparison)
         parts = []

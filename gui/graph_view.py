@@ -30,7 +30,7 @@ from PySide6.QtWidgets import (QGraphicsItem, QGraphicsScene, QGraphicsView, QMe
                                QToolTip, QWidget)
 
 from engine.inspect import human_bytes, human_count
-from engine.layout import GROUP_PREFIX, INPUT_PREFIX, OUTPUT_PREFIX, GraphLayout, group_totals, op_category
+from engine.layout import GROUP_PREFIX, INPUT_PREFIX, OUTPUT_PREFIX, group_totals, op_category
 
 CATEGORY_COLORS = {
     "conv/linear": "#9ecae9",
@@ -1095,8 +1095,20 @@ class Minimap(QWidget):
         self.thumbnail = image
         self.resize(width + 2, height + 2)
         self.view.place_overlays()
-        self.setVisible(self.view.minimap_enabled)
-        self.update()
+        self.follow_view()
+
+    def follow_view(self) -> None:
+        """Move the outline with the view; shown only when enabled and part of the graph is out of view."""
+        scene = self.view.graph_scene
+        wanted = self.view.minimap_enabled and self.thumbnail is not None and scene is not None
+        if wanted:
+            visible = self.view.mapToScene(self.view.viewport().rect()).boundingRect()
+            items = scene.itemsBoundingRect() if len(scene.node_items) < 200 else scene.sceneRect()
+            wanted = not visible.contains(items)  # a graph seen whole needs no overview
+        if wanted != self.isVisible():
+            self.setVisible(wanted)
+        if wanted:
+            self.update()
 
     def _raster(self, scene: "GraphScene", background: QImage) -> QImage:
         """Boxes as coloured pixels, with numpy: QGraphicsScene.render of 20,000 items took 130 ms."""
@@ -1210,14 +1222,14 @@ class GraphView(QGraphicsView):
         self.minimap_enabled = True
         self.minimap = Minimap(self)
         self.minimap.hide()
-        self.horizontalScrollBar().valueChanged.connect(self.minimap.update)
-        self.verticalScrollBar().valueChanged.connect(self.minimap.update)
-        self.zoomChanged.connect(lambda _scale: self.minimap.update())
+        self.horizontalScrollBar().valueChanged.connect(self.minimap.follow_view)
+        self.verticalScrollBar().valueChanged.connect(self.minimap.follow_view)
+        self.zoomChanged.connect(lambda _scale: self.minimap.follow_view())
 
     def set_minimap_enabled(self, enabled: bool) -> None:
         """Show or hide the overview in the top-right corner (View > Minimap)."""
         self.minimap_enabled = enabled
-        self.minimap.setVisible(enabled and self.minimap.thumbnail is not None)
+        self.minimap.follow_view()
         if enabled:
             self.minimap.refresh()
 

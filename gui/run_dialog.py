@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
-from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QThread, Signal
+from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QThread, QTimer, Signal
 from PySide6.QtWidgets import (QComboBox, QDialog, QFormLayout, QHBoxLayout, QLabel,
                                QLineEdit, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
@@ -205,6 +205,7 @@ class ProfileProcess(QObject):
         self.request = request
         self.cancelled = False
         self._done = False
+        self._outcome = None  # (signal, value) to emit on the next event-loop turn
         self._stderr_tail = ""  # an incomplete last line
         self._messages: list[str] = []  # stderr lines that are not progress
         self._workdir = Path(tempfile.mkdtemp(prefix="layerscope-gui-profile-"))
@@ -237,7 +238,11 @@ class ProfileProcess(QObject):
             self.process.terminate()
 
     def wait(self, timeout_ms: int = 10_000) -> bool:
-        """Block until the child has exited (killed after `timeout_ms`); True when it had stopped by itself."""
+        """Block until the child has exited (killed after `timeout_ms`); True when it had stopped by itself.
+
+        What it measured is not reported any more (the window is closing).
+        """
+        self._outcome = None
         if self._done or self.process.state() == QProcess.ProcessState.NotRunning:
             self._finish_once()
             return True
@@ -295,17 +300,28 @@ class ProfileProcess(QObject):
                 # Stopped midway: the partial profile is dropped.  A run that had finished
                 # before the cancel arrived is kept, as the thread path keeps finished profiles.
                 entries = self._entries() if normal else []
-                self.succeeded.emit(RunResult(entries, None, True, self.request.target))
+                self._outcome = (self.succeeded, RunResult(entries, None, True, self.request.target))
             elif not normal:
-                self.failed.emit(self._error_message(exit_code))
+                self._outcome = (self.failed, self._error_message(exit_code))
             else:
                 entries = self._entries()
                 if entries:
-                    self.succeeded.emit(RunResult(entries, None, False, self.request.target))
+                    self._outcome = (self.succeeded, RunResult(entries, None, False, self.request.target))
                 else:
-                    self.failed.emit("the profiler finished but its profile is incomplete")
+                    self._outcome = (self.failed, "the profiler finished but its profile is incomplete")
         except (ProfileFormatError, OSError, ValueError) as exc:
-            self.failed.emit(f"could not read the profile the profiler wrote: {exc}")
+            self._outcome = (self.failed, f"could not read the profile the profiler wrote: {exc}")
+        # Reading the JSON (~35 ms for DenseNet-121) and showing the profile (~45 ms) get an
+        # event-loop turn each, so the window never waits for both at once.
+        QTimer.singleShot(0, self._report)
+
+    def _report(self) -> None:
+        outcome, self._outcome = self._outcome, None
+        if outcome is None or self._done:
+            return
+        signal_, value = outcome
+        try:
+            signal_.emit(value)
         finally:
             self._finish_once()
 

@@ -119,7 +119,8 @@ def test_namespaces_nest_and_the_context_menu_expands_and_collapses(qtbot, windo
     _relaid(qtbot, window, lambda: window.toggle_group(block, False))
     node = next(m for m in window.scene.groups[block].members if m in window.scene.node_index)
     texts = [a.text() for a in window.view.group_menu(node).actions() if a.text()]
-    assert texts[:2] == [f"Collapse namespace “{window.scene.groups[block].name}”", "Collapse namespace “encoder”"]
+    block_name = window.scene.groups[block].name
+    assert texts[:2] == [f"Collapse namespace “{block_name}”", "Collapse namespace “encoder”"]
     # Search finds a node inside a collapsed group as the group's box; selecting it selects the box.
     window.search_field.setText("up1/ConvTranspose")
     assert window.search_next() == f"{GROUP_PREFIX}namespace:decoder"
