@@ -87,71 +87,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_gui(args: argparse.Namespace) -> int:
-    return _run_app("the headless commands work without one: layerscope inspect MODEL, layerscope --help",
-                    args.model)
-
-
-def _run_app(no_display_advice: str, model, **options) -> int:
-    """Start the desktop app, or say in one line that there is no display and what to use instead."""
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) \
-            and os.environ.get("QT_QPA_PLATFORM") not in ("offscreen", "minimal"):
-        print(f"layerscope: no display found; {no_display_advice}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    try:
-        from gui.app import run_app
-    except ImportError as exc:
-        raise CliError(f"the desktop app is not available: {exc}")
-    return run_app(model, **options)
-
-
-VIEW_OVERLAYS = ("none", "time", "compute_unit", "transfer", "macs", "params", "output_bytes",
-                 "arithmetic_intensity")
-PROFILE_OVERLAYS = ("time", "compute_unit", "transfer")  # need --profile
-
-
-def cmd_view(args: argparse.Namespace) -> int:
-    """Open the app on MODEL, or with --screenshot render the main window offscreen to a PNG."""
-    profile = None
-    if getattr(args, "profile", None):
-        from engine.profile import ProfileFormatError
-        from engine.session import load_profile_json
-        try:
-            profile = load_profile_json(args.profile)
-        except ProfileFormatError as exc:
-            raise CliError(f"--profile: {exc}")
-    elif args.overlay in PROFILE_OVERLAYS:
-        raise CliError(f"--overlay {args.overlay} needs --profile P.json "
-                       "(write one with: layerscope profile MODEL --json P.json)")
-    if args.screenshot:
-        if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-            os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-        try:
-            from gui.app import render_screenshot  # Qt only now: engine never imports it at import time
-        except ImportError as exc:
-            raise CliError(f"the desktop app is not available: {exc}")
-        try:
-            path = render_screenshot(args.model, args.screenshot, overlay=args.overlay, size=args.size,
-                                     select=args.select, profile=profile)
-        except OSError as exc:
-            raise CliError(f"--screenshot {args.screenshot}: {exc}")
-        print(f"wrote {path}")
-        return EXIT_OK
-    return _run_app("use `layerscope view MODEL --screenshot out.png` to render the window offscreen, "
-                    "or the headless commands: layerscope inspect MODEL",
-                    args.model, overlay=args.overlay, profile=profile)
-
-
-def _window_size_arg(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-        if width < 200 or height < 150:
-            raise ValueError
-        return width, height
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a window size like 1400x900 (at least 200x150)")
-
-
 def cmd_agent(args: argparse.Namespace) -> int:
     """Serve the bridge protocol (engine.bridge.agent) until Ctrl-C."""
     from engine.bridge.agent import config_from_args, run_agent
@@ -253,19 +188,6 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("-o", "--output", required=True, help="where to write the .onnx file")
     sample.set_defaults(func=cmd_sample)
 
-    view = sub.add_parser("view", help="open the desktop app on a model, or render it to a PNG with --screenshot")
-    view.add_argument("model", nargs="?", help="model file; default: the bundled MobileUNet sample")
-    view.add_argument("--screenshot", metavar="PNG", help="render the main window offscreen, save it, exit")
-    view.add_argument("--overlay", choices=VIEW_OVERLAYS, default="none",
-                      help="colour the nodes by this figure (default: op category); time, "
-                           "compute_unit and transfer come from --profile")
-    view.add_argument("--size", type=_window_size_arg, default=(1400, 900), metavar="WxH",
-                      help="window size for --screenshot (default 1400x900)")
-    view.add_argument("--select", metavar="NODE_ID", help="select this node (fills the inspector)")
-    view.add_argument("--profile", metavar="P.json", help="show this layerscope.profile/1 file "
-                                                          "(from layerscope profile --json) with the model")
-    view.set_defaults(func=cmd_view)
-
     from engine.cli_profile import add_profile_commands
     add_profile_commands(sub)  # profile, compare
 
@@ -330,20 +252,27 @@ def _size_arg(text: str):
         raise argparse.ArgumentTypeError(f"{text!r} is not a size like 224 or 256x192")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    """The parser's subcommand table, for front ends that add commands of their own (gui.cli)."""
+    return parser._subparsers._group_actions[0]  # type: ignore[union-attr,return-value]
+
+
+def main(argv: Optional[Sequence[str]] = None, parser: Optional[argparse.ArgumentParser] = None) -> int:
+    """Run a headless command.  The `layerscope` script is gui.cli.main, which adds the app and `view`."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    commands = set(parser._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
-    if not argv or (argv[0] not in commands and not argv[0].startswith("-")):
-        # `layerscope` or `layerscope MODEL`: the desktop app
-        args = argparse.Namespace(model=argv[0] if argv else None)
-        func = cmd_gui
-    else:
-        args = parser.parse_args(argv)
-        if args.command is None:
-            parser.print_help()
-            return EXIT_OK
-        func = args.func
+    parser = parser or build_parser()
+    if not argv:
+        parser.print_help()
+        return EXIT_OK
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_OK
+    return run_command(args.func, args)
+
+
+def run_command(func, args: argparse.Namespace) -> int:
+    """Call a command; problems a person can fix become one line on stderr, never a traceback."""
     from engine.ir import ModelLoadError
     from engine.profile import ProfileFormatError
     from engine.targets import TargetError

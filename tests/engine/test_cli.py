@@ -17,12 +17,12 @@ REQUIRED_NODE_KEYS = {"id", "name", "op_type", "namespace", "stage", "inputs", "
                       "flops", "output_bytes"}
 
 
-def run_cli(*args, cwd=None):
+def run_cli(*args, cwd=None, module="engine"):
     env = dict(os.environ)
     env.pop("DISPLAY", None)
     env.pop("WAYLAND_DISPLAY", None)
     env.pop("QT_QPA_PLATFORM", None)
-    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=120)
 
 
@@ -118,7 +118,12 @@ def test_bad_shape_option():
 
 
 def test_no_display_points_to_headless_commands():
-    result = run_cli()
+    result = run_cli(module="gui")  # the `layerscope` script: engine's commands plus the app
     assert result.returncode == 2
     assert "no display" in result.stderr and "layerscope inspect" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_engine_alone_prints_help_without_starting_the_app():
+    result = run_cli()
+    assert result.returncode == 0 and "inspect" in result.stdout and "no display" not in result.stderr

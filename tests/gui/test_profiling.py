@@ -349,7 +349,7 @@ def test_view_command_with_profile(tmp_path, sample_model, sample_run):
     profile_path = sample_run.entries[0].profile.save_json(tmp_path / "p.json")
     out = tmp_path / "view.png"
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
-    command = [sys.executable, "-m", "engine", "view", str(sample_model), "--screenshot", str(out)]
+    command = [sys.executable, "-m", "gui", "view", str(sample_model), "--screenshot", str(out)]
     result = subprocess.run(command + ["--overlay", "time", "--profile", str(profile_path), "--size", "1000x700"],
                             capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -38,7 +38,7 @@ def test_screenshot_of_sample_is_not_blank(qtbot, tmp_path, sample_model):
 def test_view_command_writes_png(tmp_path):
     out = tmp_path / "densenet.png"
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
-    result = subprocess.run([sys.executable, "-m", "engine", "view", str(light_model("densenet121")),
+    result = subprocess.run([sys.executable, "-m", "gui", "view", str(light_model("densenet121")),
                              "--screenshot", str(out), "--overlay", "params", "--size", "1000x700"],
                             capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -51,7 +51,7 @@ def test_view_command_bad_file(tmp_path):
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not a model")
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
-    result = subprocess.run([sys.executable, "-m", "engine", "view", str(broken), "--screenshot",
+    result = subprocess.run([sys.executable, "-m", "gui", "view", str(broken), "--screenshot",
                              str(tmp_path / "x.png")], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 2
     assert "broken.onnx" in result.stderr and "Traceback" not in result.stderr

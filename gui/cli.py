@@ -1,0 +1,113 @@
+"""The `layerscope` script: the headless commands of engine.cli plus the desktop app.
+
+`layerscope` or `layerscope MODEL` opens the app; `layerscope view` opens it or
+renders it offscreen to a PNG; every other command is engine.cli's, unchanged.
+Living in gui/ keeps engine/ free of any path to Qt (tests/engine/test_boundaries.py);
+Qt itself is imported only when a window is wanted.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+from engine import cli as engine_cli
+from engine.cli import EXIT_BAD_INPUT, EXIT_OK, CliError
+
+VIEW_OVERLAYS = ("none", "time", "compute_unit", "transfer", "macs", "params", "output_bytes",
+                 "arithmetic_intensity")
+PROFILE_OVERLAYS = ("time", "compute_unit", "transfer")  # need --profile
+
+
+def _display_missing() -> bool:
+    return sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) \
+        and os.environ.get("QT_QPA_PLATFORM") not in ("offscreen", "minimal")
+
+
+def _run_app(no_display_advice: str, model, **options) -> int:
+    """Start the desktop app, or say in one line that there is no display and what to use instead."""
+    if _display_missing():
+        print(f"layerscope: no display found; {no_display_advice}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        from gui.app import run_app
+    except ImportError as exc:
+        raise CliError(f"the desktop app is not available: {exc}")
+    return run_app(model, **options)
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    return _run_app("the headless commands work without one: layerscope inspect MODEL, layerscope --help",
+                    args.model)
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    """Open the app on MODEL, or with --screenshot render the main window offscreen to a PNG."""
+    profile = None
+    if args.profile:
+        from engine.profile import ProfileFormatError
+        from engine.session import load_profile_json
+        try:
+            profile = load_profile_json(args.profile)
+        except ProfileFormatError as exc:
+            raise CliError(f"--profile: {exc}")
+    elif args.overlay in PROFILE_OVERLAYS:
+        raise CliError(f"--overlay {args.overlay} needs --profile P.json "
+                       "(write one with: layerscope profile MODEL --json P.json)")
+    if not args.screenshot:
+        return _run_app("use `layerscope view MODEL --screenshot out.png` to render the window offscreen, "
+                        "or the headless commands: layerscope inspect MODEL",
+                        args.model, overlay=args.overlay, profile=profile)
+    if _display_missing():
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    try:
+        from gui.app import render_screenshot
+    except ImportError as exc:
+        raise CliError(f"the desktop app is not available: {exc}")
+    try:
+        path = render_screenshot(args.model, args.screenshot, overlay=args.overlay, size=args.size,
+                                 select=args.select, profile=profile)
+    except OSError as exc:
+        raise CliError(f"--screenshot {args.screenshot}: {exc}")
+    print(f"wrote {path}")
+    return EXIT_OK
+
+
+def _window_size_arg(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+        if width < 200 or height < 150:
+            raise ValueError
+        return width, height
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a window size like 1400x900 (at least 200x150)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = engine_cli.build_parser()
+    view = engine_cli.subcommands(parser).add_parser(
+        "view", help="open the desktop app on a model, or render it to a PNG with --screenshot")
+    view.add_argument("model", nargs="?", help="model file; default: the bundled MobileUNet sample")
+    view.add_argument("--screenshot", metavar="PNG", help="render the main window offscreen, save it, exit")
+    view.add_argument("--overlay", choices=VIEW_OVERLAYS, default="none", help="colour the nodes by this figure")
+    view.add_argument("--size", type=_window_size_arg, default=(1400, 900), metavar="WxH",
+                      help="window size for --screenshot (default 1400x900)")
+    view.add_argument("--select", metavar="NODE_ID", help="select this node (fills the inspector)")
+    view.add_argument("--profile", metavar="P.json", help="show this layerscope.profile/1 file "
+                                                          "(needed by the time/compute_unit/transfer overlays)")
+    view.set_defaults(func=cmd_view)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or (argv[0] not in engine_cli.subcommands(parser).choices and not argv[0].startswith("-")):
+        # `layerscope` or `layerscope MODEL`: the desktop app
+        return engine_cli.run_command(cmd_app, argparse.Namespace(model=argv[0] if argv else None))
+    return engine_cli.main(argv, parser=parser)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
