@@ -108,9 +108,7 @@ _PROVIDER_UNITS = {"CPUExecutionProvider": "CPU", "CUDAExecutionProvider": "GPU"
 
 def _make_ort_target(provider: str):
     """A CpuTarget that runs on `provider` and records providers and Memcpy kernels of each profile."""
-    from engine.targets import cpu as cpu_module
-    from engine.targets.cpu import CpuTarget, _load_error
-    ort = cpu_module.ort
+    from engine.targets.cpu import CpuTarget
 
     class OrtProviderTarget(CpuTarget):
         name = "onnxruntime"
@@ -118,41 +116,13 @@ def _make_ort_target(provider: str):
         def __init__(self):
             super().__init__()
             self.provider = provider
+            self.providers = tuple(dict.fromkeys((provider, "CPUExecutionProvider")))
             self.reset_capture()
 
         def reset_capture(self) -> None:
             # kernel name -> (op, bytes, samples per run) of the runtime's copy kernels, across batches
             self.copy_kernels: dict[str, tuple[str, Optional[int], list[float]]] = {}
             self.node_units: dict[str, str] = {}
-
-        def _session(self, model_file, settings, ir_graph, source_path, opsets, profile_prefix=None,
-                     optimized_file=None):
-            if self.provider == "CPUExecutionProvider":
-                return super()._session(model_file, settings, ir_graph, source_path, opsets, profile_prefix,
-                                        optimized_file)
-            # Same options as the CPU reference, on another provider with the CPU as fallback.
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            options.intra_op_num_threads = settings.threads
-            options.inter_op_num_threads = 1
-            options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-                                                if settings.mode == "exact"
-                                                else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-            if profile_prefix is not None:
-                options.enable_profiling = True
-                options.profile_file_prefix = str(profile_prefix)
-            if optimized_file is not None:
-                options.optimized_model_filepath = str(optimized_file)
-                options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                                 optimized_file.name + ".weights")
-                options.add_session_config_entry(
-                    "session.optimized_model_external_initializers_min_size_in_bytes", "64")
-            try:
-                return ort.InferenceSession(str(model_file), options,
-                                            providers=[self.provider, "CPUExecutionProvider"])
-            except Exception as exc:
-                raise _load_error(exc, source_path, ir_graph, opsets) from None
 
         def _timings(self, prepared, settings, per_run, kernel_args, optimized_file):
             groups, nodes, warnings = super()._timings(prepared, settings, per_run, kernel_args, optimized_file)

@@ -724,6 +724,10 @@ def read_profile_events(path) -> list:
 class CpuTarget:
     """ONNX Runtime on this computer's CPU.  Not thread-safe: one profile at a time per instance."""
 
+    # Execution providers, in order; a subclass (the bridge agent's ORT backend) puts an
+    # accelerator first and keeps the CPU as the fallback.
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+
     name = "cpu"
 
     def __init__(self):
@@ -867,7 +871,7 @@ class CpuTarget:
             options.add_session_config_entry(
                 "session.optimized_model_external_initializers_min_size_in_bytes", "64")
         try:
-            return ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(str(model_file), options, providers=list(self.providers))
         except Exception as exc:
             raise _load_error(exc, source_path, ir_graph, opsets) from None
 
