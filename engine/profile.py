@@ -74,6 +74,23 @@ class FrozenMap(Mapping):
     def __len__(self) -> int:
         return len(self._data)
 
+    # The Mapping mixins go through __getitem__ key by key; the dict's own views are read-only
+    # and several times faster on profiles of 20,000 nodes (compare, overlays).
+    def __contains__(self, key) -> bool:
+        return key in self._data
+
+    def get(self, key, default=None):
+        return self._data.get(key, default)
+
+    def keys(self):
+        return self._data.keys()
+
+    def values(self):
+        return self._data.values()
+
+    def items(self):
+        return self._data.items()
+
     def __setattr__(self, name, value):
         raise AttributeError("FrozenMap is read-only")
 
@@ -368,10 +385,28 @@ class Profile:
         return {k: (v / total if total > 0 else 0.0) for k, v in self.stage_times_ms.items()}
 
     def stage_kind(self, stage: str) -> str:
-        return combine_kinds(n.kind for n in self.nodes.values() if n.stage == stage)
+        return self.stage_kinds().get(stage, MEASURED)
 
     def op_type_kind(self, op_type: str) -> str:
-        return combine_kinds(n.kind for n in self.nodes.values() if n.op_type == op_type)
+        return self.op_type_kinds().get(op_type, MEASURED)
+
+    def stage_kinds(self) -> dict[str, str]:
+        """Stage -> the kind of its summed time (the weakest of its nodes' kinds)."""
+        return self._kinds_by("stage")
+
+    def op_type_kinds(self) -> dict[str, str]:
+        """Op type -> the kind of its summed time."""
+        return self._kinds_by("op_type")
+
+    def _kinds_by(self, attribute: str) -> dict[str, str]:
+        # Cached beside the fields (the profile is immutable): reports ask once per stage and op type.
+        cache = self.__dict__.setdefault("_kinds_cache", {})
+        if attribute not in cache:
+            kinds: dict[str, set] = {}
+            for node in self.nodes.values():
+                kinds.setdefault(getattr(node, attribute), set()).add(node.kind)
+            cache[attribute] = {key: combine_kinds(values) for key, values in kinds.items()}
+        return dict(cache[attribute])
 
     def with_hints(self, hints: Iterable[Mapping]) -> "Profile":
         return replace(self, hints=tuple(dict(h) for h in hints))

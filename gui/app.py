@@ -36,8 +36,8 @@ from engine.layout import GROUPINGS
 from engine.profile import Profile, ProfileFormatError
 from engine.session import (Session, SessionFormatError, SweepResult, load_profile_json, load_session,
                             profile_analysis, save_session)
-from gui.graph_view import (OVERLAY_TITLES, OVERLAYS, GraphScene, GraphView, format_ms, prepare_scene_data,
-                             retire_scene)
+from gui.graph_view import (OVERLAY_TITLES, OVERLAYS, GraphScene, GraphView, build_in_slices, format_ms,
+                            prepare_scene_data, retire_scene)
 from gui.inspector import Inspector
 from gui.responsive import hold_gc, release_gc, start_helper_process, stop_helper_process
 from gui.panels import ProfilePanels
@@ -214,7 +214,7 @@ class MainWindow(QMainWindow):
         self.loaded: Optional[LoadedModel] = None
         self.scene: Optional[GraphScene] = None
         self._tasks: set[_LoadTask] = set()
-        self._pending_build = None  # (scene, build steps, loaded, keep_view, start time)
+        self._pending_build = None  # (scene, cancel function, loaded, keep_view, start time)
         self._pending_session: Optional[Session] = None  # installed once its model is drawn
         self._pending_keep_selection = False
         self._focus_after_build: Optional[str] = None  # box to centre on once a relayout is drawn
@@ -532,36 +532,24 @@ class MainWindow(QMainWindow):
         each), so a 20,000-node model does not freeze the window while it is drawn.
         """
         if self._pending_build is not None:  # a newer model wins over one still being drawn
+            self._pending_build[1]()  # cancel it
             retire_scene(self._pending_build[0])
             self._pending_build = None
             release_gc()
         hold_gc()  # released by _finish_build
         scene = GraphScene(loaded, self, build=False)
-        self._pending_build = (scene, scene.build_steps(), loaded, keep_view or same_model, time.perf_counter())
-        self._pending_keep_selection = keep_view
+        started = time.perf_counter()
         if incremental:
+            self._pending_build = (scene, build_in_slices(scene, self._finish_build, self.BUILD_SLICE), loaded,
+                                   keep_view or same_model, started)
+            self._pending_keep_selection = keep_view
             self.progress_label.setText("Drawing…")
             self.progress.show()
-            self._continue_build()
         else:
-            for _ in self._pending_build[1]:
+            for _ in scene.build_steps():
                 pass
-            self._finish_build()
-
-    def _continue_build(self) -> None:
-        if self._pending_build is None:
-            return
-        steps = self._pending_build[1]
-        deadline = time.perf_counter() + self.BUILD_SLICE
-        while time.perf_counter() < deadline:
-            if next(steps, StopIteration) is StopIteration:
-                # Showing the scene (and its first paint) gets a turn of its own.
-                QTimer.singleShot(0, self._finish_pending_build)
-                return
-        QTimer.singleShot(0, self._continue_build)
-
-    def _finish_pending_build(self) -> None:
-        if self._pending_build is not None and self._pending_build[0].complete:
+            self._pending_build = (scene, lambda: None, loaded, keep_view or same_model, started)
+            self._pending_keep_selection = keep_view
             self._finish_build()
 
     def _finish_build(self) -> None:
@@ -998,20 +986,37 @@ class MainWindow(QMainWindow):
 
     # --- compare --------------------------------------------------------------------------
     def show_compare(self, a: Optional[int] = None, b: Optional[int] = None):
-        """Open the compare view on profiles a and b (default: the previous profile vs the selected one)."""
+        """Open the compare view on profiles a and b (default: the previous profile vs the selected one).
+
+        Returns the view; or None when the open model is grouped: the compare view is node
+        for node, so the ungrouped layout is made first, by a worker, and the view opens when
+        it is ready (`self.compare_view`).
+        """
         if self.loaded is None or not self.entries:
             return None
-        from gui.compare_view import CompareView
-
         if b is None:
             b = self.selected_profile if self.selected_profile >= 0 else len(self.entries) - 1
         if a is None:
             a = b - 1 if b > 0 else (1 if len(self.entries) > 1 else 0)
         if self.compare_view is not None:
             self.compare_view.close()
+            self.compare_view = None
         loaded = self.loaded
-        if loaded.groups and loaded.collapsed:  # node for node: compare without collapsed groups
-            loaded = relayout(loaded, loaded.include_constants, grouping="none")
+        if loaded.groups and loaded.collapsed:
+            def open_when_laid_out(ungrouped: LoadedModel) -> None:
+                if self.loaded is not None and ungrouped.model is self.loaded.model:  # still the open model
+                    self._open_compare(ungrouped, a, b)
+
+            self._start_task(lambda progress: relayout(loaded, loaded.include_constants, progress, grouping="none"),
+                             "Laying out every node for the comparison", open_when_laid_out)
+            return None
+        return self._open_compare(loaded, a, b)
+
+    def _open_compare(self, loaded: LoadedModel, a: int, b: int):
+        from gui.compare_view import CompareView
+
+        if self.compare_view is not None:
+            self.compare_view.close()
         self.compare_view = CompareView(loaded, [(e.label, e.profile) for e in self.entries], self, a, b)
         self.compare_view.nodeSelected.connect(lambda node_id: self.view.select_node(node_id))
         self.compare_view.show()
@@ -1266,6 +1271,7 @@ class MainWindow(QMainWindow):
             release_gc()
         self._tasks.clear()
         if self._pending_build is not None:
+            self._pending_build[1]()  # cancel the build
             self._pending_build = None
             release_gc()
         self.stop_profile_worker()

@@ -7,15 +7,17 @@ their ratio and kind, and the end-to-end figures.
 """
 from __future__ import annotations
 
+import threading
 from typing import Optional, Sequence
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QHeaderView, QLabel, QSplitter, QTableWidget,
                                QTableWidgetItem, QVBoxLayout, QWidget)
 
 from engine.compare import Comparison, compare_profiles
-from gui.graph_view import RATIO_LIMIT, GraphScene, GraphView, diverging_color, format_ms
+from gui.graph_view import (RATIO_LIMIT, GraphScene, GraphView, build_in_slices, building_scenes, diverging_color,
+                            format_ms)
 
 
 def ratio_text(ratio: Optional[float]) -> str:
@@ -26,6 +28,8 @@ class CompareView(QWidget):
     """A window: pick A and B among the session's profiles; the graph shows B / A per node."""
 
     nodeSelected = Signal(str)
+    sceneReady = Signal()  # the graph is drawn and coloured by the chosen pair
+    _compared = Signal(int, object)  # (request number, Comparison or the exception), from the worker thread
 
     def __init__(self, loaded, profiles: Sequence[tuple[str, object]], parent=None, a: int = 0, b: int = 1):
         super().__init__(parent, Qt.WindowType.Window)
@@ -34,6 +38,14 @@ class CompareView(QWidget):
         self.profiles = list(profiles)  # (label, engine.profile.Profile)
         self.comparison: Optional[Comparison] = None
         self.ratios: dict[str, Optional[float]] = {}
+        # Work that takes ~0.1-0.3 s on a 20,000-node model stays off the UI thread or is cut into
+        # slices: the comparison runs in a worker thread (a newer request wins), the scene is
+        # built and coloured a slice per event-loop turn, and the graph appears once coloured.
+        self.ready = False  # the graph is shown, coloured by the current comparison
+        self._built = False
+        self._request = 0
+        self._cancel_slices = lambda: None
+        self._compared.connect(self._on_compared)
 
         layout = QVBoxLayout(self)
         pick = QHBoxLayout()
@@ -46,14 +58,13 @@ class CompareView(QWidget):
         pick.addWidget(QLabel("B:"))
         pick.addWidget(self.b_combo, 1)
         layout.addLayout(pick)
-        self.summary = QLabel("")
+        self.summary = QLabel("Comparing the profiles…")
         self.summary.setWordWrap(True)
         layout.addWidget(self.summary)
 
         splitter = QSplitter(Qt.Orientation.Horizontal)
         self.view = GraphView()
-        self.scene = GraphScene(loaded, self.view)  # its own items: recoloured by ratio, never rebuilt
-        self.view.set_graph_scene(self.scene)
+        self.scene = GraphScene(loaded, self.view, build=False)  # its own items: recoloured, never rebuilt
         splitter.addWidget(self.view)
         side = QWidget()
         side_layout = QVBoxLayout(side)
@@ -79,10 +90,33 @@ class CompareView(QWidget):
         self.b_combo.setCurrentIndex(min(b, len(self.profiles) - 1))
         self.a_combo.currentIndexChanged.connect(lambda _: self.refresh())
         self.b_combo.currentIndexChanged.connect(lambda _: self.refresh())
-        self.refresh()
-        self.view.show_start()
+        # The first comparison starts once the window has painted (or after 250 ms if it is not
+        # shown): a worker thread beside the window's first paint takes the GIL from it and
+        # stalled that paint from ~40 to ~90-150 ms on a 20,000-node model.
+        self._started = False
+        QTimer.singleShot(250, self._start)
+
+    def paintEvent(self, event) -> None:
+        super().paintEvent(event)
+        if not self._started:
+            QTimer.singleShot(0, self._start)
+
+    def _start(self) -> None:
+        if not self._started:
+            self._started = True
+            self.refresh()
+
+    def _on_built(self) -> None:
+        self._built = True
+        self._colour()
+
+    def closeEvent(self, event) -> None:
+        self._cancel_slices()
+        self._request += 1  # a comparison still running is dropped
+        super().closeEvent(event)
 
     def set_pair(self, a: int, b: int) -> None:
+        self._started = True
         self.a_combo.blockSignals(True)
         self.a_combo.setCurrentIndex(a)
         self.a_combo.blockSignals(False)
@@ -90,19 +124,69 @@ class CompareView(QWidget):
         self.refresh()
 
     def refresh(self) -> None:
+        """Compare the chosen pair (`engine.compare.compare_profiles`) in a worker thread."""
         a_index, b_index = self.a_combo.currentIndex(), self.b_combo.currentIndex()
         if a_index < 0 or b_index < 0:
             return
         (a_label, a), (b_label, b) = self.profiles[a_index], self.profiles[b_index]
-        comparison = compare_profiles(a, b, a_label=f"A: {a_label}", b_label=f"B: {b_label}")
-        self.comparison = comparison
-        self.ratios = {change.key: change.ratio for change in comparison.nodes}
-        self.scene.apply_ratios(self.ratios)
-        kinds = sorted({change.kind for change in comparison.nodes}) or ["measured"]
+        self._request += 1
+        request = self._request
+        self.summary.setText(f"Comparing {a_label} and {b_label}…")
+
+        def work() -> None:
+            try:
+                result = compare_profiles(a, b, a_label=f"A: {a_label}", b_label=f"B: {b_label}")
+            except Exception as exc:  # shown in the window, not a traceback
+                result = exc
+            try:
+                self._compared.emit(request, result)
+            except RuntimeError:  # the window was deleted meanwhile
+                pass
+
+        threading.Thread(target=work, name="layerscope-compare", daemon=True).start()
+
+    def _on_compared(self, request: int, result) -> None:
+        if request != self._request:  # a newer pair was chosen, or the window closed
+            return
+        if isinstance(result, Exception):
+            self.summary.setText(f"Could not compare these profiles: {type(result).__name__}: {result}")
+            return
+        self.comparison = result
+        self.ratios = {change.key: change.ratio for change in result.nodes}
+        self._fill_stages(result)
+        self._show_summary()
+        if not self._built and self.view.graph_scene is None and self.scene not in building_scenes():
+            # Built after the first comparison, not beside it: the two would share the GIL and
+            # each slice of the build would stall the window for longer.
+            self._cancel_slices = build_in_slices(self.scene, self._on_built)
+        else:
+            self._colour()
+
+    def _colour(self) -> None:
+        """Colour the built scene by the current ratios, a slice per turn; show it when done."""
+        if not self._built or self.comparison is None:
+            return
+        self._cancel_slices()
+        self.ready = False
+        self._cancel_slices = build_in_slices(self.scene, self._on_coloured, steps=self.scene.ratio_steps(self.ratios))
+
+    def _on_coloured(self) -> None:
+        if self.view.graph_scene is not self.scene:  # the first colouring: show the graph now
+            self.view.set_graph_scene(self.scene)
+            self.view.show_start()
+        else:
+            self.view.minimap.refresh()  # the overview in the new colours too
+        kinds = sorted({change.kind for change in self.comparison.nodes}) or ["measured"]
         self.view.legend.show_diverging("Time ratio B / A", "/".join(kinds))
-        self.view.minimap.refresh()  # the overview in the ratio colours too
         self.view._place_legend()
-        self._fill_stages(comparison)
+        self.ready = True
+        self._show_summary()
+        self.sceneReady.emit()
+
+    def _show_summary(self) -> None:
+        comparison = self.comparison
+        if comparison is None:
+            return
         parts = []
         if comparison.end_to_end is not None:
             e2e = comparison.end_to_end
@@ -111,8 +195,11 @@ class CompareView(QWidget):
         parts.append(f"{len(comparison.slower)} layers slower and {len(comparison.faster)} faster by more "
                      f"than {100 * comparison.threshold:.0f} %.")
         parts.extend(comparison.warnings)
+        if not self.ready:
+            parts.append("<i>Drawing the graph…</i>")
         self.summary.setText(" ".join(parts))
-        self._node_selected(self.scene.selectedItems()[0].data(0) if self.scene.selectedItems() else "")
+        selected = self.scene.selectedItems() if self.ready else []
+        self._node_selected(selected[0].data(0) if selected else "")
 
     def _fill_stages(self, comparison: Comparison) -> None:
         rows = [(c.key, c.a_ms, c.b_ms, c.ratio, c.kind) for c in comparison.stages]

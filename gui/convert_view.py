@@ -16,7 +16,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QLabel, QSplitter, QVBoxLayout, QWidget
 
 from engine.convert import node_links
-from gui.graph_view import GraphScene, GraphView
+from gui.graph_view import GraphScene, GraphView, build_in_slices
 
 
 def _pane(title: str, view: GraphView) -> QWidget:
@@ -36,6 +36,7 @@ class ConvertView(QWidget):
     """A window: the source (left) and the converted package (right), selection synced both ways."""
 
     sourceSelected = Signal(str)  # ONNX node id selected here (the main window follows)
+    scenesReady = Signal()  # both graphs are drawn
 
     def __init__(self, source, converted, layer_map: Mapping, parent=None):
         """source, converted: gui.app.LoadedModel of the ONNX file and of the .mlpackage."""
@@ -61,10 +62,12 @@ class ConvertView(QWidget):
 
         splitter = QSplitter(Qt.Orientation.Horizontal)
         self.source_view, self.converted_view = GraphView(), GraphView()
-        self.source_scene = GraphScene(source, self.source_view)
-        self.converted_scene = GraphScene(converted, self.converted_view)
-        self.source_view.set_graph_scene(self.source_scene)
-        self.converted_view.set_graph_scene(self.converted_scene)
+        # Built a slice per event-loop turn (source, then converted): two large graphs built in
+        # one go would freeze the app for a moment.  Each side shows as soon as it is built.
+        self.source_scene = GraphScene(source, self.source_view, build=False)
+        self.converted_scene = GraphScene(converted, self.converted_view, build=False)
+        self.ready = False  # both scenes built and shown
+        self._cancel_build = build_in_slices(self.source_scene, self._source_built)
         source_nodes = source.analysis.totals.compute_nodes
         converted_nodes = converted.analysis.totals.compute_nodes
         splitter.addWidget(_pane(f"<b>ONNX source</b> · {Path(source.path).name} · {source_nodes} nodes",
@@ -81,8 +84,22 @@ class ConvertView(QWidget):
 
         self.source_view.nodeSelected.connect(self._source_selected)
         self.converted_view.nodeSelected.connect(self._converted_selected)
+
+    def _source_built(self) -> None:
+        self.source_view.set_graph_scene(self.source_scene)
         self.source_view.show_start()
+        self._cancel_build = build_in_slices(self.converted_scene, self._converted_built)
+
+    def _converted_built(self) -> None:
+        self.converted_view.set_graph_scene(self.converted_scene)
         self.converted_view.show_start()
+        self.ready = True
+        self.scenesReady.emit()
+
+    def closeEvent(self, event) -> None:
+        if not self.ready:
+            self._cancel_build()
+        super().closeEvent(event)
 
     # --- selection sync --------------------------------------------------------------------
     def select_source(self, node_id: str) -> None:
@@ -104,7 +121,7 @@ class ConvertView(QWidget):
         return ", ".join(f"{graph.node(n).name or n} ({graph.node(n).op_type})" for n in node_ids)
 
     def _source_selected(self, node_id: str) -> None:
-        if self._syncing:
+        if self._syncing or not self.ready:
             return
         self._syncing = True
         try:
@@ -134,7 +151,7 @@ class ConvertView(QWidget):
             self._syncing = False
 
     def _converted_selected(self, node_id: str) -> None:
-        if self._syncing:
+        if self._syncing or not self.ready:
             return
         self._syncing = True
         try:

@@ -31,6 +31,7 @@ from PySide6.QtWidgets import (QGraphicsItem, QGraphicsScene, QGraphicsView, QMe
 
 from engine.inspect import human_bytes, human_count
 from engine.layout import GROUP_PREFIX, INPUT_PREFIX, OUTPUT_PREFIX, group_totals, op_category
+from gui.responsive import hold_gc, release_gc
 
 CATEGORY_COLORS = {
     "conv/linear": "#9ecae9",
@@ -720,10 +721,17 @@ class GraphScene(QGraphicsScene):
 
     def apply_ratios(self, ratios: Mapping[str, Optional[float]], limit: float = RATIO_LIMIT) -> None:
         """Colour boxes by a ratio per node id (compare view: B / A) with the diverging scale."""
+        for _ in self.ratio_steps(ratios, limit):
+            pass
+
+    def ratio_steps(self, ratios: Mapping[str, Optional[float]], limit: float = RATIO_LIMIT):
+        """`apply_ratios` a chunk of boxes at a time; yields between chunks (~70 ms for 20,000 boxes)."""
         self.overlay_key = "ratio"
         brushes: dict[int, QBrush] = {}
         unknown, io_brush = QBrush(UNKNOWN_COLOR), self._category_brushes["io"]
         for index, (node_id, item) in enumerate(zip(self.node_ids, self.node_items)):
+            if index % self.CHUNK_NODES == 0:
+                yield
             ratio = ratios.get(node_id)
             if is_io(node_id):
                 brush = io_brush
@@ -892,6 +900,61 @@ class GraphScene(QGraphicsScene):
 
 
 _retiring: set = set()  # scenes being torn down; kept alive here until their last slice
+_building: set = set()  # scenes being built in slices; kept alive here until done or cancelled
+
+
+def building_scenes() -> set:
+    """The scenes `build_in_slices` is working on."""
+    return set(_building)
+
+
+def build_in_slices(scene: GraphScene, done, time_slice: float = 0.02, steps=None):
+    """Create `scene`'s items a `time_slice` (seconds) per event-loop turn, then call `done()`.
+
+    `steps`: the steps to run instead of `scene.build_steps()` (a generator that builds the
+    scene, then colours it, say).  Returns a function that cancels the build (`done` is then
+    never called).  A 20,000-node scene takes ~0.2 s to build: in one go that freezes every
+    window of the app, the main one and the compare and convert windows alike.  `done` gets
+    an event-loop turn of its own, as the scene's first paint usually follows it.
+    """
+    steps = scene.build_steps() if steps is None else steps
+    cancelled = False
+    _building.add(scene)
+    hold_gc()  # a full collection among the new items' wrappers would stall a turn by 50-150 ms
+
+    def work() -> None:
+        if cancelled:
+            return
+        deadline = time.perf_counter() + time_slice
+        try:
+            while time.perf_counter() < deadline:
+                if next(steps, StopIteration) is StopIteration:
+                    QTimer.singleShot(0, finish)
+                    return
+        except RuntimeError:  # the C++ scene was deleted with its window: nothing left to build
+            cancel()
+            return
+        QTimer.singleShot(0, work)
+
+    def finish() -> None:
+        if cancelled:
+            return
+        end()
+        done()
+
+    def cancel() -> None:
+        nonlocal cancelled
+        if not cancelled:
+            cancelled = True
+            end()
+
+    def end() -> None:
+        if scene in _building:
+            _building.discard(scene)
+            release_gc()
+
+    QTimer.singleShot(0, work)
+    return cancel
 
 
 def retire_scene(scene: GraphScene, time_slice: float = 0.015, delay_ms: int = 150) -> None:

@@ -71,6 +71,7 @@ def test_convert_dialog_converts_and_opens_side_by_side_with_synced_selection(qt
     qtbot.mouseClick(dialog.open_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: window.convert_view is not None, timeout=LOAD_TIMEOUT_MS)
     view = window.convert_view
+    qtbot.waitUntil(lambda: view.ready, timeout=LOAD_TIMEOUT_MS)
     assert view.isVisible()
     assert view.source is window.loaded  # the open model is reused, not loaded again
     assert view.converted.model.format.startswith("coreml") and Path(view.converted.path) == package

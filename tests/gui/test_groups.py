@@ -143,3 +143,37 @@ def test_a_model_without_namespaces_is_grouped_by_stage(qtbot, window):
     open_and_wait(qtbot, window, light_model("densenet121"))
     assert window.loaded.grouping == "stage" and window.loaded.collapsed == frozenset(window.loaded.groups)
     _check_connected(window.scene)
+
+
+def test_compare_of_a_grouped_model_is_laid_out_node_for_node_off_the_ui_thread(qtbot, window, sample_model,
+                                                                                 sample_profile):
+    open_and_wait(qtbot, window, sample_model)
+    _relaid(qtbot, window, lambda: window.set_grouping("stage"))
+    window.add_profile(sample_profile)
+    window.add_profile(sample_profile)
+    assert window.show_compare(0, 1) is None  # the ungrouped layout is made by a worker first
+    assert window.loading
+    qtbot.waitUntil(lambda: window.compare_view is not None and window.compare_view.ready, timeout=LOAD_TIMEOUT_MS)
+    view = window.compare_view
+    qtbot.addWidget(view)
+    assert not any(is_group(n) for n in view.scene.node_ids)
+    timed = [n for n in view.scene.node_ids if n in sample_profile.nodes]
+    assert len(timed) == len(sample_profile.nodes) and all(view.ratios[n] == 1.0 for n in timed)
+    assert window.loaded.collapsed  # the main view stays grouped
+
+
+def test_closing_a_compare_view_while_it_draws_cancels_the_build(qtbot, window, sample_model, sample_profile):
+    open_and_wait(qtbot, window, sample_model)
+    window.add_profile(sample_profile)
+    view = window.show_compare(0, 0)
+    qtbot.addWidget(view)
+    assert not view.ready and "Comparing" in view.summary.text()
+    built_before = len(view.scene.node_items)
+    view.close()
+    qtbot.wait(200)
+    assert not view.ready and len(view.scene.node_items) == built_before  # no slice ran after the close
+    assert view.view.graph_scene is None
+    reopened = window.show_compare(0, 0)  # and a new one draws normally
+    qtbot.addWidget(reopened)
+    qtbot.waitUntil(lambda: reopened.ready, timeout=LOAD_TIMEOUT_MS)
+    assert reopened.view.graph_scene is reopened.scene

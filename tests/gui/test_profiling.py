@@ -233,6 +233,8 @@ def test_compare_view_of_a_profile_with_itself_is_all_ones(qtbot, window, sample
     window.add_profile(profile)
     view = window.show_compare(0, 0)
     qtbot.addWidget(view)
+    # Compared in a worker thread, drawn and coloured a slice per event-loop turn.
+    qtbot.waitUntil(lambda: view.ready, timeout=LOAD_TIMEOUT_MS)
     timed = [n for n in view.scene.node_ids if n in profile.nodes]
     assert timed and all(view.ratios[n] == 1.0 for n in timed)
     neutral = diverging_color(1.0).name()
@@ -253,6 +255,7 @@ def test_compare_view_of_a_profile_with_itself_is_all_ones(qtbot, window, sample
     window.add_profile(slower)
     view = window.show_compare(0, 1)
     qtbot.addWidget(view)
+    qtbot.waitUntil(lambda: view.ready, timeout=LOAD_TIMEOUT_MS)
     assert all(view.ratios[n] == pytest.approx(2.0) for n in timed)
     assert {r[2] for r in view.stage_rows().values()} == {"2.00×"}
     view.view.select_node(SELECTED_NODE)
