@@ -77,10 +77,17 @@ class Session:
     sweeps: tuple[SweepResult, ...] = ()
     selected: Optional[int] = None  # index into profiles (the one the overlay shows)
     overlay: str = "none"
+    # How the graph was drawn: grouping "none", "stage" or "namespace" (engine.layout.GROUPINGS;
+    # None: not recorded, as in sessions saved before it was), the ids of the groups drawn
+    # collapsed, and whether constants had boxes of their own.
+    grouping: Optional[str] = None
+    collapsed: tuple[str, ...] = ()
+    show_constants: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "profiles", tuple(self.profiles))
         object.__setattr__(self, "sweeps", tuple(self.sweeps))
+        object.__setattr__(self, "collapsed", tuple(self.collapsed))
         if self.selected is not None and not 0 <= self.selected < len(self.profiles):
             raise ValueError(f"selected profile {self.selected} out of range (the session has "
                              f"{len(self.profiles)} profiles)")
@@ -105,6 +112,8 @@ def session_to_json_dict(session: Session, session_dir: Optional[Union[str, Path
             "model": {"path": str(model_path), "relative_path": relative},
             "profiles": [p.to_json_dict() for p in session.profiles],
             "selected": session.selected, "overlay": session.overlay,
+            "view": {"grouping": session.grouping, "collapsed": list(session.collapsed),
+                     "show_constants": session.show_constants},
             "sweeps": [s.to_json_dict() for s in session.sweeps]}
 
 
@@ -133,7 +142,11 @@ def session_from_json_dict(data: Any, session_dir: Optional[Union[str, Path]] = 
         if selected is not None and not 0 <= selected < len(profiles):
             selected = len(profiles) - 1 if profiles else None
         sweeps = tuple(SweepResult.from_json_dict(s) for s in data.get("sweeps", ()))
-        return Session(path, tuple(profiles), sweeps, selected, str(data.get("overlay", "none")))
+        view = data.get("view") or {}  # absent in sessions saved before grouping was kept
+        grouping = view.get("grouping")
+        return Session(path, tuple(profiles), sweeps, selected, str(data.get("overlay", "none")),
+                       None if grouping is None else str(grouping),
+                       tuple(str(g) for g in view.get("collapsed", ())), bool(view.get("show_constants", False)))
     except SessionFormatError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:

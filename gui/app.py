@@ -85,10 +85,12 @@ class LoadedModel:
     note: str = ""  # something the person should know about this layout (e.g. a grouping fallback)
 
 
-def load_model(path: str, include_constants: bool = False, progress=None, grouping: str = "none") -> LoadedModel:
+def load_model(path: str, include_constants: bool = False, progress=None, grouping: str = "none",
+               collapsed: Optional[frozenset] = None) -> LoadedModel:
     """Import, analyse and lay out `path`: the engine calls the worker makes (no Qt objects).
 
-    With a `grouping` other than "none", every group starts collapsed (an overview to expand).
+    With a `grouping` other than "none", the groups in `collapsed` are drawn collapsed (None:
+    every group, an overview to expand).
     """
     from engine.analysis import analyze
     from importers import open_model
@@ -105,7 +107,8 @@ def load_model(path: str, include_constants: bool = False, progress=None, groupi
     analysis = analyze(model)
     timings["analysis"] = time.perf_counter() - start
     return relayout(LoadedModel(str(path), model, analysis, None, include_constants,
-                                analysis.graph.producers(), timings), include_constants, progress, grouping)
+                                analysis.graph.producers(), timings), include_constants, progress, grouping,
+                    collapsed)
 
 
 def relayout(loaded: LoadedModel, include_constants: bool, progress=None, grouping: Optional[str] = None,
@@ -1079,9 +1082,11 @@ class MainWindow(QMainWindow):
     def current_session(self) -> Session:
         if self.loaded is None:
             raise OSError("no model is open")
-        return Session(self.loaded.path, tuple(e.profile for e in self.entries), tuple(self.sweeps),
+        loaded = self.loaded
+        return Session(loaded.path, tuple(e.profile for e in self.entries), tuple(self.sweeps),
                        self.selected_profile if self.selected_profile >= 0 else None,
-                       self.overlay_combo.currentData())
+                       self.overlay_combo.currentData(), loaded.grouping, tuple(sorted(loaded.collapsed)),
+                       loaded.include_constants)
 
     def save_session_to(self, path: str) -> Path:
         return save_session(self.current_session(), path)
@@ -1110,13 +1115,31 @@ class MainWindow(QMainWindow):
         def work(progress):
             progress("Reading session…")
             session = load_session(path)
-            return session, load_model(session.model_path, include_constants, progress, grouping)
+            if session.grouping not in (None, *GROUPINGS):
+                raise SessionFormatError(f"{path}: unknown grouping {session.grouping!r}; "
+                                         f"known: {', '.join(GROUPINGS)}")
+            if session.grouping is None:  # saved before the layout was kept: the toolbar's choice
+                return session, load_model(session.model_path, include_constants, progress, grouping)
+            return session, load_model(session.model_path, session.show_constants, progress, session.grouping,
+                                       frozenset(session.collapsed))
 
         self._start_task(work, f"Opening session {Path(path).name}", self._on_session_loaded)
 
     def _on_session_loaded(self, result) -> None:
         session, loaded = result
         self._pending_session = session
+        # The toolbar shows the session's layout (without laying the graph out again).
+        for widget in (self.group_combo, self.show_constants_action, self.constants_box):
+            widget.blockSignals(True)
+        try:
+            self.group_combo.setCurrentIndex(self.group_combo.findData(loaded.grouping))
+            self.show_constants_action.setChecked(loaded.include_constants)
+            self.constants_box.setChecked(loaded.include_constants)
+        finally:
+            for widget in (self.group_combo, self.show_constants_action, self.constants_box):
+                widget.blockSignals(False)
+        for key, action in self.group_actions.items():
+            action.setChecked(key == loaded.grouping)
         self._on_loaded(loaded)
 
     def _install_session(self, session: Session) -> None:

@@ -50,6 +50,18 @@ def test_round_trip_keeps_profiles_sweeps_selection(tmp_path, sample_model, samp
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
 
 
+def test_round_trip_keeps_the_layout_and_older_sessions_leave_it_unset(tmp_path, sample_model):
+    session = Session(str(sample_model), grouping="namespace", collapsed=("group:ns:/decoder", "group:ns:/encoder"),
+                      show_constants=True)
+    back = load_session(save_session(session, tmp_path / "grouped.layerscope"))
+    assert (back.grouping, back.collapsed, back.show_constants) == \
+        ("namespace", ("group:ns:/decoder", "group:ns:/encoder"), True)
+    document = json.loads((tmp_path / "grouped.layerscope").read_text(encoding="utf-8"))
+    del document["view"]  # as written before the layout was kept
+    older = session_from_json_dict(document)
+    assert (older.grouping, older.collapsed, older.show_constants) == (None, (), False)
+
+
 def test_with_profile_selects_the_new_one(sample_model, sample_profiles):
     session = Session(str(sample_model)).with_profile(sample_profiles[0]).with_profile(sample_profiles[1],
                                                                                         select=False)

@@ -297,6 +297,13 @@ def test_saved_session_reopens_with_the_same_profiles(qtbot, window, settings, s
     _wait_idle(qtbot, window)
     window.select_profile(0)
     window.set_overlay("compute_unit")
+    # The layout is kept too: grouped by stage, the decoder expanded.
+    with qtbot.waitSignal(window.modelLoaded, timeout=LOAD_TIMEOUT_MS):
+        window.set_grouping("stage")
+    decoder = next(g for g, group in window.loaded.groups.items() if group.name == "decoder")
+    with qtbot.waitSignal(window.modelLoaded, timeout=LOAD_TIMEOUT_MS):
+        window.toggle_group(decoder, collapse=False)
+    assert window.loaded.collapsed and decoder not in window.loaded.collapsed
     path = tmp_path / "work.layerscope"
     window.save_session_to(str(path))
 
@@ -311,6 +318,8 @@ def test_saved_session_reopens_with_the_same_profiles(qtbot, window, settings, s
     assert [e.profile.to_json_dict() for e in other.entries] == [e.profile.to_json_dict() for e in window.entries]
     assert other.selected_profile == 0 and other.overlay_combo.currentData() == "compute_unit"
     assert other.scene.profile is other.entries[0].profile
+    assert (other.loaded.grouping, other.loaded.collapsed) == ("stage", window.loaded.collapsed)
+    assert other.grouping() == "stage" and other.group_actions["stage"].isChecked()
     other.select_profile(1)
     other.set_overlay("time")
     assert other.view.legend.kind == "measured/attributed"  # deployed: fused kernels split by FLOPs
