@@ -16,6 +16,13 @@ mode, --runs measured runs after 3 warm-up runs:
 - CPU wait        share of the plain runs' wall time spent waiting for a CPU
                   (other work on this machine); above ~10 % the figures are
                   disturbed and should not be quoted
+- disturbed       runs that most of the heavier layers ran >30 % slower in at once
+                  (engine.profile.disturbed_runs: another process took the CPU
+                  or memory); they inflate the classic CV, not the medians
+- ORT alone       the reference, in the same process right after: the median
+                  layer CV of ONNX Runtime's own profiler on a single session
+                  (same options, runs back to back, nothing of ours), i.e. the
+                  per-kernel noise of this machine; ratio = layer CV / ORT alone
 
 Then deployed mode (optimizations on): number of timing groups, whether every
 source compute node is covered by exactly one group, and its coverage.
@@ -36,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import onnx  # noqa: E402
 
+from engine.profile import disturbed_runs  # noqa: E402
 from engine.samples import default_sample_path  # noqa: E402
 from engine.targets import ProfileSettings  # noqa: E402
 from engine.targets.cpu import CpuTarget  # noqa: E402
@@ -67,6 +75,50 @@ def profile_once(path: Path, mode: str, runs: int, threads: int):
     return profile, analysis, time.perf_counter() - started
 
 
+def ort_alone_layer_cv(path: Path, runs: int, threads: int) -> tuple[float, float]:
+    """The reference: ONNX Runtime's own profiler on one session, nothing of ours around it.
+
+    Same settings as exact mode (optimizations off, `threads` intra-op threads, no spinning),
+    3 warm-up runs, then `runs` profiled runs back to back.  Returns (median layer CV,
+    end-to-end CV of the profiled runs): the noise this machine puts into per-kernel times,
+    which no profiler built on ONNX Runtime can get below.
+    """
+    import tempfile
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from engine.targets.cpu import parse_profile_events, read_profile_events
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.enable_profiling = True
+    workdir = tempfile.mkdtemp(prefix="layerscope-bench-")
+    options.profile_file_prefix = str(Path(workdir) / "ort")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feed = {i.name: rng.random([d if isinstance(d, int) else 1 for d in i.shape], dtype=np.float32)
+            for i in session.get_inputs()}
+    wall = []
+    for index in range(3 + runs):
+        start = time.perf_counter()
+        session.run(None, feed)
+        if index >= 3:
+            wall.append(time.perf_counter() - start)
+    per_run, _ = parse_profile_events(read_profile_events(session.end_profiling()), 3, runs)
+    kernels = list(per_run[0])
+    samples = np.array([[run.get(k, 0.0) for run in per_run] for k in kernels])
+    medians = np.median(samples, axis=1)
+    heavy = samples[medians > 0.01 * medians.sum()]
+    cvs = heavy.std(axis=1) / heavy.mean(axis=1)
+    wall = np.array(wall)
+    return float(np.median(cvs)), float(wall.std() / wall.mean())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
@@ -79,10 +131,13 @@ def main() -> int:
           f"({os.cpu_count()} CPUs; above ~0.3 per CPU other work disturbs the figures)")
     print(f"exact mode, {args.runs} runs after 3 warm-up, threads {args.threads or 'auto'}")
     header = (f"{'model':<24} {'e2e median':>11} {'e2e CV':>7} {'coverage':>9} {'layer CV':>9} "
-              f"{'robust':>7} {'layers':>6} {'overhead':>9} {'wall':>7} {'CPU wait':>9}")
+              f"{'robust':>7} {'layers':>6} {'overhead':>9} {'wall':>7} {'CPU wait':>9} {'disturbed':>9} "
+              f"{'ORT alone':>10} {'ratio':>6}")
     print(header)
     print("-" * len(header))
     failures = []
+    references: dict[str, list[float]] = {}
+    ours: dict[str, list[float]] = {}
     for _ in range(args.repeat):
         for label, path in MODELS:
             if not path.exists():
@@ -90,10 +145,14 @@ def main() -> int:
                 continue
             profile, _, wall = profile_once(path, "exact", args.runs, args.threads)
             cv, robust, count = layer_cvs(profile)
+            reference, _ = ort_alone_layer_cv(path, args.runs, args.threads)
+            references.setdefault(label, []).append(reference)
+            ours.setdefault(label, []).append(cv)
             print(f"{label:<24} {profile.end_to_end.median_ms:8.2f} ms {profile.end_to_end.cv * 100:6.1f}% "
                   f"{profile.coverage:9.3f} {cv * 100:8.1f}% {robust * 100:6.1f}% {count:6d} "
                   f"{profile.profiler_overhead * 100:8.1f}% {wall:6.1f}s "
-                  f"{_share(profile.cpu_wait_share):>9}")
+                  f"{_share(profile.cpu_wait_share):>9} {len(disturbed_runs(profile.groups)):9d} "
+                  f"{reference * 100:9.1f}% {cv / reference:6.2f}")
             if not 0.9 <= profile.coverage <= 1.1:
                 failures.append(f"{label}: coverage {profile.coverage:.3f} outside 0.9-1.1")
             if cv > 0.10:
@@ -102,6 +161,13 @@ def main() -> int:
             if "ResNet" in label and wall >= 60:
                 failures.append(f"{label}: the {args.runs}-run profile took {wall:.1f} s (>= 60 s)")
 
+    print("layer CV: median over layers above 1 % of the time of each layer's CV; ORT alone: the same\n"
+          "figure from ONNX Runtime's profiler on one session with nothing of ours around it, run\n"
+          "right after (this machine's noise floor); ratio: ours / ORT alone")
+    if args.repeat > 1:
+        for label in ours:
+            print(f"  {label}: median over {args.repeat} repeats: layer CV {statistics.median(ours[label]) * 100:.1f} %, "
+                  f"ORT alone {statistics.median(references[label]) * 100:.1f} %")
     print()
     print(f"deployed mode, {args.runs} runs")
     header = f"{'model':<24} {'e2e median':>11} {'groups':>7} {'nodes':>6} {'each once':>10} {'coverage':>9} {'wall':>7}"

@@ -114,6 +114,43 @@ def combine_kinds(kinds: Iterable[str]) -> str:
     return MEASURED
 
 
+# A run is "disturbed" when at least DISTURBED_SHARE of the layers above 1 % of the time ran
+# DISTURBED_SLOWDOWN times their median or slower in it.  Noise of single layers is spread
+# over runs; a busy machine slows every layer of a run at once (seen here: 6 consecutive runs
+# of the sample with 10-18 of its 28 heavier layers over 1.3x, the other runs with 0-2).
+DISTURBED_SLOWDOWN = 1.3
+DISTURBED_SHARE = 0.3
+DISTURBED_WARNING = "disturbed runs: "
+
+
+def disturbed_runs(groups: Sequence["TimingGroup"], min_share: float = 0.01) -> list[int]:
+    """Indexes (0-based, measured runs) of the runs a busy machine slowed as a whole."""
+    total = sum(g.time.median_ms for g in groups)
+    heavy = [g.time for g in groups if total > 0 and g.time.median_ms > min_share * total and g.time.count > 2]
+    if len(heavy) < 3:
+        return []
+    runs = min(t.count for t in heavy)
+    slow = [0] * runs
+    for stats in heavy:
+        limit = DISTURBED_SLOWDOWN * stats.median_ms
+        for index in range(runs):
+            if stats.samples_ms[index] > limit:
+                slow[index] += 1
+    return [index for index, count in enumerate(slow) if count >= DISTURBED_SHARE * len(heavy)]
+
+
+def _run_ranges(indexes: Sequence[int]) -> str:
+    """[12, 13, 14, 20] -> "runs 13-15, 21" (1-based, as people count runs)."""
+    parts, start = [], None
+    for position, index in enumerate(indexes):
+        if start is None:
+            start = index
+        if position + 1 == len(indexes) or indexes[position + 1] != index + 1:
+            parts.append(f"{start + 1}" if start == index else f"{start + 1}-{index + 1}")
+            start = None
+    return ("run " if len(indexes) == 1 else "runs ") + ", ".join(parts)
+
+
 def _percentile(ordered: Sequence[float], q: float) -> float:
     """Linear-interpolation percentile of sorted data (numpy's default method)."""
     if len(ordered) == 1:
@@ -341,6 +378,17 @@ class Profile:
             op_times[node.op_type] = op_times.get(node.op_type, 0.0) + node.time.median_ms
         stage_times = {k: v for k, v in stage_times.items() if v > 0 or k in stage_order}
         op_times = dict(sorted(op_times.items(), key=lambda item: -item[1]))
+        # Derived from the samples like the figures above (a merged or re-attributed profile
+        # says it again for its own runs).
+        warnings = [w for w in warnings if not w.startswith(DISTURBED_WARNING)]
+        disturbed = disturbed_runs(groups)
+        if disturbed:
+            warnings.append(
+                f"{DISTURBED_WARNING}{len(disturbed)} of {runs_completed} ({_run_ranges(disturbed)}): in each, at "
+                f"least {DISTURBED_SHARE * 100:.0f} % of the heavier layers ran over "
+                f"{DISTURBED_SLOWDOWN * 100 - 100:.0f} % slower than their median at once, as when other work takes "
+                "this computer's CPU or memory. Medians, p10 and p90 hold; per-layer CVs are inflated. Profile "
+                "again on a quiet machine for stable CVs")
         return cls(model_path=model_path, model_format=model_format, target=dict(target), mode=mode,
                    settings=dict(settings), end_to_end=end_to_end, profiled_end_to_end=profiled,
                    profiler_overhead=overhead, groups=tuple(groups),
