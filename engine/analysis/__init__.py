@@ -144,7 +144,10 @@ def analyze(model: Model, graph_index: int = 0) -> ModelAnalysis:
 
     peak_bytes, peak_node = _peak_activation(graph, order, constant_values)
     stages, stage_of = find_stages(graph, order, metrics, producers)
-    metrics = {node_id: _with_stage(m, stage_of.get(node_id, "")) for node_id, m in metrics.items()}
+    # The stage is the one field set after the others (stages are found from them): set in place,
+    # before the analysis is returned, instead of copying 20,000 frozen objects (0.2 s).
+    for node_id, m in metrics.items():
+        object.__setattr__(m, "stage", stage_of.get(node_id, ""))
     totals = Totals(
         nodes=len(graph.nodes), compute_nodes=len(graph.nodes) - len(constant_nodes),
         constant_nodes=len(constant_nodes), params=total_params, params_by_dtype=params_by_dtype,
@@ -152,11 +155,6 @@ def analyze(model: Model, graph_index: int = 0) -> ModelAnalysis:
         peak_activation_bytes=peak_bytes, peak_node_id=peak_node, unknown_cost_nodes=tuple(unknown))
     return ModelAnalysis(model, graph, tuple(n.id for n in order), metrics, stages, totals)
 
-
-def _with_stage(m: NodeMetrics, stage: str) -> NodeMetrics:
-    return NodeMetrics(m.node_id, m.op_type, m.order, m.is_constant, m.params, m.param_bytes, m.buffers,
-                       m.macs, m.flops, m.output_bytes, m.bytes_moved, m.arithmetic_intensity,
-                       m.spatial_size, stage)
 
 
 def execution_order(graph: Graph) -> list[Node]:
