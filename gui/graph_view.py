@@ -903,11 +903,6 @@ _retiring: set = set()  # scenes being torn down; kept alive here until their la
 _building: set = set()  # scenes being built in slices; kept alive here until done or cancelled
 
 
-def building_scenes() -> set:
-    """The scenes `build_in_slices` is working on."""
-    return set(_building)
-
-
 def build_in_slices(scene: GraphScene, done, time_slice: float = 0.02, steps=None):
     """Create `scene`'s items a `time_slice` (seconds) per event-loop turn, then call `done()`.
 
