@@ -13,14 +13,15 @@ import re
 from pathlib import Path
 from typing import Optional, Sequence
 
-from PySide6.QtCore import Qt, QThread, Signal
+from PySide6.QtCore import QThread, Signal
 from PySide6.QtWidgets import (QComboBox, QDialog, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout,
-                               QHeaderView, QLabel, QLineEdit, QProgressBar, QPushButton, QTableWidget,
-                               QTableWidgetItem, QVBoxLayout, QWidget)
+                               QHeaderView, QLabel, QLineEdit, QPushButton, QTableWidget, QTableWidgetItem,
+                               QVBoxLayout, QWidget)
 
 from engine.convert import (DEFAULT_TARGET, DEPLOYMENT_TARGETS, OPTIMIZE_MODES, PRECISIONS, ConversionError,
                             ImageInput, parse_shape_options)
 from engine.ir import ModelLoadError
+from gui.job_footer import JobFooter
 
 PRECISION_TITLES = {"fp16": "fp16 (Core ML default, half the weight bytes)", "fp32": "fp32"}
 OPTIMIZE_TITLES = {"exact": "exact (one source node per Core ML op)",
@@ -188,16 +189,6 @@ class ConvertDialog(QDialog):
         self.image_options.setEnabled(False)
         layout.addLayout(form)
 
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        layout.addWidget(self.status)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        layout.addWidget(self.progress)
-        buttons = QHBoxLayout()
-        buttons.addStretch(1)
         self.convert_button = QPushButton("Convert")
         self.convert_button.setDefault(True)
         self.convert_button.clicked.connect(self.start)
@@ -208,9 +199,9 @@ class ConvertDialog(QDialog):
         self.open_button.clicked.connect(lambda: self.result is not None and self.openRequested.emit(self.result))
         self.close_button = QPushButton("Close")
         self.close_button.clicked.connect(self.close)
-        for button in (self.convert_button, self.open_button, self.close_button):
-            buttons.addWidget(button)
-        layout.addLayout(buttons)
+        self.footer = JobFooter((self.convert_button, self.open_button, self.close_button))
+        self.status, self.progress = self.footer.status, self.footer.progress
+        layout.addWidget(self.footer)
         self.resize(620, self.sizeHint().height())
 
     # --- options ---------------------------------------------------------------------------
@@ -278,23 +269,18 @@ class ConvertDialog(QDialog):
             widget.setEnabled(not running)
         self.image_options.setEnabled(not running and bool(self.image_combo.currentData()))
         if running:
-            self.progress.setRange(0, 0)  # busy until the builder reports its node count
-            self.status.setText("Starting…")
+            self.footer.show_busy()  # until the builder reports its node count
 
     def _on_progress(self, message: str) -> None:
         built = _BUILT.search(message)
         if built:
-            self.progress.setRange(0, int(built.group(2)))
-            self.progress.setValue(int(built.group(1)))
+            self.footer.show_progress(int(built.group(1)), int(built.group(2)), message)
         else:
-            self.progress.setRange(0, 0)
-        self.status.setText(message)
+            self.footer.show_busy(message)
 
     def _done(self, message: str) -> None:
         self._set_running(False)
-        self.progress.setRange(0, 1)
-        self.progress.setValue(1)
-        self.status.setText(message)
+        self.footer.show_finished(message)
 
     def _on_succeeded(self, result) -> None:
         self.result = result

@@ -37,14 +37,14 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QThread, QTimer, Signal
-from PySide6.QtWidgets import (QComboBox, QDialog, QFormLayout, QHBoxLayout, QLabel,
-                               QLineEdit, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import QComboBox, QDialog, QFormLayout, QLineEdit, QPushButton, QSpinBox, QVBoxLayout, QWidget
 
 from engine.hints import find_hints
 from engine.ir import ModelLoadError
 from engine.profile import MODES, Profile, ProfileFormatError
 from engine.session import SweepResult, load_profile_json
 from engine.targets import TARGET_NAMES, ProfileSettings, TargetError, get_target
+from gui.job_footer import JobFooter
 
 TARGET_TITLES = {"cpu": "CPU reference (ONNX Runtime)"}
 DEFAULT_THREADS = 1  # the CLI's default (engine/cli_profile.py)
@@ -397,16 +397,6 @@ class RunDialog(QDialog):
         form.addRow("Input size(s)", self.sizes_field)
         layout.addLayout(form)
 
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        layout.addWidget(self.status)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        layout.addWidget(self.progress)
-
-        buttons = QHBoxLayout()
-        buttons.addStretch(1)
         self.run_button = QPushButton("Run")
         self.run_button.setDefault(True)
         self.run_button.clicked.connect(self.request_run)
@@ -415,9 +405,9 @@ class RunDialog(QDialog):
         self.cancel_button.clicked.connect(self.cancelRequested.emit)
         self.close_button = QPushButton("Close")
         self.close_button.clicked.connect(self.close)
-        for button in (self.run_button, self.cancel_button, self.close_button):
-            buttons.addWidget(button)
-        layout.addLayout(buttons)
+        self.footer = JobFooter((self.run_button, self.cancel_button, self.close_button))
+        self.status, self.progress = self.footer.status, self.footer.progress
+        layout.addWidget(self.footer)
         self.resize(520, self.sizeHint().height())
 
     # --- what the person asked for ---------------------------------------------------------
@@ -455,19 +445,11 @@ class RunDialog(QDialog):
                        self.sizes_field):
             widget.setEnabled(not running)
         if running:
-            self.progress.setRange(0, 0)
-            self.status.setText("Starting…")
+            self.footer.show_busy()
 
     def show_progress(self, done: int, total: int, message: str) -> None:
-        if total > 0:
-            self.progress.setRange(0, total)
-            self.progress.setValue(min(done, total))
-        else:
-            self.progress.setRange(0, 0)
-        self.status.setText(message)
+        self.footer.show_progress(done, total, message)
 
     def show_finished(self, message: str) -> None:
         self.set_running(False)
-        self.progress.setRange(0, 1)
-        self.progress.setValue(1)
-        self.status.setText(message)
+        self.footer.show_finished(message)

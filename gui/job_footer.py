@@ -1,0 +1,50 @@
+"""The foot of a dialog that starts a long job (Run, Convert): status line, progress bar, buttons.
+
+One widget so that both dialogs show progress the same way: a busy bar until
+the job reports a count, then done/total; a status line a person can select
+and copy (error messages name files and nodes); the buttons right-aligned.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+
+
+class JobFooter(QWidget):
+    def __init__(self, buttons: Sequence[QPushButton], parent=None):
+        super().__init__(parent)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout.addWidget(self.status)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        layout.addWidget(self.progress)
+        row = QHBoxLayout()
+        row.addStretch(1)
+        for button in buttons:
+            row.addWidget(button)
+        layout.addLayout(row)
+
+    def show_busy(self, message: str = "Starting…") -> None:
+        """No count yet: a moving bar."""
+        self.progress.setRange(0, 0)
+        self.status.setText(message)
+
+    def show_progress(self, done: int, total: int, message: str) -> None:
+        if total > 0:
+            self.progress.setRange(0, total)
+            self.progress.setValue(min(done, total))
+        else:
+            self.progress.setRange(0, 0)
+        self.status.setText(message)
+
+    def show_finished(self, message: str) -> None:
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1)
+        self.status.setText(message)
