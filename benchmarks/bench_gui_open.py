@@ -225,8 +225,24 @@ def ui_thread_gaps(app, window, light: Path, chain: Path, residual: Path, profil
             from engine.targets.cpu import CpuTarget
             with CpuTarget() as target:
                 profile = target.profile(ProfileSettings(runs=2, warmup=0), model_path=residual)
+            from PySide6.QtCore import QTimer
+            window.set_overlay("macs")
+            settle()
+            added = QTimer(singleShot=True, interval=0)
+
+            def add_profile():  # as when a run finishes: list, overlay colours, inspector, charts
+                window.add_profile(profile)
+                added.start()
+                return added.timeout
+
+            window.set_overlay("time")
+            gap, seconds = longest_gap(app, add_profile)
+            yield "add a profile of residual 20,000 (time overlay)", gap, seconds
             window.add_profile(profile)
-            window.add_profile(profile)
+            settle()
+            end = time.perf_counter() + 1.0
+            while time.perf_counter() < end:  # the main window's charts repaint for the new profile
+                app.processEvents()
             gap, seconds = longest_gap(app, lambda: window.show_compare(0, 1).sceneReady)
             yield "compare view of residual 20,000 (2 profiles)", gap, seconds
             window.compare_view.close()
