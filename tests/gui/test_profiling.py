@@ -451,3 +451,22 @@ def test_device_agent_typed_as_address_profiles_with_transfers(qtbot, window, se
     path = window.save_session_to(str(tmp_path / "device.layerscope"))
     from engine.session import load_session
     assert load_session(path).profiles[0].transfers == profile.transfers
+
+
+def test_charts_of_a_large_profile_fill_after_the_graph_is_recoloured(qtbot, window, sample_model, sample_run):
+    """Profiles of DEFER_CHARTS_NODES+ nodes (20,000-node models) fill the charts a moment later, so
+    the recolour and the chart fill each get an event-loop pass with their paint."""
+    open_and_wait(qtbot, window, sample_model)
+    profile = sample_run.entries[0].profile
+    window.DEFER_CHARTS_NODES = 1  # the sample's profile counts as large here
+    window.set_overlay("time")
+    window.add_profile(profile)
+    assert window.scene.profile is profile and window.scene.top_node_ids  # recoloured at once
+    assert window.panels.profile is None  # the charts come next
+    qtbot.waitUntil(lambda: window.panels.profile is profile, timeout=2000)
+    assert len(window.panels.layer_ids) == len(profile.nodes)
+    # A profile selected again before the charts filled is not overwritten by the stale fill.
+    window.add_profile(profile)
+    window.select_profile(-1)
+    qtbot.wait(150)
+    assert window.panels.profile is None
