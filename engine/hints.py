@@ -41,6 +41,11 @@ def _severity(share: float) -> str:
     return "high" if share >= 0.20 else "medium" if share >= 0.05 else "low"
 
 
+def _layers(count: int, noun: str = "layer") -> str:
+    """3 -> "3 layers", 1 -> "1 layer"."""
+    return f"{count} {noun}{'s' if count != 1 else ''}"
+
+
 def _hint(rule: str, share: float, message: str, node_ids, time_ms: float) -> dict:
     return {"rule": rule, "severity": _severity(share), "message": message, "node_ids": list(node_ids),
             "time_ms": round(time_ms, 6), "share": round(share, 6), "kind": "measured"}
@@ -79,7 +84,8 @@ def find_hints(profile: "Profile", analysis: "ModelAnalysis") -> list[dict]:
         example_bn, example_conv = foldable[0]
         hints.append(_hint(
             "fold_batchnorm", bn_ms / total,
-            f"{len(foldable)} BatchNormalization layers follow a Conv/Gemm and can be folded into its "
+            f"{_layers(len(foldable), 'BatchNormalization layer')} {'follow' if len(foldable) > 1 else 'follows'} a "
+            f"Conv/Gemm and can be folded into its "
             f"weights (e.g. {example_bn} into {example_conv}); they take {bn_ms:.3f} ms "
             f"({100 * bn_ms / total:.1f} % of the time). Fold them before export or deployment.",
             [bn for bn, _ in foldable], bn_ms))
@@ -93,7 +99,7 @@ def find_hints(profile: "Profile", analysis: "ModelAnalysis") -> list[dict]:
         hints.append(_hint(
             "convtranspose_decoder", transposed_ms / total,
             f"ConvTranspose takes {100 * transposed_ms / decoder_ms:.0f} % of the decoder's time "
-            f"({transposed_ms:.3f} ms in {len(transposed)} layers). Try Resize (nearest or bilinear) "
+            f"({transposed_ms:.3f} ms in {_layers(len(transposed))}). Try Resize (nearest or bilinear) "
             "followed by a Conv: it is often much faster on mobile GPUs and CPUs, and avoids "
             "checkerboard artefacts.", transposed, transposed_ms))
 
@@ -105,7 +111,7 @@ def find_hints(profile: "Profile", analysis: "ModelAnalysis") -> list[dict]:
         hints.append(_hint(
             "depthwise_cpu", depthwise_ms / total,
             f"Depthwise convolutions take {100 * depthwise_ms / total:.0f} % of the time on the CPU "
-            f"({len(depthwise)} layers) while doing few MACs: they are memory-bound on CPUs. "
+            f"({_layers(len(depthwise))}) while doing few MACs: they are memory-bound on CPUs. "
             "On a phone they are cheap on the GPU/Neural Engine; on CPU consider fewer, wider layers.",
             depthwise, depthwise_ms))
 
@@ -121,7 +127,7 @@ def find_hints(profile: "Profile", analysis: "ModelAnalysis") -> list[dict]:
             worst = slow[0]
             hints.append(_hint(
                 "low_efficiency", slow_ms / total,
-                f"{len(slow)} layers run at {LOW_EFFICIENCY_FACTOR:.0f}x or more of the model's median time "
+                f"{_layers(len(slow))} {'run' if len(slow) > 1 else 'runs'} at {LOW_EFFICIENCY_FACTOR:.0f}x or more of the model's median time "
                 f"per MAC (worst: {worst}, {rates[worst] / median_rate:.1f}x). Their shapes or ops fit the "
                 "target badly: check their kernel sizes, groups, strides and channel counts.", slow, slow_ms))
 
@@ -133,7 +139,8 @@ def find_hints(profile: "Profile", analysis: "ModelAnalysis") -> list[dict]:
         bound_ms = sum(ms(i) for i in bound)
         hints.append(_hint(
             "memory_bound", bound_ms / total,
-            f"{len(bound)} layers taking {100 * bound_ms / total:.0f} % of the time do under "
+            f"{_layers(len(bound))} taking {100 * bound_ms / total:.0f} % of the time {'do' if len(bound) > 1 else 'does'} "
+            f"under "
             f"{MEMORY_BOUND_INTENSITY:g} FLOP per byte moved (e.g. {bound[0]}: "
             f"{graph.node(bound[0]).op_type}): they are limited by memory traffic, not arithmetic. "
             "Fuse them into neighbours, keep tensors smaller (lower resolution, fewer channels) or "

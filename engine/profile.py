@@ -384,8 +384,8 @@ class Profile:
         disturbed = disturbed_runs(groups)
         if disturbed:
             warnings.append(
-                f"{DISTURBED_WARNING}{len(disturbed)} of {runs_completed} ({_run_ranges(disturbed)}): in each, at "
-                f"least {DISTURBED_SHARE * 100:.0f} % of the heavier layers ran over "
+                f"{DISTURBED_WARNING}{len(disturbed)} of {runs_completed} ({_run_ranges(disturbed)}): "
+                f"{'in each' if len(disturbed) > 1 else 'in it'}, at least {DISTURBED_SHARE * 100:.0f} % of the heavier layers ran over "
                 f"{DISTURBED_SLOWDOWN * 100 - 100:.0f} % slower than their median at once, as when other work takes "
                 "this computer's CPU or memory. Medians, p10 and p90 hold; per-layer CVs are inflated. Profile "
                 "again on a quiet machine for stable CVs")
