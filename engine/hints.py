@@ -127,8 +127,8 @@ def find_hints(profile: "Profile", analysis: "ModelAnalysis") -> list[dict]:
             worst = slow[0]
             hints.append(_hint(
                 "low_efficiency", slow_ms / total,
-                f"{_layers(len(slow))} {'run' if len(slow) > 1 else 'runs'} at {LOW_EFFICIENCY_FACTOR:.0f}x or more of the model's median time "
-                f"per MAC (worst: {worst}, {rates[worst] / median_rate:.1f}x). Their shapes or ops fit the "
+                f"{_layers(len(slow))} {'run' if len(slow) > 1 else 'runs'} at {LOW_EFFICIENCY_FACTOR:.0f}x or more "
+                f"of the model's median time per MAC (worst: {worst}, {rates[worst] / median_rate:.1f}x). Their shapes or ops fit the "
                 "target badly: check their kernel sizes, groups, strides and channel counts.", slow, slow_ms))
 
     # 5. memory-bound layers
@@ -139,8 +139,8 @@ def find_hints(profile: "Profile", analysis: "ModelAnalysis") -> list[dict]:
         bound_ms = sum(ms(i) for i in bound)
         hints.append(_hint(
             "memory_bound", bound_ms / total,
-            f"{_layers(len(bound))} taking {100 * bound_ms / total:.0f} % of the time {'do' if len(bound) > 1 else 'does'} "
-            f"under "
+            f"{_layers(len(bound))} taking {100 * bound_ms / total:.0f} % of the time "
+            f"{'do' if len(bound) > 1 else 'does'} under "
             f"{MEMORY_BOUND_INTENSITY:g} FLOP per byte moved (e.g. {bound[0]}: "
             f"{graph.node(bound[0]).op_type}): they are limited by memory traffic, not arithmetic. "
             "Fuse them into neighbours, keep tensors smaller (lower resolution, fewer channels) or "

@@ -121,13 +121,14 @@ def combine_kinds(kinds: Iterable[str]) -> str:
 DISTURBED_SLOWDOWN = 1.3
 DISTURBED_SHARE = 0.3
 DISTURBED_WARNING = "disturbed runs: "
+DISTURBED_MIN_LAYERS = 5
 
 
 def disturbed_runs(groups: Sequence["TimingGroup"], min_share: float = 0.01) -> list[int]:
     """Indexes (0-based, measured runs) of the runs a busy machine slowed as a whole."""
     total = sum(g.time.median_ms for g in groups)
     heavy = [g.time for g in groups if total > 0 and g.time.median_ms > min_share * total and g.time.count > 2]
-    if len(heavy) < 3:
+    if len(heavy) < DISTURBED_MIN_LAYERS:  # too few layers to tell a busy machine from one layer's noise
         return []
     runs = min(t.count for t in heavy)
     slow = [0] * runs
@@ -136,7 +137,8 @@ def disturbed_runs(groups: Sequence["TimingGroup"], min_share: float = 0.01) -> 
         for index in range(runs):
             if stats.samples_ms[index] > limit:
                 slow[index] += 1
-    return [index for index, count in enumerate(slow) if count >= DISTURBED_SHARE * len(heavy)]
+    needed = max(2, math.ceil(DISTURBED_SHARE * len(heavy)))  # never one slow layer on its own
+    return [index for index, count in enumerate(slow) if count >= needed]
 
 
 def _run_ranges(indexes: Sequence[int]) -> str:
@@ -385,8 +387,8 @@ class Profile:
         if disturbed:
             warnings.append(
                 f"{DISTURBED_WARNING}{len(disturbed)} of {runs_completed} ({_run_ranges(disturbed)}): "
-                f"{'in each' if len(disturbed) > 1 else 'in it'}, at least {DISTURBED_SHARE * 100:.0f} % of the heavier layers ran over "
-                f"{DISTURBED_SLOWDOWN * 100 - 100:.0f} % slower than their median at once, as when other work takes "
+                f"{'in each' if len(disturbed) > 1 else 'in it'}, at least {DISTURBED_SHARE * 100:.0f} % of the "
+                f"heavier layers ran over {DISTURBED_SLOWDOWN * 100 - 100:.0f} % slower than their median at once, as when other work takes "
                 "this computer's CPU or memory. Medians, p10 and p90 hold; per-layer CVs are inflated. Profile "
                 "again on a quiet machine for stable CVs")
         return cls(model_path=model_path, model_format=model_format, target=dict(target), mode=mode,

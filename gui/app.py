@@ -546,8 +546,9 @@ class MainWindow(QMainWindow):
         scene = GraphScene(loaded, self, build=False)
         started = time.perf_counter()
         if incremental:
-            self._pending_build = (scene, build_in_slices(scene, self._finish_build, self.BUILD_SLICE), loaded,
-                                   keep_view or same_model, started)
+            self._pending_build = (scene, build_in_slices(scene, self._finish_build, self.BUILD_SLICE,
+                                                          failed=self._build_failed),
+                                   loaded, keep_view or same_model, started)
             self._pending_keep_selection = keep_view
             self.progress_label.setText("Drawing…")
             self.progress.show()
@@ -557,6 +558,20 @@ class MainWindow(QMainWindow):
             self._pending_build = (scene, lambda: None, loaded, keep_view or same_model, started)
             self._pending_keep_selection = keep_view
             self._finish_build()
+
+    def _build_failed(self, exc: Exception) -> None:
+        """Drawing the new scene failed: the current model stays, and the person is told why."""
+        if self._pending_build is None:
+            return
+        scene, _, loaded, _, _ = self._pending_build
+        self._pending_build = None
+        release_gc()
+        retire_scene(scene)
+        if not self._tasks:
+            self.progress.hide()
+            self.progress_label.setText("")
+        self._on_failed(f"{Path(loaded.path).name}: could not draw the graph ({type(exc).__name__}: {exc})",
+                        "Cannot draw model")
 
     def _finish_build(self) -> None:
         scene, _, loaded, keep_view, started = self._pending_build
@@ -811,7 +826,7 @@ class MainWindow(QMainWindow):
             # each is followed by its paint (~40 ms).  A zero timer would run in the same pass of
             # the event loop as the graph's paint (measured: one 140 ms stall); 50 ms later the
             # window has painted and handled what came meanwhile.
-            QTimer.singleShot(50, lambda: self.selected_entry() is entry and self.panels.set_profile(profile, label))
+            QTimer.singleShot(50, self, lambda: self._fill_charts(entry, profile, label))
         else:
             self.panels.set_profile(profile, label)
         self.panels.set_sweeps(self.sweeps)
@@ -823,6 +838,13 @@ class MainWindow(QMainWindow):
             self._on_node_selected(node_id)
         self._update_profile_actions()
         self.profileSelected.emit(index)
+
+    def _fill_charts(self, entry, profile, label: str) -> None:
+        """The deferred half of select_profile for large profiles (unless another was selected since)."""
+        if self.selected_entry() is entry:
+            self.panels.set_profile(profile, label)
+            if self.inspector.node_id:
+                self.panels.highlight_node(self.inspector.node_id)
 
     def _profile_row_changed(self, row: int) -> None:
         if row != self.selected_profile and -1 <= row < len(self.entries):

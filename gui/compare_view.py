@@ -44,7 +44,9 @@ class CompareView(QWidget):
         self.ready = False  # the graph is shown, coloured by the current comparison
         self._built = False
         self._request = 0
-        self._cancel_slices = lambda: None
+        self._closed = False
+        self._cancel_build = lambda: None
+        self._cancel_colour = lambda: None
         self._compared.connect(self._on_compared)
 
         layout = QVBoxLayout(self)
@@ -104,7 +106,7 @@ class CompareView(QWidget):
             QTimer.singleShot(0, self._start)
 
     def _start(self) -> None:
-        if not self._started:
+        if not self._started and not self._closed:
             self._started = True
             self.refresh()
 
@@ -113,7 +115,9 @@ class CompareView(QWidget):
         self._colour()
 
     def closeEvent(self, event) -> None:
-        self._cancel_slices()
+        self._closed = True  # nothing starts after this: a pending first comparison included
+        self._cancel_build()
+        self._cancel_colour()
         self._request += 1  # a comparison still running is dropped
         super().closeEvent(event)
 
@@ -128,11 +132,13 @@ class CompareView(QWidget):
     def refresh(self) -> None:
         """Compare the chosen pair (`engine.compare.compare_profiles`) in a worker thread."""
         a_index, b_index = self.a_combo.currentIndex(), self.b_combo.currentIndex()
-        if a_index < 0 or b_index < 0:
+        if a_index < 0 or b_index < 0 or self._closed:
             return
         (a_label, a), (b_label, b) = self.profiles[a_index], self.profiles[b_index]
         self._request += 1
         request = self._request
+        self._cancel_colour()  # colours of an older pair stop here
+        self.ready = False  # until the graph shows this pair
         self.summary.setText(f"Comparing {a_label} and {b_label}…")
 
         def work() -> None:
@@ -151,6 +157,13 @@ class CompareView(QWidget):
         if request != self._request:  # a newer pair was chosen, or the window closed
             return
         if isinstance(result, Exception):
+            # Nothing of the previous pair stays on show as if it were this one.
+            self.comparison, self.ratios = None, {}
+            self.stage_table.setRowCount(0)
+            self._node_selected("")
+            if self._built:
+                self.scene.set_overlay("none")
+                self.view.update_legend()
             self.summary.setText(f"Could not compare these profiles: {type(result).__name__}: {result}")
             return
         self.comparison = result
@@ -161,7 +174,7 @@ class CompareView(QWidget):
             # Built after the first comparison, not beside it: the two would share the GIL and
             # each slice of the build would stall the window for longer.
             self.scene = GraphScene(self.loaded, self.view, build=False)
-            self._cancel_slices = build_in_slices(self.scene, self._on_built)
+            self._cancel_build = build_in_slices(self.scene, self._on_built, failed=self._drawing_failed)
         else:
             self._colour()
 
@@ -169,9 +182,13 @@ class CompareView(QWidget):
         """Colour the built scene by the current ratios, a slice per turn; show it when done."""
         if not self._built or self.comparison is None:
             return
-        self._cancel_slices()
+        self._cancel_colour()
         self.ready = False
-        self._cancel_slices = build_in_slices(self.scene, self._on_coloured, steps=self.scene.ratio_steps(self.ratios))
+        self._cancel_colour = build_in_slices(self.scene, self._on_coloured,
+                                              steps=self.scene.ratio_steps(self.ratios), failed=self._drawing_failed)
+
+    def _drawing_failed(self, exc: Exception) -> None:
+        self.summary.setText(f"Could not draw the comparison: {type(exc).__name__}: {exc}")
 
     def _on_coloured(self) -> None:
         if self.view.graph_scene is not self.scene:  # the first colouring: show the graph now

@@ -67,7 +67,7 @@ class ConvertView(QWidget):
         self.source_scene = GraphScene(source, self.source_view, build=False)
         self.converted_scene = GraphScene(converted, self.converted_view, build=False)
         self.ready = False  # both scenes built and shown
-        self._cancel_build = build_in_slices(self.source_scene, self._source_built)
+        self._cancel_build = build_in_slices(self.source_scene, self._source_built, failed=self._drawing_failed)
         source_nodes = source.analysis.totals.compute_nodes
         converted_nodes = converted.analysis.totals.compute_nodes
         splitter.addWidget(_pane(f"<b>ONNX source</b> · {Path(source.path).name} · {source_nodes} nodes",
@@ -88,7 +88,11 @@ class ConvertView(QWidget):
     def _source_built(self) -> None:
         self.source_view.set_graph_scene(self.source_scene)
         self.source_view.show_start()
-        self._cancel_build = build_in_slices(self.converted_scene, self._converted_built)
+        self._cancel_build = build_in_slices(self.converted_scene, self._converted_built,
+                                             failed=self._drawing_failed)
+
+    def _drawing_failed(self, exc: Exception) -> None:
+        self.status.setText(f"Could not draw the graphs: {type(exc).__name__}: {exc}")
 
     def _converted_built(self) -> None:
         self.converted_view.set_graph_scene(self.converted_scene)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
+import shiboken6
 from PySide6.QtCore import QEvent, QPointF, QRectF, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import (QBrush, QColor, QFont, QFontMetrics, QImage, QLinearGradient, QPainter,
                            QPainterPath, QPen, QPolygonF, QTransform)
@@ -905,14 +906,16 @@ _retiring: set = set()  # scenes being torn down; kept alive here until their la
 _building: set = set()  # scenes being built in slices; kept alive here until done or cancelled
 
 
-def build_in_slices(scene: GraphScene, done, time_slice: float = 0.02, steps=None):
+def build_in_slices(scene: GraphScene, done, time_slice: float = 0.02, steps=None, failed=None):
     """Create `scene`'s items a `time_slice` (seconds) per event-loop turn, then call `done()`.
 
-    `steps`: the steps to run instead of `scene.build_steps()` (a generator that builds the
-    scene, then colours it, say).  Returns a function that cancels the build (`done` is then
-    never called).  A 20,000-node scene takes ~0.2 s to build: in one go that freezes every
-    window of the app, the main one and the compare and convert windows alike.  `done` gets
-    an event-loop turn of its own, as the scene's first paint usually follows it.
+    `steps`: the steps to run instead of `scene.build_steps()` (a generator that colours the
+    scene, say).  Returns a function that cancels the build (`done` is then never called).
+    A step that raises calls `failed(exception)` (re-raised without one); a scene deleted
+    with its window meanwhile just ends the build.  A 20,000-node scene takes ~0.2 s to
+    build: in one go that freezes every window of the app, the main one and the compare and
+    convert windows alike.  `done` gets an event-loop turn of its own, as the scene's first
+    paint usually follows it.
     """
     steps = scene.build_steps() if steps is None else steps
     cancelled = False
@@ -928,8 +931,13 @@ def build_in_slices(scene: GraphScene, done, time_slice: float = 0.02, steps=Non
                 if next(steps, StopIteration) is StopIteration:
                     QTimer.singleShot(0, finish)
                     return
-        except RuntimeError:  # the C++ scene was deleted with its window: nothing left to build
-            cancel()
+        except Exception as exc:
+            cancel()  # no more slices; the gc hold is released
+            if isinstance(exc, RuntimeError) and not shiboken6.isValid(scene):
+                return  # the C++ scene was deleted with its window: nothing left to build
+            if failed is None:
+                raise
+            failed(exc)
             return
         QTimer.singleShot(0, work)
 

@@ -430,3 +430,27 @@ def test_runs_a_busy_machine_slowed_as_a_whole_are_named(sample_exact):
     # Derived again, not repeated, when a profile is rebuilt from one that carries the warning.
     again = _rebuilt_with_samples(disturbed, lambda median, index: disturbed.groups[index].time.samples_ms)
     assert sum(w.startswith(DISTURBED_WARNING) for w in again.warnings) == 1
+
+
+def test_one_slow_layer_is_not_a_disturbed_run(sample_exact):
+    """Few heavy layers: a single slow one is its own noise, not a busy machine."""
+    from dataclasses import replace as replace_field
+
+    from engine.profile import disturbed_runs
+
+    profile, _ = sample_exact
+    heavy = sorted(profile.groups, key=lambda g: -g.time.median_ms)[:4]
+
+    def with_samples(group, samples):
+        return replace_field(group, time=TimingStats.from_samples(samples))
+
+    flat = [with_samples(g, [g.time.median_ms] * 8) for g in heavy]
+    one_slow = [with_samples(flat[0], [flat[0].time.median_ms * (2 if i == 3 else 1) for i in range(8)])] + flat[1:]
+    assert disturbed_runs(one_slow) == []  # 4 heavy layers: too few to judge
+    top_ten = sorted(profile.groups, key=lambda g: -g.time.median_ms)[:10]
+    many = [with_samples(g, [g.time.median_ms] * 8) for g in top_ten]
+    many[0] = with_samples(many[0], [many[0].time.median_ms * (2 if i == 3 else 1) for i in range(8)])
+    assert disturbed_runs(many) == []  # one slow layer among ten
+    for k in range(1, 4):
+        many[k] = with_samples(many[k], [many[k].time.median_ms * (2 if i == 3 else 1) for i in range(8)])
+    assert disturbed_runs(many) == [3]  # four of ten at once

@@ -176,6 +176,12 @@ def test_closing_a_compare_view_while_it_draws_cancels_the_build(qtbot, window, 
     qtbot.wait(200)
     assert not view.ready and built() == built_before  # no slice ran after the close
     assert view.view.graph_scene is None
+    # Closed before its first comparison even started: nothing starts later either.
+    early = window.show_compare(0, 0)
+    qtbot.addWidget(early)
+    early.close()
+    qtbot.wait(400)  # past the 250 ms fallback start
+    assert early.comparison is None and early.scene is None
     reopened = window.show_compare(0, 0)  # and a new one draws normally
     qtbot.addWidget(reopened)
     qtbot.waitUntil(lambda: reopened.ready, timeout=LOAD_TIMEOUT_MS)

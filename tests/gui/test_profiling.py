@@ -260,6 +260,10 @@ def test_compare_view_of_a_profile_with_itself_is_all_ones(qtbot, window, sample
     assert {r[2] for r in view.stage_rows().values()} == {"2.00×"}
     view.view.select_node(SELECTED_NODE)
     assert "2.00×" in view.node_label.text()
+    view.set_pair(1, 0)  # another pair: not ready until the graph shows it
+    assert not view.ready
+    qtbot.waitUntil(lambda: view.ready, timeout=LOAD_TIMEOUT_MS)
+    assert all(view.ratios[n] == pytest.approx(0.5) for n in timed)
 
 
 def test_exports_write_files_that_parse(qtbot, window, sample_model, sample_run, tmp_path):
@@ -460,11 +464,13 @@ def test_charts_of_a_large_profile_fill_after_the_graph_is_recoloured(qtbot, win
     profile = sample_run.entries[0].profile
     window.DEFER_CHARTS_NODES = 1  # the sample's profile counts as large here
     window.set_overlay("time")
+    window.view.select_node(SELECTED_NODE)
     window.add_profile(profile)
     assert window.scene.profile is profile and window.scene.top_node_ids  # recoloured at once
     assert window.panels.profile is None  # the charts come next
     qtbot.waitUntil(lambda: window.panels.profile is profile, timeout=2000)
     assert len(window.panels.layer_ids) == len(profile.nodes)
+    assert window.panels.highlighted == SELECTED_NODE  # the selected node's bar stays marked
     # A profile selected again before the charts filled is not overwritten by the stale fill.
     window.add_profile(profile)
     window.select_profile(-1)

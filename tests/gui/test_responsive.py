@@ -127,3 +127,27 @@ def test_gc_holds_nest_and_freeze_what_is_alive():
     assert gc.get_freeze_count() >= frozen_before + 1000
     responsive.release_gc()  # an unmatched release changes nothing
     assert gc.isenabled()
+
+
+def test_a_scene_build_that_fails_reports_it_and_releases_everything(qtbot, sample_model):
+    """A step that raises ends the build: `failed` gets the error, the gc hold is released,
+    and `done` is never called; cancelling afterwards is harmless."""
+    from gui.app import load_model
+    from gui.graph_view import GraphScene, build_in_slices
+
+    scene = GraphScene(load_model(str(sample_model)), build=False)
+    calls = []
+
+    def steps():
+        yield from scene.build_steps()
+        raise ValueError("a broken step")
+
+    assert not responsive.gc_held()
+    cancel = build_in_slices(scene, lambda: calls.append("done"), steps=steps(),
+                             failed=lambda exc: calls.append(str(exc)))
+    assert responsive.gc_held()
+    qtbot.waitUntil(lambda: bool(calls), timeout=LOAD_TIMEOUT_MS)
+    qtbot.wait(50)
+    assert calls == ["a broken step"] and not responsive.gc_held()
+    cancel()
+    assert not responsive.gc_held()
