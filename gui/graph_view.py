@@ -1280,7 +1280,10 @@ class GraphView(QGraphicsView):
         self.setDragMode(QGraphicsView.DragMode.ScrollHandDrag)
         self.setTransformationAnchor(QGraphicsView.ViewportAnchor.AnchorUnderMouse)
         self.setResizeAnchor(QGraphicsView.ViewportAnchor.AnchorViewCenter)
-        self.setViewportUpdateMode(QGraphicsView.ViewportUpdateMode.MinimalViewportUpdate)
+        # Full: an overlay changes the brush of every box; with minimal updates Qt merges one dirty
+        # rectangle per box first (20,000 boxes: recolour 45 -> 30 ms and the repaint 20 -> 10 ms
+        # with full updates, measured), and a full-viewport repaint is cheap (benchmark: redraw).
+        self.setViewportUpdateMode(QGraphicsView.ViewportUpdateMode.FullViewportUpdate)
         self.setOptimizationFlag(QGraphicsView.OptimizationFlag.DontSavePainterState, True)
         self.setBackgroundBrush(QColor("#fafafa"))
         self.setMouseTracking(True)
