@@ -822,29 +822,41 @@ class MainWindow(QMainWindow):
             self.view.update_legend()
         label = entry.label if entry else ""
         if profile is not None and len(profile.nodes) >= self.DEFER_CHARTS_NODES:
-            # Recolouring the graph and filling the charts take ~35 ms each on 20,000 nodes, and
-            # each is followed by its paint (~40 ms).  A zero timer would run in the same pass of
-            # the event loop as the graph's paint (measured: one 140 ms stall); 50 ms later the
-            # window has painted and handled what came meanwhile.
-            QTimer.singleShot(50, self, lambda: self._fill_charts(entry, profile, label))
+            # On 20,000 nodes the recolour, the charts' dock appearing (the graph view shrinks,
+            # the charts' axes paint) and the charts' filling each take 30-40 ms plus a paint of
+            # 30-50 ms.  A zero timer runs in the same pass of the event loop as the paint before
+            # it (measured: one 140 ms stall), so the steps are 50 ms apart: the window paints
+            # and handles what came meanwhile between them.
+            QTimer.singleShot(50, self, self._show_panels)
+            QTimer.singleShot(100, self, lambda: self._fill_charts(entry, profile, label))
+            # (the charts fill in two steps of their own, see _fill_charts)
         else:
             self.panels.set_profile(profile, label)
+            if profile is not None:
+                self._show_panels()
         self.panels.set_sweeps(self.sweeps)
-        if profile is not None and not self.panels_dock.isVisible():
-            self.panels_dock.show()
-            self.resizeDocks([self.panels_dock], [int(self.height() * 0.3)], Qt.Orientation.Vertical)
         node_id = self.inspector.node_id
         if node_id:
             self._on_node_selected(node_id)
         self._update_profile_actions()
         self.profileSelected.emit(index)
 
-    def _fill_charts(self, entry, profile, label: str) -> None:
-        """The deferred half of select_profile for large profiles (unless another was selected since)."""
-        if self.selected_entry() is entry:
-            self.panels.set_profile(profile, label)
-            if self.inspector.node_id:
-                self.panels.highlight_node(self.inspector.node_id)
+    def _show_panels(self) -> None:
+        """The charts' dock, shown with the first profile (a person may close it afterwards)."""
+        if self.selected_entry() is not None and not self.panels_dock.isVisible():
+            self.panels_dock.show()
+            self.resizeDocks([self.panels_dock], [int(self.height() * 0.3)], Qt.Orientation.Vertical)
+
+    def _fill_charts(self, entry, profile, label: str, steps=None) -> None:
+        """The deferred part of select_profile for large profiles, one step per call 50 ms apart
+        (the per-layer chart, then the other tabs); dropped if another profile was selected since."""
+        if self.selected_entry() is not entry:
+            return
+        steps = steps or self.panels.profile_steps(profile, label)
+        if next(steps, StopIteration) is not StopIteration:
+            QTimer.singleShot(50, self, lambda: self._fill_charts(entry, profile, label, steps))
+        elif self.inspector.node_id:
+            self.panels.highlight_node(self.inspector.node_id)
 
     def _profile_row_changed(self, row: int) -> None:
         if row != self.selected_profile and -1 <= row < len(self.entries):
