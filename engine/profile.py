@@ -435,20 +435,20 @@ class Profile:
         return {k: (v / total if total > 0 else 0.0) for k, v in self.stage_times_ms.items()}
 
     def stage_kind(self, stage: str) -> str:
-        return self.stage_kinds().get(stage, MEASURED)
+        return self._kinds_by("stage").get(stage, MEASURED)
 
     def op_type_kind(self, op_type: str) -> str:
-        return self.op_type_kinds().get(op_type, MEASURED)
+        return self._kinds_by("op_type").get(op_type, MEASURED)
 
     def stage_kinds(self) -> dict[str, str]:
         """Stage -> the kind of its summed time (the weakest of its nodes' kinds)."""
-        return self._kinds_by("stage")
+        return dict(self._kinds_by("stage"))
 
     def op_type_kinds(self) -> dict[str, str]:
         """Op type -> the kind of its summed time."""
-        return self._kinds_by("op_type")
+        return dict(self._kinds_by("op_type"))
 
-    def _kinds_by(self, attribute: str) -> dict[str, str]:
+    def _kinds_by(self, attribute: str) -> Mapping[str, str]:
         # Cached beside the fields (the profile is immutable): reports ask once per stage and op type.
         cache = self.__dict__.setdefault("_kinds_cache", {})
         if attribute not in cache:
@@ -456,7 +456,7 @@ class Profile:
             for node in self.nodes.values():
                 kinds.setdefault(getattr(node, attribute), set()).add(node.kind)
             cache[attribute] = {key: combine_kinds(values) for key, values in kinds.items()}
-        return dict(cache[attribute])
+        return cache[attribute]  # shared: callers outside this class get copies
 
     def with_hints(self, hints: Iterable[Mapping]) -> "Profile":
         return replace(self, hints=tuple(dict(h) for h in hints))

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 from engine.files import jsonable, write_text_atomically
+from engine.layout import GROUPINGS
 from engine.profile import Profile, ProfileFormatError
 
 __all__ = ["SESSION_SCHEMA", "SessionFormatError", "SweepResult", "Session", "session_to_json_dict",
@@ -144,6 +145,8 @@ def session_from_json_dict(data: Any, session_dir: Optional[Union[str, Path]] = 
         sweeps = tuple(SweepResult.from_json_dict(s) for s in data.get("sweeps", ()))
         view = data.get("view") or {}  # absent in sessions saved before grouping was kept
         grouping = view.get("grouping")
+        if grouping is not None and grouping not in GROUPINGS:
+            raise SessionFormatError(f"unknown grouping {grouping!r}; known: {', '.join(GROUPINGS)}")
         return Session(path, tuple(profiles), sweeps, selected, str(data.get("overlay", "none")),
                        None if grouping is None else str(grouping),
                        tuple(str(g) for g in view.get("collapsed", ())), bool(view.get("show_constants", False)))

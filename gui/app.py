@@ -202,8 +202,8 @@ class MainWindow(QMainWindow):
     # UI-thread time per scene-building turn (seconds).  The longest event-loop gap while a model
     # is drawn came out at about twice the slice plus the paint of the old scene, so keep it small.
     BUILD_SLICE = 0.02
-    # Profiles of this many nodes or more fill the charts one event-loop turn after the graph
-    # is recoloured (see select_profile).
+    # Profiles of this many nodes or more show the charts' dock and fill the charts in later
+    # passes of the event loop than the graph's recolour (see select_profile).
     DEFER_CHARTS_NODES = 5000
 
     def __init__(self, settings: Optional[QSettings] = None, parent=None, error_dialogs: bool = True,
@@ -700,10 +700,15 @@ class MainWindow(QMainWindow):
                                                    collapsed=frozenset(collapsed)), message, self._on_relaid)
 
     def _sync_grouping_controls(self, loaded: LoadedModel) -> None:
-        """The toolbar shows the grouping actually used (a fallback may differ); say why."""
-        self.group_combo.blockSignals(True)
+        """The toolbar shows the layout actually drawn (a fallback, or a session's, may differ
+        from what it showed); say why."""
+        for widget in (self.group_combo, self.show_constants_action, self.constants_box):
+            widget.blockSignals(True)
         self.group_combo.setCurrentIndex(self.group_combo.findData(loaded.grouping))
-        self.group_combo.blockSignals(False)
+        self.show_constants_action.setChecked(loaded.include_constants)
+        self.constants_box.setChecked(loaded.include_constants)
+        for widget in (self.group_combo, self.show_constants_action, self.constants_box):
+            widget.blockSignals(False)
         for key, action in self.group_actions.items():
             action.setChecked(key == loaded.grouping)
         self.expand_all_action.setEnabled(bool(loaded.groups))
@@ -1160,9 +1165,6 @@ class MainWindow(QMainWindow):
         def work(progress):
             progress("Reading session…")
             session = load_session(path)
-            if session.grouping not in (None, *GROUPINGS):
-                raise SessionFormatError(f"{path}: unknown grouping {session.grouping!r}; "
-                                         f"known: {', '.join(GROUPINGS)}")
             if session.grouping is None:  # saved before the layout was kept: the toolbar's choice
                 return session, load_model(session.model_path, include_constants, progress, grouping)
             return session, load_model(session.model_path, session.show_constants, progress, session.grouping,
@@ -1173,18 +1175,6 @@ class MainWindow(QMainWindow):
     def _on_session_loaded(self, result) -> None:
         session, loaded = result
         self._pending_session = session
-        # The toolbar shows the session's layout (without laying the graph out again).
-        for widget in (self.group_combo, self.show_constants_action, self.constants_box):
-            widget.blockSignals(True)
-        try:
-            self.group_combo.setCurrentIndex(self.group_combo.findData(loaded.grouping))
-            self.show_constants_action.setChecked(loaded.include_constants)
-            self.constants_box.setChecked(loaded.include_constants)
-        finally:
-            for widget in (self.group_combo, self.show_constants_action, self.constants_box):
-                widget.blockSignals(False)
-        for key, action in self.group_actions.items():
-            action.setChecked(key == loaded.grouping)
         self._on_loaded(loaded)
 
     def _install_session(self, session: Session) -> None:

@@ -546,7 +546,7 @@ class GraphScene(QGraphicsScene):
             changed.add(self._selected_index)
         self.top_node_ids, self._top_set = [], set()
         for index in changed:
-            self.node_items[index].setPen(self.group_pen if index in self.group_indexes else self.box_pen)
+            self.node_items[index].setPen(self._base_pen(index))
 
     # --- collapsed groups -------------------------------------------------------------------
     def box_id(self, node_id: str) -> Optional[str]:

@@ -163,7 +163,9 @@ def _check_deployed(profile, analysis):
             members = [profile.nodes[n] for n in group.node_ids]
             assert all(m.kind == ATTRIBUTED and m.group_id == group.group_id for m in members)
             assert sum(m.time.median_ms for m in members) == pytest.approx(group.time.median_ms)
-    assert not [w for w in profile.warnings if "busy" not in w]
+    # No mapping warnings; the machine-state ones (busy, disturbed runs) depend on this computer.
+    from engine.profile import DISTURBED_WARNING
+    assert not [w for w in profile.warnings if "busy" not in w and not w.startswith(DISTURBED_WARNING)]
     assert len(profile.groups) < len(compute)  # something was fused
 
 

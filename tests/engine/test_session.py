@@ -98,6 +98,8 @@ def test_moved_folder_finds_model_by_relative_path(tmp_path, sample_model, sampl
     ('{"schema": "layerscope.session/1"}', "malformed"),
     ('{"schema": "layerscope.session/1", "model": {"path": "m.onnx"}, "profiles": [{"schema": "x"}]}',
      "profile 1: not a LayerScope profile"),
+    ('{"schema": "layerscope.session/1", "model": {"path": "m.onnx"}, "view": {"grouping": "layers"}}',
+     "unknown grouping 'layers'"),
 ])
 def test_bad_files_say_what_is_wrong(tmp_path, content, message):
     path = tmp_path / "bad.layerscope"
