@@ -182,10 +182,11 @@ def longest_gap(app, start, done_signal=None, settle_ms: int = 600,
 
 def ui_thread_gaps(app, window, light: Path, chain: Path, residual: Path, profile_runs: int):
     """Yields (label, longest gap, seconds) for opens in sequence, grouping, and profiling in the app."""
-    from PySide6.QtCore import QCoreApplication, QEvent
+    from PySide6.QtCore import QCoreApplication, QEvent, QTimer
 
     from engine.samples import default_sample_path
     from engine.targets import ProfileSettings
+    from engine.targets.cpu import CpuTarget
     from gui.run_dialog import RunRequest
 
     try:
@@ -222,10 +223,8 @@ def ui_thread_gaps(app, window, light: Path, chain: Path, residual: Path, profil
                 settle()
                 first_group[:] = [n for n in window.scene.node_ids if n.startswith("group:")][:1]
             # The compare window draws its own 20,000-node scene (two real 2-run profiles).
-            from engine.targets.cpu import CpuTarget
             with CpuTarget() as target:
                 profile = target.profile(ProfileSettings(runs=2, warmup=0), model_path=residual)
-            from PySide6.QtCore import QTimer
             window.set_overlay("macs")
             settle()
             added = QTimer(singleShot=True, interval=0)
