@@ -268,7 +268,8 @@ class _TensorAccumulator:
         if magnitude.size:
             self.max_ref = max(self.max_ref, float(magnitude.max()))
             self.overflow += int(np.count_nonzero(magnitude > FP16_MAX))
-            self.underflow += int(np.count_nonzero((magnitude > 0) & (magnitude.astype(np.float16) == 0)))
+            tiny = magnitude[magnitude < FP16_SMALLEST_NORMAL]
+            self.underflow += int(np.count_nonzero((tiny > 0) & (tiny.astype(np.float16) == 0)))
         finite_low = np.abs(low[low_finite])
         if finite_low.size:
             self.max_low = max(self.max_low, float(finite_low.max()))
@@ -299,8 +300,10 @@ class _TensorAccumulator:
             cosine, snr = math.nan, -math.inf
         else:
             norms = math.sqrt(self.ref2) * math.sqrt(self.low2)
-            cosine = self.dot / norms if norms > 0 else (1.0 if self.err2 == 0 else 0.0)
-            cosine = min(1.0, cosine)
+            if self.err2 == 0:
+                cosine = 1.0  # identical (the sums' own rounding would say 0.9999999999999998)
+            else:
+                cosine = min(1.0, self.dot / norms) if norms > 0 else 0.0
             snr = math.inf if self.err2 == 0 else (10 * math.log10(self.ref2 / self.err2) if self.ref2 > 0
                                                    else -math.inf)
         count = max(self.elements, 1)
