@@ -491,6 +491,7 @@ class NumericsResult:
     not_compared: Mapping[str, str] = field(default_factory=dict)
     seconds: Mapping[str, float] = field(default_factory=dict)
     device: Mapping = field(default_factory=dict)
+    hints: tuple = ()
 
     def layer(self, node_id: str) -> Optional[LayerNumerics]:
         return self.layers.get(node_id)
@@ -510,7 +511,7 @@ class NumericsResult:
                 "tolerance": self.tolerance, "first_departing": self.first_departing,
                 "first_overflow": self.first_overflow, "complete": self.complete, "error": self.error,
                 "warnings": list(self.warnings), "not_compared": dict(self.not_compared),
-                "seconds": dict(self.seconds), "device": dict(self.device),
+                "seconds": dict(self.seconds), "device": dict(self.device), "hints": list(self.hints),
                 "histogram_bins": list(HISTOGRAM_LABELS),
                 "layers": [layer.to_json_dict() for layer in self.layers.values()]}
 
@@ -524,7 +525,8 @@ class NumericsResult:
                    data.get("inputs", ""), int(data.get("samples_compared", 0)), layers,
                    data.get("first_departing"), data.get("first_overflow"), float(data.get("tolerance", 0)),
                    bool(data.get("complete")), data.get("error", ""), tuple(data.get("warnings", ())),
-                   data.get("not_compared", {}), data.get("seconds", {}), data.get("device", {}))
+                   data.get("not_compared", {}), data.get("seconds", {}), data.get("device", {}),
+                   tuple(data.get("hints", ())))
 
     def save_json(self, path) -> Path:
         return write_text_atomically(path, json.dumps(self.to_json_dict(), indent=1))
@@ -954,7 +956,7 @@ def run_numerics(model_path, settings: Optional[NumericsSettings] = None,
             first_departing = node_id
         if layer.overflows and first_overflow is None:
             first_overflow = node_id
-    return NumericsResult(
+    result = NumericsResult(
         model_path=str(path), mode=settings.mode, precision=settings.precision, kind=result_kind,
         emulation=emulation_text(settings.mode),
         reference=f"fp32, ONNX Runtime {ort.__version__} CPU, graph optimizations off",
@@ -965,6 +967,7 @@ def run_numerics(model_path, settings: Optional[NumericsSettings] = None,
         warnings=tuple(warnings), not_compared=not_compared,
         seconds={"reference": round(seconds_reference, 4), "reduced": round(seconds_reduced, 4),
                  "total": round(time.perf_counter() - started, 4)})
+    return replace(result, hints=tuple(numerics_hints(result, analysis.graph)))
 
 
 class _Stopped(Exception):
@@ -1009,3 +1012,92 @@ def _compare_node(node: onnx.NodeProto, reference: Mapping[str, np.ndarray], red
         not_compared.setdefault(node.name, f"no float output ({', '.join(dtypes) or 'no output'})")
     else:
         not_compared.pop(node.name, None)
+
+
+# ============================================================================ hints
+
+# Ops whose sums or exponentials overflow first when their input is large (the usual fp16 failures).
+_NORMALISATION_OPS = {"ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "LayerNormalization",
+                      "InstanceNormalization", "GroupNormalization", "BatchNormalization", "Softmax", "LogSoftmax",
+                      "Pow", "Sqrt", "Exp"}
+_WEIGHTED_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+_KEEP_FP32 = ("keep it in fp32 on Core ML with coremltools' op selection "
+              "(ct.convert(..., compute_precision=ct.transform.FP16ComputePrecision(op_selector=...)) "
+              "returning False for this op)")
+
+
+def numerics_hints(result: NumericsResult, graph=None) -> list[dict]:
+    """What to try where fp16 breaks the model: {rule, severity, message, node_ids, kind}.
+
+    `graph` (engine.ir.Graph) lets a hint name the layer that feeds the broken
+    one (whose weights can take a scale) and the normalisation that follows.
+    """
+    hints = []
+    producers = graph.producers() if graph is not None else {}
+    consumers = graph.consumers() if graph is not None else {}
+
+    def neighbours(node_id: str) -> tuple[Optional[str], Optional[str]]:
+        if graph is None or node_id not in graph.nodes_by_id:
+            return None, None
+        node = graph.node(node_id)
+        weighted = None
+        stack, seen = [node], set()
+        while stack and weighted is None:  # nearest weighted layer upstream (its weights can absorb a scale)
+            current = stack.pop(0)
+            for name in current.inputs:
+                producer = producers.get(name)
+                if producer is not None and producer.id not in seen:
+                    seen.add(producer.id)
+                    if producer.op_type in _WEIGHTED_OPS:
+                        weighted = producer.id
+                        break
+                    stack.append(producer)
+        normalisation = node_id if node.op_type in _NORMALISATION_OPS else None
+        stack, seen = [node], set()
+        while stack and normalisation is None and len(seen) < 16:  # the normalisation downstream, if near
+            current = stack.pop(0)
+            for name in current.outputs:
+                for consumer in consumers.get(name, ()):
+                    if consumer.id not in seen:
+                        seen.add(consumer.id)
+                        if consumer.op_type in _NORMALISATION_OPS:
+                            normalisation = consumer.id
+                            break
+                        stack.append(consumer)
+        return weighted, normalisation
+
+    def fixes(node_id: str) -> tuple[str, list[str]]:
+        weighted, normalisation = neighbours(node_id)
+        named = [node_id]
+        parts = [_KEEP_FP32]
+        if normalisation is not None:
+            parts.append(f"rescale the values before the normalisation '{normalisation}' (divide by a constant "
+                         "first, so that its sums and exponentials stay in range)")
+            named.append(normalisation)
+        if weighted is not None:
+            parts.append(f"fold the scale into the weights of '{weighted}' so that the activations stay small")
+            named.append(weighted)
+        return "; ".join(parts), list(dict.fromkeys(named))
+
+    overflow = result.layers.get(result.first_overflow) if result.first_overflow else None
+    if overflow is not None:
+        text, named = fixes(overflow.node_id)
+        hints.append({"rule": "fp16_overflow", "severity": "high", "node_ids": named, "kind": result.kind,
+                      "message": f"'{overflow.node_id}' ({overflow.op_type}) is the first layer whose values leave "
+                                 f"the fp16 range: the reference reaches {overflow.largest_reference:.4g} (fp16 "
+                                 f"holds up to {FP16_MAX:.0f}), which is inf in fp16. Usual fixes: {text}."})
+    departing = result.layers.get(result.first_departing) if result.first_departing else None
+    if departing is not None and departing is not overflow:
+        text, named = fixes(departing.node_id)
+        peaks = [result.layers[producers[name].id].largest_reference
+                 for name in (graph.node(departing.node_id).inputs if graph is not None else ())
+                 if name in producers and producers[name].id in result.layers]
+        where = f"its inputs reach {max(peaks):.4g}" if peaks else \
+            f"its values reach {departing.largest_reference:.4g}"
+        hints.append({"rule": "fp16_precision", "severity": "high" if departing.error > 0.1 else "medium",
+                      "node_ids": named, "kind": result.kind,
+                      "message": f"'{departing.node_id}' ({departing.op_type}) is the first layer that departs from "
+                                 f"the fp32 reference (error {departing.error:.3g}, tolerance {result.tolerance:g}) "
+                                 "without overflowing: fp16 keeps 11 significant bits, so large values close to "
+                                 f"each other lose their differences ({where}). Usual fixes: {text}."})
+    return hints

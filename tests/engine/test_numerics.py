@@ -6,71 +6,28 @@ import math
 import threading
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+
+import numerics_models
 
 from engine.numerics import (FP16_MAX, MODES, NumericsError, NumericsResult, NumericsSettings, compare_tensor,
                              run_numerics)
 from engine.samples import default_sample_path, write_sample
 
 
-def _save(tmp_path, name, nodes, inputs, outputs, initializers=()):
-    graph = helper.make_graph(nodes, name, inputs, outputs, initializer=list(initializers))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path = tmp_path / f"{name}.onnx"
-    onnx.save_model(model, str(path))
-    return path
-
-
-def _const(name, value):
-    return numpy_helper.from_array(np.asarray(value, dtype=np.float32), name)
-
-
 @pytest.fixture
 def overflow_model(tmp_path):
-    """x in [0, 1) * 1000 (fine in fp16), squared (up to 1e6 > 65504: overflows), * 1e-3 (fine in fp32)."""
-    f = TensorProto.FLOAT
-    nodes = [helper.make_node("Mul", ["x", "k_up"], ["scaled"], name="scale_up"),
-             helper.make_node("Mul", ["scaled", "scaled"], ["squared"], name="square"),
-             helper.make_node("Mul", ["squared", "k_down"], ["y"], name="scale_down")]
-    return _save(tmp_path, "overflow", nodes, [helper.make_tensor_value_info("x", f, [1, 64])],
-                 [helper.make_tensor_value_info("y", f, [1, 64])],
-                 [_const("k_up", 1000.0), _const("k_down", 1e-3)])
+    return numerics_models.overflow_model(tmp_path)
 
 
 @pytest.fixture
 def softmax_model(tmp_path):
-    """Logits 3000 + 4x: fp16 spacing is 2 above 2048, so logits move by up to 1 and softmax by up to e."""
-    f = TensorProto.FLOAT
-    nodes = [helper.make_node("Mul", ["x", "k"], ["spread"], name="spread"),
-             helper.make_node("Add", ["spread", "offset"], ["logits"], name="logits"),
-             helper.make_node("Softmax", ["logits"], ["p"], name="softmax", axis=-1)]
-    return _save(tmp_path, "softmax", nodes, [helper.make_tensor_value_info("x", f, [1, 64])],
-                 [helper.make_tensor_value_info("p", f, [1, 64])], [_const("k", 4.0), _const("offset", 3000.0)])
+    return numerics_models.softmax_model(tmp_path)
 
 
 @pytest.fixture
 def exact_model(tmp_path):
-    """Small integer weights on small integer inputs: every value is an integer below 2048, exact in fp16."""
-    f = TensorProto.FLOAT
-    rng = np.random.default_rng(1)
-    weight = rng.integers(-1, 2, size=(4, 3, 3, 3)).astype(np.float32)
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c"], ["r"], name="relu"),
-             helper.make_node("Add", ["r", "c"], ["y"], name="add")]
-    return _save(tmp_path, "exact", nodes, [helper.make_tensor_value_info("x", f, [1, 3, 8, 8])],
-                 [helper.make_tensor_value_info("y", f, [1, 4, 8, 8])], [numpy_helper.from_array(weight, "w")])
-
-
-def _integer_inputs(tmp_path, count=1, name="ints.npz"):
-    rng = np.random.default_rng(7)
-    values = rng.integers(0, 4, size=(count, 1, 3, 8, 8)).astype(np.float32)
-    path = tmp_path / name
-    np.savez(path, x=values if count > 1 else values[0])
-    return path
+    return numerics_models.exact_model(tmp_path)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -107,7 +64,7 @@ def test_softmax_over_large_logits_loses_precision_in_fp16_only(softmax_model, t
 
 @pytest.mark.parametrize("mode", MODES)
 def test_model_exact_in_fp16_has_zero_error(exact_model, tmp_path, mode):
-    inputs = _integer_inputs(tmp_path)
+    inputs = numerics_models.integer_inputs(tmp_path)
     result = run_numerics(exact_model, NumericsSettings(mode=mode, inputs=(str(inputs),)))
     assert set(result.layers) == {"conv", "relu", "add"}
     for layer in result.layers.values():
