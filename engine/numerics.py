@@ -198,8 +198,9 @@ def emulation_text(mode: str) -> str:
         return (f"fp16-storage: ONNX Runtime {ort.__version__} on the CPU, arithmetic in fp32; weights, inputs "
                 "and every layer's outputs rounded to fp16 (Cast float->float16->float after each layer)")
     return (f"fp16-compute: onnx {onnx.__version__} reference evaluator on numpy {np.__version__} float16 "
-            "arrays: weights, inputs, every op's arithmetic and outputs in float16 (numpy's half-precision "
-            "kernels)")
+            "arrays: weights, inputs, every op's arithmetic steps and outputs in float16; dot products "
+            "(Conv, ConvTranspose, MatMul, Gemm) accumulate in fp32 and round once, as numpy's float16 product "
+            "does")
 
 
 # Seconds per multiply-accumulate of the fp16-compute emulation, measured on the benchmark machine
@@ -747,9 +748,10 @@ class _Fp16Evaluator:
 
     def __init__(self, proto: onnx.ModelProto):
         from onnx.reference import ReferenceEvaluator
+        from engine.numerics_kernels import FP16_KERNELS
         self.model = _fp16_compute_model(proto)
         try:
-            self.evaluator = ReferenceEvaluator(self.model)
+            self.evaluator = ReferenceEvaluator(self.model, new_ops=FP16_KERNELS)
         except Exception as exc:
             raise NumericsError(f"the reference evaluator cannot load the fp16 model ({type(exc).__name__}: "
                                 f"{exc}); use mode fp16-storage") from None
