@@ -1092,7 +1092,7 @@ def numerics_hints(result: NumericsResult, graph=None) -> list[dict]:
         if graph is None or node_id not in graph.nodes_by_id:
             return None, None
         node = graph.node(node_id)
-        weighted = None
+        weighted = node_id if node.op_type in _WEIGHTED_OPS else None
         stack, seen = [node], set()
         while stack and weighted is None:  # nearest weighted layer upstream (its weights can absorb a scale)
             current = stack.pop(0)
