@@ -1,10 +1,13 @@
 """Bottleneck hints: rules that read a profile and the static analysis and say what to try.
 
-Each hint names the nodes it concerns and why, with the measured figures
-behind it.  Rules are deliberately few and conservative: a hint that fires on
-every model teaches people to ignore hints.
+Each hint names the nodes it concerns and why, with the figures behind it.
+Its `kind` is the weakest kind of the figures it uses (DESIGN.md's rule for a
+combination): its nodes' times, the profile's total (the share's denominator),
+and, for rules that judge by static figures (MACs, FLOPs per byte), estimated.
+Rules are deliberately few and conservative: a hint that fires on every model
+teaches people to ignore hints.
 
-    find_hints(profile, analysis) -> list[dict]   # {rule, severity, message, node_ids, time_ms, share}
+    find_hints(profile, analysis) -> list[dict]   # {rule, severity, message, node_ids, time_ms, share, kind}
 
 Thresholds are module constants so a test (or a person) can see them.
 """
@@ -14,6 +17,7 @@ import statistics
 from typing import TYPE_CHECKING, Optional
 
 from engine.analysis import costs
+from engine.profile import ESTIMATED, combine_kinds
 
 if TYPE_CHECKING:
     from engine.analysis import ModelAnalysis
@@ -46,9 +50,9 @@ def _layers(count: int, noun: str = "layer") -> str:
     return f"{count} {noun}{'s' if count != 1 else ''}"
 
 
-def _hint(rule: str, share: float, message: str, node_ids, time_ms: float) -> dict:
+def _hint(rule: str, share: float, message: str, node_ids, time_ms: float, kind: str) -> dict:
     return {"rule": rule, "severity": _severity(share), "message": message, "node_ids": list(node_ids),
-            "time_ms": round(time_ms, 6), "share": round(share, 6), "kind": "measured"}
+            "time_ms": round(time_ms, 6), "share": round(share, 6), "kind": kind}
 
 
 def find_hints(profile: "Profile", analysis: "ModelAnalysis") -> list[dict]:
@@ -65,6 +69,14 @@ def find_hints(profile: "Profile", analysis: "ModelAnalysis") -> list[dict]:
 
     timed = [node_id for node_id in analysis.order if node_id in profile.nodes]
     hints: list[dict] = []
+    # The total sums whole kernels (attribution preserves a kernel's time), so it has the kernels' kind.
+    total_kind = combine_kinds([g.time.kind for g in profile.groups if g.node_ids]
+                               or [n.kind for n in profile.nodes.values()])
+
+    def kind(node_ids, static: bool = False) -> str:
+        """The weakest kind of the hint's figures: its nodes' times, the total, static figures if used."""
+        kinds = [total_kind] + [profile.nodes[i].kind for i in node_ids]
+        return combine_kinds(kinds + [ESTIMATED] if static else kinds)
 
     # 1. BatchNorm that can be folded into the preceding Conv/Gemm
     foldable = []
@@ -88,7 +100,7 @@ def find_hints(profile: "Profile", analysis: "ModelAnalysis") -> list[dict]:
             f"Conv/Gemm and can be folded into its "
             f"weights (e.g. {example_bn} into {example_conv}); they take {bn_ms:.3f} ms "
             f"({100 * bn_ms / total:.1f} % of the time). Fold them before export or deployment.",
-            [bn for bn, _ in foldable], bn_ms))
+            [bn for bn, _ in foldable], bn_ms, kind([bn for bn, _ in foldable])))
 
     # 2. ConvTranspose dominating the decoder
     decoder_ids = [i for i in timed if analysis.nodes[i].stage == "decoder"]
@@ -101,7 +113,7 @@ def find_hints(profile: "Profile", analysis: "ModelAnalysis") -> list[dict]:
             f"ConvTranspose takes {100 * transposed_ms / decoder_ms:.0f} % of the decoder's time "
             f"({transposed_ms:.3f} ms in {_layers(len(transposed))}). Try Resize (nearest or bilinear) "
             "followed by a Conv: it is often much faster on mobile GPUs and CPUs, and avoids "
-            "checkerboard artefacts.", transposed, transposed_ms))
+            "checkerboard artefacts.", transposed, transposed_ms, kind(transposed)))
 
     # 3. depthwise convolutions dominating on a CPU
     depthwise = [i for i in timed if _is_depthwise(graph.node(i), graph)]
@@ -113,7 +125,7 @@ def find_hints(profile: "Profile", analysis: "ModelAnalysis") -> list[dict]:
             f"Depthwise convolutions take {100 * depthwise_ms / total:.0f} % of the time on the CPU "
             f"({_layers(len(depthwise))}) while doing few MACs: they are memory-bound on CPUs. "
             "On a phone they are cheap on the GPU/Neural Engine; on CPU consider fewer, wider layers.",
-            depthwise, depthwise_ms))
+            depthwise, depthwise_ms, kind(depthwise)))
 
     # 4. layers far slower than their MACs predict
     rates = {i: ms(i) / analysis.nodes[i].macs for i in timed if (analysis.nodes[i].macs or 0) > 0 and ms(i) > 0}
@@ -129,7 +141,8 @@ def find_hints(profile: "Profile", analysis: "ModelAnalysis") -> list[dict]:
                 "low_efficiency", slow_ms / total,
                 f"{_layers(len(slow))} {'run' if len(slow) > 1 else 'runs'} at {LOW_EFFICIENCY_FACTOR:.0f}x or more "
                 f"of the model's median time per MAC (worst: {worst}, {rates[worst] / median_rate:.1f}x). Their shapes or ops fit the "
-                "target badly: check their kernel sizes, groups, strides and channel counts.", slow, slow_ms))
+                "target badly: check their kernel sizes, groups, strides and channel counts.", slow, slow_ms,
+                kind(rates, static=True)))  # the model's median time per MAC uses every rated node
 
     # 5. memory-bound layers
     bound = [i for i in timed if ms(i) / total >= MEMORY_BOUND_MIN_SHARE
@@ -144,7 +157,7 @@ def find_hints(profile: "Profile", analysis: "ModelAnalysis") -> list[dict]:
             f"{MEMORY_BOUND_INTENSITY:g} FLOP per byte moved (e.g. {bound[0]}: "
             f"{graph.node(bound[0]).op_type}): they are limited by memory traffic, not arithmetic. "
             "Fuse them into neighbours, keep tensors smaller (lower resolution, fewer channels) or "
-            "avoid layout changes.", bound, bound_ms))
+            "avoid layout changes.", bound, bound_ms, kind(bound, static=True)))
     return hints
 
 

@@ -9,7 +9,12 @@ Every figure says how it was obtained (DESIGN.md, "Measured versus estimated"):
 - ``measured``   timed on the target (one sample per run);
 - ``attributed`` a measured total split by a cost model: in deployed mode a
                  fused kernel's time is split over its source nodes by FLOPs share;
+- ``derived``    computed from other measurements (a transfer-cost fit of measured round trips);
+- ``planned``    what a runtime says it will do (Core ML's compute plan);
+- ``emulated``   the CPU reference imitating a device;
 - ``estimated``  from a model of the device, no run.
+
+A combination takes the weakest kind it uses (`combine_kinds`).
 
 Invariants:
 
@@ -43,12 +48,16 @@ from engine.files import jsonable, write_text_atomically
 SCHEMA = "layerscope.profile/1"
 
 MEASURED, ATTRIBUTED, ESTIMATED = "measured", "attributed", "estimated"
-KINDS = (MEASURED, ATTRIBUTED, ESTIMATED)
+DERIVED, PLANNED, EMULATED = "derived", "planned", "emulated"
+# Strongest first (DESIGN.md: measured > attributed/derived/planned/emulated > estimated).  The four
+# middle kinds rank alike; their order here only decides which one a mixed sum is labelled with.
+KINDS = (MEASURED, DERIVED, ATTRIBUTED, PLANNED, EMULATED, ESTIMATED)
 
 MODE_EXACT, MODE_DEPLOYED = "exact", "deployed"
 MODES = (MODE_EXACT, MODE_DEPLOYED)
 
-__all__ = ["SCHEMA", "MEASURED", "ATTRIBUTED", "ESTIMATED", "KINDS", "MODE_EXACT", "MODE_DEPLOYED", "MODES",
+__all__ = ["SCHEMA", "MEASURED", "ATTRIBUTED", "ESTIMATED", "DERIVED", "PLANNED", "EMULATED", "KINDS", "MODE_EXACT",
+           "MODE_DEPLOYED", "MODES",
            "FrozenMap", "TimingStats", "TimingGroup", "NodeTiming", "Profile", "ProfileFormatError",
            "combine_kinds", "kind_problems", "read_kind"]
 
@@ -155,13 +164,13 @@ class FrozenMap(Mapping):
 
 
 def combine_kinds(kinds: Iterable[str]) -> str:
-    """The kind of a sum: the weakest of its parts (estimated < attributed < measured)."""
-    kinds = set(kinds)
-    if ESTIMATED in kinds:
-        return ESTIMATED
-    if ATTRIBUTED in kinds:
-        return ATTRIBUTED
-    return MEASURED
+    """The kind of a combination of figures: the weakest of its parts (KINDS order); measured
+    for none.  An unknown kind is an error: it must never come out as a stronger one."""
+    present = set(kinds)
+    unknown = present.difference(KINDS)
+    if unknown:
+        raise ValueError(f"unknown figure kind(s) {', '.join(sorted(map(str, unknown)))}; known: {', '.join(KINDS)}")
+    return next((kind for kind in reversed(KINDS) if kind in present), MEASURED)
 
 
 # A run is "disturbed" when at least DISTURBED_SHARE of the layers above 1 % of the time ran
