@@ -1,13 +1,12 @@
 """Bottleneck hints: rules that read a profile and the static analysis and say what to try.
 
-Each hint names the nodes it concerns and why, with the figures behind it.
-Its `kind` is the weakest kind of the figures it uses (DESIGN.md's rule for a
-combination): its nodes' times, the profile's total (the share's denominator),
-and, for rules that judge by static figures (MACs, FLOPs per byte), estimated.
-Rules are deliberately few and conservative: a hint that fires on every model
-teaches people to ignore hints.
+Each hint names the nodes it concerns and why, with the measured figures
+behind it.  Rules are deliberately few and conservative: a hint that fires on
+every model teaches people to ignore hints.
 
-    find_hints(profile, analysis) -> list[dict]   # {rule, severity, message, node_ids, time_ms, share, kind}
+A hint's `kind` is the weakest kind of the figures it uses (`hint_kind`).
+
+    find_hints(profile, analysis) -> list[dict]   # {rule, severity, message, node_ids, time_ms, share}
 
 Thresholds are module constants so a test (or a person) can see them.
 """
@@ -39,6 +38,8 @@ MEMORY_BOUND_INTENSITY = 1.0
 BATCHNORM_MIN_SHARE = 0.005
 
 _FOLDABLE_PRODUCERS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+# Rules that judge layers by figures counted from shapes (MACs, FLOPs per byte): their hints are estimated.
+RULES_ON_STATIC_FIGURES = ("low_efficiency", "memory_bound")
 
 
 def _severity(share: float) -> str:
@@ -50,9 +51,21 @@ def _layers(count: int, noun: str = "layer") -> str:
     return f"{count} {noun}{'s' if count != 1 else ''}"
 
 
-def _hint(rule: str, share: float, message: str, node_ids, time_ms: float, kind: str) -> dict:
+def _hint(rule: str, share: float, message: str, node_ids, time_ms: float) -> dict:
     return {"rule": rule, "severity": _severity(share), "message": message, "node_ids": list(node_ids),
-            "time_ms": round(time_ms, 6), "share": round(share, 6), "kind": kind}
+            "time_ms": round(time_ms, 6), "share": round(share, 6)}
+
+
+def hint_kind(profile: "Profile", rule: str, node_ids) -> str:
+    """The weakest kind of the figures a hint uses (DESIGN.md's rule for a combination): its layers'
+    times (time_ms), the profile's total (share's denominator), and estimated for a rule that
+    judges by static figures.  The total sums whole kernels (attribution preserves a kernel's time),
+    so it has the kind of the kernels, not of the attributed parts."""
+    kinds = [g.time.kind for g in profile.groups if g.node_ids] or [n.kind for n in profile.nodes.values()]
+    kinds += [profile.nodes[i].kind for i in node_ids if i in profile.nodes]
+    if rule in RULES_ON_STATIC_FIGURES:
+        kinds.append(ESTIMATED)
+    return combine_kinds(kinds)
 
 
 def find_hints(profile: "Profile", analysis: "ModelAnalysis") -> list[dict]:
@@ -69,14 +82,6 @@ def find_hints(profile: "Profile", analysis: "ModelAnalysis") -> list[dict]:
 
     timed = [node_id for node_id in analysis.order if node_id in profile.nodes]
     hints: list[dict] = []
-    # The total sums whole kernels (attribution preserves a kernel's time), so it has the kernels' kind.
-    total_kind = combine_kinds([g.time.kind for g in profile.groups if g.node_ids]
-                               or [n.kind for n in profile.nodes.values()])
-
-    def kind(node_ids, static: bool = False) -> str:
-        """The weakest kind of the hint's figures: its nodes' times, the total, static figures if used."""
-        kinds = [total_kind] + [profile.nodes[i].kind for i in node_ids]
-        return combine_kinds(kinds + [ESTIMATED] if static else kinds)
 
     # 1. BatchNorm that can be folded into the preceding Conv/Gemm
     foldable = []
@@ -100,7 +105,7 @@ def find_hints(profile: "Profile", analysis: "ModelAnalysis") -> list[dict]:
             f"Conv/Gemm and can be folded into its "
             f"weights (e.g. {example_bn} into {example_conv}); they take {bn_ms:.3f} ms "
             f"({100 * bn_ms / total:.1f} % of the time). Fold them before export or deployment.",
-            [bn for bn, _ in foldable], bn_ms, kind([bn for bn, _ in foldable])))
+            [bn for bn, _ in foldable], bn_ms))
 
     # 2. ConvTranspose dominating the decoder
     decoder_ids = [i for i in timed if analysis.nodes[i].stage == "decoder"]
@@ -113,7 +118,7 @@ def find_hints(profile: "Profile", analysis: "ModelAnalysis") -> list[dict]:
             f"ConvTranspose takes {100 * transposed_ms / decoder_ms:.0f} % of the decoder's time "
             f"({transposed_ms:.3f} ms in {_layers(len(transposed))}). Try Resize (nearest or bilinear) "
             "followed by a Conv: it is often much faster on mobile GPUs and CPUs, and avoids "
-            "checkerboard artefacts.", transposed, transposed_ms, kind(transposed)))
+            "checkerboard artefacts.", transposed, transposed_ms))
 
     # 3. depthwise convolutions dominating on a CPU
     depthwise = [i for i in timed if _is_depthwise(graph.node(i), graph)]
@@ -125,7 +130,7 @@ def find_hints(profile: "Profile", analysis: "ModelAnalysis") -> list[dict]:
             f"Depthwise convolutions take {100 * depthwise_ms / total:.0f} % of the time on the CPU "
             f"({_layers(len(depthwise))}) while doing few MACs: they are memory-bound on CPUs. "
             "On a phone they are cheap on the GPU/Neural Engine; on CPU consider fewer, wider layers.",
-            depthwise, depthwise_ms, kind(depthwise)))
+            depthwise, depthwise_ms))
 
     # 4. layers far slower than their MACs predict
     rates = {i: ms(i) / analysis.nodes[i].macs for i in timed if (analysis.nodes[i].macs or 0) > 0 and ms(i) > 0}
@@ -141,8 +146,7 @@ def find_hints(profile: "Profile", analysis: "ModelAnalysis") -> list[dict]:
                 "low_efficiency", slow_ms / total,
                 f"{_layers(len(slow))} {'run' if len(slow) > 1 else 'runs'} at {LOW_EFFICIENCY_FACTOR:.0f}x or more "
                 f"of the model's median time per MAC (worst: {worst}, {rates[worst] / median_rate:.1f}x). Their shapes or ops fit the "
-                "target badly: check their kernel sizes, groups, strides and channel counts.", slow, slow_ms,
-                kind(rates, static=True)))  # the model's median time per MAC uses every rated node
+                "target badly: check their kernel sizes, groups, strides and channel counts.", slow, slow_ms))
 
     # 5. memory-bound layers
     bound = [i for i in timed if ms(i) / total >= MEMORY_BOUND_MIN_SHARE
@@ -157,7 +161,9 @@ def find_hints(profile: "Profile", analysis: "ModelAnalysis") -> list[dict]:
             f"{MEMORY_BOUND_INTENSITY:g} FLOP per byte moved (e.g. {bound[0]}: "
             f"{graph.node(bound[0]).op_type}): they are limited by memory traffic, not arithmetic. "
             "Fuse them into neighbours, keep tensors smaller (lower resolution, fewer channels) or "
-            "avoid layout changes.", bound, bound_ms, kind(bound, static=True)))
+            "avoid layout changes.", bound, bound_ms))
+    for hint in hints:
+        hint["kind"] = hint_kind(profile, hint["rule"], hint["node_ids"])
     return hints
 
 
