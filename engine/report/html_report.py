@@ -68,6 +68,8 @@ def html_report(profile: "Profile", analysis: "ModelAnalysis", sweep: Optional[S
     if not profile.complete or profile.error:
         parts.append(f"<p class='warn'>This profile is incomplete: {escape(profile.error or 'stopped early')}. "
                      f"The {profile.runs_completed} runs measured before that are shown.</p>")
+    for warning in profile.warnings:  # what the reader must know to read the figures right
+        parts.append(f"<p class='warn'>Note: {escape(warning)}</p>")
 
     e2e = profile.end_to_end
     cards = [
