@@ -507,6 +507,15 @@ class Profile:
         """Op type -> the kind of its summed time."""
         return dict(self._kinds_by("op_type"))
 
+    def ratio_kinds(self) -> dict[str, Optional[str]]:
+        """Kinds of the ratios `coverage` and `profiler_overhead`: the weakest of the figures each
+        divides (None when the ratio is not there)."""
+        e2e, profiled = self.end_to_end, self.profiled_end_to_end
+        return {"coverage": combine_kinds([g.time.kind for g in self.groups] + [e2e.kind])
+                if self.coverage is not None and e2e is not None else None,
+                "profiler_overhead": combine_kinds([profiled.kind, e2e.kind])
+                if self.profiler_overhead is not None and e2e is not None and profiled is not None else None}
+
     def _kinds_by(self, attribute: str) -> Mapping[str, str]:
         # Cached beside the fields (the profile is immutable): reports ask once per stage and op type.
         cache = self.__dict__.setdefault("_kinds_cache", {})
