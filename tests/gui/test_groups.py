@@ -187,13 +187,14 @@ def test_closing_a_compare_view_while_it_draws_cancels_the_build(qtbot, window, 
     assert not view.ready and built() == built_before  # no slice ran after the close
     assert view.view.graph_scene is None
     # Closed before its first comparison even started: nothing starts later either.  A hidden
-    # reference opened after it starts only from the same 250 ms fallback timer, which fires later.
+    # reference opened after it starts only from the same 250 ms fallback timer, which fires later;
+    # once it has drawn, the closed one would have compared and drawn too.
     early = window.show_compare(0, 0)
     qtbot.addWidget(early)
     early.close()
     late = _reference_compare_view(window)
     qtbot.addWidget(late)
-    qtbot.waitUntil(lambda: late.comparison is not None, timeout=LOAD_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: late.ready, timeout=LOAD_TIMEOUT_MS)
     assert early.comparison is None and early.scene is None
     reopened = window.show_compare(0, 0)  # and a new one draws normally
     qtbot.addWidget(reopened)
