@@ -35,11 +35,20 @@ from typing import Callable, Collection, Mapping, Optional
 
 import numpy as np
 
-__all__ = ["load_program", "evaluate", "UnsupportedOp", "SPEC_OPS", "output_names"]
+__all__ = ["load_program", "evaluate", "UnsupportedOp", "EvaluationError", "SPEC_OPS", "output_names"]
 
 
 class UnsupportedOp(Exception):
     """The program has an op this evaluator cannot execute (named, with its type)."""
+
+    def __init__(self, op_name: str, op_type: str, reason: str):
+        self.op_name = op_name
+        self.op_type = op_type
+        super().__init__(f"{op_name} ({op_type}): {reason}")
+
+
+class EvaluationError(Exception):
+    """An op failed on the values it was given (inconsistent shapes, ...): the program is wrong."""
 
     def __init__(self, op_name: str, op_type: str, reason: str):
         self.op_name = op_name
@@ -94,7 +103,12 @@ def evaluate(program, inputs: Mapping[str, np.ndarray], *, keep: Optional[Collec
     for index, op in enumerate(operations):
         if op.op_type == "const":
             continue
-        results = _run_op(op, values)
+        try:
+            results = _run_op(op, values)
+        except (UnsupportedOp, KeyError):
+            raise
+        except Exception as exc:  # numpy refusing the op's values: name the op
+            raise EvaluationError(op.name, op.op_type, f"{type(exc).__name__}: {exc}") from exc
         for var, result in zip(op.outputs, results):
             values[var.name] = np.asarray(result).astype(_numpy_dtype(var), copy=False)
         if wanted is not None:
@@ -251,12 +265,15 @@ def conv(args: dict) -> np.ndarray:
     n, c_in = windows.shape[:2]
     out_sizes = windows.shape[2:2 + spatial]
     c_out = weight.shape[0]
-    grouped = windows.reshape((n, groups, c_in // groups) + out_sizes + tuple(kernel))
-    w = weight.reshape((groups, c_out // groups) + weight.shape[1:])
-    letters = "abcdefuvw"[:spatial], "pqr"[:spatial]
-    out_axes, kernel_axes = letters
-    y = np.einsum(f"ngi{out_axes}{kernel_axes},goi{kernel_axes}->ngo{out_axes}", grouped, w, optimize=True)
-    y = y.reshape((n, c_out) + out_sizes)
+    kernel_axes = list(range(2 + spatial, 2 + 2 * spatial))
+    if groups == 1:  # one matrix product (BLAS)
+        y = np.moveaxis(np.tensordot(windows, weight, axes=([1] + kernel_axes, list(range(1, 2 + spatial)))), -1, 1)
+    else:
+        grouped = windows.reshape((n, groups, c_in // groups) + out_sizes + tuple(kernel))
+        w = weight.reshape((groups, c_out // groups) + weight.shape[1:])
+        out_letters, kernel_letters = "abc"[:spatial], "pqr"[:spatial]
+        y = np.einsum(f"ngi{out_letters}{kernel_letters},goi{kernel_letters}->ngo{out_letters}", grouped, w)
+        y = y.reshape((n, c_out) + out_sizes)
     if args.get("bias") is not None:
         y = y + np.asarray(args["bias"], np.float32).reshape((-1,) + (1,) * spatial)
     return y
@@ -295,13 +312,13 @@ def conv_transpose(args: dict) -> np.ndarray:
     xg = x.reshape((n, groups, c_in // groups) + tuple(in_sizes))
     wg = weight.reshape((groups, c_in // groups, weight.shape[1]) + tuple(kernel))
     y = np.zeros((n, groups, weight.shape[1]) + tuple(full), np.float32)
-    in_axes = "abc"[:spatial]
-    for offsets in itertools.product(*(range(k) for k in kernel)):
-        contribution = np.einsum(f"ngi{in_axes},gio->ngo{in_axes}", xg, wg[(slice(None),) * 3 + offsets],
-                                 optimize=True)
-        target = tuple(slice(k * d, k * d + (size - 1) * s + 1, s)
-                       for k, d, size, s in zip(offsets, dilations, in_sizes, strides))
-        y[(slice(None),) * 3 + target] += contribution
+    for group in range(groups):
+        # [C_out/groups, *K, n, *D_in]: every input position times every kernel tap
+        products = np.tensordot(wg[group], xg[:, group], axes=([0], [1]))
+        for offsets in itertools.product(*(range(k) for k in kernel)):
+            target = tuple(slice(k * d, k * d + (size - 1) * s + 1, s)
+                           for k, d, size, s in zip(offsets, dilations, in_sizes, strides))
+            y[(slice(None), group, slice(None)) + target] += np.moveaxis(products[(slice(None),) + offsets], 0, 1)
     y = y.reshape((n, c_out) + tuple(full))
     y = y[(slice(None), slice(None)) + tuple(slice(b, f - e) for (b, e), f in zip(crops, full))]
     if args.get("bias") is not None:
