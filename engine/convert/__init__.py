@@ -562,7 +562,7 @@ def convert(model_path: str | os.PathLike, output_path: str | os.PathLike, *, pr
             from engine.convert.values import tensor_map
             report("reading the saved program back (weights from the package)")
             program = load_program(staging)
-            layer_map["tensors"] = tensor_map(built, program)
+            layer_map["tensors"] = tensor_map(built, program, layer_map)
             report("checking weights and values (MIL reference evaluator against ONNX Runtime)")
         verification = run_checks(source=source, built=built, coreml_model=coreml_model, layer_map=layer_map,
                                   owner=owner, precision=precision, optimize=optimize, package_path=staging,

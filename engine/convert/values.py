@@ -17,7 +17,8 @@ Both say "not run" (never "passed") when they could not run, and why.
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from collections import Counter
+from typing import Mapping
 
 import numpy as np
 
@@ -113,7 +114,7 @@ def weights_check(program, layer_map: Mapping, source, optimize: str) -> dict:
         return _check(NOT_RUN, "optimize='default' folds BatchNorm and biases into convolutions, so weights "
                                "no longer equal single source constants; the values check covers them")
     weights = package_weights(program, layer_map)
-    departures, matched_inputs = [], set()
+    departures, departing_nodes, matched_inputs = [], [], set()
     for op_name, op_type, parameter, node_id, value in weights:
         node = source.graph.node(node_id)
         wanted = WEIGHT_SOURCES.get((node.op_type, op_type, parameter))
@@ -136,6 +137,7 @@ def weights_check(program, layer_map: Mapping, source, optimize: str) -> dict:
             departures.append(f"{node_id} ({node.op_type}): {op_type} {op_name}.{parameter} "
                               f"{'x'.join(map(str, value.shape))} {value.dtype} does not equal {where} of the "
                               "source node")
+            departing_nodes.append(node_id)
         else:
             matched_inputs.add((node_id, found[0]))
     # the other direction: every weight of a converted source node is in the package
@@ -151,12 +153,13 @@ def weights_check(program, layer_map: Mapping, source, optimize: str) -> dict:
                     (value_type.element_count or 0) <= 1:
                 continue
             missing.append(f"{node_id} ({node.op_type}): input {index} '{name}'")
+            departing_nodes.append(node_id)
     source.release_constants()
     detail = (f"{len(weights)} weight tensors of the package read back with coremltools' weight reader and "
               "compared with their ONNX source constants (layouts as documented; fp16 within half an fp16 step)")
     if departures or missing:
         problems = departures[:3] + [f"not in the package: {m}" for m in missing[:3]]
-        first = departures[0].split(":")[0] if departures else missing[0].split(":")[0]
+        first = next(n.id for n in source.order if n.id in set(departing_nodes))
         return _check(FAILED, f"{len(departures)} of {len(weights)} weights differ from the source"
                               f"{f', {len(missing)} source weights missing' if missing else ''}: "
                               + "; ".join(problems), compared=len(weights), differing=len(departures),
@@ -166,12 +169,28 @@ def weights_check(program, layer_map: Mapping, source, optimize: str) -> dict:
 
 # ----------------------------------------------------------------------------- numerics
 
-def tensor_map(built, program) -> dict[str, str]:
-    """ONNX tensor -> MIL var name in the saved program, for every node result the build bound
-    that is still in the program (coremltools passes may have merged or removed a few)."""
-    names = {var.name for op in program.functions["main"].operations for var in op.outputs}
-    names |= set(program.functions["main"].inputs)
-    return {onnx_name: var.name for _, onnx_name, var in built.tensor_vars if var.name in names}
+def tensor_map(built, program, layer_map: Mapping) -> dict[str, str]:
+    """ONNX tensor -> MIL var name in the saved program, for every node result the build bound.
+
+    By the var's name after coremltools' passes; where a pass replaced the op (a
+    ConvTranspose becomes `..._has_output_shape`), a single-output node's result is the
+    output of its last op in the program, as the layer map lists them.
+    """
+    operations = list(program.functions["main"].operations)
+    names = {var.name for op in operations for var in op.outputs} | set(program.functions["main"].inputs)
+    position = {op.name: index for index, op in enumerate(operations)}
+    results_per_node = Counter(node_id for node_id, _, _ in built.tensor_vars)
+    result = {}
+    for node_id, onnx_name, var in built.tensor_vars:
+        if var.name in names:
+            result[onnx_name] = var.name
+            continue
+        node_ops = [name for name in layer_map.get("nodes", {}).get(node_id, ()) if name in position]
+        if node_ops and results_per_node[node_id] == 1:
+            last = operations[max(position[name] for name in node_ops)]
+            if len(last.outputs) == 1:
+                result[onnx_name] = last.outputs[0].name
+    return result
 
 
 def seeded_inputs(source, image_inputs: Mapping, seed: int = 0) -> tuple[dict, dict]:
