@@ -178,6 +178,12 @@ def _run_op(op, values: Mapping[str, np.ndarray]) -> tuple:
     return _via_value_inference(op, values)
 
 
+def _const_flags(op):
+    for value in op.inputs.values():
+        if not isinstance(value, (list, tuple)) and value is not None and isinstance(value.val, np.bool_):
+            yield value
+
+
 def _base_value_inference():
     from coremltools.converters.mil.mil import Operation
     return Operation.value_inference
@@ -189,6 +195,11 @@ def _via_value_inference(op, values: Mapping[str, np.ndarray]) -> tuple:
         for var in _input_vars(op):
             bound.append((var, var._sym_val))
             var._sym_val = _Bound(values[var.name])
+        for var in _const_flags(op):
+            # A program read back from a package holds bool arguments as numpy bools, which
+            # numpy's keepdims= refuses; value_inference was written for Python bools.
+            bound.append((var, var._sym_val))
+            var._sym_val = _Bound(bool(var.val))
         result = op.value_inference()
     except NotImplementedError as exc:
         raise UnsupportedOp(op.name, op.op_type, f"coremltools' value_inference does not cover this case "

@@ -64,12 +64,13 @@ def package_weights(program, layer_map: Mapping) -> list[tuple[str, str, str, st
         source = ops.get(op.name, {}).get("source")
         if source is None:
             continue
-        for parameter, var in op.inputs.items():
-            if isinstance(var, (list, tuple)) or var is None or var.op is None or var.op.op_type != "const":
-                continue
-            value = var.val
-            if isinstance(value, np.ndarray) and value.size > 1 and np.issubdtype(value.dtype, np.floating):
-                weights.append((op.name, op.op_type, parameter, source, value))
+        for parameter, given in op.inputs.items():
+            for var in (given if isinstance(given, (list, tuple)) else (given,)):  # concat's values: a list
+                if var is None or var.op is None or var.op.op_type != "const":
+                    continue
+                value = var.val
+                if isinstance(value, np.ndarray) and value.size > 1 and np.issubdtype(value.dtype, np.floating):
+                    weights.append((op.name, op.op_type, parameter, source, value))
     return weights
 
 
@@ -91,14 +92,15 @@ def _close(stored: np.ndarray, expected: np.ndarray) -> bool:
 
 
 def _candidates(node, input_index: int, array: np.ndarray) -> list[tuple[str, np.ndarray]]:
-    """The forms a source constant may take in the package (the converter's documented layouts)."""
+    """The forms a source constant may take in the package (the converter's documented layouts):
+    any reshape of it; for Gemm's B also its transpose, each times alpha; Gemm's C times beta."""
     forms = [("as stored", array)]
     if node.op_type == "Gemm" and array.ndim == 2 and input_index == 1:
+        forms.append(("transposed", array.T))
         alpha = float(node.attributes.get("alpha", 1.0))
-        matrix = array if node.attributes.get("transB", 0) else array.T
-        forms.append(("transposed (transB=0)" if matrix is not array else "as stored", matrix))
         if alpha != 1.0:
-            forms.append((f"times alpha={alpha:g}", (matrix.astype(np.float32) * np.float32(alpha))))
+            forms += [(f"{form} times alpha={alpha:g}", matrix.astype(np.float32) * np.float32(alpha))
+                      for form, matrix in list(forms)]
     if node.op_type == "Gemm" and input_index == 2:
         beta = float(node.attributes.get("beta", 1.0))
         if beta != 1.0:

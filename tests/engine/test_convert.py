@@ -1,8 +1,9 @@
 """ONNX -> Core ML conversion: real models, real packages on disk, re-opened by our importer.
 
-Core ML prediction needs macOS, so outputs are compared numerically only there (the
-`numeric` check says "skipped: needs macOS" elsewhere, which is asserted below).  What
-runs everywhere: every tensor's MIL shape/dtype against ONNX shape inference, the saved
+Core ML prediction needs macOS, so Core ML's own outputs are compared only there (the
+`coreml` check says "not run: needs macOS" elsewhere, which is asserted below).  The
+`weights` and `values` checks (the package's weights against the source's, the program run
+on the MIL reference evaluator against ONNX Runtime) run everywhere, as do: every tensor's MIL shape/dtype against ONNX shape inference, the saved
 package re-imported through importers.coreml, compute layers and parameter totals
 against engine.analysis of the source, and layer-map coverage.
 """
@@ -34,15 +35,20 @@ ON_MAC = sys.platform == "darwin"
 
 # ----------------------------------------------------------------------------- helpers
 
-def assert_verified(result):
+def assert_verified(result, values_run: bool = True):
     failed = {k: v["detail"] for k, v in result.verification.items() if v["status"] == "failed"}
     assert not failed, failed
     assert result.verified
-    expected = {"shapes", "reimport", "compute_layers", "parameters", "weight_bytes", "layer_map", "numeric"}
+    expected = {"shapes", "reimport", "compute_layers", "parameters", "weight_bytes", "layer_map", "weights",
+                "values", "coreml"}
     assert set(result.verification) == expected
+    if values_run:  # the value checks ran and passed: not run is not a pass
+        assert result.verification["values"]["status"] == "passed", result.verification["values"]["detail"]
+        if result.layer_map["options"]["optimize"] == "exact":
+            assert result.verification["weights"]["status"] == "passed", result.verification["weights"]["detail"]
     if not ON_MAC:
-        assert result.verification["numeric"]["status"] == "skipped"
-        assert result.outcomes()["numeric"].startswith("skipped: needs macOS")
+        assert result.verification["coreml"]["status"] == "not run"
+        assert result.outcomes()["coreml"].startswith("not run: needs macOS")
 
 
 def assert_layer_map_covers_source(source_path, result, input_shapes=None):
@@ -181,7 +187,7 @@ def test_optimize_default_records_fused_nodes(tmp_path):
     assert fused["/encoder/stem/bn/BatchNormalization"] == "/encoder/stem/conv/Conv"
     assert layer_map["mil_ops"][layer_map["nodes"]["/encoder/stem/conv/Conv"][0]]["type"] == "conv"
     assert "batch_norm" not in {n.op_type for n in package.main_graph.nodes}
-    assert result.verification["parameters"]["status"] == "skipped"
+    assert result.verification["parameters"]["status"] == "not run"
 
 
 # ----------------------------------------------------------------------------- options
@@ -378,7 +384,7 @@ def test_cli_convert_and_unsupported(tmp_path):
     assert f"wrote {out}" in done.stdout and "cli.layermap.json" in done.stdout
     for check in ("shapes", "reimport", "compute_layers", "parameters", "weight_bytes", "layer_map"):
         assert any(line.split()[:2] == [check, "passed"] for line in done.stdout.splitlines()), check
-    assert "numeric" in done.stdout and ("needs macOS" in done.stdout or ON_MAC)
+    assert "coreml" in done.stdout and ("needs macOS" in done.stdout or ON_MAC)
     assert "Failed to load" not in done.stderr
     bad = save(_unsupported_model(), tmp_path / "bad.onnx")
     failed = subprocess.run([sys.executable, "-m", "engine", "convert", str(bad), "-o", str(tmp_path / "b.mlpackage"),
