@@ -238,11 +238,13 @@ class ConversionResult:
             parts.append(f"weights {weights['status']}")
         if values.get("status") == "passed":
             worst = max((e["max_rel_error"] for e in values.get("outputs", {}).values()), default=0.0)
-            parts.append(f"outputs within {worst:.2g} (relative) of ONNX Runtime on the MIL reference evaluator, "
+            parts.append(f"outputs within {worst:.2g} (relative) of {values.get('reference', 'ONNX Runtime')} on the "
+                         "MIL reference evaluator, "
                          f"{values.get('compared_tensors', 0)} intermediates compared")
         elif values.get("status") == "failed":
             first = values.get("first_departure") or {}
-            parts.append(f"values differ from ONNX Runtime on the MIL reference evaluator, first at "
+            parts.append(f"values differ from {values.get('reference', 'ONNX Runtime')} on the MIL reference "
+                         "evaluator, first at "
                          f"{first.get('node', '?')}")
         elif values:
             parts.append("outputs not run on the MIL reference evaluator")

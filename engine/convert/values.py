@@ -44,6 +44,7 @@ WEIGHT_SOURCES = {
     ("Gemm", "add", "y"): 2,
 }
 
+FP16_MAX = 65504.0
 _CHUNK = 1 << 22  # elements compared at a time: VGG-19's first classifier weight has 102 M
 
 
@@ -219,9 +220,13 @@ def seeded_inputs(source, image_inputs: Mapping, seed: int = 0) -> tuple[dict, d
     return onnx_feed, program_feed
 
 
-def onnx_runtime_tensors(source, feed: Mapping[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
-    """ONNX Runtime's values of `names` (graph outputs and intermediates), graph optimisations off
-    so that every tensor is the one its ONNX node defines."""
+def reference_tensors(source, feed: Mapping[str, np.ndarray], names: list[str]) -> tuple[dict[str, np.ndarray], str]:
+    """(values of `names` (graph outputs and intermediates), which runtime computed them).
+
+    ONNX Runtime with graph optimisations off, so that every tensor is the one its ONNX node
+    defines; for models whose op versions ONNX Runtime no longer implements (AveragePool-1,
+    BatchNormalization-6, ...), the onnx package's reference evaluator (the ONNX spec in numpy).
+    """
     import onnx
     import onnxruntime
 
@@ -242,11 +247,18 @@ def onnx_runtime_tensors(source, feed: Mapping[str, np.ndarray], names: list[str
             del graph.output[len(graph.output) - added:]
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
+    options.log_severity_level = 4
+    try:
+        session = onnxruntime.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
+    except onnxruntime.capi.onnxruntime_pybind11_state.NotImplemented:
+        from onnx.reference import ReferenceEvaluator
+
+        evaluator = ReferenceEvaluator(source.proto)
+        wanted = [name for name in names if source.graph.value_type(name) is not None]
+        return dict(zip(wanted, evaluator.run(wanted, dict(feed)))), "the onnx reference evaluator"
     del serialized
     wanted = [o.name for o in session.get_outputs() if o.name in set(names)]
-    return dict(zip(wanted, session.run(wanted, dict(feed))))
+    return dict(zip(wanted, session.run(wanted, dict(feed)))), "ONNX Runtime"
 
 
 def compare(expected: np.ndarray, actual: np.ndarray) -> dict:
@@ -271,9 +283,16 @@ def compare(expected: np.ndarray, actual: np.ndarray) -> dict:
     return {"max_abs_error": max_abs, "max_rel_error": max_rel}
 
 
+def _largest(array: np.ndarray) -> float:
+    finite = np.abs(np.asarray(array, dtype=np.float64))
+    finite = finite[np.isfinite(finite)]
+    return float(finite.max()) if finite.size else 0.0
+
+
 def values_check(program, layer_map: Mapping, source, precision: str, image_inputs: Mapping,
                  tensors: Mapping[str, str]) -> dict:
-    """Outputs and mapped intermediates: MIL reference evaluator against ONNX Runtime."""
+    """Outputs and mapped intermediates: MIL reference evaluator against ONNX Runtime (or the onnx
+    reference evaluator for op versions ONNX Runtime dropped)."""
     from engine.convert.mil_reference import EvaluationError, UnsupportedOp, evaluate
 
     tolerance = TOLERANCE[precision]
@@ -289,7 +308,7 @@ def values_check(program, layer_map: Mapping, source, precision: str, image_inpu
         node = layer_map.get("mil_ops", {}).get(exc.op_name, {}).get("source") or "(no source node)"
         return _check(FAILED, f"the program fails on the MIL reference evaluator at {node}: {exc}",
                       tolerance=tolerance, first_departure={"node": node, "mil": exc.op_name})
-    expected = onnx_runtime_tensors(source, onnx_feed, list(compared))
+    expected, reference = reference_tensors(source, onnx_feed, list(compared))
 
     per_output = {}
     for onnx_name, mil_name in outputs.items():
@@ -299,26 +318,35 @@ def values_check(program, layer_map: Mapping, source, precision: str, image_inpu
         for onnx_name in node.outputs:
             if onnx_name not in compared or onnx_name not in expected or compared[onnx_name] not in actual:
                 continue
-            errors = compare(expected[onnx_name], actual[compared[onnx_name]])
+            onnx_value = expected[onnx_name]
+            errors = compare(onnx_value, actual[compared[onnx_name]])
             entry = {"node": node.id, "op_type": node.op_type, "tensor": onnx_name,
                      "mil": compared[onnx_name], **errors}
+            if precision == "fp16" and _largest(onnx_value) > FP16_MAX:
+                entry["beyond_fp16"] = _largest(onnx_value)
             layers.append(entry)
             if first is None and errors["max_rel_error"] > tolerance:
                 first = entry
     worst_output = max((e["max_rel_error"] for e in per_output.values()), default=0.0)
     worst_abs = max((e["max_abs_error"] for e in per_output.values()), default=0.0)
-    how = (f"the converted program run on the MIL reference evaluator ({precision}) against ONNX Runtime on "
+    how = (f"the converted program run on the MIL reference evaluator ({precision}) against {reference} on "
            "seeded random inputs")
-    numbers = dict(tolerance=tolerance, outputs=per_output, layers=layers, first_departure=first,
+    numbers = dict(tolerance=tolerance, reference=reference, outputs=per_output, layers=layers, first_departure=first,
                    compared_tensors=len(layers))
     if first is not None or worst_output > tolerance:
         where = first or {"node": "(output)", "op_type": "", "max_abs_error": worst_abs,
                           "max_rel_error": worst_output}
+        overflow = ""
+        if where.get("beyond_fp16"):
+            # Not a translation error: the model's own values do not fit the program's precision.
+            overflow = (f" ({reference}'s values there reach {where['beyond_fp16']:.3g}, beyond fp16's largest "
+                        f"{FP16_MAX:g}: this fp16 program overflows; --precision fp32 avoids it)")
+            numbers["fp16_overflow"] = where["node"]
         return _check(FAILED, f"first departing layer: {where['node']} ({where['op_type']}): max abs error "
                               f"{where['max_abs_error']:.3g}, max rel error {where['max_rel_error']:.3g} > "
-                              f"tolerance {tolerance:g}; outputs: worst rel error {worst_output:.3g} ({how})",
-                      **numbers)
+                              f"tolerance {tolerance:g}{overflow}; outputs: worst rel error {worst_output:.3g} "
+                              f"({how})", **numbers)
     worst_layer = max((e["max_rel_error"] for e in layers), default=0.0)
-    return _check(PASSED, f"outputs within {worst_output:.2g} (max abs {worst_abs:.2g}) of ONNX Runtime relative "
+    return _check(PASSED, f"outputs within {worst_output:.2g} (max abs {worst_abs:.2g}) of {reference} relative "
                           f"to their largest value, {len(layers)} intermediate tensors within {worst_layer:.2g} "
                           f"(tolerance {tolerance:g}; {how})", **numbers)
