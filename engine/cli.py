@@ -196,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from engine.cli_profile import add_profile_commands
     add_profile_commands(sub)  # profile, compare
+    from engine.cli_numerics import add_numerics_command
+    add_numerics_command(sub)
 
     from engine.bridge.protocol import DEFAULT_MAX_MODEL_BYTES, DEFAULT_CACHE_BYTES, DEFAULT_PORT, MiB
     agent = sub.add_parser("agent", help="serve models to the desktop over the bridge protocol (a device agent)")

@@ -61,8 +61,9 @@ class Progress:
 class CtrlC:
     """First Ctrl-C sets `cancel` (stop after this run, keep what was measured); the second interrupts."""
 
-    def __init__(self):
+    def __init__(self, unit: str = "run"):
         self.cancel = threading.Event()
+        self.unit = unit  # what finishes before stopping: "run", "layer"
         self._previous = None
 
     def __enter__(self) -> "CtrlC":
@@ -74,7 +75,7 @@ class CtrlC:
         if self.cancel.is_set():
             raise KeyboardInterrupt
         self.cancel.set()
-        print("\nlayerscope: stopping after the current run (Ctrl-C again to stop at once)",
+        print(f"\nlayerscope: stopping after the current {self.unit} (Ctrl-C again to stop at once)",
               file=sys.stderr, flush=True)
 
     def __exit__(self, *exc) -> None:

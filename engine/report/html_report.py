@@ -58,7 +58,7 @@ def _ms(value: Optional[float]) -> str:
 
 def html_report(profile: "Profile", analysis: "ModelAnalysis", sweep: Optional[Sequence[Mapping[str, Any]]] = None,
                 compare: Optional[Mapping[str, Any]] = None, blockers: Optional[Sequence[Mapping[str, Any]]] = None,
-                top: int = 15) -> str:
+                top: int = 15, numerics=None) -> str:
     target = dict(profile.target)
     totals = analysis.totals
     title = Path(profile.model_path).name or "model"
@@ -115,6 +115,9 @@ def html_report(profile: "Profile", analysis: "ModelAnalysis", sweep: Optional[S
         parts.append(_sweep_section(sweep))
     if compare:
         parts.append(_compare_section(compare))
+    if numerics is not None:  # an engine.numerics.NumericsResult of the same model
+        from engine.report.numerics_section import numerics_section
+        parts.append(numerics_section(numerics))
     parts.append(_graph_section(profile, analysis))
     parts.append(_layer_table(profile, analysis))
     parts.append("<p class='sub'>Made by LayerScope. <b>measured</b>: timed on the target; <b>derived</b>: computed "
@@ -282,5 +285,7 @@ def _layer_table(profile: "Profile", analysis: "ModelAnalysis") -> str:
             "<th>MACs</th><th>output</th></tr>" + "".join(rows) + "</table></details>")
 
 
-def write_html(profile: "Profile", analysis: "ModelAnalysis", path, sweep=None, compare=None, blockers=None) -> Path:
-    return write_text_atomically(Path(path), html_report(profile, analysis, sweep=sweep, compare=compare, blockers=blockers))
+def write_html(profile: "Profile", analysis: "ModelAnalysis", path, sweep=None, compare=None, blockers=None,
+               numerics=None) -> Path:
+    return write_text_atomically(Path(path), html_report(profile, analysis, sweep=sweep, compare=compare,
+                                                         blockers=blockers, numerics=numerics))
