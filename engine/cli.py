@@ -42,7 +42,7 @@ def parse_shape_option(items: Optional[Sequence[str]]) -> dict[str, list[int]]:
 
 
 def _default_model() -> Path:
-    from engine.samples import default_sample_path
+    from engine.sample_files import default_sample_path
     return default_sample_path()
 
 

@@ -351,7 +351,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _default_model() -> Path:
-    from engine.samples import default_sample_path
+    from engine.sample_files import default_sample_path
     return default_sample_path()
 
 

@@ -40,7 +40,7 @@ from gui.graph_view import (OVERLAY_TITLES, OVERLAYS, GraphScene, GraphView, bui
                             prepare_scene_data, retire_scene)
 from gui.inspector import Inspector
 from gui.responsive import hold_gc, release_gc, start_helper_process, stop_helper_process
-from gui.panels import ProfilePanels
+from gui.deferred_panels import DeferredProfilePanels
 from gui.run_dialog import ProfileWorker, RunDialog, RunRequest, RunResult, make_profile_runner
 
 APP_NAME = "LayerScope"
@@ -257,7 +257,7 @@ class MainWindow(QMainWindow):
         dock.setWidget(self.inspector)
         dock.setFeatures(features)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
-        self.panels = ProfilePanels()
+        self.panels = DeferredProfilePanels()  # the charts (pyqtgraph) are built when first needed
         self.panels_dock = QDockWidget("Profile charts", self)
         self.panels_dock.setObjectName("profile-charts")
         self.panels_dock.setWidget(self.panels)
@@ -626,6 +626,7 @@ class MainWindow(QMainWindow):
         if self.run_dialog is not None:
             self.run_dialog.model_path = loaded.path
         self.modelLoaded.emit(loaded.path)
+        QTimer.singleShot(1000, self.panels, self.panels.warm_up)  # charts' import, off the first paint
         if session is not None:
             self.sessionOpened.emit(loaded.path)
 
@@ -932,6 +933,7 @@ class MainWindow(QMainWindow):
     def show_run_dialog(self) -> RunDialog:
         if self.run_dialog is None:
             _warm_profiling_imports()
+            self.panels.real()  # the charts a run will fill: built now, not when its result arrives
             remembered = self.settings.value("bridgeTargets", []) or []
             if isinstance(remembered, str):
                 remembered = [remembered]
@@ -1378,7 +1380,7 @@ def run_app(model_path: Optional[str] = None, overlay: str = "none", profile: Op
     window = MainWindow()
     window.show()
     if model_path is None:
-        from engine.samples import default_sample_path
+        from engine.sample_files import default_sample_path
         model_path = str(default_sample_path())
 
     def first_open(_path: str) -> None:
@@ -1431,7 +1433,7 @@ def render_screenshot(model_path: Optional[str], output: str, overlay: str = "no
         window.show()
         app.processEvents()
         if model_path is None:
-            from engine.samples import default_sample_path
+            from engine.sample_files import default_sample_path
             model_path = str(default_sample_path())
         window.load_blocking(model_path)
         if failures:

@@ -10,16 +10,16 @@ inference and analysis need them.
 from __future__ import annotations
 
 import mmap
+import struct
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
-
-import numpy as np
-import onnx
-from onnx import AttributeProto, TensorProto
 
 from engine.ir import (Graph, Initializer, Model, ModelLoadError, Node, TensorType, Value,
                        WeightLocation)
 from importers import protowire
+# Not `import onnx`: that takes a second longer (ml_dtypes); see importers/onnx_proto.py.
+from importers.onnx_proto import (AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, TypeProto,
+                                  has_schema, infer_shapes_bytes)
 
 FORMAT = "onnx"
 EXTENSIONS = (".onnx",)
@@ -82,7 +82,7 @@ def load(path: Path, input_shapes: Optional[Mapping[str, Sequence[int]]] = None)
         except protowire.WireError as exc:
             raise ModelLoadError(str(path), f"not a valid ONNX file ({exc})") from None
     try:
-        proto = onnx.ModelProto.FromString(stripped)
+        proto = ModelProto.FromString(stripped)
     except Exception as exc:  # DecodeError: well-formed wire data of another message type
         raise ModelLoadError(str(path), f"not a valid ONNX file ({exc})") from None
     if not proto.HasField("graph"):
@@ -126,7 +126,7 @@ def _strip_tensor(buf, tensor_field: protowire.Field, embedded: dict[str, Weight
 class ModelBuilder:
     """Turns a (stripped) ModelProto into the IR, with shapes from ONNX shape inference."""
 
-    def __init__(self, proto: onnx.ModelProto, path: Path, embedded: dict[str, WeightLocation],
+    def __init__(self, proto: ModelProto, path: Path, embedded: dict[str, WeightLocation],
                  input_shapes: Mapping[str, Sequence[int]]):
         self.proto = proto
         self.path = path
@@ -197,14 +197,13 @@ class ModelBuilder:
                 if graph_output.type.tensor_type.HasField("shape"):
                     graph_output.type.tensor_type.ClearField("shape")
 
-    def _infer_shapes(self) -> onnx.ModelProto:
+    def _infer_shapes(self) -> ModelProto:
         try:
             executor = _inference_executor
             if executor is not None and len(self.proto.graph.node) >= INFERENCE_OFFLOAD_NODES:
                 inferred = executor.submit(infer_shapes_bytes, self.proto.SerializeToString()).result()
-                return onnx.ModelProto.FromString(inferred)
-            return onnx.shape_inference.infer_shapes(self.proto, check_type=False, strict_mode=False,
-                                                     data_prop=True)
+                return ModelProto.FromString(inferred)
+            return ModelProto.FromString(infer_shapes_bytes(self.proto.SerializeToString()))
         except Exception as exc:  # inference errors must not stop the graph from opening
             self.warnings.append(f"shape inference failed ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
                                  "shapes shown are those stored in the file")
@@ -212,7 +211,7 @@ class ModelBuilder:
 
     # -- graphs ---------------------------------------------------------------------------
 
-    def _graph(self, graph: onnx.GraphProto, top_level: bool) -> Graph:
+    def _graph(self, graph: GraphProto, top_level: bool) -> Graph:
         values: dict[str, Value] = {}
         for info in list(graph.value_info) + list(graph.input) + list(graph.output):
             values[info.name] = Value(info.name, _tensor_type(info.type))
@@ -270,7 +269,7 @@ class ModelBuilder:
             small_data = _small_values(tensor)
         return Value(tensor.name, tensor_type, Initializer(tensor_type, location), small_data)
 
-    def _constant_node_value(self, node: onnx.NodeProto, value: Value) -> Value:
+    def _constant_node_value(self, node: NodeProto, value: Value) -> Value:
         for attribute in node.attribute:
             if attribute.name == "value" and attribute.type == AttributeProto.TENSOR:
                 t = attribute.t
@@ -299,13 +298,6 @@ def set_inference_executor(executor) -> None:
     _inference_executor = executor
 
 
-def infer_shapes_bytes(model_bytes: bytes) -> bytes:
-    """Shape inference from serialized model to serialized model (picklable, for a worker process)."""
-    proto = onnx.ModelProto.FromString(model_bytes)
-    inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
-    return inferred.SerializeToString()
-
-
 def _unique_id(candidate: str, used: set[str]) -> str:
     node_id, suffix = candidate, 1
     while node_id in used:
@@ -322,7 +314,7 @@ def _namespace(node_name: str) -> str:
     return "/".join(part for part in node_name.split("/")[:-1] if part)
 
 
-def _tensor_type(type_proto: onnx.TypeProto) -> Optional[TensorType]:
+def _tensor_type(type_proto: TypeProto) -> Optional[TensorType]:
     if not type_proto.HasField("tensor_type"):
         return None
     tensor_type = type_proto.tensor_type
@@ -333,22 +325,57 @@ def _tensor_type(type_proto: onnx.TypeProto) -> Optional[TensorType]:
     return TensorType(dtype_name(tensor_type.elem_type), shape)
 
 
+# struct codes of the element types whose small values the analysis reads (shape vectors, axes,
+# scalars); little-endian as ONNX stores raw_data.  Decoded without numpy, which the CLI's
+# inspect would otherwise import for this alone.
+_STRUCT_CODES = {
+    TensorProto.FLOAT: "f", TensorProto.DOUBLE: "d", TensorProto.FLOAT16: "e", TensorProto.INT8: "b",
+    TensorProto.UINT8: "B", TensorProto.INT16: "h", TensorProto.UINT16: "H", TensorProto.INT32: "i",
+    TensorProto.UINT32: "I", TensorProto.INT64: "q", TensorProto.UINT64: "Q", TensorProto.BOOL: "?",
+}
+# Where each type's values live when not in raw_data (onnx.proto: 16-bit floats as their bits).
+_TYPED_FIELDS = {
+    TensorProto.FLOAT: "float_data", TensorProto.DOUBLE: "double_data", TensorProto.INT64: "int64_data",
+    TensorProto.UINT32: "uint64_data", TensorProto.UINT64: "uint64_data",
+    **{t: "int32_data" for t in (TensorProto.INT32, TensorProto.INT16, TensorProto.INT8, TensorProto.UINT16,
+                                 TensorProto.UINT8, TensorProto.BOOL, TensorProto.FLOAT16, TensorProto.BFLOAT16)},
+}
+
+
+def _bfloat16(bits: int) -> float:
+    return struct.unpack("<f", struct.pack("<I", (bits & 0xFFFF) << 16))[0]
+
+
 def _small_values(tensor: TensorProto) -> Optional[tuple]:
-    """The values of a small tensor as a flat tuple (None when too big or not stored inline)."""
+    """The values of a small tensor as a flat tuple (None when too big, not stored inline, or of a
+    type the analysis never reads, such as strings or 8-bit floats)."""
     count = 1
     for d in tensor.dims:
         count *= d
     if count > SMALL_TENSOR_BYTES // 4 or tensor.data_location == TensorProto.EXTERNAL:
         return None
-    if tensor.data_type == TensorProto.STRING:
-        return None
-    if tensor.HasField("raw_data") or any(len(getattr(tensor, f)) for f in (
-            "float_data", "int32_data", "int64_data", "double_data", "uint64_data")):
-        try:
-            return tuple(np.asarray(onnx.numpy_helper.to_array(tensor)).reshape(-1).tolist())
-        except Exception:
+    data_type = tensor.data_type
+    if tensor.HasField("raw_data"):
+        raw = tensor.raw_data
+        if data_type == TensorProto.BFLOAT16:
+            if len(raw) != 2 * count:
+                return None
+            return tuple(_bfloat16(bits) for bits in struct.unpack(f"<{count}H", raw))
+        code = _STRUCT_CODES.get(data_type)
+        if code is None or len(raw) != count * struct.calcsize(code):
             return None
-    return None
+        return struct.unpack(f"<{count}{code}", raw)
+    field_name = _TYPED_FIELDS.get(data_type)
+    values = tuple(getattr(tensor, field_name)) if field_name else ()
+    if not values or len(values) != count:
+        return None
+    if data_type == TensorProto.FLOAT16:
+        return tuple(struct.unpack("<e", struct.pack("<H", bits & 0xFFFF))[0] for bits in values)
+    if data_type == TensorProto.BFLOAT16:
+        return tuple(_bfloat16(bits) for bits in values)
+    if data_type == TensorProto.BOOL:
+        return tuple(bool(v) for v in values)
+    return values
 
 
 def _attribute_value(attribute: AttributeProto) -> object:
@@ -381,6 +408,6 @@ def _is_known_op(op_type: str, domain: str, opsets: Mapping[str, int]) -> bool:
     if domain not in _KNOWN_DOMAINS:
         return False
     try:
-        return onnx.defs.has(op_type, domain)
+        return has_schema(op_type, domain)
     except Exception:
         return False
