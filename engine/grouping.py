@@ -178,3 +178,21 @@ def block_summary(family: BlockFamily, times: list[BlockTime]) -> str:
     title = slowest.group_id.rsplit("/", 1)[-1].rsplit(":", 1)[-1]
     return (f"{title} is {slowest.ratio_to_median:.2f}x the median block of {family.name} "
             f"({slowest.time_ms:.3f} ms vs {median_ms:.3f} ms, {slowest.kind or 'unknown kind'})")
+
+
+def folded_start(groups: Mapping[str, NodeGroup], analysis: "ModelAnalysis") -> frozenset[str]:
+    """The groups collapsed when a big model opens: all of them, except a group that holds most
+    of the model (`model/` around every block of an export), which would otherwise be the only
+    box on screen; its children are opened the same way."""
+    total = analysis.totals.compute_nodes or 1
+    nodes = analysis.nodes
+    collapsed = set(groups)
+    level = top_level(groups)
+    while level:
+        biggest = max(level, key=lambda g: len(g.members))
+        compute = sum(1 for n in biggest.members if not nodes[n].is_constant)
+        if compute * 2 <= total:
+            break
+        collapsed.discard(biggest.id)
+        level = children(groups, biggest.id)
+    return frozenset(collapsed)

@@ -106,9 +106,13 @@ def load_model(path: str, include_constants: bool = False, progress=None, groupi
     start = time.perf_counter()
     analysis = analyze(model)
     timings["analysis"] = time.perf_counter() - start
-    return relayout(LoadedModel(str(path), model, analysis, None, include_constants,
-                                analysis.graph.producers(), timings), include_constants, progress, grouping,
-                    collapsed)
+    loaded = LoadedModel(str(path), model, analysis, None, include_constants, analysis.graph.producers(), timings)
+    if grouping == "none" and collapsed is None:
+        from gui.folded_groups import open_folded
+        folded = open_folded(loaded, include_constants, progress)
+        if folded is not None:
+            return folded
+    return relayout(loaded, include_constants, progress, grouping, collapsed)
 
 
 def relayout(loaded: LoadedModel, include_constants: bool, progress=None, grouping: Optional[str] = None,
@@ -768,13 +772,16 @@ class MainWindow(QMainWindow):
             return None
         self._search_position = (self._search_position + 1) % len(self._search_matches)
         node_id = self._search_matches[self._search_position]
-        self.view.select_node(node_id)
+        self.select_node(node_id)
         self.search_label.setText(f"{self._search_position + 1} / {len(self._search_matches)}")
         return node_id
 
     def select_node(self, node_id: str) -> None:
-        """Select and centre `node_id` in the graph (from a chart bar or a hint)."""
-        self.view.select_node(node_id)
+        """Select and centre `node_id` in the graph (from a chart bar, a hint or the search);
+        a node inside collapsed groups opens them first."""
+        from gui.folded_groups import open_groups_to
+        if not open_groups_to(self, node_id):
+            self.view.select_node(node_id)
 
     def _on_node_selected(self, node_id: str) -> None:
         if self.loaded is not None:
