@@ -133,6 +133,7 @@ class ModelBuilder:
         self.embedded = embedded
         self.input_shapes = dict(input_shapes)
         self.warnings: list[str] = []
+        self._external_files: dict[str, tuple[Path, bool]] = {}  # location -> (resolved path, exists)
         self.opsets = {entry.domain or "ai.onnx": entry.version for entry in proto.opset_import}
 
     def build(self) -> Model:
@@ -213,8 +214,15 @@ class ModelBuilder:
 
     def _graph(self, graph: GraphProto, top_level: bool) -> Graph:
         values: dict[str, Value] = {}
+        # Exported models repeat a few types thousands of times ([1, 1, 2048] float): one
+        # TensorType per distinct serialized TypeProto instead of a walk of its dims per value.
+        types: dict[bytes, Optional[TensorType]] = {}
         for info in list(graph.value_info) + list(graph.input) + list(graph.output):
-            values[info.name] = Value(info.name, _tensor_type(info.type))
+            key = info.type.SerializeToString()
+            tensor_type = types.get(key, _MISSING)
+            if tensor_type is _MISSING:
+                tensor_type = types[key] = _tensor_type(info.type)
+            values[info.name] = Value(info.name, tensor_type)
         for tensor in graph.initializer:
             values[tensor.name] = self._initializer_value(tensor, values.get(tensor.name))
         initializer_names = {t.name for t in graph.initializer}
@@ -222,26 +230,38 @@ class ModelBuilder:
         nodes: list[Node] = []
         used_ids: set[str] = set()
         unknown_ops: dict[tuple[str, str], list[str]] = {}
+        known_ops: dict[tuple[str, str], bool] = {}
+        namespaces: dict[str, str] = {}  # the part of a node name before its last "/" -> namespace
         for index, node in enumerate(graph.node):
-            node_id = _unique_id(node.name or f"{node.op_type}_{index}", used_ids)
+            # Each field read of a protobuf message costs a lookup: read every field once.
+            op_type, name, domain = node.op_type, node.name, node.domain
+            inputs, outputs = tuple(node.input), tuple(node.output)
+            node_id = _unique_id(name or f"{op_type}_{index}", used_ids)
             attributes, subgraphs = {}, {}
             for attribute in node.attribute:
-                if attribute.type == AttributeProto.GRAPH:
+                kind = attribute.type
+                if kind == AttributeProto.GRAPH:
                     subgraphs[attribute.name] = self._graph(attribute.g, top_level=False)
-                elif attribute.type == AttributeProto.GRAPHS:
+                elif kind == AttributeProto.GRAPHS:
                     for i, sub in enumerate(attribute.graphs):
                         subgraphs[f"{attribute.name}[{i}]"] = self._graph(sub, top_level=False)
                 else:
                     attributes[attribute.name] = _attribute_value(attribute)
-            for name in list(node.input) + list(node.output):
-                if name and name not in values:
-                    values[name] = Value(name)
-            if node.op_type == "Constant":
-                values[node.output[0]] = self._constant_node_value(node, values[node.output[0]])
-            if not _is_known_op(node.op_type, node.domain, self.opsets):
-                unknown_ops.setdefault((node.domain or "ai.onnx", node.op_type), []).append(node_id)
-            nodes.append(Node(node_id, node.op_type, node.name, _namespace(node.name), tuple(node.input),
-                              tuple(node.output), attributes, subgraphs, node.domain))
+            for value_name in inputs + outputs:
+                if value_name and value_name not in values:
+                    values[value_name] = Value(value_name)
+            if op_type == "Constant":
+                values[outputs[0]] = self._constant_node_value(node, values[outputs[0]])
+            known = known_ops.get((op_type, domain))
+            if known is None:
+                known = known_ops[(op_type, domain)] = _is_known_op(op_type, domain, self.opsets)
+            if not known:
+                unknown_ops.setdefault((domain or "ai.onnx", op_type), []).append(node_id)
+            scope = name.rpartition("/")[0]
+            namespace = namespaces.get(scope)
+            if namespace is None:
+                namespace = namespaces[scope] = _namespace(name)
+            nodes.append(Node(node_id, op_type, name, namespace, inputs, outputs, attributes, subgraphs, domain))
         for (domain, op_type), ids in unknown_ops.items():
             where = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
             self.warnings.append(f"op '{op_type}' (domain {domain}) is not a standard ONNX op: {where} "
@@ -255,10 +275,10 @@ class ModelBuilder:
         small_data = None
         if tensor.data_location == TensorProto.EXTERNAL:
             info = {entry.key: entry.value for entry in tensor.external_data}
-            location_path = (self.path.parent / info.get("location", "")).resolve()
+            location_path, exists = self._external_file(info.get("location", ""))
             location = WeightLocation("external", str(location_path), int(info.get("offset", 0) or 0),
                                       int(info.get("length", 0) or tensor_type.byte_size or 0))
-            if not location_path.is_file():
+            if not exists:
                 self.warnings.append(f"external weight file '{info.get('location', '')}' of tensor "
                                      f"'{tensor.name}' is missing: the graph opens, but the model cannot run")
         elif tensor.name in self.embedded:
@@ -268,6 +288,14 @@ class ModelBuilder:
             location = WeightLocation("inline", str(self.path), 0, tensor_type.byte_size or 0)
             small_data = _small_values(tensor)
         return Value(tensor.name, tensor_type, Initializer(tensor_type, location), small_data)
+
+    def _external_file(self, location: str) -> tuple[Path, bool]:
+        """The resolved path of an external data file and whether it exists (once per file: a
+        model's thousands of tensors usually share one or two)."""
+        if location not in self._external_files:
+            path = (self.path.parent / location).resolve()
+            self._external_files[location] = (path, path.is_file())
+        return self._external_files[location]
 
     def _constant_node_value(self, node: NodeProto, value: Value) -> Value:
         for attribute in node.attribute:
@@ -305,6 +333,9 @@ def _unique_id(candidate: str, used: set[str]) -> str:
         node_id = f"{candidate}#{suffix}"
     used.add(node_id)
     return node_id
+
+
+_MISSING = object()
 
 
 def _namespace(node_name: str) -> str:
