@@ -322,18 +322,25 @@ def _prune(values: dict[str, np.ndarray], plan: _Plan, after: int) -> None:
         del values[name]
 
 
-def run_numerics(model_path, settings: Optional[NumericsSettings] = None,
-                 progress: Optional[ProgressCallback] = None, cancel: Optional[threading.Event] = None
-                 ) -> NumericsResult:
-    """Compare every layer of the model in reduced precision with the fp32 reference.
+@dataclass
+class _Prepared:
+    """The model as the reference runs it, and the inputs to compare on."""
 
-    Cancel (checked between layers) or a failing layer stop the run; the layers
-    compared so far are kept (complete=False, error says why).  Raises
-    NumericsError / TargetError / ModelLoadError for a model or inputs that cannot be used.
-    """
-    settings = settings or NumericsSettings()
+    path: Path
+    proto: onnx.ModelProto  # session copy: nodes named by IR id, shapes fixed, constants folded, big weights out
+    weights: dict
+    analysis: object
+    plan: _Plan
+    samples: list
+    inputs_text: str
+    input_shapes: dict
+    not_compared: dict
+    warnings: list
+    started: float
+
+
+def _prepare(model_path, settings: NumericsSettings) -> _Prepared:
     from engine.targets.cpu import CpuTarget
-    import onnxruntime as ort
 
     started = time.perf_counter()
     path = Path(model_path)
@@ -369,26 +376,76 @@ def run_numerics(model_path, settings: Optional[NumericsSettings] = None,
         target.close()
     plan = _make_plan(proto, analysis, settings.segment_bytes)
     weights = _take_weights(proto)
+    return _Prepared(path, proto, weights, analysis, plan, samples, inputs_text, input_shapes,
+                     {node_id: "constant (folded into a weight)" for node_id in folded}, warnings, started)
+
+
+def _finish(prepared: _Prepared, settings: NumericsSettings, accumulators: Mapping, kind: str, emulation: str,
+            samples_done: int, error: str, seconds: Mapping[str, float], notes: Mapping[str, str] = {},
+            device: Mapping = {}) -> NumericsResult:
+    """The result from the accumulated figures: layers in execution order, first departing / overflow, hints."""
+    import onnxruntime as ort
+    plan = prepared.plan
+    layers: dict[str, LayerNumerics] = {}
+    first_departing = first_overflow = None
+    for node_id, op_type in zip(plan.node_ids, plan.op_types):
+        tensors = accumulators.get(node_id)
+        if not tensors:
+            continue
+        figures = tuple(acc.result(kind) for acc in tensors.values())
+        departs = any(t.broken or t.error > settings.tolerance for t in figures)
+        layer = LayerNumerics(node_id, op_type, figures, departs, kind, notes.get(node_id, ""))
+        layers[node_id] = layer
+        if departs and first_departing is None:
+            first_departing = node_id
+        if layer.overflows and first_overflow is None:
+            first_overflow = node_id
+    result = NumericsResult(
+        model_path=str(prepared.path), mode=settings.mode, precision=settings.precision, kind=kind,
+        emulation=emulation, reference=f"fp32, ONNX Runtime {ort.__version__} CPU, graph optimizations off",
+        settings=settings.to_dict() | {"input_shapes": {k: list(v) for k, v in prepared.input_shapes.items()},
+                                       "segments": len(plan.segments)},
+        inputs=prepared.inputs_text, samples_compared=samples_done, layers=layers, first_departing=first_departing,
+        first_overflow=first_overflow, tolerance=settings.tolerance, complete=not error, error=error,
+        warnings=tuple(prepared.warnings), not_compared=prepared.not_compared,
+        seconds=dict(seconds, total=round(time.perf_counter() - prepared.started, 4)), device=device)
+    return replace(result, hints=tuple(numerics_hints(result, prepared.analysis.graph)))
+
+
+def _progress_reporter(plan: _Plan, samples: int, progress: Optional[ProgressCallback]):
+    """progress(done, total, message) in thousandths of each input, weighted by the layers' cost."""
+    def report(sample_index: int, node_index: int) -> None:
+        if progress is None:
+            return
+        done_share = sum(plan.costs[:node_index + 1])
+        progress(int(1000 * sample_index + 1000 * min(1.0, done_share)), 1000 * samples,
+                 f"input {sample_index + 1}/{samples}: {plan.node_ids[node_index]}")
+    return report
+
+
+def run_numerics(model_path, settings: Optional[NumericsSettings] = None,
+                 progress: Optional[ProgressCallback] = None, cancel: Optional[threading.Event] = None
+                 ) -> NumericsResult:
+    """Compare every layer of the model in reduced precision with the fp32 reference.
+
+    Cancel (checked between layers) or a failing layer stop the run; the layers
+    compared so far are kept (complete=False, error says why).  Raises
+    NumericsError / TargetError / ModelLoadError for a model or inputs that cannot be used.
+    """
+    settings = settings or NumericsSettings()
+    prepared = _prepare(model_path, settings)
+    proto, plan, weights, samples = prepared.proto, prepared.plan, prepared.weights, prepared.samples
     reference_runner = _OrtSegments(proto, plan.segments, settings.threads, False, weights)
     storage_runner = _OrtSegments(proto, plan.segments, settings.threads, True,
                                   {name: _round_fp16(value) for name, value in weights.items()}) \
         if settings.mode == MODE_STORAGE else None
     evaluator = _Fp16Evaluator(proto, weights) if settings.mode == MODE_COMPUTE else None
-    result_kind = EMULATED
     accumulators: dict[str, dict[str, _TensorAccumulator]] = {}
-    not_compared: dict[str, str] = {node_id: "constant (folded into a weight)" for node_id in folded}
+    not_compared = prepared.not_compared
     error, seconds_reference, seconds_reduced = "", 0.0, 0.0
     samples_done = 0
-    total_units = 1000 * len(samples)
     clock = time.perf_counter
-
-    def report(sample_index: int, node_index: int) -> None:
-        if progress is None:
-            return
-        done_share = sum(plan.costs[:node_index + 1])
-        progress(int(1000 * sample_index + 1000 * min(1.0, done_share)), total_units,
-                 f"input {sample_index + 1}/{len(samples)}: {plan.node_ids[node_index]}")
-
+    report = _progress_reporter(plan, len(samples), progress)
     try:
         for sample_index, sample in enumerate(samples):
             reference_live = dict(sample)
@@ -435,40 +492,16 @@ def run_numerics(model_path, settings: Optional[NumericsSettings] = None,
         if not accumulators:
             raise
         error = str(exc)
+    notes = {}
     if evaluator is not None and evaluator.promoted:
         names = sorted(evaluator.promoted)
-        warnings.append(f"{len(names)} node(s) computed in fp32 in the fp16 run (numpy promoted a float32 "
-                        f"operand; outputs were rounded to fp16): {', '.join(names[:5])}"
-                        + (" ..." if len(names) > 5 else ""))
-    layers: dict[str, LayerNumerics] = {}
-    first_departing = first_overflow = None
-    for node_id, op_type in zip(plan.node_ids, plan.op_types):
-        tensors = accumulators.get(node_id)
-        if not tensors:
-            continue
-        figures = tuple(acc.result(result_kind) for acc in tensors.values())
-        departs = any(t.broken or t.error > settings.tolerance for t in figures)
-        note = ""
-        if evaluator is not None and node_id in evaluator.promoted:
-            note = f"computed in {evaluator.promoted[node_id]} (numpy promotion), output rounded to fp16"
-        layer = LayerNumerics(node_id, op_type, figures, departs, result_kind, note)
-        layers[node_id] = layer
-        if departs and first_departing is None:
-            first_departing = node_id
-        if layer.overflows and first_overflow is None:
-            first_overflow = node_id
-    result = NumericsResult(
-        model_path=str(path), mode=settings.mode, precision=settings.precision, kind=result_kind,
-        emulation=emulation_text(settings.mode),
-        reference=f"fp32, ONNX Runtime {ort.__version__} CPU, graph optimizations off",
-        settings=settings.to_dict() | {"input_shapes": {k: list(v) for k, v in input_shapes.items()},
-                                       "segments": len(plan.segments)},
-        inputs=inputs_text, samples_compared=samples_done, layers=layers, first_departing=first_departing,
-        first_overflow=first_overflow, tolerance=settings.tolerance, complete=not error, error=error,
-        warnings=tuple(warnings), not_compared=not_compared,
-        seconds={"reference": round(seconds_reference, 4), "reduced": round(seconds_reduced, 4),
-                 "total": round(time.perf_counter() - started, 4)})
-    return replace(result, hints=tuple(numerics_hints(result, analysis.graph)))
+        prepared.warnings.append(f"{len(names)} node(s) computed in fp32 in the fp16 run (numpy promoted a float32 "
+                                 f"operand; outputs were rounded to fp16): {', '.join(names[:5])}"
+                                 + (" ..." if len(names) > 5 else ""))
+        notes = {node_id: f"computed in {dtype} (numpy promotion), output rounded to fp16"
+                 for node_id, dtype in evaluator.promoted.items()}
+    return _finish(prepared, settings, accumulators, EMULATED, emulation_text(settings.mode), samples_done, error,
+                   {"reference": round(seconds_reference, 4), "reduced": round(seconds_reduced, 4)}, notes)
 
 
 # Initializers above this size are fed to the segments as arrays; smaller ones (shapes, axes, scales)
