@@ -48,7 +48,8 @@ __all__ = ["MODES", "FP16_MAX", "NumericsSettings", "NumericsResult", "LayerNume
 
 SCHEMA = "layerscope.numerics/1"
 MODE_STORAGE, MODE_COMPUTE = "fp16-storage", "fp16-compute"
-MODES = (MODE_STORAGE, MODE_COMPUTE)
+MODES = (MODE_STORAGE, MODE_COMPUTE)  # the emulations
+MODE_DEVICE = "device"  # a device's own outputs through the bridge (engine.numerics_device): measured
 PRECISIONS = ("fp16",)
 FP16_MAX = 65504.0
 # Below this, fp16 has no relative precision left (subnormals): relative errors are measured against it.
@@ -94,7 +95,7 @@ class NumericsSettings:
     segment_bytes: int = DEFAULT_SEGMENT_BYTES
 
     def __post_init__(self):
-        if self.mode not in MODES:
+        if self.mode not in MODES + (MODE_DEVICE,):
             raise NumericsError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.precision not in PRECISIONS:
             raise NumericsError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")

@@ -50,7 +50,7 @@ __all__ = ["Agent", "AgentConfig", "run_agent", "is_loopback", "parse_listen"]
 AGENT_NAME = "layerscope-python-agent"
 AGENT_VERSION = "0.1.0"
 PROGRESS_INTERVAL_S = 0.05   # at most 20 progress messages a second per job
-CAPABILITIES = ["upload.resume", "profile.partial", "run", "calibrate", "cancel"]
+CAPABILITIES = ["upload.resume", "profile.partial", "run", "calibrate", "cancel", "intermediates"]
 
 
 def is_loopback(host: str) -> bool:
@@ -571,6 +571,14 @@ class Agent:
             return {"type": "calibration", "id": job.request_id, "units": units, "backend": backend.name}
 
         self._start_job(connection, message["id"], "calibrate", work)
+
+    async def _on_intermediates(self, connection, message) -> None:
+        """Chosen intermediate tensors of the loaded model, one run (engine.bridge.intermediates)."""
+        from engine.bridge.intermediates import intermediates_job
+        if connection.session is None:
+            raise ProtocolError("not_loaded", "load a model on this connection before asking for its tensors")
+        work = intermediates_job(connection.session, message, self.limits.max_message_bytes // 2)
+        self._start_job(connection, message["id"], "intermediates", work)
 
     async def _on_cancel(self, connection, message) -> None:
         job = self.job

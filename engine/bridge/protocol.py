@@ -101,6 +101,8 @@ CLIENT_MESSAGES: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "calibrate": {"compute_unit": (_OPT_STR, False), "sizes": (_LIST, False), "repeats": (_INT, False)},
     "cancel": {"job": (_STR, True)},
     "ping": {},
+    # Device intermediates (engine.bridge.intermediates): node outputs of one run, for numerics.
+    "intermediates": {"tensors": (_LIST, True), "inputs_npz_b64": (_OPT_STR, False)},
 }
 
 AGENT_MESSAGES: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
@@ -119,6 +121,7 @@ AGENT_MESSAGES: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "run_result": {"outputs": (_LIST, True)},
     "calibration": {"units": (_DICT, True)},
     "cancelling": {"job": (_STR, True)},
+    "intermediates_result": {"tensors": (_LIST, True), "npz_b64": (_STR, True), "kind": (_STR, True)},
     "busy": {"message": (_STR, True)},
     "pong": {},
     "error": {"code": (_STR, True), "message": (_STR, True)},
