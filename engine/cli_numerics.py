@@ -4,6 +4,7 @@
                         [--inputs random|normal|FILE.npz ...] [--samples N] [--seed N]
                         [--shape NAME=DIMS] [--size HxW] [--tolerance T] [--threads N]
                         [--json out.json] [--report out.html] [--csv out.csv] [--top N]
+                        [--target ws://HOST:PORT [--compute-unit UNIT]]
 
 Progress goes to stderr.  Ctrl-C stops after the current layer; the layers
 compared so far are summarised and written (exit code 130).  A layer that
@@ -30,7 +31,8 @@ def _figure(value: float, digits: int = 3) -> str:
 
 def numerics_summary(result, top: int = 10) -> str:
     lines = [f"Model       {result.model_path}",
-             f"Precision   {result.precision}, {result.kind}: {result.emulation}",
+             (f"Device      {result.kind}: {result.emulation}" if result.mode == "device"
+              else f"Precision   {result.precision}, {result.kind}: {result.emulation}"),
              f"Reference   {result.reference}",
              f"Inputs      {result.inputs}; {result.samples_compared} compared",
              f"Compared    {len(result.layers)} layers ({len(result.not_compared)} not compared: constants or "
@@ -83,10 +85,21 @@ def cmd_numerics(args: argparse.Namespace) -> int:
                                     threads=args.threads)
     except NumericsError as exc:
         raise CliError(str(exc))
+    device = args.target not in (None, "cpu")
+    if device:
+        from engine.numerics import MODE_DEVICE
+        settings = NumericsSettings(**{**settings.__dict__, "mode": MODE_DEVICE})
+    elif args.compute_unit:
+        raise CliError("--compute-unit applies to a device: add --target ws://HOST:PORT")
     progress = Progress(label=f"{settings.mode} ")
     with CtrlC(unit="layer") as ctrl_c:
         try:
-            result = run_numerics(path, settings, progress=progress, cancel=ctrl_c.cancel)
+            if device:
+                from engine.numerics_device import run_device_numerics
+                result = run_device_numerics(path, args.target, settings, compute_unit=args.compute_unit,
+                                             progress=progress, cancel=ctrl_c.cancel)
+            else:
+                result = run_numerics(path, settings, progress=progress, cancel=ctrl_c.cancel)
         except NumericsError as exc:
             raise CliError(f"{path}: {exc}")
         finally:
@@ -128,6 +141,11 @@ def add_numerics_command(sub) -> None:
     numerics.add_argument("--mode", default=MODES[0], choices=MODES,
                           help="fp16-storage (default, fast): fp32 arithmetic, every layer's outputs rounded to "
                                "fp16; fp16-compute (slow): the whole model in numpy float16 arithmetic")
+    numerics.add_argument("--target", metavar="cpu|ws://HOST:PORT",
+                          help="cpu (default): emulate fp16 here; an agent's address: compare the device's own "
+                               "intermediate tensors (measured) with the fp32 reference")
+    numerics.add_argument("--compute-unit", metavar="UNIT", help="with --target: the compute unit to load on "
+                                                                   "(as the agent lists them, e.g. CPU)")
     numerics.add_argument("--inputs", action="append", metavar="random|normal|FILE.npz",
                           help="input values: random (uniform [0, 1), the default), normal (standard normal), or "
                                ".npz files with arrays named after the inputs (repeatable; an extra leading axis "

@@ -78,3 +78,18 @@ def test_a_device_lost_midway_keeps_the_layers_compared(agent, tmp_path):
                                  NumericsSettings(mode="device", segment_bytes=2_000_000), progress=kill_after_first)
     assert not result.complete and result.error
     assert 0 < len(result.layers) < 92
+
+
+def test_cli_target_compares_on_the_device(agent, tmp_path):
+    import subprocess
+    import sys
+    model = numerics_models.overflow_model(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "engine", "numerics", str(model), "--target", agent.address,
+                           "--json", str(tmp_path / "d.json")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Device      measured: device outputs: onnxruntime backend" in done.stdout
+    assert "First overflow         square (Mul)" in done.stdout
+    unreachable = subprocess.run([sys.executable, "-m", "engine", "numerics", str(model), "--target",
+                                  "ws://127.0.0.1:9"], capture_output=True, text=True, timeout=300)
+    assert unreachable.returncode == 2 and "Traceback" not in unreachable.stderr
+    assert "127.0.0.1:9" in unreachable.stderr
