@@ -31,7 +31,7 @@ def _figure(value: float, digits: int = 3) -> str:
 
 def numerics_summary(result, top: int = 10) -> str:
     lines = [f"Model       {result.model_path}",
-             (f"Device      {result.kind}: {result.emulation}" if result.mode == "device"
+             (f"Compared    {result.kind}: {result.emulation}" if result.mode in ("device", "package")
               else f"Precision   {result.precision}, {result.kind}: {result.emulation}"),
              f"Reference   {result.reference}",
              f"Inputs      {result.inputs}; {result.samples_compared} compared",
@@ -86,7 +86,14 @@ def cmd_numerics(args: argparse.Namespace) -> int:
     except NumericsError as exc:
         raise CliError(str(exc))
     device = args.target not in (None, "cpu")
-    if device:
+    package = path.suffix.lower() == ".mlpackage"
+    if package:  # a converted package: its program on the MIL reference evaluator against its ONNX source
+        from engine.numerics import MODE_PACKAGE
+        if device:
+            raise CliError("a .mlpackage is compared on the MIL reference evaluator here; for a device, give the "
+                           "ONNX model with --target")
+        settings = NumericsSettings(**{**settings.__dict__, "mode": MODE_PACKAGE})
+    elif device:
         from engine.numerics import MODE_DEVICE
         settings = NumericsSettings(**{**settings.__dict__, "mode": MODE_DEVICE})
     elif args.compute_unit:
@@ -94,7 +101,10 @@ def cmd_numerics(args: argparse.Namespace) -> int:
     progress = Progress(label=f"{settings.mode} ")
     with CtrlC(unit="layer") as ctrl_c:
         try:
-            if device:
+            if package:
+                from engine.numerics_package import run_package_numerics
+                result = run_package_numerics(path, settings, progress=progress, cancel=ctrl_c.cancel)
+            elif device:
                 from engine.numerics_device import run_device_numerics
                 result = run_device_numerics(path, args.target, settings, compute_unit=args.compute_unit,
                                              progress=progress, cancel=ctrl_c.cancel)
@@ -136,7 +146,8 @@ def add_numerics_command(sub) -> None:
         "numerics", help="compare every layer in fp16 (emulated) with the fp32 reference: find where fp16 breaks",
         description="Run the model in fp32 on ONNX Runtime and again in emulated fp16, and compare every layer's "
                     "outputs. Ctrl-C stops after the current layer and still writes what was compared.")
-    numerics.add_argument("model", nargs="?", help="model file (.onnx); default: the bundled MobileUNet sample")
+    numerics.add_argument("model", nargs="?", help="model file (.onnx), or a .mlpackage written by layerscope convert "
+                                                   "(compared with its ONNX source); default: the bundled sample")
     numerics.add_argument("--precision", default="fp16", choices=["fp16"], help="reduced precision (fp16)")
     numerics.add_argument("--mode", default=MODES[0], choices=MODES,
                           help="fp16-storage (default, fast): fp32 arithmetic, every layer's outputs rounded to "

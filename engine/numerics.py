@@ -50,6 +50,7 @@ SCHEMA = "layerscope.numerics/1"
 MODE_STORAGE, MODE_COMPUTE = "fp16-storage", "fp16-compute"
 MODES = (MODE_STORAGE, MODE_COMPUTE)  # the emulations
 MODE_DEVICE = "device"  # a device's own outputs through the bridge (engine.numerics_device): measured
+MODE_PACKAGE = "package"  # a converted Core ML package on the MIL reference evaluator (engine.numerics_package)
 PRECISIONS = ("fp16",)
 FP16_MAX = 65504.0
 # Below this, fp16 has no relative precision left (subnormals): relative errors are measured against it.
@@ -95,7 +96,7 @@ class NumericsSettings:
     segment_bytes: int = DEFAULT_SEGMENT_BYTES
 
     def __post_init__(self):
-        if self.mode not in MODES + (MODE_DEVICE,):
+        if self.mode not in MODES + (MODE_DEVICE, MODE_PACKAGE):
             raise NumericsError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.precision not in PRECISIONS:
             raise NumericsError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")

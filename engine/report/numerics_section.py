@@ -39,7 +39,7 @@ def _badge(kind: str) -> str:
 def numerics_section(result: "NumericsResult", top: int = 15) -> str:
     """The section: what was compared how, the first departing and overflowing layers, hints, worst layers."""
     badge = _badge(result.kind)
-    what = "device outputs" if result.mode == "device" else result.precision
+    what = {"device": "device outputs", "package": "converted package"}.get(result.mode, result.precision)
     parts = [f"<style>{_EXTRA_CSS}</style><h2>Numerics: {escape(what)} against the fp32 reference {badge}</h2>",
              f"<p class='sub'>{escape(result.emulation)}.<br>Reference: {escape(result.reference)}. Inputs: "
              f"{escape(result.inputs)}; {result.samples_compared} compared. A layer departs when its error "

@@ -87,7 +87,7 @@ def test_cli_target_compares_on_the_device(agent, tmp_path):
     done = subprocess.run([sys.executable, "-m", "engine", "numerics", str(model), "--target", agent.address,
                            "--json", str(tmp_path / "d.json")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "Device      measured: device outputs: onnxruntime backend" in done.stdout
+    assert "Compared    measured: device outputs: onnxruntime backend" in done.stdout
     assert "First overflow         square (Mul)" in done.stdout
     unreachable = subprocess.run([sys.executable, "-m", "engine", "numerics", str(model), "--target",
                                   "ws://127.0.0.1:9"], capture_output=True, text=True, timeout=300)
