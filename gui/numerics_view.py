@@ -312,17 +312,18 @@ def add_inspector_section(inspector, result: Optional[NumericsResult], node_id: 
         inspector._row(section, "Compared", f"no: {reason}")
         return
     kind = layer.kind
-    rows = [("Error (max |Δ| / max |ref|)", _figure(layer.error)),
+    rows = [("Error", _figure(layer.error)),
             ("Departs", "yes — first departing layer" if node_id == result.first_departing
              else ("yes" if layer.departs else f"no (tolerance {result.tolerance:g})")),
             ("Max abs error", _figure(layer.max_abs_error)), ("Max rel error", _figure(layer.max_rel_error)),
             ("Cosine similarity", _figure(layer.cosine, 7)), ("SNR", f"{_figure(layer.snr_db)} dB"),
-            ("Overflow (|x| > 65504)", f"{100 * layer.overflow_share:.3g} %"),
+            ("Overflow > 65504", f"{100 * layer.overflow_share:.3g} %"),
             ("Underflow to zero", f"{100 * layer.underflow_share:.3g} %"),
             ("inf / NaN made", f"{layer.inf_count} / {layer.nan_count}"),
             ("Largest |x| (fp32)", _figure(layer.largest_reference, 5))]
     for name, value in rows:
         inspector._row(section, name, value, kind)
+    section.child(0).setToolTip(0, "max |reduced − fp32| / max |fp32| over the layer's outputs")
     counts = layer.histogram
     item = inspector._row(section, "Rel. error histogram", sparkline(counts), kind)
     item.setToolTip(1, "relative error per element, bins: " + ", ".join(
