@@ -610,7 +610,15 @@ class MainWindow(QMainWindow):
         entry = self.selected_entry()
         scene.set_profile(entry.profile if entry else None)
         key = self.overlay_combo.currentData()
-        if key != "none":
+        if key == numerics_view.OVERLAY_KEY:  # the numerics of this model (a relayout), or none any more
+            if self.numerics_result() is not None:
+                numerics_view.show_overlay(self.view, self.numerics_result())
+            else:
+                self.overlay_combo.blockSignals(True)
+                self.overlay_combo.setCurrentIndex(self.overlay_combo.findData("none"))
+                self.overlay_combo.blockSignals(False)
+                self.overlay_actions["none"].setChecked(True)
+        elif key != "none":
             scene.set_overlay(key)
         self.view.update_legend()
         loaded.timings["scene"] = time.perf_counter() - started

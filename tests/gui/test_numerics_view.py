@@ -58,6 +58,14 @@ def test_numerics_overlay_outlines_the_first_departing_layer_and_marks_overflowi
     window.set_overlay(numerics_view.OVERLAY_KEY)
     assert scene.numerics_marks and scene.top_node_ids == ["square"]
     dialog.close()
+    # A relayout of the same model keeps the overlay; another model has no numerics: back to op categories.
+    with qtbot.waitSignal(window.modelLoaded, timeout=30_000):
+        window.set_show_constants(True)
+    assert window.scene is not scene and window.scene.overlay_key == "numerics"
+    assert window.scene.top_node_ids == ["square"] and window.scene.numerics_marks
+    open_and_wait(qtbot, window, numerics_models.overflow_model(tmp_path))
+    assert window.overlay_combo.currentData() == "none" and window.numerics_result() is None
+    assert window.scene.overlay_key == "none"
 
 
 def test_cancel_keeps_the_layers_compared_and_says_so(qtbot, window, sample_model):
