@@ -615,6 +615,12 @@ class ModelCache:
         (self.partial_dir / f"{sha256}.part").unlink(missing_ok=True)
         (self.partial_dir / f"{sha256}.json").unlink(missing_ok=True)
 
+    def remove_own_temporaries(self) -> None:
+        """This process's staging folders and work copies (it is about to exit without its finalizers)."""
+        for folder in [*self.models_dir.glob(f"{_STAGING_PREFIX}{os.getpid()}-*"),
+                       *self.work_dir.glob(f"*-{os.getpid()}-*")]:
+            shutil.rmtree(folder, ignore_errors=True)
+
     def remove_leftovers(self, upload_expiry_s: Optional[float] = None) -> list[str]:
         """Remove what no one will finish: staging folders and work copies of agents that are gone,
         and (with `upload_expiry_s`) parked partial uploads untouched for that long.  Returns what went."""
