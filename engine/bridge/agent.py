@@ -64,7 +64,7 @@ PROGRESS_INTERVAL_S = 0.05   # at most 20 progress messages a second per job
 STOP_GRACE_S = 3.0           # after SIGTERM/SIGINT, a job that has not stopped by then is abandoned
 INCOMING_QUEUE_MESSAGES = 4  # messages read ahead per connection (each up to the transport limit)
 # Authentication back-off per peer address: a few free attempts (typos), then waits that double.
-FREE_TOKEN_FAILURES = 3
+FREE_TOKEN_FAILURES = 5
 FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 60.0
 MAX_TRACKED_PEERS = 10_000

@@ -564,7 +564,10 @@ class ModelCache:
         return cached
 
     def _partial_usage(self, uploading: Optional[str]) -> list[tuple[float, Path, int]]:
-        """(last change, part file, bytes it holds or will hold) of every partial upload but `uploading`'s."""
+        """(last change, part file, bytes reserved) of every partial upload but `uploading`'s.
+
+        A partial upload, received or parked, reserves the size it announced until it completes, expires
+        or gives way: abandoned uploads can never make the cache folder outgrow `cache_bytes`."""
         usage = []
         for part in self.partial_dir.glob("*.part"):
             sha256 = part.stem
@@ -572,10 +575,14 @@ class ModelCache:
                 continue
             try:
                 info = part.stat()
-            except OSError:
+                announced = json.loads(part.with_suffix(".json").read_text(encoding="utf-8")).get("size", 0)
+            except (OSError, ValueError, AttributeError):
+                announced = 0
+                info = part.stat() if part.exists() else None
+            if info is None:
                 continue
-            active = self._active_uploads.get(sha256)
-            usage.append((info.st_mtime, part, active.size if active is not None else info.st_size))
+            reserved = max(info.st_size, int(announced) if isinstance(announced, int) else 0)
+            usage.append((info.st_mtime, part, reserved))
         return usage
 
     def _make_room(self, incoming: int, uploading: Optional[str] = None) -> None:

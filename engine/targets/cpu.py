@@ -887,8 +887,12 @@ class CpuTarget:
 
         # The new session is built beside the old one, which is closed only once the new one works:
         # a load that fails (bad settings, a model the runtime refuses) leaves the target usable.
-        _remove_stale_workdirs(self.work_parent)
-        workdir = Path(tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{os.getpid()}-", dir=self.work_parent))
+        try:
+            _remove_stale_workdirs(self.work_parent)
+            workdir = Path(tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{os.getpid()}-", dir=self.work_parent))
+        except OSError as exc:
+            raise TargetError(f"cannot write the session copy of {path.name} into {self.work_parent}: "
+                              f"{exc.strerror or exc}") from None
         try:
             session_model, plain = self._write_and_open(proto, workdir, settings, ir_graph, path, opsets, warnings)
             del proto
