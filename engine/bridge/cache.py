@@ -229,7 +229,8 @@ def safe_extract(archive: Path, dest: Path, max_bytes: int) -> None:
     except ProtocolError:
         raise
     except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
-        raise ProtocolError("bad_archive", f"the archive is neither a readable zip nor tar file: {clip(str(exc))}") from None
+        raise ProtocolError("bad_archive", "the archive is neither a readable zip nor tar file: "
+                                           f"{clip(str(exc))}") from None
 
 
 def _package_root(folder: Path) -> Path:

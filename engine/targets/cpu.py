@@ -912,7 +912,8 @@ class CpuTarget:
                         opsets: str, warnings: list[str]):
         """Write the session copy into `workdir` and open it: (file, plain session)."""
         session_model = workdir / "session.onnx"
-        big = proto.ByteSize() > _EXTERNAL_DATA_THRESHOLD if _proto_size_ok(proto) else True
+        size = _serialized_size(proto)  # once: ByteSize holds the GIL for about a second per 100 MB
+        big = size is None or size > _EXTERNAL_DATA_THRESHOLD
         onnx.save_model(proto, str(session_model), save_as_external_data=big, all_tensors_to_one_file=True,
                         location="session.weights", size_threshold=1024)
         try:
@@ -1202,10 +1203,9 @@ def _proto_dims(value_info: onnx.ValueInfoProto) -> Optional[list]:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim]
 
 
-def _proto_size_ok(proto: onnx.ModelProto) -> bool:
-    """ByteSize() itself fails beyond 2 GB on some protobuf builds."""
+def _serialized_size(proto: onnx.ModelProto) -> Optional[int]:
+    """proto.ByteSize(), or None where it fails (beyond 2 GB on some protobuf builds)."""
     try:
-        proto.ByteSize()
-        return True
+        return proto.ByteSize()
     except Exception:
-        return False
+        return None
