@@ -23,7 +23,7 @@ from engine.bridge.calibration import calibrate_unit, estimate_transfers, fit_tr
 from engine.bridge.client import BridgeBusy, BridgeClient, BridgeConnectionLost, BridgeError
 from engine.bridge.protocol import ProtocolError
 from engine.bridge.results import BridgeProfile, UnitCalibration
-from engine.profile import ESTIMATED, MEASURED, Profile
+from engine.profile import DERIVED, ESTIMATED, Profile
 from engine.targets import ProfileSettings, get_target
 from engine.targets.bridge import BridgeTarget
 from tests.bridge_conformance.bridge_wire import (REPO, AgentHandle, start_agent_process, stop_agent_process,
@@ -96,7 +96,7 @@ def test_get_target_ws_address_profiles_the_sample_like_the_cpu_reference(start_
     assert {"input", "output"} <= set(kinds)
     assert all(t.time.kind == ESTIMATED for t in profile.transfers)
     assert kinds["input"].bytes == 1 * 3 * 160 * 160 * 4
-    assert profile.calibration["CPU"].kind == MEASURED and profile.calibration["CPU"].bandwidth_bytes_per_s > 0
+    assert profile.calibration["CPU"].kind == DERIVED and profile.calibration["CPU"].bandwidth_bytes_per_s > 0
     # the JSON round trip keeps transfers and calibration (keys added within layerscope.profile/1)
     again = BridgeProfile.from_json_dict(json.loads(profile.to_json()))
     assert again.transfers == profile.transfers and set(again.calibration) == {"CPU"}
@@ -404,9 +404,29 @@ def test_calibration_recovers_overhead_and_bandwidth_of_a_synthetic_cost_curve()
     fit = calibrate_unit("GPU", round_trip, repeats=7)
     assert abs(fit.overhead_ms - overhead_ms) / overhead_ms < 0.2
     assert abs(fit.bandwidth_bytes_per_s - bandwidth) / bandwidth < 0.2
-    assert fit.r2 > 0.99 and fit.kind == MEASURED and len(fit.points) == 6
+    assert fit.r2 > 0.99 and fit.kind == DERIVED and len(fit.points) == 6  # a fit of measured points
     exact = fit_transfer_cost([(0, 1.0), (1000, 2.0), (2000, 3.0)])
     assert exact[0] == pytest.approx(1.0) and exact[1] == pytest.approx(1e6)
+
+
+def test_a_sweep_without_a_measurable_slope_gives_no_bandwidth_and_no_estimates(sample_model):
+    from importers import open_model
+
+    def round_trip(tensor_bytes: int) -> float:  # a dispatch-bound unit whose small sizes were disturbed:
+        return 0.2 - tensor_bytes * 1e-9         # larger tensors take no longer
+
+    unfitted = calibrate_unit("GPU", round_trip, (16 << 10, 64 << 10, 256 << 10), repeats=3)
+    assert unfitted.bandwidth_bytes_per_s is None and unfitted.kind == DERIVED and len(unfitted.points) == 3
+    document = unfitted.to_json_dict()
+    assert document["bandwidth_bytes_per_s"] is None  # JSON null, not a made-up "free" bandwidth
+    assert UnitCalibration.from_json_dict(json.loads(json.dumps(document))) == unfitted
+    graph = open_model(sample_model).main_graph
+    units = {n.id: ("GPU" if n.id.startswith("/decoder") else "CPU") for n in graph.nodes}
+    transfers, warnings = estimate_transfers(graph, units, {"CPU": UnitCalibration("CPU", 0.01, 10e9),
+                                                            "GPU": unfitted})
+    assert not [t for t in transfers if "GPU" in (t.from_unit, t.to_unit)]
+    assert warnings == ["the transfer calibration of GPU found no measurable bandwidth (the round trips did not "
+                        "take longer for larger tensors): no fit, so their transfers are not estimated"]
 
 
 def test_transfers_are_estimated_on_every_edge_between_units(sample_model):
@@ -430,6 +450,84 @@ def test_transfers_are_estimated_on_every_edge_between_units(sample_model):
     assert [t.kind for t in transfers].count("input") == 1 and [t.kind for t in transfers].count("output") == 1
     missing, warnings = estimate_transfers(graph, units, {"CPU": calibration["CPU"]})
     assert warnings and "GPU" in warnings[0]
+
+
+# ---------------------------------------------------------------------------- an agent's reply is checked
+
+class EditingRelay:
+    """A websocket relay between the client and a real agent that rewrites the agent's `result`
+    message with `edit(profile_document)`: an agent whose reply breaks the protocol, on the wire."""
+
+    def __init__(self, agent_address: str, edit):
+        from websockets.sync.server import serve
+        self.agent_address, self.edit = agent_address, edit
+        self.server = serve(self._relay, "127.0.0.1", 0, compression=None, max_size=None)
+        self.address = f"ws://127.0.0.1:{self.server.socket.getsockname()[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def _relay(self, downstream) -> None:
+        from websockets.exceptions import ConnectionClosed
+        from websockets.sync.client import connect
+        with connect(self.agent_address, compression=None, max_size=None, proxy=None) as upstream:
+            def to_agent():
+                try:
+                    for data in downstream:
+                        upstream.send(data)
+                except ConnectionClosed:
+                    pass
+                upstream.close()
+            threading.Thread(target=to_agent, daemon=True).start()
+            try:
+                for data in upstream:
+                    message = json.loads(data) if isinstance(data, str) else None
+                    if message is not None and message.get("type") == "result":
+                        self.edit(message["profile"])
+                        data = json.dumps(message)
+                    downstream.send(data)
+            except ConnectionClosed:
+                pass
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.thread.join(timeout=10)
+
+
+def _drop_time_kind(document):
+    del document["nodes"][1]["time"]["kind"]
+
+
+def _unknown_node_kind(document):
+    document["nodes"][0]["kind"] = "exact"
+
+
+def _drop_calibration_kind(document):
+    del document["calibration"]["CPU"]["kind"]
+
+
+def _unknown_transfer_kind(document):
+    document["transfers"][0]["time"]["kind"] = "guessed"
+
+
+@pytest.mark.parametrize("edit, field", [
+    (_drop_time_kind, "nodes[1].time.kind: missing"),
+    (_unknown_node_kind, "nodes[0].kind: 'exact' is not one of"),
+    (_drop_calibration_kind, "calibration.CPU: ValueError: kind missing"),
+    (_unknown_transfer_kind, "transfers[0].time.kind: 'guessed' is not one of"),
+])
+def test_a_reply_with_a_missing_or_unknown_kind_is_an_error_naming_the_field(start_agent, tiny_model, tmp_path,
+                                                                               edit, field):
+    relay = EditingRelay(start_agent().address, edit)
+    out = tmp_path / "p.json"
+    try:
+        result = _cli("profile", str(tiny_model), "--target", relay.address, "--runs", "2", "--warmup", "1",
+                      "--json", str(out))
+    finally:
+        relay.close()
+    assert result.returncode != 0
+    assert f"the agent at {relay.address} sent a profile LayerScope cannot read" in result.stderr, result.stderr
+    assert field in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not out.exists()  # nothing is written as if it had been measured
 
 
 # ---------------------------------------------------------------------------- discovery and CLI
@@ -470,19 +568,15 @@ def test_devices_lists_a_typed_agent_with_its_backends(start_agent):
 
 
 def test_profile_command_through_the_bridge(start_agent, tiny_model, tmp_path):
-    from engine.cli import build_parser
     agent = start_agent()
-    try:
-        build_parser().parse_args(["profile", str(tiny_model), "--target", agent.address])
-    except SystemExit:
-        pytest.skip("`layerscope profile --target` does not accept ws:// addresses yet (engine/cli_profile.py "
-                    "limits --target to choices=['cpu']); get_target(address) itself works (tests above)")
     out = tmp_path / "p.json"
     result = _cli("profile", str(tiny_model), "--target", agent.address, "--runs", "3", "--warmup", "1",
                   "--json", str(out))
     assert result.returncode == 0, result.stderr
-    profile = BridgeProfile.load_json(out) if hasattr(BridgeProfile, "load_json") else None
-    assert profile is not None and profile.target["name"] == "bridge"
+    profile = BridgeProfile.load_json(out)
+    assert profile.target["name"] == "bridge" and profile.target["address"] == agent.address
+    assert profile.runs_completed == 3 and {"conv1", "conv2", "add"} <= set(profile.nodes)
+    assert profile.transfers and profile.calibration["CPU"].points
 
 
 def test_uploaded_npz_inputs_and_run_give_the_cpu_reference_outputs(start_agent, tiny_model, tmp_path):
