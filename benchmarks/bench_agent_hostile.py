@@ -171,11 +171,14 @@ def main() -> int:
                 thread.join()
                 return times
 
-            def fresh_upload() -> None:  # a model the agent does not have yet
-                other = big_onnx(folder / "other.onnx", args.model_mb).read_bytes() + b""
-                data = bytearray(other)
-                data[-10] ^= 0x01  # different weights, different sha256
-                upload(wire, bytes(data), "other.onnx", "onnx", timeout=300)
+            # A model the agent does not have yet, made before timing: building it here holds this
+            # process's GIL, which would delay the pinger thread, not the agent.
+            other = bytearray(model)
+            other[-10] ^= 0x01  # different weights, different sha256
+            other = bytes(other)
+
+            def fresh_upload() -> None:
+                upload(wire, other, "other.onnx", "onnx", timeout=300)
 
             def npz_decode() -> None:
                 arrays = {"x": np.random.default_rng(0).random(max_message // 3 // 4 * 3 // 4, dtype=np.float32)}
