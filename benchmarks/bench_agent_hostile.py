@@ -45,7 +45,7 @@ def main() -> int:
 
     from benchmarks.bench_bridge import big_onnx
     from tests.bridge_conformance.bridge_wire import Wire, start_agent_process, stop_agent_process
-    from tests.bridge_conformance.test_conformance import chunk, upload
+    from tests.bridge_conformance.test_conformance import upload
     from tests.bridge_conformance.test_hostile import (compressed_npz_declaring, constant_of_shape_bomb,
                                                        external_data_model, streamed_zip_entry)
 

@@ -37,7 +37,6 @@ import ipaddress
 import json
 import os
 import secrets
-import shutil
 import signal
 import sys
 import threading
@@ -199,8 +198,8 @@ class Agent:
 
     async def start(self):
         from websockets.asyncio.server import serve
-        hard_limit = self.limits.max_message_bytes * P.TRANSPORT_HARD_LIMIT_FACTOR
-        del hard_limit  # raised to it per connection once hello succeeded (_handshake)
+        # Until hello, frames are capped far below max_message_bytes; _handshake raises the cap to the
+        # transport's hard limit once the client is authenticated.
         self.server = await serve(self.handle, self.config.host, self.config.port,
                                   max_size=P.PRE_HELLO_MAX_MESSAGE_BYTES, compression=None, origins=[None],
                                   ping_interval=20, ping_timeout=20, max_queue=INCOMING_QUEUE_MESSAGES,

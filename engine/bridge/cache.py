@@ -571,19 +571,17 @@ class ModelCache:
         or gives way: abandoned uploads can never make the cache folder outgrow `cache_bytes`."""
         usage = []
         for part in self.partial_dir.glob("*.part"):
-            sha256 = part.stem
-            if sha256 == uploading:
+            if part.stem == uploading:
                 continue
             try:
                 info = part.stat()
-                announced = json.loads(part.with_suffix(".json").read_text(encoding="utf-8")).get("size", 0)
-            except (OSError, ValueError, AttributeError):
+            except OSError:
+                continue  # finished or removed meanwhile
+            try:
+                announced = json.loads(part.with_suffix(".json").read_text(encoding="utf-8"))["size"]
+            except (OSError, ValueError, KeyError, TypeError):
                 announced = 0
-                info = part.stat() if part.exists() else None
-            if info is None:
-                continue
-            reserved = max(info.st_size, int(announced) if isinstance(announced, int) else 0)
-            usage.append((info.st_mtime, part, reserved))
+            usage.append((info.st_mtime, part, max(info.st_size, announced if isinstance(announced, int) else 0)))
         return usage
 
     def _make_room(self, incoming: int, uploading: Optional[str] = None) -> None:

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from tests.bridge_conformance.bridge_wire import PROTOCOL, Wire, tiny_onnx_bytes
+from tests.bridge_conformance.bridge_wire import PROTOCOL, Wire
 from tests.bridge_conformance.test_conformance import (assert_error, assert_serving, chunk, load, runnable,
                                                        upload)
 
