@@ -67,6 +67,7 @@ FREE_TOKEN_FAILURES = 5
 FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 60.0
 MAX_TRACKED_PEERS = 10_000
+SAMPLE_BYTES = 64            # what one node's time of one run costs while a profile is kept (generous)
 CAPABILITIES = ["upload.resume", "profile.partial", "run", "calibrate", "cancel"]
 
 
@@ -529,6 +530,15 @@ class Agent:
             raise P.bad_setting("inputs", "must be 'random', 'zeros' or 'upload:<sha256 of an uploaded .npz>'")
         return settings
 
+    def _check_sample_memory(self, session, runs: int) -> None:
+        """A profile keeps one time per node per run: refuse more runs than the load memory budget holds."""
+        analysis = getattr(getattr(session, "target", None), "analysis", None)
+        nodes = max(1, len(analysis.nodes)) if analysis is not None else 1
+        most_runs = self.limits.load_memory_bytes // (SAMPLE_BYTES * nodes)
+        if runs > most_runs:
+            raise P.bad_setting("runs", f"{runs} runs of {nodes} nodes would keep more timings than this agent's "
+                                        f"memory budget holds; at most {most_runs} runs")
+
     def _with_uploaded_inputs(self, settings):
         """`inputs: upload:<sha256>` resolved to the cached .npz, verified (in the job's thread: it hashes)."""
         if not settings.inputs.startswith("upload:"):
@@ -594,6 +604,7 @@ class Agent:
         if partial_every is not None and not 0 <= partial_every <= P.SETTINGS_RANGES["runs"][1]:
             raise P.bad_setting("partial_every", f"must be from 0 to {P.SETTINGS_RANGES['runs'][1]}")
         session = connection.session
+        self._check_sample_memory(session, checked.runs + checked.warmup)
 
         def work(job: Job) -> dict:
             settings = self._with_uploaded_inputs(checked)

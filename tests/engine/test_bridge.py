@@ -899,3 +899,16 @@ def test_a_load_over_the_memory_budget_is_refused_before_anything_is_allocated(t
             target.prepare(path, ProfileSettings(runs=1))
     finally:
         target.close()
+
+
+def test_a_profile_keeping_more_timings_than_the_memory_budget_is_refused(start_agent, tiny_model):
+    agent = start_agent(extra=("--load-memory-mb", "64"))
+    target = BridgeTarget(agent.address)
+    try:
+        target.prepare(tiny_model, ProfileSettings(runs=1, warmup=0))
+        with pytest.raises(BridgeError) as caught:
+            target.profile(ProfileSettings(runs=LONG_RUNS, warmup=0))
+        assert caught.value.code == "bad_settings" and "at most" in str(caught.value)
+        assert target.profile(ProfileSettings(runs=2, warmup=0)).complete
+    finally:
+        target.close()
