@@ -728,7 +728,8 @@ def run_agent(config: AgentConfig, ready: Optional[Callable[[str], None]] = None
         say = ready or (lambda text: print(text, flush=True))
         say(line)
         if announce_token:
-            say(f"layerscope agent: token {config.token} (clients: --token, or LAYERSCOPE_AGENT_TOKEN)")
+            say(f"layerscope agent: token {config.token} (clients: LAYERSCOPE_AGENT_TOKEN, or ?token= in the "
+                "ws:// address)")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
 
