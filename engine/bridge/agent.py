@@ -54,6 +54,7 @@ from engine.bridge.protocol import ProtocolError
 from engine.ir import ModelLoadError
 from engine.profile import TimingStats
 from engine.targets import TargetError
+from engine.targets.isolated import start_fork_server
 
 __all__ = ["Agent", "AgentConfig", "run_agent", "is_loopback", "parse_listen"]
 
@@ -187,6 +188,8 @@ class Agent:
         if ort_backend is not None:
             ort_backend.work_dir = self.cache.work_dir
             ort_backend.memory_budget_bytes = self.limits.load_memory_bytes
+            # Loads make their session copies in processes forked from it (engine.targets.isolated)
+            start_fork_server()
         self.auth_failures: dict[str, tuple[int, float]] = {}  # peer host -> (failures, refused until)
         self.job: Optional[Job] = None
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="agent-job")

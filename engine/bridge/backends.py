@@ -208,22 +208,17 @@ class OrtBackend:
         if model.format != "onnx":
             raise ProtocolError("bad_settings", f"the onnxruntime backend runs ONNX models; this upload is "
                                                 f"{model.format}")
-        _refuse_external_data(Path(model.path))
         unit, provider = self.resolve_unit(compute_unit)
         return OrtSession(self, model, unit, provider, settings)
 
 
-def _refuse_external_data(path: Path) -> None:
+def refuse_external_data(proto) -> None:
     """An upload is one file: a tensor that names an external data file would read some other file
     of the agent (onnx refuses paths leaving the folder, not files beside the model, such as the
     cache's meta.json).  Looked for everywhere a tensor can live: initializers (dense and sparse),
-    node attributes (Constant values included), subgraphs, and model-local functions."""
+    node attributes (Constant values included), subgraphs, and model-local functions.  Called by
+    the CPU target on the parsed model, before any external data is read (in its child process)."""
     import onnx
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise TargetError(f"the upload is not a readable ONNX model: {type(exc).__name__}: "
-                          f"{clip(str(exc))}") from None
     for tensor in _all_tensors(proto):
         if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
             raise ProtocolError("bad_settings", f"tensor '{clip(tensor.name, 80)}' keeps its data in an external "
@@ -274,6 +269,9 @@ class OrtSession:
         if backend.work_dir is not None:
             self.target.work_parent = backend.work_dir
         self.target.memory_budget_bytes = backend.memory_budget_bytes
+        # The protobuf work of the load in a child process: the agent keeps answering meanwhile.
+        self.target.session_copy_in_child = True
+        self.target.check_proto = refuse_external_data
         start = time.perf_counter()
         self.target.prepare(model.path, settings)   # TargetError / ModelLoadError go to the caller
         self.load_ms = (time.perf_counter() - start) * 1000.0

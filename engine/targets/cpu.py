@@ -41,7 +41,7 @@ import zipfile
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -748,6 +748,84 @@ def check_memory_budget(analysis, budget_bytes: int) -> None:
 
 
 @dataclass
+class _SessionCopy:
+    """The model file ORT runs, written by write_session_copy, and what was learnt writing it."""
+    session_model: Path
+    shapes: dict[str, tuple[int, ...]]
+    input_names: list[str]
+    folded_ids: list[str]
+    warnings: list[str]
+    opsets: str
+    model: Optional[Model] = None  # IR and analysis: kept when written in this process, not sent back
+    analysis: Any = None           # from a child (the caller opens them again, cheaply)
+
+
+def write_session_copy(path: Path, settings: ProfileSettings, workdir: Path, memory_budget_bytes: Optional[int],
+                       check_proto: Optional[Callable[[onnx.ModelProto], None]] = None,
+                       ir_version: Optional[int] = None, keep_model: bool = False) -> _SessionCopy:
+    """Parse the model, fix its input shapes, name nodes by IR id, fold constants, write `workdir/session.onnx`.
+
+    All the protobuf work of a load (the part that holds the GIL), so that the agent can run it in
+    a child process.  `check_proto` sees the model before any external data is read.
+    """
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # the protobuf message can quote much of the file: kept short
+        raise ModelLoadError(str(path), f"could not be read as onnx: {type(exc).__name__}: "
+                                        f"{str(exc)[:300]}") from None
+    if check_proto is not None:
+        check_proto(proto)
+    try:
+        onnx.load_external_data_for_model(proto, str(path.parent))
+    except Exception as exc:
+        raise ModelLoadError(str(path), f"could not read its external data: {type(exc).__name__}: {exc}") from None
+    initializer_names = {t.name for t in proto.graph.initializer}
+    graph_inputs = [(i.name, _proto_dims(i)) for i in proto.graph.input if i.name not in initializer_names]
+    input_names = [name for name, _ in graph_inputs]
+    npz = None
+    if settings.inputs not in ("random", "zeros"):
+        npz = _load_npz(settings.inputs, input_names, memory_budget_bytes)
+    shapes = resolve_input_shapes(graph_inputs, settings, {k: v.shape for k, v in npz.items()} if npz else {})
+    del npz
+
+    from engine.analysis import analyze
+    from importers import open_model
+    model = open_model(path, input_shapes=shapes)
+    analysis = analyze(model)
+    if memory_budget_bytes is not None:
+        check_memory_budget(analysis, memory_budget_bytes)
+    ir_graph = model.main_graph
+    opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in proto.opset_import)
+
+    # The session copy: nodes named by id, shapes fixed, weights no longer listed as inputs.
+    if len(proto.graph.node) != len(ir_graph.nodes):
+        raise TargetError(f"{path.name}: the importer saw {len(ir_graph.nodes)} nodes and ONNX "
+                          f"{len(proto.graph.node)}; cannot map timings to nodes")
+    for node, ir_node in zip(proto.graph.node, ir_graph.nodes):
+        node.name = ir_node.id
+    kept_inputs = [i for i in proto.graph.input if i.name not in initializer_names]
+    del proto.graph.input[:]
+    proto.graph.input.extend(kept_inputs)
+    for graph_input in proto.graph.input:
+        dims = graph_input.type.tensor_type.shape
+        dims.Clear()
+        for size in shapes[graph_input.name]:
+            dims.dim.add().dim_value = int(size)
+    del proto.graph.value_info[:]  # stale once shapes change; ORT infers its own
+    proto.ir_version = max(proto.ir_version, 4) if ir_version is None else ir_version
+    constant_ids = {i for i, m in analysis.nodes.items() if m.is_constant}
+    folded_ids, warnings = _fold_constant_nodes(proto, ir_graph, constant_ids)
+
+    session_model = workdir / "session.onnx"
+    size = _serialized_size(proto)  # once: ByteSize holds the GIL for about a second per 100 MB
+    big = size is None or size > _EXTERNAL_DATA_THRESHOLD
+    onnx.save_model(proto, str(session_model), save_as_external_data=big, all_tensors_to_one_file=True,
+                    location="session.weights", size_threshold=1024)
+    return _SessionCopy(session_model, shapes, input_names, folded_ids, warnings, opsets,
+                        model if keep_model else None, analysis if keep_model else None)
+
+
+@dataclass
 class _Prepared:
     key: tuple
     settings: ProfileSettings
@@ -804,6 +882,11 @@ class CpuTarget:
         # tensor bytes a load may create (None: no bound, as for the desktop's own CPU reference).
         self.work_parent: Path = Path(tempfile.gettempdir())
         self.memory_budget_bytes: Optional[int] = None
+        # The agent makes the session copy in a child process (its event loop must keep answering
+        # while large protobufs are parsed and written), and checks the parsed model first
+        # (check_proto(model_proto), a module-level function: it is sent to the child by name).
+        self.session_copy_in_child = False
+        self.check_proto: Optional[Callable[[onnx.ModelProto], None]] = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -874,46 +957,6 @@ class CpuTarget:
         if not path.exists():
             raise ModelLoadError(str(path), "no such file or directory")
         _check_onnx_file(path)
-        try:
-            proto = onnx.load(str(path))
-        except Exception as exc:
-            raise ModelLoadError(str(path), f"could not be read as onnx: {type(exc).__name__}: {exc}") from None
-        initializer_names = {t.name for t in proto.graph.initializer}
-        graph_inputs = [(i.name, _proto_dims(i)) for i in proto.graph.input if i.name not in initializer_names]
-        npz = None
-        if settings.inputs not in ("random", "zeros"):
-            npz = _load_npz(settings.inputs, [name for name, _ in graph_inputs], self.memory_budget_bytes)
-        shapes = resolve_input_shapes(graph_inputs, settings,
-                                      {k: v.shape for k, v in npz.items()} if npz else {})
-
-        from engine.analysis import analyze
-        from importers import open_model
-        model = open_model(path, input_shapes=shapes)
-        analysis = analyze(model)
-        if self.memory_budget_bytes is not None:
-            check_memory_budget(analysis, self.memory_budget_bytes)
-        ir_graph = model.main_graph
-        opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in proto.opset_import)
-
-        # The session copy: nodes named by id, shapes fixed, weights no longer listed as inputs.
-        if len(proto.graph.node) != len(ir_graph.nodes):
-            raise TargetError(f"{path.name}: the importer saw {len(ir_graph.nodes)} nodes and ONNX "
-                              f"{len(proto.graph.node)}; cannot map timings to nodes")
-        for node, ir_node in zip(proto.graph.node, ir_graph.nodes):
-            node.name = ir_node.id
-        kept_inputs = [i for i in proto.graph.input if i.name not in initializer_names]
-        del proto.graph.input[:]
-        proto.graph.input.extend(kept_inputs)
-        for graph_input in proto.graph.input:
-            dims = graph_input.type.tensor_type.shape
-            dims.Clear()
-            for size in shapes[graph_input.name]:
-                dims.dim.add().dim_value = int(size)
-        del proto.graph.value_info[:]  # stale once shapes change; ORT infers its own
-        proto.ir_version = max(proto.ir_version, 4)
-        constant_ids = {i for i, m in analysis.nodes.items() if m.is_constant}
-        folded_ids, warnings = _fold_constant_nodes(proto, ir_graph, constant_ids)
-
         # The new session is built beside the old one, which is closed only once the new one works:
         # a load that fails (bad settings, a model the runtime refuses) leaves the target usable.
         try:
@@ -923,9 +966,18 @@ class CpuTarget:
             raise TargetError(f"cannot write the session copy of {path.name} into {self.work_parent}: "
                               f"{exc.strerror or exc}") from None
         try:
-            session_model, plain = self._write_and_open(proto, workdir, settings, ir_graph, path, opsets, warnings)
-            del proto
-            feed = _make_inputs(plain.get_inputs(), shapes, settings.inputs if npz is None else "npz",
+            copy = self._session_copy(path, settings, workdir)
+            model, analysis = copy.model, copy.analysis
+            if model is None:  # made in a child process: the IR is opened here (weights stay on disk)
+                from engine.analysis import analyze
+                from importers import open_model
+                model = open_model(path, input_shapes=copy.shapes)
+                analysis = analyze(model)
+            plain = self._open_session_copy(copy, path, settings, workdir, model.main_graph)
+            npz = None
+            if settings.inputs not in ("random", "zeros"):
+                npz = _load_npz(settings.inputs, copy.input_names, self.memory_budget_bytes)
+            feed = _make_inputs(plain.get_inputs(), copy.shapes, settings.inputs if npz is None else "npz",
                                 settings.seed, npz)
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -934,33 +986,31 @@ class CpuTarget:
         self._workdir = workdir
         # Removed when the target is closed or collected, and at interpreter exit.
         self._finalizer = weakref.finalize(self, shutil.rmtree, str(workdir), True)
-        self._prepared = _Prepared(settings.session_key(), settings, path, model, analysis, session_model,
-                                   shapes, feed, folded_ids, warnings, plain, opsets)
+        self._prepared = _Prepared(settings.session_key(), settings, path, model, analysis, copy.session_model,
+                                   copy.shapes, feed, copy.folded_ids, copy.warnings, plain, copy.opsets)
 
-    def _write_and_open(self, proto, workdir: Path, settings: ProfileSettings, ir_graph: Graph, path: Path,
-                        opsets: str, warnings: list[str]):
-        """Write the session copy into `workdir` and open it: (file, plain session)."""
-        session_model = workdir / "session.onnx"
-        size = _serialized_size(proto)  # once: ByteSize holds the GIL for about a second per 100 MB
-        big = size is None or size > _EXTERNAL_DATA_THRESHOLD
-        onnx.save_model(proto, str(session_model), save_as_external_data=big, all_tensors_to_one_file=True,
-                        location="session.weights", size_threshold=1024)
+    def _session_copy(self, path: Path, settings: ProfileSettings, workdir: Path,
+                      ir_version: Optional[int] = None) -> "_SessionCopy":
+        arguments = (path, settings, workdir, self.memory_budget_bytes, self.check_proto, ir_version)
+        if self.session_copy_in_child:
+            from engine.targets.isolated import call_in_child
+            return call_in_child(write_session_copy, *arguments)
+        return write_session_copy(*arguments, keep_model=True)
+
+    def _open_session_copy(self, copy: "_SessionCopy", path: Path, settings: ProfileSettings, workdir: Path,
+                           ir_graph: Graph):
+        """The plain session on the copy (written again for an older IR version if ORT asks for one)."""
         try:
-            plain = self._session(session_model, settings, ir_graph, path, opsets)
+            return self._session(copy.session_model, settings, ir_graph, path, copy.opsets)
         except TargetError as exc:
             # onnx writes newer IR versions than this ORT reads; the graph itself is usually fine.
             match = _IR_VERSION_RE.search(str(exc))
             if not match:
                 raise
-            copy = onnx.load(str(session_model))
-            copy.ir_version = int(match.group(2))
-            onnx.save_model(copy, str(session_model), save_as_external_data=big, all_tensors_to_one_file=True,
-                            location="session.weights", size_threshold=1024)
-            del copy
-            warnings.append(f"the model is stamped IR version {match.group(1)}; ONNX Runtime {ort.__version__} "
-                            f"reads up to {match.group(2)}, so it runs as IR version {match.group(2)}")
-            plain = self._session(session_model, settings, ir_graph, path, opsets)
-        return session_model, plain
+        older = self._session_copy(path, settings, workdir, ir_version=int(match.group(2)))
+        copy.warnings.append(f"the model is stamped IR version {match.group(1)}; ONNX Runtime {ort.__version__} "
+                             f"reads up to {match.group(2)}, so it runs as IR version {match.group(2)}")
+        return self._session(older.session_model, settings, ir_graph, path, copy.opsets)
 
     def _session(self, model_file: Path, settings: ProfileSettings, ir_graph: Graph, source_path: Path,
                  opsets: str, profile_prefix: Optional[Path] = None, optimized_file: Optional[Path] = None):
