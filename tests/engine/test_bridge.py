@@ -914,3 +914,65 @@ def test_a_profile_keeping_more_timings_than_the_memory_budget_is_refused(start_
         assert target.profile(ProfileSettings(runs=2, warmup=0)).complete
     finally:
         target.close()
+
+
+def _slow_to_parse_model_with_external_data(entries: int) -> bytes:
+    """A model with `entries` value_info entries in its graph (many small messages: about a second of
+    parsing per million, with the GIL held; skipped whole by the importer's sniffing) and a Constant
+    naming an external file, which the agent refuses right after parsing: that load is nearly all
+    parsing."""
+    from onnx import TensorProto, helper
+    from tests.bridge_conformance.test_hostile import _external_tensor
+    nodes = [helper.make_node("Constant", [], ["c"], value=_external_tensor("secret")),
+             helper.make_node("Add", ["x", "c"], ["y"])]
+    graph = helper.make_graph(nodes, "slow", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    for index in range(entries):
+        model.graph.value_info.add().name = f"v{index}"
+    return model.SerializeToString()
+
+
+def test_pings_are_answered_while_a_load_parses_a_large_model(start_agent):
+    """Parsing a large protobuf holds the GIL for the whole C call (0.4-0.7 s per 100 MB here); in the
+    agent's own process that stalls its event loop, and no connection is answered until it ends.  The
+    agent parses in a helper process, so a second connection's pings are answered all along.  Counted,
+    not timed: the pongs received between sending the load and its reply."""
+    from tests.bridge_conformance.bridge_wire import Wire
+    from tests.bridge_conformance.test_conformance import upload
+    agent = start_agent()
+    wire, other = Wire(agent.address), Wire(agent.address)
+    try:
+        wire.hello(None)
+        other.hello(None)
+        # A first load, so that imports and the helper's start are not part of the one counted.
+        tiny = upload(wire, tiny_onnx_bytes(), "tiny.onnx", "onnx")
+        assert wire.request({"type": "load", "model": tiny["sha256"]}, ("loaded",), timeout=120)["type"] == "loaded"
+        done = upload(wire, _slow_to_parse_model_with_external_data(2_000_000), "slow.onnx", "onnx", timeout=300)
+        assert done["type"] == "upload_done", done
+        loading = threading.Event()
+        pongs_during_load = []
+
+        def ping_meanwhile() -> None:
+            while loading.is_set():
+                reply = other.request({"type": "ping"}, ("pong",), timeout=60)
+                if loading.is_set():
+                    pongs_during_load.append(reply["type"])
+
+        loading.set()
+        request_id = wire.send({"type": "load", "model": done["sha256"]})
+        pinger = threading.Thread(target=ping_meanwhile)
+        pinger.start()
+        try:
+            reply = wire.recv_for(request_id, ("loaded",), timeout=300)
+        finally:
+            loading.clear()
+            pinger.join(timeout=60)
+        assert reply["type"] == "error" and reply["code"] == "bad_settings" and "external" in reply["message"], reply
+        # In-process parsing leaves no gap for a pong during most of the load: 0-2 of them.
+        print("PONGS", len(pongs_during_load))
+        assert len(pongs_during_load) >= 10, pongs_during_load
+    finally:
+        wire.close()
+        other.close()
