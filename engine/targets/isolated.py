@@ -34,7 +34,8 @@ from engine.targets import TargetError
 
 __all__ = ["call_in_child", "start_fork_server"]
 
-_PRELOADED = ["engine.targets.cpu", "engine.bridge.backends"]
+# engine.cli: a child started under the `layerscope` script imports that script again (multiprocessing).
+_PRELOADED = ["engine.targets.cpu", "engine.bridge.backends", "engine.cli"]
 _context_lock = threading.Lock()
 _context = None
 
