@@ -25,7 +25,7 @@ from typing import Optional
 
 from PySide6.QtCore import QObject, QRectF, QRunnable, QSettings, QSize, Qt, QThreadPool, QTimer, Signal
 from PySide6.QtGui import QAction, QImage, QKeySequence, QPainter
-from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QComboBox, QDockWidget, QFileDialog,
+from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QComboBox, QDialog, QDockWidget, QFileDialog,
                                QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QMainWindow,
                                QMessageBox, QProgressBar, QPushButton, QToolBar, QVBoxLayout, QWidget)
 
@@ -190,6 +190,42 @@ def _warm_profiling_imports() -> None:
     threading.Thread(target=work, name="layerscope-warm-imports", daemon=True).start()
 
 
+def is_model_package(path) -> bool:
+    """A folder that is a model (an .mlpackage: its Manifest.json), opened as one file."""
+    from importers import coreml
+
+    return Path(path).is_dir() and coreml.sniff(Path(path))
+
+
+class ModelFileDialog(QFileDialog):
+    """File > Open.  A Core ML package is a folder: macOS's own dialog treats it as one file;
+    elsewhere Qt's dialog would walk into it, so a selected folder that is a package is
+    accepted as the model instead (`chosen_path`)."""
+
+    def __init__(self, parent, start: str = ""):
+        super().__init__(parent, "Open model", start, MODEL_FILTER)
+        self.setFileMode(QFileDialog.FileMode.ExistingFile)
+        self.setAcceptMode(QFileDialog.AcceptMode.AcceptOpen)
+        if sys.platform != "darwin":  # our accept() runs only in Qt's own dialog
+            self.setOption(QFileDialog.Option.DontUseNativeDialog)
+        self._package: Optional[str] = None
+
+    def accept(self) -> None:
+        chosen = self.selectedFiles()
+        if len(chosen) == 1 and is_model_package(chosen[0]):
+            self._package = chosen[0]
+            QDialog.accept(self)  # not QFileDialog.accept, which would open the folder
+            return
+        self._package = None
+        super().accept()
+
+    def chosen_path(self) -> str:
+        if self._package:
+            return self._package
+        files = self.selectedFiles()
+        return files[0] if files and self.result() == QDialog.DialogCode.Accepted else ""
+
+
 class MainWindow(QMainWindow):
     modelLoaded = Signal(str)  # path
     loadFailed = Signal(str)  # message shown to the person
@@ -217,6 +253,9 @@ class MainWindow(QMainWindow):
             # calls hold the GIL and would freeze this thread while a worker opens the model.
             start_helper_process()
         self.settings = settings if settings is not None else QSettings(APP_NAME, APP_NAME)
+        # Quitting, or opening another model, asks before a running profile or unsaved profiles are
+        # dropped (not offscreen, where nobody could answer).
+        self.ask_before_discarding = error_dialogs
         self.loaded: Optional[LoadedModel] = None
         self.scene: Optional[GraphScene] = None
         self._tasks: set[_LoadTask] = set()
@@ -229,6 +268,7 @@ class MainWindow(QMainWindow):
         # The session: profiles of the open model, sweeps, which profile the overlay shows.
         self.entries: list[ProfileEntry] = []
         self.sweeps: list[SweepResult] = []
+        self._saved_state = self._session_state()  # the profiles and sweeps as last saved or opened
         self.selected_profile = -1
         self.worker: Optional[ProfileWorker] = None
         self.run_dialog: Optional[RunDialog] = None
@@ -304,6 +344,8 @@ class MainWindow(QMainWindow):
         self.open_action = QAction("&Open…", self, shortcut=QKeySequence.StandardKey.Open,
                                    triggered=self.open_dialog)
         menu.addAction(self.open_action)
+        self.open_package_action = QAction("Open Core ML &Package…", self, triggered=self.open_package_dialog)
+        menu.addAction(self.open_package_action)
         self.recent_menu = menu.addMenu("Open &Recent")
         menu.addSeparator()
         self.open_session_action = QAction("Open &Session…", self, triggered=self.open_session_dialog)
@@ -478,12 +520,29 @@ class MainWindow(QMainWindow):
 
     def open_dialog(self) -> None:
         start = str(Path(self.loaded.path).parent) if self.loaded else ""
-        path, _ = QFileDialog.getOpenFileName(self, "Open model", start, MODEL_FILTER)
+        dialog = ModelFileDialog(self, start)
+        if dialog.exec() and dialog.chosen_path():
+            self.open_path(dialog.chosen_path())
+
+    def open_package_dialog(self) -> None:
+        """File > Open Core ML Package…: a folder chooser, for file dialogs that walk into every folder."""
+        start = str(Path(self.loaded.path).parent) if self.loaded else ""
+        path = QFileDialog.getExistingDirectory(self, "Open Core ML package (.mlpackage folder)", start)
         if path:
             self.open_path(path)
 
     def open_path(self, path: str) -> None:
-        """Open `path` in a worker; the current model stays until the new one is ready."""
+        """Open `path` in a worker; the current model stays until the new one is ready.
+
+        A session file (`.layerscope`) opens as a session.  Another model replaces the
+        profiles of this one: a running profile or unsaved profiles are asked about first.
+        """
+        if is_session_file(path):
+            self.open_session(path)
+            return
+        if self.loaded is not None and not _same_file(self.loaded.path, path) \
+                and not self.confirm_leaving(f"open {Path(path).name}"):
+            return
         if self.helper_process:
             start_helper_process()  # no-op while it runs; replaces one that died
         include_constants, grouping = self.show_constants_action.isChecked(), self.grouping()
@@ -788,6 +847,10 @@ class MainWindow(QMainWindow):
 
     def _unique_label(self, profile: Profile) -> str:
         base = profile_label(profile)
+        if not profile.complete:  # stopped early (cancelled, or the target failed): say how far it got
+            planned = profile.settings.get("runs")
+            of = f" of {planned}" if planned else ""
+            base += f" (incomplete: {profile.runs_completed}{of} runs)"
         taken = {entry.label for entry in self.entries}
         label, count = base, 1
         while label in taken:
@@ -881,6 +944,7 @@ class MainWindow(QMainWindow):
 
     def _clear_profiles(self) -> None:
         self.entries, self.sweeps = [], []
+        self._saved_state = self._session_state()
         self.profile_list.clear()
         self.selected_profile = -1
         self.panels.set_profile(None)
@@ -1001,10 +1065,17 @@ class MainWindow(QMainWindow):
         elif result.sweep is not None:
             self.panels.set_sweeps(self.sweeps)
         if result.cancelled:
-            message = (f"Cancelled; {len(result.entries)} finished profile(s) kept." if result.entries
-                       else "Cancelled; nothing was added, earlier profiles are kept.")
+            partial = [e.profile for e in result.entries if not e.profile.complete]
+            finished = len(result.entries) - len(partial)
+            if partial:
+                message = (f"Cancelled after {partial[0].runs_completed} measured run(s): kept as an "
+                           "incomplete profile" + (f", with {finished} finished one(s)" if finished else "") + ".")
+            elif result.entries:
+                message = f"Cancelled; {finished} finished profile(s) kept."
+            else:
+                message = "Cancelled before any run was measured; nothing was added, earlier profiles are kept."
             if self.run_dialog is not None:
-                self.run_dialog.show_finished(message)
+                self.run_dialog.show_finished(message, complete=False)
             self.progress_label.setText(message)
             self.profileCancelled.emit()
             return
@@ -1139,19 +1210,63 @@ class MainWindow(QMainWindow):
                        loaded.include_constants)
 
     def save_session_to(self, path: str) -> Path:
-        return save_session(self.current_session(), path)
+        written = save_session(self.current_session(), path)
+        self._saved_state = self._session_state()
+        return written
 
-    def save_session_dialog(self) -> None:
+    def save_session_dialog(self) -> bool:
+        """Ask where, and save the session; True once it is written."""
         if self.loaded is None:
-            return
+            return False
         suggested = str(Path(self.loaded.path).with_suffix(".layerscope"))
         path, _ = QFileDialog.getSaveFileName(self, "Save session", suggested, SESSION_FILTER)
-        if path:
-            try:
-                self.save_session_to(path)
-                self.progress_label.setText(f"Saved {Path(path).name}")
-            except (OSError, ValueError) as exc:
-                QMessageBox.critical(self, "Cannot save session", f"{path}: {exc}")
+        if not path:
+            return False
+        try:
+            self.save_session_to(path)
+        except (OSError, ValueError) as exc:
+            QMessageBox.critical(self, "Cannot save session", f"{path}: {exc}")
+            return False
+        self.progress_label.setText(f"Saved {Path(path).name}")
+        return True
+
+    def _session_state(self) -> tuple:
+        return tuple(id(e.profile) for e in self.entries), tuple(id(s) for s in self.sweeps)
+
+    def has_unsaved_profiles(self) -> bool:
+        """Profiles or sweeps in the session that were taken (or changed) since it was last saved or opened."""
+        state = self._session_state()
+        return any(state) and state != self._saved_state
+
+    def confirm_leaving(self, action: str) -> bool:
+        """Before `action` ("quit", "open other.onnx") drops the session: stop a running profile
+        only if the person agrees, and offer to save unsaved profiles.  True: go ahead."""
+        if not self.ask_before_discarding:
+            return True
+        if self.worker is not None:
+            box = QMessageBox(QMessageBox.Icon.Question, "A profile is running",
+                              f"A profile run is in progress. Stop it and {action}?", parent=self)
+            box.setInformativeText("The runs it has measured so far are not kept.")
+            stop = box.addButton(f"Stop and {action.split()[0]}", QMessageBox.ButtonRole.DestructiveRole)
+            box.setDefaultButton(box.addButton(QMessageBox.StandardButton.Cancel))
+            box.exec()
+            if box.clickedButton() is not stop:
+                return False
+            self.stop_profile_worker()
+            self._update_profile_actions()
+        if not self.has_unsaved_profiles():
+            return True
+        box = QMessageBox(QMessageBox.Icon.Warning, "Save session?",
+                          f"The session of {Path(self.loaded.path).name} has {len(self.entries)} profile(s) "
+                          "that are not saved.", parent=self)
+        box.setInformativeText(f"Save them before you {action}? Discarded profiles cannot be recovered.")
+        box.setStandardButtons(QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
+                               | QMessageBox.StandardButton.Cancel)
+        box.setDefaultButton(QMessageBox.StandardButton.Save)
+        answer = box.exec()
+        if answer == QMessageBox.StandardButton.Save:
+            return self.save_session_dialog()
+        return answer == QMessageBox.StandardButton.Discard
 
     def open_session_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open session", "", SESSION_FILTER)
@@ -1160,6 +1275,8 @@ class MainWindow(QMainWindow):
 
     def open_session(self, path: str) -> None:
         """Read the session and open its model in a worker; the profiles come back once it is drawn."""
+        if not self.confirm_leaving(f"open {Path(path).name}"):
+            return
         include_constants, grouping = self.show_constants_action.isChecked(), self.grouping()
 
         def work(progress):
@@ -1191,6 +1308,7 @@ class MainWindow(QMainWindow):
         self.overlay_combo.blockSignals(False)
         for k, action in self.overlay_actions.items():
             action.setChecked(k == key)
+        self._saved_state = self._session_state()
 
     def import_profile(self, path: str) -> int:
         """Add a layerscope.profile/1 file (e.g. from `layerscope profile --json`) to the session.
@@ -1318,6 +1436,9 @@ class MainWindow(QMainWindow):
                 return
 
     def closeEvent(self, event) -> None:
+        if not self.confirm_leaving("quit"):
+            event.ignore()
+            return
         # Workers finish their current step; their results are dropped with the window.
         for task in list(self._tasks):
             try:
@@ -1355,6 +1476,15 @@ class MainWindow(QMainWindow):
         self.run_progress.hide()
 
 
+def is_session_file(path) -> bool:
+    """A saved session (`.layerscope`), which File > Open, a drop and `layerscope PATH` open as a session."""
+    return Path(path).suffix.lower() == ".layerscope" and Path(path).is_file()
+
+
+def _same_file(a, b) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
+
+
 def _ensure_platform() -> None:
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -1387,7 +1517,8 @@ def run_app(model_path: Optional[str] = None, overlay: str = "none", profile: Op
             window.add_profile(profile)
         window.set_overlay(overlay)
 
-    window.modelLoaded.connect(first_open)
+    if not is_session_file(model_path):  # a session brings its own overlay and profiles
+        window.modelLoaded.connect(first_open)
     if OVERLAYS.get(overlay) is None or not OVERLAYS[overlay].needs_profile:
         window.set_overlay(overlay)
     QTimer.singleShot(0, lambda: window.open_path(model_path))

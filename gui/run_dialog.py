@@ -11,8 +11,8 @@ the GIL; in a thread of the app they froze the window for 100+ ms (DenseNet-121)
 in a child process they cannot.  The CLI prints one progress line per run on
 stderr when it is not a terminal ("DONE/TOTAL MESSAGE"), which drives the
 progress bars.  Cancel sends SIGINT: the CLI stops after the current run and
-writes what it measured, which the app discards as the thread path did
-(nothing half-measured goes into the session).  A failure is the CLI's
+writes what it measured; the app keeps those runs as the CLI does on Ctrl-C
+(the profile says it is incomplete and how many runs it holds).  A failure is the CLI's
 one-line "layerscope: ..." message.  The profile is read back with
 `engine.session.load_profile_json` (a device profile keeps its transfers);
 the CLI attached the hints.
@@ -94,8 +94,9 @@ def execute_run(request: RunRequest, opened_analysis=None,
     One size (or none): `engine.sweep.model_for_setting` (a sample is regenerated at
     that size), `Target.prepare`, `Target.profile`.  Several sizes:
     `engine.sweep.sweep_sizes`.  Hints come from `engine.hints.find_hints`.
-    Only complete profiles are returned: a cancelled run returns those that
-    finished before the cancel (a sweep's earlier sizes); a failed run raises
+    A cancelled run returns the profiles that finished before the cancel (a sweep's
+    earlier sizes) and the one it stopped, if it measured at least one run (marked
+    incomplete, as `layerscope profile` keeps its runs on Ctrl-C); a failed run raises
     TargetError with the target's message.  Raises TargetError / ModelLoadError.
     """
     from engine.sweep import model_for_setting, sweep_sizes
@@ -132,8 +133,8 @@ def execute_run(request: RunRequest, opened_analysis=None,
                           f"{failed[0].error or 'unknown error'}")
     entries = []
     for profile, analysis in pairs:
-        if not profile.complete:
-            continue  # cancelled midway: nothing half-measured goes into the session
+        if not profile.complete and profile.runs_completed == 0:
+            continue  # cancelled before its first measured run: nothing to keep
         if Path(profile.model_path) != model_path:
             # A regenerated sample (its temporary file is gone): name the file the person opened,
             # as `layerscope profile` does; the input shapes in the settings say which size it ran.
@@ -227,14 +228,14 @@ class ProfileProcess(QObject):
         self.process.start(sys.executable, profile_command(self.request, str(self.json_path)))
 
     def cancel(self) -> None:
-        """Ask the CLI to stop after the current run (SIGINT, as Ctrl-C); what it measured is discarded."""
+        """Ask the CLI to stop after the current run (SIGINT, as Ctrl-C); the runs it measured are kept."""
         if self._done or self.cancelled:
             return
         self.cancelled = True
         pid = self.process.processId()
         if pid and hasattr(signal, "SIGINT") and sys.platform != "win32":
             os.kill(pid, signal.SIGINT)
-        else:  # no SIGINT to a child on Windows: stop it (nothing half-measured is kept anyway)
+        else:  # no SIGINT to a child on Windows: stop it (it writes nothing then: no runs are kept)
             self.process.terminate()
 
     def wait(self, timeout_ms: int = 10_000) -> bool:
@@ -297,9 +298,11 @@ class ProfileProcess(QObject):
         normal = exit_status == QProcess.ExitStatus.NormalExit and exit_code == EXIT_OK
         try:
             if self.cancelled:
-                # Stopped midway: the partial profile is dropped.  A run that had finished
-                # before the cancel arrived is kept, as the thread path keeps finished profiles.
-                entries = self._entries() if normal else []
+                # Stopped midway: the CLI wrote the runs it measured (exit code 130) and they are
+                # kept, marked incomplete; a run that had finished before the cancel arrived is kept whole.
+                kept_runs = normal or (exit_status == QProcess.ExitStatus.NormalExit
+                                       and exit_code == EXIT_INTERRUPTED and self.json_path.is_file())
+                entries = self._entries(keep_partial=True) if kept_runs else []
                 self._outcome = (self.succeeded, RunResult(entries, None, True, self.request.target))
             elif not normal:
                 self._outcome = (self.failed, self._error_message(exit_code))
@@ -325,10 +328,11 @@ class ProfileProcess(QObject):
         finally:
             self._finish_once()
 
-    def _entries(self) -> list[ProfiledEntry]:
-        """The complete profile the CLI wrote (none if incomplete); its analysis is made when needed."""
+    def _entries(self, keep_partial: bool = False) -> list[ProfiledEntry]:
+        """The profile the CLI wrote (none if incomplete, unless `keep_partial` and it holds a
+        measured run); its analysis is made when needed."""
         profile = load_profile_json(self.json_path)  # keeps a device profile's transfers
-        if not profile.complete:
+        if not profile.complete and not (keep_partial and profile.runs_completed > 0):
             return []
         if Path(profile.model_path).resolve() != Path(self.request.model_path).resolve():
             profile = replace(profile, model_path=str(self.request.model_path))
@@ -450,6 +454,6 @@ class RunDialog(QDialog):
     def show_progress(self, done: int, total: int, message: str) -> None:
         self.footer.show_progress(done, total, message)
 
-    def show_finished(self, message: str) -> None:
+    def show_finished(self, message: str, complete: bool = True) -> None:
         self.set_running(False)
-        self.footer.show_finished(message)
+        self.footer.show_finished(message, complete)
