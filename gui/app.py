@@ -19,7 +19,7 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -35,7 +35,7 @@ from engine.ir import ModelLoadError
 from engine.layout import GROUPINGS
 from engine.profile import Profile, ProfileFormatError
 from engine.session import (Session, SessionFormatError, SweepResult, load_profile_json, load_session,
-                            profile_analysis, save_session)
+                            profile_analysis, profiled_at, save_session)
 from gui.graph_view import (OVERLAY_TITLES, OVERLAYS, GraphScene, GraphView, build_in_slices, format_ms,
                             prepare_scene_data, retire_scene)
 from gui.inspector import Inspector
@@ -270,6 +270,9 @@ class MainWindow(QMainWindow):
         self.sweeps: list[SweepResult] = []
         self._saved_state = self._session_state()  # the profiles and sweeps as last saved or opened
         self.selected_profile = -1
+        # The analysis of the open model at its own input size; self.loaded.analysis is the one at the
+        # size the selected profile ran at (a sweep's other sizes), so every static figure matches it.
+        self._opened_analysis = None
         self.worker: Optional[ProfileWorker] = None
         self.run_dialog: Optional[RunDialog] = None
         self.compare_view = None
@@ -545,7 +548,10 @@ class MainWindow(QMainWindow):
             return
         if self.helper_process:
             start_helper_process()  # no-op while it runs; replaces one that died
-        include_constants, grouping = self.show_constants_action.isChecked(), self.grouping()
+        include_constants = self.show_constants_action.isChecked()
+        # The grouping chosen for this model does not carry over to another one (its groups differ).
+        same = self.loaded is not None and _same_file(self.loaded.path, path)
+        grouping = self.grouping() if same else "none"
         self._start_task(lambda progress: load_model(path, include_constants, progress, grouping),
                          f"Opening {Path(path).name}", self._on_loaded)
 
@@ -650,6 +656,8 @@ class MainWindow(QMainWindow):
         previous = self.loaded
         self.loaded = loaded
         self.scene = scene
+        if not keep_view or self._opened_analysis is None:
+            self._opened_analysis = loaded.analysis  # the model at its own input size
         session, self._pending_session = self._pending_session, None
         if session is not None:
             self._install_session(session)
@@ -907,7 +915,41 @@ class MainWindow(QMainWindow):
         if node_id:
             self._on_node_selected(node_id)
         self._update_profile_actions()
+        self._show_analysis_of(entry)
         self.profileSelected.emit(index)
+
+    def _show_analysis_of(self, entry: Optional[ProfileEntry]) -> None:
+        """Draw the static figures (box labels, MACs/bytes/intensity overlays, inspector, summary) of
+        the input size `entry` ran at: a sweep's 224 profile beside the 224 model's shapes and MACs.
+
+        A profile at another size than the one drawn is laid out again by a worker (the analysis
+        at its size is made there when not known yet); the profiles and selection stay.
+        """
+        loaded, opened = self.loaded, self._opened_analysis
+        if loaded is None or opened is None:
+            return
+        known = opened if entry is None else entry.analysis
+        if known is None and profiled_at(entry.profile, opened):
+            known = entry.analysis = opened
+        if known is loaded.analysis:
+            return
+
+        def work(progress):
+            analysis = known
+            if analysis is None:
+                progress("Analysing at the profile's input size…")
+                analysis = profile_analysis(loaded.path, entry.profile, opened)
+            at_size = replace(loaded, analysis=analysis, producers=analysis.graph.producers())
+            return analysis, relayout(at_size, loaded.include_constants, progress)
+
+        def done(result) -> None:
+            analysis, relaid = result
+            if entry is not None:
+                entry.analysis = analysis
+            if self.loaded is not None and self.loaded.model is loaded.model and self.selected_entry() is entry:
+                self._on_loaded(relaid, keep_view=True)
+
+        self._start_task(work, "Showing the figures at the profile's input size", done)
 
     def _show_panels(self) -> None:
         """The charts' dock, shown with the first profile (a person may close it afterwards)."""
@@ -989,7 +1031,8 @@ class MainWindow(QMainWindow):
     def analysis_for(self, entry: ProfileEntry):
         """The static analysis at the profile's input shapes (reports join it by node id); cached."""
         if entry.analysis is None:
-            entry.analysis = profile_analysis(self.loaded.path, entry.profile, self.loaded.analysis)
+            entry.analysis = profile_analysis(self.loaded.path, entry.profile,
+                                              self._opened_analysis or self.loaded.analysis)
         return entry.analysis
 
     # --- profiling ------------------------------------------------------------------------

@@ -1,0 +1,229 @@
+"""The app as a daily tool (issue 16): no profile is lost without a question, a Core ML package
+opens like a file, a session path opens the session, and the figures beside a profile are those of
+the input size it ran at.  Real windows offscreen, real ONNX Runtime runs, real files."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import QMimeData, QPointF, Qt, QTimer, QUrl
+from PySide6.QtGui import QDragEnterEvent, QDropEvent
+from PySide6.QtWidgets import QApplication, QDialog, QFileDialog, QMessageBox
+
+from engine.targets import ProfileSettings
+from gui.app import MainWindow, ModelFileDialog
+from gui.run_dialog import RunRequest, execute_run
+from tests.conftest import light_model
+from tests.gui.gui_fixtures import (LOAD_TIMEOUT_MS, answer_next_message_box, no_questions,  # noqa: F401
+                                    open_and_wait, settings, window)
+
+RUN_TIMEOUT_MS = 60_000
+SAVE, DISCARD, CANCEL = (QMessageBox.StandardButton.Save, QMessageBox.StandardButton.Discard,
+                         QMessageBox.StandardButton.Cancel)
+
+
+@pytest.fixture(scope="module")
+def sample_profile(sample_model):
+    return execute_run(RunRequest(str(sample_model), "cpu", ProfileSettings(runs=2, warmup=1))).entries[0].profile
+
+
+@pytest.fixture(scope="module")
+def sweep(sample_model):
+    """A real sweep of the sample at two sizes, with each size's analysis, as the Run dialog makes it."""
+    return execute_run(RunRequest(str(sample_model), "cpu", ProfileSettings(runs=2, warmup=0),
+                                  sizes=((128, 128), (224, 224))))
+
+
+def _save_in_next_file_dialog(path: Path) -> None:
+    """Type `path` into the next file dialog and accept it (the Save button's path)."""
+    def fill(remaining=200):
+        dialog = QApplication.activeModalWidget()
+        if not isinstance(dialog, QFileDialog):
+            if remaining:
+                QTimer.singleShot(25, lambda: fill(remaining - 1))
+            return
+        dialog.selectFile(str(path))
+        dialog.accept()
+
+    QTimer.singleShot(0, fill)
+
+
+# --- never lose a profile -------------------------------------------------------------------------
+
+def test_quit_with_unsaved_profiles_asks_and_cancel_keeps_everything(qtbot, window, sample_model, sample_profile):
+    open_and_wait(qtbot, window, sample_model)
+    assert not window.has_unsaved_profiles()
+    window.close()  # nothing to lose: no question
+    assert not window.isVisible()
+    window.show()
+    window.add_profile(sample_profile)
+    assert window.has_unsaved_profiles()
+    asked = answer_next_message_box(qtbot, CANCEL)
+    window.close()
+    assert asked == [f"The session of {sample_model.name} has 1 profile(s) that are not saved."]
+    assert window.isVisible() and len(window.entries) == 1
+    answer_next_message_box(qtbot, DISCARD)
+    window.close()
+    assert not window.isVisible()
+
+
+def test_save_from_the_quit_question_writes_the_session(qtbot, settings, sample_model, sample_profile, tmp_path):
+    win = MainWindow(settings=settings)
+    qtbot.addWidget(win, before_close_func=no_questions)
+    win.show()
+    open_and_wait(qtbot, win, sample_model)
+    win.add_profile(sample_profile)
+    win.set_overlay("macs")
+    path = tmp_path / "kept.layerscope"
+    answer_next_message_box(qtbot, SAVE)
+    _save_in_next_file_dialog(path)
+    win.close()
+    assert not win.isVisible() and path.is_file()
+
+    # `layerscope kept.layerscope` (and File > Open, a drop) open it as the session it is.
+    reopened = MainWindow(settings=settings)
+    qtbot.addWidget(reopened, before_close_func=no_questions)
+    reopened.show()
+    with qtbot.waitSignal(reopened.sessionOpened, timeout=LOAD_TIMEOUT_MS):
+        reopened.open_path(str(path))
+    assert [e.profile.to_json_dict() for e in reopened.entries] == [sample_profile.to_json_dict()]
+    # The overlay comes back, drawn, not only named in the toolbar.
+    assert reopened.overlay_combo.currentData() == "macs" and reopened.scene.overlay_key == "macs"
+    assert reopened.overlay_actions["macs"].isChecked() and reopened.view.legend.kind == "estimated"
+    assert not reopened.has_unsaved_profiles()
+    reopened.ask_before_discarding = True
+    reopened.close()  # just opened: nothing to save, no question
+    assert not reopened.isVisible()
+
+
+def test_opening_another_model_asks_before_its_profiles_go(qtbot, window, sample_model, sample_profile):
+    open_and_wait(qtbot, window, sample_model)
+    window.add_profile(sample_profile)
+    other = light_model("squeezenet")
+    asked = answer_next_message_box(qtbot, CANCEL)
+    window.open_path(str(other))
+    assert asked and not window.loading  # nothing started
+    assert window.loaded.path == str(sample_model) and len(window.entries) == 1
+    answer_next_message_box(qtbot, DISCARD)
+    open_and_wait(qtbot, window, other)
+    assert window.loaded.path.endswith("light_squeezenet.onnx") and window.entries == []
+    open_and_wait(qtbot, window, sample_model)  # no profiles: no question
+    assert window.loaded.path == str(sample_model)
+
+
+def test_opening_another_model_during_a_run_asks_before_stopping_it(qtbot, window, sample_model):
+    open_and_wait(qtbot, window, sample_model)
+    dialog = window.show_run_dialog()
+    dialog.runs_spin.setValue(100_000)
+    qtbot.mouseClick(dialog.run_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: dialog.progress.value() >= 2, timeout=RUN_TIMEOUT_MS)
+    asked = answer_next_message_box(qtbot, CANCEL)
+    window.open_path(str(light_model("squeezenet")))
+    assert asked == ["A profile run is in progress. Stop it and open light_squeezenet.onnx?"]
+    assert window.worker is not None and not window.loading  # still running, nothing opened
+    answer_next_message_box(qtbot, "Stop and open")
+    open_and_wait(qtbot, window, light_model("squeezenet"))
+    assert window.worker is None and window.entries == [] and window.run_action.isEnabled()
+
+
+def test_grouping_does_not_carry_over_to_the_next_model(qtbot, window, sample_model):
+    open_and_wait(qtbot, window, sample_model)
+    with qtbot.waitSignal(window.modelLoaded, timeout=LOAD_TIMEOUT_MS):
+        window.set_grouping("stage")
+    assert window.loaded.grouping == "stage" and window.loaded.collapsed
+    open_and_wait(qtbot, window, light_model("squeezenet"))
+    assert window.loaded.grouping == "none" and window.grouping() == "none"
+    assert window.group_actions["none"].isChecked()
+
+
+# --- cancel keeps what was measured ---------------------------------------------------------------
+
+def test_a_cancelled_sweep_keeps_finished_sizes_and_the_runs_of_the_stopped_one(sample_model):
+    cancel = threading.Event()
+    runs_per_size = 6
+
+    def progress(done, total, message):
+        if done >= runs_per_size + 3:  # three runs into the second size
+            cancel.set()
+
+    result = execute_run(RunRequest(str(sample_model), "cpu", ProfileSettings(runs=runs_per_size, warmup=0),
+                                    sizes=((128, 128), (160, 160))), progress=progress, cancel=cancel)
+    assert result.cancelled and result.sweep is None  # a sweep with a size missing is no sweep
+    first, stopped = (e.profile for e in result.entries)
+    assert first.complete and first.runs_completed == runs_per_size
+    assert not stopped.complete and 1 <= stopped.runs_completed < runs_per_size
+    assert stopped.settings["input_shapes"] != first.settings["input_shapes"]
+
+
+# --- every listed format opens ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    pytest.importorskip("coremltools")
+    from tests.importers.test_coreml import build_mlpackage
+    return build_mlpackage(tmp_path_factory.mktemp("packages") / "tiny.mlpackage")
+
+
+def test_file_open_accepts_a_core_ml_package_folder(qtbot, window, package, tmp_path):
+    dialog = ModelFileDialog(window, str(package.parent))
+    qtbot.addWidget(dialog)
+    assert "*.mlpackage" in ";".join(dialog.nameFilters())
+    dialog.selectFile(str(package))
+    dialog.accept()  # what the Open button calls
+    assert dialog.result() == QDialog.DialogCode.Accepted and dialog.chosen_path() == str(package)
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    walk = ModelFileDialog(window, str(tmp_path))
+    qtbot.addWidget(walk)
+    walk.show()
+    walk.selectFile(str(plain))
+    walk.accept()  # a folder that is no package is walked into, as before
+    assert walk.isVisible() and walk.chosen_path() == "" and Path(walk.directory().absolutePath()) == plain
+    walk.reject()
+
+
+def test_a_dropped_core_ml_package_opens(qtbot, window, package):
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(package))])
+    enter = QDragEnterEvent(QPointF(50, 50).toPoint(), Qt.DropAction.CopyAction, mime, Qt.MouseButton.NoButton,
+                            Qt.KeyboardModifier.NoModifier)
+    QApplication.sendEvent(window, enter)
+    assert enter.isAccepted()
+    drop = QDropEvent(QPointF(50, 50), Qt.DropAction.CopyAction, mime, Qt.MouseButton.NoButton,
+                      Qt.KeyboardModifier.NoModifier)
+    with qtbot.waitSignal(window.modelLoaded, timeout=LOAD_TIMEOUT_MS):
+        QApplication.sendEvent(window, drop)
+    assert window.loaded.path == str(package) and window.loaded.model.format.startswith("coreml")
+    assert {"conv", "relu", "fc"} <= {n.name for n in window.loaded.analysis.graph.nodes}
+
+
+# --- figures beside the right size -------------------------------------------------------------------
+
+def test_static_figures_follow_the_size_of_the_selected_profile(qtbot, window, sample_model, sweep):
+    open_and_wait(qtbot, window, sample_model)
+    opened = window.loaded.analysis
+    for entry in sweep.entries:
+        window.add_profile(entry.profile, entry.analysis, select=False)
+    small, large = (e.analysis for e in sweep.entries)
+    node = "/decoder/up1/ConvTranspose"
+    assert large.nodes[node].macs > small.nodes[node].macs
+    for index, analysis in ((1, large), (0, small)):
+        with qtbot.waitSignal(window.modelLoaded, timeout=LOAD_TIMEOUT_MS):
+            window.select_profile(index)
+        assert window.loaded.analysis is analysis and window.selected_profile == index
+        window.view.select_node(node)
+        rows = window.inspector.rows()
+        shape = "x".join(str(d) for d in analysis.graph.value_type(analysis.graph.inputs[0]).shape)
+        assert shape.endswith(f"{128 if index == 0 else 224}x{128 if index == 0 else 224}")
+        assert rows["Static cost (estimated from shapes)/MACs"].endswith(f"({analysis.nodes[node].macs:,})")
+        output = window.loaded.analysis.graph.node(node).outputs[0]
+        assert rows[f"Outputs (1)/#0 {output}"].startswith(
+            "float32 " + "x".join(str(d) for d in analysis.graph.value_type(output).shape))
+        window.set_overlay("macs")
+        assert window.scene.overlay_values("macs")[window.scene.node_ids.index(node)] == analysis.nodes[node].macs
+        assert window.analysis_for(window.selected_entry()) is analysis  # the reports use the same one
+    with qtbot.waitSignal(window.modelLoaded, timeout=LOAD_TIMEOUT_MS):
+        window.select_profile(-1)  # no profile: the model at its own size again
+    assert window.loaded.analysis is opened
