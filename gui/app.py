@@ -691,7 +691,7 @@ class MainWindow(QMainWindow):
             self._remember_recent(loaded.path)
         self._update_profile_actions()
         if self.run_dialog is not None:
-            self.run_dialog.model_path = loaded.path
+            self._show_model_in_run_dialog()
         self.modelLoaded.emit(loaded.path)
         if session is not None:
             self.sessionOpened.emit(loaded.path)
@@ -1045,10 +1045,22 @@ class MainWindow(QMainWindow):
             self.run_dialog = RunDialog(self, tuple(str(t) for t in remembered))
             self.run_dialog.runRequested.connect(self.start_profile)
             self.run_dialog.cancelRequested.connect(self.cancel_profile)
-        self.run_dialog.model_path = self.loaded.path if self.loaded else ""
+        self._show_model_in_run_dialog()
         self.run_dialog.show()
         self.run_dialog.raise_()
         return self.run_dialog
+
+    def _show_model_in_run_dialog(self) -> None:
+        """The Run dialog checks its sizes against the open model's inputs (a sample can be resized)."""
+        loaded = self.loaded
+        if loaded is None:
+            self.run_dialog.set_model("")
+            return
+        graph = loaded.model.main_graph
+        inputs = tuple((name, graph.value_type(name).shape if graph.value_type(name) is not None else None)
+                       for name in graph.inputs)
+        self.run_dialog.set_model(loaded.path, inputs, "layerscope.sample" in (loaded.model.metadata or {}),
+                                  loaded.model.format)
 
     def start_profile(self, request: RunRequest):
         """Profile in a child process (one size) or a worker thread (a sweep); results come back by signals.

@@ -25,6 +25,7 @@ the target checks between runs.
 """
 from __future__ import annotations
 
+import html
 import os
 import re
 import shutil
@@ -36,8 +37,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
-from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QThread, QTimer, Signal
-from PySide6.QtWidgets import QComboBox, QDialog, QFormLayout, QLineEdit, QPushButton, QSpinBox, QVBoxLayout, QWidget
+from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, Qt, QThread, QTimer, Signal
+from PySide6.QtWidgets import (QComboBox, QDialog, QFormLayout, QLabel, QLineEdit, QPushButton, QSpinBox,
+                               QVBoxLayout, QWidget)
 
 from engine.hints import find_hints
 from engine.ir import ModelLoadError
@@ -363,6 +365,11 @@ class RunDialog(QDialog):
         super().__init__(parent)
         self.setWindowTitle("Profile the model")
         self.model_path = ""
+        # (name, dims) of the open model's inputs, and whether its input size may change (a LayerScope
+        # sample is regenerated at each size): the size field is checked as it is typed.
+        self.model_inputs: tuple = ()
+        self.resizable = True
+        self.model_format = ""
         layout = QVBoxLayout(self)
         form = QFormLayout()
         self.target_combo = QComboBox()
@@ -400,6 +407,13 @@ class RunDialog(QDialog):
         self.sizes_field.setToolTip("Input height x width. Several sizes run a sweep (latency against size).")
         form.addRow("Input size(s)", self.sizes_field)
         layout.addLayout(form)
+        self.check_label = QLabel("")  # what is wrong with the fields, as they are typed
+        self.check_label.setWordWrap(True)
+        self.check_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout.addWidget(self.check_label)
+        self.sizes_field.textChanged.connect(self.check_fields)
+        self.target_combo.currentTextChanged.connect(self.check_fields)
+        self.threads_spin.valueChanged.connect(self.check_fields)
 
         self.run_button = QPushButton("Run")
         self.run_button.setDefault(True)
@@ -415,6 +429,54 @@ class RunDialog(QDialog):
         self.resize(520, self.sizeHint().height())
 
     # --- what the person asked for ---------------------------------------------------------
+    def set_model(self, path: str, inputs: tuple = (), resizable: bool = True, model_format: str = "") -> None:
+        """The model the next run profiles; what the dialog said about the previous one is cleared."""
+        if path != self.model_path:
+            self.footer.status.setText("")
+            self.footer.progress.setRange(0, 1)
+            self.footer.progress.setValue(0)
+        self.model_path, self.model_inputs, self.resizable = path, tuple(inputs), resizable
+        self.model_format = model_format
+        self.check_fields()
+
+    def field_problems(self) -> tuple[str, str]:
+        """(error, warning) about the fields: an error stops the run, a warning only says what to expect."""
+        try:
+            sizes = parse_sizes(self.sizes_field.text())
+        except (TargetError, ValueError) as exc:
+            return f"Input size: {exc}", ""
+        error = ""
+        if self.model_format.startswith("coreml") and self.target_name() == "cpu":
+            from engine.targets.cpu import COREML_MESSAGE
+            error = f"CPU reference: {COREML_MESSAGE}"
+        elif sizes and not self.resizable and self.model_inputs:
+            from engine.targets.cpu import resolve_input_shapes
+            try:
+                for size in sizes:
+                    resolve_input_shapes(self.model_inputs, ProfileSettings(size=size))
+            except TargetError as exc:
+                error = f"Input size: {exc}"
+        threads, cores = self.threads_spin.value(), os.cpu_count() or 1
+        warning = ""
+        if threads > cores:
+            warning = (f"{threads} threads on {cores} cores: the threads take turns, so per-layer times "
+                       "overlap and include waiting (coverage above 100 %). One thread per core at most, "
+                       "1 for stable per-layer times.")
+        return error, warning
+
+    def check_fields(self) -> bool:
+        """Show what is wrong at once (not after Run); False when the run cannot start."""
+        error, warning = self.field_problems()
+        if error:
+            self.check_label.setText(f"<span style='color:#b00'>{html.escape(error)}</span>")
+        elif warning:
+            self.check_label.setText(f"<span style='color:#a60'>{html.escape(warning)}</span>")
+        else:
+            self.check_label.setText("")
+        self.check_label.setVisible(bool(error or warning))
+        self.run_button.setEnabled(not error and not self.cancel_button.isEnabled())
+        return not error
+
     def target_name(self) -> str:
         text = self.target_combo.currentText().strip()
         index = self.target_combo.findText(text)
@@ -429,6 +491,9 @@ class RunDialog(QDialog):
         target = self.target_name()
         if not target:
             raise TargetError("choose a target: the CPU reference, or type a device agent's ws://host:port")
+        error, _ = self.field_problems()
+        if error:
+            raise TargetError(error)
         settings = ProfileSettings(mode=self.mode_combo.currentData(), runs=self.runs_spin.value(),
                                    warmup=self.warmup_spin.value(), threads=self.threads_spin.value())
         return RunRequest(self.model_path, target, settings, parse_sizes(self.sizes_field.text()))
@@ -443,8 +508,8 @@ class RunDialog(QDialog):
 
     # --- state shown while the main window runs it -----------------------------------------
     def set_running(self, running: bool) -> None:
-        self.run_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
+        self.run_button.setEnabled(not running and not self.field_problems()[0])
         for widget in (self.target_combo, self.mode_combo, self.runs_spin, self.warmup_spin, self.threads_spin,
                        self.sizes_field):
             widget.setEnabled(not running)

@@ -227,3 +227,37 @@ def test_static_figures_follow_the_size_of_the_selected_profile(qtbot, window, s
     with qtbot.waitSignal(window.modelLoaded, timeout=LOAD_TIMEOUT_MS):
         window.select_profile(-1)  # no profile: the model at its own size again
     assert window.loaded.analysis is opened
+
+
+# --- the Run dialog says what is wrong before Run ------------------------------------------------------
+
+def test_run_dialog_checks_sizes_threads_and_format_as_they_are_typed(qtbot, window, sample_model, package):
+    open_and_wait(qtbot, window, light_model("squeezenet"))  # input fixed at 1x3x224x224
+    dialog = window.show_run_dialog()
+    assert not dialog.check_label.isVisible() and dialog.run_button.isEnabled()
+    qtbot.keyClicks(dialog.sizes_field, "128, 160")
+    assert "fixed shape" in dialog.check_label.text() and "224x224" in dialog.check_label.text()
+    assert dialog.check_label.isVisible() and not dialog.run_button.isEnabled()
+    dialog.sizes_field.setText("224")  # its own size is fine
+    assert dialog.run_button.isEnabled() and not dialog.check_label.isVisible()
+    dialog.sizes_field.setText("12x")
+    assert "expected HxW" in dialog.check_label.text() and not dialog.run_button.isEnabled()
+    dialog.sizes_field.clear()
+
+    dialog.threads_spin.setValue(999)  # more threads than cores: run, but say what it does to the figures
+    cores = __import__("os").cpu_count()
+    assert f"999 threads on {cores} cores" in dialog.check_label.text() and dialog.run_button.isEnabled()
+    dialog.threads_spin.setValue(1)
+    assert not dialog.check_label.isVisible()
+
+    # A message of the previous model does not stay beside the next one; a sample may be swept.
+    dialog.show_finished("Failed: input 'data_0' has a fixed shape")
+    open_and_wait(qtbot, window, sample_model)
+    assert dialog.status.text() == "" and dialog.model_path == window.loaded.path
+    dialog.sizes_field.setText("128, 160")
+    assert dialog.run_button.isEnabled() and not dialog.check_label.isVisible()
+    dialog.sizes_field.clear()
+
+    # A Core ML package on the CPU reference: what can run it, before Run.
+    open_and_wait(qtbot, window, package)
+    assert "layerscope agent` on a Mac" in dialog.check_label.text() and not dialog.run_button.isEnabled()
