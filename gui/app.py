@@ -311,6 +311,7 @@ class MainWindow(QMainWindow):
         self.view.groupToggled.connect(self.toggle_group)
         self.view.allGroupsToggled.connect(self.set_all_groups)
         self.panels.nodeClicked.connect(self.select_node)
+        self.panels.nodesClicked.connect(self.select_nodes)
 
         self._build_actions()
         self._build_toolbar()
@@ -841,6 +842,12 @@ class MainWindow(QMainWindow):
     def select_node(self, node_id: str) -> None:
         """Select and centre `node_id` in the graph (from a chart bar or a hint)."""
         self.view.select_node(node_id)
+
+    def select_nodes(self, node_ids: list) -> None:
+        """Select all of `node_ids` (a hint's layers): the first is centred and inspected."""
+        if node_ids:
+            self.select_node(node_ids[0])
+            self.view.add_to_selection(node_ids[1:])
 
     def _on_node_selected(self, node_id: str) -> None:
         if self.loaded is not None:

@@ -441,6 +441,7 @@ class GraphScene(QGraphicsScene):
         self.top_node_ids: list[str] = []
         self._top_set: set[str] = set()
         self._selected_index: Optional[int] = None
+        self._also_selected: list[int] = []  # further selected boxes (a hint's layers), outlined too
         self.labels: Optional[LabelLayer] = None
         self.complete = False
         margin = 60.0
@@ -544,6 +545,7 @@ class GraphScene(QGraphicsScene):
         changed = {self.node_index[n] for n in self._top_set if n in self.node_index} | self._linked
         if self._selected_index is not None:
             changed.add(self._selected_index)
+        changed.update(self._also_selected)
         self.top_node_ids, self._top_set = [], set()
         for index in changed:
             self.node_items[index].setPen(self._base_pen(index))
@@ -593,13 +595,17 @@ class GraphScene(QGraphicsScene):
     def _mark_selection(self) -> None:
         """A thick outline on the selected box (Qt's dashed one is hard to see on a coloured box)."""
         previous = self._selected_index
-        if previous is not None:
-            self.node_items[previous].setPen(self._base_pen(previous))
+        for index in ([previous] if previous is not None else []) + self._also_selected:
+            self.node_items[index].setPen(self._base_pen(index))
         selected = self.selectedItems()
         node_id = selected[0].data(0) if selected else None
         self._selected_index = self.node_index.get(node_id) if isinstance(node_id, str) else None
         if self._selected_index is not None:
             self.node_items[self._selected_index].setPen(self.selection_pen)
+        others = (self.node_index.get(item.data(0)) for item in selected[1:])
+        self._also_selected = [index for index in others if index is not None]
+        for index in self._also_selected:
+            self.node_items[index].setPen(self.selection_pen)
 
     @staticmethod
     def describe(node_id: str, graph, analysis) -> tuple[str, tuple[str, str, str]]:
@@ -1349,6 +1355,19 @@ class GraphView(QGraphicsView):
             if self.current_scale() < 0.6:
                 self.set_scale(0.8)
             self.centerOn(item)
+
+    def add_to_selection(self, node_ids) -> None:
+        """Select the boxes of `node_ids` too (a hint's other layers); the inspector keeps the first."""
+        scene = self.graph_scene
+        if scene is None:
+            return
+        scene.blockSignals(True)  # the inspector stays on the node selected first
+        for node_id in node_ids:
+            box = scene.box_id(node_id)
+            if box is not None:
+                scene.item_for(box).setSelected(True)
+        scene.blockSignals(False)
+        scene._mark_selection()
 
     def center_on_node(self, node_id: str) -> None:
         """Centre the view on the box of `node_id` (its own or its collapsed group's), zoom unchanged."""

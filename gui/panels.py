@@ -21,6 +21,7 @@ from PySide6.QtGui import QColor, QFont
 from PySide6.QtWidgets import (QHeaderView, QLabel, QSplitter, QTabWidget, QTreeWidget, QTreeWidgetItem,
                                QVBoxLayout, QWidget)
 
+from engine.hints import by_severity
 from gui.graph_view import format_ms
 
 STAGE_COLORS = {"encoder": "#4e79a7", "bottleneck": "#76b7b2", "decoder": "#e15759", "head": "#f28e2b"}
@@ -29,6 +30,7 @@ SELECTED_COLOR = "#111111"
 SEVERITY_COLORS = {"high": "#e15759", "medium": "#f28e2b", "low": "#9c9c9c"}
 TOP_COUNT = 12
 OP_TYPE_COUNT = 12
+HINT_LAYERS_ROLE = Qt.ItemDataRole.UserRole + 1  # a hint row: every layer it names
 
 
 def stage_color(stage: str) -> str:
@@ -84,6 +86,7 @@ class ProfilePanels(QWidget):
     """The charts and hints of one profile (or nothing, before the first run)."""
 
     nodeClicked = Signal(str)
+    nodesClicked = Signal(list)  # a hint's layers, in its order
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -313,7 +316,7 @@ class ProfilePanels(QWidget):
     def _fill_hints(self, profile) -> None:
         self.hints.clear()
         self.hint_text.setText("")
-        hints = list(profile.hints) if profile is not None else []
+        hints = by_severity(profile.hints) if profile is not None else []  # profiles saved before it was sorted
         self.tabs.setTabText(self.hints_tab_index, f"Hints ({len(hints)})" if profile is not None else "Hints")
         if profile is None:
             return
@@ -337,6 +340,7 @@ class ProfilePanels(QWidget):
             top.setForeground(0, QColor(SEVERITY_COLORS.get(severity, "#444444")))
             top.setToolTip(0, str(hint.get("message", "")))
             top.setData(0, Qt.ItemDataRole.UserRole, node_ids[0] if node_ids else "")
+            top.setData(0, HINT_LAYERS_ROLE, node_ids)
             top.setData(1, Qt.ItemDataRole.UserRole, hint)
             for node_id in node_ids:
                 timing = profile.nodes.get(node_id)
@@ -413,8 +417,12 @@ class ProfilePanels(QWidget):
             self.nodeClicked.emit(ids[index])
 
     def _hint_clicked(self, item: QTreeWidgetItem, column: int) -> None:
+        """A hint selects all its layers; one of its layers (a child row) selects that layer."""
+        layers = item.data(0, HINT_LAYERS_ROLE)
         node_id = item.data(0, Qt.ItemDataRole.UserRole)
-        if node_id:
+        if layers:
+            self.nodesClicked.emit([str(n) for n in layers])
+        elif node_id:
             self.nodeClicked.emit(str(node_id))
 
     def _hide_markers(self) -> None:

@@ -261,3 +261,33 @@ def test_run_dialog_checks_sizes_threads_and_format_as_they_are_typed(qtbot, win
     # A Core ML package on the CPU reference: what can run it, before Run.
     open_and_wait(qtbot, window, package)
     assert "layerscope agent` on a Mac" in dialog.check_label.text() and not dialog.run_button.isEnabled()
+
+
+# --- hints -------------------------------------------------------------------------------------------
+
+def test_hints_most_severe_first_and_a_click_selects_all_their_layers(qtbot, window, sample_model,
+                                                                       sample_profile):
+    from engine.hints import find_hints
+    open_and_wait(qtbot, window, sample_model)
+    found = find_hints(sample_profile, window.loaded.analysis)
+    ranks = [("high", "medium", "low").index(h["severity"]) for h in found]
+    assert ranks == sorted(ranks)
+    # A profile written before hints were sorted: a medium hint listed above a high one.
+    slow = sorted(sample_profile.nodes.values(), key=lambda n: -n.time.median_ms)
+    medium = {"rule": "medium_rule", "severity": "medium", "message": "m", "node_ids": [slow[3].node_id],
+              "time_ms": 1.0, "share": 0.1, "kind": "measured"}
+    high = {"rule": "high_rule", "severity": "high", "message": "h",
+            "node_ids": [n.node_id for n in slow[:3]], "time_ms": 5.0, "share": 0.5, "kind": "measured"}
+    window.add_profile(sample_profile.with_hints([medium, high]))
+    tree = window.panels.hints
+    assert [tree.topLevelItem(i).text(0).split()[1] for i in range(2)] == ["high_rule", "medium_rule"]
+    assert tree.currentItem() is tree.topLevelItem(0)  # the one to act on is preselected
+    window.panels.tabs.setCurrentIndex(window.panels.hints_tab_index)
+    qtbot.waitUntil(lambda: tree.isVisible())
+    rect = tree.visualItemRect(tree.topLevelItem(0))
+    qtbot.mouseClick(tree.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    selected = {item.data(0) for item in window.scene.selectedItems()}
+    assert selected == set(high["node_ids"])
+    assert window.inspector.node_id == high["node_ids"][0]
+    outlined = [window.scene.node_items[window.scene.node_index[n]].pen().widthF() for n in high["node_ids"]]
+    assert len(set(outlined)) == 1 and outlined[0] == window.scene.selection_pen.widthF()
