@@ -1458,31 +1458,37 @@ class MainWindow(QMainWindow):
                 QMessageBox.critical(self, "Export failed", f"{path}: {exc}")
 
     def export_graph(self, path: str, max_side: int = 16000) -> None:
-        """Write the whole graph as PNG (at most `max_side` pixels per side) or SVG (by suffix)."""
+        """Write the whole graph as PNG (at most `max_side` pixels per side) or SVG (by suffix).
+
+        The picture is the scene's rectangle (every box and every edge's polyline) under a band
+        holding the legend the window shows (op categories, or the overlay's scale and kind).
+        """
         if self.scene is None:
             raise OSError("no model is open")
         source = self.scene.sceneRect()
-        if path.lower().endswith(".svg"):
+        legend = self.view.legend.grab() if not self.view.legend.isHidden() else None
+        band = legend.height() + 16 if legend is not None else 0
+        svg = path.lower().endswith(".svg")
+        scale = 1.0 if svg else min(1.0, max_side / max(source.width(), source.height() + band))
+        width, height = max(1, int(source.width() * scale)), max(1, int(source.height() * scale))
+        if svg:
             from PySide6.QtSvg import QSvgGenerator
-            generator = QSvgGenerator()
-            generator.setFileName(path)
-            generator.setSize(QSize(int(source.width()), int(source.height())))
-            generator.setViewBox(QRectF(0, 0, source.width(), source.height()))
-            generator.setTitle(Path(self.loaded.path).name)
-            generator.setDescription("LayerScope graph export")
-            painter = QPainter(generator)
-            self.scene.render(painter, QRectF(0, 0, source.width(), source.height()), source)
-            painter.end()
-            return
-        scale = min(1.0, max_side / max(source.width(), source.height()))
-        image = QImage(max(1, int(source.width() * scale)), max(1, int(source.height() * scale)),
-                       QImage.Format.Format_ARGB32_Premultiplied)
-        image.fill(Qt.GlobalColor.white)
-        painter = QPainter(image)
+            device = QSvgGenerator()
+            device.setFileName(path)
+            device.setSize(QSize(width, height + band))
+            device.setViewBox(QRectF(0, 0, width, height + band))
+            device.setTitle(Path(self.loaded.path).name)
+            device.setDescription("LayerScope graph export")
+        else:
+            device = QImage(width, height + band, QImage.Format.Format_ARGB32_Premultiplied)
+            device.fill(Qt.GlobalColor.white)
+        painter = QPainter(device)
         painter.setRenderHints(QPainter.RenderHint.Antialiasing | QPainter.RenderHint.TextAntialiasing)
-        self.scene.render(painter, QRectF(image.rect()), source)
+        if legend is not None:
+            painter.drawPixmap(8, 8, legend)
+        self.scene.render(painter, QRectF(0, band, width, height), source)
         painter.end()
-        if not image.save(path):
+        if not svg and not device.save(path):
             raise OSError(f"could not write {path}")
 
     # --- drag and drop --------------------------------------------------------------------

@@ -445,7 +445,12 @@ class GraphScene(QGraphicsScene):
         self.labels: Optional[LabelLayer] = None
         self.complete = False
         margin = 60.0
-        self.setSceneRect(-margin, -margin, layout.width + 2 * margin, layout.height + 2 * margin)
+        # The boxes' extent and every edge's polyline (a skip edge routed round the side reaches
+        # beyond the outermost box): exports and Fit use this rectangle.
+        bounds = QRectF(0, 0, layout.width, layout.height)
+        for _, path in data.edge_batches:
+            bounds = bounds.united(path.boundingRect())
+        self.setSceneRect(bounds.adjusted(-margin, -margin, margin, margin))
         self.selectionChanged.connect(self._mark_selection)
         if build:
             for _ in self.build_steps():
@@ -1278,6 +1283,7 @@ class GraphView(QGraphicsView):
     allGroupsToggled = Signal(bool)  # True: collapse every group / False: expand every group
 
     ZOOM_STEP = 1.2
+    FIT_MIN_SCALE = LABEL_MIN_SCALE  # below it labels are not drawn: Fit stops there
     MIN_SCALE, MAX_SCALE = 0.002, 8.0
 
     def __init__(self, parent=None):
@@ -1394,22 +1400,46 @@ class GraphView(QGraphicsView):
         self.scale(target / scale, target / scale)
         self.zoomChanged.emit(target)
 
+    def zoom_step(self, zoom_in: bool) -> float:
+        """The factor of one Zoom in / Zoom out step: 1.2, but below the readable scale (FIT_MIN_SCALE)
+        zooming in lands on it when it is within 8x, else goes half-way there (log scale): from the 1 %
+        of a whole tall graph, two steps; zooming out halves."""
+        scale = self.current_scale()
+        if not zoom_in:
+            return 0.5 if scale <= self.FIT_MIN_SCALE else 1 / self.ZOOM_STEP
+        missing = self.FIT_MIN_SCALE / scale
+        if missing <= 1:
+            return self.ZOOM_STEP
+        return max(self.ZOOM_STEP, missing if missing <= 8 else missing ** 0.5)
+
     def zoom_in(self) -> None:
         anchor = self.transformationAnchor()
         self.setTransformationAnchor(QGraphicsView.ViewportAnchor.AnchorViewCenter)
-        self.zoom_by(self.ZOOM_STEP)
+        self.zoom_by(self.zoom_step(True))
         self.setTransformationAnchor(anchor)
 
     def zoom_out(self) -> None:
         anchor = self.transformationAnchor()
         self.setTransformationAnchor(QGraphicsView.ViewportAnchor.AnchorViewCenter)
-        self.zoom_by(1 / self.ZOOM_STEP)
+        self.zoom_by(self.zoom_step(False))
         self.setTransformationAnchor(anchor)
 
     def fit(self) -> None:
-        if self.graph_scene is None:
+        """The whole graph when it is readable so; a tall (or wide) one at its full width, never
+        below FIT_MIN_SCALE, from its top (the minimap shows the whole)."""
+        scene = self.graph_scene
+        if scene is None:
             return
-        self.fitInView(self.graph_scene.sceneRect(), Qt.AspectRatioMode.KeepAspectRatio)
+        rect, view = scene.sceneRect(), self.viewport().rect()
+        width, height = max(1.0, rect.width()), max(1.0, rect.height())
+        if min(view.width() / width, view.height() / height) >= self.FIT_MIN_SCALE:
+            self.fitInView(rect, Qt.AspectRatioMode.KeepAspectRatio)
+        else:
+            scale = min(1.0, max(self.FIT_MIN_SCALE, (view.width() - 8) / width))
+            self.setTransform(QTransform.fromScale(scale, scale))
+            shown_width, shown_height = view.width() / scale, view.height() / scale
+            x = rect.center().x() if shown_width >= width else rect.left() + shown_width / 2
+            self.centerOn(QPointF(x, rect.top() + shown_height / 2))
         self.zoomChanged.emit(self.current_scale())
 
     def show_start(self) -> None:

@@ -291,3 +291,56 @@ def test_hints_most_severe_first_and_a_click_selects_all_their_layers(qtbot, win
     assert window.inspector.node_id == high["node_ids"][0]
     outlined = [window.scene.node_items[window.scene.node_index[n]].pen().widthF() for n in high["node_ids"]]
     assert len(set(outlined)) == 1 and outlined[0] == window.scene.selection_pen.widthF()
+
+
+# --- fit and zoom ---------------------------------------------------------------------------------------
+
+def test_fit_of_a_tall_graph_is_readable_and_zoom_in_gets_there_fast(qtbot, window):
+    open_and_wait(qtbot, window, light_model("densenet121"))  # ~670 layers: a very tall graph
+    view, rect = window.view, window.scene.sceneRect()
+    view.fit()
+    scale = view.current_scale()
+    assert scale >= view.FIT_MIN_SCALE  # not the 1 % hairline of the whole graph
+    visible = view.mapToScene(view.viewport().rect()).boundingRect()
+    assert visible.top() <= rect.top() + 1  # from the top of the graph
+    assert visible.width() >= min(rect.width(), view.viewport().width() / scale) - 2
+    # From the whole-graph scale, two Zoom in steps reach a readable scale (not five to reach 3 %).
+    view.fitInView(rect, Qt.AspectRatioMode.KeepAspectRatio)
+    assert view.current_scale() < 0.05
+    window.zoom_in_action.trigger()
+    window.zoom_in_action.trigger()
+    assert view.current_scale() == pytest.approx(view.FIT_MIN_SCALE, rel=1e-3)
+    window.zoom_in_action.trigger()
+    assert view.current_scale() == pytest.approx(view.FIT_MIN_SCALE * 1.2, rel=1e-3)
+
+
+# --- exports ----------------------------------------------------------------------------------------
+
+def test_exported_graph_holds_every_edge_point_and_the_legend(qtbot, window, sample_model, tmp_path):
+    import xml.etree.ElementTree as ElementTree
+    from PySide6.QtGui import QImage
+    open_and_wait(qtbot, window, sample_model)
+    window.set_overlay("macs")
+    rect = window.scene.sceneRect()
+    points = [point for edge in window.loaded.layout.edges for point in edge.points]
+    assert points and all(rect.contains(QPointF(x, y)) for x, y in points)
+    # The skip edges routed round the side reach beyond the boxes: the old bounds cut them off.
+    layout = window.loaded.layout
+    assert max(x for x, _ in points) > layout.width
+    png = tmp_path / "graph.png"
+    window.export_graph(str(png))
+    image = QImage(str(png))
+    legend = window.view.legend.grab()
+    band = legend.height() + 16
+    assert (image.width(), image.height()) == (int(rect.width()), int(rect.height()) + band)
+    # The legend band: the legend's own pixels at the top left.
+    assert image.copy(8, 8, legend.width(), legend.height()) == legend.toImage().convertToFormat(image.format())
+    # The right-most edge point is drawn (dark pixels near it, not white).
+    x, y = max(points)
+    px, py = int(x - rect.left()), int(y - rect.top()) + band
+    assert any(image.pixelColor(px + dx, py + dy).lightness() < 200 for dx in range(-3, 4) for dy in range(-3, 4))
+    svg = tmp_path / "graph.svg"
+    window.export_graph(str(svg))
+    root = ElementTree.parse(svg).getroot()
+    assert root.get("viewBox").split() == ["0", "0", str(int(rect.width())), str(int(rect.height()) + band)]
+    assert "<image" in svg.read_text(encoding="utf-8")  # the legend
