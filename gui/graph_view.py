@@ -69,6 +69,7 @@ class OverlaySpec:
     formatter: str  # "count", "bytes", "ratio", "ms" or "category"
     unit: str = ""
     source: str = "static"  # "static": engine.analysis (estimated); "profile": the selected profile
+    low_is_hot: bool = False  # the small values are the problem (memory-bound layers): drawn hot, outlined
 
     @property
     def needs_profile(self) -> bool:
@@ -84,8 +85,9 @@ OVERLAYS: dict[str, Optional[OverlaySpec]] = {
     "macs": OverlaySpec("macs", "MACs", "macs", "count", "MAC"),
     "params": OverlaySpec("params", "Parameters", "params", "count"),
     "output_bytes": OverlaySpec("output_bytes", "Output memory", "output_bytes", "bytes"),
-    "arithmetic_intensity": OverlaySpec("arithmetic_intensity", "Arithmetic intensity", "arithmetic_intensity",
-                                        "ratio", "FLOP/B"),
+    # Low intensity = memory-bound, the usual bottleneck on phones: that end is drawn red.
+    "arithmetic_intensity": OverlaySpec("arithmetic_intensity", "Arithmetic intensity (low: memory-bound)",
+                                        "arithmetic_intensity", "ratio", "FLOP/B", low_is_hot=True),
 }
 OVERLAY_TITLES = {"none": "Op category", "time": "Time (profile)", "compute_unit": "Compute unit (profile)",
                   "transfer": "Transfer cost (profile)",
@@ -704,7 +706,7 @@ class GraphScene(QGraphicsScene):
         if spec.formatter == "category":
             self._apply_units()
             return
-        self.apply_values(self.overlay_values(key), top_count)
+        self.apply_values(self.overlay_values(key), top_count, spec.low_is_hot)
 
     def _apply_units(self) -> None:
         """Colour each box by the compute unit the profile reports for it (categorical, no gradient)."""
@@ -766,8 +768,9 @@ class GraphScene(QGraphicsScene):
         self._restore_linked_pens()
         self._mark_selection()
 
-    def apply_values(self, values: Sequence[Optional[float]], top_count: int = 10) -> None:
-        """Colour boxes by `values` (one per node, None = unknown) on a log scale; outline the largest."""
+    def apply_values(self, values: Sequence[Optional[float]], top_count: int = 10, low_is_hot: bool = False) -> None:
+        """Colour boxes by `values` (one per node, None = unknown) on a log scale; outline the largest
+        (`low_is_hot`: the scale runs the other way, and the smallest are outlined)."""
         known = np.array([v if v is not None else np.nan for v in values], dtype=float)
         io_mask = np.array([is_io(n) for n in self.node_ids], dtype=bool)
         known[io_mask] = np.nan
@@ -789,6 +792,8 @@ class GraphScene(QGraphicsScene):
                 steps[positive_mask] = np.rint((np.log10(known[positive_mask]) - log_low) / span * 100)
             else:
                 steps[positive_mask] = 100
+        if low_is_hot:
+            steps[positive_mask] = 100 - steps[positive_mask]
         steps[np.isfinite(known) & (known <= 0)] = -3  # zero
         steps[io_mask] = -1
         brushes: dict[int, QBrush] = {-1: self._category_brushes["io"], -2: QBrush(UNKNOWN_COLOR),
@@ -801,7 +806,10 @@ class GraphScene(QGraphicsScene):
                 brush = brushes[step] = QBrush(gradient_color(step / 100))
             item.setBrush(brush)
             box_brushes[i] = brush
-        ranked = np.argsort(-np.nan_to_num(known, nan=-1.0), kind="stable")
+        if low_is_hot:  # the smallest positive values first (zero and unknown last)
+            ranked = np.argsort(np.where(positive_mask, known, np.inf), kind="stable")
+        else:
+            ranked = np.argsort(-np.nan_to_num(known, nan=-1.0), kind="stable")
         self.top_node_ids = [self.node_ids[i] for i in ranked[:top_count].tolist()
                              if np.isfinite(known[i]) and known[i] > 0]
         self._top_set = set(self.top_node_ids)
@@ -1024,6 +1032,7 @@ class LegendWidget(QWidget):
         self.swatches: list[tuple[QColor, str]] = []  # categorical rows (op categories or compute units)
         self.gradient = False
         self.diverging = False
+        self.low_is_hot = False  # the gradient runs the other way (low values drawn hot)
         self.kind = ""
         self.top_count = 10
         self.font_ = QFont()
@@ -1043,8 +1052,9 @@ class LegendWidget(QWidget):
         self.swatches = [(unit_color(u), u) for u in units] + [(QColor(UNKNOWN_COLOR), "not reported")]
         self._resize()
 
-    def show_gradient(self, title: str, low: str, high: str, kind: str = "estimated", top_count: int = 10) -> None:
-        self.gradient, self.diverging = True, False
+    def show_gradient(self, title: str, low: str, high: str, kind: str = "estimated", top_count: int = 10,
+                      low_is_hot: bool = False) -> None:
+        self.gradient, self.diverging, self.low_is_hot = True, False, low_is_hot
         self.title, self.range_text, self.kind, self.top_count = title, (low, high), kind, top_count
         self._resize()
 
@@ -1081,7 +1091,7 @@ class LegendWidget(QWidget):
             bar = QRectF(left, 4 + row, inner, 10)
             gradient = QLinearGradient(bar.topLeft(), bar.topRight())
             for t, color in (DIVERGING_STOPS if self.diverging else GRADIENT_STOPS):
-                gradient.setColorAt(t, color)
+                gradient.setColorAt(1 - t if self.low_is_hot and not self.diverging else t, color)
             painter.setBrush(QBrush(gradient))
             painter.setPen(QColor("#777777"))
             painter.drawRect(bar)
@@ -1098,7 +1108,8 @@ class LegendWidget(QWidget):
             else:
                 items = ((QPen(QColor("#777777")), ZERO_COLOR, "zero"),
                          (QPen(QColor("#777777")), UNKNOWN_COLOR, "unknown"),
-                         (QPen(TOP_PEN_COLOR, 2.5), QColor("#ffffff"), f"top {self.top_count}"))
+                         (QPen(TOP_PEN_COLOR, 2.5), QColor("#ffffff"),
+                          f"{'lowest' if self.low_is_hot else 'top'} {self.top_count}"))
             x = left
             metrics = QFontMetrics(self.font_)
             for pen, color, text in items:
@@ -1572,6 +1583,6 @@ class GraphView(QGraphicsView):
                 title += ": no profile"
             self.legend.show_gradient(title, format_value(low, spec.formatter, spec.unit),
                                       format_value(high, spec.formatter, spec.unit),
-                                      scene.overlay_kind or "no profile")
+                                      scene.overlay_kind or "no profile", low_is_hot=spec.low_is_hot)
         self._place_legend()
         self.minimap.refresh()  # the colours changed

@@ -344,3 +344,20 @@ def test_exported_graph_holds_every_edge_point_and_the_legend(qtbot, window, sam
     root = ElementTree.parse(svg).getroot()
     assert root.get("viewBox").split() == ["0", "0", str(int(rect.width())), str(int(rect.height()) + band)]
     assert "<image" in svg.read_text(encoding="utf-8")  # the legend
+
+
+def test_intensity_overlay_draws_memory_bound_layers_as_the_problem(qtbot, window, sample_model):
+    from gui.graph_view import gradient_color
+    open_and_wait(qtbot, window, sample_model)
+    window.set_overlay("arithmetic_intensity")
+    scene, analysis = window.scene, window.loaded.analysis
+    values = {n: analysis.nodes[n].arithmetic_intensity for n in scene.node_ids if n in analysis.nodes}
+    known = {n: v for n, v in values.items() if v is not None and v > 0}
+    lowest, highest = min(known, key=known.get), max(known, key=known.get)
+    brush = lambda n: scene.node_items[scene.node_index[n]].brush().color().name()  # noqa: E731
+    assert brush(lowest) == gradient_color(1.0).name()  # memory-bound: the hot end
+    assert brush(highest) == gradient_color(0.0).name()
+    assert scene.top_node_ids[0] == lowest and all(known[n] <= known[highest] for n in scene.top_node_ids)
+    assert window.view.legend.low_is_hot and "memory-bound" in window.view.legend.title
+    window.set_overlay("macs")  # the other overlays keep large = hot
+    assert not window.view.legend.low_is_hot
