@@ -522,18 +522,32 @@ class MainWindow(QMainWindow):
     def loading(self) -> bool:
         return bool(self._tasks) or self._pending_build is not None
 
+    def dialog_folder(self) -> str:
+        """Where file dialogs start: the folder last chosen in one, else the open model's folder."""
+        last = str(self.settings.value("lastFolder", "") or "")
+        if last and Path(last).is_dir():
+            return last
+        return str(Path(self.loaded.path).parent) if self.loaded else ""
+
+    def _suggest(self, name: str) -> str:
+        return str(Path(self.dialog_folder() or ".") / name)
+
+    def _chosen(self, path: str) -> str:
+        """Remember the folder of `path` (chosen in a file dialog) for the next dialog; returns `path`."""
+        if path:
+            self.settings.setValue("lastFolder", str(Path(path).parent))
+        return path
+
     def open_dialog(self) -> None:
-        start = str(Path(self.loaded.path).parent) if self.loaded else ""
-        dialog = ModelFileDialog(self, start)
+        dialog = ModelFileDialog(self, self.dialog_folder())
         if dialog.exec() and dialog.chosen_path():
-            self.open_path(dialog.chosen_path())
+            self.open_path(self._chosen(dialog.chosen_path()))
 
     def open_package_dialog(self) -> None:
         """File > Open Core ML Package…: a folder chooser, for file dialogs that walk into every folder."""
-        start = str(Path(self.loaded.path).parent) if self.loaded else ""
-        path = QFileDialog.getExistingDirectory(self, "Open Core ML package (.mlpackage folder)", start)
+        path = QFileDialog.getExistingDirectory(self, "Open Core ML package (.mlpackage folder)", self.dialog_folder())
         if path:
-            self.open_path(path)
+            self.open_path(self._chosen(path))
 
     def open_path(self, path: str) -> None:
         """Open `path` in a worker; the current model stays until the new one is ready.
@@ -1280,8 +1294,8 @@ class MainWindow(QMainWindow):
         """Ask where, and save the session; True once it is written."""
         if self.loaded is None:
             return False
-        suggested = str(Path(self.loaded.path).with_suffix(".layerscope"))
-        path, _ = QFileDialog.getSaveFileName(self, "Save session", suggested, SESSION_FILTER)
+        suggested = self._suggest(Path(self.loaded.path).with_suffix(".layerscope").name)
+        path = self._chosen(QFileDialog.getSaveFileName(self, "Save session", suggested, SESSION_FILTER)[0])
         if not path:
             return False
         try:
@@ -1331,7 +1345,7 @@ class MainWindow(QMainWindow):
         return answer == QMessageBox.StandardButton.Discard
 
     def open_session_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open session", "", SESSION_FILTER)
+        path = self._chosen(QFileDialog.getOpenFileName(self, "Open session", self.dialog_folder(), SESSION_FILTER)[0])
         if path:
             self.open_session(path)
 
@@ -1397,7 +1411,8 @@ class MainWindow(QMainWindow):
         return index
 
     def import_profile_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Import profile", "", "LayerScope profile (*.json)")
+        path = self._chosen(QFileDialog.getOpenFileName(self, "Import profile", self.dialog_folder(),
+                                                        "LayerScope profile (*.json)")[0])
         if path:
             try:
                 self.import_profile(path)
@@ -1436,8 +1451,8 @@ class MainWindow(QMainWindow):
             return
         _, suffix, file_filter = PROFILE_EXPORTS[kind]
         slug = "-".join(entry.label.replace("#", "").split())
-        suggested = str(Path(self.loaded.path).with_name(f"{Path(self.loaded.path).stem}-{slug}{suffix}"))
-        path, _ = QFileDialog.getSaveFileName(self, "Export profile", suggested, file_filter)
+        suggested = self._suggest(f"{Path(self.loaded.path).stem}-{slug}{suffix}")
+        path = self._chosen(QFileDialog.getSaveFileName(self, "Export profile", suggested, file_filter)[0])
         if path:
             try:
                 self.export_profile(kind, path)
@@ -1448,9 +1463,9 @@ class MainWindow(QMainWindow):
     def export_dialog(self, kind: str) -> None:
         if self.scene is None:
             return
-        suggested = str(Path(self.loaded.path).with_suffix("." + kind).name)
-        path, _ = QFileDialog.getSaveFileName(self, f"Export graph as {kind.upper()}", suggested,
-                                              f"{kind.upper()} (*.{kind})")
+        suggested = self._suggest(Path(self.loaded.path).with_suffix("." + kind).name)
+        path = self._chosen(QFileDialog.getSaveFileName(self, f"Export graph as {kind.upper()}", suggested,
+                                                        f"{kind.upper()} (*.{kind})")[0])
         if path:
             try:
                 self.export_graph(path)

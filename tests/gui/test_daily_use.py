@@ -361,3 +361,34 @@ def test_intensity_overlay_draws_memory_bound_layers_as_the_problem(qtbot, windo
     assert window.view.legend.low_is_hot and "memory-bound" in window.view.legend.title
     window.set_overlay("macs")  # the other overlays keep large = hot
     assert not window.view.legend.low_is_hot
+
+
+# --- file dialogs -----------------------------------------------------------------------------------
+
+def _accept_next_file_dialog(seen: list, path: Path) -> None:
+    """Note where the next file dialog starts (its folder, its suggested name), then accept `path`."""
+    def fill(remaining=200):
+        dialog = QApplication.activeModalWidget()
+        if not isinstance(dialog, QFileDialog):
+            if remaining:
+                QTimer.singleShot(25, lambda: fill(remaining - 1))
+            return
+        seen.append(dialog.directory().absolutePath())
+        dialog.selectFile(str(path))
+        dialog.accept()
+
+    QTimer.singleShot(0, fill)
+
+
+def test_file_dialogs_start_in_the_model_folder_then_the_last_one_used(qtbot, window, sample_model, tmp_path):
+    open_and_wait(qtbot, window, sample_model)
+    seen: list = []
+    elsewhere = tmp_path / "exports"
+    elsewhere.mkdir()
+    _accept_next_file_dialog(seen, elsewhere / "graph.png")
+    window.export_dialog("png")
+    assert seen == [str(sample_model.parent)] and (elsewhere / "graph.png").is_file()
+    _accept_next_file_dialog(seen, elsewhere / "graph.svg")
+    window.export_dialog("svg")  # the folder just used, not the model's again
+    assert seen[1] == str(elsewhere) and (elsewhere / "graph.svg").is_file()
+    assert window.dialog_folder() == str(elsewhere)
