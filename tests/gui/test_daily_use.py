@@ -4,6 +4,8 @@ the input size it ran at.  Real windows offscreen, real ONNX Runtime runs, real 
 from __future__ import annotations
 
 import threading
+
+import numpy as np
 from pathlib import Path
 
 import pytest
@@ -392,3 +394,52 @@ def test_file_dialogs_start_in_the_model_folder_then_the_last_one_used(qtbot, wi
     window.export_dialog("svg")  # the folder just used, not the model's again
     assert seen[1] == str(elsewhere) and (elsewhere / "graph.svg").is_file()
     assert window.dialog_folder() == str(elsewhere)
+
+
+# --- the per-layer chart on a large model --------------------------------------------------------------
+
+def test_per_layer_chart_of_hundreds_of_layers_keeps_peaks_and_hits_the_bar_drawn(qtbot, window):
+    densenet = light_model("densenet121")
+    run = execute_run(RunRequest(str(densenet), "cpu", ProfileSettings(runs=1, warmup=0)))
+    open_and_wait(qtbot, window, densenet)
+    window.add_profile(run.entries[0].profile, run.entries[0].analysis)
+    panels = window.panels
+    chart, box = panels.layer_chart, panels.layer_chart.getPlotItem().vb
+    qtbot.waitUntil(lambda: chart.isVisible() and box.width() > 100)
+    count = len(panels.layer_ids)
+    assert count > 600
+    low, high = box.viewRange()[0]
+    per_bar = panels.layers_per_bar
+    assert per_bar > 1 and 0.8 * per_bar * box.width() / (high - low) >= 2  # bars of a few pixels, not 1
+    # Peaks kept: every layer is under the bar that stands for it, and the tallest is drawn.
+    drawn = panels.drawn_layers
+    runs_height = panels.layer_ms[drawn]
+    assert runs_height.max() == panels.layer_ms.max()
+    for layer in range(count):
+        assert panels.layer_ms[layer] <= runs_height[layer // per_bar]
+    heights = np.concatenate([h for h in panels.bar_heights().values()])
+    assert len(heights) == len(drawn) and sorted(heights) == sorted(runs_height)
+
+    # A click on a drawn bar selects the layer it shows: the slowest layer, and a bar in the middle.
+    def click(layer: int) -> None:
+        run_index = layer // per_bar
+        x = run_index * per_bar + (per_bar - 1) / 2
+        y = panels.layer_ms[layer] / 2
+        point = chart.mapFromScene(box.mapViewToScene(QPointF(x, y)))
+        qtbot.mouseMove(chart.viewport(), pos=point)
+        qtbot.mouseClick(chart.viewport(), Qt.MouseButton.LeftButton, pos=point)
+
+    slowest = int(np.argmax(panels.layer_ms))
+    click(slowest)
+    assert window.inspector.node_id == panels.layer_ids[slowest]
+    assert panels.hover_text.startswith(f"#{slowest + 1} {panels.layer_ids[slowest]}\n")
+    middle = int(drawn[len(drawn) // 2])
+    click(middle)
+    assert window.inspector.node_id == panels.layer_ids[middle] and panels.highlighted == panels.layer_ids[middle]
+    # Zoomed in far enough, one bar per layer again, and a click still hits the layer under it.
+    chart.setXRange(middle - 10, middle + 10, padding=0)
+    assert panels.layers_per_bar == 1
+    neighbour = middle + 1
+    point = chart.mapFromScene(box.mapViewToScene(QPointF(neighbour, panels.layer_ms[neighbour] / 2)))
+    qtbot.mouseClick(chart.viewport(), Qt.MouseButton.LeftButton, pos=point)
+    assert window.inspector.node_id == panels.layer_ids[neighbour]
