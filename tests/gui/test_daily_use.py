@@ -443,3 +443,35 @@ def test_per_layer_chart_of_hundreds_of_layers_keeps_peaks_and_hits_the_bar_draw
     point = chart.mapFromScene(box.mapViewToScene(QPointF(neighbour, panels.layer_ms[neighbour] / 2)))
     qtbot.mouseClick(chart.viewport(), Qt.MouseButton.LeftButton, pos=point)
     assert window.inspector.node_id == panels.layer_ids[neighbour]
+
+
+# --- the inspector ------------------------------------------------------------------------------------
+
+def test_inspector_numbers_layers_as_the_chart_and_wraps_instead_of_cutting(qtbot, window, sample_model,
+                                                                              sample_profile):
+    open_and_wait(qtbot, window, sample_model)
+    window.add_profile(sample_profile)
+    panels, analysis = window.panels, window.loaded.analysis
+    layers = len(analysis.compute_nodes())
+    for index in (0, 1, len(panels.layer_ids) // 2, len(panels.layer_ids) - 1):
+        node_id = panels.layer_ids[index]
+        window.view.select_node(node_id)
+        assert window.inspector.rows()["Node/Execution order"] == f"layer {index + 1} of {layers}"
+    # A narrow inspector wraps a tensor's type and size at spaces instead of eliding its middle.
+    window.view.select_node("/decoder/up1/ConvTranspose")
+    inspector = window.inspector
+    inspector.setColumnWidth(0, 120)
+    window.resizeDocks([window.inspector_dock], [260], Qt.Orientation.Horizontal)
+    qtbot.wait(50)
+    section = next(inspector.topLevelItem(i) for i in range(inspector.topLevelItemCount())
+                   if inspector.topLevelItem(i).text(0).startswith("Outputs"))
+    row = section.child(0)
+    line = inspector.fontMetrics().height()
+    assert inspector.fontMetrics().horizontalAdvance(row.text(1)) > inspector.columnWidth(1)
+    assert inspector.visualItemRect(row).height() >= 2 * line  # wrapped onto a second line
+    # Ctrl+C copies the full text of the selected rows.
+    inspector.setFocus()
+    inspector.clearSelection()
+    row.setSelected(True)
+    qtbot.keyClick(inspector, Qt.Key.Key_C, Qt.KeyboardModifier.ControlModifier)
+    assert QApplication.clipboard().text() == f"{row.text(0)}\t{row.text(1)}"
