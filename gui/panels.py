@@ -47,14 +47,22 @@ def _short(node_id: str, limit: int = 34) -> str:
     return node_id if len(node_id) <= limit else "…" + node_id[-(limit - 1):]
 
 
+class _LayerNumberAxis(pg.AxisItem):
+    """Bar i is layer i + 1: the numbers the inspector and the tooltips use."""
+
+    def tickStrings(self, values, scale, spacing):
+        return [str(int(round(v)) + 1) if abs(v - round(v)) < 1e-6 else "" for v in values]
+
+
 class _Chart(pg.PlotWidget):
     """A plot whose clicks map to a bar index along one axis (x for vertical bars, y for horizontal)."""
 
     barClicked = Signal(int)
     barHovered = Signal(int, object)  # bar index (-1: none), the pointer's global position (QPoint)
 
-    def __init__(self, axis: str = "x", parent=None):
-        super().__init__(parent=parent, background="w")
+    def __init__(self, axis: str = "x", parent=None, one_based: bool = False):
+        axis_items = {"bottom": _LayerNumberAxis("bottom")} if one_based else None
+        super().__init__(parent=parent, background="w", axisItems=axis_items)
         self.axis = axis
         self.count = 0
         # View coordinate -> the index of the bar drawn there (None: round to the nearest bar).
@@ -127,7 +135,7 @@ class ProfilePanels(QWidget):
         layout.addWidget(self.tabs, 1)
 
         # Per-layer time in execution order: one bar series per stage.
-        self.layer_chart = _Chart("x")
+        self.layer_chart = _Chart("x", one_based=True)
         # The stage colours are explained in the axis title: a legend box would hide the tallest bars.
         self.layer_chart.setLabel("bottom", "layer (execution order)")
         self.stage_series: dict[str, pg.BarGraphItem] = {}

@@ -213,11 +213,12 @@ def test_a_failed_run_says_why_and_keeps_profiles(qtbot, window, sample_model, s
     _wait_idle(qtbot, window)
     assert shown == failure.args and "multiple of 32" in shown[0]
     assert len(window.entries) == 1 and window.selected_profile == 0
-    # A bad field is reported in the dialog before anything runs.
+    # A bad field is reported in the dialog as it is typed, and Run waits for a good one.
     dialog = window.run_dialog
     dialog.sizes_field.setText("big")
+    assert "expected HxW" in dialog.check_label.text() and not dialog.run_button.isEnabled()
     qtbot.mouseClick(dialog.run_button, Qt.MouseButton.LeftButton)
-    assert window.worker is None and "expected HxW" in dialog.status.text()
+    assert window.worker is None
 
 
 def test_sweep_draws_latency_against_size(qtbot, window, sample_model):
