@@ -86,7 +86,7 @@ OVERLAYS: dict[str, Optional[OverlaySpec]] = {
     "params": OverlaySpec("params", "Parameters", "params", "count"),
     "output_bytes": OverlaySpec("output_bytes", "Output memory", "output_bytes", "bytes"),
     # Low intensity = memory-bound, the usual bottleneck on phones: that end is drawn red.
-    "arithmetic_intensity": OverlaySpec("arithmetic_intensity", "Arithmetic intensity (low: memory-bound)",
+    "arithmetic_intensity": OverlaySpec("arithmetic_intensity", "Intensity (low: memory-bound)",
                                         "arithmetic_intensity", "ratio", "FLOP/B", low_is_hot=True),
 }
 OVERLAY_TITLES = {"none": "Op category", "time": "Time (profile)", "compute_unit": "Compute unit (profile)",
@@ -1021,7 +1021,7 @@ class LegendWidget(QWidget):
     """
 
     ROW = 15
-    WIDTH = 232
+    WIDTH = 290  # the longest title with its kind ("Intensity (low: memory-bound)  (estimated)") unelided
 
     def __init__(self, parent: QWidget):
         super().__init__(parent)
