@@ -46,6 +46,7 @@ from gui.run_dialog import ProfileWorker, RunDialog, RunRequest, RunResult, make
 APP_NAME = "LayerScope"
 MAX_RECENT = 10
 GROUPING_TITLES = {"none": "None", "stage": "Stage", "namespace": "Namespace"}
+GROUPING_MENU_TEXTS = {"none": "&None", "stage": "&Stage", "namespace": "N&amespace"}
 MODEL_FILTER = "Models (*.onnx *.mlmodel *.mlpackage);;All files (*)"
 SESSION_FILTER = "LayerScope session (*.layerscope);;All files (*)"
 # Profile exports: kind -> (menu text, file suffix, file dialog filter)
@@ -352,7 +353,8 @@ class MainWindow(QMainWindow):
         menu.addAction(self.open_package_action)
         self.recent_menu = menu.addMenu("Open &Recent")
         menu.addSeparator()
-        self.open_session_action = QAction("Open &Session…", self, triggered=self.open_session_dialog)
+        self.open_session_action = QAction("Open &Session…", self, shortcut=QKeySequence("Ctrl+Shift+O"),
+                                           triggered=self.open_session_dialog)
         self.save_session_action = QAction("&Save Session…", self, shortcut=QKeySequence.StandardKey.Save,
                                            triggered=self.save_session_dialog)
         self.import_profile_action = QAction("&Import Profile (JSON)…", self, triggered=self.import_profile_dialog)
@@ -381,8 +383,8 @@ class MainWindow(QMainWindow):
         view_menu.addAction(self.minimap_action)
         group_menu = view_menu.addMenu("&Group by")
         self.group_actions = {}
-        for key in GROUPINGS:
-            action = QAction(GROUPING_TITLES[key], self, checkable=True,
+        for index, key in enumerate(GROUPINGS):
+            action = QAction(GROUPING_MENU_TEXTS[key], self, checkable=True, shortcut=QKeySequence(f"Alt+{index + 1}"),
                              triggered=lambda checked=False, k=key: self.set_grouping(k))
             group_menu.addAction(action)
             self.group_actions[key] = action
@@ -417,7 +419,8 @@ class MainWindow(QMainWindow):
         profile_menu = self.menuBar().addMenu("&Profile")
         self.run_action = QAction("&Run…", self, shortcut=QKeySequence("Ctrl+R"), triggered=self.show_run_dialog)
         self.cancel_action = QAction("&Cancel Run", self, triggered=self.cancel_profile)
-        self.compare_action = QAction("C&ompare Profiles…", self, triggered=lambda: self.show_compare())
+        self.compare_action = QAction("C&ompare Profiles…", self, shortcut=QKeySequence("Ctrl+Shift+K"),
+                                      triggered=lambda: self.show_compare())
         self.remove_action = QAction("Re&move Selected Profile", self,
                                      triggered=lambda: self.remove_profile(self.selected_profile))
         for action in (self.run_action, self.cancel_action, self.compare_action, self.remove_action):
@@ -427,6 +430,8 @@ class MainWindow(QMainWindow):
         self.export_actions: dict[str, QAction] = {}
         for kind, (text, _, _) in PROFILE_EXPORTS.items():
             action = QAction(text, self, triggered=lambda checked=False, k=kind: self.export_profile_dialog(k))
+            if kind == "html":
+                action.setShortcut(QKeySequence("Ctrl+Shift+E"))
             export_menu.addAction(action)
             self.export_actions[kind] = action
         export_menu.addSeparator()
@@ -434,6 +439,12 @@ class MainWindow(QMainWindow):
         self.export_svg_action = QAction("Graph as &SVG…", self, triggered=lambda: self.export_dialog("svg"))
         export_menu.addAction(self.export_png_action)
         export_menu.addAction(self.export_svg_action)
+
+        help_menu = self.menuBar().addMenu("&Help")
+        help_menu.addAction(QAction("&Keyboard Shortcuts", self, shortcut=QKeySequence("F1"),
+                                    triggered=self.show_shortcuts))
+        help_menu.addAction(QAction("&Documentation", self, triggered=self.show_documentation))
+        help_menu.addAction(QAction(f"&About {APP_NAME}", self, triggered=self.show_about))
 
     def _build_toolbar(self) -> None:
         bar = QToolBar("Main", self)
@@ -473,7 +484,9 @@ class MainWindow(QMainWindow):
         self.search_field.setPlaceholderText("Find name or op type (Enter: next)")
         self.search_field.setClearButtonEnabled(True)
         self.search_field.setFixedWidth(260)
-        self.search_field.returnPressed.connect(self.search_next)
+        # Enter: next match; Shift+Enter: the previous one (QLineEdit reports both as returnPressed).
+        self.search_field.returnPressed.connect(lambda: self.search_next(
+            -1 if QApplication.keyboardModifiers() & Qt.KeyboardModifier.ShiftModifier else 1))
         self.search_field.textChanged.connect(self._search_changed)
         bar.addWidget(self.search_field)
         self.search_label = QLabel("")
@@ -516,6 +529,43 @@ class MainWindow(QMainWindow):
                          [int(self.height() * 0.15), int(self.height() * 0.65)], Qt.Orientation.Vertical)
         if self.panels_dock.isVisible():
             self.resizeDocks([self.panels_dock], [int(self.height() * 0.3)], Qt.Orientation.Vertical)
+
+    # --- help -----------------------------------------------------------------------------
+    def shortcuts(self) -> list[tuple[str, str]]:
+        """(menu item, key) of every menu item that has a shortcut, in menu order."""
+        rows = []
+        for menu_action in self.menuBar().actions():
+            stack = [(menu_action.text().replace("&", ""), menu_action.menu())]
+            while stack:
+                path, menu = stack.pop(0)
+                for action in menu.actions():
+                    text = action.text().replace("&", "").rstrip("…")
+                    if action.menu() is not None:
+                        stack.append((f"{path} > {text}", action.menu()))
+                    elif not action.shortcut().isEmpty():
+                        rows.append((f"{path} > {text}",
+                                     action.shortcut().toString(QKeySequence.SequenceFormat.NativeText)))
+        return rows + [("Find: next / previous match", "Enter / Shift+Enter"),
+                       ("Compare window: close", "Esc")]
+
+    def show_shortcuts(self) -> None:
+        text = "".join(f"<tr><td>{name}</td><td>&nbsp;&nbsp;<b>{key}</b></td></tr>" for name, key in self.shortcuts())
+        QMessageBox.information(self, "Keyboard shortcuts", f"<table>{text}</table>")
+
+    def show_documentation(self) -> None:
+        from PySide6.QtCore import QUrl
+        from PySide6.QtGui import QDesktopServices
+
+        readme = Path(__file__).resolve().parents[1] / "README.md"
+        if not readme.is_file() or not QDesktopServices.openUrl(QUrl.fromLocalFile(str(readme))):
+            QMessageBox.information(self, "Documentation",
+                                    f"The documentation is README.md and docs/ of the LayerScope sources "
+                                    f"({readme.parent}); `layerscope --help` lists the commands.")
+
+    def show_about(self) -> None:
+        QMessageBox.about(self, f"About {APP_NAME}",
+                          f"<b>{APP_NAME}</b> {app_version()}<br>Per-layer profiles of neural networks: "
+                          "graph, measured times, bottleneck reports.")
 
     # --- opening --------------------------------------------------------------------------
     @property
@@ -841,13 +891,13 @@ class MainWindow(QMainWindow):
             self.search_label.setText(f"{len(self._search_matches)} found" if self._search_matches
                                       else "not found")
 
-    def search_next(self) -> Optional[str]:
-        """Select and centre the next match of the search field; returns its node id."""
+    def search_next(self, step: int = 1) -> Optional[str]:
+        """Select and centre the next match of the search field (`step` -1: the previous); returns its node id."""
         if not self._search_matches:
             self._search_changed(self.search_field.text())
         if not self._search_matches:
             return None
-        self._search_position = (self._search_position + 1) % len(self._search_matches)
+        self._search_position = (max(self._search_position, 0 if step < 0 else -1) + step) % len(self._search_matches)
         node_id = self._search_matches[self._search_position]
         self.view.select_node(node_id)
         self.search_label.setText(f"{self._search_position + 1} / {len(self._search_matches)}")
@@ -1031,8 +1081,9 @@ class MainWindow(QMainWindow):
         self.run_action.setEnabled(has_model and not running)
         self.run_button.setEnabled(has_model and not running)
         self.cancel_action.setEnabled(running)
-        self.compare_action.setEnabled(len(self.entries) >= 1)
-        self.compare_button.setEnabled(len(self.entries) >= 1)
+        # Two profiles at least: one compared with itself says nothing.
+        self.compare_action.setEnabled(len(self.entries) >= 2)
+        self.compare_button.setEnabled(len(self.entries) >= 2)
         self.remove_action.setEnabled(has_profile and not running)
         self.remove_button.setEnabled(has_profile and not running)
         for action in self.export_actions.values():
@@ -1557,6 +1608,14 @@ class MainWindow(QMainWindow):
         self.worker = None
         worker.deleteLater()
         self.run_progress.hide()
+
+
+def app_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("layerscope")
+    except PackageNotFoundError:
+        return "(version unknown: not installed as a package)"
 
 
 def is_session_file(path) -> bool:

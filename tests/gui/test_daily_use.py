@@ -422,18 +422,18 @@ def test_per_layer_chart_of_hundreds_of_layers_keeps_peaks_and_hits_the_bar_draw
 
     # A click on a drawn bar selects the layer it shows: the slowest layer, and a bar in the middle.
     def click(layer: int) -> None:
-        run_index = layer // per_bar
-        x = run_index * per_bar + (per_bar - 1) / 2
-        y = panels.layer_ms[layer] / 2
-        point = chart.mapFromScene(box.mapViewToScene(QPointF(x, y)))
-        qtbot.mouseMove(chart.viewport(), pos=point)
+        for _ in range(2):  # the first move lets the chart's pending layout (axis widths) settle
+            now = panels.layers_per_bar  # as drawn now
+            x = (layer // now) * now + (now - 1) / 2
+            point = chart.mapFromScene(box.mapViewToScene(QPointF(x, panels.layer_ms[layer] / 2)))
+            qtbot.mouseMove(chart.viewport(), pos=point)
         qtbot.mouseClick(chart.viewport(), Qt.MouseButton.LeftButton, pos=point)
 
     slowest = int(np.argmax(panels.layer_ms))
     click(slowest)
     assert window.inspector.node_id == panels.layer_ids[slowest]
     assert panels.hover_text.startswith(f"#{slowest + 1} {panels.layer_ids[slowest]}\n")
-    middle = int(drawn[len(drawn) // 2])
+    middle = int(panels.drawn_layers[len(panels.drawn_layers) // 2])
     click(middle)
     assert window.inspector.node_id == panels.layer_ids[middle] and panels.highlighted == panels.layer_ids[middle]
     # Zoomed in far enough, one bar per layer again, and a click still hits the layer under it.
@@ -475,3 +475,33 @@ def test_inspector_numbers_layers_as_the_chart_and_wraps_instead_of_cutting(qtbo
     row.setSelected(True)
     qtbot.keyClick(inspector, Qt.Key.Key_C, Qt.KeyboardModifier.ControlModifier)
     assert QApplication.clipboard().text() == f"{row.text(0)}\t{row.text(1)}"
+
+
+# --- polish: shortcuts, search backwards, compare window --------------------------------------------------
+
+def test_shortcuts_help_search_backwards_and_compare_window_closes(qtbot, window, sample_model, sample_profile):
+    shortcuts = dict(window.shortcuts())
+    for name in ("File > Open Session", "Export > Bottleneck report (HTML)", "Profile > Compare Profiles",
+                 "View > Group by > Stage", "Help > Keyboard Shortcuts"):
+        assert name in shortcuts, sorted(shortcuts)
+    assert [a.text() for a in window.group_actions.values()] == ["&None", "&Stage", "N&amespace"]
+    open_and_wait(qtbot, window, sample_model)
+    qtbot.keyClicks(window.search_field, "convtranspose")
+    qtbot.keyClick(window.search_field, Qt.Key.Key_Return)
+    first = window.inspector.node_id
+    qtbot.keyClick(window.search_field, Qt.Key.Key_Return)
+    assert window.inspector.node_id != first
+    qtbot.keyClick(window.search_field, Qt.Key.Key_Return, Qt.KeyboardModifier.ShiftModifier)
+    assert window.inspector.node_id == first and window.search_label.text() == "1 / 5"
+    qtbot.keyClick(window.search_field, Qt.Key.Key_Return, Qt.KeyboardModifier.ShiftModifier)
+    assert window.search_label.text() == "5 / 5"  # backwards from the first: the last
+    window.add_profile(sample_profile)
+    assert not window.compare_action.isEnabled()  # one profile: nothing to compare it with
+    window.add_profile(sample_profile)
+    assert window.compare_action.isEnabled()
+    view = window.show_compare(0, 1)
+    qtbot.addWidget(view)
+    qtbot.waitUntil(lambda: view.ready, timeout=LOAD_TIMEOUT_MS)
+    view.activateWindow()
+    qtbot.keyClick(view, Qt.Key.Key_Escape)
+    assert not view.isVisible()
