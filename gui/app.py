@@ -38,9 +38,10 @@ from engine.session import (Session, SessionFormatError, SweepResult, load_profi
                             profile_analysis, profiled_at, save_session)
 from gui.graph_view import (OVERLAY_TITLES, OVERLAYS, GraphScene, GraphView, build_in_slices, format_ms,
                             prepare_scene_data, retire_scene)
+from gui import numerics_view
 from gui.inspector import Inspector
 from gui.responsive import hold_gc, release_gc, start_helper_process, stop_helper_process
-from gui.panels import ProfilePanels
+from gui.deferred_panels import DeferredProfilePanels
 from gui.run_dialog import ProfileWorker, RunDialog, RunRequest, RunResult, make_profile_runner
 
 APP_NAME = "LayerScope"
@@ -107,9 +108,13 @@ def load_model(path: str, include_constants: bool = False, progress=None, groupi
     start = time.perf_counter()
     analysis = analyze(model)
     timings["analysis"] = time.perf_counter() - start
-    return relayout(LoadedModel(str(path), model, analysis, None, include_constants,
-                                analysis.graph.producers(), timings), include_constants, progress, grouping,
-                    collapsed)
+    loaded = LoadedModel(str(path), model, analysis, None, include_constants, analysis.graph.producers(), timings)
+    if grouping == "none" and collapsed is None:
+        from gui.folded_groups import open_folded
+        folded = open_folded(loaded, include_constants, progress)
+        if folded is not None:
+            return folded
+    return relayout(loaded, include_constants, progress, grouping, collapsed)
 
 
 def relayout(loaded: LoadedModel, include_constants: bool, progress=None, grouping: Optional[str] = None,
@@ -301,7 +306,7 @@ class MainWindow(QMainWindow):
         dock.setWidget(self.inspector)
         dock.setFeatures(features)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
-        self.panels = ProfilePanels()
+        self.panels = DeferredProfilePanels()  # the charts (pyqtgraph) are built when first needed
         self.panels_dock = QDockWidget("Profile charts", self)
         self.panels_dock.setObjectName("profile-charts")
         self.panels_dock.setWidget(self.panels)
@@ -425,6 +430,10 @@ class MainWindow(QMainWindow):
                                      triggered=lambda: self.remove_profile(self.selected_profile))
         for action in (self.run_action, self.cancel_action, self.compare_action, self.remove_action):
             profile_menu.addAction(action)
+        profile_menu.addSeparator()
+        self.numerics_action = QAction("&Numerics…", self, shortcut=QKeySequence("Ctrl+Shift+N"),
+                                       triggered=self.show_numerics_dialog)
+        profile_menu.addAction(self.numerics_action)
 
         export_menu = self.menuBar().addMenu("&Export")
         self.export_actions: dict[str, QAction] = {}
@@ -462,6 +471,7 @@ class MainWindow(QMainWindow):
         self.overlay_combo = QComboBox()
         for key in OVERLAYS:
             self.overlay_combo.addItem(OVERLAY_TITLES[key] if key != "none" else "None (op category)", key)
+        self.overlay_combo.addItem(numerics_view.OVERLAY_TITLE, numerics_view.OVERLAY_KEY)  # after Profile > Numerics…
         self.overlay_combo.currentIndexChanged.connect(
             lambda i: self.set_overlay(self.overlay_combo.itemData(i)))
         bar.addWidget(self.overlay_combo)
@@ -732,7 +742,15 @@ class MainWindow(QMainWindow):
         entry = self.selected_entry()
         scene.set_profile(entry.profile if entry else None)
         key = self.overlay_combo.currentData()
-        if key != "none":
+        if key == numerics_view.OVERLAY_KEY:  # the numerics of this model (a relayout), or none any more
+            if self.numerics_result() is not None:
+                numerics_view.show_overlay(self.view, self.numerics_result())
+            else:
+                self.overlay_combo.blockSignals(True)
+                self.overlay_combo.setCurrentIndex(self.overlay_combo.findData("none"))
+                self.overlay_combo.blockSignals(False)
+                self.overlay_actions["none"].setChecked(True)
+        elif key != "none":
             scene.set_overlay(key)
         self.view.update_legend()
         loaded.timings["scene"] = time.perf_counter() - started
@@ -758,6 +776,7 @@ class MainWindow(QMainWindow):
         if self.run_dialog is not None:
             self._show_model_in_run_dialog()
         self.modelLoaded.emit(loaded.path)
+        QTimer.singleShot(1000, self.panels, self.panels.warm_up)  # charts' import, off the first paint
         if session is not None:
             self.sessionOpened.emit(loaded.path)
 
@@ -870,6 +889,11 @@ class MainWindow(QMainWindow):
 
     # --- overlays, search, selection ------------------------------------------------------
     def set_overlay(self, key: str) -> None:
+        if key == numerics_view.OVERLAY_KEY:
+            self._show_numerics_overlay()
+            return
+        if self.scene is not None:
+            numerics_view.clear_marks(self.scene)
         if key not in OVERLAYS:
             raise ValueError(f"unknown overlay {key!r}; known: {', '.join(OVERLAYS)}")
         index = self.overlay_combo.findData(key)
@@ -899,13 +923,16 @@ class MainWindow(QMainWindow):
             return None
         self._search_position = (max(self._search_position, 0 if step < 0 else -1) + step) % len(self._search_matches)
         node_id = self._search_matches[self._search_position]
-        self.view.select_node(node_id)
+        self.select_node(node_id)
         self.search_label.setText(f"{self._search_position + 1} / {len(self._search_matches)}")
         return node_id
 
     def select_node(self, node_id: str) -> None:
-        """Select and centre `node_id` in the graph (from a chart bar or a hint)."""
-        self.view.select_node(node_id)
+        """Select and centre `node_id` in the graph (from a chart bar, a hint or the search);
+        a node inside collapsed groups opens them first."""
+        from gui.folded_groups import open_groups_to
+        if not open_groups_to(self, node_id):
+            self.view.select_node(node_id)
 
     def select_nodes(self, node_ids: list) -> None:
         """Select all of `node_ids` (a hint's layers): the first is centred and inspected."""
@@ -918,6 +945,7 @@ class MainWindow(QMainWindow):
             entry = self.selected_entry()
             self.inspector.show_node(self.loaded, node_id, entry.profile if entry else None,
                                      entry.label if entry else "")
+            numerics_view.add_inspector_section(self.inspector, self.numerics_result(), node_id)
         self.panels.highlight_node(node_id or None)
 
     # --- the session: profiles of this model -----------------------------------------------
@@ -1093,12 +1121,51 @@ class MainWindow(QMainWindow):
         self.convert_action.setEnabled(has_model and getattr(self.loaded.model, "format", "") == "onnx")
         model = self.overlay_combo.model()
         entry = self.selected_entry()
+        self.numerics_action.setEnabled(self.convert_action.isEnabled())
+        model.item(self.overlay_combo.findData(numerics_view.OVERLAY_KEY)).setEnabled(
+            self.numerics_result() is not None)
         for key, spec in OVERLAYS.items():
             if spec is not None and spec.needs_profile:
                 # Transfers exist only where the target reports them (bridge targets).
                 usable = has_profile and (key != "transfer" or bool(getattr(entry.profile, "transfers", ())))
                 model.item(self.overlay_combo.findData(key)).setEnabled(usable)
                 self.overlay_actions[key].setEnabled(usable)
+
+    # --- numerics (gui.numerics_view) ------------------------------------------------------
+    def numerics_result(self):
+        """The last numerics result of the open model (None: none, or it was of another model)."""
+        result = getattr(self, "_numerics", None)
+        if result is None or self.loaded is None or Path(result.model_path) != Path(self.loaded.path):
+            return None
+        return result
+
+    def show_numerics_dialog(self) -> Optional[numerics_view.NumericsDialog]:
+        if self.loaded is None:
+            return None
+        dialog = numerics_view.NumericsDialog(self.loaded.path, self.loaded.analysis.totals.macs, self)
+        dialog.resultReady.connect(self._on_numerics)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.show()
+        self.numerics_dialog = dialog
+        return dialog
+
+    def _on_numerics(self, result) -> None:
+        self._numerics = result
+        self._update_profile_actions()
+        self.set_overlay(numerics_view.OVERLAY_KEY)
+        if self.inspector.node_id:
+            self._on_node_selected(self.inspector.node_id)
+
+    def _show_numerics_overlay(self) -> None:
+        index = self.overlay_combo.findData(numerics_view.OVERLAY_KEY)
+        if self.overlay_combo.currentIndex() != index:
+            self.overlay_combo.setCurrentIndex(index)  # comes back here through the signal
+            return
+        for action in self.overlay_actions.values():
+            action.setChecked(False)
+        result = self.numerics_result()
+        if self.scene is not None and result is not None:
+            numerics_view.show_overlay(self.view, result)
 
     def analysis_for(self, entry: ProfileEntry):
         """The static analysis at the profile's input shapes (reports join it by node id); cached."""
@@ -1111,6 +1178,7 @@ class MainWindow(QMainWindow):
     def show_run_dialog(self) -> RunDialog:
         if self.run_dialog is None:
             _warm_profiling_imports()
+            self.panels.real()  # the charts a run will fill: built now, not when its result arrives
             remembered = self.settings.value("bridgeTargets", []) or []
             if isinstance(remembered, str):
                 remembered = [remembered]
@@ -1489,7 +1557,8 @@ class MainWindow(QMainWindow):
             rows = [row for sweep in self.sweeps for row in sweep.rows]
             # "Cannot run on Core ML: N nodes", checked at the sizes the profile ran at.
             blockers = report_blockers(self.loaded.path, profile.settings.get("input_shapes"))
-            return write_html(profile, analysis, path, sweep=rows or None, blockers=blockers)
+            return write_html(profile, analysis, path, sweep=rows or None, blockers=blockers,
+                              numerics=self.numerics_result())
         if kind == "csv":
             return write_csv(profile, analysis, path)
         if kind == "model_explorer":
@@ -1650,7 +1719,7 @@ def run_app(model_path: Optional[str] = None, overlay: str = "none", profile: Op
     window = MainWindow()
     window.show()
     if model_path is None:
-        from engine.samples import default_sample_path
+        from engine.sample_files import default_sample_path
         model_path = str(default_sample_path())
 
     def first_open(_path: str) -> None:
@@ -1704,7 +1773,7 @@ def render_screenshot(model_path: Optional[str], output: str, overlay: str = "no
         window.show()
         app.processEvents()
         if model_path is None:
-            from engine.samples import default_sample_path
+            from engine.sample_files import default_sample_path
             model_path = str(default_sample_path())
         window.load_blocking(model_path)
         if failures:

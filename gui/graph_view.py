@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (QGraphicsItem, QGraphicsScene, QGraphicsView, QMe
 
 from engine.inspect import human_bytes, human_count
 from engine.layout import GROUP_PREFIX, INPUT_PREFIX, OUTPUT_PREFIX, group_totals, op_category
+from engine.profile import KINDS
 from gui.responsive import hold_gc, release_gc
 
 CATEGORY_COLORS = {
@@ -682,7 +683,7 @@ class GraphScene(QGraphicsScene):
             present = {t.time.kind for t in getattr(self.profile, "transfers", ())}
         else:
             present = {timing.kind for timing in self.profile.nodes.values()}
-        return [kind for kind in ("measured", "attributed", "estimated") if kind in present]
+        return [kind for kind in KINDS if kind in present]
 
     def set_overlay(self, key: str, top_count: int = 10) -> None:
         """Recolour the boxes for overlay `key` (a key of OVERLAYS); outline the top `top_count`."""
@@ -1035,6 +1036,7 @@ class LegendWidget(QWidget):
         self.low_is_hot = False  # the gradient runs the other way (low values drawn hot)
         self.kind = ""
         self.top_count = 10
+        self.top_label = ""  # what the outlined boxes are, when not "top N" (gui.numerics_view)
         self.font_ = QFont()
         self.font_.setPixelSize(11)
 
@@ -1054,7 +1056,7 @@ class LegendWidget(QWidget):
 
     def show_gradient(self, title: str, low: str, high: str, kind: str = "estimated", top_count: int = 10,
                       low_is_hot: bool = False) -> None:
-        self.gradient, self.diverging, self.low_is_hot = True, False, low_is_hot
+        self.gradient, self.diverging, self.top_label, self.low_is_hot = True, False, "", low_is_hot
         self.title, self.range_text, self.kind, self.top_count = title, (low, high), kind, top_count
         self._resize()
 
@@ -1109,7 +1111,7 @@ class LegendWidget(QWidget):
                 items = ((QPen(QColor("#777777")), ZERO_COLOR, "zero"),
                          (QPen(QColor("#777777")), UNKNOWN_COLOR, "unknown"),
                          (QPen(TOP_PEN_COLOR, 2.5), QColor("#ffffff"),
-                          f"{'lowest' if self.low_is_hot else 'top'} {self.top_count}"))
+                          self.top_label or f"{'lowest' if self.low_is_hot else 'top'} {self.top_count}"))
             x = left
             metrics = QFontMetrics(self.font_)
             for pen, color, text in items:
@@ -1569,8 +1571,8 @@ class GraphView(QGraphicsView):
             return
         key = scene.overlay_key
         spec = OVERLAYS.get(key)
-        if key == "ratio":
-            return  # the compare view sets its own legend
+        if key in ("ratio", "numerics"):
+            return  # the compare view and gui.numerics_view set their own legend
         if spec is None:
             present = set(scene.categories)
             self.legend.show_categories([c for c in CATEGORY_COLORS if c in present and c != "io"])

@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (QHeaderView, QLabel, QSplitter, QTabWidget, QTool
                                QVBoxLayout, QWidget)
 
 from engine.hints import by_severity
+from engine.profile import KINDS
 from gui.graph_view import format_ms
 
 STAGE_COLORS = {"encoder": "#4e79a7", "bottleneck": "#76b7b2", "decoder": "#e15759", "head": "#f28e2b"}
@@ -235,7 +236,8 @@ class ProfilePanels(QWidget):
         self._layer_index = {node_id: i for i, node_id in enumerate(self.layer_ids)}
         self._top_index = {}
         self.layer_ms = np.array([n.time.median_ms for n in nodes], dtype=float)
-        kinds = [k for k in ("measured", "attributed", "estimated") if any(n.kind == k for n in nodes)]
+        present = {n.kind for n in nodes}
+        kinds = [k for k in KINDS if k in present]
         axis_label = f"median ms ({kinds_text(kinds)})"
         self._fill_layers(nodes)
         self.layer_chart.setLabel("left", axis_label)
@@ -257,10 +259,10 @@ class ProfilePanels(QWidget):
         parts = [f"<b>{label or 'profile'}</b>"]
         if e2e is not None:
             parts.append(f"end-to-end {format_ms(e2e.median_ms)} (p10–p90 {format_ms(e2e.p10_ms)}–"
-                         f"{format_ms(e2e.p90_ms)}, measured)")
+                         f"{format_ms(e2e.p90_ms)}, {e2e.kind})")
         parts.append(f"{len(nodes)} layers, sum {format_ms(profile.total_node_ms)} ({kinds_text(kinds)})")
         if profile.coverage is not None:
-            parts.append(f"coverage {profile.coverage:.2f}")
+            parts.append(f"coverage {profile.coverage:.2f} ({profile.ratio_kinds()['coverage']})")
         parts.append(f"{profile.runs_completed} runs")
         if not profile.complete:
             parts.append(f"<span style='color:#b00'>incomplete: {profile.error or 'stopped early'}</span>")
@@ -413,7 +415,7 @@ class ProfilePanels(QWidget):
                 if share is not None:
                     time_text += f" ({100 * float(share):.0f} %)"
             severity = str(hint.get("severity", "low"))
-            kind = str(hint.get("kind", "measured"))
+            kind = str(hint.get("kind", "unknown"))
             top = QTreeWidgetItem(self.hints, [f"{severity.upper()}  {hint.get('rule', '')} · {len(node_ids)} "
                                                f"layer{'s' if len(node_ids) != 1 else ''}",
                                                f"{time_text} {kind}".strip()])
@@ -439,7 +441,7 @@ class ProfilePanels(QWidget):
         severity = str(hint.get("severity", "low"))
         color = SEVERITY_COLORS.get(severity, "#444444")
         self.hint_text.setText(f"<b style='color:{color}'>{severity.upper()} · {hint.get('rule', '')}</b> "
-                               f"<i>({hint.get('kind', 'measured')})</i><br>{hint.get('message', '')}")
+                               f"<i>({hint.get('kind', 'unknown')})</i><br>{hint.get('message', '')}")
 
     def set_sweeps(self, sweeps: Sequence) -> None:
         """Draw engine.session.SweepResult lines (latency vs input pixels or alpha), one per target and mode."""

@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import re
+from dataclasses import replace
 from html.parser import HTMLParser
 
 import numpy as np
@@ -14,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from engine.analysis import analyze
 from engine.hints import find_hints
-from engine.profile import Profile
+from engine.profile import ATTRIBUTED, DERIVED, ESTIMATED, MEASURED, Profile
 from engine.report import chrome_trace, csv_text, html_report, model_explorer_node_data, write_html
 from engine.report.exports import CSV_COLUMNS
 from engine.samples import mobileunet
@@ -89,7 +90,28 @@ def test_mobileunet_fires_batchnorm_and_convtranspose_hints(sample_profile):
     assert transposed and all(analysis.graph.node(i).op_type == "ConvTranspose" for i in transposed)
     assert all(analysis.graph.node(i).op_type == "BatchNormalization" for i in by_rule["fold_batchnorm"]["node_ids"])
     for hint in profile.hints:
-        assert hint["message"] and hint["kind"] == "measured" and 0 <= hint["share"] <= 1
+        # exact mode: every time is its own kernel's; rules that judge by MACs or FLOPs per byte add estimated
+        static = hint["rule"] in ("low_efficiency", "memory_bound")
+        assert hint["message"] and hint["kind"] == ("estimated" if static else "measured") and 0 <= hint["share"] <= 1
+
+
+def test_a_hint_takes_the_weakest_kind_of_the_figures_it_uses(sample_profile):
+    profile, analysis = sample_profile
+    batchnorms = set({h["rule"]: h for h in profile.hints}["fold_batchnorm"]["node_ids"])
+    # the same runs with the BatchNorm times attributed (as a fused kernel's time split by FLOPs)
+    nodes = {i: replace(n, kind=ATTRIBUTED, time=replace(n.time, kind=ATTRIBUTED)) if i in batchnorms else n
+             for i, n in profile.nodes.items()}
+    hints = find_hints(replace(profile, nodes=nodes), analysis)
+    assert "fold_batchnorm" in {h["rule"] for h in hints}
+    for hint in hints:  # the kernels' total stays measured: only hints over a BatchNorm become attributed
+        expected = ESTIMATED if hint["rule"] in ("low_efficiency", "memory_bound") else \
+            ATTRIBUTED if batchnorms & set(hint["node_ids"]) else MEASURED
+        assert hint["kind"] == expected, hint
+    # one estimated kernel in the total: every share (and so every hint) is estimated
+    first = profile.groups[0]
+    groups = (replace(first, time=replace(first.time, kind=ESTIMATED)),) + profile.groups[1:]
+    estimated = find_hints(replace(profile, groups=groups), analysis)
+    assert estimated and {h["kind"] for h in estimated} == {ESTIMATED}
 
 
 def test_folded_sample_has_no_batchnorm_hint(tmp_path):
@@ -114,6 +136,7 @@ def test_low_efficiency_names_the_odd_layer(tmp_path):
     profile, _ = profile_file(path)
     hint = next((h for h in profile.hints if h["rule"] == "low_efficiency"), None)
     assert hint is not None and "conv2" in hint["node_ids"]
+    assert hint["kind"] == ESTIMATED  # measured times over MACs counted from shapes
 
 
 def test_memory_bound_fires_on_elementwise_chain(tmp_path):
@@ -122,6 +145,7 @@ def test_memory_bound_fires_on_elementwise_chain(tmp_path):
     hint = next((h for h in profile.hints if h["rule"] == "memory_bound"), None)
     assert hint is not None
     assert all(analysis.graph.node(i).op_type in ("Add", "Mul") for i in hint["node_ids"])
+    assert hint["kind"] == ESTIMATED  # FLOPs per byte come from shapes
 
 
 # ---------------------------------------------------------------------------- exports
@@ -157,6 +181,32 @@ def test_html_report_is_self_contained(sample_profile, tmp_path):
     for kind in ("measured", "estimated"):
         assert f'class="kind {kind}"' in text
     assert "decoder" in text and "ConvTranspose" in text
+
+
+def _card_kinds(text):
+    """Report card label -> the kind badge shown with its value."""
+    return {label: kind for kind, label in
+            re.findall(r'<span class="kind [^"]+"[^>]*>([^<]+)</span></div><div class="l">([^<]+)</div>', text)}
+
+
+def test_report_cards_and_hints_carry_the_kinds_of_their_figures(sample_profile):
+    profile, analysis = sample_profile
+    cards = _card_kinds(html_report(profile, analysis))
+    assert cards["coverage: per-layer sum / end-to-end"] == cards["profiler overhead"] == MEASURED
+    assert cards["multiply-accumulates"] == ESTIMATED
+    # the same runs where the end-to-end time is derived and one kernel's time attributed: every card
+    # dividing them says so, and a hint that states no kind is shown as unknown, never as measured
+    first = profile.groups[0]
+    relabelled = replace(profile, end_to_end=replace(profile.end_to_end, kind=DERIVED),
+                         groups=(replace(first, time=replace(first.time, kind=ATTRIBUTED)),) + profile.groups[1:],
+                         hints=[{k: v for k, v in hint.items() if k != "kind"} for hint in profile.hints])
+    text = html_report(relabelled, analysis)
+    cards = _card_kinds(text)
+    assert next(kind for label, kind in cards.items() if label.startswith("end-to-end median")) == DERIVED
+    assert cards["profiler overhead"] == DERIVED
+    assert cards["coverage: per-layer sum / end-to-end"] == ATTRIBUTED  # derived and attributed: the later
+    assert text.count('<span class="kind notrun" title="how this figure was obtained">unknown</span>') == \
+        len(profile.hints)
 
 
 def test_csv_has_one_row_per_timed_node(sample_profile):
