@@ -618,14 +618,13 @@ class MainWindow(QMainWindow):
         if is_session_file(path):
             self.open_session(path)
             return
-        if self.loaded is not None and not _same_file(self.loaded.path, path) \
-                and not self.confirm_leaving(f"open {Path(path).name}"):
+        same = self.loaded is not None and _same_file(self.loaded.path, path)
+        if self.loaded is not None and not same and not self.confirm_leaving(f"open {Path(path).name}"):
             return
         if self.helper_process:
             start_helper_process()  # no-op while it runs; replaces one that died
         include_constants = self.show_constants_action.isChecked()
         # The grouping chosen for this model does not carry over to another one (its groups differ).
-        same = self.loaded is not None and _same_file(self.loaded.path, path)
         grouping = self.grouping() if same else "none"
         self._start_task(lambda progress: load_model(path, include_constants, progress, grouping),
                          f"Opening {Path(path).name}", self._on_loaded)
@@ -736,7 +735,7 @@ class MainWindow(QMainWindow):
         session, self._pending_session = self._pending_session, None
         if session is not None:
             self._install_session(session)
-        elif not keep_view and (previous is None or Path(previous.path).resolve() != Path(loaded.path).resolve()):
+        elif not keep_view and (previous is None or not _same_file(previous.path, loaded.path)):
             self._clear_profiles()  # they were taken of the previous model
         self.view.set_graph_scene(scene)
         entry = self.selected_entry()
@@ -770,7 +769,7 @@ class MainWindow(QMainWindow):
             self._search_changed(self.search_field.text())
         self._show_summary()
         self.setWindowTitle(f"{Path(loaded.path).name} — {APP_NAME}")
-        if previous is None or Path(previous.path).resolve() != Path(loaded.path).resolve():
+        if previous is None or not _same_file(previous.path, loaded.path):
             self._remember_recent(loaded.path)
         self._update_profile_actions()
         if self.run_dialog is not None:

@@ -37,14 +37,15 @@ def sweep(sample_model):
                                   sizes=((128, 128), (224, 224))))
 
 
-def _save_in_next_file_dialog(path: Path) -> None:
-    """Type `path` into the next file dialog and accept it (the Save button's path)."""
+def _accept_next_file_dialog(seen: list, path: Path) -> None:
+    """Note where the next file dialog starts (its folder, its suggested name), then accept `path`."""
     def fill(remaining=200):
         dialog = QApplication.activeModalWidget()
         if not isinstance(dialog, QFileDialog):
             if remaining:
                 QTimer.singleShot(25, lambda: fill(remaining - 1))
             return
+        seen.append(dialog.directory().absolutePath())
         dialog.selectFile(str(path))
         dialog.accept()
 
@@ -79,7 +80,7 @@ def test_save_from_the_quit_question_writes_the_session(qtbot, settings, sample_
     win.set_overlay("macs")
     path = tmp_path / "kept.layerscope"
     answer_next_message_box(qtbot, SAVE)
-    _save_in_next_file_dialog(path)
+    _accept_next_file_dialog([], path)
     win.close()
     assert not win.isVisible() and path.is_file()
 
@@ -366,21 +367,6 @@ def test_intensity_overlay_draws_memory_bound_layers_as_the_problem(qtbot, windo
 
 
 # --- file dialogs -----------------------------------------------------------------------------------
-
-def _accept_next_file_dialog(seen: list, path: Path) -> None:
-    """Note where the next file dialog starts (its folder, its suggested name), then accept `path`."""
-    def fill(remaining=200):
-        dialog = QApplication.activeModalWidget()
-        if not isinstance(dialog, QFileDialog):
-            if remaining:
-                QTimer.singleShot(25, lambda: fill(remaining - 1))
-            return
-        seen.append(dialog.directory().absolutePath())
-        dialog.selectFile(str(path))
-        dialog.accept()
-
-    QTimer.singleShot(0, fill)
-
 
 def test_file_dialogs_start_in_the_model_folder_then_the_last_one_used(qtbot, window, sample_model, tmp_path):
     open_and_wait(qtbot, window, sample_model)
