@@ -137,7 +137,8 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    """ONNX -> Core ML ML Program with a layer map (engine.convert); exit 3 if a check failed."""
+    """ONNX -> Core ML ML Program with a layer map (engine.convert); exit 3 if a check failed
+    (checks that did not run are listed as "not run" and do not change the exit code)."""
     from engine.convert import ConversionError, ImageInput, convert, parse_shape_options
 
     image_inputs = {}
@@ -167,7 +168,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     try:
         result = convert(args.model, args.output, precision=args.precision, target=args.target,
                          input_shapes=fixed_shapes, flexible_shapes=flexible_shapes, image_inputs=image_inputs,
-                         optimize=args.optimize, progress=None if args.quiet else progress)
+                         optimize=args.optimize, progress=None if args.quiet else progress,
+                         value_checks=not args.no_value_checks)
     except ConversionError as exc:
         raise CliError(str(exc))
     size = sum(f.stat().st_size for f in result.package_path.rglob("*") if f.is_file())
@@ -178,8 +180,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
     print("verification:")
     for line in result.summary_lines():
         print(f"  {line}")
+    print(result.verdict())
     for warning in result.warnings:
         print(f"layerscope: warning: {warning}", file=sys.stderr)
+    for name in result.failed_checks:
+        print(f"layerscope: {args.model}: check '{name}' failed: {result.verification[name]['detail']}",
+              file=sys.stderr)
     return EXIT_OK if result.verified else EXIT_INCOMPLETE
 
 
@@ -212,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from engine.cli_profile import add_profile_commands
     add_profile_commands(sub)  # profile, compare
+    from engine.cli_numerics import add_numerics_command
+    add_numerics_command(sub)
 
     from engine.bridge.protocol import DEFAULT_MAX_MODEL_BYTES, DEFAULT_CACHE_BYTES, DEFAULT_PORT, MiB
     agent = sub.add_parser("agent", help="serve models to the desktop over the bridge protocol (a device agent)")
@@ -259,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--optimize", choices=["exact", "default"], default="exact",
                          help="exact (default): no cross-layer fusion, one ONNX node per MIL op; "
                               "default: coremltools' full optimisation pipeline")
+    convert.add_argument("--no-value-checks", action="store_true",
+                         help="do not compare weights and values with the source (faster on very large models; "
+                              "those checks are then reported as not run)")
     convert.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     convert.set_defaults(func=cmd_convert)
     return parser

@@ -63,8 +63,9 @@ class Progress:
 class CtrlC:
     """First Ctrl-C sets `cancel` (stop after this run, keep what was measured); the second interrupts."""
 
-    def __init__(self):
+    def __init__(self, unit: str = "run"):
         self.cancel = threading.Event()
+        self.unit = unit  # what finishes before stopping: "run", "layer"
         self._previous = None
 
     def __enter__(self) -> "CtrlC":
@@ -76,7 +77,7 @@ class CtrlC:
         if self.cancel.is_set():
             raise KeyboardInterrupt
         self.cancel.set()
-        print("\nlayerscope: stopping after the current run (Ctrl-C again to stop at once)",
+        print(f"\nlayerscope: stopping after the current {self.unit} (Ctrl-C again to stop at once)",
               file=sys.stderr, flush=True)
 
     def __exit__(self, *exc) -> None:
@@ -349,11 +350,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
         model_path = Path(b.model_path)
         if not model_path.exists():
             raise CliError(f"--report needs the model file {b.model_path} (named in {args.b}), which is not there")
+        from dataclasses import replace
+        from engine.ir import ModelLoadError
+        # The report's static figures (MACs, bytes, stages) must be those of the shapes b ran at.
         shapes = {k: list(v) for k, v in (b.settings.get("input_shapes") or {}).items()}
+        note = "" if shapes else (f"{args.b} does not record its input shapes: the report's static figures (MACs, "
+                                  "bytes) are at the model's own shapes, which may not be the profiled ones")
         try:
-            analysis = analyze(open_model(model_path, input_shapes=shapes))
-        except Exception:
+            analysis = analyze(open_model(model_path, input_shapes=shapes or None))
+        except ModelLoadError as exc:
             analysis = analyze(open_model(model_path))
+            note = (f"the model cannot be analysed at the input shapes of {args.b} ({exc.problem}): "
+                    "the report's static figures (MACs, bytes) are at the model's own shapes, not the profiled ones")
+        if note:
+            print(f"layerscope: warning: {note}", file=sys.stderr)
+            b = replace(b, warnings=tuple(b.warnings) + (note,))
         write_html(b, analysis, args.report, compare=comparison.to_json_dict())
         print(f"wrote {args.report}", file=sys.stderr)
     return EXIT_OK
