@@ -184,22 +184,36 @@ def layout_graph(analysis: "ModelAnalysis", include_constants: bool = False, inc
     `groups` (from `node_groups`) and `collapsed` (ids of groups drawn as one box each).
     """
     graph = analysis.graph
-    visible = [node_id for node_id in analysis.order
-               if include_constants or not analysis.nodes[node_id].is_constant]
-    shown = set(visible)
-    hidden = frozenset(node_id for node_id in analysis.order if node_id not in shown)
+    global _last_tensors
+    key = (include_constants, include_io)
+    if _last_tensors[0] is analysis and _last_tensors[1] == key:
+        visible, hidden, tensors = _last_tensors[2]
+    else:
+        visible = [node_id for node_id in analysis.order
+                   if include_constants or not analysis.nodes[node_id].is_constant]
+        shown = set(visible)
+        hidden = frozenset(node_id for node_id in analysis.order if node_id not in shown)
+        constant_values = {name for name, value in graph.values.items() if value.initializer is not None}
+        tensors = _node_pairs(graph, visible, include_io, constant_values)
+        _last_tensors = (analysis, key, (visible, hidden, tensors))
     box_for, members = collapsed_boxes(groups or {}, collapsed)
     return layout_nodes(graph, visible, include_io=include_io, hidden=hidden,
-                        max_dummy_vertices=max_dummy_vertices, box_for=box_for, members=members)
+                        max_dummy_vertices=max_dummy_vertices, box_for=box_for, members=members, tensors=tensors)
+
+
+# The visible nodes and tensors of the model laid out last: opening or closing a group of the
+# same model lays it out again with the same ones (the analysis is immutable).
+_last_tensors: tuple = (None, None, None)
 
 
 def layout_nodes(graph: Graph, visible_order: Sequence[str], include_io: bool = True,
                  hidden: frozenset[str] = frozenset(), max_dummy_vertices: int = MAX_DUMMY_VERTICES,
                  box_for: Optional[Mapping[str, str]] = None,
-                 members: Optional[Mapping[str, tuple[str, ...]]] = None) -> GraphLayout:
+                 members: Optional[Mapping[str, tuple[str, ...]]] = None, tensors=None) -> GraphLayout:
     """Lay out the nodes `visible_order` (a topological order of node ids) of `graph`.
 
     `box_for` maps nodes inside collapsed groups to their group's box id (see `collapsed_boxes`).
+    `tensors`: `_node_pairs` of these nodes, when the caller has them already.
     """
     box_for = dict(box_for or {})
     members = dict(members or {})
@@ -217,15 +231,17 @@ def layout_nodes(graph: Graph, visible_order: Sequence[str], include_io: bool = 
     # Every (producer, consumer, tensor) between visible nodes (and graph inputs) in execution
     # order: one pass over the model, shared by the box order and the edges.  A relayout that
     # opens one group of a folded 100,000-node model used to walk the model four times.
-    constant_values = {name for name, value in graph.values.items() if value.initializer is not None}
-    pairs, producer_of = _node_pairs(graph, visible_order, include_io, constant_values)
+    if tensors is None:
+        constant_values = {name for name, value in graph.values.items() if value.initializer is not None}
+        tensors = _node_pairs(graph, visible_order, include_io, constant_values)
+    pairs, producer_of = tensors
     # The boxes: a node's own, or its collapsed group's (first appearance in execution order).
     box_ids = list(dict.fromkeys(box_for.get(node_id, node_id) for node_id in visible_order))
     if box_for:
         box_ids = _box_order(box_ids, pairs, box_for)
     if include_io:
         for name in graph.inputs:
-            if name not in constant_values:
+            if getattr(graph.values.get(name), "initializer", None) is None:  # not a weight listed as an input
                 add_vertex(INPUT_PREFIX + name, (IO_WIDTH, IO_HEIGHT))
     for box_id in box_ids:
         add_vertex(box_id, (NODE_WIDTH, GROUP_HEIGHT) if box_id in members else (NODE_WIDTH, NODE_HEIGHT))
