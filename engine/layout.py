@@ -186,8 +186,9 @@ def layout_graph(analysis: "ModelAnalysis", include_constants: bool = False, inc
     graph = analysis.graph
     global _last_tensors
     key = (include_constants, include_io)
-    if _last_tensors[0] is analysis and _last_tensors[1] == key:
-        visible, hidden, tensors = _last_tensors[2]
+    cached = _last_tensors  # one read: worker threads may lay out another model meanwhile
+    if cached[0] is analysis and cached[1] == key:
+        visible, hidden, tensors = cached[2]
     else:
         visible = [node_id for node_id in analysis.order
                    if include_constants or not analysis.nodes[node_id].is_constant]
