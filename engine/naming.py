@@ -1,0 +1,91 @@
+"""Names a person recognises for layers, wherever a report, a hint or the CLI names one.
+
+A node with a name in the model file is shown by that name and its op
+("/encoder/block3/conv/Conv · Conv").  A node without one (the onnx light zoo,
+many exporters) has only an internal id such as `Conv_96`, which no one can find
+again; it is shown as a readable path instead: stage / namespace / op #k, where k
+counts the nodes of that op in that stage and namespace in execution order
+("decoder / ConvTranspose #2").  The same rule applies with or without the model
+file, so a profile read back alone names its layers the same way.
+
+    layer_names(analysis)          -> {node id: label}   (every node of the graph)
+    layer_names_for_profile(profile) -> {node id: label} (from the profile alone)
+"""
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Iterable, Optional
+
+if TYPE_CHECKING:
+    from engine.analysis import ModelAnalysis
+    from engine.profile import Profile
+
+SEPARATOR = " · "
+
+
+def _path_label(stage: str, namespace: str, op_type: str, index: int) -> str:
+    parts = [p for p in (stage, namespace) if p]
+    return " / ".join(parts + [f"{op_type} #{index}"])
+
+
+def _counted_labels(rows: Iterable[tuple[str, Optional[str], str, str, str]]) -> dict[str, str]:
+    """rows: (node id, name or None, op type, stage, namespace) in execution order."""
+    counts: dict[tuple[str, str, str], int] = {}
+    labels: dict[str, str] = {}
+    for node_id, name, op_type, stage, namespace in rows:
+        if name:
+            labels[node_id] = name if name == op_type else f"{name}{SEPARATOR}{op_type}"
+            continue
+        key = (stage, namespace, op_type)
+        counts[key] = counts.get(key, 0) + 1
+        labels[node_id] = _path_label(stage, namespace, op_type, counts[key])
+    return labels
+
+
+def layer_names(analysis: "ModelAnalysis") -> dict[str, str]:
+    """A readable label for every node of the analysed graph (folded constants are not counted in k)."""
+    graph, metrics = analysis.graph, analysis.nodes
+
+    def rows():
+        for node_id in analysis.order:
+            node = graph.node(node_id)
+            m = metrics[node_id]
+            if m.is_constant and not node.name:
+                continue  # not a layer that runs; labelled below without taking a number
+            yield node_id, node.name or None, node.op_type, m.stage, node.namespace
+
+    labels = _counted_labels(rows())
+    for node_id in analysis.order:
+        if node_id not in labels:
+            node = graph.node(node_id)
+            labels[node_id] = _path_label(metrics[node_id].stage, node.namespace, node.op_type, 0).replace(
+                " #0", " (constant)")
+    return labels
+
+
+# An importer gives an unnamed node the id OP_INDEX (importers/onnx.py), possibly with "#n" for a clash.
+_GENERATED_ID = re.compile(r"^(?P<op>[A-Za-z0-9_.]+?)_\d+(#\d+)?$")
+
+
+def is_generated_id(node_id: str, op_type: str) -> bool:
+    match = _GENERATED_ID.match(node_id)
+    return match is not None and match.group("op") == op_type
+
+
+def layer_names_for_profile(profile: "Profile") -> dict[str, str]:
+    """Labels from a profile without its model: the same as `layer_names` for the nodes that ran.
+
+    A profile keeps ids, op types and stages; a named node's id is its name, an
+    unnamed node's id is generated from its op (`Conv_96`) and gets a path
+    instead.  Namespaces come from names, so unnamed nodes have none either way.
+    """
+    def rows():
+        for node_id, timing in profile.nodes.items():
+            name = None if is_generated_id(node_id, timing.op_type) else node_id
+            namespace = ""
+            yield node_id, name, timing.op_type, timing.stage, namespace
+    return _counted_labels(rows())
+
+
+def label_or_id(names: Optional[dict[str, str]], node_id: str) -> str:
+    return names.get(node_id, node_id) if names else node_id
