@@ -1,7 +1,7 @@
 """Names a person recognises for layers, wherever a report, a hint or the CLI names one.
 
 A node with a name in the model file is shown by that name and its op
-("/encoder/block3/conv/Conv · Conv").  A node without one (the onnx light zoo,
+("conv3 · Conv"; "/encoder/block3/conv/Conv" already says its op).  A node without one (the onnx light zoo,
 many exporters) has only an internal id such as `Conv_96`, which no one can find
 again; it is shown as a readable path instead: stage / namespace / op #k, where k
 counts the nodes of that op in that stage and namespace in execution order
@@ -34,7 +34,9 @@ def _counted_labels(rows: Iterable[tuple[str, Optional[str], str, str, str]]) ->
     labels: dict[str, str] = {}
     for node_id, name, op_type, stage, namespace in rows:
         if name:
-            labels[node_id] = name if name == op_type else f"{name}{SEPARATOR}{op_type}"
+            # "/encoder/stem/conv/Conv" already says its op
+            says_op = name == op_type or name.endswith("/" + op_type)
+            labels[node_id] = name if says_op else f"{name}{SEPARATOR}{op_type}"
             continue
         key = (stage, namespace, op_type)
         counts[key] = counts.get(key, 0) + 1
