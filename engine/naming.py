@@ -5,7 +5,9 @@ A node with a name in the model file is shown by that name and its op
 many exporters) has only an internal id such as `Conv_96`, which no one can find
 again; it is shown as a readable path instead: stage / namespace / op #k, where k
 counts the nodes of that op in that stage and namespace in execution order
-("decoder / ConvTranspose #2").  The same rule applies with or without the model
+("decoder / ConvTranspose #2").  So is a node whose name only numbers it
+("n96", the onnx light zoo): "encoder / Conv #12 (n96)", the file's name kept
+to find it in other tools.  The same rule applies with or without the model
 file, so a profile read back alone names its layers the same way.
 
     layer_names(analysis)          -> {node id: label}   (every node of the graph)
@@ -28,11 +30,25 @@ def _path_label(stage: str, namespace: str, op_type: str, index: int) -> str:
     return " / ".join(parts + [f"{op_type} #{index}"])
 
 
+# Names that only number nodes ("n96", "node_12", "45", "Conv_3"): a person cannot place them, so such a
+# node is named by its path like an unnamed one, with the file's name after it to find it in other tools.
+_NUMBERING_NAME = re.compile(r"^[A-Za-z]{0,4}[_:.]?\d+$")
+
+
+def is_numbering_name(name: str, op_type: str = "") -> bool:
+    return bool(_NUMBERING_NAME.match(name)) or (bool(op_type) and is_generated_id(name, op_type))
+
+
 def _counted_labels(rows: Iterable[tuple[str, Optional[str], str, str, str]]) -> dict[str, str]:
     """rows: (node id, name or None, op type, stage, namespace) in execution order."""
     counts: dict[tuple[str, str, str], int] = {}
     labels: dict[str, str] = {}
     for node_id, name, op_type, stage, namespace in rows:
+        if name and is_numbering_name(name, op_type):
+            key = (stage, namespace, op_type)
+            counts[key] = counts.get(key, 0) + 1
+            labels[node_id] = f"{_path_label(stage, namespace, op_type, counts[key])} ({name})"
+            continue
         if name:
             # "/encoder/stem/conv/Conv" already says its op
             says_op = name == op_type or name.endswith("/" + op_type)

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from engine.analysis import ModelAnalysis
     from engine.profile import Profile
 
-MAX_CHILDREN = 24
+MAX_CHILDREN = 32
 HOT_PER_GROUP = 3
 
 

@@ -18,7 +18,7 @@ import json
 from html import escape
 from typing import TYPE_CHECKING, Optional
 
-from engine.naming import layer_names
+from engine.naming import is_numbering_name, layer_names
 from engine.report.folding import FoldedGraph, fold_graph
 from engine.report.svg import HEAT_STOPS
 
@@ -26,14 +26,14 @@ if TYPE_CHECKING:
     from engine.analysis import ModelAnalysis
     from engine.profile import Profile
 
-INITIAL_BOXES = 60
+INITIAL_BOXES = 40
 GLOBAL_HOT = 10  # the hottest layers overall are marked with their rank wherever they are drawn
 
 
 def short_label(analysis: "ModelAnalysis", node_id: str, names: dict[str, str]) -> str:
     """What a layer's box says inside its group: the last part of its name, or "Op #k" (engine.naming)."""
     node = analysis.graph.node(node_id)
-    if node.name:
+    if node.name and not is_numbering_name(node.name, node.op_type):
         return node.name.rstrip("/").rsplit("/", 1)[-1] or node.name
     return names[node_id].rsplit(" / ", 1)[-1]
 
@@ -81,7 +81,7 @@ def graph_section(analysis: "ModelAnalysis", profile: Optional["Profile"]) -> st
     data = data.replace("</", "<\\/")  # a name holding "</script>" must not end the data island
     groups = len(folded.groups) - 1
     coloured = f" on {escape(str(profile.target.get('name', '')))}" if profile is not None else ""
-    return (f"<h2>Graph, folded, coloured by time{coloured}</h2>"
+    return (f"<h2 id='graph'>Graph, folded, coloured by time{coloured}</h2>"
             f"<p class='sub'>{len(folded.node_ids)} layers in {groups} groups (by stage, then namespace; runs of "
             f"consecutive layers where a group is large). Each box: name, layers, share of the summed layer "
             f"medians; darker = more time. Inside a closed group: its hottest layers; #1..#{GLOBAL_HOT} rank the "
@@ -97,7 +97,7 @@ def graph_section(analysis: "ModelAnalysis", profile: Optional["Profile"]) -> st
 
 
 GRAPH_CSS = """
-.ls-graph{border:1px solid #ddd;height:760px;overflow:hidden;cursor:grab;background:#fcfcfc;user-select:none}
+.ls-graph{border:1px solid #ddd;height:820px;overflow:hidden;cursor:grab;background:#fcfcfc;user-select:none}
 .ls-graph svg{width:100%;height:100%;display:block}.ls-graph-tools{margin:6px 0}
 .ls-graph-tools button{font-size:12px;padding:2px 8px}
 .ls-graph .g-box,.ls-graph .g-head{cursor:pointer}
@@ -110,10 +110,10 @@ _SCRIPT = r"""
 (function(){
 const D=JSON.parse(document.getElementById('ls-graph-data').textContent);
 const S=D.strings,L=D.L,G=D.G,host=document.getElementById('ls-graph');
-const BOX_W=240,LAYER_W=220,LAYER_H=46,GAP_X=22,GAP_Y=30,HEAD=28,PAD=12,ROW=16;
+const WRAP_DOWN=8,WRAP_ACROSS=5,BOX_W=240,LAYER_W=220,LAYER_H=46,GAP_X=22,GAP_Y=30,HEAD=28,PAD=12,ROW=16;
 const NS='http://www.w3.org/2000/svg';const hotRank=new Map(D.hot.map((l,i)=>[l,i+1]));
 const maxMs=Math.max(1e-12,...D.hot.map(l=>L.ms[l]||0));const total=D.total||1;
-const open=new Set([0]);
+const open=new Set([0]),MIN_READABLE=0.75;
 function esc(t){return String(t).replace(/[&<>"']/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;',"'":'&#39;'}[c]));}
 function heat(f){f=Math.max(0,Math.min(1,f));const H=D.heat;for(let i=1;i<H.length;i++){if(f<=H[i][0]){
  const t=(f-H[i-1][0])/(H[i][0]-H[i-1][0]||1),a=H[i-1][1],b=H[i][1];
@@ -125,25 +125,38 @@ function cut(t,n){return t.length>n?t.slice(0,n-1)+'…':t;}
 function gpath(g){const p=[];while(g){if(G.kind[g]!=='run')p.unshift(S[G.name[g]]);g=G.parent[g];}return p;}
 function layerName(l){return gpath(L.parent[l]).concat([S[L.label[l]]]).join(' / ');}
 function hotText(l){const r=hotRank.get(l);return (r?'#'+r+' ':'')+cut(S[L.label[l]],22)+(S[L.label[l]]===S[L.op[l]]?'':' · '+S[L.op[l]])+' · '+ms(L.ms[l]);}
+function caption(s){return G.layers[s]+' layers · '+(G.ms[s]==null?'not timed':pct(G.ms[s])+' · '+ms(G.ms[s]));}
+function headText(s){return cut(S[G.name[s]],40)+'  ·  '+caption(s);}
 function closedSize(g){const n=G.hot[g].length;return [BOX_W,44+n*ROW+(n?4:0)];}
-function layout(g){
- const ch=G.children[g],n=ch.length,size=[],sub=[];
+function layout(g,depth){
+ const ch=G.children[g],n=ch.length,size=[],sub=[],across=depth%2===0;
  for(let i=0;i<n;i++){const c=ch[i];
-  if(c<0&&open.has(-c-1)){const s=layout(-c-1);sub[i]=s;size[i]=[Math.max(s.w+2*PAD,BOX_W),s.h+HEAD+PAD];}
+  if(c<0&&open.has(-c-1)){const s=layout(-c-1,depth+1);sub[i]=s;size[i]=[Math.max(s.w+2*PAD,BOX_W,7.2*headText(-c-1).length+30),s.h+HEAD+PAD];}
   else size[i]=c<0?closedSize(-c-1):[LAYER_W,LAYER_H];}
  const layer=new Array(n).fill(0),preds=ch.map(()=>[]),E=G.edges[g];
  for(let k=0;k<E.length;k+=2)if(E[k]<E[k+1])preds[E[k+1]].push(E[k]);
  for(let j=0;j<n;j++)for(const a of preds[j])layer[j]=Math.max(layer[j],layer[a]+1);
  const rows=[];for(let i=0;i<n;i++)(rows[layer[i]]=rows[layer[i]]||[]).push(i);
- let w=0,y=0;const pos=[];const rw=[],rh=[];
- rows.forEach((r,k)=>{if(!r)return;rw[k]=r.reduce((s,i)=>s+size[i][0],0)+GAP_X*(r.length-1);rh[k]=Math.max(...r.map(i=>size[i][1]));w=Math.max(w,rw[k]);});
- rows.forEach((r,k)=>{if(!r)return;let x=(w-rw[k])/2;for(const i of r){pos[i]=[x,y+(rh[k]-size[i][1])/2];x+=size[i][0]+GAP_X;}y+=rh[k]+GAP_Y;});
- return {w:w,h:Math.max(0,y-GAP_Y),pos:pos,size:size,sub:sub};}
+ // A: the flow direction (across at the top level and every other level, down in between); a long
+ // flow wraps into several lanes of at most WRAP steps, side by side, so a chain reads like a page.
+ const A=across?0:1,B=1-A,gapA=across?GAP_X*2:GAP_Y,gapB=across?GAP_Y:GAP_X*2,wrap=across?WRAP_ACROSS:WRAP_DOWN;
+ const steps=rows.filter(r=>r),lanes=[];for(let k=0;k<steps.length;k+=wrap)lanes.push(steps.slice(k,k+wrap));
+ const pos=[];let laneAt=0,extentA=0;
+ for(const lane of lanes){let span=0,at=0;const len=lane.map(r=>r.reduce((s,i)=>s+size[i][B],0)+gapB*(r.length-1));
+  lane.forEach((r,k)=>{span=Math.max(span,len[k]);});
+  lane.forEach((r,k)=>{const thick=Math.max(...r.map(i=>size[i][A]));let b=laneAt+(span-len[k])/2;
+   for(const i of r){const p=[0,0];p[A]=at+(thick-size[i][A])/2;p[B]=b;pos[i]=p;b+=size[i][B]+gapB;}at+=thick+gapA;});
+  extentA=Math.max(extentA,at-gapA);laneAt+=span+gapB*2;}
+ const extent=[0,0];extent[A]=extentA;extent[B]=Math.max(0,laneAt-gapB*2);
+ return {w:extent[0],h:extent[1],pos:pos,size:size,sub:sub,across:across};}
 function draw(g,lay,ox,oy,out){
  const ch=G.children[g],E=G.edges[g];
  for(let k=0;k<E.length;k+=2){const a=E[k],b=E[k+1],pa=lay.pos[a],pb=lay.pos[b],sa=lay.size[a],sb=lay.size[b];
-  const x1=ox+pa[0]+sa[0]/2,y1=oy+pa[1]+sa[1],x2=ox+pb[0]+sb[0]/2,y2=oy+pb[1],m=(y1+y2)/2;
-  out.push('<path d="M'+x1+','+y1+' C'+x1+','+m+' '+x2+','+m+' '+x2+','+y2+'" fill="none" stroke="#aaa" stroke-width="1.4"/>');}
+  let d;if(lay.across){const x1=ox+pa[0]+sa[0],y1=oy+pa[1]+Math.min(sa[1],60)/2,x2=ox+pb[0],y2=oy+pb[1]+Math.min(sb[1],60)/2,m=(x1+x2)/2;
+   d='M'+x1+','+y1+' C'+m+','+y1+' '+m+','+y2+' '+x2+','+y2;}
+  else{const x1=ox+pa[0]+sa[0]/2,y1=oy+pa[1]+sa[1],x2=ox+pb[0]+sb[0]/2,y2=oy+pb[1],m=(y1+y2)/2;
+   d='M'+x1+','+y1+' C'+x1+','+m+' '+x2+','+m+' '+x2+','+y2;}
+  out.push('<path d="'+d+'" fill="none" stroke="#999" stroke-width="1.4"/>');}
  for(let i=0;i<ch.length;i++){const c=ch[i],x=ox+lay.pos[i][0],y=oy+lay.pos[i][1],w=lay.size[i][0],h=lay.size[i][1];
   if(c>=0){const f=L.ms[c]==null?0:L.ms[c]/maxMs,r=hotRank.get(c),fill=L.ms[c]==null?'#e6e6e6':heat(f);
    const label=S[L.label[c]],op=S[L.op[c]];
@@ -152,28 +165,30 @@ function draw(g,lay,ox,oy,out){
     '<text x="'+(x+8)+'" y="'+(y+18)+'" font-size="12" font-weight="600" fill="'+ink(f)+'">'+esc((r?'#'+r+' ':'')+cut(label,28))+'</text>'+
     '<text x="'+(x+8)+'" y="'+(y+36)+'" font-size="11" fill="'+ink(f)+'">'+esc((label===op?'':op+' · ')+ms(L.ms[c])+(L.ms[c]==null?'':' · '+pct(L.ms[c])))+'</text></g>');}
   else{const s=-c-1,share=G.ms[s]==null?0:G.ms[s]/total,f=Math.sqrt(share),name=S[G.name[s]];
-   const caption=G.layers[s]+' layers · '+(G.ms[s]==null?'not timed':pct(G.ms[s])+' · '+ms(G.ms[s]));
-   const tip=esc(gpath(s).join(' / ')+(G.kind[s]==='run'?' ('+name+')':'')+': '+caption+', '+D.kinds[G.timeKind[s]]);
+   const tip=esc(gpath(s).join(' / ')+(G.kind[s]==='run'?' ('+name+')':'')+': '+caption(s)+', '+D.kinds[G.timeKind[s]]);
    if(open.has(s)){out.push('<g><rect x="'+x+'" y="'+y+'" width="'+w+'" height="'+h+'" rx="8" fill="#fff" fill-opacity="0.6" stroke="'+heat(f)+'" stroke-width="3"/>'+
      '<g class="g-head" data-g="'+s+'"><title>'+tip+' (click to close)</title><rect x="'+x+'" y="'+y+'" width="'+w+'" height="'+HEAD+'" rx="8" fill="'+heat(f)+'"/>'+
-     '<text x="'+(x+10)+'" y="'+(y+19)+'" font-size="13" font-weight="700" fill="'+ink(f)+'">▾ '+esc(cut(name,40))+'  ·  '+esc(caption)+'</text></g></g>');
+     '<text x="'+(x+10)+'" y="'+(y+19)+'" font-size="13" font-weight="700" fill="'+ink(f)+'">▾ '+esc(headText(s))+'</text></g></g>');
     draw(s,lay.sub[i],x+(w-lay.sub[i].w)/2,y+HEAD,out);}
    else{const parts=['<g class="g-box" data-g="'+s+'"><title>'+tip+' (click to open)</title><rect x="'+x+'" y="'+y+'" width="'+w+'" height="'+h+'" rx="8" fill="'+heat(f)+'" stroke="#555" stroke-width="1.5"/>'+
      '<text x="'+(x+10)+'" y="'+(y+18)+'" font-size="13" font-weight="700" fill="'+ink(f)+'">▸ '+esc(cut(name,30))+'</text>'+
-     '<text x="'+(x+10)+'" y="'+(y+35)+'" font-size="11" fill="'+ink(f)+'">'+esc(caption)+'</text>'];
+     '<text x="'+(x+10)+'" y="'+(y+35)+'" font-size="11" fill="'+ink(f)+'">'+esc(caption(s))+'</text>'];
     G.hot[s].forEach((l,k)=>{const r=hotRank.get(l);parts.push('<text class="hot" x="'+(x+14)+'" y="'+(y+52+k*ROW)+'" font-size="11" font-weight="'+(r?700:400)+'" fill="'+ink(f)+'">'+esc(hotText(l))+'</text>');});
     parts.push('</g>');out.push(parts.join(''));}}}}
 let view={x:0,y:0,k:1},last=null;
 const svg=document.createElementNS(NS,'svg');host.appendChild(svg);const vp=document.createElementNS(NS,'g');svg.appendChild(vp);
 function apply(){vp.setAttribute('transform','translate('+view.x+','+view.y+') scale('+view.k+')');}
-function render(fit){last=layout(0);const out=[];draw(0,last,0,0,out);vp.innerHTML=out.join('');if(fit)fitView();else apply();
+function render(fit){last=layout(0,0);const out=[];draw(0,last,0,0,out);vp.innerHTML=out.join('');if(fit)fitView();else apply();
  document.getElementById('ls-graph-status').textContent=visible()+' boxes shown';}
 function fitView(){const W=host.clientWidth||1000,H=host.clientHeight||700;view.k=Math.min(1,(W-20)/Math.max(1,last.w),(H-20)/Math.max(1,last.h));
- view.k=Math.max(view.k,0.35);view.x=Math.max(10,(W-last.w*view.k)/2);view.y=10;apply();}
+ view.k=Math.max(view.k,0.4);view.x=Math.max(10,(W-last.w*view.k)/2);view.y=10;apply();}
 function visible(){let n=0;const walk=g=>{for(const c of G.children[g]){if(c<0&&open.has(-c-1))walk(-c-1);else n++;}};walk(0);return n;}
-function openHottest(budget){const cand=[0];let shown=visible();
+function fits(){const l=layout(0,0),W=host.clientWidth||1000,H=host.clientHeight||700;return Math.min((W-20)/Math.max(1,l.w),(H-20)/Math.max(1,l.h))>=MIN_READABLE;}
+function openHottest(budget){// open the hottest groups first while the picture stays readable without zooming
+ const cand=[];for(const c of G.children[0])if(c<0)cand.push(-c-1);let shown=visible();
  while(cand.length){cand.sort((a,b)=>(G.ms[b]||0)-(G.ms[a]||0));const g=cand.shift();
-  if(!open.has(g)){if(shown-1+G.children[g].length>budget)continue;open.add(g);shown+=G.children[g].length-1;}
+  if(shown-1+G.children[g].length>budget)continue;open.add(g);
+  if(open.size>2&&!fits()){open.delete(g);continue;}// the hottest group opens even when it needs zoomingshown+=G.children[g].length-1;
   for(const c of G.children[g])if(c<0)cand.push(-c-1);}}
 function hottestPath(){let g=0;for(;;){open.add(g);let best=null;for(const c of G.children[g])if(c<0&&(best==null||(G.ms[-c-1]||0)>(G.ms[best]||0)))best=-c-1;if(best==null)break;g=best;}}
 openHottest(D.initialBoxes);render(true);
