@@ -38,7 +38,8 @@ def short_label(analysis: "ModelAnalysis", node_id: str, names: dict[str, str]) 
     return names[node_id].rsplit(" / ", 1)[-1]
 
 
-def graph_data(folded: FoldedGraph, analysis: "ModelAnalysis", profile: Optional["Profile"]) -> dict:
+def graph_data(folded: FoldedGraph, analysis: "ModelAnalysis", profile: Optional["Profile"],
+               names: Optional[dict[str, str]] = None) -> dict:
     strings: dict[str, int] = {}
 
     def intern(text: str) -> int:
@@ -48,7 +49,7 @@ def graph_data(folded: FoldedGraph, analysis: "ModelAnalysis", profile: Optional
         return index
 
     kinds: dict[str, int] = {}
-    names = layer_names(analysis)
+    names = names if names is not None else layer_names(analysis)
     layers = {"label": [], "op": [], "ms": [], "kind": [], "parent": folded.parent}
     for k, node_id in enumerate(folded.node_ids):
         layers["label"].append(intern(short_label(analysis, node_id, names)))
@@ -75,9 +76,11 @@ def graph_data(folded: FoldedGraph, analysis: "ModelAnalysis", profile: Optional
             "target": str(profile.target.get("name", "")) if profile is not None else ""}
 
 
-def graph_section(analysis: "ModelAnalysis", profile: Optional["Profile"]) -> str:
+def graph_section(analysis: "ModelAnalysis", profile: Optional["Profile"],
+                  names: Optional[dict[str, str]] = None) -> str:
+    """`names`: engine.naming.layer_names(analysis), when the caller has it already."""
     folded = fold_graph(analysis, profile)
-    data = json.dumps(graph_data(folded, analysis, profile), separators=(",", ":"), allow_nan=False)
+    data = json.dumps(graph_data(folded, analysis, profile, names), separators=(",", ":"), allow_nan=False)
     data = data.replace("</", "<\\/")  # a name holding "</script>" must not end the data island
     groups = len(folded.groups) - 1
     coloured = f" on {escape(str(profile.target.get('name', '')))}" if profile is not None else ""
@@ -124,7 +127,8 @@ function pct(v){return v==null?'':(100*v/total).toFixed(v/total<0.001?2:1)+' %';
 function cut(t,n){return t.length>n?t.slice(0,n-1)+'…':t;}
 function gpath(g){const p=[];while(g){if(G.kind[g]!=='run')p.unshift(S[G.name[g]]);g=G.parent[g];}return p;}
 function layerName(l){return gpath(L.parent[l]).concat([S[L.label[l]]]).join(' / ');}
-function hotText(l){const r=hotRank.get(l);return (r?'#'+r+' ':'')+cut(S[L.label[l]],22)+(S[L.label[l]]===S[L.op[l]]?'':' · '+S[L.op[l]])+' · '+ms(L.ms[l]);}
+function within(l,s){const p=[S[L.label[l]]];let g=L.parent[l];while(g!=null&&g!==s){if(G.kind[g]!=='run')p.unshift(S[G.name[g]]);g=G.parent[g];}return p.join('/');}
+function hotText(l,s){const r=hotRank.get(l);return (r?'#'+r+' ':'')+cut(within(l,s),26)+(S[L.label[l]]===S[L.op[l]]?'':' · '+S[L.op[l]])+' · '+ms(L.ms[l]);}
 function caption(s){return G.layers[s]+' layers · '+(G.ms[s]==null?'not timed':pct(G.ms[s])+' · '+ms(G.ms[s]));}
 function headText(s){return cut(S[G.name[s]],40)+'  ·  '+caption(s);}
 function closedSize(g){const n=G.hot[g].length;return [BOX_W,44+n*ROW+(n?4:0)];}
@@ -173,7 +177,7 @@ function draw(g,lay,ox,oy,out){
    else{const parts=['<g class="g-box" data-g="'+s+'"><title>'+tip+' (click to open)</title><rect x="'+x+'" y="'+y+'" width="'+w+'" height="'+h+'" rx="8" fill="'+heat(f)+'" stroke="#555" stroke-width="1.5"/>'+
      '<text x="'+(x+10)+'" y="'+(y+18)+'" font-size="13" font-weight="700" fill="'+ink(f)+'">▸ '+esc(cut(name,30))+'</text>'+
      '<text x="'+(x+10)+'" y="'+(y+35)+'" font-size="11" fill="'+ink(f)+'">'+esc(caption(s))+'</text>'];
-    G.hot[s].forEach((l,k)=>{const r=hotRank.get(l);parts.push('<text class="hot" x="'+(x+14)+'" y="'+(y+52+k*ROW)+'" font-size="11" font-weight="'+(r?700:400)+'" fill="'+ink(f)+'">'+esc(hotText(l))+'</text>');});
+    G.hot[s].forEach((l,k)=>{const r=hotRank.get(l);parts.push('<text class="hot" x="'+(x+14)+'" y="'+(y+52+k*ROW)+'" font-size="11" font-weight="'+(r?700:400)+'" fill="'+ink(f)+'">'+esc(hotText(l,s))+'</text>');});
     parts.push('</g>');out.push(parts.join(''));}}}}
 let view={x:0,y:0,k:1},last=null;
 const svg=document.createElementNS(NS,'svg');host.appendChild(svg);const vp=document.createElementNS(NS,'g');svg.appendChild(vp);

@@ -152,7 +152,7 @@ def html_report(profiles, analysis: Optional["ModelAnalysis"], sweep: Optional[S
         parts.append(_compare_section(compare, names))
     parts.extend(extra_sections)
     if analysis is not None:
-        parts.append(graph_section(analysis, profile))
+        parts.append(graph_section(analysis, profile, names))
     parts.append(_layer_table(profile, analysis, names))
     parts.append("<p class='sub'>Made by LayerScope. <b>measured</b>: timed on the target; <b>attributed</b>: a "
                  "measured total split by a cost model (fused kernels split by FLOPs); <b>estimated</b>: derived "

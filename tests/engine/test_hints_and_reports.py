@@ -152,7 +152,7 @@ def test_html_report_is_self_contained(sample_profile, tmp_path):
     assert parser.external == []
     assert "url(" not in text
     assert {"svg", "table", "rect", "polyline"} <= parser.tags
-    for section in ("Hints", "by stage", "Top", "By op type", "sweep", "Graph, coloured by time", "Every layer"):
+    for section in ("Hints", "by stage", "Top", "By op type", "sweep", "Graph, folded, coloured by time", "Every layer"):
         assert section in text
     for kind in ("measured", "estimated"):
         assert f'class="kind {kind}"' in text
