@@ -15,6 +15,8 @@ phone's GPU): it is marked as such wherever it is shown, and repeated at the
 end of `message` with that mark for readers that show only the message.
 Layers are named as people recognise them (engine.naming), never by bare id.
 
+A hint's `kind` is the weakest kind of the figures it uses (`hint_kind`).
+
 Thresholds are module constants so a test (or a person) can see them.
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Optional
 
 from engine.analysis import costs
 from engine.naming import layer_names
+from engine.profile import ESTIMATED, combine_kinds
 
 if TYPE_CHECKING:
     from engine.analysis import ModelAnalysis
@@ -45,6 +48,8 @@ MEMORY_BOUND_INTENSITY = 1.0
 BATCHNORM_MIN_SHARE = 0.005
 
 _FOLDABLE_PRODUCERS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+# Rules that judge layers by figures counted from shapes (MACs, FLOPs per byte): their hints are estimated.
+RULES_ON_STATIC_FIGURES = ("low_efficiency", "memory_bound")
 
 
 def _severity(share: float) -> str:
@@ -64,13 +69,25 @@ def _hint(rule: str, share: float, message: str, node_ids, time_ms: float, evide
     full_message = f"{message} {GUIDANCE_MARK}{guidance}" if guidance else message
     return {"rule": rule, "severity": _severity(share), "message": full_message, "evidence": evidence,
             "guidance": guidance, "node_ids": list(node_ids), "time_ms": round(time_ms, 6),
-            "share": round(share, 6), "kind": "measured"}
+            "share": round(share, 6)}
 
 
 def _evidence(profile: "Profile", what: str, time_ms: float, total_ms: float) -> str:
     """'BatchNorm layers: 0.123 ms, 4.5 % of the summed layer medians (20 runs, cpu, exact mode)'."""
     return (f"{what}: {time_ms:.3f} ms, {100 * time_ms / total_ms:.1f} % of the summed layer medians "
             f"({profile.runs_completed} runs on {profile.target.get('name', 'the target')}, {profile.mode} mode)")
+
+
+def hint_kind(profile: "Profile", rule: str, node_ids) -> str:
+    """The weakest kind of the figures a hint uses (DESIGN.md's rule for a combination): its layers'
+    times (time_ms), the profile's total (share's denominator), and estimated for a rule that
+    judges by static figures.  The total sums whole kernels (attribution preserves a kernel's time),
+    so it has the kind of the kernels, not of the attributed parts."""
+    kinds = [g.time.kind for g in profile.groups if g.node_ids] or [n.kind for n in profile.nodes.values()]
+    kinds += [profile.nodes[i].kind for i in node_ids if i in profile.nodes]
+    if rule in RULES_ON_STATIC_FIGURES:
+        kinds.append(ESTIMATED)
+    return combine_kinds(kinds)
 
 
 def find_hints(profile: "Profile", analysis: "ModelAnalysis") -> list[dict]:
@@ -185,6 +202,9 @@ def find_hints(profile: "Profile", analysis: "ModelAnalysis") -> list[dict]:
                       "bytes estimated from shapes)", bound_ms, total),
             guidance="layers this low in arithmetic per byte are usually limited by memory traffic, not "
                      "arithmetic, on any processor."))
+
+    for hint in hints:
+        hint["kind"] = hint_kind(profile, hint["rule"], hint["node_ids"])
     return hints
 
 

@@ -9,7 +9,12 @@ Every figure says how it was obtained (DESIGN.md, "Measured versus estimated"):
 - ``measured``   timed on the target (one sample per run);
 - ``attributed`` a measured total split by a cost model: in deployed mode a
                  fused kernel's time is split over its source nodes by FLOPs share;
+- ``derived``    computed from other measurements (a transfer-cost fit of measured round trips);
+- ``planned``    what a runtime says it will do (Core ML's compute plan);
+- ``emulated``   the CPU reference imitating a device;
 - ``estimated``  from a model of the device, no run.
+
+A combination takes the weakest kind it uses (`combine_kinds`).
 
 Invariants:
 
@@ -43,18 +48,72 @@ from engine.files import jsonable, write_text_atomically
 SCHEMA = "layerscope.profile/1"
 
 MEASURED, ATTRIBUTED, ESTIMATED = "measured", "attributed", "estimated"
-KINDS = (MEASURED, ATTRIBUTED, ESTIMATED)
+DERIVED, PLANNED, EMULATED = "derived", "planned", "emulated"
+# Strongest first (DESIGN.md: measured > attributed/derived/planned/emulated > estimated).  The four
+# middle kinds rank alike; their order here only decides which one a mixed sum is labelled with.
+KINDS = (MEASURED, DERIVED, ATTRIBUTED, PLANNED, EMULATED, ESTIMATED)
 
 MODE_EXACT, MODE_DEPLOYED = "exact", "deployed"
 MODES = (MODE_EXACT, MODE_DEPLOYED)
 
-__all__ = ["SCHEMA", "MEASURED", "ATTRIBUTED", "ESTIMATED", "KINDS", "MODE_EXACT", "MODE_DEPLOYED", "MODES",
+__all__ = ["SCHEMA", "MEASURED", "ATTRIBUTED", "ESTIMATED", "DERIVED", "PLANNED", "EMULATED", "KINDS", "MODE_EXACT",
+           "MODE_DEPLOYED", "MODES",
            "FrozenMap", "TimingStats", "TimingGroup", "NodeTiming", "Profile", "ProfileFormatError",
-           "combine_kinds"]
+           "combine_kinds", "kind_problems", "read_kind"]
 
 
 class ProfileFormatError(ValueError):
     """A JSON file that is not a layerscope.profile/1 document; the message says what is wrong."""
+
+
+def kind_problem(data: Mapping) -> str:
+    """"" when `data["kind"]` is one of KINDS, else what is wrong with it ("missing", ...)."""
+    if "kind" not in data:
+        return "missing"
+    if data["kind"] not in KINDS:
+        return f"{data['kind']!r} is not one of {', '.join(KINDS)}"
+    return ""
+
+
+def read_kind(data: Mapping) -> str:
+    """The figure kind of a parsed object; a missing or unknown kind is an error, never `measured`."""
+    problem = kind_problem(data)
+    if problem:
+        raise ValueError(f"kind {problem}")
+    return data["kind"]
+
+
+def kind_problems(document: Mapping) -> list[str]:
+    """Every figure of a profile document without a valid kind, as "path: problem"
+    (e.g. "nodes[3].time.kind: missing").  A figure is any object with a `median_ms` (wherever it
+    sits: end_to_end, groups, transfers ...) and every node, which states the kind of its time.
+    A document from an agent is checked whole before it is read, so the error names the field."""
+    problems: list[str] = []
+
+    def check(mapping: Mapping, path: str) -> None:
+        problem = kind_problem(mapping)
+        if problem:
+            problems.append(f"{path}.kind: {problem}")
+
+    def visit(value: Any, path: str) -> None:
+        if isinstance(value, Mapping):
+            if "median_ms" in value:
+                check(value, path)
+            for key, item in value.items():
+                # samples and calibration points are numbers: skipped for speed on large profiles
+                if isinstance(item, (Mapping, list)) and key not in ("samples_ms", "points"):
+                    visit(item, f"{path}.{key}" if path else str(key))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                if isinstance(item, (Mapping, list)):
+                    visit(item, f"{path}[{index}]")
+
+    visit(document, "")
+    nodes = document.get("nodes")
+    for index, node in enumerate(nodes if isinstance(nodes, list) else ()):
+        if isinstance(node, Mapping):
+            check(node, f"nodes[{index}]")
+    return problems
 
 
 class FrozenMap(Mapping):
@@ -105,13 +164,13 @@ class FrozenMap(Mapping):
 
 
 def combine_kinds(kinds: Iterable[str]) -> str:
-    """The kind of a sum: the weakest of its parts (estimated < attributed < measured)."""
-    kinds = set(kinds)
-    if ESTIMATED in kinds:
-        return ESTIMATED
-    if ATTRIBUTED in kinds:
-        return ATTRIBUTED
-    return MEASURED
+    """The kind of a combination of figures: the weakest of its parts (KINDS order); measured
+    for none.  An unknown kind is an error: it must never come out as a stronger one."""
+    present = set(kinds)
+    unknown = present.difference(KINDS)
+    if unknown:
+        raise ValueError(f"unknown figure kind(s) {', '.join(sorted(map(str, unknown)))}; known: {', '.join(KINDS)}")
+    return next((kind for kind in reversed(KINDS) if kind in present), MEASURED)
 
 
 # A run is "disturbed" when at least DISTURBED_SHARE of the layers above 1 % of the time ran
@@ -227,7 +286,7 @@ class TimingStats:
     def from_json_dict(cls, data: Mapping) -> "TimingStats":
         samples = tuple(float(s) for s in data.get("samples_ms", ()))
         return cls(samples, float(data["median_ms"]), float(data["p10_ms"]), float(data["p90_ms"]),
-                   float(data.get("cv", 0.0)), str(data.get("kind", MEASURED)))
+                   float(data.get("cv", 0.0)), read_kind(data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,7 +346,7 @@ class NodeTiming:
     def from_json_dict(cls, data: Mapping) -> "NodeTiming":
         time = TimingStats.from_json_dict(data["time"])
         return cls(str(data["id"]), str(data.get("op_type", "")), str(data.get("stage", "")), time,
-                   str(data.get("group", data["id"])), str(data.get("kind", time.kind)),
+                   str(data.get("group", data["id"])), read_kind(data),
                    _optional_int(data.get("output_bytes")), _optional_int(data.get("memory_bytes")),
                    str(data.get("compute_unit", "CPU")))
 
@@ -503,6 +562,10 @@ class Profile:
         schema = data.get("schema")
         if schema != SCHEMA:
             raise ProfileFormatError(f"not a LayerScope profile: schema is {schema!r}, expected {SCHEMA!r}")
+        problems = kind_problems(data)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise ProfileFormatError(f"figure without a valid kind: {problems[0]}{more}")
         try:
             model = data.get("model", {})
             end_to_end = data.get("end_to_end")

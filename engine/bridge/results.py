@@ -21,7 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from engine.profile import KINDS, MEASURED, NodeTiming, Profile, TimingGroup, TimingStats
+from engine.profile import (KINDS, MEASURED, NodeTiming, Profile, ProfileFormatError, TimingGroup, TimingStats,
+                            read_kind)
 
 __all__ = ["Transfer", "UnitCalibration", "BridgeProfile", "merge_profiles", "profile_from_document",
            "rekey_transfers"]
@@ -96,7 +97,7 @@ class UnitCalibration:
         return cls(str(data["unit"]), float(data["overhead_ms"]), float(data["bandwidth_bytes_per_s"]),
                    tuple((int(b), float(ms)) for b, ms in data.get("points", ())),
                    None if data.get("r2") is None else float(data["r2"]), str(data.get("method", "")),
-                   str(data.get("kind", MEASURED)))
+                   read_kind(data))
 
 
 @dataclass(frozen=True)
@@ -125,10 +126,17 @@ class BridgeProfile(Profile):
     @classmethod
     def from_json_dict(cls, data: Mapping) -> "BridgeProfile":
         base = Profile.from_json_dict(data)
-        return cls.from_profile(
-            base, transfers=[Transfer.from_json_dict(t) for t in data.get("transfers", ())],
-            calibration={str(u): UnitCalibration.from_json_dict(c)
-                         for u, c in (data.get("calibration") or {}).items()})
+        calibration = {}
+        for unit, fit in (data.get("calibration") or {}).items():
+            try:
+                calibration[str(unit)] = UnitCalibration.from_json_dict(fit)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise ProfileFormatError(f"calibration.{unit}: {type(exc).__name__}: {exc}") from None
+        try:
+            transfers = [Transfer.from_json_dict(t) for t in data.get("transfers", ())]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ProfileFormatError(f"malformed transfers: {type(exc).__name__}: {exc}") from None
+        return cls.from_profile(base, transfers=transfers, calibration=calibration)
 
     @classmethod
     def from_profile(cls, profile: Profile, transfers: Iterable[Transfer] = (),
