@@ -66,7 +66,7 @@ def layer_names(analysis: "ModelAnalysis") -> dict[str, str]:
 
     def rows():
         for node_id in analysis.order:
-            node = graph.node(node_id)
+            node = graph.nodes_by_id[node_id]
             m = metrics[node_id]
             if m.is_constant and not node.name:
                 continue  # not a layer that runs; labelled below without taking a number
@@ -75,7 +75,7 @@ def layer_names(analysis: "ModelAnalysis") -> dict[str, str]:
     labels = _counted_labels(rows())
     for node_id in analysis.order:
         if node_id not in labels:
-            node = graph.node(node_id)
+            node = graph.nodes_by_id[node_id]
             labels[node_id] = _path_label(metrics[node_id].stage, node.namespace, node.op_type, 0).replace(
                 " #0", " (constant)")
     return labels

@@ -35,7 +35,7 @@ MAX_CHILDREN = 32
 HOT_PER_GROUP = 3
 
 
-@dataclass
+@dataclass(slots=True)
 class FoldGroup:
     name: str
     parent: Optional[int]
@@ -76,19 +76,28 @@ def _group_ref(index: int) -> int:
 
 
 def fold_graph(analysis: "ModelAnalysis", profile: Optional["Profile"] = None) -> FoldedGraph:
-    graph, metrics = analysis.graph, analysis.nodes
+    by_id, metrics = analysis.graph.nodes_by_id, analysis.nodes
     node_ids = [i for i in analysis.order if not metrics[i].is_constant]
     use_stages = len({metrics[i].stage for i in node_ids}) > 1
+    paths = []
+    holding: dict[tuple[str, ...], int] = {}  # path -> layers under it
+    for node_id in node_ids:
+        parts = ([metrics[node_id].stage] if use_stages else []) + \
+            [p for p in by_id[node_id].namespace.split("/") if p]
+        paths.append(parts)
+        for depth in range(1, len(parts) + 1):
+            key = tuple(parts[:depth])
+            holding[key] = holding.get(key, 0) + 1
 
     groups = [FoldGroup("model", None, "root", 0)]
     by_path: dict[tuple[str, ...], int] = {(): 0}
     parent: list[int] = []
-    for k, node_id in enumerate(node_ids):
-        parts = ([metrics[node_id].stage] if use_stages else []) + \
-            [p for p in graph.node(node_id).namespace.split("/") if p]
+    for k, parts in enumerate(paths):
         current = 0
         for depth in range(1, len(parts) + 1):
             key = tuple(parts[:depth])
+            if holding[key] < 2:
+                break  # a path of one layer is no group (deeper paths hold no more layers)
             index = by_path.get(key)
             if index is None:
                 index = len(groups)
@@ -106,8 +115,9 @@ def fold_graph(analysis: "ModelAnalysis", profile: Optional["Profile"] = None) -
 
     times: list[Optional[float]] = []
     kinds: list[str] = []
+    nodes = profile.nodes if profile is not None else {}
     for node_id in node_ids:
-        timing = profile.nodes.get(node_id) if profile is not None else None
+        timing = nodes.get(node_id)
         times.append(timing.time.median_ms if timing is not None else None)
         kinds.append(timing.kind if timing is not None else "not run")
     folded = FoldedGraph(node_ids, parent, groups, times, kinds)
@@ -227,7 +237,7 @@ def _edges(folded: FoldedGraph, analysis: "ModelAnalysis") -> None:
     groups = folded.groups
     producer: dict[str, int] = {}
     for k, node_id in enumerate(folded.node_ids):
-        for out in analysis.graph.node(node_id).outputs:
+        for out in analysis.graph.nodes_by_id[node_id].outputs:
             if out:
                 producer[out] = k
     chains: dict[int, list[int]] = {}  # group -> [root, ..., group]
@@ -245,19 +255,22 @@ def _edges(folded: FoldedGraph, analysis: "ModelAnalysis") -> None:
         for p, child in enumerate(group.children):
             slot[(g, child)] = p
     seen: set[tuple[int, int, int]] = set()
+    by_id, parent = analysis.graph.nodes_by_id, folded.parent
     for v, node_id in enumerate(folded.node_ids):
-        chain_v = chain(folded.parent[v])
-        for name in analysis.graph.node(node_id).inputs:
+        for name in by_id[node_id].inputs:
             u = producer.get(name) if name else None
             if u is None or u == v:
                 continue
-            chain_u = chain(folded.parent[u])
-            depth = 0
-            while depth < len(chain_u) and depth < len(chain_v) and chain_u[depth] == chain_v[depth]:
-                depth += 1
-            common = chain_u[depth - 1]
-            entry_u = _group_ref(chain_u[depth]) if depth < len(chain_u) else u
-            entry_v = _group_ref(chain_v[depth]) if depth < len(chain_v) else v
+            if parent[u] == parent[v]:  # most edges: two layers of one group
+                common, entry_u, entry_v = parent[v], u, v
+            else:
+                chain_u, chain_v = chain(parent[u]), chain(parent[v])
+                depth = 0
+                while depth < len(chain_u) and depth < len(chain_v) and chain_u[depth] == chain_v[depth]:
+                    depth += 1
+                common = chain_u[depth - 1]
+                entry_u = _group_ref(chain_u[depth]) if depth < len(chain_u) else u
+                entry_v = _group_ref(chain_v[depth]) if depth < len(chain_v) else v
             key = (common, slot[(common, entry_u)], slot[(common, entry_v)])
             if key[1] != key[2] and key not in seen:
                 seen.add(key)

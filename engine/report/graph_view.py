@@ -32,7 +32,7 @@ GLOBAL_HOT = 10  # the hottest layers overall are marked with their rank whereve
 
 def short_label(analysis: "ModelAnalysis", node_id: str, names: dict[str, str]) -> str:
     """What a layer's box says inside its group: the last part of its name, or "Op #k" (engine.naming)."""
-    node = analysis.graph.node(node_id)
+    node = analysis.graph.nodes_by_id[node_id]
     if node.name and not is_numbering_name(node.name, node.op_type):
         return node.name.rstrip("/").rsplit("/", 1)[-1] or node.name
     return names[node_id].rsplit(" / ", 1)[-1]
@@ -49,19 +49,23 @@ def graph_data(folded: FoldedGraph, analysis: "ModelAnalysis", profile: Optional
         return index
 
     kinds: dict[str, int] = {}
-    names = names if names is not None else layer_names(analysis)
-    layers = {"label": [], "op": [], "ms": [], "kind": [], "parent": folded.parent}
+    by_id = analysis.graph.nodes_by_id
+    # A layer's group is not stored: the script finds it from the groups' children.
+    layers = {"label": [], "op": [], "ms": [], "kind": []}
     for k, node_id in enumerate(folded.node_ids):
         layers["label"].append(intern(short_label(analysis, node_id, names)))
-        layers["op"].append(intern(analysis.graph.node(node_id).op_type))
+        layers["op"].append(intern(by_id[node_id].op_type))
         ms = folded.times_ms[k]
         layers["ms"].append(None if ms is None else float(f"{ms:.4g}"))
         layers["kind"].append(kinds.setdefault(folded.kinds[k], len(kinds)))
+    if len(kinds) == 1:  # the usual case: one kind for every layer, said once
+        layers["kind"] = 0
+    group_kinds = ("root", "stage", "namespace", "run")
     groups = {"name": [], "kind": [], "parent": [], "children": [], "layers": [], "ms": [], "timeKind": [],
               "hot": [], "edges": []}
     for group in folded.groups:
         groups["name"].append(intern(group.name))
-        groups["kind"].append(group.kind)
+        groups["kind"].append(group_kinds.index(group.kind))
         groups["parent"].append(group.parent)
         groups["children"].append(group.children)
         groups["layers"].append(group.layers)
@@ -72,7 +76,7 @@ def graph_data(folded: FoldedGraph, analysis: "ModelAnalysis", profile: Optional
     total = sum(ms for ms in folded.times_ms if ms is not None)
     return {"strings": list(strings), "kinds": list(kinds), "total": total, "L": layers, "G": groups,
             "hot": folded.hottest[:GLOBAL_HOT], "initialBoxes": INITIAL_BOXES,
-            "heat": [[stop, list(rgb)] for stop, rgb in HEAT_STOPS],
+            "heat": [[stop, list(rgb)] for stop, rgb in HEAT_STOPS], "groupKinds": list(group_kinds),
             "target": str(profile.target.get("name", "")) if profile is not None else ""}
 
 
@@ -113,6 +117,8 @@ _SCRIPT = r"""
 (function(){
 const D=JSON.parse(document.getElementById('ls-graph-data').textContent);
 const S=D.strings,L=D.L,G=D.G,host=document.getElementById('ls-graph');
+L.parent=new Array(L.label.length);G.children.forEach((ch,g)=>{for(const c of ch)if(c>=0)L.parent[c]=g;});
+if(!Array.isArray(L.kind))L.kind=new Array(L.label.length).fill(L.kind);G.kind=G.kind.map(k=>D.groupKinds[k]);
 const WRAP_DOWN=8,WRAP_ACROSS=5,BOX_W=240,LAYER_W=220,LAYER_H=46,GAP_X=22,GAP_Y=30,HEAD=28,PAD=12,ROW=16;
 const NS='http://www.w3.org/2000/svg';const hotRank=new Map(D.hot.map((l,i)=>[l,i+1]));
 const maxMs=Math.max(1e-12,...D.hot.map(l=>L.ms[l]||0));const total=D.total||1;
@@ -196,6 +202,7 @@ function openHottest(budget){// open the hottest groups first while the picture 
   for(const c of G.children[g])if(c<0)cand.push(-c-1);}}
 function hottestPath(){let g=0;for(;;){open.add(g);let best=null;for(const c of G.children[g])if(c<0&&(best==null||(G.ms[-c-1]||0)>(G.ms[best]||0)))best=-c-1;if(best==null)break;g=best;}}
 openHottest(D.initialBoxes);render(true);
+host.setAttribute('data-drawn-ms',Math.round(performance.now()));// time from navigation start (benchmarks read it)
 let drag=null;
 host.addEventListener('pointerdown',e=>{drag={x:e.clientX,y:e.clientY,vx:view.x,vy:view.y,moved:false};host.setPointerCapture(e.pointerId);});
 host.addEventListener('pointermove',e=>{if(!drag)return;const dx=e.clientX-drag.x,dy=e.clientY-drag.y;if(Math.abs(dx)+Math.abs(dy)>4)drag.moved=true;

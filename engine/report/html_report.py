@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     from engine.profile import Profile
 
 # The every-layer table lists at most this many rows (the slowest, in execution order): a row is
-# about 400 bytes, and the CSV export holds every layer.
-LAYER_TABLE_LIMIT = 2000
+# about 350 bytes, and the CSV export holds every layer.
+LAYER_TABLE_LIMIT = 500
 # Colours of the targets in the side-by-side charts.
 TARGET_COLOURS = ("#4e79a7", "#e15759", "#59a14f", "#f28e2b", "#b07aa1", "#76b7b2", "#edc948", "#9c755f")
 
@@ -354,7 +354,8 @@ def _ratio(value) -> str:
 def _layer_table(profile: "Profile", analysis: Optional["ModelAnalysis"], names: Mapping[str, str]) -> str:
     total = profile.total_node_ms
     if analysis is not None:
-        rows_of = [(analysis.nodes[i].order, i, analysis.graph.node(i).op_type, analysis.nodes[i].stage,
+        by_id = analysis.graph.nodes_by_id
+        rows_of = [(analysis.nodes[i].order, i, by_id[i].op_type, analysis.nodes[i].stage,
                     analysis.nodes[i].macs, analysis.nodes[i].output_bytes)
                    for i in analysis.order if i in profile.nodes or not analysis.nodes[i].is_constant]
     else:
