@@ -15,6 +15,8 @@ placed after the per-target sections and before the graph.
 """
 from __future__ import annotations
 
+import gc
+from contextlib import contextmanager
 from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
@@ -83,6 +85,19 @@ def target_labels(profiles: Sequence["Profile"]) -> list[str]:
     return labels
 
 
+@contextmanager
+def _collector_paused():
+    """A report allocates several objects per layer and frees none until it is written: cyclic
+    collections meanwhile only rescan the model's objects (a third of the time at 100,000 layers)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def html_report(profiles, analysis: Optional["ModelAnalysis"], sweep: Optional[Sequence[Mapping[str, Any]]] = None,
                 compare: Optional[Mapping[str, Any]] = None, blockers: Optional[Sequence[Mapping[str, Any]]] = None,
                 top: int = 15, extra_sections: Sequence[str] = ()) -> str:
@@ -91,7 +106,12 @@ def html_report(profiles, analysis: Optional["ModelAnalysis"], sweep: Optional[S
     `analysis` is None when the model file is not at hand: the report then has
     no graph and no static figures, and says so.
     """
-    profiles = _as_list(profiles)
+    with _collector_paused():
+        return _html_report(_as_list(profiles), analysis, sweep, compare, blockers, top, extra_sections)
+
+
+def _html_report(profiles: list["Profile"], analysis: Optional["ModelAnalysis"], sweep, compare, blockers,
+                 top: int, extra_sections: Sequence[str]) -> str:
     if not profiles:
         raise ValueError("a report needs at least one profile")
     profile = profiles[0]
