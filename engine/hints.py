@@ -72,6 +72,12 @@ def _hint(rule: str, share: float, message: str, node_ids, time_ms: float, evide
             "share": round(share, 6)}
 
 
+def finding(hint: dict) -> str:
+    """A hint's message without its general guidance (for views that show the guidance apart)."""
+    message, guidance = str(hint.get("message", "")), str(hint.get("guidance") or "")
+    return message.replace(f" {GUIDANCE_MARK}{guidance}", "") if guidance else message
+
+
 def _evidence(profile: "Profile", what: str, time_ms: float, total_ms: float) -> str:
     """'BatchNorm layers: 0.123 ms, 4.5 % of the summed layer medians (20 runs, cpu, exact mode)'."""
     return (f"{what}: {time_ms:.3f} ms, {100 * time_ms / total_ms:.1f} % of the summed layer medians "

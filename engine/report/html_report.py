@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 from engine.files import write_text_atomically
+from engine.hints import finding
 from engine.inspect import human_bytes, human_count
 from engine.naming import layer_names, layer_names_for_profile
 from engine.report import svg
@@ -69,7 +70,7 @@ def _ms(value: Optional[float]) -> str:
     return "–" if value is None else f"{value:.3f} ms"
 
 
-def _as_list(profiles) -> list["Profile"]:
+def as_profile_list(profiles) -> list["Profile"]:
     from engine.profile import Profile
     return [profiles] if isinstance(profiles, Profile) else list(profiles)
 
@@ -107,7 +108,7 @@ def html_report(profiles, analysis: Optional["ModelAnalysis"], sweep: Optional[S
     no graph and no static figures, and says so.
     """
     with _collector_paused():
-        return _html_report(_as_list(profiles), analysis, sweep, compare, blockers, top, extra_sections)
+        return _html_report(as_profile_list(profiles), analysis, sweep, compare, blockers, top, extra_sections)
 
 
 def _html_report(profiles: list["Profile"], analysis: Optional["ModelAnalysis"], sweep, compare, blockers,
@@ -191,11 +192,8 @@ def _hints_section(profile: "Profile", names: Mapping[str, str], label: str) -> 
         node_ids = [str(n) for n in hint.get("node_ids", [])]
         layers = "; ".join(names.get(n, n) for n in node_ids[:8])
         more = len(node_ids) - 8
-        message = str(hint.get("message", ""))
+        message = finding(hint)  # the guidance is shown on its own line, marked
         guidance = str(hint.get("guidance") or "")
-        if guidance:  # shown on its own line, marked, rather than inside the message
-            from engine.hints import GUIDANCE_MARK
-            message = message.replace(f" {GUIDANCE_MARK}{guidance}", "")
         parts.append(
             f"<div class='hint {escape(str(hint.get('severity', 'low')))}'><b>{escape(str(hint.get('rule')))}</b> "
             f"{kind_badge(str(hint.get('kind', 'measured')))} {escape(message)}"

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
+from engine.hints import finding
 from engine.profile import TimingStats
 
 if TYPE_CHECKING:
@@ -36,9 +37,9 @@ def _ms(value: Optional[float]) -> str:
 
 def profile_markdown(profiles, names: Mapping[str, str], top: int = 10, title: str = "") -> str:
     """Summary of one profile, or of several targets of the same model side by side (first is primary)."""
-    from engine.report.html_report import _as_list, bottleneck_stage, target_labels
+    from engine.report.html_report import as_profile_list, bottleneck_stage, target_labels
 
-    profiles = _as_list(profiles)
+    profiles = as_profile_list(profiles)
     profile = profiles[0]
     labels = target_labels(profiles)
     total = profile.total_node_ms
@@ -81,10 +82,7 @@ def profile_markdown(profiles, names: Mapping[str, str], top: int = 10, title: s
         lines += ["", f"Hints{' on ' + _cell(label) if len(profiles) > 1 else ''}:", ""]
         for hint in each.hints:
             guidance = str(hint.get("guidance") or "")
-            message = str(hint.get("message", ""))
-            if guidance:
-                from engine.hints import GUIDANCE_MARK
-                message = message.replace(f" {GUIDANCE_MARK}{guidance}", "")
+            message = finding(hint)
             lines.append(f"- **{hint.get('rule')}** ({hint.get('severity', '?')}, {hint.get('kind', 'measured')}): "
                          f"{_cell(message)}")
             if hint.get("evidence"):

@@ -1,7 +1,8 @@
 """The bottleneck report on real models: readable layer names, the folded graph, targets side by side,
 Markdown for code review.  Profiles are real ONNX Runtime runs of real files (the bundled sample,
 DenseNet-121 of the onnx light zoo, small models written here); the 20,000-node model's timings are
-estimated from its MACs (profiling 20,000 kernels takes minutes here) and say so with their kind."""
+estimated from its MACs (benchmarks.bench_report.estimated_profile: profiling 20,000 kernels takes
+minutes here) and say so with their kind."""
 from __future__ import annotations
 
 import json
@@ -21,11 +22,13 @@ from engine.analysis import analyze
 from engine.cli import main as cli_main
 from engine.hints import GUIDANCE_MARK, find_hints
 from engine.naming import layer_names, layer_names_for_profile
-from engine.profile import NodeTiming, Profile, TimingGroup, TimingStats
+from engine.profile import Profile
 from engine.report import html_report, write_html
 from engine.report.folding import MAX_CHILDREN, fold_graph
 from engine.targets import ProfileSettings, get_target
 from importers import open_model
+from benchmarks.bench_gui_open import residual_model
+from benchmarks.bench_report import estimated_profile
 from tests.conftest import light_model
 
 QUICK = ProfileSettings(mode="exact", runs=3, warmup=1, threads=1)
@@ -191,44 +194,6 @@ def test_densenet_report_graph_splits_a_flat_stage_into_runs(densenet):
     assert "run" in kinds and "stage" in kinds
     run_names = [data["strings"][data["G"]["name"][g]] for g, kind in enumerate(kinds) if kind == "run"]
     assert all(re.fullmatch(r"layers \d+–\d+", n) for n in run_names)
-
-
-def residual_model(path: Path, nodes: int) -> Path:
-    """Blocks of Conv, Relu, Conv, Add(skip), Relu under /stageS/blockB/ scopes."""
-    weight = numpy_helper.from_array(np.full((8, 8, 3, 3), 0.01, np.float32), "w")
-    graph_nodes, x = [], "input"
-    for b in range(nodes // 5):
-        p = f"/stage{b // 100}/block{b}"
-        graph_nodes += [
-            helper.make_node("Conv", [x, "w"], [f"{p}/c1"], name=f"{p}/conv1/Conv", pads=[1, 1, 1, 1]),
-            helper.make_node("Relu", [f"{p}/c1"], [f"{p}/r1"], name=f"{p}/act1/Relu"),
-            helper.make_node("Conv", [f"{p}/r1", "w"], [f"{p}/c2"], name=f"{p}/conv2/Conv", pads=[1, 1, 1, 1]),
-            helper.make_node("Add", [f"{p}/c2", x], [f"{p}/add"], name=f"{p}/Add"),
-            helper.make_node("Relu", [f"{p}/add"], [f"{p}/out"], name=f"{p}/act2/Relu")]
-        x = f"{p}/out"
-    graph = helper.make_graph(graph_nodes, "residual", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                                                                                      [1, 8, 16, 16])],
-                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 8, 16, 16])], [weight])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
-    return path
-
-
-def estimated_profile(analysis, model_path: str) -> Profile:
-    """Timings estimated from MACs (kind `estimated`), one node per kernel: a profile of a model too large
-    to run here, to test the report's layout of it; every figure says how it was obtained."""
-    rng = np.random.default_rng(0)
-    nodes, groups = [], []
-    for node_id in analysis.order:
-        metrics = analysis.nodes[node_id]
-        if metrics.is_constant:
-            continue
-        ms = 1e-6 * (metrics.macs or 1000) * float(rng.uniform(0.5, 2.0))
-        stats = TimingStats.from_samples([ms], kind="estimated")
-        nodes.append(NodeTiming(node_id, metrics.op_type, metrics.stage, stats, node_id, kind="estimated"))
-        groups.append(TimingGroup(node_id, node_id, (node_id,), stats, metrics.op_type))
-    return Profile.build(model_path=model_path, model_format="onnx", target={"name": "estimate"}, mode="exact",
-                         settings={}, end_to_end_samples=[sum(n.time.median_ms for n in nodes)],
-                         profiled_samples=(), groups=groups, nodes=nodes, runs_completed=1)
 
 
 def test_report_of_a_20000_node_model_stays_small_and_folded(tmp_path):
