@@ -250,10 +250,15 @@ def _edges(folded: FoldedGraph, analysis: "ModelAnalysis") -> None:
             chains[group_index] = found
         return found
 
-    slot: dict[tuple[int, int], int] = {}  # (group, child entry) -> position in the group's children
-    for g, group in enumerate(groups):
-        for p, child in enumerate(group.children):
-            slot[(g, child)] = p
+    # Position of every entry in its group's children: a layer's, and a group's in its parent.
+    layer_slot = [0] * len(folded.node_ids)
+    group_slot = [0] * len(groups)
+    for group in groups:
+        for position, child in enumerate(group.children):
+            if child >= 0:
+                layer_slot[child] = position
+            else:
+                group_slot[-child - 1] = position
     seen: set[tuple[int, int, int]] = set()
     by_id, parent = analysis.graph.nodes_by_id, folded.parent
     for v, node_id in enumerate(folded.node_ids):
@@ -262,16 +267,15 @@ def _edges(folded: FoldedGraph, analysis: "ModelAnalysis") -> None:
             if u is None or u == v:
                 continue
             if parent[u] == parent[v]:  # most edges: two layers of one group
-                common, entry_u, entry_v = parent[v], u, v
+                key = (parent[v], layer_slot[u], layer_slot[v])
             else:
                 chain_u, chain_v = chain(parent[u]), chain(parent[v])
                 depth = 0
                 while depth < len(chain_u) and depth < len(chain_v) and chain_u[depth] == chain_v[depth]:
                     depth += 1
-                common = chain_u[depth - 1]
-                entry_u = _group_ref(chain_u[depth]) if depth < len(chain_u) else u
-                entry_v = _group_ref(chain_v[depth]) if depth < len(chain_v) else v
-            key = (common, slot[(common, entry_u)], slot[(common, entry_v)])
+                key = (chain_u[depth - 1],
+                       group_slot[chain_u[depth]] if depth < len(chain_u) else layer_slot[u],
+                       group_slot[chain_v[depth]] if depth < len(chain_v) else layer_slot[v])
             if key[1] != key[2] and key not in seen:
                 seen.add(key)
-                groups[common].edges.append((key[1], key[2]))
+                groups[key[0]].edges.append((key[1], key[2]))

@@ -180,6 +180,12 @@ def test_sample_report_graph_is_folded_by_stage_then_namespace(sample):
     root_children = [names[-c - 1] for c in data["G"]["children"][0] if c < 0]
     assert root_children[0] == "encoder" and "decoder" in root_children
     assert "block3" in names  # namespaces inside the stages
+    # Edges between groups: the encoder feeds the bottleneck, and the decoder through its skip connections.
+    positions = {names[-c - 1]: p for p, c in enumerate(data["G"]["children"][0]) if c < 0}
+    root_edges = set(zip(data["G"]["edges"][0][::2], data["G"]["edges"][0][1::2]))
+    bottleneck = next(n for n in positions if n.startswith("bottleneck"))
+    assert (positions["encoder"], positions[bottleneck]) in root_edges
+    assert (positions["encoder"], positions["decoder"]) in root_edges
     check_folded(data, profile, analysis)
     labels = graph_labels(data)
     top = profile.top_nodes(1)[0].node_id
