@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from engine.cli import STDOUT, add_json_option, take_model_from_json_option
+
 EXIT_OK, EXIT_BAD_INPUT, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 2, 3, 130
 
 
@@ -62,8 +64,9 @@ class Progress:
 class CtrlC:
     """First Ctrl-C sets `cancel` (stop after this run, keep what was measured); the second interrupts."""
 
-    def __init__(self):
+    def __init__(self, unit: str = "run"):
         self.cancel = threading.Event()
+        self.unit = unit  # what finishes before stopping: "run", "layer"
         self._previous = None
 
     def __enter__(self) -> "CtrlC":
@@ -75,7 +78,7 @@ class CtrlC:
         if self.cancel.is_set():
             raise KeyboardInterrupt
         self.cancel.set()
-        print("\nlayerscope: stopping after the current run (Ctrl-C again to stop at once)",
+        print(f"\nlayerscope: stopping after the current {self.unit} (Ctrl-C again to stop at once)",
               file=sys.stderr, flush=True)
 
     def __exit__(self, *exc) -> None:
@@ -230,7 +233,9 @@ def _with_hints(profile, analysis):
 
 def _write_outputs(args, profile, analysis, sweep=None) -> list[str]:
     written = []
-    if args.json:
+    if args.json == STDOUT:
+        print(profile.to_json())
+    elif args.json:
         profile.save_json(args.json)
         written.append(args.json)
     wanted = [(args.report, "write_html"), (args.csv, "write_csv"), (args.trace, "write_chrome_trace"),
@@ -261,6 +266,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from engine.sweep import model_for_setting, parse_size, sweep_alpha, sweep_sizes
     from engine.targets import ProfileSettings, get_target
 
+    take_model_from_json_option(args)
     path = Path(args.model) if args.model else _default_model()
     sizes = [parse_size(s) for s in (args.size or [])]
     alphas = list(args.alpha or [])
@@ -313,9 +319,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if args.markdown:
         from engine.report.markdown import profile_markdown
         written.append(_write_text(args.markdown, profile_markdown(profile, names, top=args.top)))
-    print(profile_summary(profile, top=args.top, names=names))
+    summary_stream = sys.stderr if args.json == STDOUT else sys.stdout  # stdout carries the JSON
+    print(profile_summary(profile, top=args.top, names=names), file=summary_stream)
     if sweep_rows:
-        print(sweep_summary(sweep_rows))
+        print(sweep_summary(sweep_rows), file=summary_stream)
     for item in written:
         print(f"wrote {item}", file=sys.stderr)
     if not profile.complete:
@@ -339,19 +346,26 @@ def _write_text(path, text: str) -> str:
     return str(path)
 
 
-def analysis_for_profile(profile, model: Optional[str] = None):
-    """The static analysis of the model a profile was made of (at its input shapes), or None when the
-    file is not there.  `model` overrides the path the profile names (a profile made on another machine)."""
+def analysis_for_profile(profile, model: Optional[str] = None, profile_name: str = "the profile"):
+    """(static analysis of the model a profile was made of, at its input shapes; a note when the shapes are
+    not the profiled ones, else "").  (None, "") when the file is not there.  `model` overrides the path
+    the profile names (a profile made on another machine)."""
     from engine.analysis import analyze
+    from engine.ir import ModelLoadError
     from importers import open_model
     model_path = Path(model or profile.model_path)
     if not model_path.is_file() and not model_path.is_dir():
-        return None
+        return None, ""
+    # The report's static figures (MACs, bytes, stages) must be those of the shapes the profile ran at.
     shapes = {k: list(v) for k, v in (profile.settings.get("input_shapes") or {}).items()}
+    note = "" if shapes else (f"{profile_name} does not record its input shapes: the report's static figures "
+                              "(MACs, bytes) are at the model's own shapes, which may not be the profiled ones")
     try:
-        return analyze(open_model(model_path, input_shapes=shapes))
-    except Exception:  # shapes the file no longer accepts: analyse it as it is
-        return analyze(open_model(model_path))
+        return analyze(open_model(model_path, input_shapes=shapes or None)), note
+    except ModelLoadError as exc:
+        note = (f"the model cannot be analysed at the input shapes of {profile_name} ({exc.problem}): the report's "
+                "static figures (MACs, bytes) are at the model's own shapes, not the profiled ones")
+        return analyze(open_model(model_path)), note
 
 
 def _names(profile, analysis):
@@ -369,15 +383,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     comparison = compare_profiles(a, b, threshold=args.threshold)
     from engine.ir import ModelLoadError
     try:
-        analysis = analysis_for_profile(b)  # for the layers' names, and the report's graph
+        analysis, note = analysis_for_profile(b, profile_name=args.b)  # for the layers' names, and the graph
     except ModelLoadError:
         if args.report:
             raise
-        analysis = None
+        analysis, note = None, ""
     names = _names(b, analysis)
-    print(compare_summary(comparison, top=args.top, names=names))
+    print(compare_summary(comparison, top=args.top, names=names), file=sys.stderr if args.json == STDOUT else sys.stdout)
     written = []
-    if args.json:
+    if args.json == STDOUT:
+        import json
+        print(json.dumps(comparison.to_json_dict(), indent=1))
+    elif args.json:
         import json
         written.append(_write_text(args.json, json.dumps(comparison.to_json_dict(), indent=1)))
     if args.markdown:
@@ -387,6 +404,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from engine.report import write_html
         if analysis is None:
             raise CliError(f"--report needs the model file {b.model_path} (named in {args.b}), which is not there")
+        if note:
+            from dataclasses import replace
+            print(f"layerscope: warning: {note}", file=sys.stderr)
+            b = replace(b, warnings=tuple(b.warnings) + (note,))
         write_html(b, analysis, args.report, compare=comparison.to_json_dict())
         written.append(args.report)
     for item in written:
@@ -406,7 +427,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     if len(models) > 1 and not args.model:
         warnings.append(f"the profiles name different model files ({', '.join(sorted(models))}); layers are "
                         "matched by id and the graph is of the first")
-    analysis = analysis_for_profile(profiles[0], args.model)
+    analysis, note = analysis_for_profile(profiles[0], args.model, profile_name=args.profiles[0])
+    if note:
+        from dataclasses import replace
+        warnings.append(note)
+        profiles[0] = replace(profiles[0], warnings=tuple(profiles[0].warnings) + (note,))
     if analysis is None:
         if args.model:
             raise CliError(f"--model {args.model}: no such file")
@@ -430,7 +455,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _default_model() -> Path:
-    from engine.samples import default_sample_path
+    from engine.sample_files import default_sample_path
     return default_sample_path()
 
 
@@ -468,7 +493,7 @@ def add_profile_commands(sub) -> None:
     profile.add_argument("--inputs", default="random", metavar="random|zeros|FILE.npz",
                          help="input values: random (seeded), zeros, or arrays named after the inputs in a .npz")
     profile.add_argument("--seed", type=int, default=0, help="seed of random inputs (default 0)")
-    profile.add_argument("--json", metavar="FILE", help="write the layerscope.profile/1 JSON")
+    add_json_option(profile, "the layerscope.profile/1 JSON")
     profile.add_argument("--report", metavar="FILE", help="write a self-contained HTML report")
     profile.add_argument("--csv", metavar="FILE", help="write one CSV row per layer")
     profile.add_argument("--trace", metavar="FILE", help="write Chrome trace-event JSON (opens in Perfetto)")
@@ -481,7 +506,8 @@ def add_profile_commands(sub) -> None:
     compare.add_argument("a", help="profile JSON (the reference)")
     compare.add_argument("b", help="profile JSON (ratios are b / a)")
     compare.add_argument("--report", metavar="FILE", help="write an HTML report of b with the comparison")
-    compare.add_argument("--json", metavar="FILE", help="write the comparison as JSON")
+    compare.add_argument("--json", metavar="FILE", help="write the comparison as JSON to FILE ('-': stdout, "
+                                                        "the text summary then goes to stderr)")
     compare.add_argument("--markdown", metavar="FILE",
                          help="write what got slower or faster beyond the noise as Markdown (for a code review)")
     compare.add_argument("--threshold", type=float, default=0.10,

@@ -9,12 +9,7 @@ Every figure says how it was obtained (DESIGN.md, "Measured versus estimated"):
 - ``measured``   timed on the target (one sample per run);
 - ``attributed`` a measured total split by a cost model: in deployed mode a
                  fused kernel's time is split over its source nodes by FLOPs share;
-- ``derived``    computed from other measurements (a transfer-cost fit of measured round trips);
-- ``planned``    what a runtime says it will do (Core ML's compute plan);
-- ``emulated``   the CPU reference imitating a device;
 - ``estimated``  from a model of the device, no run.
-
-A combination takes the weakest kind it uses (`combine_kinds`).
 
 Invariants:
 
@@ -49,15 +44,15 @@ SCHEMA = "layerscope.profile/1"
 
 MEASURED, ATTRIBUTED, ESTIMATED = "measured", "attributed", "estimated"
 DERIVED, PLANNED, EMULATED = "derived", "planned", "emulated"
-# Strongest first (DESIGN.md: measured > attributed/derived/planned/emulated > estimated).  The four
-# middle kinds rank alike; their order here only decides which one a mixed sum is labelled with.
-KINDS = (MEASURED, DERIVED, ATTRIBUTED, PLANNED, EMULATED, ESTIMATED)
+# Kinds of a time, strongest first: a combination takes the weakest kind it uses.
+TIME_KINDS = (MEASURED, DERIVED, ATTRIBUTED, EMULATED, ESTIMATED)
+KINDS = TIME_KINDS + (PLANNED,)
 
 MODE_EXACT, MODE_DEPLOYED = "exact", "deployed"
 MODES = (MODE_EXACT, MODE_DEPLOYED)
 
-__all__ = ["SCHEMA", "MEASURED", "ATTRIBUTED", "ESTIMATED", "DERIVED", "PLANNED", "EMULATED", "KINDS", "MODE_EXACT",
-           "MODE_DEPLOYED", "MODES",
+__all__ = ["SCHEMA", "MEASURED", "ATTRIBUTED", "ESTIMATED", "DERIVED", "PLANNED", "EMULATED", "TIME_KINDS",
+           "KINDS", "MODE_EXACT", "MODE_DEPLOYED", "MODES",
            "FrozenMap", "TimingStats", "TimingGroup", "NodeTiming", "Profile", "ProfileFormatError",
            "combine_kinds", "kind_problems", "read_kind"]
 
@@ -67,16 +62,16 @@ class ProfileFormatError(ValueError):
 
 
 def kind_problem(data: Mapping) -> str:
-    """"" when `data["kind"]` is one of KINDS, else what is wrong with it ("missing", ...)."""
+    """"" when `data["kind"]` is the kind of a time (TIME_KINDS), else what is wrong ("missing", ...)."""
     if "kind" not in data:
         return "missing"
-    if data["kind"] not in KINDS:
-        return f"{data['kind']!r} is not one of {', '.join(KINDS)}"
+    if data["kind"] not in TIME_KINDS:
+        return f"{data['kind']!r} is not one of {', '.join(TIME_KINDS)}"
     return ""
 
 
 def read_kind(data: Mapping) -> str:
-    """The figure kind of a parsed object; a missing or unknown kind is an error, never `measured`."""
+    """The kind of a parsed time; a missing or unknown kind is an error, never `measured`."""
     problem = kind_problem(data)
     if problem:
         raise ValueError(f"kind {problem}")
@@ -163,14 +158,19 @@ class FrozenMap(Mapping):
         return f"FrozenMap({self._data!r})"
 
 
+# DESIGN.md: measured > attributed/derived/planned/emulated > estimated.  The middle kinds rank
+# alike; this order only decides which of them a mix of them is labelled with.
+_WEAKEST_FIRST = (ESTIMATED, EMULATED, PLANNED, ATTRIBUTED, DERIVED, MEASURED)
+
+
 def combine_kinds(kinds: Iterable[str]) -> str:
-    """The kind of a combination of figures: the weakest of its parts (KINDS order); measured
-    for none.  An unknown kind is an error: it must never come out as a stronger one."""
+    """The kind of a combination of figures: the weakest of its parts; measured for none.
+    An unknown kind is an error: it must never come out as a stronger one."""
     present = set(kinds)
     unknown = present.difference(KINDS)
     if unknown:
         raise ValueError(f"unknown figure kind(s) {', '.join(sorted(map(str, unknown)))}; known: {', '.join(KINDS)}")
-    return next((kind for kind in reversed(KINDS) if kind in present), MEASURED)
+    return next((kind for kind in _WEAKEST_FIRST if kind in present), MEASURED)
 
 
 # A run is "disturbed" when at least DISTURBED_SHARE of the layers above 1 % of the time ran
@@ -242,8 +242,8 @@ class TimingStats:
         values = tuple(float(s) for s in samples)
         if not values:
             raise ValueError("TimingStats needs at least one sample")
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if kind not in TIME_KINDS:
+            raise ValueError(f"kind of a time must be one of {TIME_KINDS}, got {kind!r}")
         ordered = sorted(values)
         mean = sum(values) / len(values)
         if len(values) > 1 and mean > 0:
@@ -506,6 +506,15 @@ class Profile:
     def op_type_kinds(self) -> dict[str, str]:
         """Op type -> the kind of its summed time."""
         return dict(self._kinds_by("op_type"))
+
+    def ratio_kinds(self) -> dict[str, Optional[str]]:
+        """Kinds of the ratios `coverage` and `profiler_overhead`: the weakest of the figures each
+        divides (None when the ratio is not there)."""
+        e2e, profiled = self.end_to_end, self.profiled_end_to_end
+        return {"coverage": combine_kinds([g.time.kind for g in self.groups] + [e2e.kind])
+                if self.coverage is not None and e2e is not None else None,
+                "profiler_overhead": combine_kinds([profiled.kind, e2e.kind])
+                if self.profiler_overhead is not None and e2e is not None and profiled is not None else None}
 
     def _kinds_by(self, attribute: str) -> Mapping[str, str]:
         # Cached beside the fields (the profile is immutable): reports ask once per stage and op type.

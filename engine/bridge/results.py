@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from engine.profile import (KINDS, MEASURED, NodeTiming, Profile, ProfileFormatError, TimingGroup, TimingStats,
+from engine.profile import (DERIVED, KINDS, NodeTiming, Profile, ProfileFormatError, TimingGroup, TimingStats,
                             read_kind)
 
 __all__ = ["Transfer", "UnitCalibration", "BridgeProfile", "merge_profiles", "profile_from_document",
@@ -69,16 +69,18 @@ class UnitCalibration:
     `bytes` counts the bytes moved both ways (a round trip of an n-byte tensor
     moves 2n).  points: the measured (bytes moved, median ms) pairs of the sweep.
     r2: coefficient of determination of the fit (1 = the straight line explains
-    every point).
+    every point).  bandwidth_bytes_per_s is None when the fit found no measurable
+    slope (the times did not grow with the size): no bandwidth, so no estimate.
+    The fit is `derived` from the measured points.
     """
 
     unit: str
     overhead_ms: float
-    bandwidth_bytes_per_s: float
+    bandwidth_bytes_per_s: Optional[float]
     points: tuple[tuple[int, float], ...] = ()
     r2: Optional[float] = None
     method: str = ""
-    kind: str = MEASURED
+    kind: str = DERIVED
 
     def round_trip_ms(self, tensor_bytes: int) -> float:
         return self.overhead_ms + 2.0 * tensor_bytes / self.bandwidth_bytes_per_s * 1000.0
@@ -94,7 +96,8 @@ class UnitCalibration:
 
     @classmethod
     def from_json_dict(cls, data: Mapping) -> "UnitCalibration":
-        return cls(str(data["unit"]), float(data["overhead_ms"]), float(data["bandwidth_bytes_per_s"]),
+        bandwidth = data["bandwidth_bytes_per_s"]
+        return cls(str(data["unit"]), float(data["overhead_ms"]), None if bandwidth is None else float(bandwidth),
                    tuple((int(b), float(ms)) for b, ms in data.get("points", ())),
                    None if data.get("r2") is None else float(data["r2"]), str(data.get("method", "")),
                    read_kind(data))

@@ -15,9 +15,11 @@ Edges: a graph edge between two layers is drawn in the innermost group that
 holds both, between the two entries of that group that contain them, and
 only once per pair.
 
-This is the report's own small folding; when the app's grouping module
-(namespace tree, group statistics, repeated blocks) exists in engine/, this
-function is the one place to make use of it.
+The namespace levels are those of engine.layout.node_groups / engine.grouping
+(the app's folding); this module builds its own tree because the report also
+folds by stage first and cuts large groups into runs, and builds it in one
+pass over the layers (100,000 layers in a few seconds).  It is the one place
+where the report's groups are decided.
 """
 from __future__ import annotations
 

@@ -9,9 +9,9 @@ units, input sizes): the first is the primary one (hints, stages, graph and
 layer table are of it); a "Targets side by side" section compares them all.
 
 Sections are functions returning an HTML fragment that starts with its <h2>;
-`html_report` lists them in order.  Callers with a section of their own (the
-numerics results, for one) pass it as `extra_sections`: each fragment is
-placed after the per-target sections and before the graph.
+`html_report` lists them in order.  The numerics results (`numerics=`, an
+engine.numerics.NumericsResult) and any section a caller passes as
+`extra_sections` go after the per-target sections and before the graph.
 """
 from __future__ import annotations
 
@@ -55,6 +55,9 @@ th{background:#f6f6f6}td.t,th.t{text-align:left}.warn{background:#fff4e5;border:
 .hint.medium{border-color:#f28e2b}.hint.low{border-color:#bbb}.mono{font-family:Menlo,Consolas,monospace;font-size:11px}
 details summary{cursor:pointer;color:#345}.guidance{color:#555;font-style:italic}.evidence{color:#333;font-size:12px}
 """ + GRAPH_CSS
+
+
+NOT_RUN = "not run"
 
 
 def kind_badge(kind: str) -> str:
@@ -101,13 +104,16 @@ def _collector_paused():
 
 def html_report(profiles, analysis: Optional["ModelAnalysis"], sweep: Optional[Sequence[Mapping[str, Any]]] = None,
                 compare: Optional[Mapping[str, Any]] = None, blockers: Optional[Sequence[Mapping[str, Any]]] = None,
-                top: int = 15, extra_sections: Sequence[str] = ()) -> str:
+                top: int = 15, extra_sections: Sequence[str] = (), numerics=None) -> str:
     """The report of one profile, or of several of the same model side by side (the first is the primary).
 
     `analysis` is None when the model file is not at hand: the report then has
     no graph and no static figures, and says so.
     """
     with _collector_paused():
+        if numerics is not None:  # an engine.numerics.NumericsResult of the same model
+            from engine.report.numerics_section import numerics_section
+            extra_sections = [numerics_section(numerics), *extra_sections]
         return _html_report(as_profile_list(profiles), analysis, sweep, compare, blockers, top, extra_sections)
 
 
@@ -132,18 +138,21 @@ def _html_report(profiles: list["Profile"], analysis: Optional["ModelAnalysis"],
             parts.append(f"<p class='warn'>The profile {escape(label)} is incomplete: "
                          f"{escape(each.error or 'stopped early')}. The {each.runs_completed} runs measured before "
                          "that are shown.</p>")
+    for warning in profile.warnings:  # what the reader must know to read the figures right
+        parts.append(f"<p class='warn'>Note: {escape(warning)}</p>")
     if analysis is None:
         parts.append("<p class='warn'>The model file named in the profile is not at hand: no graph, and no "
                      "static figures (MACs, parameters). Give it with <code>--model</code>.</p>")
 
     e2e = profile.end_to_end
+    ratio_kinds = profile.ratio_kinds()
     cards = [
         _card("end-to-end median (p10–p90: " + (f"{e2e.p10_ms:.2f}–{e2e.p90_ms:.2f} ms)" if e2e else "–)"),
-              _ms(e2e.median_ms if e2e else None), "measured"),
+              _ms(e2e.median_ms if e2e else None), e2e.kind if e2e else NOT_RUN),
         _card("coverage: per-layer sum / end-to-end",
-              "–" if profile.coverage is None else f"{profile.coverage:.2f}", "measured"),
+              "–" if profile.coverage is None else f"{profile.coverage:.2f}", ratio_kinds["coverage"] or NOT_RUN),
         _card("profiler overhead", "–" if profile.profiler_overhead is None
-              else f"{100 * profile.profiler_overhead:+.1f} %", "measured"),
+              else f"{100 * profile.profiler_overhead:+.1f} %", ratio_kinds["profiler_overhead"] or NOT_RUN),
     ]
     if analysis is not None:
         totals = analysis.totals
@@ -177,10 +186,12 @@ def _html_report(profiles: list["Profile"], analysis: Optional["ModelAnalysis"],
     if analysis is not None:
         parts.append(graph_section(analysis, profile, names))
     parts.append(_layer_table(profile, analysis, names))
-    parts.append("<p class='sub'>Made by LayerScope. <b>measured</b>: timed on the target; <b>attributed</b>: a "
-                 "measured total split by a cost model (fused kernels split by FLOPs); <b>estimated</b>: derived "
-                 "from the model without a run. <i>General guidance</i> in a hint is what is commonly true of "
-                 "other hardware; this profile did not measure it.</p></body></html>")
+    parts.append("<p class='sub'>Made by LayerScope. <b>measured</b>: timed on the target; <b>derived</b>: computed "
+                 "from other measurements; <b>attributed</b>: a measured total split by a cost model (fused kernels "
+                 "split by FLOPs); <b>planned</b>: what the runtime says it will do; <b>emulated</b>: the CPU "
+                 "reference imitating a device; <b>estimated</b>: from shapes or a model of the device, without a "
+                 "run. A combination of figures has the weakest kind among them. <i>General guidance</i> in a hint "
+                 "is what is commonly true of other hardware; this profile did not measure it.</p></body></html>")
     return "\n".join(parts)
 
 
@@ -196,8 +207,8 @@ def _hints_section(profile: "Profile", names: Mapping[str, str], label: str) -> 
         guidance = str(hint.get("guidance") or "")
         parts.append(
             f"<div class='hint {escape(str(hint.get('severity', 'low')))}'><b>{escape(str(hint.get('rule')))}</b> "
-            f"{kind_badge(str(hint.get('kind', 'measured')))} {escape(message)}"
-            + (f"<div class='evidence'>Evidence ({escape(str(hint.get('kind', 'measured')))}): "
+            f"{kind_badge(str(hint.get('kind', 'unknown')))} {escape(message)}"
+            + (f"<div class='evidence'>Evidence ({escape(str(hint.get('kind', 'unknown')))}): "
                f"{escape(str(hint['evidence']))}</div>" if hint.get("evidence") else "")
             + (f"<div class='guidance'>General guidance, not measured by this profile: {escape(guidance)}</div>"
                if guidance else "")
@@ -225,7 +236,7 @@ def targets_section(profiles: Sequence["Profile"], labels: Sequence[str], names:
         bottleneck = bottleneck_stage(profile)
         rows.append(
             f"<tr><td class='t'>{escape(label)}</td><td class='t'>{escape(str(profile.target.get('device', profile.target.get('name', ''))))}</td>"
-            f"<td>{_ms(e2e.median_ms if e2e else None)} {kind_badge('measured')}</td>"
+            f"<td>{_ms(e2e.median_ms if e2e else None)} {kind_badge(e2e.kind if e2e else NOT_RUN)}</td>"
             f"<td>{'–' if e2e is None else f'{e2e.p10_ms:.3f}–{e2e.p90_ms:.3f}'}</td><td>{ratio}</td>"
             f"<td class='t'>{escape(bottleneck[0]) + f' ({100 * bottleneck[1]:.0f} %)' if bottleneck else '–'}</td>"
             f"<td>{profile.runs_completed}{'' if profile.complete else ' (incomplete)'}</td></tr>")
@@ -329,7 +340,7 @@ def _sweep_section(sweep: Sequence[Mapping[str, Any]]) -> str:
     chart = svg.line_chart([(name, xs, ys) for name, (xs, ys) in series.items()], "ms (median, measured)")
     rows = "".join(
         f"<tr><td class='t'>{escape(str(r.get('series', r.get('target', ''))))}</td><td class='t'>{escape(str(r.get('setting')))}</td>"
-        f"<td>{float(r.get('median_ms', 0)):.3f} ms {kind_badge('measured')}</td>"
+        f"<td>{float(r.get('median_ms', 0)):.3f} ms {kind_badge(str(r.get('kind') or NOT_RUN))}</td>"
         f"<td>{_opt_ms(r.get('p10_ms', r.get('p10')))}</td><td>{_opt_ms(r.get('p90_ms', r.get('p90')))}</td>"
         f"<td>{human_count(r.get('macs'))} {kind_badge('estimated')}</td></tr>" for r in sweep)
     return ("<h2>Latency by setting (sweep)</h2>" + chart + "<table><tr><th class='t'>series</th><th class='t'>setting</th>"
@@ -347,7 +358,8 @@ def _compare_section(compare: Mapping[str, Any], names: Mapping[str, str]) -> st
     end_to_end = compare.get("end_to_end")
     if end_to_end:
         parts.append(f"<p>End-to-end: {_opt_ms(end_to_end.get('a_ms'))} → {_opt_ms(end_to_end.get('b_ms'))} "
-                     f"(ratio {float(end_to_end.get('ratio') or 0):.2f}) {kind_badge('measured')}</p>")
+                     f"(ratio {float(end_to_end.get('ratio') or 0):.2f}) "
+                     f"{kind_badge(str(end_to_end.get('kind', 'unknown')))}</p>")
     parts.append("<table><tr><th class='t'>stage</th><th>A</th><th>B</th><th>B / A</th></tr>")
     for row in stages:
         parts.append(f"<tr><td class='t'>{escape(str(row.get('name')))}</td><td>{_opt_ms(row.get('a_ms'))}</td>"
@@ -405,7 +417,8 @@ def _layer_table(profile: "Profile", analysis: Optional["ModelAnalysis"], names:
 
 
 def write_html(profiles, analysis: Optional["ModelAnalysis"], path, sweep=None, compare=None, blockers=None,
-               extra_sections: Sequence[str] = ()) -> Path:
+               extra_sections: Sequence[str] = (), numerics=None) -> Path:
     """Write `html_report` to `path` (atomically); `profiles`: one Profile or several of the same model."""
     return write_text_atomically(Path(path), html_report(profiles, analysis, sweep=sweep, compare=compare,
-                                                         blockers=blockers, extra_sections=extra_sections))
+                                                         blockers=blockers, extra_sections=extra_sections,
+                                                         numerics=numerics))
