@@ -193,12 +193,13 @@ function render(fit){last=layout(0,0);const out=[];draw(0,last,0,0,out);vp.inner
 function fitView(){const W=host.clientWidth||1000,H=host.clientHeight||700;view.k=Math.min(1,(W-20)/Math.max(1,last.w),(H-20)/Math.max(1,last.h));
  view.k=Math.max(view.k,0.4);view.x=Math.max(10,(W-last.w*view.k)/2);view.y=10;apply();}
 function visible(){let n=0;const walk=g=>{for(const c of G.children[g]){if(c<0&&open.has(-c-1))walk(-c-1);else n++;}};walk(0);return n;}
-function fits(){const l=layout(0,0),W=host.clientWidth||1000,H=host.clientHeight||700;return Math.min((W-20)/Math.max(1,l.w),(H-20)/Math.max(1,l.h))>=MIN_READABLE;}
+function fits(W,H){const l=layout(0,0);return Math.min((W-20)/Math.max(1,l.w),(H-20)/Math.max(1,l.h))>=MIN_READABLE;}
 function openHottest(budget){// open the hottest groups first while the picture stays readable without zooming
- const cand=[];for(const c of G.children[0])if(c<0)cand.push(-c-1);let shown=visible();
+ const cand=[],W=host.clientWidth||1000,H=host.clientHeight||700;// read once: each read may lay out the page
+ for(const c of G.children[0])if(c<0)cand.push(-c-1);let shown=visible();
  while(cand.length){cand.sort((a,b)=>(G.ms[b]||0)-(G.ms[a]||0));const g=cand.shift();
   if(shown-1+G.children[g].length>budget)continue;open.add(g);
-  if(open.size>2&&!fits()){open.delete(g);continue;}// the hottest group opens even when it needs zoomingshown+=G.children[g].length-1;
+  if(open.size>2&&!fits(W,H)){open.delete(g);continue;}// the hottest group opens even when it needs zoomingshown+=G.children[g].length-1;
   for(const c of G.children[g])if(c<0)cand.push(-c-1);}}
 function hottestPath(){let g=0;for(;;){open.add(g);let best=null;for(const c of G.children[g])if(c<0&&(best==null||(G.ms[-c-1]||0)>(G.ms[best]||0)))best=-c-1;if(best==null)break;g=best;}}
 openHottest(D.initialBoxes);render(true);
