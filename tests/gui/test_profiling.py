@@ -143,6 +143,8 @@ def test_clicking_a_bar_selects_the_node_and_back(qtbot, window, sample_model, s
     child = hint.child(hint.childCount() - 1)
     panels.hints.itemClicked.emit(child, 0)
     assert window.inspector.node_id == child.data(0, Qt.ItemDataRole.UserRole)
+    panels._show_hint(hint)  # the hint's text states its evidence (issue 15)
+    assert "Evidence: " in panels.hint_text.text() and " runs on " in panels.hint_text.text()
 
 
 def test_cancel_stops_the_run_and_keeps_earlier_profiles(qtbot, window, sample_model, sample_run):
