@@ -274,6 +274,7 @@ def test_report_command_puts_targets_side_by_side(sample_model, tmp_path):
     assert cli_main(["report", str(alone), "-o", str(tmp_path / "alone.html")]) == 0
     assert "not at hand" in (tmp_path / "alone.html").read_text()
     assert cli_main(["report", str(alone)]) == 2  # nothing to write: one clear line
+    assert cli_main(["report", paths[0], "-o", str(tmp_path / "no" / "such" / "r.html")]) == 2  # no traceback
 
 
 def chain_with_one_kernel(path: Path, slow_kernel: int) -> Path:
