@@ -280,6 +280,10 @@ class ProfilePanels(QWidget):
         if len(nodes):
             self.layer_chart.setXRange(-1, len(nodes), padding=0.01)  # draws through sigXRangeChanged
             self.layer_chart.setYRange(0, float(self.layer_ms.max()) * 1.05 or 1.0, padding=0)
+        else:  # no profile (another model was opened): not the last model's axes
+            for chart in (self.layer_chart, self.top_chart):
+                chart.setXRange(0, 1, padding=0)
+                chart.setYRange(0, 1, padding=0)
         self._draw_layers()
 
     def _draw_layers(self) -> None:

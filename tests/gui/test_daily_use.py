@@ -491,3 +491,14 @@ def test_shortcuts_help_search_backwards_and_compare_window_closes(qtbot, window
     view.activateWindow()
     qtbot.keyClick(view, Qt.Key.Key_Escape)
     assert not view.isVisible()
+
+
+def test_charts_forget_the_previous_models_axes(qtbot, window, sample_model, sample_profile):
+    open_and_wait(qtbot, window, sample_model)
+    window.add_profile(sample_profile)
+    box = window.panels.layer_chart.getPlotItem().vb
+    assert box.viewRange()[0][1] > 50  # ~92 layers
+    answer_next_message_box(qtbot, DISCARD)
+    open_and_wait(qtbot, window, light_model("squeezenet"))
+    assert window.panels.profile is None and window.panels.bar_heights() == {}
+    assert box.viewRange()[0] == pytest.approx([0, 1]) and box.viewRange()[1] == pytest.approx([0, 1])
