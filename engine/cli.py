@@ -180,6 +180,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
     print("verification:")
     for line in result.summary_lines():
         print(f"  {line}")
+    values = result.verification.get("values", {})
+    for name, errors in values.get("outputs", {}).items():
+        print(f"  output {name}: max abs error {errors['max_abs_error']:.3g}, max rel error "
+              f"{errors['max_rel_error']:.3g} (tolerance {values['tolerance']:g})")
+    worst = sorted(values.get("layers", ()), key=lambda layer: -layer["max_rel_error"])[:3]
+    if worst:
+        print("  largest per-layer errors: " + "; ".join(
+            f"{layer['node']} ({layer['op_type']}) abs {layer['max_abs_error']:.3g} rel {layer['max_rel_error']:.3g}"
+            for layer in worst))
     print(result.verdict())
     for warning in result.warnings:
         print(f"layerscope: warning: {warning}", file=sys.stderr)
@@ -331,6 +340,11 @@ def run_command(func, args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_OK
+    except OSError as exc:  # an output that cannot be written (no such folder, no permission, disk full)
+        if exc.filename is None:
+            raise
+        print(f"layerscope: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":
