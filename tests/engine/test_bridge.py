@@ -979,3 +979,26 @@ def test_pings_are_answered_while_a_load_parses_a_large_model(start_agent):
     finally:
         wire.close()
         other.close()
+
+
+def _helper_killed(proto) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer would
+
+
+def test_a_helper_process_that_dies_mid_load_gives_a_clear_error_and_the_target_stays_usable(tiny_model,
+                                                                                             tmp_path):
+    from engine.targets import TargetError
+    from engine.targets.cpu import CpuTarget
+    target = CpuTarget()
+    target.session_copy_in_child = True
+    target.work_parent = tmp_path / "work"
+    target.work_parent.mkdir()
+    try:
+        target.prepare(tiny_model, ProfileSettings(runs=1, warmup=0))
+        target.check_proto = _helper_killed
+        with pytest.raises(TargetError, match="helper process preparing the model was killed by signal 9"):
+            target.prepare(tiny_model, ProfileSettings(runs=1, warmup=0, threads=1))
+        assert target.profile(ProfileSettings(runs=1, warmup=0)).complete
+        assert list(target.work_parent.iterdir()) == [target._workdir]  # the failed load's folder is removed
+    finally:
+        target.close()
