@@ -24,7 +24,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import shiboken6
-from PySide6.QtCore import QEvent, QPointF, QRectF, QSize, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QPoint, QPointF, QRect, QRectF, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import (QBrush, QColor, QFont, QFontMetrics, QImage, QLinearGradient, QPainter,
                            QPainterPath, QPen, QPolygonF, QTransform)
 from PySide6.QtWidgets import (QGraphicsItem, QGraphicsScene, QGraphicsView, QMenu, QStyleOptionGraphicsItem,
@@ -1200,6 +1200,7 @@ class Minimap(QWidget):
         if wanted != self.isVisible():
             self.setVisible(wanted)
         if wanted:
+            self.view.place_minimap()  # the view moved: keep the selected box in sight
             self.update()
 
     def _raster(self, scene: "GraphScene", background: QImage) -> QImage:
@@ -1356,6 +1357,7 @@ class GraphView(QGraphicsView):
             return
         node_id = selected[0].data(0) if selected else ""
         self.nodeSelected.emit(node_id if isinstance(node_id, str) else "")
+        self.place_minimap()
 
     def select_node(self, node_id: str, center: bool = True) -> None:
         """Select (and centre on) the box of `node_id`: its own, or its collapsed group's."""
@@ -1374,6 +1376,7 @@ class GraphView(QGraphicsView):
             if self.current_scale() < 0.6:
                 self.set_scale(0.8)
             self.centerOn(item)
+            self.place_minimap()
 
     def add_to_selection(self, node_ids) -> None:
         """Select the boxes of `node_ids` too (a hint's other layers); the inspector keeps the first."""
@@ -1395,6 +1398,7 @@ class GraphView(QGraphicsView):
         if box is not None:
             x, y, w, h = scene.rects[scene.node_index[box]].tolist()
             self.centerOn(QPointF(x + w / 2, y + h / 2))
+            self.place_minimap()  # even when the view could not scroll it to the centre
 
     # --- zoom -----------------------------------------------------------------------------
     def current_scale(self) -> float:
@@ -1554,10 +1558,41 @@ class GraphView(QGraphicsView):
         self.place_overlays()
 
     def place_overlays(self) -> None:
-        """The legend in the bottom-left corner, the minimap in the top-right one."""
+        """The legend in the bottom-left corner, the minimap in the top-right one (or another, see
+        `place_minimap`)."""
         self._place_legend()
+        self.place_minimap()
+
+    def place_minimap(self) -> None:
+        """Top-right, unless it would cover a selected or linked box: then the first other corner
+        (top-left, bottom-right) that leaves them in sight.  The legend keeps the bottom-left."""
         viewport = self.viewport().geometry()
-        self.minimap.move(max(0, viewport.right() - self.minimap.width() - 8), viewport.top() + 8)
+        size = self.minimap.size()
+        right = max(0, viewport.right() - size.width() - 8)
+        bottom = max(0, viewport.bottom() - size.height() - 8)
+        corners = [QPoint(right, viewport.top() + 8), QPoint(viewport.left() + 8, viewport.top() + 8),
+                   QPoint(right, bottom)]
+        boxes = self._highlighted_boxes()
+        for corner in corners:
+            if not any(QRect(corner, size).intersects(box) for box in boxes):
+                break
+        else:
+            corner = corners[0]  # covered wherever it goes: the usual place
+        if corner != self.minimap.pos():
+            self.minimap.move(corner)
+
+    def _highlighted_boxes(self) -> list[QRect]:
+        """The selected and linked boxes (a few), in this widget's coordinates."""
+        scene = self.graph_scene
+        if scene is None:
+            return []
+        try:
+            node_ids = [item.data(0) for item in scene.selectedItems()[:8]] + scene.linked_node_ids[:8]
+        except RuntimeError:  # the scene is being deleted
+            return []
+        offset = self.viewport().geometry().topLeft()
+        return [self.mapFromScene(scene.item_for(n).sceneBoundingRect()).boundingRect().translated(offset)
+                for n in node_ids if isinstance(n, str) and n in scene.node_index]
 
     def _place_legend(self) -> None:
         # Bottom-left: the layout starts at the top (inputs) and is centred, so the lower-left
