@@ -555,7 +555,9 @@ class MainWindow(QMainWindow):
                     elif not action.shortcut().isEmpty():
                         rows.append((f"{path} > {text}",
                                      action.shortcut().toString(QKeySequence.SequenceFormat.NativeText)))
-        return rows + [("Find: next / previous match", "Enter / Shift+Enter"),
+        return rows + [("Graph: select a producer / a consumer of the selected layer", "Up / Down"),
+                       ("Graph: select the next layer of the same row", "Left / Right"),
+                       ("Find: next / previous match", "Enter / Shift+Enter"),
                        ("Compare window: close", "Esc")]
 
     def show_shortcuts(self) -> None:

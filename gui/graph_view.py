@@ -1528,13 +1528,51 @@ class GraphView(QGraphicsView):
         self.zoom_by(self.ZOOM_STEP ** (delta / 120.0))
         event.accept()
 
+    ARROW_STEPS = {Qt.Key.Key_Up: "up", Qt.Key.Key_Down: "down", Qt.Key.Key_Left: "left", Qt.Key.Key_Right: "right"}
+
     def keyPressEvent(self, event) -> None:
         if event.key() in (Qt.Key.Key_Plus, Qt.Key.Key_Equal):
             self.zoom_in()
         elif event.key() == Qt.Key.Key_Minus:
             self.zoom_out()
+        elif event.key() in self.ARROW_STEPS and self.graph_scene is not None \
+                and event.modifiers() == Qt.KeyboardModifier.NoModifier:
+            self.step_selection(self.ARROW_STEPS[event.key()])
         else:
             super().keyPressEvent(event)
+
+    def step_selection(self, direction: str) -> Optional[str]:
+        """Move the selection along the graph (arrow keys): "up" to a producer of the selected box,
+        "down" to a consumer (of several: the one nearest sideways), "left"/"right" to the next box
+        of the same row.  Nothing selected: the first box.  Returns the box now selected."""
+        scene = self.graph_scene
+        selected = [item.data(0) for item in scene.selectedItems()]
+        current = selected[0] if selected and selected[0] in scene.node_index else None
+        if current is None:
+            target = scene.node_ids[0] if scene.node_ids else None
+        else:
+            x, y, w, h = scene.rects[scene.node_index[current]].tolist()
+            if direction in ("up", "down"):
+                ends = [e.source for e in scene.edges if e.target == current] if direction == "up" \
+                    else [e.target for e in scene.edges if e.source == current]
+                candidates = [n for n in dict.fromkeys(ends) if n in scene.node_index]
+            else:
+                rects = scene.rects
+                same_row = (rects[:, 1] < y + h) & (rects[:, 1] + rects[:, 3] > y)
+                beyond = rects[:, 0] > x if direction == "right" else rects[:, 0] < x
+                candidates = [scene.node_ids[i] for i in np.flatnonzero(same_row & beyond)]
+            centre = x + w / 2
+
+            def sideways(node_id: str) -> float:
+                bx, _, bw, _ = scene.rects[scene.node_index[node_id]].tolist()
+                return abs(bx + bw / 2 - centre)
+
+            target = min(candidates, key=sideways, default=None)
+        if target is None:
+            return current
+        self.select_node(target, center=False)
+        self.ensureVisible(scene.item_for(target), 40, 40)
+        return target
 
     # --- tooltips and legend --------------------------------------------------------------
     def viewportEvent(self, event) -> bool:
