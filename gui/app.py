@@ -320,6 +320,7 @@ class MainWindow(QMainWindow):
         self.panels.nodesClicked.connect(self.select_nodes)
 
         self._build_actions()
+        self.view.set_empty_hint(self.empty_hint_text())
         self._build_toolbar()
         self._build_status_bar()
         self._update_recent_menu()
@@ -541,6 +542,12 @@ class MainWindow(QMainWindow):
             self.resizeDocks([self.panels_dock], [int(self.height() * 0.3)], Qt.Orientation.Vertical)
 
     # --- help -----------------------------------------------------------------------------
+    def empty_hint_text(self) -> str:
+        """What the graph area says while no model is open: the ways to open one."""
+        keys = self.open_action.shortcut().toString(QKeySequence.SequenceFormat.NativeText)
+        return (f"No model open.\n\nOpen one with File > Open… ({keys}) or File > Open Recent,\n"
+                "or drop a model (.onnx, .mlmodel, .mlpackage) or a session (.layerscope) here.")
+
     def shortcuts(self) -> list[tuple[str, str]]:
         """(menu item, key) of every menu item that has a shortcut, in menu order."""
         rows = []

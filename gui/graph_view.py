@@ -27,8 +27,8 @@ import shiboken6
 from PySide6.QtCore import QEvent, QPoint, QPointF, QRect, QRectF, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import (QBrush, QColor, QFont, QFontMetrics, QImage, QLinearGradient, QPainter,
                            QPainterPath, QPen, QPolygonF, QTransform)
-from PySide6.QtWidgets import (QGraphicsItem, QGraphicsScene, QGraphicsView, QMenu, QStyleOptionGraphicsItem,
-                               QToolTip, QWidget)
+from PySide6.QtWidgets import (QGraphicsItem, QGraphicsScene, QGraphicsView, QLabel, QMenu,
+                               QStyleOptionGraphicsItem, QToolTip, QWidget)
 
 from engine.inspect import human_bytes, human_count
 from engine.layout import GROUP_PREFIX, INPUT_PREFIX, OUTPUT_PREFIX, group_totals, op_category
@@ -1319,6 +1319,12 @@ class GraphView(QGraphicsView):
         self.minimap_enabled = True
         self.minimap = Minimap(self)
         self.minimap.hide()
+        # What the empty area says (set_empty_hint): shown while there is no graph.
+        self.empty_hint = QLabel(self.viewport())
+        self.empty_hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.empty_hint.setWordWrap(True)
+        self.empty_hint.setStyleSheet("color: #666666; font-size: 15px;")
+        self.empty_hint.hide()
         self.horizontalScrollBar().valueChanged.connect(self.minimap.follow_view)
         self.verticalScrollBar().valueChanged.connect(self.minimap.follow_view)
         self.zoomChanged.connect(lambda _scale: self.minimap.follow_view())
@@ -1334,6 +1340,7 @@ class GraphView(QGraphicsView):
         old = self.graph_scene
         self.graph_scene = scene
         self.setScene(scene)
+        self.empty_hint.setVisible(scene is None and bool(self.empty_hint.text()))
         if scene is not None:
             scene.selectionChanged.connect(self._on_selection_changed)
             present = set(scene.categories)
@@ -1595,11 +1602,18 @@ class GraphView(QGraphicsView):
         super().resizeEvent(event)
         self.place_overlays()
 
+    def set_empty_hint(self, text: str) -> None:
+        """What the area says while it shows no graph (the main window: how to open a model)."""
+        self.empty_hint.setText(text)
+        self.empty_hint.setVisible(self.graph_scene is None and bool(text))
+        self.place_overlays()
+
     def place_overlays(self) -> None:
         """The legend in the bottom-left corner, the minimap in the top-right one (or another, see
-        `place_minimap`)."""
+        `place_minimap`); the empty hint fills the middle."""
         self._place_legend()
         self.place_minimap()
+        self.empty_hint.setGeometry(self.viewport().rect().adjusted(24, 24, -24, -24))
 
     def place_minimap(self) -> None:
         """Top-right, unless it would cover a selected or linked box: then the first other corner
