@@ -976,6 +976,7 @@ class MainWindow(QMainWindow):
     def add_profile(self, profile: Profile, analysis=None, select: bool = True) -> int:
         """Add a finished profile to the session (and the list); returns its index."""
         entry = ProfileEntry(profile, self._unique_label(profile), analysis)
+        self._clear_outcome_message()  # (a finished run says what it added after this)
         self.entries.append(entry)
         e2e = profile.end_to_end
         item = QListWidgetItem(f"{entry.label} — {format_ms(e2e.median_ms)}" if e2e else entry.label)
@@ -1079,9 +1080,17 @@ class MainWindow(QMainWindow):
         if row != self.selected_profile and -1 <= row < len(self.entries):
             self.select_profile(row)
 
+    def _clear_outcome_message(self) -> None:
+        """The status bar's "Added 2 profile(s)", "Saved x.layerscope", "Cancelled…" describe the
+        profiles as they were: once they change, the message is stale.  Progress of a running
+        job stays."""
+        if self.worker is None and not self._tasks and self._pending_build is None:
+            self.progress_label.setText("")
+
     def remove_profile(self, index: int) -> None:
         if not 0 <= index < len(self.entries):
             return
+        self._clear_outcome_message()
         del self.entries[index]
         self.profile_list.blockSignals(True)
         self.profile_list.takeItem(index)

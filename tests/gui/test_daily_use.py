@@ -540,3 +540,20 @@ def test_arrow_keys_walk_the_graph_and_are_listed_in_the_shortcuts(qtbot, window
     shortcuts = dict(window.shortcuts())
     assert shortcuts["Graph: select a producer / a consumer of the selected layer"] == "Up / Down"
     assert shortcuts["Graph: select the next layer of the same row"] == "Left / Right"
+
+
+def test_a_finished_runs_message_goes_when_its_profiles_change(qtbot, window, sample_model, tmp_path):
+    open_and_wait(qtbot, window, sample_model)
+    worker = window.start_profile(RunRequest(str(sample_model), "cpu", ProfileSettings(runs=2, warmup=0)))
+    qtbot.waitUntil(lambda: window.worker is None, timeout=RUN_TIMEOUT_MS)
+    assert worker is not None and window.progress_label.text() == "Added 1 profile(s)"
+    window.remove_profile(0)  # the profile it names is gone: so is the message
+    assert window.progress_label.text() == "" and window.entries == []
+    # "Saved" describes the session as written: adding a profile after makes it stale too.
+    profile = execute_run(RunRequest(str(sample_model), "cpu", ProfileSettings(runs=2, warmup=0))).entries[0].profile
+    window.add_profile(profile)
+    _accept_next_file_dialog([], tmp_path / "s.layerscope")
+    assert window.save_session_dialog()
+    assert window.progress_label.text() == "Saved s.layerscope"
+    window.add_profile(profile)
+    assert window.progress_label.text() == "" and window.has_unsaved_profiles()
