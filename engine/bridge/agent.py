@@ -43,7 +43,7 @@ from engine.bridge.cache import ModelCache, Upload
 from engine.bridge.protocol import ProtocolError
 from engine.ir import ModelLoadError
 from engine.profile import TimingStats
-from engine.targets import TargetError
+from engine.targets.settings import TargetError
 
 __all__ = ["Agent", "AgentConfig", "run_agent", "is_loopback", "parse_listen"]
 

@@ -46,7 +46,7 @@ from engine.bridge.results import BridgeProfile, Transfer, UnitCalibration, merg
 from engine.convert.attribution import profile_on_source, source_nodes_from_layer_map, source_segments
 from engine.convert.layermap import LayerMapError, layer_map_path, load_layer_map, source_index
 from engine.profile import ATTRIBUTED, MEASURED, NodeTiming, Profile, TimingGroup, TimingStats
-from engine.targets import ProfileSettings, TargetError
+from engine.targets.settings import ProfileSettings, TargetError
 
 __all__ = ["device_description", "OrtBackend", "CoreMLBackend", "BackendUnavailable", "default_backends",
            "batch_size"]

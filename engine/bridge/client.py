@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from engine.bridge import protocol as P
 from engine.bridge.cache import format_for_name
-from engine.targets import TargetError
+from engine.targets.settings import TargetError
 
 __all__ = ["BridgeClient", "BridgeError", "BridgeBusy", "BridgeTimeout", "BridgeConnectionLost", "normalize_address",
            "file_sha256", "package_archive"]

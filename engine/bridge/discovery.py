@@ -64,7 +64,7 @@ def _run(coro_or_value, timeout: float):
 
 def probe_agent(address: str, token: Optional[str] = None, timeout: float = 3.0) -> dict:
     from engine.bridge.client import BridgeClient, normalize_address
-    from engine.targets import TargetError
+    from engine.targets.settings import TargetError
     try:
         normalized = normalize_address(address)
     except TargetError as exc:
@@ -250,7 +250,7 @@ class UsbForwarder:
         self._error: Optional[BaseException] = None
 
     def start(self, timeout: float = 5.0) -> int:
-        from engine.targets import TargetError
+        from engine.targets.settings import TargetError
         usbmux = _usbmux()
         if usbmux is None:
             raise TargetError(f"usb:// addresses need the devices extra: {EXTRA_HINT}")

@@ -221,7 +221,7 @@ _SETTINGS_KEYS = {"mode", "runs", "warmup", "threads", "inputs", "seed", "input_
 
 def settings_from_wire(data: Mapping[str, Any]):
     """ProfileSettings from the wire form (ProfileSettings.to_dict).  Raises ProtocolError(bad_settings)."""
-    from engine.targets import ProfileSettings, TargetError
+    from engine.targets.settings import ProfileSettings, TargetError
     if not isinstance(data, Mapping):
         raise ProtocolError("bad_settings", "settings must be an object")
     unknown = set(data) - _SETTINGS_KEYS

@@ -31,7 +31,7 @@ from engine.bridge.client import (BridgeClient, BridgeConnectionLost, arrays_fro
                                   npz_b64)
 from engine.bridge.results import profile_from_document
 from engine.profile import Profile
-from engine.targets import ProfileSettings, ProgressCallback, TargetError
+from engine.targets.settings import ProfileSettings, ProgressCallback, TargetError
 
 __all__ = ["BridgeTarget", "is_bridge_address"]
 

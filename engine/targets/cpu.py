@@ -48,7 +48,7 @@ from onnx import numpy_helper
 from engine.ir import Graph, Model, ModelLoadError
 from engine.profile import (ATTRIBUTED, MEASURED, MODE_DEPLOYED, MODE_EXACT, NodeTiming, Profile, TimingGroup,
                             TimingStats)
-from engine.targets import ProfileSettings, ProgressCallback, TargetError
+from engine.targets.settings import ProfileSettings, ProgressCallback, TargetError
 
 try:  # the target must import (and say why it cannot run) even where ORT is missing
     import onnxruntime as ort
