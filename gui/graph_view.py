@@ -640,7 +640,7 @@ class GraphScene(QGraphicsScene):
             per_node = node_transfers(self.profile)
             for node_id in self.node_ids:
                 members = self.groups[node_id].members if node_id in self.groups else (node_id,)
-                charged = [t.time.median_ms for m in members for t in per_node.get(m, ())]
+                charged = [t.time.median_ms for m in members for t in per_node.get(m, ()) if t.time is not None]
                 values.append(sum(charged) if charged else None)
             return values
         if spec is not None and spec.needs_profile:
@@ -666,7 +666,7 @@ class GraphScene(QGraphicsScene):
         if self.profile is None:
             return []
         if key == "transfer":
-            present = {t.time.kind for t in getattr(self.profile, "transfers", ())}
+            present = {t.time.kind for t in getattr(self.profile, "transfers", ()) if t.time is not None}
         else:
             present = {timing.kind for timing in self.profile.nodes.values()}
         return [kind for kind in ("measured", "attributed", "estimated") if kind in present]
