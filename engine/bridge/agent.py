@@ -85,6 +85,7 @@ class AgentConfig:
     limits: P.Limits = field(default_factory=P.Limits)
     name: Optional[str] = None
     advertise: bool = False
+    team: Optional[str] = None  # Apple signing team for ModelRunner on connected iPhones (docs/iphone.md)
 
     def check(self) -> None:
         if not is_loopback(self.host) and not self.token:
@@ -161,7 +162,7 @@ class Agent:
         self.limits = config.limits
         cache_dir = config.cache_dir or Path(tempfile.gettempdir()) / "layerscope-agent-cache"
         self.cache = ModelCache(Path(cache_dir), self.limits.cache_bytes, self.limits.max_model_bytes)
-        self.backends = default_backends()
+        self.backends = default_backends(config.team)
         self.job: Optional[Job] = None
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="agent-job")
         self.connections: set[Connection] = set()
@@ -199,6 +200,8 @@ class Agent:
             self.server.close()
             await self.server.wait_closed()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        from engine.bridge.iphone import close_links
+        close_links()  # ModelRunner sessions this agent launched on connected phones
 
     async def housekeeping(self):
         while True:
@@ -464,7 +467,8 @@ class Agent:
         def work(job: Job) -> dict:
             self.cache.pin(sha256)
             try:
-                session = backend.open(model, message.get("compute_unit"), settings)
+                session = _open_session(backend, model, message.get("compute_unit"), settings,
+                                        message.get("device"))
             except BaseException:
                 self.cache.unpin(sha256)
                 raise
@@ -580,6 +584,16 @@ class Agent:
         connection.send({"type": "cancelling", "id": message["id"], "job": job.request_id})
 
 
+def _open_session(backend, model, compute_unit, settings, device: Optional[str]):
+    """backend.open, with the `device` of a load (an iPhone of this Mac) for the backends that have devices."""
+    if not device:
+        return backend.open(model, compute_unit, settings)
+    if backend.name != P.BACKEND_COREML:
+        raise ProtocolError("bad_settings", f"'device' names an iPhone or iPad, which runs Core ML: load with "
+                                            f"backend 'coreml', not {backend.name!r}")
+    return backend.open(model, compute_unit, settings, device=device)
+
+
 def _layer_map_field(cached) -> dict:
     """upload_done's `layer_map` key: for packages, whether their layer map came with them."""
     return {"layer_map": cached.layer_map} if cached.format == "mlpackage" else {}
@@ -630,7 +644,7 @@ def config_from_args(args) -> AgentConfig:
     limits = P.Limits(max_model_bytes=max_model, cache_bytes=cache)
     return AgentConfig(host=host, port=port, token=token,
                        cache_dir=Path(args.cache_dir) if args.cache_dir else None, limits=limits,
-                       name=args.name, advertise=args.advertise)
+                       name=args.name, advertise=args.advertise, team=getattr(args, "team", None))
 
 
 if __name__ == "__main__":  # python -m engine.bridge.agent (the CLI is `layerscope agent`)

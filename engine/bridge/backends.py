@@ -29,8 +29,10 @@ from __future__ import annotations
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -358,11 +360,19 @@ _DEVICE_UNITS = {"MLCPUComputeDevice": "CPU", "MLGPUComputeDevice": "GPU",
                  "CPUDevice": "CPU", "GPUDevice": "GPU", "NeuralEngineDevice": "NeuralEngine"}
 
 
+COREML_EXACT_MESSAGE = (
+    "Core ML has no exact mode: it compiles the whole model and runs it as one unit, fusing ops as it "
+    "chooses, and reports no per-op times. What it gives: measured load and prediction times, the compute "
+    "plan (each op's planned compute unit and cost weight), per-op times attributed from the measured total "
+    "by those weights, and per-segment times derived from prefix models timed on the device. Profile with "
+    "--mode deployed; for one measured time per source node use the CPU reference (--target cpu --mode exact)")
+
+
 def coreml_availability() -> tuple[bool, str]:
     if sys.platform != "darwin":
         return False, (f"Core ML runs only on macOS and iOS; this agent runs on {platform.system()} "
-                       f"{platform.release()}. Profile ONNX models with the onnxruntime backend here, or run "
-                       "`layerscope agent` on a Mac, or the LayerScope iOS agent app on an iPhone")
+                       f"{platform.release()}. Profile ONNX models with the onnxruntime backend here; for Core "
+                       "ML, or an iPhone connected to a Mac, run `layerscope agent` on that Mac (docs/iphone.md)")
     try:
         import coremltools  # noqa: F401
     except ImportError as exc:
@@ -378,9 +388,10 @@ class CoreMLBackend:
 
     name = BACKEND_COREML
 
-    def __init__(self):
+    def __init__(self, team: Optional[str] = None):
         self._calibration: dict[str, UnitCalibration] = {}
         self._calibration_lock = threading.Lock()
+        self.team = team  # Apple signing team for ModelRunner (engine.bridge.iphone.team_id)
 
     def info(self) -> dict:
         available, reason = coreml_availability()
@@ -393,20 +404,35 @@ class CoreMLBackend:
             entry["compute_plan"] = _compute_plan_class() is not None
         else:
             entry["reason"] = reason
+        # iPhones and iPads this Mac drives through ModelRunner: `load` names one in `device`.
+        entry["devices"], entry["device_notes"] = self.phones()
         return entry
 
-    def open(self, model, compute_unit: Optional[str], settings: ProfileSettings) -> "CoreMLSession":
-        available, reason = coreml_availability()
-        if not available:
-            raise BackendUnavailable(reason)
+    def open(self, model, compute_unit: Optional[str], settings: ProfileSettings,
+             device: Optional[str] = None, phone_api=None) -> "CoreMLSession":
+        """A session on this Mac, or with `device` (name or UDID) on a connected iPhone or iPad."""
+        if phone_api is None:  # the tests' fake of coremltools' device service runs anywhere
+            available, reason = coreml_availability()
+            if not available:
+                raise BackendUnavailable(reason)
         if model.format not in ("mlpackage", "mlmodel"):
             raise ProtocolError("bad_settings", f"the coreml backend runs .mlpackage/.mlmodel models; this "
-                                                f"upload is {model.format}")
+                                                f"upload is {model.format} (convert it with `layerscope convert`)")
+        if settings.mode == "exact":
+            raise ProtocolError("bad_settings", COREML_EXACT_MESSAGE)
         unit = compute_unit or "ALL"
         if unit not in COREML_UNIT_SETTINGS:
             raise ProtocolError("bad_settings", f"Core ML compute unit must be one of "
                                                 f"{', '.join(COREML_UNIT_SETTINGS)}, got {unit!r}")
+        if device:
+            from engine.bridge.iphone import open_phone_session
+            return open_phone_session(self, model, unit, settings, device, api=phone_api, team=self.team)
         return CoreMLSession(self, model, unit, settings)
+
+    def phones(self) -> tuple[list[dict], list[str]]:
+        """Connected iPhones and iPads (macOS; elsewhere a note says how to reach one through a Mac)."""
+        from engine.bridge.iphone import list_phones
+        return list_phones()
 
     def calibration(self, setting: str, cancel=None, sizes=DEFAULT_SWEEP_BYTES, repeats: int = 5
                     ) -> Optional[UnitCalibration]:
@@ -534,10 +560,23 @@ class CoreMLSession:
         self.compute_unit = setting
         self.settings = settings
         self.warnings: list[str] = []
-        units = getattr(ct.ComputeUnit, setting)
+        self._load()
+        self.ir_model = open_model(model.path, input_shapes=dict(settings.input_shapes) or None)
+        self.analysis = analyze(self.ir_model)
+        self.feed = self._make_feed(settings)
+        self._plan: Optional[dict[str, tuple[str, Optional[float]]]] = None
+        # A package converted by `layerscope convert` comes with its layer map (stored beside it
+        # by the cache): results are then keyed by the ONNX source nodes (engine.convert.attribution).
+        self.layer_map, self.source_nodes = _layer_map_beside(Path(model.path), self.warnings)
+        self._segment_members: dict[str, tuple[str, ...]] = {}
+
+    def _load(self) -> None:
+        """Load the package with Core ML here: mlmodel, spec, load times, compiled path."""
+        ct = self.ct
+        units = getattr(ct.ComputeUnit, self.compute_unit)
         start = time.perf_counter()
         try:
-            self.mlmodel = ct.models.MLModel(str(model.path), compute_units=units)
+            self.mlmodel = ct.models.MLModel(str(self.model.path), compute_units=units)
         except Exception as exc:
             raise TargetError(f"Core ML could not load the model: {type(exc).__name__}: {exc}") from None
         self.load_ms = (time.perf_counter() - start) * 1000.0  # compile + load of the package
@@ -552,14 +591,6 @@ class CoreMLSession:
             except Exception as exc:
                 self.warnings.append(f"loading the compiled model again failed: {exc}")
         self.spec = self.mlmodel.get_spec()
-        self.ir_model = open_model(model.path, input_shapes=dict(settings.input_shapes) or None)
-        self.analysis = analyze(self.ir_model)
-        self.feed = self._make_feed(settings)
-        self._plan: Optional[dict[str, tuple[str, Optional[float]]]] = None
-        # A package converted by `layerscope convert` comes with its layer map (stored beside it
-        # by the cache): results are then keyed by the ONNX source nodes (engine.convert.attribution).
-        self.layer_map, self.source_nodes = _layer_map_beside(Path(model.path), self.warnings)
-        self._segment_members: dict[str, tuple[str, ...]] = {}
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -792,6 +823,116 @@ class CoreMLSession:
         self.mlmodel = None
 
 
+class PhoneSession(CoreMLSession):
+    """A Core ML model run on an iPhone or iPad by ModelRunner (engine.bridge.iphone), from a Mac.
+
+    Compiled here, loaded and timed on the phone: the load time and every prediction's time
+    are ModelRunner's own measurements on the device; compute units and cost weights come
+    from the phone's compute plan (planned).  Prefix models for segments are saved, compiled
+    and loaded on the phone like the model.  Nothing is calibrated on the phone, so transfers
+    between its units carry bytes and no time.
+    """
+
+    def __init__(self, backend: "CoreMLBackend", model, setting: str, settings: ProfileSettings, link):
+        self.link = link
+        self._workdir = Path(tempfile.mkdtemp(prefix="layerscope-phone-"))
+        self.plan_details: dict[str, dict] = {}
+        super().__init__(backend, model, setting, settings)
+
+    def _load(self) -> None:
+        from engine.bridge.iphone import RemoteModel
+        ct = self.ct
+        try:
+            local = ct.models.MLModel(str(self.model.path), skip_model_load=True)
+        except Exception as exc:
+            raise TargetError(f"coremltools could not read the model: {type(exc).__name__}: {exc}") from None
+        self.spec = local.get_spec()
+        self.weights_dir = getattr(local, "weights_dir", None)
+        start = time.perf_counter()
+        try:
+            self.compiled_path = str(self.link.api.compile(Path(self.model.path), self._workdir))
+        except Exception as exc:
+            raise TargetError(f"Core ML could not compile the model on this Mac: {type(exc).__name__}: {exc}"
+                              ) from None
+        self.compile_ms = (time.perf_counter() - start) * 1000.0
+        self.mlmodel = RemoteModel(self.link, Path(self.compiled_path), self.compute_unit)
+        if self.mlmodel.load_ms is None:
+            raise TargetError(f"ModelRunner on {self.link.name} loaded the model without saying how long it took")
+        self.load_ms = self.mlmodel.load_ms     # measured on the phone by ModelRunner
+        self.compiled_load_ms = None
+
+    def _make_feed(self, settings: ProfileSettings) -> dict:
+        feed = super()._make_feed(settings)
+        images = [name for name, value in feed.items() if not isinstance(value, np.ndarray)]
+        if images:
+            raise ProtocolError("bad_settings", f"input(s) {', '.join(images)} are images; ModelRunner takes "
+                                                "tensors only (coremltools' remote service): convert the model "
+                                                "with tensor inputs to profile it on a phone")
+        return feed
+
+    def run(self, feed: Optional[Mapping[str, Any]] = None) -> dict:
+        outputs, _ = self.mlmodel.predict(dict(feed or self.feed))
+        return {k: np.asarray(v) for k, v in outputs.items()}
+
+    def _time_predictions(self, model, runs: int, warmup: int, cancel, on_run=None) -> list[float]:
+        """Each prediction's time as ModelRunner measured it on the phone (the file copies to and
+        from the phone are not in it)."""
+        samples = []
+        try:
+            for index in range(warmup + runs):
+                if cancel.is_set():
+                    break
+                _, elapsed = model.predict(self.feed)
+                if elapsed is None:
+                    raise TargetError(f"ModelRunner on {self.link.name} did not say how long a prediction took")
+                if index >= warmup:
+                    samples.append(elapsed)
+                if on_run is not None:
+                    on_run(index, elapsed)
+        finally:
+            if model is not self.mlmodel:
+                model.unload()
+        return samples
+
+    def _prefix_model(self, spec, name: str):
+        from engine.bridge.iphone import RemoteModel
+        folder = Path(tempfile.mkdtemp(prefix="prefix-", dir=self._workdir))
+        package = folder / "prefix.mlpackage"
+        self.ct.models.MLModel(spec, weights_dir=self.weights_dir, skip_model_load=True).save(str(package))
+        compiled = self.link.api.compile(package, folder)
+        return RemoteModel(self.link, Path(compiled), self.compute_unit)
+
+    def compute_plan(self) -> dict[str, tuple[str, Optional[float]]]:
+        if self._plan is not None:
+            return self._plan
+        from engine.bridge.iphone import plan_from_remote
+        try:
+            self._plan, self.plan_details = plan_from_remote(self.mlmodel.compute_plan())
+        except TargetError as exc:
+            self.warnings.append(f"the phone's compute plan could not be read ({exc}): per-op compute units "
+                                 "unknown, times split by static FLOPs")
+            self._plan = {}
+        return self._plan
+
+    def _device_target(self) -> dict:
+        entry = self.link.entry
+        return {"name": "iphone", "runtime": f"Core ML on the device, through ModelRunner (coremltools "
+                                             f"{self.ct.__version__})",
+                "device": entry["name"], "udid": entry["udid"], "hardware_model": entry.get("hardware_model", ""),
+                "model_name": entry.get("model", ""), "os": f"{entry['os']} {entry['os_version']}".strip(),
+                "chip": "", "compile_ms_on_host": self.compile_ms, "load_kind": MEASURED,
+                "compute_plan": self.plan_details}
+
+    def _transfer_calibration(self, units: Sequence[str], cancel) -> dict[str, UnitCalibration]:
+        return {}  # nothing on the phone is calibrated: transfers carry bytes, no time
+
+    def close(self) -> None:
+        if self.mlmodel is not None:
+            self.mlmodel.unload()
+        self.mlmodel = None
+        shutil.rmtree(self._workdir, ignore_errors=True)
+
+
 @dataclass(frozen=True)
 class Segment:
     """Times of one segment of a model: `samples` (derived, or measured for the first segment) and
@@ -940,5 +1081,5 @@ def _truncated_spec(spec, last_node_id: str, graph):
     return new
 
 
-def default_backends() -> dict[str, Any]:
-    return {BACKEND_ONNXRUNTIME: OrtBackend(), BACKEND_COREML: CoreMLBackend()}
+def default_backends(team: Optional[str] = None) -> dict[str, Any]:
+    return {BACKEND_ONNXRUNTIME: OrtBackend(), BACKEND_COREML: CoreMLBackend(team)}

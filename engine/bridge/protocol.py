@@ -95,7 +95,7 @@ CLIENT_MESSAGES: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "upload_begin": {"sha256": (_STR, True), "size": (_INT, True), "name": (_STR, False),
                      "format": (_STR, False)},
     "load": {"model": (_STR, True), "backend": (_STR, False), "compute_unit": (_OPT_STR, False),
-             "settings": (_DICT, False)},
+             "settings": (_DICT, False), "device": (_OPT_STR, False)},
     "profile": {"settings": (_DICT, False), "granularity": (_STR, False), "partial_every": (_INT, False)},
     "run": {"inputs_npz_b64": (_OPT_STR, False)},
     "calibrate": {"compute_unit": (_OPT_STR, False), "sizes": (_LIST, False), "repeats": (_INT, False)},

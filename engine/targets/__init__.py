@@ -23,12 +23,12 @@ from engine.profile import Profile
 from engine.targets.settings import INPUT_MODES, ProfileSettings, ProgressCallback, TargetError
 
 __all__ = ["TargetError", "ProfileSettings", "ProgressCallback", "Target", "get_target", "TARGET_NAMES",
-           "INPUT_MODES"]
+           "INPUT_MODES", "is_coreml_target"]
 
 
 @runtime_checkable
 class Target(Protocol):
-    """What every target offers.  Implementations: engine.targets.cpu.CpuTarget."""
+    """What every target offers.  Implementations: CpuTarget, BridgeTarget, PhoneTarget."""
 
     name: str
 
@@ -49,15 +49,23 @@ class Target(Protocol):
     def close(self) -> None: ...
 
 
-TARGET_NAMES = ("cpu", "ws://HOST:PORT")
+TARGET_NAMES = ("cpu", "ws://HOST:PORT", "iphone:NAME-or-UDID")
 
 
-def get_target(name: str = "cpu") -> Target:
+def is_coreml_target(name: str) -> bool:
+    """A target that runs Core ML (a phone of this Mac, or an agent asked for its coreml backend or a phone)."""
+    return name.startswith("iphone:") or ("backend=coreml" in name) or ("device=" in name)
+
+
+def get_target(name: str = "cpu", team: Optional[str] = None) -> Target:
     if name == "cpu":
         from engine.targets.cpu import CpuTarget
         return CpuTarget()
     if name.startswith(("ws://", "wss://", "usb://")):  # an agent: engine.targets.bridge, docs/bridge-protocol.md
         from engine.targets.bridge import BridgeTarget
         return BridgeTarget(name)
+    if name.startswith("iphone:"):  # a phone connected to this Mac: engine.targets.iphone, docs/iphone.md
+        from engine.targets.iphone import PhoneTarget
+        return PhoneTarget(name, team=team)
     raise TargetError(f"unknown target {name!r}; available here: {', '.join(TARGET_NAMES)} "
-                      "(devices connect through the bridge)")
+                      "(`layerscope devices` lists agents and phones)")
