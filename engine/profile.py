@@ -144,7 +144,9 @@ DISTURBED_MIN_LAYERS = 5
 def disturbed_runs(groups: Sequence["TimingGroup"], min_share: float = 0.01) -> list[int]:
     """Indexes (0-based, measured runs) of the runs a busy machine slowed as a whole."""
     total = sum(g.time.median_ms for g in groups)
-    heavy = [g.time for g in groups if total > 0 and g.time.median_ms > min_share * total and g.time.count > 2]
+    # Only measured series are in run order (a derived segment's samples are sorted differences).
+    heavy = [g.time for g in groups if total > 0 and g.time.median_ms > min_share * total and g.time.count > 2
+             and g.time.kind == MEASURED]
     if len(heavy) < DISTURBED_MIN_LAYERS:  # too few layers to tell a busy machine from one layer's noise
         return []
     runs = min(t.count for t in heavy)

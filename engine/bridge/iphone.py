@@ -94,12 +94,22 @@ def save_team_id(team: str) -> Path:
 
 # ============================================================================ the seam to coremltools
 
+class _QuietProgress:
+    """coremltools wraps every file copy to and from the phone in a tqdm bar (two per prediction):
+    hundreds of bars on the agent's terminal per profile.  LayerScope reports progress itself."""
+
+    @staticmethod
+    def tqdm(iterable=None, *args, **kwargs):
+        return iterable if iterable is not None else range(0)
+
+
 def _remote_device():
     try:
         from coremltools.models.ml_program.experimental import remote_device
     except Exception as exc:  # ImportError, or an older coremltools without it
         raise TargetError(f"coremltools 9 with its remote-device support is needed to profile on an iPhone "
                           f"({type(exc).__name__}: {exc}): pip install 'coremltools>=9'") from None
+    remote_device._tqdm = _QuietProgress
     return remote_device
 
 
@@ -376,7 +386,9 @@ class RemoteModel:
         try:
             self._call(self.service.unload())
         except TargetError:
-            pass  # the phone went away: nothing is left to unload
+            # The phone went away: nothing is left to unload.  Mark it so, or coremltools'
+            # __del__ sends a fire-and-forget Unload that can never run (an unawaited coroutine).
+            self.service._state = _remote_device()._RemoteMLModelService.State.Unloaded
 
 
 def plan_from_remote(plan) -> tuple[dict[str, tuple[str, Optional[float]]], dict[str, dict]]:
@@ -425,5 +437,6 @@ def close_links() -> None:
     with _links_lock:
         for link in _links.values():
             link.close()
+            link.loop.close()
         _links.clear()
 

@@ -17,6 +17,7 @@ cuts after every op, one compile and load on the phone per op), ``team`` (signin
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass, replace
@@ -95,6 +96,9 @@ class PhoneTarget:
     def prepare(self, model_path, settings: Optional[ProfileSettings] = None) -> None:
         from engine.bridge.backends import CoreMLBackend
         settings = settings or ProfileSettings(mode="deployed")
+        if self.phone_api is None and sys.platform != "darwin":
+            from engine.bridge.iphone import LINUX_HINT
+            raise TargetError(f"iphone: targets run on a Mac (Xcode drives the phone); {LINUX_HINT}")
         path = Path(model_path)
         if not path.exists():
             from engine.ir import ModelLoadError
@@ -133,8 +137,7 @@ class PhoneTarget:
             raise
         target = dict(profile.target)
         target["address"] = f"{IPHONE_SCHEME}{self.device}"
-        return replace(profile, target=target,
-                       model_path=str(self._source) if self._source and "layer_map" in target else profile.model_path)
+        return replace(profile, target=target)
 
     @property
     def analysis(self):
@@ -142,11 +145,14 @@ class PhoneTarget:
         if self._session is None:
             raise TargetError("no model prepared: call prepare(model_path, settings) first")
         if self._analysis is None:
-            if self._source is not None and self._session.layer_map is not None:
+            layer_map = self._session.layer_map
+            source = Path(str(layer_map.get("source_model") or "")) if layer_map is not None else None
+            if source is not None and source.is_file():
+                # Results keyed by the ONNX nodes: the source's analysis, at the shapes it was converted at.
                 from engine.analysis import analyze
                 from importers import open_model
-                shapes = dict(self._settings.input_shapes) if self._settings else {}
-                self._analysis = analyze(open_model(self._source, input_shapes=shapes or None))
+                shapes = layer_map.get("options", {}).get("input_shapes") or None
+                self._analysis = analyze(open_model(source, input_shapes=shapes))
             else:
                 self._analysis = self._session.analysis
         return self._analysis
