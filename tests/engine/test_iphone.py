@@ -83,6 +83,8 @@ class FakePhone:
     disconnect_after: Optional[int] = None       # predictions answered before the cable is pulled
     not_installed: bool = False                  # every copy into the app's container fails
     without_plan_for: tuple = ("relu6",)          # op types the compute plan leaves out (-> unknown)
+    # SYNTHETIC unit costs: the CPU grows with the input, the GPU pays a fixed dispatch cost first
+    unit_costs: bool = False
     loads: list = field(default_factory=list)
     sessions: list = field(default_factory=list)
 
@@ -133,7 +135,12 @@ class FakeModelRunnerSocket(rd._JSONRPCSocket):
                 data.close()
                 resource = Path(data.name)
                 jitter = 1.0 + 0.01 * (self.phone.predictions % 5)
-                duration_ns = int(len(_ops(spec)) * FAKE_MS_PER_OP * jitter * 1e6)
+                scale = 1.0
+                if self.phone.unit_costs:
+                    elements = np.prod([int(d) for d in spec.description.input[0].type.multiArrayType.shape])
+                    relative = elements / (3 * 64 * 64)
+                    scale = relative if params["computeUnits"] == "CPU_ONLY" else 1.5 + 0.1 * relative
+                duration_ns = int(len(_ops(spec)) * FAKE_MS_PER_OP * jitter * scale * 1e6)
                 result = {"modelID": model_id, "computeUnits": params["computeUnits"], "outputs": outputs,
                           "duration": duration_ns}
         elif request.method == "MLModelService.ComputePlan":
@@ -469,3 +476,23 @@ def test_first_use_message_names_everything_needed():
         assert needed in FIRST_USE
     assert "LayerScope app" not in FIRST_USE.replace("no LayerScope app", "")
     assert "layerscope agent" in LINUX_HINT
+
+
+# ----------------------------------------------------------------------------- compute-unit sweep
+
+def test_compute_unit_sweep_answers_from_which_size_the_gpu_beats_the_cpu(sample_model):
+    from engine.sweep import crossover, sweep_compute_units
+    phone = FakePhone(unit_costs=True)
+    api = _fake_api(phone)
+    kept = []
+    rows = sweep_compute_units(sample_model, f"iphone:{PHONE_NAME}?granularity=model", ["CPU_ONLY", "CPU_AND_GPU"],
+                               ["64x64", "160x160"], ProfileSettings(mode="deployed", runs=3, warmup=1),
+                               keep_profiles=kept, target_factory=lambda address: PhoneTarget(address, phone_api=api))
+    assert [(r["series"], r["setting"]) for r in rows] == [("CPU_ONLY", "64x64"), ("CPU_ONLY", "160x160"),
+                                                           ("CPU_AND_GPU", "64x64"), ("CPU_AND_GPU", "160x160")]
+    assert all(r["complete"] and r["kind"] == MEASURED for r in rows)
+    assert [p.target["compute_unit"] for p, _ in kept] == ["CPU_ONLY", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_GPU"]
+    by = {(r["series"], r["setting"]): r["median_ms"] for r in rows}
+    assert by[("CPU_ONLY", "64x64")] < by[("CPU_AND_GPU", "64x64")]
+    assert by[("CPU_AND_GPU", "160x160")] < by[("CPU_ONLY", "160x160")]
+    assert crossover(rows) == "160x160"
