@@ -104,7 +104,16 @@ class BridgeTarget:
             return self._client
         client = BridgeClient(self.address, self.token, self.connect_timeout, self.reply_timeout)
         start = time.perf_counter()
-        client.connect()
+        try:
+            client.connect()
+        except TargetError as exc:
+            cause = self._forwarder.last_error if self._forwarder is not None else None
+            if cause is None:
+                raise
+            from engine.bridge.discovery import phone_route_hint
+            raise TargetError(f"{self.requested_address}: the USB connection to device port "
+                              f"{self._forwarder.device_port} failed ({cause}); nothing listens there unless an "
+                              f"agent was started on the device; {phone_route_hint(self._forwarder.udid)}") from None
         self.overhead["connect_ms"] = (time.perf_counter() - start) * 1000.0
         self._client = client
         self._loaded = None
@@ -201,7 +210,7 @@ class BridgeTarget:
     def _to_profile(self, document: Mapping) -> Profile:
         profile = profile_from_document(document)
         target = dict(profile.target)
-        target.update({"name": "bridge", "address": self.address, "protocol": P.PROTOCOL,
+        target.update({"name": "bridge", "address": self._public_address(), "protocol": P.PROTOCOL,
                        "agent": dict((self._client.welcome.get("agent") or {}) if self._client else {})})
         # A package uploaded with its layer map comes back keyed by the ONNX source nodes
         # (target["layer_map"]): the profile then names the source model, not the package.
@@ -211,6 +220,13 @@ class BridgeTarget:
         else:
             model_path = str(self._model_path) if self._model_path else profile.model_path
         return replace(profile, target=target, model_path=model_path)
+
+    def _public_address(self) -> str:
+        """The address the person gave, without a token: usb://UDID:PORT keeps the device's UDID (the
+        local forwarding port means nothing later); a ws:// address is the normalized one."""
+        if self._forwarder is None:
+            return self.address
+        return self.requested_address.split("?", 1)[0]
 
     def _source_model(self) -> Optional[Path]:
         """The ONNX file a prepared .mlpackage was converted from (its layer map says), if it is here."""

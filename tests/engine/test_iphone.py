@@ -496,3 +496,114 @@ def test_compute_unit_sweep_answers_from_which_size_the_gpu_beats_the_cpu(sample
     assert by[("CPU_ONLY", "64x64")] < by[("CPU_AND_GPU", "64x64")]
     assert by[("CPU_AND_GPU", "160x160")] < by[("CPU_ONLY", "160x160")]
     assert crossover(rows) == "160x160"
+
+
+# ----------------------------------------------------------------------------- USB (pymobiledevice3's seam)
+
+FAKE_PYMOBILEDEVICE3 = {
+    "__init__.py": "",
+    "usbmux.py": '''
+import os, socket
+
+class FakeUsbDevice:
+    """A USB iPhone as pymobiledevice3's usbmux lists it; its device ports are forwarded to
+    127.0.0.1:$FAKE_DEVICE_PORT_TARGET when set (an agent standing in for one on the device)."""
+    connection_type = "USB"
+
+    def __init__(self, serial):
+        self.serial = serial
+
+    def connect(self, port):
+        target = os.environ.get("FAKE_DEVICE_PORT_TARGET")
+        if not target:
+            raise ConnectionRefusedError(61, f"device port {port} refused the connection")
+        return socket.create_connection(("127.0.0.1", int(target)))
+
+def list_devices():
+    return [FakeUsbDevice(os.environ["FAKE_UDID"])]
+
+def select_device(udid):
+    return FakeUsbDevice(udid) if udid == os.environ["FAKE_UDID"] else None
+''',
+    "lockdown.py": '''
+class FakeLockdown:
+    all_values = {"DeviceName": "Test iPhone", "ProductType": "iPhone16,1", "ProductVersion": "18.1"}
+    display_name = "iPhone 15 Pro"
+
+def create_using_usbmux(serial=None, autopair=False):
+    return FakeLockdown()
+''',
+}
+
+
+def _fake_usb_env(tmp_path: Path, **extra) -> dict:
+    package = tmp_path / "fake_site" / "pymobiledevice3"
+    package.mkdir(parents=True)
+    for name, text in FAKE_PYMOBILEDEVICE3.items():
+        (package / name).write_text(text)
+    env = dict(os.environ, PYTHONPATH=f"{package.parent}{os.pathsep}{REPO}", FAKE_UDID=PHONE_UDID, **extra)
+    env.pop("LAYERSCOPE_AGENT_TOKEN", None)
+    return env
+
+
+def _layerscope(env: dict, *args, timeout: float = 180.0) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_devices_on_linux_lists_a_usb_iphone_and_says_how_to_profile_it(tmp_path):
+    if sys.platform == "darwin":
+        pytest.skip("on a Mac the phones come from devicectl")
+    result = _layerscope(_fake_usb_env(tmp_path), "devices", "--no-mdns", "--timeout", "0.5")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    usb = [i for i, line in enumerate(lines) if line.startswith("usb ")]
+    assert len(usb) == 1 and "Test iPhone" in lines[usb[0]] and "iOS 18.1" in lines[usb[0]]
+    assert f"usb://{PHONE_UDID}:7878" in lines[usb[0]]
+    hint = lines[usb[0] + 1]
+    assert "layerscope agent" in hint and "Mac" in hint and f"device={PHONE_UDID}" in hint
+    assert "agent app" not in result.stdout and "open the LayerScope" not in result.stdout
+
+
+def test_usb_connection_failure_names_its_cause(tmp_path, sample_model):
+    result = _layerscope(_fake_usb_env(tmp_path), "profile", str(sample_model), "--target",
+                         f"usb://{PHONE_UDID}:7878", "--runs", "1", "--warmup", "0")
+    assert result.returncode != 0
+    assert "refused the connection" in result.stderr and "device port 7878" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_usb_profile_keeps_the_device_udid_in_its_address(tmp_path, sample_model):
+    from tests.bridge_conformance.bridge_wire import start_agent_process, stop_agent_process
+    agent = start_agent_process(tmp_path / "agent")
+    try:
+        port = agent.address.rsplit(":", 1)[1]
+        out = tmp_path / "usb.json"
+        result = _layerscope(_fake_usb_env(tmp_path, FAKE_DEVICE_PORT_TARGET=port), "profile", str(sample_model),
+                             "--target", f"usb://{PHONE_UDID}:7878", "--runs", "2", "--warmup", "1",
+                             "--json", str(out))
+    finally:
+        stop_agent_process(agent)
+    assert result.returncode == 0, result.stderr
+    profile = Profile.load_json(out)
+    assert profile.target["address"] == f"usb://{PHONE_UDID}:7878"
+
+
+def test_a_linux_agent_asked_for_a_phone_says_a_mac_is_needed(tmp_path, sample_model):
+    """The `device` field of load, over the real protocol: accepted, and answered with the reason."""
+    from tests.bridge_conformance.bridge_wire import start_agent_process, stop_agent_process
+    if sys.platform == "darwin":
+        pytest.skip("a Mac agent would try the phone")
+    agent = start_agent_process(tmp_path / "agent")
+    target = get_target(f"{agent.address}?device={PHONE_UDID}")
+    try:
+        description = target._connect().describe()
+        coreml = next(b for b in description["backends"] if b["name"] == "coreml")
+        assert coreml["devices"] == [] and "Mac" in coreml["device_notes"][0]
+        with pytest.raises(TargetError) as caught:
+            target.prepare(sample_model, ProfileSettings(mode="deployed", runs=1, warmup=0))
+    finally:
+        target.close()
+        stop_agent_process(agent)
+    message = str(caught.value)
+    assert "Core ML runs only on macOS" in message and "layerscope agent" in message
