@@ -4,6 +4,8 @@ Each hint names the nodes it concerns and why, with the measured figures
 behind it.  Rules are deliberately few and conservative: a hint that fires on
 every model teaches people to ignore hints.
 
+A hint's `kind` is the weakest kind of the figures it uses (`hint_kind`).
+
     find_hints(profile, analysis) -> list[dict]   # {rule, severity, message, node_ids, time_ms, share}
 
 Thresholds are module constants so a test (or a person) can see them.
@@ -14,6 +16,7 @@ import statistics
 from typing import TYPE_CHECKING, Optional
 
 from engine.analysis import costs
+from engine.profile import ESTIMATED, combine_kinds
 
 if TYPE_CHECKING:
     from engine.analysis import ModelAnalysis
@@ -35,6 +38,8 @@ MEMORY_BOUND_INTENSITY = 1.0
 BATCHNORM_MIN_SHARE = 0.005
 
 _FOLDABLE_PRODUCERS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+# Rules that judge layers by figures counted from shapes (MACs, FLOPs per byte): their hints are estimated.
+RULES_ON_STATIC_FIGURES = ("low_efficiency", "memory_bound")
 
 
 def _severity(share: float) -> str:
@@ -48,7 +53,19 @@ def _layers(count: int, noun: str = "layer") -> str:
 
 def _hint(rule: str, share: float, message: str, node_ids, time_ms: float) -> dict:
     return {"rule": rule, "severity": _severity(share), "message": message, "node_ids": list(node_ids),
-            "time_ms": round(time_ms, 6), "share": round(share, 6), "kind": "measured"}
+            "time_ms": round(time_ms, 6), "share": round(share, 6)}
+
+
+def hint_kind(profile: "Profile", rule: str, node_ids) -> str:
+    """The weakest kind of the figures a hint uses (DESIGN.md's rule for a combination): its layers'
+    times (time_ms), the profile's total (share's denominator), and estimated for a rule that
+    judges by static figures.  The total sums whole kernels (attribution preserves a kernel's time),
+    so it has the kind of the kernels, not of the attributed parts."""
+    kinds = [g.time.kind for g in profile.groups if g.node_ids] or [n.kind for n in profile.nodes.values()]
+    kinds += [profile.nodes[i].kind for i in node_ids if i in profile.nodes]
+    if rule in RULES_ON_STATIC_FIGURES:
+        kinds.append(ESTIMATED)
+    return combine_kinds(kinds)
 
 
 def find_hints(profile: "Profile", analysis: "ModelAnalysis") -> list[dict]:
@@ -145,6 +162,8 @@ def find_hints(profile: "Profile", analysis: "ModelAnalysis") -> list[dict]:
             f"{graph.node(bound[0]).op_type}): they are limited by memory traffic, not arithmetic. "
             "Fuse them into neighbours, keep tensors smaller (lower resolution, fewer channels) or "
             "avoid layout changes.", bound, bound_ms))
+    for hint in hints:
+        hint["kind"] = hint_kind(profile, hint["rule"], hint["node_ids"])
     return hints
 
 

@@ -8,7 +8,7 @@ Every figure says how it was obtained (DESIGN.md, "Measured versus estimated"):
 
 - ``measured``   timed or observed on the target (one sample per run);
 - ``derived``    computed from other measurements: a segment's time as the difference
-                 of two prefix models' measured times;
+                 of two prefix models' measured times, a transfer-cost fit of measured round trips;
 - ``attributed`` a measured (or derived) total split by a cost model: in deployed mode a
                  fused kernel's time is split over its source nodes by FLOPs share, a
                  Core ML prediction over its ops by the compute plan's cost weights;
@@ -23,6 +23,8 @@ Compute units: `NodeTiming.compute_unit` is "unknown" unless the runtime observe
 the calibration their estimates come from are part of every profile (empty for the CPU
 reference); a transfer whose time is neither measured nor calibrated has `time` None and
 still says how many bytes move.
+
+A combination takes the weakest kind it uses (`combine_kinds`).
 
 Invariants:
 
@@ -57,22 +59,72 @@ SCHEMA = "layerscope.profile/1"
 
 MEASURED, ATTRIBUTED, ESTIMATED = "measured", "attributed", "estimated"
 DERIVED, PLANNED, EMULATED = "derived", "planned", "emulated"
-# Kinds of a time, strongest first: a combination takes the weakest kind it uses.
-TIME_KINDS = (MEASURED, DERIVED, ATTRIBUTED, EMULATED, ESTIMATED)
-KINDS = TIME_KINDS + (PLANNED,)
+# Strongest first (DESIGN.md: measured > attributed/derived/planned/emulated > estimated).  The four
+# middle kinds rank alike; their order here only decides which one a mixed sum is labelled with.
+KINDS = (MEASURED, DERIVED, ATTRIBUTED, PLANNED, EMULATED, ESTIMATED)
 UNKNOWN_UNIT = "unknown"
 
 MODE_EXACT, MODE_DEPLOYED = "exact", "deployed"
 MODES = (MODE_EXACT, MODE_DEPLOYED)
 
-__all__ = ["SCHEMA", "MEASURED", "ATTRIBUTED", "ESTIMATED", "DERIVED", "PLANNED", "EMULATED", "TIME_KINDS",
-           "KINDS", "UNKNOWN_UNIT", "Transfer", "UnitCalibration", "MODE_EXACT", "MODE_DEPLOYED", "MODES",
+__all__ = ["SCHEMA", "MEASURED", "ATTRIBUTED", "ESTIMATED", "DERIVED", "PLANNED", "EMULATED", "KINDS", "MODE_EXACT",
+           "MODE_DEPLOYED", "MODES", "UNKNOWN_UNIT", "Transfer", "UnitCalibration",
            "FrozenMap", "TimingStats", "TimingGroup", "NodeTiming", "Profile", "ProfileFormatError",
-           "combine_kinds"]
+           "combine_kinds", "kind_problems", "read_kind"]
 
 
 class ProfileFormatError(ValueError):
     """A JSON file that is not a layerscope.profile/1 document; the message says what is wrong."""
+
+
+def kind_problem(data: Mapping) -> str:
+    """"" when `data["kind"]` is one of KINDS, else what is wrong with it ("missing", ...)."""
+    if "kind" not in data:
+        return "missing"
+    if data["kind"] not in KINDS:
+        return f"{data['kind']!r} is not one of {', '.join(KINDS)}"
+    return ""
+
+
+def read_kind(data: Mapping) -> str:
+    """The figure kind of a parsed object; a missing or unknown kind is an error, never `measured`."""
+    problem = kind_problem(data)
+    if problem:
+        raise ValueError(f"kind {problem}")
+    return data["kind"]
+
+
+def kind_problems(document: Mapping) -> list[str]:
+    """Every figure of a profile document without a valid kind, as "path: problem"
+    (e.g. "nodes[3].time.kind: missing").  A figure is any object with a `median_ms` (wherever it
+    sits: end_to_end, groups, transfers ...) and every node, which states the kind of its time.
+    A document from an agent is checked whole before it is read, so the error names the field."""
+    problems: list[str] = []
+
+    def check(mapping: Mapping, path: str) -> None:
+        problem = kind_problem(mapping)
+        if problem:
+            problems.append(f"{path}.kind: {problem}")
+
+    def visit(value: Any, path: str) -> None:
+        if isinstance(value, Mapping):
+            if "median_ms" in value:
+                check(value, path)
+            for key, item in value.items():
+                # samples and calibration points are numbers: skipped for speed on large profiles
+                if isinstance(item, (Mapping, list)) and key not in ("samples_ms", "points"):
+                    visit(item, f"{path}.{key}" if path else str(key))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                if isinstance(item, (Mapping, list)):
+                    visit(item, f"{path}[{index}]")
+
+    visit(document, "")
+    nodes = document.get("nodes")
+    for index, node in enumerate(nodes if isinstance(nodes, list) else ()):
+        if isinstance(node, Mapping):
+            check(node, f"nodes[{index}]")
+    return problems
 
 
 class FrozenMap(Mapping):
@@ -123,12 +175,13 @@ class FrozenMap(Mapping):
 
 
 def combine_kinds(kinds: Iterable[str]) -> str:
-    """The kind of a sum: the weakest of its parts (TIME_KINDS, strongest first)."""
-    kinds = set(kinds)
-    for kind in reversed(TIME_KINDS):
-        if kind in kinds:
-            return kind
-    return MEASURED
+    """The kind of a combination of figures: the weakest of its parts (KINDS order); measured
+    for none.  An unknown kind is an error: it must never come out as a stronger one."""
+    present = set(kinds)
+    unknown = present.difference(KINDS)
+    if unknown:
+        raise ValueError(f"unknown figure kind(s) {', '.join(sorted(map(str, unknown)))}; known: {', '.join(KINDS)}")
+    return next((kind for kind in reversed(KINDS) if kind in present), MEASURED)
 
 
 # A run is "disturbed" when at least DISTURBED_SHARE of the layers above 1 % of the time ran
@@ -202,8 +255,9 @@ class TimingStats:
         values = tuple(float(s) for s in samples)
         if not values:
             raise ValueError("TimingStats needs at least one sample")
-        if kind not in TIME_KINDS:
-            raise ValueError(f"kind of a time must be one of {TIME_KINDS}, got {kind!r}")
+        if kind not in KINDS or kind == PLANNED:
+            raise ValueError(f"kind of a time must be one of {', '.join(k for k in KINDS if k != PLANNED)}, "
+                             f"got {kind!r}")
         ordered = sorted(values)
         mean = sum(values) / len(values)
         if len(values) > 1 and mean > 0:
@@ -246,7 +300,7 @@ class TimingStats:
     def from_json_dict(cls, data: Mapping) -> "TimingStats":
         samples = tuple(float(s) for s in data.get("samples_ms", ()))
         return cls(samples, float(data["median_ms"]), float(data["p10_ms"]), float(data["p90_ms"]),
-                   float(data.get("cv", 0.0)), str(data.get("kind", MEASURED)))
+                   float(data.get("cv", 0.0)), read_kind(data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,7 +373,7 @@ class NodeTiming:
     def from_json_dict(cls, data: Mapping) -> "NodeTiming":
         time = TimingStats.from_json_dict(data["time"])
         return cls(str(data["id"]), str(data.get("op_type", "")), str(data.get("stage", "")), time,
-                   str(data.get("group", data["id"])), str(data.get("kind", time.kind)),
+                   str(data.get("group", data["id"])), read_kind(data),
                    _optional_int(data.get("output_bytes")), _optional_int(data.get("memory_bytes")),
                    str(data.get("compute_unit") or UNKNOWN_UNIT), str(data.get("compute_unit_kind", "")))
 
@@ -395,7 +449,24 @@ class UnitCalibration:
         return cls(str(data["unit"]), float(data["overhead_ms"]), float(data["bandwidth_bytes_per_s"]),
                    tuple((int(b), float(ms)) for b, ms in data.get("points", ())),
                    None if data.get("r2") is None else float(data["r2"]), str(data.get("method", "")),
-                   str(data.get("kind", MEASURED)))
+                   read_kind(data))
+
+
+def _read_calibration(data: Mapping) -> dict[str, "UnitCalibration"]:
+    calibration = {}
+    for unit, fit in (data.get("calibration") or {}).items():
+        try:
+            calibration[str(unit)] = UnitCalibration.from_json_dict(fit)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ProfileFormatError(f"calibration.{unit}: {type(exc).__name__}: {exc}") from None
+    return calibration
+
+
+def _read_transfers(data: Mapping) -> tuple["Transfer", ...]:
+    try:
+        return tuple(Transfer.from_json_dict(t) for t in data.get("transfers") or ())
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ProfileFormatError(f"malformed transfers: {type(exc).__name__}: {exc}") from None
 
 
 def _optional_int(value) -> Optional[int]:
@@ -622,6 +693,10 @@ class Profile:
         schema = data.get("schema")
         if schema != SCHEMA:
             raise ProfileFormatError(f"not a LayerScope profile: schema is {schema!r}, expected {SCHEMA!r}")
+        problems = kind_problems(data)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise ProfileFormatError(f"figure without a valid kind: {problems[0]}{more}")
         try:
             model = data.get("model", {})
             end_to_end = data.get("end_to_end")
@@ -645,10 +720,9 @@ class Profile:
                 untimed_node_ids=tuple(data.get("untimed_node_ids", ())),
                 warnings=tuple(str(w) for w in data.get("warnings", ())),
                 cpu_wait_share=_optional_float(data.get("cpu_wait_share")),
-                transfers=tuple(Transfer.from_json_dict(t) for t in data.get("transfers") or ()),
-                calibration={str(u): UnitCalibration.from_json_dict(c)
-                             for u, c in (data.get("calibration") or {}).items()},
-                schema=schema)
+                transfers=_read_transfers(data), calibration=_read_calibration(data), schema=schema)
+        except ProfileFormatError:
+            raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ProfileFormatError(f"malformed {SCHEMA} document: {type(exc).__name__}: {exc}") from None
 

@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (QGraphicsItem, QGraphicsScene, QGraphicsView, QMe
 
 from engine.inspect import human_bytes, human_count
 from engine.layout import GROUP_PREFIX, INPUT_PREFIX, OUTPUT_PREFIX, group_totals, op_category
+from engine.profile import KINDS
 from gui.responsive import hold_gc, release_gc
 
 CATEGORY_COLORS = {
@@ -669,7 +670,7 @@ class GraphScene(QGraphicsScene):
             present = {t.time.kind for t in getattr(self.profile, "transfers", ()) if t.time is not None}
         else:
             present = {timing.kind for timing in self.profile.nodes.values()}
-        return [kind for kind in ("measured", "attributed", "estimated") if kind in present]
+        return [kind for kind in KINDS if kind in present]
 
     def set_overlay(self, key: str, top_count: int = 10) -> None:
         """Recolour the boxes for overlay `key` (a key of OVERLAYS); outline the top `top_count`."""

@@ -17,6 +17,7 @@ from engine.profile import KINDS, NodeTiming, Profile, TimingGroup, TimingStats,
 __all__ = ["Transfer", "UnitCalibration", "merge_profiles", "profile_from_document", "rekey_transfers",
            "check_kinds"]
 
+
 def rekey_transfers(transfers: Iterable[Transfer], node_ids: Mapping[str, str]) -> list[Transfer]:
     """Transfers with their end nodes renamed through `node_ids` (e.g. Core ML op -> ONNX source
     node, from the layer map).  Ends not in the mapping keep their id; None (the host) stays None."""

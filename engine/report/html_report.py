@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 from engine.inspect import human_bytes, human_count
 from engine.report import svg
 from engine.files import write_text_atomically
+from engine.profile import KINDS
 
 if TYPE_CHECKING:
     from engine.analysis import ModelAnalysis
@@ -30,6 +31,7 @@ h1{font-size:22px;margin-bottom:4px}h2{font-size:17px;margin-top:28px;border-bot
 .kind{display:inline-block;font-size:10px;padding:1px 5px;border-radius:8px;margin-left:4px;vertical-align:middle}
 .measured{background:#d9f0d3;color:#1b5e20}.attributed{background:#fff3c4;color:#7a5a00}
 .estimated{background:#e3e8f4;color:#2a3f7a}.notrun{background:#eee;color:#666}
+.derived{background:#e6f4ea;color:#24573a}.planned{background:#f1e6f6;color:#5b2a7a}.emulated{background:#fde8dc;color:#7a3a12}
 table{border-collapse:collapse;font-size:12px;width:100%}th,td{border-bottom:1px solid #eee;padding:3px 6px;text-align:right}
 th{background:#f6f6f6}td.t,th.t{text-align:left}.warn{background:#fff4e5;border:1px solid #f0c36d;padding:8px 12px;border-radius:6px}
 .hint{border-left:4px solid #e15759;padding:6px 10px;margin:8px 0;background:#fafafa}
@@ -39,7 +41,7 @@ details summary{cursor:pointer;color:#345}
 
 
 def kind_badge(kind: str) -> str:
-    css = kind if kind in ("measured", "attributed", "estimated") else "notrun"
+    css = kind if kind in KINDS else "notrun"
     return f'<span class="kind {css}" title="how this figure was obtained">{escape(kind)}</span>'
 
 

@@ -38,7 +38,7 @@ from engine.bridge import protocol as P
 from engine.bridge.client import (BridgeClient, BridgeConnectionLost, arrays_from_npz_b64, normalize_address,
                                   npz_b64)
 from engine.bridge.results import profile_from_document
-from engine.profile import Profile
+from engine.profile import Profile, ProfileFormatError
 from engine.targets.settings import ProfileSettings, ProgressCallback, TargetError
 
 __all__ = ["BridgeTarget", "is_bridge_address"]
@@ -208,7 +208,11 @@ class BridgeTarget:
         return self._to_profile(reply["profile"])
 
     def _to_profile(self, document: Mapping) -> Profile:
-        profile = profile_from_document(document)
+        try:
+            profile = profile_from_document(document)
+        except ProfileFormatError as exc:  # e.g. a figure without a valid kind: never read as measured
+            raise TargetError(f"the agent at {self.address} sent a profile LayerScope cannot read: {exc}") \
+                from None
         target = dict(profile.target)
         target.update({"name": "bridge", "address": self._public_address(), "protocol": P.PROTOCOL,
                        "agent": dict((self._client.welcome.get("agent") or {}) if self._client else {})})

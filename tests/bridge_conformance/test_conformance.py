@@ -15,7 +15,7 @@ import pytest
 
 from tests.bridge_conformance.bridge_wire import PROTOCOL, Wire, tiny_onnx_bytes
 
-KINDS = ("measured", "attributed", "estimated")
+KINDS = ("measured", "derived", "attributed", "planned", "emulated", "estimated")  # docs/bridge-protocol.md §8
 ERROR_CODES = {"bad_message", "unknown_type", "hello_required", "unauthorized", "unsupported_version",
                "message_too_large", "model_too_large", "unknown_upload", "bad_offset", "checksum_mismatch",
                "upload_in_progress", "unsafe_archive", "bad_archive", "unknown_model", "backend_unavailable",

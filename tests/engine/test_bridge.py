@@ -432,6 +432,84 @@ def test_transfers_are_estimated_on_every_edge_between_units(sample_model):
     assert warnings and "GPU" in warnings[0]
 
 
+# ---------------------------------------------------------------------------- an agent's reply is checked
+
+class EditingRelay:
+    """A websocket relay between the client and a real agent that rewrites the agent's `result`
+    message with `edit(profile_document)`: an agent whose reply breaks the protocol, on the wire."""
+
+    def __init__(self, agent_address: str, edit):
+        from websockets.sync.server import serve
+        self.agent_address, self.edit = agent_address, edit
+        self.server = serve(self._relay, "127.0.0.1", 0, compression=None, max_size=None)
+        self.address = f"ws://127.0.0.1:{self.server.socket.getsockname()[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def _relay(self, downstream) -> None:
+        from websockets.exceptions import ConnectionClosed
+        from websockets.sync.client import connect
+        with connect(self.agent_address, compression=None, max_size=None, proxy=None) as upstream:
+            def to_agent():
+                try:
+                    for data in downstream:
+                        upstream.send(data)
+                except ConnectionClosed:
+                    pass
+                upstream.close()
+            threading.Thread(target=to_agent, daemon=True).start()
+            try:
+                for data in upstream:
+                    message = json.loads(data) if isinstance(data, str) else None
+                    if message is not None and message.get("type") == "result":
+                        self.edit(message["profile"])
+                        data = json.dumps(message)
+                    downstream.send(data)
+            except ConnectionClosed:
+                pass
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.thread.join(timeout=10)
+
+
+def _drop_time_kind(document):
+    del document["nodes"][1]["time"]["kind"]
+
+
+def _unknown_node_kind(document):
+    document["nodes"][0]["kind"] = "exact"
+
+
+def _drop_calibration_kind(document):
+    del document["calibration"]["CPU"]["kind"]
+
+
+def _unknown_transfer_kind(document):
+    document["transfers"][0]["time"]["kind"] = "guessed"
+
+
+@pytest.mark.parametrize("edit, field", [
+    (_drop_time_kind, "nodes[1].time.kind: missing"),
+    (_unknown_node_kind, "nodes[0].kind: 'exact' is not one of"),
+    (_drop_calibration_kind, "calibration.CPU: ValueError: kind missing"),
+    (_unknown_transfer_kind, "transfers[0].time.kind: 'guessed' is not one of"),
+])
+def test_a_reply_with_a_missing_or_unknown_kind_is_an_error_naming_the_field(start_agent, tiny_model, tmp_path,
+                                                                               edit, field):
+    relay = EditingRelay(start_agent().address, edit)
+    out = tmp_path / "p.json"
+    try:
+        result = _cli("profile", str(tiny_model), "--target", relay.address, "--runs", "2", "--warmup", "1",
+                      "--json", str(out))
+    finally:
+        relay.close()
+    assert result.returncode != 0
+    assert f"the agent at {relay.address} sent a profile LayerScope cannot read" in result.stderr, result.stderr
+    assert field in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not out.exists()  # nothing is written as if it had been measured
+
+
 # ---------------------------------------------------------------------------- discovery and CLI
 
 def _cli(*args, env_code: str = "", timeout: float = 60.0) -> subprocess.CompletedProcess:
@@ -470,19 +548,15 @@ def test_devices_lists_a_typed_agent_with_its_backends(start_agent):
 
 
 def test_profile_command_through_the_bridge(start_agent, tiny_model, tmp_path):
-    from engine.cli import build_parser
     agent = start_agent()
-    try:
-        build_parser().parse_args(["profile", str(tiny_model), "--target", agent.address])
-    except SystemExit:
-        pytest.skip("`layerscope profile --target` does not accept ws:// addresses yet (engine/cli_profile.py "
-                    "limits --target to choices=['cpu']); get_target(address) itself works (tests above)")
     out = tmp_path / "p.json"
     result = _cli("profile", str(tiny_model), "--target", agent.address, "--runs", "3", "--warmup", "1",
                   "--json", str(out))
     assert result.returncode == 0, result.stderr
     profile = Profile.load_json(out)
-    assert profile is not None and profile.target["name"] == "bridge"
+    assert profile.target["name"] == "bridge" and profile.target["address"] == agent.address
+    assert profile.runs_completed == 3 and {"conv1", "conv2", "add"} <= set(profile.nodes)
+    assert profile.transfers and profile.calibration["CPU"].points
 
 
 def test_uploaded_npz_inputs_and_run_give_the_cpu_reference_outputs(start_agent, tiny_model, tmp_path):

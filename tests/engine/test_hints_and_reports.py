@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import re
+from dataclasses import replace
 from html.parser import HTMLParser
 
 import numpy as np
@@ -14,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from engine.analysis import analyze
 from engine.hints import find_hints
-from engine.profile import Profile
+from engine.profile import ATTRIBUTED, ESTIMATED, MEASURED, Profile
 from engine.report import chrome_trace, csv_text, html_report, model_explorer_node_data, write_html
 from engine.report.exports import CSV_COLUMNS
 from engine.samples import mobileunet
@@ -89,7 +90,25 @@ def test_mobileunet_fires_batchnorm_and_convtranspose_hints(sample_profile):
     assert transposed and all(analysis.graph.node(i).op_type == "ConvTranspose" for i in transposed)
     assert all(analysis.graph.node(i).op_type == "BatchNormalization" for i in by_rule["fold_batchnorm"]["node_ids"])
     for hint in profile.hints:
-        assert hint["message"] and hint["kind"] == "measured" and 0 <= hint["share"] <= 1
+        # exact mode: every time is its own kernel's; rules that judge by MACs or FLOPs per byte add estimated
+        static = hint["rule"] in ("low_efficiency", "memory_bound")
+        assert hint["message"] and hint["kind"] == ("estimated" if static else "measured") and 0 <= hint["share"] <= 1
+
+
+def test_a_hint_takes_the_weakest_kind_of_the_figures_it_uses(sample_profile):
+    profile, analysis = sample_profile
+    transposed = {h["rule"]: h for h in profile.hints}["convtranspose_decoder"]["node_ids"]
+    # the same runs with the ConvTranspose times attributed (as a fused kernel's time split by FLOPs)
+    nodes = {i: replace(n, kind=ATTRIBUTED, time=replace(n.time, kind=ATTRIBUTED)) if i in transposed else n
+             for i, n in profile.nodes.items()}
+    by_rule = {h["rule"]: h for h in find_hints(replace(profile, nodes=nodes), analysis)}
+    assert by_rule["convtranspose_decoder"]["kind"] == ATTRIBUTED
+    assert by_rule["fold_batchnorm"]["kind"] == MEASURED  # its BatchNorms and the total are still measured
+    # one estimated kernel in the total: every share (and so every hint) is estimated
+    first = profile.groups[0]
+    groups = (replace(first, time=replace(first.time, kind=ESTIMATED)),) + profile.groups[1:]
+    estimated = find_hints(replace(profile, groups=groups), analysis)
+    assert estimated and {h["kind"] for h in estimated} == {ESTIMATED}
 
 
 def test_folded_sample_has_no_batchnorm_hint(tmp_path):
@@ -114,6 +133,7 @@ def test_low_efficiency_names_the_odd_layer(tmp_path):
     profile, _ = profile_file(path)
     hint = next((h for h in profile.hints if h["rule"] == "low_efficiency"), None)
     assert hint is not None and "conv2" in hint["node_ids"]
+    assert hint["kind"] == ESTIMATED  # measured times over MACs counted from shapes
 
 
 def test_memory_bound_fires_on_elementwise_chain(tmp_path):
@@ -122,6 +142,7 @@ def test_memory_bound_fires_on_elementwise_chain(tmp_path):
     hint = next((h for h in profile.hints if h["rule"] == "memory_bound"), None)
     assert hint is not None
     assert all(analysis.graph.node(i).op_type in ("Add", "Mul") for i in hint["node_ids"])
+    assert hint["kind"] == ESTIMATED  # FLOPs per byte come from shapes
 
 
 # ---------------------------------------------------------------------------- exports

@@ -120,7 +120,7 @@ def test_overlays_recolour_without_rebuilding(qtbot, window):
 
 
 def test_many_brush_calls_keep_none_alive(qtbot, window):
-    """PySide6 6.12.0 dropped a reference to None per setBrush/setPen (KNOWN-ISSUES): catch it here."""
+    """PySide6 6.12.0 dropped a reference to None per setBrush/setPen (docs/known-issues.md): catch it here."""
     open_and_wait(qtbot, window, light_model("densenet121"))
     before = sys.getrefcount(None)
     for _ in range(15):  # ~15 x 2 x 670 setBrush/setPen calls
