@@ -41,8 +41,30 @@ def parse_shape_option(items: Optional[Sequence[str]]) -> dict[str, list[int]]:
     return shapes
 
 
+STDOUT = "-"
+# `--json` alone means stdout; a model file right after it is the model, not where to write.
+_MODEL_SUFFIXES = (".onnx", ".mlmodel", ".mlpackage")
+
+
+def add_json_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--json", nargs="?", const=STDOUT, metavar="FILE",
+                        help=f"write {what} to FILE, or to stdout with no FILE or '-' "
+                             "(the text summary then goes to stderr)")
+
+
+def take_model_from_json_option(args: argparse.Namespace) -> None:
+    """`layerscope inspect --json model.onnx`: argparse gives the model to --json; give it back.
+
+    Without this, the JSON would be written over the model file the person meant to read.
+    """
+    value = getattr(args, "json", None)
+    if value and value != STDOUT and getattr(args, "model", None) is None \
+            and Path(value).suffix.lower() in _MODEL_SUFFIXES:
+        args.model, args.json = value, STDOUT
+
+
 def _default_model() -> Path:
-    from engine.samples import default_sample_path
+    from engine.sample_files import default_sample_path
     return default_sample_path()
 
 
@@ -51,6 +73,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from engine.inspect import inspect_document, summary_text
     from importers import open_model
 
+    take_model_from_json_option(args)
     path = Path(args.model) if args.model else _default_model()
     model = open_model(path, input_shapes=parse_shape_option(args.shape))
     if args.graph >= len(model.graphs):
@@ -58,12 +81,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     analysis = analyze(model, graph_index=args.graph)
     if args.json:
         text = json.dumps(inspect_document(analysis), indent=1)
-        if args.json == "-":
+        if args.json == STDOUT:
             print(text)
         else:
             write_text_atomically(args.json, text)
             print(f"wrote {args.json}", file=sys.stderr)
-    if not args.json or args.json != "-":
+    if args.json != STDOUT:
         print(summary_text(analysis, top=args.top))
     if analysis.totals.unknown_cost_nodes or any("no shape" in w or "free dimensions" in w
                                                  for w in model.warnings):
@@ -130,7 +153,8 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    """ONNX -> Core ML ML Program with a layer map (engine.convert); exit 3 if a check failed."""
+    """ONNX -> Core ML ML Program with a layer map (engine.convert); exit 3 if a check failed
+    (checks that did not run are listed as "not run" and do not change the exit code)."""
     from engine.convert import ConversionError, ImageInput, convert, parse_shape_options
 
     image_inputs = {}
@@ -160,7 +184,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     try:
         result = convert(args.model, args.output, precision=args.precision, target=args.target,
                          input_shapes=fixed_shapes, flexible_shapes=flexible_shapes, image_inputs=image_inputs,
-                         optimize=args.optimize, progress=None if args.quiet else progress)
+                         optimize=args.optimize, progress=None if args.quiet else progress,
+                         value_checks=not args.no_value_checks)
     except ConversionError as exc:
         raise CliError(str(exc))
     size = sum(f.stat().st_size for f in result.package_path.rglob("*") if f.is_file())
@@ -171,8 +196,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
     print("verification:")
     for line in result.summary_lines():
         print(f"  {line}")
+    print(result.verdict())
     for warning in result.warnings:
         print(f"layerscope: warning: {warning}", file=sys.stderr)
+    for name in result.failed_checks:
+        print(f"layerscope: {args.model}: check '{name}' failed: {result.verification[name]['detail']}",
+              file=sys.stderr)
     return EXIT_OK if result.verified else EXIT_INCOMPLETE
 
 
@@ -186,8 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="print a static summary of a model (params, MACs, memory, stages)")
     inspect.add_argument("model", nargs="?", help="model file (.onnx, .mlmodel, .mlpackage); "
                                                   "default: the bundled MobileUNet sample")
-    inspect.add_argument("--json", metavar="FILE", help="write the layerscope.inspect/1 JSON document "
-                                                        "to FILE ('-' for stdout, instead of the summary)")
+    add_json_option(inspect, "the layerscope.inspect/1 JSON document")
     inspect.add_argument("--shape", action="append", metavar="NAME=DIMS",
                          help="fix an input's shape, e.g. --shape input=1x3x224x224 (repeatable)")
     inspect.add_argument("--graph", type=int, default=0, help="which graph of a pipeline (default 0)")
@@ -206,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from engine.cli_profile import add_profile_commands
     add_profile_commands(sub)  # profile, compare
+    from engine.cli_numerics import add_numerics_command
+    add_numerics_command(sub)
 
     from engine.bridge.protocol import DEFAULT_MAX_MODEL_BYTES, DEFAULT_CACHE_BYTES, DEFAULT_PORT, MiB
     agent = sub.add_parser("agent", help="serve models to the desktop over the bridge protocol (a device agent)")
@@ -255,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--optimize", choices=["exact", "default"], default="exact",
                          help="exact (default): no cross-layer fusion, one ONNX node per MIL op; "
                               "default: coremltools' full optimisation pipeline")
+    convert.add_argument("--no-value-checks", action="store_true",
+                         help="do not compare weights and values with the source (faster on very large models; "
+                              "those checks are then reported as not run)")
     convert.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     convert.set_defaults(func=cmd_convert)
     return parser

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from engine.cli import STDOUT, add_json_option, take_model_from_json_option
+
 EXIT_OK, EXIT_BAD_INPUT, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 2, 3, 130
 
 
@@ -61,8 +63,9 @@ class Progress:
 class CtrlC:
     """First Ctrl-C sets `cancel` (stop after this run, keep what was measured); the second interrupts."""
 
-    def __init__(self):
+    def __init__(self, unit: str = "run"):
         self.cancel = threading.Event()
+        self.unit = unit  # what finishes before stopping: "run", "layer"
         self._previous = None
 
     def __enter__(self) -> "CtrlC":
@@ -74,7 +77,7 @@ class CtrlC:
         if self.cancel.is_set():
             raise KeyboardInterrupt
         self.cancel.set()
-        print("\nlayerscope: stopping after the current run (Ctrl-C again to stop at once)",
+        print(f"\nlayerscope: stopping after the current {self.unit} (Ctrl-C again to stop at once)",
               file=sys.stderr, flush=True)
 
     def __exit__(self, *exc) -> None:
@@ -228,7 +231,9 @@ def _with_hints(profile, analysis):
 
 def _write_outputs(args, profile, analysis, sweep=None) -> list[str]:
     written = []
-    if args.json:
+    if args.json == STDOUT:
+        print(profile.to_json())
+    elif args.json:
         profile.save_json(args.json)
         written.append(args.json)
     wanted = [(args.report, "write_html"), (args.csv, "write_csv"), (args.trace, "write_chrome_trace"),
@@ -266,6 +271,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from engine.sweep import model_for_setting, parse_size, sweep_alpha, sweep_sizes
     from engine.targets import ProfileSettings, get_target, is_coreml_target
 
+    take_model_from_json_option(args)
     path = Path(args.model) if args.model else _default_model()
     sizes = [parse_size(s) for s in (args.size or [])]
     alphas = list(args.alpha or [])
@@ -331,9 +337,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
                 profile = replace(profile, model_path=str(path))
     profile = _with_hints(profile, analysis)
     written = _write_outputs(args, profile, analysis, sweep=sweep_rows)
-    print(profile_summary(profile, top=args.top))
+    summary_stream = sys.stderr if args.json == STDOUT else sys.stdout  # stdout carries the JSON
+    print(profile_summary(profile, top=args.top), file=summary_stream)
     if sweep_rows:
-        print(sweep_summary(sweep_rows))
+        print(sweep_summary(sweep_rows), file=summary_stream)
     for item in written:
         print(f"wrote {item}", file=sys.stderr)
     if not profile.complete:
@@ -355,8 +362,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     a = Profile.load_json(args.a)
     b = Profile.load_json(args.b)
     comparison = compare_profiles(a, b, threshold=args.threshold)
-    print(compare_summary(comparison, top=args.top))
-    if args.json:
+    print(compare_summary(comparison, top=args.top), file=sys.stderr if args.json == STDOUT else sys.stdout)
+    if args.json == STDOUT:
+        import json
+        print(json.dumps(comparison.to_json_dict(), indent=1))
+    elif args.json:
         import json
         from engine.files import write_text_atomically
         write_text_atomically(Path(args.json), json.dumps(comparison.to_json_dict(), indent=1))
@@ -371,18 +381,28 @@ def cmd_compare(args: argparse.Namespace) -> int:
         model_path = Path(b.model_path)
         if not model_path.exists():
             raise CliError(f"--report needs the model file {b.model_path} (named in {args.b}), which is not there")
+        from dataclasses import replace
+        from engine.ir import ModelLoadError
+        # The report's static figures (MACs, bytes, stages) must be those of the shapes b ran at.
         shapes = {k: list(v) for k, v in (b.settings.get("input_shapes") or {}).items()}
+        note = "" if shapes else (f"{args.b} does not record its input shapes: the report's static figures (MACs, "
+                                  "bytes) are at the model's own shapes, which may not be the profiled ones")
         try:
-            analysis = analyze(open_model(model_path, input_shapes=shapes))
-        except Exception:
+            analysis = analyze(open_model(model_path, input_shapes=shapes or None))
+        except ModelLoadError as exc:
             analysis = analyze(open_model(model_path))
+            note = (f"the model cannot be analysed at the input shapes of {args.b} ({exc.problem}): "
+                    "the report's static figures (MACs, bytes) are at the model's own shapes, not the profiled ones")
+        if note:
+            print(f"layerscope: warning: {note}", file=sys.stderr)
+            b = replace(b, warnings=tuple(b.warnings) + (note,))
         write_html(b, analysis, args.report, compare=comparison.to_json_dict())
         print(f"wrote {args.report}", file=sys.stderr)
     return EXIT_OK
 
 
 def _default_model() -> Path:
-    from engine.samples import default_sample_path
+    from engine.sample_files import default_sample_path
     return default_sample_path()
 
 
@@ -426,7 +446,7 @@ def add_profile_commands(sub) -> None:
     profile.add_argument("--inputs", default="random", metavar="random|zeros|FILE.npz",
                          help="input values: random (seeded), zeros, or arrays named after the inputs in a .npz")
     profile.add_argument("--seed", type=int, default=0, help="seed of random inputs (default 0)")
-    profile.add_argument("--json", metavar="FILE", help="write the layerscope.profile/1 JSON")
+    add_json_option(profile, "the layerscope.profile/1 JSON")
     profile.add_argument("--report", metavar="FILE", help="write a self-contained HTML report")
     profile.add_argument("--csv", metavar="FILE", help="write one CSV row per layer")
     profile.add_argument("--trace", metavar="FILE", help="write Chrome trace-event JSON (opens in Perfetto)")
@@ -440,7 +460,8 @@ def add_profile_commands(sub) -> None:
     compare.add_argument("a", help="profile JSON (the reference)")
     compare.add_argument("b", help="profile JSON (ratios are b / a)")
     compare.add_argument("--report", metavar="FILE", help="write an HTML report of b with the comparison")
-    compare.add_argument("--json", metavar="FILE", help="write the comparison as JSON")
+    compare.add_argument("--json", metavar="FILE", help="write the comparison as JSON to FILE ('-': stdout, "
+                                                        "the text summary then goes to stderr)")
     compare.add_argument("--threshold", type=float, default=0.10,
                          help="relative change that counts as faster/slower (default 0.10)")
     compare.add_argument("--top", type=int, default=10, help="how many changed layers to list")

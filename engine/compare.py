@@ -144,7 +144,8 @@ def compare_profiles(a: Profile, b: Profile, threshold: float = 0.10, a_label: s
     end_to_end = None
     if a.end_to_end is not None and b.end_to_end is not None:
         end_to_end = Change("end_to_end", a.end_to_end.median_ms, b.end_to_end.median_ms,
-                            _ratio(a.end_to_end.median_ms, b.end_to_end.median_ms), "measured")
+                            _ratio(a.end_to_end.median_ms, b.end_to_end.median_ms),
+                            combine_kinds((a.end_to_end.kind, b.end_to_end.kind)))
     faster = tuple(sorted((c for c in nodes if c.ratio is not None and c.ratio < 1 - threshold),
                           key=lambda c: c.delta_ms))
     slower = tuple(sorted((c for c in nodes if (c.ratio is None and c.b_ms > 0)

@@ -24,8 +24,6 @@ the calibration their estimates come from are part of every profile (empty for t
 reference); a transfer whose time is neither measured nor calibrated has `time` None and
 still says how many bytes move.
 
-A combination takes the weakest kind it uses (`combine_kinds`).
-
 Invariants:
 
 - `TimingStats.samples_ms` holds one sample per completed run, in run order;
@@ -59,16 +57,16 @@ SCHEMA = "layerscope.profile/1"
 
 MEASURED, ATTRIBUTED, ESTIMATED = "measured", "attributed", "estimated"
 DERIVED, PLANNED, EMULATED = "derived", "planned", "emulated"
-# Strongest first (DESIGN.md: measured > attributed/derived/planned/emulated > estimated).  The four
-# middle kinds rank alike; their order here only decides which one a mixed sum is labelled with.
-KINDS = (MEASURED, DERIVED, ATTRIBUTED, PLANNED, EMULATED, ESTIMATED)
+# Kinds of a time, strongest first: a combination takes the weakest kind it uses.
+TIME_KINDS = (MEASURED, DERIVED, ATTRIBUTED, EMULATED, ESTIMATED)
+KINDS = TIME_KINDS + (PLANNED,)
 UNKNOWN_UNIT = "unknown"
 
 MODE_EXACT, MODE_DEPLOYED = "exact", "deployed"
 MODES = (MODE_EXACT, MODE_DEPLOYED)
 
-__all__ = ["SCHEMA", "MEASURED", "ATTRIBUTED", "ESTIMATED", "DERIVED", "PLANNED", "EMULATED", "KINDS", "MODE_EXACT",
-           "MODE_DEPLOYED", "MODES", "UNKNOWN_UNIT", "Transfer", "UnitCalibration",
+__all__ = ["SCHEMA", "MEASURED", "ATTRIBUTED", "ESTIMATED", "DERIVED", "PLANNED", "EMULATED", "TIME_KINDS",
+           "KINDS", "MODE_EXACT", "MODE_DEPLOYED", "MODES", "UNKNOWN_UNIT", "Transfer", "UnitCalibration",
            "FrozenMap", "TimingStats", "TimingGroup", "NodeTiming", "Profile", "ProfileFormatError",
            "combine_kinds", "kind_problems", "read_kind"]
 
@@ -78,16 +76,16 @@ class ProfileFormatError(ValueError):
 
 
 def kind_problem(data: Mapping) -> str:
-    """"" when `data["kind"]` is one of KINDS, else what is wrong with it ("missing", ...)."""
+    """"" when `data["kind"]` is the kind of a time (TIME_KINDS), else what is wrong ("missing", ...)."""
     if "kind" not in data:
         return "missing"
-    if data["kind"] not in KINDS:
-        return f"{data['kind']!r} is not one of {', '.join(KINDS)}"
+    if data["kind"] not in TIME_KINDS:
+        return f"{data['kind']!r} is not one of {', '.join(TIME_KINDS)}"
     return ""
 
 
 def read_kind(data: Mapping) -> str:
-    """The figure kind of a parsed object; a missing or unknown kind is an error, never `measured`."""
+    """The kind of a parsed time; a missing or unknown kind is an error, never `measured`."""
     problem = kind_problem(data)
     if problem:
         raise ValueError(f"kind {problem}")
@@ -174,14 +172,19 @@ class FrozenMap(Mapping):
         return f"FrozenMap({self._data!r})"
 
 
+# DESIGN.md: measured > attributed/derived/planned/emulated > estimated.  The middle kinds rank
+# alike; this order only decides which of them a mix of them is labelled with.
+_WEAKEST_FIRST = (ESTIMATED, EMULATED, PLANNED, ATTRIBUTED, DERIVED, MEASURED)
+
+
 def combine_kinds(kinds: Iterable[str]) -> str:
-    """The kind of a combination of figures: the weakest of its parts (KINDS order); measured
-    for none.  An unknown kind is an error: it must never come out as a stronger one."""
+    """The kind of a combination of figures: the weakest of its parts; measured for none.
+    An unknown kind is an error: it must never come out as a stronger one."""
     present = set(kinds)
     unknown = present.difference(KINDS)
     if unknown:
         raise ValueError(f"unknown figure kind(s) {', '.join(sorted(map(str, unknown)))}; known: {', '.join(KINDS)}")
-    return next((kind for kind in reversed(KINDS) if kind in present), MEASURED)
+    return next((kind for kind in _WEAKEST_FIRST if kind in present), MEASURED)
 
 
 # A run is "disturbed" when at least DISTURBED_SHARE of the layers above 1 % of the time ran
@@ -255,9 +258,8 @@ class TimingStats:
         values = tuple(float(s) for s in samples)
         if not values:
             raise ValueError("TimingStats needs at least one sample")
-        if kind not in KINDS or kind == PLANNED:
-            raise ValueError(f"kind of a time must be one of {', '.join(k for k in KINDS if k != PLANNED)}, "
-                             f"got {kind!r}")
+        if kind not in TIME_KINDS:
+            raise ValueError(f"kind of a time must be one of {TIME_KINDS}, got {kind!r}")
         ordered = sorted(values)
         mean = sum(values) / len(values)
         if len(values) > 1 and mean > 0:
@@ -421,16 +423,18 @@ class UnitCalibration:
     `bytes` counts the bytes moved both ways (a round trip of an n-byte tensor
     moves 2n).  points: the measured (bytes moved, median ms) pairs of the sweep.
     r2: coefficient of determination of the fit (1 = the straight line explains
-    every point).
+    every point).  bandwidth_bytes_per_s is None when the fit found no measurable
+    slope (the times did not grow with the size): no bandwidth, so no estimate.
+    The fit is `derived` from the measured points.
     """
 
     unit: str
     overhead_ms: float
-    bandwidth_bytes_per_s: float
+    bandwidth_bytes_per_s: Optional[float]
     points: tuple[tuple[int, float], ...] = ()
     r2: Optional[float] = None
     method: str = ""
-    kind: str = MEASURED
+    kind: str = DERIVED
 
     def round_trip_ms(self, tensor_bytes: int) -> float:
         return self.overhead_ms + 2.0 * tensor_bytes / self.bandwidth_bytes_per_s * 1000.0
@@ -446,7 +450,8 @@ class UnitCalibration:
 
     @classmethod
     def from_json_dict(cls, data: Mapping) -> "UnitCalibration":
-        return cls(str(data["unit"]), float(data["overhead_ms"]), float(data["bandwidth_bytes_per_s"]),
+        bandwidth = data["bandwidth_bytes_per_s"]
+        return cls(str(data["unit"]), float(data["overhead_ms"]), None if bandwidth is None else float(bandwidth),
                    tuple((int(b), float(ms)) for b, ms in data.get("points", ())),
                    None if data.get("r2") is None else float(data["r2"]), str(data.get("method", "")),
                    read_kind(data))
@@ -635,6 +640,15 @@ class Profile:
     def op_type_kinds(self) -> dict[str, str]:
         """Op type -> the kind of its summed time."""
         return dict(self._kinds_by("op_type"))
+
+    def ratio_kinds(self) -> dict[str, Optional[str]]:
+        """Kinds of the ratios `coverage` and `profiler_overhead`: the weakest of the figures each
+        divides (None when the ratio is not there)."""
+        e2e, profiled = self.end_to_end, self.profiled_end_to_end
+        return {"coverage": combine_kinds([g.time.kind for g in self.groups] + [e2e.kind])
+                if self.coverage is not None and e2e is not None else None,
+                "profiler_overhead": combine_kinds([profiled.kind, e2e.kind])
+                if self.profiler_overhead is not None and e2e is not None and profiled is not None else None}
 
     def _kinds_by(self, attribute: str) -> Mapping[str, str]:
         # Cached beside the fields (the profile is immutable): reports ask once per stage and op type.

@@ -27,6 +27,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from engine.sample_files import DEFAULT_SAMPLE_FILE, DEFAULT_SAMPLE_PARAMS, default_sample_path
+
 __all__ = ["mobileunet", "write_sample", "SAMPLES", "DEFAULT_SAMPLE_FILE", "default_sample_path"]
 
 OPSET = 17
@@ -315,11 +317,6 @@ def mobileunet(alpha: float = 1.0, size=224, num_classes: int = 1, seed: int = 0
 
 SAMPLES: dict[str, Callable[..., onnx.ModelProto]] = {"mobileunet": mobileunet}
 
-DEFAULT_SAMPLE_FILE = "mobileunet_a050_160.onnx"
-# Parameters of the shipped DEFAULT_SAMPLE_FILE (see resources/samples/README.md).
-DEFAULT_SAMPLE_PARAMS = {"alpha": 0.5, "size": 160}
-
-
 def write_sample(name: str, path: Union[str, Path], **params) -> Path:
     """Build sample `name` with `params` and save it to `path` (parents are created)."""
     try:
@@ -331,13 +328,3 @@ def write_sample(name: str, path: Union[str, Path], **params) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(model, str(path))
     return path
-
-
-def default_sample_path() -> Path:
-    """Path of the sample model the app opens by default (resources/samples/...).
-
-    Located beside this package rather than through importlib.resources("resources"):
-    "resources" is a generic top-level name another installed distribution could
-    own, while engine/ and resources/ always sit side by side (checkout or wheel).
-    """
-    return Path(__file__).resolve().parents[1] / "resources" / "samples" / DEFAULT_SAMPLE_FILE

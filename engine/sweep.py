@@ -106,7 +106,7 @@ def _row(setting: str, profile, analysis, **extra) -> dict:
     e2e = profile.end_to_end
     return {"setting": setting, **extra,
             "median_ms": e2e.median_ms if e2e else None, "p10_ms": e2e.p10_ms if e2e else None,
-            "p90_ms": e2e.p90_ms if e2e else None, "cv": e2e.cv if e2e else None, "kind": "measured",
+            "p90_ms": e2e.p90_ms if e2e else None, "cv": e2e.cv if e2e else None, "kind": e2e.kind if e2e else None,
             "macs": analysis.totals.macs, "flops": analysis.totals.flops, "params": analysis.totals.params,
             "coverage": profile.coverage, "runs": profile.runs_completed, "complete": profile.complete,
             "error": profile.error}

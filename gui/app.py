@@ -40,7 +40,7 @@ from gui.graph_view import (OVERLAY_TITLES, OVERLAYS, GraphScene, GraphView, bui
                             prepare_scene_data, retire_scene)
 from gui.inspector import Inspector
 from gui.responsive import hold_gc, release_gc, start_helper_process, stop_helper_process
-from gui.panels import ProfilePanels
+from gui.deferred_panels import DeferredProfilePanels
 from gui.run_dialog import ProfileWorker, RunDialog, RunRequest, RunResult, make_profile_runner
 
 APP_NAME = "LayerScope"
@@ -106,9 +106,13 @@ def load_model(path: str, include_constants: bool = False, progress=None, groupi
     start = time.perf_counter()
     analysis = analyze(model)
     timings["analysis"] = time.perf_counter() - start
-    return relayout(LoadedModel(str(path), model, analysis, None, include_constants,
-                                analysis.graph.producers(), timings), include_constants, progress, grouping,
-                    collapsed)
+    loaded = LoadedModel(str(path), model, analysis, None, include_constants, analysis.graph.producers(), timings)
+    if grouping == "none" and collapsed is None:
+        from gui.folded_groups import open_folded
+        folded = open_folded(loaded, include_constants, progress)
+        if folded is not None:
+            return folded
+    return relayout(loaded, include_constants, progress, grouping, collapsed)
 
 
 def relayout(loaded: LoadedModel, include_constants: bool, progress=None, grouping: Optional[str] = None,
@@ -257,7 +261,7 @@ class MainWindow(QMainWindow):
         dock.setWidget(self.inspector)
         dock.setFeatures(features)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
-        self.panels = ProfilePanels()
+        self.panels = DeferredProfilePanels()  # the charts (pyqtgraph) are built when first needed
         self.panels_dock = QDockWidget("Profile charts", self)
         self.panels_dock.setObjectName("profile-charts")
         self.panels_dock.setWidget(self.panels)
@@ -626,6 +630,7 @@ class MainWindow(QMainWindow):
         if self.run_dialog is not None:
             self.run_dialog.model_path = loaded.path
         self.modelLoaded.emit(loaded.path)
+        QTimer.singleShot(1000, self.panels, self.panels.warm_up)  # charts' import, off the first paint
         if session is not None:
             self.sessionOpened.emit(loaded.path)
 
@@ -767,13 +772,16 @@ class MainWindow(QMainWindow):
             return None
         self._search_position = (self._search_position + 1) % len(self._search_matches)
         node_id = self._search_matches[self._search_position]
-        self.view.select_node(node_id)
+        self.select_node(node_id)
         self.search_label.setText(f"{self._search_position + 1} / {len(self._search_matches)}")
         return node_id
 
     def select_node(self, node_id: str) -> None:
-        """Select and centre `node_id` in the graph (from a chart bar or a hint)."""
-        self.view.select_node(node_id)
+        """Select and centre `node_id` in the graph (from a chart bar, a hint or the search);
+        a node inside collapsed groups opens them first."""
+        from gui.folded_groups import open_groups_to
+        if not open_groups_to(self, node_id):
+            self.view.select_node(node_id)
 
     def _on_node_selected(self, node_id: str) -> None:
         if self.loaded is not None:
@@ -932,6 +940,7 @@ class MainWindow(QMainWindow):
     def show_run_dialog(self) -> RunDialog:
         if self.run_dialog is None:
             _warm_profiling_imports()
+            self.panels.real()  # the charts a run will fill: built now, not when its result arrives
             remembered = self.settings.value("bridgeTargets", []) or []
             if isinstance(remembered, str):
                 remembered = [remembered]
@@ -1378,7 +1387,7 @@ def run_app(model_path: Optional[str] = None, overlay: str = "none", profile: Op
     window = MainWindow()
     window.show()
     if model_path is None:
-        from engine.samples import default_sample_path
+        from engine.sample_files import default_sample_path
         model_path = str(default_sample_path())
 
     def first_open(_path: str) -> None:
@@ -1431,7 +1440,7 @@ def render_screenshot(model_path: Optional[str], output: str, overlay: str = "no
         window.show()
         app.processEvents()
         if model_path is None:
-            from engine.samples import default_sample_path
+            from engine.sample_files import default_sample_path
             model_path = str(default_sample_path())
         window.load_blocking(model_path)
         if failures:

@@ -30,11 +30,20 @@ def _run_app(no_display_advice: str, model, **options) -> int:
     if _display_missing():
         print(f"layerscope: no display found; {no_display_advice}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    _check_platform_libraries()
     try:
         from gui.app import run_app
     except ImportError as exc:
         raise CliError(f"the desktop app is not available: {exc}")
     return run_app(model, **options)
+
+
+def _check_platform_libraries() -> None:
+    """Qt aborts the process when its X11 plugin cannot load; say instead what to install."""
+    from gui.platform_check import display_problem
+    problem = display_problem()
+    if problem:
+        raise CliError(problem)
 
 
 def cmd_app(args: argparse.Namespace) -> int:
@@ -61,6 +70,7 @@ def cmd_view(args: argparse.Namespace) -> int:
                         args.model, overlay=args.overlay, profile=profile)
     if _display_missing():
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    _check_platform_libraries()
     try:
         from gui.app import render_screenshot
     except ImportError as exc:

@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QHeaderView, QLabel, QSpl
                                QTableWidgetItem, QVBoxLayout, QWidget)
 
 from engine.compare import Comparison, compare_profiles
+from engine.profile import combine_kinds
 from gui.graph_view import (RATIO_LIMIT, GraphScene, GraphView, build_in_slices, diverging_color,
                             format_ms)
 
@@ -211,7 +212,7 @@ class CompareView(QWidget):
         if comparison.end_to_end is not None:
             e2e = comparison.end_to_end
             parts.append(f"End-to-end: A {format_ms(e2e.a_ms)} → B {format_ms(e2e.b_ms)} "
-                         f"(<b>{ratio_text(e2e.ratio)}</b>, measured).")
+                         f"(<b>{ratio_text(e2e.ratio)}</b>, {e2e.kind}).")
         parts.append(f"{len(comparison.slower)} layers slower and {len(comparison.faster)} faster by more "
                      f"than {100 * comparison.threshold:.0f} %.")
         parts.extend(comparison.warnings)
@@ -226,7 +227,7 @@ class CompareView(QWidget):
         total_a = sum(c.a_ms for c in comparison.nodes)
         total_b = sum(c.b_ms for c in comparison.nodes)
         rows.append(("all layers", total_a, total_b, (total_b / total_a) if total_a > 0 else None,
-                     "/".join(sorted({c.kind for c in comparison.nodes})) or "measured"))
+                     combine_kinds(c.kind for c in comparison.nodes)))  # a sum: the weakest kind
         if comparison.end_to_end is not None:
             e2e = comparison.end_to_end
             rows.append(("end-to-end", e2e.a_ms, e2e.b_ms, e2e.ratio, e2e.kind))

@@ -9,6 +9,8 @@ progress lines, and reports the outcome:
 """
 from __future__ import annotations
 
+import html
+
 import re
 from pathlib import Path
 from typing import Optional, Sequence
@@ -286,11 +288,22 @@ class ConvertDialog(QDialog):
         self.result = result
         nodes = len(result.layer_map["nodes"])
         ops = sum(len(v) for v in result.layer_map["nodes"].values())
-        checks = "<br>".join(f"{name}: {outcome}" for name, outcome in result.outcomes().items())
-        verdict = "verified" if result.verified else "<span style='color:#b00'>a check failed</span>"
+        checks = "<br>".join(f"{name}: {html.escape(outcome)}" for name, outcome in result.outcomes().items())
+        if result.failed_checks:
+            # Which check, and for value checks the first source layer whose result departs.
+            failures = []
+            for name in result.failed_checks:
+                first = result.verification[name].get("first_departure")
+                layer = first.get("node") if isinstance(first, dict) else first
+                failures.append(f"{name}" + (f" (first departing layer: {html.escape(str(layer))})" if layer else ""))
+            verdict = f"<span style='color:#b00'>check failed: {', '.join(failures)}</span>"
+        else:
+            not_run = result.not_run_checks
+            verdict = "all checks passed" if not not_run else \
+                f"no check failed; not run: {', '.join(not_run)}"
         self._done(f"Wrote <b>{result.package_path.name}</b> and {result.layer_map_path.name} in "
                    f"{result.timings.get('total', 0.0):.1f} s: {nodes} source nodes → {ops} Core ML ops, "
-                   f"{verdict}.<br>{checks}")
+                   f"{verdict}.<br>{html.escape(result.verdict())}<br>{checks}")
         self.open_button.setEnabled(True)
         self.converted.emit(result)
 

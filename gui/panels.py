@@ -222,10 +222,10 @@ class ProfilePanels(QWidget):
         parts = [f"<b>{label or 'profile'}</b>"]
         if e2e is not None:
             parts.append(f"end-to-end {format_ms(e2e.median_ms)} (p10–p90 {format_ms(e2e.p10_ms)}–"
-                         f"{format_ms(e2e.p90_ms)}, measured)")
+                         f"{format_ms(e2e.p90_ms)}, {e2e.kind})")
         parts.append(f"{len(nodes)} layers, sum {format_ms(profile.total_node_ms)} ({kinds_text(kinds)})")
         if profile.coverage is not None:
-            parts.append(f"coverage {profile.coverage:.2f}")
+            parts.append(f"coverage {profile.coverage:.2f} ({profile.ratio_kinds()['coverage']})")
         parts.append(f"{profile.runs_completed} runs")
         if not profile.complete:
             parts.append(f"<span style='color:#b00'>incomplete: {profile.error or 'stopped early'}</span>")
@@ -330,7 +330,7 @@ class ProfilePanels(QWidget):
                 if share is not None:
                     time_text += f" ({100 * float(share):.0f} %)"
             severity = str(hint.get("severity", "low"))
-            kind = str(hint.get("kind", "measured"))
+            kind = str(hint.get("kind", "unknown"))
             top = QTreeWidgetItem(self.hints, [f"{severity.upper()}  {hint.get('rule', '')} · {len(node_ids)} "
                                                f"layer{'s' if len(node_ids) != 1 else ''}",
                                                f"{time_text} {kind}".strip()])
@@ -355,7 +355,7 @@ class ProfilePanels(QWidget):
         severity = str(hint.get("severity", "low"))
         color = SEVERITY_COLORS.get(severity, "#444444")
         self.hint_text.setText(f"<b style='color:{color}'>{severity.upper()} · {hint.get('rule', '')}</b> "
-                               f"<i>({hint.get('kind', 'measured')})</i><br>{hint.get('message', '')}")
+                               f"<i>({hint.get('kind', 'unknown')})</i><br>{hint.get('message', '')}")
 
     def set_sweeps(self, sweeps: Sequence) -> None:
         """Draw engine.session.SweepResult lines (latency vs input pixels or alpha), one per target and mode."""

@@ -10,16 +10,16 @@ inference and analysis need them.
 from __future__ import annotations
 
 import mmap
+import struct
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
-
-import numpy as np
-import onnx
-from onnx import AttributeProto, TensorProto
 
 from engine.ir import (Graph, Initializer, Model, ModelLoadError, Node, TensorType, Value,
                        WeightLocation)
 from importers import protowire
+# Not `import onnx`: that takes a second longer (ml_dtypes); see importers/onnx_proto.py.
+from importers.onnx_proto import (AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, TypeProto,
+                                  has_schema, infer_shapes_bytes)
 
 FORMAT = "onnx"
 EXTENSIONS = (".onnx",)
@@ -82,7 +82,7 @@ def load(path: Path, input_shapes: Optional[Mapping[str, Sequence[int]]] = None)
         except protowire.WireError as exc:
             raise ModelLoadError(str(path), f"not a valid ONNX file ({exc})") from None
     try:
-        proto = onnx.ModelProto.FromString(stripped)
+        proto = ModelProto.FromString(stripped)
     except Exception as exc:  # DecodeError: well-formed wire data of another message type
         raise ModelLoadError(str(path), f"not a valid ONNX file ({exc})") from None
     if not proto.HasField("graph"):
@@ -126,13 +126,14 @@ def _strip_tensor(buf, tensor_field: protowire.Field, embedded: dict[str, Weight
 class ModelBuilder:
     """Turns a (stripped) ModelProto into the IR, with shapes from ONNX shape inference."""
 
-    def __init__(self, proto: onnx.ModelProto, path: Path, embedded: dict[str, WeightLocation],
+    def __init__(self, proto: ModelProto, path: Path, embedded: dict[str, WeightLocation],
                  input_shapes: Mapping[str, Sequence[int]]):
         self.proto = proto
         self.path = path
         self.embedded = embedded
         self.input_shapes = dict(input_shapes)
         self.warnings: list[str] = []
+        self._external_files: dict[str, tuple[Path, bool]] = {}  # location -> (resolved path, exists)
         self.opsets = {entry.domain or "ai.onnx": entry.version for entry in proto.opset_import}
 
     def build(self) -> Model:
@@ -197,14 +198,13 @@ class ModelBuilder:
                 if graph_output.type.tensor_type.HasField("shape"):
                     graph_output.type.tensor_type.ClearField("shape")
 
-    def _infer_shapes(self) -> onnx.ModelProto:
+    def _infer_shapes(self) -> ModelProto:
         try:
             executor = _inference_executor
             if executor is not None and len(self.proto.graph.node) >= INFERENCE_OFFLOAD_NODES:
                 inferred = executor.submit(infer_shapes_bytes, self.proto.SerializeToString()).result()
-                return onnx.ModelProto.FromString(inferred)
-            return onnx.shape_inference.infer_shapes(self.proto, check_type=False, strict_mode=False,
-                                                     data_prop=True)
+                return ModelProto.FromString(inferred)
+            return ModelProto.FromString(infer_shapes_bytes(self.proto.SerializeToString()))
         except Exception as exc:  # inference errors must not stop the graph from opening
             self.warnings.append(f"shape inference failed ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
                                  "shapes shown are those stored in the file")
@@ -212,10 +212,17 @@ class ModelBuilder:
 
     # -- graphs ---------------------------------------------------------------------------
 
-    def _graph(self, graph: onnx.GraphProto, top_level: bool) -> Graph:
+    def _graph(self, graph: GraphProto, top_level: bool) -> Graph:
         values: dict[str, Value] = {}
+        # Exported models repeat a few types thousands of times ([1, 1, 2048] float): one
+        # TensorType per distinct serialized TypeProto instead of a walk of its dims per value.
+        types: dict[bytes, Optional[TensorType]] = {}
         for info in list(graph.value_info) + list(graph.input) + list(graph.output):
-            values[info.name] = Value(info.name, _tensor_type(info.type))
+            key = info.type.SerializeToString()
+            tensor_type = types.get(key, _MISSING)
+            if tensor_type is _MISSING:
+                tensor_type = types[key] = _tensor_type(info.type)
+            values[info.name] = Value(info.name, tensor_type)
         for tensor in graph.initializer:
             values[tensor.name] = self._initializer_value(tensor, values.get(tensor.name))
         initializer_names = {t.name for t in graph.initializer}
@@ -223,26 +230,38 @@ class ModelBuilder:
         nodes: list[Node] = []
         used_ids: set[str] = set()
         unknown_ops: dict[tuple[str, str], list[str]] = {}
+        known_ops: dict[tuple[str, str], bool] = {}
+        namespaces: dict[str, str] = {}  # the part of a node name before its last "/" -> namespace
         for index, node in enumerate(graph.node):
-            node_id = _unique_id(node.name or f"{node.op_type}_{index}", used_ids)
+            # Each field read of a protobuf message costs a lookup: read every field once.
+            op_type, name, domain = node.op_type, node.name, node.domain
+            inputs, outputs = tuple(node.input), tuple(node.output)
+            node_id = _unique_id(name or f"{op_type}_{index}", used_ids)
             attributes, subgraphs = {}, {}
             for attribute in node.attribute:
-                if attribute.type == AttributeProto.GRAPH:
+                kind = attribute.type
+                if kind == AttributeProto.GRAPH:
                     subgraphs[attribute.name] = self._graph(attribute.g, top_level=False)
-                elif attribute.type == AttributeProto.GRAPHS:
+                elif kind == AttributeProto.GRAPHS:
                     for i, sub in enumerate(attribute.graphs):
                         subgraphs[f"{attribute.name}[{i}]"] = self._graph(sub, top_level=False)
                 else:
                     attributes[attribute.name] = _attribute_value(attribute)
-            for name in list(node.input) + list(node.output):
-                if name and name not in values:
-                    values[name] = Value(name)
-            if node.op_type == "Constant":
-                values[node.output[0]] = self._constant_node_value(node, values[node.output[0]])
-            if not _is_known_op(node.op_type, node.domain, self.opsets):
-                unknown_ops.setdefault((node.domain or "ai.onnx", node.op_type), []).append(node_id)
-            nodes.append(Node(node_id, node.op_type, node.name, _namespace(node.name), tuple(node.input),
-                              tuple(node.output), attributes, subgraphs, node.domain))
+            for value_name in inputs + outputs:
+                if value_name and value_name not in values:
+                    values[value_name] = Value(value_name)
+            if op_type == "Constant":
+                values[outputs[0]] = self._constant_node_value(node, values[outputs[0]])
+            known = known_ops.get((op_type, domain))
+            if known is None:
+                known = known_ops[(op_type, domain)] = _is_known_op(op_type, domain, self.opsets)
+            if not known:
+                unknown_ops.setdefault((domain or "ai.onnx", op_type), []).append(node_id)
+            scope = name.rpartition("/")[0]
+            namespace = namespaces.get(scope)
+            if namespace is None:
+                namespace = namespaces[scope] = _namespace(name)
+            nodes.append(Node(node_id, op_type, name, namespace, inputs, outputs, attributes, subgraphs, domain))
         for (domain, op_type), ids in unknown_ops.items():
             where = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
             self.warnings.append(f"op '{op_type}' (domain {domain}) is not a standard ONNX op: {where} "
@@ -256,10 +275,10 @@ class ModelBuilder:
         small_data = None
         if tensor.data_location == TensorProto.EXTERNAL:
             info = {entry.key: entry.value for entry in tensor.external_data}
-            location_path = (self.path.parent / info.get("location", "")).resolve()
+            location_path, exists = self._external_file(info.get("location", ""))
             location = WeightLocation("external", str(location_path), int(info.get("offset", 0) or 0),
                                       int(info.get("length", 0) or tensor_type.byte_size or 0))
-            if not location_path.is_file():
+            if not exists:
                 self.warnings.append(f"external weight file '{info.get('location', '')}' of tensor "
                                      f"'{tensor.name}' is missing: the graph opens, but the model cannot run")
         elif tensor.name in self.embedded:
@@ -270,7 +289,15 @@ class ModelBuilder:
             small_data = _small_values(tensor)
         return Value(tensor.name, tensor_type, Initializer(tensor_type, location), small_data)
 
-    def _constant_node_value(self, node: onnx.NodeProto, value: Value) -> Value:
+    def _external_file(self, location: str) -> tuple[Path, bool]:
+        """The resolved path of an external data file and whether it exists (once per file: a
+        model's thousands of tensors usually share one or two)."""
+        if location not in self._external_files:
+            path = (self.path.parent / location).resolve()
+            self._external_files[location] = (path, path.is_file())
+        return self._external_files[location]
+
+    def _constant_node_value(self, node: NodeProto, value: Value) -> Value:
         for attribute in node.attribute:
             if attribute.name == "value" and attribute.type == AttributeProto.TENSOR:
                 t = attribute.t
@@ -299,13 +326,6 @@ def set_inference_executor(executor) -> None:
     _inference_executor = executor
 
 
-def infer_shapes_bytes(model_bytes: bytes) -> bytes:
-    """Shape inference from serialized model to serialized model (picklable, for a worker process)."""
-    proto = onnx.ModelProto.FromString(model_bytes)
-    inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
-    return inferred.SerializeToString()
-
-
 def _unique_id(candidate: str, used: set[str]) -> str:
     node_id, suffix = candidate, 1
     while node_id in used:
@@ -315,6 +335,9 @@ def _unique_id(candidate: str, used: set[str]) -> str:
     return node_id
 
 
+_MISSING = object()
+
+
 def _namespace(node_name: str) -> str:
     """'/encoder/layer1/conv/Conv' -> 'encoder/layer1/conv' (PyTorch and TF style module scopes)."""
     if "/" not in node_name:
@@ -322,7 +345,7 @@ def _namespace(node_name: str) -> str:
     return "/".join(part for part in node_name.split("/")[:-1] if part)
 
 
-def _tensor_type(type_proto: onnx.TypeProto) -> Optional[TensorType]:
+def _tensor_type(type_proto: TypeProto) -> Optional[TensorType]:
     if not type_proto.HasField("tensor_type"):
         return None
     tensor_type = type_proto.tensor_type
@@ -333,22 +356,57 @@ def _tensor_type(type_proto: onnx.TypeProto) -> Optional[TensorType]:
     return TensorType(dtype_name(tensor_type.elem_type), shape)
 
 
+# struct codes of the element types whose small values the analysis reads (shape vectors, axes,
+# scalars); little-endian as ONNX stores raw_data.  Decoded without numpy, which the CLI's
+# inspect would otherwise import for this alone.
+_STRUCT_CODES = {
+    TensorProto.FLOAT: "f", TensorProto.DOUBLE: "d", TensorProto.FLOAT16: "e", TensorProto.INT8: "b",
+    TensorProto.UINT8: "B", TensorProto.INT16: "h", TensorProto.UINT16: "H", TensorProto.INT32: "i",
+    TensorProto.UINT32: "I", TensorProto.INT64: "q", TensorProto.UINT64: "Q", TensorProto.BOOL: "?",
+}
+# Where each type's values live when not in raw_data (onnx.proto: 16-bit floats as their bits).
+_TYPED_FIELDS = {
+    TensorProto.FLOAT: "float_data", TensorProto.DOUBLE: "double_data", TensorProto.INT64: "int64_data",
+    TensorProto.UINT32: "uint64_data", TensorProto.UINT64: "uint64_data",
+    **{t: "int32_data" for t in (TensorProto.INT32, TensorProto.INT16, TensorProto.INT8, TensorProto.UINT16,
+                                 TensorProto.UINT8, TensorProto.BOOL, TensorProto.FLOAT16, TensorProto.BFLOAT16)},
+}
+
+
+def _bfloat16(bits: int) -> float:
+    return struct.unpack("<f", struct.pack("<I", (bits & 0xFFFF) << 16))[0]
+
+
 def _small_values(tensor: TensorProto) -> Optional[tuple]:
-    """The values of a small tensor as a flat tuple (None when too big or not stored inline)."""
+    """The values of a small tensor as a flat tuple (None when too big, not stored inline, or of a
+    type the analysis never reads, such as strings or 8-bit floats)."""
     count = 1
     for d in tensor.dims:
         count *= d
     if count > SMALL_TENSOR_BYTES // 4 or tensor.data_location == TensorProto.EXTERNAL:
         return None
-    if tensor.data_type == TensorProto.STRING:
-        return None
-    if tensor.HasField("raw_data") or any(len(getattr(tensor, f)) for f in (
-            "float_data", "int32_data", "int64_data", "double_data", "uint64_data")):
-        try:
-            return tuple(np.asarray(onnx.numpy_helper.to_array(tensor)).reshape(-1).tolist())
-        except Exception:
+    data_type = tensor.data_type
+    if tensor.HasField("raw_data"):
+        raw = tensor.raw_data
+        if data_type == TensorProto.BFLOAT16:
+            if len(raw) != 2 * count:
+                return None
+            return tuple(_bfloat16(bits) for bits in struct.unpack(f"<{count}H", raw))
+        code = _STRUCT_CODES.get(data_type)
+        if code is None or len(raw) != count * struct.calcsize(code):
             return None
-    return None
+        return struct.unpack(f"<{count}{code}", raw)
+    field_name = _TYPED_FIELDS.get(data_type)
+    values = tuple(getattr(tensor, field_name)) if field_name else ()
+    if not values or len(values) != count:
+        return None
+    if data_type == TensorProto.FLOAT16:
+        return tuple(struct.unpack("<e", struct.pack("<H", bits & 0xFFFF))[0] for bits in values)
+    if data_type == TensorProto.BFLOAT16:
+        return tuple(_bfloat16(bits) for bits in values)
+    if data_type == TensorProto.BOOL:
+        return tuple(bool(v) for v in values)
+    return values
 
 
 def _attribute_value(attribute: AttributeProto) -> object:
@@ -381,6 +439,6 @@ def _is_known_op(op_type: str, domain: str, opsets: Mapping[str, int]) -> bool:
     if domain not in _KNOWN_DOMAINS:
         return False
     try:
-        return onnx.defs.has(op_type, domain)
+        return has_schema(op_type, domain)
     except Exception:
         return False

@@ -243,9 +243,14 @@ def _peak_activation(graph: Graph, order: list[Node], constants: set[str]) -> tu
                 last_use[name] = position
     keep_to_end = set(graph.outputs)
 
+    sizes: dict[str, int] = {}  # each tensor's size, looked up once (it is asked for 2-3 times)
+
     def size_of(name: str) -> int:
-        value_type = graph.value_type(name)
-        return (value_type.byte_size or 0) if value_type is not None else 0
+        size = sizes.get(name)
+        if size is None:
+            value_type = graph.value_type(name)
+            size = sizes[name] = (value_type.byte_size or 0) if value_type is not None else 0
+        return size
 
     live = sum(size_of(name) for name in graph.inputs)
     peak, peak_node = live, None

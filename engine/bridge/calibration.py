@@ -9,7 +9,10 @@ least squares with a straight line
     ms = overhead_ms + bytes_moved / bandwidth          (bytes_moved = 2 x tensor bytes)
 
 so `overhead_ms` is the fixed cost of a round trip (dispatch, synchronisation)
-and `bandwidth` the copy speed.  The points and the fit are `measured` figures.
+and `bandwidth` the copy speed.  The points are measured; the fit is `derived`
+from them.  A sweep whose times do not grow with the size (noise swamping the
+bytes) gives no bandwidth (None): that unit's transfers are then not estimated,
+and a warning says why.
 
 Estimation.  A profile knows which unit ran each node (`NodeTiming.compute_unit`).
 For every edge whose producer and consumer ran on different units, the bytes of
@@ -28,7 +31,7 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from engine.bridge.results import Transfer, UnitCalibration
-from engine.profile import ESTIMATED, TimingStats
+from engine.profile import DERIVED, ESTIMATED, TimingStats
 
 __all__ = ["fit_transfer_cost", "calibrate_unit", "DEFAULT_SWEEP_BYTES", "ort_identity_round_trip",
            "estimate_transfers", "HOST_UNIT"]
@@ -77,9 +80,8 @@ def calibrate_unit(unit: str, round_trip_ms: Callable[[int], float],
         samples = [float(round_trip_ms(int(size))) for _ in range(max(1, repeats))]
         points.append((2 * int(size), statistics.median(samples)))
     overhead, bandwidth, r2 = fit_transfer_cost(points)
-    if bandwidth == float("inf"):
-        bandwidth = 1e15  # JSON has no infinity; a petabyte per second is "free" at any tensor size
-    return UnitCalibration(unit, max(0.0, overhead), bandwidth, tuple(points), r2, method)
+    return UnitCalibration(unit, max(0.0, overhead), None if bandwidth == float("inf") else bandwidth,
+                           tuple(points), r2, method, DERIVED)
 
 
 def ort_identity_round_trip(provider: str = "CPUExecutionProvider") -> Callable[[int], float]:
@@ -140,6 +142,12 @@ def estimate_transfers(graph, node_units: Mapping[str, str], calibration: Mappin
     """
     transfers: list[Transfer] = []
     warnings: list[str] = []
+    unfitted = sorted(unit for unit, fit in calibration.items() if fit.bandwidth_bytes_per_s is None)
+    if unfitted:
+        warnings.append(f"the transfer calibration of {', '.join(unfitted)} found no measurable bandwidth (the "
+                        "round trips did not take longer for larger tensors): no fit, so their transfers are not "
+                        "estimated")
+        calibration = {unit: fit for unit, fit in calibration.items() if unit not in unfitted}
     missing_units: set[str] = set()
     unsized: list[str] = []
     producers = graph.producers()
@@ -183,6 +191,7 @@ def estimate_transfers(graph, node_units: Mapping[str, str], calibration: Mappin
             producer = producers.get(value)
             if producer is not None and producer.id in node_units:
                 add("output", value, node_units[producer.id], HOST_UNIT, producer.id, None)
+    missing_units.difference_update(unfitted)
     if missing_units:
         warnings.append(f"no transfer calibration for unit(s) {', '.join(sorted(missing_units))}: "
                         + ("their transfers show bytes, time unknown" if keep_untimed

@@ -76,6 +76,9 @@ class BuiltProgram:
     removed: dict[str, str]  # node id -> why it produced no MIL op
     shape_check: ShapeCheck
     scalarized_parameters: int = 0
+    # (node id, ONNX value, MIL var) of every node result; the vars' names after coremltools'
+    # passes tie ONNX tensors to the saved program's (engine.convert.values.tensor_map).
+    tensor_vars: list = field(default_factory=list)
 
 
 class BuildState:
@@ -228,7 +231,7 @@ def build_program(source: SourceModel, target_name: str, precision: str = "fp16"
         label = ", ".join(f"{name}={'x'.join(map(str, shape))}" for name, shape in probe[0].items())
         _compare_shapes(state, probe[1], shape_check, f" (input {label})", {})
     return BuiltProgram(program, names, op_source, input_names, output_names, removed, shape_check,
-                        state.scalarized_parameters)
+                        state.scalarized_parameters, state.built_tensors)
 
 
 def _compare_shapes(state: BuildState, graph, check: ShapeCheck, label: str,

@@ -1,4 +1,4 @@
-"""Checks run after every conversion; each says passed, failed or skipped, and why.
+"""Checks run after every conversion; each says passed, failed or not run, and why.
 
 - shapes: while building, every ONNX node output's MIL type (shape and dtype)
   equals the ONNX-inferred one (our IR's value types).
@@ -13,8 +13,14 @@
 - layer_map: every source compute node has MIL ops (or is listed as removed or
   fused) and every MIL op has a source node, except input/output casts and
   image preprocessing.
-- numeric: outputs against ONNX Runtime (max abs / relative error per output).
-  Core ML prediction exists only on macOS; elsewhere this is skipped and says so.
+- weights: every weight of the saved package equals its ONNX source constant
+  (engine/convert/values.py).
+- values: the saved program run on the MIL reference evaluator against ONNX Runtime,
+  outputs and mapped intermediates, with the first departing layer (values.py).
+- coreml: outputs of Core ML itself against ONNX Runtime.  Core ML prediction exists
+  only on macOS; elsewhere this is "not run" and says so.
+
+A check that did not run is "not run", never "passed".
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ import numpy as np
 from engine.analysis import analyze, costs
 from engine.ir import FLOAT_DTYPES, Model
 
-PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+from engine.convert.values import FAILED, NOT_RUN, PASSED
 _LAYER_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 _PARAM_DTYPES = FLOAT_DTYPES | {"int8", "uint8", "int4", "uint4"}
 
@@ -70,7 +76,10 @@ def program_weights(model: Model, attributed: Optional[Mapping[str, Optional[str
 
 
 def run_checks(*, source, built, coreml_model: Model, layer_map: Mapping, owner: Mapping[str, Optional[str]],
-               precision: str, optimize: str, package_path: Path, image_inputs: Mapping) -> dict[str, dict]:
+               precision: str, optimize: str, package_path: Path, image_inputs: Mapping,
+               program=None, value_checks: bool = True) -> dict[str, dict]:
+    """Every check; `program` is the MIL program read back from the saved package (the value
+    checks run on it), `value_checks=False` leaves the weights and values checks "not run"."""
     checks: dict[str, dict] = {}
     shape_check = built.shape_check
     if shape_check.mismatches:
@@ -96,7 +105,7 @@ def run_checks(*, source, built, coreml_model: Model, layer_map: Mapping, owner:
     elif optimize != "exact":
         # coremltools' remove_redundant_ops merges layers that compute the same thing (identical
         # weights on the same input: generated weights such as the light zoo's do that).
-        checks["compute_layers"] = _check(SKIPPED, detail + "; optimize='default' merged identical layers",
+        checks["compute_layers"] = _check(NOT_RUN, detail + "; optimize='default' merged identical layers",
                                           source=source_layers, package=package_layers)
     else:
         checks["compute_layers"] = _check(FAILED, detail, source=source_layers, package=package_layers)
@@ -110,7 +119,7 @@ def run_checks(*, source, built, coreml_model: Model, layer_map: Mapping, owner:
               f"the source{scalarized} (analysis of the whole package: "
               f"{package_totals.params + package_totals.buffers:,})")
     if optimize != "exact":
-        checks["parameters"] = _check(SKIPPED, "optimize='default' folds BatchNorm and biases into "
+        checks["parameters"] = _check(NOT_RUN, "optimize='default' folds BatchNorm and biases into "
                                                "convolutions, which changes parameter counts; " + detail,
                                       source=source_params, package=elements)
     else:
@@ -121,7 +130,7 @@ def run_checks(*, source, built, coreml_model: Model, layer_map: Mapping, owner:
     expected = int((source_totals.weight_bytes - 4 * built.scalarized_parameters) * ratio) \
         if source_float else None
     if optimize != "exact" or expected is None:
-        checks["weight_bytes"] = _check(SKIPPED, f"{nbytes:,} weight bytes in the package, "
+        checks["weight_bytes"] = _check(NOT_RUN, f"{nbytes:,} weight bytes in the package, "
                                                  f"{source_totals.weight_bytes:,} in the source",
                                         source=source_totals.weight_bytes, package=nbytes)
     else:
@@ -143,7 +152,30 @@ def run_checks(*, source, built, coreml_model: Model, layer_map: Mapping, owner:
                                              f"{len(layer_map['removed'])} removed, {len(layer_map['folded'])} "
                                              f"folded, {len(layer_map.get('fused', {}))} fused, "
                                              f"{len(layer_map.get('unattributed', ()))} input/output ops")
-    checks["numeric"] = numeric_check(source, package_path, layer_map, precision, image_inputs)
+    checks.update(value_check_results(source, built, program, layer_map, precision, optimize, image_inputs,
+                                      value_checks))
+    checks["coreml"] = numeric_check(source, package_path, layer_map, precision, image_inputs)
+    return checks
+
+
+def value_check_results(source, built, program, layer_map: Mapping, precision: str, optimize: str,
+                        image_inputs: Mapping, value_checks: bool) -> dict[str, dict]:
+    from engine.convert.values import values_check, weights_check
+
+    if not value_checks:
+        reason = "value checks turned off (--no-value-checks)"
+        return {"weights": _check(NOT_RUN, reason), "values": _check(NOT_RUN, reason)}
+    checks = {}
+    try:
+        checks["weights"] = weights_check(program, layer_map, source, optimize)
+    except Exception as exc:  # a check tripping over an odd program is a finding, reported, not a crash
+        checks["weights"] = _check(NOT_RUN, f"could not compare the weights: {type(exc).__name__}: {exc}")
+    try:
+        checks["values"] = values_check(program, layer_map, source, precision, image_inputs, layer_map["tensors"])
+    except MemoryError:
+        checks["values"] = _check(NOT_RUN, "not enough memory to hold the program's tensors and ONNX Runtime's")
+    except Exception as exc:
+        checks["values"] = _check(NOT_RUN, f"could not run: {type(exc).__name__}: {exc}")
     return checks
 
 
@@ -158,7 +190,7 @@ def _is_plumbing(name: str, layer_map: Mapping) -> bool:
 def numeric_check(source, package_path: Path, layer_map: Mapping, precision: str,
                   image_inputs: Mapping) -> dict:
     if sys.platform != "darwin":
-        return _check(SKIPPED, f"needs macOS: Core ML prediction does not run on {sys.platform}; convert "
+        return _check(NOT_RUN, f"needs macOS: Core ML prediction does not run on {sys.platform}; convert "
                                "on a Mac to compare the outputs with ONNX Runtime")
     try:
         return _numeric_compare(source, package_path, layer_map, precision, image_inputs)
@@ -206,5 +238,5 @@ def _numeric_compare(source, package_path: Path, layer_map: Mapping, precision: 
         per_output[onnx_name] = {"max_abs_error": max_abs, "max_rel_error": max_rel}
         worst = max(worst, max_rel)
     return _check(PASSED if worst <= tolerance else FAILED,
-                  f"outputs against ONNX Runtime on random inputs (CPU only): worst relative error "
+                  f"Core ML's outputs against ONNX Runtime on random inputs (CPU only): worst relative error "
                   f"{worst:.2e} (tolerance {tolerance:g} for {precision})", outputs=per_output)

@@ -40,6 +40,9 @@ details summary{cursor:pointer;color:#345}
 """
 
 
+NOT_RUN = "not run"
+
+
 def kind_badge(kind: str) -> str:
     css = kind if kind in KINDS else "notrun"
     return f'<span class="kind {css}" title="how this figure was obtained">{escape(kind)}</span>'
@@ -55,7 +58,7 @@ def _ms(value: Optional[float]) -> str:
 
 def html_report(profile: "Profile", analysis: "ModelAnalysis", sweep: Optional[Sequence[Mapping[str, Any]]] = None,
                 compare: Optional[Mapping[str, Any]] = None, blockers: Optional[Sequence[Mapping[str, Any]]] = None,
-                top: int = 15) -> str:
+                top: int = 15, numerics=None) -> str:
     target = dict(profile.target)
     totals = analysis.totals
     title = Path(profile.model_path).name or "model"
@@ -68,15 +71,18 @@ def html_report(profile: "Profile", analysis: "ModelAnalysis", sweep: Optional[S
     if not profile.complete or profile.error:
         parts.append(f"<p class='warn'>This profile is incomplete: {escape(profile.error or 'stopped early')}. "
                      f"The {profile.runs_completed} runs measured before that are shown.</p>")
+    for warning in profile.warnings:  # what the reader must know to read the figures right
+        parts.append(f"<p class='warn'>Note: {escape(warning)}</p>")
 
     e2e = profile.end_to_end
+    ratio_kinds = profile.ratio_kinds()
     cards = [
         _card("end-to-end median (p10–p90: " + (f"{e2e.p10_ms:.2f}–{e2e.p90_ms:.2f} ms)" if e2e else "–)"),
-              _ms(e2e.median_ms if e2e else None), "measured"),
+              _ms(e2e.median_ms if e2e else None), e2e.kind if e2e else NOT_RUN),
         _card("coverage: per-layer sum / end-to-end",
-              "–" if profile.coverage is None else f"{profile.coverage:.2f}", "measured"),
+              "–" if profile.coverage is None else f"{profile.coverage:.2f}", ratio_kinds["coverage"] or NOT_RUN),
         _card("profiler overhead", "–" if profile.profiler_overhead is None
-              else f"{100 * profile.profiler_overhead:+.1f} %", "measured"),
+              else f"{100 * profile.profiler_overhead:+.1f} %", ratio_kinds["profiler_overhead"] or NOT_RUN),
         _card("multiply-accumulates", human_count(totals.macs), "estimated"),
         _card("parameters", human_count(totals.params), "estimated"),
         _card("peak activation memory", human_bytes(totals.peak_activation_bytes), "estimated"),
@@ -89,7 +95,7 @@ def html_report(profile: "Profile", analysis: "ModelAnalysis", sweep: Optional[S
             nodes = ", ".join(hint.get("node_ids", [])[:8])
             more = len(hint.get("node_ids", [])) - 8
             parts.append(f"<div class='hint {escape(str(hint.get('severity', 'low')))}'><b>{escape(str(hint.get('rule')))}</b> "
-                         f"{kind_badge(str(hint.get('kind', 'measured')))} {escape(str(hint.get('message', '')))}"
+                         f"{kind_badge(str(hint.get('kind', 'unknown')))} {escape(str(hint.get('message', '')))}"
                          f"<div class='mono'>nodes: {escape(nodes)}{f' and {more} more' if more > 0 else ''}</div></div>")
     else:
         parts.append("<p>No rule fired: no single pattern dominates this profile.</p>")
@@ -109,11 +115,16 @@ def html_report(profile: "Profile", analysis: "ModelAnalysis", sweep: Optional[S
         parts.append(_sweep_section(sweep))
     if compare:
         parts.append(_compare_section(compare))
+    if numerics is not None:  # an engine.numerics.NumericsResult of the same model
+        from engine.report.numerics_section import numerics_section
+        parts.append(numerics_section(numerics))
     parts.append(_graph_section(profile, analysis))
     parts.append(_layer_table(profile, analysis))
-    parts.append("<p class='sub'>Made by LayerScope. <b>measured</b>: timed on the target; <b>attributed</b>: a "
-                 "measured total split by a cost model (fused kernels split by FLOPs); <b>estimated</b>: derived "
-                 "from the model without a run.</p></body></html>")
+    parts.append("<p class='sub'>Made by LayerScope. <b>measured</b>: timed on the target; <b>derived</b>: computed "
+                 "from other measurements; <b>attributed</b>: a measured total split by a cost model (fused kernels "
+                 "split by FLOPs); <b>planned</b>: what the runtime says it will do; <b>emulated</b>: the CPU "
+                 "reference imitating a device; <b>estimated</b>: from shapes or a model of the device, without a "
+                 "run. A combination of figures has the weakest kind among them.</p></body></html>")
     return "\n".join(parts)
 
 
@@ -171,7 +182,7 @@ def _sweep_section(sweep: Sequence[Mapping[str, Any]]) -> str:
     chart = svg.line_chart([(name, xs, ys) for name, (xs, ys) in series.items()], "ms (median, measured)")
     rows = "".join(
         f"<tr><td class='t'>{escape(str(r.get('series', r.get('target', ''))))}</td><td class='t'>{escape(str(r.get('setting')))}</td>"
-        f"<td>{float(r.get('median_ms', 0)):.3f} ms {kind_badge('measured')}</td>"
+        f"<td>{float(r.get('median_ms', 0)):.3f} ms {kind_badge(str(r.get('kind') or NOT_RUN))}</td>"
         f"<td>{_opt_ms(r.get('p10_ms', r.get('p10')))}</td><td>{_opt_ms(r.get('p90_ms', r.get('p90')))}</td>"
         f"<td>{human_count(r.get('macs'))} {kind_badge('estimated')}</td></tr>" for r in sweep)
     return ("<h2>Latency by setting (sweep)</h2>" + chart + "<table><tr><th class='t'>series</th><th class='t'>setting</th>"
@@ -189,7 +200,8 @@ def _compare_section(compare: Mapping[str, Any]) -> str:
     end_to_end = compare.get("end_to_end")
     if end_to_end:
         parts.append(f"<p>End-to-end: {_opt_ms(end_to_end.get('a_ms'))} → {_opt_ms(end_to_end.get('b_ms'))} "
-                     f"(ratio {float(end_to_end.get('ratio') or 0):.2f}) {kind_badge('measured')}</p>")
+                     f"(ratio {float(end_to_end.get('ratio') or 0):.2f}) "
+                     f"{kind_badge(str(end_to_end.get('kind', 'unknown')))}</p>")
     parts.append("<table><tr><th class='t'>stage</th><th>A</th><th>B</th><th>B / A</th></tr>")
     for row in stages:
         parts.append(f"<tr><td class='t'>{escape(str(row.get('name')))}</td><td>{_opt_ms(row.get('a_ms'))}</td>"
@@ -273,5 +285,7 @@ def _layer_table(profile: "Profile", analysis: "ModelAnalysis") -> str:
             "<th>MACs</th><th>output</th></tr>" + "".join(rows) + "</table></details>")
 
 
-def write_html(profile: "Profile", analysis: "ModelAnalysis", path, sweep=None, compare=None, blockers=None) -> Path:
-    return write_text_atomically(Path(path), html_report(profile, analysis, sweep=sweep, compare=compare, blockers=blockers))
+def write_html(profile: "Profile", analysis: "ModelAnalysis", path, sweep=None, compare=None, blockers=None,
+               numerics=None) -> Path:
+    return write_text_atomically(Path(path), html_report(profile, analysis, sweep=sweep, compare=compare,
+                                                         blockers=blockers, numerics=numerics))

@@ -768,6 +768,35 @@ class CpuTarget:
             raise TargetError("no model prepared: call prepare(model_path, settings) first")
         return dict(self._prepared.input_shapes)
 
+    @property
+    def session_model_path(self) -> Path:
+        """The session copy ORT runs (nodes named by IR id, shapes fixed, constants folded).
+
+        Lives in the target's work folder: valid until the target is closed."""
+        if self._prepared is None:
+            raise TargetError("no model prepared: call prepare(model_path, settings) first")
+        return self._prepared.session_model
+
+    @property
+    def inputs(self) -> dict[str, np.ndarray]:
+        """The input values of a plain run (generated from the settings, or read from the .npz)."""
+        if self._prepared is None:
+            raise TargetError("no model prepared: call prepare(model_path, settings) first")
+        return dict(self._prepared.feed)
+
+    @property
+    def folded_node_ids(self) -> list[str]:
+        """Nodes static analysis found constant, replaced by initializers in the session copy."""
+        if self._prepared is None:
+            raise TargetError("no model prepared: call prepare(model_path, settings) first")
+        return list(self._prepared.folded_ids)
+
+    @property
+    def load_warnings(self) -> list[str]:
+        if self._prepared is None:
+            raise TargetError("no model prepared: call prepare(model_path, settings) first")
+        return list(self._prepared.warnings)
+
     # -- prepare --------------------------------------------------------------------------
 
     def prepare(self, model_path, settings: Optional[ProfileSettings] = None) -> None:

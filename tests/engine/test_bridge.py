@@ -23,7 +23,7 @@ from engine.bridge.calibration import calibrate_unit, estimate_transfers, fit_tr
 from engine.bridge.client import BridgeBusy, BridgeClient, BridgeConnectionLost, BridgeError
 from engine.bridge.protocol import ProtocolError
 from engine.bridge.results import UnitCalibration
-from engine.profile import ESTIMATED, MEASURED, Profile
+from engine.profile import DERIVED, ESTIMATED, Profile
 from engine.targets import ProfileSettings, get_target
 from engine.targets.bridge import BridgeTarget
 from tests.bridge_conformance.bridge_wire import (REPO, AgentHandle, start_agent_process, stop_agent_process,
@@ -96,7 +96,7 @@ def test_get_target_ws_address_profiles_the_sample_like_the_cpu_reference(start_
     assert {"input", "output"} <= set(kinds)
     assert all(t.time.kind == ESTIMATED for t in profile.transfers)
     assert kinds["input"].bytes == 1 * 3 * 160 * 160 * 4
-    assert profile.calibration["CPU"].kind == MEASURED and profile.calibration["CPU"].bandwidth_bytes_per_s > 0
+    assert profile.calibration["CPU"].kind == DERIVED and profile.calibration["CPU"].bandwidth_bytes_per_s > 0
     # the JSON round trip keeps transfers and calibration (keys added within layerscope.profile/1)
     again = Profile.from_json_dict(json.loads(profile.to_json()))
     assert again.transfers == profile.transfers and set(again.calibration) == {"CPU"}
@@ -404,9 +404,29 @@ def test_calibration_recovers_overhead_and_bandwidth_of_a_synthetic_cost_curve()
     fit = calibrate_unit("GPU", round_trip, repeats=7)
     assert abs(fit.overhead_ms - overhead_ms) / overhead_ms < 0.2
     assert abs(fit.bandwidth_bytes_per_s - bandwidth) / bandwidth < 0.2
-    assert fit.r2 > 0.99 and fit.kind == MEASURED and len(fit.points) == 6
+    assert fit.r2 > 0.99 and fit.kind == DERIVED and len(fit.points) == 6  # a fit of measured points
     exact = fit_transfer_cost([(0, 1.0), (1000, 2.0), (2000, 3.0)])
     assert exact[0] == pytest.approx(1.0) and exact[1] == pytest.approx(1e6)
+
+
+def test_a_sweep_without_a_measurable_slope_gives_no_bandwidth_and_no_estimates(sample_model):
+    from importers import open_model
+
+    def round_trip(tensor_bytes: int) -> float:  # a dispatch-bound unit whose small sizes were disturbed:
+        return 0.2 - tensor_bytes * 1e-9         # larger tensors take no longer
+
+    unfitted = calibrate_unit("GPU", round_trip, (16 << 10, 64 << 10, 256 << 10), repeats=3)
+    assert unfitted.bandwidth_bytes_per_s is None and unfitted.kind == DERIVED and len(unfitted.points) == 3
+    document = unfitted.to_json_dict()
+    assert document["bandwidth_bytes_per_s"] is None  # JSON null, not a made-up "free" bandwidth
+    assert UnitCalibration.from_json_dict(json.loads(json.dumps(document))) == unfitted
+    graph = open_model(sample_model).main_graph
+    units = {n.id: ("GPU" if n.id.startswith("/decoder") else "CPU") for n in graph.nodes}
+    transfers, warnings = estimate_transfers(graph, units, {"CPU": UnitCalibration("CPU", 0.01, 10e9),
+                                                            "GPU": unfitted})
+    assert not [t for t in transfers if "GPU" in (t.from_unit, t.to_unit)]
+    assert warnings == ["the transfer calibration of GPU found no measurable bandwidth (the round trips did not "
+                        "take longer for larger tensors): no fit, so their transfers are not estimated"]
 
 
 def test_transfers_are_estimated_on_every_edge_between_units(sample_model):

@@ -127,3 +127,19 @@ def test_no_display_points_to_headless_commands():
 def test_engine_alone_prints_help_without_starting_the_app():
     result = run_cli()
     assert result.returncode == 0 and "inspect" in result.stdout and "no display" not in result.stderr
+
+
+def test_json_without_a_file_name_writes_to_stdout(tmp_path):
+    model = tmp_path / "squeezenet.onnx"
+    model.write_bytes(light_model("squeezenet").read_bytes())
+    before = model.read_bytes()
+    for args in (("inspect", str(model), "--json"), ("inspect", "--json", str(model))):
+        result = run_cli(*args)
+        assert result.returncode == 0, result.stderr
+        document = json.loads(result.stdout)  # nothing but the JSON on stdout
+        assert document["schema"] == "layerscope.inspect/1" and document["model"]["path"].endswith("squeezenet.onnx")
+    assert model.read_bytes() == before  # `--json MODEL` read the model, never wrote over it
+    result = run_cli("profile", str(model), "--runs", "2", "--warmup", "0", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["schema"] == "layerscope.profile/1"
+    assert "slowest" in result.stderr.lower() or "model" in result.stderr.lower()  # the summary moved to stderr

@@ -56,6 +56,31 @@ def test_profile_exports_and_compare(tmp_path):
     assert ratios and set(ratios) == {1.0}
 
 
+def test_compare_report_analyses_the_model_at_the_profiles_shapes_or_says_it_did_not(tmp_path):
+    from engine.analysis import analyze
+    from engine.inspect import human_count
+    from engine.samples import default_sample_path
+    from importers import open_model
+    profile = tmp_path / "p96.json"
+    result = run_cli("profile", "--size", "96x96", "--runs", "1", "--warmup", "0", "--json", profile)
+    assert result.returncode == 0, result.stderr
+    at_96 = analyze(open_model(default_sample_path(), input_shapes={"image": [1, 3, 96, 96]})).totals.macs
+    assert at_96 != analyze(open_model(default_sample_path())).totals.macs  # the sample's own size is not 96x96
+    result = run_cli("compare", profile, profile, "--report", tmp_path / "r.html")
+    assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
+    assert f'<div class="v">{human_count(at_96)}<span class="kind estimated"' in (tmp_path / "r.html").read_text()
+    # a profile whose shapes do not fit the file (another version of the model): said, not hidden
+    data = json.loads(profile.read_text())
+    data["settings"]["input_shapes"] = {"pixels": [1, 3, 96, 96]}
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(data))
+    result = run_cli("compare", profile, other, "--report", tmp_path / "o.html")
+    assert result.returncode == 0, result.stderr
+    assert "cannot be analysed at the input shapes of" in result.stderr and "'pixels'" in result.stderr
+    assert "the report&#x27;s static figures (MACs, bytes) are at the model&#x27;s own shapes" in \
+        (tmp_path / "o.html").read_text()
+
+
 def test_profile_size_sweep_on_sample(tmp_path):
     result = run_cli("profile", "--size", "64x64", "96x96", "--runs", "2", "--warmup", "0", "--json",
                      tmp_path / "s.json")

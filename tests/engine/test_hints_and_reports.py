@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from engine.analysis import analyze
 from engine.hints import find_hints
-from engine.profile import ATTRIBUTED, ESTIMATED, MEASURED, Profile
+from engine.profile import ATTRIBUTED, DERIVED, ESTIMATED, MEASURED, Profile
 from engine.report import chrome_trace, csv_text, html_report, model_explorer_node_data, write_html
 from engine.report.exports import CSV_COLUMNS
 from engine.samples import mobileunet
@@ -178,6 +178,32 @@ def test_html_report_is_self_contained(sample_profile, tmp_path):
     for kind in ("measured", "estimated"):
         assert f'class="kind {kind}"' in text
     assert "decoder" in text and "ConvTranspose" in text
+
+
+def _card_kinds(text):
+    """Report card label -> the kind badge shown with its value."""
+    return {label: kind for kind, label in
+            re.findall(r'<span class="kind [^"]+"[^>]*>([^<]+)</span></div><div class="l">([^<]+)</div>', text)}
+
+
+def test_report_cards_and_hints_carry_the_kinds_of_their_figures(sample_profile):
+    profile, analysis = sample_profile
+    cards = _card_kinds(html_report(profile, analysis))
+    assert cards["coverage: per-layer sum / end-to-end"] == cards["profiler overhead"] == MEASURED
+    assert cards["multiply-accumulates"] == ESTIMATED
+    # the same runs where the end-to-end time is derived and one kernel's time attributed: every card
+    # dividing them says so, and a hint that states no kind is shown as unknown, never as measured
+    first = profile.groups[0]
+    relabelled = replace(profile, end_to_end=replace(profile.end_to_end, kind=DERIVED),
+                         groups=(replace(first, time=replace(first.time, kind=ATTRIBUTED)),) + profile.groups[1:],
+                         hints=[{k: v for k, v in hint.items() if k != "kind"} for hint in profile.hints])
+    text = html_report(relabelled, analysis)
+    cards = _card_kinds(text)
+    assert next(kind for label, kind in cards.items() if label.startswith("end-to-end median")) == DERIVED
+    assert cards["profiler overhead"] == DERIVED
+    assert cards["coverage: per-layer sum / end-to-end"] == ATTRIBUTED  # derived and attributed: the later
+    assert text.count('<span class="kind notrun" title="how this figure was obtained">unknown</span>') == \
+        len(profile.hints)
 
 
 def test_csv_has_one_row_per_timed_node(sample_profile):

@@ -5,8 +5,11 @@ machines are noisy (the benchmark in benchmarks/ holds the tight figures).
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import threading
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -76,7 +79,7 @@ def test_timing_stats_from_samples():
 
 def test_profile_is_immutable(sample_exact):
     profile, _ = sample_exact
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'coverage'"):
         profile.coverage = 1.0  # type: ignore[misc]
     with pytest.raises(TypeError):
         profile.nodes["x"] = None  # type: ignore[index]
@@ -146,6 +149,50 @@ def test_exact_light_zoo_every_compute_node_timed(name):
     # The zoo builds its weights with ConstantOfShape: folded before the run, so untimed.
     constant = {m.node_id for m in analysis.nodes.values() if m.is_constant}
     assert constant and set(profile.untimed_node_ids) == constant
+
+
+def _slow_layer_model(tmp_path) -> Path:
+    """A layer made deliberately slow: Pow with a fractional exponent (a transcendental function per
+    value) on n values, then a Mul and a Relu on 2n values.  The Pow has half the FLOPs and bytes of
+    each other layer, and takes several times longer than either."""
+    n = 1 << 20
+    nodes = [helper.make_node("Pow", ["x", "exponent"], ["a"], name="slow_pow"),
+             helper.make_node("Mul", ["a", "rows"], ["b"], name="wide_mul"),
+             helper.make_node("Relu", ["b"], ["y"], name="wide_relu")]
+    weights = [onnx.numpy_helper.from_array(np.array(2.37, np.float32), "exponent"),
+               onnx.numpy_helper.from_array(np.array([[1.0], [2.0]], np.float32), "rows")]
+    graph = helper.make_graph(nodes, "slow_layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, n])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], weights)
+    path = tmp_path / "slow_layer.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), path)
+    return path
+
+
+def _nodes_with_kernel_events(path: Path, tmp_path: Path) -> set[str]:
+    """Node names ONNX Runtime's own profiler times (its `<node>_kernel_time` events), no LayerScope code."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(tmp_path / "ort_profile")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session.run(None, {"x": np.ones((1, 1 << 20), np.float32)})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    return {e["name"][:-len("_kernel_time")] for e in events
+            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")}
+
+
+def test_times_come_from_the_runtime_events_not_from_a_cost_model(tmp_path):
+    path = _slow_layer_model(tmp_path)
+    profile, analysis = profile_of(path, runs=5)
+    # a cost model ranks the Pow last; the runtime's events rank it first, by far
+    assert analysis.nodes["slow_pow"].flops < min(analysis.nodes[n].flops for n in ("wide_mul", "wide_relu"))
+    slowest, second = profile.top_nodes(2)
+    assert slowest.node_id == "slow_pow", [(n.node_id, n.time.median_ms) for n in profile.nodes.values()]
+    assert slowest.time.median_ms >= 2 * second.time.median_ms
+    # measured exactly where ONNX Runtime's own profiler has a kernel event
+    measured = {node_id for node_id, timing in profile.nodes.items() if timing.kind == timing.time.kind == MEASURED}
+    assert measured == _nodes_with_kernel_events(path, tmp_path) == {"slow_pow", "wide_mul", "wide_relu"}
 
 
 # ----------------------------------------------------------------------------- deployed mode

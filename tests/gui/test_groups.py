@@ -162,6 +162,11 @@ def test_compare_of_a_grouped_model_is_laid_out_node_for_node_off_the_ui_thread(
     assert window.loaded.collapsed  # the main view stays grouped
 
 
+def _reference_compare_view(window):
+    from gui.compare_view import CompareView
+    return CompareView(window.loaded, [(e.label, e.profile) for e in window.entries], None, 0, 0)
+
+
 def test_closing_a_compare_view_while_it_draws_cancels_the_build(qtbot, window, sample_model, sample_profile):
     open_and_wait(qtbot, window, sample_model)
     window.add_profile(sample_profile)
@@ -173,14 +178,23 @@ def test_closing_a_compare_view_while_it_draws_cancels_the_build(qtbot, window, 
 
     built_before = built()
     view.close()
-    qtbot.wait(200)
+    # A reference view opened after the close draws the same comparison in full: by the time it is
+    # ready, the closed one would have drawn too, however slow this machine, had its build gone on.
+    reference = _reference_compare_view(window)
+    qtbot.addWidget(reference)
+    reference.show()
+    qtbot.waitUntil(lambda: reference.ready, timeout=LOAD_TIMEOUT_MS)
     assert not view.ready and built() == built_before  # no slice ran after the close
     assert view.view.graph_scene is None
-    # Closed before its first comparison even started: nothing starts later either.
+    # Closed before its first comparison even started: nothing starts later either.  A hidden
+    # reference opened after it starts only from the same 250 ms fallback timer, which fires later;
+    # once it has drawn, the closed one would have compared and drawn too.
     early = window.show_compare(0, 0)
     qtbot.addWidget(early)
     early.close()
-    qtbot.wait(400)  # past the 250 ms fallback start
+    late = _reference_compare_view(window)
+    qtbot.addWidget(late)
+    qtbot.waitUntil(lambda: late.ready, timeout=LOAD_TIMEOUT_MS)
     assert early.comparison is None and early.scene is None
     reopened = window.show_compare(0, 0)  # and a new one draws normally
     qtbot.addWidget(reopened)

@@ -415,10 +415,12 @@ def test_ui_thread_gap_during_profiling(qtbot, window, sample_model):
     _wait_idle(qtbot, window)
     qtbot.wait(200)  # the charts' first paint is part of it
     timer.stop()
-    longest = max(gaps) * 1000
-    print(f"\nUI-thread gap during a 30-run profile of the sample ({time.perf_counter() - started:.2f} s): "
+    longest, elapsed = max(gaps) * 1000, (time.perf_counter() - started) * 1000
+    print(f"\nUI-thread gap during a 30-run profile of the sample ({elapsed / 1000:.2f} s): "
           f"max {longest:.0f} ms, median {np.median(gaps) * 1000:.1f} ms over {len(gaps)} ticks")
-    assert longest < 250  # budget 100 ms; a loose bound here, these machines are noisy (see the note)
+    # A ratio to the job itself, which a loaded machine slows alike: profiling on the UI thread would
+    # make the gap the whole job; here it is ~0.05 of it (the 100 ms budget: benchmarks/).
+    assert longest < 0.3 * elapsed
 
 
 def test_device_agent_typed_as_address_profiles_with_transfers(qtbot, window, settings, sample_model, tmp_path):
@@ -465,6 +467,7 @@ def test_charts_of_a_large_profile_fill_after_the_graph_is_recoloured(qtbot, win
     window.DEFER_CHARTS_NODES = 1  # the sample's profile counts as large here
     window.set_overlay("time")
     window.view.select_node(SELECTED_NODE)
+    started = time.perf_counter()
     window.add_profile(profile)
     assert window.scene.profile is profile and window.scene.top_node_ids  # recoloured at once
     assert window.panels.profile is None  # the charts come next
@@ -472,9 +475,11 @@ def test_charts_of_a_large_profile_fill_after_the_graph_is_recoloured(qtbot, win
     assert len(window.panels.layer_ids) == len(profile.nodes)  # first the per-layer chart
     # then the other tabs, and the selected node's bars marked again
     qtbot.waitUntil(lambda: window.panels.highlighted == SELECTED_NODE, timeout=2000)
+    fill_ms = (time.perf_counter() - started) * 1000  # the whole deferred fill, on this machine now
     assert window.panels.top_ids[0] == max(profile.nodes.values(), key=lambda n: n.time.median_ms).node_id
-    # A profile selected again before the charts filled is not overwritten by the stale fill.
+    # A profile selected again before the charts filled is not overwritten by the stale fill: waited
+    # for twice as long as a whole fill just took, however slow the machine.
     window.add_profile(profile)
     window.select_profile(-1)
-    qtbot.wait(150)
+    qtbot.wait(int(2 * fill_ms) + 20)
     assert window.panels.profile is None

@@ -1,9 +1,11 @@
 """The UI thread stays free while a large model opens and an old scene is deleted (issue 6: < 100 ms gaps).
 
 Real parts only: the helper process (shape inference and layout of large graphs), the
-worker thread, the slice-by-slice scene teardown.  Gap figures are printed for the note;
-the asserted bounds are loose (machines here are noisy; benchmarks/bench_gui_open.py
-measures them properly).
+worker thread, the slice-by-slice scene teardown.  Gap figures are printed for the note.
+The asserted bound is a ratio to a reference measured in the same test: the same scene
+built (or deleted) in one go on the UI thread, which is the gap the slicing exists to
+avoid.  A loaded machine slows both alike, so the bound neither flakes under load nor
+loosens on a fast machine (benchmarks/bench_gui_open.py measures the gaps properly).
 """
 from __future__ import annotations
 
@@ -35,10 +37,12 @@ def large_model(tmp_path_factory):
 
 
 class GapMeter:
-    """The longest interval between ticks of a 10 ms QTimer on the UI thread."""
+    """The longest interval between ticks of a 10 ms QTimer on the UI thread; `watch()` (if given)
+    is recorded at every tick, so a test sees what state the app was in when the loop got a turn."""
 
-    def __init__(self):
+    def __init__(self, watch=None):
         self.gaps, self.last = [0.0], time.perf_counter()
+        self.watch, self.seen = watch, []
         self.timer = QTimer()
         self.timer.timeout.connect(self.tick)
 
@@ -46,6 +50,8 @@ class GapMeter:
         now = time.perf_counter()
         self.gaps.append(now - self.last)
         self.last = now
+        if self.watch is not None:
+            self.seen.append(self.watch())
 
     def __enter__(self) -> "GapMeter":
         gc.collect()  # what earlier tests left is not the app's doing
@@ -62,6 +68,22 @@ class GapMeter:
         return max(self.gaps) * 1000
 
 
+# The longest gap may be at most this share of the same work done in one turn on the UI thread
+# (measured here: 0.04-0.1; 1 or more when the work is not offloaded and sliced).
+GAP_SHARE_OF_ONE_TURN = 0.4
+
+
+def one_turn_build_ms(loaded) -> float:
+    """Milliseconds to build a scene of `loaded` in one go on the UI thread."""
+    from gui.graph_view import GraphScene
+    gc.collect()
+    start = time.perf_counter()
+    scene = GraphScene(loaded)
+    built_ms = (time.perf_counter() - start) * 1000
+    scene.clear()
+    return built_ms
+
+
 def _wait_retired(qtbot) -> None:
     qtbot.waitUntil(lambda: retiring_scenes() == 0, timeout=LOAD_TIMEOUT_MS)
 
@@ -73,9 +95,13 @@ def test_a_large_model_opens_through_the_helper_process_with_the_same_graph(qtbo
     with GapMeter() as meter:
         open_and_wait(qtbot, window, large_model)
         qtbot.wait(300)  # the first paint and the sample's teardown
-    print(f"\nUI-thread gap while a {LARGE_NODES}-node model opens: longest {meter.longest_ms:.0f} ms")
-    # The same graph and geometry as opening and laying out in this process.
+    build_ms = one_turn_build_ms(window.loaded)
+    # The same graph and geometry as opening and laying out in this process (timed: the reference).
+    start = time.perf_counter()
     reference = layout_graph(analyze(open_model(large_model)))
+    one_turn_ms = (time.perf_counter() - start) * 1000 + build_ms
+    print(f"\nUI-thread gap while a {LARGE_NODES}-node model opens: longest {meter.longest_ms:.0f} ms; "
+          f"opened and built in one turn: {one_turn_ms:.0f} ms")
     loaded = window.loaded
     assert loaded.layout.boxes == reference.boxes and loaded.layout.method == "sugiyama"
     assert [e.points for e in loaded.layout.edges] == [e.points for e in reference.edges]
@@ -84,7 +110,7 @@ def test_a_large_model_opens_through_the_helper_process_with_the_same_graph(qtbo
     assert len(window.scene.node_items) == len(reference.boxes)
     # Automatic garbage collection is back on once the model is drawn.
     assert gc.isenabled() and not responsive.gc_held()
-    assert meter.longest_ms < 300  # budget 100 ms (measured ~50 ms); loose: shared, noisy machines
+    assert meter.longest_ms < GAP_SHARE_OF_ONE_TURN * one_turn_ms  # offloaded and sliced, whatever the load
 
 
 def test_a_dead_helper_process_is_replaced_and_opening_still_works(qtbot, window, large_model):
@@ -103,15 +129,24 @@ def test_an_old_scene_is_deleted_in_slices_and_its_model_freed(qtbot, window, la
     open_and_wait(qtbot, window, large_model)
     old_scene, old_model = window.scene, weakref.ref(window.loaded)
     item_count = len(old_scene.node_items) + len(old_scene.edge_items)
-    with GapMeter() as meter:
+
+    def tearing_down() -> bool:  # begun (its item lists are handed to the teardown) and not finished
+        return not old_scene.edge_items and retiring_scenes() == 1
+
+    with GapMeter(watch=tearing_down) as meter:
         open_and_wait(qtbot, window, sample_model)
         assert retiring_scenes() == 1 and window.scene is not old_scene
         _wait_retired(qtbot)
-    print(f"\nUI-thread gap while a {item_count}-item scene is deleted: longest {meter.longest_ms:.0f} ms")
+    turns = sum(meter.seen)
+    print(f"\nUI-thread gap while a {item_count}-item scene is deleted: longest {meter.longest_ms:.0f} ms; "
+          f"the event loop ran {turns} timer ticks between its slices")
     assert old_scene.node_items == [] and old_scene.edge_items == [] and old_scene.labels is None
     assert old_scene.loaded is None
     assert old_model() is None  # nothing kept the previous model alive (gui.responsive freezes the heap)
-    assert meter.longest_ms < 300
+    # Deleted a slice per turn, the app answering between slices (a count of turns, not a time:
+    # one-turn deletion of this scene takes about as long as a slow machine's gap, so the gap
+    # itself cannot tell them apart here).
+    assert turns >= 1
 
 
 def test_gc_holds_nest_and_freeze_what_is_alive():

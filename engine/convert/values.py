@@ -1,0 +1,352 @@
+"""Value checks of a converted package, run on any OS: its weights and its numerics.
+
+- weights: every weight tensor of the saved package (read back from the .mlpackage
+  with coremltools' weight-storage reader) equals a constant input of its source node
+  after the layout change the converter documents (`WEIGHT_SOURCES`; any reshape, Gemm's
+  B transposed unless transB and scaled by alpha, C scaled by beta), within half an fp16
+  step when stored as fp16 (1e-6 relative as fp32); and every weight of a converted
+  source node is found in the package.
+- values: the saved program runs on the MIL reference evaluator (mil_reference.py, which
+  takes op meanings from coremltools' op definitions and the MIL spec, not from our
+  translation) and ONNX Runtime runs the source on the same seeded inputs; every graph
+  output and every intermediate the layer map ties to an ONNX tensor is compared: max
+  absolute error and max error relative to the tensor's largest magnitude, per tensor,
+  and the first source node (in execution order) whose result departs.
+
+Both say "not run" (never "passed") when they could not run, and why.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Mapping
+
+import numpy as np
+
+PASSED, FAILED, NOT_RUN = "passed", "failed", "not run"
+
+# Largest error, relative to a tensor's largest magnitude, that still counts as equal.
+# fp32: float32 arithmetic in a different order than ONNX Runtime's (measured here: at most
+# ~3e-6 on the samples and the light zoo, docs/conversion.md).  fp16: every op's result rounded
+# to fp16 (a relative step of 2^-11 ~ 4.9e-4) and that rounding carried through the network
+# (measured: up to ~1e-2 on the deepest light-zoo models).
+TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2}
+
+# Which ONNX input a MIL op's weight comes from, where the op has more than one candidate
+# (ONNX node type, MIL op type, MIL parameter) -> ONNX input index.  Elsewhere a weight
+# must equal one of its node's constant inputs.
+WEIGHT_SOURCES = {
+    ("Conv", "conv", "weight"): 1, ("Conv", "conv", "bias"): 2,
+    ("ConvTranspose", "conv_transpose", "weight"): 1, ("ConvTranspose", "conv_transpose", "bias"): 2,
+    ("ConvTranspose", "add", "y"): 2,
+    ("BatchNormalization", "batch_norm", "gamma"): 1, ("BatchNormalization", "batch_norm", "beta"): 2,
+    ("BatchNormalization", "batch_norm", "mean"): 3, ("BatchNormalization", "batch_norm", "variance"): 4,
+    ("Gemm", "linear", "weight"): 1, ("Gemm", "linear", "bias"): 2, ("Gemm", "matmul", "y"): 1,
+    ("Gemm", "add", "y"): 2,
+}
+
+FP16_MAX = 65504.0
+_CHUNK = 1 << 22  # elements compared at a time: VGG-19's first classifier weight has 102 M
+
+
+def _check(status: str, detail: str, **numbers) -> dict:
+    return {"status": status, "detail": detail, **numbers}
+
+
+# ----------------------------------------------------------------------------- weights
+
+def package_weights(program, layer_map: Mapping) -> list[tuple[str, str, str, str, np.ndarray]]:
+    """(MIL op, its type, parameter, source node id, value) of every float weight of more than
+    one element that an op with a source node reads (scalars are op arguments)."""
+    ops = layer_map.get("mil_ops", {})
+    weights = []
+    for op in program.functions["main"].operations:
+        if op.op_type == "const":
+            continue
+        source = ops.get(op.name, {}).get("source")
+        if source is None:
+            continue
+        for parameter, given in op.inputs.items():
+            for var in (given if isinstance(given, (list, tuple)) else (given,)):  # concat's values: a list
+                if var is None or var.op is None or var.op.op_type != "const":
+                    continue
+                value = var.val
+                if isinstance(value, np.ndarray) and value.size > 1 and np.issubdtype(value.dtype, np.floating):
+                    weights.append((op.name, op.op_type, parameter, source, value))
+    return weights
+
+
+def _close(stored: np.ndarray, expected: np.ndarray) -> bool:
+    """stored (fp16 or fp32) equals expected rounded to its dtype: half a step of that dtype."""
+    stored, expected = stored.reshape(-1), expected.reshape(-1)
+    if stored.size != expected.size:
+        return False
+    if stored.dtype == np.float16:
+        relative, absolute = 2.0 ** -11, 2.0 ** -25  # half an fp16 step; half the smallest subnormal
+    else:
+        relative, absolute = 1e-6, 1e-38
+    for start in range(0, stored.size, _CHUNK):
+        a = stored[start:start + _CHUNK].astype(np.float32)
+        b = expected[start:start + _CHUNK].astype(np.float32)
+        if not np.all(np.abs(a - b) <= relative * np.abs(b) + absolute):
+            return False
+    return True
+
+
+def _candidates(node, input_index: int, array: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """The forms a source constant may take in the package (the converter's documented layouts):
+    any reshape of it; for Gemm's B also its transpose, each times alpha; Gemm's C times beta."""
+    forms = [("as stored", array)]
+    if node.op_type == "Gemm" and array.ndim == 2 and input_index == 1:
+        forms.append(("transposed", array.T))
+        alpha = float(node.attributes.get("alpha", 1.0))
+        if alpha != 1.0:
+            forms += [(f"{form} times alpha={alpha:g}", matrix.astype(np.float32) * np.float32(alpha))
+                      for form, matrix in list(forms)]
+    if node.op_type == "Gemm" and input_index == 2:
+        beta = float(node.attributes.get("beta", 1.0))
+        if beta != 1.0:
+            forms.append((f"times beta={beta:g}", array.astype(np.float32) * np.float32(beta)))
+    return forms
+
+
+def weights_check(program, layer_map: Mapping, source, optimize: str) -> dict:
+    """Every package weight against its ONNX source constant (module docstring)."""
+    from engine.analysis import costs
+
+    if optimize != "exact":
+        return _check(NOT_RUN, "optimize='default' folds BatchNorm and biases into convolutions, so weights "
+                               "no longer equal single source constants; the values check covers them")
+    weights = package_weights(program, layer_map)
+    departures, departing_nodes, matched_inputs = [], [], set()
+    for op_name, op_type, parameter, node_id, value in weights:
+        node = source.graph.node(node_id)
+        wanted = WEIGHT_SOURCES.get((node.op_type, op_type, parameter))
+        indices = [wanted] if wanted is not None else range(len(node.inputs))
+        found = None
+        for index in indices:
+            if index >= len(node.inputs) or not node.inputs[index] or not source.is_constant(node.inputs[index]):
+                continue
+            array = np.asarray(source.constant(node.inputs[index]))
+            if not np.issubdtype(array.dtype, np.floating):
+                continue
+            for form, candidate in _candidates(node, index, array):
+                if _close(value, candidate):
+                    found = (index, form)
+                    break
+            if found:
+                break
+        if found is None:
+            where = f"input {wanted}" if wanted is not None else "any constant input"
+            departures.append(f"{node_id} ({node.op_type}): {op_type} {op_name}.{parameter} "
+                              f"{'x'.join(map(str, value.shape))} {value.dtype} does not equal {where} of the "
+                              "source node")
+            departing_nodes.append(node_id)
+        else:
+            matched_inputs.add((node_id, found[0]))
+    # the other direction: every weight of a converted source node is in the package
+    missing = []
+    for node_id in layer_map.get("nodes", {}):
+        node = source.graph.node(node_id)
+        arguments = costs.argument_inputs(costs.canonical_op(node))
+        for index, name in enumerate(node.inputs):
+            if not name or index in arguments or not source.is_constant(name) or (node_id, index) in matched_inputs:
+                continue
+            value_type = source.graph.value_type(name)
+            if value_type is None or value_type.dtype not in ("float32", "float16", "float64") or \
+                    (value_type.element_count or 0) <= 1:
+                continue
+            missing.append(f"{node_id} ({node.op_type}): input {index} '{name}'")
+            departing_nodes.append(node_id)
+    source.release_constants()
+    detail = (f"{len(weights)} weight tensors of the package read back with coremltools' weight reader and "
+              "compared with their ONNX source constants (layouts as documented; fp16 within half an fp16 step)")
+    if departures or missing:
+        problems = departures[:3] + [f"not in the package: {m}" for m in missing[:3]]
+        first = next(n.id for n in source.order if n.id in set(departing_nodes))
+        return _check(FAILED, f"{len(departures)} of {len(weights)} weights differ from the source"
+                              f"{f', {len(missing)} source weights missing' if missing else ''}: "
+                              + "; ".join(problems), compared=len(weights), differing=len(departures),
+                      missing=len(missing), first_departure=first)
+    return _check(PASSED, detail, compared=len(weights))
+
+
+# ----------------------------------------------------------------------------- numerics
+
+def tensor_map(built, program, layer_map: Mapping) -> dict[str, str]:
+    """ONNX tensor -> MIL var name in the saved program, for every node result the build bound.
+
+    By the var's name after coremltools' passes; where a pass replaced the op (a
+    ConvTranspose becomes `..._has_output_shape`), a single-output node's result is the
+    output of its last op in the program, as the layer map lists them.
+    """
+    operations = list(program.functions["main"].operations)
+    names = {var.name for op in operations for var in op.outputs} | set(program.functions["main"].inputs)
+    position = {op.name: index for index, op in enumerate(operations)}
+    results_per_node = Counter(node_id for node_id, _, _ in built.tensor_vars)
+    result = {}
+    for node_id, onnx_name, var in built.tensor_vars:
+        if var.name in names:
+            result[onnx_name] = var.name
+            continue
+        node_ops = [name for name in layer_map.get("nodes", {}).get(node_id, ()) if name in position]
+        if node_ops and results_per_node[node_id] == 1:
+            last = operations[max(position[name] for name in node_ops)]
+            if len(last.outputs) == 1:
+                result[onnx_name] = last.outputs[0].name
+    return result
+
+
+def seeded_inputs(source, image_inputs: Mapping, seed: int = 0) -> tuple[dict, dict]:
+    """(ONNX feed, MIL program feed) by input name: standard-normal floats (small non-negative
+    integers for integer inputs), rounded to fp16 so that an fp16 program's input cast is exact;
+    an image input gets random pixels (the program input) and pixels * scale + bias (ONNX's)."""
+    rng = np.random.default_rng(seed)
+    onnx_feed, program_feed = {}, {}
+    for name in source.graph.inputs:
+        value_type = source.graph.value_type(name)
+        shape = tuple(value_type.shape)
+        if name in image_inputs:
+            image = image_inputs[name]
+            planes = rng.integers(0, 256, size=shape).astype(np.float32)  # in the model's channel order
+            bias = np.asarray(image.bias, dtype=np.float32).reshape(1, -1, 1, 1)
+            onnx_feed[name] = planes * np.float32(image.scale) + bias
+            program_feed[name] = planes
+        elif value_type.dtype.startswith("int"):
+            array = rng.integers(0, 2, size=shape).astype(value_type.dtype)
+            onnx_feed[name], program_feed[name] = array, array.astype(np.int32)
+        else:
+            array = rng.standard_normal(shape).astype(np.float16).astype(value_type.dtype)
+            onnx_feed[name], program_feed[name] = array, array.astype(np.float32)
+    return onnx_feed, program_feed
+
+
+def reference_tensors(source, feed: Mapping[str, np.ndarray], names: list[str]) -> tuple[dict[str, np.ndarray], str]:
+    """(values of `names` (graph outputs and intermediates), which runtime computed them).
+
+    ONNX Runtime with graph optimisations off, so that every tensor is the one its ONNX node
+    defines; for models whose op versions ONNX Runtime no longer implements (AveragePool-1,
+    BatchNormalization-6, ...), the onnx package's reference evaluator (the ONNX spec in numpy).
+    """
+    import onnx
+    import onnxruntime
+
+    graph = source.proto.graph
+    present = {output.name for output in graph.output}
+    added = 0
+    for name in names:
+        value_type = source.graph.value_type(name)
+        if name in present or value_type is None:
+            continue
+        elem_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(value_type.dtype))
+        graph.output.append(onnx.helper.make_tensor_value_info(name, elem_type, None))
+        added += 1
+    try:
+        serialized = source.proto.SerializeToString()
+    finally:
+        if added:
+            del graph.output[len(graph.output) - added:]
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 4
+    try:
+        session = onnxruntime.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
+    except onnxruntime.capi.onnxruntime_pybind11_state.NotImplemented:
+        from onnx.reference import ReferenceEvaluator
+
+        evaluator = ReferenceEvaluator(source.proto)
+        wanted = [name for name in names if source.graph.value_type(name) is not None]
+        return dict(zip(wanted, evaluator.run(wanted, dict(feed)))), "the onnx reference evaluator"
+    del serialized
+    wanted = [o.name for o in session.get_outputs() if o.name in set(names)]
+    return dict(zip(wanted, session.run(wanted, dict(feed)))), "ONNX Runtime"
+
+
+def compare(expected: np.ndarray, actual: np.ndarray) -> dict:
+    """max absolute error and max error relative to the expected tensor's largest magnitude."""
+    expected = np.asarray(expected, dtype=np.float64)
+    actual = np.asarray(actual, dtype=np.float64)
+    if expected.size != actual.size:
+        return {"max_abs_error": float("inf"), "max_rel_error": float("inf"),
+                "note": f"{actual.size} elements, ONNX has {expected.size}"}
+    actual = actual.reshape(expected.shape)
+    if not expected.size:
+        return {"max_abs_error": 0.0, "max_rel_error": 0.0}
+    same_nonfinite = np.array_equal(~np.isfinite(expected), ~np.isfinite(actual)) and np.array_equal(
+        expected[~np.isfinite(expected)], actual[~np.isfinite(actual)])
+    if not same_nonfinite:
+        return {"max_abs_error": float("inf"), "max_rel_error": float("inf"), "note": "NaN/inf at other places"}
+    finite = np.isfinite(expected)
+    difference = np.abs(expected[finite] - actual[finite])
+    max_abs = float(difference.max()) if difference.size else 0.0
+    scale = float(np.abs(expected[finite]).max()) if difference.size else 0.0
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+    return {"max_abs_error": max_abs, "max_rel_error": max_rel}
+
+
+def _largest(array: np.ndarray) -> float:
+    finite = np.abs(np.asarray(array, dtype=np.float64))
+    finite = finite[np.isfinite(finite)]
+    return float(finite.max()) if finite.size else 0.0
+
+
+def values_check(program, layer_map: Mapping, source, precision: str, image_inputs: Mapping,
+                 tensors: Mapping[str, str]) -> dict:
+    """Outputs and mapped intermediates: MIL reference evaluator against ONNX Runtime (or the onnx
+    reference evaluator for op versions ONNX Runtime dropped)."""
+    from engine.convert.mil_reference import EvaluationError, UnsupportedOp, evaluate
+
+    tolerance = TOLERANCE[precision]
+    onnx_feed, program_feed = seeded_inputs(source, image_inputs)
+    program_feed = {layer_map["inputs"][name]: value for name, value in program_feed.items()}
+    outputs = dict(layer_map["outputs"])  # ONNX output -> MIL output
+    compared = {**{name: mil for name, mil in tensors.items()}, **outputs}
+    try:
+        actual = evaluate(program, program_feed, keep=set(compared.values()))
+    except UnsupportedOp as exc:
+        return _check(NOT_RUN, f"the MIL reference evaluator cannot run {exc}", tolerance=tolerance)
+    except EvaluationError as exc:
+        node = layer_map.get("mil_ops", {}).get(exc.op_name, {}).get("source") or "(no source node)"
+        return _check(FAILED, f"the program fails on the MIL reference evaluator at {node}: {exc}",
+                      tolerance=tolerance, first_departure={"node": node, "mil": exc.op_name})
+    expected, reference = reference_tensors(source, onnx_feed, list(compared))
+
+    per_output = {}
+    for onnx_name, mil_name in outputs.items():
+        per_output[onnx_name] = compare(expected[onnx_name], actual[mil_name])
+    layers, first = [], None
+    for node in source.order:
+        for onnx_name in node.outputs:
+            if onnx_name not in compared or onnx_name not in expected or compared[onnx_name] not in actual:
+                continue
+            onnx_value = expected[onnx_name]
+            errors = compare(onnx_value, actual[compared[onnx_name]])
+            entry = {"node": node.id, "op_type": node.op_type, "tensor": onnx_name,
+                     "mil": compared[onnx_name], **errors}
+            if precision == "fp16" and _largest(onnx_value) > FP16_MAX:
+                entry["beyond_fp16"] = _largest(onnx_value)
+            layers.append(entry)
+            if first is None and errors["max_rel_error"] > tolerance:
+                first = entry
+    worst_output = max((e["max_rel_error"] for e in per_output.values()), default=0.0)
+    worst_abs = max((e["max_abs_error"] for e in per_output.values()), default=0.0)
+    how = (f"the converted program run on the MIL reference evaluator ({precision}) against {reference} on "
+           "seeded random inputs")
+    numbers = dict(tolerance=tolerance, reference=reference, outputs=per_output, layers=layers, first_departure=first,
+                   compared_tensors=len(layers))
+    if first is not None or worst_output > tolerance:
+        where = first or {"node": "(output)", "op_type": "", "max_abs_error": worst_abs,
+                          "max_rel_error": worst_output}
+        overflow = ""
+        if where.get("beyond_fp16"):
+            # Not a translation error: the model's own values do not fit the program's precision.
+            overflow = (f" ({reference}'s values there reach {where['beyond_fp16']:.3g}, beyond fp16's largest "
+                        f"{FP16_MAX:g}: this fp16 program overflows; --precision fp32 avoids it)")
+            numbers["fp16_overflow"] = where["node"]
+        return _check(FAILED, f"first departing layer: {where['node']} ({where['op_type']}): max abs error "
+                              f"{where['max_abs_error']:.3g}, max rel error {where['max_rel_error']:.3g} > "
+                              f"tolerance {tolerance:g}{overflow}; outputs: worst rel error {worst_output:.3g} "
+                              f"({how})", **numbers)
+    worst_layer = max((e["max_rel_error"] for e in layers), default=0.0)
+    return _check(PASSED, f"outputs within {worst_output:.2g} (max abs {worst_abs:.2g}) of {reference} relative "
+                          f"to their largest value, {len(layers)} intermediate tensors within {worst_layer:.2g} "
+                          f"(tolerance {tolerance:g}; {how})", **numbers)

@@ -1,0 +1,86 @@
+"""The profile charts' dock content, created when a profile needs it instead of at start-up.
+
+gui.panels draws with pyqtgraph, whose import turns every PySide6 enum into a Python enum
+(about 0.4 s here).  No chart is visible before the first profile, so the window starts with
+this placeholder and the real `ProfilePanels` is built on first use: a profile, sweeps, or
+any attribute of the panels (tests and the app reach `window.panels.<x>` freely).  After the
+first model is drawn, `warm_up` imports pyqtgraph in a background thread, so that the first
+profile does not pay the import on the UI thread either.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Optional
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+
+PLACEHOLDER_TEXT = "No profile yet: Profile > Run… measures every layer."
+
+
+class DeferredProfilePanels(QWidget):
+    """Stands in for gui.panels.ProfilePanels until it is needed, then holds it and forwards to it."""
+
+    nodeClicked = Signal(str)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._real = None
+        self._warm_thread: Optional[threading.Thread] = None
+        self._layout = QVBoxLayout(self)
+        self._layout.setContentsMargins(0, 0, 0, 0)
+        self._placeholder = QLabel(PLACEHOLDER_TEXT)
+        self._layout.addWidget(self._placeholder)
+
+    @property
+    def created(self) -> bool:
+        return self._real is not None
+
+    def warm_up(self) -> None:
+        """Import the chart library in a background thread (idempotent; the UI thread stays free)."""
+        if self._real is not None or self._warm_thread is not None:
+            return
+
+        def work():
+            try:
+                import gui.panels  # noqa: F401 (loaded for later; a failure shows when it is used)
+            except Exception:
+                pass
+
+        self._warm_thread = threading.Thread(target=work, name="layerscope-warm-charts", daemon=True)
+        self._warm_thread.start()
+
+    def real(self):
+        """The ProfilePanels, created now if it was not yet."""
+        if self._real is None:
+            from gui.panels import ProfilePanels
+
+            panels = ProfilePanels(self)
+            panels.nodeClicked.connect(self.nodeClicked)
+            self._layout.removeWidget(self._placeholder)
+            self._placeholder.deleteLater()
+            self._layout.addWidget(panels)
+            self._real = panels
+        return self._real
+
+    # The calls the window makes with nothing to show do not create the charts.
+    def set_profile(self, profile, label: str = "") -> None:
+        if profile is None and self._real is None:
+            return
+        self.real().set_profile(profile, label)
+
+    def set_sweeps(self, sweeps) -> None:
+        if not sweeps and self._real is None:
+            return
+        self.real().set_sweeps(sweeps)
+
+    def highlight_node(self, node_id: Optional[str]) -> None:
+        # Without charts there is no bar to mark; the window highlights again with each profile.
+        if self._real is not None:
+            self._real.highlight_node(node_id)
+
+    def __getattr__(self, name: str):
+        # Only reached for names this widget lacks: the charts' own attributes and methods.
+        if name.startswith("__") or name in ("_real", "_warm_thread", "_layout", "_placeholder"):
+            raise AttributeError(name)
+        return getattr(self.real(), name)

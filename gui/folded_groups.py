@@ -1,0 +1,63 @@
+"""Big models open folded, and a node inside a collapsed group is reached by opening its groups.
+
+The decisions (threshold, which groups start collapsed, which groups hold a node) are
+engine.grouping's; this module applies them to the window's LoadedModel and layout.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from engine.grouping import enclosing_groups, fold_threshold, folded_start, innermost_group, namespace_groups
+from engine.grouping import opens_folded
+
+
+def open_folded(loaded, include_constants: bool, progress=None):
+    """`loaded` (a gui.app.LoadedModel without layout) grouped by namespace with its groups
+    collapsed, if it is above the fold threshold and has namespaces; else None."""
+    from gui.app import relayout
+
+    analysis = loaded.analysis
+    if not opens_folded(analysis):
+        return None
+    if progress:
+        progress("Grouping…")
+    groups = namespace_groups(analysis)
+    if not groups:
+        return None  # no scopes: laid out whole (stages would give a handful of huge groups)
+    loaded.grouping, loaded.groups = "namespace", groups
+    result = relayout(loaded, include_constants, progress, None, folded_start(groups, analysis))
+    result.note = (f"{analysis.totals.compute_nodes:,} nodes: opened folded by namespace (above "
+                   f"{fold_threshold():,}); double-click a group to open it")
+    return result
+
+
+_member_cache: tuple[Optional[object], dict] = (None, {})
+
+
+def _innermost(groups) -> dict:
+    """innermost_group(groups), kept for the groups of the open model (a scan of every member)."""
+    global _member_cache
+    if _member_cache[0] is not groups:
+        _member_cache = (groups, innermost_group(groups))
+    return _member_cache[1]
+
+
+def open_groups_to(window, node_id: str) -> bool:
+    """If `node_id` is drawn inside a collapsed group, open that group and every collapsed group
+    around it, then select the node; True when a relayout was started for it."""
+    loaded = window.loaded
+    if loaded is None or not loaded.groups or loaded.layout is None:
+        return False
+    metrics = loaded.analysis.nodes.get(node_id)
+    if metrics is None or (metrics.is_constant and not loaded.include_constants):
+        return False  # not a node, or a folded constant: it has no box of its own to open to
+    if loaded.layout.box_of(node_id) not in loaded.groups:
+        return False  # drawn already
+    closed = [g for g in enclosing_groups(node_id, loaded.groups, _innermost(loaded.groups))
+              if g in loaded.collapsed]
+    if not closed:
+        return False
+    window._on_node_selected(node_id)  # the inspector shows it while its groups open
+    window._focus_after_build = node_id
+    window._relayout_groups(loaded.collapsed - set(closed), f"Opening {loaded.groups[closed[-1]].name}")
+    return True
