@@ -338,7 +338,9 @@ class Agent:
         connection.send({"type": "pong", "id": message["id"], "time": time.time()})
 
     async def _on_describe(self, connection, message) -> None:
-        backends = [backend.info() for backend in self.backends.values()]
+        # Off the event loop: on a Mac the coreml backend asks Xcode's devicectl for the phones (~1 s).
+        backends = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: [backend.info() for backend in self.backends.values()])
         connection.send({"type": "description", "id": message["id"],
                          "device": device_description(self.config.name), "backends": backends,
                          "protocol": P.PROTOCOL, "agent": {"name": AGENT_NAME, "version": AGENT_VERSION},
