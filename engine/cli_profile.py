@@ -115,12 +115,15 @@ def profile_summary(profile, top: int = 10) -> str:
         lines.append("End-to-end  no run completed")
         return "\n".join(lines)
     lines.append(f"End-to-end  {_ms(e2e.median_ms)} median (p10 {e2e.p10_ms:.3f}, p90 {e2e.p90_ms:.3f}, "
-                 f"CV {_pct(e2e.cv)}) measured, plain runs")
+                 f"CV {_pct(e2e.cv)}) {e2e.kind}, plain runs")
+    ratio_kinds = profile.ratio_kinds()
     if profile.profiler_overhead is not None and profile.profiled_end_to_end is not None:
         lines.append(f"Profiler    adds {_pct(profile.profiler_overhead)} "
-                     f"(profiled runs {_ms(profile.profiled_end_to_end.median_ms)} median)")
+                     f"(profiled runs {_ms(profile.profiled_end_to_end.median_ms)} median) "
+                     f"{ratio_kinds['profiler_overhead']}")
     if profile.coverage is not None:
-        lines.append(f"Coverage    {profile.coverage:.2f} (sum of per-kernel medians / end-to-end median)")
+        lines.append(f"Coverage    {profile.coverage:.2f} (sum of per-kernel medians / end-to-end median) "
+                     f"{ratio_kinds['coverage']}")
     if profile.cpu_wait_share is not None:
         state = "busy" if profile.cpu_wait_share > 0.10 else "idle enough"
         lines.append(f"Machine     {state}: runs waited {_pct(profile.cpu_wait_share)} of their time for a CPU")
@@ -157,14 +160,15 @@ def profile_summary(profile, top: int = 10) -> str:
         lines.append("")
         lines.append("Hints")
         for hint in profile.hints:
-            lines.append(f"  [{hint.get('severity', '?')}] {hint.get('message', '')}")
+            lines.append(f"  [{hint.get('severity', '?')}] ({hint.get('kind', 'unknown')}) {hint.get('message', '')}")
     for warning in profile.warnings:
         lines.append(f"warning: {warning}")
     return "\n".join(lines)
 
 
 def sweep_summary(rows) -> str:
-    lines = ["", "Sweep (end-to-end, measured; MACs estimated)",
+    kinds = "/".join(sorted({str(row.get("kind") or "not run") for row in rows}))
+    lines = ["", f"Sweep (end-to-end, {kinds}; MACs estimated)",
              f"  {'setting':<14} {'median':>11} {'p10':>11} {'p90':>11} {'MACs':>14}"]
     for row in rows:
         setting = f"{row['series']} {row['setting']}" if row.get("series") else row["setting"]

@@ -21,6 +21,7 @@ from PySide6.QtGui import QColor, QFont
 from PySide6.QtWidgets import (QHeaderView, QLabel, QSplitter, QTabWidget, QTreeWidget, QTreeWidgetItem,
                                QVBoxLayout, QWidget)
 
+from engine.profile import KINDS
 from gui.graph_view import format_ms
 
 STAGE_COLORS = {"encoder": "#4e79a7", "bottleneck": "#76b7b2", "decoder": "#e15759", "head": "#f28e2b"}
@@ -200,7 +201,8 @@ class ProfilePanels(QWidget):
         self._layer_index = {node_id: i for i, node_id in enumerate(self.layer_ids)}
         self._top_index = {}
         self.layer_ms = np.array([n.time.median_ms for n in nodes], dtype=float)
-        kinds = [k for k in ("measured", "attributed", "estimated") if any(n.kind == k for n in nodes)]
+        present = {n.kind for n in nodes}
+        kinds = [k for k in KINDS if k in present]
         axis_label = f"median ms ({kinds_text(kinds)})"
         self._fill_layers(nodes)
         self.layer_chart.setLabel("left", axis_label)

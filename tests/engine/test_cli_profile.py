@@ -27,6 +27,11 @@ def test_profile_writes_json_and_summary(tmp_path):
     assert result.returncode == 0, result.stderr
     for label in ("End-to-end", "Coverage", "Profiler", "Top 10 layers", "Stages", "decoder"):
         assert label in result.stdout
+    # every figure of the summary with its kind (exact mode on the CPU: all measured)
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    assert lines["End-to-end"].endswith("measured, plain runs")
+    assert lines["Coverage"].endswith(" measured") and lines["Profiler"].endswith(" measured")
+    assert "] (measured) 27 BatchNormalization layers" in result.stdout  # the fold_batchnorm hint
     # a pipe gets plain progress lines, not a bar
     assert "run 3/3" in result.stderr and "\r" not in result.stderr
     data = json.loads(out.read_text())

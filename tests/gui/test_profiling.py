@@ -105,6 +105,12 @@ def test_run_dialog_profile_colours_nodes_and_fills_charts(qtbot, window, sample
     assert list(panels.stage_bars.opts["height"]) == pytest.approx(list(profile.stage_times_ms.values()))
     assert list(panels.op_bars.opts["height"])[0] == pytest.approx(profile.top_op_types(1)[0][1])
     assert panels.hints.topLevelItemCount() == len(profile.hints)
+    # Each figure with its own kind: the hints' (weakest of what they use), end-to-end, coverage.
+    for row, hint in enumerate(profile.hints):
+        assert panels.hints.topLevelItem(row).text(1).endswith(f" {hint['kind']}")
+    summary = panels.summary.text()
+    assert f"{format_ms(profile.end_to_end.p90_ms)}, {profile.end_to_end.kind})" in summary
+    assert f"coverage {profile.coverage:.2f} ({profile.ratio_kinds()['coverage']})" in summary
 
     # The inspector shows the node's time with its kind.
     window.view.select_node(SELECTED_NODE)
