@@ -607,3 +607,13 @@ def test_a_linux_agent_asked_for_a_phone_says_a_mac_is_needed(tmp_path, sample_m
         stop_agent_process(agent)
     message = str(caught.value)
     assert "Core ML runs only on macOS" in message and "layerscope agent" in message
+
+
+def test_a_model_core_ml_did_not_compile_gives_no_compiled_path_and_says_why(converted):
+    """coremltools 9 raises from get_compiled_model_path instead of returning None (backends.py used to
+    let that escape); here the package is read without loading, as on any OS without Core ML."""
+    from engine.bridge.backends import _compiled_model_path
+    warnings: list[str] = []
+    model = ct.models.MLModel(str(converted), skip_model_load=True)
+    assert _compiled_model_path(model, warnings) is None
+    assert len(warnings) == 1 and "no compiled model" in warnings[0] and "compute plan" in warnings[0]
