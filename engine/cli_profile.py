@@ -101,11 +101,24 @@ def profile_summary(profile, top: int = 10) -> str:
     shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in (profile.settings.get("input_shapes") or {}).items())
     lines.append(f"Model       {profile.model_path} ({profile.model_format}){'; ' + shapes if shapes else ''}")
     threads = profile.settings.get("threads") or "auto"
-    lines.append(f"Target      {target.get('name', '?')}: {target.get('chip', '?')}, {target.get('os', '?')}, "
-                 f"{target.get('runtime', '?')}, threads {threads}")
     mode_text = {"exact": "exact (graph optimizations off, one timing per source node)",
                  "deployed": "deployed (optimizations on, fused kernels mapped to source nodes)"}
-    lines.append(f"Mode        {mode_text.get(profile.mode, profile.mode)}")
+    if target.get("backend") == "coreml":
+        # Core ML: what the figures are differs from ONNX Runtime's (docs/iphone.md).
+        where = target.get("device") or target.get("chip") or "?"
+        model_name = f" ({target['model_name']})" if target.get("model_name") else ""
+        lines.append(f"Target      {target.get('name', '?')}: {where}{model_name}, {target.get('os', '?')}, "
+                     f"{target.get('runtime', '?')}, compute units {target.get('compute_unit', '?')}")
+        if target.get("load_ms") is not None:
+            lines.append(f"Load        {_ms(target['load_ms'])} {target.get('load_kind', 'measured')}")
+        units = ", ".join(target.get("compute_units") or ()) or "unknown"
+        lines.append("Mode        deployed (Core ML: whole predictions measured; per-layer times attributed by the "
+                     f"compute plan's cost weights; segments derived from prefix models; compute units "
+                     f"{target.get('compute_units_kind') or 'unknown'}: {units})")
+    else:
+        lines.append(f"Target      {target.get('name', '?')}: {target.get('chip', '?')}, {target.get('os', '?')}, "
+                     f"{target.get('runtime', '?')}, threads {threads}")
+        lines.append(f"Mode        {mode_text.get(profile.mode, profile.mode)}")
     runs = f"{profile.runs_completed} measured after {profile.settings.get('warmup', 0)} warm-up"
     if not profile.complete:
         runs += f" - INCOMPLETE ({profile.error or 'stopped'}; {profile.settings.get('runs')} asked)"

@@ -282,6 +282,12 @@ def test_a_phone_profile_keeps_every_figure_s_kind(converted, sample_model):
     messages = [m for _, _, m in progress]
     assert any(m.startswith("warm-up") for m in messages) and any("run 4/4" in m for m in messages)
     assert any(m.startswith("segment") for m in messages)
+    # the summary says what the figures are
+    from engine.cli_profile import profile_summary
+    summary = profile_summary(profile)
+    assert f"Target      iphone: {PHONE_NAME} (iPhone 15 Pro), iOS 18.1" in summary
+    assert "Load        12.500 ms measured" in summary
+    assert "compute units planned: " in summary and "attributed by the compute plan" in summary
     # the JSON keeps all of it
     again = Profile.from_json_dict(json.loads(profile.to_json()))
     assert again.transfers == profile.transfers and again.groups == profile.groups
