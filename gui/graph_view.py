@@ -668,6 +668,10 @@ class GraphScene(QGraphicsScene):
             return []
         if key == "transfer":
             present = {t.time.kind for t in getattr(self.profile, "transfers", ()) if t.time is not None}
+        elif key == "compute_unit":  # the unit's own kind: measured (ONNX Runtime) or planned (Core ML's plan)
+            present = {timing.compute_unit_kind for timing in self.profile.nodes.values()} - {""}
+            if not present:
+                return ["unknown"]
         else:
             present = {timing.kind for timing in self.profile.nodes.values()}
         return [kind for kind in KINDS if kind in present]
