@@ -38,6 +38,7 @@ from engine.session import (Session, SessionFormatError, SweepResult, load_profi
                             profile_analysis, save_session)
 from gui.graph_view import (OVERLAY_TITLES, OVERLAYS, GraphScene, GraphView, build_in_slices, format_ms,
                             prepare_scene_data, retire_scene)
+from gui import numerics_view
 from gui.inspector import Inspector
 from gui.responsive import hold_gc, release_gc, start_helper_process, stop_helper_process
 from gui.deferred_panels import DeferredProfilePanels
@@ -380,6 +381,10 @@ class MainWindow(QMainWindow):
                                      triggered=lambda: self.remove_profile(self.selected_profile))
         for action in (self.run_action, self.cancel_action, self.compare_action, self.remove_action):
             profile_menu.addAction(action)
+        profile_menu.addSeparator()
+        self.numerics_action = QAction("&Numerics…", self, shortcut=QKeySequence("Ctrl+Shift+N"),
+                                       triggered=self.show_numerics_dialog)
+        profile_menu.addAction(self.numerics_action)
 
         export_menu = self.menuBar().addMenu("&Export")
         self.export_actions: dict[str, QAction] = {}
@@ -409,6 +414,7 @@ class MainWindow(QMainWindow):
         self.overlay_combo = QComboBox()
         for key in OVERLAYS:
             self.overlay_combo.addItem(OVERLAY_TITLES[key] if key != "none" else "None (op category)", key)
+        self.overlay_combo.addItem(numerics_view.OVERLAY_TITLE, numerics_view.OVERLAY_KEY)  # after Profile > Numerics…
         self.overlay_combo.currentIndexChanged.connect(
             lambda i: self.set_overlay(self.overlay_combo.itemData(i)))
         bar.addWidget(self.overlay_combo)
@@ -604,7 +610,15 @@ class MainWindow(QMainWindow):
         entry = self.selected_entry()
         scene.set_profile(entry.profile if entry else None)
         key = self.overlay_combo.currentData()
-        if key != "none":
+        if key == numerics_view.OVERLAY_KEY:  # the numerics of this model (a relayout), or none any more
+            if self.numerics_result() is not None:
+                numerics_view.show_overlay(self.view, self.numerics_result())
+            else:
+                self.overlay_combo.blockSignals(True)
+                self.overlay_combo.setCurrentIndex(self.overlay_combo.findData("none"))
+                self.overlay_combo.blockSignals(False)
+                self.overlay_actions["none"].setChecked(True)
+        elif key != "none":
             scene.set_overlay(key)
         self.view.update_legend()
         loaded.timings["scene"] = time.perf_counter() - started
@@ -743,6 +757,11 @@ class MainWindow(QMainWindow):
 
     # --- overlays, search, selection ------------------------------------------------------
     def set_overlay(self, key: str) -> None:
+        if key == numerics_view.OVERLAY_KEY:
+            self._show_numerics_overlay()
+            return
+        if self.scene is not None:
+            numerics_view.clear_marks(self.scene)
         if key not in OVERLAYS:
             raise ValueError(f"unknown overlay {key!r}; known: {', '.join(OVERLAYS)}")
         index = self.overlay_combo.findData(key)
@@ -788,6 +807,7 @@ class MainWindow(QMainWindow):
             entry = self.selected_entry()
             self.inspector.show_node(self.loaded, node_id, entry.profile if entry else None,
                                      entry.label if entry else "")
+            numerics_view.add_inspector_section(self.inspector, self.numerics_result(), node_id)
         self.panels.highlight_node(node_id or None)
 
     # --- the session: profiles of this model -----------------------------------------------
@@ -923,12 +943,51 @@ class MainWindow(QMainWindow):
         self.convert_action.setEnabled(has_model and getattr(self.loaded.model, "format", "") == "onnx")
         model = self.overlay_combo.model()
         entry = self.selected_entry()
+        self.numerics_action.setEnabled(self.convert_action.isEnabled())
+        model.item(self.overlay_combo.findData(numerics_view.OVERLAY_KEY)).setEnabled(
+            self.numerics_result() is not None)
         for key, spec in OVERLAYS.items():
             if spec is not None and spec.needs_profile:
                 # Transfers exist only where the target reports them (bridge targets).
                 usable = has_profile and (key != "transfer" or bool(getattr(entry.profile, "transfers", ())))
                 model.item(self.overlay_combo.findData(key)).setEnabled(usable)
                 self.overlay_actions[key].setEnabled(usable)
+
+    # --- numerics (gui.numerics_view) ------------------------------------------------------
+    def numerics_result(self):
+        """The last numerics result of the open model (None: none, or it was of another model)."""
+        result = getattr(self, "_numerics", None)
+        if result is None or self.loaded is None or Path(result.model_path) != Path(self.loaded.path):
+            return None
+        return result
+
+    def show_numerics_dialog(self) -> Optional[numerics_view.NumericsDialog]:
+        if self.loaded is None:
+            return None
+        dialog = numerics_view.NumericsDialog(self.loaded.path, self.loaded.analysis.totals.macs, self)
+        dialog.resultReady.connect(self._on_numerics)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.show()
+        self.numerics_dialog = dialog
+        return dialog
+
+    def _on_numerics(self, result) -> None:
+        self._numerics = result
+        self._update_profile_actions()
+        self.set_overlay(numerics_view.OVERLAY_KEY)
+        if self.inspector.node_id:
+            self._on_node_selected(self.inspector.node_id)
+
+    def _show_numerics_overlay(self) -> None:
+        index = self.overlay_combo.findData(numerics_view.OVERLAY_KEY)
+        if self.overlay_combo.currentIndex() != index:
+            self.overlay_combo.setCurrentIndex(index)  # comes back here through the signal
+            return
+        for action in self.overlay_actions.values():
+            action.setChecked(False)
+        result = self.numerics_result()
+        if self.scene is not None and result is not None:
+            numerics_view.show_overlay(self.view, result)
 
     def analysis_for(self, entry: ProfileEntry):
         """The static analysis at the profile's input shapes (reports join it by node id); cached."""
@@ -1252,7 +1311,8 @@ class MainWindow(QMainWindow):
             rows = [row for sweep in self.sweeps for row in sweep.rows]
             # "Cannot run on Core ML: N nodes", checked at the sizes the profile ran at.
             blockers = report_blockers(self.loaded.path, profile.settings.get("input_shapes"))
-            return write_html(profile, analysis, path, sweep=rows or None, blockers=blockers)
+            return write_html(profile, analysis, path, sweep=rows or None, blockers=blockers,
+                              numerics=self.numerics_result())
         if kind == "csv":
             return write_csv(profile, analysis, path)
         if kind == "model_explorer":

@@ -1020,6 +1020,7 @@ class LegendWidget(QWidget):
         self.diverging = False
         self.kind = ""
         self.top_count = 10
+        self.top_label = ""  # what the outlined boxes are, when not "top N" (gui.numerics_view)
         self.font_ = QFont()
         self.font_.setPixelSize(11)
 
@@ -1038,7 +1039,7 @@ class LegendWidget(QWidget):
         self._resize()
 
     def show_gradient(self, title: str, low: str, high: str, kind: str = "estimated", top_count: int = 10) -> None:
-        self.gradient, self.diverging = True, False
+        self.gradient, self.diverging, self.top_label = True, False, ""
         self.title, self.range_text, self.kind, self.top_count = title, (low, high), kind, top_count
         self._resize()
 
@@ -1092,7 +1093,7 @@ class LegendWidget(QWidget):
             else:
                 items = ((QPen(QColor("#777777")), ZERO_COLOR, "zero"),
                          (QPen(QColor("#777777")), UNKNOWN_COLOR, "unknown"),
-                         (QPen(TOP_PEN_COLOR, 2.5), QColor("#ffffff"), f"top {self.top_count}"))
+                         (QPen(TOP_PEN_COLOR, 2.5), QColor("#ffffff"), self.top_label or f"top {self.top_count}"))
             x = left
             metrics = QFontMetrics(self.font_)
             for pen, color, text in items:
@@ -1514,8 +1515,8 @@ class GraphView(QGraphicsView):
             return
         key = scene.overlay_key
         spec = OVERLAYS.get(key)
-        if key == "ratio":
-            return  # the compare view sets its own legend
+        if key in ("ratio", "numerics"):
+            return  # the compare view and gui.numerics_view set their own legend
         if spec is None:
             present = set(scene.categories)
             self.legend.show_categories([c for c in CATEGORY_COLORS if c in present and c != "io"])
