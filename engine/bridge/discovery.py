@@ -241,8 +241,9 @@ def phone_route_hint(udid: str) -> str:
     if sys.platform == "darwin":
         return (f"profile it on this Mac with `layerscope profile MODEL --target iphone:{udid}` "
                 "(Xcode and a signing team needed once: docs/iphone.md)")
-    return (f"to profile it, connect it to a Mac with Xcode, run `layerscope agent --listen 0.0.0.0:7878 --token T` "
-            f"there and use --target 'ws://MAC:7878?device={udid}&token=T' here (docs/iphone.md)")
+    return (f"to profile it, connect it to a Mac with Xcode, run `layerscope agent --listen 0.0.0.0:7878 "
+            f"--generate-token` there and use --target 'ws://MAC:7878?device={udid}&token=TOKEN' here "
+            "(docs/iphone.md)")
 
 
 class UsbForwarder:

@@ -61,9 +61,9 @@ FIRST_USE = (
     "(4) Developer Mode on (Settings > Privacy & Security > Developer Mode; the phone restarts). "
     "The first profile builds and installs ModelRunner (a few minutes); later profiles reuse it.")
 
-LINUX_HINT = ("to profile an iPhone from this computer, run `layerscope agent --listen 0.0.0.0:7878 --token T` "
-              "on a Mac with Xcode that the phone is connected to, then `layerscope profile MODEL --target "
-              "'ws://MAC:7878?device=PHONE&token=T'` here (docs/iphone.md)")
+LINUX_HINT = ("to profile an iPhone from this computer, run `layerscope agent --listen 0.0.0.0:7878 "
+              "--generate-token` on a Mac with Xcode that the phone is connected to, then `layerscope profile MODEL "
+              "--target 'ws://MAC:7878?device=PHONE&token=TOKEN'` here with the token it prints (docs/iphone.md)")
 
 
 # ============================================================================ team id
