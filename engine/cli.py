@@ -358,6 +358,11 @@ def run_command(func, args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_OK
+    except OSError as exc:  # an output that cannot be written (no such folder, no permission, disk full)
+        if exc.filename is None:
+            raise
+        print(f"layerscope: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

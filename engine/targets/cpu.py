@@ -61,8 +61,11 @@ except ImportError as _exc:  # pragma: no cover - onnxruntime is a hard dependen
 __all__ = ["CpuTarget", "map_kernels_to_source", "parse_profile_events", "resolve_input_shapes",
            "COREML_MESSAGE"]
 
-COREML_MESSAGE = ("Core ML models run on the CPU reference after conversion (layerscope convert); "
-                  "until then they are graph-only")
+# A Core ML model is already converted: it runs only on Core ML, i.e. on a Mac (or its iPhones).
+COREML_MESSAGE = ("the CPU reference runs ONNX models and this model is already Core ML, which runs only on "
+                  "Apple's Core ML: start `layerscope agent` on a Mac and choose its address "
+                  "(ws://HOST:PORT) as the target; for a CPU reference, profile the ONNX model it was "
+                  "converted from (here it is graph-only)")
 
 # ORT kernels that only change the memory layout of a tensor (the NCHWc transformer inserts them):
 # their output holds the same values as their input, so they carry tensor identity across.
