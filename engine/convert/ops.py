@@ -1472,6 +1472,33 @@ def cast_like(ctx: NodeContext) -> None:
     ctx.set_output(0, mb.cast(x=ctx.x(0), dtype=target, name=ctx.name()))
 
 
+_COMPARE = {"Greater": "greater", "Less": "less", "Equal": "equal", "GreaterOrEqual": "greater_equal",
+            "LessOrEqual": "less_equal", "And": "logical_and", "Or": "logical_or", "Xor": "logical_xor"}
+
+
+def _check_compare(ctx: NodeContext) -> list[str]:
+    problems = []
+    for index in (0, 1):
+        t = ctx.in_type(index)
+        if t is not None and t.dtype not in ("float32", "float16", "float64", "int32", "int64", "bool"):
+            problems.append(f"input {index} is {t.dtype}; Core ML compares float, int32 and bool tensors")
+    return problems
+
+
+def _compare(ctx: NodeContext) -> None:
+    function = getattr(mb, _COMPARE[ctx.node.op_type])
+    ctx.set_output(0, function(x=ctx.x(0), y=ctx.x(1), name=ctx.name()))
+
+
+for _onnx_name in _COMPARE:
+    op(_onnx_name, check=_check_compare)(_compare)
+
+
+@op("Not")
+def logical_not(ctx: NodeContext) -> None:
+    ctx.set_output(0, mb.logical_not(x=ctx.x(0), name=ctx.name()))
+
+
 def _trilu_k(ctx: NodeContext) -> int:
     return int(np.asarray(ctx.const(1)).reshape(-1)[0]) if ctx.has_input(1) else 0
 
@@ -1531,7 +1558,7 @@ FOLD_ONLY = {
 _SIZE_FREE = (set(_UNARY) | set(_BINARY) | set(_REDUCE) | {
     "Neg", "Clip", "LeakyRelu", "Elu", "Selu", "ThresholdedRelu", "HardSigmoid", "HardSwish", "Gelu", "PRelu",
     "BatchNormalization", "LRN", "Mean", "Concat", "Transpose", "Unsqueeze", "GlobalAveragePool",
-    "GlobalMaxPool", "Identity", "Dropout", "Cast", "Pad", "Conv", "Gemm", "MatMul", "CastLike", "Where"})
+    "GlobalMaxPool", "Identity", "Dropout", "Cast", "Pad", "Conv", "Gemm", "MatMul", "CastLike", "Where", "Not"} | set(_COMPARE))
 
 
 def flexible_problems(ctx: NodeContext) -> list[str]:

@@ -85,6 +85,18 @@ def cast_like(path):
                   [_x("x", [3, 4])], [_x("y", [3, 4])])
 
 
+def comparisons(path):
+    # the boolean ops feeding masks: every comparison, then And/Or/Xor/Not of two of them
+    nodes = [helper.make_node(op_type, ["a", "b"], [op_type], name=op_type)
+             for op_type in ("Greater", "Less", "Equal", "GreaterOrEqual", "LessOrEqual")]
+    nodes += [helper.make_node(op_type, ["Greater", "Equal"], [f"{op_type}_b"], name=f"{op_type}_b")
+              for op_type in ("And", "Or", "Xor")]
+    nodes += [helper.make_node("Not", ["Xor_b"], ["not"], name="not"),
+              helper.make_node("Where", ["not", "a", "b"], ["y"], name="where")]
+    return _model(path, nodes, [_x("a", [3, 4]), _x("b", [4])], [_x("y", [3, 4]), _x("Less", [3, 4], TensorProto.BOOL),
+                                                               _x("LessOrEqual", [3, 4], TensorProto.BOOL)])
+
+
 def trilu_cases(path):
     nodes, outputs, inits = [], [], []
     for index, (upper, k) in enumerate([(1, 0), (1, -1), (1, 2), (0, 0), (0, 1), (0, -2)]):
@@ -95,7 +107,7 @@ def trilu_cases(path):
 
 
 CASES = [layer_norm, layer_norm_two_axes_broadcast_scale, rms_norm, where_mask, where_constant_condition, expand,
-         cast_like, trilu_cases]
+         cast_like, trilu_cases, comparisons]
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
