@@ -470,7 +470,9 @@ def _check_unary(ctx: NodeContext) -> list[str]:
 
 def _unary(ctx: NodeContext) -> None:
     function = getattr(mb, _UNARY[ctx.node.op_type])
-    ctx.set_output(0, function(x=ctx.x(0), name=ctx.name()))
+    # MIL's inverse computes 1 / (x + epsilon) with epsilon 1e-4 unless told otherwise.
+    kwargs = {"epsilon": ctx.float(0.0)} if ctx.node.op_type == "Reciprocal" else {}
+    ctx.set_output(0, function(x=ctx.x(0), name=ctx.name(), **kwargs))
 
 
 for _onnx_name in _UNARY:
