@@ -1336,7 +1336,7 @@ def cast(ctx: NodeContext) -> None:
 # ----------------------------------------------------------------------------- transformer ops
 
 def _check_layer_norm(ctx: NodeContext) -> list[str]:
-    problems = _float_input(ctx) + _static_input(ctx) + _const_inputs(ctx, [1, 2], "the scale/bias")
+    problems = _float_input(ctx) + _static_input(ctx)
     for index in (1, 2):
         if ctx.output_used(index):
             problems.append(f"output {index} (the mean or inverse standard deviation) is used; "
@@ -1347,12 +1347,20 @@ def _check_layer_norm(ctx: NodeContext) -> list[str]:
     axis = int(ctx.attr("axis", -1)) % len(shape)
     for index in (1, 2):
         if ctx.has_input(index):
-            try:
-                np.broadcast_to(ctx.const(index), shape[axis:])
-            except ValueError:
-                problems.append(f"input {index} of shape {tuple(ctx.const(index).shape)} does not broadcast "
+            given = ctx.in_shape(index)
+            if given is None:
+                problems.append(f"the shape of input {index} is not known statically")
+            elif not _broadcasts_to(given, shape[axis:]):
+                problems.append(f"input {index} of shape {tuple(given)} does not broadcast "
                                 f"to the normalised axes {tuple(shape[axis:])}")
     return problems
+
+
+def _broadcasts_to(shape, target) -> bool:
+    try:
+        return np.broadcast_shapes(tuple(shape), tuple(target)) == tuple(target)
+    except ValueError:
+        return False
 
 
 @op("LayerNormalization", check=_check_layer_norm)
@@ -1362,13 +1370,14 @@ def layer_normalization(ctx: NodeContext) -> None:
     axes = list(range(axis, len(shape)))
     epsilon = ctx.float(ctx.attr("epsilon", 1e-5))
     given = [index for index in (1, 2) if ctx.has_input(index)]
-    if all(tuple(ctx.const(index).shape) == tuple(shape[axis:]) for index in given):
+    if all(ctx.is_const(index) and tuple(ctx.const(index).shape) == tuple(shape[axis:]) for index in given):
         roles = {1: "gamma", 2: "beta"}
         kwargs = {roles[index]: ctx.x(index) for index in given}
         ctx.set_output(0, mb.layer_norm(x=ctx.x(0), axes=axes, epsilon=epsilon, name=ctx.name(), **kwargs))
         return
-    # A scale or bias that ONNX broadcasts over the normalised axes: MIL's gamma/beta must have
-    # exactly their shape, so they are applied after (stored as given, not enlarged).
+    # A scale or bias computed at run time, or one that ONNX broadcasts over the normalised axes:
+    # MIL's gamma/beta must be constants of exactly their shape, so they are applied after
+    # (stored as given, not enlarged).
     y = mb.layer_norm(x=ctx.x(0), axes=axes, epsilon=epsilon, name=ctx.name("normalized"))
     y = mb.mul(x=y, y=ctx.x(1), name=ctx.name("scaled" if 2 in given else None))
     if 2 in given:

@@ -51,6 +51,20 @@ def layer_norm_two_axes_broadcast_scale(path):
                   [_x("x", [3, 4, 6])], [_x("y", [3, 4, 6])], [_const("scale", scale)])
 
 
+def layer_norm_runtime_scale(path):
+    # scale and bias as graph inputs (the node tests' form): applied after layer_norm
+    return _model(path, [helper.make_node("LayerNormalization", ["x", "scale", "bias"], ["y"], name="ln", axis=2)],
+                  [_x("x", [2, 3, 4, 5]), _x("scale", [4, 5]), _x("bias", [5])], [_x("y", [2, 3, 4, 5])])
+
+
+def reciprocal(path):
+    # MIL's inverse adds epsilon 1e-4 unless given 0: visible at x near 1e-2
+    return _model(path, [helper.make_node("Abs", ["x"], ["a"], name="abs"),
+                         helper.make_node("Add", ["a", "small"], ["b"], name="shift"),
+                         helper.make_node("Reciprocal", ["b"], ["y"], name="reciprocal")],
+                  [_x("x", [3, 4])], [_x("y", [3, 4])], [_const("small", np.float32(0.01))])
+
+
 def rms_norm(path):
     scale = RNG.standard_normal(16).astype(np.float32)
     return _model(path, [helper.make_node("RMSNormalization", ["x", "scale"], ["y"], name="rms", epsilon=1e-6)],
@@ -106,7 +120,7 @@ def trilu_cases(path):
     return _model(path, nodes, [_x("x", [2, 4, 5])], outputs, inits)
 
 
-CASES = [layer_norm, layer_norm_two_axes_broadcast_scale, rms_norm, where_mask, where_constant_condition, expand,
+CASES = [layer_norm, layer_norm_two_axes_broadcast_scale, layer_norm_runtime_scale, reciprocal, rms_norm, where_mask, where_constant_condition, expand,
          cast_like, trilu_cases, comparisons]
 
 
@@ -118,3 +132,52 @@ def test_op_converts_and_matches_onnx_runtime_by_value(case, precision, tmp_path
     values = result.verification["values"]
     assert values["status"] == "passed", values["detail"]
     assert result.verified
+
+
+# ----------------------------------------------------------------------------- the shape-fixing pass
+
+def legacy_repeat_kv(path):
+    """repeat_kv as the legacy exporter writes it: the Expand target is computed from Shape through
+    Gather/Unsqueeze/Concat and then Equal/Where (which ONNX shape inference does not propagate
+    values through), and a Reshape whose target is another Shape chain of the expanded tensor.
+    The batch dimension is free in the file; --shape fixes it."""
+    c = lambda name, values: _const(name, np.array(values, np.int64))  # noqa: E731
+    nodes = [
+        helper.make_node("Unsqueeze", ["k", "axis2"], ["k5"], name="/attn/Unsqueeze"),
+        helper.make_node("Shape", ["k"], ["k_shape"], name="/attn/Shape"),
+        helper.make_node("Gather", ["k_shape", "zero"], ["batch"], name="/attn/Gather", axis=0),
+        helper.make_node("Gather", ["k_shape", "two"], ["length"], name="/attn/Gather_1", axis=0),
+        helper.make_node("Unsqueeze", ["batch", "axis0"], ["batch1"], name="/attn/Unsqueeze_1"),
+        helper.make_node("Unsqueeze", ["length", "axis0"], ["length1"], name="/attn/Unsqueeze_2"),
+        helper.make_node("Concat", ["batch1", "heads_groups", "length1", "head_dim"], ["target"], name="/attn/Concat",
+                         axis=0),
+        helper.make_node("Equal", ["target", "minus_one"], ["is_free"], name="/attn/Equal"),
+        helper.make_node("Where", ["is_free", "ones", "target"], ["expand_to"], name="/attn/Where"),
+        helper.make_node("Expand", ["k5", "expand_to"], ["expanded"], name="/attn/Expand"),
+        helper.make_node("Shape", ["expanded"], ["e_shape"], name="/attn/Shape_1"),
+        helper.make_node("Gather", ["e_shape", "zero"], ["e_batch"], name="/attn/Gather_2", axis=0),
+        helper.make_node("Unsqueeze", ["e_batch", "axis0"], ["e_batch1"], name="/attn/Unsqueeze_3"),
+        helper.make_node("Concat", ["e_batch1", "heads_tail"], ["reshape_to"], name="/attn/Concat_1", axis=0),
+        helper.make_node("Reshape", ["expanded", "reshape_to"], ["k_all"], name="/attn/Reshape"),
+        helper.make_node("LayerNormalization", ["k_all", "gamma", "beta"], ["y"], name="/attn/norm"),
+    ]
+    inits = [c("axis2", [2]), c("axis0", [0]), c("zero", 0), c("two", 2), c("heads_groups", [2, 3]),
+             c("head_dim", [4]), c("minus_one", [-1, -1, -1, -1, -1]), c("ones", [1, 1, 1, 1, 1]),
+             c("heads_tail", [6, 5, 4]), _const("gamma", RNG.standard_normal(4).astype(np.float32)),
+             _const("beta", RNG.standard_normal(4).astype(np.float32))]
+    return _model(path, nodes, [_x("k", ["batch", 2, 5, 4])], [_x("y", ["batch", 6, 5, 4])], inits)
+
+
+def test_shape_chains_through_where_fold_and_the_layer_map_says_where(tmp_path):
+    source = legacy_repeat_kv(tmp_path / "repeat_kv.onnx")
+    assert check_convertible(source, {"k": [1, 2, 5, 4]}) == []
+    result = convert(source, tmp_path / "out.mlpackage", precision="fp32", input_shapes={"k": [1, 2, 5, 4]})
+    assert result.verification["values"]["status"] == "passed", result.verification["values"]["detail"]
+    layer_map = result.layer_map
+    # the compute nodes that remain, and every shape node folded into the node that used its value
+    assert set(layer_map["nodes"]) == {"/attn/Unsqueeze", "/attn/Expand", "/attn/Reshape", "/attn/norm"}
+    assert layer_map["folded_into"]["/attn/Where"] == ["/attn/Expand"]
+    assert layer_map["folded_into"]["/attn/Shape"] == ["/attn/Expand"]
+    assert layer_map["folded_into"]["/attn/Shape_1"] == ["/attn/Reshape"]
+    assert result.folded_summary() == ("folded 12 constant nodes (3 Gather, 3 Unsqueeze, 2 Shape, 2 Concat, 1 Equal, "
+                                       "1 Where) into the 2 nodes that use them")
