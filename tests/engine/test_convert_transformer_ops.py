@@ -181,3 +181,35 @@ def test_shape_chains_through_where_fold_and_the_layer_map_says_where(tmp_path):
     assert layer_map["folded_into"]["/attn/Shape_1"] == ["/attn/Reshape"]
     assert result.folded_summary() == ("folded 12 constant nodes (3 Gather, 3 Unsqueeze, 2 Shape, 2 Concat, 1 Equal, "
                                        "1 Where) into the 2 nodes that use them")
+
+
+def test_legacy_exported_decoder_block_converts_after_folding(tmp_path):
+    """A Llama-style decoder block from the transformer generator (RMSNorm as Pow/ReduceMean/Sqrt/
+    Reciprocal, rotary embedding, grouped K/V repeated with Expand, SiLU MLP, the
+    Shape -> Gather -> Concat -> Reshape chains of a dynamic export), small dimensions, random
+    weights stored in the file and a free batch dimension fixed by --shape."""
+    from engine.transformer_samples import TransformerConfig, transformer_model
+
+    config = TransformerConfig(layers=1, hidden=32, heads=4, kv_heads=2, intermediate=64, vocab=50, sequence=3,
+                               past=5)
+    model, _ = transformer_model(config)
+    for index, tensor in enumerate(model.graph.initializer):
+        if tensor.data_location == TensorProto.EXTERNAL:
+            values = (RNG.standard_normal(list(tensor.dims)) * 0.1).astype(np.float32)
+            model.graph.initializer[index].CopyFrom(numpy_helper.from_array(values, tensor.name))
+    for value in list(model.graph.input) + list(model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    path = tmp_path / "decoder.onnx"
+    onnx.save(model, str(path))
+    shapes = {value.name: [1] + [d.dim_value for d in value.type.tensor_type.shape.dim[1:]]
+              for value in model.graph.input}
+    result = convert(path, tmp_path / "decoder.mlpackage", precision="fp32", input_shapes=shapes)
+    assert result.verified, result.failed_checks
+    assert result.verification["values"]["status"] == "passed", result.verification["values"]["detail"]
+    folded_types = set(result.layer_map["folded_op_types"].values())
+    assert {"Shape", "Gather", "Concat"} <= folded_types
+    # every Reshape that read a Shape chain is where that chain was folded into
+    reshapes = {users[0] for node_id, users in result.layer_map["folded_into"].items()
+                if result.layer_map["folded_op_types"][node_id] == "Shape"}
+    assert len(reshapes) == 4  # three head splits and the head merge
+    assert all(result.layer_map["source_nodes"][node_id]["op_type"] == "Reshape" for node_id in reshapes)
