@@ -4,6 +4,7 @@
                         [--inputs random|normal|FILE.npz ...] [--samples N] [--seed N]
                         [--shape NAME=DIMS] [--size HxW] [--tolerance T] [--threads N]
                         [--json out.json] [--report out.html] [--csv out.csv] [--top N]
+                        [--target ws://HOST:PORT [--compute-unit UNIT]]
 
 Progress goes to stderr.  Ctrl-C stops after the current layer; the layers
 compared so far are summarised and written (exit code 130).  A layer that
@@ -30,7 +31,8 @@ def _figure(value: float, digits: int = 3) -> str:
 
 def numerics_summary(result, top: int = 10) -> str:
     lines = [f"Model       {result.model_path}",
-             f"Precision   {result.precision}, {result.kind}: {result.emulation}",
+             (f"Compared    {result.kind}: {result.emulation}" if result.mode in ("device", "package")
+              else f"Precision   {result.precision}, {result.kind}: {result.emulation}"),
              f"Reference   {result.reference}",
              f"Inputs      {result.inputs}; {result.samples_compared} compared",
              f"Compared    {len(result.layers)} layers ({len(result.not_compared)} not compared: constants or "
@@ -83,10 +85,31 @@ def cmd_numerics(args: argparse.Namespace) -> int:
                                     threads=args.threads)
     except NumericsError as exc:
         raise CliError(str(exc))
+    device = args.target not in (None, "cpu")
+    package = path.suffix.lower() == ".mlpackage"
+    if package:  # a converted package: its program on the MIL reference evaluator against its ONNX source
+        from engine.numerics import MODE_PACKAGE
+        if device:
+            raise CliError("a .mlpackage is compared on the MIL reference evaluator here; for a device, give the "
+                           "ONNX model with --target")
+        settings = NumericsSettings(**{**settings.__dict__, "mode": MODE_PACKAGE})
+    elif device:
+        from engine.numerics import MODE_DEVICE
+        settings = NumericsSettings(**{**settings.__dict__, "mode": MODE_DEVICE})
+    elif args.compute_unit:
+        raise CliError("--compute-unit applies to a device: add --target ws://HOST:PORT")
     progress = Progress(label=f"{settings.mode} ")
     with CtrlC(unit="layer") as ctrl_c:
         try:
-            result = run_numerics(path, settings, progress=progress, cancel=ctrl_c.cancel)
+            if package:
+                from engine.numerics_package import run_package_numerics
+                result = run_package_numerics(path, settings, progress=progress, cancel=ctrl_c.cancel)
+            elif device:
+                from engine.numerics_device import run_device_numerics
+                result = run_device_numerics(path, args.target, settings, compute_unit=args.compute_unit,
+                                             progress=progress, cancel=ctrl_c.cancel)
+            else:
+                result = run_numerics(path, settings, progress=progress, cancel=ctrl_c.cancel)
         except NumericsError as exc:
             raise CliError(f"{path}: {exc}")
         finally:
@@ -118,16 +141,22 @@ def cmd_numerics(args: argparse.Namespace) -> int:
 
 def add_numerics_command(sub) -> None:
     from engine.cli_profile import _positive_int
-    from engine.numerics import DEFAULT_TOLERANCE, MODES
+    from engine.numerics_settings import DEFAULT_TOLERANCE, MODES
     numerics = sub.add_parser(
         "numerics", help="compare every layer in fp16 (emulated) with the fp32 reference: find where fp16 breaks",
         description="Run the model in fp32 on ONNX Runtime and again in emulated fp16, and compare every layer's "
                     "outputs. Ctrl-C stops after the current layer and still writes what was compared.")
-    numerics.add_argument("model", nargs="?", help="model file (.onnx); default: the bundled MobileUNet sample")
+    numerics.add_argument("model", nargs="?", help="model file (.onnx), or a .mlpackage written by layerscope convert "
+                                                   "(compared with its ONNX source); default: the bundled sample")
     numerics.add_argument("--precision", default="fp16", choices=["fp16"], help="reduced precision (fp16)")
     numerics.add_argument("--mode", default=MODES[0], choices=MODES,
                           help="fp16-storage (default, fast): fp32 arithmetic, every layer's outputs rounded to "
                                "fp16; fp16-compute (slow): the whole model in numpy float16 arithmetic")
+    numerics.add_argument("--target", metavar="cpu|ws://HOST:PORT",
+                          help="cpu (default): emulate fp16 here; an agent's address: compare the device's own "
+                               "intermediate tensors (measured) with the fp32 reference")
+    numerics.add_argument("--compute-unit", metavar="UNIT", help="with --target: the compute unit to load on "
+                                                                   "(as the agent lists them, e.g. CPU)")
     numerics.add_argument("--inputs", action="append", metavar="random|normal|FILE.npz",
                           help="input values: random (uniform [0, 1), the default), normal (standard normal), or "
                                ".npz files with arrays named after the inputs (repeatable; an extra leading axis "

@@ -22,41 +22,39 @@ Neither mode is a device measurement: every figure is `emulated` and the
 result names the emulation.  Figures obtained from a device (engine.bridge,
 `intermediates`) are `measured`.  docs/numerics.md defines every figure.
 
-Pure python + numpy + onnx + onnxruntime: never import Qt here.
+The comparison itself (model surgery, runners) is engine.numerics_run, imported
+when a run starts so that opening the app does not import onnx.  Pure python +
+numpy (+ onnx and onnxruntime there): never import Qt here.
 """
 from __future__ import annotations
 
 import json
 import math
 import threading
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
 
 from engine.files import write_text_atomically
-from engine.profile import MEASURED
 
 # DESIGN.md "Measured versus estimated": the CPU reference imitating a device.
 EMULATED = "emulated"
-from engine.targets import ProfileSettings, TargetError
 
 __all__ = ["MODES", "FP16_MAX", "NumericsSettings", "NumericsResult", "LayerNumerics", "TensorNumerics",
            "run_numerics", "compare_tensor", "NumericsError", "load_input_samples", "emulation_text",
            "estimate_seconds", "HISTOGRAM_EDGES", "SCHEMA"]
 
 SCHEMA = "layerscope.numerics/1"
-MODE_STORAGE, MODE_COMPUTE = "fp16-storage", "fp16-compute"
-MODES = (MODE_STORAGE, MODE_COMPUTE)
+# The emulations and the default tolerance live in a light module: the CLI's parser needs them.
+from engine.numerics_settings import DEFAULT_TOLERANCE, MODE_COMPUTE, MODE_STORAGE, MODES  # noqa: E402,F401
+MODE_DEVICE = "device"  # a device's own outputs through the bridge (engine.numerics_device): measured
+MODE_PACKAGE = "package"  # a converted Core ML package on the MIL reference evaluator (engine.numerics_package)
 PRECISIONS = ("fp16",)
 FP16_MAX = 65504.0
 # Below this, fp16 has no relative precision left (subnormals): relative errors are measured against it.
 FP16_SMALLEST_NORMAL = 2.0 ** -14
-DEFAULT_TOLERANCE = 1e-2
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 # Relative-error histogram: decade edges 1e-8 .. 1e1, plus "exact" and "not finite" bins (docs/numerics.md).
 HISTOGRAM_EDGES = tuple(10.0 ** k for k in range(-8, 2))
@@ -97,7 +95,7 @@ class NumericsSettings:
     segment_bytes: int = DEFAULT_SEGMENT_BYTES
 
     def __post_init__(self):
-        if self.mode not in MODES:
+        if self.mode not in MODES + (MODE_DEVICE, MODE_PACKAGE):
             raise NumericsError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.precision not in PRECISIONS:
             raise NumericsError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
@@ -193,6 +191,7 @@ def _generated_samples(template: Mapping[str, np.ndarray], distribution: str, co
 
 def emulation_text(mode: str) -> str:
     """What a reduced-precision mode is, named in every result (docs/numerics.md)."""
+    import onnx
     import onnxruntime as ort
     if mode == MODE_STORAGE:
         return (f"fp16-storage: ONNX Runtime {ort.__version__} on the CPU, arithmetic in fp32; weights, inputs "
@@ -203,16 +202,19 @@ def emulation_text(mode: str) -> str:
             "does")
 
 
-# Seconds per multiply-accumulate of the fp16-compute emulation, measured on the benchmark machine
-# (benchmarks/bench_numerics.py); the estimate is labelled as such and the live progress refines it.
-_COMPUTE_SECONDS_PER_MAC = 4e-9
-_STORAGE_SECONDS_PER_MAC = 1e-10
+# A duration estimate: fixed seconds (preparing the model, building sessions) plus seconds per
+# multiply-accumulate, fitted to benchmarks/bench_numerics.py on this project's (busy, 2-vCPU)
+# machine: MobileUNet sample and ResNet-50, docs/benchmarks.md.  Labelled an estimate; the live
+# progress refines it.
+_SECONDS_FIXED = {MODE_STORAGE: 1.3, MODE_COMPUTE: 3.7}
+_SECONDS_PER_MAC = {MODE_STORAGE: 9.7e-9, MODE_COMPUTE: 2.8e-8}
 
 
 def estimate_seconds(total_macs: int, mode: str, samples: int) -> float:
     """A rough duration (estimated: from the model's MACs and this tool's measured rates)."""
-    rate = _COMPUTE_SECONDS_PER_MAC if mode == MODE_COMPUTE else _STORAGE_SECONDS_PER_MAC
-    return max(0.5, total_macs * rate * samples)
+    fixed = _SECONDS_FIXED.get(mode, _SECONDS_FIXED[MODE_STORAGE])
+    rate = _SECONDS_PER_MAC.get(mode, _SECONDS_PER_MAC[MODE_STORAGE])
+    return fixed + total_macs * rate * samples
 
 
 # ============================================================================ comparing tensors
@@ -553,517 +555,15 @@ class NumericsResult:
         return cls.from_json_dict(data)
 
 
-# ============================================================================ model surgery
-
-def _reads(node: onnx.NodeProto) -> set[str]:
-    from engine.targets.cpu import _subgraph_references
-    return {n for n in node.input if n} | _subgraph_references(node)
-
-
-def _plan_segments(nodes: Sequence[onnx.NodeProto], output_bytes: Mapping[str, Optional[int]],
-                   budget: int) -> list[tuple[int, int]]:
-    """Consecutive node ranges whose outputs together stay under `budget` bytes (at least one node each)."""
-    segments, start, used = [], 0, 0
-    for index, node in enumerate(nodes):
-        size = output_bytes.get(node.name) or 0
-        if index > start and used + size > budget:
-            segments.append((start, index))
-            start, used = index, 0
-        used += size
-    if start < len(nodes):
-        segments.append((start, len(nodes)))
-    return segments
-
-
-_NUMPY_TO_ONNX = {np.dtype(k): v for k, v in {
-    np.float32: onnx.TensorProto.FLOAT, np.float16: onnx.TensorProto.FLOAT16, np.float64: onnx.TensorProto.DOUBLE,
-    np.int64: onnx.TensorProto.INT64, np.int32: onnx.TensorProto.INT32, np.int16: onnx.TensorProto.INT16,
-    np.int8: onnx.TensorProto.INT8, np.uint8: onnx.TensorProto.UINT8, np.uint16: onnx.TensorProto.UINT16,
-    np.uint32: onnx.TensorProto.UINT32, np.uint64: onnx.TensorProto.UINT64, np.bool_: onnx.TensorProto.BOOL,
-}.items()}
-
-
-def _value_info(name: str, array: np.ndarray) -> onnx.ValueInfoProto:
-    elem = _NUMPY_TO_ONNX.get(array.dtype)
-    if elem is None:
-        raise NumericsError(f"tensor '{name}' has type {array.dtype}, which the numerics comparison cannot pass "
-                            "between segments")
-    return helper.make_tensor_value_info(name, elem, list(array.shape))
-
-
-def _round_fp16(array: np.ndarray) -> np.ndarray:
-    """Rounded to fp16 and back (storage rounding); non-float arrays unchanged."""
-    if array.dtype in (np.float32, np.float64):
-        with np.errstate(over="ignore"):
-            return array.astype(np.float16).astype(array.dtype)
-    return array
-
-
-def _with_storage_casts(segment: onnx.ModelProto, float_outputs: Iterable[str]) -> onnx.ModelProto:
-    """A segment whose float outputs pass through Cast float->float16->float, weights rounded to fp16.
-
-    The producing node writes `<name>::fp32`; the pair writes `<name>` again, so
-    readers and the segment's outputs see the rounded tensor.  Inputs arrive
-    already rounded (the previous segment rounded them, or the caller did).
-    """
-    model = onnx.ModelProto()
-    model.CopyFrom(segment)
-    graph = model.graph
-    float_outputs = set(float_outputs)
-    for tensor in graph.initializer:
-        if tensor.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
-            tensor.CopyFrom(numpy_helper.from_array(_round_fp16(numpy_helper.to_array(tensor)), tensor.name))
-    nodes = []
-    for node in graph.node:
-        casts = []
-        for position, name in enumerate(node.output):
-            if name not in float_outputs:
-                continue
-            original = f"{name}::fp32"
-            node.output[position] = original
-            elem = onnx.TensorProto.FLOAT
-            casts.append(helper.make_node("Cast", [original], [f"{name}::fp16"], name=f"{node.name}::to_fp16",
-                                          to=onnx.TensorProto.FLOAT16))
-            casts.append(helper.make_node("Cast", [f"{name}::fp16"], [name], name=f"{node.name}::from_fp16",
-                                          to=elem))
-        nodes.append(node)
-        nodes.extend(casts)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    return model
-
-
-def _fp16_compute_model(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with float weights, constants, casts and declared types in float16 (for numpy float16)."""
-    model = onnx.ModelProto()
-    model.CopyFrom(proto)
-    _cast_graph_to_fp16(model.graph)
-    return model
-
-
-# Inputs that ONNX requires in fp32 whatever the data type (sizes and coordinates, not data).
-_KEEP_FP32_INPUTS = {("Resize", 1), ("Resize", 2), ("Upsample", 1)}
-_FLOAT_ELEMS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
-
-
-def _cast_graph_to_fp16(graph: onnx.GraphProto) -> None:
-    keep = {node.input[i] for node in graph.node for (op, i) in _KEEP_FP32_INPUTS
-            if node.op_type == op and len(node.input) > i and node.input[i]}
-    for tensor in graph.initializer:
-        if tensor.data_type in _FLOAT_ELEMS and tensor.name not in keep:
-            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), tensor.name))
-    for value in list(graph.input) + list(graph.output):
-        if value.type.tensor_type.elem_type in _FLOAT_ELEMS and value.name not in keep:
-            value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
-    del graph.value_info[:]
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                _cast_graph_to_fp16(attribute.g)
-            elif attribute.type == onnx.AttributeProto.GRAPHS:
-                for sub in attribute.graphs:
-                    _cast_graph_to_fp16(sub)
-        if node.op_type == "Cast":
-            for attribute in node.attribute:
-                if attribute.name == "to" and attribute.i in _FLOAT_ELEMS:
-                    attribute.i = onnx.TensorProto.FLOAT16
-        elif node.op_type in ("Constant", "ConstantOfShape") and not any(o in keep for o in node.output):
-            found = False
-            for attribute in node.attribute:
-                if attribute.name == "value" and attribute.t.data_type in _FLOAT_ELEMS:
-                    attribute.t.CopyFrom(numpy_helper.from_array(
-                        numpy_helper.to_array(attribute.t).astype(np.float16), attribute.t.name))
-                    found = True
-                elif attribute.name == "value":
-                    found = True
-                elif attribute.name in ("value_float", "value_floats"):
-                    values = np.array(attribute.f if attribute.name == "value_float" else list(attribute.floats),
-                                      dtype=np.float16)
-                    node.attribute.remove(attribute)
-                    node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(values)))
-                    found = True
-                    break
-            if node.op_type == "ConstantOfShape" and not found:  # default: float32 zero
-                node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(
-                    np.zeros(1, dtype=np.float16))))
-
-
-# ============================================================================ runners
-
-class _OrtSegments:
-    """A model run one segment at a time by ONNX Runtime (fp32, or with fp16 storage casts).
-
-    Large weights are not in the segment models: they are fed with each run from
-    `weights` (numpy arrays ORT reads in place), so a weight lives once in memory
-    instead of once per protobuf, serialized copy and session.
-    """
-
-    def __init__(self, proto: onnx.ModelProto, segments: Sequence[tuple[int, int]], threads: int,
-                 storage_fp16: bool, weights: Mapping[str, np.ndarray]):
-        self.proto = proto
-        self.segments = segments
-        self.threads = threads
-        self.storage_fp16 = storage_fp16
-        self.weights = weights
-        self.sessions: dict[int, tuple] = {}
-        self.initializers = {t.name: t for t in proto.graph.initializer}
-
-    def _build(self, index: int, live: Mapping[str, np.ndarray], float_outputs: Iterable[str]):
-        import onnxruntime as ort
-        start, end = self.segments[index]
-        nodes = self.proto.graph.node[start:end]
-        produced = {o for n in nodes for o in n.output if o}
-        reads = set().union(*(_reads(n) for n in nodes))
-        inputs = sorted(name for name in reads if name not in produced and name not in self.initializers
-                        and name in live)
-        weights = sorted(name for name in reads if name in self.weights and name not in produced)
-        missing = [name for name in reads if name not in produced and name not in self.initializers
-                   and name not in live and name not in self.weights]
-        if missing:
-            raise NumericsError(f"nodes {nodes[0].name}..{nodes[-1].name} read {', '.join(sorted(missing)[:3])}, "
-                                "which nothing produced before them")
-        outputs = [o for n in nodes for o in n.output if o]
-        graph = helper.make_graph(
-            [onnx.NodeProto.FromString(n.SerializeToString()) for n in nodes], f"segment{index}",
-            [_value_info(name, live[name]) for name in inputs]
-            + [_value_info(name, self.weights[name]) for name in weights],
-            [helper.make_empty_tensor_value_info(name) for name in outputs],
-            initializer=[self.initializers[name] for name in sorted(reads) if name in self.initializers])
-        model = helper.make_model(graph, opset_imports=list(self.proto.opset_import))
-        model.ir_version = self.proto.ir_version
-        model.functions.extend(self.proto.functions)
-        if self.storage_fp16:
-            model = _with_storage_casts(model, float_outputs)
-        options = ort.SessionOptions()
-        options.log_severity_level = 4
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        # Fusions would skip intermediate tensors and remove the Cast pairs.
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        # Every segment session would otherwise keep an arena the size of its outputs after its run,
-        # which is the sum of all intermediates again (ResNet-50: 1.2 GB peak with arenas, see
-        # docs/benchmarks.md); without them a run's buffers are freed when the outputs are dropped.
-        options.enable_cpu_mem_arena = False
-        options.enable_mem_pattern = False
-        try:
-            session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            from engine.targets.cpu import _short_ort_message
-            raise NumericsError(f"ONNX Runtime cannot run nodes {nodes[0].name}..{nodes[-1].name}: "
-                                f"{_short_ort_message(exc)}") from None
-        del model
-        self.sessions[index] = (session, inputs, weights, outputs)
-        return self.sessions[index]
-
-    def run(self, index: int, live: Mapping[str, np.ndarray],
-            float_outputs: Iterable[str] = ()) -> dict[str, np.ndarray]:
-        session, inputs, weights, outputs = self.sessions.get(index) or self._build(index, live, float_outputs)
-        feed = {name: live[name] for name in inputs}
-        feed.update((name, self.weights[name]) for name in weights)
-        try:
-            values = session.run(outputs, feed)
-        except Exception as exc:
-            from engine.targets.cpu import _short_ort_message
-            start, end = self.segments[index]
-            raise NumericsError(f"the run of nodes {self.proto.graph.node[start].name}.."
-                                f"{self.proto.graph.node[end - 1].name} failed: {_short_ort_message(exc)}") from None
-        return dict(zip(outputs, values))
-
-
-class _Fp16Evaluator:
-    """The fp16 model run op by op by onnx's reference evaluator on numpy float16 arrays."""
-
-    def __init__(self, proto: onnx.ModelProto, weights: Mapping[str, np.ndarray]):
-        from onnx.reference import ReferenceEvaluator
-        from engine.numerics_kernels import FP16_KERNELS
-        self.model = _fp16_compute_model(proto)
-        try:
-            self.evaluator = ReferenceEvaluator(self.model, new_ops=FP16_KERNELS)
-        except Exception as exc:
-            raise NumericsError(f"the reference evaluator cannot load the fp16 model ({type(exc).__name__}: "
-                                f"{exc}); use mode fp16-storage") from None
-        self.nodes = self.evaluator.rt_nodes_
-        self.initializers = dict(self.evaluator.rt_inits_)
-        self.initializers.update((name, value.astype(np.float16) if value.dtype in (np.float32, np.float64)
-                                  else value) for name, value in weights.items())
-        self.promoted: dict[str, str] = {}
-
-    def run_node(self, index: int, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        node = self.nodes[index]
-        proto = self.model.graph.node[index]
-        inputs = [values[name] if name in values else self.initializers.get(name) for name in node.input]
-        try:
-            with np.errstate(all="ignore"):
-                if node.need_context():
-                    context = {**self.initializers, **values}
-                    outputs = node.run(*inputs, context=context)
-                else:
-                    outputs = node.run(*inputs)
-        except Exception as exc:
-            raise NumericsError(f"fp16-compute: node '{proto.name}' (op {proto.op_type}) failed in the reference "
-                                f"evaluator: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
-                                "use mode fp16-storage for this model") from None
-        result = {}
-        for name, value in zip(proto.output, outputs):
-            if not name:
-                continue
-            value = np.asarray(value)
-            if value.dtype in (np.float32, np.float64):
-                # numpy promoted (an fp32 operand the cast missed): keep storage fp16, and say so.
-                self.promoted[proto.name] = str(value.dtype)
-                with np.errstate(over="ignore"):
-                    value = value.astype(np.float16)
-            result[name] = value
-        return result
-
-
-# ============================================================================ the run
-
-@dataclass
-class _Plan:
-    proto: onnx.ModelProto
-    node_ids: list[str]
-    op_types: list[str]
-    segments: list[tuple[int, int]]
-    last_reader: dict[str, int]
-    graph_outputs: set[str]
-    costs: list[float]
-
-
-def _make_plan(proto: onnx.ModelProto, analysis, budget: int) -> _Plan:
-    nodes = list(proto.graph.node)
-    output_bytes = {}
-    costs = []
-    for node in nodes:
-        metrics = analysis.nodes.get(node.name)
-        output_bytes[node.name] = metrics.output_bytes if metrics else None
-        costs.append(float((metrics.flops or 0) if metrics else 0) + float((metrics.output_bytes or 0) if metrics else 0))
-    last_reader: dict[str, int] = {}
-    for index, node in enumerate(nodes):
-        for name in _reads(node):
-            last_reader[name] = index
-    total = sum(costs) or 1.0
-    return _Plan(proto, [n.name for n in nodes], [n.op_type for n in nodes],
-                 _plan_segments(nodes, output_bytes, budget), last_reader, {o.name for o in proto.graph.output},
-                 [c / total for c in costs])
-
-
-def _prune(values: dict[str, np.ndarray], plan: _Plan, after: int) -> None:
-    """Drop tensors no node after position `after` reads (graph outputs included: compared already)."""
-    for name in [n for n in values if plan.last_reader.get(n, -1) <= after]:
-        del values[name]
-
-
 def run_numerics(model_path, settings: Optional[NumericsSettings] = None,
                  progress: Optional[ProgressCallback] = None, cancel: Optional[threading.Event] = None
-                 ) -> NumericsResult:
-    """Compare every layer of the model in reduced precision with the fp32 reference.
+                 ) -> "NumericsResult":
+    """Compare every layer in reduced precision with the fp32 reference (engine.numerics_run).
 
-    Cancel (checked between layers) or a failing layer stop the run; the layers
-    compared so far are kept (complete=False, error says why).  Raises
-    NumericsError / TargetError / ModelLoadError for a model or inputs that cannot be used.
+    Imported on call: onnx and ONNX Runtime stay off the app's start-up path.
     """
-    settings = settings or NumericsSettings()
-    from engine.targets.cpu import CpuTarget
-    import onnxruntime as ort
-
-    started = time.perf_counter()
-    path = Path(model_path)
-    npz_samples = None
-    shapes = dict(settings.input_shapes)
-    if not settings.generated:
-        ranks = _input_ranks(path)
-        npz_samples = load_input_samples(settings.inputs, list(ranks))
-        for name, array in npz_samples[0].items():
-            stacked = ranks[name] is not None and array.ndim == ranks[name] + 1
-            shapes.setdefault(name, array.shape[1:] if stacked else array.shape)
-    target = CpuTarget()
-    try:
-        target.prepare(path, ProfileSettings(runs=1, warmup=0, threads=settings.threads, seed=settings.seed,
-                                             input_shapes=shapes, size=settings.size))
-        analysis = target.analysis
-        template = target.inputs
-        input_shapes = {k: tuple(v.shape) for k, v in template.items()}
-        if npz_samples is None:
-            samples = _generated_samples(template, settings.inputs[0], settings.samples, settings.seed)
-            inputs_text = (f"{settings.samples} generated input(s), "
-                           + ("uniform [0, 1)" if settings.inputs[0] == "random" else "standard normal")
-                           + f", seeds {settings.seed}..{settings.seed + settings.samples - 1}")
-        else:
-            samples = _split_stacked(npz_samples, input_shapes, ", ".join(settings.inputs))
-            samples = [{k: np.ascontiguousarray(v.astype(template[k].dtype, copy=False)) for k, v in s.items()}
-                       for s in samples]
-            inputs_text = f"{len(samples)} input(s) from {', '.join(settings.inputs)}"
-        proto = onnx.load(str(target.session_model_path))
-        folded = target.folded_node_ids
-        warnings = list(target.load_warnings)
-    finally:
-        target.close()
-    plan = _make_plan(proto, analysis, settings.segment_bytes)
-    weights = _take_weights(proto)
-    reference_runner = _OrtSegments(proto, plan.segments, settings.threads, False, weights)
-    storage_runner = _OrtSegments(proto, plan.segments, settings.threads, True,
-                                  {name: _round_fp16(value) for name, value in weights.items()}) \
-        if settings.mode == MODE_STORAGE else None
-    evaluator = _Fp16Evaluator(proto, weights) if settings.mode == MODE_COMPUTE else None
-    result_kind = EMULATED
-    accumulators: dict[str, dict[str, _TensorAccumulator]] = {}
-    not_compared: dict[str, str] = {node_id: "constant (folded into a weight)" for node_id in folded}
-    error, seconds_reference, seconds_reduced = "", 0.0, 0.0
-    samples_done = 0
-    total_units = 1000 * len(samples)
-    clock = time.perf_counter
-
-    def report(sample_index: int, node_index: int) -> None:
-        if progress is None:
-            return
-        done_share = sum(plan.costs[:node_index + 1])
-        progress(int(1000 * sample_index + 1000 * min(1.0, done_share)), total_units,
-                 f"input {sample_index + 1}/{len(samples)}: {plan.node_ids[node_index]}")
-
-    try:
-        for sample_index, sample in enumerate(samples):
-            reference_live = dict(sample)
-            reduced_live = {k: (v.astype(np.float16) if evaluator is not None and v.dtype in (np.float32, np.float64)
-                                else _round_fp16(v)) for k, v in sample.items()}
-            for segment_index, (start, end) in enumerate(plan.segments):
-                if cancel is not None and cancel.is_set():
-                    raise _Stopped("cancelled")
-                tick = clock()
-                reference = reference_runner.run(segment_index, reference_live)
-                seconds_reference += clock() - tick
-                float_outputs = [n for n, v in reference.items() if v.dtype in (np.float32, np.float64)]
-                tick = clock()
-                if storage_runner is not None:
-                    reduced = storage_runner.run(segment_index, reduced_live, float_outputs)
-                    seconds_reduced += clock() - tick
-                    for index in range(start, end):
-                        _compare_node(proto.graph.node[index], reference, reduced, accumulators, not_compared)
-                    report(sample_index, end - 1)
-                else:
-                    for index in range(start, end):
-                        if cancel is not None and cancel.is_set():
-                            raise _Stopped("cancelled")
-                        tick = clock()
-                        reduced = evaluator.run_node(index, reduced_live)
-                        seconds_reduced += clock() - tick
-                        reduced_live.update(reduced)
-                        _compare_node(proto.graph.node[index], reference, reduced, accumulators, not_compared)
-                        _prune(reduced_live, plan, index)
-                        report(sample_index, index)
-                    reduced = {}
-                reference_live.update(reference)
-                _prune(reference_live, plan, end - 1)
-                if storage_runner is not None:
-                    reduced_live.update(reduced)
-                    _prune(reduced_live, plan, end - 1)
-                del reference, reduced
-            samples_done += 1
-    except _Stopped as stop:
-        error = str(stop)
-    except KeyboardInterrupt:
-        error = "interrupted"
-    except NumericsError as exc:
-        if not accumulators:
-            raise
-        error = str(exc)
-    if evaluator is not None and evaluator.promoted:
-        names = sorted(evaluator.promoted)
-        warnings.append(f"{len(names)} node(s) computed in fp32 in the fp16 run (numpy promoted a float32 "
-                        f"operand; outputs were rounded to fp16): {', '.join(names[:5])}"
-                        + (" ..." if len(names) > 5 else ""))
-    layers: dict[str, LayerNumerics] = {}
-    first_departing = first_overflow = None
-    for node_id, op_type in zip(plan.node_ids, plan.op_types):
-        tensors = accumulators.get(node_id)
-        if not tensors:
-            continue
-        figures = tuple(acc.result(result_kind) for acc in tensors.values())
-        departs = any(t.broken or t.error > settings.tolerance for t in figures)
-        note = ""
-        if evaluator is not None and node_id in evaluator.promoted:
-            note = f"computed in {evaluator.promoted[node_id]} (numpy promotion), output rounded to fp16"
-        layer = LayerNumerics(node_id, op_type, figures, departs, result_kind, note)
-        layers[node_id] = layer
-        if departs and first_departing is None:
-            first_departing = node_id
-        if layer.overflows and first_overflow is None:
-            first_overflow = node_id
-    result = NumericsResult(
-        model_path=str(path), mode=settings.mode, precision=settings.precision, kind=result_kind,
-        emulation=emulation_text(settings.mode),
-        reference=f"fp32, ONNX Runtime {ort.__version__} CPU, graph optimizations off",
-        settings=settings.to_dict() | {"input_shapes": {k: list(v) for k, v in input_shapes.items()},
-                                       "segments": len(plan.segments)},
-        inputs=inputs_text, samples_compared=samples_done, layers=layers, first_departing=first_departing,
-        first_overflow=first_overflow, tolerance=settings.tolerance, complete=not error, error=error,
-        warnings=tuple(warnings), not_compared=not_compared,
-        seconds={"reference": round(seconds_reference, 4), "reduced": round(seconds_reduced, 4),
-                 "total": round(time.perf_counter() - started, 4)})
-    return replace(result, hints=tuple(numerics_hints(result, analysis.graph)))
-
-
-# Initializers above this size are fed to the segments as arrays; smaller ones (shapes, axes, scales)
-# stay in the graph, where some kernels expect constants.
-_WEIGHT_BYTES = 4096
-
-
-def _take_weights(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """The large initializers as numpy arrays, removed from `proto`."""
-    weights, kept = {}, []
-    for tensor in proto.graph.initializer:
-        array = numpy_helper.to_array(tensor)
-        if array.nbytes > _WEIGHT_BYTES:
-            weights[tensor.name] = array
-        else:
-            kept.append(tensor)
-    del proto.graph.initializer[:]
-    proto.graph.initializer.extend(kept)
-    return weights
-
-
-class _Stopped(Exception):
-    pass
-
-
-def _input_ranks(path: Path) -> dict[str, Optional[int]]:
-    """The model's inputs (weights excluded) and their ranks (None: no shape), read without the weights."""
-    from engine.ir import ModelLoadError
-    from engine.targets.cpu import _check_onnx_file, _proto_dims
-    if not path.exists():
-        raise ModelLoadError(str(path), "no such file or directory")
-    _check_onnx_file(path)
-    try:
-        header = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise ModelLoadError(str(path), f"could not be read as onnx: {type(exc).__name__}: {exc}") from None
-    weights = {t.name for t in header.graph.initializer}
-    ranks = {}
-    for value in header.graph.input:
-        if value.name not in weights:
-            dims = _proto_dims(value)
-            ranks[value.name] = None if dims is None else len(dims)
-    return ranks
-
-
-def _compare_node(node: onnx.NodeProto, reference: Mapping[str, np.ndarray], reduced: Mapping[str, np.ndarray],
-                  accumulators: dict, not_compared: dict) -> None:
-    compared = False
-    for name in node.output:
-        if not name or name not in reference or name not in reduced:
-            continue
-        ref = reference[name]
-        if ref.dtype not in (np.float32, np.float64):
-            continue
-        tensors = accumulators.setdefault(node.name, {})
-        accumulator = tensors.get(name) or tensors.setdefault(name, _TensorAccumulator(name))
-        accumulator.add(ref, reduced[name])
-        compared = True
-    if not compared and node.name not in accumulators:
-        dtypes = sorted({str(reference[n].dtype) for n in node.output if n in reference})
-        not_compared.setdefault(node.name, f"no float output ({', '.join(dtypes) or 'no output'})")
-    else:
-        not_compared.pop(node.name, None)
+    from engine.numerics_run import run_numerics as run
+    return run(model_path, settings, progress, cancel)
 
 
 # ============================================================================ hints

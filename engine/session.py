@@ -207,6 +207,16 @@ def input_shapes_of(analysis) -> dict[str, tuple]:
     return shapes
 
 
+def _profiled_shapes(profile: Profile) -> dict[str, tuple]:
+    return {str(k): tuple(int(d) for d in v) for k, v in dict(profile.settings.get("input_shapes") or {}).items()}
+
+
+def profiled_at(profile: Profile, analysis) -> bool:
+    """True when `profile` ran at the input shapes `analysis` was made for (or does not say)."""
+    opened = input_shapes_of(analysis)
+    return all(opened.get(name) == shape for name, shape in _profiled_shapes(profile).items())
+
+
 def profile_analysis(model_path: Union[str, Path], profile: Profile, opened_analysis=None):
     """The static analysis matching `profile`'s input shapes (reports and hints join the two by node id).
 
@@ -218,12 +228,9 @@ def profile_analysis(model_path: Union[str, Path], profile: Profile, opened_anal
     from engine.analysis import analyze
     from importers import open_model
 
-    shapes = {str(k): tuple(int(d) for d in v)
-              for k, v in dict(profile.settings.get("input_shapes") or {}).items()}
-    if opened_analysis is not None:
-        opened = input_shapes_of(opened_analysis)
-        if not shapes or all(opened.get(name) == shape for name, shape in shapes.items()):
-            return opened_analysis
+    shapes = _profiled_shapes(profile)
+    if opened_analysis is not None and profiled_at(profile, opened_analysis):
+        return opened_analysis
     from engine.sweep import model_for_setting, sample_parameters
     if len(shapes) == 1 and sample_parameters(model_path) is not None:
         dims = next(iter(shapes.values()))

@@ -460,6 +460,13 @@ class BridgeClient:
             message["inputs_npz_b64"] = inputs_npz_b64
         return self.request(message, ("run_result",), timeout or P.LOAD_TIMEOUT_S)
 
+    def intermediates(self, names, inputs_npz_b64: Optional[str] = None, timeout: Optional[float] = None) -> dict:
+        """The named tensors of one run on the agent (`intermediates_result`, arrays in `npz_b64`)."""
+        message = {"type": "intermediates", "id": self._next_id(), "tensors": list(names)}
+        if inputs_npz_b64:
+            message["inputs_npz_b64"] = inputs_npz_b64
+        return self.request(message, ("intermediates_result",), timeout or P.LOAD_TIMEOUT_S)
+
     def calibrate(self, compute_unit: Optional[str] = None, sizes=None, repeats: int = 5,
                   timeout: float = 120.0) -> dict:
         message: dict = {"type": "calibrate", "id": self._next_id(), "repeats": repeats}

@@ -39,8 +39,8 @@ def _badge(kind: str) -> str:
 def numerics_section(result: "NumericsResult", top: int = 15) -> str:
     """The section: what was compared how, the first departing and overflowing layers, hints, worst layers."""
     badge = _badge(result.kind)
-    parts = [f"<style>{_EXTRA_CSS}</style><h2>Numerics: {escape(result.precision)} against the fp32 reference "
-             f"{badge}</h2>",
+    what = {"device": "device outputs", "package": "converted package"}.get(result.mode, result.precision)
+    parts = [f"<style>{_EXTRA_CSS}</style><h2>Numerics: {escape(what)} against the fp32 reference {badge}</h2>",
              f"<p class='sub'>{escape(result.emulation)}.<br>Reference: {escape(result.reference)}. Inputs: "
              f"{escape(result.inputs)}; {result.samples_compared} compared. A layer departs when its error "
              f"(max |reduced − reference| / max |reference|) exceeds {result.tolerance:g} or it produces inf/NaN."

@@ -23,12 +23,12 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 from engine.bridge import protocol as P
-from engine.bridge.client import (BridgeClient, BridgeConnectionLost, arrays_from_npz_b64, normalize_address,
-                                  npz_b64)
+from engine.bridge.client import (BridgeClient, BridgeConnectionLost, BridgeError, arrays_from_npz_b64,
+                                  normalize_address, npz_b64)
 from engine.bridge.results import profile_from_document
 from engine.profile import Profile, ProfileFormatError
 from engine.targets import ProfileSettings, ProgressCallback, TargetError
@@ -108,17 +108,26 @@ class BridgeTarget:
 
     def _upload_and_load(self, client: BridgeClient, settings: ProfileSettings) -> None:
         assert self._model_path is not None
-        start = time.perf_counter()
-        upload = client.upload(self._model_path)
-        self.overhead.update(upload_ms=(time.perf_counter() - start) * 1000.0, upload_bytes=upload.size,
-                             upload_cached=upload.cached)
-        self._sha256 = upload.sha256
-        wire = settings.to_dict()
-        if settings.inputs not in ("random", "zeros"):
-            inputs = client.upload(Path(settings.inputs))
-            wire["inputs"] = f"upload:{inputs.sha256}"
-        start = time.perf_counter()
-        self._loaded = client.load(upload.sha256, self.backend, self.compute_unit, wire)
+        for attempt in (1, 2):
+            start = time.perf_counter()
+            upload = client.upload(self._model_path)
+            self.overhead.update(upload_ms=(time.perf_counter() - start) * 1000.0, upload_bytes=upload.size,
+                                 upload_cached=upload.cached)
+            self._sha256 = upload.sha256
+            wire = settings.to_dict()
+            if settings.inputs not in ("random", "zeros"):
+                inputs = client.upload(Path(settings.inputs))
+                wire["inputs"] = f"upload:{inputs.sha256}"
+            start = time.perf_counter()
+            try:
+                self._loaded = client.load(upload.sha256, self.backend, self.compute_unit, wire)
+            except BridgeError as exc:
+                # The agent found its cached copy damaged (or evicted it meanwhile): upload once more.
+                if exc.code != "unknown_model" or attempt == 2:
+                    raise
+                self.overhead["reuploaded"] = True
+                continue
+            break
         self.overhead.update(load_client_ms=(time.perf_counter() - start) * 1000.0,
                              load_agent_ms=self._loaded["load_ms"]["median_ms"])
         self._settings = settings
@@ -246,6 +255,37 @@ class BridgeTarget:
             raise TargetError(f"the outputs are larger than the agent sends back in one message; shapes: "
                               f"{', '.join(str(o['shape']) for o in reply['outputs'])}")
         return arrays_from_npz_b64(reply["outputs_npz_b64"])
+
+    def intermediates(self, names: Sequence[str], inputs: Optional[Mapping[str, Any]] = None,
+                      sizes: Mapping[str, int] = {}) -> tuple[dict, dict]:
+        """The named tensors of runs on the device: ({name: array}, the last reply without its arrays).
+
+        Names go in batches whose arrays (`sizes`: expected bytes per name) fit the replies the
+        agent may send; each batch is one run of the model on the device.
+        """
+        settings = self._settings or ProfileSettings()
+        client = self._ensure_ready(settings)
+        budget = max(1, int(client.limits.get("max_message_bytes", 64 * 1024 * 1024) // 2 * 0.7))
+        encoded_inputs = npz_b64(inputs) if inputs else None
+        batches: list[list[str]] = [[]]
+        used = 0
+        for name in names:
+            size = int(sizes.get(name, 0) * 4 / 3) + 512
+            if batches[-1] and used + size > budget:
+                batches.append([])
+                used = 0
+            batches[-1].append(name)
+            used += size
+        arrays: dict = {}
+        reply: dict = {}
+        for batch in batches:
+            if not batch:
+                continue
+            reply = client.intermediates(batch, encoded_inputs)
+            stored = arrays_from_npz_b64(reply.pop("npz_b64"))
+            for tensor in reply["tensors"]:
+                arrays[tensor["name"]] = stored[tensor["key"]]
+        return arrays, reply
 
     def describe(self) -> dict:
         if self._description is None:

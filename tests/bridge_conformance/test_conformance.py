@@ -415,3 +415,32 @@ def test_4_a_second_client_asking_to_profile_is_told_busy(connect, runnable):
         final = first.recv_for(request_id, ("result",), timeout=30)
         # A cancel before the first run finished ends the job with profile_failed instead of a result.
         assert final["type"] == "result" or final.get("code") == "profile_failed", final
+
+
+# ---------------------------------------------------------------------------- 10a. intermediates
+
+def test_10a_intermediates_come_back_measured_or_are_refused_by_name(wire, runnable):
+    """Capability `intermediates`: chosen node outputs of one run, every figure measured."""
+    import base64
+    import io
+
+    import numpy as np
+    if "intermediates" not in wire.welcome.get("capabilities", []):
+        pytest.skip("the agent does not offer intermediates")
+    assert_error(wire.request({"type": "intermediates", "tensors": ["a"]}, ("intermediates_result",)), "not_loaded")
+    assert load(wire, runnable)["type"] == "loaded"
+    backend = runnable[0]
+    reply = wire.request({"type": "intermediates", "tensors": ["a", "d"] if backend == "onnxruntime" else ["x"]},
+                         ("intermediates_result",), timeout=120)
+    if backend != "onnxruntime" and reply["type"] == "error":
+        assert_error(reply, reply["code"])  # a named refusal (backend_unavailable, bad_settings)
+        return
+    assert reply["type"] == "intermediates_result" and reply["kind"] == "measured", reply
+    assert not kinds_missing(reply)
+    with np.load(io.BytesIO(base64.b64decode(reply["npz_b64"])), allow_pickle=False) as data:
+        for tensor in reply["tensors"]:
+            assert list(data[tensor["key"]].shape) == tensor["shape"]
+    assert_error(wire.request({"type": "intermediates", "tensors": ["no such tensor"]}, ("intermediates_result",)),
+                 "bad_settings")
+    assert_error(wire.request({"type": "intermediates", "tensors": []}, ("intermediates_result",)), "bad_message")
+    assert_serving(wire)

@@ -174,3 +174,20 @@ def test_bad_inputs_say_what_is_wrong(overflow_model, tmp_path):
         run_numerics(overflow_model, NumericsSettings(inputs=(str(tmp_path / "shape.npz"),)))
     with pytest.raises(NumericsError, match="mode must be one of"):
         NumericsSettings(mode="fp8")
+
+
+def test_the_bottleneck_report_gains_a_numerics_section(overflow_model, tmp_path):
+    from engine.report import write_html
+    from engine.targets import ProfileSettings
+    from engine.targets.cpu import CpuTarget
+    result = run_numerics(overflow_model, NumericsSettings())
+    with CpuTarget() as target:
+        target.prepare(overflow_model, ProfileSettings(runs=2, warmup=0))
+        profile = target.profile()
+        analysis = target.analysis
+    html = write_html(profile, analysis, tmp_path / "r.html", numerics=result).read_text()
+    assert "Numerics: fp16 against the fp32 reference" in html
+    assert "fp16_overflow" in html and "&#x27;square&#x27; (Mul)" in html and "op_selector" in html
+    assert 'class="kind emulated"' in html
+    plain = write_html(profile, analysis, tmp_path / "p.html").read_text()
+    assert "Numerics:" not in plain
