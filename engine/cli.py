@@ -193,6 +193,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     ops = sum(len(v) for v in result.layer_map["nodes"].values())
     print(f"wrote {result.package_path} ({size / 1e6:.2f} MB, {nodes} source nodes -> {ops} MIL ops) "
           f"and {result.layer_map_path.name}")
+    if result.folded_summary():
+        print(result.folded_summary())
     print("verification:")
     for line in result.summary_lines():
         print(f"  {line}")
