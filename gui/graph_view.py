@@ -654,7 +654,7 @@ class GraphScene(QGraphicsScene):
             per_node = node_transfers(self.profile)
             for node_id in self.node_ids:
                 members = self.groups[node_id].members if node_id in self.groups else (node_id,)
-                charged = [t.time.median_ms for m in members for t in per_node.get(m, ())]
+                charged = [t.time.median_ms for m in members for t in per_node.get(m, ()) if t.time is not None]
                 values.append(sum(charged) if charged else None)
             return values
         if spec is not None and spec.needs_profile:
@@ -680,7 +680,11 @@ class GraphScene(QGraphicsScene):
         if self.profile is None:
             return []
         if key == "transfer":
-            present = {t.time.kind for t in getattr(self.profile, "transfers", ())}
+            present = {t.time.kind for t in getattr(self.profile, "transfers", ()) if t.time is not None}
+        elif key == "compute_unit":  # the unit's own kind: measured (ONNX Runtime) or planned (Core ML's plan)
+            present = {timing.compute_unit_kind for timing in self.profile.nodes.values()} - {""}
+            if not present:
+                return ["unknown"]
         else:
             present = {timing.kind for timing in self.profile.nodes.values()}
         return [kind for kind in KINDS if kind in present]
