@@ -63,6 +63,11 @@ def _run(coro_or_value, timeout: float):
 
 # ============================================================================ typed addresses
 
+# An agent that accepted the connection is there: its first description may take seconds (it imports its
+# runtimes; on a Mac it lists connected phones through `xcrun devicectl`), so the reply gets longer than the search.
+DESCRIBE_TIMEOUT_S = 20.0
+
+
 def probe_agent(address: str, token: Optional[str] = None, timeout: float = 3.0) -> dict:
     from engine.bridge.client import BridgeClient, normalize_address
     from engine.targets.settings import TargetError
@@ -71,7 +76,7 @@ def probe_agent(address: str, token: Optional[str] = None, timeout: float = 3.0)
     except TargetError as exc:
         return {"source": "address", "address": address, "status": "error", "detail": str(exc)}
     entry: dict[str, Any] = {"source": "address", "address": normalized}
-    client = BridgeClient(normalized, token, connect_timeout=timeout, reply_timeout=timeout)
+    client = BridgeClient(normalized, token, connect_timeout=timeout, reply_timeout=max(timeout, DESCRIBE_TIMEOUT_S))
     try:
         welcome = client.connect()
         description = client.describe()
