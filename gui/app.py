@@ -47,7 +47,7 @@ from gui.run_dialog import ProfileWorker, RunDialog, RunRequest, RunResult, make
 APP_NAME = "LayerScope"
 MAX_RECENT = 10
 GROUPING_TITLES = {"none": "None", "stage": "Stage", "namespace": "Namespace"}
-MODEL_FILTER = "Models (*.onnx *.mlmodel *.mlpackage);;All files (*)"
+MODEL_FILTER = "Models (*.onnx *.mlmodel *.mlpackage *.pt2);;All files (*)"
 SESSION_FILTER = "LayerScope session (*.layerscope);;All files (*)"
 # Profile exports: kind -> (menu text, file suffix, file dialog filter)
 PROFILE_EXPORTS = {
