@@ -60,7 +60,7 @@ def importer_for(path: Path) -> ModuleType:
                 return module  # says what a model directory of its format must contain
     raise ModelLoadError(
         str(path),
-        "not a model file LayerScope can read: the content is neither ONNX, Core ML nor a PyTorch .pt2 program "
+        "not a model file LayerScope can read: the content is neither ONNX nor Core ML nor a PyTorch .pt2 program "
         f"(supported: {', '.join(supported_extensions())})",
     )
 
