@@ -62,9 +62,10 @@ def synthetic_program(node_count: int) -> bytes:
             node = rename(copy.deepcopy(node))
             node["name"] = f"{node['name']}_l{index}"
             stack = node["metadata"].get("nn_module_stack", "")
+            root, *inner = stack.split(";")
             node["metadata"]["nn_module_stack"] = ";".join(
-                entry if i == 0 else entry.replace(",", f"_l{index},layers.{index}.", 1)
-                for i, entry in enumerate(stack.split(";")))
+                [root, f"L__self__layers_{index},layers.{index},__main__.TransformerBlock"]
+                + [entry.replace(",", f"_l{index},layers.{index}.", 1) for entry in inner])
             nodes.append(node)
         for name, meta in block_tensors.items():
             if name != block_input:
