@@ -168,7 +168,7 @@ def load(path: Path, input_shapes: Optional[Mapping[str, Sequence[int]]] = None)
             raise ModelLoadError(str(path), _not_a_program(names))
         program = _read_json(archive, member, MAX_JSON_BYTES, path)
         root = member.rpartition("models/")[0] if member.endswith(".json") and "models/" in member else ""
-        model_name = member.rpartition("/")[2][: -len(".json")]
+        model_name = "model" if member.endswith(_PROGRAM_JSON_LEGACY) else member.rpartition("/")[2][: -len(".json")]
         weights = _tensor_files(archive, path, root, "weights", model_name)
         constants = _tensor_files(archive, path, root, "constants", model_name)
     return ProgramBuilder(program, path, weights, constants, dict(input_shapes or {}), model_name).build()

@@ -239,6 +239,23 @@ def test_pickle_trap_archive_opens_without_running_anything(tmp_path):
     assert marker.read_text() == "pickle ran"
 
 
+def test_legacy_archive_layout_opens_without_its_pickled_state_dict(tmp_path):
+    """torch <= 2.5: serialized_exported_program.json beside a pickled serialized_state_dict.pt."""
+    marker = tmp_path / "pickle-ran.txt"
+    with zipfile.ZipFile(SMALL_CNN) as archive:
+        program = archive.read("small_cnn/models/model.json")
+    path = tmp_path / "legacy.pt2"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("legacy/serialized_exported_program.json", program)
+        archive.writestr("legacy/serialized_state_dict.pt", pickle.dumps(_WritesAFile(marker)))
+        archive.writestr("legacy/version", "1")
+    model = importers.open_model(path)
+    assert len(model.main_graph.nodes) == 8 and model.main_graph.name == "model"
+    assert model.main_graph.values["p_stem_0_weight"].initializer.location.kind == "unlocated"
+    assert analyze(model).totals.params == CNN_PARAMS
+    assert not marker.exists()
+
+
 def test_torch_save_checkpoint_is_refused_without_unpickling(tmp_path):
     marker = tmp_path / "pickle-ran.txt"
     path = tmp_path / "checkpoint.pt2"
