@@ -119,10 +119,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(str(exc))
     try:
-        return run_agent(config)
+        return run_agent(config, announce_token=args.generate_token)
     except OSError as exc:
         raise CliError(f"--listen {args.listen}: {exc.strerror or exc}")
-    except RuntimeError as exc:  # --advertise without zeroconf
+    except (RuntimeError, ValueError) as exc:  # --advertise without zeroconf; a cache folder of another user
         raise CliError(str(exc))
 
 
@@ -180,6 +180,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
     print("verification:")
     for line in result.summary_lines():
         print(f"  {line}")
+    values = result.verification.get("values", {})
+    for name, errors in values.get("outputs", {}).items():
+        print(f"  output {name}: max abs error {errors['max_abs_error']:.3g}, max rel error "
+              f"{errors['max_rel_error']:.3g} (tolerance {values['tolerance']:g})")
+    worst = sorted(values.get("layers", ()), key=lambda layer: -layer["max_rel_error"])[:3]
+    if worst:
+        print("  largest per-layer errors: " + "; ".join(
+            f"{layer['node']} ({layer['op_type']}) abs {layer['max_abs_error']:.3g} rel {layer['max_rel_error']:.3g}"
+            for layer in worst))
     print(result.verdict())
     for warning in result.warnings:
         print(f"layerscope: warning: {warning}", file=sys.stderr)
@@ -221,13 +230,25 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.cli_numerics import add_numerics_command
     add_numerics_command(sub)
 
-    from engine.bridge.protocol import DEFAULT_MAX_MODEL_BYTES, DEFAULT_CACHE_BYTES, DEFAULT_PORT, MiB
+    from engine.bridge.protocol import (DEFAULT_CACHE_BYTES, DEFAULT_LOAD_MEMORY_BYTES, DEFAULT_MAX_MODEL_BYTES,
+                                        DEFAULT_PORT, DEFAULT_UPLOAD_EXPIRY_S, MiB)
     agent = sub.add_parser("agent", help="serve models to the desktop over the bridge protocol (a device agent)")
     agent.add_argument("--listen", default=f"127.0.0.1:{DEFAULT_PORT}", metavar="HOST:PORT",
                        help=f"address to listen on (default 127.0.0.1:{DEFAULT_PORT}, loopback only; "
                             "another address needs --token; port 0 picks a free one)")
-    agent.add_argument("--token", help="token clients must present (default: $LAYERSCOPE_AGENT_TOKEN)")
-    agent.add_argument("--cache-dir", metavar="DIR", help="where uploaded models are kept (default: a temp folder)")
+    agent.add_argument("--token", help="token clients must present, at least 16 characters (default: "
+                                       "$LAYERSCOPE_AGENT_TOKEN; --token shows in `ps`: prefer --token-file)")
+    agent.add_argument("--token-file", metavar="FILE", help="read the token from the first line of FILE")
+    agent.add_argument("--generate-token", action="store_true",
+                       help="make a random token and print it after the listening address")
+    agent.add_argument("--cache-dir", metavar="DIR",
+                       help="where uploaded models are kept, private to you (default: the user cache folder, "
+                            "~/.cache/layerscope/agent or ~/Library/Caches/layerscope/agent)")
+    agent.add_argument("--load-memory-mb", type=float, default=DEFAULT_LOAD_MEMORY_BYTES / MiB, metavar="N",
+                       help="tensor memory one load may create (constants folded + peak activations); larger "
+                            f"models are refused (default {DEFAULT_LOAD_MEMORY_BYTES // MiB})")
+    agent.add_argument("--upload-expiry-s", type=float, default=DEFAULT_UPLOAD_EXPIRY_S, metavar="S",
+                       help=f"delete unfinished uploads untouched this long (default {DEFAULT_UPLOAD_EXPIRY_S:.0f})")
     agent.add_argument("--max-model-mb", type=float, default=DEFAULT_MAX_MODEL_BYTES / MiB, metavar="N",
                        help=f"largest model accepted, MB (default {DEFAULT_MAX_MODEL_BYTES // MiB})")
     agent.add_argument("--cache-mb", type=float, default=DEFAULT_CACHE_BYTES / MiB, metavar="N",
@@ -319,6 +340,11 @@ def run_command(func, args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_OK
+    except OSError as exc:  # an output that cannot be written (no such folder, no permission, disk full)
+        if exc.filename is None:
+            raise
+        print(f"layerscope: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -141,7 +141,7 @@ def cmd_numerics(args: argparse.Namespace) -> int:
 
 def add_numerics_command(sub) -> None:
     from engine.cli_profile import _positive_int
-    from engine.numerics import DEFAULT_TOLERANCE, MODES
+    from engine.numerics_settings import DEFAULT_TOLERANCE, MODES
     numerics = sub.add_parser(
         "numerics", help="compare every layer in fp16 (emulated) with the fp32 reference: find where fp16 breaks",
         description="Run the model in fp32 on ONNX Runtime and again in emulated fp16, and compare every layer's "

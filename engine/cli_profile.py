@@ -5,7 +5,8 @@
                              [--inputs random|zeros|FILE.npz] [--seed N] [--json out.json]
                              [--report out.html] [--csv out.csv] [--trace out.json]
                              [--model-explorer out.json]
-    layerscope compare A.json B.json [--report diff.html] [--json diff.json]
+    layerscope compare A.json B.json [--report diff.html] [--json diff.json] [--markdown diff.md]
+    layerscope report P1.json [P2.json ...] -o report.html [--model MODEL] [--markdown summary.md]
 
 Progress goes to stderr: a bar on a terminal, one line per run in a pipe.
 Ctrl-C stops after the current run; what was measured is still summarised
@@ -95,7 +96,11 @@ def _ms(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.3f} ms"
 
 
-def profile_summary(profile, top: int = 10) -> str:
+def profile_summary(profile, top: int = 10, names=None) -> str:
+    """The text summary; `names`: node id -> readable label (engine.naming), from the profile when None."""
+    if names is None:
+        from engine.naming import layer_names_for_profile
+        names = layer_names_for_profile(profile)
     lines = []
     target = profile.target
     shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in (profile.settings.get("input_shapes") or {}).items())
@@ -138,10 +143,11 @@ def profile_summary(profile, top: int = 10) -> str:
     if ranked:
         lines.append("")
         lines.append(f"Top {len(ranked)} layers")
-        width = min(48, max(len(n.node_id) for n in ranked))
+        width = min(48, max(len(names.get(n.node_id, n.node_id)) for n in ranked))
         for index, node in enumerate(ranked, 1):
             share = node.time.median_ms / total if total else 0.0
-            name = node.node_id if len(node.node_id) <= width else "..." + node.node_id[-(width - 3):]
+            label = names.get(node.node_id, node.node_id)
+            name = label if len(label) <= width else "..." + label[-(width - 3):]
             lines.append(f"  {index:2}. {name:<{width}} {node.op_type:<18} {node.stage:<10} "
                          f"{node.time.median_ms:8.3f} ms {share * 100:5.1f} %  {node.kind:<10} "
                          f"CV {node.time.cv * 100:4.1f} %")
@@ -177,7 +183,8 @@ def sweep_summary(rows) -> str:
     return "\n".join(lines)
 
 
-def compare_summary(comparison, top: int = 10) -> str:
+def compare_summary(comparison, top: int = 10, names=None) -> str:
+    names = names or {}
     lines = [f"Compare     a = {comparison.a_label}", f"            b = {comparison.b_label}"]
     e2e = comparison.end_to_end
     if e2e is not None:
@@ -194,10 +201,11 @@ def compare_summary(comparison, top: int = 10) -> str:
     if changes:
         lines.append("")
         lines.append(f"Top {len(changes)} changed layers (by time difference)")
-        width = min(48, max(len(c.key) for c in changes))
+        width = min(48, max(len(names.get(c.key, c.key)) for c in changes))
         for change in changes:
             ratio = "-" if change.ratio is None else f"{change.ratio:.2f}"
-            name = change.key if len(change.key) <= width else "..." + change.key[-(width - 3):]
+            label = names.get(change.key, change.key)
+            name = label if len(label) <= width else "..." + label[-(width - 3):]
             lines.append(f"  {name:<{width}} {change.op_type:<16} {change.a_ms:8.3f} -> {change.b_ms:8.3f} ms  "
                          f"b/a {ratio}  {change.kind}")
     lines.append("")
@@ -310,8 +318,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
                 profile = replace(profile, model_path=str(path))
     profile = _with_hints(profile, analysis)
     written = _write_outputs(args, profile, analysis, sweep=sweep_rows)
+    from engine.naming import layer_names
+    names = layer_names(analysis)
+    if args.markdown:
+        from engine.report.markdown import profile_markdown
+        written.append(_write_text(args.markdown, profile_markdown(profile, names, top=args.top)))
     summary_stream = sys.stderr if args.json == STDOUT else sys.stdout  # stdout carries the JSON
-    print(profile_summary(profile, top=args.top), file=summary_stream)
+    print(profile_summary(profile, top=args.top, names=names), file=summary_stream)
     if sweep_rows:
         print(sweep_summary(sweep_rows), file=summary_stream)
     for item in written:
@@ -327,6 +340,43 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _write_text(path, text: str) -> str:
+    from engine.cli import CliError
+    from engine.files import write_text_atomically
+    try:
+        write_text_atomically(Path(path), text)
+    except OSError as exc:
+        raise CliError(f"cannot write {path}: {exc.strerror or exc}")
+    return str(path)
+
+
+def analysis_for_profile(profile, model: Optional[str] = None, profile_name: str = "the profile"):
+    """(static analysis of the model a profile was made of, at its input shapes; a note when the shapes are
+    not the profiled ones, else "").  (None, "") when the file is not there.  `model` overrides the path
+    the profile names (a profile made on another machine)."""
+    from engine.analysis import analyze
+    from engine.ir import ModelLoadError
+    from importers import open_model
+    model_path = Path(model or profile.model_path)
+    if not model_path.is_file() and not model_path.is_dir():
+        return None, ""
+    # The report's static figures (MACs, bytes, stages) must be those of the shapes the profile ran at.
+    shapes = {k: list(v) for k, v in (profile.settings.get("input_shapes") or {}).items()}
+    note = "" if shapes else (f"{profile_name} does not record its input shapes: the report's static figures "
+                              "(MACs, bytes) are at the model's own shapes, which may not be the profiled ones")
+    try:
+        return analyze(open_model(model_path, input_shapes=shapes or None)), note
+    except ModelLoadError as exc:
+        note = (f"the model cannot be analysed at the input shapes of {profile_name} ({exc.problem}): the report's "
+                "static figures (MACs, bytes) are at the model's own shapes, not the profiled ones")
+        return analyze(open_model(model_path)), note
+
+
+def _names(profile, analysis):
+    from engine.naming import layer_names, layer_names_for_profile
+    return layer_names(analysis) if analysis is not None else layer_names_for_profile(profile)
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from engine.cli import CliError
     from engine.compare import compare_profiles
@@ -335,42 +385,76 @@ def cmd_compare(args: argparse.Namespace) -> int:
     a = Profile.load_json(args.a)
     b = Profile.load_json(args.b)
     comparison = compare_profiles(a, b, threshold=args.threshold)
-    print(compare_summary(comparison, top=args.top), file=sys.stderr if args.json == STDOUT else sys.stdout)
+    from engine.ir import ModelLoadError
+    try:
+        analysis, note = analysis_for_profile(b, profile_name=args.b)  # for the layers' names, and the graph
+    except ModelLoadError:
+        if args.report:
+            raise
+        analysis, note = None, ""
+    names = _names(b, analysis)
+    print(compare_summary(comparison, top=args.top, names=names), file=sys.stderr if args.json == STDOUT else sys.stdout)
+    written = []
     if args.json == STDOUT:
         import json
         print(json.dumps(comparison.to_json_dict(), indent=1))
     elif args.json:
         import json
-        from engine.files import write_text_atomically
-        write_text_atomically(Path(args.json), json.dumps(comparison.to_json_dict(), indent=1))
-        print(f"wrote {args.json}", file=sys.stderr)
+        written.append(_write_text(args.json, json.dumps(comparison.to_json_dict(), indent=1)))
+    if args.markdown:
+        from engine.report.markdown import compare_markdown
+        written.append(_write_text(args.markdown, compare_markdown(a, b, comparison, names, top=args.top)))
     if args.report:
-        try:
-            from engine.report import write_html
-        except ImportError as exc:
-            raise CliError(f"reports are not available in this build ({exc})")
-        from engine.analysis import analyze
-        from importers import open_model
-        model_path = Path(b.model_path)
-        if not model_path.exists():
+        from engine.report import write_html
+        if analysis is None:
             raise CliError(f"--report needs the model file {b.model_path} (named in {args.b}), which is not there")
-        from dataclasses import replace
-        from engine.ir import ModelLoadError
-        # The report's static figures (MACs, bytes, stages) must be those of the shapes b ran at.
-        shapes = {k: list(v) for k, v in (b.settings.get("input_shapes") or {}).items()}
-        note = "" if shapes else (f"{args.b} does not record its input shapes: the report's static figures (MACs, "
-                                  "bytes) are at the model's own shapes, which may not be the profiled ones")
-        try:
-            analysis = analyze(open_model(model_path, input_shapes=shapes or None))
-        except ModelLoadError as exc:
-            analysis = analyze(open_model(model_path))
-            note = (f"the model cannot be analysed at the input shapes of {args.b} ({exc.problem}): "
-                    "the report's static figures (MACs, bytes) are at the model's own shapes, not the profiled ones")
         if note:
+            from dataclasses import replace
             print(f"layerscope: warning: {note}", file=sys.stderr)
             b = replace(b, warnings=tuple(b.warnings) + (note,))
         write_html(b, analysis, args.report, compare=comparison.to_json_dict())
-        print(f"wrote {args.report}", file=sys.stderr)
+        written.append(args.report)
+    for item in written:
+        print(f"wrote {item}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """One report of several saved profiles of the same model, side by side (the first is the primary)."""
+    from engine.cli import CliError
+    from engine.profile import Profile
+    from engine.report import write_html
+
+    profiles = [Profile.load_json(path) for path in args.profiles]
+    models = {Path(p.model_path).name for p in profiles}
+    warnings = []
+    if len(models) > 1 and not args.model:
+        warnings.append(f"the profiles name different model files ({', '.join(sorted(models))}); layers are "
+                        "matched by id and the graph is of the first")
+    analysis, note = analysis_for_profile(profiles[0], args.model, profile_name=args.profiles[0])
+    if note:
+        from dataclasses import replace
+        warnings.append(note)
+        profiles[0] = replace(profiles[0], warnings=tuple(profiles[0].warnings) + (note,))
+    if analysis is None:
+        if args.model:
+            raise CliError(f"--model {args.model}: no such file")
+        warnings.append(f"the model file {profiles[0].model_path} is not here: the report has no graph and no "
+                        "static figures (give it with --model)")
+    names = _names(profiles[0], analysis)
+    written = []
+    if args.output:
+        write_html(profiles, analysis, args.output)
+        written.append(args.output)
+    if args.markdown:
+        from engine.report.markdown import profile_markdown
+        written.append(_write_text(args.markdown, profile_markdown(profiles, names, top=args.top)))
+    if not written:
+        raise CliError("nothing to write: give -o FILE.html and/or --markdown FILE.md")
+    for warning in warnings:
+        print(f"layerscope: warning: {warning}", file=sys.stderr)
+    for item in written:
+        print(f"wrote {item}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -418,6 +502,7 @@ def add_profile_commands(sub) -> None:
     profile.add_argument("--csv", metavar="FILE", help="write one CSV row per layer")
     profile.add_argument("--trace", metavar="FILE", help="write Chrome trace-event JSON (opens in Perfetto)")
     profile.add_argument("--model-explorer", metavar="FILE", help="write Model Explorer node data JSON")
+    profile.add_argument("--markdown", metavar="FILE", help="write a compact Markdown summary (for a code review)")
     profile.add_argument("--top", type=int, default=10, help="how many slowest layers to list (default 10)")
     profile.set_defaults(func=cmd_profile)
 
@@ -427,7 +512,21 @@ def add_profile_commands(sub) -> None:
     compare.add_argument("--report", metavar="FILE", help="write an HTML report of b with the comparison")
     compare.add_argument("--json", metavar="FILE", help="write the comparison as JSON to FILE ('-': stdout, "
                                                         "the text summary then goes to stderr)")
+    compare.add_argument("--markdown", metavar="FILE",
+                         help="write what got slower or faster beyond the noise as Markdown (for a code review)")
     compare.add_argument("--threshold", type=float, default=0.10,
                          help="relative change that counts as faster/slower (default 0.10)")
     compare.add_argument("--top", type=int, default=10, help="how many changed layers to list")
     compare.set_defaults(func=cmd_compare)
+
+    report = sub.add_parser("report", help="one HTML report (and/or Markdown) of saved profiles, side by side",
+                            description="Build a report from saved profiles (layerscope.profile/1 JSON) of the "
+                                        "same model: CPU reference, devices, compute units, input sizes. The "
+                                        "first profile is the primary one (hints, stages, graph).")
+    report.add_argument("profiles", nargs="+", metavar="PROFILE.json")
+    report.add_argument("-o", "--output", metavar="FILE.html", help="write the HTML report")
+    report.add_argument("--markdown", metavar="FILE", help="write a compact Markdown summary")
+    report.add_argument("--model", metavar="MODEL",
+                        help="the model file, when it is not where the profiles say (e.g. made on another machine)")
+    report.add_argument("--top", type=int, default=10, help="how many slowest layers to list (default 10)")
+    report.set_defaults(func=cmd_report)

@@ -4,9 +4,18 @@ Each hint names the nodes it concerns and why, with the measured figures
 behind it.  Rules are deliberately few and conservative: a hint that fires on
 every model teaches people to ignore hints.
 
-A hint's `kind` is the weakest kind of the figures it uses (`hint_kind`).
+    find_hints(profile, analysis) -> list[dict]
+        # {rule, severity, message, evidence, guidance, node_ids, time_ms, share, kind}
 
-    find_hints(profile, analysis) -> list[dict]   # {rule, severity, message, node_ids, time_ms, share}
+`message` says what was found and what to try; `evidence` states the figures
+of this profile behind it (with the runs they come from), so a reader can
+judge it; `guidance` is what the rule knows about other hardware or in general,
+which this profile did not measure (e.g. depthwise convolutions are cheap on a
+phone's GPU): it is marked as such wherever it is shown, and repeated at the
+end of `message` with that mark for readers that show only the message.
+Layers are named as people recognise them (engine.naming), never by bare id.
+
+A hint's `kind` is the weakest kind of the figures it uses (`hint_kind`).
 
 Thresholds are module constants so a test (or a person) can see them.
 """
@@ -16,6 +25,7 @@ import statistics
 from typing import TYPE_CHECKING, Optional
 
 from engine.analysis import costs
+from engine.naming import layer_names
 from engine.profile import ESTIMATED, combine_kinds
 
 if TYPE_CHECKING:
@@ -51,9 +61,27 @@ def _layers(count: int, noun: str = "layer") -> str:
     return f"{count} {noun}{'s' if count != 1 else ''}"
 
 
-def _hint(rule: str, share: float, message: str, node_ids, time_ms: float) -> dict:
-    return {"rule": rule, "severity": _severity(share), "message": message, "node_ids": list(node_ids),
-            "time_ms": round(time_ms, 6), "share": round(share, 6)}
+GUIDANCE_MARK = "General guidance, not measured by this profile: "
+
+
+def _hint(rule: str, share: float, message: str, node_ids, time_ms: float, evidence: str,
+          guidance: str = "") -> dict:
+    full_message = f"{message} {GUIDANCE_MARK}{guidance}" if guidance else message
+    return {"rule": rule, "severity": _severity(share), "message": full_message, "evidence": evidence,
+            "guidance": guidance, "node_ids": list(node_ids), "time_ms": round(time_ms, 6),
+            "share": round(share, 6)}
+
+
+def finding(hint: dict) -> str:
+    """A hint's message without its general guidance (for views that show the guidance apart)."""
+    message, guidance = str(hint.get("message", "")), str(hint.get("guidance") or "")
+    return message.replace(f" {GUIDANCE_MARK}{guidance}", "") if guidance else message
+
+
+def _evidence(profile: "Profile", what: str, time_ms: float, total_ms: float) -> str:
+    """'BatchNorm layers: 0.123 ms, 4.5 % of the summed layer medians (20 runs, cpu, exact mode)'."""
+    return (f"{what}: {time_ms:.3f} ms, {100 * time_ms / total_ms:.1f} % of the summed layer medians "
+            f"({profile.runs_completed} runs on {profile.target.get('name', 'the target')}, {profile.mode} mode)")
 
 
 def hint_kind(profile: "Profile", rule: str, node_ids) -> str:
@@ -82,6 +110,7 @@ def find_hints(profile: "Profile", analysis: "ModelAnalysis") -> list[dict]:
 
     timed = [node_id for node_id in analysis.order if node_id in profile.nodes]
     hints: list[dict] = []
+    names = layer_names(analysis)
 
     # 1. BatchNorm that can be folded into the preceding Conv/Gemm
     foldable = []
@@ -103,9 +132,11 @@ def find_hints(profile: "Profile", analysis: "ModelAnalysis") -> list[dict]:
             "fold_batchnorm", bn_ms / total,
             f"{_layers(len(foldable), 'BatchNormalization layer')} {'follow' if len(foldable) > 1 else 'follows'} a "
             f"Conv/Gemm and can be folded into its "
-            f"weights (e.g. {example_bn} into {example_conv}); they take {bn_ms:.3f} ms "
+            f"weights (e.g. {names[example_bn]} into {names[example_conv]}); they take {bn_ms:.3f} ms "
             f"({100 * bn_ms / total:.1f} % of the time). Fold them before export or deployment.",
-            [bn for bn, _ in foldable], bn_ms))
+            [bn for bn, _ in foldable], bn_ms,
+            _evidence(profile, f"{_layers(len(foldable), 'foldable BatchNormalization layer')} (graph structure)",
+                      bn_ms, total)))
 
     # 2. ConvTranspose dominating the decoder
     decoder_ids = [i for i in timed if analysis.nodes[i].stage == "decoder"]
@@ -116,9 +147,14 @@ def find_hints(profile: "Profile", analysis: "ModelAnalysis") -> list[dict]:
         hints.append(_hint(
             "convtranspose_decoder", transposed_ms / total,
             f"ConvTranspose takes {100 * transposed_ms / decoder_ms:.0f} % of the decoder's time "
-            f"({transposed_ms:.3f} ms in {_layers(len(transposed))}). Try Resize (nearest or bilinear) "
-            "followed by a Conv: it is often much faster on mobile GPUs and CPUs, and avoids "
-            "checkerboard artefacts.", transposed, transposed_ms))
+            f"({transposed_ms:.3f} ms in {_layers(len(transposed))}; slowest: "
+            f"{names[max(transposed, key=ms)]}). Try Resize (nearest or bilinear) followed by a Conv, "
+            "and profile both.", transposed, transposed_ms,
+            _evidence(profile, f"ConvTranspose in the decoder ({_layers(len(transposed))}, "
+                      f"{100 * transposed_ms / decoder_ms:.0f} % of the decoder's {decoder_ms:.3f} ms)",
+                      transposed_ms, total),
+            guidance="Resize + Conv is often much faster than ConvTranspose on mobile GPUs and CPUs, "
+                     "and avoids checkerboard artefacts."))
 
     # 3. depthwise convolutions dominating on a CPU
     depthwise = [i for i in timed if _is_depthwise(graph.node(i), graph)]
@@ -128,9 +164,13 @@ def find_hints(profile: "Profile", analysis: "ModelAnalysis") -> list[dict]:
         hints.append(_hint(
             "depthwise_cpu", depthwise_ms / total,
             f"Depthwise convolutions take {100 * depthwise_ms / total:.0f} % of the time on the CPU "
-            f"({_layers(len(depthwise))}) while doing few MACs: they are memory-bound on CPUs. "
-            "On a phone they are cheap on the GPU/Neural Engine; on CPU consider fewer, wider layers.",
-            depthwise, depthwise_ms))
+            f"({_layers(len(depthwise))}; slowest: {names[max(depthwise, key=ms)]}) while doing few MACs. "
+            "On this CPU consider fewer, wider layers.",
+            depthwise, depthwise_ms,
+            _evidence(profile, f"depthwise convolutions on the CPU ({_layers(len(depthwise))})",
+                      depthwise_ms, total),
+            guidance="depthwise convolutions are memory-bound on CPUs and usually cheap on a phone's "
+                     "GPU or Neural Engine; profile on that target to know."))
 
     # 4. layers far slower than their MACs predict
     rates = {i: ms(i) / analysis.nodes[i].macs for i in timed if (analysis.nodes[i].macs or 0) > 0 and ms(i) > 0}
@@ -145,8 +185,11 @@ def find_hints(profile: "Profile", analysis: "ModelAnalysis") -> list[dict]:
             hints.append(_hint(
                 "low_efficiency", slow_ms / total,
                 f"{_layers(len(slow))} {'run' if len(slow) > 1 else 'runs'} at {LOW_EFFICIENCY_FACTOR:.0f}x or more "
-                f"of the model's median time per MAC (worst: {worst}, {rates[worst] / median_rate:.1f}x). Their shapes or ops fit the "
-                "target badly: check their kernel sizes, groups, strides and channel counts.", slow, slow_ms))
+                f"of the model's median time per MAC (worst: {names[worst]}, {rates[worst] / median_rate:.1f}x). "
+                "Their shapes or ops fit this target badly: check their kernel sizes, groups, strides and "
+                "channel counts.", slow, slow_ms,
+                _evidence(profile, f"{_layers(len(slow))} at >= {LOW_EFFICIENCY_FACTOR:.0f}x the median ms per "
+                          "MAC (MACs estimated from shapes)", slow_ms, total)))
 
     # 5. memory-bound layers
     bound = [i for i in timed if ms(i) / total >= MEMORY_BOUND_MIN_SHARE
@@ -158,10 +201,14 @@ def find_hints(profile: "Profile", analysis: "ModelAnalysis") -> list[dict]:
             "memory_bound", bound_ms / total,
             f"{_layers(len(bound))} taking {100 * bound_ms / total:.0f} % of the time "
             f"{'do' if len(bound) > 1 else 'does'} under "
-            f"{MEMORY_BOUND_INTENSITY:g} FLOP per byte moved (e.g. {bound[0]}: "
-            f"{graph.node(bound[0]).op_type}): they are limited by memory traffic, not arithmetic. "
+            f"{MEMORY_BOUND_INTENSITY:g} FLOP per byte moved (e.g. {names[bound[0]]}). "
             "Fuse them into neighbours, keep tensors smaller (lower resolution, fewer channels) or "
-            "avoid layout changes.", bound, bound_ms))
+            "avoid layout changes.", bound, bound_ms,
+            _evidence(profile, f"{_layers(len(bound))} under {MEMORY_BOUND_INTENSITY:g} FLOP/byte (FLOPs and "
+                      "bytes estimated from shapes)", bound_ms, total),
+            guidance="layers this low in arithmetic per byte are usually limited by memory traffic, not "
+                     "arithmetic, on any processor."))
+
     for hint in hints:
         hint["kind"] = hint_kind(profile, hint["rule"], hint["node_ids"])
     return hints

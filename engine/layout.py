@@ -184,22 +184,37 @@ def layout_graph(analysis: "ModelAnalysis", include_constants: bool = False, inc
     `groups` (from `node_groups`) and `collapsed` (ids of groups drawn as one box each).
     """
     graph = analysis.graph
-    visible = [node_id for node_id in analysis.order
-               if include_constants or not analysis.nodes[node_id].is_constant]
-    shown = set(visible)
-    hidden = frozenset(node_id for node_id in analysis.order if node_id not in shown)
+    global _last_tensors
+    key = (include_constants, include_io)
+    cached = _last_tensors  # one read: worker threads may lay out another model meanwhile
+    if cached[0] is analysis and cached[1] == key:
+        visible, hidden, tensors = cached[2]
+    else:
+        visible = [node_id for node_id in analysis.order
+                   if include_constants or not analysis.nodes[node_id].is_constant]
+        shown = set(visible)
+        hidden = frozenset(node_id for node_id in analysis.order if node_id not in shown)
+        constant_values = {name for name, value in graph.values.items() if value.initializer is not None}
+        tensors = _node_pairs(graph, visible, include_io, constant_values)
+        _last_tensors = (analysis, key, (visible, hidden, tensors))
     box_for, members = collapsed_boxes(groups or {}, collapsed)
     return layout_nodes(graph, visible, include_io=include_io, hidden=hidden,
-                        max_dummy_vertices=max_dummy_vertices, box_for=box_for, members=members)
+                        max_dummy_vertices=max_dummy_vertices, box_for=box_for, members=members, tensors=tensors)
+
+
+# The visible nodes and tensors of the model laid out last: opening or closing a group of the
+# same model lays it out again with the same ones (the analysis is immutable).
+_last_tensors: tuple = (None, None, None)
 
 
 def layout_nodes(graph: Graph, visible_order: Sequence[str], include_io: bool = True,
                  hidden: frozenset[str] = frozenset(), max_dummy_vertices: int = MAX_DUMMY_VERTICES,
                  box_for: Optional[Mapping[str, str]] = None,
-                 members: Optional[Mapping[str, tuple[str, ...]]] = None) -> GraphLayout:
+                 members: Optional[Mapping[str, tuple[str, ...]]] = None, tensors=None) -> GraphLayout:
     """Lay out the nodes `visible_order` (a topological order of node ids) of `graph`.
 
     `box_for` maps nodes inside collapsed groups to their group's box id (see `collapsed_boxes`).
+    `tensors`: `_node_pairs` of these nodes, when the caller has them already.
     """
     box_for = dict(box_for or {})
     members = dict(members or {})
@@ -214,40 +229,40 @@ def layout_nodes(graph: Graph, visible_order: Sequence[str], include_io: bool = 
         return index[vertex_id]
 
     nodes = graph.nodes_by_id
+    # Every (producer, consumer, tensor) between visible nodes (and graph inputs) in execution
+    # order: one pass over the model, shared by the box order and the edges.  A relayout that
+    # opens one group of a folded 100,000-node model used to walk the model four times.
+    if tensors is None:
+        constant_values = {name for name, value in graph.values.items() if value.initializer is not None}
+        tensors = _node_pairs(graph, visible_order, include_io, constant_values)
+    pairs, producer_of = tensors
     # The boxes: a node's own, or its collapsed group's (first appearance in execution order).
     box_ids = list(dict.fromkeys(box_for.get(node_id, node_id) for node_id in visible_order))
     if box_for:
-        box_ids = _box_order(box_ids, visible_order, box_for, nodes)
-    producer: dict[str, int] = {}
-    constant_values = {name for name, value in graph.values.items() if value.initializer is not None}
+        box_ids = _box_order(box_ids, pairs, box_for)
     if include_io:
         for name in graph.inputs:
-            if name not in constant_values:
-                producer[name] = add_vertex(INPUT_PREFIX + name, (IO_WIDTH, IO_HEIGHT))
+            if getattr(graph.values.get(name), "initializer", None) is None:  # not a weight listed as an input
+                add_vertex(INPUT_PREFIX + name, (IO_WIDTH, IO_HEIGHT))
     for box_id in box_ids:
         add_vertex(box_id, (NODE_WIDTH, GROUP_HEIGHT) if box_id in members else (NODE_WIDTH, NODE_HEIGHT))
-    for node_id in visible_order:
-        vertex = index[box_for.get(node_id, node_id)]
-        for out in nodes[node_id].outputs:
-            if out:
-                producer[out] = vertex
     # Edges (source vertex, target vertex, value); one per distinct (source, target, value).
     # An edge inside a collapsed group (source == target) is not drawn.
     edge_list: list[tuple[int, int, str]] = []
     seen: set[tuple[int, int, str]] = set()
-    for node_id in visible_order:
-        target = index[box_for.get(node_id, node_id)]
-        for name in nodes[node_id].inputs:
-            source = producer.get(name)
-            if source is None or source == target:
-                continue
-            key = (source, target, name)
-            if key not in seen:
-                seen.add(key)
-                edge_list.append(key)
+    for source_node, target_node, name in pairs:
+        source = index[box_for.get(source_node, source_node)]
+        target = index[box_for.get(target_node, target_node)]
+        if source == target:
+            continue
+        key = (source, target, name)
+        if key not in seen:
+            seen.add(key)
+            edge_list.append(key)
     if include_io:
         for name in graph.outputs:
-            source = producer.get(name)
+            source_node = producer_of.get(name)
+            source = index[box_for.get(source_node, source_node)] if source_node is not None else None
             target = add_vertex(OUTPUT_PREFIX + name, (IO_WIDTH, IO_HEIGHT))
             if source is not None:
                 edge_list.append((source, target, name))
@@ -303,8 +318,30 @@ def _merge_group_edges(edges: list[tuple[int, int, str]], group_vertices: set[in
     return result, values
 
 
-def _box_order(box_ids: list[str], visible_order: Sequence[str], box_for: Mapping[str, str],
-               nodes: Mapping) -> list[str]:
+def _node_pairs(graph: Graph, visible_order: Sequence[str], include_io: bool, constant_values: set[str]
+                ) -> tuple[list[tuple[str, str, str]], dict[str, str]]:
+    """([(producer, consumer, tensor)] between the visible nodes, in execution order and input
+    order; {tensor: producer}).  A producer is a node id or, for a graph input, `input:NAME`."""
+    nodes = graph.nodes_by_id
+    producer_of: dict[str, str] = {}
+    if include_io:
+        for name in graph.inputs:
+            if name not in constant_values:
+                producer_of[name] = INPUT_PREFIX + name
+    for node_id in visible_order:
+        for out in nodes[node_id].outputs:
+            if out:
+                producer_of[out] = node_id
+    pairs = []
+    for node_id in visible_order:
+        for name in nodes[node_id].inputs:
+            source = producer_of.get(name)
+            if source is not None:
+                pairs.append((source, node_id, name))
+    return pairs, producer_of
+
+
+def _box_order(box_ids: list[str], pairs: list[tuple[str, str, str]], box_for: Mapping[str, str]) -> list[str]:
     """The boxes in a topological order of the graph between boxes (first appearance breaks ties).
 
     Collapsing a group whose nodes are not contiguous in the graph (a path leaves the group and
@@ -314,20 +351,15 @@ def _box_order(box_ids: list[str], visible_order: Sequence[str], box_for: Mappin
     import heapq
 
     rank = {box: position for position, box in enumerate(box_ids)}
-    producer_box: dict[str, str] = {}
-    for node_id in visible_order:
-        for out in nodes[node_id].outputs:
-            if out:
-                producer_box[out] = box_for.get(node_id, node_id)
     successors: dict[str, set[str]] = {box: set() for box in box_ids}
     indegree = dict.fromkeys(box_ids, 0)
-    for node_id in visible_order:
-        target = box_for.get(node_id, node_id)
-        for name in nodes[node_id].inputs:
-            source = producer_box.get(name)
-            if source is not None and source != target and target not in successors[source]:
-                successors[source].add(target)
-                indegree[target] += 1
+    for source_node, target_node, _ in pairs:
+        if source_node not in rank and source_node not in box_for:
+            continue  # a graph input: not a box
+        source, target = box_for.get(source_node, source_node), box_for.get(target_node, target_node)
+        if source != target and target not in successors[source]:
+            successors[source].add(target)
+            indegree[target] += 1
     ready = [(rank[box], box) for box in box_ids if indegree[box] == 0]
     heapq.heapify(ready)
     placed: set[str] = set()

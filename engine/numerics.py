@@ -47,15 +47,14 @@ __all__ = ["MODES", "FP16_MAX", "NumericsSettings", "NumericsResult", "LayerNume
            "estimate_seconds", "HISTOGRAM_EDGES", "SCHEMA"]
 
 SCHEMA = "layerscope.numerics/1"
-MODE_STORAGE, MODE_COMPUTE = "fp16-storage", "fp16-compute"
-MODES = (MODE_STORAGE, MODE_COMPUTE)  # the emulations
+# The emulations and the default tolerance live in a light module: the CLI's parser needs them.
+from engine.numerics_settings import DEFAULT_TOLERANCE, MODE_COMPUTE, MODE_STORAGE, MODES  # noqa: E402,F401
 MODE_DEVICE = "device"  # a device's own outputs through the bridge (engine.numerics_device): measured
 MODE_PACKAGE = "package"  # a converted Core ML package on the MIL reference evaluator (engine.numerics_package)
 PRECISIONS = ("fp16",)
 FP16_MAX = 65504.0
 # Below this, fp16 has no relative precision left (subnormals): relative errors are measured against it.
 FP16_SMALLEST_NORMAL = 2.0 ** -14
-DEFAULT_TOLERANCE = 1e-2
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 # Relative-error histogram: decade edges 1e-8 .. 1e1, plus "exact" and "not finite" bins (docs/numerics.md).
 HISTOGRAM_EDGES = tuple(10.0 ** k for k in range(-8, 2))

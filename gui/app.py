@@ -1311,7 +1311,9 @@ class MainWindow(QMainWindow):
             rows = [row for sweep in self.sweeps for row in sweep.rows]
             # "Cannot run on Core ML: N nodes", checked at the sizes the profile ran at.
             blockers = report_blockers(self.loaded.path, profile.settings.get("input_shapes"))
-            return write_html(profile, analysis, path, sweep=rows or None, blockers=blockers,
+            # The other profiles the session holds (targets, modes, sizes) go side by side; the selected is first.
+            others = [other.profile for other in self.entries if other is not entry]
+            return write_html([profile, *others], analysis, path, sweep=rows or None, blockers=blockers,
                               numerics=self.numerics_result())
         if kind == "csv":
             return write_csv(profile, analysis, path)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from engine.grouping import enclosing_groups, fold_threshold, folded_start, innermost_group, namespace_groups
-from engine.grouping import opens_folded
+from engine.grouping import (block_family_of, block_summary, compare_blocks, enclosing_groups, fold_threshold,
+                             folded_start, innermost_group, namespace_groups, opens_folded, repeated_blocks)
 
 
 def open_folded(loaded, include_constants: bool, progress=None):
@@ -61,3 +61,24 @@ def open_groups_to(window, node_id: str) -> bool:
     window._focus_after_build = node_id
     window._relayout_groups(loaded.collapsed - set(closed), f"Opening {loaded.groups[closed[-1]].name}")
     return True
+
+
+_family_cache: tuple[Optional[object], list] = (None, [])
+
+
+def repeated_block_text(loaded, group_id: str, profile=None) -> Optional[str]:
+    """What the inspector says about a group that is one of a family of repeated blocks: with a
+    profile, its time against the median block ("1.40x the median block of model/layers.*")."""
+    global _family_cache
+    if _family_cache[0] is not loaded.groups:
+        _family_cache = (loaded.groups, repeated_blocks(loaded.groups, loaded.analysis))
+    family = block_family_of(group_id, _family_cache[1])
+    if family is None:
+        return None
+    where = f"{family.name} ({len(family.group_ids)} blocks of {family.ops_per_block} nodes)"
+    times = compare_blocks(family, loaded.groups, loaded.analysis, profile)
+    mine = next((t for t in times if t.group_id == group_id), None)
+    if mine is None:
+        return f"one of {where}" + (": not timed in this profile" if profile is not None else "")
+    slowest = block_summary(family, times)
+    return f"{mine.ratio_to_median:.2f}x the median block of {where}; slowest: {slowest}"

@@ -193,6 +193,10 @@ class Inspector(QTreeWidget):
         self._row(section, "Nodes", f"{totals.nodes} (double-click the box to expand it)")
         if group.parent is not None:
             self._row(section, "Inside", loaded.groups[group.parent].name)
+        from gui.folded_groups import repeated_block_text
+        repeated = repeated_block_text(loaded, group.id, profile)
+        if repeated:
+            self._row(section, "Repeated block", repeated, totals.time_kind if profile is not None else "")
         section = self._section("Totals (estimated from shapes)")
         macs = f"{human_count(totals.macs)} ({totals.macs:,})"
         if totals.unknown_cost_nodes:

@@ -12,6 +12,7 @@ nothing is computed here beyond arranging them.
 """
 from __future__ import annotations
 
+import html
 from typing import Optional, Sequence
 
 import numpy as np
@@ -357,7 +358,9 @@ class ProfilePanels(QWidget):
         severity = str(hint.get("severity", "low"))
         color = SEVERITY_COLORS.get(severity, "#444444")
         self.hint_text.setText(f"<b style='color:{color}'>{severity.upper()} · {hint.get('rule', '')}</b> "
-                               f"<i>({hint.get('kind', 'unknown')})</i><br>{hint.get('message', '')}")
+                               f"<i>({hint.get('kind', 'unknown')})</i><br>{hint.get('message', '')}"
+                               + (f"<br><small>Evidence: {html.escape(str(hint['evidence']))}</small>"
+                                  if hint.get("evidence") else ""))
 
     def set_sweeps(self, sweeps: Sequence) -> None:
         """Draw engine.session.SweepResult lines (latency vs input pixels or alpha), one per target and mode."""

@@ -15,6 +15,16 @@ never a dead server.  A connection that goes away cancels its job and parks
 its uploads (resumable).  Security: loopback only unless --listen names
 another address, and then a token is required; browsers are kept out by
 refusing handshakes that carry an Origin header.
+
+Hostile input (docs/bridge-protocol.md, "Limits an agent enforces"): frames
+before hello are capped far below the normal limit, connections are capped,
+a peer that fails the token check waits longer after each failure (and every
+refusal is logged on stderr), error replies quote at most a few hundred
+characters of what was sent, npz inputs are size-checked from their headers
+and decoded in a worker thread, a load may create at most the configured
+tensor bytes, cached models are re-hashed (remembered by size and times)
+before they are served or loaded, and SIGTERM ends the agent within a few
+seconds even while a job runs.
 """
 from __future__ import annotations
 
@@ -26,9 +36,9 @@ import io
 import ipaddress
 import json
 import os
+import secrets
 import signal
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,7 +49,7 @@ import numpy as np
 
 from engine.bridge import protocol as P
 from engine.bridge.backends import BackendUnavailable, default_backends, device_description
-from engine.bridge.cache import ModelCache, Upload
+from engine.bridge.cache import ModelCache, Upload, default_cache_dir
 from engine.bridge.protocol import ProtocolError
 from engine.ir import ModelLoadError
 from engine.profile import TimingStats
@@ -50,6 +60,14 @@ __all__ = ["Agent", "AgentConfig", "run_agent", "is_loopback", "parse_listen"]
 AGENT_NAME = "layerscope-python-agent"
 AGENT_VERSION = "0.1.0"
 PROGRESS_INTERVAL_S = 0.05   # at most 20 progress messages a second per job
+STOP_GRACE_S = 3.0           # after SIGTERM/SIGINT, a job that has not stopped by then is abandoned
+INCOMING_QUEUE_MESSAGES = 4  # messages read ahead per connection (each up to the transport limit)
+# Authentication back-off per peer address: a few free attempts (typos), then waits that double.
+FREE_TOKEN_FAILURES = 5
+FIRST_BACKOFF_S = 0.5
+MAX_BACKOFF_S = 60.0
+MAX_TRACKED_PEERS = 10_000
+SAMPLE_BYTES = 64            # what one node's time of one run costs while a profile is kept (generous)
 CAPABILITIES = ["upload.resume", "profile.partial", "run", "calibrate", "cancel", "intermediates"]
 
 
@@ -87,6 +105,9 @@ class AgentConfig:
     advertise: bool = False
 
     def check(self) -> None:
+        if self.token is not None and len(self.token) < P.MIN_TOKEN_CHARS:
+            raise ValueError(f"the token has {len(self.token)} characters; use at least {P.MIN_TOKEN_CHARS} "
+                             "(--generate-token makes one)")
         if not is_loopback(self.host) and not self.token:
             raise ValueError(f"--listen {self.host}:{self.port} accepts connections from other machines; "
                              "give a token (--token T or LAYERSCOPE_AGENT_TOKEN) that clients must present")
@@ -159,9 +180,14 @@ class Agent:
         config.check()
         self.config = config
         self.limits = config.limits
-        cache_dir = config.cache_dir or Path(tempfile.gettempdir()) / "layerscope-agent-cache"
+        cache_dir = config.cache_dir or default_cache_dir()
         self.cache = ModelCache(Path(cache_dir), self.limits.cache_bytes, self.limits.max_model_bytes)
         self.backends = default_backends()
+        ort_backend = self.backends.get(P.BACKEND_ONNXRUNTIME)
+        if ort_backend is not None:
+            ort_backend.work_dir = self.cache.work_dir
+            ort_backend.memory_budget_bytes = self.limits.load_memory_bytes
+        self.auth_failures: dict[str, tuple[int, float]] = {}  # peer host -> (failures, refused until)
         self.job: Optional[Job] = None
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="agent-job")
         self.connections: set[Connection] = set()
@@ -173,10 +199,12 @@ class Agent:
 
     async def start(self):
         from websockets.asyncio.server import serve
-        hard_limit = self.limits.max_message_bytes * P.TRANSPORT_HARD_LIMIT_FACTOR
-        self.server = await serve(self.handle, self.config.host, self.config.port, max_size=hard_limit,
-                                  compression=None, origins=[None], ping_interval=20, ping_timeout=20,
-                                  max_queue=64, server_header=f"{AGENT_NAME}/{AGENT_VERSION}")
+        # Until hello, frames are capped far below max_message_bytes; _handshake raises the cap to the
+        # transport's hard limit once the client is authenticated.
+        self.server = await serve(self.handle, self.config.host, self.config.port,
+                                  max_size=P.PRE_HELLO_MAX_MESSAGE_BYTES, compression=None, origins=[None],
+                                  ping_interval=20, ping_timeout=20, max_queue=INCOMING_QUEUE_MESSAGES,
+                                  server_header=f"{AGENT_NAME}/{AGENT_VERSION}")
         sockets = list(self.server.sockets)
         self.port = sockets[0].getsockname()[1] if sockets else self.config.port
         if self.config.advertise:
@@ -200,9 +228,16 @@ class Agent:
             await self.server.wait_closed()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
+    @staticmethod
+    def log(text: str) -> None:
+        """One line on stderr (refusals, shutdown): what an operator watching the agent needs."""
+        print(f"layerscope agent: {text}", file=sys.stderr, flush=True)
+
     async def housekeeping(self):
         while True:
             await asyncio.sleep(5)
+            await asyncio.get_running_loop().run_in_executor(None, self.cache.remove_leftovers,
+                                                             self.limits.upload_expiry_s)
             for upload in self.cache.expire_idle_uploads(P.UPLOAD_IDLE_TIMEOUT_S):
                 for connection in list(self.connections):
                     if upload.upload_id in connection.uploads:
@@ -214,10 +249,21 @@ class Agent:
     async def handle(self, websocket) -> None:
         from websockets.exceptions import ConnectionClosed
         connection = Connection(self, websocket)
+        if len(self.connections) >= self.limits.max_connections:
+            self.log(f"refused {connection.peer}: {len(self.connections)} connections open, the limit")
+            await websocket.close(P.CLOSE_TRY_AGAIN_LATER, "too many connections")
+            return
         self.connections.add(connection)
         writer = asyncio.create_task(connection.writer())
         try:
-            if not await self._handshake(connection):
+            try:
+                accepted = await self._handshake(connection)
+            except ConnectionClosed:
+                raise
+            except Exception as exc:  # a bug must not become a traceback and a 1011 close
+                connection.send(P.error_message(None, "internal", f"{type(exc).__name__}: {exc}"))
+                accepted = False
+            if not accepted:
                 return
             async for data in websocket:
                 try:
@@ -228,7 +274,7 @@ class Agent:
                 except ProtocolError as exc:
                     connection.send(exc.to_message(getattr(exc, "request_id", None)))
                 except Exception as exc:  # a bug must not take the server down
-                    connection.send(P.error_message(None, "internal", f"{type(exc).__name__}: {exc}"))
+                    connection.send(P.error_message(None, "internal", f"{type(exc).__name__}: {P.clip(str(exc))}"))
         except ConnectionClosed:
             pass
         finally:
@@ -278,7 +324,7 @@ class Agent:
                 connection.send(P.error_message(message["id"], "hello_required",
                                                 "the first message on a connection must be hello"))
                 continue
-            offered = [p for p in message["protocols"] if isinstance(p, str)]
+            offered = [P.clip(p, 40) for p in message["protocols"][:10] if isinstance(p, str)]
             if P.PROTOCOL not in offered:
                 connection.send(P.error_message(message["id"], "unsupported_version",
                                                 f"this agent speaks {', '.join(P.SUPPORTED_PROTOCOLS)}; the "
@@ -287,22 +333,52 @@ class Agent:
                 await asyncio.sleep(0.05)
                 await websocket.close(P.CLOSE_UNSUPPORTED_VERSION, "unsupported version")
                 return False
-            if self.config.token is not None:
-                given = message.get("token") or ""
-                if not hmac.compare_digest(given.encode("utf-8"), self.config.token.encode("utf-8")):
-                    connection.send(P.error_message(message["id"], "unauthorized",
-                                                    "wrong or missing token: give the token the agent was "
-                                                    "started with (--token)"))
-                    await asyncio.sleep(0.05)
-                    await websocket.close(P.CLOSE_UNAUTHORIZED, "unauthorized")
-                    return False
+            if self.config.token is not None and not self._token_accepted(connection, message):
+                await asyncio.sleep(0.05)
+                await websocket.close(P.CLOSE_UNAUTHORIZED, "unauthorized")
+                return False
             connection.hello_done = True
+            # Authenticated: from now on messages up to the transport limit are read (an error reply
+            # for those above max_message_bytes, a 1009 close beyond).
+            websocket.protocol.max_message_size = self.limits.max_message_bytes * P.TRANSPORT_HARD_LIMIT_FACTOR
             connection.send({"type": "welcome", "id": message["id"], "protocol": P.PROTOCOL,
                              "agent": {"name": AGENT_NAME, "version": AGENT_VERSION,
                                        "device": self.config.name or device_description()["name"]},
                              "limits": self.limits.to_dict(), "capabilities": CAPABILITIES,
                              "token_required": self.config.token is not None})
             return True
+
+    def _token_accepted(self, connection: Connection, message: dict) -> bool:
+        """Check hello's token in constant time, with a back-off per peer address; log every refusal."""
+        host = connection.peer.rsplit(":", 1)[0]
+        now = time.monotonic()
+        failures, refused_until = self.auth_failures.get(host, (0, 0.0))
+        if now < refused_until:
+            wait = refused_until - now
+            connection.send(P.error_message(message["id"], "unauthorized",
+                                            f"{failures} failed attempts from {host}: wait {wait:.1f} s before "
+                                            "trying again", retry_after_s=round(wait, 3)))
+            self.log(f"refused {connection.peer}: {failures} failed token attempts, waiting {wait:.1f} s "
+                     "(not checked)")
+            return False
+        given = message.get("token") or ""
+        # surrogatepass: a token with a lone surrogate ("\ud800") is simply wrong, never an exception.
+        if hmac.compare_digest(given.encode("utf-8", "surrogatepass"), self.config.token.encode("utf-8")):
+            self.auth_failures.pop(host, None)
+            return True
+        failures += 1
+        delay = 0.0 if failures < FREE_TOKEN_FAILURES else min(
+            MAX_BACKOFF_S, FIRST_BACKOFF_S * 2 ** (failures - FREE_TOKEN_FAILURES))
+        if len(self.auth_failures) >= MAX_TRACKED_PEERS and host not in self.auth_failures:
+            self.auth_failures.pop(next(iter(self.auth_failures)))
+        self.auth_failures[host] = (failures, now + delay)
+        extra = {"retry_after_s": delay} if delay else {}
+        connection.send(P.error_message(message["id"], "unauthorized", "wrong or missing token: give the token the "
+                                        "agent was started with (--token, --token-file or LAYERSCOPE_AGENT_TOKEN)",
+                                        **extra))
+        self.log(f"refused {connection.peer}: {'missing' if not given else 'wrong'} token (failure {failures} "
+                 f"from {host}" + (f"; next attempt in {delay:.1f} s)" if delay else ")"))
+        return False
 
     def _check_size(self, data) -> None:
         size = len(data) if isinstance(data, (bytes, bytearray)) else (
@@ -343,14 +419,20 @@ class Agent:
 
     async def _on_upload_begin(self, connection, message) -> None:
         sha256 = message["sha256"].lower()
-        cached = self.cache.get(sha256)
+        loop = asyncio.get_running_loop()
+        try:  # hashing a large entry takes a while: off the event loop
+            cached = await loop.run_in_executor(None, self.cache.verified, sha256)
+        except ProtocolError as exc:  # damaged and evicted: take a fresh upload instead
+            self.log(f"cache: {exc.message}")
+            cached = None
         if cached is not None:
             connection.send({"type": "upload_done", "id": message["id"], "sha256": sha256, "cached": True,
                              "size": cached.size, "format": cached.format, **_layer_map_field(cached)})
             return
         upload_id = P.new_upload_id()
-        upload = self.cache.begin_upload(upload_id, sha256, message["size"], message.get("name", ""),
-                                         message.get("format", ""))
+        # Resuming hashes the bytes already received: off the event loop as well.
+        upload = await loop.run_in_executor(None, self.cache.begin_upload, upload_id, sha256, message["size"],
+                                            P.clip(message.get("name", ""), 255), message.get("format", ""))
         connection.uploads[upload_id] = (message["id"], upload)
         if upload.received == upload.size:
             await self._finish_upload(connection, message["id"], upload)
@@ -420,8 +502,11 @@ class Agent:
             except (TargetError, ModelLoadError) as exc:
                 code = "load_failed" if kind == "load" else "profile_failed" if kind == "profile" else "bad_settings"
                 return P.error_message(request_id, code, str(exc))
+            except MemoryError:
+                return P.error_message(request_id, "load_failed" if kind == "load" else "internal",
+                                       "the agent ran out of memory for this request")
             except Exception as exc:
-                return P.error_message(request_id, "internal", f"{type(exc).__name__}: {exc}")
+                return P.error_message(request_id, "internal", f"{type(exc).__name__}: {P.clip(str(exc))}")
 
         async def finish() -> None:
             try:
@@ -435,33 +520,53 @@ class Agent:
 
         asyncio.create_task(finish())
 
-    def _resolve_settings(self, connection, data: dict):
+    @staticmethod
+    def _check_settings(data: dict):
+        """Settings from the wire, every field checked (on the event loop: cheap, before any job)."""
         settings = P.settings_from_wire(data or {})
         inputs = settings.inputs
-        if inputs.startswith("upload:"):
-            cached = self.cache.get(inputs[len("upload:"):].lower())
-            if cached is None or cached.format != "npz":
-                raise ProtocolError("unknown_model", f"inputs {inputs!r}: no uploaded .npz with this sha256")
-            settings = settings.replace(inputs=str(cached.path))
-        elif inputs not in ("random", "zeros"):
-            raise ProtocolError("bad_settings", "inputs must be 'random', 'zeros' or 'upload:<sha256 of an "
-                                                "uploaded .npz>'")
+        if inputs not in ("random", "zeros") and not (inputs.startswith("upload:")
+                                                      and len(inputs) == len("upload:") + 64):
+            raise P.bad_setting("inputs", "must be 'random', 'zeros' or 'upload:<sha256 of an uploaded .npz>'")
         return settings
 
+    def _check_sample_memory(self, session, runs: int) -> None:
+        """A profile keeps one time per node per run: refuse more runs than the load memory budget holds."""
+        analysis = getattr(getattr(session, "target", None), "analysis", None)
+        nodes = max(1, len(analysis.nodes)) if analysis is not None else 1
+        most_runs = self.limits.load_memory_bytes // (SAMPLE_BYTES * nodes)
+        if runs > most_runs:
+            raise P.bad_setting("runs", f"{runs} runs of {nodes} nodes would keep more timings than this agent's "
+                                        f"memory budget holds; at most {most_runs} runs")
+
+    def _with_uploaded_inputs(self, settings):
+        """`inputs: upload:<sha256>` resolved to the cached .npz, verified (in the job's thread: it hashes)."""
+        if not settings.inputs.startswith("upload:"):
+            return settings
+        sha256 = settings.inputs[len("upload:"):].lower()
+        cached = self.cache.verified(sha256)
+        if cached is None or cached.format != "npz":
+            raise ProtocolError("unknown_model", f"inputs upload:{sha256[:12]}...: no uploaded .npz with this "
+                                                 "sha256; upload it first")
+        return settings.replace(inputs=str(cached.path))
     async def _on_load(self, connection, message) -> None:
         backend_name = message.get("backend") or P.BACKEND_ONNXRUNTIME
         backend = self.backends.get(backend_name)
         if backend is None:
-            raise ProtocolError("bad_settings", f"unknown backend {backend_name!r}; this agent has "
+            raise ProtocolError("bad_settings", f"unknown backend {P.clip(backend_name, 40)!r}; this agent has "
                                                 f"{', '.join(self.backends)}")
         sha256 = message["model"].lower()
-        model = self.cache.get(sha256)
-        if model is None:
-            raise ProtocolError("unknown_model", f"no model {sha256} in the agent's cache: upload it first")
+        if self.cache.get(sha256) is None:
+            raise ProtocolError("unknown_model", f"no model {P.clip(sha256, 64)} in the agent's cache: upload it "
+                                                 "first")
         wire = dict(message.get("settings") or {})
-        settings = self._resolve_settings(connection, wire)
+        checked = self._check_settings(wire)
 
         def work(job: Job) -> dict:
+            model = self.cache.verified(sha256)  # re-hashed unless unchanged since the last check
+            if model is None:
+                raise ProtocolError("unknown_model", f"no model {sha256} in the agent's cache: upload it first")
+            settings = self._with_uploaded_inputs(checked)
             self.cache.pin(sha256)
             try:
                 session = backend.open(model, message.get("compute_unit"), settings)
@@ -494,11 +599,15 @@ class Agent:
             raise ProtocolError("bad_settings", f"granularity must be one of {', '.join(P.GRANULARITIES)}")
         wire = dict(connection.session_wire)
         wire.update(message.get("settings") or {})
-        settings = self._resolve_settings(connection, wire)
+        checked = self._check_settings(wire)
         partial_every = message.get("partial_every")
+        if partial_every is not None and not 0 <= partial_every <= P.SETTINGS_RANGES["runs"][1]:
+            raise P.bad_setting("partial_every", f"must be from 0 to {P.SETTINGS_RANGES['runs'][1]}")
         session = connection.session
+        self._check_sample_memory(session, checked.runs + checked.warmup)
 
         def work(job: Job) -> dict:
+            settings = self._with_uploaded_inputs(checked)
             last_progress = [0.0]
 
             def progress(done: int, total: int, phase: str, text: str) -> None:
@@ -524,18 +633,15 @@ class Agent:
     async def _on_run(self, connection, message) -> None:
         if connection.session is None:
             raise ProtocolError("not_loaded", "load a model on this connection before running it")
-        feed = None
-        if message.get("inputs_npz_b64"):
-            try:
-                raw = base64.b64decode(message["inputs_npz_b64"], validate=True)
-                with np.load(io.BytesIO(raw), allow_pickle=False) as data:
-                    feed = {key: data[key] for key in data.files}
-            except Exception as exc:
-                raise ProtocolError("bad_message", f"inputs_npz_b64 is not a base64 .npz: {exc}") from None
+        encoded = message.get("inputs_npz_b64")
         session = connection.session
         limit = self.limits.max_message_bytes // 2
 
         def work(job: Job) -> dict:
+            # Decoded in the job's thread, never on the event loop; the arrays may take at most
+            # max_message_bytes (what one uncompressed message could carry), checked from the
+            # archive's declared sizes and the array headers before any array is read.
+            feed = _decode_npz_inputs(encoded, self.limits.max_message_bytes) if encoded else None
             start = time.perf_counter()
             outputs = session.run(feed)
             elapsed = (time.perf_counter() - start) * 1000.0
@@ -560,7 +666,9 @@ class Agent:
         unit = message.get("compute_unit")
         resolved = [backend.resolve_unit(unit)] if unit else [(u["name"], u["provider"])
                                                               for u in backend.compute_units()]
-        repeats = max(1, min(int(message.get("repeats", 5)), 50))
+        repeats = message.get("repeats", 5)
+        if not 1 <= repeats <= 50:
+            raise P.bad_setting("repeats", "must be from 1 to 50")
 
         def work(job: Job) -> dict:
             units = {}
@@ -583,7 +691,7 @@ class Agent:
     async def _on_cancel(self, connection, message) -> None:
         job = self.job
         if job is None or job.connection is not connection or job.request_id != message["job"]:
-            raise ProtocolError("no_job", f"no running job {message['job']!r} on this connection")
+            raise ProtocolError("no_job", f"no running job {P.clip(message['job'], 80)!r} on this connection")
         job.cancel.set()
         connection.send({"type": "cancelling", "id": message["id"], "job": job.request_id})
 
@@ -599,13 +707,25 @@ def _peek_id(text: str) -> Optional[str]:
     except (ValueError, RecursionError):
         return None
     request_id = value.get("id") if isinstance(value, dict) else None
-    return request_id if isinstance(request_id, str) else None
+    return request_id if isinstance(request_id, str) and len(request_id) <= P.MAX_ID_CHARS else None
+
+
+def _decode_npz_inputs(encoded: str, max_bytes: int) -> dict:
+    """run's inputs_npz_b64 as arrays, bounded by `max_bytes`.  Raises ProtocolError(bad_message)."""
+    from engine.targets.cpu import read_npz
+    try:
+        return read_npz(base64.b64decode(encoded, validate=True), max_bytes)
+    except Exception as exc:
+        raise ProtocolError("bad_message", f"inputs_npz_b64 is not a usable base64 .npz: {P.clip(str(exc))}") \
+            from None
 
 
 # ============================================================================ entry point
 
-def run_agent(config: AgentConfig, ready: Optional[Callable[[str], None]] = None) -> int:
-    """Serve until SIGINT/SIGTERM.  Prints the listening address (one line) once ready."""
+def run_agent(config: AgentConfig, ready: Optional[Callable[[str], None]] = None,
+              announce_token: bool = False) -> int:
+    """Serve until SIGINT/SIGTERM.  Prints the listening address (one line) once ready, then the token when
+    `announce_token` (a generated one the user has to learn)."""
     agent = Agent(config)
 
     async def main() -> None:
@@ -613,42 +733,82 @@ def run_agent(config: AgentConfig, ready: Optional[Callable[[str], None]] = None
         host = config.host if ":" not in config.host else f"[{config.host}]"
         line = (f"layerscope agent: listening on ws://{host}:{agent.port} ({P.PROTOCOL}; "
                 f"{'token required' if config.token else 'no token, loopback only'}; cache {agent.cache.root})")
-        (ready or (lambda text: print(text, flush=True)))(line)
+        say = ready or (lambda text: print(text, flush=True))
+        say(line)
+        if announce_token:
+            say(f"layerscope agent: token {config.token} (clients: LAYERSCOPE_AGENT_TOKEN, or ?token= in the "
+                "ws:// address)")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            stop.set()
+            # A job stuck in native code (a huge load) does not see its cancel flag, and the
+            # interpreter would wait for its thread at exit: leave anyway after a grace period.
+            watchdog = threading.Timer(STOP_GRACE_S, _abandon, (agent,))
+            watchdog.daemon = True
+            watchdog.start()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, on_signal)
             except (NotImplementedError, RuntimeError):
                 pass
         housekeeping = asyncio.create_task(agent.housekeeping())
         await stop.wait()
         housekeeping.cancel()
         await agent.stop()
+        job = agent.job
+        if job is not None:
+            agent.log(f"stopping: waiting up to {STOP_GRACE_S:.0f} s for the {job.kind} job to end")
 
     asyncio.run(main())
     return 0
 
 
+def _abandon(agent: Agent) -> None:
+    """The last resort after a stop signal: remove this process's temporary copies and exit now."""
+    agent.log(f"stopping: a job did not end within {STOP_GRACE_S:.0f} s; exiting without it")
+    agent.cache.remove_own_temporaries()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def read_token(args) -> tuple[Optional[str], bool]:
+    """(token, generated) from --generate-token, --token-file, --token or $LAYERSCOPE_AGENT_TOKEN, in that order.
+
+    A token file holds the token on its first line; it keeps the token out of `ps` and of the shell history.
+    """
+    if getattr(args, "generate_token", False):
+        return secrets.token_urlsafe(24), True
+    path = getattr(args, "token_file", None)
+    if path:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"--token-file {path}: {exc.strerror if isinstance(exc, OSError) else exc}") from None
+        lines = text.strip().splitlines()
+        if not lines or not lines[0].strip():
+            raise ValueError(f"--token-file {path} is empty")
+        return lines[0].strip(), False
+    return args.token or os.environ.get("LAYERSCOPE_AGENT_TOKEN") or None, False
+
+
 def config_from_args(args) -> AgentConfig:
     host, port = parse_listen(args.listen)
-    token = args.token or os.environ.get("LAYERSCOPE_AGENT_TOKEN") or None
+    token, _ = read_token(args)
     max_model = int(args.max_model_mb * P.MiB)
     cache = int(max(args.cache_mb * P.MiB, max_model))
-    limits = P.Limits(max_model_bytes=max_model, cache_bytes=cache)
+    memory = getattr(args, "load_memory_mb", None)
+    expiry = getattr(args, "upload_expiry_s", None)
+    limits = P.Limits(max_model_bytes=max_model, cache_bytes=cache,
+                      load_memory_bytes=int(memory * P.MiB) if memory else P.DEFAULT_LOAD_MEMORY_BYTES,
+                      upload_expiry_s=float(expiry) if expiry is not None else P.DEFAULT_UPLOAD_EXPIRY_S)
     return AgentConfig(host=host, port=port, token=token,
                        cache_dir=Path(args.cache_dir) if args.cache_dir else None, limits=limits,
                        name=args.name, advertise=args.advertise)
 
 
-if __name__ == "__main__":  # python -m engine.bridge.agent (the CLI is `layerscope agent`)
-    import argparse
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--listen", default=f"127.0.0.1:{P.DEFAULT_PORT}")
-    parser.add_argument("--token")
-    parser.add_argument("--cache-dir")
-    parser.add_argument("--max-model-mb", type=float, default=P.DEFAULT_MAX_MODEL_BYTES / P.MiB)
-    parser.add_argument("--cache-mb", type=float, default=P.DEFAULT_CACHE_BYTES / P.MiB)
-    parser.add_argument("--name")
-    parser.add_argument("--advertise", action="store_true")
-    sys.exit(run_agent(config_from_args(parser.parse_args())))
+if __name__ == "__main__":  # python -m engine.bridge.agent: the same as `layerscope agent`
+    from engine.cli import main
+    sys.exit(main(["agent", *sys.argv[1:]]))

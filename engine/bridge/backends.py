@@ -41,7 +41,7 @@ import numpy as np
 
 from engine.bridge.calibration import (DEFAULT_SWEEP_BYTES, HOST_UNIT, calibrate_unit, estimate_transfers,
                                        ort_identity_round_trip)
-from engine.bridge.protocol import BACKEND_COREML, BACKEND_ONNXRUNTIME, GRANULARITIES, ProtocolError
+from engine.bridge.protocol import BACKEND_COREML, BACKEND_ONNXRUNTIME, GRANULARITIES, ProtocolError, clip
 from engine.bridge.results import BridgeProfile, Transfer, UnitCalibration, merge_profiles, rekey_transfers
 from engine.convert.attribution import profile_on_source, source_nodes_from_layer_map, source_segments
 from engine.convert.layermap import LayerMapError, layer_map_path, load_layer_map, source_index
@@ -156,6 +156,10 @@ class OrtBackend:
     def __init__(self):
         self._calibration: dict[str, UnitCalibration] = {}
         self._calibration_lock = threading.Lock()
+        # Set by the agent: where session copies go (its private cache folder) and the tensor bytes
+        # one load may create (engine.targets.cpu.check_memory_budget).
+        self.work_dir: Optional[Path] = None
+        self.memory_budget_bytes: Optional[int] = None
 
     def providers(self) -> list[str]:
         import onnxruntime as ort
@@ -187,7 +191,7 @@ class OrtBackend:
         for unit in units:
             if wanted in (unit["name"], unit["provider"]):
                 return unit["name"], unit["provider"]
-        raise ProtocolError("bad_settings", f"compute unit {wanted!r} is not available for onnxruntime here; "
+        raise ProtocolError("bad_settings", f"compute unit {clip(wanted, 40)!r} is not available for onnxruntime here; "
                                             f"available: {', '.join(u['name'] for u in units)}")
 
     def calibration(self, unit: str, provider: str, cancel=None, sizes=DEFAULT_SWEEP_BYTES,
@@ -211,31 +215,53 @@ class OrtBackend:
 
 def _refuse_external_data(path: Path) -> None:
     """An upload is one file: a tensor that names an external data file would read some other file
-    of the agent (onnx refuses paths leaving the folder, not files beside the model)."""
+    of the agent (onnx refuses paths leaving the folder, not files beside the model, such as the
+    cache's meta.json).  Looked for everywhere a tensor can live: initializers (dense and sparse),
+    node attributes (Constant values included), subgraphs, and model-local functions."""
     import onnx
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
-        raise TargetError(f"the upload is not a readable ONNX model: {type(exc).__name__}: {exc}") from None
+        raise TargetError(f"the upload is not a readable ONNX model: {type(exc).__name__}: "
+                          f"{clip(str(exc))}") from None
+    for tensor in _all_tensors(proto):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
+            raise ProtocolError("bad_settings", f"tensor '{clip(tensor.name, 80)}' keeps its data in an external "
+                                                "file; the bridge takes single-file ONNX models (save with "
+                                                "save_as_external_data=False, up to 2 GB)")
 
-    def tensors(graph):
-        yield from graph.initializer
-        yield from (sparse.values for sparse in graph.sparse_initializer)
-        for node in graph.node:
+
+def _all_tensors(proto):
+    """Every TensorProto of a model: graph, subgraphs at any depth, and model-local functions."""
+
+    def of_sparse(sparse):
+        yield sparse.values
+        yield sparse.indices
+
+    def of_nodes(nodes):
+        for node in nodes:
             for attribute in node.attribute:
                 if attribute.HasField("t"):
                     yield attribute.t
                 yield from attribute.tensors
+                if attribute.HasField("sparse_tensor"):
+                    yield from of_sparse(attribute.sparse_tensor)
+                for sparse in attribute.sparse_tensors:
+                    yield from of_sparse(sparse)
                 if attribute.HasField("g"):
-                    yield from tensors(attribute.g)
+                    yield from of_graph(attribute.g)
                 for sub in attribute.graphs:
-                    yield from tensors(sub)
+                    yield from of_graph(sub)
 
-    for tensor in tensors(proto.graph):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            raise ProtocolError("bad_settings", f"tensor '{tensor.name}' keeps its data in an external file; the "
-                                                "bridge takes single-file ONNX models (save with "
-                                                "save_as_external_data=False, up to 2 GB)")
+    def of_graph(graph):
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield from of_sparse(sparse)
+        yield from of_nodes(graph.node)
+
+    yield from of_graph(proto.graph)
+    for function in proto.functions:
+        yield from of_nodes(function.node)
 
 
 class OrtSession:
@@ -245,6 +271,9 @@ class OrtSession:
         self.compute_unit = unit
         self.provider = provider
         self.target = _make_ort_target(provider)
+        if backend.work_dir is not None:
+            self.target.work_parent = backend.work_dir
+        self.target.memory_budget_bytes = backend.memory_budget_bytes
         start = time.perf_counter()
         self.target.prepare(model.path, settings)   # TargetError / ModelLoadError go to the caller
         self.load_ms = (time.perf_counter() - start) * 1000.0

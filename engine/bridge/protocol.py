@@ -39,6 +39,15 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 * MiB        # larger text/binary messages get an 
 TRANSPORT_HARD_LIMIT_FACTOR = 4            # beyond 4x the limit the transport closes (1009)
 DEFAULT_MAX_MODEL_BYTES = 512 * MiB
 DEFAULT_CACHE_BYTES = 2048 * MiB
+# Hostile-input bounds (docs/bridge-protocol.md, "Limits an agent enforces").
+PRE_HELLO_MAX_MESSAGE_BYTES = 64 * 1024    # before hello: a hello is a few hundred bytes; no frame larger
+DEFAULT_MAX_CONNECTIONS = 16               # further connections are closed at once (1013, try again later)
+DEFAULT_LOAD_MEMORY_BYTES = 4096 * MiB     # tensors a load may create (constant folding + activations)
+DEFAULT_UPLOAD_EXPIRY_S = 3600.0           # a parked partial upload is deleted after this long untouched
+MIN_TOKEN_CHARS = 16                       # shorter tokens are refused when the agent starts
+MAX_ID_CHARS = 128                         # request ids longer than this are refused (they are echoed)
+ECHO_CHARS = 200                           # untrusted text quoted in a reply is cut to this
+MAX_ERROR_MESSAGE_CHARS = 1000             # no error message is longer than this
 
 # Timeouts, seconds.  Every wait on either side has one.
 HELLO_TIMEOUT_S = 10.0          # agent: a connection must say hello within this
@@ -55,6 +64,7 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_HELLO_TIMEOUT = 4408
 CLOSE_UNSUPPORTED_VERSION = 4426
 CLOSE_AGENT_SHUTDOWN = 4503
+CLOSE_TRY_AGAIN_LATER = 1013    # the connection cap is reached
 
 # ---------------------------------------------------------------------------- error codes
 
@@ -62,7 +72,8 @@ ERROR_CODES = {
     "bad_message": "the message is not valid JSON, or a field is missing or has the wrong type",
     "unknown_type": "the message type is not part of the protocol version in use",
     "hello_required": "the first message on a connection must be hello",
-    "unauthorized": "the token is missing or wrong",
+    "unauthorized": "the token is missing or wrong, or this address failed too often and must wait "
+                    "(field 'retry_after_s')",
     "unsupported_version": "no protocol version in common",
     "message_too_large": "the message exceeds max_message_bytes",
     "model_too_large": "the model exceeds max_model_bytes",
@@ -72,10 +83,13 @@ ERROR_CODES = {
     "upload_in_progress": "another connection is uploading the same model right now",
     "unsafe_archive": "an uploaded archive has absolute paths, '..' or links leaving its folder",
     "bad_archive": "an uploaded archive cannot be read",
-    "unknown_model": "no model with this sha256 is in the agent's cache",
+    "unknown_model": "no model with this sha256 is in the agent's cache (or its cached copy was damaged and "
+                     "removed): upload it again",
     "backend_unavailable": "the backend does not run on this device (the message says why)",
-    "bad_settings": "settings the backend cannot use (unknown compute unit, wrong input shape, ...)",
-    "load_failed": "the backend could not load or compile the model",
+    "bad_settings": "settings the backend cannot use (unknown compute unit, wrong input shape, ...); field "
+                    "'field' names the setting when one is at fault",
+    "load_failed": "the backend could not load or compile the model (also: it would create more tensor "
+                   "bytes than the agent's load memory budget)",
     "not_loaded": "profile/run before a successful load on this connection",
     "profile_failed": "the profile stopped with an error before any run finished",
     "no_job": "cancel names no running job of this connection",
@@ -147,7 +161,17 @@ class ProtocolError(Exception):
 
 
 def error_message(request_id: Optional[str], code: str, message: str, **extra: Any) -> dict:
-    return {"type": "error", "id": request_id, "code": code, "message": message, **extra}
+    # Messages may quote untrusted input (names, paths, exception text): never more than a bounded amount.
+    return {"type": "error", "id": request_id, "code": code, "message": clip(message, MAX_ERROR_MESSAGE_CHARS),
+            **extra}
+
+
+def clip(text: Any, limit: int = ECHO_CHARS) -> str:
+    """`text` (untrusted: names, archive entries, exception messages) cut to `limit` characters."""
+    text = text if isinstance(text, str) else repr(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 def encode(message: Mapping[str, Any]) -> str:
@@ -159,8 +183,8 @@ def decode(text: str, schemas: Mapping[str, Mapping] = CLIENT_MESSAGES) -> dict:
     """Parse and validate one text message.  Raises ProtocolError (bad_message / unknown_type)."""
     try:
         message = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise ProtocolError("bad_message", f"not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # ValueError: also integers of more than 4300 digits
+        raise ProtocolError("bad_message", f"not JSON: {clip(str(exc))}") from None
     validate(message, schemas)
     return message
 
@@ -174,9 +198,12 @@ def validate(message: Any, schemas: Mapping[str, Mapping] = CLIENT_MESSAGES) -> 
     request_id = message.get("id")
     # Agent errors about an unparseable message may carry id null.
     if not isinstance(request_id, str) and not (kind == "error" and request_id is None):
-        raise ProtocolError("bad_message", f"'{kind}' message has no string 'id'")
+        raise ProtocolError("bad_message", f"'{clip(kind)}' message has no string 'id'")
+    if isinstance(request_id, str) and len(request_id) > MAX_ID_CHARS:
+        raise ProtocolError("bad_message", f"the message id has {len(request_id)} characters; at most "
+                                           f"{MAX_ID_CHARS}")
     if kind not in schemas:
-        raise ProtocolError("unknown_type", f"unknown message type {kind!r} in {PROTOCOL}; "
+        raise ProtocolError("unknown_type", f"unknown message type {clip(kind)!r} in {PROTOCOL}; "
                                             f"known: {', '.join(sorted(schemas))}")
     for name, (types, required) in schemas[kind].items():
         if name not in message:
@@ -220,26 +247,68 @@ def unpack_chunk(data: bytes) -> tuple[str, int, memoryview]:
 # ---------------------------------------------------------------------------- settings
 
 _SETTINGS_KEYS = {"mode", "runs", "warmup", "threads", "inputs", "seed", "input_shapes", "size"}
+# Ranges of the numeric settings: beyond them a value is a mistake or an attack, never a wish.
+SETTINGS_RANGES = {"runs": (1, 10_000_000), "warmup": (0, 100_000), "threads": (0, 1024),
+                   "seed": (0, 2 ** 63 - 1)}
+MAX_DIMENSION = 1 << 24          # one side of an input shape or of `size`
+MAX_INPUT_RANK = 16
+MAX_NAMED_INPUTS = 1000
+MAX_INPUTS_CHARS = 200           # "random", "zeros", "upload:<sha256>"
+
+
+def bad_setting(field: str, problem: str) -> ProtocolError:
+    """bad_settings naming the field at fault (its `field` key), quoting nothing unbounded."""
+    return ProtocolError("bad_settings", f"settings.{field}: {problem}", field=field.split("[")[0].split(".")[0])
+
+
+def _whole_number(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_dimensions(field: str, dims: Any) -> tuple[int, ...]:
+    if not isinstance(dims, list) or not 0 < len(dims) <= MAX_INPUT_RANK:
+        raise bad_setting(field, f"must be a list of 1 to {MAX_INPUT_RANK} positive integers")
+    for index, size in enumerate(dims):
+        if not _whole_number(size) or not 0 < size <= MAX_DIMENSION:
+            raise bad_setting(f"{field}[{index}]", f"must be an integer from 1 to {MAX_DIMENSION}, got "
+                                                   f"{clip(size, 40)}")
+    return tuple(dims)
 
 
 def settings_from_wire(data: Mapping[str, Any]):
-    """ProfileSettings from the wire form (ProfileSettings.to_dict).  Raises ProtocolError(bad_settings)."""
+    """ProfileSettings from the wire form (ProfileSettings.to_dict).
+
+    Every field is checked for type and range before anything uses it; a wrong
+    one raises ProtocolError(bad_settings) whose `field` names it.  Unknown keys
+    are ignored on purpose (keys may be added within version 1).
+    """
+    from engine.profile import MODES
     from engine.targets import ProfileSettings, TargetError
     if not isinstance(data, Mapping):
         raise ProtocolError("bad_settings", "settings must be an object")
-    unknown = set(data) - _SETTINGS_KEYS
     kwargs = {k: v for k, v in data.items() if k in _SETTINGS_KEYS and v is not None}
+    for key, (low, high) in SETTINGS_RANGES.items():
+        if key in kwargs and (not _whole_number(kwargs[key]) or not low <= kwargs[key] <= high):
+            raise bad_setting(key, f"must be an integer from {low} to {high}, got {clip(kwargs[key], 40)}")
+    if "mode" in kwargs and kwargs["mode"] not in MODES:
+        raise bad_setting("mode", f"must be one of {', '.join(MODES)}, got {clip(kwargs['mode'], 40)}")
+    if "inputs" in kwargs and (not isinstance(kwargs["inputs"], str) or len(kwargs["inputs"]) > MAX_INPUTS_CHARS):
+        raise bad_setting("inputs", "must be 'random', 'zeros' or 'upload:<sha256 of an uploaded .npz>'")
+    if "size" in kwargs:
+        kwargs["size"] = _check_dimensions("size", kwargs["size"])
+        if len(kwargs["size"]) != 2:
+            raise bad_setting("size", "must be [height, width]")
+    if "input_shapes" in kwargs:
+        shapes = kwargs["input_shapes"]
+        if not isinstance(shapes, Mapping) or len(shapes) > MAX_NAMED_INPUTS:
+            raise bad_setting("input_shapes", f"must be an object of at most {MAX_NAMED_INPUTS} input names "
+                                              "-> shapes")
+        kwargs["input_shapes"] = {name: _check_dimensions(f"input_shapes.{clip(name, 40)}", dims)
+                                  for name, dims in shapes.items()}
     try:
-        if "size" in kwargs:
-            kwargs["size"] = tuple(int(s) for s in kwargs["size"])
-        for key in ("runs", "warmup", "threads", "seed"):
-            if key in kwargs and (isinstance(kwargs[key], bool) or not isinstance(kwargs[key], int)):
-                raise TargetError(f"{key} must be an integer, got {kwargs[key]!r}")
-        settings = ProfileSettings(**kwargs)
-    except (TargetError, TypeError, ValueError) as exc:
-        raise ProtocolError("bad_settings", f"settings: {exc}") from None
-    del unknown  # ignored on purpose: keys may be added within version 1
-    return settings
+        return ProfileSettings(**kwargs)
+    except (TargetError, TypeError, ValueError, OverflowError) as exc:
+        raise ProtocolError("bad_settings", f"settings: {clip(str(exc))}") from None
 
 
 @dataclass(frozen=True)
@@ -248,8 +317,14 @@ class Limits:
     max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     cache_bytes: int = DEFAULT_CACHE_BYTES
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    load_memory_bytes: int = DEFAULT_LOAD_MEMORY_BYTES
+    upload_expiry_s: float = DEFAULT_UPLOAD_EXPIRY_S
 
     def to_dict(self) -> dict:
         return {"max_message_bytes": self.max_message_bytes, "max_model_bytes": self.max_model_bytes,
                 "chunk_bytes": self.chunk_bytes, "cache_bytes": self.cache_bytes,
-                "hello_timeout_s": HELLO_TIMEOUT_S, "upload_idle_timeout_s": UPLOAD_IDLE_TIMEOUT_S}
+                "hello_timeout_s": HELLO_TIMEOUT_S, "upload_idle_timeout_s": UPLOAD_IDLE_TIMEOUT_S,
+                "pre_hello_max_message_bytes": PRE_HELLO_MAX_MESSAGE_BYTES,
+                "max_connections": self.max_connections, "load_memory_bytes": self.load_memory_bytes,
+                "upload_expiry_s": self.upload_expiry_s}

@@ -240,11 +240,24 @@ def reference_tensors(source, feed: Mapping[str, np.ndarray], names: list[str]) 
         elem_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(value_type.dtype))
         graph.output.append(onnx.helper.make_tensor_value_info(name, elem_type, None))
         added += 1
+    # The conversion may run at other input sizes than the file declares (--shape): declare the
+    # fed sizes and drop the file's stored intermediate shapes for the run (restored after).
+    saved_inputs = [onnx.ValueInfoProto.FromString(value.SerializeToString()) for value in graph.input]
+    saved_value_info = list(graph.value_info)
+    for value in graph.input:
+        if value.name in feed and value.type.HasField("tensor_type"):
+            value.type.tensor_type.shape.Clear()
+            for size in np.shape(feed[value.name]):
+                value.type.tensor_type.shape.dim.add().dim_value = int(size)
+    del graph.value_info[:]
     try:
         serialized = source.proto.SerializeToString()
     finally:
         if added:
             del graph.output[len(graph.output) - added:]
+        del graph.input[:]
+        graph.input.extend(saved_inputs)
+        graph.value_info.extend(saved_value_info)
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4
@@ -253,7 +266,7 @@ def reference_tensors(source, feed: Mapping[str, np.ndarray], names: list[str]) 
     except onnxruntime.capi.onnxruntime_pybind11_state.NotImplemented:
         from onnx.reference import ReferenceEvaluator
 
-        evaluator = ReferenceEvaluator(source.proto)
+        evaluator = ReferenceEvaluator(onnx.ModelProto.FromString(serialized))
         wanted = [name for name in names if source.graph.value_type(name) is not None]
         return dict(zip(wanted, evaluator.run(wanted, dict(feed)))), "the onnx reference evaluator"
     del serialized

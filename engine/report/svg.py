@@ -5,7 +5,7 @@ from html import escape
 from typing import Optional, Sequence
 
 # Cold-to-hot ramp used for time shares: light yellow -> orange -> dark red.
-_HEAT_STOPS = ((0.0, (255, 247, 188)), (0.35, (254, 196, 79)), (0.7, (236, 112, 20)), (1.0, (153, 52, 4)))
+HEAT_STOPS = ((0.0, (255, 247, 188)), (0.35, (254, 196, 79)), (0.7, (236, 112, 20)), (1.0, (153, 52, 4)))
 STAGE_COLOURS = {"encoder": "#4e79a7", "bottleneck": "#b07aa1", "decoder": "#e15759", "head": "#59a14f",
                  "other": "#9c9c9c", "model": "#9c9c9c"}
 
@@ -13,12 +13,12 @@ STAGE_COLOURS = {"encoder": "#4e79a7", "bottleneck": "#b07aa1", "decoder": "#e15
 def heat_colour(fraction: float) -> str:
     """Hex colour for a value in 0..1 on the heat ramp."""
     fraction = min(1.0, max(0.0, fraction))
-    for (low, c0), (high, c1) in zip(_HEAT_STOPS, _HEAT_STOPS[1:]):
+    for (low, c0), (high, c1) in zip(HEAT_STOPS, HEAT_STOPS[1:]):
         if fraction <= high:
             t = (fraction - low) / (high - low) if high > low else 0.0
             r, g, b = (round(a + (b_ - a) * t) for a, b_ in zip(c0, c1))
             return f"#{r:02x}{g:02x}{b:02x}"
-    r, g, b = _HEAT_STOPS[-1][1]
+    r, g, b = HEAT_STOPS[-1][1]
     return f"#{r:02x}{g:02x}{b:02x}"
 
 

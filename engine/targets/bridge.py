@@ -27,8 +27,8 @@ from typing import Any, Mapping, Optional, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 from engine.bridge import protocol as P
-from engine.bridge.client import (BridgeClient, BridgeConnectionLost, arrays_from_npz_b64, normalize_address,
-                                  npz_b64)
+from engine.bridge.client import (BridgeClient, BridgeConnectionLost, BridgeError, arrays_from_npz_b64,
+                                  normalize_address, npz_b64)
 from engine.bridge.results import profile_from_document
 from engine.profile import Profile, ProfileFormatError
 from engine.targets import ProfileSettings, ProgressCallback, TargetError
@@ -108,17 +108,26 @@ class BridgeTarget:
 
     def _upload_and_load(self, client: BridgeClient, settings: ProfileSettings) -> None:
         assert self._model_path is not None
-        start = time.perf_counter()
-        upload = client.upload(self._model_path)
-        self.overhead.update(upload_ms=(time.perf_counter() - start) * 1000.0, upload_bytes=upload.size,
-                             upload_cached=upload.cached)
-        self._sha256 = upload.sha256
-        wire = settings.to_dict()
-        if settings.inputs not in ("random", "zeros"):
-            inputs = client.upload(Path(settings.inputs))
-            wire["inputs"] = f"upload:{inputs.sha256}"
-        start = time.perf_counter()
-        self._loaded = client.load(upload.sha256, self.backend, self.compute_unit, wire)
+        for attempt in (1, 2):
+            start = time.perf_counter()
+            upload = client.upload(self._model_path)
+            self.overhead.update(upload_ms=(time.perf_counter() - start) * 1000.0, upload_bytes=upload.size,
+                                 upload_cached=upload.cached)
+            self._sha256 = upload.sha256
+            wire = settings.to_dict()
+            if settings.inputs not in ("random", "zeros"):
+                inputs = client.upload(Path(settings.inputs))
+                wire["inputs"] = f"upload:{inputs.sha256}"
+            start = time.perf_counter()
+            try:
+                self._loaded = client.load(upload.sha256, self.backend, self.compute_unit, wire)
+            except BridgeError as exc:
+                # The agent found its cached copy damaged (or evicted it meanwhile): upload once more.
+                if exc.code != "unknown_model" or attempt == 2:
+                    raise
+                self.overhead["reuploaded"] = True
+                continue
+            break
         self.overhead.update(load_client_ms=(time.perf_counter() - start) * 1000.0,
                              load_agent_ms=self._loaded["load_ms"]["median_ms"])
         self._settings = settings

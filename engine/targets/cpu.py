@@ -27,6 +27,7 @@ machine state; the ratio gives the profiler overhead.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform
@@ -36,6 +37,7 @@ import tempfile
 import threading
 import time
 import weakref
+import zipfile
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,14 +233,47 @@ def _make_inputs(session_inputs, shapes: Mapping[str, tuple[int, ...]], mode: st
     return feed
 
 
-def _load_npz(path: str, input_names: Sequence[str]) -> dict[str, np.ndarray]:
+def read_npz(source, max_bytes: Optional[int] = None) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file (a path, or its bytes).
+
+    With `max_bytes`, the sizes the archive declares and the shapes in each
+    array's header are checked against it before any array is read: a
+    half-megabyte compressed file cannot make hundreds of megabytes appear.
+    Raises ValueError (what is wrong) or OSError.
+    """
+    handle = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    if max_bytes is not None:
+        with zipfile.ZipFile(handle) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+            if declared > max_bytes + 4096 * len(archive.infolist()):
+                raise ValueError(f"its arrays take {declared:,} bytes unpacked, more than the {max_bytes:,} "
+                                 "allowed here")
+            total = 0
+            for info in archive.infolist():
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                    elif version == (2, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+                    else:
+                        raise ValueError(f"array format {version} is not supported (1.0 and 2.0 are)")
+                total += int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if total > max_bytes:
+                    raise ValueError(f"its arrays declare more than the {max_bytes:,} bytes allowed here")
+        if isinstance(handle, io.BytesIO):
+            handle.seek(0)
+    with np.load(handle, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+def _load_npz(path: str, input_names: Sequence[str], max_bytes: Optional[int] = None) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
+        arrays = read_npz(path, max_bytes)
     except FileNotFoundError:
         raise TargetError(f"inputs file {path}: no such file") from None
     except Exception as exc:
-        raise TargetError(f"inputs file {path} is not a readable .npz file ({exc})") from None
+        raise TargetError(f"inputs file {path} is not a readable .npz file ({str(exc)[:200]})") from None
     if len(arrays) == 1 and len(input_names) == 1 and input_names[0] not in arrays:
         arrays = {input_names[0]: next(iter(arrays.values()))}
     missing = [name for name in input_names if name not in arrays]
@@ -663,16 +698,16 @@ def _int_arg(args: Mapping, key: str) -> Optional[int]:
 # ============================================================================ the target
 
 _WORKDIR_PREFIX = "layerscope-cpu-"
-_stale_checked = False
+_MiB = 1024 * 1024
+_stale_checked: set[str] = set()
 
 
-def _remove_stale_workdirs() -> None:
-    """Work directories of processes that were killed (no chance to clean up): removed once per process."""
-    global _stale_checked
-    if _stale_checked:
+def _remove_stale_workdirs(parent: Path) -> None:
+    """Work directories of processes that were killed (no chance to clean up): removed once per folder."""
+    if str(parent) in _stale_checked:
         return
-    _stale_checked = True
-    for entry in Path(tempfile.gettempdir()).glob(f"{_WORKDIR_PREFIX}*-*"):
+    _stale_checked.add(str(parent))
+    for entry in parent.glob(f"{_WORKDIR_PREFIX}*-*"):
         pid_text = entry.name[len(_WORKDIR_PREFIX):].split("-", 1)[0]
         if not pid_text.isdigit() or int(pid_text) == os.getpid():
             continue
@@ -682,6 +717,35 @@ def _remove_stale_workdirs() -> None:
             shutil.rmtree(entry, ignore_errors=True)
         except OSError:
             pass  # alive but not ours to signal: leave it
+
+
+def check_memory_budget(analysis, budget_bytes: int) -> None:
+    """Refuse a model whose load would create more tensor bytes than `budget_bytes`.
+
+    Counted before anything is allocated, from static shapes: the constants that
+    folding computes (all held at once) plus the peak of live activations a run
+    needs.  A constant whose size cannot be known before running it cannot be
+    bounded, so it is refused too (a 200-byte ConstantOfShape can ask for 19 GB).
+    """
+    constants = 0
+    for node_id in analysis.order:
+        metrics = analysis.nodes[node_id]
+        if not metrics.is_constant:
+            continue
+        if metrics.output_bytes is None:
+            op = analysis.graph.node(node_id).op_type
+            raise TargetError(f"node '{node_id}' ({op}) computes a constant whose size is not known before running "
+                              f"it; the memory budget of this agent ({budget_bytes / _MiB:.0f} MiB) cannot be "
+                              "checked, so the model is refused")
+        constants += metrics.output_bytes
+    activations = analysis.totals.peak_activation_bytes
+    if constants + activations > budget_bytes:
+        raise TargetError(f"loading this model would create {(constants + activations) / _MiB:,.0f} MiB of "
+                          f"tensors (constants {constants / _MiB:,.0f} MiB, peak activations "
+                          f"{activations / _MiB:,.0f} MiB), more than this agent's memory budget of "
+                          f"{budget_bytes / _MiB:,.0f} MiB (--load-memory-mb); check the model's shapes and the "
+                          "input size")
+
 
 @dataclass
 class _Prepared:
@@ -736,6 +800,10 @@ class CpuTarget:
         self._prepared: Optional[_Prepared] = None
         self._workdir: Optional[Path] = None
         self._finalizer = None
+        # Where session copies are written (the agent keeps them in its private cache folder), and the
+        # tensor bytes a load may create (None: no bound, as for the desktop's own CPU reference).
+        self.work_parent: Path = Path(tempfile.gettempdir())
+        self.memory_budget_bytes: Optional[int] = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -814,7 +882,7 @@ class CpuTarget:
         graph_inputs = [(i.name, _proto_dims(i)) for i in proto.graph.input if i.name not in initializer_names]
         npz = None
         if settings.inputs not in ("random", "zeros"):
-            npz = _load_npz(settings.inputs, [name for name, _ in graph_inputs])
+            npz = _load_npz(settings.inputs, [name for name, _ in graph_inputs], self.memory_budget_bytes)
         shapes = resolve_input_shapes(graph_inputs, settings,
                                       {k: v.shape for k, v in npz.items()} if npz else {})
 
@@ -822,6 +890,8 @@ class CpuTarget:
         from importers import open_model
         model = open_model(path, input_shapes=shapes)
         analysis = analyze(model)
+        if self.memory_budget_bytes is not None:
+            check_memory_budget(analysis, self.memory_budget_bytes)
         ir_graph = model.main_graph
         opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in proto.opset_import)
 
@@ -844,17 +914,37 @@ class CpuTarget:
         constant_ids = {i for i, m in analysis.nodes.items() if m.is_constant}
         folded_ids, warnings = _fold_constant_nodes(proto, ir_graph, constant_ids)
 
+        # The new session is built beside the old one, which is closed only once the new one works:
+        # a load that fails (bad settings, a model the runtime refuses) leaves the target usable.
+        try:
+            _remove_stale_workdirs(self.work_parent)
+            workdir = Path(tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{os.getpid()}-", dir=self.work_parent))
+        except OSError as exc:
+            raise TargetError(f"cannot write the session copy of {path.name} into {self.work_parent}: "
+                              f"{exc.strerror or exc}") from None
+        try:
+            session_model, plain = self._write_and_open(proto, workdir, settings, ir_graph, path, opsets, warnings)
+            del proto
+            feed = _make_inputs(plain.get_inputs(), shapes, settings.inputs if npz is None else "npz",
+                                settings.seed, npz)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
         self.close()
-        _remove_stale_workdirs()
-        self._workdir = Path(tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{os.getpid()}-"))
+        self._workdir = workdir
         # Removed when the target is closed or collected, and at interpreter exit.
-        self._finalizer = weakref.finalize(self, shutil.rmtree, str(self._workdir), True)
-        session_model = self._workdir / "session.onnx"
-        big = proto.ByteSize() > _EXTERNAL_DATA_THRESHOLD if _proto_size_ok(proto) else True
+        self._finalizer = weakref.finalize(self, shutil.rmtree, str(workdir), True)
+        self._prepared = _Prepared(settings.session_key(), settings, path, model, analysis, session_model,
+                                   shapes, feed, folded_ids, warnings, plain, opsets)
+
+    def _write_and_open(self, proto, workdir: Path, settings: ProfileSettings, ir_graph: Graph, path: Path,
+                        opsets: str, warnings: list[str]):
+        """Write the session copy into `workdir` and open it: (file, plain session)."""
+        session_model = workdir / "session.onnx"
+        size = _serialized_size(proto)  # once: ByteSize holds the GIL for about a second per 100 MB
+        big = size is None or size > _EXTERNAL_DATA_THRESHOLD
         onnx.save_model(proto, str(session_model), save_as_external_data=big, all_tensors_to_one_file=True,
                         location="session.weights", size_threshold=1024)
-        del proto
-
         try:
             plain = self._session(session_model, settings, ir_graph, path, opsets)
         except TargetError as exc:
@@ -870,10 +960,7 @@ class CpuTarget:
             warnings.append(f"the model is stamped IR version {match.group(1)}; ONNX Runtime {ort.__version__} "
                             f"reads up to {match.group(2)}, so it runs as IR version {match.group(2)}")
             plain = self._session(session_model, settings, ir_graph, path, opsets)
-        feed = _make_inputs(plain.get_inputs(), shapes, settings.inputs if npz is None else "npz",
-                            settings.seed, npz)
-        self._prepared = _Prepared(settings.session_key(), settings, path, model, analysis, session_model,
-                                   shapes, feed, folded_ids, warnings, plain, opsets)
+        return session_model, plain
 
     def _session(self, model_file: Path, settings: ProfileSettings, ir_graph: Graph, source_path: Path,
                  opsets: str, profile_prefix: Optional[Path] = None, optimized_file: Optional[Path] = None):
@@ -1145,10 +1232,9 @@ def _proto_dims(value_info: onnx.ValueInfoProto) -> Optional[list]:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim]
 
 
-def _proto_size_ok(proto: onnx.ModelProto) -> bool:
-    """ByteSize() itself fails beyond 2 GB on some protobuf builds."""
+def _serialized_size(proto: onnx.ModelProto) -> Optional[int]:
+    """proto.ByteSize(), or None where it fails (beyond 2 GB on some protobuf builds)."""
     try:
-        proto.ByteSize()
-        return True
+        return proto.ByteSize()
     except Exception:
-        return False
+        return None

@@ -24,14 +24,46 @@ class AgentHandle:
     token: Optional[str]
     process: Optional[subprocess.Popen] = None
     cache_dir: Optional[Path] = None
+    log_path: Optional[Path] = None   # the agent's stderr (its refusal log lines)
 
     @property
     def local(self) -> bool:
         return self.process is not None
 
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path else ""
+
+    def peak_rss_bytes(self) -> Optional[int]:
+        """Peak resident memory of a local agent so far (VmHWM from /proc); None where it cannot be read."""
+        return _proc_status_bytes(self.process.pid, "VmHWM") if self.process is not None else None
+
+    def reset_peak_rss(self) -> bool:
+        """Start a new peak (Linux: 5 > /proc/PID/clear_refs); False where it is not possible."""
+        if self.process is None:
+            return False
+        try:
+            Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")
+            return True
+        except OSError:
+            return False
+
+    def rss_bytes(self) -> Optional[int]:
+        return _proc_status_bytes(self.process.pid, "VmRSS") if self.process is not None else None
+
+
+def _proc_status_bytes(pid: int, key: str) -> Optional[int]:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
 
 def start_agent_process(tmp_dir: Path, token: Optional[str] = None, port: int = 0,
-                        extra: tuple[str, ...] = (), timeout: float = 60.0) -> AgentHandle:
+                        extra: tuple[str, ...] = (), timeout: float = 60.0,
+                        env_extra: Optional[dict] = None) -> AgentHandle:
     """`python -m engine agent` on 127.0.0.1; returns once it prints its address."""
     cache = tmp_dir / "agent-cache"
     command = [sys.executable, "-m", "engine", "agent", "--listen", f"127.0.0.1:{port}", "--cache-dir", str(cache),
@@ -40,8 +72,11 @@ def start_agent_process(tmp_dir: Path, token: Optional[str] = None, port: int = 
         command += ["--token", token]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("LAYERSCOPE_AGENT_TOKEN", None)
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=env)
+    env.update(env_extra or {})
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    log_path = tmp_dir / f"agent-{time.monotonic_ns()}.log"
+    with open(log_path, "w") as log:  # a file, not a pipe: a chatty agent never blocks on a full pipe
+        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
     deadline = time.monotonic() + timeout
     line = ""
     while time.monotonic() < deadline:
@@ -51,8 +86,9 @@ def start_agent_process(tmp_dir: Path, token: Optional[str] = None, port: int = 
     match = re.search(r"ws://[\d.]+:\d+", line or "")
     if match is None:
         process.kill()
-        raise RuntimeError(f"the agent did not start: {line!r} {process.stderr.read()!r}")
-    return AgentHandle(match.group(0), token, process, cache)
+        process.wait(timeout=10)
+        raise RuntimeError(f"the agent did not start: {line!r} {log_path.read_text()!r}")
+    return AgentHandle(match.group(0), token, process, cache, log_path)
 
 
 def stop_agent_process(handle: AgentHandle) -> None:
@@ -64,9 +100,8 @@ def stop_agent_process(handle: AgentHandle) -> None:
             handle.process.kill()
             handle.process.wait(timeout=5)
     if handle.process is not None:
-        for stream in (handle.process.stdout, handle.process.stderr):
-            if stream is not None:
-                stream.close()
+        if handle.process.stdout is not None:
+            handle.process.stdout.close()
 
 
 class Wire:

@@ -39,7 +39,9 @@ def agent(request, tmp_path_factory) -> AgentHandle:
         address = address if "://" in address else f"ws://{address}"
         yield AgentHandle(address, _option(request.config, "--agent-token"))
         return
-    handle = start_agent_process(tmp_path_factory.mktemp("conformance"), token=secrets.token_hex(16))
+    # Small model and cache limits keep the archive and cache tests (section 12) quick.
+    handle = start_agent_process(tmp_path_factory.mktemp("conformance"), token=secrets.token_hex(16),
+                                 extra=("--max-model-mb", "64", "--cache-mb", "256"))
     yield handle
     stop_agent_process(handle)
 

@@ -622,3 +622,295 @@ def test_onnx_naming_an_external_data_file_is_refused(start_agent, tmp_path):
     with pytest.raises(BridgeError) as caught:
         BridgeTarget(agent.address).prepare(path, ProfileSettings(runs=1))
     assert caught.value.code == "bad_settings" and "external file" in str(caught.value)
+
+
+# ---------------------------------------------------------------------------- hostile input (issue 12)
+# What is specific to this agent: its cache layout on disk, its command line, its log, its signals.
+# The protocol-level rows live in tests/bridge_conformance/test_hostile.py.
+
+def _cached_file(agent: AgentHandle, data: bytes) -> Path:
+    import hashlib
+    return agent.cache_dir / "models" / hashlib.sha256(data).hexdigest() / "model.onnx"
+
+
+def _other_model_bytes() -> bytes:
+    from onnx import TensorProto, helper
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="other_relu")], "other",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 32, 32])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def _flip_weight_bytes(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    for offset in range(len(data) - 400, len(data) - 300):  # inside w2's raw data, near the end
+        data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_cached_model_is_evicted_and_uploaded_again(start_agent, tiny_model):
+    agent = start_agent()
+    settings = ProfileSettings(runs=2, warmup=0)
+    first = BridgeTarget(agent.address)
+    try:
+        first.prepare(tiny_model, settings)
+        expected = first.run()["y"]
+    finally:
+        first.close()
+    cached = _cached_file(agent, tiny_model.read_bytes())
+    for damage in ("flipped", "replaced", "truncated"):
+        assert cached.read_bytes() == tiny_model.read_bytes()
+        if damage == "flipped":
+            _flip_weight_bytes(cached)
+        elif damage == "replaced":
+            cached.write_bytes(_other_model_bytes())
+        else:
+            cached.write_bytes(cached.read_bytes()[:100])
+        target = BridgeTarget(agent.address)
+        try:
+            target.prepare(tiny_model, settings)
+            assert target.overhead["upload_cached"] is False, damage  # not served as cached
+            profile = target.profile(settings)
+            np.testing.assert_array_equal(target.run()["y"], expected)
+        finally:
+            target.close()
+        assert {"conv1", "relu1", "conv2", "add", "relu2"} <= set(profile.nodes), damage
+        assert "other_relu" not in profile.nodes
+    assert cached.read_bytes() == tiny_model.read_bytes()
+    assert agent.log().count("damaged") == 3, agent.log()
+
+
+def test_load_of_a_model_damaged_after_upload_asks_for_it_again_and_the_client_does(start_agent, tiny_model):
+    """The damage happens between upload_begin (verified, cached) and load: load says unknown_model."""
+    from tests.bridge_conformance.bridge_wire import Wire
+    agent = start_agent()
+    data = tiny_model.read_bytes()
+    wire = Wire(agent.address)
+    try:
+        wire.hello(None)
+        from tests.bridge_conformance.test_conformance import upload
+        done = upload(wire, data, "tiny.onnx", "onnx")
+        assert done["type"] == "upload_done"
+        _flip_weight_bytes(_cached_file(agent, data))
+        reply = wire.request({"type": "load", "model": done["sha256"]}, ("loaded",), timeout=60)
+        assert reply["type"] == "error" and reply["code"] == "unknown_model" and "upload it again" in reply["message"]
+        again = upload(wire, data, "tiny.onnx", "onnx")
+        assert again["type"] == "upload_done" and again["cached"] is False
+        assert wire.request({"type": "load", "model": done["sha256"]}, ("loaded",), timeout=60)["type"] == "loaded"
+    finally:
+        wire.close()
+
+
+def test_leftovers_of_a_killed_agent_are_removed_and_abandoned_uploads_expire(start_agent, tmp_path):
+    import hashlib
+    from tests.bridge_conformance.bridge_wire import Wire
+    from tests.bridge_conformance.test_conformance import chunk
+    cache = tmp_path / "shared-cache"
+    dead_pid = 4_000_000  # above pid_max: no such process
+    staging = cache / "agent-cache" / "models" / f".staging-{dead_pid}-abc"
+    work = cache / "agent-cache" / "work" / f"layerscope-cpu-{dead_pid}-xyz"
+    for folder in (staging, work):
+        folder.mkdir(parents=True)
+        (folder / "model.onnx").write_bytes(b"\0" * 1000)
+    agent = start_agent(cache_dir=cache, extra=("--upload-expiry-s", "1"))
+    assert not staging.exists() and not work.exists()
+    wire = Wire(agent.address)
+    sha = hashlib.sha256(b"never finished").hexdigest()
+    try:
+        wire.hello(None)
+        ready = wire.request({"type": "upload_begin", "sha256": sha, "size": 10_000, "format": "file"},
+                             ("upload_ready",))
+        wire.send_raw(chunk(ready["upload"], 0, b"\0" * 100))
+        assert wire.request({"type": "ping"}, ("pong",))["type"] == "pong"
+    finally:
+        wire.close()
+    part = agent.cache_dir / "partial" / f"{sha}.part"
+    assert part.exists()
+    assert _wait(lambda: not part.exists() and not part.with_suffix(".json").exists(), timeout=15)
+
+
+def test_the_default_cache_is_private_in_the_users_cache_folder_and_work_copies_stay_in_it(tmp_path, tiny_model):
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "xdg"), PYTHONUNBUFFERED="1")
+    env.pop("LAYERSCOPE_AGENT_TOKEN", None)
+    process = subprocess.Popen([sys.executable, "-m", "engine", "agent", "--listen", "127.0.0.1:0"], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        line = process.stdout.readline()
+        expected = tmp_path / "xdg" / "layerscope" / "agent"
+        assert f"cache {expected}" in line, line
+        assert (expected.stat().st_mode & 0o777) == 0o700
+        address = line.split("listening on ")[1].split()[0]
+        target = BridgeTarget(address)
+        try:
+            target.prepare(tiny_model, ProfileSettings(runs=1))
+            copies = list((expected / "work").glob(f"layerscope-cpu-{process.pid}-*"))
+            assert len(copies) == 1 and (copies[0] / "session.onnx").is_file()
+            import tempfile
+            assert not list(Path(tempfile.gettempdir()).glob(f"layerscope-cpu-{process.pid}-*"))
+        finally:
+            target.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        process.stdout.close()
+    assert not list((expected / "work").glob(f"layerscope-cpu-{process.pid}-*"))
+
+
+def test_short_tokens_are_refused_at_start_and_a_generated_one_is_printed(start_agent, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "engine", "agent", "--listen", "127.0.0.1:0", "--token", "482"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "at least 16" in result.stderr and "--generate-token" in result.stderr
+    agent = start_agent(extra=("--generate-token",))
+    line = agent.process.stdout.readline()
+    token = line.split("token ", 1)[1].split()[0]
+    assert len(token) >= 16
+    target = BridgeTarget(agent.address, token=token)
+    try:
+        assert target.describe()["device"]
+    finally:
+        target.close()
+
+
+@pytest.mark.parametrize("source", ["file", "environment"])
+def test_the_token_can_come_from_a_file_or_the_environment(start_agent, tmp_path, source):
+    token = secrets.token_urlsafe(18)
+    if source == "file":
+        path = tmp_path / "token.txt"
+        path.write_text(token + "\n")
+        agent = start_agent(extra=("--token-file", str(path)))
+    else:
+        folder = tmp_path / "env-agent"
+        handle = start_agent_process(folder, env_extra={"LAYERSCOPE_AGENT_TOKEN": token})
+        agent = handle
+    try:
+        with pytest.raises(BridgeError) as caught:
+            BridgeTarget(agent.address).describe()
+        assert caught.value.code == "unauthorized"
+        target = BridgeTarget(agent.address, token=token)
+        try:
+            assert target.describe()["device"]
+        finally:
+            target.close()
+    finally:
+        if source != "file":
+            stop_agent_process(agent)
+
+
+def test_token_guesses_are_slowed_per_peer_and_every_refusal_is_logged(start_agent):
+    from tests.bridge_conformance.bridge_wire import Wire
+    token = secrets.token_hex(8)
+    agent = start_agent(token=token)
+    checked = refused_waiting = 0
+    retry_after = 0.0
+    started = time.monotonic()
+    attempts = 0
+    # Guess until the agent makes us wait (bounded): the issue found a 3-digit token in 2.9 s.
+    while not refused_waiting and attempts < 30 and time.monotonic() - started < 30:
+        attempts += 1
+        wire = Wire(agent.address)
+        try:
+            reply = wire.hello(f"guess-{attempts:011d}")
+        finally:
+            wire.close()
+        assert reply["type"] == "error" and reply["code"] == "unauthorized"
+        if "wait" in reply["message"]:
+            refused_waiting += 1
+            retry_after = reply["retry_after_s"]
+        else:
+            checked += 1
+    # However slow this machine makes each attempt, the waits double: few guesses are ever checked.
+    assert refused_waiting and retry_after > 0, f"{checked} guesses checked, none refused for waiting"
+    assert checked <= 10, f"{checked} guesses checked"
+    lines = [line for line in agent.log().splitlines() if "refused 127.0.0.1" in line]
+    assert len(lines) == attempts
+    time.sleep(retry_after)
+    target = BridgeTarget(agent.address, token=token)  # the right token, after waiting
+    try:
+        assert target.describe()["device"]
+    finally:
+        target.close()
+
+
+def _long_loading_model(path: Path, nodes: int = 20000) -> Path:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    chain = [helper.make_node("Add", [f"t{i}", "one"], [f"t{i + 1}"]) for i in range(nodes)]
+    graph = helper.make_graph(chain, "long", [helper.make_tensor_value_info("t0", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info(f"t{nodes}", TensorProto.FLOAT, [1])],
+                              [numpy_helper.from_array(np.ones([1], np.float32), "one")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_sigterm_stops_the_agent_within_seconds_even_mid_load(start_agent, tmp_path):
+    from engine.bridge.agent import STOP_GRACE_S
+    from tests.bridge_conformance.bridge_wire import Wire
+    from tests.bridge_conformance.test_conformance import upload
+    agent = start_agent()
+    data = _long_loading_model(tmp_path / "long.onnx").read_bytes()  # about 15 s to load here
+    wire = Wire(agent.address)
+    try:
+        wire.hello(None)
+        done = upload(wire, data, "long.onnx", "onnx")
+        wire.send({"type": "load", "model": done["sha256"]})
+        assert _wait(lambda: wire.request({"type": "describe"}, ("description",))["busy"], 10)
+        time.sleep(0.5)
+        started = time.monotonic()
+        agent.process.send_signal(signal.SIGTERM)
+        agent.process.wait(timeout=STOP_GRACE_S + 10)
+        stopped_after = time.monotonic() - started
+    finally:
+        wire.close()
+    assert stopped_after < STOP_GRACE_S + 5
+    assert not list((agent.cache_dir / "work").glob(f"*-{agent.process.pid}-*"))
+    assert not list((agent.cache_dir / "models").glob(f".staging-{agent.process.pid}-*"))
+
+
+def test_a_failed_prepare_leaves_the_previous_session_usable(tiny_model, tmp_path):
+    from engine.targets import TargetError
+    from engine.targets.cpu import CpuTarget
+    target = CpuTarget()
+    try:
+        target.prepare(tiny_model, ProfileSettings(runs=1, warmup=0))
+        before = target.run()["y"]
+        not_a_folder = tmp_path / "a-file"
+        not_a_folder.write_text("")
+        target.work_parent = not_a_folder  # the session copy cannot be written: this prepare fails
+        with pytest.raises(TargetError, match="session copy"):
+            target.prepare(tiny_model, ProfileSettings(runs=1, warmup=0, mode="deployed"))
+        np.testing.assert_array_equal(target.run()["y"], before)
+        assert target.profile(ProfileSettings(runs=1, warmup=0)).complete
+    finally:
+        target.close()
+
+
+def test_a_load_over_the_memory_budget_is_refused_before_anything_is_allocated(tmp_path):
+    from engine.targets import TargetError
+    from engine.targets.cpu import CpuTarget
+    from tests.bridge_conformance.test_hostile import constant_of_shape_bomb
+    path = tmp_path / "bomb.onnx"
+    path.write_bytes(constant_of_shape_bomb(1 << 15))  # 4 GiB of float32
+    target = CpuTarget()
+    target.memory_budget_bytes = 256 * 1024 * 1024
+    try:
+        with pytest.raises(TargetError, match="memory budget of 256 MiB"):
+            target.prepare(path, ProfileSettings(runs=1))
+    finally:
+        target.close()
+
+
+def test_a_profile_keeping_more_timings_than_the_memory_budget_is_refused(start_agent, tiny_model):
+    agent = start_agent(extra=("--load-memory-mb", "64"))
+    target = BridgeTarget(agent.address)
+    try:
+        target.prepare(tiny_model, ProfileSettings(runs=1, warmup=0))
+        with pytest.raises(BridgeError) as caught:
+            target.profile(ProfileSettings(runs=LONG_RUNS, warmup=0))
+        assert caught.value.code == "bad_settings" and "at most" in str(caught.value)
+        assert target.profile(ProfileSettings(runs=2, warmup=0)).complete
+    finally:
+        target.close()

@@ -147,3 +147,5 @@ def test_cli_exits_non_zero_and_names_the_layer(monkeypatch, tmp_path):
     assert done.returncode == EXIT_INCOMPLETE, done.stderr
     assert "check 'values' failed: first departing layer: stem/bn (BatchNormalization)" in done.stderr
     assert "values: weights equal" in done.stdout and "first at stem/bn" in done.stdout
+    assert "output mask: max abs error" in done.stdout
+    assert "largest per-layer errors: " in done.stdout

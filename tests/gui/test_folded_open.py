@@ -49,3 +49,22 @@ def test_selecting_a_hidden_node_opens_its_groups(qtbot, window, transformer, mo
     assert window.scene.item_for(node_id).isSelected()
     assert "group:namespace:model/layers.4" not in window.loaded.collapsed
     assert "group:namespace:model/layers.3" in window.loaded.collapsed  # the others stay folded
+
+
+def test_a_block_is_compared_with_the_median_block_of_a_real_profile(qtbot, window, transformer, monkeypatch):
+    from engine.targets import ProfileSettings
+    from engine.targets.cpu import CpuTarget
+
+    monkeypatch.setenv(FOLD_NODES_ENVIRONMENT, "100")
+    open_and_wait(qtbot, window, transformer)
+    block = "group:namespace:model/layers.2"
+    window.select_node(block)
+    assert window.inspector.rows()["Group (collapsed)/Repeated block"] == \
+        "one of model/layers.* (6 blocks of 62 nodes)"
+    with CpuTarget() as target:
+        profile = target.profile(ProfileSettings(runs=3, warmup=1), model_path=transformer)
+    window.add_profile(profile)
+    window.select_node(block)
+    text = window.inspector.rows()["Group (collapsed)/Repeated block"]
+    assert "x the median block of model/layers.* (6 blocks of 62 nodes); slowest: layers." in text
+    assert "the median block of model/layers.*" in text.split("slowest: ")[1] and "measured" in text

@@ -149,6 +149,8 @@ def test_clicking_a_bar_selects_the_node_and_back(qtbot, window, sample_model, s
     child = hint.child(hint.childCount() - 1)
     panels.hints.itemClicked.emit(child, 0)
     assert window.inspector.node_id == child.data(0, Qt.ItemDataRole.UserRole)
+    panels._show_hint(hint)  # the hint's text states its evidence (issue 15)
+    assert "Evidence: " in panels.hint_text.text() and " runs on " in panels.hint_text.text()
 
 
 def test_cancel_stops_the_run_and_keeps_earlier_profiles(qtbot, window, sample_model, sample_run):
@@ -293,6 +295,11 @@ def test_exports_write_files_that_parse(qtbot, window, sample_model, sample_run,
     explorer = json.loads(paths["model_explorer"].read_text(encoding="utf-8"))
     (graph,) = explorer.values()
     assert len(graph["results"]) == len(entry.profile.nodes)
+    # With a second profile held, the HTML report puts both side by side.
+    window.add_profile(entry.profile, entry.analysis)
+    window.select_profile(0)
+    window.export_profile("html", str(paths["html"]))
+    assert "Targets side by side (2)" in paths["html"].read_text(encoding="utf-8")
     window.export_graph(str(tmp_path / "graph.png"))
     window.export_graph(str(tmp_path / "graph.svg"))
     assert (tmp_path / "graph.png").stat().st_size > 1000 and (tmp_path / "graph.svg").stat().st_size > 1000

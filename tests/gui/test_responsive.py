@@ -20,6 +20,7 @@ from PySide6.QtCore import QTimer
 
 from benchmarks.bench_gui_open import residual_model
 from engine.analysis import analyze
+from engine.grouping import FOLD_NODES_ENVIRONMENT
 from engine.layout import LAYOUT_OFFLOAD_VERTICES, layout_graph
 from gui import responsive
 from gui.graph_view import retiring_scenes
@@ -28,6 +29,12 @@ from importers.onnx import INFERENCE_OFFLOAD_NODES
 from tests.gui.gui_fixtures import LOAD_TIMEOUT_MS, open_and_wait, settings, window  # noqa: F401 (fixtures)
 
 LARGE_NODES = 6000  # above both offload thresholds
+
+
+@pytest.fixture(autouse=True)
+def open_everything(monkeypatch):
+    """These tests lay out the whole large model (issue 14 would open it folded)."""
+    monkeypatch.setenv(FOLD_NODES_ENVIRONMENT, "0")
 
 
 @pytest.fixture(scope="module")
