@@ -148,6 +148,16 @@ def test_cli_inspect_opens_a_pt2(tmp_path):
     assert document["totals"]["macs"] == STEM_CONV_MACS + BLOCK_CONV_MACS + HEAD_MACS
 
 
+def test_cli_json_option_given_a_pt2_reads_it_instead_of_writing_over_it(tmp_path):
+    copy = tmp_path / "cnn.pt2"
+    copy.write_bytes(SMALL_CNN.read_bytes())
+    result = subprocess.run([sys.executable, "-m", "engine", "inspect", "--json", str(copy)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["model"]["format"] == "pt2"
+    assert copy.read_bytes() == SMALL_CNN.read_bytes()
+
+
 # ----------------------------------------------------------------------------- bad input
 
 def test_truncated_archive_names_the_problem(tmp_path):
