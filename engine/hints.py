@@ -211,7 +211,19 @@ def find_hints(profile: "Profile", analysis: "ModelAnalysis") -> list[dict]:
 
     for hint in hints:
         hint["kind"] = hint_kind(profile, hint["rule"], hint["node_ids"])
-    return hints
+    return by_severity(hints)
+
+
+SEVERITY_ORDER = ("high", "medium", "low")
+
+
+def by_severity(hints) -> list[dict]:
+    """Most severe first, then the larger time share: the first hint is the one to act on."""
+    def key(hint):
+        severity = str(hint.get("severity", "low"))
+        rank = SEVERITY_ORDER.index(severity) if severity in SEVERITY_ORDER else len(SEVERITY_ORDER)
+        return rank, -float(hint.get("share") or 0.0)
+    return sorted(hints, key=key)
 
 
 def _intensity(analysis: "ModelAnalysis", node_id: str) -> Optional[float]:

@@ -157,19 +157,13 @@ def session_from_json_dict(data: Any, session_dir: Optional[Union[str, Path]] = 
 
 
 def _profile_from_document(document: Mapping) -> Profile:
-    """A profile as it was saved: a device (bridge) profile keeps its transfers and calibration."""
-    if isinstance(document, Mapping) and ("transfers" in document or "calibration" in document):
-        from engine.bridge.results import BridgeProfile
-        return BridgeProfile.from_json_dict(document)
+    """A profile as it was saved (a device profile's transfers and calibration included)."""
     return Profile.from_json_dict(document)
 
 
 def load_profile_json(path: Union[str, Path]) -> Profile:
-    """`Profile.load_json`, keeping a device profile's transfers and calibration (a BridgeProfile)."""
-    path = Path(path)
-    profile = Profile.load_json(path)  # the checks and messages of the profile format
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return _profile_from_document(data) if ("transfers" in data or "calibration" in data) else profile
+    """`Profile.load_json` (kept for callers: transfers and calibration are part of every profile)."""
+    return Profile.load_json(Path(path))
 
 
 def save_session(session: Session, path: Union[str, Path]) -> Path:
@@ -207,6 +201,16 @@ def input_shapes_of(analysis) -> dict[str, tuple]:
     return shapes
 
 
+def _profiled_shapes(profile: Profile) -> dict[str, tuple]:
+    return {str(k): tuple(int(d) for d in v) for k, v in dict(profile.settings.get("input_shapes") or {}).items()}
+
+
+def profiled_at(profile: Profile, analysis) -> bool:
+    """True when `profile` ran at the input shapes `analysis` was made for (or does not say)."""
+    opened = input_shapes_of(analysis)
+    return all(opened.get(name) == shape for name, shape in _profiled_shapes(profile).items())
+
+
 def profile_analysis(model_path: Union[str, Path], profile: Profile, opened_analysis=None):
     """The static analysis matching `profile`'s input shapes (reports and hints join the two by node id).
 
@@ -218,12 +222,9 @@ def profile_analysis(model_path: Union[str, Path], profile: Profile, opened_anal
     from engine.analysis import analyze
     from importers import open_model
 
-    shapes = {str(k): tuple(int(d) for d in v)
-              for k, v in dict(profile.settings.get("input_shapes") or {}).items()}
-    if opened_analysis is not None:
-        opened = input_shapes_of(opened_analysis)
-        if not shapes or all(opened.get(name) == shape for name, shape in shapes.items()):
-            return opened_analysis
+    shapes = _profiled_shapes(profile)
+    if opened_analysis is not None and profiled_at(profile, opened_analysis):
+        return opened_analysis
     from engine.sweep import model_for_setting, sample_parameters
     if len(shapes) == 1 and sample_parameters(model_path) is not None:
         dims = next(iter(shapes.values()))

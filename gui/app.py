@@ -19,13 +19,13 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
 from PySide6.QtCore import QObject, QRectF, QRunnable, QSettings, QSize, Qt, QThreadPool, QTimer, Signal
 from PySide6.QtGui import QAction, QImage, QKeySequence, QPainter
-from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QComboBox, QDockWidget, QFileDialog,
+from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QComboBox, QDialog, QDockWidget, QFileDialog,
                                QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QMainWindow,
                                QMessageBox, QProgressBar, QPushButton, QToolBar, QVBoxLayout, QWidget)
 
@@ -35,7 +35,7 @@ from engine.ir import ModelLoadError
 from engine.layout import GROUPINGS
 from engine.profile import Profile, ProfileFormatError
 from engine.session import (Session, SessionFormatError, SweepResult, load_profile_json, load_session,
-                            profile_analysis, save_session)
+                            profile_analysis, profiled_at, save_session)
 from gui.graph_view import (OVERLAY_TITLES, OVERLAYS, GraphScene, GraphView, build_in_slices, format_ms,
                             prepare_scene_data, retire_scene)
 from gui import numerics_view
@@ -47,6 +47,7 @@ from gui.run_dialog import ProfileWorker, RunDialog, RunRequest, RunResult, make
 APP_NAME = "LayerScope"
 MAX_RECENT = 10
 GROUPING_TITLES = {"none": "None", "stage": "Stage", "namespace": "Namespace"}
+GROUPING_MENU_TEXTS = {"none": "&None", "stage": "&Stage", "namespace": "N&amespace"}
 MODEL_FILTER = "Models (*.onnx *.mlmodel *.mlpackage *.pt2);;All files (*)"
 SESSION_FILTER = "LayerScope session (*.layerscope);;All files (*)"
 # Profile exports: kind -> (menu text, file suffix, file dialog filter)
@@ -195,6 +196,42 @@ def _warm_profiling_imports() -> None:
     threading.Thread(target=work, name="layerscope-warm-imports", daemon=True).start()
 
 
+def is_model_package(path) -> bool:
+    """A folder that is a model (an .mlpackage: its Manifest.json), opened as one file."""
+    from importers import coreml
+
+    return Path(path).is_dir() and coreml.sniff(Path(path))
+
+
+class ModelFileDialog(QFileDialog):
+    """File > Open.  A Core ML package is a folder: macOS's own dialog treats it as one file;
+    elsewhere Qt's dialog would walk into it, so a selected folder that is a package is
+    accepted as the model instead (`chosen_path`)."""
+
+    def __init__(self, parent, start: str = ""):
+        super().__init__(parent, "Open model", start, MODEL_FILTER)
+        self.setFileMode(QFileDialog.FileMode.ExistingFile)
+        self.setAcceptMode(QFileDialog.AcceptMode.AcceptOpen)
+        if sys.platform != "darwin":  # our accept() runs only in Qt's own dialog
+            self.setOption(QFileDialog.Option.DontUseNativeDialog)
+        self._package: Optional[str] = None
+
+    def accept(self) -> None:
+        chosen = self.selectedFiles()
+        if len(chosen) == 1 and is_model_package(chosen[0]):
+            self._package = chosen[0]
+            QDialog.accept(self)  # not QFileDialog.accept, which would open the folder
+            return
+        self._package = None
+        super().accept()
+
+    def chosen_path(self) -> str:
+        if self._package:
+            return self._package
+        files = self.selectedFiles()
+        return files[0] if files and self.result() == QDialog.DialogCode.Accepted else ""
+
+
 class MainWindow(QMainWindow):
     modelLoaded = Signal(str)  # path
     loadFailed = Signal(str)  # message shown to the person
@@ -222,6 +259,9 @@ class MainWindow(QMainWindow):
             # calls hold the GIL and would freeze this thread while a worker opens the model.
             start_helper_process()
         self.settings = settings if settings is not None else QSettings(APP_NAME, APP_NAME)
+        # Quitting, or opening another model, asks before a running profile or unsaved profiles are
+        # dropped (not offscreen, where nobody could answer).
+        self.ask_before_discarding = error_dialogs
         self.loaded: Optional[LoadedModel] = None
         self.scene: Optional[GraphScene] = None
         self._tasks: set[_LoadTask] = set()
@@ -234,7 +274,11 @@ class MainWindow(QMainWindow):
         # The session: profiles of the open model, sweeps, which profile the overlay shows.
         self.entries: list[ProfileEntry] = []
         self.sweeps: list[SweepResult] = []
+        self._saved_state = self._session_state()  # the profiles and sweeps as last saved or opened
         self.selected_profile = -1
+        # The analysis of the open model at its own input size; self.loaded.analysis is the one at the
+        # size the selected profile ran at (a sweep's other sizes), so every static figure matches it.
+        self._opened_analysis = None
         self.worker: Optional[ProfileWorker] = None
         self.run_dialog: Optional[RunDialog] = None
         self.compare_view = None
@@ -273,6 +317,7 @@ class MainWindow(QMainWindow):
         self.view.groupToggled.connect(self.toggle_group)
         self.view.allGroupsToggled.connect(self.set_all_groups)
         self.panels.nodeClicked.connect(self.select_node)
+        self.panels.nodesClicked.connect(self.select_nodes)
 
         self._build_actions()
         self._build_toolbar()
@@ -309,9 +354,12 @@ class MainWindow(QMainWindow):
         self.open_action = QAction("&Open…", self, shortcut=QKeySequence.StandardKey.Open,
                                    triggered=self.open_dialog)
         menu.addAction(self.open_action)
+        self.open_package_action = QAction("Open Core ML &Package…", self, triggered=self.open_package_dialog)
+        menu.addAction(self.open_package_action)
         self.recent_menu = menu.addMenu("Open &Recent")
         menu.addSeparator()
-        self.open_session_action = QAction("Open &Session…", self, triggered=self.open_session_dialog)
+        self.open_session_action = QAction("Open &Session…", self, shortcut=QKeySequence("Ctrl+Shift+O"),
+                                           triggered=self.open_session_dialog)
         self.save_session_action = QAction("&Save Session…", self, shortcut=QKeySequence.StandardKey.Save,
                                            triggered=self.save_session_dialog)
         self.import_profile_action = QAction("&Import Profile (JSON)…", self, triggered=self.import_profile_dialog)
@@ -340,8 +388,8 @@ class MainWindow(QMainWindow):
         view_menu.addAction(self.minimap_action)
         group_menu = view_menu.addMenu("&Group by")
         self.group_actions = {}
-        for key in GROUPINGS:
-            action = QAction(GROUPING_TITLES[key], self, checkable=True,
+        for index, key in enumerate(GROUPINGS):
+            action = QAction(GROUPING_MENU_TEXTS[key], self, checkable=True, shortcut=QKeySequence(f"Alt+{index + 1}"),
                              triggered=lambda checked=False, k=key: self.set_grouping(k))
             group_menu.addAction(action)
             self.group_actions[key] = action
@@ -376,7 +424,8 @@ class MainWindow(QMainWindow):
         profile_menu = self.menuBar().addMenu("&Profile")
         self.run_action = QAction("&Run…", self, shortcut=QKeySequence("Ctrl+R"), triggered=self.show_run_dialog)
         self.cancel_action = QAction("&Cancel Run", self, triggered=self.cancel_profile)
-        self.compare_action = QAction("C&ompare Profiles…", self, triggered=lambda: self.show_compare())
+        self.compare_action = QAction("C&ompare Profiles…", self, shortcut=QKeySequence("Ctrl+Shift+K"),
+                                      triggered=lambda: self.show_compare())
         self.remove_action = QAction("Re&move Selected Profile", self,
                                      triggered=lambda: self.remove_profile(self.selected_profile))
         for action in (self.run_action, self.cancel_action, self.compare_action, self.remove_action):
@@ -390,6 +439,8 @@ class MainWindow(QMainWindow):
         self.export_actions: dict[str, QAction] = {}
         for kind, (text, _, _) in PROFILE_EXPORTS.items():
             action = QAction(text, self, triggered=lambda checked=False, k=kind: self.export_profile_dialog(k))
+            if kind == "html":
+                action.setShortcut(QKeySequence("Ctrl+Shift+E"))
             export_menu.addAction(action)
             self.export_actions[kind] = action
         export_menu.addSeparator()
@@ -397,6 +448,12 @@ class MainWindow(QMainWindow):
         self.export_svg_action = QAction("Graph as &SVG…", self, triggered=lambda: self.export_dialog("svg"))
         export_menu.addAction(self.export_png_action)
         export_menu.addAction(self.export_svg_action)
+
+        help_menu = self.menuBar().addMenu("&Help")
+        help_menu.addAction(QAction("&Keyboard Shortcuts", self, shortcut=QKeySequence("F1"),
+                                    triggered=self.show_shortcuts))
+        help_menu.addAction(QAction("&Documentation", self, triggered=self.show_documentation))
+        help_menu.addAction(QAction(f"&About {APP_NAME}", self, triggered=self.show_about))
 
     def _build_toolbar(self) -> None:
         bar = QToolBar("Main", self)
@@ -437,7 +494,9 @@ class MainWindow(QMainWindow):
         self.search_field.setPlaceholderText("Find name or op type (Enter: next)")
         self.search_field.setClearButtonEnabled(True)
         self.search_field.setFixedWidth(260)
-        self.search_field.returnPressed.connect(self.search_next)
+        # Enter: next match; Shift+Enter: the previous one (QLineEdit reports both as returnPressed).
+        self.search_field.returnPressed.connect(lambda: self.search_next(
+            -1 if QApplication.keyboardModifiers() & Qt.KeyboardModifier.ShiftModifier else 1))
         self.search_field.textChanged.connect(self._search_changed)
         bar.addWidget(self.search_field)
         self.search_label = QLabel("")
@@ -481,22 +540,92 @@ class MainWindow(QMainWindow):
         if self.panels_dock.isVisible():
             self.resizeDocks([self.panels_dock], [int(self.height() * 0.3)], Qt.Orientation.Vertical)
 
+    # --- help -----------------------------------------------------------------------------
+    def shortcuts(self) -> list[tuple[str, str]]:
+        """(menu item, key) of every menu item that has a shortcut, in menu order."""
+        rows = []
+        for menu_action in self.menuBar().actions():
+            stack = [(menu_action.text().replace("&", ""), menu_action.menu())]
+            while stack:
+                path, menu = stack.pop(0)
+                for action in menu.actions():
+                    text = action.text().replace("&", "").rstrip("…")
+                    if action.menu() is not None:
+                        stack.append((f"{path} > {text}", action.menu()))
+                    elif not action.shortcut().isEmpty():
+                        rows.append((f"{path} > {text}",
+                                     action.shortcut().toString(QKeySequence.SequenceFormat.NativeText)))
+        return rows + [("Find: next / previous match", "Enter / Shift+Enter"),
+                       ("Compare window: close", "Esc")]
+
+    def show_shortcuts(self) -> None:
+        text = "".join(f"<tr><td>{name}</td><td>&nbsp;&nbsp;<b>{key}</b></td></tr>" for name, key in self.shortcuts())
+        QMessageBox.information(self, "Keyboard shortcuts", f"<table>{text}</table>")
+
+    def show_documentation(self) -> None:
+        from PySide6.QtCore import QUrl
+        from PySide6.QtGui import QDesktopServices
+
+        readme = Path(__file__).resolve().parents[1] / "README.md"
+        if not readme.is_file() or not QDesktopServices.openUrl(QUrl.fromLocalFile(str(readme))):
+            QMessageBox.information(self, "Documentation",
+                                    f"The documentation is README.md and docs/ of the LayerScope sources "
+                                    f"({readme.parent}); `layerscope --help` lists the commands.")
+
+    def show_about(self) -> None:
+        QMessageBox.about(self, f"About {APP_NAME}",
+                          f"<b>{APP_NAME}</b> {app_version()}<br>Per-layer profiles of neural networks: "
+                          "graph, measured times, bottleneck reports.")
+
     # --- opening --------------------------------------------------------------------------
     @property
     def loading(self) -> bool:
         return bool(self._tasks) or self._pending_build is not None
 
-    def open_dialog(self) -> None:
-        start = str(Path(self.loaded.path).parent) if self.loaded else ""
-        path, _ = QFileDialog.getOpenFileName(self, "Open model", start, MODEL_FILTER)
+    def dialog_folder(self) -> str:
+        """Where file dialogs start: the folder last chosen in one, else the open model's folder."""
+        last = str(self.settings.value("lastFolder", "") or "")
+        if last and Path(last).is_dir():
+            return last
+        return str(Path(self.loaded.path).parent) if self.loaded else ""
+
+    def _suggest(self, name: str) -> str:
+        return str(Path(self.dialog_folder() or ".") / name)
+
+    def _chosen(self, path: str) -> str:
+        """Remember the folder of `path` (chosen in a file dialog) for the next dialog; returns `path`."""
         if path:
-            self.open_path(path)
+            self.settings.setValue("lastFolder", str(Path(path).parent))
+        return path
+
+    def open_dialog(self) -> None:
+        dialog = ModelFileDialog(self, self.dialog_folder())
+        if dialog.exec() and dialog.chosen_path():
+            self.open_path(self._chosen(dialog.chosen_path()))
+
+    def open_package_dialog(self) -> None:
+        """File > Open Core ML Package…: a folder chooser, for file dialogs that walk into every folder."""
+        path = QFileDialog.getExistingDirectory(self, "Open Core ML package (.mlpackage folder)", self.dialog_folder())
+        if path:
+            self.open_path(self._chosen(path))
 
     def open_path(self, path: str) -> None:
-        """Open `path` in a worker; the current model stays until the new one is ready."""
+        """Open `path` in a worker; the current model stays until the new one is ready.
+
+        A session file (`.layerscope`) opens as a session.  Another model replaces the
+        profiles of this one: a running profile or unsaved profiles are asked about first.
+        """
+        if is_session_file(path):
+            self.open_session(path)
+            return
+        same = self.loaded is not None and _same_file(self.loaded.path, path)
+        if self.loaded is not None and not same and not self.confirm_leaving(f"open {Path(path).name}"):
+            return
         if self.helper_process:
             start_helper_process()  # no-op while it runs; replaces one that died
-        include_constants, grouping = self.show_constants_action.isChecked(), self.grouping()
+        include_constants = self.show_constants_action.isChecked()
+        # The grouping chosen for this model does not carry over to another one (its groups differ).
+        grouping = self.grouping() if same else "none"
         self._start_task(lambda progress: load_model(path, include_constants, progress, grouping),
                          f"Opening {Path(path).name}", self._on_loaded)
 
@@ -601,10 +730,12 @@ class MainWindow(QMainWindow):
         previous = self.loaded
         self.loaded = loaded
         self.scene = scene
+        if not keep_view or self._opened_analysis is None:
+            self._opened_analysis = loaded.analysis  # the model at its own input size
         session, self._pending_session = self._pending_session, None
         if session is not None:
             self._install_session(session)
-        elif not keep_view and (previous is None or Path(previous.path).resolve() != Path(loaded.path).resolve()):
+        elif not keep_view and (previous is None or not _same_file(previous.path, loaded.path)):
             self._clear_profiles()  # they were taken of the previous model
         self.view.set_graph_scene(scene)
         entry = self.selected_entry()
@@ -638,11 +769,11 @@ class MainWindow(QMainWindow):
             self._search_changed(self.search_field.text())
         self._show_summary()
         self.setWindowTitle(f"{Path(loaded.path).name} — {APP_NAME}")
-        if previous is None or Path(previous.path).resolve() != Path(loaded.path).resolve():
+        if previous is None or not _same_file(previous.path, loaded.path):
             self._remember_recent(loaded.path)
         self._update_profile_actions()
         if self.run_dialog is not None:
-            self.run_dialog.model_path = loaded.path
+            self._show_model_in_run_dialog()
         self.modelLoaded.emit(loaded.path)
         QTimer.singleShot(1000, self.panels, self.panels.warm_up)  # charts' import, off the first paint
         if session is not None:
@@ -783,13 +914,13 @@ class MainWindow(QMainWindow):
             self.search_label.setText(f"{len(self._search_matches)} found" if self._search_matches
                                       else "not found")
 
-    def search_next(self) -> Optional[str]:
-        """Select and centre the next match of the search field; returns its node id."""
+    def search_next(self, step: int = 1) -> Optional[str]:
+        """Select and centre the next match of the search field (`step` -1: the previous); returns its node id."""
         if not self._search_matches:
             self._search_changed(self.search_field.text())
         if not self._search_matches:
             return None
-        self._search_position = (self._search_position + 1) % len(self._search_matches)
+        self._search_position = (max(self._search_position, 0 if step < 0 else -1) + step) % len(self._search_matches)
         node_id = self._search_matches[self._search_position]
         self.select_node(node_id)
         self.search_label.setText(f"{self._search_position + 1} / {len(self._search_matches)}")
@@ -801,6 +932,12 @@ class MainWindow(QMainWindow):
         from gui.folded_groups import open_groups_to
         if not open_groups_to(self, node_id):
             self.view.select_node(node_id)
+
+    def select_nodes(self, node_ids: list) -> None:
+        """Select all of `node_ids` (a hint's layers): the first is centred and inspected."""
+        if node_ids:
+            self.select_node(node_ids[0])
+            self.view.add_to_selection(node_ids[1:])
 
     def _on_node_selected(self, node_id: str) -> None:
         if self.loaded is not None:
@@ -816,6 +953,10 @@ class MainWindow(QMainWindow):
 
     def _unique_label(self, profile: Profile) -> str:
         base = profile_label(profile)
+        if not profile.complete:  # stopped early (cancelled, or the target failed): say how far it got
+            planned = profile.settings.get("runs")
+            of = f" of {planned}" if planned else ""
+            base += f" (incomplete: {profile.runs_completed}{of} runs)"
         taken = {entry.label for entry in self.entries}
         label, count = base, 1
         while label in taken:
@@ -872,7 +1013,41 @@ class MainWindow(QMainWindow):
         if node_id:
             self._on_node_selected(node_id)
         self._update_profile_actions()
+        self._show_analysis_of(entry)
         self.profileSelected.emit(index)
+
+    def _show_analysis_of(self, entry: Optional[ProfileEntry]) -> None:
+        """Draw the static figures (box labels, MACs/bytes/intensity overlays, inspector, summary) of
+        the input size `entry` ran at: a sweep's 224 profile beside the 224 model's shapes and MACs.
+
+        A profile at another size than the one drawn is laid out again by a worker (the analysis
+        at its size is made there when not known yet); the profiles and selection stay.
+        """
+        loaded, opened = self.loaded, self._opened_analysis
+        if loaded is None or opened is None:
+            return
+        known = opened if entry is None else entry.analysis
+        if known is None and profiled_at(entry.profile, opened):
+            known = entry.analysis = opened
+        if known is loaded.analysis:
+            return
+
+        def work(progress):
+            analysis = known
+            if analysis is None:
+                progress("Analysing at the profile's input size…")
+                analysis = profile_analysis(loaded.path, entry.profile, opened)
+            at_size = replace(loaded, analysis=analysis, producers=analysis.graph.producers())
+            return analysis, relayout(at_size, loaded.include_constants, progress)
+
+        def done(result) -> None:
+            analysis, relaid = result
+            if entry is not None:
+                entry.analysis = analysis
+            if self.loaded is not None and self.loaded.model is loaded.model and self.selected_entry() is entry:
+                self._on_loaded(relaid, keep_view=True)
+
+        self._start_task(work, "Showing the figures at the profile's input size", done)
 
     def _show_panels(self) -> None:
         """The charts' dock, shown with the first profile (a person may close it afterwards)."""
@@ -909,6 +1084,7 @@ class MainWindow(QMainWindow):
 
     def _clear_profiles(self) -> None:
         self.entries, self.sweeps = [], []
+        self._saved_state = self._session_state()
         self.profile_list.clear()
         self.selected_profile = -1
         self.panels.set_profile(None)
@@ -932,8 +1108,9 @@ class MainWindow(QMainWindow):
         self.run_action.setEnabled(has_model and not running)
         self.run_button.setEnabled(has_model and not running)
         self.cancel_action.setEnabled(running)
-        self.compare_action.setEnabled(len(self.entries) >= 1)
-        self.compare_button.setEnabled(len(self.entries) >= 1)
+        # Two profiles at least: one compared with itself says nothing.
+        self.compare_action.setEnabled(len(self.entries) >= 2)
+        self.compare_button.setEnabled(len(self.entries) >= 2)
         self.remove_action.setEnabled(has_profile and not running)
         self.remove_button.setEnabled(has_profile and not running)
         for action in self.export_actions.values():
@@ -992,7 +1169,8 @@ class MainWindow(QMainWindow):
     def analysis_for(self, entry: ProfileEntry):
         """The static analysis at the profile's input shapes (reports join it by node id); cached."""
         if entry.analysis is None:
-            entry.analysis = profile_analysis(self.loaded.path, entry.profile, self.loaded.analysis)
+            entry.analysis = profile_analysis(self.loaded.path, entry.profile,
+                                              self._opened_analysis or self.loaded.analysis)
         return entry.analysis
 
     # --- profiling ------------------------------------------------------------------------
@@ -1006,10 +1184,22 @@ class MainWindow(QMainWindow):
             self.run_dialog = RunDialog(self, tuple(str(t) for t in remembered))
             self.run_dialog.runRequested.connect(self.start_profile)
             self.run_dialog.cancelRequested.connect(self.cancel_profile)
-        self.run_dialog.model_path = self.loaded.path if self.loaded else ""
+        self._show_model_in_run_dialog()
         self.run_dialog.show()
         self.run_dialog.raise_()
         return self.run_dialog
+
+    def _show_model_in_run_dialog(self) -> None:
+        """The Run dialog checks its sizes against the open model's inputs (a sample can be resized)."""
+        loaded = self.loaded
+        if loaded is None:
+            self.run_dialog.set_model("")
+            return
+        graph = loaded.model.main_graph
+        inputs = tuple((name, graph.value_type(name).shape if graph.value_type(name) is not None else None)
+                       for name in graph.inputs)
+        self.run_dialog.set_model(loaded.path, inputs, "layerscope.sample" in (loaded.model.metadata or {}),
+                                  loaded.model.format)
 
     def start_profile(self, request: RunRequest):
         """Profile in a child process (one size) or a worker thread (a sweep); results come back by signals.
@@ -1069,10 +1259,17 @@ class MainWindow(QMainWindow):
         elif result.sweep is not None:
             self.panels.set_sweeps(self.sweeps)
         if result.cancelled:
-            message = (f"Cancelled; {len(result.entries)} finished profile(s) kept." if result.entries
-                       else "Cancelled; nothing was added, earlier profiles are kept.")
+            partial = [e.profile for e in result.entries if not e.profile.complete]
+            finished = len(result.entries) - len(partial)
+            if partial:
+                message = (f"Cancelled after {partial[0].runs_completed} measured run(s): kept as an "
+                           "incomplete profile" + (f", with {finished} finished one(s)" if finished else "") + ".")
+            elif result.entries:
+                message = f"Cancelled; {finished} finished profile(s) kept."
+            else:
+                message = "Cancelled before any run was measured; nothing was added, earlier profiles are kept."
             if self.run_dialog is not None:
-                self.run_dialog.show_finished(message)
+                self.run_dialog.show_finished(message, complete=False)
             self.progress_label.setText(message)
             self.profileCancelled.emit()
             return
@@ -1207,27 +1404,73 @@ class MainWindow(QMainWindow):
                        loaded.include_constants)
 
     def save_session_to(self, path: str) -> Path:
-        return save_session(self.current_session(), path)
+        written = save_session(self.current_session(), path)
+        self._saved_state = self._session_state()
+        return written
 
-    def save_session_dialog(self) -> None:
+    def save_session_dialog(self) -> bool:
+        """Ask where, and save the session; True once it is written."""
         if self.loaded is None:
-            return
-        suggested = str(Path(self.loaded.path).with_suffix(".layerscope"))
-        path, _ = QFileDialog.getSaveFileName(self, "Save session", suggested, SESSION_FILTER)
-        if path:
-            try:
-                self.save_session_to(path)
-                self.progress_label.setText(f"Saved {Path(path).name}")
-            except (OSError, ValueError) as exc:
-                QMessageBox.critical(self, "Cannot save session", f"{path}: {exc}")
+            return False
+        suggested = self._suggest(Path(self.loaded.path).with_suffix(".layerscope").name)
+        path = self._chosen(QFileDialog.getSaveFileName(self, "Save session", suggested, SESSION_FILTER)[0])
+        if not path:
+            return False
+        try:
+            self.save_session_to(path)
+        except (OSError, ValueError) as exc:
+            QMessageBox.critical(self, "Cannot save session", f"{path}: {exc}")
+            return False
+        self.progress_label.setText(f"Saved {Path(path).name}")
+        return True
+
+    def _session_state(self) -> tuple:
+        return tuple(id(e.profile) for e in self.entries), tuple(id(s) for s in self.sweeps)
+
+    def has_unsaved_profiles(self) -> bool:
+        """Profiles or sweeps in the session that were taken (or changed) since it was last saved or opened."""
+        state = self._session_state()
+        return any(state) and state != self._saved_state
+
+    def confirm_leaving(self, action: str) -> bool:
+        """Before `action` ("quit", "open other.onnx") drops the session: stop a running profile
+        only if the person agrees, and offer to save unsaved profiles.  True: go ahead."""
+        if not self.ask_before_discarding:
+            return True
+        if self.worker is not None:
+            box = QMessageBox(QMessageBox.Icon.Question, "A profile is running",
+                              f"A profile run is in progress. Stop it and {action}?", parent=self)
+            box.setInformativeText("The runs it has measured so far are not kept.")
+            stop = box.addButton(f"Stop and {action.split()[0]}", QMessageBox.ButtonRole.DestructiveRole)
+            box.setDefaultButton(box.addButton(QMessageBox.StandardButton.Cancel))
+            box.exec()
+            if box.clickedButton() is not stop:
+                return False
+            self.stop_profile_worker()
+            self._update_profile_actions()
+        if not self.has_unsaved_profiles():
+            return True
+        box = QMessageBox(QMessageBox.Icon.Warning, "Save session?",
+                          f"The session of {Path(self.loaded.path).name} has {len(self.entries)} profile(s) "
+                          "that are not saved.", parent=self)
+        box.setInformativeText(f"Save them before you {action}? Discarded profiles cannot be recovered.")
+        box.setStandardButtons(QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
+                               | QMessageBox.StandardButton.Cancel)
+        box.setDefaultButton(QMessageBox.StandardButton.Save)
+        answer = box.exec()
+        if answer == QMessageBox.StandardButton.Save:
+            return self.save_session_dialog()
+        return answer == QMessageBox.StandardButton.Discard
 
     def open_session_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open session", "", SESSION_FILTER)
+        path = self._chosen(QFileDialog.getOpenFileName(self, "Open session", self.dialog_folder(), SESSION_FILTER)[0])
         if path:
             self.open_session(path)
 
     def open_session(self, path: str) -> None:
         """Read the session and open its model in a worker; the profiles come back once it is drawn."""
+        if not self.confirm_leaving(f"open {Path(path).name}"):
+            return
         include_constants, grouping = self.show_constants_action.isChecked(), self.grouping()
 
         def work(progress):
@@ -1259,6 +1502,7 @@ class MainWindow(QMainWindow):
         self.overlay_combo.blockSignals(False)
         for k, action in self.overlay_actions.items():
             action.setChecked(k == key)
+        self._saved_state = self._session_state()
 
     def import_profile(self, path: str) -> int:
         """Add a layerscope.profile/1 file (e.g. from `layerscope profile --json`) to the session.
@@ -1285,7 +1529,8 @@ class MainWindow(QMainWindow):
         return index
 
     def import_profile_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Import profile", "", "LayerScope profile (*.json)")
+        path = self._chosen(QFileDialog.getOpenFileName(self, "Import profile", self.dialog_folder(),
+                                                        "LayerScope profile (*.json)")[0])
         if path:
             try:
                 self.import_profile(path)
@@ -1327,8 +1572,8 @@ class MainWindow(QMainWindow):
             return
         _, suffix, file_filter = PROFILE_EXPORTS[kind]
         slug = "-".join(entry.label.replace("#", "").split())
-        suggested = str(Path(self.loaded.path).with_name(f"{Path(self.loaded.path).stem}-{slug}{suffix}"))
-        path, _ = QFileDialog.getSaveFileName(self, "Export profile", suggested, file_filter)
+        suggested = self._suggest(f"{Path(self.loaded.path).stem}-{slug}{suffix}")
+        path = self._chosen(QFileDialog.getSaveFileName(self, "Export profile", suggested, file_filter)[0])
         if path:
             try:
                 self.export_profile(kind, path)
@@ -1339,9 +1584,9 @@ class MainWindow(QMainWindow):
     def export_dialog(self, kind: str) -> None:
         if self.scene is None:
             return
-        suggested = str(Path(self.loaded.path).with_suffix("." + kind).name)
-        path, _ = QFileDialog.getSaveFileName(self, f"Export graph as {kind.upper()}", suggested,
-                                              f"{kind.upper()} (*.{kind})")
+        suggested = self._suggest(Path(self.loaded.path).with_suffix("." + kind).name)
+        path = self._chosen(QFileDialog.getSaveFileName(self, f"Export graph as {kind.upper()}", suggested,
+                                                        f"{kind.upper()} (*.{kind})")[0])
         if path:
             try:
                 self.export_graph(path)
@@ -1349,31 +1594,37 @@ class MainWindow(QMainWindow):
                 QMessageBox.critical(self, "Export failed", f"{path}: {exc}")
 
     def export_graph(self, path: str, max_side: int = 16000) -> None:
-        """Write the whole graph as PNG (at most `max_side` pixels per side) or SVG (by suffix)."""
+        """Write the whole graph as PNG (at most `max_side` pixels per side) or SVG (by suffix).
+
+        The picture is the scene's rectangle (every box and every edge's polyline) under a band
+        holding the legend the window shows (op categories, or the overlay's scale and kind).
+        """
         if self.scene is None:
             raise OSError("no model is open")
         source = self.scene.sceneRect()
-        if path.lower().endswith(".svg"):
+        legend = self.view.legend.grab() if not self.view.legend.isHidden() else None
+        band = legend.height() + 16 if legend is not None else 0
+        svg = path.lower().endswith(".svg")
+        scale = 1.0 if svg else min(1.0, max_side / max(source.width(), source.height() + band))
+        width, height = max(1, int(source.width() * scale)), max(1, int(source.height() * scale))
+        if svg:
             from PySide6.QtSvg import QSvgGenerator
-            generator = QSvgGenerator()
-            generator.setFileName(path)
-            generator.setSize(QSize(int(source.width()), int(source.height())))
-            generator.setViewBox(QRectF(0, 0, source.width(), source.height()))
-            generator.setTitle(Path(self.loaded.path).name)
-            generator.setDescription("LayerScope graph export")
-            painter = QPainter(generator)
-            self.scene.render(painter, QRectF(0, 0, source.width(), source.height()), source)
-            painter.end()
-            return
-        scale = min(1.0, max_side / max(source.width(), source.height()))
-        image = QImage(max(1, int(source.width() * scale)), max(1, int(source.height() * scale)),
-                       QImage.Format.Format_ARGB32_Premultiplied)
-        image.fill(Qt.GlobalColor.white)
-        painter = QPainter(image)
+            device = QSvgGenerator()
+            device.setFileName(path)
+            device.setSize(QSize(width, height + band))
+            device.setViewBox(QRectF(0, 0, width, height + band))
+            device.setTitle(Path(self.loaded.path).name)
+            device.setDescription("LayerScope graph export")
+        else:
+            device = QImage(width, height + band, QImage.Format.Format_ARGB32_Premultiplied)
+            device.fill(Qt.GlobalColor.white)
+        painter = QPainter(device)
         painter.setRenderHints(QPainter.RenderHint.Antialiasing | QPainter.RenderHint.TextAntialiasing)
-        self.scene.render(painter, QRectF(image.rect()), source)
+        if legend is not None:
+            painter.drawPixmap(8, 8, legend)
+        self.scene.render(painter, QRectF(0, band, width, height), source)
         painter.end()
-        if not image.save(path):
+        if not svg and not device.save(path):
             raise OSError(f"could not write {path}")
 
     # --- drag and drop --------------------------------------------------------------------
@@ -1389,6 +1640,9 @@ class MainWindow(QMainWindow):
                 return
 
     def closeEvent(self, event) -> None:
+        if not self.confirm_leaving("quit"):
+            event.ignore()
+            return
         # Workers finish their current step; their results are dropped with the window.
         for task in list(self._tasks):
             try:
@@ -1426,6 +1680,23 @@ class MainWindow(QMainWindow):
         self.run_progress.hide()
 
 
+def app_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("layerscope")
+    except PackageNotFoundError:
+        return "(version unknown: not installed as a package)"
+
+
+def is_session_file(path) -> bool:
+    """A saved session (`.layerscope`), which File > Open, a drop and `layerscope PATH` open as a session."""
+    return Path(path).suffix.lower() == ".layerscope" and Path(path).is_file()
+
+
+def _same_file(a, b) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
+
+
 def _ensure_platform() -> None:
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -1458,7 +1729,8 @@ def run_app(model_path: Optional[str] = None, overlay: str = "none", profile: Op
             window.add_profile(profile)
         window.set_overlay(overlay)
 
-    window.modelLoaded.connect(first_open)
+    if not is_session_file(model_path):  # a session brings its own overlay and profiles
+        window.modelLoaded.connect(first_open)
     if OVERLAYS.get(overlay) is None or not OVERLAYS[overlay].needs_profile:
         window.set_overlay(overlay)
     QTimer.singleShot(0, lambda: window.open_path(model_path))

@@ -11,8 +11,8 @@ import threading
 from typing import Optional, Sequence
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QColor
-from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QHeaderView, QLabel, QSplitter, QTableWidget,
+from PySide6.QtGui import QColor, QKeySequence, QShortcut
+from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QHeaderView, QLabel, QPushButton, QSplitter, QTableWidget,
                                QTableWidgetItem, QVBoxLayout, QWidget)
 
 from engine.compare import Comparison, compare_profiles
@@ -60,6 +60,10 @@ class CompareView(QWidget):
         pick.addWidget(self.a_combo, 1)
         pick.addWidget(QLabel("B:"))
         pick.addWidget(self.b_combo, 1)
+        self.close_button = QPushButton("Close")  # a window of its own: Close and Esc, as a dialog
+        self.close_button.clicked.connect(self.close)
+        pick.addWidget(self.close_button)
+        QShortcut(QKeySequence(Qt.Key.Key_Escape), self, self.close)
         layout.addLayout(pick)
         self.summary = QLabel("Comparing the profiles…")
         self.summary.setWordWrap(True)

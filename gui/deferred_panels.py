@@ -22,6 +22,7 @@ class DeferredProfilePanels(QWidget):
     """Stands in for gui.panels.ProfilePanels until it is needed, then holds it and forwards to it."""
 
     nodeClicked = Signal(str)
+    nodesClicked = Signal(list)  # a hint's layers
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -57,6 +58,7 @@ class DeferredProfilePanels(QWidget):
 
             panels = ProfilePanels(self)
             panels.nodeClicked.connect(self.nodeClicked)
+            panels.nodesClicked.connect(self.nodesClicked)
             self._layout.removeWidget(self._placeholder)
             self._placeholder.deleteLater()
             self._layout.addWidget(panels)

@@ -70,6 +70,7 @@ class OverlaySpec:
     formatter: str  # "count", "bytes", "ratio", "ms" or "category"
     unit: str = ""
     source: str = "static"  # "static": engine.analysis (estimated); "profile": the selected profile
+    low_is_hot: bool = False  # the small values are the problem (memory-bound layers): drawn hot, outlined
 
     @property
     def needs_profile(self) -> bool:
@@ -85,8 +86,9 @@ OVERLAYS: dict[str, Optional[OverlaySpec]] = {
     "macs": OverlaySpec("macs", "MACs", "macs", "count", "MAC"),
     "params": OverlaySpec("params", "Parameters", "params", "count"),
     "output_bytes": OverlaySpec("output_bytes", "Output memory", "output_bytes", "bytes"),
-    "arithmetic_intensity": OverlaySpec("arithmetic_intensity", "Arithmetic intensity", "arithmetic_intensity",
-                                        "ratio", "FLOP/B"),
+    # Low intensity = memory-bound, the usual bottleneck on phones: that end is drawn red.
+    "arithmetic_intensity": OverlaySpec("arithmetic_intensity", "Intensity (low: memory-bound)",
+                                        "arithmetic_intensity", "ratio", "FLOP/B", low_is_hot=True),
 }
 OVERLAY_TITLES = {"none": "Op category", "time": "Time (profile)", "compute_unit": "Compute unit (profile)",
                   "transfer": "Transfer cost (profile)",
@@ -442,10 +444,16 @@ class GraphScene(QGraphicsScene):
         self.top_node_ids: list[str] = []
         self._top_set: set[str] = set()
         self._selected_index: Optional[int] = None
+        self._also_selected: list[int] = []  # further selected boxes (a hint's layers), outlined too
         self.labels: Optional[LabelLayer] = None
         self.complete = False
         margin = 60.0
-        self.setSceneRect(-margin, -margin, layout.width + 2 * margin, layout.height + 2 * margin)
+        # The boxes' extent and every edge's polyline (a skip edge routed round the side reaches
+        # beyond the outermost box): exports and Fit use this rectangle.
+        bounds = QRectF(0, 0, layout.width, layout.height)
+        for _, path in data.edge_batches:
+            bounds = bounds.united(path.boundingRect())
+        self.setSceneRect(bounds.adjusted(-margin, -margin, margin, margin))
         self.selectionChanged.connect(self._mark_selection)
         if build:
             for _ in self.build_steps():
@@ -545,6 +553,7 @@ class GraphScene(QGraphicsScene):
         changed = {self.node_index[n] for n in self._top_set if n in self.node_index} | self._linked
         if self._selected_index is not None:
             changed.add(self._selected_index)
+        changed.update(self._also_selected)
         self.top_node_ids, self._top_set = [], set()
         for index in changed:
             self.node_items[index].setPen(self._base_pen(index))
@@ -594,13 +603,17 @@ class GraphScene(QGraphicsScene):
     def _mark_selection(self) -> None:
         """A thick outline on the selected box (Qt's dashed one is hard to see on a coloured box)."""
         previous = self._selected_index
-        if previous is not None:
-            self.node_items[previous].setPen(self._base_pen(previous))
+        for index in ([previous] if previous is not None else []) + self._also_selected:
+            self.node_items[index].setPen(self._base_pen(index))
         selected = self.selectedItems()
         node_id = selected[0].data(0) if selected else None
         self._selected_index = self.node_index.get(node_id) if isinstance(node_id, str) else None
         if self._selected_index is not None:
             self.node_items[self._selected_index].setPen(self.selection_pen)
+        others = (self.node_index.get(item.data(0)) for item in selected[1:])
+        self._also_selected = [index for index in others if index is not None]
+        for index in self._also_selected:
+            self.node_items[index].setPen(self.selection_pen)
 
     @staticmethod
     def describe(node_id: str, graph, analysis) -> tuple[str, tuple[str, str, str]]:
@@ -641,7 +654,7 @@ class GraphScene(QGraphicsScene):
             per_node = node_transfers(self.profile)
             for node_id in self.node_ids:
                 members = self.groups[node_id].members if node_id in self.groups else (node_id,)
-                charged = [t.time.median_ms for m in members for t in per_node.get(m, ())]
+                charged = [t.time.median_ms for m in members for t in per_node.get(m, ()) if t.time is not None]
                 values.append(sum(charged) if charged else None)
             return values
         if spec is not None and spec.needs_profile:
@@ -667,7 +680,11 @@ class GraphScene(QGraphicsScene):
         if self.profile is None:
             return []
         if key == "transfer":
-            present = {t.time.kind for t in getattr(self.profile, "transfers", ())}
+            present = {t.time.kind for t in getattr(self.profile, "transfers", ()) if t.time is not None}
+        elif key == "compute_unit":  # the unit's own kind: measured (ONNX Runtime) or planned (Core ML's plan)
+            present = {timing.compute_unit_kind for timing in self.profile.nodes.values()} - {""}
+            if not present:
+                return ["unknown"]
         else:
             present = {timing.kind for timing in self.profile.nodes.values()}
         return [kind for kind in KINDS if kind in present]
@@ -694,7 +711,7 @@ class GraphScene(QGraphicsScene):
         if spec.formatter == "category":
             self._apply_units()
             return
-        self.apply_values(self.overlay_values(key), top_count)
+        self.apply_values(self.overlay_values(key), top_count, spec.low_is_hot)
 
     def _apply_units(self) -> None:
         """Colour each box by the compute unit the profile reports for it (categorical, no gradient)."""
@@ -756,8 +773,9 @@ class GraphScene(QGraphicsScene):
         self._restore_linked_pens()
         self._mark_selection()
 
-    def apply_values(self, values: Sequence[Optional[float]], top_count: int = 10) -> None:
-        """Colour boxes by `values` (one per node, None = unknown) on a log scale; outline the largest."""
+    def apply_values(self, values: Sequence[Optional[float]], top_count: int = 10, low_is_hot: bool = False) -> None:
+        """Colour boxes by `values` (one per node, None = unknown) on a log scale; outline the largest
+        (`low_is_hot`: the scale runs the other way, and the smallest are outlined)."""
         known = np.array([v if v is not None else np.nan for v in values], dtype=float)
         io_mask = np.array([is_io(n) for n in self.node_ids], dtype=bool)
         known[io_mask] = np.nan
@@ -779,6 +797,8 @@ class GraphScene(QGraphicsScene):
                 steps[positive_mask] = np.rint((np.log10(known[positive_mask]) - log_low) / span * 100)
             else:
                 steps[positive_mask] = 100
+        if low_is_hot:
+            steps[positive_mask] = 100 - steps[positive_mask]
         steps[np.isfinite(known) & (known <= 0)] = -3  # zero
         steps[io_mask] = -1
         brushes: dict[int, QBrush] = {-1: self._category_brushes["io"], -2: QBrush(UNKNOWN_COLOR),
@@ -791,7 +811,10 @@ class GraphScene(QGraphicsScene):
                 brush = brushes[step] = QBrush(gradient_color(step / 100))
             item.setBrush(brush)
             box_brushes[i] = brush
-        ranked = np.argsort(-np.nan_to_num(known, nan=-1.0), kind="stable")
+        if low_is_hot:  # the smallest positive values first (zero and unknown last)
+            ranked = np.argsort(np.where(positive_mask, known, np.inf), kind="stable")
+        else:
+            ranked = np.argsort(-np.nan_to_num(known, nan=-1.0), kind="stable")
         self.top_node_ids = [self.node_ids[i] for i in ranked[:top_count].tolist()
                              if np.isfinite(known[i]) and known[i] > 0]
         self._top_set = set(self.top_node_ids)
@@ -1003,7 +1026,7 @@ class LegendWidget(QWidget):
     """
 
     ROW = 15
-    WIDTH = 232
+    WIDTH = 290  # the longest title with its kind ("Intensity (low: memory-bound)  (estimated)") unelided
 
     def __init__(self, parent: QWidget):
         super().__init__(parent)
@@ -1014,6 +1037,7 @@ class LegendWidget(QWidget):
         self.swatches: list[tuple[QColor, str]] = []  # categorical rows (op categories or compute units)
         self.gradient = False
         self.diverging = False
+        self.low_is_hot = False  # the gradient runs the other way (low values drawn hot)
         self.kind = ""
         self.top_count = 10
         self.top_label = ""  # what the outlined boxes are, when not "top N" (gui.numerics_view)
@@ -1034,8 +1058,9 @@ class LegendWidget(QWidget):
         self.swatches = [(unit_color(u), u) for u in units] + [(QColor(UNKNOWN_COLOR), "not reported")]
         self._resize()
 
-    def show_gradient(self, title: str, low: str, high: str, kind: str = "estimated", top_count: int = 10) -> None:
-        self.gradient, self.diverging, self.top_label = True, False, ""
+    def show_gradient(self, title: str, low: str, high: str, kind: str = "estimated", top_count: int = 10,
+                      low_is_hot: bool = False) -> None:
+        self.gradient, self.diverging, self.top_label, self.low_is_hot = True, False, "", low_is_hot
         self.title, self.range_text, self.kind, self.top_count = title, (low, high), kind, top_count
         self._resize()
 
@@ -1072,7 +1097,7 @@ class LegendWidget(QWidget):
             bar = QRectF(left, 4 + row, inner, 10)
             gradient = QLinearGradient(bar.topLeft(), bar.topRight())
             for t, color in (DIVERGING_STOPS if self.diverging else GRADIENT_STOPS):
-                gradient.setColorAt(t, color)
+                gradient.setColorAt(1 - t if self.low_is_hot and not self.diverging else t, color)
             painter.setBrush(QBrush(gradient))
             painter.setPen(QColor("#777777"))
             painter.drawRect(bar)
@@ -1089,7 +1114,8 @@ class LegendWidget(QWidget):
             else:
                 items = ((QPen(QColor("#777777")), ZERO_COLOR, "zero"),
                          (QPen(QColor("#777777")), UNKNOWN_COLOR, "unknown"),
-                         (QPen(TOP_PEN_COLOR, 2.5), QColor("#ffffff"), self.top_label or f"top {self.top_count}"))
+                         (QPen(TOP_PEN_COLOR, 2.5), QColor("#ffffff"),
+                          self.top_label or f"{'lowest' if self.low_is_hot else 'top'} {self.top_count}"))
             x = left
             metrics = QFontMetrics(self.font_)
             for pen, color, text in items:
@@ -1274,6 +1300,7 @@ class GraphView(QGraphicsView):
     allGroupsToggled = Signal(bool)  # True: collapse every group / False: expand every group
 
     ZOOM_STEP = 1.2
+    FIT_MIN_SCALE = LABEL_MIN_SCALE  # below it labels are not drawn: Fit stops there
     MIN_SCALE, MAX_SCALE = 0.002, 8.0
 
     def __init__(self, parent=None):
@@ -1352,6 +1379,19 @@ class GraphView(QGraphicsView):
                 self.set_scale(0.8)
             self.centerOn(item)
 
+    def add_to_selection(self, node_ids) -> None:
+        """Select the boxes of `node_ids` too (a hint's other layers); the inspector keeps the first."""
+        scene = self.graph_scene
+        if scene is None:
+            return
+        scene.blockSignals(True)  # the inspector stays on the node selected first
+        for node_id in node_ids:
+            box = scene.box_id(node_id)
+            if box is not None:
+                scene.item_for(box).setSelected(True)
+        scene.blockSignals(False)
+        scene._mark_selection()
+
     def center_on_node(self, node_id: str) -> None:
         """Centre the view on the box of `node_id` (its own or its collapsed group's), zoom unchanged."""
         scene = self.graph_scene
@@ -1377,22 +1417,46 @@ class GraphView(QGraphicsView):
         self.scale(target / scale, target / scale)
         self.zoomChanged.emit(target)
 
+    def zoom_step(self, zoom_in: bool) -> float:
+        """The factor of one Zoom in / Zoom out step: 1.2, but below the readable scale (FIT_MIN_SCALE)
+        zooming in lands on it when it is within 8x, else goes half-way there (log scale): from the 1 %
+        of a whole tall graph, two steps; zooming out halves."""
+        scale = self.current_scale()
+        if not zoom_in:
+            return 0.5 if scale <= self.FIT_MIN_SCALE else 1 / self.ZOOM_STEP
+        missing = self.FIT_MIN_SCALE / scale
+        if missing <= 1:
+            return self.ZOOM_STEP
+        return max(self.ZOOM_STEP, missing if missing <= 8 else missing ** 0.5)
+
     def zoom_in(self) -> None:
         anchor = self.transformationAnchor()
         self.setTransformationAnchor(QGraphicsView.ViewportAnchor.AnchorViewCenter)
-        self.zoom_by(self.ZOOM_STEP)
+        self.zoom_by(self.zoom_step(True))
         self.setTransformationAnchor(anchor)
 
     def zoom_out(self) -> None:
         anchor = self.transformationAnchor()
         self.setTransformationAnchor(QGraphicsView.ViewportAnchor.AnchorViewCenter)
-        self.zoom_by(1 / self.ZOOM_STEP)
+        self.zoom_by(self.zoom_step(False))
         self.setTransformationAnchor(anchor)
 
     def fit(self) -> None:
-        if self.graph_scene is None:
+        """The whole graph when it is readable so; a tall (or wide) one at its full width, never
+        below FIT_MIN_SCALE, from its top (the minimap shows the whole)."""
+        scene = self.graph_scene
+        if scene is None:
             return
-        self.fitInView(self.graph_scene.sceneRect(), Qt.AspectRatioMode.KeepAspectRatio)
+        rect, view = scene.sceneRect(), self.viewport().rect()
+        width, height = max(1.0, rect.width()), max(1.0, rect.height())
+        if min(view.width() / width, view.height() / height) >= self.FIT_MIN_SCALE:
+            self.fitInView(rect, Qt.AspectRatioMode.KeepAspectRatio)
+        else:
+            scale = min(1.0, max(self.FIT_MIN_SCALE, (view.width() - 8) / width))
+            self.setTransform(QTransform.fromScale(scale, scale))
+            shown_width, shown_height = view.width() / scale, view.height() / scale
+            x = rect.center().x() if shown_width >= width else rect.left() + shown_width / 2
+            self.centerOn(QPointF(x, rect.top() + shown_height / 2))
         self.zoomChanged.emit(self.current_scale())
 
     def show_start(self) -> None:
@@ -1525,6 +1589,6 @@ class GraphView(QGraphicsView):
                 title += ": no profile"
             self.legend.show_gradient(title, format_value(low, spec.formatter, spec.unit),
                                       format_value(high, spec.formatter, spec.unit),
-                                      scene.overlay_kind or "no profile")
+                                      scene.overlay_kind or "no profile", low_is_hot=spec.low_is_hot)
         self._place_legend()
         self.minimap.refresh()  # the colours changed

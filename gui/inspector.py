@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-from PySide6.QtCore import Qt
-from PySide6.QtGui import QFont
-from PySide6.QtWidgets import QHeaderView, QTreeWidget, QTreeWidgetItem
+from PySide6.QtCore import QRect, QSize, Qt
+from PySide6.QtGui import QFont, QKeySequence, QShortcut
+from PySide6.QtWidgets import (QAbstractItemView, QApplication, QHeaderView, QStyledItemDelegate, QTreeWidget,
+                               QTreeWidgetItem)
 
 from engine.inspect import human_bytes, human_count
 from engine.layout import INPUT_PREFIX, OUTPUT_PREFIX, group_totals
@@ -30,6 +31,20 @@ def _attribute_text(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+class _WrappingDelegate(QStyledItemDelegate):
+    """Rows as tall as their text wrapped to its column's width (QTreeView sizes rows by one line)."""
+
+    def sizeHint(self, option, index):
+        base = super().sizeHint(option, index)
+        text = str(index.data() or "")
+        width = self.parent().columnWidth(index.column()) - 8
+        if not text or width <= 20:
+            return base
+        wrapped = option.fontMetrics.boundingRect(QRect(0, 0, width, 10_000),
+                                                  int(Qt.TextFlag.TextWordWrap), text)
+        return QSize(base.width(), max(base.height(), wrapped.height() + 4))
+
+
 class Inspector(QTreeWidget):
     """A three-column tree: property, value, kind (estimated / measured / attributed)."""
 
@@ -39,10 +54,17 @@ class Inspector(QTreeWidget):
         self.setHeaderLabels(["Property", "Value", "Kind"])
         self.setRootIsDecorated(True)
         self.setAlternatingRowColors(True)
-        self.setUniformRowHeights(True)
-        # Long tensor names are elided in the middle (full text in the tooltip) so that the
-        # value and kind columns stay visible in a narrow dock.
+        # Values wrap at spaces ("float32 1x64x80x80  (1.6 MiB) · from conv" on two lines, not cut in
+        # the middle of the shape); a single long word (a tensor name) is elided in the middle, with
+        # the full text in its tooltip and on Ctrl+C.  A few dozen rows: varying heights cost nothing.
+        self.setUniformRowHeights(False)
+        self.setWordWrap(True)
         self.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        self.setItemDelegate(_WrappingDelegate(self))
+        self.header().sectionResized.connect(lambda *_: self.doItemsLayout())  # rows wrap to the new width
+        self.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        copy = QShortcut(QKeySequence.StandardKey.Copy, self, self.copy_selection)
+        copy.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
         self.header().setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
         self.header().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
         self.header().setSectionResizeMode(2, QHeaderView.ResizeMode.Fixed)
@@ -50,7 +72,17 @@ class Inspector(QTreeWidget):
         self.setColumnWidth(0, 170)
         self.setColumnWidth(2, 72)
         self.node_id: Optional[str] = None
+        self._numbered = None  # the analysis _numbers was made for
+        self._numbers: dict[str, int] = {}
         self.show_nothing()
+
+    def copy_selection(self) -> str:
+        """Ctrl+C: the selected rows, full text, one "property<TAB>value<TAB>kind" line each."""
+        lines = ["\t".join(part for part in (item.text(0), item.text(1), item.text(2)) if part)
+                 for item in self.selectedItems()]
+        text = "\n".join(lines)
+        QApplication.clipboard().setText(text)
+        return text
 
     def show_nothing(self, message: str = "Select a node to see its details") -> None:
         self.clear()
@@ -99,6 +131,15 @@ class Inspector(QTreeWidget):
         size = value_type.byte_size
         return f"{value_type.dtype} {value_type.shape_text()}" + (f"  ({human_bytes(size)})" if size else "")
 
+    def _layer_number(self, analysis, node_id: str) -> str:
+        """'layer 2 of 668': the node's place among the layers that run (constants folded away), the
+        numbering of the per-layer chart."""
+        if self._numbered is not analysis:
+            self._numbers = {m.node_id: i for i, m in enumerate(analysis.compute_nodes(), 1)}
+            self._numbered = analysis
+        number = self._numbers.get(node_id)
+        return f"layer {number} of {len(self._numbers)}" if number else "folded constant (not run as a layer)"
+
     def show_node(self, loaded, node_id: str, profile=None, profile_label: str = "") -> None:
         """Fill the panel for `node_id` of `loaded` (gui.app.LoadedModel); "" clears it.
 
@@ -132,7 +173,7 @@ class Inspector(QTreeWidget):
             self._row(section, "Id", node.id)
             self._row(section, "Namespace", node.namespace or "(none)")
             self._row(section, "Stage", metrics.stage or "(none)")
-            self._row(section, "Execution order", str(metrics.order))
+            self._row(section, "Execution order", self._layer_number(analysis, node_id))
             if metrics.is_constant:
                 self._row(section, "Constant", "yes: folded, drawn as a weight of its consumers")
             if profile is not None:
@@ -253,10 +294,14 @@ class Inspector(QTreeWidget):
         self._row(section, "Share of total", f"{100.0 * profile.share(node_id):.2f} %", kind)
         self._row(section, "Variation (CV)", f"{100.0 * time.cv:.1f} % over {time.count} runs", kind)
         how = ("measured (own kernel)" if kind == "measured"
-               else "attributed (fused kernel's time split by FLOPs)" if kind == "attributed" else kind)
+               else "attributed (a measured total split by cost)" if kind == "attributed"
+               else "derived (difference of two measured prefix models)" if kind == "derived" else kind)
         self._row(section, "Kind", how, kind)
-        if timing.compute_unit:
-            self._row(section, "Compute unit", timing.compute_unit, "measured")
+        # The unit's own kind: measured when the runtime reported it, planned when it is Core ML's
+        # compute plan; an unknown unit is shown as unknown, with no kind.
+        unit_kind = getattr(timing, "compute_unit_kind", "")
+        self._row(section, "Compute unit", timing.compute_unit or "unknown", unit_kind if timing.compute_unit
+                  and timing.compute_unit != "unknown" else "")
         try:
             group = profile.group(timing.group_id)
         except KeyError:
@@ -270,13 +315,16 @@ class Inspector(QTreeWidget):
                 text = f"own kernel ({group.kernel_op or timing.op_type})"
             self._row(section, "Group (kernel)", text).setToolTip(1, "\n".join(group.node_ids) or text)
             self._row(section, "Group time", format_ms(group.time.median_ms), group.time.kind)
+            if getattr(group, "prefix_time", None) is not None:
+                self._row(section, "Prefix model time", format_ms(group.prefix_time.median_ms),
+                          group.prefix_time.kind)
         for transfer in node_transfers(profile).get(node_id, []):
             where = (f"{transfer.from_unit} → {transfer.to_unit}" if transfer.from_unit != transfer.to_unit
                      else transfer.to_unit)
             size = f", {human_bytes(transfer.bytes)}" if transfer.bytes is not None else ""
-            self._row(section, f"Transfer ({transfer.kind})",
-                      f"{format_ms(transfer.time.median_ms)}  {transfer.value} {where}{size}",
-                      transfer.time.kind).setToolTip(0, transfer.value)
+            moved = format_ms(transfer.time.median_ms) if transfer.time is not None else "time unknown"
+            self._row(section, f"Transfer ({transfer.kind})", f"{moved}  {transfer.value} {where}{size}",
+                      transfer.time.kind if transfer.time is not None else "").setToolTip(0, transfer.value)
         # output_bytes may come from static shapes when the runtime does not report it, so only
         # the runtime's own memory figure is shown here (the static one is under Static cost).
         if timing.memory_bytes is not None:

@@ -44,7 +44,9 @@ class JobFooter(QWidget):
             self.progress.setRange(0, 0)
         self.status.setText(message)
 
-    def show_finished(self, message: str) -> None:
-        self.progress.setRange(0, 1)
-        self.progress.setValue(1)
+    def show_finished(self, message: str, complete: bool = True) -> None:
+        """The job ended: a full bar, or (stopped early: `complete` False) the bar where it stopped."""
+        if complete or self.progress.maximum() == 0:
+            self.progress.setRange(0, 1)
+            self.progress.setValue(1 if complete else 0)
         self.status.setText(message)

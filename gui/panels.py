@@ -13,15 +13,17 @@ nothing is computed here beyond arranging them.
 from __future__ import annotations
 
 import html
+import math
 from typing import Optional, Sequence
 
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QColor, QFont
-from PySide6.QtWidgets import (QHeaderView, QLabel, QSplitter, QTabWidget, QTreeWidget, QTreeWidgetItem,
+from PySide6.QtGui import QColor, QCursor, QFont
+from PySide6.QtWidgets import (QHeaderView, QLabel, QSplitter, QTabWidget, QToolTip, QTreeWidget, QTreeWidgetItem,
                                QVBoxLayout, QWidget)
 
+from engine.hints import by_severity
 from engine.profile import KINDS
 from gui.graph_view import format_ms
 
@@ -31,6 +33,8 @@ SELECTED_COLOR = "#111111"
 SEVERITY_COLORS = {"high": "#e15759", "medium": "#f28e2b", "low": "#9c9c9c"}
 TOP_COUNT = 12
 OP_TYPE_COUNT = 12
+MIN_BAR_PIXELS = 3  # narrower per-layer bars are drawn one per run of neighbours (see _draw_layers)
+HINT_LAYERS_ROLE = Qt.ItemDataRole.UserRole + 1  # a hint row: every layer it names
 
 
 def stage_color(stage: str) -> str:
@@ -45,15 +49,27 @@ def _short(node_id: str, limit: int = 34) -> str:
     return node_id if len(node_id) <= limit else "…" + node_id[-(limit - 1):]
 
 
+class _LayerNumberAxis(pg.AxisItem):
+    """Bar i is layer i + 1: the numbers the inspector and the tooltips use."""
+
+    def tickStrings(self, values, scale, spacing):
+        return [str(int(round(v)) + 1) if abs(v - round(v)) < 1e-6 else "" for v in values]
+
+
 class _Chart(pg.PlotWidget):
     """A plot whose clicks map to a bar index along one axis (x for vertical bars, y for horizontal)."""
 
     barClicked = Signal(int)
+    barHovered = Signal(int, object)  # bar index (-1: none), the pointer's global position (QPoint)
 
-    def __init__(self, axis: str = "x", parent=None):
-        super().__init__(parent=parent, background="w")
+    def __init__(self, axis: str = "x", parent=None, one_based: bool = False):
+        axis_items = {"bottom": _LayerNumberAxis("bottom")} if one_based else None
+        super().__init__(parent=parent, background="w", axisItems=axis_items)
         self.axis = axis
         self.count = 0
+        # View coordinate -> the index of the bar drawn there (None: round to the nearest bar).
+        # The per-layer chart sets it while it draws several layers per bar.
+        self.index_at = None
         item = self.getPlotItem()
         item.showGrid(x=axis == "y", y=axis == "x", alpha=0.25)
         item.setMenuEnabled(False)
@@ -69,23 +85,34 @@ class _Chart(pg.PlotWidget):
             # Every category label is drawn, however close (bar charts label each bar).
             axis.setStyle(tickFont=font, textFillLimits=[(0, 0.95)])
         self.scene().sigMouseClicked.connect(self._clicked)
+        self.scene().sigMouseMoved.connect(self._moved)
+
+    def bar_at(self, scene_pos) -> int:
+        """The index of the bar drawn at `scene_pos` (-1: none)."""
+        box = self.getPlotItem().vb
+        if not self.count or not box.sceneBoundingRect().contains(scene_pos):
+            return -1
+        point = box.mapSceneToView(scene_pos)
+        value = point.x() if self.axis == "x" else point.y()
+        index = self.index_at(value) if self.index_at is not None else int(round(value))
+        return index if 0 <= index < self.count else -1
 
     def _clicked(self, event) -> None:
-        if event.button() != Qt.MouseButton.LeftButton or not self.count:
+        if event.button() != Qt.MouseButton.LeftButton:
             return
-        box = self.getPlotItem().vb
-        if not box.sceneBoundingRect().contains(event.scenePos()):
-            return
-        point = box.mapSceneToView(event.scenePos())
-        index = int(round(point.x() if self.axis == "x" else point.y()))
-        if 0 <= index < self.count:
+        index = self.bar_at(event.scenePos())
+        if index >= 0:
             self.barClicked.emit(index)
+
+    def _moved(self, scene_pos) -> None:
+        self.barHovered.emit(self.bar_at(scene_pos), QCursor.pos())
 
 
 class ProfilePanels(QWidget):
     """The charts and hints of one profile (or nothing, before the first run)."""
 
     nodeClicked = Signal(str)
+    nodesClicked = Signal(list)  # a hint's layers, in its order
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -110,7 +137,7 @@ class ProfilePanels(QWidget):
         layout.addWidget(self.tabs, 1)
 
         # Per-layer time in execution order: one bar series per stage.
-        self.layer_chart = _Chart("x")
+        self.layer_chart = _Chart("x", one_based=True)
         # The stage colours are explained in the axis title: a legend box would hide the tallest bars.
         self.layer_chart.setLabel("bottom", "layer (execution order)")
         self.stage_series: dict[str, pg.BarGraphItem] = {}
@@ -119,6 +146,14 @@ class ProfilePanels(QWidget):
         self.layer_marker.setZValue(10)
         self.layer_chart.addItem(self.layer_marker)
         self.layer_chart.barClicked.connect(lambda i: self._emit(self.layer_ids, i))
+        self.layer_chart.barHovered.connect(self._layer_hovered)
+        self.layer_chart.index_at = self._layer_at
+        self.layer_chart.getPlotItem().vb.sigXRangeChanged.connect(lambda *_: self._draw_layers())
+        self.layer_chart.getPlotItem().vb.sigResized.connect(lambda *_: self._draw_layers())
+        self.layer_stages = np.zeros(0, dtype=object)
+        self.layers_per_bar = 1  # > 1 when the layers are too many for the chart's width
+        self.drawn_layers = np.zeros(0, dtype=np.int64)  # per drawn bar: the layer it shows (its tallest)
+        self.hover_text = ""
         self.tabs.addTab(self.layer_chart, "Per layer")
 
         # The slowest layers, slowest on top.
@@ -235,31 +270,83 @@ class ProfilePanels(QWidget):
         self.summary.setText(" · ".join(parts))
 
     def _fill_layers(self, nodes) -> None:
-        x = np.arange(len(nodes), dtype=float)
-        stages = np.array([n.stage for n in nodes], dtype=object)
-        seen = list(dict.fromkeys(stages.tolist()))
-        for stage in seen:
+        self.layer_stages = np.array([n.stage for n in nodes], dtype=object)
+        seen = list(dict.fromkeys(self.layer_stages.tolist()))
+        key = "  ".join(f"<span style='color:{stage_color(stage)}'>■</span> {stage or '(no stage)'}"
+                        for stage in seen)
+        self.layer_chart.setLabel("bottom", f"layer (execution order)    {key}")
+        self.layer_chart.count = len(nodes)
+        self.layers_per_bar = 0  # draw anew
+        if len(nodes):
+            self.layer_chart.setXRange(-1, len(nodes), padding=0.01)  # draws through sigXRangeChanged
+            self.layer_chart.setYRange(0, float(self.layer_ms.max()) * 1.05 or 1.0, padding=0)
+        else:  # no profile (another model was opened): not the last model's axes
+            for chart in (self.layer_chart, self.top_chart):
+                chart.setXRange(0, 1, padding=0)
+                chart.setYRange(0, 1, padding=0)
+        self._draw_layers()
+
+    def _draw_layers(self) -> None:
+        """Draw the per-layer bars for the chart's current width and zoom: one bar per layer while
+        each gets MIN_BAR_PIXELS, else one bar per run of neighbours showing the tallest of them
+        (peaks are never averaged away), in that layer's stage colour.  A click or a hover on a
+        bar means the layer it shows (`_layer_at`)."""
+        count = len(self.layer_ms)
+        box = self.layer_chart.getPlotItem().vb
+        low, high = box.viewRange()[0]
+        pixels = max(1.0, box.width())
+        per_bar = max(1, math.ceil(MIN_BAR_PIXELS * (high - low) / pixels)) if count else 1
+        if per_bar == self.layers_per_bar:
+            return
+        self.layers_per_bar = per_bar
+        runs = math.ceil(count / per_bar) if count else 0
+        padded = np.full(runs * per_bar, -np.inf)
+        padded[:count] = self.layer_ms
+        drawn = (np.arange(runs) * per_bar + np.argmax(padded.reshape(runs, per_bar), axis=1)) if runs \
+            else np.zeros(0, dtype=np.int64)
+        self.drawn_layers = drawn.astype(np.int64)
+        x = np.arange(runs) * per_bar + (per_bar - 1) / 2
+        heights = self.layer_ms[self.drawn_layers] if runs else np.zeros(0)
+        stages = self.layer_stages[self.drawn_layers] if runs else np.zeros(0, dtype=object)
+        seen = set(stages.tolist())
+        for stage in dict.fromkeys(stages.tolist()):
             mask = stages == stage
             series = self.stage_series.get(stage)
             if series is None:
-                series = pg.BarGraphItem(x=x[mask], height=self.layer_ms[mask], width=0.8,
+                series = pg.BarGraphItem(x=x[mask], height=heights[mask], width=0.8 * per_bar,
                                          brush=stage_color(stage), pen=pg.mkPen(None), name=stage or "(no stage)")
                 self.stage_series[stage] = series
                 self.layer_chart.addItem(series)
             else:
-                series.setOpts(x=x[mask], height=self.layer_ms[mask])
+                series.setOpts(x=x[mask], height=heights[mask], width=0.8 * per_bar)
                 series.show()
-        key = "  ".join(f"<span style='color:{stage_color(stage)}'>■</span> {stage or '(no stage)'}"
-                        for stage in seen)
-        self.layer_chart.setLabel("bottom", f"layer (execution order)    {key}")
         for stage, series in self.stage_series.items():
             if stage not in seen:
                 series.setOpts(x=np.zeros(0), height=np.zeros(0))
                 series.hide()
-        self.layer_chart.count = len(nodes)
-        if len(nodes):
-            self.layer_chart.setXRange(-1, len(nodes), padding=0.01)
-            self.layer_chart.setYRange(0, float(self.layer_ms.max()) * 1.05 or 1.0, padding=0)
+        if self.highlighted is not None:
+            self.highlight_node(self.highlighted)
+
+    def _layer_at(self, x: float) -> int:
+        """The layer whose bar is drawn at `x` (view coordinate of the per-layer chart)."""
+        per_bar = max(1, self.layers_per_bar)
+        if per_bar == 1:
+            return int(round(x))
+        run = int(math.floor((x + 0.5) / per_bar))
+        return int(self.drawn_layers[run]) if 0 <= run < len(self.drawn_layers) else -1
+
+    def _layer_hovered(self, index: int, global_pos) -> None:
+        """A tooltip naming the layer under the pointer: number, id, op, time and its kind, stage."""
+        if index < 0 or self.profile is None:
+            self.hover_text = ""
+            QToolTip.hideText()
+            return
+        timing = self.profile.nodes.get(self.layer_ids[index])
+        self.hover_text = (f"#{index + 1} {timing.node_id}\n{timing.op_type} · {format_ms(timing.time.median_ms)} "
+                           f"{timing.kind} · stage {timing.stage or '(none)'}")
+        if self.layers_per_bar > 1:
+            self.hover_text += f"\n(tallest of the {self.layers_per_bar} layers this bar stands for)"
+        QToolTip.showText(global_pos, self.hover_text, self.layer_chart)
 
     def _fill_top(self, nodes) -> None:
         ranked = sorted(nodes, key=lambda n: n.time.median_ms, reverse=True)[:TOP_COUNT]
@@ -316,7 +403,7 @@ class ProfilePanels(QWidget):
     def _fill_hints(self, profile) -> None:
         self.hints.clear()
         self.hint_text.setText("")
-        hints = list(profile.hints) if profile is not None else []
+        hints = by_severity(profile.hints) if profile is not None else []  # profiles saved before it was sorted
         self.tabs.setTabText(self.hints_tab_index, f"Hints ({len(hints)})" if profile is not None else "Hints")
         if profile is None:
             return
@@ -340,6 +427,7 @@ class ProfilePanels(QWidget):
             top.setForeground(0, QColor(SEVERITY_COLORS.get(severity, "#444444")))
             top.setToolTip(0, str(hint.get("message", "")))
             top.setData(0, Qt.ItemDataRole.UserRole, node_ids[0] if node_ids else "")
+            top.setData(0, HINT_LAYERS_ROLE, node_ids)
             top.setData(1, Qt.ItemDataRole.UserRole, hint)
             for node_id in node_ids:
                 timing = profile.nodes.get(node_id)
@@ -418,8 +506,12 @@ class ProfilePanels(QWidget):
             self.nodeClicked.emit(ids[index])
 
     def _hint_clicked(self, item: QTreeWidgetItem, column: int) -> None:
+        """A hint selects all its layers; one of its layers (a child row) selects that layer."""
+        layers = item.data(0, HINT_LAYERS_ROLE)
         node_id = item.data(0, Qt.ItemDataRole.UserRole)
-        if node_id:
+        if layers:
+            self.nodesClicked.emit([str(n) for n in layers])
+        elif node_id:
             self.nodeClicked.emit(str(node_id))
 
     def _hide_markers(self) -> None:
@@ -434,7 +526,9 @@ class ProfilePanels(QWidget):
             return
         index = self._layer_index[node_id]
         height = float(self.layer_ms[index])
-        self.layer_marker.setOpts(x=np.array([index], dtype=float), height=np.array([height]))
+        per_bar = max(1, self.layers_per_bar)  # outline the bar this layer is drawn in
+        self.layer_marker.setOpts(x=np.array([(index // per_bar) * per_bar + (per_bar - 1) / 2], dtype=float),
+                                  height=np.array([height]), width=0.9 * per_bar)
         low, high = self.layer_chart.getPlotItem().vb.viewRange()[0]
         if not low <= index <= high:  # bring the bar into view, keeping the zoom
             half = (high - low) / 2

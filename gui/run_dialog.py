@@ -11,8 +11,8 @@ the GIL; in a thread of the app they froze the window for 100+ ms (DenseNet-121)
 in a child process they cannot.  The CLI prints one progress line per run on
 stderr when it is not a terminal ("DONE/TOTAL MESSAGE"), which drives the
 progress bars.  Cancel sends SIGINT: the CLI stops after the current run and
-writes what it measured, which the app discards as the thread path did
-(nothing half-measured goes into the session).  A failure is the CLI's
+writes what it measured; the app keeps those runs as the CLI does on Ctrl-C
+(the profile says it is incomplete and how many runs it holds).  A failure is the CLI's
 one-line "layerscope: ..." message.  The profile is read back with
 `engine.session.load_profile_json` (a device profile keeps its transfers);
 the CLI attached the hints.
@@ -25,6 +25,7 @@ the target checks between runs.
 """
 from __future__ import annotations
 
+import html
 import os
 import re
 import shutil
@@ -36,14 +37,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
-from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QThread, QTimer, Signal
-from PySide6.QtWidgets import QComboBox, QDialog, QFormLayout, QLineEdit, QPushButton, QSpinBox, QVBoxLayout, QWidget
+from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, Qt, QThread, QTimer, Signal
+from PySide6.QtWidgets import (QComboBox, QDialog, QFormLayout, QLabel, QLineEdit, QPushButton, QSpinBox,
+                               QVBoxLayout, QWidget)
 
 from engine.hints import find_hints
 from engine.ir import ModelLoadError
 from engine.profile import MODES, Profile, ProfileFormatError
 from engine.session import SweepResult, load_profile_json
-from engine.targets import TARGET_NAMES, ProfileSettings, TargetError, get_target
+from engine.targets import TARGET_NAMES, ProfileSettings, TargetError, get_target, is_coreml_target
 from gui.job_footer import JobFooter
 
 TARGET_TITLES = {"cpu": "CPU reference (ONNX Runtime)"}
@@ -94,8 +96,9 @@ def execute_run(request: RunRequest, opened_analysis=None,
     One size (or none): `engine.sweep.model_for_setting` (a sample is regenerated at
     that size), `Target.prepare`, `Target.profile`.  Several sizes:
     `engine.sweep.sweep_sizes`.  Hints come from `engine.hints.find_hints`.
-    Only complete profiles are returned: a cancelled run returns those that
-    finished before the cancel (a sweep's earlier sizes); a failed run raises
+    A cancelled run returns the profiles that finished before the cancel (a sweep's
+    earlier sizes) and the one it stopped, if it measured at least one run (marked
+    incomplete, as `layerscope profile` keeps its runs on Ctrl-C); a failed run raises
     TargetError with the target's message.  Raises TargetError / ModelLoadError.
     """
     from engine.sweep import model_for_setting, sweep_sizes
@@ -132,8 +135,8 @@ def execute_run(request: RunRequest, opened_analysis=None,
                           f"{failed[0].error or 'unknown error'}")
     entries = []
     for profile, analysis in pairs:
-        if not profile.complete:
-            continue  # cancelled midway: nothing half-measured goes into the session
+        if not profile.complete and profile.runs_completed == 0:
+            continue  # cancelled before its first measured run: nothing to keep
         if Path(profile.model_path) != model_path:
             # A regenerated sample (its temporary file is gone): name the file the person opened,
             # as `layerscope profile` does; the input shapes in the settings say which size it ran.
@@ -227,14 +230,14 @@ class ProfileProcess(QObject):
         self.process.start(sys.executable, profile_command(self.request, str(self.json_path)))
 
     def cancel(self) -> None:
-        """Ask the CLI to stop after the current run (SIGINT, as Ctrl-C); what it measured is discarded."""
+        """Ask the CLI to stop after the current run (SIGINT, as Ctrl-C); the runs it measured are kept."""
         if self._done or self.cancelled:
             return
         self.cancelled = True
         pid = self.process.processId()
         if pid and hasattr(signal, "SIGINT") and sys.platform != "win32":
             os.kill(pid, signal.SIGINT)
-        else:  # no SIGINT to a child on Windows: stop it (nothing half-measured is kept anyway)
+        else:  # no SIGINT to a child on Windows: stop it (it writes nothing then: no runs are kept)
             self.process.terminate()
 
     def wait(self, timeout_ms: int = 10_000) -> bool:
@@ -297,9 +300,11 @@ class ProfileProcess(QObject):
         normal = exit_status == QProcess.ExitStatus.NormalExit and exit_code == EXIT_OK
         try:
             if self.cancelled:
-                # Stopped midway: the partial profile is dropped.  A run that had finished
-                # before the cancel arrived is kept, as the thread path keeps finished profiles.
-                entries = self._entries() if normal else []
+                # Stopped midway: the CLI wrote the runs it measured (exit code 130) and they are
+                # kept, marked incomplete; a run that had finished before the cancel arrived is kept whole.
+                kept_runs = normal or (exit_status == QProcess.ExitStatus.NormalExit
+                                       and exit_code == EXIT_INTERRUPTED and self.json_path.is_file())
+                entries = self._entries(keep_partial=True) if kept_runs else []
                 self._outcome = (self.succeeded, RunResult(entries, None, True, self.request.target))
             elif not normal:
                 self._outcome = (self.failed, self._error_message(exit_code))
@@ -325,10 +330,11 @@ class ProfileProcess(QObject):
         finally:
             self._finish_once()
 
-    def _entries(self) -> list[ProfiledEntry]:
-        """The complete profile the CLI wrote (none if incomplete); its analysis is made when needed."""
+    def _entries(self, keep_partial: bool = False) -> list[ProfiledEntry]:
+        """The profile the CLI wrote (none if incomplete, unless `keep_partial` and it holds a
+        measured run); its analysis is made when needed."""
         profile = load_profile_json(self.json_path)  # keeps a device profile's transfers
-        if not profile.complete:
+        if not profile.complete and not (keep_partial and profile.runs_completed > 0):
             return []
         if Path(profile.model_path).resolve() != Path(self.request.model_path).resolve():
             profile = replace(profile, model_path=str(self.request.model_path))
@@ -349,6 +355,17 @@ def make_profile_runner(request: RunRequest, opened_analysis=None, parent=None):
     return ProfileProcess(request, opened_analysis, parent)
 
 
+def connected_phone_targets() -> list[tuple[str, str]]:
+    """(title, iphone:UDID) of the iPhones and iPads connected to this Mac; none elsewhere
+    (they are reached through a Mac agent's address there)."""
+    if sys.platform != "darwin":
+        return []
+    from engine.bridge.iphone import list_phones
+    phones, _ = list_phones()
+    return [(f"{phone['name']} ({phone['model'] or phone['type']}, Core ML)"
+             + ("" if phone["ready"] else " - not ready"), f"iphone:{phone['udid']}") for phone in phones]
+
+
 class RunDialog(QDialog):
     """Modeless: stays open during the run with live progress and Cancel; closes itself on success."""
 
@@ -359,19 +376,29 @@ class RunDialog(QDialog):
         super().__init__(parent)
         self.setWindowTitle("Profile the model")
         self.model_path = ""
+        # (name, dims) of the open model's inputs, and whether its input size may change (a LayerScope
+        # sample is regenerated at each size): the size field is checked as it is typed.
+        self.model_inputs: tuple = ()
+        self.resizable = True
+        self.model_format = ""
         layout = QVBoxLayout(self)
         form = QFormLayout()
         self.target_combo = QComboBox()
         self.target_combo.setEditable(True)
         for name in TARGET_NAMES:
-            if "HOST" not in name:  # "ws://HOST:PORT" documents the address form: it is typed, not picked
+            if name.isidentifier():  # "ws://HOST:PORT", "iphone:NAME-or-UDID" document address forms: typed
                 self.target_combo.addItem(TARGET_TITLES.get(name, name), name)
+        for title, address in connected_phone_targets():
+            self.target_combo.addItem(title, address)
         for address in extra_targets:
             if self.target_combo.findData(address) < 0:
                 self.target_combo.addItem(address, address)
-        self.target_combo.lineEdit().setPlaceholderText("or a device agent: ws://host:port")
-        self.target_combo.setToolTip("The CPU reference runs here with ONNX Runtime. A device running the "
-                                     "LayerScope agent is reached by typing its address, ws://host:port.")
+        self.target_combo.lineEdit().setPlaceholderText("or an agent: ws://host:port (a Mac's iPhone: "
+                                                        "ws://mac:7878?device=NAME)")
+        self.target_combo.setToolTip("The CPU reference runs here with ONNX Runtime. An agent (`layerscope agent`) "
+                                     "is reached by typing its address, ws://host:port; an iPhone connected to "
+                                     "a Mac running the agent by adding ?device=NAME-or-UDID. On a Mac, its "
+                                     "connected iPhones are listed (iphone:UDID). See docs/iphone.md.")
         form.addRow("Target", self.target_combo)
         self.mode_combo = QComboBox()
         for mode in MODES:
@@ -396,6 +423,13 @@ class RunDialog(QDialog):
         self.sizes_field.setToolTip("Input height x width. Several sizes run a sweep (latency against size).")
         form.addRow("Input size(s)", self.sizes_field)
         layout.addLayout(form)
+        self.check_label = QLabel("")  # what is wrong with the fields, as they are typed
+        self.check_label.setWordWrap(True)
+        self.check_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout.addWidget(self.check_label)
+        self.sizes_field.textChanged.connect(self.check_fields)
+        self.target_combo.currentTextChanged.connect(self.check_fields)
+        self.threads_spin.valueChanged.connect(self.check_fields)
 
         self.run_button = QPushButton("Run")
         self.run_button.setDefault(True)
@@ -411,6 +445,57 @@ class RunDialog(QDialog):
         self.resize(520, self.sizeHint().height())
 
     # --- what the person asked for ---------------------------------------------------------
+    def set_model(self, path: str, inputs: tuple = (), resizable: bool = True, model_format: str = "") -> None:
+        """The model the next run profiles; what the dialog said about the previous one is cleared."""
+        if path != self.model_path:
+            self.footer.status.setText("")
+            self.footer.progress.setRange(0, 1)
+            self.footer.progress.setValue(0)
+        self.model_path, self.model_inputs, self.resizable = path, tuple(inputs), resizable
+        self.model_format = model_format
+        self.check_fields()
+
+    def field_problems(self) -> tuple[str, str]:
+        """(error, warning) about the fields: an error stops the run, a warning only says what to expect."""
+        try:
+            sizes = parse_sizes(self.sizes_field.text())
+        except (TargetError, ValueError) as exc:
+            return f"Input size: {exc}", ""
+        error = ""
+        if self.model_format.startswith("coreml") and self.target_name() == "cpu":
+            from engine.targets.cpu import COREML_MESSAGE
+            error = f"CPU reference: {COREML_MESSAGE}"
+        elif is_coreml_target(self.target_name()) and self.mode_combo.currentData() == "exact":
+            error = ("Core ML has no exact mode (it compiles and fuses the whole model): choose Deployed; "
+                     "per-layer times there are attributed by the compute plan's costs")
+        elif sizes and not self.resizable and self.model_inputs:
+            from engine.targets.cpu import resolve_input_shapes
+            try:
+                for size in sizes:
+                    resolve_input_shapes(self.model_inputs, ProfileSettings(size=size))
+            except TargetError as exc:
+                error = f"Input size: {exc}"
+        threads, cores = self.threads_spin.value(), os.cpu_count() or 1
+        warning = ""
+        if threads > cores:
+            warning = (f"{threads} threads on {cores} cores: the threads take turns, so per-layer times "
+                       "overlap and include waiting (coverage above 100 %). One thread per core at most, "
+                       "1 for stable per-layer times.")
+        return error, warning
+
+    def check_fields(self) -> bool:
+        """Show what is wrong at once (not after Run); False when the run cannot start."""
+        error, warning = self.field_problems()
+        if error:
+            self.check_label.setText(f"<span style='color:#b00'>{html.escape(error)}</span>")
+        elif warning:
+            self.check_label.setText(f"<span style='color:#a60'>{html.escape(warning)}</span>")
+        else:
+            self.check_label.setText("")
+        self.check_label.setVisible(bool(error or warning))
+        self.run_button.setEnabled(not error and not self.cancel_button.isEnabled())
+        return not error
+
     def target_name(self) -> str:
         text = self.target_combo.currentText().strip()
         index = self.target_combo.findText(text)
@@ -425,6 +510,9 @@ class RunDialog(QDialog):
         target = self.target_name()
         if not target:
             raise TargetError("choose a target: the CPU reference, or type a device agent's ws://host:port")
+        error, _ = self.field_problems()
+        if error:
+            raise TargetError(error)
         settings = ProfileSettings(mode=self.mode_combo.currentData(), runs=self.runs_spin.value(),
                                    warmup=self.warmup_spin.value(), threads=self.threads_spin.value())
         return RunRequest(self.model_path, target, settings, parse_sizes(self.sizes_field.text()))
@@ -439,8 +527,8 @@ class RunDialog(QDialog):
 
     # --- state shown while the main window runs it -----------------------------------------
     def set_running(self, running: bool) -> None:
-        self.run_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
+        self.run_button.setEnabled(not running and not self.field_problems()[0])
         for widget in (self.target_combo, self.mode_combo, self.runs_spin, self.warmup_spin, self.threads_spin,
                        self.sizes_field):
             widget.setEnabled(not running)
@@ -450,6 +538,6 @@ class RunDialog(QDialog):
     def show_progress(self, done: int, total: int, message: str) -> None:
         self.footer.show_progress(done, total, message)
 
-    def show_finished(self, message: str) -> None:
+    def show_finished(self, message: str, complete: bool = True) -> None:
         self.set_running(False)
-        self.footer.show_finished(message)
+        self.footer.show_finished(message, complete)

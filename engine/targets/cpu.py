@@ -50,7 +50,7 @@ from onnx import numpy_helper
 from engine.ir import Graph, Model, ModelLoadError
 from engine.profile import (ATTRIBUTED, MEASURED, MODE_DEPLOYED, MODE_EXACT, NodeTiming, Profile, TimingGroup,
                             TimingStats)
-from engine.targets import ProfileSettings, ProgressCallback, TargetError
+from engine.targets.settings import ProfileSettings, ProgressCallback, TargetError
 
 try:  # the target must import (and say why it cannot run) even where ORT is missing
     import onnxruntime as ort
@@ -61,8 +61,11 @@ except ImportError as _exc:  # pragma: no cover - onnxruntime is a hard dependen
 __all__ = ["CpuTarget", "map_kernels_to_source", "parse_profile_events", "resolve_input_shapes",
            "COREML_MESSAGE"]
 
-COREML_MESSAGE = ("Core ML models run on the CPU reference after conversion (layerscope convert); "
-                  "until then they are graph-only")
+# A Core ML model is already converted: it runs only on Core ML, i.e. on a Mac (or its iPhones).
+COREML_MESSAGE = ("the CPU reference runs ONNX models and this model is already Core ML, which runs only on "
+                  "Apple's Core ML: start `layerscope agent` on a Mac and choose its address "
+                  "(ws://HOST:PORT) as the target; for a CPU reference, profile the ONNX model it was "
+                  "converted from (here it is graph-only)")
 
 # ORT kernels that only change the memory layout of a tensor (the NCHWc transformer inserts them):
 # their output holds the same values as their input, so they carry tensor identity across.
@@ -1187,7 +1190,7 @@ class CpuTarget:
                     memory = sum(p for p in parts if p is not None) if any(p is not None for p in parts) else None
                 timed[node_id] = NodeTiming(node_id, metrics.op_type, metrics.stage, stats, group_id, MEASURED,
                                             output_bytes if output_bytes is not None else metrics.output_bytes,
-                                            memory)
+                                            memory, compute_unit="CPU", compute_unit_kind=MEASURED)
                 continue
             weights = [float(analysis.nodes[n].flops or 0) for n in node_ids]
             total = sum(weights)
@@ -1197,7 +1200,8 @@ class CpuTarget:
                 metrics = analysis.nodes[node_id]
                 timed[node_id] = NodeTiming(node_id, metrics.op_type, metrics.stage,
                                             stats.scaled(weight / total, ATTRIBUTED), group_id, ATTRIBUTED,
-                                            metrics.output_bytes, None)
+                                            metrics.output_bytes, None, compute_unit="CPU",
+                                            compute_unit_kind=MEASURED)
         nodes = [timed[node_id] for node_id in analysis.order if node_id in timed]
         missing = [node_id for node_id in source_ids if node_id not in timed]
         if missing:

@@ -414,6 +414,8 @@ def test_not_a_model_and_coreml(tmp_path):
     with pytest.raises(TargetError, match="graph-only") as info:
         CpuTarget().prepare(tmp_path / "m.mlmodel", ProfileSettings())
     assert COREML_MESSAGE in str(info.value)
+    # It says what can run it, and does not ask to convert what is converted already.
+    assert "layerscope agent` on a Mac" in str(info.value) and "layerscope convert" not in str(info.value)
 
 
 def test_settings_validation_and_describe():

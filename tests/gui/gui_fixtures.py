@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 
 pytest.importorskip("pytestqt")
-from PySide6.QtCore import QSettings  # noqa: E402
+from PySide6.QtCore import QSettings, Qt, QTimer  # noqa: E402
+from PySide6.QtWidgets import QApplication, QMessageBox  # noqa: E402
 
 from gui.app import MainWindow  # noqa: E402
 
@@ -23,14 +24,42 @@ def settings(tmp_path):
 @pytest.fixture
 def window(qtbot, settings):
     win = MainWindow(settings=settings)
-    qtbot.addWidget(win)  # qtbot closes and deletes it after the test
+    qtbot.addWidget(win, before_close_func=no_questions)  # qtbot closes and deletes it after the test
     win.resize(1200, 800)
     win.show()
     yield win
+    no_questions(win)
     win.close()
+
+
+def no_questions(win) -> None:
+    """A test's profiles are not saved: no "Save session?" when the test is over."""
+    win.ask_before_discarding = False
 
 
 def open_and_wait(qtbot, window, path) -> None:
     with qtbot.waitSignal(window.modelLoaded, timeout=LOAD_TIMEOUT_MS):
         window.open_path(str(path))
     assert not window.loading
+
+
+def answer_next_message_box(qtbot, answer, asked: list = None, tries: int = 200) -> list:
+    """Click `answer` (a QMessageBox.StandardButton, or a button's text) in the next modal message
+    box, with a real mouse click, once it is shown; returns a list that receives the box's text."""
+    asked = [] if asked is None else asked
+
+    def click(remaining=tries):
+        box = QApplication.activeModalWidget()
+        if not isinstance(box, QMessageBox):
+            if remaining:
+                QTimer.singleShot(25, lambda: click(remaining - 1))
+            return
+        asked.append(box.text())
+        if isinstance(answer, QMessageBox.StandardButton):
+            button = box.button(answer)
+        else:
+            button = next(b for b in box.buttons() if b.text().replace("&", "") == answer)
+        qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+
+    QTimer.singleShot(0, click)
+    return asked

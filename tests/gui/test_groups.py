@@ -139,9 +139,9 @@ def test_a_model_without_namespaces_is_grouped_by_stage(qtbot, window):
     assert "no namespaces" in window.progress_label.text()
     assert any(is_group(n) for n in window.scene.node_ids)
     _check_connected(window.scene)
-    # A model opened while a grouping is chosen opens grouped (every group collapsed).
+    # The grouping chosen for one model does not carry over to the next (its groups are not this one's).
     open_and_wait(qtbot, window, light_model("densenet121"))
-    assert window.loaded.grouping == "stage" and window.loaded.collapsed == frozenset(window.loaded.groups)
+    assert window.loaded.grouping == "none" and window.group_combo.currentData() == "none"
     _check_connected(window.scene)
 
 

@@ -22,7 +22,8 @@ from engine.targets import ProfileSettings
 from gui.app import MainWindow, render_screenshot
 from gui.graph_view import EDGE_MAX_WIDTH, EDGE_MIN_WIDTH, diverging_color, format_ms
 from gui.run_dialog import ProfileProcess, RunRequest, execute_run
-from tests.gui.gui_fixtures import LOAD_TIMEOUT_MS, open_and_wait, settings, window  # noqa: F401 (fixtures)
+from tests.gui.gui_fixtures import (LOAD_TIMEOUT_MS, answer_next_message_box, open_and_wait, settings,  # noqa: F401
+                                    window)
 from tests.gui.test_screenshot import _pixels
 
 RUN_TIMEOUT_MS = 60_000
@@ -166,9 +167,15 @@ def test_cancel_stops_the_run_and_keeps_earlier_profiles(qtbot, window, sample_m
             qtbot.mouseClick(dialog.cancel_button, Qt.MouseButton.LeftButton)
     _wait_idle(qtbot, window)
     assert time.perf_counter() - started < 5
-    assert len(window.entries) == 1 and window.profile_list.count() == 1
-    assert "Cancelled" in dialog.status.text() and dialog.run_button.isEnabled()
+    # The runs measured before the cancel are kept, as the CLI keeps them on Ctrl-C: marked incomplete.
+    assert len(window.entries) == 2 and window.profile_list.count() == 2 and window.selected_profile == 1
+    kept = window.entries[1].profile
+    assert not kept.complete and kept.runs_completed >= 1
+    assert f"incomplete: {kept.runs_completed} of 100000 runs" in window.entries[1].label
+    assert f"after {kept.runs_completed} measured run(s)" in dialog.status.text() and dialog.run_button.isEnabled()
+    assert dialog.progress.value() < dialog.progress.maximum()  # the bar stays where the run stopped
     assert window.run_action.isEnabled() and not window.cancel_action.isEnabled()
+    assert window.scene.profile is kept and window.has_unsaved_profiles()
 
 
 def test_closing_the_window_during_a_run_cancels_it(qtbot, settings, sample_model):
@@ -182,7 +189,9 @@ def test_closing_the_window_during_a_run_cancels_it(qtbot, settings, sample_mode
     worker = win.worker
     qtbot.waitUntil(lambda: dialog.progress.value() >= 2, timeout=RUN_TIMEOUT_MS)
     started = time.perf_counter()
+    asked = answer_next_message_box(qtbot, "Stop and quit")  # a running profile is not dropped unasked
     win.close()
+    assert asked == ["A profile run is in progress. Stop it and quit?"] and not win.isVisible()
     assert isinstance(worker, ProfileProcess)  # one size: the CLI in a child process
     assert worker.isFinished() and worker.cancelled
     assert worker.process.state() == QProcess.ProcessState.NotRunning
@@ -195,6 +204,7 @@ def test_a_run_finishing_after_another_model_opened_is_not_added(qtbot, window, 
 
     open_and_wait(qtbot, window, sample_model)
     _run_from_dialog(qtbot, window, runs=10)
+    window.ask_before_discarding = False  # a script replacing the model (a person is asked: test_daily_use)
     open_and_wait(qtbot, window, light_model("squeezenet"))
     _wait_idle(qtbot, window)
     assert window.entries == [] and "another model" in window.run_dialog.status.text()
@@ -211,11 +221,12 @@ def test_a_failed_run_says_why_and_keeps_profiles(qtbot, window, sample_model, s
     _wait_idle(qtbot, window)
     assert shown == failure.args and "multiple of 32" in shown[0]
     assert len(window.entries) == 1 and window.selected_profile == 0
-    # A bad field is reported in the dialog before anything runs.
+    # A bad field is reported in the dialog as it is typed, and Run waits for a good one.
     dialog = window.run_dialog
     dialog.sizes_field.setText("big")
+    assert "expected HxW" in dialog.check_label.text() and not dialog.run_button.isEnabled()
     qtbot.mouseClick(dialog.run_button, Qt.MouseButton.LeftButton)
-    assert window.worker is None and "expected HxW" in dialog.status.text()
+    assert window.worker is None
 
 
 def test_sweep_draws_latency_against_size(qtbot, window, sample_model):
