@@ -206,6 +206,14 @@ def test_zip_bomb_is_refused_before_it_is_expanded(tmp_path):
         importers.open_model(path)
 
 
+def test_deeply_nested_json_is_refused(tmp_path):
+    path = tmp_path / "deep.pt2"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("deep/models/model.json", "[" * 200_000 + "]" * 200_000)
+    with pytest.raises(ModelLoadError, match="nested too deeply"):
+        importers.open_model(path)
+
+
 def test_program_json_over_the_size_limit_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(pt2, "MAX_JSON_BYTES", 4096)
     with pytest.raises(ModelLoadError, match=r"refused: small_cnn/models/model.json is [\d,]+ bytes"):
