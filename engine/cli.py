@@ -43,7 +43,7 @@ def parse_shape_option(items: Optional[Sequence[str]]) -> dict[str, list[int]]:
 
 STDOUT = "-"
 # `--json` alone means stdout; a model file right after it is the model, not where to write.
-_MODEL_SUFFIXES = (".onnx", ".mlmodel", ".mlpackage")
+_MODEL_SUFFIXES = (".onnx", ".mlmodel", ".mlpackage", ".pt2")
 
 
 def add_json_option(parser: argparse.ArgumentParser, what: str) -> None:
@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     inspect = sub.add_parser("inspect", help="print a static summary of a model (params, MACs, memory, stages)")
-    inspect.add_argument("model", nargs="?", help="model file (.onnx, .mlmodel, .mlpackage); "
+    inspect.add_argument("model", nargs="?", help="model file (.onnx, .mlmodel, .mlpackage, .pt2); "
                                                   "default: the bundled MobileUNet sample")
     add_json_option(inspect, "the layerscope.inspect/1 JSON document")
     inspect.add_argument("--shape", action="append", metavar="NAME=DIMS",
