@@ -43,7 +43,7 @@ def parse_shape_option(items: Optional[Sequence[str]]) -> dict[str, list[int]]:
 
 STDOUT = "-"
 # `--json` alone means stdout; a model file right after it is the model, not where to write.
-_MODEL_SUFFIXES = (".onnx", ".mlmodel", ".mlpackage")
+_MODEL_SUFFIXES = (".onnx", ".mlmodel", ".mlpackage", ".pt2")
 
 
 def add_json_option(parser: argparse.ArgumentParser, what: str) -> None:
@@ -118,12 +118,28 @@ def cmd_agent(args: argparse.Namespace) -> int:
         config.check()
     except ValueError as exc:
         raise CliError(str(exc))
+    remember_team(args)
     try:
         return run_agent(config, announce_token=args.generate_token)
     except OSError as exc:
         raise CliError(f"--listen {args.listen}: {exc.strerror or exc}")
     except (RuntimeError, ValueError) as exc:  # --advertise without zeroconf; a cache folder of another user
         raise CliError(str(exc))
+
+
+def remember_team(args: argparse.Namespace) -> None:
+    """--team ID --save-team: keep the Apple signing team for later iPhone profiles."""
+    if getattr(args, "save_team", False):
+        from engine.bridge.iphone import save_team_id
+        if not args.team:
+            raise CliError("--save-team needs --team ID (your 10-character Apple signing team id)")
+        print(f"saved the signing team in {save_team_id(args.team)}", file=sys.stderr)
+
+
+def add_team_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--team", metavar="ID", help="Apple signing team id for ModelRunner on a connected iPhone "
+                                                     "(default: $LAYERSCOPE_TEAM_ID, then the saved one)")
+    parser.add_argument("--save-team", action="store_true", help="save --team for later runs")
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
@@ -177,6 +193,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     ops = sum(len(v) for v in result.layer_map["nodes"].values())
     print(f"wrote {result.package_path} ({size / 1e6:.2f} MB, {nodes} source nodes -> {ops} MIL ops) "
           f"and {result.layer_map_path.name}")
+    if result.folded_summary():
+        print(result.folded_summary())
     print("verification:")
     for line in result.summary_lines():
         print(f"  {line}")
@@ -206,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     inspect = sub.add_parser("inspect", help="print a static summary of a model (params, MACs, memory, stages)")
-    inspect.add_argument("model", nargs="?", help="model file (.onnx, .mlmodel, .mlpackage); "
+    inspect.add_argument("model", nargs="?", help="model file (.onnx, .mlmodel, .mlpackage, .pt2); "
                                                   "default: the bundled MobileUNet sample")
     add_json_option(inspect, "the layerscope.inspect/1 JSON document")
     inspect.add_argument("--shape", action="append", metavar="NAME=DIMS",
@@ -256,9 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--name", help="device name to report (default: the host name)")
     agent.add_argument("--advertise", action="store_true",
                        help="advertise on the local network over mDNS (_layerscope._tcp; needs zeroconf)")
+    add_team_options(agent)
     agent.set_defaults(func=cmd_agent)
 
-    devices = sub.add_parser("devices", help="list agents (typed addresses, mDNS) and iPhones connected by USB")
+    devices = sub.add_parser("devices", help="list agents (typed addresses, mDNS), iPhones of this Mac, and "
+                                             "iPhones connected by USB")
     devices.add_argument("--agent", action="append", metavar="HOST:PORT", help="probe this agent (repeatable)")
     devices.add_argument("--token", help="token for the typed agents (default: $LAYERSCOPE_AGENT_TOKEN)")
     devices.add_argument("--timeout", type=float, default=1.5, help="seconds to search each source (default 1.5)")

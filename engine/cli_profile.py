@@ -106,11 +106,24 @@ def profile_summary(profile, top: int = 10, names=None) -> str:
     shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in (profile.settings.get("input_shapes") or {}).items())
     lines.append(f"Model       {profile.model_path} ({profile.model_format}){'; ' + shapes if shapes else ''}")
     threads = profile.settings.get("threads") or "auto"
-    lines.append(f"Target      {target.get('name', '?')}: {target.get('chip', '?')}, {target.get('os', '?')}, "
-                 f"{target.get('runtime', '?')}, threads {threads}")
     mode_text = {"exact": "exact (graph optimizations off, one timing per source node)",
                  "deployed": "deployed (optimizations on, fused kernels mapped to source nodes)"}
-    lines.append(f"Mode        {mode_text.get(profile.mode, profile.mode)}")
+    if target.get("backend") == "coreml":
+        # Core ML: what the figures are differs from ONNX Runtime's (docs/iphone.md).
+        where = target.get("device") or target.get("chip") or "?"
+        model_name = f" ({target['model_name']})" if target.get("model_name") else ""
+        lines.append(f"Target      {target.get('name', '?')}: {where}{model_name}, {target.get('os', '?')}, "
+                     f"{target.get('runtime', '?')}, compute units {target.get('compute_unit', '?')}")
+        if target.get("load_ms") is not None:
+            lines.append(f"Load        {_ms(target['load_ms'])} {target.get('load_kind', 'measured')}")
+        units = ", ".join(target.get("compute_units") or ()) or "unknown"
+        lines.append("Mode        deployed (Core ML: whole predictions measured; per-layer times attributed by the "
+                     f"compute plan's cost weights; segments derived from prefix models; compute units "
+                     f"{target.get('compute_units_kind') or 'unknown'}: {units})")
+    else:
+        lines.append(f"Target      {target.get('name', '?')}: {target.get('chip', '?')}, {target.get('os', '?')}, "
+                     f"{target.get('runtime', '?')}, threads {threads}")
+        lines.append(f"Mode        {mode_text.get(profile.mode, profile.mode)}")
     runs = f"{profile.runs_completed} measured after {profile.settings.get('warmup', 0)} warm-up"
     if not profile.complete:
         runs += f" - INCOMPLETE ({profile.error or 'stopped'}; {profile.settings.get('runs')} asked)"
@@ -177,9 +190,15 @@ def sweep_summary(rows) -> str:
     lines = ["", f"Sweep (end-to-end, {kinds}; MACs estimated)",
              f"  {'setting':<14} {'median':>11} {'p10':>11} {'p90':>11} {'MACs':>14}"]
     for row in rows:
-        lines.append(f"  {row['setting']:<14} {_ms(row.get('median_ms')):>11} {_ms(row.get('p10_ms')):>11} "
+        setting = f"{row['series']} {row['setting']}" if row.get("series") else row["setting"]
+        lines.append(f"  {setting:<14} {_ms(row.get('median_ms')):>11} {_ms(row.get('p10_ms')):>11} "
                      f"{_ms(row.get('p90_ms')):>11} {row.get('macs', 0):>14,}"
                      + ("" if row.get("complete", True) else "  incomplete"))
+    if any(row.get("series") == "CPU_AND_GPU" for row in rows) and any(row.get("series") == "CPU_ONLY" for row in rows):
+        from engine.sweep import crossover
+        size = crossover(rows)
+        lines.append(f"  CPU_AND_GPU beats CPU_ONLY from {size} on" if size
+                     else "  CPU_AND_GPU beats CPU_ONLY at none of these settings")
     return "\n".join(lines)
 
 
@@ -265,24 +284,49 @@ def _write_outputs(args, profile, analysis, sweep=None) -> list[str]:
     return written
 
 
+def _compute_units_option(args: argparse.Namespace) -> list[str]:
+    from engine.sweep import COREML_UNITS
+    chosen = [u.upper() for u in (args.compute_units or [])]
+    return list(COREML_UNITS) if chosen == ["EACH"] else chosen
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
-    from engine.cli import CliError, parse_shape_option
+    from engine.cli import CliError, parse_shape_option, remember_team
+    from engine.profile import MODE_DEPLOYED, MODE_EXACT
     from engine.sweep import model_for_setting, parse_size, sweep_alpha, sweep_sizes
-    from engine.targets import ProfileSettings, get_target
+    from engine.targets import ProfileSettings, get_target, is_coreml_target
 
     take_model_from_json_option(args)
     path = Path(args.model) if args.model else _default_model()
     sizes = [parse_size(s) for s in (args.size or [])]
     alphas = list(args.alpha or [])
-    settings = ProfileSettings(mode=args.mode, runs=args.runs, warmup=args.warmup, threads=args.threads,
+    remember_team(args)
+    # Core ML has only a deployed mode (it compiles and fuses the whole model): the default there.
+    mode = args.mode or (MODE_DEPLOYED if is_coreml_target(args.target) else MODE_EXACT)
+    settings = ProfileSettings(mode=mode, runs=args.runs, warmup=args.warmup, threads=args.threads,
                                inputs=args.inputs, seed=args.seed,
                                input_shapes=parse_shape_option(args.shape))
     if len(sizes) > 1 and len(alphas) > 1:
         raise CliError("sweep either sizes or alphas, not both at once")
+    units = _compute_units_option(args)
+    if units and not is_coreml_target(args.target):
+        raise CliError("--compute-units sweeps Core ML's settings: give a Core ML target (iphone:NAME, or "
+                       "ws://MAC:7878?device=NAME or ?backend=coreml)")
     progress = Progress()
     sweep_rows = None
     with CtrlC() as ctrl_c:
-        if len(sizes) > 1 or len(alphas) > 1:
+        if units:
+            from engine.sweep import sweep_compute_units
+            kept = []
+            sweep_rows = sweep_compute_units(path, args.target, units, sizes, settings, progress=progress,
+                                             cancel=ctrl_c.cancel, keep_profiles=kept,
+                                             target_factory=lambda address: get_target(address, team=args.team))
+            progress.finish()
+            if not kept:
+                print("layerscope: interrupted before any setting was measured", file=sys.stderr)
+                return EXIT_INTERRUPTED
+            profile, analysis = kept[-1]
+        elif len(sizes) > 1 or len(alphas) > 1:
             kept: list = []
             if len(sizes) > 1:
                 sweep_rows = sweep_sizes(path, sizes, settings, progress=progress, cancel=ctrl_c.cancel,
@@ -303,7 +347,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
                                                      alpha=alphas[0] if alphas else None)
                 if size is not None:
                     settings = settings.replace(size=size)
-                target = get_target(args.target)
+                target = get_target(args.target, team=args.team)
                 try:
                     target.prepare(model_file, settings)
                     profile = target.profile(settings, progress, ctrl_c.cancel)
@@ -478,11 +522,14 @@ def add_profile_commands(sub) -> None:
                              description="Run a model on a target and measure every layer. "
                                          "Ctrl-C stops after the current run and still writes what was measured.")
     profile.add_argument("model", nargs="?", help="model file (.onnx); default: the bundled MobileUNet sample")
-    profile.add_argument("--target", default="cpu", metavar="cpu|ws://HOST:PORT",
-                         help="where to run: cpu (ONNX Runtime here, the default) or an agent's address")
-    profile.add_argument("--mode", default="exact", choices=["exact", "deployed"],
+    profile.add_argument("--target", default="cpu", metavar="cpu|ws://HOST:PORT|iphone:NAME",
+                         help="where to run: cpu (ONNX Runtime here, the default), an agent's address "
+                              "(ws://HOST:PORT; ?device=PHONE for an iPhone of a Mac agent), or iphone:NAME-or-UDID "
+                              "for an iPhone connected to this Mac (docs/iphone.md)")
+    profile.add_argument("--mode", default=None, choices=["exact", "deployed"],
                          help="exact: optimizations off, one timing per node; deployed: optimizations on, "
-                              "fused kernels mapped back to nodes (default exact)")
+                              "fused kernels mapped back to nodes (default exact; deployed on Core ML targets, "
+                              "which have no exact mode)")
     profile.add_argument("--runs", type=_positive_int, default=20, help="measured runs (default 20)")
     profile.add_argument("--warmup", type=_positive_int, default=3, help="warm-up runs (default 3)")
     profile.add_argument("--threads", type=_positive_int, default=1,
@@ -492,6 +539,9 @@ def add_profile_commands(sub) -> None:
                          help="input height x width for image inputs; several sizes run a sweep")
     profile.add_argument("--alpha", nargs="+", type=float, metavar="A",
                          help="width multiplier of a generated sample; several run a sweep")
+    profile.add_argument("--compute-units", nargs="+", metavar="SETTING",
+                         help="Core ML targets: profile under each MLComputeUnits setting (CPU_ONLY CPU_AND_GPU "
+                              "CPU_AND_NE ALL, or 'each' for all four); with several --size, a sweep per setting")
     profile.add_argument("--shape", action="append", metavar="NAME=DIMS",
                          help="full shape of an input with free dimensions, e.g. input=1x3x224x224")
     profile.add_argument("--inputs", default="random", metavar="random|zeros|FILE.npz",
@@ -504,6 +554,8 @@ def add_profile_commands(sub) -> None:
     profile.add_argument("--model-explorer", metavar="FILE", help="write Model Explorer node data JSON")
     profile.add_argument("--markdown", metavar="FILE", help="write a compact Markdown summary (for a code review)")
     profile.add_argument("--top", type=int, default=10, help="how many slowest layers to list (default 10)")
+    from engine.cli import add_team_options
+    add_team_options(profile)
     profile.set_defaults(func=cmd_profile)
 
     compare = sub.add_parser("compare", help="compare two profiles (JSON) of the same model")

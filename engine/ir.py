@@ -85,8 +85,11 @@ class WeightLocation:
     """Where the bytes of a constant tensor live, so they can be read on demand.
 
     kind: "embedded" (a slice of the model file itself), "external" (a slice of
-    a side file, ONNX external data), "blob" (Core ML weight.bin), or "inline"
-    (small enough that the importer kept the values, see `Value.small_data`).
+    a side file, ONNX external data), "blob" (Core ML weight.bin), "inline"
+    (small enough that the importer kept the values, see `Value.small_data`),
+    "zip-member" (a compressed or pickled member of a .pt2 archive, path
+    "file.pt2::member": named, never read) or "unlocated" (described by the
+    model, its bytes not mapped by the file, as in legacy .pt2 archives).
     """
 
     kind: str

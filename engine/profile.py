@@ -6,10 +6,23 @@ A `Profile` is keyed by the same node ids as the IR and the static analysis
 
 Every figure says how it was obtained (DESIGN.md, "Measured versus estimated"):
 
-- ``measured``   timed on the target (one sample per run);
-- ``attributed`` a measured total split by a cost model: in deployed mode a
-                 fused kernel's time is split over its source nodes by FLOPs share;
-- ``estimated``  from a model of the device, no run.
+- ``measured``   timed or observed on the target (one sample per run);
+- ``derived``    computed from other measurements: a segment's time as the difference
+                 of two prefix models' measured times, a transfer-cost fit of measured round trips;
+- ``attributed`` a measured (or derived) total split by a cost model: in deployed mode a
+                 fused kernel's time is split over its source nodes by FLOPs share, a
+                 Core ML prediction over its ops by the compute plan's cost weights;
+- ``planned``    what a runtime says it will do (Core ML's compute plan: an op's compute
+                 unit); never a time;
+- ``emulated``   the CPU reference imitating a device;
+- ``estimated``  from shapes or a model of the device, no run.
+
+Compute units: `NodeTiming.compute_unit` is "unknown" unless the runtime observed it
+(`compute_unit_kind` measured: the ONNX Runtime provider that ran the kernel) or planned it
+(`planned`: Core ML's compute plan).  Transfers (tensors moved between compute units) and
+the calibration their estimates come from are part of every profile (empty for the CPU
+reference); a transfer whose time is neither measured nor calibrated has `time` None and
+still says how many bytes move.
 
 Invariants:
 
@@ -47,12 +60,13 @@ DERIVED, PLANNED, EMULATED = "derived", "planned", "emulated"
 # Kinds of a time, strongest first: a combination takes the weakest kind it uses.
 TIME_KINDS = (MEASURED, DERIVED, ATTRIBUTED, EMULATED, ESTIMATED)
 KINDS = TIME_KINDS + (PLANNED,)
+UNKNOWN_UNIT = "unknown"
 
 MODE_EXACT, MODE_DEPLOYED = "exact", "deployed"
 MODES = (MODE_EXACT, MODE_DEPLOYED)
 
 __all__ = ["SCHEMA", "MEASURED", "ATTRIBUTED", "ESTIMATED", "DERIVED", "PLANNED", "EMULATED", "TIME_KINDS",
-           "KINDS", "MODE_EXACT", "MODE_DEPLOYED", "MODES",
+           "KINDS", "MODE_EXACT", "MODE_DEPLOYED", "MODES", "UNKNOWN_UNIT", "Transfer", "UnitCalibration",
            "FrozenMap", "TimingStats", "TimingGroup", "NodeTiming", "Profile", "ProfileFormatError",
            "combine_kinds", "kind_problems", "read_kind"]
 
@@ -186,7 +200,9 @@ DISTURBED_MIN_LAYERS = 5
 def disturbed_runs(groups: Sequence["TimingGroup"], min_share: float = 0.01) -> list[int]:
     """Indexes (0-based, measured runs) of the runs a busy machine slowed as a whole."""
     total = sum(g.time.median_ms for g in groups)
-    heavy = [g.time for g in groups if total > 0 and g.time.median_ms > min_share * total and g.time.count > 2]
+    # Only measured series are in run order (a derived segment's samples are sorted differences).
+    heavy = [g.time for g in groups if total > 0 and g.time.median_ms > min_share * total and g.time.count > 2
+             and g.time.kind == MEASURED]
     if len(heavy) < DISTURBED_MIN_LAYERS:  # too few layers to tell a busy machine from one layer's noise
         return []
     runs = min(t.count for t in heavy)
@@ -297,6 +313,8 @@ class TimingGroup:
     Deployed mode: a fused kernel; `node_ids` are the source nodes it computes
     (empty for a kernel the runtime inserted, e.g. a layout reorder).
     `kernel` is the runtime's name of the kernel, `kernel_op` its op type.
+    Core ML segments: `time` is `derived` (prefix k minus prefix k-1) and `prefix_time`
+    is the measured time of the prefix model that ends with the segment, shown beside it.
     """
 
     group_id: str
@@ -304,15 +322,21 @@ class TimingGroup:
     node_ids: tuple[str, ...]
     time: TimingStats
     kernel_op: str = ""
+    prefix_time: Optional[TimingStats] = None
 
     def to_json_dict(self) -> dict:
-        return {"id": self.group_id, "kernel": self.kernel, "kernel_op": self.kernel_op,
+        data = {"id": self.group_id, "kernel": self.kernel, "kernel_op": self.kernel_op,
                 "node_ids": list(self.node_ids), "time": self.time.to_json_dict()}
+        if self.prefix_time is not None:
+            data["prefix_time"] = self.prefix_time.to_json_dict()
+        return data
 
     @classmethod
     def from_json_dict(cls, data: Mapping) -> "TimingGroup":
+        prefix = data.get("prefix_time")
         return cls(str(data["id"]), str(data.get("kernel", "")), tuple(data.get("node_ids", ())),
-                   TimingStats.from_json_dict(data["time"]), str(data.get("kernel_op", "")))
+                   TimingStats.from_json_dict(data["time"]), str(data.get("kernel_op", "")),
+                   TimingStats.from_json_dict(prefix) if prefix else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +349,9 @@ class NodeTiming:
     reports them, else from static shapes).  memory_bytes: the runtime's own
     figure of memory the kernel touched (activations + parameters + outputs),
     None when the runtime does not report it.
+    compute_unit: where the node ran ("CPU", "GPU", "NeuralEngine", ...) or "unknown";
+    compute_unit_kind: measured (the runtime reported it) or planned (Core ML's compute
+    plan); empty when the unit is unknown.
     """
 
     node_id: str
@@ -335,12 +362,14 @@ class NodeTiming:
     kind: str = MEASURED
     output_bytes: Optional[int] = None
     memory_bytes: Optional[int] = None
-    compute_unit: str = "CPU"
+    compute_unit: str = UNKNOWN_UNIT
+    compute_unit_kind: str = ""
 
     def to_json_dict(self) -> dict:
         return {"id": self.node_id, "op_type": self.op_type, "stage": self.stage, "group": self.group_id,
                 "time": self.time.to_json_dict(), "kind": self.kind, "output_bytes": self.output_bytes,
-                "memory_bytes": self.memory_bytes, "compute_unit": self.compute_unit}
+                "memory_bytes": self.memory_bytes, "compute_unit": self.compute_unit,
+                "compute_unit_kind": self.compute_unit_kind}
 
     @classmethod
     def from_json_dict(cls, data: Mapping) -> "NodeTiming":
@@ -348,7 +377,101 @@ class NodeTiming:
         return cls(str(data["id"]), str(data.get("op_type", "")), str(data.get("stage", "")), time,
                    str(data.get("group", data["id"])), read_kind(data),
                    _optional_int(data.get("output_bytes")), _optional_int(data.get("memory_bytes")),
-                   str(data.get("compute_unit", "CPU")))
+                   str(data.get("compute_unit") or UNKNOWN_UNIT), str(data.get("compute_unit_kind", "")))
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """One tensor moved between compute units (or between the host and a unit).
+
+    kind: "edge" (producer and consumer on different units), "input" (upload
+    of a model input to the unit of its first consumer), "output" (readback of
+    a model output), "runtime_copy" (a copy kernel the runtime inserted; time
+    measured).  from_node/to_node are node ids (None for the host side or a
+    runtime kernel); `kernel` names the runtime's copy kernel.  `time` is None when the
+    move was neither measured nor calibrated: the bytes are known, the time is not.
+    """
+
+    kind: str
+    value: str
+    from_unit: str
+    to_unit: str
+    bytes: Optional[int]
+    time: Optional[TimingStats]
+    from_node: Optional[str] = None
+    to_node: Optional[str] = None
+    kernel: str = ""
+
+    def to_json_dict(self) -> dict:
+        return {"kind": self.kind, "value": self.value, "from_node": self.from_node, "to_node": self.to_node,
+                "from_unit": self.from_unit, "to_unit": self.to_unit, "bytes": self.bytes,
+                "kernel": self.kernel, "time": self.time.to_json_dict() if self.time is not None else None}
+
+    @classmethod
+    def from_json_dict(cls, data: Mapping) -> "Transfer":
+        return cls(str(data["kind"]), str(data.get("value", "")), str(data.get("from_unit", "")),
+                   str(data.get("to_unit", "")), None if data.get("bytes") is None else int(data["bytes"]),
+                   TimingStats.from_json_dict(data["time"]) if data.get("time") else None,
+                   data.get("from_node"), data.get("to_node"),
+                   str(data.get("kernel", "")))
+
+
+@dataclass(frozen=True)
+class UnitCalibration:
+    """Fitted cost of moving a tensor to a compute unit and back: ms = overhead_ms + bytes / bandwidth.
+
+    `bytes` counts the bytes moved both ways (a round trip of an n-byte tensor
+    moves 2n).  points: the measured (bytes moved, median ms) pairs of the sweep.
+    r2: coefficient of determination of the fit (1 = the straight line explains
+    every point).  bandwidth_bytes_per_s is None when the fit found no measurable
+    slope (the times did not grow with the size): no bandwidth, so no estimate.
+    The fit is `derived` from the measured points.
+    """
+
+    unit: str
+    overhead_ms: float
+    bandwidth_bytes_per_s: Optional[float]
+    points: tuple[tuple[int, float], ...] = ()
+    r2: Optional[float] = None
+    method: str = ""
+    kind: str = DERIVED
+
+    def round_trip_ms(self, tensor_bytes: int) -> float:
+        return self.overhead_ms + 2.0 * tensor_bytes / self.bandwidth_bytes_per_s * 1000.0
+
+    def one_way_ms(self, tensor_bytes: int) -> float:
+        """One direction: half the fixed overhead plus the bytes at the fitted bandwidth."""
+        return self.overhead_ms / 2.0 + tensor_bytes / self.bandwidth_bytes_per_s * 1000.0
+
+    def to_json_dict(self) -> dict:
+        return {"unit": self.unit, "overhead_ms": self.overhead_ms,
+                "bandwidth_bytes_per_s": self.bandwidth_bytes_per_s, "r2": self.r2, "method": self.method,
+                "kind": self.kind, "points": [[int(b), float(ms)] for b, ms in self.points]}
+
+    @classmethod
+    def from_json_dict(cls, data: Mapping) -> "UnitCalibration":
+        bandwidth = data["bandwidth_bytes_per_s"]
+        return cls(str(data["unit"]), float(data["overhead_ms"]), None if bandwidth is None else float(bandwidth),
+                   tuple((int(b), float(ms)) for b, ms in data.get("points", ())),
+                   None if data.get("r2") is None else float(data["r2"]), str(data.get("method", "")),
+                   read_kind(data))
+
+
+def _read_calibration(data: Mapping) -> dict[str, "UnitCalibration"]:
+    calibration = {}
+    for unit, fit in (data.get("calibration") or {}).items():
+        try:
+            calibration[str(unit)] = UnitCalibration.from_json_dict(fit)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ProfileFormatError(f"calibration.{unit}: {type(exc).__name__}: {exc}") from None
+    return calibration
+
+
+def _read_transfers(data: Mapping) -> tuple["Transfer", ...]:
+    try:
+        return tuple(Transfer.from_json_dict(t) for t in data.get("transfers") or ())
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ProfileFormatError(f"malformed transfers: {type(exc).__name__}: {exc}") from None
 
 
 def _optional_int(value) -> Optional[int]:
@@ -401,6 +524,9 @@ class Profile:
     # Share of the plain runs' wall time spent waiting for a CPU (other work on the machine);
     # None when not measurable (several threads).  Above ~0.1 the figures are disturbed.
     cpu_wait_share: Optional[float] = None
+    # Tensors moved between compute units, and the per-unit transfer fits their estimates use.
+    transfers: tuple[Transfer, ...] = ()
+    calibration: Mapping[str, UnitCalibration] = field(default_factory=dict)
     schema: str = SCHEMA
 
     def __post_init__(self):
@@ -413,6 +539,9 @@ class Profile:
         object.__setattr__(self, "hints", tuple(self.hints))
         object.__setattr__(self, "untimed_node_ids", tuple(self.untimed_node_ids))
         object.__setattr__(self, "warnings", tuple(self.warnings))
+        object.__setattr__(self, "transfers", tuple(self.transfers))
+        if not isinstance(self.calibration, FrozenMap):
+            object.__setattr__(self, "calibration", FrozenMap(self.calibration))
 
     # -- construction ---------------------------------------------------------------------
 
@@ -464,6 +593,11 @@ class Profile:
     def total_node_ms(self) -> float:
         """Sum of per-node medians (equals the covered groups' sum)."""
         return sum(n.time.median_ms for n in self.nodes.values())
+
+    @property
+    def transfer_ms(self) -> float:
+        """Sum of the timed transfers' medians (untimed transfers count bytes only)."""
+        return sum(t.time.median_ms for t in self.transfers if t.time is not None)
 
     @property
     def total_group_ms(self) -> float:
@@ -562,6 +696,8 @@ class Profile:
                           "share": ms / node_total if node_total > 0 else 0.0,
                           "kind": self.op_type_kind(op)} for op, ms in self.op_type_times_ms.items()],
             "hints": [jsonable(dict(h)) for h in self.hints],
+            "transfers": [t.to_json_dict() for t in self.transfers],
+            "calibration": {unit: c.to_json_dict() for unit, c in self.calibration.items()},
         }
 
     @classmethod
@@ -598,7 +734,9 @@ class Profile:
                 untimed_node_ids=tuple(data.get("untimed_node_ids", ())),
                 warnings=tuple(str(w) for w in data.get("warnings", ())),
                 cpu_wait_share=_optional_float(data.get("cpu_wait_share")),
-                schema=schema)
+                transfers=_read_transfers(data), calibration=_read_calibration(data), schema=schema)
+        except ProfileFormatError:
+            raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ProfileFormatError(f"malformed {SCHEMA} document: {type(exc).__name__}: {exc}") from None
 

@@ -157,19 +157,13 @@ def session_from_json_dict(data: Any, session_dir: Optional[Union[str, Path]] = 
 
 
 def _profile_from_document(document: Mapping) -> Profile:
-    """A profile as it was saved: a device (bridge) profile keeps its transfers and calibration."""
-    if isinstance(document, Mapping) and ("transfers" in document or "calibration" in document):
-        from engine.bridge.results import BridgeProfile
-        return BridgeProfile.from_json_dict(document)
+    """A profile as it was saved (a device profile's transfers and calibration included)."""
     return Profile.from_json_dict(document)
 
 
 def load_profile_json(path: Union[str, Path]) -> Profile:
-    """`Profile.load_json`, keeping a device profile's transfers and calibration (a BridgeProfile)."""
-    path = Path(path)
-    profile = Profile.load_json(path)  # the checks and messages of the profile format
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return _profile_from_document(data) if ("transfers" in data or "calibration" in data) else profile
+    """`Profile.load_json` (kept for callers: transfers and calibration are part of every profile)."""
+    return Profile.load_json(Path(path))
 
 
 def save_session(session: Session, path: Union[str, Path]) -> Path:

@@ -23,7 +23,11 @@ from typing import Optional, Sequence, Union
 
 from engine.targets import ProfileSettings, ProgressCallback, Target, TargetError, get_target
 
-__all__ = ["sample_parameters", "model_for_setting", "sweep_sizes", "sweep_alpha", "parse_size"]
+__all__ = ["sample_parameters", "model_for_setting", "sweep_sizes", "sweep_alpha", "parse_size",
+           "sweep_compute_units", "COREML_UNITS", "address_with_unit", "crossover"]
+
+# Core ML's MLComputeUnits settings, in the order a chart reads best.
+COREML_UNITS = ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL")
 
 Size = tuple[int, int]
 
@@ -163,3 +167,58 @@ def sweep_alpha(model_path, alphas: Sequence[float], settings: Optional[ProfileS
     fixed = parse_size(size) if size is not None else None
     points = [(f"alpha={float(a):g}", {"alpha": float(a)}, fixed, float(a)) for a in alphas]
     return _sweep(model_path, points, settings, target, progress, cancel, keep_profiles)
+
+
+def address_with_unit(address: str, unit: str) -> str:
+    """A Core ML target address (iphone:NAME or ws://...?device=...) asking for compute-unit setting `unit`."""
+    base, _, query = address.partition("?")
+    kept = [part for part in query.split("&") if part and not part.startswith("unit=")]
+    return f"{base}?{'&'.join(kept + [f'unit={unit}'])}"
+
+
+def sweep_compute_units(model_path, target_address: str, units: Sequence[str] = COREML_UNITS,
+                        sizes: Sequence[Union[str, Size]] = (), settings: Optional[ProfileSettings] = None,
+                        progress: Optional[ProgressCallback] = None, cancel: Optional[threading.Event] = None,
+                        keep_profiles: Optional[list] = None, target_factory=None) -> list[dict]:
+    """One row per (compute-unit setting, input size) of a Core ML target: the series of the chart
+    are the settings, the x axis the sizes.  target_factory(address) makes a target (default
+    get_target); every setting gets its own target, closed after its sizes.
+    """
+    settings = settings or ProfileSettings(mode="deployed", runs=10, warmup=2)
+    factory = target_factory or get_target
+    rows: list[dict] = []
+    unknown = [u for u in units if u not in COREML_UNITS]
+    if unknown:
+        raise TargetError(f"compute-unit settings are {', '.join(COREML_UNITS)}; got {', '.join(unknown)}")
+    parsed = [parse_size(size) for size in sizes]
+    for index, unit in enumerate(units):
+        if cancel is not None and cancel.is_set():
+            break
+        points = ([(f"{h}x{w}", {"size": [h, w], "series": unit, "compute_unit": unit}, (h, w), None)
+                   for h, w in parsed] or [("model", {"series": unit, "compute_unit": unit}, None, None)])
+
+        def unit_progress(done, total, message, _unit=unit, _index=index):
+            if progress is not None:
+                progress(_index * total + done, total * len(units), f"{_unit}: {message}")
+
+        target = factory(address_with_unit(target_address, unit))
+        try:
+            rows += _sweep(model_path, points, settings, target, unit_progress, cancel, keep_profiles)
+        finally:
+            target.close()
+        if rows and not rows[-1]["complete"]:
+            break
+    return rows
+
+
+def crossover(rows: Sequence[dict], faster: str = "CPU_AND_GPU", than: str = "CPU_ONLY") -> Optional[str]:
+    """The first setting (size) at which the `faster` series' median beats the `than` series', or None:
+    "from which input size does the GPU beat the CPU?"."""
+    medians = {(r.get("series"), r["setting"]): r.get("median_ms") for r in rows}
+    for row in rows:
+        if row.get("series") != faster:
+            continue
+        other = medians.get((than, row["setting"]))
+        if row.get("median_ms") is not None and other is not None and row["median_ms"] < other:
+            return row["setting"]
+    return None

@@ -48,7 +48,7 @@ APP_NAME = "LayerScope"
 MAX_RECENT = 10
 GROUPING_TITLES = {"none": "None", "stage": "Stage", "namespace": "Namespace"}
 GROUPING_MENU_TEXTS = {"none": "&None", "stage": "&Stage", "namespace": "N&amespace"}
-MODEL_FILTER = "Models (*.onnx *.mlmodel *.mlpackage);;All files (*)"
+MODEL_FILTER = "Models (*.onnx *.mlmodel *.mlpackage *.pt2);;All files (*)"
 SESSION_FILTER = "LayerScope session (*.layerscope);;All files (*)"
 # Profile exports: kind -> (menu text, file suffix, file dialog filter)
 PROFILE_EXPORTS = {
@@ -320,6 +320,7 @@ class MainWindow(QMainWindow):
         self.panels.nodesClicked.connect(self.select_nodes)
 
         self._build_actions()
+        self.view.set_empty_hint(self.empty_hint_text())
         self._build_toolbar()
         self._build_status_bar()
         self._update_recent_menu()
@@ -541,6 +542,12 @@ class MainWindow(QMainWindow):
             self.resizeDocks([self.panels_dock], [int(self.height() * 0.3)], Qt.Orientation.Vertical)
 
     # --- help -----------------------------------------------------------------------------
+    def empty_hint_text(self) -> str:
+        """What the graph area says while no model is open: the ways to open one."""
+        keys = self.open_action.shortcut().toString(QKeySequence.SequenceFormat.NativeText)
+        return (f"No model open.\n\nOpen one with File > Open… ({keys}) or File > Open Recent,\n"
+                "or drop a model (.onnx, .mlmodel, .mlpackage) or a session (.layerscope) here.")
+
     def shortcuts(self) -> list[tuple[str, str]]:
         """(menu item, key) of every menu item that has a shortcut, in menu order."""
         rows = []
@@ -555,7 +562,9 @@ class MainWindow(QMainWindow):
                     elif not action.shortcut().isEmpty():
                         rows.append((f"{path} > {text}",
                                      action.shortcut().toString(QKeySequence.SequenceFormat.NativeText)))
-        return rows + [("Find: next / previous match", "Enter / Shift+Enter"),
+        return rows + [("Graph: select a producer / a consumer of the selected layer", "Up / Down"),
+                       ("Graph: select the next layer of the same row", "Left / Right"),
+                       ("Find: next / previous match", "Enter / Shift+Enter"),
                        ("Compare window: close", "Esc")]
 
     def show_shortcuts(self) -> None:
@@ -967,6 +976,7 @@ class MainWindow(QMainWindow):
     def add_profile(self, profile: Profile, analysis=None, select: bool = True) -> int:
         """Add a finished profile to the session (and the list); returns its index."""
         entry = ProfileEntry(profile, self._unique_label(profile), analysis)
+        self._clear_outcome_message()  # (a finished run says what it added after this)
         self.entries.append(entry)
         e2e = profile.end_to_end
         item = QListWidgetItem(f"{entry.label} — {format_ms(e2e.median_ms)}" if e2e else entry.label)
@@ -1070,9 +1080,17 @@ class MainWindow(QMainWindow):
         if row != self.selected_profile and -1 <= row < len(self.entries):
             self.select_profile(row)
 
+    def _clear_outcome_message(self) -> None:
+        """The status bar's "Added 2 profile(s)", "Saved x.layerscope", "Cancelled…" describe the
+        profiles as they were: once they change, the message is stale.  Progress of a running
+        job stays."""
+        if self.worker is None and not self._tasks and self._pending_build is None:
+            self.progress_label.setText("")
+
     def remove_profile(self, index: int) -> None:
         if not 0 <= index < len(self.entries):
             return
+        self._clear_outcome_message()
         del self.entries[index]
         self.profile_list.blockSignals(True)
         self.profile_list.takeItem(index)

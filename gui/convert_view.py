@@ -134,7 +134,7 @@ class ConvertView(QWidget):
             self._clear_selection(self.converted_scene)
             self.converted_scene.set_linked(linked)
             if linked:
-                self.converted_view.centerOn(self.converted_scene.item_for(linked[0]))
+                self.converted_view.center_on_node(linked[0])
             if not node_id:
                 self.status.setText("Nothing selected.")
             elif node_id not in self.source.analysis.nodes:
@@ -164,7 +164,7 @@ class ConvertView(QWidget):
             self._clear_selection(self.source_scene)
             self.source_scene.set_linked([source_id] if source_id else [])
             if source_id and source_id in self.source_scene.node_index:
-                self.source_view.centerOn(self.source_scene.item_for(source_id))
+                self.source_view.center_on_node(source_id)
             if not node_id:
                 self.status.setText("Nothing selected.")
             elif node_id not in self.converted.analysis.nodes:

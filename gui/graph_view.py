@@ -24,11 +24,11 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import shiboken6
-from PySide6.QtCore import QEvent, QPointF, QRectF, QSize, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QPoint, QPointF, QRect, QRectF, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import (QBrush, QColor, QFont, QFontMetrics, QImage, QLinearGradient, QPainter,
                            QPainterPath, QPen, QPolygonF, QTransform)
-from PySide6.QtWidgets import (QGraphicsItem, QGraphicsScene, QGraphicsView, QMenu, QStyleOptionGraphicsItem,
-                               QToolTip, QWidget)
+from PySide6.QtWidgets import (QGraphicsItem, QGraphicsScene, QGraphicsView, QLabel, QMenu,
+                               QStyleOptionGraphicsItem, QToolTip, QWidget)
 
 from engine.inspect import human_bytes, human_count
 from engine.layout import GROUP_PREFIX, INPUT_PREFIX, OUTPUT_PREFIX, group_totals, op_category
@@ -654,7 +654,7 @@ class GraphScene(QGraphicsScene):
             per_node = node_transfers(self.profile)
             for node_id in self.node_ids:
                 members = self.groups[node_id].members if node_id in self.groups else (node_id,)
-                charged = [t.time.median_ms for m in members for t in per_node.get(m, ())]
+                charged = [t.time.median_ms for m in members for t in per_node.get(m, ()) if t.time is not None]
                 values.append(sum(charged) if charged else None)
             return values
         if spec is not None and spec.needs_profile:
@@ -680,7 +680,11 @@ class GraphScene(QGraphicsScene):
         if self.profile is None:
             return []
         if key == "transfer":
-            present = {t.time.kind for t in getattr(self.profile, "transfers", ())}
+            present = {t.time.kind for t in getattr(self.profile, "transfers", ()) if t.time is not None}
+        elif key == "compute_unit":  # the unit's own kind: measured (ONNX Runtime) or planned (Core ML's plan)
+            present = {timing.compute_unit_kind for timing in self.profile.nodes.values()} - {""}
+            if not present:
+                return ["unknown"]
         else:
             present = {timing.kind for timing in self.profile.nodes.values()}
         return [kind for kind in KINDS if kind in present]
@@ -1200,6 +1204,7 @@ class Minimap(QWidget):
         if wanted != self.isVisible():
             self.setVisible(wanted)
         if wanted:
+            self.view.place_minimap()  # the view moved: keep the selected box in sight
             self.update()
 
     def _raster(self, scene: "GraphScene", background: QImage) -> QImage:
@@ -1318,6 +1323,12 @@ class GraphView(QGraphicsView):
         self.minimap_enabled = True
         self.minimap = Minimap(self)
         self.minimap.hide()
+        # What the empty area says (set_empty_hint): shown while there is no graph.
+        self.empty_hint = QLabel(self.viewport())
+        self.empty_hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.empty_hint.setWordWrap(True)
+        self.empty_hint.setStyleSheet("color: #666666; font-size: 15px;")
+        self.empty_hint.hide()
         self.horizontalScrollBar().valueChanged.connect(self.minimap.follow_view)
         self.verticalScrollBar().valueChanged.connect(self.minimap.follow_view)
         self.zoomChanged.connect(lambda _scale: self.minimap.follow_view())
@@ -1333,6 +1344,7 @@ class GraphView(QGraphicsView):
         old = self.graph_scene
         self.graph_scene = scene
         self.setScene(scene)
+        self.empty_hint.setVisible(scene is None and bool(self.empty_hint.text()))
         if scene is not None:
             scene.selectionChanged.connect(self._on_selection_changed)
             present = set(scene.categories)
@@ -1356,6 +1368,7 @@ class GraphView(QGraphicsView):
             return
         node_id = selected[0].data(0) if selected else ""
         self.nodeSelected.emit(node_id if isinstance(node_id, str) else "")
+        self.place_minimap()
 
     def select_node(self, node_id: str, center: bool = True) -> None:
         """Select (and centre on) the box of `node_id`: its own, or its collapsed group's."""
@@ -1374,6 +1387,7 @@ class GraphView(QGraphicsView):
             if self.current_scale() < 0.6:
                 self.set_scale(0.8)
             self.centerOn(item)
+            self.place_minimap()
 
     def add_to_selection(self, node_ids) -> None:
         """Select the boxes of `node_ids` too (a hint's other layers); the inspector keeps the first."""
@@ -1395,6 +1409,7 @@ class GraphView(QGraphicsView):
         if box is not None:
             x, y, w, h = scene.rects[scene.node_index[box]].tolist()
             self.centerOn(QPointF(x + w / 2, y + h / 2))
+            self.place_minimap()  # even when the view could not scroll it to the centre
 
     # --- zoom -----------------------------------------------------------------------------
     def current_scale(self) -> float:
@@ -1524,13 +1539,51 @@ class GraphView(QGraphicsView):
         self.zoom_by(self.ZOOM_STEP ** (delta / 120.0))
         event.accept()
 
+    ARROW_STEPS = {Qt.Key.Key_Up: "up", Qt.Key.Key_Down: "down", Qt.Key.Key_Left: "left", Qt.Key.Key_Right: "right"}
+
     def keyPressEvent(self, event) -> None:
         if event.key() in (Qt.Key.Key_Plus, Qt.Key.Key_Equal):
             self.zoom_in()
         elif event.key() == Qt.Key.Key_Minus:
             self.zoom_out()
+        elif event.key() in self.ARROW_STEPS and self.graph_scene is not None \
+                and event.modifiers() == Qt.KeyboardModifier.NoModifier:
+            self.step_selection(self.ARROW_STEPS[event.key()])
         else:
             super().keyPressEvent(event)
+
+    def step_selection(self, direction: str) -> Optional[str]:
+        """Move the selection along the graph (arrow keys): "up" to a producer of the selected box,
+        "down" to a consumer (of several: the one nearest sideways), "left"/"right" to the next box
+        of the same row.  Nothing selected: the first box.  Returns the box now selected."""
+        scene = self.graph_scene
+        selected = [item.data(0) for item in scene.selectedItems()]
+        current = selected[0] if selected and selected[0] in scene.node_index else None
+        if current is None:
+            target = scene.node_ids[0] if scene.node_ids else None
+        else:
+            x, y, w, h = scene.rects[scene.node_index[current]].tolist()
+            if direction in ("up", "down"):
+                ends = [e.source for e in scene.edges if e.target == current] if direction == "up" \
+                    else [e.target for e in scene.edges if e.source == current]
+                candidates = [n for n in dict.fromkeys(ends) if n in scene.node_index]
+            else:
+                rects = scene.rects
+                same_row = (rects[:, 1] < y + h) & (rects[:, 1] + rects[:, 3] > y)
+                beyond = rects[:, 0] > x if direction == "right" else rects[:, 0] < x
+                candidates = [scene.node_ids[i] for i in np.flatnonzero(same_row & beyond)]
+            centre = x + w / 2
+
+            def sideways(node_id: str) -> float:
+                bx, _, bw, _ = scene.rects[scene.node_index[node_id]].tolist()
+                return abs(bx + bw / 2 - centre)
+
+            target = min(candidates, key=sideways, default=None)
+        if target is None:
+            return current
+        self.select_node(target, center=False)
+        self.ensureVisible(scene.item_for(target), 40, 40)
+        return target
 
     # --- tooltips and legend --------------------------------------------------------------
     def viewportEvent(self, event) -> bool:
@@ -1553,11 +1606,49 @@ class GraphView(QGraphicsView):
         super().resizeEvent(event)
         self.place_overlays()
 
+    def set_empty_hint(self, text: str) -> None:
+        """What the area says while it shows no graph (the main window: how to open a model)."""
+        self.empty_hint.setText(text)
+        self.empty_hint.setVisible(self.graph_scene is None and bool(text))
+        self.place_overlays()
+
     def place_overlays(self) -> None:
-        """The legend in the bottom-left corner, the minimap in the top-right one."""
+        """The legend in the bottom-left corner, the minimap in the top-right one (or another, see
+        `place_minimap`); the empty hint fills the middle."""
         self._place_legend()
+        self.place_minimap()
+        self.empty_hint.setGeometry(self.viewport().rect().adjusted(24, 24, -24, -24))
+
+    def place_minimap(self) -> None:
+        """Top-right, unless it would cover a selected or linked box: then the first other corner
+        (top-left, bottom-right) that leaves them in sight.  The legend keeps the bottom-left."""
         viewport = self.viewport().geometry()
-        self.minimap.move(max(0, viewport.right() - self.minimap.width() - 8), viewport.top() + 8)
+        size = self.minimap.size()
+        right = max(0, viewport.right() - size.width() - 8)
+        bottom = max(0, viewport.bottom() - size.height() - 8)
+        corners = [QPoint(right, viewport.top() + 8), QPoint(viewport.left() + 8, viewport.top() + 8),
+                   QPoint(right, bottom)]
+        boxes = self._highlighted_boxes()
+        for corner in corners:
+            if not any(QRect(corner, size).intersects(box) for box in boxes):
+                break
+        else:
+            corner = corners[0]  # covered wherever it goes: the usual place
+        if corner != self.minimap.pos():
+            self.minimap.move(corner)
+
+    def _highlighted_boxes(self) -> list[QRect]:
+        """The selected and linked boxes (a few), in this widget's coordinates."""
+        scene = self.graph_scene
+        if scene is None:
+            return []
+        try:
+            node_ids = [item.data(0) for item in scene.selectedItems()[:8]] + scene.linked_node_ids[:8]
+        except RuntimeError:  # the scene is being deleted
+            return []
+        offset = self.viewport().geometry().topLeft()
+        return [self.mapFromScene(scene.item_for(n).sceneBoundingRect()).boundingRect().translated(offset)
+                for n in node_ids if isinstance(n, str) and n in scene.node_index]
 
     def _place_legend(self) -> None:
         # Bottom-left: the layout starts at the top (inputs) and is centred, so the lower-left

@@ -294,10 +294,14 @@ class Inspector(QTreeWidget):
         self._row(section, "Share of total", f"{100.0 * profile.share(node_id):.2f} %", kind)
         self._row(section, "Variation (CV)", f"{100.0 * time.cv:.1f} % over {time.count} runs", kind)
         how = ("measured (own kernel)" if kind == "measured"
-               else "attributed (fused kernel's time split by FLOPs)" if kind == "attributed" else kind)
+               else "attributed (a measured total split by cost)" if kind == "attributed"
+               else "derived (difference of two measured prefix models)" if kind == "derived" else kind)
         self._row(section, "Kind", how, kind)
-        if timing.compute_unit:
-            self._row(section, "Compute unit", timing.compute_unit, "measured")
+        # The unit's own kind: measured when the runtime reported it, planned when it is Core ML's
+        # compute plan; an unknown unit is shown as unknown, with no kind.
+        unit_kind = getattr(timing, "compute_unit_kind", "")
+        self._row(section, "Compute unit", timing.compute_unit or "unknown", unit_kind if timing.compute_unit
+                  and timing.compute_unit != "unknown" else "")
         try:
             group = profile.group(timing.group_id)
         except KeyError:
@@ -311,13 +315,16 @@ class Inspector(QTreeWidget):
                 text = f"own kernel ({group.kernel_op or timing.op_type})"
             self._row(section, "Group (kernel)", text).setToolTip(1, "\n".join(group.node_ids) or text)
             self._row(section, "Group time", format_ms(group.time.median_ms), group.time.kind)
+            if getattr(group, "prefix_time", None) is not None:
+                self._row(section, "Prefix model time", format_ms(group.prefix_time.median_ms),
+                          group.prefix_time.kind)
         for transfer in node_transfers(profile).get(node_id, []):
             where = (f"{transfer.from_unit} → {transfer.to_unit}" if transfer.from_unit != transfer.to_unit
                      else transfer.to_unit)
             size = f", {human_bytes(transfer.bytes)}" if transfer.bytes is not None else ""
-            self._row(section, f"Transfer ({transfer.kind})",
-                      f"{format_ms(transfer.time.median_ms)}  {transfer.value} {where}{size}",
-                      transfer.time.kind).setToolTip(0, transfer.value)
+            moved = format_ms(transfer.time.median_ms) if transfer.time is not None else "time unknown"
+            self._row(section, f"Transfer ({transfer.kind})", f"{moved}  {transfer.value} {where}{size}",
+                      transfer.time.kind if transfer.time is not None else "").setToolTip(0, transfer.value)
         # output_bytes may come from static shapes when the runtime does not report it, so only
         # the runtime's own memory figure is shown here (the static one is under Static cost).
         if timing.memory_bytes is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QProgressBar, QPushButton, QScrollArea, QVBoxLayout, QWidget
 
 
 class JobFooter(QWidget):
@@ -20,7 +20,15 @@ class JobFooter(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        layout.addWidget(self.status)
+        self.status.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
+        # A result can run to many lines (a conversion lists every check): it wraps to the width
+        # and scrolls vertically instead of being cut at the dialog's height.
+        self.status_area = QScrollArea()
+        self.status_area.setWidget(self.status)
+        self.status_area.setWidgetResizable(True)
+        self.status_area.setFrameShape(QFrame.Shape.NoFrame)
+        self.status_area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        layout.addWidget(self.status_area, 1)
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
@@ -50,3 +58,16 @@ class JobFooter(QWidget):
             self.progress.setRange(0, 1)
             self.progress.setValue(1 if complete else 0)
         self.status.setText(message)
+        self._grow_to_show_status()
+
+    def _grow_to_show_status(self) -> None:
+        """Make the window taller by what the result needs beyond the space it has (up to the
+        screen's height); whatever is still longer scrolls."""
+        window = self.window()
+        viewport = self.status_area.viewport()
+        missing = self.status.heightForWidth(viewport.width()) - viewport.height()
+        screen = window.screen()
+        if missing <= 0 or window is self or screen is None:
+            return
+        room = screen.availableGeometry().height() - window.frameGeometry().height()
+        window.resize(window.width(), window.height() + min(missing, max(room, 0)))

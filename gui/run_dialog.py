@@ -45,7 +45,7 @@ from engine.hints import find_hints
 from engine.ir import ModelLoadError
 from engine.profile import MODES, Profile, ProfileFormatError
 from engine.session import SweepResult, load_profile_json
-from engine.targets import TARGET_NAMES, ProfileSettings, TargetError, get_target
+from engine.targets import TARGET_NAMES, ProfileSettings, TargetError, get_target, is_coreml_target
 from gui.job_footer import JobFooter
 
 TARGET_TITLES = {"cpu": "CPU reference (ONNX Runtime)"}
@@ -355,6 +355,17 @@ def make_profile_runner(request: RunRequest, opened_analysis=None, parent=None):
     return ProfileProcess(request, opened_analysis, parent)
 
 
+def connected_phone_targets() -> list[tuple[str, str]]:
+    """(title, iphone:UDID) of the iPhones and iPads connected to this Mac; none elsewhere
+    (they are reached through a Mac agent's address there)."""
+    if sys.platform != "darwin":
+        return []
+    from engine.bridge.iphone import list_phones
+    phones, _ = list_phones()
+    return [(f"{phone['name']} ({phone['model'] or phone['type']}, Core ML)"
+             + ("" if phone["ready"] else " - not ready"), f"iphone:{phone['udid']}") for phone in phones]
+
+
 class RunDialog(QDialog):
     """Modeless: stays open during the run with live progress and Cancel; closes itself on success."""
 
@@ -375,14 +386,19 @@ class RunDialog(QDialog):
         self.target_combo = QComboBox()
         self.target_combo.setEditable(True)
         for name in TARGET_NAMES:
-            if "HOST" not in name:  # "ws://HOST:PORT" documents the address form: it is typed, not picked
+            if name.isidentifier():  # "ws://HOST:PORT", "iphone:NAME-or-UDID" document address forms: typed
                 self.target_combo.addItem(TARGET_TITLES.get(name, name), name)
+        for title, address in connected_phone_targets():
+            self.target_combo.addItem(title, address)
         for address in extra_targets:
             if self.target_combo.findData(address) < 0:
                 self.target_combo.addItem(address, address)
-        self.target_combo.lineEdit().setPlaceholderText("or a device agent: ws://host:port")
-        self.target_combo.setToolTip("The CPU reference runs here with ONNX Runtime. A device running the "
-                                     "LayerScope agent is reached by typing its address, ws://host:port.")
+        self.target_combo.lineEdit().setPlaceholderText("or an agent: ws://host:port (a Mac's iPhone: "
+                                                        "ws://mac:7878?device=NAME)")
+        self.target_combo.setToolTip("The CPU reference runs here with ONNX Runtime. An agent (`layerscope agent`) "
+                                     "is reached by typing its address, ws://host:port; an iPhone connected to "
+                                     "a Mac running the agent by adding ?device=NAME-or-UDID. On a Mac, its "
+                                     "connected iPhones are listed (iphone:UDID). See docs/iphone.md.")
         form.addRow("Target", self.target_combo)
         self.mode_combo = QComboBox()
         for mode in MODES:
@@ -449,6 +465,9 @@ class RunDialog(QDialog):
         if self.model_format.startswith("coreml") and self.target_name() == "cpu":
             from engine.targets.cpu import COREML_MESSAGE
             error = f"CPU reference: {COREML_MESSAGE}"
+        elif is_coreml_target(self.target_name()) and self.mode_combo.currentData() == "exact":
+            error = ("Core ML has no exact mode (it compiles and fuses the whole model): choose Deployed; "
+                     "per-layer times there are attributed by the compute plan's costs")
         elif sizes and not self.resizable and self.model_inputs:
             from engine.targets.cpu import resolve_input_shapes
             try:

@@ -21,7 +21,7 @@ from typing import Mapping, Optional, Sequence
 
 from engine.ir import Model, ModelLoadError
 
-_FORMAT_MODULES = ("importers.onnx", "importers.coreml")
+_FORMAT_MODULES = ("importers.onnx", "importers.coreml", "importers.pt2")
 
 InputShapes = Mapping[str, Sequence[int]]
 
@@ -60,7 +60,7 @@ def importer_for(path: Path) -> ModuleType:
                 return module  # says what a model directory of its format must contain
     raise ModelLoadError(
         str(path),
-        "not a model file LayerScope can read: the content is neither ONNX nor Core ML "
+        "not a model file LayerScope can read: the content is neither ONNX nor Core ML nor a PyTorch .pt2 program "
         f"(supported: {', '.join(supported_extensions())})",
     )
 

@@ -7,7 +7,7 @@
     engine.bridge.client       desktop side: one synchronous connection to an agent
     engine.bridge.discovery    typed addresses, mDNS, iPhones over USB (`layerscope devices`)
     engine.bridge.calibration  transfer cost per compute unit and the estimates it gives
-    engine.bridge.results      BridgeProfile (a Profile with transfers), merging batches of runs
+    engine.bridge.results      merging batches of runs, re-keying transfers, checking kinds
 
 The Target for the desktop is engine.targets.bridge.BridgeTarget
 (`get_target("ws://HOST:PORT")`).  Nothing here imports Qt, and importing the

@@ -53,8 +53,8 @@ from engine.bridge.cache import ModelCache, Upload, default_cache_dir
 from engine.bridge.protocol import ProtocolError
 from engine.ir import ModelLoadError
 from engine.profile import TimingStats
-from engine.targets import TargetError
 from engine.targets.isolated import start_fork_server
+from engine.targets.settings import TargetError
 
 __all__ = ["Agent", "AgentConfig", "run_agent", "is_loopback", "parse_listen"]
 
@@ -104,6 +104,7 @@ class AgentConfig:
     limits: P.Limits = field(default_factory=P.Limits)
     name: Optional[str] = None
     advertise: bool = False
+    team: Optional[str] = None  # Apple signing team for ModelRunner on connected iPhones (docs/iphone.md)
 
     def check(self) -> None:
         if self.token is not None and len(self.token) < P.MIN_TOKEN_CHARS:
@@ -183,7 +184,7 @@ class Agent:
         self.limits = config.limits
         cache_dir = config.cache_dir or default_cache_dir()
         self.cache = ModelCache(Path(cache_dir), self.limits.cache_bytes, self.limits.max_model_bytes)
-        self.backends = default_backends()
+        self.backends = default_backends(config.team)
         ort_backend = self.backends.get(P.BACKEND_ONNXRUNTIME)
         if ort_backend is not None:
             ort_backend.work_dir = self.cache.work_dir
@@ -230,6 +231,8 @@ class Agent:
             self.server.close()
             await self.server.wait_closed()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        from engine.bridge.iphone import close_links
+        close_links()  # ModelRunner sessions this agent launched on connected phones
 
     @staticmethod
     def log(text: str) -> None:
@@ -414,7 +417,9 @@ class Agent:
         connection.send({"type": "pong", "id": message["id"], "time": time.time()})
 
     async def _on_describe(self, connection, message) -> None:
-        backends = [backend.info() for backend in self.backends.values()]
+        # Off the event loop: on a Mac the coreml backend asks Xcode's devicectl for the phones (~1 s).
+        backends = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: [backend.info() for backend in self.backends.values()])
         connection.send({"type": "description", "id": message["id"],
                          "device": device_description(self.config.name), "backends": backends,
                          "protocol": P.PROTOCOL, "agent": {"name": AGENT_NAME, "version": AGENT_VERSION},
@@ -572,7 +577,8 @@ class Agent:
             settings = self._with_uploaded_inputs(checked)
             self.cache.pin(sha256)
             try:
-                session = backend.open(model, message.get("compute_unit"), settings)
+                session = _open_session(backend, model, message.get("compute_unit"), settings,
+                                        message.get("device"))
             except BaseException:
                 self.cache.unpin(sha256)
                 raise
@@ -699,6 +705,16 @@ class Agent:
         connection.send({"type": "cancelling", "id": message["id"], "job": job.request_id})
 
 
+def _open_session(backend, model, compute_unit, settings, device: Optional[str]):
+    """backend.open, with the `device` of a load (an iPhone of this Mac) for the backends that have devices."""
+    if not device:
+        return backend.open(model, compute_unit, settings)
+    if backend.name != P.BACKEND_COREML:
+        raise ProtocolError("bad_settings", f"'device' names an iPhone or iPad, which runs Core ML: load with "
+                                            f"backend 'coreml', not {backend.name!r}")
+    return backend.open(model, compute_unit, settings, device=device)
+
+
 def _layer_map_field(cached) -> dict:
     """upload_done's `layer_map` key: for packages, whether their layer map came with them."""
     return {"layer_map": cached.layer_map} if cached.format == "mlpackage" else {}
@@ -809,7 +825,7 @@ def config_from_args(args) -> AgentConfig:
                       upload_expiry_s=float(expiry) if expiry is not None else P.DEFAULT_UPLOAD_EXPIRY_S)
     return AgentConfig(host=host, port=port, token=token,
                        cache_dir=Path(args.cache_dir) if args.cache_dir else None, limits=limits,
-                       name=args.name, advertise=args.advertise)
+                       name=args.name, advertise=args.advertise, team=getattr(args, "team", None))
 
 
 if __name__ == "__main__":  # python -m engine.bridge.agent: the same as `layerscope agent`

@@ -2,7 +2,7 @@
 
     backend.info()                                  -> description entry (available, reason, units, ...)
     session = backend.open(model, compute_unit, settings)   # load/compile; session.load_ms measured
-    session.profile(settings, granularity, partial_every, progress, partial, cancel) -> BridgeProfile
+    session.profile(settings, granularity, partial_every, progress, partial, cancel) -> Profile (with transfers)
     session.run(feed) -> {name: array};  session.close()
 
 Profiling happens in batches of runs ("partial_every"): after each batch the
@@ -29,11 +29,13 @@ from __future__ import annotations
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -42,11 +44,12 @@ import numpy as np
 from engine.bridge.calibration import (DEFAULT_SWEEP_BYTES, HOST_UNIT, calibrate_unit, estimate_transfers,
                                        ort_identity_round_trip)
 from engine.bridge.protocol import BACKEND_COREML, BACKEND_ONNXRUNTIME, GRANULARITIES, ProtocolError, clip
-from engine.bridge.results import BridgeProfile, Transfer, UnitCalibration, merge_profiles, rekey_transfers
+from engine.bridge.results import Transfer, UnitCalibration, merge_profiles, rekey_transfers
 from engine.convert.attribution import profile_on_source, source_nodes_from_layer_map, source_segments
 from engine.convert.layermap import LayerMapError, layer_map_path, load_layer_map, source_index
-from engine.profile import ATTRIBUTED, MEASURED, NodeTiming, Profile, TimingGroup, TimingStats
-from engine.targets import ProfileSettings, TargetError
+from engine.profile import (ATTRIBUTED, DERIVED, MEASURED, PLANNED, UNKNOWN_UNIT, NodeTiming, Profile,
+                            TimingGroup, TimingStats, combine_kinds)
+from engine.targets.settings import ProfileSettings, TargetError
 
 __all__ = ["device_description", "OrtBackend", "CoreMLBackend", "BackendUnavailable", "default_backends",
            "batch_size"]
@@ -142,9 +145,14 @@ def _make_ort_target(provider: str):
                     group_unit[group.group_id] = units.pop()
             updated = []
             for node in nodes:
-                unit = group_unit.get(node.group_id, node.compute_unit)
+                # The provider that ran the node's kernel, as ONNX Runtime's profile reports it;
+                # a kernel whose provider the profile does not name leaves the unit unknown.
+                unit = group_unit.get(node.group_id)
+                if unit is None:
+                    updated.append(replace(node, compute_unit=UNKNOWN_UNIT, compute_unit_kind=""))
+                    continue
                 self.node_units[node.node_id] = unit
-                updated.append(node if unit == node.compute_unit else replace(node, compute_unit=unit))
+                updated.append(replace(node, compute_unit=unit, compute_unit_kind=MEASURED))
             return groups, updated, warnings
 
     return OrtProviderTarget()
@@ -363,7 +371,7 @@ class OrtSession:
             estimated, more = estimate_transfers(graph, self.target.node_units, calibration)
             transfers += estimated
             warnings += more
-        return BridgeProfile.from_profile(merged, transfers, calibration, warnings=tuple(warnings))
+        return replace(merged, transfers=tuple(transfers), calibration=calibration, warnings=tuple(warnings))
 
     def close(self) -> None:
         self.target.close()
@@ -372,15 +380,26 @@ class OrtSession:
 # ============================================================================ Core ML (macOS)
 
 COREML_UNIT_SETTINGS = ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL")
+# Class names of Core ML's compute devices: MLComputePlan's (macOS) and the ComputePlan that
+# coremltools' remote device service reads from a phone.
 _DEVICE_UNITS = {"MLCPUComputeDevice": "CPU", "MLGPUComputeDevice": "GPU",
-                 "MLNeuralEngineComputeDevice": "NeuralEngine"}
+                 "MLNeuralEngineComputeDevice": "NeuralEngine",
+                 "CPUDevice": "CPU", "GPUDevice": "GPU", "NeuralEngineDevice": "NeuralEngine"}
+
+
+COREML_EXACT_MESSAGE = (
+    "Core ML has no exact mode: it compiles the whole model and runs it as one unit, fusing ops as it "
+    "chooses, and reports no per-op times. What it gives: measured load and prediction times, the compute "
+    "plan (each op's planned compute unit and cost weight), per-op times attributed from the measured total "
+    "by those weights, and per-segment times derived from prefix models timed on the device. Profile with "
+    "--mode deployed; for one measured time per source node use the CPU reference (--target cpu --mode exact)")
 
 
 def coreml_availability() -> tuple[bool, str]:
     if sys.platform != "darwin":
         return False, (f"Core ML runs only on macOS and iOS; this agent runs on {platform.system()} "
-                       f"{platform.release()}. Profile ONNX models with the onnxruntime backend here, or run "
-                       "`layerscope agent` on a Mac, or the LayerScope iOS agent app on an iPhone")
+                       f"{platform.release()}. Profile ONNX models with the onnxruntime backend here; for Core "
+                       "ML, or an iPhone connected to a Mac, run `layerscope agent` on that Mac (docs/iphone.md)")
     try:
         import coremltools  # noqa: F401
     except ImportError as exc:
@@ -396,9 +415,10 @@ class CoreMLBackend:
 
     name = BACKEND_COREML
 
-    def __init__(self):
+    def __init__(self, team: Optional[str] = None):
         self._calibration: dict[str, UnitCalibration] = {}
         self._calibration_lock = threading.Lock()
+        self.team = team  # Apple signing team for ModelRunner (engine.bridge.iphone.team_id)
 
     def info(self) -> dict:
         available, reason = coreml_availability()
@@ -411,20 +431,35 @@ class CoreMLBackend:
             entry["compute_plan"] = _compute_plan_class() is not None
         else:
             entry["reason"] = reason
+        # iPhones and iPads this Mac drives through ModelRunner: `load` names one in `device`.
+        entry["devices"], entry["device_notes"] = self.phones()
         return entry
 
-    def open(self, model, compute_unit: Optional[str], settings: ProfileSettings) -> "CoreMLSession":
-        available, reason = coreml_availability()
-        if not available:
-            raise BackendUnavailable(reason)
+    def open(self, model, compute_unit: Optional[str], settings: ProfileSettings,
+             device: Optional[str] = None, phone_api=None) -> "CoreMLSession":
+        """A session on this Mac, or with `device` (name or UDID) on a connected iPhone or iPad."""
+        if phone_api is None:  # the tests' fake of coremltools' device service runs anywhere
+            available, reason = coreml_availability()
+            if not available:
+                raise BackendUnavailable(reason)
         if model.format not in ("mlpackage", "mlmodel"):
             raise ProtocolError("bad_settings", f"the coreml backend runs .mlpackage/.mlmodel models; this "
-                                                f"upload is {model.format}")
+                                                f"upload is {model.format} (convert it with `layerscope convert`)")
+        if settings.mode == "exact":
+            raise ProtocolError("bad_settings", COREML_EXACT_MESSAGE)
         unit = compute_unit or "ALL"
         if unit not in COREML_UNIT_SETTINGS:
             raise ProtocolError("bad_settings", f"Core ML compute unit must be one of "
                                                 f"{', '.join(COREML_UNIT_SETTINGS)}, got {unit!r}")
+        if device:
+            from engine.bridge.iphone import open_phone_session
+            return open_phone_session(self, model, unit, settings, device, api=phone_api, team=self.team)
         return CoreMLSession(self, model, unit, settings)
+
+    def phones(self) -> tuple[list[dict], list[str]]:
+        """Connected iPhones and iPads (macOS; elsewhere a note says how to reach one through a Mac)."""
+        from engine.bridge.iphone import list_phones
+        return list_phones()
 
     def calibration(self, setting: str, cancel=None, sizes=DEFAULT_SWEEP_BYTES, repeats: int = 5
                     ) -> Optional[UnitCalibration]:
@@ -449,10 +484,58 @@ class CoreMLBackend:
 
             fit = calibrate_unit(setting, round_trip, sizes, repeats, method=f"Core ML one-op model, {setting}",
                                  cancel=cancel)
-            unit = device or {"CPU_ONLY": "CPU", "CPU_AND_GPU": "GPU", "CPU_AND_NE": "NeuralEngine"}.get(setting, "CPU")
+            unit = device or {"CPU_ONLY": "CPU", "CPU_AND_GPU": "GPU", "CPU_AND_NE": "NeuralEngine"}.get(setting, UNKNOWN_UNIT)
             fit = replace(fit, unit=unit)
             self._calibration[setting] = fit
             return fit
+
+
+def _compiled_model_path(mlmodel, warnings: list[str]) -> Optional[str]:
+    """The .mlmodelc Core ML compiled the package into, or None (with a warning saying why).
+
+    coremltools 9 raises when the model was not compiled (e.g. loaded with
+    skip_model_load) instead of returning None as earlier releases did."""
+    getter = getattr(mlmodel, "get_compiled_model_path", None)
+    if getter is None:
+        warnings.append("this coremltools has no get_compiled_model_path: the compiled load time and the "
+                        "compute plan are not available")
+        return None
+    try:
+        return str(getter()) or None
+    except Exception as exc:
+        warnings.append(f"Core ML gave no compiled model ({type(exc).__name__}: {exc}): the compiled load time "
+                        "and the compute plan are not available")
+        return None
+
+
+def plan_unit(device) -> str:
+    """Our name of a compute device of Core ML's plan (an MLComputeDevice or coremltools' remote
+    ComputePlan device), "unknown" for anything else or None."""
+    if device is None:
+        return UNKNOWN_UNIT
+    return _DEVICE_UNITS.get(type(device).__name__, UNKNOWN_UNIT)
+
+
+def _read_local_plan(plan, structure, result: dict, warnings: list[str], prefix: str = "") -> None:
+    """Fill `result` (op id -> (unit, cost weight)) from an MLComputePlan, walking into pipelines."""
+    if structure.program is not None:
+        for op in _mil_operations(structure.program.functions["main"].block):
+            if not op.outputs or op.operator_name == "const":
+                continue
+            usage = plan.get_compute_device_usage_for_mlprogram_operation(op)
+            cost = plan.get_estimated_cost_for_mlprogram_operation(op)
+            unit = plan_unit(usage.preferred_compute_device if usage is not None else None)
+            result[op.outputs[0].name] = (unit, float(cost.weight) if cost is not None else None)
+    elif structure.neuralnetwork is not None:
+        for layer in structure.neuralnetwork.layers:
+            usage = plan.get_compute_device_usage_for_neuralnetwork_layer(layer)
+            result[layer.name] = (plan_unit(usage.preferred_compute_device if usage is not None else None), None)
+    elif structure.pipeline is not None:
+        for name, sub_model in structure.pipeline.sub_models:
+            _read_local_plan(plan, sub_model, result, warnings, prefix=f"{prefix}{name}/")
+    else:
+        warnings.append(f"the compute plan of model part '{prefix or 'main'}' has no program, neural network or "
+                        "pipeline: its ops' compute units are unknown")
 
 
 def _compute_plan_class():
@@ -477,12 +560,12 @@ def _one_op_model(ct, elements: int, setting: str):
     plan_class = _compute_plan_class()
     if plan_class is not None:
         try:
-            plan = plan_class.load_from_path(path=model.get_compiled_model_path(),
+            plan = plan_class.load_from_path(path=_compiled_model_path(model, []),
                                              compute_units=getattr(ct.ComputeUnit, setting))
             for op in plan.model_structure.program.functions["main"].block.operations:
                 usage = plan.get_compute_device_usage_for_mlprogram_operation(op)
                 if usage is not None and op.operator_name == "mul":
-                    device = _DEVICE_UNITS.get(type(usage.preferred_compute_device).__name__)
+                    device = plan_unit(usage.preferred_compute_device)
         except Exception:
             device = None
     return model, device
@@ -504,15 +587,28 @@ class CoreMLSession:
         self.compute_unit = setting
         self.settings = settings
         self.warnings: list[str] = []
-        units = getattr(ct.ComputeUnit, setting)
+        self._load()
+        self.ir_model = open_model(model.path, input_shapes=dict(settings.input_shapes) or None)
+        self.analysis = analyze(self.ir_model)
+        self.feed = self._make_feed(settings)
+        self._plan: Optional[dict[str, tuple[str, Optional[float]]]] = None
+        # A package converted by `layerscope convert` comes with its layer map (stored beside it
+        # by the cache): results are then keyed by the ONNX source nodes (engine.convert.attribution).
+        self.layer_map, self.source_nodes = _layer_map_beside(Path(model.path), self.warnings)
+        self._segment_members: dict[str, tuple[str, ...]] = {}
+
+    def _load(self) -> None:
+        """Load the package with Core ML here: mlmodel, spec, load times, compiled path."""
+        ct = self.ct
+        units = getattr(ct.ComputeUnit, self.compute_unit)
         start = time.perf_counter()
         try:
-            self.mlmodel = ct.models.MLModel(str(model.path), compute_units=units)
+            self.mlmodel = ct.models.MLModel(str(self.model.path), compute_units=units)
         except Exception as exc:
             raise TargetError(f"Core ML could not load the model: {type(exc).__name__}: {exc}") from None
         self.load_ms = (time.perf_counter() - start) * 1000.0  # compile + load of the package
         self.compiled_load_ms = None
-        compiled = getattr(self.mlmodel, "get_compiled_model_path", lambda: None)()
+        compiled = _compiled_model_path(self.mlmodel, self.warnings)
         self.compiled_path = compiled
         if compiled:
             start = time.perf_counter()
@@ -522,14 +618,6 @@ class CoreMLSession:
             except Exception as exc:
                 self.warnings.append(f"loading the compiled model again failed: {exc}")
         self.spec = self.mlmodel.get_spec()
-        self.ir_model = open_model(model.path, input_shapes=dict(settings.input_shapes) or None)
-        self.analysis = analyze(self.ir_model)
-        self.feed = self._make_feed(settings)
-        self._plan: Optional[dict[str, tuple[str, Optional[float]]]] = None
-        # A package converted by `layerscope convert` comes with its layer map (stored beside it
-        # by the cache): results are then keyed by the ONNX source nodes (engine.convert.attribution).
-        self.layer_map, self.source_nodes = _layer_map_beside(Path(model.path), self.warnings)
-        self._segment_members: dict[str, tuple[str, ...]] = {}
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -570,7 +658,7 @@ class CoreMLSession:
     # -- compute plan ---------------------------------------------------------------------
 
     def compute_plan(self) -> dict[str, tuple[str, Optional[float]]]:
-        """node id -> (preferred compute unit, estimated cost weight or None) from MLComputePlan."""
+        """node id -> (planned compute unit or "unknown", estimated cost weight or None) from MLComputePlan."""
         if self._plan is not None:
             return self._plan
         plan_class = _compute_plan_class()
@@ -583,22 +671,7 @@ class CoreMLSession:
         try:
             plan = plan_class.load_from_path(path=str(self.compiled_path),
                                              compute_units=getattr(self.ct.ComputeUnit, self.compute_unit))
-            structure = plan.model_structure
-            if structure.program is not None:
-                for op in _mil_operations(structure.program.functions["main"].block):
-                    if not op.outputs or op.operator_name == "const":
-                        continue
-                    usage = plan.get_compute_device_usage_for_mlprogram_operation(op)
-                    cost = plan.get_estimated_cost_for_mlprogram_operation(op)
-                    device = _DEVICE_UNITS.get(type(usage.preferred_compute_device).__name__, "CPU") \
-                        if usage is not None else "CPU"
-                    result[op.outputs[0].name] = (device, float(cost.weight) if cost is not None else None)
-            elif structure.neuralnetwork is not None:
-                for layer in structure.neuralnetwork.layers:
-                    usage = plan.get_compute_device_usage_for_neuralnetwork_layer(layer)
-                    device = _DEVICE_UNITS.get(type(usage.preferred_compute_device).__name__, "CPU") \
-                        if usage is not None else "CPU"
-                    result[layer.name] = (device, None)
+            _read_local_plan(plan, plan.model_structure, result, self.warnings)
         except Exception as exc:
             self.warnings.append(f"MLComputePlan failed ({type(exc).__name__}: {exc}): per-op compute units "
                                  "unknown, times split by static FLOPs")
@@ -608,6 +681,7 @@ class CoreMLSession:
     # -- profile --------------------------------------------------------------------------
 
     def _time_predictions(self, model, runs: int, warmup: int, cancel, on_run=None) -> list[float]:
+        """Wall time of each prediction here, ms (the warm-up runs are reported to on_run, not kept)."""
         samples = []
         for index in range(warmup + runs):
             if cancel.is_set():
@@ -621,9 +695,17 @@ class CoreMLSession:
                 on_run(index, elapsed)
         return samples
 
+    def _prefix_model(self, spec, name: str):
+        """A loaded model of a prefix spec (the device's own hook: a phone sends it to ModelRunner)."""
+        return self.ct.models.MLModel(spec, weights_dir=getattr(self.mlmodel, "weights_dir", None),
+                                      compute_units=getattr(self.ct.ComputeUnit, self.compute_unit))
+
+    def _device_target(self) -> dict:
+        """What the profile's target says about the device the model ran on."""
+        return {"name": "coreml", "runtime": f"Core ML (coremltools {self.ct.__version__})", **device_description()}
+
     def profile(self, settings: ProfileSettings, granularity: str, partial_every: Optional[int],
                 progress: ProgressFn, partial: PartialFn, cancel: threading.Event) -> Profile:
-        graph = self.ir_model.main_graph
         total = settings.runs
         per_batch = batch_size(settings.runs, partial_every)
         samples: list[float] = []
@@ -638,41 +720,51 @@ class CoreMLSession:
             if done % per_batch == 0 and done < total:
                 partial(self._build(settings, list(samples), {}, complete=False, error="", transfers=False))
 
-        self._time_predictions(self.mlmodel, settings.runs, settings.warmup, cancel, on_run)
+        error = ""
+        try:
+            self._time_predictions(self.mlmodel, settings.runs, settings.warmup, cancel, on_run)
+        except TargetError as exc:  # the device went away: keep the runs it finished
+            if not samples:
+                raise
+            error = str(exc)
         if not samples:
             raise TargetError("cancelled before any run finished" if cancel.is_set() else "no run finished")
-        segments: dict[str, list[float]] = {}
-        if granularity in ("segment", "layer") and not cancel.is_set():
-            segments = self._segment_samples(graph, granularity, settings, cancel, progress)
-        complete = len(samples) == settings.runs and not cancel.is_set()
+        segments: dict[str, Segment] = {}
+        if granularity in ("segment", "layer") and not cancel.is_set() and not error:
+            try:
+                segments = self._segment_samples(self.ir_model.main_graph, granularity, settings, cancel, progress)
+            except TargetError as exc:
+                error = f"{exc} while timing the segments; the whole-model runs are kept"
+        complete = len(samples) == settings.runs and not cancel.is_set() and not error
         return self._build(settings, samples, segments, complete=complete,
-                           error="" if complete else "cancelled", transfers=True, cancel=cancel)
+                           error=error or ("" if complete else "cancelled"), transfers=True, cancel=cancel)
+
+    def _segment_cuts(self, graph, granularity: str) -> list[tuple[str, tuple[str, ...]]]:
+        """(segment name, its op ids) in program order: stage ends, source stages, or every op."""
+        order = [n.id for n in graph.nodes if n.id in self.analysis.nodes
+                 and not self.analysis.nodes[n.id].is_constant]
+        if granularity == "layer":
+            return [(node_id, (node_id,)) for node_id in order]
+        if self.layer_map is not None:
+            # Cut where the source model's stages end, so that segments are its encoder, decoder, ...
+            return [(name, tuple(ids)) for name, ids in source_segments(self.layer_map, self.source_nodes, order)]
+        return [(stage.name, tuple(stage.node_ids)) for stage in self.analysis.stages if stage.node_ids]
 
     def _segment_samples(self, graph, granularity: str, settings: ProfileSettings, cancel,
-                         progress: ProgressFn) -> dict[str, list[float]]:
-        """Measured time of each segment: prefix models cut at stage ends (or after every op), differenced.
+                         progress: ProgressFn) -> dict[str, "Segment"]:
+        """Each segment's time from prefix models cut at segment ends, timed on the device.
 
-        The prefix model up to cut k outputs every tensor live across the cut,
-        so the ops of the prefix are not optimised away; segment k's samples
-        are prefix k's minus prefix k-1's, matched by rank (clamped at 0).
+        The prefix model up to cut k outputs every tensor live across the cut, so the ops
+        of the prefix are not optimised away.  Prefix k's samples are measured; segment k's
+        are prefix k's minus prefix k-1's, matched by rank (clamped at 0): derived, except
+        the first segment, which is its prefix.
         """
-        if granularity == "layer":
-            order = [n.id for n in graph.nodes if n.id in self.analysis.nodes
-                     and not self.analysis.nodes[n.id].is_constant]
-            cuts = [(node_id, (node_id,)) for node_id in order]
-        elif self.layer_map is not None:
-            # Cut where the source model's stages end, so that segments are its encoder, decoder, ...
-            order = [n.id for n in graph.nodes if n.id in self.analysis.nodes
-                     and not self.analysis.nodes[n.id].is_constant]
-            cuts = source_segments(self.layer_map, self.source_nodes, order)
-        else:
-            cuts = [(stage.name, stage.node_ids) for stage in self.analysis.stages if stage.node_ids]
-        self._segment_members = {name: tuple(node_ids) for name, node_ids in cuts}
+        cuts = self._segment_cuts(graph, granularity)
+        self._segment_members = dict(cuts)
         if len(cuts) < 2:
             return {}
         runs = max(3, settings.runs // 2)
-        previous: Optional[list[float]] = None
-        result: dict[str, list[float]] = {}
+        prefixes: list[tuple[str, list[float]]] = []
         for index, (name, node_ids) in enumerate(cuts):
             if cancel.is_set():
                 break
@@ -681,24 +773,34 @@ class CoreMLSession:
                 prefix = self.mlmodel
             else:
                 try:
-                    spec = _truncated_spec(self.spec, node_ids[-1], graph)
-                    prefix = self.ct.models.MLModel(spec, weights_dir=getattr(self.mlmodel, "weights_dir", None),
-                                                    compute_units=getattr(self.ct.ComputeUnit, self.compute_unit))
+                    prefix = self._prefix_model(_truncated_spec(self.spec, node_ids[-1], graph), name)
+                except TargetError:
+                    raise
                 except Exception as exc:
                     self.warnings.append(f"could not cut the model after {name} ({type(exc).__name__}: {exc}); "
                                          "segment times are attributed instead")
                     return {}
-            times = sorted(self._time_predictions(prefix, runs, 1, cancel))
-            if previous is None:
-                result[name] = times
-            else:
-                result[name] = [max(0.0, a - b) for a, b in zip(times, previous)]
-            previous = times
-        return result
+            prefixes.append((name, sorted(self._time_predictions(prefix, runs, 1, cancel))))
+        return segments_from_prefixes(prefixes)
 
-    def _build(self, settings: ProfileSettings, samples: list[float], segments: Mapping[str, list[float]],
+    def _transfer_calibration(self, units: Sequence[str], cancel) -> dict[str, UnitCalibration]:
+        """Transfer fits for `units`, measured here with one-op models (the device's own hook)."""
+        calibration: dict[str, UnitCalibration] = {}
+        settings_for_unit = {"CPU": "CPU_ONLY", "GPU": "CPU_AND_GPU", "NeuralEngine": "CPU_AND_NE"}
+        for unit in units:
+            if unit not in settings_for_unit:
+                continue
+            try:
+                fit = self.backend.calibration(settings_for_unit[unit], cancel=cancel)
+                if fit is not None and fit.unit == unit:
+                    calibration[unit] = fit
+            except Exception as exc:
+                self.warnings.append(f"transfer calibration of {unit} failed: {exc}")
+        return calibration
+
+    def _build(self, settings: ProfileSettings, samples: list[float], segments: Mapping[str, "Segment"],
                complete: bool, error: str, transfers: bool, cancel=None) -> Profile:
-        """Groups: measured segments (or the whole model) split over their ops by compute-plan cost."""
+        """Groups: timed segments (or the whole model) split over their ops by compute-plan cost."""
         graph = self.ir_model.main_graph
         plan = self.compute_plan()
         analysis = self.analysis
@@ -707,18 +809,19 @@ class CoreMLSession:
         if segments:
             # The cuts that were timed: a stage (or source stage) each, or one op each at layer granularity.
             members = {name: node_ids for name, node_ids in self._segment_members.items() if name in segments}
-            group_samples = dict(segments)
+            groups, nodes = split_measured_groups(
+                graph, analysis, plan, members, {name: s.samples for name, s in segments.items()}, stage_of,
+                group_kinds={name: s.kind for name, s in segments.items()},
+                prefix_samples={name: s.prefix_samples for name, s in segments.items()})
         else:
-            members = {"model": tuple(n.id for n in ops)}
-            group_samples = {"model": samples}
-        groups, nodes = split_measured_groups(graph, analysis, plan, members, group_samples, stage_of)
-        target = {"name": "coreml", "backend": BACKEND_COREML, "compute_unit": self.compute_unit,
-                  "runtime": f"Core ML (coremltools {self.ct.__version__})", **device_description(),
-                  "compute_units": sorted({u for u, _ in plan.values()} or {"CPU"}),
+            groups, nodes = split_measured_groups(graph, analysis, plan, {"model": tuple(n.id for n in ops)},
+                                                  {"model": samples}, stage_of)
+        target = {**self._device_target(), "backend": BACKEND_COREML, "compute_unit": self.compute_unit,
+                  "compute_units": sorted({u for u, _ in plan.values()} or {UNKNOWN_UNIT}),
+                  "compute_units_kind": PLANNED if plan else "",
                   "load_ms": self.load_ms, "compiled_load_ms": self.compiled_load_ms}
-        profile_settings = settings.to_dict()
         profile = Profile.build(model_path=str(self.model.path), model_format=self.ir_model.format, target=target,
-                                mode="deployed", settings=profile_settings, end_to_end_samples=samples,
+                                mode="deployed", settings=settings.to_dict(), end_to_end_samples=samples,
                                 profiled_samples=(), groups=groups, nodes=nodes, runs_completed=len(samples),
                                 complete=complete, error=error, stage_order=[s.name for s in analysis.stages],
                                 warnings=self.warnings)
@@ -732,43 +835,186 @@ class CoreMLSession:
                 self.layer_map = None
         if not transfers:
             return on_source or profile
-        calibration: dict[str, UnitCalibration] = {}
-        settings_for_unit = {"CPU": "CPU_ONLY", "GPU": "CPU_AND_GPU", "NeuralEngine": "CPU_AND_NE"}
-        for unit in sorted({n.compute_unit for n in nodes} | {HOST_UNIT}):
-            try:
-                fit = self.backend.calibration(settings_for_unit.get(unit, "CPU_ONLY"), cancel=cancel)
-                if fit is not None and fit.unit == unit:
-                    calibration[unit] = fit
-            except Exception as exc:
-                self.warnings.append(f"transfer calibration of {unit} failed: {exc}")
-        estimated, warnings = estimate_transfers(graph, {n.node_id: n.compute_unit for n in nodes}, calibration)
+        units = sorted({n.compute_unit for n in nodes if n.compute_unit != UNKNOWN_UNIT} | {HOST_UNIT})
+        calibration = self._transfer_calibration(units, cancel)
+        estimated, warnings = estimate_transfers(graph, {n.node_id: n.compute_unit for n in nodes
+                                                         if n.compute_unit != UNKNOWN_UNIT}, calibration,
+                                                 keep_untimed=True)
         if on_source is not None:
             estimated = rekey_transfers(estimated, source_index(self.layer_map))
             profile = on_source
-        return BridgeProfile.from_profile(profile, estimated, calibration,
-                                          warnings=tuple(profile.warnings) + tuple(warnings))
+        return replace(profile, transfers=tuple(estimated), calibration=calibration,
+                       warnings=tuple(profile.warnings) + tuple(warnings))
 
     def close(self) -> None:
         self.mlmodel = None
 
 
+class PhoneSession(CoreMLSession):
+    """A Core ML model run on an iPhone or iPad by ModelRunner (engine.bridge.iphone), from a Mac.
+
+    Compiled here, loaded and timed on the phone: the load time and every prediction's time
+    are ModelRunner's own measurements on the device; compute units and cost weights come
+    from the phone's compute plan (planned).  Prefix models for segments are saved, compiled
+    and loaded on the phone like the model.  Nothing is calibrated on the phone, so transfers
+    between its units carry bytes and no time.
+    """
+
+    def __init__(self, backend: "CoreMLBackend", model, setting: str, settings: ProfileSettings, link):
+        self.link = link
+        self._workdir = Path(tempfile.mkdtemp(prefix="layerscope-phone-"))
+        self.plan_details: dict[str, dict] = {}
+        super().__init__(backend, model, setting, settings)
+
+    def _load(self) -> None:
+        from engine.bridge.iphone import RemoteModel
+        ct = self.ct
+        try:
+            local = ct.models.MLModel(str(self.model.path), skip_model_load=True)
+        except Exception as exc:
+            raise TargetError(f"coremltools could not read the model: {type(exc).__name__}: {exc}") from None
+        self.spec = local.get_spec()
+        self.weights_dir = getattr(local, "weights_dir", None)
+        start = time.perf_counter()
+        try:
+            self.compiled_path = str(self.link.api.compile(Path(self.model.path), self._workdir))
+        except Exception as exc:
+            raise TargetError(f"Core ML could not compile the model on this Mac: {type(exc).__name__}: {exc}"
+                              ) from None
+        self.compile_ms = (time.perf_counter() - start) * 1000.0
+        self.mlmodel = RemoteModel(self.link, Path(self.compiled_path), self.compute_unit)
+        if self.mlmodel.load_ms is None:
+            raise TargetError(f"ModelRunner on {self.link.name} loaded the model without saying how long it took")
+        self.load_ms = self.mlmodel.load_ms     # measured on the phone by ModelRunner
+        self.compiled_load_ms = None
+
+    def _make_feed(self, settings: ProfileSettings) -> dict:
+        feed = super()._make_feed(settings)
+        images = [name for name, value in feed.items() if not isinstance(value, np.ndarray)]
+        if images:
+            raise ProtocolError("bad_settings", f"input(s) {', '.join(images)} are images; ModelRunner takes "
+                                                "tensors only (coremltools' remote service): convert the model "
+                                                "with tensor inputs to profile it on a phone")
+        return feed
+
+    def run(self, feed: Optional[Mapping[str, Any]] = None) -> dict:
+        outputs, _ = self.mlmodel.predict(dict(feed or self.feed))
+        return {k: np.asarray(v) for k, v in outputs.items()}
+
+    def _time_predictions(self, model, runs: int, warmup: int, cancel, on_run=None) -> list[float]:
+        """Each prediction's time as ModelRunner measured it on the phone (the file copies to and
+        from the phone are not in it)."""
+        samples = []
+        try:
+            for index in range(warmup + runs):
+                if cancel.is_set():
+                    break
+                _, elapsed = model.predict(self.feed)
+                if elapsed is None:
+                    raise TargetError(f"ModelRunner on {self.link.name} did not say how long a prediction took")
+                if index >= warmup:
+                    samples.append(elapsed)
+                if on_run is not None:
+                    on_run(index, elapsed)
+        finally:
+            if model is not self.mlmodel:
+                model.unload()
+        return samples
+
+    def _prefix_model(self, spec, name: str):
+        from engine.bridge.iphone import RemoteModel
+        folder = Path(tempfile.mkdtemp(prefix="prefix-", dir=self._workdir))
+        package = folder / "prefix.mlpackage"
+        self.ct.models.MLModel(spec, weights_dir=self.weights_dir, skip_model_load=True).save(str(package))
+        compiled = self.link.api.compile(package, folder)
+        return RemoteModel(self.link, Path(compiled), self.compute_unit)
+
+    def compute_plan(self) -> dict[str, tuple[str, Optional[float]]]:
+        if self._plan is not None:
+            return self._plan
+        from engine.bridge.iphone import plan_from_remote
+        try:
+            self._plan, self.plan_details = plan_from_remote(self.mlmodel.compute_plan())
+        except TargetError as exc:
+            self.warnings.append(f"the phone's compute plan could not be read ({exc}): per-op compute units "
+                                 "unknown, times split by static FLOPs")
+            self._plan = {}
+        return self._plan
+
+    def _device_target(self) -> dict:
+        entry = self.link.entry
+        return {"name": "iphone", "runtime": f"Core ML on the device, through ModelRunner (coremltools "
+                                             f"{self.ct.__version__})",
+                "device": entry["name"], "udid": entry["udid"], "hardware_model": entry.get("hardware_model", ""),
+                "model_name": entry.get("model", ""), "os": f"{entry['os']} {entry['os_version']}".strip(),
+                "chip": "", "compile_ms_on_host": self.compile_ms, "load_kind": MEASURED,
+                "compute_plan": self.plan_details}
+
+    def _transfer_calibration(self, units: Sequence[str], cancel) -> dict[str, UnitCalibration]:
+        return {}  # nothing on the phone is calibrated: transfers carry bytes, no time
+
+    def close(self) -> None:
+        if self.mlmodel is not None:
+            self.mlmodel.unload()
+        self.mlmodel = None
+        shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Times of one segment of a model: `samples` (derived, or measured for the first segment) and
+    the measured samples of the prefix model that ends with it."""
+
+    samples: tuple[float, ...]
+    kind: str
+    prefix_samples: tuple[float, ...]
+
+
+def segments_from_prefixes(prefixes: Sequence[tuple[str, Sequence[float]]]) -> dict[str, Segment]:
+    """Segments from the measured, sorted samples of prefix models in cut order.
+
+    Segment k = prefix k - prefix k-1, rank by rank, clamped at 0 (derived); the first
+    segment is its own prefix (measured).  Pure: tested on Linux.
+    """
+    result: dict[str, Segment] = {}
+    previous: Optional[Sequence[float]] = None
+    for name, times in prefixes:
+        times = tuple(sorted(times))
+        if not times:
+            break
+        if previous is None:
+            result[name] = Segment(times, MEASURED, times)
+        else:
+            result[name] = Segment(tuple(max(0.0, a - b) for a, b in zip(times, previous)), DERIVED, times)
+        previous = times
+    return result
+
+
 def split_measured_groups(graph, analysis, plan: Mapping[str, tuple[str, Optional[float]]],
                           members: Mapping[str, Sequence[str]], group_samples: Mapping[str, Sequence[float]],
-                          stage_of: Mapping[str, str]) -> tuple[list[TimingGroup], list[NodeTiming]]:
-    """Measured groups (segments, or the whole model) split over their ops by compute-plan cost.
+                          stage_of: Mapping[str, str], group_kinds: Optional[Mapping[str, str]] = None,
+                          prefix_samples: Optional[Mapping[str, Sequence[float]]] = None
+                          ) -> tuple[list[TimingGroup], list[NodeTiming]]:
+    """Timed groups (segments, or the whole model) split over their ops by compute-plan cost.
 
-    plan: op id -> (preferred compute unit, estimated cost weight or None); an op without a
-    cost weight is weighted by its static FLOPs, a group without any weight evenly.  A group
-    of one op gives it the measured time; otherwise each op's share is `attributed`.
-    Nodes come back in program order.  Pure: no Core ML call.
+    plan: op id -> (planned compute unit, estimated cost weight or None); an op without a
+    cost weight is weighted by its static FLOPs, a group without any weight evenly.
+    group_kinds: the kind of each group's time (measured unless said: a segment from two
+    prefixes is derived); prefix_samples: the measured prefix model ending with the group.
+    A group of one op gives it the group's time and kind; otherwise each op's share is
+    `attributed`.  An op the plan names gets its compute unit with kind `planned`, any other
+    op "unknown".  Nodes come back in program order.  Pure: no Core ML call.
     """
     groups, nodes = [], []
     for group_id, node_ids in members.items():
         values = group_samples.get(group_id) or []
         if not values or not node_ids:
             continue
-        stats = TimingStats.from_samples(values, MEASURED)
-        groups.append(TimingGroup(group_id, group_id, tuple(node_ids), stats, "segment"))
+        group_kind = (group_kinds or {}).get(group_id, MEASURED)
+        stats = TimingStats.from_samples(values, group_kind)
+        prefix = (prefix_samples or {}).get(group_id)
+        groups.append(TimingGroup(group_id, group_id, tuple(node_ids), stats, "segment",
+                                  TimingStats.from_samples(prefix, MEASURED) if prefix else None))
         weights = []
         for node_id in node_ids:
             cost = plan.get(node_id, (None, None))[1]
@@ -778,10 +1024,11 @@ def split_measured_groups(graph, analysis, plan: Mapping[str, tuple[str, Optiona
             weights = [1.0] * len(node_ids)
         for node_id, weight in zip(node_ids, weights):
             metrics = analysis.nodes[node_id]
-            kind = MEASURED if len(node_ids) == 1 else ATTRIBUTED
+            kind = group_kind if len(node_ids) == 1 else combine_kinds((group_kind, ATTRIBUTED))
+            unit = plan.get(node_id, (UNKNOWN_UNIT, None))[0] or UNKNOWN_UNIT
             nodes.append(NodeTiming(node_id, metrics.op_type, stage_of.get(node_id, metrics.stage),
                                     stats.scaled(weight / weight_total, kind), group_id, kind,
-                                    metrics.output_bytes, None, plan.get(node_id, ("CPU", None))[0]))
+                                    metrics.output_bytes, None, unit, PLANNED if unit != UNKNOWN_UNIT else ""))
     order = {n.id: i for i, n in enumerate(graph.nodes)}
     nodes.sort(key=lambda n: order.get(n.node_id, 0))
     return groups, nodes
@@ -861,5 +1108,5 @@ def _truncated_spec(spec, last_node_id: str, graph):
     return new
 
 
-def default_backends() -> dict[str, Any]:
-    return {BACKEND_ONNXRUNTIME: OrtBackend(), BACKEND_COREML: CoreMLBackend()}
+def default_backends(team: Optional[str] = None) -> dict[str, Any]:
+    return {BACKEND_ONNXRUNTIME: OrtBackend(), BACKEND_COREML: CoreMLBackend(team)}

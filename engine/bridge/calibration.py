@@ -130,11 +130,13 @@ def _transfer_ms(from_unit: str, to_unit: str, tensor_bytes: int,
 
 
 def estimate_transfers(graph, node_units: Mapping[str, str], calibration: Mapping[str, UnitCalibration],
-                       include_io: bool = True) -> tuple[list[Transfer], list[str]]:
+                       include_io: bool = True, keep_untimed: bool = False) -> tuple[list[Transfer], list[str]]:
     """Estimated transfers of one profiled graph: cross-unit edges, input upload, output readback.
 
     graph: engine.ir.Graph of the model as it ran (static shapes give bytes).
     node_units: node id -> compute unit for the nodes that ran.
+    keep_untimed: a move between units without a calibration is kept with its bytes and
+    time None (a phone: the units are planned, nothing there is calibrated) instead of dropped.
     Returns (transfers, warnings).  An edge is counted once per (tensor, consumer unit):
     a tensor read by two nodes on the same other unit moves once.
     """
@@ -160,6 +162,8 @@ def estimate_transfers(graph, node_units: Mapping[str, str], calibration: Mappin
         ms = _transfer_ms(from_unit, to_unit, size, calibration)
         if ms is None:
             missing_units.update(u for u in (from_unit, to_unit) if u not in calibration)
+            if keep_untimed:
+                transfers.append(Transfer(kind, value, from_unit, to_unit, size, None, from_node, to_node))
             return
         transfers.append(Transfer(kind, value, from_unit, to_unit, size,
                                   TimingStats.from_samples([ms], ESTIMATED), from_node, to_node))
@@ -190,7 +194,8 @@ def estimate_transfers(graph, node_units: Mapping[str, str], calibration: Mappin
     missing_units.difference_update(unfitted)
     if missing_units:
         warnings.append(f"no transfer calibration for unit(s) {', '.join(sorted(missing_units))}: "
-                        "their transfers are not estimated")
+                        + ("their transfers show bytes, time unknown" if keep_untimed
+                           else "their transfers are not estimated"))
     if unsized:
         warnings.append(f"{len(unsized)} moved tensor(s) have no static size, so no transfer estimate: "
                         f"{', '.join(unsized[:3])}{' ...' if len(unsized) > 3 else ''}")

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from engine.bridge import protocol as P
 from engine.bridge.cache import format_for_name
-from engine.targets import TargetError
+from engine.targets.settings import TargetError
 
 __all__ = ["BridgeClient", "BridgeError", "BridgeBusy", "BridgeTimeout", "BridgeConnectionLost", "normalize_address",
            "file_sha256", "package_archive"]
@@ -184,12 +184,12 @@ class BridgeClient:
                                 f"{self.connect_timeout:.0f} s") from None
         except ConnectionRefusedError as exc:
             raise BridgeError("unreachable", f"cannot reach the agent at {self.address}: "
-                                             f"{exc.strerror or exc}; is `layerscope agent` (or the agent app) "
+                                             f"{exc.strerror or exc}; is `layerscope agent` "
                                              "running there?") from None
         except (ConnectionClosed, InvalidMessage, OSError) as exc:
             raise BridgeError("unreachable", f"the agent at {self.address} dropped the connection during the "
                                              f"handshake ({_closed_text(exc)}); it may be stopping or restarting: "
-                                             "is `layerscope agent` (or the agent app) running there?") from None
+                                             "is `layerscope agent` running there?") from None
         except (InvalidHandshake, InvalidURI) as exc:
             raise BridgeError("unreachable", f"{self.address} is not a LayerScope agent ({exc})") from None
         hello = {"type": "hello", "id": self._next_id(), "protocols": list(P.SUPPORTED_PROTOCOLS),
@@ -386,12 +386,14 @@ class BridgeClient:
                 return reply
 
     def load(self, sha256: str, backend: Optional[str], compute_unit: Optional[str], settings: Mapping,
-             timeout: float = P.LOAD_TIMEOUT_S) -> dict:
+             timeout: float = P.LOAD_TIMEOUT_S, device: Optional[str] = None) -> dict:
         message = {"type": "load", "id": self._next_id(), "model": sha256, "settings": dict(settings)}
         if backend:
             message["backend"] = backend
         if compute_unit:
             message["compute_unit"] = compute_unit
+        if device:
+            message["device"] = device  # an iPhone or iPad of a Mac agent (coreml backend)
         return self.request(message, ("loaded",), timeout)
 
     def profile(self, settings: Mapping, granularity: str = "layer", partial_every: Optional[int] = None,

@@ -24,6 +24,7 @@ import asyncio
 import inspect
 import json
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -62,15 +63,20 @@ def _run(coro_or_value, timeout: float):
 
 # ============================================================================ typed addresses
 
+# An agent that accepted the connection is there: its first description may take seconds (it imports its
+# runtimes; on a Mac it lists connected phones through `xcrun devicectl`), so the reply gets longer than the search.
+DESCRIBE_TIMEOUT_S = 20.0
+
+
 def probe_agent(address: str, token: Optional[str] = None, timeout: float = 3.0) -> dict:
     from engine.bridge.client import BridgeClient, normalize_address
-    from engine.targets import TargetError
+    from engine.targets.settings import TargetError
     try:
         normalized = normalize_address(address)
     except TargetError as exc:
         return {"source": "address", "address": address, "status": "error", "detail": str(exc)}
     entry: dict[str, Any] = {"source": "address", "address": normalized}
-    client = BridgeClient(normalized, token, connect_timeout=timeout, reply_timeout=timeout)
+    client = BridgeClient(normalized, token, connect_timeout=timeout, reply_timeout=max(timeout, DESCRIBE_TIMEOUT_S))
     try:
         welcome = client.connect()
         description = client.describe()
@@ -83,6 +89,7 @@ def probe_agent(address: str, token: Optional[str] = None, timeout: float = 3.0)
     entry.update(status="ok", protocol=welcome["protocol"], agent=welcome["agent"], device=device,
                  backends=[{"name": b["name"], "available": b["available"],
                             "compute_units": [u["name"] for u in b.get("compute_units", [])],
+                            "devices": list(b.get("devices") or ()),
                             **({"reason": b["reason"]} if not b["available"] and b.get("reason") else {})}
                            for b in description["backends"]],
                  busy=bool(description.get("busy")))
@@ -227,11 +234,21 @@ def _usb_entry(device, agent_port: int, timeout: float) -> dict:
         sock = _run(device.connect(agent_port), timeout)
         sock.close()
         entry["status"] = "ok"
-        entry["agent"] = f"agent app answering on device port {agent_port}, forwarded over USB"
+        entry["agent"] = f"a program answers on device port {agent_port} (forwarded over USB)"
     except Exception:
         entry["status"] = "no_agent"
-        entry["agent"] = f"no agent on device port {agent_port}: open the LayerScope agent app on the iPhone"
+        entry["agent"] = phone_route_hint(device.serial)
     return entry
+
+
+def phone_route_hint(udid: str) -> str:
+    """One line: how this iPhone is profiled from here (there is no LayerScope app for iOS)."""
+    if sys.platform == "darwin":
+        return (f"profile it on this Mac with `layerscope profile MODEL --target iphone:{udid}` "
+                "(Xcode and a signing team needed once: docs/iphone.md)")
+    return (f"to profile it, connect it to a Mac with Xcode, run `layerscope agent --listen 0.0.0.0:7878 "
+            f"--generate-token` there and use --target 'ws://MAC:7878?device={udid}&token=TOKEN' here "
+            "(docs/iphone.md)")
 
 
 class UsbForwarder:
@@ -248,9 +265,11 @@ class UsbForwarder:
         self._thread: Optional[threading.Thread] = None
         self._ready = threading.Event()
         self._error: Optional[BaseException] = None
+        # Why the last forwarded connection could not reach the device port (None: it could).
+        self.last_error: Optional[str] = None
 
     def start(self, timeout: float = 5.0) -> int:
-        from engine.targets import TargetError
+        from engine.targets.settings import TargetError
         usbmux = _usbmux()
         if usbmux is None:
             raise TargetError(f"usb:// addresses need the devices extra: {EXTRA_HINT}")
@@ -281,13 +300,16 @@ class UsbForwarder:
             try:
                 device = await _maybe_await(usbmux.select_device(self.udid))
                 if device is None:
-                    raise ConnectionError(f"iPhone {self.udid} is not connected")
+                    raise ConnectionError(f"iPhone {self.udid} is not connected (usbmuxd does not list it)")
                 sock = await _maybe_await(device.connect(self.device_port))
                 sock.setblocking(False)
                 remote_reader, remote_writer = await asyncio.open_connection(sock=sock)
-            except Exception:
+            except Exception as exc:
+                # Kept for the client: the WebSocket side only sees a connection closed at once.
+                self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 local_writer.close()
                 return
+            self.last_error = None
             await asyncio.gather(pipe(local_reader, remote_writer), pipe(remote_reader, local_writer))
 
         async def main():
@@ -332,6 +354,17 @@ def discover(addresses: Sequence[str] = (), token: Optional[str] = None, mdns: b
                                 "`layerscope agent --listen 0.0.0.0:7878 --token T --advertise`)")
     if usb:
         entries, notes = list_usb_devices(agent_port, timeout=max(timeout, 3.0))
+        if sys.platform == "darwin":
+            # On a Mac, Xcode's devicectl knows the phones and they are targets here (iphone:UDID);
+            # their usbmux entries would list the same phones again.
+            from engine.bridge.iphone import list_phones
+            phones, phone_notes = list_phones()
+            listed = {phone["udid"] for phone in phones}
+            entries = [e for e in entries if e.get("udid") not in listed]
+            result.entries += [{"source": "iphone", "address": f"iphone:{phone['udid']}", "device": phone,
+                                "status": "ok" if phone["ready"] else "not_ready",
+                                **({"detail": phone["detail"]} if phone.get("detail") else {})} for phone in phones]
+            result.notes += phone_notes
         result.entries += entries
         result.notes += notes
     return result
@@ -342,7 +375,13 @@ def format_devices(result: DeviceList) -> str:
     for entry in result.entries:
         device = entry.get("device") or {}
         name = device.get("name") or entry.get("name") or "?"
-        if entry["source"] == "usb":
+        if entry["source"] == "iphone":
+            version = f"{device.get('os', 'iOS')} {device.get('os_version', '')}".strip()
+            lines.append(f"iphone   {name}  ({device.get('model') or device.get('hardware_model') or 'iPhone'}, "
+                         f"{version})  {entry['address']}")
+            lines.append(f"         Core ML through ModelRunner: "
+                         f"{entry.get('detail') or 'ready; --compute-units ' + ' '.join(device.get('compute_units', []))}")
+        elif entry["source"] == "usb":
             model = device.get("model_name") or device.get("hardware_model") or "iPhone"
             version = f"iOS {device['os_version']}" if device.get("os_version") else ""
             lines.append(f"usb      {name}  ({model}{', ' + version if version else ''})  {entry['address']}")
@@ -362,6 +401,11 @@ def format_devices(result: DeviceList) -> str:
                     lines.append(f"         {backend['name']}: {', '.join(backend['compute_units'])}")
                 else:
                     lines.append(f"         {backend['name']}: unavailable ({backend.get('reason', '')})")
+                for phone in backend.get("devices", ()):
+                    lines.append(f"         {backend['name']} device: {phone.get('name')} ({phone.get('model') or 'iPhone'}, "
+                                 f"{phone.get('os', 'iOS')} {phone.get('os_version', '')}; {phone.get('udid')})  "
+                                 f"{entry['address']}?device={phone.get('udid')}"
+                                 + (f"  not ready: {phone['detail']}" if phone.get("detail") else ""))
     if not result.entries:
         lines.append("no agents or devices found")
     for note in result.notes:

@@ -109,7 +109,7 @@ CLIENT_MESSAGES: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "upload_begin": {"sha256": (_STR, True), "size": (_INT, True), "name": (_STR, False),
                      "format": (_STR, False)},
     "load": {"model": (_STR, True), "backend": (_STR, False), "compute_unit": (_OPT_STR, False),
-             "settings": (_DICT, False)},
+             "settings": (_DICT, False), "device": (_OPT_STR, False)},
     "profile": {"settings": (_DICT, False), "granularity": (_STR, False), "partial_every": (_INT, False)},
     "run": {"inputs_npz_b64": (_OPT_STR, False)},
     "calibrate": {"compute_unit": (_OPT_STR, False), "sizes": (_LIST, False), "repeats": (_INT, False)},
@@ -283,7 +283,7 @@ def settings_from_wire(data: Mapping[str, Any]):
     are ignored on purpose (keys may be added within version 1).
     """
     from engine.profile import MODES
-    from engine.targets import ProfileSettings, TargetError
+    from engine.targets.settings import ProfileSettings, TargetError
     if not isinstance(data, Mapping):
         raise ProtocolError("bad_settings", "settings must be an object")
     kwargs = {k: v for k, v in data.items() if k in _SETTINGS_KEYS and v is not None}

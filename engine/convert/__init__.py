@@ -27,6 +27,7 @@ import os
 import shutil
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
@@ -257,6 +258,18 @@ class ConversionResult:
         elif coreml:
             parts.append("not run on Core ML")
         return "values: " + "; ".join(parts)
+
+    def folded_summary(self) -> str:
+        """What was evaluated at conversion time, by op type ("" when nothing was), e.g.
+        "folded 16 constant nodes (4 Shape, 8 Gather, 4 Concat) into 6 nodes that use them"."""
+        folded = self.layer_map.get("folded", [])
+        if not folded:
+            return ""
+        op_types = self.layer_map.get("folded_op_types", {})
+        counts = Counter(op_types.get(node_id, "?") for node_id in folded)
+        users = {user for targets in self.layer_map.get("folded_into", {}).values() for user in targets}
+        listed = ", ".join(f"{count} {op_type}" for op_type, count in counts.most_common())
+        return f"folded {len(folded)} constant nodes ({listed}) into the {len(users)} nodes that use them"
 
     def summary_lines(self) -> list[str]:
         return [f"{name:15s} {check['status']:7s} {check['detail']}" for name, check in self.verification.items()]

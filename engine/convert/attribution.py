@@ -42,7 +42,7 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 
 from engine.convert.layermap import LayerMapError, source_index
-from engine.profile import ATTRIBUTED, MEASURED, NodeTiming, Profile, TimingGroup, TimingStats, combine_kinds
+from engine.profile import ATTRIBUTED, DERIVED, MEASURED, NodeTiming, Profile, TimingGroup, TimingStats, combine_kinds
 
 __all__ = ["SourceNode", "source_nodes_from_analysis", "source_nodes_from_layer_map", "source_node_table",
            "source_segments", "profile_on_source", "NO_SOURCE_SUFFIX"]
@@ -196,7 +196,7 @@ def profile_on_source(device: Profile, layer_map: Mapping, source: SourceLike = 
     # Per source node: (timing part, group id) for each of its ops.
     node_parts: dict[str, list[tuple[NodeTiming, str]]] = {}
     groups: list[TimingGroup] = []
-    exclusive: dict[str, bool] = {}  # group id -> measured and only one source node's ops
+    exclusive: dict[str, Optional[str]] = {}  # group id -> its kind when it times one source node's ops only
     grouped_ops: set[str] = set()
     missing_ops: list[str] = []
     no_source_ms = 0.0
@@ -216,23 +216,24 @@ def profile_on_source(device: Profile, layer_map: Mapping, source: SourceLike = 
                 mapped.append((timing, source_id))
         covered = list(dict.fromkeys(s for _, s in mapped))
         covered.sort(key=position.__getitem__)
-        exclusive[group.group_id] = (group.time.kind == MEASURED and len(covered) == 1 and not orphans)
+        exclusive[group.group_id] = (group.time.kind if group.time.kind in (MEASURED, DERIVED)
+                                     and len(covered) == 1 and not orphans else None)
         if not mapped and not orphans:
-            groups.append(TimingGroup(group.group_id, group.kernel, (), group.time, group.kernel_op))
+            groups.append(replace(group, node_ids=()))
             continue
         if orphans and mapped:
             split_kind = combine_kinds([group.time.kind, ATTRIBUTED])
             source_time = _sum_parts([t.time for t, _ in mapped], True, split_kind)
             orphan_time = _sum_parts([t.time for t in orphans], True, split_kind)
-            groups.append(TimingGroup(group.group_id, group.kernel, tuple(covered), source_time, group.kernel_op))
+            groups.append(replace(group, node_ids=tuple(covered), time=source_time))
             groups.append(TimingGroup(group.group_id + NO_SOURCE_SUFFIX, ", ".join(t.node_id for t in orphans),
                                       (), orphan_time, group.kernel_op))
             no_source_ms += orphan_time.median_ms
         elif orphans:
-            groups.append(TimingGroup(group.group_id, group.kernel, (), group.time, group.kernel_op))
+            groups.append(replace(group, node_ids=()))
             no_source_ms += group.time.median_ms
         else:
-            groups.append(TimingGroup(group.group_id, group.kernel, tuple(covered), group.time, group.kernel_op))
+            groups.append(replace(group, node_ids=tuple(covered)))
         for timing, source_id in mapped:
             node_parts.setdefault(source_id, []).append((timing, group.group_id))
     ungrouped = [op for op in device.nodes if op not in grouped_ops]
@@ -247,14 +248,14 @@ def profile_on_source(device: Profile, layer_map: Mapping, source: SourceLike = 
         if not parts:
             continue
         group_ids = list(dict.fromkeys(g for _, g in parts))
-        if all(exclusive.get(g, False) for g in group_ids):
-            kind = MEASURED
+        if all(exclusive.get(g) for g in group_ids):
+            kind = combine_kinds(exclusive[g] for g in group_ids)
         else:
             kind = combine_kinds([t.time.kind for t, _ in parts] + [ATTRIBUTED])
         time = _sum_parts([t.time for t, _ in parts], len(group_ids) == 1, kind)
         dominant = max(parts, key=lambda p: p[0].time.median_ms)[0]
         node_timings.append(NodeTiming(node_id, node.op_type, node.stage, time, group_ids[0], kind,
-                                       node.output_bytes, None, dominant.compute_unit))
+                                       node.output_bytes, None, dominant.compute_unit, dominant.compute_unit_kind))
 
     timed = {n.node_id for n in node_timings}
     untimed = [node_id for node_id in info if node_id not in timed]

@@ -14,6 +14,7 @@ Schema "layerscope.layermap/1":
       "options": {"precision": "fp16", "target": "iOS16", ...},
       "nodes":   {onnx_node_id: [mil op name, ...]},   # every converted compute node
       "folded":  [onnx_node_id, ...],             # constant nodes evaluated at conversion
+      "folded_into": {onnx_node_id: [compute node ids using its value], ...},
       "removed": [onnx_node_id, ...],             # Dropout/Identity and ops optimised away
       "removed_reasons": {onnx_node_id: "why"},
       "fused":   {onnx_node_id: owner_node_id},   # optimize="default" only: merged into owner's ops
@@ -242,6 +243,8 @@ def build_layer_map(*, source, built, coreml_graph, optimize: str, options: Mapp
         "options": dict(options),
         "nodes": {n.id: nodes[n.id] for n in compute if n.id in nodes},
         "folded": [n.id for n in source.order if n.id in source.folded],
+        "folded_into": folded_into(source),
+        "folded_op_types": {n.id: n.op_type for n in source.order if n.id in source.folded},
         "removed": [n.id for n in compute if n.id in removed],
         "removed_reasons": {n.id: removed[n.id] for n in compute if n.id in removed},
         "fused": {n.id: fused[n.id] for n in compute if n.id in fused},
@@ -253,6 +256,31 @@ def build_layer_map(*, source, built, coreml_graph, optimize: str, options: Mapp
         "source_nodes": (source_node_table(source.analysis, [n.id for n in compute])
                          if source.analysis is not None else {}),
     }
+
+
+def folded_into(source) -> dict[str, list[str]]:
+    """Folded node -> the compute nodes that use its result (through other folded nodes).
+
+    A folded node costs nothing at run time: its value is a constant of the MIL ops of the
+    nodes that consume it, so that is where it belongs on the source graph (as deployed mode
+    maps fused kernels).  A value used by nothing that runs maps to [].
+    """
+    consumers = source.graph.consumers()
+    position = {node.id: index for index, node in enumerate(source.order)}
+    reached: dict[str, set[str]] = {}
+    for node in reversed(source.order):
+        if node.id not in source.folded:
+            continue
+        targets: set[str] = set()
+        for name in node.outputs:
+            for consumer in consumers.get(name, []) if name else []:
+                if consumer.id in source.folded:
+                    targets |= reached.get(consumer.id, set())
+                else:
+                    targets.add(consumer.id)
+        reached[node.id] = targets
+    return {node.id: sorted(reached[node.id], key=lambda i: position.get(i, 0))
+            for node in source.order if node.id in source.folded}
 
 
 def _fusion_owner(node, source, nodes: Mapping[str, list]) -> Optional[str]:

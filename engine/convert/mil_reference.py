@@ -507,9 +507,16 @@ def upsample_bilinear(args: dict) -> np.ndarray:
     return _bilinear(x, tuple(grids))
 
 
+def silu(args: dict) -> np.ndarray:
+    """silu (iOS15 activation docstring): x * sigmoid(x).  coremltools' `fuse_sigmoid_mul`
+    pass writes it for a Sigmoid and a Mul of the same tensor (SiLU as exported)."""
+    x = np.asarray(args["x"], np.float32)
+    return x / (np.float32(1) + np.exp(-x))
+
+
 SPEC_OPS: dict[str, Callable[[dict], np.ndarray]] = {
     "conv": conv, "conv_transpose": conv_transpose, "max_pool": max_pool, "avg_pool": avg_pool,
     "batch_norm": batch_norm, "local_response_norm": local_response_norm,
     "upsample_nearest_neighbor": upsample_nearest_neighbor, "upsample_bilinear": upsample_bilinear,
-    "resize_bilinear": resize_bilinear,
+    "resize_bilinear": resize_bilinear, "silu": silu,
 }

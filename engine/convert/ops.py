@@ -470,7 +470,9 @@ def _check_unary(ctx: NodeContext) -> list[str]:
 
 def _unary(ctx: NodeContext) -> None:
     function = getattr(mb, _UNARY[ctx.node.op_type])
-    ctx.set_output(0, function(x=ctx.x(0), name=ctx.name()))
+    # MIL's inverse computes 1 / (x + epsilon) with epsilon 1e-4 unless told otherwise.
+    kwargs = {"epsilon": ctx.float(0.0)} if ctx.node.op_type == "Reciprocal" else {}
+    ctx.set_output(0, function(x=ctx.x(0), name=ctx.name(), **kwargs))
 
 
 for _onnx_name in _UNARY:
@@ -1331,6 +1333,212 @@ def cast(ctx: NodeContext) -> None:
     ctx.set_output(0, mb.cast(x=x, dtype=target, name=ctx.name()))
 
 
+# ----------------------------------------------------------------------------- transformer ops
+
+def _check_layer_norm(ctx: NodeContext) -> list[str]:
+    problems = _float_input(ctx) + _static_input(ctx)
+    for index in (1, 2):
+        if ctx.output_used(index):
+            problems.append(f"output {index} (the mean or inverse standard deviation) is used; "
+                            "Core ML's layer_norm gives only the normalised result")
+    if problems:
+        return problems
+    shape = ctx.in_shape(0)
+    axis = int(ctx.attr("axis", -1)) % len(shape)
+    for index in (1, 2):
+        if ctx.has_input(index):
+            given = ctx.in_shape(index)
+            if given is None:
+                problems.append(f"the shape of input {index} is not known statically")
+            elif not _broadcasts_to(given, shape[axis:]):
+                problems.append(f"input {index} of shape {tuple(given)} does not broadcast "
+                                f"to the normalised axes {tuple(shape[axis:])}")
+    return problems
+
+
+def _broadcasts_to(shape, target) -> bool:
+    try:
+        return np.broadcast_shapes(tuple(shape), tuple(target)) == tuple(target)
+    except ValueError:
+        return False
+
+
+@op("LayerNormalization", check=_check_layer_norm)
+def layer_normalization(ctx: NodeContext) -> None:
+    shape = ctx.in_shape(0)
+    axis = int(ctx.attr("axis", -1)) % len(shape)
+    axes = list(range(axis, len(shape)))
+    epsilon = ctx.float(ctx.attr("epsilon", 1e-5))
+    given = [index for index in (1, 2) if ctx.has_input(index)]
+    if all(ctx.is_const(index) and tuple(ctx.const(index).shape) == tuple(shape[axis:]) for index in given):
+        roles = {1: "gamma", 2: "beta"}
+        kwargs = {roles[index]: ctx.x(index) for index in given}
+        ctx.set_output(0, mb.layer_norm(x=ctx.x(0), axes=axes, epsilon=epsilon, name=ctx.name(), **kwargs))
+        return
+    # A scale or bias computed at run time, or one that ONNX broadcasts over the normalised axes:
+    # MIL's gamma/beta must be constants of exactly their shape, so they are applied after
+    # (stored as given, not enlarged).
+    y = mb.layer_norm(x=ctx.x(0), axes=axes, epsilon=epsilon, name=ctx.name("normalized"))
+    y = mb.mul(x=y, y=ctx.x(1), name=ctx.name("scaled" if 2 in given else None))
+    if 2 in given:
+        y = mb.add(x=y, y=ctx.x(2), name=ctx.name())
+    ctx.set_output(0, y)
+
+
+def _check_rms_norm(ctx: NodeContext) -> list[str]:
+    return _float_input(ctx) + _static_input(ctx)
+
+
+@op("RMSNormalization", check=_check_rms_norm)
+def rms_normalization(ctx: NodeContext) -> None:
+    """x / sqrt(mean(x^2) + eps) * scale, computed on x scaled by its largest magnitude first.
+
+    The scaling is coremltools' own RMSNorm lowering (torch frontend `rms_norm`): x^2 of
+    activations above 256 overflows fp16, and the Neural Engine computes in fp16.  As there,
+    epsilon is added to the mean of the *scaled* squares, i.e. it weighs max|x|^2 times what
+    ONNX gives it: the same result wherever epsilon is small against mean(x^2).  The largest
+    magnitude is kept at least 1e-6 so that an all-zero row stays zero instead of 0/0.
+    """
+    x = ctx.x(0)
+    rank = len(ctx.in_shape(0))
+    axes = list(range(int(ctx.attr("axis", -1)) % rank, rank))
+    largest = mb.reduce_max(x=mb.abs(x=x, name=ctx.name("abs")), axes=axes, keep_dims=True,
+                            name=ctx.name("max_abs"))
+    largest = mb.maximum(x=largest, y=ctx.float(1e-6), name=ctx.name("max_abs_floor"))
+    scaled = mb.real_div(x=x, y=largest, name=ctx.name("scaled"))
+    mean_square = mb.reduce_mean(x=mb.square(x=scaled, name=ctx.name("square")), axes=axes, keep_dims=True,
+                                 name=ctx.name("mean_square"))
+    rms = mb.sqrt(x=mb.add(x=mean_square, y=ctx.float(ctx.attr("epsilon", 1e-5)), name=ctx.name("add_eps")),
+                  name=ctx.name("rms_scaled"))
+    rms = mb.mul(x=rms, y=largest, name=ctx.name("rms"))
+    if ctx.has_input(1):
+        normalized = mb.real_div(x=x, y=rms, name=ctx.name("normalized"))
+        ctx.set_output(0, mb.mul(x=normalized, y=ctx.x(1), name=ctx.name()))
+    else:
+        ctx.set_output(0, mb.real_div(x=x, y=rms, name=ctx.name()))
+
+
+def _check_where(ctx: NodeContext) -> list[str]:
+    problems = []
+    for index in (1, 2):
+        t = ctx.in_type(index)
+        if t is not None and t.dtype not in ("float32", "float16", "float64", "int32", "int64", "bool"):
+            problems.append(f"input {index} is {t.dtype}; Core ML selects among float, int32 and bool tensors")
+    return problems
+
+
+@op("Where", check=_check_where)
+def where(ctx: NodeContext) -> None:
+    cond = ctx.x(0)
+    if isinstance(cond, np.ndarray):
+        cond = cond.astype(bool)
+    ctx.set_output(0, mb.select(cond=cond, a=ctx.x(1), b=ctx.x(2), name=ctx.name()))
+
+
+def _expand_reps(ctx: NodeContext) -> tuple[list[int], list[int]]:
+    """(the input shape padded on the left to the result's rank, the tile repetitions)."""
+    in_shape, out_shape = list(ctx.in_shape(0)), list(ctx.out_shape(0))
+    padded = [1] * (len(out_shape) - len(in_shape)) + in_shape
+    return padded, [o // i if i != o else 1 for i, o in zip(padded, out_shape)]
+
+
+def _check_expand(ctx: NodeContext) -> list[str]:
+    problems = (_const_inputs(ctx, [1], "the target shape") + _static_input(ctx) + _static_output(ctx))
+    if not problems and len(ctx.out_shape(0)) < len(ctx.in_shape(0)):
+        problems.append("the result has a lower rank than the input")
+    return problems
+
+
+@op("Expand", check=_check_expand)
+def expand(ctx: NodeContext) -> None:
+    # Two-way broadcast as a tile with computed repetitions (coremltools' torch `expand` does the same).
+    x = ctx.x(0)
+    padded, reps = _expand_reps(ctx)
+    if list(ctx.in_shape(0)) != padded:
+        x = mb.reshape(x=x, shape=padded, name=ctx.name("rank"))
+    if all(r == 1 for r in reps):
+        ctx.set_output(0, mb.identity(x=x, name=ctx.name()))
+    else:
+        ctx.set_output(0, mb.tile(x=x, reps=reps, name=ctx.name()))
+
+
+def _check_cast_like(ctx: NodeContext) -> list[str]:
+    t = ctx.in_type(1)
+    if t is None:
+        return ["the type of input 1 (the target type) is unknown"]
+    if t.dtype not in _CAST_LIKE_TARGETS:
+        return [f"cast to {t.dtype} is not supported (float, int32/int64 and bool are)"]
+    return []
+
+
+_CAST_LIKE_TARGETS = {"float32": "fp32", "float16": "fp32", "float64": "fp32", "int32": "int32",
+                      "int64": "int32", "bool": "bool"}
+
+
+@op("CastLike", check=_check_cast_like)
+def cast_like(ctx: NodeContext) -> None:
+    target = _CAST_LIKE_TARGETS[ctx.in_type(1).dtype]
+    if target == "fp32":
+        target = ctx.float_name
+    ctx.set_output(0, mb.cast(x=ctx.x(0), dtype=target, name=ctx.name()))
+
+
+_COMPARE = {"Greater": "greater", "Less": "less", "Equal": "equal", "GreaterOrEqual": "greater_equal",
+            "LessOrEqual": "less_equal", "And": "logical_and", "Or": "logical_or", "Xor": "logical_xor"}
+
+
+def _check_compare(ctx: NodeContext) -> list[str]:
+    problems = []
+    for index in (0, 1):
+        t = ctx.in_type(index)
+        if t is not None and t.dtype not in ("float32", "float16", "float64", "int32", "int64", "bool"):
+            problems.append(f"input {index} is {t.dtype}; Core ML compares float, int32 and bool tensors")
+    return problems
+
+
+def _compare(ctx: NodeContext) -> None:
+    function = getattr(mb, _COMPARE[ctx.node.op_type])
+    ctx.set_output(0, function(x=ctx.x(0), y=ctx.x(1), name=ctx.name()))
+
+
+for _onnx_name in _COMPARE:
+    op(_onnx_name, check=_check_compare)(_compare)
+
+
+@op("Not")
+def logical_not(ctx: NodeContext) -> None:
+    ctx.set_output(0, mb.logical_not(x=ctx.x(0), name=ctx.name()))
+
+
+def _trilu_k(ctx: NodeContext) -> int:
+    return int(np.asarray(ctx.const(1)).reshape(-1)[0]) if ctx.has_input(1) else 0
+
+
+def _check_trilu(ctx: NodeContext) -> list[str]:
+    problems = _const_inputs(ctx, [1], "k") + _static_input(ctx)
+    if not problems and len(ctx.in_shape(0)) < 2:
+        problems.append("the input has rank < 2")
+    return problems
+
+
+@op("Trilu", check=_check_trilu)
+def trilu(ctx: NodeContext) -> None:
+    """Keeps column - row >= k (upper) or <= k (lower); band_part where its band expresses that."""
+    k, upper = _trilu_k(ctx), bool(ctx.attr("upper", 1))
+    x = ctx.x(0)
+    if upper and k <= 0:
+        ctx.set_output(0, mb.band_part(x=x, lower=np.int32(-k), upper=np.int32(-1), name=ctx.name()))
+    elif not upper and k >= 0:
+        ctx.set_output(0, mb.band_part(x=x, lower=np.int32(-1), upper=np.int32(k), name=ctx.name()))
+    else:
+        # A band that excludes the diagonal on the kept side: a constant mask and select.
+        rows, columns = ctx.in_shape(0)[-2:]
+        offset = np.arange(columns)[None, :] - np.arange(rows)[:, None]
+        keep = offset >= k if upper else offset <= k
+        zero = np.zeros((), dtype=np.int32) if not _is_float_var(x) else ctx.float(0.0)
+        ctx.set_output(0, mb.select(cond=keep, a=x, b=zero, name=ctx.name()))
+
+
 # ----------------------------------------------------------------------------- removed and folded
 
 def _check_dropout(ctx: NodeContext) -> list[str]:
@@ -1361,7 +1569,7 @@ FOLD_ONLY = {
 _SIZE_FREE = (set(_UNARY) | set(_BINARY) | set(_REDUCE) | {
     "Neg", "Clip", "LeakyRelu", "Elu", "Selu", "ThresholdedRelu", "HardSigmoid", "HardSwish", "Gelu", "PRelu",
     "BatchNormalization", "LRN", "Mean", "Concat", "Transpose", "Unsqueeze", "GlobalAveragePool",
-    "GlobalMaxPool", "Identity", "Dropout", "Cast", "Pad", "Conv", "Gemm", "MatMul"})
+    "GlobalMaxPool", "Identity", "Dropout", "Cast", "Pad", "Conv", "Gemm", "MatMul", "CastLike", "Where", "Not"} | set(_COMPARE))
 
 
 def flexible_problems(ctx: NodeContext) -> list[str]:

@@ -133,6 +133,24 @@ def load_source(path: Path, input_shapes: Optional[Mapping[str, Sequence[int]]] 
     proto = onnx.load(str(path), load_external_data=with_weights)
     if input_shapes:
         model = _ir_at_shapes(path, proto, input_shapes)
+    source = _assemble(path, proto, model)
+    # The shape-fixing pass: values folded at these shapes (shape arithmetic) may fix shapes
+    # that ONNX shape inference could not follow; infer again with them until nothing changes.
+    for _ in range(_MAX_SHAPE_PASSES):
+        refined = _refine_shapes(path, proto, source)
+        if refined is None:
+            break
+        source = _assemble(path, proto, refined)
+    probes = []
+    for shapes in probe_shapes:
+        shapes = {name: tuple(int(d) for d in shape) for name, shape in shapes.items()}
+        probes.append((shapes, _ir_at_shapes(path, proto, {**dict(input_shapes or {}), **shapes}).main_graph))
+    source.probes = probes
+    source.flexible = _flexible_axes(source.graph, probes)
+    return source
+
+
+def _assemble(path: Path, proto: onnx.ModelProto, model: Model) -> SourceModel:
     graph = model.main_graph
     if len(proto.graph.node) != len(graph.nodes):
         raise RuntimeError("the IR and the ONNX file disagree on the node count")
@@ -150,14 +168,105 @@ def load_source(path: Path, input_shapes: Optional[Mapping[str, Sequence[int]]] 
     for node in graph.nodes:
         if node.id in folded:
             constant_names.update(out for out in node.outputs if out)
-    probes = []
-    for shapes in probe_shapes:
-        shapes = {name: tuple(int(d) for d in shape) for name, shape in shapes.items()}
-        probes.append((shapes, _ir_at_shapes(path, proto, {**dict(input_shapes or {}), **shapes}).main_graph))
     return SourceModel(path=path, proto=proto, model=model, graph=graph, order=order, folded=folded,
-                       opset=opset, node_protos=node_protos, flexible=_flexible_axes(graph, probes),
-                       probes=probes, analysis=analysis, _initializers=initializers, _producers=producers,
-                       _constant_names=constant_names)
+                       opset=opset, node_protos=node_protos, analysis=analysis, _initializers=initializers,
+                       _producers=producers, _constant_names=constant_names)
+
+
+# Each pass can only fold what the previous one made static; real exports need one or two.
+_MAX_SHAPE_PASSES = 4
+# Folded values up to this many elements are handed to shape inference (shapes, axes, masks).
+_SHAPE_VALUE_ELEMENTS = 4096
+
+
+def _refine_shapes(path: Path, proto: onnx.ModelProto, source: SourceModel) -> Optional[Model]:
+    """Our IR again, with the shapes that the folded values fix; None when they fix nothing new.
+
+    ONNX shape inference propagates values only through a few ops (Shape, Gather, Concat,
+    Unsqueeze, ...): a shape that an export computes through Where, Equal, ConstantOfShape or
+    Range stays unknown, and so does everything after the Expand or Reshape that uses it.
+    Here the folded values are known, so they are given to shape inference as constants (on a
+    copy, where each compute node reads them from an initializer of their own), and the shapes
+    it finds are kept as the tensors' stored shapes of a second copy that has the original
+    nodes, names and ids: the layer map stays keyed by the original graph.
+    """
+    graph = source.graph
+    unknown = {name for node in source.order if node.id not in source.folded
+               for name in node.outputs if name and not _is_static(graph.value_type(name))}
+    if not unknown:
+        return None
+    values: dict[str, np.ndarray] = {}
+    for node in source.order:
+        if node.id in source.folded:
+            continue
+        for name in node.inputs:
+            if name and name not in values and name in source._producers and source.is_constant(name):
+                try:
+                    value = source.constant(name)
+                except FoldError:
+                    continue
+                if value.size <= _SHAPE_VALUE_ELEMENTS:
+                    values[name] = value
+    if not values:
+        return None
+    probe = _copy_at_input_shapes(proto, graph)
+    for node in probe.graph.node:
+        for index, name in enumerate(node.input):
+            if name in values:
+                node.input[index] = f"{name}__folded_value"
+    for name, value in values.items():
+        probe.graph.initializer.append(numpy_helper.from_array(value, f"{name}__folded_value"))
+    try:
+        inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True)
+    except Exception:  # inference refusing the copy: keep what the first pass found
+        return None
+    found = [info for info in inferred.graph.value_info
+             if info.name in unknown and _proto_static(info)]
+    found_outputs = [info for info in inferred.graph.output if info.name in unknown and _proto_static(info)]
+    if not found and not found_outputs:
+        return None
+    copy = _copy_at_input_shapes(proto, graph)
+    copy.graph.value_info.extend(found)
+    inferred_outputs = {info.name: info for info in inferred.graph.output}
+    for output in copy.graph.output:
+        info = inferred_outputs.get(output.name)
+        if output.name in unknown and info is not None and _proto_static(info):
+            output.CopyFrom(info)
+    # keep the shapes already known too, so this pass never loses one
+    for name, value in graph.values.items():
+        if name not in unknown and value.type is not None and _is_static(value.type) \
+                and name not in graph.inputs and name not in graph.outputs and value.initializer is None:
+            try:
+                element_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(value.type.dtype))
+            except TypeError:  # a type numpy does not name (bfloat16, ...): inferred again anyway
+                continue
+            copy.graph.value_info.append(onnx.helper.make_tensor_value_info(name, element_type,
+                                                                            list(value.type.shape)))
+    # The inputs are already at their shapes: opening with input shapes would drop the stored ones.
+    return _open_copy(path, copy, {})
+
+
+def _copy_at_input_shapes(proto: onnx.ModelProto, graph: Graph) -> onnx.ModelProto:
+    """A stripped copy whose inputs have the shapes our IR gave them (the --shape sizes)."""
+    copy = _stripped_copy(proto)
+    for graph_input in copy.graph.input:
+        value_type = graph.value_type(graph_input.name)
+        if value_type is not None and value_type.is_static and graph_input.type.HasField("tensor_type"):
+            shape = graph_input.type.tensor_type.shape
+            shape.ClearField("dim")
+            for size in value_type.shape:
+                shape.dim.add().dim_value = int(size)
+    return copy
+
+
+def _is_static(value_type: Optional[TensorType]) -> bool:
+    return value_type is not None and value_type.is_static
+
+
+def _proto_static(info: onnx.ValueInfoProto) -> bool:
+    if not info.type.HasField("tensor_type") or not info.type.tensor_type.HasField("shape"):
+        return False
+    return all(d.HasField("dim_value") for d in info.type.tensor_type.shape.dim)
 
 
 def _ir_at_shapes(path: Path, proto: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> Model:
@@ -168,11 +277,11 @@ def _ir_at_shapes(path: Path, proto: onnx.ModelProto, input_shapes: Mapping[str,
     opening the file itself with new input shapes gives stale intermediate shapes.  This
     opens a copy without them (and without weight data, which shapes do not need).
     """
-    import dataclasses
-    import tempfile
+    return _open_copy(path, _stripped_copy(proto), input_shapes)
 
-    from importers import open_model
 
+def _stripped_copy(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The model without stored intermediate shapes and without large weight data."""
     copy = onnx.ModelProto(ir_version=proto.ir_version, producer_name=proto.producer_name,
                            producer_version=proto.producer_version, domain=proto.domain,
                            model_version=proto.model_version, doc_string=proto.doc_string)
@@ -193,6 +302,15 @@ def _ir_at_shapes(path: Path, proto: onnx.ModelProto, input_shapes: Mapping[str,
             graph.initializer.append(tensor)
         else:  # shapes need the dims only
             graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+    return copy
+
+
+def _open_copy(path: Path, copy: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> Model:
+    import dataclasses
+    import tempfile
+
+    from importers import open_model
+
     with tempfile.TemporaryDirectory(prefix="layerscope-shapes-") as folder:
         copy_path = Path(folder) / path.name
         onnx.save_model(copy, str(copy_path))

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 CSV_COLUMNS = ("order", "id", "name", "op_type", "stage", "namespace", "group", "median_ms", "p10_ms", "p90_ms",
                "cv", "time_kind", "share", "macs", "flops", "params", "output_bytes", "arithmetic_intensity",
-               "static_kind", "compute_unit")
+               "static_kind", "compute_unit", "compute_unit_kind")
 
 
 def csv_text(profile: "Profile", analysis: "ModelAnalysis") -> str:
@@ -38,7 +38,8 @@ def csv_text(profile: "Profile", analysis: "ModelAnalysis") -> str:
             timing.kind if timing else "not run",
             _num(time.median_ms / total if time and total > 0 else None),
             _num(metrics.macs), _num(metrics.flops), metrics.params, _num(metrics.output_bytes),
-            _num(metrics.arithmetic_intensity), "estimated", timing.compute_unit if timing else ""])
+            _num(metrics.arithmetic_intensity), "estimated", timing.compute_unit if timing else "",
+            timing.compute_unit_kind if timing else ""])
     return buffer.getvalue()
 
 

@@ -6,8 +6,14 @@
     target.describe()                                     # the agent's device, OS, chip, compute units
 
 Addresses: ``ws://HOST:PORT`` (query keys: ``backend``, ``unit``, ``token``,
-``granularity``), ``HOST:PORT``, or ``usb://UDID[:PORT]`` for an iPhone whose
-agent app is reached through usbmux port forwarding (engine.bridge.discovery).
+``granularity``, ``device``), ``HOST:PORT``, or ``usb://UDID[:PORT]`` for a device
+whose agent listens on a port reached through usbmux forwarding (engine.bridge.discovery;
+no such agent exists for iOS today, docs/bridge-protocol.md).
+
+``device=NAME-or-UDID`` asks a Mac agent for one of its connected iPhones or iPads
+(engine.bridge.iphone; the backend is then coreml).  A Core ML run takes an ML Program:
+an .onnx model is converted here first (engine.convert, its layer map uploaded with it,
+so the results come back keyed by the ONNX nodes).
 The token may also come from the environment variable LAYERSCOPE_AGENT_TOKEN.
 
 Lost agent: the agent streams partial profiles; when the connection drops
@@ -19,6 +25,8 @@ reconnects (the model is then a cache hit on the agent) and loads again.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import threading
 import time
 from dataclasses import replace
@@ -31,7 +39,7 @@ from engine.bridge.client import (BridgeClient, BridgeConnectionLost, BridgeErro
                                   normalize_address, npz_b64)
 from engine.bridge.results import profile_from_document
 from engine.profile import Profile, ProfileFormatError
-from engine.targets import ProfileSettings, ProgressCallback, TargetError
+from engine.targets.settings import ProfileSettings, ProgressCallback, TargetError
 
 __all__ = ["BridgeTarget", "is_bridge_address"]
 
@@ -48,7 +56,7 @@ class BridgeTarget:
     name = "bridge"
 
     def __init__(self, address: str, token: Optional[str] = None, backend: Optional[str] = None,
-                 compute_unit: Optional[str] = None, granularity: Optional[str] = None,
+                 compute_unit: Optional[str] = None, granularity: Optional[str] = None, device: Optional[str] = None,
                  partial_every: Optional[int] = None, connect_timeout: float = P.CONNECT_TIMEOUT_S,
                  reply_timeout: float = P.REPLY_TIMEOUT_S, stall_timeout: float = P.STALL_TIMEOUT_S):
         self.requested_address = address
@@ -66,7 +74,11 @@ class BridgeTarget:
             query = parse_qs(urlsplit(address if "://" in address else "ws://" + address).query)
         self.address = normalize_address(ws_address)
         self.token = token or _first(query, "token") or os.environ.get("LAYERSCOPE_AGENT_TOKEN") or None
-        self.backend = backend or _first(query, "backend") or None
+        self.device = device or _first(query, "device") or None
+        self.backend = backend or _first(query, "backend") or (P.BACKEND_COREML if self.device else None)
+        if self.device and self.backend != P.BACKEND_COREML:
+            raise TargetError(f"device={self.device} names an iPhone or iPad of a Mac agent, which runs Core ML: "
+                              f"drop backend={self.backend} or use backend=coreml")
         self.compute_unit = compute_unit or _first(query, "unit") or None
         self.granularity = granularity or _first(query, "granularity") or "layer"
         if self.granularity not in P.GRANULARITIES:
@@ -74,6 +86,7 @@ class BridgeTarget:
         self.partial_every = partial_every
         self.connect_timeout, self.reply_timeout, self.stall_timeout = connect_timeout, reply_timeout, stall_timeout
         self._client: Optional[BridgeClient] = None
+        self._workdir: Optional[Path] = None  # packages converted here for a Core ML backend
         self._description: Optional[dict] = None
         self._model_path: Optional[Path] = None
         self._sha256: Optional[str] = None
@@ -91,7 +104,16 @@ class BridgeTarget:
             return self._client
         client = BridgeClient(self.address, self.token, self.connect_timeout, self.reply_timeout)
         start = time.perf_counter()
-        client.connect()
+        try:
+            client.connect()
+        except TargetError as exc:
+            cause = self._forwarder.last_error if self._forwarder is not None else None
+            if cause is None:
+                raise
+            from engine.bridge.discovery import phone_route_hint
+            raise TargetError(f"{self.requested_address}: the USB connection to device port "
+                              f"{self._forwarder.device_port} failed ({cause}); nothing listens there unless an "
+                              f"agent was started on the device; {phone_route_hint(self._forwarder.udid)}") from None
         self.overhead["connect_ms"] = (time.perf_counter() - start) * 1000.0
         self._client = client
         self._loaded = None
@@ -120,7 +142,8 @@ class BridgeTarget:
                 wire["inputs"] = f"upload:{inputs.sha256}"
             start = time.perf_counter()
             try:
-                self._loaded = client.load(upload.sha256, self.backend, self.compute_unit, wire)
+                self._loaded = client.load(upload.sha256, self.backend, self.compute_unit, wire,
+                                           device=self.device)
             except BridgeError as exc:
                 # The agent found its cached copy damaged (or evicted it meanwhile): upload once more.
                 if exc.code != "unknown_model" or attempt == 2:
@@ -140,6 +163,11 @@ class BridgeTarget:
         if not path.exists():
             from engine.ir import ModelLoadError
             raise ModelLoadError(str(path), "no such file or directory")
+        if self.backend == P.BACKEND_COREML and path.suffix == ".onnx":
+            from engine.targets.iphone import package_for_coreml
+            if self._workdir is None:
+                self._workdir = Path(tempfile.mkdtemp(prefix="layerscope-coreml-"))
+            path, _ = package_for_coreml(path, settings, self._workdir)
         self._model_path = path
         self._loaded = None
         client = self._connect()
@@ -196,7 +224,7 @@ class BridgeTarget:
             raise TargetError(f"the agent at {self.address} sent a profile LayerScope cannot read: {exc}") \
                 from None
         target = dict(profile.target)
-        target.update({"name": "bridge", "address": self.address, "protocol": P.PROTOCOL,
+        target.update({"name": "bridge", "address": self._public_address(), "protocol": P.PROTOCOL,
                        "agent": dict((self._client.welcome.get("agent") or {}) if self._client else {})})
         # A package uploaded with its layer map comes back keyed by the ONNX source nodes
         # (target["layer_map"]): the profile then names the source model, not the package.
@@ -206,6 +234,13 @@ class BridgeTarget:
         else:
             model_path = str(self._model_path) if self._model_path else profile.model_path
         return replace(profile, target=target, model_path=model_path)
+
+    def _public_address(self) -> str:
+        """The address the person gave, without a token: usb://UDID:PORT keeps the device's UDID (the
+        local forwarding port means nothing later); a ws:// address is the normalized one."""
+        if self._forwarder is None:
+            return self.address
+        return self.requested_address.split("?", 1)[0]
 
     def _source_model(self) -> Optional[Path]:
         """The ONNX file a prepared .mlpackage was converted from (its layer map says), if it is here."""
@@ -293,6 +328,17 @@ class BridgeTarget:
         device = self._description["device"]
         backends = self._description["backends"]
         chosen = next((b for b in backends if b["name"] == (self.backend or P.BACKEND_ONNXRUNTIME)), {})
+        if self.device:  # a phone of a Mac agent: its own description, from the agent's coreml backend
+            phone = next((d for d in chosen.get("devices") or () if self.device in (d.get("udid"), d.get("identifier"))
+                          or str(d.get("name", "")).casefold() == self.device.casefold()), None)
+            if phone is None:
+                notes = "; ".join(chosen.get("device_notes") or ()) or "none connected"
+                raise TargetError(f"the agent at {self.address} has no iPhone or iPad {self.device!r} ({notes})")
+            return {"name": "bridge", "address": self.address, "protocol": P.PROTOCOL, "device": phone["name"],
+                    "udid": phone["udid"], "hardware_model": phone.get("hardware_model", ""),
+                    "model_name": phone.get("model", ""), "os": f"{phone.get('os', '')} {phone.get('os_version', '')}",
+                    "compute_units": list(phone.get("compute_units", ())), "backend": P.BACKEND_COREML,
+                    "via": device.get("name", ""), "backends": backends}
         return {"name": "bridge", "address": self.address, "protocol": P.PROTOCOL,
                 "device": device.get("name", ""), "hardware_model": device.get("hardware_model", ""),
                 "os": f"{device.get('os', '')} {device.get('os_version', '')}".strip(),
@@ -307,6 +353,9 @@ class BridgeTarget:
         if self._forwarder is not None:
             self._forwarder.stop()
             self._forwarder = None
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
 
     def __enter__(self) -> "BridgeTarget":
         return self

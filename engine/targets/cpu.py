@@ -50,7 +50,7 @@ from onnx import numpy_helper
 from engine.ir import Graph, Model, ModelLoadError
 from engine.profile import (ATTRIBUTED, MEASURED, MODE_DEPLOYED, MODE_EXACT, NodeTiming, Profile, TimingGroup,
                             TimingStats)
-from engine.targets import ProfileSettings, ProgressCallback, TargetError
+from engine.targets.settings import ProfileSettings, ProgressCallback, TargetError
 
 try:  # the target must import (and say why it cannot run) even where ORT is missing
     import onnxruntime as ort
@@ -1240,7 +1240,7 @@ class CpuTarget:
                     memory = sum(p for p in parts if p is not None) if any(p is not None for p in parts) else None
                 timed[node_id] = NodeTiming(node_id, metrics.op_type, metrics.stage, stats, group_id, MEASURED,
                                             output_bytes if output_bytes is not None else metrics.output_bytes,
-                                            memory)
+                                            memory, compute_unit="CPU", compute_unit_kind=MEASURED)
                 continue
             weights = [float(analysis.nodes[n].flops or 0) for n in node_ids]
             total = sum(weights)
@@ -1250,7 +1250,8 @@ class CpuTarget:
                 metrics = analysis.nodes[node_id]
                 timed[node_id] = NodeTiming(node_id, metrics.op_type, metrics.stage,
                                             stats.scaled(weight / total, ATTRIBUTED), group_id, ATTRIBUTED,
-                                            metrics.output_bytes, None)
+                                            metrics.output_bytes, None, compute_unit="CPU",
+                                            compute_unit_kind=MEASURED)
         nodes = [timed[node_id] for node_id in analysis.order if node_id in timed]
         missing = [node_id for node_id in source_ids if node_id not in timed]
         if missing:

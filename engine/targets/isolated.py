@@ -30,7 +30,7 @@ import sys
 import threading
 from typing import Any, Callable
 
-from engine.targets import TargetError
+from engine.targets.settings import TargetError
 
 __all__ = ["call_in_child", "start_fork_server"]
 

@@ -22,7 +22,7 @@ from engine.bridge.cache import ModelCache, safe_extract
 from engine.bridge.calibration import calibrate_unit, estimate_transfers, fit_transfer_cost
 from engine.bridge.client import BridgeBusy, BridgeClient, BridgeConnectionLost, BridgeError
 from engine.bridge.protocol import ProtocolError
-from engine.bridge.results import BridgeProfile, UnitCalibration
+from engine.bridge.results import UnitCalibration
 from engine.profile import DERIVED, ESTIMATED, Profile
 from engine.targets import ProfileSettings, get_target
 from engine.targets.bridge import BridgeTarget
@@ -83,7 +83,7 @@ def test_get_target_ws_address_profiles_the_sample_like_the_cpu_reference(start_
         analysis = target.analysis  # what `layerscope profile` reads after profiling
     finally:
         target.close()
-    assert isinstance(profile, BridgeProfile)
+    assert isinstance(profile, Profile)
     assert profile.complete and profile.runs_completed == 3
     assert profile.target["name"] == "bridge" and profile.target["address"] == agent.address
     assert profile.model_path == str(sample_model)
@@ -98,7 +98,7 @@ def test_get_target_ws_address_profiles_the_sample_like_the_cpu_reference(start_
     assert kinds["input"].bytes == 1 * 3 * 160 * 160 * 4
     assert profile.calibration["CPU"].kind == DERIVED and profile.calibration["CPU"].bandwidth_bytes_per_s > 0
     # the JSON round trip keeps transfers and calibration (keys added within layerscope.profile/1)
-    again = BridgeProfile.from_json_dict(json.loads(profile.to_json()))
+    again = Profile.from_json_dict(json.loads(profile.to_json()))
     assert again.transfers == profile.transfers and set(again.calibration) == {"CPU"}
     assert Profile.from_json_dict(profile.to_json_dict()).runs_completed == 3  # plain readers still read it
     assert target.overhead["upload_bytes"] == sample_model.stat().st_size
@@ -573,7 +573,7 @@ def test_profile_command_through_the_bridge(start_agent, tiny_model, tmp_path):
     result = _cli("profile", str(tiny_model), "--target", agent.address, "--runs", "3", "--warmup", "1",
                   "--json", str(out))
     assert result.returncode == 0, result.stderr
-    profile = BridgeProfile.load_json(out)
+    profile = Profile.load_json(out)
     assert profile.target["name"] == "bridge" and profile.target["address"] == agent.address
     assert profile.runs_completed == 3 and {"conv1", "conv2", "add"} <= set(profile.nodes)
     assert profile.transfers and profile.calibration["CPU"].points

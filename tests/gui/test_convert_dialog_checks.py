@@ -17,6 +17,8 @@ def _convert_in_dialog(qtbot, tmp_path):
     dialog = ConvertDialog(str(_model(tmp_path / "m.onnx")), ["image"])
     qtbot.addWidget(dialog)
     dialog.output_field.setText(str(tmp_path / "m.mlpackage"))
+    dialog.show()  # as from the menu: the result is laid out in a visible window
+    qtbot.waitExposed(dialog)
     with qtbot.waitSignal(dialog.converted, timeout=CONVERT_TIMEOUT_MS) as done:
         qtbot.mouseClick(dialog.convert_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: dialog.worker is None, timeout=CONVERT_TIMEOUT_MS)
@@ -42,3 +44,18 @@ def test_dialog_names_the_failed_check_and_the_first_departing_layer(qtbot, monk
     assert not result.verified
     assert f"check failed: weights (first departing layer: {first_node}), values (first departing layer: " \
            f"{first_node})" in text
+
+
+def test_the_whole_result_shows_wrapped_and_a_longer_one_scrolls(qtbot, tmp_path):
+    dialog, _ = _convert_in_dialog(qtbot, tmp_path)
+    viewport = dialog.footer.status_area.viewport()
+    needed = dialog.status.heightForWidth(viewport.width())
+    assert dialog.status.text().count("<br>") >= 2  # verdict and the checks, one line each or more
+    assert viewport.height() >= needed  # the dialog grew: no line of the result is cut
+    assert dialog.status.width() <= viewport.width()  # wrapped to the width, never wider
+    # A result taller than the screen scrolls to its last line instead of being cut.
+    dialog.footer.show_finished("<br>".join(f"check {i}: passed" for i in range(200)))
+    bar = dialog.footer.status_area.verticalScrollBar()
+    qtbot.waitUntil(lambda: bar.maximum() > 0)
+    bar.setValue(bar.maximum())
+    assert bar.maximum() >= dialog.status.height() - viewport.height()

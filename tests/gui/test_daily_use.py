@@ -502,3 +502,58 @@ def test_charts_forget_the_previous_models_axes(qtbot, window, sample_model, sam
     open_and_wait(qtbot, window, light_model("squeezenet"))
     assert window.panels.profile is None and window.panels.bar_heights() == {}
     assert box.viewRange()[0] == pytest.approx([0, 1]) and box.viewRange()[1] == pytest.approx([0, 1])
+
+
+def _producers(scene, node_id):
+    return {e.source for e in scene.edges if e.target == node_id}
+
+
+def test_arrow_keys_walk_the_graph_and_are_listed_in_the_shortcuts(qtbot, window):
+    open_and_wait(qtbot, window, light_model("squeezenet"))  # fire modules: two branches side by side
+    view, scene = window.view, window.scene
+    view.setFocus()
+    qtbot.keyClick(view.viewport(), Qt.Key.Key_Down)  # nothing selected: the first box
+    assert [item.data(0) for item in scene.selectedItems()] == [scene.node_ids[0]]
+    # Down follows an edge to a consumer, Up comes back along it.
+    first = scene.selectedItems()[0].data(0)
+    qtbot.keyClick(view.viewport(), Qt.Key.Key_Down)
+    second = scene.selectedItems()[0].data(0)
+    assert first in _producers(scene, second)
+    assert window.inspector.node_id == second  # the inspector follows, as for a click
+    qtbot.keyClick(view.viewport(), Qt.Key.Key_Up)
+    assert scene.selectedItems()[0].data(0) == first
+    # A Concat joins two branches: Up reaches one of them, Right/Left cross to the other and back.
+    concat = next(n for n in scene.node_ids if len(_producers(scene, n)) == 2)
+    view.select_node(concat)
+    qtbot.keyClick(view.viewport(), Qt.Key.Key_Up)
+    branch = scene.selectedItems()[0].data(0)
+    assert branch in _producers(scene, concat)
+    key = Qt.Key.Key_Right if scene.rects[scene.node_index[branch]][0] < scene.rects[scene.node_index[concat]][0] \
+        else Qt.Key.Key_Left
+    qtbot.keyClick(view.viewport(), key)
+    other = scene.selectedItems()[0].data(0)
+    assert other != branch and other in _producers(scene, concat)
+    assert len(scene.selectedItems()) == 1
+    # The selected box is in view after every step.
+    box = view.mapFromScene(scene.item_for(other).sceneBoundingRect()).boundingRect()
+    assert view.viewport().rect().intersects(box)
+    shortcuts = dict(window.shortcuts())
+    assert shortcuts["Graph: select a producer / a consumer of the selected layer"] == "Up / Down"
+    assert shortcuts["Graph: select the next layer of the same row"] == "Left / Right"
+
+
+def test_a_finished_runs_message_goes_when_its_profiles_change(qtbot, window, sample_model, tmp_path):
+    open_and_wait(qtbot, window, sample_model)
+    worker = window.start_profile(RunRequest(str(sample_model), "cpu", ProfileSettings(runs=2, warmup=0)))
+    qtbot.waitUntil(lambda: window.worker is None, timeout=RUN_TIMEOUT_MS)
+    assert worker is not None and window.progress_label.text() == "Added 1 profile(s)"
+    window.remove_profile(0)  # the profile it names is gone: so is the message
+    assert window.progress_label.text() == "" and window.entries == []
+    # "Saved" describes the session as written: adding a profile after makes it stale too.
+    profile = execute_run(RunRequest(str(sample_model), "cpu", ProfileSettings(runs=2, warmup=0))).entries[0].profile
+    window.add_profile(profile)
+    _accept_next_file_dialog([], tmp_path / "s.layerscope")
+    assert window.save_session_dialog()
+    assert window.progress_label.text() == "Saved s.layerscope"
+    window.add_profile(profile)
+    assert window.progress_label.text() == "" and window.has_unsaved_profiles()

@@ -249,3 +249,19 @@ def test_labels_painted_by_one_item(qtbot, window):
     assert labels == [scene.labels]
     # boxes + edges + the label layer (text and arrow heads): nothing per node beyond its box
     assert len(scene.items()) == len(scene.node_items) + len(scene.edge_items) + 1
+
+
+def test_the_empty_window_says_how_to_open_a_model(qtbot, window, sample_model, tmp_path):
+    window.show()
+    qtbot.waitExposed(window)
+    hint = window.view.empty_hint
+    assert hint.isVisible() and window.view.viewport().rect().contains(hint.geometry())
+    text = hint.text()
+    assert "File > Open" in text and window.open_action.shortcut().toString() in text and "drop" in text
+    shot = window.view.grab()
+    assert shot.save(str(tmp_path / "empty.png"))  # looked at: the hint centred, grey
+    middle = shot.toImage().copy(shot.rect().adjusted(0, shot.height() // 3, 0, -shot.height() // 3))
+    greys = {middle.pixelColor(x, y).value() for x in range(0, middle.width(), 2) for y in range(0, middle.height(), 2)}
+    assert min(greys) < 160  # the text is drawn, not only laid out
+    open_and_wait(qtbot, window, sample_model)
+    assert not hint.isVisible()  # a graph: nothing over it

@@ -60,3 +60,39 @@ def test_minimap_follows_the_model_and_can_be_hidden(qtbot, window, sample_model
     assert not minimap.isVisible()
     window.minimap_action.setChecked(True)
     _wait_thumbnail(qtbot, minimap)
+
+
+def _box(view, node_id):
+    """The box of `node_id` in the view's own coordinates (the minimap's parent)."""
+    rect = view.graph_scene.item_for(node_id).sceneBoundingRect()
+    return view.mapFromScene(rect).boundingRect().translated(view.viewport().geometry().topLeft())
+
+
+def test_the_minimap_moves_off_the_selected_or_linked_box(qtbot, window, sample_model, tmp_path):
+    open_and_wait(qtbot, window, sample_model)
+    view, minimap, scene = window.view, window.view.minimap, window.scene
+    window.resize(870, 800)  # a narrow graph view, as each half of the side-by-side window
+    view.set_scale(2.0)  # the graph taller than the view: every box can be scrolled up to the minimap
+    _wait_thumbnail(qtbot, minimap)
+    top_right = minimap.pos()
+    node_id = scene.node_ids[len(scene.node_ids) // 2]
+    # Scroll so that the middle node lies under the minimap, then select it.
+    box_centre = QPointF(scene.item_for(node_id).sceneBoundingRect().center())
+    offset = QPointF(view.viewport().rect().center() - (minimap.geometry().center()
+                                                        - view.viewport().geometry().topLeft())) / 2.0
+    view.centerOn(box_centre + offset)
+    assert minimap.geometry().intersects(_box(view, node_id))
+    view.select_node(node_id, center=False)
+    assert minimap.isVisible() and not minimap.geometry().intersects(_box(view, node_id))
+    assert view.viewport().geometry().contains(minimap.geometry())
+    assert minimap.pos().x() < top_right.x()  # the top-left corner: free
+    view.grab().save(str(tmp_path / "minimap_moved.png"))
+    # Nothing selected: back in its corner.
+    scene.clearSelection()
+    assert minimap.pos() == top_right
+    # A box linked from the other view of the side-by-side window counts too, also when the
+    # view cannot scroll it any nearer the centre (it stays where it is).
+    scene.set_linked([node_id])
+    view.center_on_node(node_id)
+    view.centerOn(box_centre + offset)
+    assert not minimap.geometry().intersects(_box(view, node_id))
