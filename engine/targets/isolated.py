@@ -36,6 +36,8 @@ __all__ = ["call_in_child", "start_fork_server"]
 
 # engine.cli: a child started under the `layerscope` script imports that script again (multiprocessing).
 _PRELOADED = ["engine.targets.cpu", "engine.bridge.backends", "engine.cli"]
+# Windows has no fork server: there the function runs in the calling process (the wait comes back).
+AVAILABLE = "forkserver" in multiprocessing.get_all_start_methods()
 _context_lock = threading.Lock()
 _context = None
 
@@ -53,11 +55,15 @@ def _fork_server():
 def start_fork_server() -> None:
     """Start the fork server now (it imports its modules in the background): the first load then
     does not wait for it."""
+    if not AVAILABLE:
+        return
     _fork_server()
     multiprocessing.forkserver.ensure_running()
 
 
 def call_in_child(function: Callable[..., Any], *args: Any) -> Any:
+    if not AVAILABLE:
+        return function(*args)
     context = _fork_server()
     receiver, sender = context.Pipe(duplex=False)
     child = context.Process(target=_child_main, args=(sender, function, args), daemon=True,
