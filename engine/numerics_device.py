@@ -16,8 +16,8 @@ from typing import Optional
 import numpy as np
 
 from engine.numerics import MODE_DEVICE, NumericsError, NumericsResult, NumericsSettings, ProgressCallback
-from engine.numerics_run import (_OrtSegments, _Stopped, _TensorAccumulator, _compare_node, _finish, _prepare,
-                                 _progress_reporter, _prune)
+from engine.numerics_run import (_OrtSegments, _Stopped, _TensorAccumulator, _compare_sample, _finish, _prepare,
+                                 _progress_reporter)
 from engine.profile import MEASURED
 from engine.targets import ProfileSettings
 
@@ -52,25 +52,17 @@ def run_device_numerics(model_path, address: str, settings: Optional[NumericsSet
                   "compute_unit": loaded.get("compute_unit", compute_unit or "")}
         try:
             for sample_index, sample in enumerate(prepared.samples):
-                live = dict(sample)
-                for segment_index, (start, end) in enumerate(plan.segments):
-                    if cancel is not None and cancel.is_set():
-                        raise _Stopped("cancelled")
-                    tick = clock()
-                    reference = reference_runner.run(segment_index, live)
-                    seconds_reference += clock() - tick
+                def device_outputs(_segment, reference):
+                    nonlocal seconds_device
                     wanted = {name: array.nbytes for name, array in reference.items()
                               if array.dtype in (np.float32, np.float64)}
                     tick = clock()
                     measured, _ = target.intermediates(list(wanted), sample, wanted) if wanted else ({}, {})
                     seconds_device += clock() - tick
-                    for index in range(start, end):
-                        _compare_node(proto.graph.node[index], reference, measured, accumulators,
-                                      prepared.not_compared)
-                    report(sample_index, end - 1)
-                    live.update(reference)
-                    _prune(live, plan, end - 1)
-                    del reference, measured
+                    return measured
+
+                seconds_reference += _compare_sample(prepared, reference_runner, sample_index, sample,
+                                                     device_outputs, accumulators, report, cancel)
                 samples_done += 1
         except _Stopped as stop:
             error = str(stop)

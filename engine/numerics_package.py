@@ -19,8 +19,8 @@ from typing import Optional
 import numpy as np
 
 from engine.numerics import MODE_PACKAGE, NumericsError, NumericsResult, NumericsSettings, ProgressCallback
-from engine.numerics_run import (EMULATED, _OrtSegments, _Stopped, _TensorAccumulator, _compare_node, _finish,
-                                 _prepare, _progress_reporter, _prune)
+from engine.numerics_run import (EMULATED, _OrtSegments, _Stopped, _TensorAccumulator, _compare_sample, _finish,
+                                 _prepare, _progress_reporter)
 
 
 def layer_map_of(package_path: Path) -> tuple[dict, Path]:
@@ -78,19 +78,9 @@ def run_package_numerics(package_path, settings: Optional[NumericsSettings] = No
                 raise NumericsError(f"the MIL reference evaluator stops at {node}: {exc}") from None
             seconds_package += clock() - tick
             converted = {name: values[mil] for name, mil in tensors.items() if mil in values}
-            live = dict(sample)
-            for segment_index, (start, end) in enumerate(plan.segments):
-                if cancel is not None and cancel.is_set():
-                    raise _Stopped("cancelled")
-                tick = clock()
-                reference = reference_runner.run(segment_index, live)
-                seconds_reference += clock() - tick
-                for index in range(start, end):
-                    _compare_node(proto.graph.node[index], reference, converted, accumulators,
-                                  prepared.not_compared)
-                report(sample_index, end - 1)
-                live.update(reference)
-                _prune(live, plan, end - 1)
+            seconds_reference += _compare_sample(prepared, reference_runner, sample_index, sample,
+                                                 lambda _segment, _reference: converted, accumulators, report,
+                                                 cancel)
             samples_done += 1
     except _Stopped as stop:
         error = str(stop)

@@ -509,6 +509,32 @@ def run_numerics(model_path, settings: Optional[NumericsSettings] = None,
 _WEIGHT_BYTES = 4096
 
 
+def _compare_sample(prepared: "_Prepared", reference_runner: "_OrtSegments", sample_index: int,
+                    sample: Mapping[str, np.ndarray], other_side, accumulators: dict, report,
+                    cancel: Optional[threading.Event]) -> float:
+    """Run the fp32 reference over one sample segment by segment and compare every layer's outputs with
+    `other_side(segment_index, reference)` (the converted package's or a device's values for them).
+
+    Shared by the package and device paths, which differ only in where the other values come from.
+    Returns the seconds the reference took."""
+    plan, nodes = prepared.plan, prepared.proto.graph.node
+    seconds = 0.0
+    live = dict(sample)
+    for segment_index, (start, end) in enumerate(plan.segments):
+        if cancel is not None and cancel.is_set():
+            raise _Stopped("cancelled")
+        tick = time.perf_counter()
+        reference = reference_runner.run(segment_index, live)
+        seconds += time.perf_counter() - tick
+        other = other_side(segment_index, reference)
+        for index in range(start, end):
+            _compare_node(nodes[index], reference, other, accumulators, prepared.not_compared)
+        report(sample_index, end - 1)
+        live.update(reference)
+        _prune(live, plan, end - 1)
+    return seconds
+
+
 def _take_weights(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
     """The large initializers as numpy arrays, removed from `proto`."""
     weights, kept = {}, []
