@@ -450,7 +450,7 @@ class GraphScene(QGraphicsScene):
         margin = 60.0
         # The boxes' extent and every edge's polyline (a skip edge routed round the side reaches
         # beyond the outermost box): exports and Fit use this rectangle.
-        bounds = QRectF(0, 0, layout.width, layout.height)
+        bounds = QRectF(layout.left, layout.top, layout.width - layout.left, layout.height - layout.top)
         for _, path in data.edge_batches:
             bounds = bounds.united(path.boundingRect())
         self.setSceneRect(bounds.adjusted(-margin, -margin, margin, margin))
