@@ -41,6 +41,7 @@ the same layers, barycenter ordering in numpy and straight edges.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Mapping, NamedTuple, Optional, Sequence
 
@@ -453,11 +454,9 @@ def attach_constants(layout: GraphLayout, analysis: "ModelAnalysis", include_io:
                                                                      in nodes else None),
                                         (start, (start[0], level), (entry_x, level), (entry_x, ay))))
                 attached.add((constant, anchor, edges[-1].value))
-        for parent, children in feeders.items():
-            if parent not in cells:
-                continue
+        for parent in cells:
             px, py, pw, _ = boxes[parent]
-            for constant in children:
+            for constant in feeders.get(parent, ()):
                 cx, cy, cw, ch = boxes[constant]
                 start, end = (cx + cw / 2, cy + ch), (px + pw / 2, py)
                 middle = (start[1] + end[1]) / 2
@@ -560,9 +559,8 @@ class _Obstacles:
 
     def _keys(self, x: float, y: float, w: float, h: float):
         cell = self.CELL
-        for i in range(int(np.floor(x / cell)), int(np.floor((x + w) / cell)) + 1):
-            for j in range(int(np.floor(y / cell)), int(np.floor((y + h) / cell)) + 1):
-                yield i, j
+        rows = range(math.floor(y / cell), math.floor((y + h) / cell) + 1)
+        return [(i, j) for i in range(math.floor(x / cell), math.floor((x + w) / cell) + 1) for j in rows]
 
     def add(self, rect: Rect) -> None:
         index = len(self.rects)
