@@ -105,6 +105,26 @@ def _save(path: Path, graph_nodes, output: str, initializers) -> Path:
     return path
 
 
+def open_to_first_paint(window, path: Path, include_constants: bool = False, **load_arguments) -> dict:
+    """Open `path` in the running app `window` (a gui.app.MainWindow) as its worker and UI thread
+    do, in this thread, and draw the first frame: seconds per stage ("total": all of it)."""
+    from gui.app import load_model
+
+    start = time.perf_counter()
+    loaded = load_model(str(path), include_constants, **load_arguments)
+    after_load = time.perf_counter()
+    window._on_loaded(loaded, incremental=False)
+    after_scene = time.perf_counter()
+    window.grab()
+    end = time.perf_counter()
+    timings = dict(loaded.timings)
+    timings.setdefault("scene_data", 0.0)  # label text, colours, edge paths (made by the worker)
+    timings.update(worker=after_load - start, scene_ui=after_scene - after_load,
+                   first_frame=end - after_scene, total=end - start,
+                   nodes=len(loaded.layout.boxes), edges=len(loaded.layout.edges), method=loaded.layout.method)
+    return timings
+
+
 def reference_first_paint(path: Path, size) -> float:
     """The issue's yardstick, in this process: a plain igraph Sugiyama layout of the model's
     node graph, a QGraphicsScene with one positioned rect + text item per node, and the
@@ -280,7 +300,7 @@ def main() -> int:
     from PySide6.QtWidgets import QApplication
 
     from engine.samples import default_sample_path
-    from gui.app import MainWindow, load_model
+    from gui.app import MainWindow
 
     app = QApplication.instance() or QApplication([])
     workdir = Path(tempfile.mkdtemp(prefix="layerscope-bench-"))
@@ -301,19 +321,7 @@ def main() -> int:
     app.processEvents()  # the window's first paint (fonts, style) is start-up, not opening
 
     def open_once(path: Path, include_constants: bool = False) -> dict:
-        start = time.perf_counter()
-        loaded = load_model(str(path), include_constants)
-        after_load = time.perf_counter()
-        window._on_loaded(loaded, incremental=False)
-        after_scene = time.perf_counter()
-        window.grab()
-        end = time.perf_counter()
-        timings = dict(loaded.timings)
-        timings.setdefault("scene_data", 0.0)  # label text, colours, edge paths (made by the worker)
-        timings.update(worker=after_load - start, scene_ui=after_scene - after_load,
-                       first_frame=end - after_scene, total=end - start,
-                       nodes=len(loaded.layout.boxes), edges=len(loaded.layout.edges), method=loaded.layout.method)
-        return timings
+        return open_to_first_paint(window, path, include_constants)
 
     open_once(default_sample_path())  # warm-up: fonts, imports, caches
     print(f"{'model':24} {'boxes':>6} {'edges':>6} {'import':>7} {'analyse':>8} {'layout':>7} {'prep':>6} "
