@@ -235,7 +235,10 @@ def main() -> int:
             samples: dict[str, list[float]] = {}
             nodes_drawn = 0
             for _ in range(runs):
-                seconds, nodes_drawn = browser.open_to_painted(url)
+                try:
+                    seconds, nodes_drawn = browser.open_to_painted(url)
+                except TimeoutError:  # shown as "> timeout"; the LayerScope figures still count
+                    seconds = float("inf")
                 samples.setdefault("netron", []).append(seconds)
                 samples.setdefault("cold", []).append(cold_view(path, workdir))
                 samples.setdefault("in-app", []).append(open_to_first_paint(window, path)["total"])
@@ -243,6 +246,7 @@ def main() -> int:
                     open_to_first_paint(window, path, grouping="none", collapsed=frozenset())["total"])
             netron.stop(address)
             rows.append((label, {k: statistics.median(v) for k, v in samples.items()}, nodes_drawn, runs))
+            print(f"{label}: " + ", ".join(f"{k} {v}" for k, v in samples.items()), flush=True)  # as it goes
     finally:
         window.close()
         browser.close()
