@@ -14,7 +14,8 @@ Where each op's meaning comes from -- never from our ONNX -> MIL translation
   (elementwise, activations, reshaping, matmul/linear, reductions, pad, concat, ...):
   that function, called with the run-time values bound to the op's inputs;
 - the ops without one (conv, conv_transpose, max_pool, avg_pool, batch_norm,
-  local_response_norm, upsample_nearest_neighbor, upsample_bilinear, resize_bilinear):
+  local_response_norm, upsample_nearest_neighbor, upsample_bilinear, resize_bilinear,
+  gather_nd):
   written below from the MIL op specification (the docstrings of
   coremltools/converters/mil/mil/ops/defs/iOS15..iOS17), each citing what it follows.
 
@@ -514,9 +515,23 @@ def silu(args: dict) -> np.ndarray:
     return x / (np.float32(1) + np.exp(-x))
 
 
+def gather_nd(args: dict) -> np.ndarray:
+    """gather_nd (iOS15/iOS16 scatter_gather docstrings, tf.gather_nd): the last axis of
+    `indices` (depth K[-1]) addresses the axes of `x` after its first `batch_dims` axes, which
+    indices share with x; V = K[:-1] + D[batch_dims + K[-1]:]."""
+    x, indices = np.asarray(args["x"]), np.asarray(args["indices"]).astype(np.int64)
+    batch_dims = int(args.get("batch_dims") or 0)
+    depth = indices.shape[-1]
+    batches = int(np.prod(x.shape[:batch_dims], dtype=np.int64))
+    flat_x = x.reshape((batches,) + x.shape[batch_dims:])
+    flat_indices = indices.reshape((batches, -1, depth))
+    gathered = np.stack([part[tuple(where.T)] for part, where in zip(flat_x, flat_indices)])
+    return gathered.reshape(indices.shape[:-1] + x.shape[batch_dims + depth:])
+
+
 SPEC_OPS: dict[str, Callable[[dict], np.ndarray]] = {
     "conv": conv, "conv_transpose": conv_transpose, "max_pool": max_pool, "avg_pool": avg_pool,
     "batch_norm": batch_norm, "local_response_norm": local_response_norm,
     "upsample_nearest_neighbor": upsample_nearest_neighbor, "upsample_bilinear": upsample_bilinear,
-    "resize_bilinear": resize_bilinear, "silu": silu,
+    "resize_bilinear": resize_bilinear, "silu": silu, "gather_nd": gather_nd,
 }
