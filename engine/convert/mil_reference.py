@@ -79,14 +79,20 @@ def output_names(program, function: str = "main") -> list[str]:
 
 
 def evaluate(program, inputs: Mapping[str, np.ndarray], *, keep: Optional[Collection[str]] = None,
-             function: str = "main") -> dict[str, np.ndarray]:
+             function: str = "main", states: Optional[Mapping[str, np.ndarray]] = None) -> dict[str, np.ndarray]:
     """Run `program` on `inputs` (by input name) and return its tensors by MIL var name.
 
     keep: names of tensors to return besides the function's outputs (None: every tensor,
     which holds all intermediates in memory at once; give the names you compare to let
     the others go as soon as their last consumer has run).  Constants are not returned
     (read them from the program: `var.val`).
+
+    states: the value of each Core ML state input (iOS18 `read_state` / `write_state`, which the
+    package loader gives as `coreml_update_state`) before the call; the result holds each
+    state's value after the call under the state's name.
     """
+    from coremltools.converters.mil.mil import types
+
     block = program.functions[function]
     operations = list(block.operations)
     wanted = None if keep is None else set(keep) | {var.name for var in block.outputs}
@@ -96,7 +102,15 @@ def evaluate(program, inputs: Mapping[str, np.ndarray], *, keep: Optional[Collec
             last_use[var.name] = index
 
     values: dict[str, np.ndarray] = {}
+    state_values: dict[str, np.ndarray] = {}
     for name, var in block.inputs.items():
+        if types.is_state(var.sym_type):
+            if states is None or name not in states:
+                raise KeyError(f"no value given for the program state '{name}' (states: "
+                               f"{', '.join(n for n, v in block.inputs.items() if types.is_state(v.sym_type))})")
+            wrapped = var.sym_type.wrapped_type()
+            state_values[name] = np.array(states[name], dtype=types.nptype_from_builtin(wrapped.get_primitive()))
+            continue
         if name not in inputs:
             raise KeyError(f"no value given for the program input '{name}' (inputs: {', '.join(block.inputs)})")
         values[name] = np.asarray(inputs[name]).astype(_numpy_dtype(var), copy=False).reshape(
@@ -104,15 +118,18 @@ def evaluate(program, inputs: Mapping[str, np.ndarray], *, keep: Optional[Collec
     # Overflow to inf and NaNs are results to compare (an fp16 program overflowing is a finding
     # of the value check), not warnings for the person converting.
     with np.errstate(all="ignore"):
-        return _evaluate_ops(operations, values, wanted, last_use)
+        result = _evaluate_ops(operations, values, wanted, last_use, state_values)
+    result.update(state_values)
+    return result
 
 
-def _evaluate_ops(operations, values: dict, wanted, last_use: Mapping[str, int]) -> dict[str, np.ndarray]:
+def _evaluate_ops(operations, values: dict, wanted, last_use: Mapping[str, int],
+                  state_values: dict) -> dict[str, np.ndarray]:
     for index, op in enumerate(operations):
         if op.op_type == "const":
             continue
         try:
-            results = _run_op(op, values)
+            results = _run_state_op(op, values, state_values) if op.op_type in _STATE_OPS else _run_op(op, values)
         except (UnsupportedOp, KeyError):
             raise
         except Exception as exc:  # numpy refusing the op's values: name the op
@@ -173,6 +190,20 @@ def _arguments(op, values: Mapping[str, np.ndarray]) -> dict:
     for name, value in op.inputs.items():
         args[name] = [value_of(v) for v in value] if isinstance(value, (list, tuple)) else value_of(value)
     return args
+
+
+_STATE_OPS = ("read_state", "coreml_update_state")
+
+
+def _run_state_op(op, values: Mapping[str, np.ndarray], state_values: dict) -> tuple:
+    """read_state (iOS18 states docstring): a copy of the state's content.  write_state, loaded
+    from a package as coreml_update_state (coreml dialect docstring): the value is copied into
+    the state and returned."""
+    if op.op_type == "read_state":
+        return (state_values[op.input.name].copy(),)
+    value = op.value.val if op.value.val is not None else values[op.value.name]
+    state_values[op.state.name] = np.array(value, dtype=state_values[op.state.name].dtype)
+    return (np.array(value),)
 
 
 def _run_op(op, values: Mapping[str, np.ndarray]) -> tuple:

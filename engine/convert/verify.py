@@ -11,8 +11,8 @@
   no source node.
 - weight_bytes: fp16 stores half the bytes of the fp32 source, fp32 the same.
 - layer_map: every source compute node has MIL ops (or is listed as removed or
-  fused) and every MIL op has a source node, except input/output casts and
-  image preprocessing.
+  fused) and every MIL op has a source node, except input/output casts, KV cache
+  state reads/writes and image preprocessing.
 - weights: every weight of the saved package equals its ONNX source constant
   (engine/convert/values.py).
 - values: the saved program run on the MIL reference evaluator against ONNX Runtime,
@@ -180,9 +180,10 @@ def value_check_results(source, built, program, layer_map: Mapping, precision: s
 
 
 def _is_plumbing(name: str, layer_map: Mapping) -> bool:
-    """Input/output casts and image preprocessing: ops that belong to no source node by design."""
+    """Input/output casts, KV cache state reads and writes (the program's I/O when the cache is
+    held as state) and image preprocessing: ops that belong to no source node by design."""
     info = layer_map["mil_ops"].get(name, {})
-    if info.get("type") == "cast":
+    if info.get("type") in ("cast", "read_state", "write_state", "coreml_update_state"):
         return True
     return name.endswith("__scaled__") or name.endswith("__biased__")
 
