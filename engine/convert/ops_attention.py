@@ -23,7 +23,7 @@ docs/conversion.md:
   as ONNX's np.repeat on the head axis);
 - the causal mask is `band_part` (lower=-1, upper=past length) of an all-true [L, S] tensor:
   query i keeps key j iff j <= i + past length, ONNX's bottom-right alignment;
-- masked positions (causal, boolean masks, padding of a short float mask) get -3e4 instead of
+- masked positions (causal, boolean masks) get -3e4 instead of
   -inf in the decomposition, as coremltools' torch frontend does (a finite value fp16 holds;
   exp(-3e4 + s) is 0 in fp16 and fp32 alike, so the results are ONNX's).  The exceptions: a
   query row with *every* key masked gives ONNX's zero row only in ONNX (here: the mean of V),
@@ -108,10 +108,11 @@ def _attention_problems(ctx: NodeContext) -> list[str]:
             problems.append(f"attn_mask is {mask_type.dtype}; ONNX allows a float or bool mask")
         mask = ctx.in_shape(3)
         full = (layout.batch, layout.q_heads, layout.q_length, layout.total_length)
-        padded = tuple(mask[:-1]) + (layout.total_length,) if mask else ()
-        if mask is not None and (len(mask) > 4 or mask[-1] > layout.total_length
-                                 or not ops._broadcasts_to(padded, full)):
-            problems.append(f"attn_mask of shape {tuple(mask)} does not broadcast to {full}")
+        # The spec asks for a mask that broadcasts to `full`; ONNX Runtime refuses a shorter last
+        # axis (the onnx reference pads it), so it is refused here too.
+        if mask is not None and (len(mask) > 4 or not ops._broadcasts_to(mask, full)):
+            problems.append(f"attn_mask of shape {tuple(mask)} does not broadcast to {full} (batch, query heads, "
+                            "query length, past + new length)")
     return problems
 
 
@@ -164,25 +165,13 @@ def _causal_keep(ctx: NodeContext, layout: _Layout):
                             name=ctx.name("causal_keep"))
 
 
-def _mask(ctx: NodeContext, layout: _Layout, fill: float):
-    """attn_mask as given (bool stays bool, float in the node's type), its last axis padded to
-    the total length as ONNX's reference does (False / `fill`)."""
+def _mask(ctx: NodeContext):
+    """attn_mask as given: bool stays bool (a constant one as numpy bools), floats in the node's type."""
     if not ctx.has_input(3):
         return None
-    mb = ops.mb
     mask = ctx.x(3)
-    shape = ctx.in_shape(3)
-    missing = layout.total_length - shape[-1]
-    is_bool = ctx.in_type(3).dtype == "bool"
-    if is_bool and isinstance(mask, np.ndarray):
+    if isinstance(mask, np.ndarray) and ctx.in_type(3).dtype == "bool":
         mask = mask.astype(bool)
-    if missing:
-        if isinstance(mask, np.ndarray):
-            pad = [(0, 0)] * (len(shape) - 1) + [(0, missing)]
-            return np.pad(mask, pad, constant_values=False if is_bool else fill).astype(mask.dtype)
-        pad = np.full(tuple(shape[:-1]) + (missing,), False if is_bool else fill,
-                      dtype=bool if is_bool else ctx.float_dtype)
-        mask = mb.concat(values=[mask, pad], axis=-1, name=ctx.name("mask_padded"))
     return mask
 
 
@@ -195,7 +184,7 @@ def _is_bool(value) -> bool:
 def _sdpa_mask(ctx: NodeContext, layout: _Layout):
     """One mask for scaled_dot_product_attention: bool (keep) or additive float, or None."""
     mb = ops.mb
-    mask = _mask(ctx, layout, MASKED_SCORE)
+    mask = _mask(ctx)
     if not ctx.attr("is_causal", 0):
         return mask
     keep = _causal_keep(ctx, layout)
@@ -227,10 +216,12 @@ def _scores(ctx: NodeContext, layout: _Layout, q, k):
     # qk_matmul_output mode 2 shows the masked scores: there the masked value is ONNX Runtime's
     # (the lowest finite float; the ONNX reference writes -inf), so the output equals its tensor.
     fill = float(np.finfo(ctx.float_dtype).min) if mode == 2 else MASKED_SCORE
-    mask = _mask(ctx, layout, fill)
-    if mask is not None:
-        if _is_bool(mask):
-            mask = mb.select(cond=mask, a=ctx.float(0.0), b=ctx.float(fill), name=ctx.name("mask_bias"))
+    mask = _mask(ctx)
+    if mask is not None and _is_bool(mask):
+        # select rather than adding a 0/fill bias: MIL's select does not broadcast its condition
+        # against scalar branches, and the scores have the full shape.
+        scores = mb.select(cond=mask, a=scores, b=ctx.float(fill), name=ctx.name("masked"))
+    elif mask is not None:
         scores = mb.add(x=scores, y=mask, name=ctx.name("masked"))
     if ctx.attr("is_causal", 0):
         scores = mb.select(cond=_causal_keep(ctx, layout), a=scores, b=ctx.float(fill), name=ctx.name("causal"))

@@ -42,11 +42,13 @@ def _check(status: str, detail: str, **numbers) -> dict:
     return {"status": status, "detail": detail, **numbers}
 
 
-def compute_layer_count(model: Model) -> int:
-    """Conv, ConvTranspose, Gemm/linear and MatMul nodes that run (constant ones excluded)."""
+def compute_layer_count(model: Model, skip=lambda node: False) -> int:
+    """Conv, ConvTranspose, Gemm/linear and MatMul nodes that run (constant ones excluded),
+    less those `skip(node)` leaves out."""
     analysis = analyze(model)
     return sum(1 for m in analysis.compute_nodes()
-               if costs.canonical_op(analysis.graph.node(m.node_id)) in _LAYER_OPS)
+               if costs.canonical_op(analysis.graph.node(m.node_id)) in _LAYER_OPS
+               and not skip(analysis.graph.node(m.node_id)))
 
 
 def program_weights(model: Model, attributed: Optional[Mapping[str, Optional[str]]] = None) -> tuple[int, int]:
@@ -98,8 +100,16 @@ def run_checks(*, source, built, coreml_model: Model, layer_map: Mapping, owner:
     checks["reimport"] = _check(PASSED, f"opens as {coreml_model.format} with {len(graph.nodes)} ops "
                                         "(importers.coreml)", ops=len(graph.nodes))
     source_layers = compute_layer_count(source.model)
-    package_layers = compute_layer_count(coreml_model)
+
+    def decomposed(node) -> bool:  # a matmul of another op's translation (Attention's Q K^T and P V)
+        node_id = owner.get(node.name or node.id)
+        return node_id is not None and source.graph.node(node_id).op_type not in _LAYER_OPS
+
+    package_layers = compute_layer_count(coreml_model, skip=decomposed)
+    inner = compute_layer_count(coreml_model) - package_layers
     detail = f"{package_layers} conv/linear/matmul ops for {source_layers} Conv/ConvTranspose/Gemm/MatMul nodes"
+    if inner:
+        detail += f" ({inner} more inside the translations of other ops, e.g. Attention)"
     if source_layers == package_layers:
         checks["compute_layers"] = _check(PASSED, detail, source=source_layers, package=package_layers)
     elif optimize != "exact":
@@ -185,6 +195,8 @@ def _is_plumbing(name: str, layer_map: Mapping) -> bool:
     info = layer_map["mil_ops"].get(name, {})
     if info.get("type") in ("cast", "read_state", "write_state", "coreml_update_state"):
         return True
+    if any(name.startswith(f"{entry['state']}__") for entry in layer_map.get("kv_state", ())):
+        return True  # the past taken from a state's tensor (engine/convert/kv_state.py)
     return name.endswith("__scaled__") or name.endswith("__biased__")
 
 
