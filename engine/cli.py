@@ -185,7 +185,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         result = convert(args.model, args.output, precision=args.precision, target=args.target,
                          input_shapes=fixed_shapes, flexible_shapes=flexible_shapes, image_inputs=image_inputs,
                          optimize=args.optimize, progress=None if args.quiet else progress,
-                         value_checks=not args.no_value_checks)
+                         value_checks=not args.no_value_checks, kv_state=args.kv_state)
     except ConversionError as exc:
         raise CliError(str(exc))
     size = sum(f.stat().st_size for f in result.package_path.rglob("*") if f.is_file())
@@ -193,6 +193,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     ops = sum(len(v) for v in result.layer_map["nodes"].values())
     print(f"wrote {result.package_path} ({size / 1e6:.2f} MB, {nodes} source nodes -> {ops} MIL ops) "
           f"and {result.layer_map_path.name}")
+    for entry in result.layer_map.get("kv_state", ()):
+        print(f"KV cache state '{entry['state']}' {'x'.join(map(str, entry['shape']))} fp16: replaces input "
+              f"{entry['past_input']} (first {entry['past_length']} positions) and output {entry['present_output']}")
     if result.folded_summary():
         print(result.folded_summary())
     print("verification:")
@@ -311,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--no-value-checks", action="store_true",
                          help="do not compare weights and values with the source (faster on very large models; "
                               "those checks are then reported as not run)")
+    convert.add_argument("--kv-state", action="store_true",
+                         help="hold the KV cache as Core ML state: each past... input and its present... output "
+                              "(past_key/present_key, past_key_values.N.key/present.N.key) become one fp16 state "
+                              "updated in place (needs --target iOS18 or later; see docs/conversion.md)")
     convert.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     convert.set_defaults(func=cmd_convert)
     return parser

@@ -1619,3 +1619,7 @@ def flexible_problems(ctx: NodeContext) -> list[str]:
 
 def supported_op_types() -> list[str]:
     return sorted(set(OPS) | set(FOLD_ONLY))
+
+
+# Attention, GatherElements and GatherND live in their own module; importing it registers them.
+from engine.convert import ops_attention  # noqa: E402,F401  (registers through `op`)
