@@ -26,8 +26,18 @@ from engine.convert import ops
 from engine.convert.ops import NodeContext, op
 
 MS = "com.microsoft"
-# Deployment targets with the iOS 18 MIL opset (constexpr_blockwise_shift_scale).
+# Deployment targets with the iOS 18 MIL opset (constexpr_blockwise_shift_scale), and the iOS 17 one.
 _IOS18_TARGETS = {"iOS18", "iOS26", "macOS15", "tvOS18", "watchOS11"}
+_IOS17_TARGETS = _IOS18_TARGETS | {"iOS17", "macOS14", "tvOS17", "watchOS10"}
+
+
+def _gather_rows(ctx: NodeContext, table, positions, role: str):
+    """table[positions] along axis 0.  From iOS 17 on, coremltools guards signed gather indices
+    against negative values with unnamed ops (guard_negative_gather_indices) that no source node
+    would own; positions are never negative, so they are cast to uint16 (which it leaves alone)."""
+    if ctx.source.target in _IOS17_TARGETS:
+        positions = ops.mb.cast(x=positions, dtype="uint16", name=ctx.name(f"{role}_index"))
+    return ops.mb.gather(x=table, indices=positions, axis=0, name=ctx.name(f"{role}_rows"))
 
 
 # ----------------------------------------------------------------------------- shared checks
@@ -161,7 +171,7 @@ class _Rotary:
         if len(ctx.in_shape(self.positions)) == 1:
             positions = mb.add(x=positions, y=np.arange(sequence, dtype=np.int32), name=ctx.name(f"{role}_positions"))
             positions = mb.expand_dims(x=positions, axes=[0], name=ctx.name(f"{role}_batch"))
-        return mb.gather(x=ctx.x(index), indices=positions, axis=0, name=ctx.name(f"{role}_rows"))
+        return _gather_rows(ctx, ctx.x(index), positions, role)
 
     def apply(self, x, layout: str, role: str = "rotary", tables=None):
         """Rotates x ([B, S, N, H] when layout is "BSNH", [B, N, S, H] for "BNSH"); returns the result."""
@@ -265,31 +275,32 @@ def _repeat_heads(ctx: NodeContext, x, groups: int, role: str):
     return ops.mb.reshape(x=x, shape=[batch, heads * groups, length, size], name=ctx.name(f"{role}_all_heads"))
 
 
-def _causal_mask(ctx: NodeContext, queries: int, keys: int, window: int = -1) -> np.ndarray:
-    """Additive mask: query i (at position keys - queries + i) sees keys up to its own position, and
-    with a window w only the last w + 1 of them (ONNX Runtime's local_window_size)."""
+def _causal_mask(queries: int, keys: int, window: int = -1) -> np.ndarray:
+    """Which keys each query sees: query i (at position keys - queries + i) sees keys up to its own
+    position, and with a window w only the last w of them, its own included (ONNX Runtime's
+    local_window_size, as its CPU kernel computes it).
+    A boolean constant for `select` (not an additive float mask: it is no weight of the model)."""
     position = (keys - queries) + np.arange(queries)[:, None]
     column = np.arange(keys)[None, :]
     keep = column <= position
-    if window >= 0:
-        keep &= column >= position - window
-    lowest = np.finfo(ctx.float_dtype).min  # exp() of it is 0, and it stays finite in fp16
-    return np.where(keep, 0.0, lowest).astype(ctx.float_dtype)
+    if window > 0:
+        keep &= column > position - window
+    return keep
 
 
 def _attend(ctx: NodeContext, q, k, v, *, scale: float, mask: Optional[np.ndarray], bias=None,
             softcap: float = 0.0):
-    """softmax(q k^T * scale (+ bias) (softcapped) (+ causal mask)) v on [B, H, S, D] tensors; -> [B, S, H * Dv]."""
+    """softmax(q k^T * scale (softcapped) (+ bias) (causal mask)) v on [B, H, S, D] tensors; -> [B, S, H * Dv]."""
     mb = ops.mb
     scores = mb.matmul(x=q, y=k, transpose_y=True, name=ctx.name("scores"))
     scores = mb.mul(x=scores, y=ctx.float(scale), name=ctx.name("scaled"))
-    if bias is not None:
-        scores = mb.add(x=scores, y=bias, name=ctx.name("biased"))
-    if softcap > 0:
+    if softcap > 0:  # before the bias, as ONNX Runtime's CPU kernel does
         scores = mb.mul(x=mb.tanh(x=mb.mul(x=scores, y=ctx.float(1.0 / softcap), name=ctx.name("softcap_in")),
                                   name=ctx.name("softcap_tanh")), y=ctx.float(softcap), name=ctx.name("softcapped"))
-    if mask is not None:
-        scores = mb.add(x=scores, y=mask, name=ctx.name("masked"))
+    if bias is not None:
+        scores = mb.add(x=scores, y=bias, name=ctx.name("biased"))
+    if mask is not None:  # the lowest finite value: exp() of it is 0, and it stays finite in fp16
+        scores = mb.select(cond=mask, a=scores, b=ctx.float(np.finfo(ctx.float_dtype).min), name=ctx.name("masked"))
     weights = mb.softmax(x=scores, axis=-1, name=ctx.name("weights"))
     context = mb.matmul(x=weights, y=v, name=ctx.name("context"))
     batch, heads, sequence, size = context.shape
@@ -382,7 +393,7 @@ def group_query_attention(ctx: NodeContext) -> None:
     v = _with_past(ctx, v, 4, 2, "value")
     k, v = _repeat_heads(ctx, k, heads // kv_heads, "k"), _repeat_heads(ctx, v, heads // kv_heads, "v")
     causal = int(ctx.attr("causal", 1))
-    mask = _causal_mask(ctx, sequence, past + sequence, int(ctx.attr("local_window_size", -1))) if causal else None
+    mask = _causal_mask(sequence, past + sequence, int(ctx.attr("local_window_size", -1))) if causal else None
     ctx.set_output(0, _attend(ctx, q, k, v, scale=float(ctx.attr("scale", 0.0)) or 1.0 / math.sqrt(size), mask=mask,
                               bias=ctx.x(10) if ctx.has_input(10) else None,
                               softcap=float(ctx.attr("softcap", 0.0))))
@@ -402,7 +413,7 @@ class _GqaRotary(_Rotary):
         rows = np.arange(past, past + sequence, dtype=np.int32)
         if ctx.is_const(7) and ctx.is_const(8):
             return tuple(ctx.array(np.asarray(ctx.const(i))[rows][None]) for i in (7, 8))
-        return tuple(mb.expand_dims(x=mb.gather(x=ctx.x(i), indices=rows, axis=0, name=ctx.name(f"{role}_rows")),
+        return tuple(mb.expand_dims(x=_gather_rows(ctx, ctx.x(i), rows, role),
                                     axes=[0], name=ctx.name(f"{role}_batch"))
                      for i, role in ((7, "cos"), (8, "sin")))
 
@@ -448,7 +459,7 @@ def multi_head_attention(ctx: NodeContext) -> None:
     k = _with_past(ctx, k, 6, 1, "key")
     v = _with_past(ctx, v, 7, 2, "value")
     sequence, total = ctx.in_shape(0)[1], k.shape[2]
-    mask = _causal_mask(ctx, sequence, total) if int(ctx.attr("unidirectional", 0)) else None
+    mask = _causal_mask(sequence, total) if int(ctx.attr("unidirectional", 0)) else None
     ctx.set_output(0, _attend(ctx, q, k, v, scale=float(ctx.attr("scale", 0.0)) or 1.0 / math.sqrt(hidden // heads),
                               mask=mask, bias=ctx.x(5) if ctx.has_input(5) else None))
 

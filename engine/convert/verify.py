@@ -42,11 +42,20 @@ def _check(status: str, detail: str, **numbers) -> dict:
     return {"status": status, "detail": detail, **numbers}
 
 
+# ONNX Runtime contrib ops translated with matmuls (engine/convert/ops_contrib.py): how many each.
+_CONTRIB_LAYERS = {("com.microsoft", "GroupQueryAttention"): 2, ("com.microsoft", "MultiHeadAttention"): 2,
+                   ("com.microsoft", "MatMulNBits"): 1}
+
+
 def compute_layer_count(model: Model) -> int:
-    """Conv, ConvTranspose, Gemm/linear and MatMul nodes that run (constant ones excluded)."""
+    """Conv, ConvTranspose, Gemm/linear and MatMul nodes that run (constant ones excluded); a
+    contrib attention counts its two matmuls."""
     analysis = analyze(model)
-    return sum(1 for m in analysis.compute_nodes()
-               if costs.canonical_op(analysis.graph.node(m.node_id)) in _LAYER_OPS)
+    count = 0
+    for metrics in analysis.compute_nodes():
+        node = analysis.graph.node(metrics.node_id)
+        count += 1 if costs.canonical_op(node) in _LAYER_OPS else _CONTRIB_LAYERS.get((node.domain, node.op_type), 0)
+    return count
 
 
 def program_weights(model: Model, attributed: Optional[Mapping[str, Optional[str]]] = None) -> tuple[int, int]:
