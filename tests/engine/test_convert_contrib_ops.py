@@ -242,3 +242,124 @@ def test_contrib_op_converts_and_matches_onnx_runtime_by_value(case, tmp_path):
         assert set(result.failed_checks) <= {"parameters", "weight_bytes", "weights"}
     else:
         assert result.verified, result.failed_checks
+
+
+# ----------------------------------------------------------------------------- domains and refusals
+
+def test_a_com_microsoft_op_is_not_taken_for_the_standard_op_of_the_same_name(tmp_path):
+    # Relu exists in the default domain only: under com.microsoft it is a custom op, not ONNX's Relu
+    path = _model(tmp_path / "custom.onnx", [helper.make_node("Relu", ["x"], ["y"], name="fake", domain=MS)],
+                  [_x("x", [1, 4])], [_x("y", [1, 4])])
+    [blocker] = check_convertible(path)
+    assert (blocker.node_id, blocker.reason) == ("fake", "custom op of domain 'com.microsoft' has no Core ML translation")
+
+
+def _reasons(path, **options) -> list[str]:
+    return [blocker.reason for blocker in check_convertible(path, **options)]
+
+
+def test_refusals_name_the_unsupported_attribute_or_input(tmp_path):
+    # seqlens_k computed at run time (what onnxruntime-genai derives from attention_mask)
+    node = helper.make_node("GroupQueryAttention", ["q", "k", "v", "", "", "seqlens", "total_len"], ["y"], name="gqa",
+                            domain=MS, num_heads=2, kv_num_heads=2, smooth_softmax=1)
+    path = _model(tmp_path / "gqa.onnx", [node], [_x("q", [1, 3, 16]), _x("k", [1, 3, 16]), _x("v", [1, 3, 16]),
+                                                   _x("seqlens", [1], TensorProto.INT32)], [_x("y", None)],
+                  [_const("total_len", np.array(3, np.int32))])
+    reasons = _reasons(path)
+    assert "smooth_softmax=1 is not supported" in reasons
+    # the other checks need the attributes first; without smooth_softmax the lengths are checked
+    node.attribute.pop()
+    path = _model(tmp_path / "gqa2.onnx", [node], [_x("q", [1, 3, 16]), _x("k", [1, 3, 16]), _x("v", [1, 3, 16]),
+                                                    _x("seqlens", [1], TensorProto.INT32)], [_x("y", None)],
+                  [_const("total_len", np.array(3, np.int32))])
+    assert _reasons(path) == ["seqlens_k (input 5) is computed at run time; Core ML needs it constant (here [2]: no "
+                              "padded rows, past not a shared buffer)"]
+    # 4-bit weights before iOS 18: named with the option that resolves it
+    source = matmul_4bits_zero_points_bias(tmp_path / "nbits.onnx")
+    assert _reasons(source, target="iOS17") == [
+        "4-bit/8-bit block-wise weights need constexpr_blockwise_shift_scale (iOS 18): convert with --target "
+        "iOS18 (the target is iOS17)"]
+    # a padded last block
+    node = helper.make_node("MatMulNBits", ["a", "b", "scales"], ["y"], name="q", domain=MS, K=40, N=4, bits=4,
+                            block_size=16)
+    path = _model(tmp_path / "padded.onnx", [node], [_x("a", [1, 40])], [_x("y", None)],
+                  [_const("b", np.zeros((4, 3, 8), np.uint8)), _const("scales", np.ones((4, 3), np.float32))])
+    assert any("K=40 is not a multiple of block_size=16" in r for r in _reasons(path, target="iOS18"))
+
+
+def test_shapes_after_contrib_ops_are_known_for_the_checks_that_follow(tmp_path):
+    # ONNX shape inference knows no contrib op: without the stand-ins, the Reshape after the GQA
+    # (which needs its input's static shape) would be refused as "not known statically"
+    path = _gqa(tmp_path / "g.onnx", sequence=2, past=3)
+    model = onnx.load(str(path))
+    model.graph.node.append(helper.make_node("Reshape", ["y", "flat"], ["flat_y"], name="flatten"))
+    model.graph.initializer.append(_const("flat", np.array([0, -1], np.int64)))
+    model.graph.output.append(_x("flat_y", None))
+    onnx.save(model, str(path))
+    assert check_convertible(path, target="iOS18") == []
+    result = convert(path, tmp_path / "g.mlpackage", precision="fp32", target="iOS18")
+    assert result.verified, result.failed_checks
+
+
+# ----------------------------------------------------------------------------- a com.microsoft transformer block
+
+def contrib_decoder_block(path: Path, sequence: int = 3, past: int = 4) -> Path:
+    """One decoder block as onnxruntime-genai's model builder writes it: SimplifiedLayerNormalization ->
+    q/k/v MatMul -> RotaryEmbedding (q, k; caches shared) -> GroupQueryAttention with the past KV as
+    inputs -> o MatMul -> SkipSimplifiedLayerNormalization -> SiLU MLP -> residual Add."""
+    hidden, heads, kv_heads, size, inner = 32, 4, 2, 8, 64
+    cos, sin = _rotary_tables(32, size // 2)
+    nodes = [
+        helper.make_node("SimplifiedLayerNormalization", ["x", "ln1"], ["h"], name="/layers.0/input_layernorm",
+                         epsilon=1e-6),
+        helper.make_node("MatMul", ["h", "wq"], ["q0"], name="/layers.0/attn/q_proj/MatMul"),
+        helper.make_node("MatMul", ["h", "wk"], ["k0"], name="/layers.0/attn/k_proj/MatMul"),
+        helper.make_node("MatMul", ["h", "wv"], ["v"], name="/layers.0/attn/v_proj/MatMul"),
+        helper.make_node("RotaryEmbedding", ["q0", "position_ids", "cos_cache", "sin_cache"], ["q"],
+                         name="/layers.0/attn/q_rotary", domain=MS, num_heads=heads),
+        helper.make_node("RotaryEmbedding", ["k0", "position_ids", "cos_cache", "sin_cache"], ["k"],
+                         name="/layers.0/attn/k_rotary", domain=MS, num_heads=kv_heads),
+        helper.make_node("GroupQueryAttention", ["q", "k", "v", "past_key", "past_value", "seqlens_k", "total_len"],
+                         ["attn", "present_key", "present_value"], name="/layers.0/attn/GroupQueryAttention",
+                         domain=MS, num_heads=heads, kv_num_heads=kv_heads),
+        helper.make_node("MatMul", ["attn", "wo"], ["o"], name="/layers.0/attn/o_proj/MatMul"),
+        helper.make_node("SkipSimplifiedLayerNormalization", ["o", "x", "ln2"], ["h2", "", "", "residual"],
+                         name="/layers.0/post_attention_layernorm", domain=MS, epsilon=1e-6),
+        helper.make_node("MatMul", ["h2", "wg"], ["gate"], name="/layers.0/mlp/gate_proj/MatMul"),
+        helper.make_node("MatMul", ["h2", "wu"], ["up"], name="/layers.0/mlp/up_proj/MatMul"),
+        helper.make_node("Sigmoid", ["gate"], ["gate_sigmoid"], name="/layers.0/mlp/act_fn/Sigmoid"),
+        helper.make_node("Mul", ["gate", "gate_sigmoid"], ["silu"], name="/layers.0/mlp/act_fn/Mul"),
+        helper.make_node("Mul", ["silu", "up"], ["gated"], name="/layers.0/mlp/Mul"),
+        helper.make_node("MatMul", ["gated", "wd"], ["down"], name="/layers.0/mlp/down_proj/MatMul"),
+        helper.make_node("Add", ["residual", "down"], ["y"], name="/layers.0/Add"),
+    ]
+    inputs = [_x("x", [1, sequence, hidden]), _x("position_ids", [1, sequence], TensorProto.INT64),
+              _x("past_key", [1, kv_heads, past, size]), _x("past_value", [1, kv_heads, past, size])]
+    outputs = [_x("y", [1, sequence, hidden]), _x("present_key", None), _x("present_value", None)]
+    inits = [_weights("ln1", hidden, scale=1.0), _weights("ln2", hidden, scale=1.0),
+             _weights("wq", hidden, heads * size), _weights("wk", hidden, kv_heads * size),
+             _weights("wv", hidden, kv_heads * size), _weights("wo", heads * size, hidden),
+             _weights("wg", hidden, inner), _weights("wu", hidden, inner), _weights("wd", inner, hidden),
+             cos, sin] + _sequence_lengths(1, past + sequence)
+    return _model(path, nodes, inputs, outputs, inits)
+
+
+def test_contrib_decoder_block_converts_verifies_by_value_and_profiles(tmp_path):
+    from engine.targets.cpu import CpuTarget
+    from engine.targets.settings import ProfileSettings
+
+    path = contrib_decoder_block(tmp_path / "block.onnx")
+    result = convert(path, tmp_path / "block.mlpackage", precision="fp32", target="iOS18")
+    values = result.verification["values"]
+    assert values["status"] == "passed", values["detail"]
+    assert result.verification["shapes"]["status"] == "passed"
+    assert result.verification["compute_layers"]["status"] == "passed"  # 7 MatMul + 2 in the attention
+    # the rotary caches are read by two nodes: stored once per node in exact mode, so the
+    # parameter count (each source constant once) is the only check that departs
+    assert set(result.failed_checks) <= {"parameters", "weight_bytes"}
+    every_node = {node.name for node in onnx.load(str(path)).graph.node}
+    assert set(result.layer_map["nodes"]) == every_node
+    with CpuTarget() as target:  # the CPU reference (ONNX Runtime) runs the contrib kernels itself
+        profile = target.profile(ProfileSettings(runs=2, warmup=1, threads=1), model_path=str(path))
+    assert every_node <= set(profile.nodes)
+    assert all(profile.nodes[node_id].kind == "measured" for node_id in every_node)
