@@ -324,14 +324,14 @@ def _collect_blockers(source, image_inputs: Mapping[str, ImageInput], evaluate_c
                                                                "(flexible input shapes): it would be computed at "
                                                                "run time, which is not supported"))
             continue
-        if node.domain not in ("", "ai.onnx"):
+        definition = ops.lookup(node)
+        if definition is None and node.domain not in ("", "ai.onnx"):
             blockers.append(Blocker(node.id, node.op_type, f"custom op of domain '{node.domain}' has no Core ML "
                                                            "translation"))
             continue
         if node.op_type in ops.FOLD_ONLY:
             blockers.append(Blocker(node.id, node.op_type, ops.FOLD_ONLY[node.op_type]))
             continue
-        definition = ops.OPS.get(node.op_type)
         if definition is None:
             blockers.append(Blocker(node.id, node.op_type, "no Core ML translation for this op"))
             continue
@@ -400,8 +400,8 @@ def report_blockers(model_path: str | os.PathLike,
     if any(b.needs_option for b in blockers):
         # Input sizes still free: checks that need sizes say "not known statically" everywhere;
         # only ops Core ML cannot run at any size are certain.
-        blockers = [b for b in blockers if not b.op_type.startswith("(") and b.op_type not in ops.OPS
-                    and b.op_type not in ops.FOLD_ONLY]
+        blockers = [b for b in blockers if not b.op_type.startswith("(") and b.op_type not in ops.FOLD_ONLY
+                    and not any(b.op_type in table for table in ops.DOMAIN_OPS.values())]
     return [{"node_id": b.node_id, "op_type": b.op_type, "reason": b.reason}
             for b in blockers if not b.needs_option and b.op_type != "(option)"]
 

@@ -203,12 +203,12 @@ def build_program(source: SourceModel, target_name: str, precision: str = "fp16"
         kv_state.read_states(state.kv_bindings, state.bind, "fp16" if fp16 else "fp32")
         for position, node in enumerate(compute, start=1):
             ctx = ops.NodeContext(node, source, state)
-            if node.op_type in ops.REMOVED_OPS:
+            if ops.is_removed(node):
                 state.bind(node.outputs[0], ctx.x(0) if not ctx.is_const(0) else None)
                 state.alias_of[node.outputs[0]] = node.id
                 removed[node.id] = f"{node.op_type} does nothing at inference"
             else:
-                ops.OPS[node.op_type].build(ctx)
+                ops.lookup(node).build(ctx)
                 state.built_tensors.extend((node.id, name, state.vars[name]) for name in node.outputs
                                            if name and name in state.vars)
             if progress and (position % step == 0 or position == len(compute)):

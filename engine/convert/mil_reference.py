@@ -15,7 +15,7 @@ Where each op's meaning comes from -- never from our ONNX -> MIL translation
   that function, called with the run-time values bound to the op's inputs;
 - the ops without one (conv, conv_transpose, max_pool, avg_pool, batch_norm,
   local_response_norm, upsample_nearest_neighbor, upsample_bilinear, resize_bilinear,
-  gather_nd):
+  gather_nd, constexpr_blockwise_shift_scale):
   written below from the MIL op specification (the docstrings of
   coremltools/converters/mil/mil/ops/defs/iOS15..iOS17), each citing what it follows.
 
@@ -560,9 +560,23 @@ def gather_nd(args: dict) -> np.ndarray:
     return gathered.reshape(indices.shape[:-1] + x.shape[batch_dims + depth:])
 
 
+def constexpr_blockwise_shift_scale(args: dict) -> np.ndarray:
+    """constexpr_blockwise_shift_scale (iOS18 compression docstring): output = scale * (data - offset),
+    each scale/offset entry covering a block of data.shape[i] / scale.shape[i] along every axis."""
+    data = np.asarray(args["data"]).astype(np.float32)
+    scale = np.asarray(args["scale"], np.float32)
+    offset = args.get("offset")
+    offset = np.zeros_like(scale) if offset is None else np.asarray(offset).astype(np.float32)
+    for axis, (size, blocks) in enumerate(zip(data.shape, scale.shape)):
+        scale = np.repeat(scale, size // blocks, axis)
+        offset = np.repeat(offset, size // blocks, axis)
+    return scale * (data - offset)
+
+
 SPEC_OPS: dict[str, Callable[[dict], np.ndarray]] = {
     "conv": conv, "conv_transpose": conv_transpose, "max_pool": max_pool, "avg_pool": avg_pool,
     "batch_norm": batch_norm, "local_response_norm": local_response_norm,
     "upsample_nearest_neighbor": upsample_nearest_neighbor, "upsample_bilinear": upsample_bilinear,
     "resize_bilinear": resize_bilinear, "silu": silu, "gather_nd": gather_nd,
+    "constexpr_blockwise_shift_scale": constexpr_blockwise_shift_scale,
 }

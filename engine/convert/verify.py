@@ -42,13 +42,21 @@ def _check(status: str, detail: str, **numbers) -> dict:
     return {"status": status, "detail": detail, **numbers}
 
 
+# ONNX Runtime's MatMulNBits is a linear layer (its translation is one matmul on dequantized
+# weights); the contrib attentions, like Attention, are not: their matmuls are inner ops.
+_CONTRIB_LAYERS = {("com.microsoft", "MatMulNBits")}
+
+
+def _is_layer(node) -> bool:
+    return costs.canonical_op(node) in _LAYER_OPS or (node.domain, node.op_type) in _CONTRIB_LAYERS
+
+
 def compute_layer_count(model: Model, skip=lambda node: False) -> int:
-    """Conv, ConvTranspose, Gemm/linear and MatMul nodes that run (constant ones excluded),
-    less those `skip(node)` leaves out."""
+    """Conv, ConvTranspose, Gemm/linear, MatMul (and MatMulNBits) nodes that run (constant ones
+    excluded), less those `skip(node)` leaves out."""
     analysis = analyze(model)
     return sum(1 for m in analysis.compute_nodes()
-               if costs.canonical_op(analysis.graph.node(m.node_id)) in _LAYER_OPS
-               and not skip(analysis.graph.node(m.node_id)))
+               if _is_layer(analysis.graph.node(m.node_id)) and not skip(analysis.graph.node(m.node_id)))
 
 
 def program_weights(model: Model, attributed: Optional[Mapping[str, Optional[str]]] = None) -> tuple[int, int]:
@@ -103,7 +111,7 @@ def run_checks(*, source, built, coreml_model: Model, layer_map: Mapping, owner:
 
     def decomposed(node) -> bool:  # a matmul of another op's translation (Attention's Q K^T and P V)
         node_id = owner.get(node.name or node.id)
-        return node_id is not None and source.graph.node(node_id).op_type not in _LAYER_OPS
+        return node_id is not None and not _is_layer(source.graph.node(node_id))
 
     package_layers = compute_layer_count(coreml_model, skip=decomposed)
     inner = compute_layer_count(coreml_model) - package_layers
