@@ -28,7 +28,7 @@ __all__ = ["TargetError", "ProfileSettings", "ProgressCallback", "Target", "get_
 
 @runtime_checkable
 class Target(Protocol):
-    """What every target offers.  Implementations: CpuTarget, BridgeTarget, PhoneTarget."""
+    """What every target offers.  Implementations: CpuTarget, BridgeTarget, PhoneTarget, AndroidTarget."""
 
     name: str
 
@@ -49,7 +49,7 @@ class Target(Protocol):
     def close(self) -> None: ...
 
 
-TARGET_NAMES = ("cpu", "ws://HOST:PORT", "iphone:NAME-or-UDID")
+TARGET_NAMES = ("cpu", "ws://HOST:PORT", "iphone:NAME-or-UDID", "android[:SERIAL]")
 
 
 def is_coreml_target(name: str) -> bool:
@@ -57,7 +57,10 @@ def is_coreml_target(name: str) -> bool:
     return name.startswith("iphone:") or ("backend=coreml" in name) or ("device=" in name)
 
 
-def get_target(name: str = "cpu", team: Optional[str] = None) -> Target:
+def get_target(name: str = "cpu", team: Optional[str] = None, benchmark_model: Optional[str] = None,
+               delegates=None) -> Target:
+    """team: Apple signing team (iphone:); benchmark_model, delegates: the binary and the delegates of an
+    android target."""
     if name == "cpu":
         from engine.targets.cpu import CpuTarget
         return CpuTarget()
@@ -67,5 +70,8 @@ def get_target(name: str = "cpu", team: Optional[str] = None) -> Target:
     if name.startswith("iphone:"):  # a phone connected to this Mac: engine.targets.iphone, docs/iphone.md
         from engine.targets.iphone import PhoneTarget
         return PhoneTarget(name, team=team)
+    if name == "android" or name.startswith("android:"):  # a phone over adb: engine.targets.android, docs/android.md
+        from engine.targets.android import AndroidTarget
+        return AndroidTarget(name, benchmark_model=benchmark_model, delegates=delegates)
     raise TargetError(f"unknown target {name!r}; available here: {', '.join(TARGET_NAMES)} "
                       "(`layerscope devices` lists agents and phones)")
