@@ -201,11 +201,11 @@ def disturbed_runs(groups: Sequence["TimingGroup"], min_share: float = 0.01) -> 
     """Indexes (0-based, measured runs) of the runs a busy machine slowed as a whole."""
     total = sum(g.time.median_ms for g in groups)
     # Only measured series are in run order (a derived segment's samples are sorted differences).
-    heavy = [g.time for g in groups if total > 0 and g.time.median_ms > min_share * total and g.time.count > 2
+    heavy = [g.time for g in groups if total > 0 and g.time.median_ms > min_share * total and len(g.time.samples_ms) > 2
              and g.time.kind == MEASURED]
     if len(heavy) < DISTURBED_MIN_LAYERS:  # too few layers to tell a busy machine from one layer's noise
         return []
-    runs = min(t.count for t in heavy)
+    runs = min(len(t.samples_ms) for t in heavy)
     slow = [0] * runs
     for stats in heavy:
         limit = DISTURBED_SLOWDOWN * stats.median_ms

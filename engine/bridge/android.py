@@ -203,10 +203,17 @@ class BenchmarkRun:
     @property
     def error_line(self) -> str:
         """benchmark_model's own reason for failing: its first ERROR line, else its last words."""
-        for line in self.lines:
+        for position, line in enumerate(self.lines):
             text = line.strip()
             if text.startswith("ERROR:"):
-                return text[len("ERROR:"):].strip()
+                parts = [text[len("ERROR:"):].strip()]
+                # A message of several lines goes on without the prefix ("...not supported by GPU
+                # delegate:" then the operators): up to two more lines, on one line.
+                for more in self.lines[position + 1:position + 3]:
+                    if not more.strip() or re.match(r"(INFO|ERROR|WARN(ING)?):", more.strip()):
+                        break
+                    parts.append(more.strip())
+                return " ".join(parts)
         words = [line.strip() for line in self.lines if line.strip()]
         return words[-1] if words else f"exit code {self.exit_code}"
 

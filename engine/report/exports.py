@@ -75,7 +75,7 @@ def chrome_trace(profile: "Profile", max_runs: int = 10) -> dict:
                        "args": {"nodes": list(group.node_ids), "p10_ms": group.time.p10_ms,
                                 "p90_ms": group.time.p90_ms, "kind": group.time.kind}})
         cursor += duration
-    runs = min(max_runs, min((g.time.count for g in groups), default=0))
+    runs = min(max_runs, min((len(g.time.samples_ms) for g in groups), default=0))  # per-run samples only
     for run in range(runs):
         events.append({"name": "thread_name", "ph": "M", "pid": 2, "tid": run + 1, "args": {"name": f"run {run + 1}"}})
         cursor = 0.0

@@ -402,7 +402,9 @@ class AndroidTarget:
             error = f"{stopped}; the {', '.join(finished)} run(s) are kept"
         not_run = [d for d in self.delegates if d not in self.profiles and d not in failures]
         if error and not_run:
-            error += f" ({', '.join(not_run)} not run)"
+            problems.append(f"{', '.join(not_run)} not run")
+            if stopped != "cancelled":  # "cancelled" stays the whole error: the CLI exits 130 on it
+                error += f" ({', '.join(not_run)} not run)"
         if problems:
             first = replace(first, warnings=tuple(first.warnings) + tuple(problems))
         if error or failures:
