@@ -570,6 +570,7 @@ class LiteRtCpuTarget:
         profiled.write_inputs(feed)
         total = settings.warmup + settings.runs
         plain_ms: list[float] = []
+        plain_cpu_ms: list[float] = []  # CPU time of this thread during the plain runs
         profiled_ms: list[float] = []
         run_events: list[list[Event]] = []
         error, interrupted = "", False
@@ -582,9 +583,11 @@ class LiteRtCpuTarget:
                     break
                 is_warmup = index < settings.warmup
                 try:
+                    cpu_start = time.thread_time()
                     start = clock()
                     plain.run()
                     middle = clock()
+                    cpu_used = time.thread_time() - cpu_start
                     profiled.run()
                     end = clock()
                     events = profiled.take_events() if per_operator else []
@@ -602,6 +605,7 @@ class LiteRtCpuTarget:
                     message = f"warm-up {index + 1}/{settings.warmup}"
                 else:
                     plain_ms.append((middle - start) * 1000.0)
+                    plain_cpu_ms.append(cpu_used * 1000.0)
                     profiled_ms.append((end - middle) * 1000.0)
                     run_events.append(sorted((e for e in events if e.event_type in
                                               (OPERATOR_INVOKE_EVENT, DELEGATE_PROFILED_OPERATOR_INVOKE_EVENT)),
@@ -627,6 +631,12 @@ class LiteRtCpuTarget:
         else:
             groups, nodes, more = self._whole_model(profiled_ms)
         warnings += more
+        from engine.targets.cpu import BUSY_WAIT_SHARE, _cpu_wait_share
+        wait_share = _cpu_wait_share(plain_ms, plain_cpu_ms) if settings.threads == 1 else None
+        if wait_share is not None and wait_share > BUSY_WAIT_SHARE:
+            warnings.append(f"this computer was busy: the runs spent {wait_share * 100:.0f} % of their time waiting "
+                            "for a CPU (wall against CPU time), which inflates end-to-end times and lowers "
+                            "coverage; per-layer medians suffer less. Profile again when it is idle")
         analysis = prepared.analysis
         profile_settings = {"runs": settings.runs, "warmup": settings.warmup, "threads": settings.threads,
                             "effective_threads": settings.threads or os.cpu_count(),
@@ -641,7 +651,8 @@ class LiteRtCpuTarget:
             target=describe_cpu(settings.threads), mode=settings.mode, settings=profile_settings,
             end_to_end_samples=plain_ms, profiled_samples=profiled_ms, groups=groups, nodes=nodes,
             runs_completed=completed, complete=completed == settings.runs and not error, error=error,
-            stage_order=[s.name for s in analysis.stages], warnings=list(prepared.model.warnings) + warnings)
+            stage_order=[s.name for s in analysis.stages], warnings=list(prepared.model.warnings) + warnings,
+            cpu_wait_share=wait_share)
 
     @staticmethod
     def _whole_model(profiled_ms: Sequence[float]):
