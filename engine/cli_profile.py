@@ -348,7 +348,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
                                                      alpha=alphas[0] if alphas else None)
                 if size is not None:
                     settings = settings.replace(size=size)
-                target = get_target(args.target, team=args.team, **_android_options(args))
+                target = get_target(args.target, team=args.team, model_path=model_file, **_android_options(args))
                 try:
                     target.prepare(model_file, settings)
                     profile = target.profile(settings, progress, ctrl_c.cancel)

@@ -108,7 +108,7 @@ def execute_run(request: RunRequest, opened_analysis=None,
     model_path = Path(request.model_path)
     sweep = None
     pairs: list[tuple[Profile, object]] = []  # (profile, analysis at its input shapes)
-    target = get_target(request.target)
+    target = get_target(request.target, model_path=request.model_path)
     workdir = Path(tempfile.mkdtemp(prefix="layerscope-gui-run-"))
     try:
         if progress:

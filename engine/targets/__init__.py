@@ -57,11 +57,24 @@ def is_coreml_target(name: str) -> bool:
     return name.startswith("iphone:") or ("backend=coreml" in name) or ("device=" in name)
 
 
-def get_target(name: str = "cpu", team: Optional[str] = None, benchmark_model: Optional[str] = None,
-               delegates=None) -> Target:
-    """team: Apple signing team (iphone:); benchmark_model, delegates: the binary and the delegates of an
-    android target."""
+def is_tflite_file(model_path) -> bool:
+    """A .tflite (LiteRT) model, by content or name: it runs on LiteRT, not ONNX Runtime."""
+    if model_path is None:
+        return False
+    from pathlib import Path
+    from importers import tflite
+    path = Path(model_path)
+    return tflite.sniff(path) or path.suffix.lower() in tflite.EXTENSIONS
+
+
+def get_target(name: str = "cpu", team: Optional[str] = None, model_path=None,
+               benchmark_model: Optional[str] = None, delegates=None) -> Target:
+    """The target called `name`; `model_path` picks the CPU reference's runtime (LiteRT for .tflite);
+    team: Apple signing team (iphone:); benchmark_model, delegates: the binary and delegates of android targets."""
     if name == "cpu":
+        if is_tflite_file(model_path):  # LiteRT's CPU reference: engine.targets.litert, docs/tflite.md
+            from engine.targets.litert import LiteRtCpuTarget
+            return LiteRtCpuTarget()
         from engine.targets.cpu import CpuTarget
         return CpuTarget()
     if name.startswith(("ws://", "wss://", "usb://")):  # an agent: engine.targets.bridge, docs/bridge-protocol.md
