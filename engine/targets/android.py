@@ -26,8 +26,6 @@ Query keys: ``delegates`` (cpu,xnnpack,gpu; default xnnpack), ``benchmark_model`
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -119,7 +117,11 @@ def profile_from_benchmark(*, delegate: str, model_path: str, profiling_data: Op
 
     analysis (engine.analysis of the .tflite, optional): op types, stages, output bytes, and the
     FLOPs that split a delegate partition's time over its operators (evenly without it)."""
-    from ai_edge_litert import model_runtime_info_pb2, profiling_info_pb2
+    try:
+        from ai_edge_litert import model_runtime_info_pb2, profiling_info_pb2
+    except ImportError:
+        raise TargetError("reading benchmark_model's profile needs ai-edge-litert (its profiling_info schema): "
+                          "pip install 'layerscope[android]'") from None
     warnings = list(warnings)
     data = profiling_info_pb2.BenchmarkProfilingData()
     if profiling_data:
@@ -242,7 +244,6 @@ class AndroidTarget:
         self._model: Optional[Path] = None
         self._settings: Optional[ProfileSettings] = None
         self._analysis = None
-        self._workdir = Path(tempfile.mkdtemp(prefix="layerscope-android-"))
 
     # -- preparing --------------------------------------------------------------------------
 
@@ -303,8 +304,7 @@ class AndroidTarget:
                 cancel: Optional[threading.Event] = None) -> Profile:
         """One benchmark_model run per delegate.  The profile of the first delegate asked is returned; all that
         finished are in `self.profiles`.  A cancel or a disconnect keeps the runs that finished."""
-        from engine.bridge.android import (DEVICE_DIR, BenchmarkCancelled, PhoneDisconnected,
-                                           parse_benchmark_output)
+        from engine.bridge.android import DEVICE_DIR, BenchmarkCancelled, PhoneDisconnected
         if self._phone is None or self._model is None:
             raise TargetError("no model prepared: call prepare(model_path, settings) first")
         settings = settings or self._settings
@@ -442,5 +442,4 @@ class AndroidTarget:
                           "values on the LiteRT CPU reference of this computer")
 
     def close(self) -> None:
-        self._phone = None
-        shutil.rmtree(self._workdir, ignore_errors=True)
+        self._phone = None  # adb keeps no session open between calls
