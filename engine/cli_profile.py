@@ -120,6 +120,17 @@ def profile_summary(profile, top: int = 10, names=None) -> str:
         lines.append("Mode        deployed (Core ML: whole predictions measured; per-layer times attributed by the "
                      f"compute plan's cost weights; segments derived from prefix models; compute units "
                      f"{target.get('compute_units_kind') or 'unknown'}: {units})")
+    elif target.get("name") == "android":
+        # benchmark_model on a phone: its own summaries of the runs (docs/android.md).
+        lines.append(f"Target      android: {target.get('device', '?')} ({target.get('serial', '?')}), "
+                     f"{target.get('chip') or 'SoC unknown'}, {target.get('os', '?')}, {target.get('abi', '?')}, "
+                     f"{target.get('runtime', '?')}, delegate {target.get('delegate', '?')}, threads {threads}")
+        if target.get("init_ms") is not None:
+            lines.append(f"Init        {_ms(target['init_ms'])} {target.get('init_kind', 'measured')}")
+        lines.append("Mode        " + ("exact (builtin kernels: one measured time per operator)"
+                                       if target.get("delegate") == "cpu" else
+                                       "deployed (a delegate partition is measured whole, its operators' shares "
+                                       "attributed by FLOPs; operators left to the builtin kernels measured)"))
     else:
         lines.append(f"Target      {target.get('name', '?')}: {target.get('chip', '?')}, {target.get('os', '?')}, "
                      f"{target.get('runtime', '?')}, threads {threads}")
@@ -132,15 +143,21 @@ def profile_summary(profile, top: int = 10, names=None) -> str:
     if e2e is None:
         lines.append("End-to-end  no run completed")
         return "\n".join(lines)
-    lines.append(f"End-to-end  {_ms(e2e.median_ms)} median (p10 {e2e.p10_ms:.3f}, p90 {e2e.p90_ms:.3f}, "
-                 f"CV {_pct(e2e.cv)}) {e2e.kind}, plain runs")
+    if e2e.statistic == "mean":  # a runtime's own summary (benchmark_model): mean, fastest and slowest run
+        lines.append(f"End-to-end  {_ms(e2e.median_ms)} mean of {e2e.count} runs (min {e2e.p10_ms:.3f}, max "
+                     f"{e2e.p90_ms:.3f}, CV {_pct(e2e.cv)}) {e2e.kind}, with the op profiler on; per-layer "
+                     "figures below are means too")
+    else:
+        lines.append(f"End-to-end  {_ms(e2e.median_ms)} median (p10 {e2e.p10_ms:.3f}, p90 {e2e.p90_ms:.3f}, "
+                     f"CV {_pct(e2e.cv)}) {e2e.kind}, plain runs")
     ratio_kinds = profile.ratio_kinds()
     if profile.profiler_overhead is not None and profile.profiled_end_to_end is not None:
         lines.append(f"Profiler    adds {_pct(profile.profiler_overhead)} "
                      f"(profiled runs {_ms(profile.profiled_end_to_end.median_ms)} median) "
                      f"{ratio_kinds['profiler_overhead']}")
     if profile.coverage is not None:
-        lines.append(f"Coverage    {profile.coverage:.2f} (sum of per-kernel medians / end-to-end median) "
+        statistic = "mean" if e2e.statistic == "mean" else "median"
+        lines.append(f"Coverage    {profile.coverage:.2f} (sum of per-kernel {statistic}s / end-to-end {statistic}) "
                      f"{ratio_kinds['coverage']}")
     if profile.cpu_wait_share is not None:
         state = "busy" if profile.cpu_wait_share > 0.10 else "idle enough"
@@ -416,7 +433,7 @@ def _write_other_runs(args, others) -> list[str]:
 
 def delegate_summary(profiles) -> str:
     """One line per delegate run of an android profile: end-to-end mean, runs, coverage, where operators ran."""
-    lines = ["Delegates (benchmark_model on the phone; end-to-end mean of the measured runs, op profiler on)",
+    lines = ["", "Delegates (benchmark_model on the phone; end-to-end mean of the measured runs, op profiler on)",
              f"  {'delegate':<9} {'end-to-end':>12} {'runs':>5} {'coverage':>9}  operators"]
     for profile in profiles:
         e2e = profile.end_to_end
