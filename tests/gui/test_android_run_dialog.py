@@ -13,8 +13,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
 from fake_adb_server import FakeAdbServer, FakePhone, elf_header, phone_properties  # noqa: E402
 from test_android import MODEL, fake_benchmark_model  # noqa: E402
 
-from engine.targets import TargetError  # noqa: E402
+from engine.targets import ProfileSettings, TargetError, get_target  # noqa: E402
 from gui.run_dialog import ProfileProcess, RunDialog, profile_command  # noqa: E402
+from tests.gui.gui_fixtures import open_and_wait, settings, window  # noqa: E402,F401
 
 SERIAL = "R5CT1234ABC"
 
@@ -64,3 +65,19 @@ def test_android_phones_are_targets_with_their_fields(qtbot, adb, tmp_path):
     delegates = [entry.profile.target["delegate"] for entry in outcome.args[0].entries]
     assert sorted(delegates) == ["gpu", "xnnpack"]
     assert all(len(entry.profile.nodes) == 63 for entry in outcome.args[0].entries)
+
+
+def test_an_android_profile_reads_mean_and_min_max_in_the_inspector(qtbot, adb, window, tmp_path):  # noqa: F811
+    binary = tmp_path / "benchmark_model"
+    binary.write_bytes(elf_header())
+    target = get_target(f"android:{SERIAL}", benchmark_model=str(binary), delegates="cpu")
+    target.prepare(MODEL, ProfileSettings(runs=4, warmup=1))
+    profile = target.profile()
+    open_and_wait(qtbot, window, MODEL)
+    window.add_profile(profile)
+    window.view.select_node("0")
+    rows = window.inspector.rows()
+    section = next(k.split("/")[0] for k in rows if k.endswith("/Time (mean)"))
+    assert rows[f"{section}/Time (mean)"] and f"{section}/min / max" in rows
+    assert not any(k.endswith("/Time (median)") for k in rows if k.startswith(section + "/"))
+    assert "over 4 runs" in rows[f"{section}/Variation (CV)"]
