@@ -166,8 +166,10 @@ def profile_from_benchmark(*, delegate: str, model_path: str, profiling_data: Op
         operator_count = info.get("operators")
         for row in subgraph_data.per_op_profiles:
             match = re.search(r":(\d+)$", row.name)
-            if row.name.startswith("Delegate/") or match is None:
+            if row.name.startswith("Delegate/"):
                 internal_rows += 1  # a delegate's own kernels, numbered by the delegate
+                continue
+            if match is None:  # a runtime event that is no operator ("AllocateTensors/0"): not a layer's time
                 continue
             index = int(match.group(1))
             stats = _ms_stats(row.inference_microseconds, runs)
