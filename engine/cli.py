@@ -143,11 +143,12 @@ def add_team_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    """List agents (typed, mDNS) and iPhones on USB; a source that cannot be searched says why."""
+    """List agents (typed, mDNS), iPhones on USB and Android phones over adb; a source that cannot be searched
+    says why."""
     from engine.bridge.discovery import discover, format_devices, to_json
     token = args.token or os.environ.get("LAYERSCOPE_AGENT_TOKEN") or None
     result = discover(addresses=args.agent or (), token=token, mdns=not args.no_mdns, usb=not args.no_usb,
-                      timeout=args.timeout, agent_port=args.port)
+                      timeout=args.timeout, agent_port=args.port, android=not args.no_android)
     print(to_json(result) if args.json else format_devices(result))
     return EXIT_OK
 
@@ -280,14 +281,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_team_options(agent)
     agent.set_defaults(func=cmd_agent)
 
-    devices = sub.add_parser("devices", help="list agents (typed addresses, mDNS), iPhones of this Mac, and "
-                                             "iPhones connected by USB")
+    devices = sub.add_parser("devices", help="list agents (typed addresses, mDNS), iPhones of this Mac, "
+                                             "iPhones connected by USB, and Android phones over adb")
     devices.add_argument("--agent", action="append", metavar="HOST:PORT", help="probe this agent (repeatable)")
     devices.add_argument("--token", help="token for the typed agents (default: $LAYERSCOPE_AGENT_TOKEN)")
     devices.add_argument("--timeout", type=float, default=1.5, help="seconds to search each source (default 1.5)")
     devices.add_argument("--port", type=int, default=DEFAULT_PORT, help="agent port on USB devices")
     devices.add_argument("--no-mdns", action="store_true", help="do not search the local network")
-    devices.add_argument("--no-usb", action="store_true", help="do not search USB")
+    devices.add_argument("--no-usb", action="store_true", help="do not search USB for iPhones")
+    devices.add_argument("--no-android", action="store_true", help="do not ask adb for Android phones")
     devices.add_argument("--json", action="store_true", help="print JSON instead of text")
     devices.set_defaults(func=cmd_devices)
 

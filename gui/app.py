@@ -48,7 +48,7 @@ APP_NAME = "LayerScope"
 MAX_RECENT = 10
 GROUPING_TITLES = {"none": "None", "stage": "Stage", "namespace": "Namespace"}
 GROUPING_MENU_TEXTS = {"none": "&None", "stage": "&Stage", "namespace": "N&amespace"}
-MODEL_FILTER = "Models (*.onnx *.mlmodel *.mlpackage *.pt2);;All files (*)"
+MODEL_FILTER = "Models (*.onnx *.mlmodel *.mlpackage *.pt2 *.tflite);;All files (*)"
 SESSION_FILTER = "LayerScope session (*.layerscope);;All files (*)"
 # Profile exports: kind -> (menu text, file suffix, file dialog filter)
 PROFILE_EXPORTS = {
