@@ -106,3 +106,28 @@ def test_profile_command_writes_exports_keyed_by_operator_index(tmp_path):
     results = next(iter(node_data.values()))["results"]
     assert set(results) == {str(i) for i in range(164)}
     assert csv.read_text().count("\n") >= 165 and report.stat().st_size > 1000
+
+
+def test_every_wheel_model_litert_runs_is_timed_per_operator(tflite_wheel_models):
+    """The 21 package models: exact mode times each operator once where the builtin kernels can run
+    the model; deployed (XNNPACK) mode puts every operator in exactly one kernel group."""
+    exact_runs = deployed_runs = 0
+    for path in tflite_wheel_models:
+        try:
+            profile, analysis = profile_of(path, runs=2)
+        except TargetError as error:  # a custom op without a builtin kernel: named, not a crash
+            assert "no kernel" in str(error) or "custom" in str(error).lower() or "--mode deployed" in str(error), error
+        else:
+            exact_runs += 1
+            main_ids = [n.id for n in analysis.graph.nodes]
+            timed = [i for g in profile.groups for i in g.node_ids]
+            assert sorted(timed) == sorted(main_ids), path.name
+        try:
+            profile, analysis = profile_of(path, runs=2, mode="deployed")
+        except TargetError as error:
+            assert str(error), path.name
+            continue
+        deployed_runs += 1
+        covered = [i for g in profile.groups for i in g.node_ids]
+        assert sorted(covered) == sorted(n.id for n in analysis.graph.nodes), path.name
+    assert exact_runs >= 18 and deployed_runs >= 20, (exact_runs, deployed_runs)

