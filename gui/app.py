@@ -85,6 +85,9 @@ class LoadedModel:
     groups: dict = field(default_factory=dict)  # group id -> engine.layout.NodeGroup
     collapsed: frozenset = frozenset()  # ids of the groups drawn as one box
     note: str = ""  # something the person should know about this layout (e.g. a grouping fallback)
+    # engine.folded_layout.FoldedLayouts of a namespace grouping: every group laid out once, so
+    # opening or closing one lays out at most that group (shared by the relayouts of this model).
+    folded_layouts: object = None
 
 
 def load_model(path: str, include_constants: bool = False, progress=None, grouping: str = "none",
@@ -143,10 +146,17 @@ def relayout(loaded: LoadedModel, include_constants: bool, progress=None, groupi
     if progress:
         progress("Laying out…")
     start = time.perf_counter()
-    layout = layout_graph(loaded.analysis, include_constants=include_constants, groups=groups, collapsed=collapsed)
+    folded = None
+    if grouping == "namespace":  # nested frames, a group laid out at a time (gui.folded_groups)
+        from gui.folded_groups import folded_layouts
+        folded = folded_layouts(loaded, groups, include_constants)
+        layout = folded.compose(collapsed)
+    else:
+        layout = layout_graph(loaded.analysis, include_constants=include_constants, groups=groups,
+                              collapsed=collapsed)
     timings = dict(loaded.timings, layout=time.perf_counter() - start)
     result = LoadedModel(loaded.path, loaded.model, loaded.analysis, layout, include_constants,
-                         loaded.producers, timings, None, grouping, groups, collapsed, note)
+                         loaded.producers, timings, None, grouping, groups, collapsed, note, folded)
     start = time.perf_counter()
     result.scene_data = prepare_scene_data(result)
     result.timings["scene_data"] = time.perf_counter() - start

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
@@ -31,7 +31,7 @@ from PySide6.QtWidgets import QGraphicsItem, QGraphicsScene, QStyleOptionGraphic
 from engine.inspect import human_bytes, human_count
 from engine.layout import INPUT_PREFIX, OUTPUT_PREFIX, op_category
 from engine.profile import KINDS
-from gui.graph_groups import GroupSceneMixin, group_lines
+from gui.graph_groups import FrameLayer, GroupSceneMixin, frame_title, group_lines
 from gui.graph_style import (BOX_PEN, CATEGORY_COLORS, EDGE_COLOR, EDGE_MAX_WIDTH, EDGE_MIN_WIDTH,
                              EDGE_WIDTH_STEPS, GROUP_PEN_COLOR, LABEL_MAX_COUNT, LABEL_MIN_SCALE,
                              LINK_PEN_COLOR, OVERLAYS, RATIO_LIMIT, TOP_PEN_COLOR, UNKNOWN_COLOR,
@@ -152,6 +152,10 @@ class SceneData:
     edge_batch_of: np.ndarray  # (m,): the batch drawing each edge
     segments: np.ndarray  # (k, 4): x0, y0, x1, y1 of every straight piece of every edge (hit tests)
     segment_edge: np.ndarray  # (k,): the edge of each segment
+    # Opened groups of a folded layout (engine.folded_layout): their frames, outermost first.
+    frame_ids: list[str] = field(default_factory=list)
+    frame_rects: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    frame_titles: list[str] = field(default_factory=list)
 
 
 # Edges per path item.  One QGraphicsPathItem per edge made the first paint of a 20,000-node
@@ -182,8 +186,12 @@ def prepare_scene_data(loaded) -> SceneData:
     steps, widths = _edge_width_steps(layout.edges, graph)
     tips = np.array([e.points[-1] for e in layout.edges], dtype=float).reshape(-1, 2)
     batches, batch_of, segments, segment_edge = _edge_batches(layout.edges, steps)
+    frames = getattr(layout, "frames", None) or {}
+    frame_ids = list(frames)
+    frame_rects = np.array([frames[g] for g in frame_ids], dtype=float).reshape(-1, 4)
+    titles = [frame_title(groups[g], analysis) for g in frame_ids]
     return SceneData(node_ids, rects, categories, lines, steps, widths, tips, batches, batch_of,
-                     segments, segment_edge)
+                     segments, segment_edge, frame_ids, frame_rects, titles)
 
 
 def _edge_batches(edges, steps: list[int]):
@@ -295,6 +303,7 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
         self._selected_index: Optional[int] = None
         self._also_selected: list[int] = []  # further selected boxes (a hint's layers), outlined too
         self.labels: Optional[LabelLayer] = None
+        self.frame_layer: Optional[FrameLayer] = None  # the opened groups' frames (folded layouts)
         self.complete = False
         margin = 60.0
         # The boxes' extent and every edge's polyline (a skip edge routed round the side reaches
@@ -311,6 +320,10 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
     def build_steps(self):
         """Create the items a chunk at a time; yields between chunks. Edges first: they lie below."""
         data = self._data
+        if data.frame_ids:
+            self.frame_layer = FrameLayer(data.frame_ids, data.frame_rects, list(data.frame_titles),
+                                          [self.groups[g].depth for g in data.frame_ids])
+            self.addItem(self.frame_layer)
         pens = [QPen(EDGE_COLOR, float(EDGE_MIN_WIDTH + k * (EDGE_MAX_WIDTH - EDGE_MIN_WIDTH)
                                        / (EDGE_WIDTH_STEPS - 1))) for k in range(EDGE_WIDTH_STEPS)]
         self.edge_widths = data.edge_widths
@@ -373,9 +386,10 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
                     remove(item)
                 del chunk  # deletes the C++ items
                 yield
-        if self.labels is not None:
-            remove(self.labels)
-            self.labels = None
+        for layer in ("labels", "frame_layer"):
+            if getattr(self, layer) is not None:
+                remove(getattr(self, layer))
+                setattr(self, layer, None)
         yield
         # Drop the model: the scene is in reference cycles (its signal connections), which only a
         # full garbage collection would free, and gui.responsive freezes what is alive after an
@@ -699,13 +713,7 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
 
     def node_tooltip(self, node_id: str) -> str:
         if node_id in self.groups:
-            group, totals = self.groups[node_id], self.group_totals(node_id)
-            text = (f"{group.kind} {group.name}: {totals.nodes} nodes (collapsed; double-click to expand)\n"
-                    f"MACs {human_count(totals.macs)} · params {human_count(totals.params)} · "
-                    f"output {human_bytes(totals.output_bytes)}  (estimated)")
-            if totals.time_ms is not None:
-                text += f"\ntime {format_ms(totals.time_ms)} over {totals.timed_nodes} nodes  ({totals.time_kind})"
-            return text
+            return self.group_tooltip(node_id)
         if is_io(node_id):
             title, type_text, _ = self._lines[self.node_index[node_id]]
             return f"{title}\n{type_text}"

@@ -552,6 +552,9 @@ class GraphView(GroupViewMixin, QGraphicsView):
             else:
                 index = self.graph_scene.edge_near(scene_pos, 5.0 / max(self.current_scale(), 1e-6))
                 text = self.graph_scene.edge_tooltip(index) if index is not None else ""
+                frame = self.graph_scene.frame_at(scene_pos) if not text else None
+                if frame is not None:  # an opened group's frame: its totals, time, repeated-block line
+                    text = self.graph_scene.group_tooltip(frame)
             if text:
                 QToolTip.showText(event.globalPos(), text, self.viewport())
             else:

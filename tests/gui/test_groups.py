@@ -27,10 +27,12 @@ def _relaid(qtbot, window, action) -> None:
 
 
 def _check_connected(scene) -> None:
-    """Every edge joins two boxes of the scene: nothing dangles into a group that is not drawn."""
+    """Every edge joins two boxes of the scene, or a box and the frame of an opened group (namespace
+    groups open in frames): nothing dangles into a group that is not drawn."""
     assert scene.edges
+    drawn = set(scene.node_index) | set(scene.frame_layer.ids if scene.frame_layer is not None else ())
     for edge in scene.edges:
-        assert edge.source in scene.node_index and edge.target in scene.node_index
+        assert edge.source in drawn and edge.target in drawn
     analysis = scene.loaded.analysis
     for metrics in analysis.compute_nodes():  # every node is drawn, by its own box or its group's
         assert scene.box_id(metrics.node_id) is not None

@@ -1,0 +1,267 @@
+"""Folded graphs laid out a group at a time (Model Explorer style): pure geometry, no Qt.
+
+A model grouped by namespace is drawn as nested levels: the root (top-level groups as boxes)
+and, inside the frame of every opened group, that group's own contents (its nodes and its
+child groups as boxes).  Each level is laid out once by engine.layout (`layout_graph` for the
+root, `layout_nodes` for a group's members) and kept in `FoldedLayouts`; opening or closing a
+group lays out at most that group, then `compose` puts the cached levels together:
+
+- an opened group's box becomes a frame big enough for its contents.  Everything whose box
+  centre lies right of the box's centre moves right by the extra width, everything below by
+  the extra height (edges of the level are moved point by point), so nothing overlaps and the
+  rest of the scene is shifted, not laid out again;
+- a tensor entering an opened group from outside arrives at the frame's top (where the
+  level's edge ends) and runs down the frame's left margin to the box that consumes it; a
+  tensor leaving it runs from its producer to the right margin and down to the frame's
+  bottom, where the level's edge starts.
+
+Composition is numpy over the drawn boxes; opening a group of 3,000 nodes in a 100,000-node
+model costs the layout of those 3,000 nodes once, and a few milliseconds when reopened.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterable, Mapping, Optional
+
+import numpy as np
+
+from engine.layout import (GROUP_HEIGHT, NODE_WIDTH, VERTICAL_GAP, GraphLayout, LayoutEdge, NodeGroup, Rect,
+                           collapsed_boxes, layout_graph, layout_nodes)
+
+if TYPE_CHECKING:
+    from engine.analysis import ModelAnalysis
+
+FRAME_PAD = 18.0  # frame margin left, right and below the contents (the lanes run in it)
+FRAME_TITLE = 30.0  # frame band above the contents: the group's name and totals
+LANE_INSET = 7.0  # the lanes' distance from the frame's side
+
+
+@dataclass(frozen=True)
+class FoldedLayout(GraphLayout):
+    """A GraphLayout with the frames of the opened groups (group id -> rectangle), outermost first."""
+
+    frames: Mapping[str, Rect] = field(default_factory=dict)
+
+
+@dataclass
+class _Piece:
+    """A composed level in its own coordinates (origin at its top-left)."""
+
+    ids: list
+    rects: np.ndarray  # (n, 4)
+    frame_ids: list
+    frame_rects: np.ndarray  # (f, 4)
+    edges: list  # (source, target, value, values) per edge
+    starts: np.ndarray  # (m + 1,): edge k's points are points[starts[k]:starts[k + 1]]
+    points: np.ndarray  # (p, 2)
+    box_for: dict
+    members: dict
+    width: float
+    height: float
+
+
+class FoldedLayouts:
+    """The laid-out levels of one analysed, namespace-grouped model (root and each group), each
+    computed on first use; `compose(collapsed)` draws the model with those groups collapsed.
+    Thread-safe: the GUI composes in worker threads."""
+
+    def __init__(self, analysis: "ModelAnalysis", groups: Mapping[str, NodeGroup], include_constants: bool):
+        self.analysis, self.groups, self.include_constants = analysis, groups, include_constants
+        self._levels: dict[Optional[str], GraphLayout] = {}
+        self._children: dict[Optional[str], list[str]] = {}
+        for group in groups.values():
+            self._children.setdefault(group.parent, []).append(group.id)
+        self._tensors: Optional[tuple] = None  # producer_of, consumers_of, graph outputs (first group opened)
+        self._lock = threading.Lock()
+        nodes = analysis.nodes
+        self.hidden = frozenset() if include_constants else frozenset(n for n in analysis.order if nodes[n].is_constant)
+        self.seconds_laying_out = 0.0  # time spent in engine.layout (what the cache saves)
+
+    def cached(self, level: Optional[str]) -> bool:
+        return level in self._levels
+
+    def level(self, level: Optional[str]) -> GraphLayout:
+        """The layout of `level` (None: the root) with its child groups collapsed, laid out once."""
+        with self._lock:
+            found = self._levels.get(level)
+            if found is None:
+                import time
+                start = time.perf_counter()
+                found = self._levels[level] = self._lay_out(level)
+                self.seconds_laying_out += time.perf_counter() - start
+            return found
+
+    def _lay_out(self, level: Optional[str]) -> GraphLayout:
+        children = self._children.get(level, [])
+        if level is None:
+            return layout_graph(self.analysis, include_constants=self.include_constants, groups=self.groups,
+                                collapsed=children)
+        visible = [n for n in self.groups[level].members if n not in self.hidden]
+        box_for, members = collapsed_boxes(self.groups, children)
+        return layout_nodes(self.analysis.graph, visible, include_io=False, box_for=box_for, members=members)
+
+    # --- composing the levels ----------------------------------------------------------------
+    def compose(self, collapsed: Iterable[str]) -> FoldedLayout:
+        """The whole drawing with the groups in `collapsed` as boxes and every other group opened
+        (a group inside a collapsed one is not drawn, open or not)."""
+        closed = frozenset(collapsed)
+        piece = self._compose(None, closed)
+        boxes = {node_id: tuple(rect) for node_id, rect in zip(piece.ids, piece.rects.tolist())}
+        frames = {group_id: tuple(rect) for group_id, rect in zip(piece.frame_ids, piece.frame_rects.tolist())}
+        points = [tuple(p) for p in piece.points.tolist()]
+        starts = piece.starts.tolist()
+        edges = tuple(LayoutEdge(s, t, v, tuple(points[starts[k]:starts[k + 1]]), vs)
+                      for k, (s, t, v, vs) in enumerate(piece.edges))
+        method = self.level(None).method + (", per group" if frames else "")
+        return FoldedLayout(boxes, edges, {}, piece.width, piece.height, method, self.hidden, piece.members,
+                            piece.box_for, frames)
+
+    def _compose(self, level: Optional[str], closed: frozenset) -> _Piece:
+        base = self.level(level)
+        ids = list(base.boxes)
+        rects = np.array([base.boxes[n] for n in ids], dtype=float).reshape(-1, 4)
+        reference = rects[:, :2] + rects[:, 2:] / 2  # a box's centre decides which way it moves
+        edges = [(e.source, e.target, e.value, e.values) for e in base.edges]
+        starts = np.cumsum([0] + [len(e.points) for e in base.edges])
+        points = np.array([p for e in base.edges for p in e.points], dtype=float).reshape(-1, 2)
+        opened = [(i, ids[i]) for i in range(len(ids)) if ids[i] in base.members and ids[i] not in closed]
+        inner: dict[int, _Piece] = {}
+        for index, group_id in opened:
+            piece = self._framed(group_id, closed)
+            inner[index] = piece
+            x, y, w, h = rects[index].tolist()
+            cx, cy = reference[index].tolist()
+            dx, dy = piece.width - w, piece.height - h
+            right, below = reference[:, 0] > cx, reference[:, 1] > cy
+            rects[right, 0] += dx
+            reference[right, 0] += dx
+            rects[below, 1] += dy
+            reference[below, 1] += dy
+            points[points[:, 0] > cx, 0] += dx
+            points[points[:, 1] > cy, 1] += dy
+            rects[index, 2:] = (piece.width, piece.height)
+        # Assemble: the level's collapsed boxes and nodes, then each frame and its contents.
+        keep = [i for i in range(len(ids)) if i not in inner]
+        out_ids = [ids[i] for i in keep]
+        out_rects = [rects[keep]]
+        frame_ids: list[str] = []  # each opened group's piece lists its own frame first
+        frame_rects: list[np.ndarray] = []
+        box_for = {n: b for n, b in base.box_for.items() if b in closed}
+        members = {b: m for b, m in base.members.items() if b in closed}
+        out_edges, out_starts, out_points = list(edges), [starts], [points]
+        offset = len(points)
+        for index, piece in inner.items():
+            origin = rects[index, :2]
+            out_ids += piece.ids
+            out_rects.append(piece.rects + np.concatenate([origin, [0.0, 0.0]]))
+            frame_ids += piece.frame_ids
+            if len(piece.frame_ids):
+                frame_rects.append(piece.frame_rects + np.concatenate([origin, [0.0, 0.0]]))
+            out_edges += piece.edges
+            out_starts.append(piece.starts[1:] + offset)
+            out_points.append(piece.points + origin)
+            offset += len(piece.points)
+            box_for.update(piece.box_for)
+            members.update(piece.members)
+        all_rects = np.concatenate(out_rects) if out_rects else np.zeros((0, 4))
+        all_frames = np.concatenate(frame_rects) if frame_rects else np.zeros((0, 4))
+        all_points = np.concatenate(out_points) if out_points else np.zeros((0, 2))
+        extent = np.concatenate([all_rects, all_frames])
+        width = float((extent[:, 0] + extent[:, 2]).max()) if len(extent) else 0.0
+        height = float((extent[:, 1] + extent[:, 3]).max()) if len(extent) else 0.0
+        return _Piece(out_ids, all_rects, frame_ids, all_frames, out_edges, np.concatenate(out_starts), all_points,
+                      box_for, members, width, height)
+
+    def _framed(self, group_id: str, closed: frozenset) -> _Piece:
+        """The opened group `group_id` in its frame's coordinates: contents moved under the title
+        band, its lanes added, the frame itself first among the frames."""
+        piece = self._compose(group_id, closed)
+        origin = np.array([FRAME_PAD, FRAME_TITLE])
+        piece.rects = piece.rects + np.concatenate([origin, [0.0, 0.0]])
+        if len(piece.frame_rects):
+            piece.frame_rects = piece.frame_rects + np.concatenate([origin, [0.0, 0.0]])
+        piece.points = piece.points + origin
+        width = max(piece.width + 2 * FRAME_PAD, NODE_WIDTH)
+        height = max(piece.height + FRAME_TITLE + FRAME_PAD, GROUP_HEIGHT)
+        lanes = self._lanes(group_id, piece, width, height)
+        if lanes:
+            edges, polylines = zip(*lanes)
+            piece.edges = piece.edges + list(edges)
+            lengths = np.cumsum([len(p) for p in polylines]) + piece.starts[-1]
+            piece.starts = np.concatenate([piece.starts, lengths])
+            piece.points = np.concatenate([piece.points, np.array([p for line in polylines for p in line])])
+        piece.frame_ids = [group_id] + piece.frame_ids
+        piece.frame_rects = np.concatenate([[[0.0, 0.0, width, height]], piece.frame_rects])
+        piece.width, piece.height = width, height
+        return piece
+
+    def _lanes(self, group_id: str, piece: _Piece, width: float, height: float) -> list:
+        """The edges between the frame's border and the boxes inside that read or write tensors
+        crossing it: ((source, target, value, values), polyline) each.  A box here is one of the
+        group's level: a node, a collapsed child group, or the frame of an opened one (whose own
+        lanes go on inside)."""
+        producer_of, consumers_of, outputs = self._tensor_maps()
+        graph, hidden = self.analysis.graph, self.hidden
+        level_box = self.level(group_id).box_for
+        inside = set(self.groups[group_id].members)
+        entering: dict[str, list[str]] = {}
+        leaving: dict[str, list[str]] = {}
+        for node_id in self.groups[group_id].members:
+            if node_id in hidden:
+                continue
+            node = graph.node(node_id)
+            box = level_box.get(node_id, node_id)
+            for name in node.inputs:
+                source = producer_of.get(name)
+                if source is not None and source not in inside:
+                    entering.setdefault(box, []).append(name)
+            for name in node.outputs:
+                if name and (name in outputs or any(c not in inside for c in consumers_of.get(name, ()))):
+                    leaving.setdefault(box, []).append(name)
+        where = {node_id: i for i, node_id in enumerate(piece.ids) if node_id in entering or node_id in leaving}
+        rect_of = {box: piece.rects[i].tolist() for box, i in where.items()}
+        rect_of.update((f, r) for f, r in zip(piece.frame_ids, piece.frame_rects.tolist())
+                       if f in entering or f in leaving)
+        entry_x, half_gap = NODE_WIDTH / 2, VERTICAL_GAP / 2
+        left, right = LANE_INSET, width - LANE_INSET
+        lanes = []
+        for box, names in entering.items():
+            x, y, w, _ = rect_of[box]
+            x_in = x + min(w, NODE_WIDTH) / 2  # a frame is entered where its box's edge would end
+            names = list(dict.fromkeys(names))
+            line = [(entry_x, 0.0), (left, FRAME_TITLE / 2), (left, y - half_gap), (x_in, y - half_gap), (x_in, y)]
+            lanes.append(((group_id, box, names[0], tuple(names) if len(names) > 1 else ()), line))
+        for box, names in leaving.items():
+            x, y, w, h = rect_of[box]
+            x_out = x + min(w, NODE_WIDTH) / 2
+            names = list(dict.fromkeys(names))
+            line = [(x_out, y + h), (x_out, y + h + half_gap), (right, y + h + half_gap),
+                    (right, height - FRAME_PAD / 2), (entry_x, height)]
+            lanes.append(((box, group_id, names[0], tuple(names) if len(names) > 1 else ()), line))
+        return lanes
+
+    def _tensor_maps(self) -> tuple:
+        """(tensor -> producer: a drawn node or input:NAME, tensor -> drawn consumers, graph outputs);
+        one walk of the model, on the first group opened."""
+        with self._lock:
+            if self._tensors is None:
+                graph, hidden = self.analysis.graph, self.hidden
+                producer_of: dict[str, str] = {}
+                for name in graph.inputs:
+                    value = graph.values.get(name)
+                    if getattr(value, "initializer", None) is None:
+                        producer_of[name] = "input:" + name
+                consumers_of: dict[str, list[str]] = {}
+                for node_id in self.analysis.order:
+                    if node_id in hidden:
+                        continue
+                    node = graph.node(node_id)
+                    for name in node.outputs:
+                        if name:
+                            producer_of[name] = node_id
+                    for name in node.inputs:
+                        if name:
+                            consumers_of.setdefault(name, []).append(node_id)
+                self._tensors = (producer_of, consumers_of, frozenset(graph.outputs))
+            return self._tensors
