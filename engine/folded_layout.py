@@ -73,6 +73,11 @@ class FoldedLayouts:
         for group in groups.values():
             self._children.setdefault(group.parent, []).append(group.id)
         self._tensors: Optional[tuple] = None  # producer_of, consumers_of, graph outputs (first group opened)
+        self._crossing: dict[str, tuple[dict, dict]] = {}  # group id -> tensors entering, leaving (per box)
+        # Repeated blocks: a level with the same structure as one laid out already reuses its geometry.
+        self._by_structure: dict[tuple, tuple[str, list[str], list[str]]] = {}
+        self.reused_levels = 0
+        self.annotations: dict[str, dict] = {}  # what a viewer derives per node and keeps (label text)
         self._lock = threading.Lock()
         nodes = analysis.nodes
         self.hidden = frozenset() if include_constants else frozenset(n for n in analysis.order if nodes[n].is_constant)
@@ -99,7 +104,51 @@ class FoldedLayouts:
                                 collapsed=children)
         visible = [n for n in self.groups[level].members if n not in self.hidden]
         box_for, members = collapsed_boxes(self.groups, children)
-        return layout_nodes(self.analysis.graph, visible, include_io=False, box_for=box_for, members=members)
+        structure = self._structure(visible, box_for, children)
+        twin = self._by_structure.get(structure)
+        if twin is not None:
+            self.reused_levels += 1
+            return self._reuse(self._levels[twin[0]], twin[1], twin[2], visible, children, box_for, members)
+        layout = layout_nodes(self.analysis.graph, visible, include_io=False, box_for=box_for, members=members)
+        self._by_structure[structure] = (level, visible, children)
+        return layout
+
+    def _structure(self, visible: list[str], box_for: Mapping[str, str], children: list[str]) -> tuple:
+        """What a level's layout depends on: its nodes' op types, which child group draws each, and
+        the wiring between them (producer position and output slot -> consumer position).  Blocks
+        `layers.0` ... `layers.31` (and the heads inside each) share one."""
+        graph = self.analysis.graph
+        child_index = {child: j for j, child in enumerate(children)}
+        slot: dict[str, tuple[int, int]] = {}
+        ops, inside, wires = [], [], []
+        for i, node_id in enumerate(visible):
+            node = graph.node(node_id)
+            ops.append(node.op_type)
+            inside.append(child_index.get(box_for.get(node_id), -1))
+            for name in node.inputs:
+                found = slot.get(name)
+                if found is not None:
+                    wires.append((found, i))
+            for k, name in enumerate(node.outputs):
+                slot[name] = (i, k)
+        return tuple(ops), tuple(inside), tuple(wires), len(children)
+
+    def _reuse(self, twin: GraphLayout, twin_visible: list[str], twin_children: list[str], visible: list[str],
+               children: list[str], box_for: Mapping[str, str], members: Mapping[str, tuple]) -> GraphLayout:
+        """`twin`'s geometry with this level's node, group and tensor names (same structure)."""
+        graph = self.analysis.graph
+        rename = dict(zip(twin_visible, visible))
+        rename.update(zip(twin_children, children))
+        tensor = {}
+        for mine, theirs in zip(visible, twin_visible):
+            tensor.update(zip(graph.node(theirs).outputs, graph.node(mine).outputs))
+        boxes = {rename[b]: rect for b, rect in twin.boxes.items()}
+        edges = tuple(LayoutEdge(rename[e.source], rename[e.target], tensor[e.value], e.points,
+                                 tuple(tensor[v] for v in e.values)) for e in twin.edges)
+        layers = {rename[b]: layer for b, layer in twin.layers.items()}
+        drawn = {b: m for b, m in members.items() if b in boxes}
+        return GraphLayout(boxes, edges, layers, twin.width, twin.height, twin.method, twin.hidden, drawn,
+                           {n: b for n, b in box_for.items() if b in boxes})
 
     # --- composing the levels ----------------------------------------------------------------
     def compose(self, collapsed: Iterable[str]) -> FoldedLayout:
@@ -201,6 +250,33 @@ class FoldedLayouts:
         crossing it: ((source, target, value, values), polyline) each.  A box here is one of the
         group's level: a node, a collapsed child group, or the frame of an opened one (whose own
         lanes go on inside)."""
+        entering, leaving = self._crossing_tensors(group_id)
+        where = {node_id: i for i, node_id in enumerate(piece.ids) if node_id in entering or node_id in leaving}
+        rect_of = {box: piece.rects[i].tolist() for box, i in where.items()}
+        rect_of.update((f, r) for f, r in zip(piece.frame_ids, piece.frame_rects.tolist())
+                       if f in entering or f in leaving)
+        entry_x, half_gap = NODE_WIDTH / 2, VERTICAL_GAP / 2
+        left, right = LANE_INSET, width - LANE_INSET
+        lanes = []
+        for box, names in entering.items():
+            x, y, w, _ = rect_of[box]
+            x_in = x + min(w, NODE_WIDTH) / 2  # a frame is entered where its box's edge would end
+            line = [(entry_x, 0.0), (left, FRAME_TITLE / 2), (left, y - half_gap), (x_in, y - half_gap), (x_in, y)]
+            lanes.append(((group_id, box, names[0], tuple(names) if len(names) > 1 else ()), line))
+        for box, names in leaving.items():
+            x, y, w, h = rect_of[box]
+            x_out = x + min(w, NODE_WIDTH) / 2
+            line = [(x_out, y + h), (x_out, y + h + half_gap), (right, y + h + half_gap),
+                    (right, height - FRAME_PAD / 2), (entry_x, height)]
+            lanes.append(((box, group_id, names[0], tuple(names) if len(names) > 1 else ()), line))
+        return lanes
+
+    def _crossing_tensors(self, group_id: str) -> tuple[dict, dict]:
+        """(box of the group's level -> tensors entering the group there, box -> tensors leaving),
+        computed once per group."""
+        found = self._crossing.get(group_id)
+        if found is not None:
+            return found
         producer_of, consumers_of, outputs = self._tensor_maps()
         graph, hidden = self.analysis.graph, self.hidden
         level_box = self.level(group_id).box_for
@@ -219,27 +295,10 @@ class FoldedLayouts:
             for name in node.outputs:
                 if name and (name in outputs or any(c not in inside for c in consumers_of.get(name, ()))):
                     leaving.setdefault(box, []).append(name)
-        where = {node_id: i for i, node_id in enumerate(piece.ids) if node_id in entering or node_id in leaving}
-        rect_of = {box: piece.rects[i].tolist() for box, i in where.items()}
-        rect_of.update((f, r) for f, r in zip(piece.frame_ids, piece.frame_rects.tolist())
-                       if f in entering or f in leaving)
-        entry_x, half_gap = NODE_WIDTH / 2, VERTICAL_GAP / 2
-        left, right = LANE_INSET, width - LANE_INSET
-        lanes = []
-        for box, names in entering.items():
-            x, y, w, _ = rect_of[box]
-            x_in = x + min(w, NODE_WIDTH) / 2  # a frame is entered where its box's edge would end
-            names = list(dict.fromkeys(names))
-            line = [(entry_x, 0.0), (left, FRAME_TITLE / 2), (left, y - half_gap), (x_in, y - half_gap), (x_in, y)]
-            lanes.append(((group_id, box, names[0], tuple(names) if len(names) > 1 else ()), line))
-        for box, names in leaving.items():
-            x, y, w, h = rect_of[box]
-            x_out = x + min(w, NODE_WIDTH) / 2
-            names = list(dict.fromkeys(names))
-            line = [(x_out, y + h), (x_out, y + h + half_gap), (right, y + h + half_gap),
-                    (right, height - FRAME_PAD / 2), (entry_x, height)]
-            lanes.append(((box, group_id, names[0], tuple(names) if len(names) > 1 else ()), line))
-        return lanes
+        entering = {box: list(dict.fromkeys(names)) for box, names in entering.items()}
+        leaving = {box: list(dict.fromkeys(names)) for box, names in leaving.items()}
+        self._crossing[group_id] = (entering, leaving)
+        return entering, leaving
 
     def _tensor_maps(self) -> tuple:
         """(tensor -> producer: a drawn node or input:NAME, tensor -> drawn consumers, graph outputs);

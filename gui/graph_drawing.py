@@ -176,11 +176,17 @@ def prepare_scene_data(loaded) -> SceneData:
     categories, lines = [], []
     describe = GraphScene.describe
     groups = getattr(loaded, "groups", None) or {}
+    # A folded model draws the same nodes again as groups open and close: their text is kept.
+    described = getattr(loaded, "folded_layouts", None)
+    described = described.annotations.setdefault("scene_text", {}) if described is not None else {}
     for node_id in node_ids:
         if is_group(node_id):
             category, text = "group", group_lines(groups[node_id], analysis)
         else:
-            category, text = describe(node_id, graph, analysis)
+            found = described.get(node_id)
+            if found is None:
+                found = described[node_id] = describe(node_id, graph, analysis)
+            category, text = found
         categories.append(category)
         lines.append(text)
     steps, widths = _edge_width_steps(layout.edges, graph)

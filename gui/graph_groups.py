@@ -7,6 +7,7 @@ geometry is engine.layout's and engine.folded_layout's.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Optional, Sequence
 
 import numpy as np
@@ -15,11 +16,30 @@ from PySide6.QtGui import QBrush, QColor, QFont, QFontMetrics, QPainter, QPainte
 from PySide6.QtWidgets import QGraphicsItem, QMenu, QStyleOptionGraphicsItem
 
 from engine.inspect import human_bytes, human_count
-from engine.layout import group_totals
+from engine.layout import group_totals as engine_group_totals
 from gui.graph_style import GROUP_PEN_COLOR, LABEL_MIN_SCALE, format_ms, is_group
 
 # Opened groups' frames: tinted a little darker per nesting level, so a block inside a block shows.
 FRAME_FILLS = (QColor(238, 234, 248, 150), QColor(228, 222, 244, 150), QColor(216, 208, 238, 150))
+
+_totals_cache: dict[int, dict] = {}  # id of an analysis -> {(group id, id of profile): (profile, totals)}
+
+
+def group_totals(group, analysis, profile=None):
+    """engine.layout.group_totals, kept per analysis, group and profile (all immutable): a relayout of
+    a folded model redraws the same groups' boxes and frames, each a sum over up to 100,000 nodes.
+    An analysis's entries go with it (nothing here keeps a closed model alive)."""
+    per_model = _totals_cache.get(id(analysis))
+    if per_model is None:
+        per_model = _totals_cache[id(analysis)] = {}
+        weakref.finalize(analysis, _totals_cache.pop, id(analysis), None)
+    key = (group.id, id(profile))
+    found = per_model.get(key)
+    if found is not None and found[0] is profile:
+        return found[1]
+    totals = engine_group_totals(group, analysis, profile)
+    per_model[key] = (profile, totals)
+    return totals
 
 
 def group_lines(group, analysis, profile=None) -> tuple[str, str, str, str]:

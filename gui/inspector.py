@@ -15,7 +15,8 @@ from PySide6.QtWidgets import (QAbstractItemView, QApplication, QHeaderView, QSt
                                QTreeWidgetItem)
 
 from engine.inspect import human_bytes, human_count
-from engine.layout import INPUT_PREFIX, OUTPUT_PREFIX, group_totals
+from engine.layout import INPUT_PREFIX, OUTPUT_PREFIX
+from gui.graph_groups import group_totals
 from gui.graph_view import format_ms, node_transfers
 
 ESTIMATED = "estimated"
