@@ -327,6 +327,7 @@ class MainWindow(QMainWindow):
         self.view.groupToggled.connect(self.toggle_group)
         self.view.allGroupsToggled.connect(self.set_all_groups)
         self.panels.nodeClicked.connect(self.select_node)
+        self.inspector.nodeActivated.connect(self.select_node)
         self.panels.nodesClicked.connect(self.select_nodes)
 
         self._build_actions()
@@ -783,9 +784,14 @@ class MainWindow(QMainWindow):
         else:
             self.view.show_start()
         self._sync_grouping_controls(loaded)
+        matches, position = self._search_matches, self._search_position
+        current = matches[position] if 0 <= position < len(matches) else None
         self._search_matches, self._search_position = [], -1
         if self.search_field.text():
             self._search_changed(self.search_field.text())
+            if current in self._search_matches:  # its groups were opened for it: the search goes on from it
+                self._search_position = self._search_matches.index(current)
+                self.search_label.setText(f"{self._search_position + 1} / {len(self._search_matches)}")
         self._show_summary()
         self.setWindowTitle(f"{Path(loaded.path).name} — {APP_NAME}")
         if previous is None or not _same_file(previous.path, loaded.path):

@@ -735,29 +735,30 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
         return text
 
     def find_nodes(self, text: str) -> list[str]:
-        """Boxes whose node's name, id or op type contains `text` (case-insensitive), in execution order.
+        """Nodes whose name, id or op type contains `text` (case-insensitive), and groups and graph
+        inputs/outputs whose name does, in the order of their boxes (then execution order).
 
-        A node inside a collapsed group is found as its group's box (once); a group is also
-        found by its name.
+        A node inside a collapsed group is found as itself, not as its group's box: selecting it
+        (gui.folded_groups.open_groups_to) opens the groups that hide it.
         """
         needle = text.strip().lower()
         if not needle:
             return []
         graph = self.loaded.analysis.graph
-        found: dict[str, None] = {}
+        order = {node_id: i for i, node_id in enumerate(self.node_ids)}
+        found: dict[str, tuple[int, int]] = {}  # id -> (its box's position, execution position)
         for node_id in self.node_ids:
             if is_io(node_id) and needle in node_id.lower():
-                found[node_id] = None
+                found[node_id] = (order[node_id], -1)
             elif node_id in self.groups and needle in self.groups[node_id].name.lower():
-                found[node_id] = None
-        for node_id in self.loaded.analysis.order:
+                found[node_id] = (order[node_id], -1)
+        for position, node_id in enumerate(self.loaded.analysis.order):
             node = graph.node(node_id)
             if needle in node.name.lower() or needle in node_id.lower() or needle in node.op_type.lower():
                 box = self.box_id(node_id)
-                if box is not None:
-                    found[box] = None
-        order = {node_id: i for i, node_id in enumerate(self.node_ids)}
-        return sorted(found, key=order.__getitem__)
+                if box is not None:  # None: a folded constant, drawn as a weight of its consumers
+                    found[node_id] = (order[box], position)
+        return sorted(found, key=found.__getitem__)
 
 
 _retiring: set = set()  # scenes being torn down; kept alive here until their last slice
