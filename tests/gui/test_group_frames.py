@@ -63,6 +63,8 @@ def test_opening_a_group_lays_out_only_that_group_and_reuses_it(qtbot, folded):
     assert inside and all(fx < x and x + w < fx + fw and fy < y and y + h < fy + fh
                           for x, y, w, h in (loaded.layout.boxes[b] for b in inside))
     assert not _overlapping(dict(loaded.layout.boxes))
+    outside = {b: r for b, r in loaded.layout.boxes.items() if b not in inside}
+    assert not _overlapping({**outside, block: (fx, fy, fw, fh)})  # the frame pushed the rest aside
     kept = [b for b in before if b in loaded.layout.boxes]
     assert all(loaded.layout.boxes[b][2:] == before[b][2:] for b in kept)
     assert sorted(kept, key=lambda b: before[b][:2]) == sorted(kept, key=lambda b: loaded.layout.boxes[b][:2])
@@ -129,39 +131,43 @@ def test_a_chart_bar_and_an_inspector_row_open_the_groups_of_their_node(qtbot, f
         profile = target.profile(ProfileSettings(runs=2, warmup=1), model_path=decoder)
     window.add_profile(profile)
     panels = window.panels
-    qtbot.waitUntil(lambda: panels.layer_chart.isVisible(), timeout=LOAD_TIMEOUT_MS)
-    # A real click on the per-layer chart's bar of a node inside collapsed layers.5.
-    node_id = next(n for n in panels.layer_ids if n.startswith("/model/layers.5/self_attn/"))
-    _relaid(qtbot, window, lambda: _click_chart(qtbot, panels.layer_chart, panels.layer_ids.index(node_id),
-                                                0.00001))
+    panels.tabs.setCurrentIndex(1)
+    qtbot.waitUntil(lambda: panels.top_chart.isVisible(), timeout=LOAD_TIMEOUT_MS)
+    # A real click on the slowest-nodes chart's bar of a node hidden in a collapsed block.
+    row, node_id = next((i, n) for i, n in enumerate(panels.top_ids)
+                        if window.loaded.layout.box_of(n) in window.loaded.collapsed)
+    block = window.loaded.layout.box_of(node_id)
+    _relaid(qtbot, window, lambda: _click_chart(qtbot, panels.top_chart, 0.00001, row))
     assert window.inspector.node_id == node_id and window.scene.item_for(node_id).isSelected()
-    assert BLOCK.format(5) not in window.loaded.collapsed
+    assert block not in window.loaded.collapsed
     # A collapsed group in the inspector lists its slowest nodes; Enter on one goes to it.
-    window.view.select_node(BLOCK.format(0))
-    assert window.inspector.rows()["Group (collapsed)/Name"] == "model/layers.0"
+    closed = next(i for i in range(6) if BLOCK.format(i) in window.loaded.collapsed)
+    window.view.select_node(BLOCK.format(closed))
+    assert window.inspector.rows()["Group (collapsed)/Name"] == f"model/layers.{closed}"
     rows = window.inspector.node_rows()
     target = next(iter(rows))
-    assert target.startswith("/model/layers.0/")
+    assert target.startswith(f"/model/layers.{closed}/")
     window.inspector.setCurrentItem(rows[target])
     window.inspector.setFocus()
     _relaid(qtbot, window, lambda: qtbot.keyClick(window.inspector, Qt.Key.Key_Return))
     assert window.inspector.node_id == target and window.scene.item_for(target).isSelected()
     # Once profiled, collapsed boxes and frames carry their time with its kind.
     scene = window.scene
-    frame_title = scene.frame_layer.titles[scene.frame_layer.ids.index(BLOCK.format(0))]
+    frame_title = scene.frame_layer.titles[scene.frame_layer.ids.index(BLOCK.format(closed))]
     assert "time " in frame_title and "(measured)" in frame_title
-    _, _, _, time_line = scene.labels._lines[scene.node_index[BLOCK.format(2)]]
+    other = next(BLOCK.format(i) for i in range(6) if BLOCK.format(i) in window.loaded.collapsed)
+    _, _, _, time_line = scene.labels._lines[scene.node_index[other]]
     assert time_line.startswith("time ") and time_line.endswith("(measured)")
     # The time overlay colours the nodes of the opened group and the collapsed boxes alike.
     window.set_overlay("time")
     values = dict(zip(scene.node_ids, scene.overlay_values("time")))
     assert values[target] == pytest.approx(profile.nodes[target].time.median_ms)
-    assert values[BLOCK.format(2)] == pytest.approx(scene.group_totals(BLOCK.format(2)).time_ms)
-    brushes = {scene.box_brushes[scene.node_index[n]].color().name() for n in (target, BLOCK.format(2))}
+    assert values[other] == pytest.approx(scene.group_totals(other).time_ms)
+    brushes = {scene.box_brushes[scene.node_index[n]].color().name() for n in (target, other)}
     assert "#e6e0f3" not in brushes  # recoloured, not the group's category colour
     # The tooltips: a collapsed block and an opened one say how they compare with the median block.
-    assert "x the median block of model/layers.*" in scene.node_tooltip(BLOCK.format(2))
-    tip = scene.group_tooltip(BLOCK.format(0))
+    assert "x the median block of model/layers.*" in scene.node_tooltip(other)
+    tip = scene.group_tooltip(BLOCK.format(closed))
     assert "open; double-click its frame to collapse" in tip and "x the median block" in tip
 
 
