@@ -114,6 +114,10 @@ class FoldedLayouts:
         self.reused_levels = 0
         self.annotations: dict[str, dict] = {}  # what a viewer derives per node and keeps (label text)
         self._member_of: Optional[dict[str, str]] = None  # node id -> innermost group (first compose)
+        # An opened group as composed, by (group, which of its descendants are collapsed): reopening
+        # it, or opening another group elsewhere, reuses it whole.  Pieces are never changed.
+        self._framed_pieces: dict[tuple[str, frozenset], _Piece] = {}
+        self._descendants: dict[str, frozenset] = {}
         self._lock = threading.Lock()
         nodes = analysis.nodes
         self.hidden = frozenset() if include_constants else frozenset(n for n in analysis.order if nodes[n].is_constant)
@@ -263,7 +267,24 @@ class FoldedLayouts:
 
     def _framed(self, group_id: str, closed: frozenset) -> _Piece:
         """The opened group `group_id` in its frame's coordinates: contents moved under the title
-        band, its lanes added, the frame itself first among the frames."""
+        band, its lanes added, the frame itself first among the frames (kept: see _framed_pieces)."""
+        key = (group_id, closed & self._descendants_of(group_id))
+        found = self._framed_pieces.get(key)
+        if found is None:
+            found = self._framed_pieces[key] = self._frame(group_id, closed)
+        return found
+
+    def _descendants_of(self, group_id: str) -> frozenset:
+        found = self._descendants.get(group_id)
+        if found is None:
+            below = set()
+            for child in self._children.get(group_id, ()):
+                below.add(child)
+                below |= self._descendants_of(child)
+            found = self._descendants[group_id] = frozenset(below)
+        return found
+
+    def _frame(self, group_id: str, closed: frozenset) -> _Piece:
         piece = self._compose(group_id, closed)
         origin = np.array([FRAME_PAD, FRAME_TITLE])
         piece.rects = piece.rects + np.concatenate([origin, [0.0, 0.0]])
