@@ -209,16 +209,19 @@ class FoldedLayouts:
                 self._member_of = innermost_group(self.groups)
         box_for = _BoxFor(self.groups, self._member_of, frozenset(piece.members))
         return FoldedLayout(boxes, edges, {}, piece.width, piece.height, method, self.hidden, piece.members,
-                            box_for, frames)
+                            box_for, frames=frames)
 
     def _compose(self, level: Optional[str], closed: frozenset) -> _Piece:
         base = self.level(level)
         ids = list(base.boxes)
         rects = np.array([base.boxes[n] for n in ids], dtype=float).reshape(-1, 4)
+        # Shown constants beside the leftmost or topmost boxes reach below 0: a piece starts at 0.
+        shift = np.array([-min(0.0, getattr(base, "left", 0.0)), -min(0.0, getattr(base, "top", 0.0))])
+        rects[:, :2] += shift
         reference = rects[:, :2] + rects[:, 2:] / 2  # a box's centre decides which way it moves
         edges = [(e.source, e.target, e.value, e.values) for e in base.edges]
         starts = np.cumsum([0] + [len(e.points) for e in base.edges])
-        points = np.array([p for e in base.edges for p in e.points], dtype=float).reshape(-1, 2)
+        points = np.array([p for e in base.edges for p in e.points], dtype=float).reshape(-1, 2) + shift
         opened = [(i, ids[i]) for i in range(len(ids)) if ids[i] in base.members and ids[i] not in closed]
         inner: dict[int, _Piece] = {}
         for index, group_id in opened:

@@ -13,10 +13,14 @@ from PySide6.QtWidgets import QFileDialog, QMessageBox
 from engine.ir import ModelLoadError
 from engine.profile import Profile, ProfileFormatError
 from engine.session import Session, load_profile_json, load_session, profile_analysis, save_session
+from gui.app_menus import PROFILE_EXPORTS, SESSION_FILTER
 from gui.graph_view import OVERLAYS
 
-from gui import app
-from gui.app_menus import PROFILE_EXPORTS, SESSION_FILTER
+
+def _main_module():
+    """gui.app, imported when first needed: it imports this module (MainWindow mixes this class in)."""
+    from gui import app
+    return app
 
 
 class ExportsMixin:
@@ -106,8 +110,8 @@ class ExportsMixin:
             progress("Reading session…")
             session = load_session(path)
             if session.grouping is None:  # saved before the layout was kept: the toolbar's choice
-                return session, app.load_model(session.model_path, include_constants, progress, grouping)
-            return session, app.load_model(session.model_path, session.show_constants, progress, session.grouping,
+                return session, _main_module().load_model(session.model_path, include_constants, progress, grouping)
+            return session, _main_module().load_model(session.model_path, session.show_constants, progress, session.grouping,
                                        frozenset(session.collapsed))
 
         self._start_task(work, f"Opening session {Path(path).name}", self._on_session_loaded)

@@ -17,13 +17,12 @@ from engine.session import Session
 from gui.graph_view import OVERLAY_TITLES, OVERLAYS
 from gui import numerics_view
 
-from gui import app
 
 APP_NAME = "LayerScope"
 MAX_RECENT = 10
 GROUPING_TITLES = {"none": "None", "stage": "Stage", "namespace": "Namespace"}
 GROUPING_MENU_TEXTS = {"none": "&None", "stage": "&Stage", "namespace": "N&amespace"}
-MODEL_FILTER = "Models (*.onnx *.mlmodel *.mlpackage *.pt2);;All files (*)"
+MODEL_FILTER = "Models (*.onnx *.mlmodel *.mlpackage *.pt2 *.tflite);;All files (*)"
 SESSION_FILTER = "LayerScope session (*.layerscope);;All files (*)"
 # Profile exports: kind -> (menu text, file suffix, file dialog filter)
 PROFILE_EXPORTS = {
@@ -33,6 +32,12 @@ PROFILE_EXPORTS = {
     "trace": ("Chrome &trace…", ".trace.json", "Chrome trace (*.json)"),
     "model_explorer": ("&Model Explorer node data…", ".node_data.json", "Model Explorer node data (*.json)"),
 }
+
+
+def _main_module():
+    """gui.app, imported when first needed: it imports this module (MainWindow mixes this class in)."""
+    from gui import app
+    return app
 
 
 class MenusMixin:
@@ -295,7 +300,7 @@ class MenusMixin:
 
     def show_about(self) -> None:
         QMessageBox.about(self, f"About {APP_NAME}",
-                          f"<b>{APP_NAME}</b> {app.app_version()}<br>Per-layer profiles of neural networks: "
+                          f"<b>{APP_NAME}</b> {_main_module().app_version()}<br>Per-layer profiles of neural networks: "
                           "graph, measured times, bottleneck reports.")
 
     # --- recent files ---------------------------------------------------------------------

@@ -17,7 +17,11 @@ from gui.graph_view import OVERLAYS, format_ms
 from gui import numerics_view
 from gui.run_dialog import ProfileWorker, RunDialog, RunRequest, RunResult, make_profile_runner
 
-from gui import app
+
+def _main_module():
+    """gui.app, imported when first needed: it imports this module (MainWindow mixes this class in)."""
+    from gui import app
+    return app
 
 
 @dataclass
@@ -124,7 +128,7 @@ class ProfilesMixin:
                 progress("Analysing at the profile's input size…")
                 analysis = profile_analysis(loaded.path, entry.profile, opened)
             at_size = replace(loaded, analysis=analysis, producers=analysis.graph.producers())
-            return analysis, app.relayout(at_size, loaded.include_constants, progress)
+            return analysis, _main_module().relayout(at_size, loaded.include_constants, progress)
 
         def done(result) -> None:
             analysis, relaid = result
@@ -270,7 +274,7 @@ class ProfilesMixin:
     # --- profiling ------------------------------------------------------------------------
     def show_run_dialog(self) -> RunDialog:
         if self.run_dialog is None:
-            app._warm_profiling_imports()
+            _main_module()._warm_profiling_imports()
             self.panels.real()  # the charts a run will fill: built now, not when its result arrives
             remembered = self.settings.value("bridgeTargets", []) or []
             if isinstance(remembered, str):
@@ -415,16 +419,16 @@ class ProfilesMixin:
             self.compare_view = None
         loaded = self.loaded
         if loaded.groups and loaded.collapsed:
-            def open_when_laid_out(ungrouped: app.LoadedModel) -> None:
+            def open_when_laid_out(ungrouped: "gui.app.LoadedModel") -> None:
                 if self.loaded is not None and ungrouped.model is self.loaded.model:  # still the open model
                     self._open_compare(ungrouped, a, b)
 
-            self._start_task(lambda progress: app.relayout(loaded, loaded.include_constants, progress, grouping="none"),
+            self._start_task(lambda progress: _main_module().relayout(loaded, loaded.include_constants, progress, grouping="none"),
                              "Laying out every node for the comparison", open_when_laid_out)
             return None
         return self._open_compare(loaded, a, b)
 
-    def _open_compare(self, loaded: app.LoadedModel, a: int, b: int):
+    def _open_compare(self, loaded: "gui.app.LoadedModel", a: int, b: int):
         from gui.compare_view import CompareView
 
         if self.compare_view is not None:

@@ -314,7 +314,7 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
         margin = 60.0
         # The boxes' extent and every edge's polyline (a skip edge routed round the side reaches
         # beyond the outermost box): exports and Fit use this rectangle.
-        bounds = QRectF(0, 0, layout.width, layout.height)
+        bounds = QRectF(layout.left, layout.top, layout.width - layout.left, layout.height - layout.top)
         for _, path in data.edge_batches:
             bounds = bounds.united(path.boundingRect())
         self.setSceneRect(bounds.adjusted(-margin, -margin, margin, margin))
@@ -730,8 +730,9 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
                 f"output {human_bytes(metrics.output_bytes)}  (estimated)")
         timing = self.profile.nodes.get(node_id) if self.profile is not None else None
         if timing is not None:
-            text += (f"\ntime {format_ms(timing.time.median_ms)} (p10 {format_ms(timing.time.p10_ms)}, "
-                     f"p90 {format_ms(timing.time.p90_ms)})  ({timing.kind})")
+            low, high = ("min", "max") if timing.time.statistic == "mean" else ("p10", "p90")
+            text += (f"\ntime {format_ms(timing.time.median_ms)}{' mean' if low == 'min' else ''} "
+                     f"({low} {format_ms(timing.time.p10_ms)}, {high} {format_ms(timing.time.p90_ms)})  ({timing.kind})")
         return text
 
     def find_nodes(self, text: str) -> list[str]:

@@ -6,6 +6,11 @@ from pathlib import Path
 
 # Before any QApplication exists: tests never need a display.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# No test may reach a real phone or start a real adb server (adbutils starts one when none answers,
+# e.g. under `layerscope devices`): adb is pointed at a port nothing listens on and at no program.
+# tests/engine/test_android.py serves a fake adb server and points adbutils at it.
+os.environ["ANDROID_ADB_SERVER_PORT"] = "1"
+os.environ["ADBUTILS_ADB_PATH"] = "/nonexistent/adb-in-tests"
 
 import onnx  # noqa: E402
 import pytest  # noqa: E402

@@ -35,11 +35,12 @@ def _crossing(rects: dict) -> list:
 
 @pytest.mark.parametrize("opened", [("model/layers.1",), ("model/layers.1", "model/layers.1/self_attn"),
                                     ("model/layers.0", "model/layers.2", "model/layers.2/mlp")])
-def test_the_composed_layout_draws_what_the_flat_one_draws_in_frames(grouped, opened):
+@pytest.mark.parametrize("constants", [False, True])
+def test_the_composed_layout_draws_what_the_flat_one_draws_in_frames(grouped, opened, constants):
     analysis, groups, start = grouped
     collapsed = start - {f"group:namespace:{name}" for name in opened}
-    composed = FoldedLayouts(analysis, groups, include_constants=False).compose(collapsed)
-    flat = layout_graph(analysis, groups=groups, collapsed=collapsed)
+    composed = FoldedLayouts(analysis, groups, include_constants=constants).compose(collapsed)
+    flat = layout_graph(analysis, include_constants=constants, groups=groups, collapsed=collapsed)
     # The same boxes, every node drawn by the same box (its own or its collapsed group's).
     assert set(composed.boxes) == set(flat.boxes)
     assert all(composed.box_of(n) == flat.box_of(n) for n in analysis.order)
