@@ -822,8 +822,13 @@ def build_in_slices(scene: GraphScene, done, time_slice: float = 0.02, steps=Non
     return cancel
 
 
-def retire_scene(scene: GraphScene, time_slice: float = 0.015, delay_ms: int = 150) -> None:
-    """Delete `scene` (no longer shown) a slice of items per event-loop turn, `time_slice` seconds each.
+# Seconds of deletion per event-loop turn when an old scene is torn down.
+RETIRE_SLICE_S = 0.015
+
+
+def retire_scene(scene: GraphScene, time_slice: float = 0.0, delay_ms: int = 150) -> None:
+    """Delete `scene` (no longer shown) a slice of items per event-loop turn, `time_slice` seconds
+    each (RETIRE_SLICE_S unless given).
 
     Starts after `delay_ms`, so that the first paint of the scene that replaced it (~35 ms
     for 20,000 boxes) has an event-loop turn of its own.  The scene is detached from its
@@ -832,6 +837,8 @@ def retire_scene(scene: GraphScene, time_slice: float = 0.015, delay_ms: int = 1
     scene.setParent(None)
     steps = scene.teardown_steps()
     _retiring.add(scene)
+
+    time_slice = time_slice or RETIRE_SLICE_S
 
     def work() -> None:
         deadline = time.perf_counter() + time_slice
