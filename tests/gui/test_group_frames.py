@@ -197,3 +197,27 @@ def test_the_frame_answers_tooltip_double_click_and_minimap(qtbot, folded):
     point = view.mapFromScene(inside_frame)
     _relaid(qtbot, window, lambda: qtbot.mouseDClick(view.viewport(), Qt.MouseButton.LeftButton, pos=point))
     assert block in window.loaded.collapsed and block in window.scene.node_index
+
+
+def test_selecting_a_node_in_the_compare_view_opens_its_groups(qtbot, folded, decoder):
+    from engine.targets import ProfileSettings
+    from engine.targets.cpu import CpuTarget
+
+    window = folded
+    with CpuTarget() as target:
+        profile = target.profile(ProfileSettings(runs=2, warmup=1), model_path=decoder)
+    window.add_profile(profile)
+    window.add_profile(profile)
+    window.show_compare(0, 1)
+    qtbot.waitUntil(lambda: window.compare_view is not None and window.compare_view.ready, timeout=LOAD_TIMEOUT_MS)
+    compare = window.compare_view
+    qtbot.addWidget(compare)
+    node_id = _inside_block(window, 5, "mlp/down_proj/")
+    block = BLOCK.format(5)
+    assert window.loaded.layout.box_of(node_id) == block  # hidden in the main view
+    assert compare.scene.item_for(node_id) is not None  # drawn in the compare view (laid out whole)
+    _relaid(qtbot, window, lambda: compare.view.select_node(node_id))
+    assert block not in window.loaded.collapsed and BLOCK.format(4) in window.loaded.collapsed
+    assert window.inspector.node_id == node_id and window.scene.item_for(node_id).isSelected()
+    visible = window.view.mapToScene(window.view.viewport().rect()).boundingRect()
+    assert visible.contains(window.scene.item_for(node_id).sceneBoundingRect().center())
