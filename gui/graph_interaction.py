@@ -483,6 +483,27 @@ class GraphView(GroupViewMixin, QGraphicsView):
             self.centerOn(QPointF(x, rect.top() + shown_height / 2))
         self.zoomChanged.emit(self.current_scale())
 
+    READABLE_SCALE = 0.75  # a group box's name, node count, MACs and params are readable from here
+
+    def show_region(self, rect: QRectF) -> None:
+        """Show `rect` (scene coordinates) whole when it fits at a readable zoom (never above 1:1),
+        else its top at READABLE_SCALE, centred across (from its left when it is wider than the view)."""
+        view, margin = self.viewport().rect(), 24.0
+        width, height = max(1.0, rect.width()), max(1.0, rect.height())
+        scale = min(1.0, (view.width() - 2 * margin) / width, (view.height() - 2 * margin) / height)
+        if scale >= self.READABLE_SCALE:
+            self.setTransform(QTransform.fromScale(scale, scale))
+            self.centerOn(rect.center())
+        else:
+            scale = self.READABLE_SCALE
+            self.setTransform(QTransform.fromScale(scale, scale))
+            shown_width, shown_height = view.width() / scale, view.height() / scale
+            x = rect.center().x() if shown_width - 2 * margin >= width else rect.left() - margin + shown_width / 2
+            # A little above the top: the tensors entering it (and the inputs they come from) show.
+            self.centerOn(QPointF(x, rect.top() - 3 * margin + shown_height / 2))
+        self.zoomChanged.emit(scale)
+        self.place_minimap()
+
     def show_start(self) -> None:
         """The first view of a model: all of it when it is readable so, else the top at a readable zoom."""
         scene = self.graph_scene
@@ -492,7 +513,10 @@ class GraphView(GroupViewMixin, QGraphicsView):
         if self.current_scale() > 1.0:  # a small graph (or a grouped overview): no larger than life
             self.set_scale(1.0)
             self.centerOn(scene.sceneRect().center())
-        if self.current_scale() < 0.55:
+        region = scene.structure_rect() if self.current_scale() < 0.55 else None
+        if region is not None:  # a folded model: its groups, not the rows of inputs around them
+            self.show_region(region)
+        elif self.current_scale() < 0.55:
             self.setTransform(QTransform.fromScale(0.75, 0.75))
             rect = scene.sceneRect()
             visible_height = self.viewport().height() / 0.75
