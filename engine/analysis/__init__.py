@@ -93,18 +93,23 @@ def analyze(model: Model, graph_index: int = 0) -> ModelAnalysis:
     params_by_dtype: dict[str, int] = {}
     total_params = total_buffers = weight_bytes = total_macs = total_flops = 0
     unknown: list[str] = []
+    # Per-value lookups, bound once: the loop below runs ~10 of them per node.
+    type_of = graph.value_types.get
+    canonical_op, argument_inputs, buffer_inputs = costs.canonical_op, costs.argument_inputs, costs.buffer_inputs
+    node_cost, spatial_size = costs.node_cost, costs.spatial_size
+    no_cost = costs.Cost(0, 0)
     for position, node in enumerate(order):
         is_constant = node.id in constant_nodes
         params = param_bytes = buffers = 0
-        cost = costs.Cost(0, 0)
+        cost = no_cost
         input_bytes: Optional[int] = 0
         if not is_constant:
-            op = costs.canonical_op(node)
-            arguments, buffer_slots = costs.argument_inputs(op), costs.buffer_inputs(op, node)
+            op = canonical_op(node)
+            arguments, buffer_slots = argument_inputs(op), buffer_inputs(op, node)
             for index, name in enumerate(node.inputs):
                 if not name:
                     continue
-                value_type = graph.value_type(name)
+                value_type = type_of(name)
                 size = value_type.byte_size if value_type is not None else None
                 if name in constant_values:
                     if index in arguments or value_type is None or value_type.dtype not in _PARAM_DTYPES \
@@ -125,10 +130,10 @@ def analyze(model: Model, graph_index: int = 0) -> ModelAnalysis:
                         params_by_dtype[value_type.dtype] = params_by_dtype.get(value_type.dtype, 0) + elements
                 else:
                     input_bytes = None if size is None or input_bytes is None else input_bytes + size
-            cost = costs.node_cost(node, graph)
-            if not cost.known:
+            cost = node_cost(node, graph)
+            if cost.flops is None:
                 unknown.append(node.id)
-        output_bytes = _output_bytes(node, graph)
+        output_bytes = _output_bytes(node, type_of)
         bytes_moved = None if input_bytes is None or output_bytes is None else input_bytes + output_bytes
         intensity = None
         if cost.flops is not None and bytes_moved:
@@ -137,10 +142,10 @@ def analyze(model: Model, graph_index: int = 0) -> ModelAnalysis:
         total_buffers += buffers
         total_macs += cost.macs or 0
         total_flops += cost.flops or 0
-        first_output = graph.value_type(node.outputs[0]) if node.outputs and node.outputs[0] else None
+        first_output = type_of(node.outputs[0]) if node.outputs and node.outputs[0] else None
         metrics[node.id] = NodeMetrics(node.id, node.op_type, position, is_constant, params, param_bytes,
                                        buffers, cost.macs, cost.flops, output_bytes, bytes_moved, intensity,
-                                       costs.spatial_size(first_output))
+                                       spatial_size(first_output))
 
     peak_bytes, peak_node = _peak_activation(graph, order, constant_values)
     stages, stage_of = find_stages(graph, order, metrics, producers)
@@ -221,12 +226,12 @@ def _fold_constants(graph: Graph, order: list[Node]) -> tuple[set[str], set[str]
     return constant_values, constant_nodes
 
 
-def _output_bytes(node: Node, graph: Graph) -> Optional[int]:
+def _output_bytes(node: Node, type_of) -> Optional[int]:
     total = 0
     for name in node.outputs:
         if not name:
             continue
-        value_type = graph.value_type(name)
+        value_type = type_of(name)
         size = value_type.byte_size if value_type is not None else None
         if size is None:
             return None
@@ -243,29 +248,39 @@ def _peak_activation(graph: Graph, order: list[Node], constants: set[str]) -> tu
                 last_use[name] = position
     keep_to_end = set(graph.outputs)
 
-    sizes: dict[str, int] = {}  # each tensor's size, looked up once (it is asked for 2-3 times)
+    # Each activation's size, looked up once (it is asked for 2-3 times); constants count 0
+    # here because they are skipped wherever a size is summed.
+    type_of = graph.value_types.get
+    sizes: dict[str, int] = {}
 
     def size_of(name: str) -> int:
         size = sizes.get(name)
         if size is None:
-            value_type = graph.value_type(name)
+            value_type = type_of(name)
             size = sizes[name] = (value_type.byte_size or 0) if value_type is not None else 0
         return size
 
-    live = sum(size_of(name) for name in graph.inputs)
+    live = 0
+    for name in graph.inputs:
+        live += size_of(name)
     peak, peak_node = live, None
     frees_at: dict[int, list[str]] = {}
     for name, position in last_use.items():
         if name not in keep_to_end:
             frees_at.setdefault(position, []).append(name)
+    no_frees: list[str] = []
     for position, node in enumerate(order):
-        if node.outputs and all(out in constants for out in node.outputs if out):
-            continue
-        live += sum(size_of(out) for out in node.outputs if out and out not in constants)
+        outputs = [out for out in node.outputs if out and out not in constants]
+        if node.outputs and not outputs:
+            continue  # every output is constant (folded): nothing is computed here
+        for out in outputs:
+            live += size_of(out)
         if live > peak:
             peak, peak_node = live, node.id
-        live -= sum(size_of(name) for name in frees_at.get(position, ()))
+        for name in frees_at.get(position, no_frees):
+            live -= size_of(name)
         # An output nobody reads is freed at once (e.g. Dropout's mask).
-        live -= sum(size_of(out) for out in node.outputs
-                    if out and out not in last_use and out not in keep_to_end and out not in constants)
+        for out in outputs:
+            if out not in last_use and out not in keep_to_end:
+                live -= size_of(out)
     return peak, peak_node

@@ -134,8 +134,9 @@ def _static_shape(t: Optional[TensorType]) -> Optional[tuple[int, ...]]:
 
 def node_cost(node: Node, graph: Graph) -> Cost:
     op = canonical_op(node)
-    in_types = [graph.value_type(name) if name else None for name in node.inputs]
-    out_types = [graph.value_type(name) if name else None for name in node.outputs]
+    type_of = graph.value_types.get
+    in_types = [type_of(name) if name else None for name in node.inputs]
+    out_types = [type_of(name) if name else None for name in node.outputs]
     out0 = out_types[0] if out_types else None
     out_elements = _elements(out0)
     if op in MAC_OPS:
