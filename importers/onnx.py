@@ -96,13 +96,16 @@ def _strip_large_tensors(buf) -> tuple[bytes, dict[str, WeightLocation]]:
     model_parts = []
     for field in protowire.iter_fields(buf):
         if field.number == _MODEL_GRAPH and field.wire_type == protowire.LENGTH_DELIMITED:
-            graph_parts = []
-            for graph_field in protowire.iter_fields(buf, field.start, field.end):
-                if graph_field.number == _GRAPH_INITIALIZER and graph_field.wire_type == protowire.LENGTH_DELIMITED:
-                    tensor = _strip_tensor(buf, graph_field, embedded)
-                    graph_parts.append(protowire.length_delimited(_GRAPH_INITIALIZER, tensor))
-                else:
-                    graph_parts.append(bytes(buf[graph_field.tag_start:graph_field.end]))
+            # The graph's other fields (nodes, value_info, inputs) are copied as they are, in
+            # runs between initializers: one slice per run, not per field.
+            graph_parts, copied_to = [], field.start
+            for tag_start, payload, end in protowire.find_fields(buf, _GRAPH_INITIALIZER, field.start, field.end):
+                graph_parts.append(buf[copied_to:tag_start])
+                tensor = _strip_tensor(buf, protowire.Field(_GRAPH_INITIALIZER, protowire.LENGTH_DELIMITED,
+                                                            tag_start, payload, end, end - payload), embedded)
+                graph_parts.append(protowire.length_delimited(_GRAPH_INITIALIZER, tensor))
+                copied_to = end
+            graph_parts.append(buf[copied_to:field.end])
             model_parts.append(protowire.length_delimited(_MODEL_GRAPH, b"".join(graph_parts)))
         else:
             model_parts.append(bytes(buf[field.tag_start:field.end]))
@@ -138,8 +141,12 @@ class ModelBuilder:
 
     def build(self) -> Model:
         self._apply_input_shapes()
-        inferred = self._infer_shapes()
-        graph = self._graph(inferred.graph, top_level=True)
+        # Shape inference (C++) and the walk of the nodes (Python) need nothing from each other:
+        # with a helper process the nodes are read while it infers (see set_inference_executor).
+        inference = self._start_shape_inference()
+        walked = self._walk_nodes(self.proto.graph)
+        inferred = self._finish_shape_inference(inference)
+        graph = self._graph(inferred.graph, top_level=True, walked=walked)
         for name in self.input_shapes:
             if name not in graph.inputs:
                 raise ModelLoadError(str(self.path), f"--shape names input '{name}', but the model's "
@@ -198,13 +205,23 @@ class ModelBuilder:
                 if graph_output.type.tensor_type.HasField("shape"):
                     graph_output.type.tensor_type.ClearField("shape")
 
-    def _infer_shapes(self) -> ModelProto:
+    def _start_shape_inference(self):
+        """Inference of the model's shapes: handed to the helper process for a big graph (a
+        future), else done here (the serialized result, or the exception it raised)."""
         try:
             executor = _inference_executor
             if executor is not None and len(self.proto.graph.node) >= INFERENCE_OFFLOAD_NODES:
-                inferred = executor.submit(infer_shapes_bytes, self.proto.SerializeToString()).result()
-                return ModelProto.FromString(inferred)
-            return ModelProto.FromString(infer_shapes_bytes(self.proto.SerializeToString()))
+                return executor.submit(infer_shapes_bytes, self.proto.SerializeToString())
+            return infer_shapes_bytes(self.proto.SerializeToString())
+        except Exception as exc:
+            return exc
+
+    def _finish_shape_inference(self, inference) -> ModelProto:
+        """The inferred model; the stored one when inference failed (the graph must still open)."""
+        try:
+            if isinstance(inference, Exception):
+                raise inference
+            return ModelProto.FromString(inference if isinstance(inference, bytes) else inference.result())
         except Exception as exc:  # inference errors must not stop the graph from opening
             self.warnings.append(f"shape inference failed ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
                                  "shapes shown are those stored in the file")
@@ -212,7 +229,45 @@ class ModelBuilder:
 
     # -- graphs ---------------------------------------------------------------------------
 
-    def _graph(self, graph: GraphProto, top_level: bool) -> Graph:
+    def _walk_nodes(self, graph: GraphProto) -> tuple[list[tuple], dict[tuple[str, str], list[str]]]:
+        """What the IR needs of each node, read from the protobuf once (the costly part of an open:
+        ~5 us per node): (id, op_type, name, namespace, domain, inputs, outputs, attributes,
+        the NodeProto when it is a Constant or holds subgraphs, else None), and the unknown ops."""
+        walked = []
+        used_ids: set[str] = set()
+        unknown_ops: dict[tuple[str, str], list[str]] = {}
+        known_ops: dict[tuple[str, str], bool] = {}
+        namespaces: dict[str, str] = {}  # the part of a node name before its last "/" -> namespace
+        graph_kinds = (AttributeProto.GRAPH, AttributeProto.GRAPHS)
+        for index, node in enumerate(graph.node):
+            # Each field read of a protobuf message costs a lookup: read every field once.  A
+            # slice copies a repeated field in one C call (faster than iterating it).
+            op_type, name, domain = node.op_type, node.name, node.domain
+            inputs, outputs = tuple(node.input[:]), tuple(node.output[:])
+            node_id = _unique_id(name or f"{op_type}_{index}", used_ids)
+            attributes, keep = {}, op_type == "Constant"
+            for attribute in node.attribute:
+                if attribute.type in graph_kinds:
+                    keep = True  # bodies are read from the inferred graph, which has their shapes
+                else:
+                    attributes[attribute.name] = _attribute_value(attribute)
+            known = known_ops.get((op_type, domain))
+            if known is None:
+                known = known_ops[(op_type, domain)] = _is_known_op(op_type, domain, self.opsets)
+            if not known:
+                unknown_ops.setdefault((domain or "ai.onnx", op_type), []).append(node_id)
+            scope = name.rpartition("/")[0]
+            namespace = namespaces.get(scope)
+            if namespace is None:
+                namespace = namespaces[scope] = _namespace(name)
+            walked.append((node_id, op_type, name, namespace, domain, inputs, outputs, attributes,
+                           node if keep else None))
+        return walked, unknown_ops
+
+    def _graph(self, graph: GraphProto, top_level: bool, walked=None) -> Graph:
+        """The IR graph of `graph` (shape-inferred); `walked`: its nodes from `_walk_nodes`, when
+        they were read already (from the same graph before inference, which changes no node)."""
+        walked_nodes, unknown_ops = walked if walked is not None else self._walk_nodes(graph)
         values: dict[str, Value] = {}
         # Exported models repeat a few types thousands of times ([1, 1, 2048] float): one
         # TensorType per distinct serialized TypeProto instead of a walk of its dims per value.
@@ -228,39 +283,23 @@ class ModelBuilder:
         initializer_names = {t.name for t in graph.initializer}
 
         nodes: list[Node] = []
-        used_ids: set[str] = set()
-        unknown_ops: dict[tuple[str, str], list[str]] = {}
-        known_ops: dict[tuple[str, str], bool] = {}
-        namespaces: dict[str, str] = {}  # the part of a node name before its last "/" -> namespace
-        for index, node in enumerate(graph.node):
-            # Each field read of a protobuf message costs a lookup: read every field once.
-            op_type, name, domain = node.op_type, node.name, node.domain
-            inputs, outputs = tuple(node.input), tuple(node.output)
-            node_id = _unique_id(name or f"{op_type}_{index}", used_ids)
-            attributes, subgraphs = {}, {}
-            for attribute in node.attribute:
-                kind = attribute.type
-                if kind == AttributeProto.GRAPH:
-                    subgraphs[attribute.name] = self._graph(attribute.g, top_level=False)
-                elif kind == AttributeProto.GRAPHS:
-                    for i, sub in enumerate(attribute.graphs):
-                        subgraphs[f"{attribute.name}[{i}]"] = self._graph(sub, top_level=False)
-                else:
-                    attributes[attribute.name] = _attribute_value(attribute)
+        for index, (node_id, op_type, name, namespace, domain, inputs, outputs, attributes, proto) in \
+                enumerate(walked_nodes):
+            subgraphs = {}
+            if proto is not None:
+                if walked is not None:
+                    proto = graph.node[index]  # the inferred node: its bodies carry their shapes
+                for attribute in proto.attribute:
+                    if attribute.type == AttributeProto.GRAPH:
+                        subgraphs[attribute.name] = self._graph(attribute.g, top_level=False)
+                    elif attribute.type == AttributeProto.GRAPHS:
+                        for i, sub in enumerate(attribute.graphs):
+                            subgraphs[f"{attribute.name}[{i}]"] = self._graph(sub, top_level=False)
             for value_name in inputs + outputs:
                 if value_name and value_name not in values:
                     values[value_name] = Value(value_name)
             if op_type == "Constant":
-                values[outputs[0]] = self._constant_node_value(node, values[outputs[0]])
-            known = known_ops.get((op_type, domain))
-            if known is None:
-                known = known_ops[(op_type, domain)] = _is_known_op(op_type, domain, self.opsets)
-            if not known:
-                unknown_ops.setdefault((domain or "ai.onnx", op_type), []).append(node_id)
-            scope = name.rpartition("/")[0]
-            namespace = namespaces.get(scope)
-            if namespace is None:
-                namespace = namespaces[scope] = _namespace(name)
+                values[outputs[0]] = self._constant_node_value(proto, values[outputs[0]])
             nodes.append(Node(node_id, op_type, name, namespace, inputs, outputs, attributes, subgraphs, domain))
         for (domain, op_type), ids in unknown_ops.items():
             where = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
