@@ -211,15 +211,19 @@ def _fold_constants(graph: Graph, order: list[Node]) -> tuple[set[str], set[str]
     constant_values = {name for name, value in graph.values.items() if value.initializer is not None}
     constant_values.difference_update(graph.inputs)
     constant_nodes: set[str] = set()
+    type_of = graph.value_types.get
     for node in order:
         if node.op_type in _NONDETERMINISTIC or node.subgraphs:
             continue
-        inputs = [name for name in node.inputs if name]
-        if node.op_type == "Shape" and inputs:
-            source = graph.value_type(inputs[0])
+        if node.op_type == "Shape" and any(node.inputs):
+            source = type_of(next(name for name in node.inputs if name))
             folds = source is not None and source.is_static
         else:
-            folds = all(name in constant_values for name in inputs)
+            folds = True
+            for name in node.inputs:  # most nodes read an activation: stop at the first
+                if name and name not in constant_values:
+                    folds = False
+                    break
         if folds:
             constant_nodes.add(node.id)
             constant_values.update(out for out in node.outputs if out)
