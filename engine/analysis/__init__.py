@@ -13,6 +13,7 @@ from typing import Mapping, Optional
 
 from engine.analysis import costs
 from engine.analysis.stages import Stage, find_stages
+from engine.gc_pause import collector_paused
 from engine.ir import FLOAT_DTYPES, Graph, Model, Node
 
 # Ops that produce the same value on every run when their inputs are constant.
@@ -83,6 +84,11 @@ class ModelAnalysis:
 
 
 def analyze(model: Model, graph_index: int = 0) -> ModelAnalysis:
+    with collector_paused():  # 100,000 NodeMetrics and their sets and dicts: see engine.gc_pause
+        return _analyze(model, graph_index)
+
+
+def _analyze(model: Model, graph_index: int) -> ModelAnalysis:
     graph = model.graphs[graph_index]
     order = execution_order(graph)
     constant_values, constant_nodes = _fold_constants(graph, order)
