@@ -379,9 +379,12 @@ _MISSING = object()
 
 def _namespace(node_name: str) -> str:
     """'/encoder/layer1/conv/Conv' -> 'encoder/layer1/conv' (PyTorch and TF style module scopes)."""
-    if "/" not in node_name:
-        return ""
-    return "/".join(part for part in node_name.split("/")[:-1] if part)
+    scope = node_name.rpartition("/")[0]
+    if "//" not in scope and not scope.endswith("/"):
+        # The usual scope has no empty parts but the leading one: no split and join (a model
+        # whose every node has a scope of its own asks this once per node).
+        return scope[1:] if scope.startswith("/") else scope
+    return "/".join(part for part in scope.split("/") if part)
 
 
 def _tensor_type(type_proto: TypeProto) -> Optional[TensorType]:

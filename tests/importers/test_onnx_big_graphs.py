@@ -140,3 +140,15 @@ def test_large_initializer_payloads_are_never_parsed(tmp_path):
     graph = open_model(path).main_graph
     assert graph.values["shape"].small_data == (1024, 256)  # small constants keep their values
     assert graph.values["w"].small_data is None and graph.values["w"].initializer.location.kind == "embedded"
+
+
+def test_namespace_shortcut_matches_the_split_definition():
+    """Every name of up to 6 characters over '/', 'a', 'b': the shortcut equals split-and-join."""
+    import itertools
+
+    def by_definition(name: str) -> str:
+        return "/".join(part for part in name.split("/")[:-1] if part) if "/" in name else ""
+
+    names = ["".join(c) for length in range(7) for c in itertools.product("/ab", repeat=length)]
+    assert [onnx_importer._namespace(n) for n in names] == [by_definition(n) for n in names]
+    assert onnx_importer._namespace("/model/layers.17/self_attn/MatMul") == "model/layers.17/self_attn"
