@@ -102,20 +102,22 @@ def _analyze(model: Model, graph_index: int) -> ModelAnalysis:
     # Per-value lookups, bound once: the loop below runs ~10 of them per node.
     type_of = graph.value_types.get
     canonical_op, argument_inputs, buffer_inputs = costs.canonical_op, costs.argument_inputs, costs.buffer_inputs
-    node_cost, spatial_size = costs.node_cost, costs.spatial_size
+    cost_from_types, spatial_size = costs.cost_from_types, costs.spatial_size
     no_cost = costs.Cost(0, 0)
     for position, node in enumerate(order):
         is_constant = node.id in constant_nodes
         params = param_bytes = buffers = 0
         cost = no_cost
         input_bytes: Optional[int] = 0
+        out_types = [type_of(name) if name else None for name in node.outputs]
         if not is_constant:
             op = canonical_op(node)
             arguments, buffer_slots = argument_inputs(op), buffer_inputs(op, node)
+            in_types = [type_of(name) if name else None for name in node.inputs]
             for index, name in enumerate(node.inputs):
                 if not name:
                     continue
-                value_type = type_of(name)
+                value_type = in_types[index]
                 size = value_type.byte_size if value_type is not None else None
                 if name in constant_values:
                     if index in arguments or value_type is None or value_type.dtype not in _PARAM_DTYPES \
@@ -136,10 +138,10 @@ def _analyze(model: Model, graph_index: int) -> ModelAnalysis:
                         params_by_dtype[value_type.dtype] = params_by_dtype.get(value_type.dtype, 0) + elements
                 else:
                     input_bytes = None if size is None or input_bytes is None else input_bytes + size
-            cost = node_cost(node, graph)
+            cost = cost_from_types(node, op, in_types, out_types)
             if cost.flops is None:
                 unknown.append(node.id)
-        output_bytes = _output_bytes(node, type_of)
+        output_bytes = _output_bytes(node.outputs, out_types)
         bytes_moved = None if input_bytes is None or output_bytes is None else input_bytes + output_bytes
         intensity = None
         if cost.flops is not None and bytes_moved:
@@ -148,7 +150,7 @@ def _analyze(model: Model, graph_index: int) -> ModelAnalysis:
         total_buffers += buffers
         total_macs += cost.macs or 0
         total_flops += cost.flops or 0
-        first_output = type_of(node.outputs[0]) if node.outputs and node.outputs[0] else None
+        first_output = out_types[0] if out_types else None
         metrics[node.id] = NodeMetrics(node.id, node.op_type, position, is_constant, params, param_bytes,
                                        buffers, cost.macs, cost.flops, output_bytes, bytes_moved, intensity,
                                        spatial_size(first_output))
@@ -236,12 +238,12 @@ def _fold_constants(graph: Graph, order: list[Node]) -> tuple[set[str], set[str]
     return constant_values, constant_nodes
 
 
-def _output_bytes(node: Node, type_of) -> Optional[int]:
+def _output_bytes(outputs: tuple[str, ...], out_types: list) -> Optional[int]:
+    """Bytes of a node's outputs (`out_types`: their types); None when a size is unknown."""
     total = 0
-    for name in node.outputs:
+    for name, value_type in zip(outputs, out_types):
         if not name:
-            continue
-        value_type = type_of(name)
+            continue  # an omitted optional output
         size = value_type.byte_size if value_type is not None else None
         if size is None:
             return None
@@ -258,21 +260,15 @@ def _peak_activation(graph: Graph, order: list[Node], constants: set[str]) -> tu
                 last_use[name] = position
     keep_to_end = set(graph.outputs)
 
-    # Each activation's size, looked up once (it is asked for 2-3 times); constants count 0
-    # here because they are skipped wherever a size is summed.
-    type_of = graph.value_types.get
-    sizes: dict[str, int] = {}
-
-    def size_of(name: str) -> int:
-        size = sizes.get(name)
-        if size is None:
-            value_type = type_of(name)
-            size = sizes[name] = (value_type.byte_size or 0) if value_type is not None else 0
-        return size
+    # Every tensor's size in one dict (a tensor is asked for 2-3 times below); a name without a
+    # value, or without a known size, counts 0.
+    sizes = {name: (value_type.byte_size or 0) if value_type is not None else 0
+             for name, value_type in graph.value_types.items()}
+    size_of = sizes.get
 
     live = 0
     for name in graph.inputs:
-        live += size_of(name)
+        live += size_of(name, 0)
     peak, peak_node = live, None
     frees_at: dict[int, list[str]] = {}
     for name, position in last_use.items():
@@ -284,13 +280,13 @@ def _peak_activation(graph: Graph, order: list[Node], constants: set[str]) -> tu
         if node.outputs and not outputs:
             continue  # every output is constant (folded): nothing is computed here
         for out in outputs:
-            live += size_of(out)
+            live += size_of(out, 0)
         if live > peak:
             peak, peak_node = live, node.id
         for name in frees_at.get(position, no_frees):
-            live -= size_of(name)
+            live -= size_of(name, 0)
         # An output nobody reads is freed at once (e.g. Dropout's mask).
         for out in outputs:
             if out not in last_use and out not in keep_to_end:
-                live -= size_of(out)
+                live -= size_of(out, 0)
     return peak, peak_node
