@@ -152,3 +152,30 @@ def test_namespace_shortcut_matches_the_split_definition():
     names = ["".join(c) for length in range(7) for c in itertools.product("/ab", repeat=length)]
     assert [onnx_importer._namespace(n) for n in names] == [by_definition(n) for n in names]
     assert onnx_importer._namespace("/model/layers.17/self_attn/MatMul") == "model/layers.17/self_attn"
+
+
+def test_inference_handed_over_as_files_leaves_none_behind(transformers, monkeypatch, tmp_path):
+    """The model and its inferred copy go to the executor as files in a private directory,
+    removed after the open; an executor that refuses the call leaves a warning, not a failure."""
+    import tempfile
+
+    monkeypatch.setattr(onnx_importer, "INFERENCE_OFFLOAD_NODES", 1)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        onnx_importer.set_inference_executor(executor)
+        try:
+            model = open_model(transformers[0])
+        finally:
+            onnx_importer.set_inference_executor(None)
+    assert model == open_model(transformers[0])
+    assert list(tmp_path.iterdir()) == []
+    closed = ThreadPoolExecutor(max_workers=1)
+    closed.shutdown()
+    onnx_importer.set_inference_executor(closed)
+    try:
+        refused = open_model(transformers[0])
+    finally:
+        onnx_importer.set_inference_executor(None)
+    assert any("shape inference failed (RuntimeError" in w for w in refused.warnings)
+    assert [n.id for n in refused.main_graph.nodes] == [n.id for n in model.main_graph.nodes]
+    assert list(tmp_path.iterdir()) == []
