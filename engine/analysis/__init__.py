@@ -36,7 +36,7 @@ class NodeMetrics:
     output_bytes: Optional[int]
     bytes_moved: Optional[int]  # input activations + weights + outputs
     arithmetic_intensity: Optional[float]
-    spatial_size: Optional[int]  # H*W of the main output for NC.. tensors
+    spatial_size: Optional[int]  # H*W of the main output (NC.. tensors, or N..C in channels_last graphs)
     stage: str = ""
 
     @property
@@ -104,6 +104,7 @@ def _analyze(model: Model, graph_index: int) -> ModelAnalysis:
     canonical_op, argument_inputs, buffer_inputs = costs.canonical_op, costs.argument_inputs, costs.buffer_inputs
     cost_from_types, spatial_size = costs.cost_from_types, costs.spatial_size
     no_cost = costs.Cost(0, 0)
+    channels_last = graph.channels_last
     for position, node in enumerate(order):
         is_constant = node.id in constant_nodes
         params = param_bytes = buffers = 0
@@ -112,7 +113,7 @@ def _analyze(model: Model, graph_index: int) -> ModelAnalysis:
         out_types = [type_of(name) if name else None for name in node.outputs]
         if not is_constant:
             op = canonical_op(node)
-            arguments, buffer_slots = argument_inputs(op), buffer_inputs(op, node)
+            arguments, buffer_slots = argument_inputs(op, node), buffer_inputs(op, node)
             in_types = [type_of(name) if name else None for name in node.inputs]
             for index, name in enumerate(node.inputs):
                 if not name:
@@ -153,7 +154,7 @@ def _analyze(model: Model, graph_index: int) -> ModelAnalysis:
         first_output = out_types[0] if out_types else None
         metrics[node.id] = NodeMetrics(node.id, node.op_type, position, is_constant, params, param_bytes,
                                        buffers, cost.macs, cost.flops, output_bytes, bytes_moved, intensity,
-                                       spatial_size(first_output))
+                                       spatial_size(first_output, channels_last))
 
     peak_bytes, peak_node = _peak_activation(graph, order, constant_values)
     stages, stage_of = find_stages(graph, order, metrics, producers)
