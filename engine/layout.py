@@ -647,7 +647,9 @@ def collapsed_boxes(groups: Mapping[str, NodeGroup], collapsed: Iterable[str]
     closed = {group_id for group_id in collapsed if group_id in groups}
     box_for: dict[str, str] = {}
     members: dict[str, tuple[str, ...]] = {}
-    for group_id in closed:
+    # In the groups' order, not the set's: a set of strings iterates in an order that changes
+    # with each process's hash seed, and the layout would too.
+    for group_id in (g for g in groups if g in closed):
         parent, outermost = groups[group_id].parent, True
         while parent is not None:
             if parent in closed:
