@@ -190,11 +190,18 @@ for _op in ("Constant", "ConstantOfShape"):
 
 def op_category(op_type: str) -> str:
     """The colour category of an op type (ONNX names; Core ML names through the canonical table)."""
-    from engine.analysis.costs import CANONICAL_OP
     category = _CATEGORY_OF.get(op_type)
     if category is None:
-        category = _CATEGORY_OF.get(CANONICAL_OP.get(op_type, op_type), "other")
+        # Remembered: the scene asks once per box (20,000 times for a big model), and an import
+        # statement per call was half the cost of labelling the boxes.
+        category = _category_of_other.get(op_type)
+        if category is None:
+            from engine.analysis.costs import CANONICAL_OP
+            category = _category_of_other[op_type] = _CATEGORY_OF.get(CANONICAL_OP.get(op_type, op_type), "other")
     return category
+
+
+_category_of_other: dict[str, str] = {}  # op types not in _CATEGORY_OF -> their category
 
 
 def layout_graph(analysis: "ModelAnalysis", include_constants: bool = False, include_io: bool = True,
