@@ -91,7 +91,7 @@ def graph_section(analysis: "ModelAnalysis", profile: Optional["Profile"],
     return (f"<h2 id='graph'>Graph, folded, coloured by time{coloured}</h2>"
             f"<p class='sub'>{len(folded.node_ids)} layers in {groups} groups (by stage, then namespace; runs of "
             f"consecutive layers where a group is large). Each box: name, layers, share of the summed layer "
-            f"medians; darker = more time. Inside a closed group: its hottest layers; #1..#{GLOBAL_HOT} rank the "
+            f"{profile.time_names[0] if profile is not None else 'median'}s; darker = more time. Inside a closed group: its hottest layers; #1..#{GLOBAL_HOT} rank the "
             f"hottest layers of the model. Click a group to open it, its title to close it; wheel to zoom, drag "
             f"to pan.</p>"
             "<div class='ls-graph-tools'><button data-act='fit'>Fit</button> <button data-act='hot'>Open the "
