@@ -45,7 +45,8 @@ def profile_markdown(profiles, names: Mapping[str, str], top: int = 10, title: s
     total = profile.total_node_ms
     lines = [f"### {title or 'LayerScope profile'}: `{profile.model_path.rsplit('/', 1)[-1]}`", ""]
     statistic, low, high = profile.time_names  # a row of another statistic says its own
-    lines.append(f"| target | end-to-end {statistic} (measured) | {low}–{high} | vs first | bottleneck stage | runs |")
+    lines.append(f"| target | end-to-end {statistic} (measured) | {low}–{high} | vs first | bottleneck stage "
+                 "| runs |")
     lines.append("|---|---:|---:|---:|---|---:|")
     reference = profile.end_to_end.median_ms if profile.end_to_end else None
     for label, each in zip(labels, profiles):
