@@ -845,7 +845,20 @@ def _check_matmul(ctx: NodeContext) -> list[str]:
 
 @op("MatMul", check=_check_matmul)
 def matmul(ctx: NodeContext) -> None:
-    ctx.set_output(0, mb.matmul(x=ctx.x(0), y=ctx.x(1), name=ctx.name()))
+    x, y = ctx.x(0), ctx.x(1)
+    x_vector, y_vector = _rank(ctx, 0) == 1, _rank(ctx, 1) == 1
+    if not (x_vector or y_vector):
+        ctx.set_output(0, mb.matmul(x=x, y=y, name=ctx.name()))
+        return
+    # numpy's rule for 1-D operands spelled out (a row / a column, removed again after):
+    # coremltools' matmul type inference gets a 1-D operand against a batch wrong.
+    if x_vector:
+        x = x.reshape(1, -1) if isinstance(x, np.ndarray) else mb.expand_dims(x=x, axes=[0], name=ctx.name("row"))
+    if y_vector:
+        y = y.reshape(-1, 1) if isinstance(y, np.ndarray) else mb.expand_dims(x=y, axes=[-1], name=ctx.name("column"))
+    product = mb.matmul(x=x, y=y, name=ctx.name("matmul"))
+    axes = ([-2] if x_vector else []) + ([-1] if y_vector else [])
+    ctx.set_output(0, mb.squeeze(x=product, axes=axes, name=ctx.name()))
 
 
 # ----------------------------------------------------------------------------- elementwise
@@ -1026,7 +1039,8 @@ def reshape(ctx: NodeContext) -> None:
 @op("Flatten", check=_static_input)
 def flatten(ctx: NodeContext) -> None:
     shape = ctx.in_shape(0)
-    axis = int(ctx.attr("axis", 1)) % (len(shape) + 1)
+    axis = int(ctx.attr("axis", 1))
+    axis = axis + len(shape) if axis < 0 else axis  # ONNX: a negative axis counts from the rank, not rank + 1
     target = [math.prod(shape[:axis]), math.prod(shape[axis:])]
     ctx.set_output(0, mb.reshape(x=ctx.x(0), shape=target, name=ctx.name()))
 
