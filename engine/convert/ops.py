@@ -292,7 +292,12 @@ def _interleave(begins: Sequence[int], ends: Sequence[int]) -> list[int]:
 
 
 def _check_conv(ctx: NodeContext) -> list[str]:
-    problems = _float_input(ctx) + _const_inputs(ctx, [1], "the weight") + _const_inputs(ctx, [2], "the bias")
+    problems = _float_input(ctx)
+    if ctx.node.op_type == "ConvTranspose":
+        # MIL's conv_transpose takes a constant weight only; conv takes one computed at run time.
+        problems += _const_inputs(ctx, [1], "the weight") + _const_inputs(ctx, [2], "the bias")
+    elif ctx.in_shape(1) is None:
+        problems.append("the shape of the weight (input 1) is not known statically")
     rank = _rank(ctx)
     if rank is not None and not 3 <= rank <= 5:
         problems.append(f"input rank {rank}: Core ML convolutions are 1-D, 2-D or 3-D")
@@ -309,8 +314,8 @@ def _check_conv(ctx: NodeContext) -> list[str]:
 @op("Conv", check=_check_conv)
 def conv(ctx: NodeContext) -> None:
     x = ctx.x(0)
-    weight = ctx.array(ctx.const(1))
-    kernel = list(weight.shape[2:])
+    weight = ctx.x(1)  # a constant, or a tensor computed at run time (MIL's conv takes both)
+    kernel = list(ctx.in_shape(1)[2:])
     spatial = len(kernel)
     strides = [int(s) for s in ctx.attr("strides", [1] * spatial)]
     dilations = [int(d) for d in ctx.attr("dilations", [1] * spatial)]
@@ -322,6 +327,12 @@ def conv(ctx: NodeContext) -> None:
     else:
         begins, ends = _spatial_pads(ctx, ctx.in_shape(0), kernel, strides, dilations)
         kwargs.update(pad_type="custom", pad=_interleave(begins, ends))
+    if ctx.has_input(2) and not ctx.is_const(2):
+        # MIL's bias must be constant: a run-time bias is added after, per channel.
+        y = mb.conv(**kwargs, name=ctx.name("conv"))
+        bias = mb.reshape(x=ctx.x(2), shape=[-1] + [1] * spatial, name=ctx.name("bias_per_channel"))
+        ctx.set_output(0, mb.add(x=y, y=bias, name=ctx.name()))
+        return
     if ctx.has_input(2):
         kwargs["bias"] = ctx.array(ctx.const(2))
     ctx.set_output(0, mb.conv(**kwargs, name=ctx.name()))
@@ -496,12 +507,20 @@ def _clip_bounds(ctx: NodeContext) -> tuple[Optional[float], Optional[float]]:
 
 
 def _check_clip(ctx: NodeContext) -> list[str]:
-    return _float_input(ctx) + _const_inputs(ctx, [1, 2], "the clip bounds")
+    return _float_input(ctx)
 
 
 @op("Clip", check=_check_clip)
 def clip(ctx: NodeContext) -> None:
     x = ctx.x(0)
+    if any(ctx.has_input(i) and not ctx.is_const(i) for i in (1, 2)):
+        # Bounds computed at run time: max then min, which gives `max` where min > max, as ONNX says.
+        y = mb.maximum(x=x, y=ctx.x(1), name=ctx.name("at_least_min" if ctx.has_input(2) else None)) \
+            if ctx.has_input(1) else x
+        if ctx.has_input(2):
+            y = mb.minimum(x=y, y=ctx.x(2), name=ctx.name())
+        ctx.set_output(0, y)
+        return
     low, high = _clip_bounds(ctx)
     name = ctx.name()
     if low == 0.0 and high == 6.0:
@@ -1351,10 +1370,6 @@ def cast(ctx: NodeContext) -> None:
 
 def _check_layer_norm(ctx: NodeContext) -> list[str]:
     problems = _float_input(ctx) + _static_input(ctx)
-    for index in (1, 2):
-        if ctx.output_used(index):
-            problems.append(f"output {index} (the mean or inverse standard deviation) is used; "
-                            "Core ML's layer_norm gives only the normalised result")
     if problems:
         return problems
     shape = ctx.in_shape(0)
@@ -1379,6 +1394,11 @@ def _broadcasts_to(shape, target) -> bool:
 
 @op("LayerNormalization", check=_check_layer_norm)
 def layer_normalization(ctx: NodeContext) -> None:
+    if ctx.output_used(1) or ctx.output_used(2):
+        # Core ML's layer_norm gives only the normalised result: written out (ops_general).
+        from engine.convert.ops_general import layer_norm_with_statistics
+        layer_norm_with_statistics(ctx)
+        return
     shape = ctx.in_shape(0)
     axis = int(ctx.attr("axis", -1)) % len(shape)
     axes = list(range(axis, len(shape)))
@@ -1633,3 +1653,8 @@ def flexible_problems(ctx: NodeContext) -> list[str]:
 
 def supported_op_types() -> list[str]:
     return sorted(set(OPS) | set(FOLD_ONLY))
+
+
+# General ops for corpus coverage (arg reductions, normalisations with statistics, more unary
+# maths) live in their own module; importing it registers them through `op`.
+from engine.convert import ops_general  # noqa: E402,F401

@@ -218,6 +218,8 @@ def seeded_inputs(source, image_inputs: Mapping, seed: int = 0) -> tuple[dict, d
         else:
             array = rng.standard_normal(shape).astype(np.float16).astype(value_type.dtype)
             onnx_feed[name], program_feed[name] = array, array.astype(np.float32)
+        if not shape:  # a scalar ONNX input is a [1] Core ML input (engine/convert/builder.py)
+            program_feed[name] = program_feed[name].reshape(1)
     return onnx_feed, program_feed
 
 
@@ -286,7 +288,7 @@ def compare(expected: np.ndarray, actual: np.ndarray) -> dict:
     if not expected.size:
         return {"max_abs_error": 0.0, "max_rel_error": 0.0}
     same_nonfinite = np.array_equal(~np.isfinite(expected), ~np.isfinite(actual)) and np.array_equal(
-        expected[~np.isfinite(expected)], actual[~np.isfinite(actual)])
+        expected[~np.isfinite(expected)], actual[~np.isfinite(actual)], equal_nan=True)
     if not same_nonfinite:
         return {"max_abs_error": float("inf"), "max_rel_error": float("inf"), "note": "NaN/inf at other places"}
     finite = np.isfinite(expected)

@@ -228,7 +228,7 @@ def _is_plumbing(name: str, layer_map: Mapping) -> bool:
     info = layer_map["mil_ops"].get(name, {})
     if info.get("type") == "cast":
         return True
-    return name.endswith("__scaled__") or name.endswith("__biased__")
+    return name.endswith("__scaled__") or name.endswith("__biased__") or name.endswith("__scalar")
 
 
 def numeric_check(source, package_path: Path, layer_map: Mapping, precision: str,
