@@ -121,13 +121,12 @@ def _check_instance_norm(ctx: NodeContext) -> list[str]:
     return problems
 
 
-def _per_channel(array_or_var, rank: int):
+def _per_channel(ctx: NodeContext, array_or_var, rank: int, role: str):
     """A [C] scale or bias shaped to broadcast over N x C x spatial."""
-    mb = _mb()
     shape = [-1] + [1] * (rank - 2)
     if isinstance(array_or_var, np.ndarray):
         return array_or_var.reshape(shape)
-    return mb.reshape(x=array_or_var, shape=shape)
+    return _mb().reshape(x=array_or_var, shape=shape, name=ctx.name(role))
 
 
 @op("InstanceNormalization", check=_check_instance_norm)
@@ -135,8 +134,8 @@ def instance_normalization(ctx: NodeContext) -> None:
     mb = _mb()
     rank = len(ctx.in_shape(0))
     y, _, _ = normalize(ctx, ctx.x(0), list(range(2, rank)), ctx.attr("epsilon", 1e-5))
-    y = mb.mul(x=y, y=_per_channel(ctx.x(1), rank), name=ctx.name("scaled"))
-    ctx.set_output(0, mb.add(x=y, y=_per_channel(ctx.x(2), rank), name=ctx.name()))
+    y = mb.mul(x=y, y=_per_channel(ctx, ctx.x(1), rank, "scale_per_channel"), name=ctx.name("scaled"))
+    ctx.set_output(0, mb.add(x=y, y=_per_channel(ctx, ctx.x(2), rank, "bias_per_channel"), name=ctx.name()))
 
 
 def _check_group_norm(ctx: NodeContext) -> list[str]:
@@ -161,19 +160,19 @@ def group_normalization(ctx: NodeContext) -> None:
     scale, bias = ctx.x(1), ctx.x(2)
     per_group = ctx.in_shape(1) is not None and ctx.in_shape(1)[0] == groups and groups != shape[1]
     if per_group:
-        y = mb.mul(x=y, y=_grouped_parameter(scale), name=ctx.name("scaled"))
-        y = mb.add(x=y, y=_grouped_parameter(bias), name=ctx.name("biased"))
+        y = mb.mul(x=y, y=_grouped_parameter(ctx, scale, "scale_per_group"), name=ctx.name("scaled"))
+        y = mb.add(x=y, y=_grouped_parameter(ctx, bias, "bias_per_group"), name=ctx.name("biased"))
         ctx.set_output(0, mb.reshape(x=y, shape=shape, name=ctx.name()))
         return
     y = mb.reshape(x=y, shape=shape, name=ctx.name("ungrouped"))
-    y = mb.mul(x=y, y=_per_channel(scale, len(shape)), name=ctx.name("scaled"))
-    ctx.set_output(0, mb.add(x=y, y=_per_channel(bias, len(shape)), name=ctx.name()))
+    y = mb.mul(x=y, y=_per_channel(ctx, scale, len(shape), "scale_per_channel"), name=ctx.name("scaled"))
+    ctx.set_output(0, mb.add(x=y, y=_per_channel(ctx, bias, len(shape), "bias_per_channel"), name=ctx.name()))
 
 
-def _grouped_parameter(array_or_var):
+def _grouped_parameter(ctx: NodeContext, array_or_var, role: str):
     if isinstance(array_or_var, np.ndarray):
         return array_or_var.reshape(-1, 1)
-    return _mb().reshape(x=array_or_var, shape=[-1, 1])
+    return _mb().reshape(x=array_or_var, shape=[-1, 1], name=ctx.name(role))
 
 
 def _check_mvn(ctx: NodeContext) -> list[str]:

@@ -228,7 +228,8 @@ def reference_tensors(source, feed: Mapping[str, np.ndarray], names: list[str]) 
 
     ONNX Runtime with graph optimisations off, so that every tensor is the one its ONNX node
     defines; for models whose op versions ONNX Runtime no longer implements (AveragePool-1,
-    BatchNormalization-6, ...), the onnx package's reference evaluator (the ONNX spec in numpy).
+    BatchNormalization-6, ...) or whose IR version / opset is newer than it supports, the onnx
+    package's reference evaluator (the ONNX spec in numpy).
     """
     import onnx
     import onnxruntime
@@ -266,7 +267,14 @@ def reference_tensors(source, feed: Mapping[str, np.ndarray], names: list[str]) 
     options.log_severity_level = 4
     try:
         session = onnxruntime.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
-    except onnxruntime.capi.onnxruntime_pybind11_state.NotImplemented:
+    except (onnxruntime.capi.onnxruntime_pybind11_state.NotImplemented,
+            onnxruntime.capi.onnxruntime_pybind11_state.Fail) as exc:
+        # An op version ONNX Runtime dropped (NotImplemented), or an IR version / opset newer than
+        # it supports: the onnx package's own reference evaluator instead.  Any other load failure
+        # is the model's problem and is reported.
+        if isinstance(exc, onnxruntime.capi.onnxruntime_pybind11_state.Fail) and not any(
+                text in str(exc) for text in ("Unsupported model IR version", "ValidateOpsetForDomain")):
+            raise
         from onnx.reference import ReferenceEvaluator
 
         evaluator = ReferenceEvaluator(onnx.ModelProto.FromString(serialized))
