@@ -309,6 +309,11 @@ def _check_mod(ctx: NodeContext) -> list[str]:
             problems.append(f"input {index} is {t.dtype}; integer Mod is not translated")
     if not ctx.attr("fmod", 0):
         problems.append("fmod=0 on floats is not valid ONNX")
+    if ctx.is_const(1) and ctx.const(1).size > 1:
+        # fmod reads the divisor twice (x - trunc(x / y) * y): the package would hold it twice,
+        # once inverted by coremltools' divide_to_multiply, and the parameter check refuses that.
+        problems.append("a constant divisor tensor is not supported (a divisor computed at run time or "
+                        "a single value is)")
     return problems
 
 

@@ -93,10 +93,16 @@ def _close(stored: np.ndarray, expected: np.ndarray) -> bool:
     return True
 
 
-def _candidates(node, input_index: int, array: np.ndarray) -> list[tuple[str, np.ndarray]]:
+def _candidates(node, input_index: int, array: np.ndarray, op_name: str = "") -> list[tuple[str, np.ndarray]]:
     """The forms a source constant may take in the package (the converter's documented layouts):
-    any reshape of it; for Gemm's B also its transpose, each times alpha; Gemm's C times beta."""
+    any reshape of it; for Gemm's B also its transpose, each times alpha; Gemm's C times beta;
+    its reciprocal where coremltools' divide_to_multiply pass turned a division by it into a
+    multiplication (the op is then named "_inversed_<name>")."""
     forms = [("as stored", array)]
+    if op_name.startswith("_inversed_"):
+        forms.append(("reciprocal (divide_to_multiply)", np.float32(1) / array.astype(np.float32)))
+        # in an fp16 program the pass inverts the fp16 constant
+        forms.append(("reciprocal of the fp16 value", np.float32(1) / array.astype(np.float16).astype(np.float32)))
     if node.op_type == "Gemm" and array.ndim == 2 and input_index == 1:
         forms.append(("transposed", array.T))
         alpha = float(node.attributes.get("alpha", 1.0))
@@ -130,7 +136,7 @@ def weights_check(program, layer_map: Mapping, source, optimize: str) -> dict:
             array = np.asarray(source.constant(node.inputs[index]))
             if not np.issubdtype(array.dtype, np.floating):
                 continue
-            for form, candidate in _candidates(node, index, array):
+            for form, candidate in _candidates(node, index, array, op_name):
                 if _close(value, candidate):
                     found = (index, form)
                     break
