@@ -9,15 +9,16 @@ check covers each of them.
 Families: arg reductions (ArgMax, ArgMin, Hardmax), normalisations with statistics
 (LayerNormalization's mean / inverse-std outputs, InstanceNormalization,
 GroupNormalization, MeanVarianceNormalization, LpNormalization), more unary maths
-(inverse trigonometric and hyperbolic functions, Swish, Mish, Celu, Shrink, IsNaN, IsInf)
-and float Mod.
+(inverse trigonometric and hyperbolic functions, Swish, Mish, Celu, Shrink, IsNaN, IsInf),
+float Mod and LpPool.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from engine.convert import ops
-from engine.convert.ops import NodeContext, _axes_from, _float_input, _rank, _static_input, op
+from engine.convert.ops import (NodeContext, _axes_from, _check_pool, _float_input, _interleave, _pool_padding,
+                                _rank, _static_input, op)
 
 
 def _mb():
@@ -205,6 +206,38 @@ def lp_normalization(ctx: NodeContext) -> None:
     function = mb.reduce_l2_norm if int(ctx.attr("p", 2)) == 2 else mb.reduce_l1_norm
     norm = function(x=x, axes=[axis], keep_dims=True, name=ctx.name("norm"))
     ctx.set_output(0, mb.real_div(x=x, y=norm, name=ctx.name()))
+
+
+# ----------------------------------------------------------------------------- Lp pooling
+
+def _check_lp_pool(ctx: NodeContext) -> list[str]:
+    problems = _check_pool(ctx)
+    if ctx.attr("ceil_mode", 0):
+        problems.append("ceil_mode=1 is not supported for LpPool")
+    if float(ctx.attr("p", 2)) <= 0:
+        problems.append(f"p={ctx.attr('p')} (must be positive)")
+    return problems
+
+
+@op("LpPool", check=_check_lp_pool)
+def lp_pool(ctx: NodeContext) -> None:
+    """(sum over the window of |x|^p)^(1/p): the window mean of |x|^p with the zero padding
+    counted (`avg_pool`, padding included), times the window size, then the p-th root."""
+    mb = _mb()
+    p = float(ctx.attr("p", 2))
+    kernel = [int(k) for k in ctx.attr("kernel_shape")]
+    strides = [int(s) for s in ctx.attr("strides", [1] * len(kernel))]
+    begins, ends, _ = _pool_padding(ctx)
+    x = ctx.x(0)
+    powered = mb.mul(x=x, y=x, name=ctx.name("square")) if p == 2 else \
+        mb.pow(x=mb.abs(x=x, name=ctx.name("abs")), y=ctx.float(p), name=ctx.name("power"))
+    mean = mb.avg_pool(x=powered, kernel_sizes=kernel, strides=strides, pad_type="custom",
+                       pad=_interleave(begins, ends), exclude_padding_from_average=False, name=ctx.name("mean"))
+    total = mb.mul(x=mean, y=ctx.float(float(np.prod(kernel))), name=ctx.name("sum"))
+    if p == 2:
+        ctx.set_output(0, mb.sqrt(x=total, name=ctx.name()))
+    else:
+        ctx.set_output(0, mb.pow(x=total, y=ctx.float(1.0 / p), name=ctx.name()))
 
 
 # ----------------------------------------------------------------------------- more unary maths

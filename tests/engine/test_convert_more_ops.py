@@ -77,6 +77,11 @@ def lp_norm(path):
     return _one("LpNormalization", [3, 4], axis=0, p=1)(path)
 
 
+def lp_pool_p3_padded(path):
+    return _one("LpPool", [1, 2, 6, 6], [1, 2, 3, 3], opset=18, kernel_shape=[3, 3], strides=[2, 2],
+                pads=[1, 1, 0, 0], p=3)(path)
+
+
 def hardmax_opset11(path):
     return _one("Hardmax", [2, 3, 4], opset=11, axis=1)(path)
 
@@ -128,7 +133,7 @@ def flatten_negative_axis(path):
 CASES = {fn.__name__: fn for fn in (arg_max_last_index, layer_norm_with_statistics, instance_norm, group_norm,
                                      lp_norm, hardmax_opset11, unary_chain, float_mod, conv_runtime_weight_and_bias,
                                      clip_runtime_bounds, matmul_vector_batch, flatten_negative_axis,
-                                     div_by_constant_tensor)}
+                                     div_by_constant_tensor, lp_pool_p3_padded)}
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
