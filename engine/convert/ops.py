@@ -418,7 +418,7 @@ def conv_transpose(ctx: NodeContext) -> None:
 # ----------------------------------------------------------------------------- normalisation
 
 def _check_batchnorm(ctx: NodeContext) -> list[str]:
-    problems = _float_input(ctx) + _const_inputs(ctx, [1, 2, 3, 4], "scale, bias, mean and variance")
+    problems = _float_input(ctx)
     if ctx.attr("training_mode", 0):
         problems.append("training_mode=1 (batch statistics) is not an inference op")
     if ctx.opset < 9 and not ctx.attr("spatial", 1):
@@ -434,6 +434,11 @@ def _check_batchnorm(ctx: NodeContext) -> list[str]:
 
 @op("BatchNormalization", check=_check_batchnorm)
 def batch_normalization(ctx: NodeContext) -> None:
+    if not all(ctx.is_const(i) for i in (1, 2, 3, 4)):
+        # MIL's batch_norm takes constant statistics only: written out (ops_general).
+        from engine.convert.ops_general import batch_norm_runtime_statistics
+        batch_norm_runtime_statistics(ctx)
+        return
     x = ctx.x(0)
     scale, bias, mean, variance = (ctx.array(ctx.const(i)).reshape(-1) for i in (1, 2, 3, 4))
     epsilon = ctx.float(ctx.attr("epsilon", 1e-5))

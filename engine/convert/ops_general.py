@@ -115,6 +115,20 @@ def layer_norm_with_statistics(ctx: NodeContext) -> None:
         ctx.set_output(2, inverse_std)
 
 
+def batch_norm_runtime_statistics(ctx: NodeContext) -> None:
+    """BatchNormalization whose scale, bias, mean or variance is computed at run time:
+    (x - mean) * rsqrt(variance + epsilon) * scale + bias, each per channel."""
+    mb = _mb()
+    rank = len(ctx.in_shape(0)) if ctx.in_shape(0) is not None else _rank(ctx)
+    scale, bias, mean, variance = (_per_channel(ctx, ctx.x(i), rank, role) for i, role in
+                                   ((1, "scale_per_channel"), (2, "bias_per_channel"), (3, "mean_per_channel"),
+                                    (4, "variance_per_channel")))
+    centred = mb.sub(x=ctx.x(0), y=mean, name=ctx.name("centred"))
+    inverse_std = mb.rsqrt(x=variance, epsilon=ctx.float(ctx.attr("epsilon", 1e-5)), name=ctx.name("inverse_std"))
+    y = mb.mul(x=mb.mul(x=centred, y=inverse_std, name=ctx.name("normalized")), y=scale, name=ctx.name("scaled"))
+    ctx.set_output(0, mb.add(x=y, y=bias, name=ctx.name()))
+
+
 def _check_instance_norm(ctx: NodeContext) -> list[str]:
     problems = _float_input(ctx) + _static_input(ctx)
     if not problems and len(ctx.in_shape(0)) < 3:
