@@ -607,8 +607,10 @@ def _prelu_per_channel(ctx: NodeContext, slope_shape: tuple, shape: Optional[tup
 
 
 def _check_prelu(ctx: NodeContext) -> list[str]:
-    problems = _float_input(ctx) + _const_inputs(ctx, [1], "the slope")
+    problems = _float_input(ctx)
     shape = ctx.in_shape(0)
+    if not ctx.is_const(1):  # a run-time slope takes the general form below (numpy broadcasting)
+        return problems
     if not problems and shape is not None:
         slope_shape = tuple(ctx.const(1).shape)
         if not _prelu_per_channel(ctx, slope_shape, shape) and int(np.prod(slope_shape)) != 1:
@@ -622,14 +624,15 @@ def _check_prelu(ctx: NodeContext) -> list[str]:
 @op("PRelu", check=_check_prelu)
 def prelu(ctx: NodeContext) -> None:
     x = ctx.x(0)
-    slope = ctx.array(ctx.const(1))
+    slope = ctx.x(1)  # constant, or computed at run time (then the general form below)
     shape = ctx.in_shape(0)
-    if slope.size == 1:
+    constant = isinstance(slope, np.ndarray)
+    if constant and slope.size == 1:
         if slope.ndim:  # a one-element parameter tensor becomes leaky_relu's scalar argument
             ctx.state.scalarized_parameters += 1
         ctx.set_output(0, mb.leaky_relu(x=x, alpha=ctx.float(slope.reshape(-1)[0]), name=ctx.name()))
         return
-    if _prelu_per_channel(ctx, slope.shape, shape):
+    if constant and _prelu_per_channel(ctx, slope.shape, shape):
         ctx.set_output(0, mb.prelu(x=x, alpha=slope.reshape(-1), name=ctx.name()))
         return
     # General broadcast slope: max(x, 0) + slope * min(x, 0).
