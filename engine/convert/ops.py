@@ -419,6 +419,11 @@ def conv_transpose(ctx: NodeContext) -> None:
 
 def _check_batchnorm(ctx: NodeContext) -> list[str]:
     problems = _float_input(ctx)
+    if ctx.is_const(4) and not all(ctx.is_const(i) for i in (1, 2, 3)):
+        # written out, the constant variance would be stored as rsqrt(variance + epsilon), a weight
+        # the weights check cannot trace to the source
+        problems.append("a constant variance beside a scale, bias or mean computed at run time is not "
+                        "supported (all four constant, or the variance computed at run time, are)")
     if ctx.attr("training_mode", 0):
         problems.append("training_mode=1 (batch statistics) is not an inference op")
     if ctx.opset < 9 and not ctx.attr("spatial", 1):

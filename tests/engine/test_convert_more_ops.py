@@ -82,6 +82,17 @@ def lp_pool_p3_padded(path):
                 pads=[1, 1, 0, 0], p=3)(path)
 
 
+def batch_norm_runtime_statistics(path):
+    node = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], name="bn", epsilon=1e-2)
+    return _model(path, [node], [_x("x", [2, 3, 4, 5]), _x("s", [3]), _x("m", [3]), _x("v", [3])],
+                  [_x("y", [2, 3, 4, 5])], [_const("b", np.array([0.5, 1.0, 2.0], dtype=np.float32))])
+
+
+def prelu_runtime_slope(path):
+    node = helper.make_node("PRelu", ["x", "slope"], ["y"], name="prelu")
+    return _model(path, [node], [_x("x", [2, 3, 4]), _x("slope", [3, 1])], [_x("y", [2, 3, 4])])
+
+
 def hardmax_opset11(path):
     return _one("Hardmax", [2, 3, 4], opset=11, axis=1)(path)
 
@@ -133,7 +144,8 @@ def flatten_negative_axis(path):
 CASES = {fn.__name__: fn for fn in (arg_max_last_index, layer_norm_with_statistics, instance_norm, group_norm,
                                      lp_norm, hardmax_opset11, unary_chain, float_mod, conv_runtime_weight_and_bias,
                                      clip_runtime_bounds, matmul_vector_batch, flatten_negative_axis,
-                                     div_by_constant_tensor, lp_pool_p3_padded)}
+                                     div_by_constant_tensor, lp_pool_p3_padded, batch_norm_runtime_statistics,
+                                     prelu_runtime_slope)}
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
@@ -177,6 +189,11 @@ def test_refusals_keep_their_reasons(tmp_path):
                   [_x("y", [3], TensorProto.INT32)])
     reasons = [b.reason for b in check_convertible(path)]
     assert any("integer Mod is not translated" in r for r in reasons), reasons
+    bn = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], name="bn")
+    path = _model(tmp_path / "bn.onnx", [bn], [_x("x", [1, 2, 3]), _x("m", [2])], [_x("y", [1, 2, 3])],
+                  [_const(name, np.ones(2, np.float32)) for name in ("s", "b", "v")])
+    (blocker,) = check_convertible(path)
+    assert blocker.node_id == "bn" and "a constant variance beside" in blocker.reason
 
 
 # ----------------------------------------------------------------------------- the coverage harness
