@@ -254,6 +254,45 @@ def lp_pool(ctx: NodeContext) -> None:
         ctx.set_output(0, mb.pow(x=total, y=ctx.float(1.0 / p), name=ctx.name()))
 
 
+# ----------------------------------------------------------------------------- depth <-> space
+
+def _check_depth_space(ctx: NodeContext) -> list[str]:
+    problems = _float_input(ctx) + _static_input(ctx)
+    if problems:
+        return problems
+    shape, block = ctx.in_shape(0), int(ctx.attr("blocksize", 0))
+    if len(shape) != 4:
+        problems.append(f"input rank {len(shape)}: Core ML rearranges N x C x H x W tensors")
+    elif block < 2:
+        problems.append(f"blocksize {block}: Core ML needs 2 or more")
+    elif ctx.node.op_type == "DepthToSpace" and shape[1] % (block * block):
+        problems.append(f"{shape[1]} channels do not divide into {block}x{block} blocks")
+    elif ctx.node.op_type == "SpaceToDepth" and (shape[2] % block or shape[3] % block):
+        problems.append(f"height and width {shape[2:]} do not divide into {block}x{block} blocks")
+    elif ctx.node.op_type == "SpaceToDepth" and str(ctx.attr("mode", "DCR")) == "CRD" \
+            and ctx.source.target in ("iOS15", "macOS12", "tvOS15", "watchOS8"):
+        problems.append("CRD mode needs pixel_unshuffle: deployment target iOS16 or later")
+    return problems
+
+
+@op("DepthToSpace", "SpaceToDepth", check=_check_depth_space)
+def depth_space(ctx: NodeContext) -> None:
+    """DCR mode (the default) is `depth_to_space`'s order, CRD mode is `pixel_shuffle`'s (PyTorch's);
+    SpaceToDepth is `space_to_depth`, or `pixel_unshuffle` in CRD mode.  ONNX's own function bodies need rank-6 reshapes, which Core
+    ML does not have."""
+    mb = _mb()
+    block = np.int32(ctx.attr("blocksize"))
+    crd = str(ctx.attr("mode", "DCR")) == "CRD"
+    if ctx.node.op_type == "SpaceToDepth" and crd:
+        ctx.set_output(0, mb.pixel_unshuffle(x=ctx.x(0), downscale_factor=np.uint32(block), name=ctx.name()))
+    elif ctx.node.op_type == "SpaceToDepth":
+        ctx.set_output(0, mb.space_to_depth(x=ctx.x(0), block_size=block, name=ctx.name()))
+    elif crd:
+        ctx.set_output(0, mb.pixel_shuffle(x=ctx.x(0), upscale_factor=block, name=ctx.name()))
+    else:
+        ctx.set_output(0, mb.depth_to_space(x=ctx.x(0), block_size=block, name=ctx.name()))
+
+
 # ----------------------------------------------------------------------------- more unary maths
 
 _MORE_UNARY = {"Acos": "acos", "Asin": "asin", "Atan": "atan", "Tan": "tan", "Cosh": "cosh",

@@ -29,7 +29,7 @@ def _const(name: str, array) -> onnx.TensorProto:
 def _model(path: Path, nodes, inputs, outputs, inits=(), opset: int = 17) -> Path:
     graph = helper.make_graph(nodes, "case", inputs, outputs, list(inits))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 10 if opset >= 21 else 8
+    model.ir_version = 13 if opset >= 28 else 10 if opset >= 21 else 8
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
@@ -93,6 +93,15 @@ def prelu_runtime_slope(path):
     return _model(path, [node], [_x("x", [2, 3, 4]), _x("slope", [3, 1])], [_x("y", [2, 3, 4])])
 
 
+def depth_to_space_and_back(path):
+    # DCR DepthToSpace, CRD DepthToSpace, CRD SpaceToDepth (pixel_unshuffle), DCR SpaceToDepth
+    nodes = [helper.make_node("DepthToSpace", ["x"], ["a"], name="d2s_dcr", blocksize=2),
+             helper.make_node("SpaceToDepth", ["a"], ["b"], name="s2d_crd", blocksize=2, mode="CRD"),
+             helper.make_node("DepthToSpace", ["b"], ["c"], name="d2s_crd", blocksize=2, mode="CRD"),
+             helper.make_node("SpaceToDepth", ["c"], ["y"], name="s2d_dcr", blocksize=2)]
+    return _model(path, nodes, [_x("x", [1, 8, 2, 3])], [_x("y", [1, 8, 2, 3])], opset=28)  # mode: SpaceToDepth-28
+
+
 def hardmax_opset11(path):
     return _one("Hardmax", [2, 3, 4], opset=11, axis=1)(path)
 
@@ -145,7 +154,7 @@ CASES = {fn.__name__: fn for fn in (arg_max_last_index, layer_norm_with_statisti
                                      lp_norm, hardmax_opset11, unary_chain, float_mod, conv_runtime_weight_and_bias,
                                      clip_runtime_bounds, matmul_vector_batch, flatten_negative_axis,
                                      div_by_constant_tensor, lp_pool_p3_padded, batch_norm_runtime_statistics,
-                                     prelu_runtime_slope)}
+                                     prelu_runtime_slope, depth_to_space_and_back)}
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
