@@ -120,7 +120,7 @@ def main() -> int:
     for nodes, layers, folded, repeats, total, stages, session in rows:
         print(f"{nodes:7d} {layers:6d} {folded:6d} {repeats:4d} {total:8.2f} "
               + " ".join(f"{stages[stage]:15.2f}" for stage in STAGES)
-              + f" {session:13.3f} {total / session:9.0f}")
+              + f" {session:13.3f} {total / session:9.2f}")
     print()
     print("CPU reference profile (ONNX Runtime), layers grouped by block:")
     for nodes, family, summary in blocks:
