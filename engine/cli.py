@@ -143,11 +143,12 @@ def add_team_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    """List agents (typed, mDNS) and iPhones on USB; a source that cannot be searched says why."""
+    """List agents (typed, mDNS), iPhones on USB and Android phones over adb; a source that cannot be searched
+    says why."""
     from engine.bridge.discovery import discover, format_devices, to_json
     token = args.token or os.environ.get("LAYERSCOPE_AGENT_TOKEN") or None
     result = discover(addresses=args.agent or (), token=token, mdns=not args.no_mdns, usb=not args.no_usb,
-                      timeout=args.timeout, agent_port=args.port)
+                      timeout=args.timeout, agent_port=args.port, android=not args.no_android)
     print(to_json(result) if args.json else format_devices(result))
     return EXIT_OK
 
@@ -185,7 +186,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         result = convert(args.model, args.output, precision=args.precision, target=args.target,
                          input_shapes=fixed_shapes, flexible_shapes=flexible_shapes, image_inputs=image_inputs,
                          optimize=args.optimize, progress=None if args.quiet else progress,
-                         value_checks=not args.no_value_checks)
+                         value_checks=not args.no_value_checks, kv_state=args.kv_state)
     except ConversionError as exc:
         raise CliError(str(exc))
     size = sum(f.stat().st_size for f in result.package_path.rglob("*") if f.is_file())
@@ -193,6 +194,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     ops = sum(len(v) for v in result.layer_map["nodes"].values())
     print(f"wrote {result.package_path} ({size / 1e6:.2f} MB, {nodes} source nodes -> {ops} MIL ops) "
           f"and {result.layer_map_path.name}")
+    for entry in result.layer_map.get("kv_state", ()):
+        print(f"KV cache state '{entry['state']}' {'x'.join(map(str, entry['shape']))} fp16: replaces input "
+              f"{entry['past_input']} (first {entry['past_length']} positions) and output {entry['present_output']}")
     if result.folded_summary():
         print(result.folded_summary())
     print("verification:")
@@ -277,14 +281,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_team_options(agent)
     agent.set_defaults(func=cmd_agent)
 
-    devices = sub.add_parser("devices", help="list agents (typed addresses, mDNS), iPhones of this Mac, and "
-                                             "iPhones connected by USB")
+    devices = sub.add_parser("devices", help="list agents (typed addresses, mDNS), iPhones of this Mac, "
+                                             "iPhones connected by USB, and Android phones over adb")
     devices.add_argument("--agent", action="append", metavar="HOST:PORT", help="probe this agent (repeatable)")
     devices.add_argument("--token", help="token for the typed agents (default: $LAYERSCOPE_AGENT_TOKEN)")
     devices.add_argument("--timeout", type=float, default=1.5, help="seconds to search each source (default 1.5)")
     devices.add_argument("--port", type=int, default=DEFAULT_PORT, help="agent port on USB devices")
     devices.add_argument("--no-mdns", action="store_true", help="do not search the local network")
-    devices.add_argument("--no-usb", action="store_true", help="do not search USB")
+    devices.add_argument("--no-usb", action="store_true", help="do not search USB for iPhones")
+    devices.add_argument("--no-android", action="store_true", help="do not ask adb for Android phones")
     devices.add_argument("--json", action="store_true", help="print JSON instead of text")
     devices.set_defaults(func=cmd_devices)
 
@@ -311,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--no-value-checks", action="store_true",
                          help="do not compare weights and values with the source (faster on very large models; "
                               "those checks are then reported as not run)")
+    convert.add_argument("--kv-state", action="store_true",
+                         help="hold the KV cache as Core ML state: each past... input and its present... output "
+                              "(past_key/present_key, past_key_values.N.key/present.N.key) become one fp16 state "
+                              "updated in place (needs --target iOS18 or later; see docs/conversion.md)")
     convert.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     convert.set_defaults(func=cmd_convert)
     return parser

@@ -120,6 +120,17 @@ def profile_summary(profile, top: int = 10, names=None) -> str:
         lines.append("Mode        deployed (Core ML: whole predictions measured; per-layer times attributed by the "
                      f"compute plan's cost weights; segments derived from prefix models; compute units "
                      f"{target.get('compute_units_kind') or 'unknown'}: {units})")
+    elif target.get("name") == "android":
+        # benchmark_model on a phone: its own summaries of the runs (docs/android.md).
+        lines.append(f"Target      android: {target.get('device', '?')} ({target.get('serial', '?')}), "
+                     f"{target.get('chip') or 'SoC unknown'}, {target.get('os', '?')}, {target.get('abi', '?')}, "
+                     f"{target.get('runtime', '?')}, delegate {target.get('delegate', '?')}, threads {threads}")
+        if target.get("init_ms") is not None:
+            lines.append(f"Init        {_ms(target['init_ms'])} {target.get('init_kind', 'measured')}")
+        lines.append("Mode        " + ("exact (builtin kernels: one measured time per operator)"
+                                       if target.get("delegate") == "cpu" else
+                                       "deployed (a delegate partition is measured whole, its operators' shares "
+                                       "attributed by FLOPs; operators left to the builtin kernels measured)"))
     else:
         lines.append(f"Target      {target.get('name', '?')}: {target.get('chip', '?')}, {target.get('os', '?')}, "
                      f"{target.get('runtime', '?')}, threads {threads}")
@@ -132,15 +143,21 @@ def profile_summary(profile, top: int = 10, names=None) -> str:
     if e2e is None:
         lines.append("End-to-end  no run completed")
         return "\n".join(lines)
-    lines.append(f"End-to-end  {_ms(e2e.median_ms)} median (p10 {e2e.p10_ms:.3f}, p90 {e2e.p90_ms:.3f}, "
-                 f"CV {_pct(e2e.cv)}) {e2e.kind}, plain runs")
+    if e2e.statistic == "mean":  # a runtime's own summary (benchmark_model): mean, fastest and slowest run
+        lines.append(f"End-to-end  {_ms(e2e.median_ms)} mean of {e2e.count} runs (min {e2e.p10_ms:.3f}, max "
+                     f"{e2e.p90_ms:.3f}, CV {_pct(e2e.cv)}) {e2e.kind}, with the op profiler on; per-layer "
+                     "figures below are means too")
+    else:
+        lines.append(f"End-to-end  {_ms(e2e.median_ms)} median (p10 {e2e.p10_ms:.3f}, p90 {e2e.p90_ms:.3f}, "
+                     f"CV {_pct(e2e.cv)}) {e2e.kind}, plain runs")
     ratio_kinds = profile.ratio_kinds()
     if profile.profiler_overhead is not None and profile.profiled_end_to_end is not None:
         lines.append(f"Profiler    adds {_pct(profile.profiler_overhead)} "
                      f"(profiled runs {_ms(profile.profiled_end_to_end.median_ms)} median) "
                      f"{ratio_kinds['profiler_overhead']}")
     if profile.coverage is not None:
-        lines.append(f"Coverage    {profile.coverage:.2f} (sum of per-kernel medians / end-to-end median) "
+        statistic = "mean" if e2e.statistic == "mean" else "median"
+        lines.append(f"Coverage    {profile.coverage:.2f} (sum of per-kernel {statistic}s / end-to-end {statistic}) "
                      f"{ratio_kinds['coverage']}")
     if profile.cpu_wait_share is not None:
         state = "busy" if profile.cpu_wait_share > 0.10 else "idle enough"
@@ -314,6 +331,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
                        "ws://MAC:7878?device=NAME or ?backend=coreml)")
     progress = Progress()
     sweep_rows = None
+    other_runs: dict = {}  # android: the other delegates' profiles
     with CtrlC() as ctrl_c:
         if units:
             from engine.sweep import sweep_compute_units
@@ -347,11 +365,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
                                                      alpha=alphas[0] if alphas else None)
                 if size is not None:
                     settings = settings.replace(size=size)
-                target = get_target(args.target, team=args.team)
+                target = get_target(args.target, team=args.team, model_path=model_file, **_android_options(args))
                 try:
                     target.prepare(model_file, settings)
                     profile = target.profile(settings, progress, ctrl_c.cancel)
                     analysis = target.analysis
+                    other_runs = {k: v for k, v in (getattr(target, "profiles", None) or {}).items()
+                                  if v is not profile}
                 finally:
                     progress.finish()
                     target.close()
@@ -362,6 +382,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
                 profile = replace(profile, model_path=str(path))
     profile = _with_hints(profile, analysis)
     written = _write_outputs(args, profile, analysis, sweep=sweep_rows)
+    written += _write_other_runs(args, other_runs if not sweep_rows else {})
     from engine.naming import layer_names
     names = layer_names(analysis)
     if args.markdown:
@@ -371,6 +392,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     print(profile_summary(profile, top=args.top, names=names), file=summary_stream)
     if sweep_rows:
         print(sweep_summary(sweep_rows), file=summary_stream)
+    if not sweep_rows and other_runs:
+        print(delegate_summary([profile, *other_runs.values()]), file=summary_stream)
     for item in written:
         print(f"wrote {item}", file=sys.stderr)
     if not profile.complete:
@@ -382,6 +405,47 @@ def cmd_profile(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_INCOMPLETE
     return EXIT_OK
+
+
+def _android_options(args: argparse.Namespace) -> dict:
+    """The android target's options, only for android targets (others take none)."""
+    if args.target != "android" and not args.target.startswith("android:"):
+        if args.benchmark_model or args.android_delegates:
+            from engine.cli import CliError
+            raise CliError("--benchmark-model and --android-delegates are options of android targets "
+                           "(--target android:SERIAL)")
+        return {}
+    return {"benchmark_model": args.benchmark_model, "delegates": args.android_delegates}
+
+
+def _write_other_runs(args, others) -> list[str]:
+    """The JSON of every other delegate's run beside --json FILE, as FILE-STEM.DELEGATE.json."""
+    if not others or not args.json or args.json == STDOUT:
+        return []
+    path = Path(args.json)
+    written = []
+    for delegate, other in others.items():
+        target = path.with_name(f"{path.stem}.{delegate}{path.suffix or '.json'}")
+        other.save_json(target)
+        written.append(str(target))
+    return written
+
+
+def delegate_summary(profiles) -> str:
+    """One line per delegate run of an android profile: end-to-end mean, runs, coverage, where operators ran."""
+    lines = ["", "Delegates (benchmark_model on the phone; end-to-end mean of the measured runs, op profiler on)",
+             f"  {'delegate':<9} {'end-to-end':>12} {'runs':>5} {'coverage':>9}  operators"]
+    for profile in profiles:
+        e2e = profile.end_to_end
+        units: dict[str, int] = {}
+        for node in profile.nodes.values():
+            units[node.compute_unit] = units.get(node.compute_unit, 0) + 1
+        where = ", ".join(f"{count} on {unit}" for unit, count in sorted(units.items())) or "-"
+        coverage = "-" if profile.coverage is None else _pct(profile.coverage)
+        state = "" if profile.complete else f"  ({profile.error})"
+        lines.append(f"  {profile.target.get('delegate', '?'):<9} {_ms(e2e.median_ms if e2e else None):>12} "
+                     f"{profile.runs_completed:>5} {coverage:>9}  {where}{state}")
+    return "\n".join(lines)
 
 
 def _write_text(path, text: str) -> str:
@@ -522,10 +586,17 @@ def add_profile_commands(sub) -> None:
                              description="Run a model on a target and measure every layer. "
                                          "Ctrl-C stops after the current run and still writes what was measured.")
     profile.add_argument("model", nargs="?", help="model file (.onnx); default: the bundled MobileUNet sample")
-    profile.add_argument("--target", default="cpu", metavar="cpu|ws://HOST:PORT|iphone:NAME",
+    profile.add_argument("--target", default="cpu", metavar="cpu|ws://HOST:PORT|iphone:NAME|android[:SERIAL]",
                          help="where to run: cpu (ONNX Runtime here, the default), an agent's address "
-                              "(ws://HOST:PORT; ?device=PHONE for an iPhone of a Mac agent), or iphone:NAME-or-UDID "
-                              "for an iPhone connected to this Mac (docs/iphone.md)")
+                              "(ws://HOST:PORT; ?device=PHONE for an iPhone of a Mac agent), iphone:NAME-or-UDID "
+                              "for an iPhone connected to this Mac (docs/iphone.md), or android:SERIAL for an "
+                              "Android phone over adb ('android' alone: the only one connected; docs/android.md)")
+    profile.add_argument("--benchmark-model", metavar="PATH",
+                         help="android targets: Google's benchmark_model built for the phone (android_aarch64; "
+                              "default: $LAYERSCOPE_BENCHMARK_MODEL; docs/android.md says where it comes from)")
+    profile.add_argument("--android-delegates", metavar="LIST", default=None,
+                         help="android targets: comma-separated runs among cpu (builtin kernels, one time per "
+                              "operator), xnnpack (LiteRT's default CPU path) and gpu (default xnnpack)")
     profile.add_argument("--mode", default=None, choices=["exact", "deployed"],
                          help="exact: optimizations off, one timing per node; deployed: optimizations on, "
                               "fused kernels mapped back to nodes (default exact; deployed on Core ML targets, "

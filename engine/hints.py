@@ -44,6 +44,8 @@ LOW_EFFICIENCY_FACTOR = 3.0
 # this many FLOPs per byte fires "memory_bound".
 MEMORY_BOUND_MIN_SHARE = 0.02
 MEMORY_BOUND_INTENSITY = 1.0
+# QUANTIZE/DEQUANTIZE operators above this share of the time fire "dequantize_chain" (TFLite).
+DEQUANTIZE_SHARE = 0.05
 # BatchNorm folding is worth saying when the BatchNorms take at least this share.
 BATCHNORM_MIN_SHARE = 0.005
 
@@ -209,6 +211,19 @@ def find_hints(profile: "Profile", analysis: "ModelAnalysis") -> list[dict]:
             guidance="layers this low in arithmetic per byte are usually limited by memory traffic, not "
                      "arithmetic, on any processor."))
 
+    # 6. dequantize chains (TFLite): weights stored as float16/int8 turned into float32 at every run
+    dequantize = [i for i in timed if graph.node(i).op_type in ("DEQUANTIZE", "QUANTIZE")]
+    dequantize_ms = sum(ms(i) for i in dequantize)
+    if dequantize and dequantize_ms / total >= DEQUANTIZE_SHARE:
+        hints.append(_hint(
+            "dequantize_chain", dequantize_ms / total,
+            f"{_layers(len(dequantize), 'QUANTIZE/DEQUANTIZE operator')} take {100 * dequantize_ms / total:.0f} % of "
+            f"the time (slowest: {names[max(dequantize, key=ms)]}): tensors are converted between stored and "
+            "computed types at run time. Run with a delegate that reads the stored type (XNNPACK folds "
+            "float16 weights at load: --mode deployed), or export with float32 weights.",
+            dequantize, dequantize_ms,
+            _evidence(profile, f"QUANTIZE/DEQUANTIZE ({_layers(len(dequantize), 'operator')})", dequantize_ms, total)))
+
     for hint in hints:
         hint["kind"] = hint_kind(profile, hint["rule"], hint["node_ids"])
     return by_severity(hints)
@@ -231,6 +246,8 @@ def _intensity(analysis: "ModelAnalysis", node_id: str) -> Optional[float]:
 
 
 def _is_depthwise(node, graph) -> bool:
+    if node.op_type == "DEPTHWISE_CONV_2D":  # TFLite names it
+        return True
     if costs.canonical_op(node) != "Conv":
         return False
     group = int(node.attributes.get("group", 1) or 1)  # type: ignore[arg-type]

@@ -121,6 +121,9 @@ class Value:
     # Values of small constants (shapes, axes, scalars) as a flat tuple: analysis
     # needs them (e.g. a Reshape target) and they cost nothing to keep.
     small_data: Optional[tuple] = None
+    # Quantization parameters of a quantized tensor (TFLite): {"scale": (...), "zero_point": (...),
+    # "channels": n, "axis": k, "min"/"max": (...)}; per-channel lists are shortened, "channels" counts them.
+    quantization: Optional[Mapping[str, object]] = None
 
     @property
     def is_constant(self) -> bool:
@@ -153,6 +156,9 @@ class Graph:
     outputs: tuple[str, ...]
     nodes: tuple[Node, ...]
     values: Mapping[str, Value]
+    # Rank-4/5 activations are N,spatial...,C (TFLite's NHWC) instead of N,C,spatial... (ONNX, Core ML):
+    # the analysis reads spatial sizes and kernel sizes on the axes this says.
+    channels_last: bool = False
 
     def node(self, node_id: str) -> Node:
         return self.nodes_by_id[node_id]

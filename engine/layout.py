@@ -10,6 +10,15 @@ What is visible:
   zoo's `ConstantOfShape` weights, shape arithmetic on static shapes) only
   with `include_constants=True`; otherwise they are drawn as weights of the
   node that consumes them, as initializers are, and get no box and no edge;
+- shown constants take no part in the layering (as Netron keeps initializers
+  out of its graph layout): the other nodes are laid out exactly as with
+  constants hidden, so toggling them moves nothing, and each constant is
+  attached to the first node that consumes it (through other constants: a
+  `ConstantOfShape -> Unsqueeze -> Mul` chain hangs off the `Mul`).  The
+  constants of one consumer form a small tree, one row per step away from
+  it, drawn as smaller boxes just above and to the left of the consumer (to
+  the right when the left is taken; slid further out past whatever is in
+  the way, never overlapping a box), with short edges into its top;
 - graph inputs and outputs as small boxes with ids `input:NAME` and
   `output:NAME` (`include_io=True`).
 
@@ -32,6 +41,7 @@ the same layers, barycenter ordering in numpy and straight edges.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Mapping, NamedTuple, Optional, Sequence
 
@@ -49,6 +59,13 @@ IO_WIDTH = NODE_WIDTH
 IO_HEIGHT = 36.0
 HORIZONTAL_GAP = 30.0
 VERTICAL_GAP = 40.0
+# A shown constant's box: small (two lines of text, as a graph input's), so that a chain of two
+# sits in the gap between its consumer's layer and the one above (VERTICAL_GAP + NODE_HEIGHT).
+CONSTANT_WIDTH = 124.0
+CONSTANT_HEIGHT = 30.0
+CONSTANT_GAP = 8.0  # between the constants of one consumer
+CONSTANT_SIDE_GAP = 12.0  # between a consumer and its constants, and between constants and other boxes
+CONSTANT_LIFT = 14.0  # the lowest constants end this far above their consumer's top: room for the edges
 
 # Above this many dummy vertices igraph's Sugiyama becomes slow (seconds): use the fallback.
 MAX_DUMMY_VERTICES = 200_000
@@ -84,6 +101,10 @@ class GraphLayout:
     # Collapsed groups: box id -> the node ids it stands for (constants included), and the reverse.
     members: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     box_for: Mapping[str, str] = field(default_factory=dict)
+    # The drawing spans x in [left, width] and y in [top, height]: shown constants beside the
+    # leftmost or topmost boxes reach below 0 (the other boxes keep their places).
+    left: float = 0.0
+    top: float = 0.0
 
     def center(self, node_id: str) -> Point:
         x, y, w, h = self.boxes[node_id]
@@ -183,6 +204,9 @@ def layout_graph(analysis: "ModelAnalysis", include_constants: bool = False, inc
 
     `groups` (from `node_groups`) and `collapsed` (ids of groups drawn as one box each).
     """
+    if include_constants:
+        without = layout_graph(analysis, False, include_io, max_dummy_vertices, groups, collapsed)
+        return attach_constants(without, analysis, include_io)
     graph = analysis.graph
     global _last_tensors
     key = (include_constants, include_io)
@@ -339,6 +363,238 @@ def _node_pairs(graph: Graph, visible_order: Sequence[str], include_io: bool, co
             if source is not None:
                 pairs.append((source, node_id, name))
     return pairs, producer_of
+
+
+def attach_constants(layout: GraphLayout, analysis: "ModelAnalysis", include_io: bool = True) -> GraphLayout:
+    """`layout` (made with constants hidden) with every hidden constant drawn beside the node it feeds.
+
+    The boxes and edges of `layout` keep their places; see the module docstring for where the
+    constants go.  Constants inside a collapsed group stay drawn by the group's box.
+    """
+    graph, metrics = analysis.graph, analysis.nodes
+    nodes = graph.nodes_by_id
+    constants = [n for n in analysis.order if metrics[n].is_constant and n not in layout.box_for]
+    if not constants:
+        return _replace_layout(layout, hidden=frozenset())
+    shown = set(constants)
+    position = {node_id: metrics[node_id].order for node_id in analysis.order}
+    consumers: dict[str, list[str]] = {}  # tensor -> the nodes reading it, in execution order
+    producer: dict[str, str] = {}  # tensor -> the box drawing its producer (a constant's own)
+    if include_io:
+        for name in graph.inputs:
+            if INPUT_PREFIX + name in layout.boxes:
+                producer[name] = INPUT_PREFIX + name
+    for node_id in analysis.order:
+        node = nodes[node_id]
+        for name in node.inputs:
+            if name:
+                consumers.setdefault(name, []).append(node_id)
+        drawn = node_id if node_id in shown else layout.box_of(node_id)
+        if drawn is not None:
+            for name in node.outputs:
+                if name:
+                    producer[name] = drawn
+    graph_outputs = set(graph.outputs) if include_io else set()
+
+    # Each constant hangs off its first consumer: another shown constant (its parent in a tree)
+    # or a box (the tree's anchor).  A constant nothing draws reads is a tree of its own.
+    feeders: dict[str, list[str]] = {}  # a constant or an anchor box -> the constants hanging off it
+    anchors: list[str] = []  # in order of first use
+    orphans: list[str] = []
+    for constant in constants:
+        readers = [reader for name in nodes[constant].outputs for reader in consumers.get(name, ())
+                   if position[reader] > position[constant]]
+        parent = None
+        if readers:
+            first = min(readers, key=position.__getitem__)
+            parent = first if first in shown else layout.box_of(first)
+        if parent is None:
+            parent = next((OUTPUT_PREFIX + name for name in nodes[constant].outputs
+                           if name in graph_outputs and OUTPUT_PREFIX + name in layout.boxes), None)
+        if parent is None:
+            orphans.append(constant)
+            continue
+        if parent not in shown and parent not in feeders:
+            anchors.append(parent)
+        feeders.setdefault(parent, []).append(constant)
+
+    obstacles = _Obstacles(layout)
+    boxes = dict(layout.boxes)
+    layers = dict(layout.layers)
+    edges = list(layout.edges)
+    attached: set[tuple[str, str, str]] = set()  # (constant, reader's box, tensor) drawn as short edges
+    step_x, step_y = CONSTANT_WIDTH + CONSTANT_GAP, CONSTANT_HEIGHT + CONSTANT_GAP
+    left = min((x for x, _, _, _ in layout.boxes.values()), default=0.0)
+    for anchor in anchors + orphans:
+        roots = feeders[anchor] if anchor in layout.boxes else [anchor]
+        cells, columns, rows = _constant_tree(roots, feeders)
+        width, height = columns * step_x - CONSTANT_GAP, rows * step_y - CONSTANT_GAP
+        if anchor in layout.boxes:
+            ax, ay, aw, _ = layout.boxes[anchor]
+            x, side = obstacles.free_x(ax, ax + aw, ay - CONSTANT_LIFT - height, width, height)
+            layer = layout.layers.get(anchor, 0)
+        else:  # an orphan: left of everything, at the top
+            ay, layer = height + CONSTANT_LIFT, 0
+            x, side = obstacles.free_x(left, left, 0.0, width, height, sides=("left",))
+        top = ay - CONSTANT_LIFT - height
+        obstacles.add((x, top, width, height))
+        for constant, (column, row) in cells.items():
+            boxes[constant] = (x + column * step_x, top + (rows - 1 - row) * step_y, CONSTANT_WIDTH, CONSTANT_HEIGHT)
+            layers[constant] = layer
+        # Short edges: each constant to the constant (or the anchor) it hangs off.
+        if anchor in layout.boxes:
+            ax, ay, aw, _ = layout.boxes[anchor]
+            level = ay - CONSTANT_LIFT / 2
+            for k, constant in enumerate(roots):
+                cx, cy, cw, ch = boxes[constant]
+                entry = min(10.0 + 9.0 * k, aw / 2)
+                entry_x = ax + entry if side == "left" else ax + aw - entry
+                start = (cx + cw / 2, cy + ch)
+                edges.append(LayoutEdge(constant, anchor, _tensor_to(nodes, constant, anchor, nodes[anchor] if anchor
+                                                                     in nodes else None),
+                                        (start, (start[0], level), (entry_x, level), (entry_x, ay))))
+                attached.add((constant, anchor, edges[-1].value))
+        for parent in cells:
+            px, py, pw, _ = boxes[parent]
+            for constant in feeders.get(parent, ()):
+                cx, cy, cw, ch = boxes[constant]
+                start, end = (cx + cw / 2, cy + ch), (px + pw / 2, py)
+                middle = (start[1] + end[1]) / 2
+                points = (start, end) if abs(start[0] - end[0]) < 1e-6 else \
+                    (start, (start[0], middle), (end[0], middle), end)
+                value = _tensor_to(nodes, constant, parent, nodes[parent])
+                edges.append(LayoutEdge(constant, parent, value, points))
+                attached.add((constant, parent, value))
+    # Every other tensor into or out of a shown constant: a straight edge (a constant read by a
+    # second node, a shape computed from a tensor the graph makes).
+    seen: set[tuple[str, str, str]] = set()
+    for constant in constants:
+        node = nodes[constant]
+        links = [(producer.get(name), constant, name) for name in node.inputs if name]
+        links += [(constant, layout.box_of(reader) if reader not in shown else reader, name)
+                  for name in node.outputs if name for reader in consumers.get(name, ())]
+        links += [(constant, OUTPUT_PREFIX + name, name) for name in node.outputs
+                  if name in graph_outputs and OUTPUT_PREFIX + name in boxes]
+        for source, target, name in links:
+            key = (source, target, name)
+            if source is None or target is None or source == target or key in attached or key in seen:
+                continue
+            seen.add(key)
+            sx, sy, sw, sh = boxes[source]
+            tx, ty, tw, _ = boxes[target]
+            edges.append(LayoutEdge(source, target, name, ((sx + sw / 2, sy + sh), (tx + tw / 2, ty))))
+    return GraphLayout(boxes, tuple(edges), layers,
+                       max(layout.width, max(x + w for x, _, w, _ in boxes.values())),
+                       max(layout.height, max(y + h for _, y, _, h in boxes.values())),
+                       layout.method, frozenset(), layout.members, layout.box_for,
+                       min(layout.left, min(x for x, _, _, _ in boxes.values())),
+                       min(layout.top, min(y for _, y, _, _ in boxes.values())))
+
+
+def _replace_layout(layout: GraphLayout, **changes) -> GraphLayout:
+    from dataclasses import replace
+
+    return replace(layout, **changes)
+
+
+def _tensor_to(nodes, constant: str, reader_box: str, reader) -> str:
+    """The tensor from `constant` to the node `reader` (the first one, when a group box reads it)."""
+    outputs = [name for name in nodes[constant].outputs if name]
+    if reader is not None:
+        for name in outputs:
+            if name in reader.inputs:
+                return name
+    if reader_box.startswith(OUTPUT_PREFIX) and reader_box[len(OUTPUT_PREFIX):] in outputs:
+        return reader_box[len(OUTPUT_PREFIX):]
+    return outputs[0] if outputs else ""
+
+
+def _constant_tree(roots: Sequence[str], feeders: Mapping[str, list[str]]
+                   ) -> tuple[dict[str, tuple[float, int]], int, int]:
+    """(constant -> (column, row), columns, rows) of the constants hanging off one box.
+
+    Row 0 holds `roots` (the constants the box reads), row r the constants r steps away; each
+    constant's feeders take the columns above it and it sits centred under them.
+    """
+    preorder: list[tuple[str, int]] = []
+    stack = [(root, 0) for root in reversed(roots)]
+    while stack:  # iterative: a chain of shape arithmetic can be longer than Python's recursion limit
+        constant, row = stack.pop()
+        preorder.append((constant, row))
+        stack.extend((feeder, row + 1) for feeder in reversed(feeders.get(constant, ())))
+    span: dict[str, int] = {}
+    for constant, _ in reversed(preorder):
+        span[constant] = max(1, sum(span[f] for f in feeders.get(constant, ())))
+    cells: dict[str, tuple[float, int]] = {}
+    start_of: dict[str, float] = {}
+    next_root = 0.0
+    for constant, row in preorder:
+        if row == 0:
+            start_of[constant], next_root = next_root, next_root + span[constant]
+        start = start_of[constant]
+        cells[constant] = (start + (span[constant] - 1) / 2, row)
+        for feeder in feeders.get(constant, ()):
+            start_of[feeder] = start
+            start += span[feeder]
+    return cells, sum(span[root] for root in roots), 1 + max(row for _, row in preorder)
+
+
+class _Obstacles:
+    """Rectangles constants must keep clear of: boxes, vertical runs of edges, placed constants.
+
+    A grid of buckets, so that finding what a rectangle hits costs about the same at any size.
+    """
+
+    CELL = 256.0
+
+    def __init__(self, layout: GraphLayout):
+        self.rects: list[Rect] = []
+        self.cells: dict[tuple[int, int], list[int]] = {}
+        for rect in layout.boxes.values():
+            self.add(rect)
+        for edge in layout.edges:  # a long edge runs straight down its column past many layers
+            for (x0, y0), (x1, y1) in zip(edge.points, edge.points[1:]):
+                if abs(x1 - x0) < 1.0 and abs(y1 - y0) > 1.0:
+                    self.add((min(x0, x1) - 1.0, min(y0, y1), 2.0, abs(y1 - y0)))
+
+    def _keys(self, x: float, y: float, w: float, h: float):
+        cell = self.CELL
+        rows = range(math.floor(y / cell), math.floor((y + h) / cell) + 1)
+        return [(i, j) for i in range(math.floor(x / cell), math.floor((x + w) / cell) + 1) for j in rows]
+
+    def add(self, rect: Rect) -> None:
+        index = len(self.rects)
+        self.rects.append(rect)
+        for key in self._keys(*rect):
+            self.cells.setdefault(key, []).append(index)
+
+    def hits(self, x: float, y: float, w: float, h: float) -> list[Rect]:
+        """The rectangles closer than CONSTANT_SIDE_GAP to (x, y, w, h)."""
+        gap = CONSTANT_SIDE_GAP
+        x0, y0, x1, y1 = x - gap, y - gap, x + w + gap, y + h + gap
+        found = {i for key in self._keys(x0, y0, x1 - x0, y1 - y0) for i in self.cells.get(key, ())}
+        return [r for r in (self.rects[i] for i in found)
+                if r[0] < x1 and r[0] + r[2] > x0 and r[1] < y1 and r[1] + r[3] > y0]
+
+    def free_x(self, left: float, right: float, y: float, w: float, h: float,
+               sides: Sequence[str] = ("left", "right")) -> tuple[float, str]:
+        """The x of a free w x h rectangle at height y nearest to the span [left, right]: just left
+        of it, or just right of it, slid outward past whatever is in the way (the nearer wins)."""
+        best: Optional[tuple[float, float, str]] = None
+        for side in sides:
+            x = left - CONSTANT_SIDE_GAP - w if side == "left" else right + CONSTANT_SIDE_GAP
+            while True:
+                hit = self.hits(x, y, w, h)
+                if not hit:
+                    break
+                if side == "left":
+                    x = min(r[0] for r in hit) - CONSTANT_SIDE_GAP - w - 1e-6
+                else:
+                    x = max(r[0] + r[2] for r in hit) + CONSTANT_SIDE_GAP + 1e-6
+            distance = (left - (x + w)) if side == "left" else (x - right)
+            if best is None or distance < best[0]:
+                best = (distance, x, side)
+        return best[1], best[2]
 
 
 def _box_order(box_ids: list[str], pairs: list[tuple[str, str, str]], box_for: Mapping[str, str]) -> list[str]:

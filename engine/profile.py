@@ -201,11 +201,11 @@ def disturbed_runs(groups: Sequence["TimingGroup"], min_share: float = 0.01) -> 
     """Indexes (0-based, measured runs) of the runs a busy machine slowed as a whole."""
     total = sum(g.time.median_ms for g in groups)
     # Only measured series are in run order (a derived segment's samples are sorted differences).
-    heavy = [g.time for g in groups if total > 0 and g.time.median_ms > min_share * total and g.time.count > 2
+    heavy = [g.time for g in groups if total > 0 and g.time.median_ms > min_share * total and len(g.time.samples_ms) > 2
              and g.time.kind == MEASURED]
     if len(heavy) < DISTURBED_MIN_LAYERS:  # too few layers to tell a busy machine from one layer's noise
         return []
-    runs = min(t.count for t in heavy)
+    runs = min(len(t.samples_ms) for t in heavy)
     slow = [0] * runs
     for stats in heavy:
         limit = DISTURBED_SLOWDOWN * stats.median_ms
@@ -244,6 +244,11 @@ class TimingStats:
 
     cv is the coefficient of variation, population standard deviation / mean
     (0 for a single sample or a zero mean).
+
+    statistic "mean": the runtime reported only a summary of its runs, no run's own time
+    (LiteRT's benchmark_model on a phone).  Then median_ms holds the reported mean, p10_ms
+    and p90_ms the fastest and the slowest run, samples_ms is empty and `reported_runs`
+    says how many runs the summary is of (`TimingStats.from_summary`).
     """
 
     samples_ms: tuple[float, ...]
@@ -252,6 +257,8 @@ class TimingStats:
     p90_ms: float
     cv: float
     kind: str = MEASURED
+    statistic: str = "median"
+    reported_runs: int = 0
 
     @classmethod
     def from_samples(cls, samples: Iterable[float], kind: str = MEASURED) -> "TimingStats":
@@ -270,12 +277,25 @@ class TimingStats:
         return cls(values, _percentile(ordered, 50), _percentile(ordered, 10), _percentile(ordered, 90),
                    cv, kind)
 
+    @classmethod
+    def from_summary(cls, mean_ms: float, std_ms: float, min_ms: float, max_ms: float, runs: int,
+                     kind: str = MEASURED) -> "TimingStats":
+        """A duration the runtime summarised itself (mean, standard deviation, min, max of `runs` runs)."""
+        if kind not in TIME_KINDS:
+            raise ValueError(f"kind of a time must be one of {TIME_KINDS}, got {kind!r}")
+        if runs < 1:
+            raise ValueError("TimingStats needs at least one run")
+        cv = float(std_ms) / float(mean_ms) if mean_ms > 0 and runs > 1 else 0.0
+        return cls((), float(mean_ms), float(min_ms), float(max_ms), cv, kind, "mean", int(runs))
+
     @property
     def count(self) -> int:
-        return len(self.samples_ms)
+        return len(self.samples_ms) or self.reported_runs
 
     @property
     def mean_ms(self) -> float:
+        if not self.samples_ms:  # a reported summary: its mean
+            return self.median_ms
         return sum(self.samples_ms) / len(self.samples_ms)
 
     @property
@@ -289,11 +309,17 @@ class TimingStats:
 
     def scaled(self, factor: float, kind: Optional[str] = None) -> "TimingStats":
         """Every sample times `factor` (how a fused group's time is attributed to one member)."""
+        if not self.samples_ms:  # a reported summary scales as a whole
+            return replace(self, median_ms=self.median_ms * factor, p10_ms=self.p10_ms * factor,
+                           p90_ms=self.p90_ms * factor, kind=kind or self.kind)
         return TimingStats.from_samples((s * factor for s in self.samples_ms), kind or self.kind)
 
     def to_json_dict(self, with_samples: bool = True) -> dict:
         data = {"median_ms": self.median_ms, "p10_ms": self.p10_ms, "p90_ms": self.p90_ms,
                 "cv": self.cv, "robust_cv": self.robust_cv, "kind": self.kind}
+        if self.statistic != "median":
+            data["statistic"] = self.statistic
+            data["reported_runs"] = self.reported_runs
         if with_samples:
             data["samples_ms"] = list(self.samples_ms)
         return data
@@ -301,8 +327,11 @@ class TimingStats:
     @classmethod
     def from_json_dict(cls, data: Mapping) -> "TimingStats":
         samples = tuple(float(s) for s in data.get("samples_ms", ()))
+        statistic = str(data.get("statistic", "median"))
+        if statistic not in ("median", "mean"):
+            raise ValueError(f"statistic {statistic!r} is not one of median, mean")
         return cls(samples, float(data["median_ms"]), float(data["p10_ms"]), float(data["p90_ms"]),
-                   float(data.get("cv", 0.0)), read_kind(data))
+                   float(data.get("cv", 0.0)), read_kind(data), statistic, int(data.get("reported_runs", 0)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -551,9 +580,11 @@ class Profile:
               groups: Sequence[TimingGroup], nodes: Sequence[NodeTiming], runs_completed: int,
               complete: bool = True, error: str = "", stage_order: Sequence[str] = (),
               untimed_node_ids: Sequence[str] = (), warnings: Sequence[str] = (),
-              cpu_wait_share: Optional[float] = None) -> "Profile":
-        """Derive the summary figures (coverage, overhead, stage and op-type sums) from the parts."""
-        end_to_end = TimingStats.from_samples(end_to_end_samples) if end_to_end_samples else None
+              cpu_wait_share: Optional[float] = None,
+              end_to_end_summary: Optional[TimingStats] = None) -> "Profile":
+        """Derive the summary figures (coverage, overhead, stage and op-type sums) from the parts.
+        end_to_end_summary: the end-to-end time a runtime summarised itself, when it gives no samples."""
+        end_to_end = TimingStats.from_samples(end_to_end_samples) if end_to_end_samples else end_to_end_summary
         profiled = TimingStats.from_samples(profiled_samples) if profiled_samples else None
         overhead = None
         if end_to_end is not None and profiled is not None and end_to_end.median_ms > 0:

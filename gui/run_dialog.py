@@ -62,6 +62,13 @@ class RunRequest:
     target: str = "cpu"
     settings: ProfileSettings = field(default_factory=ProfileSettings)
     sizes: tuple[tuple[int, int], ...] = ()
+    # android targets: Google's benchmark_model for the phone, and the delegates to run ("cpu,xnnpack,gpu")
+    benchmark_model: str = ""
+    android_delegates: str = ""
+
+
+def is_android_target(name: str) -> bool:
+    return name == "android" or name.startswith("android:")
 
 
 @dataclass
@@ -108,7 +115,9 @@ def execute_run(request: RunRequest, opened_analysis=None,
     model_path = Path(request.model_path)
     sweep = None
     pairs: list[tuple[Profile, object]] = []  # (profile, analysis at its input shapes)
-    target = get_target(request.target)
+    android = {"benchmark_model": request.benchmark_model or None, "delegates": request.android_delegates or None} \
+        if is_android_target(request.target) else {}
+    target = get_target(request.target, model_path=request.model_path, **android)
     workdir = Path(tempfile.mkdtemp(prefix="layerscope-gui-run-"))
     try:
         if progress:
@@ -188,6 +197,11 @@ def profile_command(request: RunRequest, json_path: str) -> list[str]:
     if request.sizes:
         height, width = request.sizes[0]
         arguments += ["--size", f"{height}x{width}"]
+    if is_android_target(request.target):
+        if request.benchmark_model:
+            arguments += ["--benchmark-model", request.benchmark_model]
+        if request.android_delegates:
+            arguments += ["--android-delegates", request.android_delegates]
     return arguments
 
 
@@ -336,9 +350,14 @@ class ProfileProcess(QObject):
         profile = load_profile_json(self.json_path)  # keeps a device profile's transfers
         if not profile.complete and not (keep_partial and profile.runs_completed > 0):
             return []
-        if Path(profile.model_path).resolve() != Path(self.request.model_path).resolve():
-            profile = replace(profile, model_path=str(self.request.model_path))
-        return [ProfiledEntry(profile, None)]
+        # An android target's other delegates: written beside as profile.DELEGATE.json (engine.cli_profile).
+        others = [load_profile_json(path) for path in sorted(self._workdir.glob("profile.*.json"))]
+        entries = []
+        for each in [profile, *others]:
+            if Path(each.model_path).resolve() != Path(self.request.model_path).resolve():
+                each = replace(each, model_path=str(self.request.model_path))
+            entries.append(ProfiledEntry(each, None))
+        return entries
 
     def _finish_once(self) -> None:
         if self._done:
@@ -366,6 +385,23 @@ def connected_phone_targets() -> list[tuple[str, str]]:
              + ("" if phone["ready"] else " - not ready"), f"iphone:{phone['udid']}") for phone in phones]
 
 
+def connected_android_targets() -> list[tuple[str, str]]:
+    """(title, android:SERIAL) of the Android phones adb knows; none when adb or adbutils is missing."""
+    try:
+        from engine.bridge.android import list_android_phones
+    except ImportError:
+        return []
+    phones, _ = list_android_phones()
+    titles = []
+    for phone in phones:
+        facts = ", ".join(f for f in (phone.get("soc"), f"Android {phone['android_version']}"
+                                      if phone.get("android_version") else "") if f)
+        state = "" if phone["ready"] else f" - {phone['state']}"
+        titles.append((f"{phone.get('model') or phone['serial']} ({facts or 'Android'}, LiteRT){state}",
+                       f"android:{phone['serial']}"))
+    return titles
+
+
 class RunDialog(QDialog):
     """Modeless: stays open during the run with live progress and Cancel; closes itself on success."""
 
@@ -388,7 +424,7 @@ class RunDialog(QDialog):
         for name in TARGET_NAMES:
             if name.isidentifier():  # "ws://HOST:PORT", "iphone:NAME-or-UDID" document address forms: typed
                 self.target_combo.addItem(TARGET_TITLES.get(name, name), name)
-        for title, address in connected_phone_targets():
+        for title, address in connected_phone_targets() + connected_android_targets():
             self.target_combo.addItem(title, address)
         for address in extra_targets:
             if self.target_combo.findData(address) < 0:
@@ -422,6 +458,17 @@ class RunDialog(QDialog):
         self.sizes_field.setPlaceholderText("as in the model; e.g. 224, 256x192, or 128, 160, 224 for a sweep")
         self.sizes_field.setToolTip("Input height x width. Several sizes run a sweep (latency against size).")
         form.addRow("Input size(s)", self.sizes_field)
+        # Android phones: Google's benchmark_model runs the model there (docs/android.md).
+        from engine.bridge.android import BENCHMARK_ENV, BINARY_HINT
+        self.benchmark_field = QLineEdit(os.environ.get(BENCHMARK_ENV, ""))
+        self.benchmark_field.setPlaceholderText("path of benchmark_model (android_aarch64)")
+        self.benchmark_field.setToolTip(BINARY_HINT)
+        form.addRow("benchmark_model", self.benchmark_field)
+        self.delegates_field = QLineEdit("xnnpack")
+        self.delegates_field.setToolTip("Comma-separated: cpu (builtin kernels, one time per operator), xnnpack "
+                                        "(LiteRT's default CPU path), gpu. One benchmark_model run each.")
+        form.addRow("Delegates", self.delegates_field)
+        self.form = form
         layout.addLayout(form)
         self.check_label = QLabel("")  # what is wrong with the fields, as they are typed
         self.check_label.setWordWrap(True)
@@ -430,6 +477,8 @@ class RunDialog(QDialog):
         self.sizes_field.textChanged.connect(self.check_fields)
         self.target_combo.currentTextChanged.connect(self.check_fields)
         self.threads_spin.valueChanged.connect(self.check_fields)
+        self.benchmark_field.textChanged.connect(self.check_fields)
+        self.delegates_field.textChanged.connect(self.check_fields)
 
         self.run_button = QPushButton("Run")
         self.run_button.setDefault(True)
@@ -462,6 +511,11 @@ class RunDialog(QDialog):
         except (TargetError, ValueError) as exc:
             return f"Input size: {exc}", ""
         error = ""
+        android = is_android_target(self.target_name())
+        self.form.setRowVisible(self.benchmark_field, android)
+        self.form.setRowVisible(self.delegates_field, android)
+        if android:
+            return self._android_problems(), ""
         if self.model_format.startswith("coreml") and self.target_name() == "cpu":
             from engine.targets.cpu import COREML_MESSAGE
             error = f"CPU reference: {COREML_MESSAGE}"
@@ -482,6 +536,19 @@ class RunDialog(QDialog):
                        "overlap and include waiting (coverage above 100 %). One thread per core at most, "
                        "1 for stable per-layer times.")
         return error, warning
+
+    def _android_problems(self) -> str:
+        from engine.targets.android import parse_delegates
+        if self.model_format and self.model_format != "tflite":
+            return "Android phones run LiteRT models (.tflite) with benchmark_model: open a .tflite model"
+        if not self.benchmark_field.text().strip():
+            from engine.bridge.android import BINARY_HINT
+            return f"benchmark_model: {BINARY_HINT}"
+        try:
+            parse_delegates(self.delegates_field.text())
+        except TargetError as exc:
+            return f"Delegates: {exc}"
+        return ""
 
     def check_fields(self) -> bool:
         """Show what is wrong at once (not after Run); False when the run cannot start."""
@@ -515,6 +582,9 @@ class RunDialog(QDialog):
             raise TargetError(error)
         settings = ProfileSettings(mode=self.mode_combo.currentData(), runs=self.runs_spin.value(),
                                    warmup=self.warmup_spin.value(), threads=self.threads_spin.value())
+        if is_android_target(target):
+            return RunRequest(self.model_path, target, settings, parse_sizes(self.sizes_field.text()),
+                              self.benchmark_field.text().strip(), self.delegates_field.text().strip())
         return RunRequest(self.model_path, target, settings, parse_sizes(self.sizes_field.text()))
 
     def request_run(self) -> None:
@@ -530,7 +600,7 @@ class RunDialog(QDialog):
         self.cancel_button.setEnabled(running)
         self.run_button.setEnabled(not running and not self.field_problems()[0])
         for widget in (self.target_combo, self.mode_combo, self.runs_spin, self.warmup_spin, self.threads_spin,
-                       self.sizes_field):
+                       self.sizes_field, self.benchmark_field, self.delegates_field):
             widget.setEnabled(not running)
         if running:
             self.footer.show_busy()

@@ -21,7 +21,7 @@ from typing import Mapping, Optional, Sequence
 
 from engine.ir import Model, ModelLoadError
 
-_FORMAT_MODULES = ("importers.onnx", "importers.coreml", "importers.pt2")
+_FORMAT_MODULES = ("importers.onnx", "importers.coreml", "importers.pt2", "importers.tflite")
 
 InputShapes = Mapping[str, Sequence[int]]
 
@@ -61,6 +61,7 @@ def importer_for(path: Path) -> ModuleType:
     raise ModelLoadError(
         str(path),
         "not a model file LayerScope can read: the content is neither ONNX nor Core ML nor a PyTorch .pt2 program "
+        "nor a TFLite/LiteRT flatbuffer "
         f"(supported: {', '.join(supported_extensions())})",
     )
 

@@ -35,7 +35,7 @@ class NodeMetrics:
     output_bytes: Optional[int]
     bytes_moved: Optional[int]  # input activations + weights + outputs
     arithmetic_intensity: Optional[float]
-    spatial_size: Optional[int]  # H*W of the main output for NC.. tensors
+    spatial_size: Optional[int]  # H*W of the main output (NC.. tensors, or N..C in channels_last graphs)
     stage: str = ""
 
     @property
@@ -100,7 +100,7 @@ def analyze(model: Model, graph_index: int = 0) -> ModelAnalysis:
         input_bytes: Optional[int] = 0
         if not is_constant:
             op = costs.canonical_op(node)
-            arguments, buffer_slots = costs.argument_inputs(op), costs.buffer_inputs(op, node)
+            arguments, buffer_slots = costs.argument_inputs(op, node), costs.buffer_inputs(op, node)
             for index, name in enumerate(node.inputs):
                 if not name:
                     continue
@@ -140,7 +140,7 @@ def analyze(model: Model, graph_index: int = 0) -> ModelAnalysis:
         first_output = graph.value_type(node.outputs[0]) if node.outputs and node.outputs[0] else None
         metrics[node.id] = NodeMetrics(node.id, node.op_type, position, is_constant, params, param_bytes,
                                        buffers, cost.macs, cost.flops, output_bytes, bytes_moved, intensity,
-                                       costs.spatial_size(first_output))
+                                       costs.spatial_size(first_output, graph.channels_last))
 
     peak_bytes, peak_node = _peak_activation(graph, order, constant_values)
     stages, stage_of = find_stages(graph, order, metrics, producers)

@@ -11,7 +11,12 @@ Conventions (also written into the inspect JSON, see `CONVENTIONS`):
   known to be free of arithmetic, which is different from "unknown".
 
 Op types are matched after normalisation through `CANONICAL_OP`, so Core ML
-names ("conv", "innerProduct", "batchnorm") share the ONNX formulas.
+names ("conv", "innerProduct", "batchnorm") and TFLite builtin operators
+("CONV_2D", "FULLY_CONNECTED") share the ONNX formulas.  TFLite ops whose
+weights are laid out differently (depthwise [1,KH,KW,C], transposed conv with
+the output shape as first input, fully connected [units, K], batch matmul with
+adjoint flags) have formulas of their own (`_tflite_macs`).  Graphs marked
+`channels_last` (TFLite NHWC) have their spatial axes at 1..rank-2.
 """
 from __future__ import annotations
 
@@ -58,6 +63,39 @@ CANONICAL_OP = {
     "flattenTo2D": "Flatten", "permute": "Transpose", "reorganizeData": "DepthToSpace",
     "loadConstant": "Constant", "loadConstantND": "Constant", "const": "Constant",
 }
+
+# TFLite builtin operators (and mediapipe's custom ones) -> the ONNX op type whose formula applies.
+TFLITE_OPS = {
+    "CONV_2D": "Conv", "DEPTHWISE_CONV_2D": "Conv", "CONV_3D": "Conv", "TRANSPOSE_CONV": "ConvTranspose",
+    "Convolution2DTransposeBias": "ConvTranspose", "FULLY_CONNECTED": "Gemm", "BATCH_MATMUL": "MatMul",
+    "ADD": "Add", "ADD_N": "Sum", "SUB": "Sub", "MUL": "Mul", "DIV": "Div", "FLOOR_DIV": "Div",
+    "MAXIMUM": "Max", "MINIMUM": "Min", "POW": "Pow", "SQUARE": "Mul", "SQUARED_DIFFERENCE": "Sub",
+    "RELU": "Relu", "RELU6": "Clip", "RELU_N1_TO_1": "Clip", "RELU_0_TO_1": "Clip", "LOGISTIC": "Sigmoid",
+    "TANH": "Tanh", "HARD_SWISH": "HardSwish", "PRELU": "PRelu", "LEAKY_RELU": "LeakyRelu", "ELU": "Elu",
+    "GELU": "Gelu", "EXP": "Exp", "LOG": "Log", "SQRT": "Sqrt", "RSQRT": "Sqrt", "ABS": "Abs", "NEG": "Neg",
+    "SIN": "Sin", "COS": "Cos", "FLOOR": "Floor", "CEIL": "Ceil", "ROUND": "Round", "SIGN": "Sign",
+    "EQUAL": "Equal", "NOT_EQUAL": "Equal", "GREATER": "Greater", "LESS": "Less",
+    "GREATER_EQUAL": "GreaterOrEqual", "LESS_EQUAL": "LessOrEqual", "LOGICAL_AND": "And",
+    "LOGICAL_OR": "Or", "LOGICAL_NOT": "Not", "SELECT": "Where", "SELECT_V2": "Where",
+    "DEQUANTIZE": "DequantizeLinear", "QUANTIZE": "QuantizeLinear",
+    "SOFTMAX": "Softmax", "LOG_SOFTMAX": "LogSoftmax", "L2_NORMALIZATION": "LpNormalization",
+    "MEAN": "ReduceMean", "SUM": "ReduceSum", "REDUCE_MAX": "ReduceMax", "REDUCE_MIN": "ReduceMin",
+    "REDUCE_PROD": "ReduceProd", "ARG_MAX": "ArgMax", "ARG_MIN": "ArgMin",
+    "MAX_POOL_2D": "MaxPool", "AVERAGE_POOL_2D": "AveragePool", "L2_POOL_2D": "LpPool",
+    "MaxPoolingWithArgmax2D": "MaxPool", "MaxUnpooling2D": "Upsample",
+    "RESIZE_BILINEAR": "Resize", "RESIZE_NEAREST_NEIGHBOR": "Upsample", "DEPTH_TO_SPACE": "DepthToSpace",
+    "SPACE_TO_DEPTH": "SpaceToDepth", "RESHAPE": "Reshape", "SQUEEZE": "Squeeze", "EXPAND_DIMS": "Unsqueeze",
+    "TRANSPOSE": "Transpose", "CONCATENATION": "Concat", "PACK": "Concat", "UNPACK": "Split",
+    "SPLIT": "Split", "SPLIT_V": "Split", "SLICE": "Slice", "STRIDED_SLICE": "Slice", "GATHER": "Gather",
+    "GATHER_ND": "GatherND", "SCATTER_ND": "ScatterND", "PAD": "Pad", "PADV2": "Pad", "MIRROR_PAD": "Pad",
+    "CAST": "Cast", "TILE": "Tile", "BROADCAST_TO": "Expand", "SHAPE": "Shape", "FILL": "Expand",
+    "ZEROS_LIKE": "Identity", "ONES_LIKE": "Identity", "RANGE": "Range", "ONE_HOT": "OneHot",
+    "REVERSE_V2": "Identity", "TOPK_V2": "TopK", "WHILE": "Loop", "IF": "If", "CALL_ONCE": "If",
+}
+# The ONNX input positions in ARGUMENT_INPUTS hold for TFLite too, except the transposed conv's
+# first input (the output shape): listed here by TFLite name.
+TFLITE_ARGUMENT_INPUTS = {"TRANSPOSE_CONV": {0}, "FULLY_CONNECTED": set(), "CONCATENATION": set()}
+CANONICAL_OP.update(TFLITE_OPS)
 
 # Per-element operation counts of elementwise ops (approximate, for ranking).
 ELEMENTWISE_FLOPS = {
@@ -139,7 +177,10 @@ def node_cost(node: Node, graph: Graph) -> Cost:
     out0 = out_types[0] if out_types else None
     out_elements = _elements(out0)
     if op in MAC_OPS:
-        macs = _mac_count(op, node, in_types, out_types)
+        if node.op_type in _TFLITE_MAC_OPS:
+            macs = _tflite_macs(node.op_type, node, in_types, out_types)
+        else:
+            macs = _mac_count(op, node, in_types, out_types)
         return Cost(macs, None if macs is None else 2 * macs)
     if op in DATA_MOVEMENT:
         return Cost(0, 0)
@@ -159,13 +200,17 @@ def node_cost(node: Node, graph: Graph) -> Cost:
         return UNKNOWN if in_elements is None else Cost(0, in_elements)
     if op in POOLING:
         kernel = node.attributes.get("kernel_shape") or node.attributes.get("kernel_sizes")
+        if not kernel and "filterHeight" in node.attributes:  # TFLite Pool2DOptions
+            kernel = (node.attributes["filterHeight"], node.attributes["filterWidth"])
+        elif not kernel and "filter_height" in node.attributes:  # mediapipe's pooling custom ops
+            kernel = (node.attributes["filter_height"], node.attributes["filter_width"])
         if out_elements is None or not kernel:
             return UNKNOWN
         return Cost(0, out_elements * prod(int(k) for k in kernel))  # type: ignore[union-attr]
     if op in ("Resize", "Upsample"):
         if out_elements is None:
             return UNKNOWN
-        mode = str(node.attributes.get("mode", "nearest"))
+        mode = str(node.attributes.get("mode", "linear" if node.op_type == "RESIZE_BILINEAR" else "nearest"))
         per_element = {"nearest": 0, "linear": 7, "bilinear": 7, "cubic": 31}.get(mode, 7)
         return Cost(0, per_element * out_elements)
     if op == "LRN":
@@ -213,6 +258,43 @@ def _mac_count(op: str, node: Node, in_types, out_types) -> Optional[int]:
     return None
 
 
+_TFLITE_MAC_OPS = {"DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "Convolution2DTransposeBias", "FULLY_CONNECTED",
+                   "BATCH_MATMUL", "CONV_3D"}
+
+
+def _tflite_macs(op_type: str, node: Node, in_types, out_types) -> Optional[int]:
+    """MACs of TFLite ops whose weight layout differs from ONNX's (CONV_2D's [Cout,KH,KW,Cin]
+    fits the ONNX formula: outputs x KH*KW*Cin)."""
+    def shape(i: int) -> Optional[tuple[int, ...]]:
+        return _static_shape(in_types[i]) if len(in_types) > i else None
+
+    out = _static_shape(out_types[0]) if out_types else None
+    if out is None:
+        return None
+    if op_type == "DEPTHWISE_CONV_2D":  # weights [1, KH, KW, C*multiplier]: KH*KW per output
+        weight = shape(1)
+        return None if weight is None or len(weight) != 4 else prod(out) * weight[1] * weight[2]
+    if op_type in ("TRANSPOSE_CONV", "Convolution2DTransposeBias"):
+        # inputs: (output_shape, weights [Cout,KH,KW,Cin], input) or mediapipe's (input, weights, bias);
+        # every input element meets KH*KW*Cout weights
+        data, weight = (shape(2), shape(1)) if op_type == "TRANSPOSE_CONV" else (shape(0), shape(1))
+        if data is None or weight is None or len(weight) != 4:
+            return None
+        return prod(data) * weight[0] * weight[1] * weight[2]
+    if op_type == "FULLY_CONNECTED":  # weights [units, K]; the input is flattened to [-1, K]
+        weight = shape(1)
+        return None if weight is None or len(weight) != 2 else prod(out) * weight[1]
+    if op_type == "BATCH_MATMUL":
+        a = shape(0)
+        if a is None or len(a) < 2:
+            return None
+        return prod(out) * (a[-2] if node.attributes.get("adjX") else a[-1])
+    if op_type == "CONV_3D":  # weights [KD, KH, KW, Cin, Cout]
+        weight = shape(1)
+        return None if weight is None or len(weight) != 5 else prod(out) * prod(weight[:4])
+    return None
+
+
 def is_upsampling(node: Node, graph: Graph) -> bool:
     """True for ops that raise spatial resolution (ConvTranspose with stride > 1, Resize up, ...)."""
     op = canonical_op(node)
@@ -221,19 +303,23 @@ def is_upsampling(node: Node, graph: Graph) -> bool:
     inputs = [n for n in node.inputs if n]
     if not inputs or not node.outputs:
         return True
-    before = spatial_size(graph.value_type(inputs[0]))
-    after = spatial_size(graph.value_type(node.outputs[0]))
+    data = inputs[0]
+    if node.op_type == "TRANSPOSE_CONV" and len(node.inputs) > 2:
+        data = node.inputs[2]  # its first input is the output shape
+    before = spatial_size(graph.value_type(data), graph.channels_last)
+    after = spatial_size(graph.value_type(node.outputs[0]), graph.channels_last)
     if before is None or after is None:
         return True  # the op type alone says so
     return after > before
 
 
-def spatial_size(t: Optional[TensorType]) -> Optional[int]:
-    """H x W (x D) of an N,C,spatial... tensor; None when not a static rank-4/5 tensor."""
+def spatial_size(t: Optional[TensorType], channels_last: bool = False) -> Optional[int]:
+    """H x W (x D) of an N,C,spatial... tensor (N,spatial...,C when channels_last); None when not a
+    static rank-4/5 tensor."""
     shape = _static_shape(t)
     if shape is None or len(shape) not in (4, 5):
         return None
-    return prod(shape[2:])
+    return prod(shape[1:-1]) if channels_last else prod(shape[2:])
 
 
 def kernel_is_pointwise(node: Node, graph: Graph) -> bool:
@@ -243,11 +329,14 @@ def kernel_is_pointwise(node: Node, graph: Graph) -> bool:
     if len(node.inputs) > 1:
         weight = _static_shape(graph.value_type(node.inputs[1]))
         if weight is not None and len(weight) >= 3:
-            return all(k == 1 for k in weight[2:])
+            # ONNX [Cout, Cin, KH, KW]; TFLite [Cout, KH, KW, Cin]
+            return all(k == 1 for k in (weight[1:-1] if graph.channels_last else weight[2:]))
     return False
 
 
-def argument_inputs(op: str) -> set[int]:
+def argument_inputs(op: str, node: Optional[Node] = None) -> set[int]:
+    if node is not None and node.op_type in TFLITE_ARGUMENT_INPUTS:
+        return TFLITE_ARGUMENT_INPUTS[node.op_type]
     return ARGUMENT_INPUTS.get(op, set())
 
 

@@ -1,4 +1,4 @@
-"""Finding agents: typed addresses, mDNS on the local network, iPhones connected by USB.
+"""Finding agents: typed addresses, mDNS on the local network, iPhones connected by USB, Android phones over adb.
 
 `discover()` returns entries (one per agent or device) and notes (one line per
 source that could not be searched, saying why and what to do).  It never
@@ -341,8 +341,15 @@ async def _maybe_await(value):
 # ============================================================================ all sources
 
 def discover(addresses: Sequence[str] = (), token: Optional[str] = None, mdns: bool = True, usb: bool = True,
-             timeout: float = 1.5, agent_port: int = P.DEFAULT_PORT) -> DeviceList:
+             timeout: float = 1.5, agent_port: int = P.DEFAULT_PORT, android: bool = True) -> DeviceList:
     result = DeviceList()
+    if android:  # phones over adb (engine.bridge.android): targets of this computer, android:SERIAL
+        from engine.bridge.android import list_android_phones
+        phones, notes = list_android_phones()
+        result.entries += [{"source": "android", "address": f"android:{phone['serial']}", "device": phone,
+                            "status": "ok" if phone["ready"] else phone["state"],
+                            **({"detail": phone["detail"]} if phone.get("detail") else {})} for phone in phones]
+        result.notes += notes
     for address in addresses:
         result.entries.append(probe_agent(address, token, timeout=max(timeout, 2.0)))
     if mdns:
@@ -375,7 +382,14 @@ def format_devices(result: DeviceList) -> str:
     for entry in result.entries:
         device = entry.get("device") or {}
         name = device.get("name") or entry.get("name") or "?"
-        if entry["source"] == "iphone":
+        if entry["source"] == "android":
+            version = f"Android {device['android_version']}" if device.get("android_version") else ""
+            facts = ", ".join(f for f in (device.get("soc"), version, device.get("abi")) if f)
+            lines.append(f"android  {device.get('model') or entry['address']}  ({facts or device.get('state', '?')})  "
+                         f"{entry['address']}")
+            lines.append("         LiteRT benchmark_model: " + (entry.get("detail") or
+                                                                 "ready; --android-delegates cpu,xnnpack,gpu"))
+        elif entry["source"] == "iphone":
             version = f"{device.get('os', 'iOS')} {device.get('os_version', '')}".strip()
             lines.append(f"iphone   {name}  ({device.get('model') or device.get('hardware_model') or 'iPhone'}, "
                          f"{version})  {entry['address']}")

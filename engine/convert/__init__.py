@@ -324,14 +324,14 @@ def _collect_blockers(source, image_inputs: Mapping[str, ImageInput], evaluate_c
                                                                "(flexible input shapes): it would be computed at "
                                                                "run time, which is not supported"))
             continue
-        if node.domain not in ("", "ai.onnx"):
+        definition = ops.lookup(node)
+        if definition is None and node.domain not in ("", "ai.onnx"):
             blockers.append(Blocker(node.id, node.op_type, f"custom op of domain '{node.domain}' has no Core ML "
                                                            "translation"))
             continue
         if node.op_type in ops.FOLD_ONLY:
             blockers.append(Blocker(node.id, node.op_type, ops.FOLD_ONLY[node.op_type]))
             continue
-        definition = ops.OPS.get(node.op_type)
         if definition is None:
             blockers.append(Blocker(node.id, node.op_type, "no Core ML translation for this op"))
             continue
@@ -400,8 +400,8 @@ def report_blockers(model_path: str | os.PathLike,
     if any(b.needs_option for b in blockers):
         # Input sizes still free: checks that need sizes say "not known statically" everywhere;
         # only ops Core ML cannot run at any size are certain.
-        blockers = [b for b in blockers if not b.op_type.startswith("(") and b.op_type not in ops.OPS
-                    and b.op_type not in ops.FOLD_ONLY]
+        blockers = [b for b in blockers if not b.op_type.startswith("(") and b.op_type not in ops.FOLD_ONLY
+                    and not any(b.op_type in table for table in ops.DOMAIN_OPS.values())]
     return [{"node_id": b.node_id, "op_type": b.op_type, "reason": b.reason}
             for b in blockers if not b.needs_option and b.op_type != "(option)"]
 
@@ -431,7 +431,8 @@ def convert(model_path: str | os.PathLike, output_path: str | os.PathLike, *, pr
             target: str = DEFAULT_TARGET, input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
             image_inputs: Optional[Mapping[str, ImageInput]] = None, optimize: str = "exact",
             flexible_shapes: Optional[Mapping[str, FlexibleShape]] = None,
-            progress: Optional[Callable[[str], None]] = None, value_checks: bool = True) -> ConversionResult:
+            progress: Optional[Callable[[str], None]] = None, value_checks: bool = True,
+            kv_state: bool = False) -> ConversionResult:
     """Convert an ONNX model to an ML Program package and write its layer map beside it.
 
     precision: "fp16" (Core ML's default) or "fp32".  target: minimum deployment target
@@ -441,7 +442,9 @@ def convert(model_path: str | os.PathLike, output_path: str | os.PathLike, *, pr
     "exact" (default; no cross-node fusion, one source node per MIL op) or "default"
     (coremltools' full pipeline; fused nodes are recorded in the map).  value_checks: compare the
     package's weights with the source's and run it on the MIL reference evaluator against ONNX
-    Runtime (engine/convert/values.py; False leaves those checks "not run").
+    Runtime (engine/convert/values.py; False leaves those checks "not run").  kv_state: hold
+    the KV cache (past_key... inputs with their present_key... outputs) as Core ML state
+    (iOS18 or later targets; engine/convert/kv_state.py says what one call then computes).
 
     Raises ConversionError listing every problem (nothing is written then) and
     engine.ir.ModelLoadError for files that cannot be read.
@@ -484,6 +487,15 @@ def convert(model_path: str | os.PathLike, output_path: str | os.PathLike, *, pr
     compute_count = sum(1 for n in source.order if n.id not in source.folded)
     report(f"checking {compute_count} compute nodes ({len(source.folded)} constant nodes to fold)")
     blockers = _collect_blockers(source, image_inputs)
+    kv_pairs = []
+    if kv_state:
+        from engine.convert import kv_state as kv_state_module
+        blockers += [Blocker("kv_state", "(option)", f"--kv-state: {problem}")
+                     for problem in kv_state_module.option_problems(source.graph, target)]
+        kv_pairs = kv_state_module.find_pairs(source.graph)
+        blockers += [Blocker(pair.past, "(option)", "--kv-state: a flexible shape on a KV cache input; "
+                                                     "Core ML states have fixed shapes")
+                     for pair in kv_pairs if pair.past in flexible]
     if blockers:
         raise ConversionError(str(model_path), blockers)
     timings["check_and_fold"] = time.perf_counter() - mark
@@ -493,7 +505,7 @@ def convert(model_path: str | os.PathLike, output_path: str | os.PathLike, *, pr
         # optimize="default" is coremltools' own flow: fp32 program, its passes, then its fp16 pass
         # (some of its fusions assume fp32 operands).  "exact" builds in the final precision.
         build_precision = precision if optimize == "exact" else "fp32"
-        built = builder.build_program(source, target, build_precision, report)
+        built = builder.build_program(source, target, build_precision, report, kv_pairs=kv_pairs)
     except Exception as exc:  # a translation failing on a case its check allowed: name the node
         raise ConversionError(str(model_path), [_build_failure(exc, source)],
                               headline="the converter failed on a node it accepted") from exc
@@ -504,7 +516,8 @@ def convert(model_path: str | os.PathLike, output_path: str | os.PathLike, *, pr
     for probe in probes:
         report(f"checking the program at input shape {', '.join(f'{n}={list(v)}' for n, v in probe[0].items())}")
         try:
-            probe_check = builder.build_program(source, target, build_precision, None, probe=probe).shape_check
+            probe_check = builder.build_program(source, target, build_precision, None, probe=probe,
+                                                kv_pairs=kv_pairs).shape_check
         except Exception as exc:
             raise ConversionError(str(model_path), [_build_failure(exc, source)],
                                   headline=f"the converter failed at input shape {probe[0]}") from exc
@@ -567,11 +580,14 @@ def convert(model_path: str | os.PathLike, output_path: str | os.PathLike, *, pr
                    "input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()},
                    "flexible_shapes": {k: v.as_dict() for k, v in flexible.items()},
                    "image_inputs": {k: {"scale": v.scale, "bias": list(v.bias), "color_layout": v.color_layout}
-                                    for k, v in image_inputs.items()}}
+                                    for k, v in image_inputs.items()},
+                   "kv_state": kv_state}
         owner = attribute_ops(coreml_model.main_graph, built.op_source, built.names.node_of_prefix)
         layer_map = build_layer_map(source=source, built=built, coreml_graph=coreml_model.main_graph,
                                     optimize=optimize, options=options, package_name=package_path.name,
                                     source_sha256=source_sha256)
+        if built.states:
+            layer_map["kv_state"] = [pair.as_dict(name) for name, pair in built.states.items()]
         program = None
         if value_checks:
             from engine.convert.mil_reference import load_program

@@ -21,7 +21,7 @@ import io
 import logging
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -79,6 +79,8 @@ class BuiltProgram:
     # (node id, ONNX value, MIL var) of every node result; the vars' names after coremltools'
     # passes tie ONNX tensors to the saved program's (engine.convert.values.tensor_map).
     tensor_vars: list = field(default_factory=list)
+    # KV cache pairs held as Core ML state (engine/convert/kv_state.py): state name -> pair.
+    states: dict = field(default_factory=dict)
 
 
 class BuildState:
@@ -94,6 +96,7 @@ class BuildState:
         # Source parameter elements that became scalar op arguments (PRelu with one slope ->
         # leaky_relu's alpha): analysis does not count scalars, so the totals differ by these.
         self.scalarized_parameters = 0
+        self.kv_bindings: list = []  # engine.convert.kv_state.StateBinding per KV pair held as state
 
     def var(self, value_name: str):
         if value_name not in self.vars:
@@ -145,15 +148,17 @@ def mil_dtype_name(var) -> str:
 
 def build_program(source: SourceModel, target_name: str, precision: str = "fp16",
                   progress: Optional[Callable[[str], None]] = None,
-                  probe: Optional[tuple[dict, Graph]] = None) -> BuiltProgram:
+                  probe: Optional[tuple[dict, Graph]] = None, kv_pairs: Sequence = ()) -> BuiltProgram:
     """The MIL program of `source`, its shapes checked against ONNX's.
 
     Flexible inputs get symbolic sizes on their varying axes.  `probe` = (input shapes, our
     IR's graph at those shapes) builds a throw-away program with those inputs fixed instead
     (the translations still take the flexible-shape forms), checked against that graph: MIL
     gives the outputs of symbolic sizes fresh symbols rather than expressions, so the check
-    of a flexible program at a given size is a build at that size.
+    of a flexible program at a given size is a build at that size.  `kv_pairs`
+    (engine.convert.kv_state.KVPair) become Core ML states instead of inputs and outputs.
     """
+    from engine.convert import kv_state
     ops.bind_builder()
     mb = ops.mb
     from coremltools.converters.mil.mil import Function, Program, get_new_symbol, types
@@ -161,8 +166,10 @@ def build_program(source: SourceModel, target_name: str, precision: str = "fp16"
     target = mil_target(target_name)
     graph = source.graph
     names = NameTable()
-    input_names = {name: names.reserve(name) for name in graph.inputs}
-    output_names = {name: names.reserve(name) for name in graph.outputs}
+    held = {pair.past for pair in kv_pairs} | {pair.present for pair in kv_pairs}
+    input_names = {name: names.reserve(name) for name in graph.inputs if name not in held}
+    output_names = {name: names.reserve(name) for name in graph.outputs if name not in held}
+    state_names = {names.reserve(pair.present): pair for pair in kv_pairs}
     fp16 = precision == "fp16"
     state = BuildState(source, names, np.float16 if fp16 else np.float32)
     placeholders = {}
@@ -176,6 +183,8 @@ def build_program(source: SourceModel, target_name: str, precision: str = "fp16"
             for axis in sorted(source.flexible.get(onnx_name, ())):
                 shape[axis] = get_new_symbol()  # a size that varies at run time
         placeholders[mil_name] = mb.placeholder(shape=tuple(shape), dtype=dtype, name=mil_name)
+    for state_name, pair in state_names.items():  # Core ML states hold fp16 only
+        placeholders[state_name] = mb.state_tensor_placeholder(shape=pair.present_shape, dtype=types.fp16)
 
     compute = [n for n in source.order if n.id not in source.folded]
     op_source = state.op_source
@@ -191,18 +200,22 @@ def build_program(source: SourceModel, target_name: str, precision: str = "fp16"
                 # Core ML I/O stays fp32; "<input>__to_fp16" belongs to no source node.
                 var = mb.cast(x=var, dtype="fp16", name=f"{mil_name}__to_fp16")
             state.bind(onnx_name, var)
+        state.kv_bindings = [kv_state.StateBinding(pair, name, function.inputs[name])
+                             for name, pair in state_names.items()]
+        kv_state.read_states(state.kv_bindings, state.bind, "fp16" if fp16 else "fp32")
         for position, node in enumerate(compute, start=1):
             ctx = ops.NodeContext(node, source, state)
-            if node.op_type in ops.REMOVED_OPS:
+            if ops.is_removed(node):
                 state.bind(node.outputs[0], ctx.x(0) if not ctx.is_const(0) else None)
                 state.alias_of[node.outputs[0]] = node.id
                 removed[node.id] = f"{node.op_type} does nothing at inference"
             else:
-                ops.OPS[node.op_type].build(ctx)
+                ops.lookup(node).build(ctx)
                 state.built_tensors.extend((node.id, name, state.vars[name]) for name in node.outputs
                                            if name and name in state.vars)
             if progress and (position % step == 0 or position == len(compute)):
                 progress(f"built {position}/{len(compute)} ONNX nodes ({len(op_source)} MIL ops)")
+        kv_state.write_states(state.kv_bindings, state.var)
         outputs = []
         used_vars: set[int] = set()
         for onnx_name, mil_name in output_names.items():
@@ -233,7 +246,7 @@ def build_program(source: SourceModel, target_name: str, precision: str = "fp16"
         label = ", ".join(f"{name}={'x'.join(map(str, shape))}" for name, shape in probe[0].items())
         _compare_shapes(state, probe[1], shape_check, f" (input {label})", {})
     return BuiltProgram(program, names, op_source, input_names, output_names, removed, shape_check,
-                        state.scalarized_parameters, state.built_tensors)
+                        state.scalarized_parameters, state.built_tensors, state_names)
 
 
 def _compare_shapes(state: BuildState, graph, check: ShapeCheck, label: str,

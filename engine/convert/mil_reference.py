@@ -14,7 +14,8 @@ Where each op's meaning comes from -- never from our ONNX -> MIL translation
   (elementwise, activations, reshaping, matmul/linear, reductions, pad, concat, ...):
   that function, called with the run-time values bound to the op's inputs;
 - the ops without one (conv, conv_transpose, max_pool, avg_pool, batch_norm,
-  local_response_norm, upsample_nearest_neighbor, upsample_bilinear, resize_bilinear):
+  local_response_norm, upsample_nearest_neighbor, upsample_bilinear, resize_bilinear,
+  gather_nd, constexpr_blockwise_shift_scale):
   written below from the MIL op specification (the docstrings of
   coremltools/converters/mil/mil/ops/defs/iOS15..iOS17), each citing what it follows.
 
@@ -78,14 +79,20 @@ def output_names(program, function: str = "main") -> list[str]:
 
 
 def evaluate(program, inputs: Mapping[str, np.ndarray], *, keep: Optional[Collection[str]] = None,
-             function: str = "main") -> dict[str, np.ndarray]:
+             function: str = "main", states: Optional[Mapping[str, np.ndarray]] = None) -> dict[str, np.ndarray]:
     """Run `program` on `inputs` (by input name) and return its tensors by MIL var name.
 
     keep: names of tensors to return besides the function's outputs (None: every tensor,
     which holds all intermediates in memory at once; give the names you compare to let
     the others go as soon as their last consumer has run).  Constants are not returned
     (read them from the program: `var.val`).
+
+    states: the value of each Core ML state input (iOS18 `read_state` / `write_state`, which the
+    package loader gives as `coreml_update_state`) before the call; the result holds each
+    state's value after the call under the state's name.
     """
+    from coremltools.converters.mil.mil import types
+
     block = program.functions[function]
     operations = list(block.operations)
     wanted = None if keep is None else set(keep) | {var.name for var in block.outputs}
@@ -95,7 +102,15 @@ def evaluate(program, inputs: Mapping[str, np.ndarray], *, keep: Optional[Collec
             last_use[var.name] = index
 
     values: dict[str, np.ndarray] = {}
+    state_values: dict[str, np.ndarray] = {}
     for name, var in block.inputs.items():
+        if types.is_state(var.sym_type):
+            if states is None or name not in states:
+                raise KeyError(f"no value given for the program state '{name}' (states: "
+                               f"{', '.join(n for n, v in block.inputs.items() if types.is_state(v.sym_type))})")
+            wrapped = var.sym_type.wrapped_type()
+            state_values[name] = np.array(states[name], dtype=types.nptype_from_builtin(wrapped.get_primitive()))
+            continue
         if name not in inputs:
             raise KeyError(f"no value given for the program input '{name}' (inputs: {', '.join(block.inputs)})")
         values[name] = np.asarray(inputs[name]).astype(_numpy_dtype(var), copy=False).reshape(
@@ -103,15 +118,18 @@ def evaluate(program, inputs: Mapping[str, np.ndarray], *, keep: Optional[Collec
     # Overflow to inf and NaNs are results to compare (an fp16 program overflowing is a finding
     # of the value check), not warnings for the person converting.
     with np.errstate(all="ignore"):
-        return _evaluate_ops(operations, values, wanted, last_use)
+        result = _evaluate_ops(operations, values, wanted, last_use, state_values)
+    result.update(state_values)
+    return result
 
 
-def _evaluate_ops(operations, values: dict, wanted, last_use: Mapping[str, int]) -> dict[str, np.ndarray]:
+def _evaluate_ops(operations, values: dict, wanted, last_use: Mapping[str, int],
+                  state_values: dict) -> dict[str, np.ndarray]:
     for index, op in enumerate(operations):
         if op.op_type == "const":
             continue
         try:
-            results = _run_op(op, values)
+            results = _run_state_op(op, values, state_values) if op.op_type in _STATE_OPS else _run_op(op, values)
         except (UnsupportedOp, KeyError):
             raise
         except Exception as exc:  # numpy refusing the op's values: name the op
@@ -172,6 +190,20 @@ def _arguments(op, values: Mapping[str, np.ndarray]) -> dict:
     for name, value in op.inputs.items():
         args[name] = [value_of(v) for v in value] if isinstance(value, (list, tuple)) else value_of(value)
     return args
+
+
+_STATE_OPS = ("read_state", "coreml_update_state")
+
+
+def _run_state_op(op, values: Mapping[str, np.ndarray], state_values: dict) -> tuple:
+    """read_state (iOS18 states docstring): a copy of the state's content.  write_state, loaded
+    from a package as coreml_update_state (coreml dialect docstring): the value is copied into
+    the state and returned."""
+    if op.op_type == "read_state":
+        return (state_values[op.input.name].copy(),)
+    value = op.value.val if op.value.val is not None else values[op.value.name]
+    state_values[op.state.name] = np.array(value, dtype=state_values[op.state.name].dtype)
+    return (np.array(value),)
 
 
 def _run_op(op, values: Mapping[str, np.ndarray]) -> tuple:
@@ -514,6 +546,33 @@ def silu(args: dict) -> np.ndarray:
     return x / (np.float32(1) + np.exp(-x))
 
 
+def gather_nd(args: dict) -> np.ndarray:
+    """gather_nd (iOS15/iOS16 scatter_gather docstrings, tf.gather_nd): the last axis of
+    `indices` (depth K[-1]) addresses the axes of `x` after its first `batch_dims` axes, which
+    indices share with x; V = K[:-1] + D[batch_dims + K[-1]:]."""
+    x, indices = np.asarray(args["x"]), np.asarray(args["indices"]).astype(np.int64)
+    batch_dims = int(args.get("batch_dims") or 0)
+    depth = indices.shape[-1]
+    batches = int(np.prod(x.shape[:batch_dims], dtype=np.int64))
+    flat_x = x.reshape((batches,) + x.shape[batch_dims:])
+    flat_indices = indices.reshape((batches, -1, depth))
+    gathered = np.stack([part[tuple(where.T)] for part, where in zip(flat_x, flat_indices)])
+    return gathered.reshape(indices.shape[:-1] + x.shape[batch_dims + depth:])
+
+
+def constexpr_blockwise_shift_scale(args: dict) -> np.ndarray:
+    """constexpr_blockwise_shift_scale (iOS18 compression docstring): output = scale * (data - offset),
+    each scale/offset entry covering a block of data.shape[i] / scale.shape[i] along every axis."""
+    data = np.asarray(args["data"]).astype(np.float32)
+    scale = np.asarray(args["scale"], np.float32)
+    offset = args.get("offset")
+    offset = np.zeros_like(scale) if offset is None else np.asarray(offset).astype(np.float32)
+    for axis, (size, blocks) in enumerate(zip(data.shape, scale.shape)):
+        scale = np.repeat(scale, size // blocks, axis)
+        offset = np.repeat(offset, size // blocks, axis)
+    return scale * (data - offset)
+
+
 # -- depth <-> space (issue 17, corpus coverage).  The iOS15 docstrings give the shapes only;
 # the element order is PyTorch's for pixel_shuffle (its docstring's reference) and TensorFlow's
 # for depth_to_space / space_to_depth: coremltools' TF frontend maps tf.nn.depth_to_space and
@@ -556,7 +615,8 @@ SPEC_OPS: dict[str, Callable[[dict], np.ndarray]] = {
     "conv": conv, "conv_transpose": conv_transpose, "max_pool": max_pool, "avg_pool": avg_pool,
     "batch_norm": batch_norm, "local_response_norm": local_response_norm,
     "upsample_nearest_neighbor": upsample_nearest_neighbor, "upsample_bilinear": upsample_bilinear,
-    "resize_bilinear": resize_bilinear, "silu": silu,
+    "resize_bilinear": resize_bilinear, "silu": silu, "gather_nd": gather_nd,
+    "constexpr_blockwise_shift_scale": constexpr_blockwise_shift_scale,
     "depth_to_space": depth_to_space, "pixel_shuffle": pixel_shuffle, "space_to_depth": space_to_depth,
     "pixel_unshuffle": pixel_unshuffle,
 }

@@ -201,7 +201,11 @@ class OpDef:
     check: Callable[[NodeContext], list[str]]
 
 
+# Translations by ONNX domain, then op type.  The domain matters: ONNX Runtime's contrib ops
+# (com.microsoft) reuse names of standard ops with other inputs and meanings (Attention,
+# RotaryEmbedding, Gelu, ...).  OPS is the default domain's table ("" and "ai.onnx").
 OPS: dict[str, OpDef] = {}
+DOMAIN_OPS: dict[str, dict[str, OpDef]] = {"": OPS}
 # Ops that produce no MIL op: their output is their (first) input.
 REMOVED_OPS = {"Identity", "Dropout"}
 
@@ -210,12 +214,27 @@ def _no_problems(ctx: NodeContext) -> list[str]:
     return []
 
 
-def op(*names: str, check: Callable[[NodeContext], list[str]] = _no_problems):
+def _domain_key(domain: str) -> str:
+    return "" if domain in ("", "ai.onnx") else domain
+
+
+def op(*names: str, check: Callable[[NodeContext], list[str]] = _no_problems, domain: str = ""):
     def register(build):
+        table = DOMAIN_OPS.setdefault(_domain_key(domain), {})
         for op_name in names:
-            OPS[op_name] = OpDef(build, check)
+            table[op_name] = OpDef(build, check)
         return build
     return register
+
+
+def lookup(node: Node) -> Optional[OpDef]:
+    """The translation of this node's op in its domain (None when there is none)."""
+    return DOMAIN_OPS.get(_domain_key(node.domain), {}).get(node.op_type)
+
+
+def is_removed(node: Node) -> bool:
+    """An Identity/Dropout of the default domain: no MIL op, its output is its input."""
+    return node.op_type in REMOVED_OPS and _domain_key(node.domain) == ""
 
 
 # ----------------------------------------------------------------------------- shared checks
@@ -1438,6 +1457,13 @@ def _check_rms_norm(ctx: NodeContext) -> list[str]:
 
 @op("RMSNormalization", check=_check_rms_norm)
 def rms_normalization(ctx: NodeContext) -> None:
+    rank = len(ctx.in_shape(0))
+    axes = list(range(int(ctx.attr("axis", -1)) % rank, rank))
+    scale = ctx.x(1) if ctx.has_input(1) else None
+    ctx.set_output(0, rms_normalize(ctx, ctx.x(0), axes, ctx.attr("epsilon", 1e-5), scale))
+
+
+def rms_normalize(ctx: NodeContext, x, axes: list[int], epsilon: float, scale=None):
     """x / sqrt(mean(x^2) + eps) * scale, computed on x scaled by its largest magnitude first.
 
     The scaling is coremltools' own RMSNorm lowering (torch frontend `rms_norm`): x^2 of
@@ -1445,24 +1471,22 @@ def rms_normalization(ctx: NodeContext) -> None:
     epsilon is added to the mean of the *scaled* squares, i.e. it weighs max|x|^2 times what
     ONNX gives it: the same result wherever epsilon is small against mean(x^2).  The largest
     magnitude is kept at least 1e-6 so that an all-zero row stays zero instead of 0/0.
+    The last op is named after the node (shared by RMSNormalization and the com.microsoft
+    (Skip)SimplifiedLayerNormalization, engine/convert/ops_contrib.py).
     """
-    x = ctx.x(0)
-    rank = len(ctx.in_shape(0))
-    axes = list(range(int(ctx.attr("axis", -1)) % rank, rank))
     largest = mb.reduce_max(x=mb.abs(x=x, name=ctx.name("abs")), axes=axes, keep_dims=True,
                             name=ctx.name("max_abs"))
     largest = mb.maximum(x=largest, y=ctx.float(1e-6), name=ctx.name("max_abs_floor"))
     scaled = mb.real_div(x=x, y=largest, name=ctx.name("scaled"))
     mean_square = mb.reduce_mean(x=mb.square(x=scaled, name=ctx.name("square")), axes=axes, keep_dims=True,
                                  name=ctx.name("mean_square"))
-    rms = mb.sqrt(x=mb.add(x=mean_square, y=ctx.float(ctx.attr("epsilon", 1e-5)), name=ctx.name("add_eps")),
+    rms = mb.sqrt(x=mb.add(x=mean_square, y=ctx.float(epsilon), name=ctx.name("add_eps")),
                   name=ctx.name("rms_scaled"))
     rms = mb.mul(x=rms, y=largest, name=ctx.name("rms"))
-    if ctx.has_input(1):
-        normalized = mb.real_div(x=x, y=rms, name=ctx.name("normalized"))
-        ctx.set_output(0, mb.mul(x=normalized, y=ctx.x(1), name=ctx.name()))
-    else:
-        ctx.set_output(0, mb.real_div(x=x, y=rms, name=ctx.name()))
+    if scale is None:
+        return mb.real_div(x=x, y=rms, name=ctx.name())
+    normalized = mb.real_div(x=x, y=rms, name=ctx.name("normalized"))
+    return mb.mul(x=normalized, y=scale, name=ctx.name())
 
 
 def _check_where(ctx: NodeContext) -> list[str]:
@@ -1665,9 +1689,15 @@ def flexible_problems(ctx: NodeContext) -> list[str]:
 
 
 def supported_op_types() -> list[str]:
-    return sorted(set(OPS) | set(FOLD_ONLY))
+    """Default-domain op types, then the other domains' as "domain.OpType" (com.microsoft.GroupQueryAttention)."""
+    others = [f"{domain}.{name}" for domain, table in DOMAIN_OPS.items() if domain for name in table]
+    return sorted(set(OPS) | set(FOLD_ONLY)) + sorted(others)
 
 
+# Translations kept in their own modules register themselves through `op` (imported last: they use
+# this module): Attention, GatherElements and GatherND; the ONNX Runtime contrib ops.
+from engine.convert import ops_attention  # noqa: E402,F401
+from engine.convert import ops_contrib  # noqa: E402,F401
 # General ops for corpus coverage (arg reductions, normalisations with statistics, more unary
-# maths) live in their own module; importing it registers them through `op`.
+# maths, Lp pooling, depth <-> space).
 from engine.convert import ops_general  # noqa: E402,F401

@@ -186,7 +186,8 @@ def _refine_shapes(path: Path, proto: onnx.ModelProto, source: SourceModel) -> O
     Unsqueeze, ...): a shape that an export computes through Where, Equal, ConstantOfShape or
     Range stays unknown, and so does everything after the Expand or Reshape that uses it.
     Here the folded values are known, so they are given to shape inference as constants (on a
-    copy, where each compute node reads them from an initializer of their own), and the shapes
+    copy, where each compute node reads them from an initializer of their own, and contrib ops are
+    replaced by standard ops of the same output shapes), and the shapes
     it finds are kept as the tensors' stored shapes of a second copy that has the original
     nodes, names and ids: the layer map stays keyed by the original graph.
     """
@@ -207,9 +208,13 @@ def _refine_shapes(path: Path, proto: onnx.ModelProto, source: SourceModel) -> O
                     continue
                 if value.size <= _SHAPE_VALUE_ELEMENTS:
                     values[name] = value
-    if not values:
-        return None
     probe = _copy_at_input_shapes(proto, graph)
+    # ONNX Runtime's contrib ops are unknown to ONNX shape inference: standard ops with the same
+    # output shapes stand in for them on this copy (engine/convert/ops_contrib.py).
+    from engine.convert.ops_contrib import replace_with_standins
+
+    if not replace_with_standins(probe) and not values:
+        return None
     for node in probe.graph.node:
         for index, name in enumerate(node.input):
             if name in values:

@@ -319,6 +319,15 @@ def _largest(array: np.ndarray) -> float:
     return float(finite.max()) if finite.size else 0.0
 
 
+def _initial_state(past: np.ndarray, entry: Mapping) -> np.ndarray:
+    """The state's tensor before a call: the past in its first positions on the sequence axis, zeros after."""
+    state = np.zeros(entry["shape"], dtype=np.float16)
+    where = [slice(None)] * state.ndim
+    where[entry["axis"]] = slice(0, past.shape[entry["axis"]])
+    state[tuple(where)] = past
+    return state
+
+
 def values_check(program, layer_map: Mapping, source, precision: str, image_inputs: Mapping,
                  tensors: Mapping[str, str]) -> dict:
     """Outputs and mapped intermediates: MIL reference evaluator against ONNX Runtime (or the onnx
@@ -327,22 +336,29 @@ def values_check(program, layer_map: Mapping, source, precision: str, image_inpu
 
     tolerance = TOLERANCE[precision]
     onnx_feed, program_feed = seeded_inputs(source, image_inputs)
-    program_feed = {layer_map["inputs"][name]: value for name, value in program_feed.items()}
+    # A KV cache held as Core ML state (engine/convert/kv_state.py): the state starts with the
+    # past in its first positions and its value after the call is compared with ONNX's present,
+    # at fp16's tolerance (Core ML states hold fp16).
+    held = {entry["past_input"]: entry for entry in layer_map.get("kv_state", ())}
+    states = {entry["state"]: _initial_state(onnx_feed[past], entry) for past, entry in held.items()}
+    program_feed = {layer_map["inputs"][name]: value for name, value in program_feed.items() if name not in held}
     outputs = dict(layer_map["outputs"])  # ONNX output -> MIL output
+    state_outputs = {entry["present_output"]: entry["state"] for entry in held.values()}
     compared = {**{name: mil for name, mil in tensors.items()}, **outputs}
     try:
-        actual = evaluate(program, program_feed, keep=set(compared.values()))
+        actual = evaluate(program, program_feed, keep=set(compared.values()), states=states or None)
     except UnsupportedOp as exc:
         return _check(NOT_RUN, f"the MIL reference evaluator cannot run {exc}", tolerance=tolerance)
     except EvaluationError as exc:
         node = layer_map.get("mil_ops", {}).get(exc.op_name, {}).get("source") or "(no source node)"
         return _check(FAILED, f"the program fails on the MIL reference evaluator at {node}: {exc}",
                       tolerance=tolerance, first_departure={"node": node, "mil": exc.op_name})
-    expected, reference = reference_tensors(source, onnx_feed, list(compared))
+    expected, reference = reference_tensors(source, onnx_feed, list(compared) + list(state_outputs))
 
     per_output = {}
     for onnx_name, mil_name in outputs.items():
         per_output[onnx_name] = compare(expected[onnx_name], actual[mil_name])
+    state_errors = {onnx_name: compare(expected[onnx_name], actual[state]) for onnx_name, state in state_outputs.items()}
     layers, first = [], None
     for node in source.order:
         for onnx_name in node.outputs:
@@ -363,6 +379,15 @@ def values_check(program, layer_map: Mapping, source, precision: str, image_inpu
            "seeded random inputs")
     numbers = dict(tolerance=tolerance, reference=reference, outputs=per_output, layers=layers, first_departure=first,
                    compared_tensors=len(layers))
+    if state_errors:
+        numbers["states"] = state_errors
+        worst_state = max(e["max_rel_error"] for e in state_errors.values())
+        if worst_state > TOLERANCE["fp16"]:
+            return _check(FAILED, f"the KV cache state after the call differs from {reference}'s present outputs: "
+                                  f"max rel error {worst_state:.3g} > tolerance {TOLERANCE['fp16']:g} (fp16 state)",
+                          **numbers)
+        how += (f"; KV cache states after the call within {worst_state:.2g} of the present outputs "
+                f"(fp16 states, tolerance {TOLERANCE['fp16']:g})")
     if first is not None or worst_output > tolerance:
         where = first or {"node": "(output)", "op_type": "", "max_abs_error": worst_abs,
                           "max_rel_error": worst_output}

@@ -11,8 +11,8 @@
   no source node.
 - weight_bytes: fp16 stores half the bytes of the fp32 source, fp32 the same.
 - layer_map: every source compute node has MIL ops (or is listed as removed or
-  fused) and every MIL op has a source node, except input/output casts and
-  image preprocessing.
+  fused) and every MIL op has a source node, except input/output casts, KV cache
+  state reads/writes and image preprocessing.
 - weights: every weight of the saved package equals its ONNX source constant
   (engine/convert/values.py).
 - values: the saved program run on the MIL reference evaluator against ONNX Runtime,
@@ -42,11 +42,21 @@ def _check(status: str, detail: str, **numbers) -> dict:
     return {"status": status, "detail": detail, **numbers}
 
 
-def compute_layer_count(model: Model) -> int:
-    """Conv, ConvTranspose, Gemm/linear and MatMul nodes that run (constant ones excluded)."""
+# ONNX Runtime's MatMulNBits is a linear layer (its translation is one matmul on dequantized
+# weights); the contrib attentions, like Attention, are not: their matmuls are inner ops.
+_CONTRIB_LAYERS = {("com.microsoft", "MatMulNBits")}
+
+
+def _is_layer(node) -> bool:
+    return costs.canonical_op(node) in _LAYER_OPS or (node.domain, node.op_type) in _CONTRIB_LAYERS
+
+
+def compute_layer_count(model: Model, skip=lambda node: False) -> int:
+    """Conv, ConvTranspose, Gemm/linear, MatMul (and MatMulNBits) nodes that run (constant ones
+    excluded), less those `skip(node)` leaves out."""
     analysis = analyze(model)
     return sum(1 for m in analysis.compute_nodes()
-               if costs.canonical_op(analysis.graph.node(m.node_id)) in _LAYER_OPS)
+               if _is_layer(analysis.graph.node(m.node_id)) and not skip(analysis.graph.node(m.node_id)))
 
 
 def program_weights(model: Model, attributed: Optional[Mapping[str, Optional[str]]] = None) -> tuple[int, int]:
@@ -134,8 +144,16 @@ def run_checks(*, source, built, coreml_model: Model, layer_map: Mapping, owner:
     checks["reimport"] = _check(PASSED, f"opens as {coreml_model.format} with {len(graph.nodes)} ops "
                                         "(importers.coreml)", ops=len(graph.nodes))
     source_layers = compute_layer_count(source.model)
-    package_layers = compute_layer_count(coreml_model)
+
+    def decomposed(node) -> bool:  # a matmul of another op's translation (Attention's Q K^T and P V)
+        node_id = owner.get(node.name or node.id)
+        return node_id is not None and not _is_layer(source.graph.node(node_id))
+
+    package_layers = compute_layer_count(coreml_model, skip=decomposed)
+    inner = compute_layer_count(coreml_model) - package_layers
     detail = f"{package_layers} conv/linear/matmul ops for {source_layers} Conv/ConvTranspose/Gemm/MatMul nodes"
+    if inner:
+        detail += f" ({inner} more inside the translations of other ops, e.g. Attention)"
     if source_layers == package_layers:
         checks["compute_layers"] = _check(PASSED, detail, source=source_layers, package=package_layers)
     elif optimize != "exact":
@@ -224,10 +242,13 @@ def value_check_results(source, built, program, layer_map: Mapping, precision: s
 
 
 def _is_plumbing(name: str, layer_map: Mapping) -> bool:
-    """Input/output casts and image preprocessing: ops that belong to no source node by design."""
+    """Input/output casts, KV cache state reads and writes (the program's I/O when the cache is
+    held as state) and image preprocessing: ops that belong to no source node by design."""
     info = layer_map["mil_ops"].get(name, {})
-    if info.get("type") == "cast":
+    if info.get("type") in ("cast", "read_state", "write_state", "coreml_update_state"):
         return True
+    if any(name.startswith(f"{entry['state']}__") for entry in layer_map.get("kv_state", ())):
+        return True  # the past taken from a state's tensor (engine/convert/kv_state.py)
     return name.endswith("__scaled__") or name.endswith("__biased__") or name.endswith("__scalar")
 
 

@@ -75,7 +75,7 @@ def chrome_trace(profile: "Profile", max_runs: int = 10) -> dict:
                        "args": {"nodes": list(group.node_ids), "p10_ms": group.time.p10_ms,
                                 "p90_ms": group.time.p90_ms, "kind": group.time.kind}})
         cursor += duration
-    runs = min(max_runs, min((g.time.count for g in groups), default=0))
+    runs = min(max_runs, min((len(g.time.samples_ms) for g in groups), default=0))  # per-run samples only
     for run in range(runs):
         events.append({"name": "thread_name", "ph": "M", "pid": 2, "tid": run + 1, "args": {"name": f"run {run + 1}"}})
         cursor = 0.0
@@ -98,14 +98,17 @@ def model_explorer_node_data(profile: "Profile", analysis: "ModelAnalysis", grap
 
     Results are keyed by each node's first output tensor name, which Model
     Explorer matches against the node's outputs whatever adapter built the
-    graph; the value is the node's median time in ms.
+    graph; the value is the node's median time in ms.  TFLite results are keyed by operator
+    index (our node id), as Model Explorer's TFLite adapter names its nodes and as Google's
+    benchmark_model profiles are painted there.
     """
     results = {}
+    by_operator_index = analysis.model.format == "tflite"
     for node_id, timing in profile.nodes.items():
         node = analysis.graph.nodes_by_id.get(node_id)
         if node is None:
             continue
-        key = next((out for out in node.outputs if out), node_id)
+        key = node_id if by_operator_index else next((out for out in node.outputs if out), node_id)
         results[key] = {"value": round(timing.time.median_ms, 6)}
     graph_name = graph_id or analysis.graph.name or "main"
     return {graph_name: {"results": results,

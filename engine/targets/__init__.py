@@ -28,7 +28,7 @@ __all__ = ["TargetError", "ProfileSettings", "ProgressCallback", "Target", "get_
 
 @runtime_checkable
 class Target(Protocol):
-    """What every target offers.  Implementations: CpuTarget, BridgeTarget, PhoneTarget."""
+    """What every target offers.  Implementations: CpuTarget, BridgeTarget, PhoneTarget, AndroidTarget."""
 
     name: str
 
@@ -49,7 +49,7 @@ class Target(Protocol):
     def close(self) -> None: ...
 
 
-TARGET_NAMES = ("cpu", "ws://HOST:PORT", "iphone:NAME-or-UDID")
+TARGET_NAMES = ("cpu", "ws://HOST:PORT", "iphone:NAME-or-UDID", "android[:SERIAL]")
 
 
 def is_coreml_target(name: str) -> bool:
@@ -57,8 +57,24 @@ def is_coreml_target(name: str) -> bool:
     return name.startswith("iphone:") or ("backend=coreml" in name) or ("device=" in name)
 
 
-def get_target(name: str = "cpu", team: Optional[str] = None) -> Target:
+def is_tflite_file(model_path) -> bool:
+    """A .tflite (LiteRT) model, by content or name: it runs on LiteRT, not ONNX Runtime."""
+    if model_path is None:
+        return False
+    from pathlib import Path
+    from importers import tflite
+    path = Path(model_path)
+    return tflite.sniff(path) or path.suffix.lower() in tflite.EXTENSIONS
+
+
+def get_target(name: str = "cpu", team: Optional[str] = None, model_path=None,
+               benchmark_model: Optional[str] = None, delegates=None) -> Target:
+    """The target called `name`; `model_path` picks the CPU reference's runtime (LiteRT for .tflite);
+    team: Apple signing team (iphone:); benchmark_model, delegates: the binary and delegates of android targets."""
     if name == "cpu":
+        if is_tflite_file(model_path):  # LiteRT's CPU reference: engine.targets.litert, docs/tflite.md
+            from engine.targets.litert import LiteRtCpuTarget
+            return LiteRtCpuTarget()
         from engine.targets.cpu import CpuTarget
         return CpuTarget()
     if name.startswith(("ws://", "wss://", "usb://")):  # an agent: engine.targets.bridge, docs/bridge-protocol.md
@@ -67,5 +83,8 @@ def get_target(name: str = "cpu", team: Optional[str] = None) -> Target:
     if name.startswith("iphone:"):  # a phone connected to this Mac: engine.targets.iphone, docs/iphone.md
         from engine.targets.iphone import PhoneTarget
         return PhoneTarget(name, team=team)
+    if name == "android" or name.startswith("android:"):  # a phone over adb: engine.targets.android, docs/android.md
+        from engine.targets.android import AndroidTarget
+        return AndroidTarget(name, benchmark_model=benchmark_model, delegates=delegates)
     raise TargetError(f"unknown target {name!r}; available here: {', '.join(TARGET_NAMES)} "
                       "(`layerscope devices` lists agents and phones)")

@@ -5,7 +5,7 @@ import sys
 import xml.etree.ElementTree as ElementTree
 
 import pytest
-from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+from PySide6.QtCore import QMimeData, QPointF, QRectF, Qt, QUrl
 from PySide6.QtGui import QDropEvent, QImage
 from PySide6.QtWidgets import QMessageBox
 
@@ -170,6 +170,7 @@ def test_show_constants_toggle(qtbot, window):
     open_and_wait(qtbot, window, light_model("squeezenet"))
     analysis = window.loaded.analysis
     hidden_count = len(window.scene.node_ids)
+    before = dict(zip(window.scene.node_ids, window.scene.rects.tolist()))
     with qtbot.waitSignal(window.modelLoaded, timeout=LOAD_TIMEOUT_MS):
         window.constants_box.setChecked(True)
     assert window.show_constants_action.isChecked()
@@ -177,6 +178,12 @@ def test_show_constants_toggle(qtbot, window):
     assert constants <= set(window.scene.node_ids)
     assert len(window.scene.node_ids) == hidden_count + len(constants)
     assert window.loaded.analysis is analysis  # not re-imported or re-analysed
+    # The other boxes stay where they were; the constants beside the leftmost ones are in the scene.
+    rects = dict(zip(window.scene.node_ids, window.scene.rects.tolist()))
+    assert {n: r for n, r in rects.items() if n not in constants} == before
+    assert min(x for x, _, _, _ in rects.values()) < 0
+    bounds = window.scene.sceneRect()
+    assert all(bounds.contains(QRectF(*r)) for r in rects.values())
     with qtbot.waitSignal(window.modelLoaded, timeout=LOAD_TIMEOUT_MS):
         window.show_constants_action.setChecked(False)
     assert len(window.scene.node_ids) == hidden_count
