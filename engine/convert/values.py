@@ -18,7 +18,7 @@ Both say "not run" (never "passed") when they could not run, and why.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Mapping
+from typing import Mapping, Optional
 
 import numpy as np
 
@@ -116,6 +116,21 @@ def _candidates(node, input_index: int, array: np.ndarray, op_name: str = "") ->
     return forms
 
 
+def _constant_value(source, name: str, removed) -> Optional[np.ndarray]:
+    """A source constant, or the value behind a Cast / CastLike of a constant that coremltools
+    folded away (the node is then `removed` and its consumer reads the cast constant)."""
+    if source.is_constant(name):
+        return np.asarray(source.constant(name))
+    producer = source._producers.get(name)
+    if producer is None or producer.id not in removed or producer.op_type not in ("Cast", "CastLike") \
+            or not producer.inputs or not source.is_constant(producer.inputs[0]):
+        return None
+    value_type = source.graph.value_type(name)
+    if value_type is None or value_type.dtype not in ("float32", "float16", "float64"):
+        return None
+    return np.asarray(source.constant(producer.inputs[0])).astype(np.float32)
+
+
 def weights_check(program, layer_map: Mapping, source, optimize: str) -> dict:
     """Every package weight against its ONNX source constant (module docstring)."""
     from engine.analysis import costs
@@ -124,6 +139,7 @@ def weights_check(program, layer_map: Mapping, source, optimize: str) -> dict:
         return _check(NOT_RUN, "optimize='default' folds BatchNorm and biases into convolutions, so weights "
                                "no longer equal single source constants; the values check covers them")
     weights = package_weights(program, layer_map)
+    removed = set(layer_map.get("removed", ()))
     departures, departing_nodes, matched_inputs = [], [], set()
     for op_name, op_type, parameter, node_id, value in weights:
         node = source.graph.node(node_id)
@@ -131,9 +147,11 @@ def weights_check(program, layer_map: Mapping, source, optimize: str) -> dict:
         indices = [wanted] if wanted is not None else range(len(node.inputs))
         found = None
         for index in indices:
-            if index >= len(node.inputs) or not node.inputs[index] or not source.is_constant(node.inputs[index]):
+            if index >= len(node.inputs) or not node.inputs[index]:
                 continue
-            array = np.asarray(source.constant(node.inputs[index]))
+            array = _constant_value(source, node.inputs[index], removed)
+            if array is None:
+                continue
             if not np.issubdtype(array.dtype, np.floating):
                 continue
             for form, candidate in _candidates(node, index, array, op_name):

@@ -111,6 +111,11 @@ def source_weights(source, removed=()) -> tuple[int, int, set[str]]:
             if not name or name in counted or index in arguments or not source.is_constant(name):
                 continue
             value_type = source.graph.value_type(name)
+            if node.op_type in ("Cast", "CastLike"):
+                if index:  # CastLike's second input only gives the type
+                    continue
+                # coremltools folds the cast of a constant: the package holds the cast value
+                value_type = source.graph.value_type(node.outputs[0])
             if value_type is None or value_type.dtype not in _PARAM_DTYPES or not value_type.shape:
                 continue
             if (value_type.element_count or 0) >= _DEDUPLICATED_ELEMENTS:

@@ -102,6 +102,15 @@ def depth_to_space_and_back(path):
     return _model(path, nodes, [_x("x", [1, 8, 2, 3])], [_x("y", [1, 8, 2, 3])], opset=28)  # mode: SpaceToDepth-28
 
 
+def cast_like_of_constant_mask(path):
+    # coremltools folds the CastLike of a constant bool mask: the package holds the float mask,
+    # which the parameters and weights checks trace back through the removed CastLike
+    mask = np.triu(np.ones((4, 6), dtype=bool))
+    nodes = [helper.make_node("CastLike", ["mask", "x"], ["m"], name="cast_mask"),
+             helper.make_node("Add", ["x", "m"], ["y"], name="add_mask")]
+    return _model(path, nodes, [_x("x", [2, 4, 6])], [_x("y", [2, 4, 6])], [_const("mask", mask)])
+
+
 def hardmax_opset11(path):
     return _one("Hardmax", [2, 3, 4], opset=11, axis=1)(path)
 
@@ -154,7 +163,7 @@ CASES = {fn.__name__: fn for fn in (arg_max_last_index, layer_norm_with_statisti
                                      lp_norm, hardmax_opset11, unary_chain, float_mod, conv_runtime_weight_and_bias,
                                      clip_runtime_bounds, matmul_vector_batch, flatten_negative_axis,
                                      div_by_constant_tensor, lp_pool_p3_padded, batch_norm_runtime_statistics,
-                                     prelu_runtime_slope, depth_to_space_and_back)}
+                                     prelu_runtime_slope, depth_to_space_and_back, cast_like_of_constant_mask)}
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
