@@ -224,19 +224,31 @@ class FoldedLayouts:
         points = np.array([p for e in base.edges for p in e.points], dtype=float).reshape(-1, 2) + shift
         opened = [(i, ids[i]) for i in range(len(ids)) if ids[i] in base.members and ids[i] not in closed]
         inner: dict[int, _Piece] = {}
+        # A box's rank (its row; a shown constant has its reader's): the rows below an opened
+        # group move down, and only its own row moves right (above and below it nothing moves
+        # sideways: no blank band across the drawing).  Rows stay rows: every edge still runs down.
+        rank = np.array([base.layers.get(n, -1) for n in ids], dtype=float)
+        unranked = rank < 0
         for index, group_id in opened:
             piece = self._framed(group_id, closed)
             inner[index] = piece
             x, y, w, h = rects[index].tolist()
             cx, cy = reference[index].tolist()
             dx, dy = piece.width - w, piece.height - h
-            right, below = reference[:, 0] > cx, reference[:, 1] > cy
-            rects[right, 0] += dx
-            reference[right, 0] += dx
+            row = rank == rank[index]
+            below = np.where(unranked, reference[:, 1] > cy, rank > rank[index])
+            beside = (reference[:, 0] > cx) & np.where(unranked, (reference[:, 1] >= y) & (reference[:, 1] <= y + h), row)
+            row_top = float(rects[row, 1].min())
+            row_bottom = float((rects[row, 1] + rects[row, 3]).max())
+            points_beside = (points[:, 0] > cx) & (points[:, 1] >= row_top) & (points[:, 1] <= row_bottom)
+            # Below its row; and its own bottom anchor (where the tensors leaving it start).
+            points_below = (points[:, 1] > row_bottom) | ((np.abs(points[:, 0] - cx) < 1e-6) & (points[:, 1] > cy))
             rects[below, 1] += dy
             reference[below, 1] += dy
-            points[points[:, 0] > cx, 0] += dx
-            points[points[:, 1] > cy, 1] += dy
+            rects[beside, 0] += dx
+            reference[beside, 0] += dx
+            points[points_below, 1] += dy
+            points[points_beside, 0] += dx
             rects[index, 2:] = (piece.width, piece.height)
         # Assemble: the level's collapsed boxes and nodes, then each frame and its contents.
         keep = [i for i in range(len(ids)) if i not in inner]

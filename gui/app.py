@@ -490,10 +490,16 @@ class MainWindow(MenusMixin, ProfilesMixin, ExportsMixin, QMainWindow):
         loaded.timings["scene"] = time.perf_counter() - started
         focus, self._focus_after_build = self._focus_after_build, None
         selected = scene.box_id(selected) if selected else None
-        if focus is not None and scene.box_id(focus) is not None:
+        frame = scene.structure_rect(focus) if focus is not None and focus in loaded.groups else None
+        if frame is None and focus in loaded.groups and focus not in loaded.collapsed:
+            focus = next((m for m in loaded.groups[focus].members if not loaded.analysis.nodes[m].is_constant), None)
+        if frame is not None or (focus is not None and scene.box_id(focus) is not None):
             if selected:  # the selection stays, the view goes to the group just opened or closed
                 self.view.select_node(selected, center=False)
-            self.view.center_on_node(focus)
+            if frame is not None:  # a group just opened: its frame, whole if readable so, else its top
+                self.view.show_region(frame)
+            else:
+                self.view.center_on_node(focus)
         elif selected:
             self.view.select_node(selected)
         else:
@@ -571,9 +577,8 @@ class MainWindow(MenusMixin, ProfilesMixin, ExportsMixin, QMainWindow):
         collapsed = loaded.collapsed | {group_id} if collapse else loaded.collapsed - {group_id}
         if collapse:
             self._focus_after_build = group_id
-        else:  # the first of its nodes (or of its collapsed sub-groups) that will be drawn
-            self._focus_after_build = next((m for m in loaded.groups[group_id].members
-                                            if not loaded.analysis.nodes[m].is_constant), None)
+        else:  # its frame (or, grouped by stage, the first of its nodes that will be drawn)
+            self._focus_after_build = group_id
         self._relayout_groups(collapsed, f"{'Collapsing' if collapse else 'Expanding'} "
                                          f"{loaded.groups[group_id].name}")
 

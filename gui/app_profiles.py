@@ -434,6 +434,7 @@ class ProfilesMixin:
         if self.compare_view is not None:
             self.compare_view.close()
         self.compare_view = CompareView(loaded, [(e.label, e.profile) for e in self.entries], self, a, b)
-        self.compare_view.nodeSelected.connect(lambda node_id: self.view.select_node(node_id))
+        # The same path as search and chart bars: a node hidden in collapsed groups opens them.
+        self.compare_view.nodeSelected.connect(self.select_node)
         self.compare_view.show()
         return self.compare_view

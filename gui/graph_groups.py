@@ -147,6 +147,25 @@ class GroupSceneMixin:
         box = layout.box_of(node_id) if layout is not None else None
         return box if box in self.node_index else None
 
+    def structure_rect(self, group_id: Optional[str] = None) -> Optional[QRectF]:
+        """What a first view of a grouped model should show: the outermost frames of the opened
+        groups, else the collapsed groups' boxes (not the rows of graph inputs and outputs around
+        them, which a KV cache makes thousands of pixels wide), or the frame of `group_id` only;
+        None when nothing is grouped."""
+        layout = self.loaded.layout if self.loaded is not None else None
+        frames = dict(getattr(layout, "frames", None) or {})
+        if group_id is not None:
+            rects = [frames[group_id]] if group_id in frames else []
+        elif frames:  # the opened groups (outermost): a folded export opens `model/` around its blocks
+            rects = [rect for g, rect in frames.items() if self.groups[g].parent not in frames]
+        else:
+            rects = [tuple(self.rects[i].tolist()) for i in self.group_indexes]
+        if not rects:
+            return None
+        left, top = min(r[0] for r in rects), min(r[1] for r in rects)
+        right, bottom = max(r[0] + r[2] for r in rects), max(r[1] + r[3] for r in rects)
+        return QRectF(left, top, right - left, bottom - top)
+
     def enclosing_groups(self, node_id: str) -> list[str]:
         """Ids of the expanded groups that hold `node_id`, innermost first (what a collapse can close)."""
         if not hasattr(self, "_groups_of"):

@@ -483,6 +483,29 @@ class GraphView(GroupViewMixin, QGraphicsView):
             self.centerOn(QPointF(x, rect.top() + shown_height / 2))
         self.zoomChanged.emit(self.current_scale())
 
+    READABLE_SCALE = 0.75  # a group box's name, node count, MACs and params are readable from here
+
+    def show_region(self, rect: QRectF, across: Optional[float] = None) -> None:
+        """Show `rect` (scene coordinates) whole when it fits at a readable zoom (never above 1:1),
+        else its top at READABLE_SCALE, centred across (on `across` when given, else from its
+        left when it is wider than the view)."""
+        view, margin = self.viewport().rect(), 24.0
+        width, height = max(1.0, rect.width()), max(1.0, rect.height())
+        scale = min(1.0, (view.width() - 2 * margin) / width, (view.height() - 2 * margin) / height)
+        if scale >= self.READABLE_SCALE:
+            self.setTransform(QTransform.fromScale(scale, scale))
+            self.centerOn(rect.center())
+        else:
+            scale = self.READABLE_SCALE
+            self.setTransform(QTransform.fromScale(scale, scale))
+            shown_width, shown_height = view.width() / scale, view.height() / scale
+            x = rect.center().x() if shown_width - 2 * margin >= width else \
+                across if across is not None else rect.left() - margin + shown_width / 2
+            # A little above the top: the tensors entering it (and the inputs they come from) show.
+            self.centerOn(QPointF(x, rect.top() - 3 * margin + shown_height / 2))
+        self.zoomChanged.emit(scale)
+        self.place_minimap()
+
     def show_start(self) -> None:
         """The first view of a model: all of it when it is readable so, else the top at a readable zoom."""
         scene = self.graph_scene
@@ -492,7 +515,15 @@ class GraphView(GroupViewMixin, QGraphicsView):
         if self.current_scale() > 1.0:  # a small graph (or a grouped overview): no larger than life
             self.set_scale(1.0)
             self.centerOn(scene.sceneRect().center())
-        if self.current_scale() < 0.55:
+        region = scene.structure_rect() if self.current_scale() < 0.55 else None
+        if region is not None:  # a folded model: its groups, not the rows of inputs around them
+            # A frame wider than the window (long lanes of a KV cache): across, on its first group boxes.
+            rects, shown_height = scene.rects, self.viewport().height() / self.READABLE_SCALE
+            first = [i for i in scene.group_indexes if region.top() <= rects[i, 1] <= region.top() + shown_height
+                     and region.left() <= rects[i, 0] <= region.right()]
+            across = float(np.mean([rects[i, 0] + rects[i, 2] / 2 for i in first])) if first else None
+            self.show_region(region, across)
+        elif self.current_scale() < 0.55:
             self.setTransform(QTransform.fromScale(0.75, 0.75))
             rect = scene.sceneRect()
             visible_height = self.viewport().height() / 0.75

@@ -58,6 +58,13 @@ def test_the_composed_layout_draws_what_the_flat_one_draws_in_frames(grouped, op
     drawn = set(composed.boxes) | set(composed.frames)
     assert all(e.source in drawn and e.target in drawn and len(e.points) >= 2 for e in composed.edges)
     assert composed.width >= max(x + w for x, _, w, _ in composed.boxes.values())
+    # Edges stay attached: each starts on its source's bottom and ends on its target's top (a
+    # frame is entered and left on its top or bottom side).
+    for e in composed.edges:
+        for end, (px, py), side in ((e.source, e.points[0], 1), (e.target, e.points[-1], 0)):
+            x, y, w, h = composed.frames.get(end) or composed.boxes[end]
+            sides = (y, y + h) if end in composed.frames else ((y + h,) if side else (y,))
+            assert x - 1e-6 <= px <= x + w + 1e-6 and min(abs(py - s) for s in sides) < 1e-6, (e, end)
 
 
 def _parents(groups, group_id):
@@ -79,3 +86,21 @@ def test_levels_are_laid_out_once_and_repeated_blocks_share_one(grouped):
     assert layouts.reused_levels == 1  # layers.3 has layers.0's structure: its geometry, its names
     assert set(layouts.level("group:namespace:model/layers.3").boxes) >= {
         "group:namespace:model/layers.3/self_attn", "group:namespace:model/layers.3/mlp"}
+
+
+@pytest.mark.parametrize("constants", [False, True])
+def test_opening_a_group_moves_only_its_own_row_aside_and_the_rows_below_down(grouped, constants):
+    analysis, groups, start = grouped
+    layouts = FoldedLayouts(analysis, groups, include_constants=constants)
+    before = layouts.compose(start)
+    block = "group:namespace:model/layers.1"
+    after = layouts.compose(start - {block})
+    x, y, w, h = before.boxes[block]
+    fx, fy, fw, fh = after.frames[block]
+    assert (fx, fy) == (x, y) and fw > w and fh > h
+    above = [b for b, (_, by, _, bh) in before.boxes.items() if by + bh < y and b in after.boxes]
+    below = [b for b, (_, by, _, _) in before.boxes.items() if by > y + h and b in after.boxes]
+    assert above and below
+    # Nothing above its row moves; nothing below it moves sideways (no blank band across the drawing).
+    assert all(after.boxes[b] == before.boxes[b] for b in above)
+    assert all(after.boxes[b][0] == before.boxes[b][0] and after.boxes[b][1] >= before.boxes[b][1] for b in below)

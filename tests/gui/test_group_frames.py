@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from PySide6.QtCore import QEvent, QPoint, QPointF, Qt
+from PySide6.QtCore import QEvent, QPoint, QPointF, QRectF, Qt
 from PySide6.QtGui import QHelpEvent
 from PySide6.QtWidgets import QToolTip
 
@@ -197,3 +197,57 @@ def test_the_frame_answers_tooltip_double_click_and_minimap(qtbot, folded):
     point = view.mapFromScene(inside_frame)
     _relaid(qtbot, window, lambda: qtbot.mouseDClick(view.viewport(), Qt.MouseButton.LeftButton, pos=point))
     assert block in window.loaded.collapsed and block in window.scene.node_index
+
+
+def test_selecting_a_node_in_the_compare_view_opens_its_groups(qtbot, folded, decoder):
+    from engine.targets import ProfileSettings
+    from engine.targets.cpu import CpuTarget
+
+    window = folded
+    with CpuTarget() as target:
+        profile = target.profile(ProfileSettings(runs=2, warmup=1), model_path=decoder)
+    window.add_profile(profile)
+    window.add_profile(profile)
+    window.show_compare(0, 1)
+    qtbot.waitUntil(lambda: window.compare_view is not None and window.compare_view.ready, timeout=LOAD_TIMEOUT_MS)
+    compare = window.compare_view
+    qtbot.addWidget(compare)
+    node_id = _inside_block(window, 5, "mlp/down_proj/")
+    block = BLOCK.format(5)
+    assert window.loaded.layout.box_of(node_id) == block  # hidden in the main view
+    assert compare.scene.item_for(node_id) is not None  # drawn in the compare view (laid out whole)
+    _relaid(qtbot, window, lambda: compare.view.select_node(node_id))
+    assert block not in window.loaded.collapsed and BLOCK.format(4) in window.loaded.collapsed
+    assert window.inspector.node_id == node_id and window.scene.item_for(node_id).isSelected()
+    visible = window.view.mapToScene(window.view.viewport().rect()).boundingRect()
+    assert visible.contains(window.scene.item_for(node_id).sceneBoundingRect().center())
+
+
+def _visible(window):
+    return window.view.mapToScene(window.view.viewport().rect()).boundingRect()
+
+
+def test_the_first_view_of_a_folded_model_shows_its_groups_readably(qtbot, folded):
+    window = folded
+    layout, view = window.loaded.layout, window.view
+    # The rows of graph inputs (a KV cache: two per block) are wider than the window...
+    inputs = [r for b, r in layout.boxes.items() if b.startswith("input:")]
+    assert max(x + w for x, _, w, _ in inputs) - min(x for x, _, _, _ in inputs) > view.viewport().width()
+    # ...yet the view is on the opened `model` frame, its title and its blocks' boxes readable.
+    x, y, w, h = layout.frames["group:namespace:model"]
+    visible = _visible(window)
+    assert view.current_scale() >= view.READABLE_SCALE
+    assert visible.top() <= y + 10 <= visible.bottom() and visible.intersects(QRectF(x, y, w, h))  # its title band
+    bx, by, bw, bh = layout.boxes[BLOCK.format(0)]
+    assert visible.contains(QPointF(bx + bw / 2, by + bh / 2))
+
+
+def test_opening_a_group_shows_its_frame(qtbot, folded):
+    window = folded
+    block = BLOCK.format(5)
+    _relaid(qtbot, window, lambda: window.toggle_group(block, False))
+    x, y, w, h = window.loaded.layout.frames[block]
+    visible = _visible(window)
+    assert window.view.current_scale() >= window.view.READABLE_SCALE
+    assert visible.contains(QPointF(x + w / 2, y + 10))  # its title band, and its contents from the top
+    assert visible.intersects(QRectF(x, y, w, h).adjusted(0, 0, 0, -max(0.0, h - visible.height())))
