@@ -25,6 +25,7 @@ A check that did not run is "not run", never "passed".
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -85,6 +86,81 @@ def program_weights(model: Model, attributed: Optional[Mapping[str, Optional[str
     return elements, nbytes
 
 
+@dataclass
+class StoredWeights:
+    """How the package's weights differ from the source's parameters by design, constant by constant:
+    elements the package holds beyond (or short of) the source's count, and why."""
+
+    extra_elements: int = 0
+    extra_float_bytes: float = 0.0  # at 4 bytes per element, before the precision's ratio
+    bytes_known: bool = True  # False: a non-float source constant stored as given (int8 QDQ weights)
+    reasons: list[str] = field(default_factory=list)
+
+    def note(self) -> str:
+        if not self.reasons:
+            return ""
+        sign = "+" if self.extra_elements >= 0 else "-"
+        return (f"; expected {sign}{abs(self.extra_elements):,} elements against the source: "
+                + "; ".join(self.reasons))
+
+
+def stored_weights(source, layer_map: Mapping) -> StoredWeights:
+    """What the package holds for each source constant that a converted node reads as a weight.
+
+    Exact mode gives every reading node its own MIL const (coremltools' const_deduplication is off,
+    engine/convert/builder.py), so a constant read by k nodes is stored k times; a translation that
+    stores a derived form (engine.convert.values.derived_forms: rotary rows at constant positions,
+    MatMulNBits' expanded weight) holds that form's elements instead of the constant's.  The
+    counting (weight slots, dtypes, scalars) is engine.analysis' and `program_weights`'.
+    """
+    from engine.convert.values import derived_forms
+
+    stored: dict[str, int] = {}  # constant -> elements the package holds for it
+    readers: dict[str, list[str]] = {}
+    forms_used: dict[str, set[str]] = {}
+    for node_id in layer_map.get("nodes", {}):
+        node = source.graph.node(node_id)
+        arguments = costs.argument_inputs(costs.canonical_op(node))
+        derived = derived_forms(node, source)
+        derived_slots = {index for indices, _, _ in derived for index in indices}
+        for index, name in enumerate(node.inputs):
+            if not name or index in arguments or not source.is_constant(name):
+                continue
+            value_type = source.graph.value_type(name)
+            if value_type is None or value_type.dtype not in _PARAM_DTYPES or value_type.shape == ():
+                continue
+            readers.setdefault(name, []).append(node_id)
+            if index in derived_slots:
+                held = sum(array.size for indices, _, array in derived if indices[0] == index)
+                forms_used.setdefault(name, set()).update(form for indices, form, _ in derived if index in indices)
+            else:
+                held = value_type.element_count or 0
+            stored[name] = stored.get(name, 0) + held
+    result = StoredWeights()
+    shared, derived_names = [], []
+    for name, held in stored.items():
+        value_type = source.graph.value_type(name)
+        elements = value_type.element_count or 0
+        if name in forms_used:
+            derived_names.append(f"{name} ({elements:,} -> {held:,}: {', '.join(sorted(forms_used[name]))})")
+            # a derived form is a float tensor (4 bytes an element before the precision's ratio)
+            result.extra_float_bytes += 4 * held - (value_type.byte_size or 0)
+        else:
+            if len(readers[name]) > 1:
+                shared.append(f"{name} x{len(readers[name])}")
+            if value_type.dtype != "float32":
+                result.bytes_known = False  # stored as given in a type the byte ratio does not cover
+            result.extra_float_bytes += 4 * (held - elements)
+        result.extra_elements += held - elements
+    if shared:
+        result.reasons.append(f"constants read by several nodes are stored once per node in exact mode "
+                              f"({', '.join(shared[:4])}{', ...' if len(shared) > 4 else ''})")
+    if derived_names:
+        result.reasons.append("translations store derived forms, checked by value in the weights check ("
+                              + "; ".join(derived_names[:4]) + (", ..." if len(derived_names) > 4 else "") + ")")
+    return result
+
+
 def run_checks(*, source, built, coreml_model: Model, layer_map: Mapping, owner: Mapping[str, Optional[str]],
                precision: str, optimize: str, package_path: Path, image_inputs: Mapping,
                program=None, value_checks: bool = True) -> dict[str, dict]:
@@ -131,22 +207,26 @@ def run_checks(*, source, built, coreml_model: Model, layer_map: Mapping, owner:
     package_totals = analyze(coreml_model).totals
     source_params = source_totals.params + source_totals.buffers - built.scalarized_parameters
     elements, nbytes = program_weights(coreml_model, owner)
+    by_design = stored_weights(source, layer_map)
+    source.release_constants()
+    expected_elements = source_params + by_design.extra_elements
     scalarized = (f", less {built.scalarized_parameters} one-element parameter(s) that became scalar "
                   "arguments" if built.scalarized_parameters else "")
     detail = (f"{elements:,} weight elements in the package, {source_params:,} parameters + buffers in "
               f"the source{scalarized} (analysis of the whole package: "
-              f"{package_totals.params + package_totals.buffers:,})")
+              f"{package_totals.params + package_totals.buffers:,}){by_design.note()}")
     if optimize != "exact":
         checks["parameters"] = _check(NOT_RUN, "optimize='default' folds BatchNorm and biases into "
                                                "convolutions, which changes parameter counts; " + detail,
                                       source=source_params, package=elements)
     else:
-        checks["parameters"] = _check(PASSED if elements == source_params else FAILED, detail,
-                                      source=source_params, package=elements)
+        checks["parameters"] = _check(PASSED if elements == expected_elements else FAILED, detail,
+                                      source=source_params, package=elements, expected=expected_elements)
     ratio = 0.5 if precision == "fp16" else 1.0
-    source_float = all(d == "float32" for d in source_totals.params_by_dtype)
-    expected = int((source_totals.weight_bytes - 4 * built.scalarized_parameters) * ratio) \
-        if source_float else None
+    source_float = by_design.bytes_known if by_design.reasons else \
+        all(d == "float32" for d in source_totals.params_by_dtype)
+    expected = int((source_totals.weight_bytes - 4 * built.scalarized_parameters + by_design.extra_float_bytes)
+                   * ratio) if source_float else None
     if optimize != "exact" or expected is None:
         checks["weight_bytes"] = _check(NOT_RUN, f"{nbytes:,} weight bytes in the package, "
                                                  f"{source_totals.weight_bytes:,} in the source",
@@ -155,7 +235,7 @@ def run_checks(*, source, built, coreml_model: Model, layer_map: Mapping, owner:
         checks["weight_bytes"] = _check(
             PASSED if nbytes == expected else FAILED,
             f"{nbytes:,} weight bytes in the package ({precision}), {source_totals.weight_bytes:,} in the "
-            f"fp32 source (expected {expected:,})", source=source_totals.weight_bytes, package=nbytes)
+            f"source (expected {expected:,}){by_design.note()}", source=source_totals.weight_bytes, package=nbytes)
     compute = [n.id for n in source.order if n.id not in source.folded]
     covered = set(layer_map["nodes"]) | set(layer_map["removed"]) | set(layer_map.get("fused", {}))
     missing = [node_id for node_id in compute if node_id not in covered]
