@@ -324,6 +324,8 @@ def _numeric_compare(source, package_path: Path, layer_map: Mapping, precision: 
             array = rng.standard_normal(shape).astype(np.float32)
             onnx_feed[name] = array
             coreml_feed[coreml_name] = array
+    for name, assumption in source.assumed_inputs.items():  # --assume-full-attention-mask: ONNX still has it
+        onnx_feed[name] = np.ones(assumption["shape"], dtype=assumption["dtype"])
     session = onnxruntime.InferenceSession(str(source.path), providers=["CPUExecutionProvider"])
     reference = dict(zip([o.name for o in session.get_outputs()], session.run(None, onnx_feed)))
     model = ct.models.MLModel(str(package_path), compute_units=ct.ComputeUnit.CPU_ONLY)
