@@ -1417,13 +1417,18 @@ def rms_normalization(ctx: NodeContext) -> None:
 
 
 def rms_normalize(ctx: NodeContext, x, axes: list[int], epsilon: float, scale=None):
-    """x / sqrt(mean(x^2) + eps) * scale, computed on x scaled by its largest magnitude first.
+    """x / sqrt(mean(x^2) + eps) * scale, computed on x scaled by its largest magnitude m first.
 
     The scaling is coremltools' own RMSNorm lowering (torch frontend `rms_norm`): x^2 of
-    activations above 256 overflows fp16, and the Neural Engine computes in fp16.  As there,
-    epsilon is added to the mean of the *scaled* squares, i.e. it weighs max|x|^2 times what
-    ONNX gives it: the same result wherever epsilon is small against mean(x^2).  The largest
-    magnitude is kept at least 1e-6 so that an all-zero row stays zero instead of 0/0.
+    activations above 256 overflows fp16, and the Neural Engine computes in fp16.  Unlike
+    there, epsilon is scaled with the squares (eps / m^2 is added to the mean of the scaled
+    squares), so the result is ONNX's: coremltools' unscaled epsilon weighs m^2 times what ONNX
+    gives it, a relative error of about eps * |m^2 - 1| / (2 mean(x^2)) -- 5e-5 already for
+    activations of magnitude 0.1 with eps = 1e-6, and more for the small embeddings and the
+    large outlier activations of language models.  In fp16, eps / m^2 is kept at most 65504
+    (rows whose largest magnitude is below ~sqrt(eps / 65504)): such a row's result is then
+    about x / sqrt(eps) as in ONNX, instead of fp16 infinity giving 0.  The largest magnitude is
+    kept at least 1e-6 so that an all-zero row stays zero instead of 0/0.
     The last op is named after the node (shared by RMSNormalization and the com.microsoft
     (Skip)SimplifiedLayerNormalization, engine/convert/ops_contrib.py).
     """
@@ -1433,7 +1438,12 @@ def rms_normalize(ctx: NodeContext, x, axes: list[int], epsilon: float, scale=No
     scaled = mb.real_div(x=x, y=largest, name=ctx.name("scaled"))
     mean_square = mb.reduce_mean(x=mb.square(x=scaled, name=ctx.name("square")), axes=axes, keep_dims=True,
                                  name=ctx.name("mean_square"))
-    rms = mb.sqrt(x=mb.add(x=mean_square, y=ctx.float(epsilon), name=ctx.name("add_eps")),
+    # eps / m^2 as (sqrt(eps) / m)^2: sqrt(eps) / m stays finite in fp16 where m^2 would underflow
+    root_eps = mb.real_div(x=ctx.float(float(np.sqrt(epsilon))), y=largest, name=ctx.name("root_eps_scaled"))
+    epsilon_scaled = mb.square(x=root_eps, name=ctx.name("eps_scaled"))
+    if ctx.float_dtype == np.float16:
+        epsilon_scaled = mb.minimum(x=epsilon_scaled, y=ctx.float(FP16_MAX), name=ctx.name("eps_scaled_fp16"))
+    rms = mb.sqrt(x=mb.add(x=mean_square, y=epsilon_scaled, name=ctx.name("add_eps")),
                   name=ctx.name("rms_scaled"))
     rms = mb.mul(x=rms, y=largest, name=ctx.name("rms"))
     if scale is None:

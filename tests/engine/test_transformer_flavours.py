@@ -147,3 +147,26 @@ def test_the_option_names_what_it_cannot_assume(tmp_path):
     assert any(GQA_REFUSAL in blocker.reason for blocker in others)  # not assumed: refused as without the option
     assert check_convertible(tmp_path / "free.onnx", target="iOS18", assume_full_attention_mask=True,
                              input_shapes={"attention_mask": [1, 8]}) == []
+
+
+@pytest.mark.parametrize("magnitude", [0.01, 300.0])
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_rms_norm_adds_onnx_s_epsilon_at_any_activation_magnitude(magnitude, precision, tmp_path):
+    # the max-abs scaling keeps x^2 finite in fp16; epsilon must be scaled with it, else it weighs
+    # max|x|^2 times ONNX's (a relative error of ~eps / (2 mean(x^2)): 5e-2 here at magnitude 0.01)
+    from onnx import TensorProto, helper, numpy_helper
+
+    gamma = numpy_helper.from_array(np.linspace(0.5, 1.5, 32).astype(np.float32), "gamma")
+    scale = numpy_helper.from_array(np.array(magnitude, np.float32), "magnitude")
+    nodes = [helper.make_node("Mul", ["x", "magnitude"], ["scaled"], name="scale"),
+             helper.make_node("RMSNormalization", ["scaled", "gamma"], ["y"], name="norm", epsilon=1e-5)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 32])], [gamma, scale])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    model.ir_version = 10
+    onnx.save(model, str(tmp_path / "norm.onnx"))
+    result = convert(tmp_path / "norm.onnx", tmp_path / "norm.mlpackage", precision=precision, target="iOS18")
+    values = result.verification["values"]
+    assert values["status"] == "passed", values["detail"]
+    worst = max(e["max_rel_error"] for e in values["outputs"].values())
+    assert worst < (1e-5 if precision == "fp32" else 5e-3), worst
