@@ -55,6 +55,10 @@ _CPU_ACCELERATOR = 1  # kLiteRtHwAcceleratorCpu
 _LOCK_WRITE = 1  # kLiteRtTensorBufferLockModeWrite
 _RUNTIME_OPTIONS = "runtime_options_string"  # LrtGetRuntimeOptionsIdentifier()
 _CPU_OPTIONS = "xnnpack"  # LrtGetCpuOptionsIdentifier()
+# LiteRtLayout (litert/c/litert_layout.h, 2.3.0): rank and has_strides bit fields in 4 bytes, then
+# int32 dimensions[8] and uint32 strides[8]; LiteRtRankedTensorType holds it after its element type.
+_LAYOUT_BYTES = 4 + 8 * 4 + 8 * 4
+_LAYOUT_OFFSET = 4
 _STATUS_NAMES = {1: "invalid argument", 2: "memory allocation failure", 3: "runtime failure",
                  4: "missing implementation", 5: "unsupported", 6: "not found", 7: "timeout"}
 
@@ -135,7 +139,10 @@ def _check(status: int, what: str) -> None:
 class _CompiledModel:
     """One LiteRT compiled model with its input and output buffers (signature 0)."""
 
-    def __init__(self, path: Path, kernel_mode: str, threads: int, profiling: bool):
+    def __init__(self, path: Path, kernel_mode: str, threads: int, profiling: bool,
+                 resize: Optional[Mapping[int, Sequence[int]]] = None):
+        """resize: input index -> dims, applied with LiteRT's non-strict resize (which overrides the
+        model's fixed shapes) before the buffers are made."""
         lib, libc = _load_library()
         self.lib = lib
         self.handles: list[tuple[str, ctypes.c_void_p]] = []  # destroyed in reverse order
@@ -160,9 +167,17 @@ class _CompiledModel:
                                   f"{_STATUS_NAMES.get(status, f'status {status}')})")
             self.compiled = compiled
             self.handles.append(("LiteRtDestroyCompiledModel", compiled))
+            for index, dims in (resize or {}).items():
+                array = (ctypes.c_int * len(dims))(*dims)
+                status = lib.LiteRtCompiledModelResizeInputTensorNonStrict(
+                    compiled, ctypes.c_size_t(0), ctypes.c_size_t(index), array, ctypes.c_size_t(len(dims)))
+                if status != 0:
+                    raise TargetError(f"LiteRT could not resize input {index} to {'x'.join(map(str, dims))} "
+                                      f"({_STATUS_NAMES.get(status, f'status {status}')})")
             signature = P()
             _check(lib.LiteRtGetModelSignature(self.model, ctypes.c_size_t(0), ctypes.byref(signature)),
                    "reading the model's signature")
+            self.layouts = self._resized_layouts(signature) if resize else None
             self.inputs = self._buffers(signature, True)
             self.outputs = self._buffers(signature, False)
             self._input_array = (P * len(self.inputs))(*[b for b, _ in self.inputs])
@@ -204,6 +219,9 @@ class _CompiledModel:
             # LiteRtRankedTensorType is passed through untouched: room to spare for its layout.
             tensor_type = ctypes.create_string_buffer(512)
             _check(lib.LiteRtGetRankedTensorType(tensor, tensor_type), "reading a tensor type")
+            if self.layouts is not None:  # resized: the buffer must carry the shape the model now runs at
+                layout = self.layouts[0 if inputs else 1][index]
+                ctypes.memmove(ctypes.addressof(tensor_type) + _LAYOUT_OFFSET, layout, _LAYOUT_BYTES)
             requirements = P()
             requirement_getter = (lib.LiteRtGetCompiledModelInputBufferRequirements if inputs
                                   else lib.LiteRtGetCompiledModelOutputBufferRequirements)
@@ -217,6 +235,30 @@ class _CompiledModel:
             _check(lib.LiteRtGetTensorBufferSize(buffer, ctypes.byref(size)), "reading a buffer size")
             buffers.append((buffer, size.value))
         return buffers
+
+    def _resized_layouts(self, signature) -> tuple[list[bytes], list[bytes]]:
+        """The input and output layouts after a resize (asking for the outputs' with update_allocation
+        re-plans the model, so that the buffer requirements read next have the new sizes)."""
+        lib = self.lib
+        counts = []
+        for counter in (lib.LiteRtGetNumSignatureInputs, lib.LiteRtGetNumSignatureOutputs):
+            count = ctypes.c_size_t()
+            _check(counter(signature, ctypes.byref(count)), "counting signature tensors")
+            counts.append(count.value)
+        inputs = []
+        for index in range(counts[0]):
+            layout = ctypes.create_string_buffer(_LAYOUT_BYTES)
+            _check(lib.LiteRtGetCompiledModelInputTensorLayout(self.compiled, ctypes.c_size_t(0), ctypes.c_size_t(index),
+                                                               layout), "reading a resized input layout")
+            inputs.append(layout.raw)
+        layouts = ctypes.create_string_buffer(_LAYOUT_BYTES * max(counts[1], 1))
+        status = lib.LiteRtGetCompiledModelOutputTensorLayouts(self.compiled, ctypes.c_size_t(0),
+                                                               ctypes.c_size_t(counts[1]), layouts, ctypes.c_bool(True))
+        if status != 0:
+            raise TargetError(f"LiteRT could not plan the model at the new input shape "
+                              f"({_STATUS_NAMES.get(status, f'status {status}')})")
+        outputs = [layouts.raw[i * _LAYOUT_BYTES:(i + 1) * _LAYOUT_BYTES] for i in range(counts[1])]
+        return inputs, outputs
 
     def write_inputs(self, arrays: Sequence[np.ndarray]) -> None:
         for (buffer, size), array in zip(self.inputs, arrays):
