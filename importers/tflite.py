@@ -243,13 +243,15 @@ class _Reader:
         values: dict[str, Value] = {}
         graph_inputs = set(_int_vector(subgraph, "Inputs"))
         for t in range(tensor_count):
-            tensor = subgraph.Tensors(t)
-            name = _text(tensor.Name()) or f"tensor_{t}"
+            name = _text(subgraph.Tensors(t).Name()) or f"tensor_{t}"
             if name in used:  # names are not guaranteed unique; value names must be
                 name = f"{name}#{t}"
             used.add(name)
             names.append(name)
-            values[name] = self._value(name, tensor, buffer_count, is_input=t in graph_inputs)
+        resized = self._resized_tensor_shapes(subgraph, names) if index == 0 else {}
+        for t, name in enumerate(names):
+            values[name] = self._value(name, subgraph.Tensors(t), buffer_count, is_input=t in graph_inputs,
+                                       resized=resized.get(t))
 
         def tensor_name(i: int) -> str:
             return names[i] if 0 <= i < tensor_count else ""  # -1: an omitted optional input
@@ -285,7 +287,41 @@ class _Reader:
 
     # -- tensors --------------------------------------------------------------------------
 
-    def _value(self, name: str, tensor, buffer_count: int, is_input: bool) -> Value:
+    def _resized_tensor_shapes(self, subgraph, names: Sequence[str]) -> dict[int, tuple[int, ...]]:
+        """Tensor index -> shape of every tensor of the main subgraph when input_shapes change an
+        input's stored shape; {} otherwise.
+
+        The shapes are LiteRT's own: its interpreter (builtin kernels, no delegate, so that every
+        operator re-plans its output) resizes the inputs non-strictly, which overrides fixed shapes,
+        and propagates them.  When it cannot (a custom op it has no kernel for, an operator that
+        rejects the size), the other tensors keep their stored shapes and a warning says so.
+        """
+        changed = {}
+        for t in _int_vector(subgraph, "Inputs"):
+            given = self.input_shapes.get(names[t])
+            if given is not None and tuple(int(d) for d in given) != tuple(_int_vector(subgraph.Tensors(t), "Shape")):
+                changed[t] = [int(d) for d in given]
+        if not changed:
+            return {}
+        try:
+            from ai_edge_litert.interpreter import Interpreter, OpResolverType
+            interpreter = Interpreter(str(self.path), num_threads=1,
+                                      experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+            for t, dims in changed.items():
+                interpreter.resize_tensor_input(t, dims, strict=False)
+            interpreter.allocate_tensors()
+            details = interpreter.get_tensor_details()
+        except Exception as exc:  # ValueError / RuntimeError from the runtime, ImportError without it
+            reason = " ".join(str(exc).split())[:200]
+            self.warnings.append(f"inputs resized, but LiteRT could not work out the other tensors' shapes at that "
+                                 f"size ({reason}): shapes and costs past the inputs are the stored ones "
+                                 "(estimated at the stored input shape)")
+            return {}
+        count = len(names)  # the interpreter appends its own scratch tensors after the model's
+        return {int(d["index"]): tuple(int(x) for x in d["shape"]) for d in details if int(d["index"]) < count}
+
+    def _value(self, name: str, tensor, buffer_count: int, is_input: bool,
+               resized: Optional[tuple[int, ...]] = None) -> Value:
         dtype = _DTYPES.get(int(tensor.Type()), f"tflite-type-{int(tensor.Type())}")
         shape: Optional[tuple] = tuple(_int_vector(tensor, "Shape"))
         signature = tuple(_int_vector(tensor, "ShapeSignature"))
@@ -294,6 +330,8 @@ class _Reader:
             shape = tuple(None if s < 0 else d for d, s in zip(shape, signature))
         if tensor.ShapeIsNone() and not signature:
             shape = None  # rank unknown (never a scalar: a scalar has an empty Shape vector)
+        if resized is not None:
+            shape = resized  # the input size was changed: LiteRT's propagated shape
         if is_input:
             given = self.input_shapes.get(name)
             if given is not None:
