@@ -105,6 +105,10 @@ def schema():
 
 # ----------------------------------------------------------------------------- loading
 
+# How the warning starts when resized inputs could not be propagated (the LiteRT target quotes its reason).
+PROPAGATION_FAILED = "inputs resized, but LiteRT could not work out"
+
+
 def load(path: Path, input_shapes: Optional[Mapping[str, Sequence[int]]] = None) -> Model:
     path = Path(path)
     if path.is_dir():
@@ -313,7 +317,7 @@ class _Reader:
             details = interpreter.get_tensor_details()
         except Exception as exc:  # ValueError / RuntimeError from the runtime, ImportError without it
             reason = " ".join(str(exc).split())[:200]
-            self.warnings.append(f"inputs resized, but LiteRT could not work out the other tensors' shapes at that "
+            self.warnings.append(f"{PROPAGATION_FAILED} the other tensors' shapes at that "
                                  f"size ({reason}): shapes and costs past the inputs are the stored ones "
                                  "(estimated at the stored input shape)")
             return {}

@@ -40,6 +40,7 @@ from engine.ir import Model, ModelLoadError
 from engine.profile import (ATTRIBUTED, MEASURED, MODE_DEPLOYED, MODE_EXACT, NodeTiming, Profile, TimingGroup,
                             TimingStats)
 from engine.targets.settings import ProfileSettings, ProgressCallback, TargetError
+from importers.tflite import PROPAGATION_FAILED as _PROPAGATION_FAILED
 
 __all__ = ["LiteRtCpuTarget", "map_delegate_events", "TESTED_VERSIONS", "litert_version"]
 
@@ -450,6 +451,8 @@ class _Prepared:
     analysis: Any
     plain: _CompiledModel
     feed: dict[str, np.ndarray]
+    resize: dict[int, tuple[int, ...]]  # input index -> the shape it was resized to (non-strict)
+    stored_shapes: dict[str, tuple[int, ...]]  # name -> shape stored in the model, of the inputs resized
 
 
 class LiteRtCpuTarget:
@@ -506,21 +509,57 @@ class LiteRtCpuTarget:
         path = Path(model_path)
         if not path.exists():
             raise ModelLoadError(str(path), "no such file or directory")
-        if settings.size is not None or settings.input_shapes:
-            raise TargetError("the LiteRT CPU reference runs a .tflite model at the input shapes stored in it; "
-                              "--size and --shape are not supported for .tflite models")
         model = tflite.load(path)
+        resize: dict[int, tuple[int, ...]] = {}
+        stored_shapes: dict[str, tuple[int, ...]] = {}
+        if settings.size is not None or settings.input_shapes:
+            resize, shapes = self._resized_inputs(model, settings)
+            graph = model.main_graph
+            stored_shapes = {graph.inputs[i]: tuple(graph.value_type(graph.inputs[i]).shape or ()) for i in resize}
+            model = tflite.load(path, input_shapes=shapes)
         analysis = analyze(model)
         feed = self._make_inputs(model, settings)
-        plain = _CompiledModel(path, self._kernel_mode(settings), settings.threads, profiling=False)
+        try:
+            plain = _CompiledModel(path, self._kernel_mode(settings), settings.threads, profiling=False,
+                                   resize=resize)
+        except TargetError as exc:
+            raise TargetError(_resize_refused(exc, path, settings, model, stored_shapes) if resize else str(exc)) from None
         try:
             plain.write_inputs(list(feed.values()))
             plain.run()
         except TargetError as exc:
             plain.close()
-            raise TargetError(_run_refused(exc, model, settings)) from None
+            raise TargetError(_resize_refused(exc, path, settings, model, stored_shapes) if resize
+                              else _run_refused(exc, model, settings)) from None
         self.close()
-        self._prepared = _Prepared(settings.session_key(), settings, path, model, analysis, plain, feed)
+        self._prepared = _Prepared(settings.session_key(), settings, path, model, analysis, plain, feed, resize,
+                                   stored_shapes)
+
+    @staticmethod
+    def _resized_inputs(stored: Model, settings: ProfileSettings):
+        """(input index -> dims to resize to, input name -> shape) for --size / --shape.
+
+        A .tflite stores fixed input shapes; LiteRT's non-strict resize overrides them, so every
+        dimension may be set: --shape sets whole shapes, --size the height and width of NHWC images.
+        """
+        from engine.targets.cpu import resolve_input_shapes
+        graph = stored.main_graph
+        relaxed = []
+        for name in graph.inputs:
+            value_type = graph.value_type(name)
+            dims = list(value_type.shape) if value_type is not None and value_type.shape is not None else None
+            if dims is not None and name in settings.input_shapes:
+                dims = [None] * len(dims)  # any dimension may change (the rank is still checked)
+            elif dims is not None and settings.size is not None and len(dims) == 4:
+                dims[1] = dims[2] = None  # TFLite images are NHWC
+            relaxed.append((name, dims))
+        shapes = resolve_input_shapes(relaxed, settings)
+        resize = {}
+        for index, name in enumerate(graph.inputs):
+            value_type = graph.value_type(name)
+            if value_type is None or tuple(value_type.shape or ()) != shapes[name]:
+                resize[index] = shapes[name]
+        return resize, shapes
 
     @staticmethod
     def _kernel_mode(settings: ProfileSettings) -> str:
@@ -605,7 +644,15 @@ class LiteRtCpuTarget:
                             f"(tested: {', '.join(TESTED_VERSIONS)}): per-operator times are unavailable, the whole "
                             "model was timed (install the tested version for per-operator times)")
         profiled = _CompiledModel(prepared.model_path, self._kernel_mode(settings), settings.threads,
-                                  profiling=per_operator)
+                                  profiling=per_operator, resize=prepared.resize)
+        stored = prepared.stored_shapes
+        if stored:
+            warnings.append("inputs resized from the shapes stored in the model ("
+                            + ", ".join(f"{name} {'x'.join(map(str, old))} -> "
+                                        f"{'x'.join(map(str, prepared.feed[name].shape))}"
+                                        for name, old in stored.items())
+                            + ") with LiteRT's non-strict resize, which overrides the model's fixed shapes: "
+                              "the model was not built for this size, so its outputs may mean nothing")
         plain = prepared.plain
         feed = list(prepared.feed.values())
         plain.write_inputs(feed)
@@ -686,7 +733,9 @@ class LiteRtCpuTarget:
                             "inputs_file": settings.inputs if settings.inputs not in ("random", "zeros") else None,
                             "seed": settings.seed,
                             "input_shapes": {k: list(v.shape) for k, v in prepared.feed.items()},
-                            "size": None, "runtime": f"LiteRT {version}",
+                            "size": list(settings.size) if settings.size else None,
+                            "resized_from": {k: list(v) for k, v in prepared.stored_shapes.items()} or None,
+                            "runtime": f"LiteRT {version}",
                             "kernels": "builtin" if settings.mode == MODE_EXACT else "XNNPACK (default CPU delegate)"}
         return Profile.build(
             model_path=str(prepared.model_path), model_format=prepared.model.format,
@@ -774,6 +823,20 @@ class LiteRtCpuTarget:
             warnings.append(f"{len(missing)} operator(s) have no time (LiteRT reported no event for them): "
                             f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
         return groups, nodes, warnings
+
+
+def _resize_refused(exc: TargetError, path: Path, settings: ProfileSettings, model: Model,
+                    stored_shapes: Mapping[str, Sequence[int]]) -> str:
+    """One line for a model LiteRT cannot run at the size asked for."""
+    if settings.size is not None:
+        asked = f"size {settings.size[0]}x{settings.size[1]}"
+    else:
+        asked = "shape " + ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in settings.input_shapes.items())
+    stored = ", ".join(f"{name} {'x'.join(map(str, shape))}" for name, shape in stored_shapes.items())
+    why = next((w[w.find("(") + 1:w.rfind("): shapes")] for w in model.warnings
+                if w.startswith(_PROPAGATION_FAILED)), "")  # the operator LiteRT's interpreter named
+    return (f"{path.name} cannot run at {asked}: {exc}; the model's shapes are fixed and an operator does not "
+            f"follow a resized input{f' ({why})' if why else ''}: profile it at its stored shape ({stored})")
 
 
 def _run_refused(exc: TargetError, model: Model, settings: ProfileSettings) -> str:
