@@ -208,9 +208,11 @@ def sweep_summary(rows) -> str:
              f"  {'setting':<14} {'median':>11} {'p10':>11} {'p90':>11} {'MACs':>14}"]
     for row in rows:
         setting = f"{row['series']} {row['setting']}" if row.get("series") else row["setting"]
+        macs = row.get("macs")
         lines.append(f"  {setting:<14} {_ms(row.get('median_ms')):>11} {_ms(row.get('p10_ms')):>11} "
-                     f"{_ms(row.get('p90_ms')):>11} {row.get('macs', 0):>14,}"
-                     + ("" if row.get("complete", True) else "  incomplete"))
+                     f"{_ms(row.get('p90_ms')):>11} {'-' if macs is None else f'{macs:,}':>14}"
+                     + ("" if row.get("complete", True) else
+                        f"  not run: {row['error']}" if row.get("runs") == 0 and row.get("error") else "  incomplete"))
     if any(row.get("series") == "CPU_AND_GPU" for row in rows) and any(row.get("series") == "CPU_ONLY" for row in rows):
         from engine.sweep import crossover
         size = crossover(rows)

@@ -117,7 +117,7 @@ def _sweep(model_path, points: Sequence[tuple[str, dict, Optional[Size], Optiona
            cancel: Optional[threading.Event], keep_profiles: Optional[list]) -> list[dict]:
     rows: list[dict] = []
     own_target = target is None
-    target = target or get_target("cpu")
+    target = target or get_target("cpu", model_path=model_path)  # LiteRT for a .tflite
     workdir = Path(tempfile.mkdtemp(prefix="layerscope-sweep-"))
     per_point = settings.warmup + settings.runs
     total = per_point * len(points)
@@ -127,7 +127,16 @@ def _sweep(model_path, points: Sequence[tuple[str, dict, Optional[Size], Optiona
                 break
             path, target_size = model_for_setting(model_path, workdir, size=size, alpha=alpha)
             point_settings = settings.replace(size=target_size) if size is not None else settings
-            target.prepare(path, point_settings)
+            try:
+                target.prepare(path, point_settings)
+            except TargetError as exc:
+                if not rows:
+                    raise
+                # A size the model cannot run at: keep the sizes measured, say which one failed.
+                rows.append({"setting": label, **extra, "median_ms": None, "p10_ms": None, "p90_ms": None,
+                             "cv": None, "kind": None, "macs": None, "flops": None, "params": None,
+                             "coverage": None, "runs": 0, "complete": False, "error": str(exc)})
+                break
 
             def point_progress(done, _total, message, _offset=index * per_point, _label=label):
                 if progress is not None:

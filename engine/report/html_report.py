@@ -323,6 +323,8 @@ def _op_types_section(profile: "Profile") -> str:
 def _sweep_section(sweep: Sequence[Mapping[str, Any]]) -> str:
     series: dict[str, tuple[list[str], list[float]]] = {}
     for row in sweep:
+        if row.get("median_ms") is None:
+            continue  # a setting that did not run (its error is in the table)
         name = str(row.get("series", row.get("target", "latency")))
         xs, ys = series.setdefault(name, ([], []))
         xs.append(str(row.get("setting")))
@@ -330,7 +332,8 @@ def _sweep_section(sweep: Sequence[Mapping[str, Any]]) -> str:
     chart = svg.line_chart([(name, xs, ys) for name, (xs, ys) in series.items()], "ms (median, measured)")
     rows = "".join(
         f"<tr><td class='t'>{escape(str(r.get('series', r.get('target', ''))))}</td><td class='t'>{escape(str(r.get('setting')))}</td>"
-        f"<td>{float(r.get('median_ms', 0)):.3f} ms {kind_badge(str(r.get('kind') or NOT_RUN))}</td>"
+        f"<td>{_opt_ms(r.get('median_ms'))} {kind_badge(str(r.get('kind') or NOT_RUN))}"
+        f"{escape(' ' + str(r['error'])) if r.get('median_ms') is None and r.get('error') else ''}</td>"
         f"<td>{_opt_ms(r.get('p10_ms', r.get('p10')))}</td><td>{_opt_ms(r.get('p90_ms', r.get('p90')))}</td>"
         f"<td>{human_count(r.get('macs'))} {kind_badge('estimated')}</td></tr>" for r in sweep)
     return ("<h2>Latency by setting (sweep)</h2>" + chart + "<table><tr><th class='t'>series</th><th class='t'>setting</th>"
