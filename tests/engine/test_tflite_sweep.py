@@ -64,7 +64,7 @@ def test_selfie_segmentation_refuses_a_size_in_one_line_and_a_sweep_keeps_earlie
 def test_cli_sweep_prints_the_failed_size_without_traceback(tmp_path):
     report = tmp_path / "sweep.html"
     result = subprocess.run([sys.executable, "-m", "engine", "profile", str(SELFIE), "--mode", "deployed",
-                             "--size", "256", "--size", "320", "--runs", "2", "--warmup", "1",
+                             "--size", "256", "320", "--runs", "2", "--warmup", "1",
                              "--report", str(report)], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
