@@ -43,6 +43,7 @@ from gui.inspector import Inspector
 from gui.responsive import hold_gc, release_gc, start_helper_process, stop_helper_process
 from gui.deferred_panels import DeferredProfilePanels
 from gui.run_dialog import ProfileWorker, RunDialog, RunRequest, RunResult, make_profile_runner
+from gui.subgraphs import SubgraphChooser
 
 APP_NAME = "LayerScope"
 MAX_RECENT = 10
@@ -85,10 +86,11 @@ class LoadedModel:
     groups: dict = field(default_factory=dict)  # group id -> engine.layout.NodeGroup
     collapsed: frozenset = frozenset()  # ids of the groups drawn as one box
     note: str = ""  # something the person should know about this layout (e.g. a grouping fallback)
+    graph_index: int = 0  # which of the model's graphs is shown (a TFLite subgraph; gui.subgraphs)
 
 
 def load_model(path: str, include_constants: bool = False, progress=None, grouping: str = "none",
-               collapsed: Optional[frozenset] = None) -> LoadedModel:
+               collapsed: Optional[frozenset] = None, graph_index: int = 0) -> LoadedModel:
     """Import, analyse and lay out `path`: the engine calls the worker makes (no Qt objects).
 
     With a `grouping` other than "none", the groups in `collapsed` are drawn collapsed (None:
@@ -106,10 +108,11 @@ def load_model(path: str, include_constants: bool = False, progress=None, groupi
     if progress:
         progress("Analysing…")
     start = time.perf_counter()
-    analysis = analyze(model)
+    analysis = analyze(model, graph_index)
     timings["analysis"] = time.perf_counter() - start
-    loaded = LoadedModel(str(path), model, analysis, None, include_constants, analysis.graph.producers(), timings)
-    if grouping == "none" and collapsed is None:
+    loaded = LoadedModel(str(path), model, analysis, None, include_constants, analysis.graph.producers(), timings,
+                         graph_index=graph_index)
+    if grouping == "none" and collapsed is None and graph_index == 0:
         from gui.folded_groups import open_folded
         folded = open_folded(loaded, include_constants, progress)
         if folded is not None:
@@ -146,7 +149,7 @@ def relayout(loaded: LoadedModel, include_constants: bool, progress=None, groupi
     layout = layout_graph(loaded.analysis, include_constants=include_constants, groups=groups, collapsed=collapsed)
     timings = dict(loaded.timings, layout=time.perf_counter() - start)
     result = LoadedModel(loaded.path, loaded.model, loaded.analysis, layout, include_constants,
-                         loaded.producers, timings, None, grouping, groups, collapsed, note)
+                         loaded.producers, timings, None, grouping, groups, collapsed, note, loaded.graph_index)
     start = time.perf_counter()
     result.scene_data = prepare_scene_data(result)
     result.timings["scene_data"] = time.perf_counter() - start
@@ -322,6 +325,7 @@ class MainWindow(QMainWindow):
         self._build_actions()
         self.view.set_empty_hint(self.empty_hint_text())
         self._build_toolbar()
+        self.subgraph_chooser = SubgraphChooser(self)  # in the toolbar when a model has several graphs
         self._build_status_bar()
         self._update_recent_menu()
         self._update_profile_actions()
@@ -795,7 +799,8 @@ class MainWindow(QMainWindow):
         self.summary_label.setText(
             f"{Path(loaded.path).name}: {totals.compute_nodes} nodes{hidden} · params "
             f"{human_count(totals.params)} · MACs {human_count(totals.macs)} · peak activations "
-            f"{human_bytes(totals.peak_activation_bytes)} (estimated) · layout {loaded.layout.method}")
+            f"{human_bytes(totals.peak_activation_bytes)} (estimated) · layout {loaded.layout.method}"
+            + (" · tensors NHWC" if loaded.analysis.graph.channels_last else ""))
 
     def set_show_constants(self, show: bool) -> None:
         if self.loaded is None or self.loaded.include_constants == show:

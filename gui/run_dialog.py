@@ -52,6 +52,10 @@ TARGET_TITLES = {"cpu": "CPU reference (ONNX Runtime)"}
 DEFAULT_THREADS = 1  # the CLI's default (engine/cli_profile.py)
 MODE_TITLES = {"exact": "exact: optimizations off, one timing per layer",
                "deployed": "deployed: optimizations on, fused kernels mapped back"}
+# A .tflite model runs on the LiteRT CPU reference (engine.targets.litert): its own words for the same choices.
+LITERT_TARGET_TITLES = {"cpu": "CPU reference (LiteRT)"}
+LITERT_MODE_TITLES = {"exact": "exact: builtin kernels, one timing per operator",
+                      "deployed": "deployed: XNNPACK (LiteRT's default), fused operators mapped back"}
 
 
 @dataclass(frozen=True)
@@ -588,6 +592,13 @@ class RunDialog(QDialog):
             self.footer.progress.setValue(0)
         self.model_path, self.model_inputs, self.resizable = path, tuple(inputs), resizable
         self.model_format = model_format
+        litert = model_format == "tflite"
+        for combo, titles, litert_titles in ((self.target_combo, TARGET_TITLES, LITERT_TARGET_TITLES),
+                                             (self.mode_combo, MODE_TITLES, LITERT_MODE_TITLES)):
+            for key, title in titles.items():
+                index = combo.findData(key)
+                if index >= 0:
+                    combo.setItemText(index, litert_titles[key] if litert else title)
         self.check_fields()
 
     def field_problems(self) -> tuple[str, str]:
