@@ -31,6 +31,18 @@ def open_folded(loaded, include_constants: bool, progress=None):
     return result
 
 
+def folded_layouts(loaded, groups, include_constants: bool):
+    """The engine.folded_layout.FoldedLayouts of `loaded` for these groups and constants: the one
+    it carries when they match (its groups' layouts are reused), else a new one."""
+    from engine.folded_layout import FoldedLayouts
+
+    cached = loaded.folded_layouts
+    if cached is not None and cached.groups is groups and cached.include_constants == include_constants \
+            and cached.analysis is loaded.analysis:
+        return cached
+    return FoldedLayouts(loaded.analysis, groups, include_constants)
+
+
 _member_cache: tuple[Optional[object], dict] = (None, {})
 
 

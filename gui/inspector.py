@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Optional
 
-from PySide6.QtCore import QRect, QSize, Qt
+from PySide6.QtCore import QRect, QSize, Qt, Signal
 from PySide6.QtGui import QFont, QKeySequence, QShortcut
 from PySide6.QtWidgets import (QAbstractItemView, QApplication, QHeaderView, QStyledItemDelegate, QTreeWidget,
                                QTreeWidgetItem)
 
 from engine.inspect import human_bytes, human_count, quantization_text
-from engine.layout import INPUT_PREFIX, OUTPUT_PREFIX, group_totals
+from engine.layout import INPUT_PREFIX, OUTPUT_PREFIX
+from gui.graph_groups import group_totals
 from gui.graph_view import format_ms, node_transfers
 
 ESTIMATED = "estimated"
@@ -48,6 +49,10 @@ class _WrappingDelegate(QStyledItemDelegate):
 class Inspector(QTreeWidget):
     """A three-column tree: property, value, kind (estimated / measured / attributed)."""
 
+    # A node listed in the inspector (a group's slowest or heaviest nodes) was activated
+    # (double-click or Enter): the window selects it, opening the groups that hide it.
+    nodeActivated = Signal(str)
+
     def __init__(self, parent=None):
         super().__init__(parent)
         self.setColumnCount(3)
@@ -74,7 +79,25 @@ class Inspector(QTreeWidget):
         self.node_id: Optional[str] = None
         self._numbered = None  # the analysis _numbers was made for
         self._numbers: dict[str, int] = {}
+        self.itemActivated.connect(self._activated)
         self.show_nothing()
+
+    def _activated(self, item: QTreeWidgetItem, _column: int = 0) -> None:
+        node_id = item.data(0, Qt.ItemDataRole.UserRole)
+        if isinstance(node_id, str) and node_id:
+            self.nodeActivated.emit(node_id)
+
+    def node_rows(self) -> dict[str, QTreeWidgetItem]:
+        """The rows that name a node and select it when activated, by node id."""
+        found = {}
+        iterator = [self.topLevelItem(i) for i in range(self.topLevelItemCount())]
+        while iterator:
+            item = iterator.pop(0)
+            node_id = item.data(0, Qt.ItemDataRole.UserRole)
+            if isinstance(node_id, str) and node_id:
+                found[node_id] = item
+            iterator.extend(item.child(i) for i in range(item.childCount()))
+        return found
 
     def copy_selection(self) -> str:
         """Ctrl+C: the selected rows, full text, one "property<TAB>value<TAB>kind" line each."""
@@ -103,6 +126,13 @@ class Inspector(QTreeWidget):
     def _row(parent: QTreeWidgetItem, name: str, value: str, kind: str = "") -> QTreeWidgetItem:
         item = QTreeWidgetItem(parent, [name, value, kind])
         item.setToolTip(1, value)
+        return item
+
+    @classmethod
+    def _node_row(cls, parent: QTreeWidgetItem, node_id: str, value: str, kind: str) -> QTreeWidgetItem:
+        item = cls._row(parent, node_id, value, kind)
+        item.setToolTip(0, f"{node_id}\n(double-click or Enter: select it in the graph)")
+        item.setData(0, Qt.ItemDataRole.UserRole, node_id)
         return item
 
     def rows(self) -> dict[str, str]:
@@ -286,15 +316,14 @@ class Inspector(QTreeWidget):
             section = self._section(f"Slowest nodes ({min(listed, len(ranked))} of {len(ranked)})")
             for node_id in ranked[:listed]:
                 timing = profile.nodes[node_id]
-                self._row(section, node_id, f"{format_ms(timing.time.median_ms)}  {timing.op_type}",
-                          timing.kind).setToolTip(0, node_id)
+                self._node_row(section, node_id, f"{format_ms(timing.time.median_ms)}  {timing.op_type}",
+                               timing.kind)
         else:
             ranked = sorted(members, key=lambda m: -(analysis.nodes[m].macs or 0))
             section = self._section(f"Heaviest nodes ({min(listed, len(ranked))} of {len(ranked)})")
             for node_id in ranked[:listed]:
                 metrics = analysis.nodes[node_id]
-                self._row(section, node_id, f"MACs {human_count(metrics.macs)}  {metrics.op_type}",
-                          ESTIMATED).setToolTip(0, node_id)
+                self._node_row(section, node_id, f"MACs {human_count(metrics.macs)}  {metrics.op_type}", ESTIMATED)
 
     def _profile_section(self, profile, node_id: str, label: str) -> None:
         section = self._section(f"Profile: {label}" if label else "Profile")

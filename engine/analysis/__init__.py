@@ -13,6 +13,7 @@ from typing import Mapping, Optional
 
 from engine.analysis import costs
 from engine.analysis.stages import Stage, find_stages
+from engine.gc_pause import collector_paused
 from engine.ir import FLOAT_DTYPES, Graph, Model, Node
 
 # Ops that produce the same value on every run when their inputs are constant.
@@ -83,6 +84,11 @@ class ModelAnalysis:
 
 
 def analyze(model: Model, graph_index: int = 0) -> ModelAnalysis:
+    with collector_paused():  # 100,000 NodeMetrics and their sets and dicts: see engine.gc_pause
+        return _analyze(model, graph_index)
+
+
+def _analyze(model: Model, graph_index: int) -> ModelAnalysis:
     graph = model.graphs[graph_index]
     order = execution_order(graph)
     constant_values, constant_nodes = _fold_constants(graph, order)
@@ -93,18 +99,26 @@ def analyze(model: Model, graph_index: int = 0) -> ModelAnalysis:
     params_by_dtype: dict[str, int] = {}
     total_params = total_buffers = weight_bytes = total_macs = total_flops = 0
     unknown: list[str] = []
+    # Per-value lookups, bound once: the loop below runs ~10 of them per node.
+    type_of = graph.value_types.get
+    canonical_op, argument_inputs, buffer_inputs = costs.canonical_op, costs.argument_inputs, costs.buffer_inputs
+    cost_from_types, spatial_size = costs.cost_from_types, costs.spatial_size
+    no_cost = costs.Cost(0, 0)
+    channels_last = graph.channels_last
     for position, node in enumerate(order):
         is_constant = node.id in constant_nodes
         params = param_bytes = buffers = 0
-        cost = costs.Cost(0, 0)
+        cost = no_cost
         input_bytes: Optional[int] = 0
+        out_types = [type_of(name) if name else None for name in node.outputs]
         if not is_constant:
-            op = costs.canonical_op(node)
-            arguments, buffer_slots = costs.argument_inputs(op, node), costs.buffer_inputs(op, node)
+            op = canonical_op(node)
+            arguments, buffer_slots = argument_inputs(op, node), buffer_inputs(op, node)
+            in_types = [type_of(name) if name else None for name in node.inputs]
             for index, name in enumerate(node.inputs):
                 if not name:
                     continue
-                value_type = graph.value_type(name)
+                value_type = in_types[index]
                 size = value_type.byte_size if value_type is not None else None
                 if name in constant_values:
                     if index in arguments or value_type is None or value_type.dtype not in _PARAM_DTYPES \
@@ -125,10 +139,10 @@ def analyze(model: Model, graph_index: int = 0) -> ModelAnalysis:
                         params_by_dtype[value_type.dtype] = params_by_dtype.get(value_type.dtype, 0) + elements
                 else:
                     input_bytes = None if size is None or input_bytes is None else input_bytes + size
-            cost = costs.node_cost(node, graph)
-            if not cost.known:
+            cost = cost_from_types(node, op, in_types, out_types)
+            if cost.flops is None:
                 unknown.append(node.id)
-        output_bytes = _output_bytes(node, graph)
+        output_bytes = _output_bytes(node.outputs, out_types)
         bytes_moved = None if input_bytes is None or output_bytes is None else input_bytes + output_bytes
         intensity = None
         if cost.flops is not None and bytes_moved:
@@ -137,10 +151,10 @@ def analyze(model: Model, graph_index: int = 0) -> ModelAnalysis:
         total_buffers += buffers
         total_macs += cost.macs or 0
         total_flops += cost.flops or 0
-        first_output = graph.value_type(node.outputs[0]) if node.outputs and node.outputs[0] else None
+        first_output = out_types[0] if out_types else None
         metrics[node.id] = NodeMetrics(node.id, node.op_type, position, is_constant, params, param_bytes,
                                        buffers, cost.macs, cost.flops, output_bytes, bytes_moved, intensity,
-                                       costs.spatial_size(first_output, graph.channels_last))
+                                       spatial_size(first_output, channels_last))
 
     peak_bytes, peak_node = _peak_activation(graph, order, constant_values)
     stages, stage_of = find_stages(graph, order, metrics, producers)
@@ -206,27 +220,31 @@ def _fold_constants(graph: Graph, order: list[Node]) -> tuple[set[str], set[str]
     constant_values = {name for name, value in graph.values.items() if value.initializer is not None}
     constant_values.difference_update(graph.inputs)
     constant_nodes: set[str] = set()
+    type_of = graph.value_types.get
     for node in order:
         if node.op_type in _NONDETERMINISTIC or node.subgraphs:
             continue
-        inputs = [name for name in node.inputs if name]
-        if node.op_type == "Shape" and inputs:
-            source = graph.value_type(inputs[0])
+        if node.op_type == "Shape" and any(node.inputs):
+            source = type_of(next(name for name in node.inputs if name))
             folds = source is not None and source.is_static
         else:
-            folds = all(name in constant_values for name in inputs)
+            folds = True
+            for name in node.inputs:  # most nodes read an activation: stop at the first
+                if name and name not in constant_values:
+                    folds = False
+                    break
         if folds:
             constant_nodes.add(node.id)
             constant_values.update(out for out in node.outputs if out)
     return constant_values, constant_nodes
 
 
-def _output_bytes(node: Node, graph: Graph) -> Optional[int]:
+def _output_bytes(outputs: tuple[str, ...], out_types: list) -> Optional[int]:
+    """Bytes of a node's outputs (`out_types`: their types); None when a size is unknown."""
     total = 0
-    for name in node.outputs:
+    for name, value_type in zip(outputs, out_types):
         if not name:
-            continue
-        value_type = graph.value_type(name)
+            continue  # an omitted optional output
         size = value_type.byte_size if value_type is not None else None
         if size is None:
             return None
@@ -243,29 +261,33 @@ def _peak_activation(graph: Graph, order: list[Node], constants: set[str]) -> tu
                 last_use[name] = position
     keep_to_end = set(graph.outputs)
 
-    sizes: dict[str, int] = {}  # each tensor's size, looked up once (it is asked for 2-3 times)
+    # Every tensor's size in one dict (a tensor is asked for 2-3 times below); a name without a
+    # value, or without a known size, counts 0.
+    sizes = {name: (value_type.byte_size or 0) if value_type is not None else 0
+             for name, value_type in graph.value_types.items()}
+    size_of = sizes.get
 
-    def size_of(name: str) -> int:
-        size = sizes.get(name)
-        if size is None:
-            value_type = graph.value_type(name)
-            size = sizes[name] = (value_type.byte_size or 0) if value_type is not None else 0
-        return size
-
-    live = sum(size_of(name) for name in graph.inputs)
+    live = 0
+    for name in graph.inputs:
+        live += size_of(name, 0)
     peak, peak_node = live, None
     frees_at: dict[int, list[str]] = {}
     for name, position in last_use.items():
         if name not in keep_to_end:
             frees_at.setdefault(position, []).append(name)
+    no_frees: list[str] = []
     for position, node in enumerate(order):
-        if node.outputs and all(out in constants for out in node.outputs if out):
-            continue
-        live += sum(size_of(out) for out in node.outputs if out and out not in constants)
+        outputs = [out for out in node.outputs if out and out not in constants]
+        if node.outputs and not outputs:
+            continue  # every output is constant (folded): nothing is computed here
+        for out in outputs:
+            live += size_of(out, 0)
         if live > peak:
             peak, peak_node = live, node.id
-        live -= sum(size_of(name) for name in frees_at.get(position, ()))
+        for name in frees_at.get(position, no_frees):
+            live -= size_of(name, 0)
         # An output nobody reads is freed at once (e.g. Dropout's mask).
-        live -= sum(size_of(out) for out in node.outputs
-                    if out and out not in last_use and out not in keep_to_end and out not in constants)
+        for out in outputs:
+            if out not in last_use and out not in keep_to_end:
+                live -= size_of(out, 0)
     return peak, peak_node

@@ -171,9 +171,14 @@ def _static_shape(t: Optional[TensorType]) -> Optional[tuple[int, ...]]:
 
 
 def node_cost(node: Node, graph: Graph) -> Cost:
-    op = canonical_op(node)
-    in_types = [graph.value_type(name) if name else None for name in node.inputs]
-    out_types = [graph.value_type(name) if name else None for name in node.outputs]
+    type_of = graph.value_types.get
+    return cost_from_types(node, canonical_op(node), [type_of(name) if name else None for name in node.inputs],
+                           [type_of(name) if name else None for name in node.outputs])
+
+
+def cost_from_types(node: Node, op: str, in_types: list, out_types: list) -> Cost:
+    """node_cost, given the node's canonical op and the types of its inputs and outputs (None
+    for an omitted one): the analysis has them already."""
     out0 = out_types[0] if out_types else None
     out_elements = _elements(out0)
     if op in MAC_OPS:

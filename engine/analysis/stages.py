@@ -146,7 +146,11 @@ def _collect(order: list[Node], metrics: Mapping[str, "NodeMetrics"], stage_of: 
     for name in sorted(members, key=lambda s: STAGE_KINDS.index(kinds.get(s, "other"))
                        if kinds.get(s, "other") in STAGE_KINDS else len(STAGE_KINDS)):
         ids = members[name]
-        stages.append(Stage(name, kinds.get(name, "other"), tuple(ids),
-                            sum(metrics[i].macs or 0 for i in ids), sum(metrics[i].flops or 0 for i in ids),
-                            sum(metrics[i].params for i in ids)))
+        macs = flops = params = 0
+        for node_id in ids:  # one pass over the stage's metrics, not one per sum
+            m = metrics[node_id]
+            macs += m.macs or 0
+            flops += m.flops or 0
+            params += m.params
+        stages.append(Stage(name, kinds.get(name, "other"), tuple(ids), macs, flops, params))
     return tuple(stages)

@@ -15,13 +15,12 @@ engine.numerics.NumericsResult) and any section a caller passes as
 """
 from __future__ import annotations
 
-import gc
-from contextlib import contextmanager
 from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 from engine.files import write_text_atomically
+from engine.gc_pause import collector_paused
 from engine.hints import finding
 from engine.inspect import human_bytes, human_count
 from engine.naming import layer_names, layer_names_for_profile
@@ -89,19 +88,6 @@ def target_labels(profiles: Sequence["Profile"]) -> list[str]:
     return labels
 
 
-@contextmanager
-def _collector_paused():
-    """A report allocates several objects per layer and frees none until it is written: cyclic
-    collections meanwhile only rescan the model's objects (a third of the time at 100,000 layers)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def html_report(profiles, analysis: Optional["ModelAnalysis"], sweep: Optional[Sequence[Mapping[str, Any]]] = None,
                 compare: Optional[Mapping[str, Any]] = None, blockers: Optional[Sequence[Mapping[str, Any]]] = None,
                 top: int = 15, extra_sections: Sequence[str] = (), numerics=None) -> str:
@@ -110,7 +96,7 @@ def html_report(profiles, analysis: Optional["ModelAnalysis"], sweep: Optional[S
     `analysis` is None when the model file is not at hand: the report then has
     no graph and no static figures, and says so.
     """
-    with _collector_paused():
+    with collector_paused():
         if numerics is not None:  # an engine.numerics.NumericsResult of the same model
             from engine.report.numerics_section import numerics_section
             extra_sections = [numerics_section(numerics), *extra_sections]

@@ -27,10 +27,12 @@ def _relaid(qtbot, window, action) -> None:
 
 
 def _check_connected(scene) -> None:
-    """Every edge joins two boxes of the scene: nothing dangles into a group that is not drawn."""
+    """Every edge joins two boxes of the scene, or a box and the frame of an opened group (namespace
+    groups open in frames): nothing dangles into a group that is not drawn."""
     assert scene.edges
+    drawn = set(scene.node_index) | set(scene.frame_layer.ids if scene.frame_layer is not None else ())
     for edge in scene.edges:
-        assert edge.source in scene.node_index and edge.target in scene.node_index
+        assert edge.source in drawn and edge.target in drawn
     analysis = scene.loaded.analysis
     for metrics in analysis.compute_nodes():  # every node is drawn, by its own box or its group's
         assert scene.box_id(metrics.node_id) is not None
@@ -121,10 +123,14 @@ def test_namespaces_nest_and_the_context_menu_expands_and_collapses(qtbot, windo
     texts = [a.text() for a in window.view.group_menu(node).actions() if a.text()]
     block_name = window.scene.groups[block].name
     assert texts[:2] == [f"Collapse namespace “{block_name}”", "Collapse namespace “encoder”"]
-    # Search finds a node inside a collapsed group as the group's box; selecting it selects the box.
+    # Search finds a node inside a collapsed group as itself: going to it opens its group.
     window.search_field.setText("up1/ConvTranspose")
-    assert window.search_next() == f"{GROUP_PREFIX}namespace:decoder"
-    assert window.inspector.rows()["Group (collapsed)/Name"] == "decoder"
+    with qtbot.waitSignal(window.modelLoaded, timeout=LOAD_TIMEOUT_MS):
+        assert window.search_next() == "/decoder/up1/ConvTranspose"
+    assert f"{GROUP_PREFIX}namespace:decoder" not in window.loaded.collapsed
+    assert window.inspector.node_id == "/decoder/up1/ConvTranspose"
+    assert window.scene.item_for("/decoder/up1/ConvTranspose").isSelected()
+    assert window.search_label.text() == "1 / 1"
     # Expand all, then back to no grouping: the plain graph.
     _relaid(qtbot, window, lambda: window.set_all_groups(False))
     assert not any(is_group(n) for n in window.scene.node_ids)

@@ -1,0 +1,860 @@
+"""Drawing the graph: node boxes and edges of an analysed model as scene items, overlays, search.
+
+Geometry comes from `engine.layout` (computed in a worker thread); this module
+only turns it into scene items and recolours them.
+
+Speed (see benchmarks/bench_gui_open.py): the scene holds one
+`QGraphicsRectItem` per node and one `QGraphicsPathItem` per EDGE_BATCH edges
+of one width, all painted by Qt in C++; the paths, label text and colours are
+prepared by the worker that opens the model (`prepare_scene_data`), so the UI
+thread only creates items, a slice per event-loop turn, and an old scene is
+deleted the same way (`retire_scene`).  Text is the expensive part of a scene (a
+`QGraphicsSimpleTextItem` costs ~20 us to create, 0.4 s for 20,000 nodes), so
+all labels are painted by one `LabelLayer` item that draws only the labels of
+the boxes in the exposed rectangle, found with numpy, and none when zoomed
+out too far to read them.  Overlays change brushes and pens of the existing
+items; they never add or remove items.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+import shiboken6
+from PySide6.QtCore import QPointF, QRectF, Qt, QTimer
+from PySide6.QtGui import QBrush, QColor, QFont, QFontMetrics, QPainter, QPainterPath, QPen, QPolygonF
+from PySide6.QtWidgets import QGraphicsItem, QGraphicsScene, QStyleOptionGraphicsItem
+
+from engine.inspect import human_bytes, human_count
+from engine.layout import INPUT_PREFIX, OUTPUT_PREFIX, op_category
+from engine.profile import KINDS
+from gui.graph_groups import FrameLayer, GroupSceneMixin, frame_title, group_lines
+from gui.graph_style import (BOX_PEN, CATEGORY_COLORS, EDGE_COLOR, EDGE_MAX_WIDTH, EDGE_MIN_WIDTH,
+                             EDGE_WIDTH_STEPS, GROUP_PEN_COLOR, LABEL_MAX_COUNT, LABEL_MIN_SCALE,
+                             LINK_PEN_COLOR, OVERLAYS, RATIO_LIMIT, TOP_PEN_COLOR, UNKNOWN_COLOR,
+                             ZERO_COLOR, _type_text, diverging_color, format_ms, gradient_color, is_group,
+                             is_io, node_transfers, unit_color)
+from gui.responsive import hold_gc, release_gc
+
+
+class LabelLayer(QGraphicsItem):
+    """Paints the text of every visible box in one paint() call (see the module docstring)."""
+
+    def __init__(self, rects: np.ndarray, lines: Sequence[tuple[str, str, str]], arrow_tips: np.ndarray):
+        super().__init__()
+        self._rects = rects  # (n, 4): x, y, w, h
+        # Arrow heads are drawn here too, only where visible: one path of 24,000 arrows
+        # costs ~40 ms per repaint even when ten of them are on screen.
+        self._tips = arrow_tips  # (m, 2): end point of each edge
+        self._right = rects[:, 0] + rects[:, 2]
+        self._bottom = rects[:, 1] + rects[:, 3]
+        self._lines = lines
+        self._elided: dict[int, tuple[str, str, str]] = {}
+        if len(rects):
+            self._bounds = QRectF(float(rects[:, 0].min()), float(rects[:, 1].min()),
+                                  float(self._right.max() - rects[:, 0].min()),
+                                  float(self._bottom.max() - rects[:, 1].min()))
+        else:
+            self._bounds = QRectF()
+        self.title_font = QFont()
+        self.title_font.setPixelSize(13)
+        self.title_font.setBold(True)
+        self.text_font = QFont()
+        self.text_font.setPixelSize(11)
+        self._title_metrics = QFontMetrics(self.title_font)
+        self._text_metrics = QFontMetrics(self.text_font)
+        self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemUsesExtendedStyleOption)
+        self.setAcceptedMouseButtons(Qt.MouseButton.NoButton)
+        self.setAcceptHoverEvents(False)
+        self.setZValue(10)
+
+    def boundingRect(self) -> QRectF:
+        return self._bounds
+
+    def shape(self) -> QPainterPath:
+        return QPainterPath()  # never hit: clicks and tooltips go to the boxes and edges below
+
+    def _elide(self, index: int) -> tuple[str, ...]:
+        cached = self._elided.get(index)
+        if cached is None:
+            width = int(self._rects[index, 2]) - 10
+            title, name, *details = self._lines[index]
+            cached = (self._title_metrics.elidedText(title, Qt.TextElideMode.ElideRight, width),
+                      self._text_metrics.elidedText(name, Qt.TextElideMode.ElideMiddle, width),
+                      *(self._text_metrics.elidedText(d, Qt.TextElideMode.ElideRight, width) for d in details))
+            self._elided[index] = cached
+        return cached
+
+    def set_line(self, index: int, lines: tuple[str, ...]) -> None:
+        """Replace the text of box `index` (a collapsed group's time line follows the selected profile)."""
+        self._lines[index] = lines
+        self._elided.pop(index, None)
+        self.update()
+
+    def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem, widget=None) -> None:
+        scale = QStyleOptionGraphicsItem.levelOfDetailFromTransform(painter.worldTransform())
+        if scale < LABEL_MIN_SCALE or not len(self._rects):
+            return
+        exposed = option.exposedRect
+        tips = self._tips
+        if len(tips):
+            shown = np.flatnonzero((tips[:, 0] >= exposed.left() - 5) & (tips[:, 0] <= exposed.right() + 5)
+                                   & (tips[:, 1] >= exposed.top()) & (tips[:, 1] <= exposed.bottom() + 8))
+            if len(shown) <= LABEL_MAX_COUNT:
+                painter.setPen(Qt.PenStyle.NoPen)
+                painter.setBrush(EDGE_COLOR)
+                for x, y in tips[shown].tolist():
+                    painter.drawPolygon([QPointF(x, y), QPointF(x - 4, y - 7), QPointF(x + 4, y - 7)])
+        visible = np.flatnonzero((self._right >= exposed.left()) & (self._rects[:, 0] <= exposed.right())
+                                 & (self._bottom >= exposed.top()) & (self._rects[:, 1] <= exposed.bottom()))
+        if len(visible) > LABEL_MAX_COUNT:
+            return
+        painter.setPen(QColor("#111111"))
+        title_ascent = self._title_metrics.ascent()
+        text_ascent = self._text_metrics.ascent()
+        line = self._text_metrics.height()
+        for index in visible.tolist():
+            x, y, w, h = self._rects[index].tolist()
+            title, name, *details = self._elide(index)
+            if h < 40:  # graph input/output: kind and name, then the tensor type
+                painter.setFont(self.text_font)
+                painter.drawText(QPointF(x + 6, y + 3 + text_ascent), title)
+                painter.drawText(QPointF(x + 6, y + 3 + line + text_ascent), name)
+                continue
+            painter.setFont(self.title_font)
+            painter.drawText(QPointF(x + 6, y + 3 + title_ascent), title)
+            painter.setFont(self.text_font)
+            painter.drawText(QPointF(x + 6, y + 19 + text_ascent), name)
+            for row, detail in enumerate(details[: max(1, int((h - 19) // line) - 1)], 1):
+                if detail:  # a collapsed group's box is taller: totals, then the profile's time
+                    painter.drawText(QPointF(x + 6, y + 19 + row * line + text_ascent), detail)
+
+
+@dataclass
+class SceneData:
+    """What a GraphScene draws, as plain data: prepared in the worker thread that opens the model.
+
+    Label text, colour categories and edge widths cost ~60 % of building a scene when made
+    on the UI thread; made here, the UI thread only creates the Qt items.
+    """
+
+    node_ids: list[str]
+    rects: np.ndarray  # (n, 4): x, y, w, h per node id
+    categories: list[str]
+    lines: list[tuple[str, str, str]]  # label lines per box
+    edge_steps: list[int]  # pen width step per edge, 0 .. EDGE_WIDTH_STEPS - 1
+    edge_widths: list[float]
+    tips: np.ndarray  # (m, 2): end point of each edge (arrow heads)
+    edge_batches: list[tuple[int, QPainterPath]]  # (pen width step, the polylines of up to EDGE_BATCH edges)
+    edge_batch_of: np.ndarray  # (m,): the batch drawing each edge
+    segments: np.ndarray  # (k, 4): x0, y0, x1, y1 of every straight piece of every edge (hit tests)
+    segment_edge: np.ndarray  # (k,): the edge of each segment
+    # Opened groups of a folded layout (engine.folded_layout): their frames, outermost first.
+    frame_ids: list[str] = field(default_factory=list)
+    frame_rects: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    frame_titles: list[str] = field(default_factory=list)
+
+
+# Edges per path item.  One QGraphicsPathItem per edge made the first paint of a 20,000-node
+# model 54 ms and a fitted view 90 ms (the unindexed scene walks every item on every paint);
+# batched, 23 ms and 20 ms, and building the edges takes 40 ms instead of 300 ms.
+EDGE_BATCH = 64
+
+
+def prepare_scene_data(loaded) -> SceneData:
+    """The SceneData of `loaded` (a gui.app.LoadedModel); any thread may call it.
+
+    It makes no QObject: QPainterPath is a value type that any thread may build.
+    """
+    layout, analysis = loaded.layout, loaded.analysis
+    graph = analysis.graph
+    node_ids = list(layout.boxes)
+    rects = np.array([layout.boxes[n] for n in node_ids], dtype=float).reshape(-1, 4)
+    categories, lines = [], []
+    describe = GraphScene.describe
+    groups = getattr(loaded, "groups", None) or {}
+    # A folded model draws the same nodes again as groups open and close: their text is kept.
+    described = getattr(loaded, "folded_layouts", None)
+    described = described.annotations.setdefault("scene_text", {}) if described is not None else {}
+    for node_id in node_ids:
+        if is_group(node_id):
+            category, text = "group", group_lines(groups[node_id], analysis)
+        else:
+            found = described.get(node_id)
+            if found is None:
+                found = described[node_id] = describe(node_id, graph, analysis)
+            category, text = found
+        categories.append(category)
+        lines.append(text)
+    steps, widths = _edge_width_steps(layout.edges, graph)
+    tips = np.array([e.points[-1] for e in layout.edges], dtype=float).reshape(-1, 2)
+    batches, batch_of, segments, segment_edge = _edge_batches(layout.edges, steps)
+    frames = getattr(layout, "frames", None) or {}
+    frame_ids = list(frames)
+    frame_rects = np.array([frames[g] for g in frame_ids], dtype=float).reshape(-1, 4)
+    titles = [frame_title(groups[g], analysis) for g in frame_ids]
+    return SceneData(node_ids, rects, categories, lines, steps, widths, tips, batches, batch_of,
+                     segments, segment_edge, frame_ids, frame_rects, titles)
+
+
+def _edge_batches(edges, steps: list[int]):
+    """Group edges of one pen width, in layout order (so a batch covers nearby edges), EDGE_BATCH at a time."""
+    batches: list[tuple[int, QPainterPath]] = []
+    batch_of = np.zeros(len(edges), dtype=np.int64)
+    open_batches: dict[int, list] = {}  # step -> [path, count, members]
+    segment_points: list[tuple[float, float, float, float]] = []
+    segment_edge: list[int] = []
+
+    def close(step: int, entry: list) -> None:
+        index = len(batches)
+        batches.append((step, entry[0]))
+        for member in entry[2]:
+            batch_of[member] = index
+
+    for index, edge in enumerate(edges):
+        step = steps[index]
+        entry = open_batches.get(step)
+        if entry is None:
+            entry = open_batches[step] = [QPainterPath(), 0, []]
+        points = edge.points
+        entry[0].addPolygon(QPolygonF([QPointF(x, y) for x, y in points]))
+        entry[1] += 1
+        entry[2].append(index)
+        for (x0, y0), (x1, y1) in zip(points, points[1:]):
+            segment_points.append((x0, y0, x1, y1))
+            segment_edge.append(index)
+        if entry[1] >= EDGE_BATCH:
+            close(step, open_batches.pop(step))
+    for step, entry in sorted(open_batches.items()):
+        close(step, entry)
+    segments = np.array(segment_points, dtype=float).reshape(-1, 4)
+    return batches, batch_of, segments, np.array(segment_edge, dtype=np.int64)
+
+
+def _edge_width_steps(edges, graph) -> tuple[list[int], list[float]]:
+    """Per edge: its pen width step (log of the tensor's bytes) and that width.
+
+    Unknown sizes get the thinnest pen.  Set once at build time: overlays never touch edges.
+    """
+    byte_sizes: dict[str, float] = {}  # per tensor: a tensor feeding many consumers is looked up once
+    value_type = graph.value_type
+    for edge in edges:
+        if edge.value not in byte_sizes:
+            found = value_type(edge.value)
+            byte_sizes[edge.value] = float((found.byte_size or 0) if found is not None else 0)
+    sizes = np.fromiter((byte_sizes[e.value] for e in edges), dtype=float, count=len(edges))
+    positive = sizes[sizes > 0]
+    steps = np.zeros(len(edges), dtype=int)
+    if len(positive):
+        low, high = np.log10(positive.min()), np.log10(positive.max())
+        if high > low:
+            logs = np.log10(np.where(sizes > 0, sizes, positive.min()))
+            steps = np.rint((logs - low) / (high - low) * (EDGE_WIDTH_STEPS - 1)).astype(int)
+    widths = EDGE_MIN_WIDTH + steps * (EDGE_MAX_WIDTH - EDGE_MIN_WIDTH) / (EDGE_WIDTH_STEPS - 1)
+    return steps.tolist(), widths.tolist()
+
+
+class GraphScene(GroupSceneMixin, QGraphicsScene):
+    """Items for one laid-out model.  Built once; overlays recolour, never rebuild."""
+
+    # Items created per build step (~15 us each: 5-8 ms per step).  The caller runs steps until
+    # its time slice is used (MainWindow._on_loaded: 25 ms), so a step must be much shorter than
+    # the slice: with 1,500 nodes per step a slice overran to 100+ ms on a 20,000-node model.
+    CHUNK_NODES = 400
+    CHUNK_EDGE_BATCHES = 50  # of EDGE_BATCH edges each
+    CHUNK_TEARDOWN = 1000  # items removed and deleted per teardown step (~10 ms)
+
+    def __init__(self, loaded, parent=None, build: bool = True):
+        super().__init__(parent)
+        self.loaded = loaded
+        layout = loaded.layout
+        # No BSP index: measured on a 20,000-node graph, the index costs ~150 ms at the first
+        # paint and makes every later paint slower (31 -> 100 ms); look-ups (tooltips) stay
+        # a few ms without it, and no item accepts hover events.
+        self.setItemIndexMethod(QGraphicsScene.ItemIndexMethod.NoIndex)
+        data = getattr(loaded, "scene_data", None)
+        if data is None or data.node_ids != list(layout.boxes):
+            data = prepare_scene_data(loaded)
+        self._data = data
+        self.node_ids: list[str] = data.node_ids
+        self.node_index = {node_id: i for i, node_id in enumerate(self.node_ids)}
+        self.node_items = []
+        self.box_brushes: list[QBrush] = []  # the brush of each box, as set (the minimap reads colours here)
+        self.edge_items = []
+        self.edges = layout.edges
+        self.categories: list[str] = []  # filled as the boxes are made (overlays zip them with the items)
+        self.rects = data.rects
+        self._lines: list[tuple[str, str, str]] = data.lines
+        self.box_pen = QPen(BOX_PEN, 1.0)
+        self.group_pen = QPen(GROUP_PEN_COLOR, 2.0)
+        self.groups = dict(getattr(loaded, "groups", None) or {})  # engine.layout.NodeGroup by box id
+        self.group_indexes = {i for i, node_id in enumerate(self.node_ids) if is_group(node_id)}
+        self.top_pen = QPen(TOP_PEN_COLOR, 4.0)
+        self.selection_pen = QPen(QColor("#000000"), 3.0)
+        self.link_pen = QPen(LINK_PEN_COLOR, 5.0)
+        self.linked_node_ids: list[str] = []  # outlined: what the other view's selection maps to
+        self._linked: set[int] = set()
+        self._category_brushes = {name: QBrush(QColor(color)) for name, color in CATEGORY_COLORS.items()}
+        self.overlay_key = "none"
+        self.overlay_range: Optional[tuple[float, float]] = None
+        self.overlay_kind = ""  # how the shown values were obtained: estimated / measured / attributed
+        self.overlay_units: list[str] = []  # compute units shown by the "compute_unit" overlay
+        self.profile = None  # engine.profile.Profile that the profile overlays show
+        self.edge_widths: list[float] = []
+        self.top_node_ids: list[str] = []
+        self._top_set: set[str] = set()
+        self._selected_index: Optional[int] = None
+        self._also_selected: list[int] = []  # further selected boxes (a hint's layers), outlined too
+        self.labels: Optional[LabelLayer] = None
+        self.frame_layer: Optional[FrameLayer] = None  # the opened groups' frames (folded layouts)
+        self.complete = False
+        margin = 60.0
+        # The boxes' extent and every edge's polyline (a skip edge routed round the side reaches
+        # beyond the outermost box): exports and Fit use this rectangle.
+        bounds = QRectF(layout.left, layout.top, layout.width - layout.left, layout.height - layout.top)
+        for _, path in data.edge_batches:
+            bounds = bounds.united(path.boundingRect())
+        self.setSceneRect(bounds.adjusted(-margin, -margin, margin, margin))
+        self.selectionChanged.connect(self._mark_selection)
+        if build:
+            for _ in self.build_steps():
+                pass
+
+    def build_steps(self):
+        """Create the items a chunk at a time; yields between chunks. Edges first: they lie below."""
+        data = self._data
+        if data.frame_ids:
+            self.frame_layer = FrameLayer(data.frame_ids, data.frame_rects, list(data.frame_titles),
+                                          [self.groups[g].depth for g in data.frame_ids])
+            self.addItem(self.frame_layer)
+        pens = [QPen(EDGE_COLOR, float(EDGE_MIN_WIDTH + k * (EDGE_MAX_WIDTH - EDGE_MIN_WIDTH)
+                                       / (EDGE_WIDTH_STEPS - 1))) for k in range(EDGE_WIDTH_STEPS)]
+        self.edge_widths = data.edge_widths
+        add_path = self.addPath
+        batches = data.edge_batches
+        for start in range(0, len(batches), self.CHUNK_EDGE_BATCHES):
+            for step, path in batches[start:start + self.CHUNK_EDGE_BATCHES]:
+                item = add_path(path, pens[step])
+                item.setAcceptedMouseButtons(Qt.MouseButton.NoButton)  # clicks go through to the background
+                self.edge_items.append(item)
+            yield
+        selectable = QGraphicsItem.GraphicsItemFlag.ItemIsSelectable
+        add_rect = self.addRect
+        brushes = self._category_brushes
+        rects = data.rects.tolist()
+        if self.group_indexes:
+            # A collapsed group looks like a stack of cards: one path of offset frames under its box.
+            stack = QPainterPath()
+            for i in sorted(self.group_indexes):
+                x, y, w, h = rects[i]
+                stack.addRect(x + 5, y + 5, w, h)
+            backdrop = self.addPath(stack, QPen(GROUP_PEN_COLOR, 1.0), QBrush(QColor("#d3cbe8")))
+            backdrop.setAcceptedMouseButtons(Qt.MouseButton.NoButton)
+            self.edge_items.append(backdrop)  # torn down with the edges
+        for start in range(0, len(self.node_ids), self.CHUNK_NODES):
+            for i in range(start, min(start + self.CHUNK_NODES, len(self.node_ids))):
+                category = data.categories[i]
+                self.categories.append(category)
+                x, y, w, h = rects[i]
+                item = add_rect(x, y, w, h, self.group_pen if i in self.group_indexes else self.box_pen,
+                                brushes[category])
+                self.box_brushes.append(brushes[category])
+                item.setFlag(selectable)
+                item.setData(0, self.node_ids[i])
+                self.node_items.append(item)
+            yield
+        self.labels = LabelLayer(self.rects, self._lines, data.tips)
+        self.addItem(self.labels)
+        self.complete = True
+
+    def teardown_steps(self):
+        """Remove and delete the items a slice at a time; yields between slices (see `retire_scene`).
+
+        Deleting the scene at once costs ~0.2 s for a 20,000-node model (C++ items plus their
+        Python wrappers), all in one event-loop turn.  `removeItem` hands an item to its Python
+        wrapper, so dropping the wrapper deletes it.  Items go in the order they were added:
+        the scene's unindexed item list then shrinks from its front, which costs nothing,
+        while removing from the back would scan the whole list for every item.
+        """
+        self.complete = False
+        self.blockSignals(True)  # no selectionChanged for removed items: no slot may touch them
+        remove = self.removeItem
+        for attribute in ("edge_items", "node_items"):
+            items = getattr(self, attribute)
+            setattr(self, attribute, [])
+            while items:
+                chunk = items[:self.CHUNK_TEARDOWN]
+                del items[:self.CHUNK_TEARDOWN]
+                for item in chunk:
+                    remove(item)
+                del chunk  # deletes the C++ items
+                yield
+        for layer in ("labels", "frame_layer"):
+            if getattr(self, layer) is not None:
+                remove(getattr(self, layer))
+                setattr(self, layer, None)
+        yield
+        # Drop the model: the scene is in reference cycles (its signal connections), which only a
+        # full garbage collection would free, and gui.responsive freezes what is alive after an
+        # open.  Without this the previous model would stay in memory for good.
+        self.loaded = self.profile = self._data = None
+        self.box_brushes = []
+        self.node_ids, self.node_index, self.categories, self._lines = [], {}, [], []
+        self.edges, self.edge_widths, self.rects = (), [], np.zeros((0, 4))
+
+    def _base_pen(self, index: int) -> QPen:
+        if index in self._linked:
+            return self.link_pen
+        if self.node_ids[index] in self._top_set:
+            return self.top_pen
+        return self.group_pen if index in self.group_indexes else self.box_pen
+
+    def _clear_outlines(self) -> None:
+        """Back to their own outline the boxes an overlay outlined (its top boxes), and forget them.
+
+        Only pens that differ from a box's own are set (the top boxes, the selected and the
+        linked ones): setting all 20,000 took ~20 ms of every recolour.  Overlays call this
+        first, then outline their top boxes, `_restore_linked_pens` and `_mark_selection`.
+        """
+        changed = {self.node_index[n] for n in self._top_set if n in self.node_index} | self._linked
+        if self._selected_index is not None:
+            changed.add(self._selected_index)
+        changed.update(self._also_selected)
+        self.top_node_ids, self._top_set = [], set()
+        for index in changed:
+            self.node_items[index].setPen(self._base_pen(index))
+
+    def set_linked(self, node_ids: Sequence[str]) -> None:
+        """Outline `node_ids` (those of this scene; others are ignored) as linked to another view's selection."""
+        previous = self._linked
+        self.linked_node_ids = [n for n in dict.fromkeys(node_ids) if n in self.node_index]
+        self._linked = {self.node_index[n] for n in self.linked_node_ids}
+        for index in previous | self._linked:
+            self.node_items[index].setPen(self._base_pen(index))
+        self._mark_selection()
+
+    def _restore_linked_pens(self) -> None:
+        for index in self._linked:
+            self.node_items[index].setPen(self.link_pen)
+
+    def _mark_selection(self) -> None:
+        """A thick outline on the selected box (Qt's dashed one is hard to see on a coloured box)."""
+        previous = self._selected_index
+        for index in ([previous] if previous is not None else []) + self._also_selected:
+            self.node_items[index].setPen(self._base_pen(index))
+        selected = self.selectedItems()
+        node_id = selected[0].data(0) if selected else None
+        self._selected_index = self.node_index.get(node_id) if isinstance(node_id, str) else None
+        if self._selected_index is not None:
+            self.node_items[self._selected_index].setPen(self.selection_pen)
+        others = (self.node_index.get(item.data(0)) for item in selected[1:])
+        self._also_selected = [index for index in others if index is not None]
+        for index in self._also_selected:
+            self.node_items[index].setPen(self.selection_pen)
+
+    @staticmethod
+    def describe(node_id: str, graph, analysis) -> tuple[str, tuple[str, str, str]]:
+        """Colour category and label lines (title, name, detail) of a box; plain data, any thread."""
+        if node_id.startswith(INPUT_PREFIX):
+            name = node_id[len(INPUT_PREFIX):]
+            value_type = graph.value_type(name)
+            return "io", (f"input  {name}", _type_text(value_type), "")
+        if node_id.startswith(OUTPUT_PREFIX):
+            name = node_id[len(OUTPUT_PREFIX):]
+            value_type = graph.value_type(name)
+            return "io", (f"output  {name}", _type_text(value_type), "")
+        node = graph.node(node_id)
+        metrics = analysis.nodes[node_id]
+        category = "constant" if metrics.is_constant else op_category(node.op_type)
+        first = node.outputs[0] if node.outputs else ""
+        value_type = graph.value_type(first) if first else None
+        detail = value_type.shape_text() if value_type is not None else ""
+        if metrics.params:
+            detail += f"   W {human_count(metrics.params)}"
+        return category, (node.op_type, node.name or node.id, detail)
+
+    # --- overlays -------------------------------------------------------------------------
+    def set_profile(self, profile) -> None:
+        """Show `profile` (engine.profile.Profile or None) in the profile overlays; re-applies the current one."""
+        self.profile = profile
+        self._update_group_lines()
+        spec = OVERLAYS.get(self.overlay_key)
+        if spec is not None and spec.needs_profile:
+            self.set_overlay(self.overlay_key)
+
+    def overlay_values(self, key: str) -> list[Optional[float]]:
+        """One value per box for overlay `key`; a collapsed group shows the sum over its nodes
+        (arithmetic intensity: its FLOPs over its bytes moved)."""
+        spec = OVERLAYS[key]
+        values: list[Optional[float]] = []
+        if key == "transfer":
+            per_node = node_transfers(self.profile)
+            for node_id in self.node_ids:
+                members = self.groups[node_id].members if node_id in self.groups else (node_id,)
+                charged = [t.time.median_ms for m in members for t in per_node.get(m, ()) if t.time is not None]
+                values.append(sum(charged) if charged else None)
+            return values
+        if spec is not None and spec.needs_profile:
+            timings = self.profile.nodes if self.profile is not None else {}
+            for node_id in self.node_ids:
+                if node_id in self.groups:
+                    values.append(self.group_totals(node_id).time_ms)
+                    continue
+                timing = timings.get(node_id)
+                values.append(None if timing is None else getattr(timing.time, spec.metric))
+            return values
+        nodes = self.loaded.analysis.nodes
+        for node_id in self.node_ids:
+            if node_id in self.groups and spec is not None:
+                values.append(getattr(self.group_totals(node_id), spec.metric, None))
+                continue
+            metrics = nodes.get(node_id)
+            values.append(None if metrics is None or spec is None else getattr(metrics, spec.metric))
+        return values
+
+    def profile_kinds(self, key: str = "time") -> list[str]:
+        """Kinds of the selected profile's figures for overlay `key`, strongest first (measured, attributed)."""
+        if self.profile is None:
+            return []
+        if key == "transfer":
+            present = {t.time.kind for t in getattr(self.profile, "transfers", ()) if t.time is not None}
+        elif key == "compute_unit":  # the unit's own kind: measured (ONNX Runtime) or planned (Core ML's plan)
+            present = {timing.compute_unit_kind for timing in self.profile.nodes.values()} - {""}
+            if not present:
+                return ["unknown"]
+        else:
+            present = {timing.kind for timing in self.profile.nodes.values()}
+        return [kind for kind in KINDS if kind in present]
+
+    def set_overlay(self, key: str, top_count: int = 10) -> None:
+        """Recolour the boxes for overlay `key` (a key of OVERLAYS); outline the top `top_count`."""
+        if key not in OVERLAYS:
+            raise ValueError(f"unknown overlay {key!r}; known: {', '.join(OVERLAYS)}")
+        self.overlay_key = key
+        spec = OVERLAYS[key]
+        self.overlay_units = []
+        if spec is None:
+            self._clear_outlines()
+            box_brushes = self.box_brushes
+            for index, (item, category) in enumerate(zip(self.node_items, self.categories)):
+                brush = box_brushes[index] = self._category_brushes[category]
+                item.setBrush(brush)
+            self.overlay_range = None
+            self.overlay_kind = ""
+            self._restore_linked_pens()
+            self._mark_selection()
+            return
+        self.overlay_kind = "/".join(self.profile_kinds(key)) if spec.needs_profile else "estimated"
+        if spec.formatter == "category":
+            self._apply_units()
+            return
+        self.apply_values(self.overlay_values(key), top_count, spec.low_is_hot)
+
+    def _apply_units(self) -> None:
+        """Colour each box by the compute unit the profile reports for it (categorical, no gradient)."""
+        timings = self.profile.nodes if self.profile is not None else {}
+        brushes: dict[str, QBrush] = {}
+        unknown, io_brush = QBrush(UNKNOWN_COLOR), self._category_brushes["io"]
+        units: list[str] = []
+        self._clear_outlines()
+        for index, (node_id, item) in enumerate(zip(self.node_ids, self.node_items)):
+            if node_id in self.groups:  # one unit for all its timed nodes, else "not reported"
+                found = {timings[m].compute_unit for m in self.groups[node_id].members if m in timings}
+                unit = found.pop() if len(found) == 1 else ""
+            else:
+                timing = timings.get(node_id)
+                unit = timing.compute_unit if timing is not None else ""
+            if is_io(node_id):
+                brush = io_brush
+            elif not unit:
+                brush = unknown
+            else:
+                brush = brushes.get(unit)
+                if brush is None:
+                    brush = brushes[unit] = QBrush(unit_color(unit))
+                    units.append(unit)
+            item.setBrush(brush)
+            self.box_brushes[index] = brush
+        self.overlay_units = units
+        self.overlay_range = None
+        self._restore_linked_pens()
+        self._mark_selection()
+
+    def apply_ratios(self, ratios: Mapping[str, Optional[float]], limit: float = RATIO_LIMIT) -> None:
+        """Colour boxes by a ratio per node id (compare view: B / A) with the diverging scale."""
+        for _ in self.ratio_steps(ratios, limit):
+            pass
+
+    def ratio_steps(self, ratios: Mapping[str, Optional[float]], limit: float = RATIO_LIMIT):
+        """`apply_ratios` a chunk of boxes at a time; yields between chunks (~70 ms for 20,000 boxes)."""
+        self.overlay_key = "ratio"
+        brushes: dict[int, QBrush] = {}
+        unknown, io_brush = QBrush(UNKNOWN_COLOR), self._category_brushes["io"]
+        self._clear_outlines()
+        for index, (node_id, item) in enumerate(zip(self.node_ids, self.node_items)):
+            if index % self.CHUNK_NODES == 0:
+                yield
+            ratio = ratios.get(node_id)
+            if is_io(node_id):
+                brush = io_brush
+            elif ratio is None or not math.isfinite(ratio) or ratio <= 0:
+                brush = unknown
+            else:
+                t = max(-1.0, min(1.0, math.log(ratio) / math.log(limit)))
+                step = int(round(t * 50))  # 101 shared brushes
+                brush = brushes.get(step)
+                if brush is None:
+                    brush = brushes[step] = QBrush(diverging_color(limit ** (step / 50), limit))
+            item.setBrush(brush)
+            self.box_brushes[index] = brush
+        self._restore_linked_pens()
+        self._mark_selection()
+
+    def apply_values(self, values: Sequence[Optional[float]], top_count: int = 10, low_is_hot: bool = False) -> None:
+        """Colour boxes by `values` (one per node, None = unknown) on a log scale; outline the largest
+        (`low_is_hot`: the scale runs the other way, and the smallest are outlined)."""
+        known = np.array([v if v is not None else np.nan for v in values], dtype=float)
+        io_mask = np.array([is_io(n) for n in self.node_ids], dtype=bool)
+        known[io_mask] = np.nan
+        finite = known[np.isfinite(known)]
+        positive = finite[finite > 0]
+        if len(positive):
+            low, high = float(positive.min()), float(positive.max())
+        else:
+            low = high = 0.0
+        self.overlay_range = (low, high)
+        log_low, log_high = (math.log10(low), math.log10(high)) if low > 0 else (0.0, 0.0)
+        span = log_high - log_low
+        # The colour step of every box at once (numpy), then one brush per step: 101 shared
+        # gradient brushes, and codes for boxes with no value, zero, and graph inputs/outputs.
+        steps = np.full(len(known), -2, dtype=np.int64)  # -2: no value
+        with np.errstate(divide="ignore", invalid="ignore"):
+            positive_mask = np.isfinite(known) & (known > 0)
+            if span > 0:
+                steps[positive_mask] = np.rint((np.log10(known[positive_mask]) - log_low) / span * 100)
+            else:
+                steps[positive_mask] = 100
+        if low_is_hot:
+            steps[positive_mask] = 100 - steps[positive_mask]
+        steps[np.isfinite(known) & (known <= 0)] = -3  # zero
+        steps[io_mask] = -1
+        brushes: dict[int, QBrush] = {-1: self._category_brushes["io"], -2: QBrush(UNKNOWN_COLOR),
+                                      -3: QBrush(ZERO_COLOR)}
+        box_brushes = self.box_brushes
+        self._clear_outlines()
+        for i, (item, step) in enumerate(zip(self.node_items, steps.tolist())):
+            brush = brushes.get(step)
+            if brush is None:
+                brush = brushes[step] = QBrush(gradient_color(step / 100))
+            item.setBrush(brush)
+            box_brushes[i] = brush
+        if low_is_hot:  # the smallest positive values first (zero and unknown last)
+            ranked = np.argsort(np.where(positive_mask, known, np.inf), kind="stable")
+        else:
+            ranked = np.argsort(-np.nan_to_num(known, nan=-1.0), kind="stable")
+        self.top_node_ids = [self.node_ids[i] for i in ranked[:top_count].tolist()
+                             if np.isfinite(known[i]) and known[i] > 0]
+        self._top_set = set(self.top_node_ids)
+        for node_id in self.top_node_ids:
+            self.node_items[self.node_index[node_id]].setPen(self.top_pen)
+        self._restore_linked_pens()
+        self._mark_selection()
+
+    # --- look-ups -------------------------------------------------------------------------
+    def item_for(self, node_id: str):
+        return self.node_items[self.node_index[node_id]]
+
+    def node_at(self, scene_pos: QPointF) -> Optional[str]:
+        """The node id of the box under `scene_pos`, or None (numpy on the box array: no item shapes)."""
+        rects = self.rects
+        if not len(rects) or len(self.node_items) < len(self.node_ids):
+            return None
+        x, y = scene_pos.x(), scene_pos.y()
+        inside = np.flatnonzero((rects[:, 0] <= x) & (x <= rects[:, 0] + rects[:, 2])
+                                & (rects[:, 1] <= y) & (y <= rects[:, 1] + rects[:, 3]))
+        return self.node_ids[int(inside[-1])] if len(inside) else None
+
+    def edge_near(self, scene_pos: QPointF, tolerance: float) -> Optional[int]:
+        """The index (into `edges`) of the edge nearest to `scene_pos`, if within `tolerance`."""
+        segments = self._data.segments if self._data is not None else np.zeros((0, 4))
+        if not len(segments):
+            return None
+        px, py = scene_pos.x(), scene_pos.y()
+        x0, y0, x1, y1 = segments[:, 0], segments[:, 1], segments[:, 2], segments[:, 3]
+        dx, dy = x1 - x0, y1 - y0
+        length2 = dx * dx + dy * dy
+        t = np.clip(((px - x0) * dx + (py - y0) * dy) / np.where(length2 > 0, length2, 1.0), 0.0, 1.0)
+        distance2 = (x0 + t * dx - px) ** 2 + (y0 + t * dy - py) ** 2
+        nearest = int(np.argmin(distance2))
+        if distance2[nearest] > tolerance * tolerance:
+            return None
+        return int(self._data.segment_edge[nearest])
+
+    def edge_item(self, index: int):
+        """The path item that draws edge `index` (with up to EDGE_BATCH - 1 other edges of its width)."""
+        return self.edge_items[int(self._data.edge_batch_of[index])]
+
+    def edge_tooltip(self, index: int, listed: int = 6) -> str:
+        edge = self.edges[index]
+        graph = self.loaded.analysis.graph
+
+        def describe(name: str) -> str:
+            value_type = graph.value_type(name)
+            if value_type is None:
+                return f"{name}\nshape unknown"
+            return (f"{name}\n{value_type.dtype} {value_type.shape_text()}"
+                    f"  ({human_bytes(value_type.byte_size)})")
+
+        values = getattr(edge, "values", ()) or ()
+        if len(values) <= 1:
+            return describe(edge.value)
+        lines = [f"{len(values)} tensors between these boxes (the widest line is the largest):"]
+        lines += [describe(name).replace("\n", ": ") for name in values[:listed]]
+        if len(values) > listed:
+            lines.append(f"… and {len(values) - listed} more")
+        return "\n".join(lines)
+
+    def node_tooltip(self, node_id: str) -> str:
+        if node_id in self.groups:
+            return self.group_tooltip(node_id)
+        if is_io(node_id):
+            title, type_text, _ = self._lines[self.node_index[node_id]]
+            return f"{title}\n{type_text}"
+        node = self.loaded.analysis.graph.node(node_id)
+        metrics = self.loaded.analysis.nodes[node_id]
+        text = (f"{node.op_type}  {node.name or node.id}\n"
+                f"MACs {human_count(metrics.macs)} · params {human_count(metrics.params)} · "
+                f"output {human_bytes(metrics.output_bytes)}  (estimated)")
+        timing = self.profile.nodes.get(node_id) if self.profile is not None else None
+        if timing is not None:
+            low, high = ("min", "max") if timing.time.statistic == "mean" else ("p10", "p90")
+            text += (f"\ntime {format_ms(timing.time.median_ms)}{' mean' if low == 'min' else ''} "
+                     f"({low} {format_ms(timing.time.p10_ms)}, {high} {format_ms(timing.time.p90_ms)})  ({timing.kind})")
+        return text
+
+    def find_nodes(self, text: str) -> list[str]:
+        """Nodes whose name, id or op type contains `text` (case-insensitive), and groups and graph
+        inputs/outputs whose name does, in the order of their boxes (then execution order).
+
+        A node inside a collapsed group is found as itself, not as its group's box: selecting it
+        (gui.folded_groups.open_groups_to) opens the groups that hide it.
+        """
+        needle = text.strip().lower()
+        if not needle:
+            return []
+        graph = self.loaded.analysis.graph
+        order = {node_id: i for i, node_id in enumerate(self.node_ids)}
+        found: dict[str, tuple[int, int]] = {}  # id -> (its box's position, execution position)
+        for node_id in self.node_ids:
+            if is_io(node_id) and needle in node_id.lower():
+                found[node_id] = (order[node_id], -1)
+            elif node_id in self.groups and needle in self.groups[node_id].name.lower():
+                found[node_id] = (order[node_id], -1)
+        for position, node_id in enumerate(self.loaded.analysis.order):
+            node = graph.node(node_id)
+            if needle in node.name.lower() or needle in node_id.lower() or needle in node.op_type.lower():
+                box = self.box_id(node_id)
+                if box is not None:  # None: a folded constant, drawn as a weight of its consumers
+                    found[node_id] = (order[box], position)
+        return sorted(found, key=found.__getitem__)
+
+
+_retiring: set = set()  # scenes being torn down; kept alive here until their last slice
+_building: set = set()  # scenes being built in slices; kept alive here until done or cancelled
+
+
+def build_in_slices(scene: GraphScene, done, time_slice: float = 0.02, steps=None, failed=None):
+    """Create `scene`'s items a `time_slice` (seconds) per event-loop turn, then call `done()`.
+
+    `steps`: the steps to run instead of `scene.build_steps()` (a generator that colours the
+    scene, say).  Returns a function that cancels the build (`done` is then never called).
+    A step that raises calls `failed(exception)` (re-raised without one); a scene deleted
+    with its window meanwhile just ends the build.  A 20,000-node scene takes ~0.2 s to
+    build: in one go that freezes every window of the app, the main one and the compare and
+    convert windows alike.  `done` gets an event-loop turn of its own, as the scene's first
+    paint usually follows it.
+    """
+    steps = scene.build_steps() if steps is None else steps
+    cancelled = False
+    _building.add(scene)
+    hold_gc()  # a full collection among the new items' wrappers would stall a turn by 50-150 ms
+
+    def work() -> None:
+        if cancelled:
+            return
+        deadline = time.perf_counter() + time_slice
+        try:
+            while time.perf_counter() < deadline:
+                if next(steps, StopIteration) is StopIteration:
+                    QTimer.singleShot(0, finish)
+                    return
+        except Exception as exc:
+            cancel()  # no more slices; the gc hold is released
+            if isinstance(exc, RuntimeError) and not shiboken6.isValid(scene):
+                return  # the C++ scene was deleted with its window: nothing left to build
+            if failed is None:
+                raise
+            failed(exc)
+            return
+        QTimer.singleShot(0, work)
+
+    def finish() -> None:
+        if cancelled:
+            return
+        end()
+        done()
+
+    def cancel() -> None:
+        nonlocal cancelled
+        if not cancelled:
+            cancelled = True
+            end()
+
+    def end() -> None:
+        if scene in _building:
+            _building.discard(scene)
+            release_gc()
+
+    QTimer.singleShot(0, work)
+    return cancel
+
+
+# Seconds of deletion per event-loop turn when an old scene is torn down.
+RETIRE_SLICE_S = 0.015
+
+
+def retire_scene(scene: GraphScene, time_slice: float = 0.0, delay_ms: int = 150) -> None:
+    """Delete `scene` (no longer shown) a slice of items per event-loop turn, `time_slice` seconds
+    each (RETIRE_SLICE_S unless given).
+
+    Starts after `delay_ms`, so that the first paint of the scene that replaced it (~35 ms
+    for 20,000 boxes) has an event-loop turn of its own.  The scene is detached from its
+    parent first, so it is ours to delete even if the window that held it closes meanwhile.
+    """
+    scene.setParent(None)
+    steps = scene.teardown_steps()
+    _retiring.add(scene)
+
+    time_slice = time_slice or RETIRE_SLICE_S
+
+    def work() -> None:
+        deadline = time.perf_counter() + time_slice
+        try:
+            for _ in steps:
+                if time.perf_counter() > deadline:
+                    QTimer.singleShot(0, work)
+                    return
+        except RuntimeError:  # the C++ scene is already gone (application shutdown)
+            pass
+        _retiring.discard(scene)
+        scene.deleteLater()
+
+    QTimer.singleShot(delay_ms, work)
+
+
+def retiring_scenes() -> int:
+    """How many scenes are still being torn down (tests and benchmarks wait for zero)."""
+    return len(_retiring)
