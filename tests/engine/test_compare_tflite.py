@@ -2,7 +2,8 @@
 against an Android run (the fake adb server and phone of test_android.py; SYNTHETIC phone times).
 
 The report says what each side's figures are (runtime and kernels, kinds of the per-layer times, median or
-the runtime's mean) and warns when a median is compared with a mean."""
+the runtime's mean) and warns when a median is compared with a mean.  Last, `--size`/`--shape` on a .tflite
+model: refused, saying why (LiteRT resizes only the dimensions a model leaves free)."""
 from __future__ import annotations
 
 import json
@@ -17,6 +18,7 @@ pytest.importorskip("ai_edge_litert")
 pytest.importorskip("adbutils")
 sys.path.insert(0, str(Path(__file__).parent))
 from test_android import MODEL, REPO, _profile, adb, binary, phone  # noqa: E402,F401  (fixtures reused)
+FACE = REPO / "tests" / "data" / "tflite" / "face_detection_short_range.tflite"
 
 from engine.targets import ProfileSettings, get_target  # noqa: E402
 
@@ -69,3 +71,18 @@ def test_host_against_an_android_phone_compares_a_median_with_the_phones_mean(tm
     assert any("a's times are medians of its runs, b's are means" in w for w in comparison["warnings"])
     assert comparison["end_to_end"] is not None and comparison["nodes"]
     assert "b: LiteRT benchmark_model" in text
+
+
+# ----------------------------------------------------------------------------- --size / --shape
+
+def test_size_and_shape_on_a_fixed_shape_tflite_model_are_refused_saying_why(tmp_path):
+    """LiteRT resizes only free dimensions; mediapipe's models fix theirs (shape signature without -1)."""
+    for extra in (["--size", "256x256"], ["--shape", "input=1x64x64x3"]):
+        done = subprocess.run([sys.executable, "-m", "engine", "profile", str(FACE), *extra, "--runs", "1",
+                               "--json", str(tmp_path / "p.json")], capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, PYTHONPATH=str(REPO)))
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr and not (tmp_path / "p.json").exists()
+        message = done.stderr.strip().splitlines()[-1]
+        assert message.startswith("layerscope: " + " ".join(extra))
+        assert "fixed input shapes (input 1x128x128x3)" in message and "leave out --size/--shape" in message

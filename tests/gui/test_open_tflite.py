@@ -14,7 +14,9 @@ pytest.importorskip("ai_edge_litert")
 from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtGui import QImage  # noqa: E402
 
-from tests.gui.gui_fixtures import open_and_wait, settings, window  # noqa: E402,F401
+from PySide6.QtWidgets import QMessageBox  # noqa: E402
+
+from tests.gui.gui_fixtures import answer_next_message_box, open_and_wait, settings, window  # noqa: E402,F401
 from tests.importers.test_tflite import FACE, SELFIE, build_small_model  # noqa: E402
 
 RUN_TIMEOUT_MS = 180_000
@@ -50,6 +52,10 @@ def test_a_tflite_model_opens_and_profiles_on_litert_from_the_run_dialog(qtbot, 
     assert "24x5x5x3 " in weights and "NHWC" not in weights  # a kernel is no activation
     assert not window.subgraph_chooser.isVisibleTo(window)  # one graph: no chooser
 
+    dialog = window.show_run_dialog()
+    dialog.sizes_field.setText("256")  # the model's input is fixed at 128x128: said as it is typed
+    assert "fixed shape 1x128x128x3" in dialog.check_label.text() and not dialog.run_button.isEnabled()
+    dialog.sizes_field.setText("")
     dialog, exact = _run(qtbot, window, "exact")
     assert dialog.target_combo.itemText(dialog.target_combo.findData("cpu")) == "CPU reference (LiteRT)"
     assert "builtin kernels" in dialog.mode_combo.itemText(dialog.mode_combo.findData("exact"))
@@ -118,8 +124,10 @@ def test_a_custom_op_the_host_cannot_run_in_exact_mode_says_so_in_the_run_dialog
     dialog.runs_spin.setValue(1)
     dialog.warmup_spin.setValue(0)
     dialog.mode_combo.setCurrentIndex(dialog.mode_combo.findData("exact"))
+    asked = answer_next_message_box(qtbot, QMessageBox.StandardButton.Ok, tries=3000)  # "Profiling failed"
     with qtbot.waitSignal(window.profileFailed, timeout=RUN_TIMEOUT_MS) as failure:
         qtbot.mouseClick(dialog.run_button, Qt.MouseButton.LeftButton)
     assert "Convolution2DTransposeBias" in failure.args[0] and "Traceback" not in failure.args[0]
+    assert asked == [failure.args[0]] and "Convolution2DTransposeBias" in dialog.status.text()
     qtbot.waitUntil(lambda: window.worker is None, timeout=RUN_TIMEOUT_MS)
     assert Path(window.loaded.path) == SELFIE
