@@ -113,11 +113,9 @@ def profile_label(profile: Profile) -> str:
 
 
 def _statistic(profile: Profile) -> tuple[str, int]:
-    """("median" or "mean", runs) of the profile's end-to-end time (else its first node's)."""
+    """("median" or "mean", runs) of the profile's times (Profile.time_names; runs of its end-to-end time)."""
     figure = profile.end_to_end or next((n.time for n in profile.nodes.values()), None)
-    if figure is None:
-        return "median", profile.runs_completed
-    return figure.statistic, figure.count
+    return profile.time_names[0], (figure.count if figure is not None else profile.runs_completed)
 
 
 def describe_figures(profile: Profile) -> str:
@@ -148,10 +146,9 @@ def compare_profiles(a: Profile, b: Profile, threshold: float = 0.10, a_label: s
     if a.mode != b.mode:
         warnings.append(f"modes differ ({a.mode} vs {b.mode}): in deployed mode fused nodes carry "
                         "attributed times")
-    (a_statistic, _), (b_statistic, _) = _statistic(a), _statistic(b)
-    if a_statistic != b_statistic:
-        warnings.append(f"a's times are {a_statistic}s of its runs, b's are {b_statistic}s: the ratios compare a "
-                        f"{a_statistic} with a {b_statistic}")
+    if a.time_names[0] != b.time_names[0]:  # benchmark_model reports means, our own runs medians
+        warnings.append(f"a's times are {a.time_names[0]}s, b's are {b.time_names[0]}s (a runtime's own summary): "
+                        "the ratios compare different statistics")
     for profile, name in ((a, "a"), (b, "b")):
         if not profile.complete:
             warnings.append(f"profile {name} is incomplete ({profile.runs_completed} runs"

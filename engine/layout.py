@@ -190,11 +190,18 @@ for _op in ("Constant", "ConstantOfShape"):
 
 def op_category(op_type: str) -> str:
     """The colour category of an op type (ONNX names; Core ML names through the canonical table)."""
-    from engine.analysis.costs import CANONICAL_OP
     category = _CATEGORY_OF.get(op_type)
     if category is None:
-        category = _CATEGORY_OF.get(CANONICAL_OP.get(op_type, op_type), "other")
+        # Remembered: the scene asks once per box (20,000 times for a big model), and an import
+        # statement per call was half the cost of labelling the boxes.
+        category = _category_of_other.get(op_type)
+        if category is None:
+            from engine.analysis.costs import CANONICAL_OP
+            category = _category_of_other[op_type] = _CATEGORY_OF.get(CANONICAL_OP.get(op_type, op_type), "other")
     return category
+
+
+_category_of_other: dict[str, str] = {}  # op types not in _CATEGORY_OF -> their category
 
 
 def layout_graph(analysis: "ModelAnalysis", include_constants: bool = False, include_io: bool = True,
@@ -647,7 +654,9 @@ def collapsed_boxes(groups: Mapping[str, NodeGroup], collapsed: Iterable[str]
     closed = {group_id for group_id in collapsed if group_id in groups}
     box_for: dict[str, str] = {}
     members: dict[str, tuple[str, ...]] = {}
-    for group_id in closed:
+    # In the groups' order, not the set's: a set of strings iterates in an order that changes
+    # with each process's hash seed, and the layout would too.
+    for group_id in (g for g in groups if g in closed):
         parent, outermost = groups[group_id].parent, True
         while parent is not None:
             if parent in closed:

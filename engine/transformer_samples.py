@@ -15,6 +15,13 @@ Two styles span 5,000 to 150,000 nodes:
   graph (int8 weights dequantized, every float activation through a Q/DQ pair): ~2,400
   nodes per block with 32 heads (42 blocks: ~100,000 nodes, 63 blocks: ~150,000).
 
+`legacy_export=True` writes the flavour of the legacy (TorchScript) `torch.onnx.export` at opset 17
+with `dynamic_axes`, what Optimum uses: the inputs' batch and sequence sizes are named
+(`batch_size`, `sequence_length`, `past_sequence_length`, `total_sequence_length`), every size
+is read with Shape -> Gather (a scalar index) -> Unsqueeze -> Concat, and the repeat_kv Expand
+and Reshape targets are computed that way too (with the total length unknown, no constant can
+hold them).  Converting it needs the input shapes (--shape) and the shape-fixing pass.
+
 Weights are not written into the .onnx: `write_transformer` stores them as external data in a
 sparse file of the right size (NAME.weights.bin; no disk space used), so a 100,000-node model with realistic
 dimensions is a few tens of megabytes and opens like a real one (sizes, MACs, parameters).
@@ -45,6 +52,7 @@ class TransformerConfig:
     past: int = 127  # tokens already in the cache
     norm: str = "rms"  # "rms" or "layer"
     style: str = "optimum"
+    legacy_export: bool = False  # named input sizes and Shape/Gather/Unsqueeze chains (module docstring)
 
     @property
     def head_dim(self) -> int:
@@ -158,10 +166,29 @@ class _Builder:
 
     def dynamic_shape(self, scope: str, x: str, tail: list[int]) -> str:
         """The shape arithmetic of a dynamic export: [batch, seq] of `x` followed by `tail`."""
+        return self.sizes_of(scope, x, [0, 1], tail)
+
+    def sizes_of(self, scope: str, x: str, axes: list[int], tail: list[int], head: tuple = ()) -> str:
+        """A shape tensor [*head, size of x on each of `axes`, *tail], as the export computes it."""
         shape = self.op(scope, "Shape", [x])
-        batch = self.op(scope, "Gather", [shape, self.constant([0])], axis=0)
-        sequence = self.op(scope, "Gather", [shape, self.constant([1])], axis=0)
-        return self.op(scope, "Concat", [batch, sequence, self.constant(tail)], quantize=False, axis=0)
+        parts = [self.constant(list(head))] if head else []
+        for axis in axes:
+            if self.config.legacy_export:  # x.size(axis): a scalar Gather, unsqueezed for the Concat
+                size = self.op(scope, "Gather", [shape, self.scalar_int(axis)], axis=0)
+                parts.append(self.op(scope, "Unsqueeze", [size, self.constant([0])]))
+            else:
+                parts.append(self.op(scope, "Gather", [shape, self.constant([axis])], axis=0))
+        if tail:
+            parts.append(self.constant(tail))
+        return self.op(scope, "Concat", parts, quantize=False, axis=0)
+
+    def scalar_int(self, value: int) -> str:
+        key = (value, "scalar_int")
+        if key not in self._constants:
+            name = f"scalar_int_{len(self._constants)}"
+            self.initializers.append(helper.make_tensor(name, TensorProto.INT64, [], [value]))
+            self._constants[key] = name
+        return self._constants[key]
 
     def split_heads(self, scope: str, x: str, heads: int) -> str:
         head_dim = self.config.head_dim
@@ -227,13 +254,18 @@ def transformer_model(config: TransformerConfig = TransformerConfig(),
             v = b.op(attn, "Concat", [f"past_key_values.{layer}.value", v], axis=2)
             presents += [(f"present.{layer}.key", k), (f"present.{layer}.value", v)]
             # repeat_kv: [b, kv, t, d] -> [b, kv, groups, t, d] -> [b, heads, t, d]
-            repeat_shape = b.constant([1, c.kv_heads, groups, total, c.head_dim])
+            if c.legacy_export:  # the total length is not known when exporting: computed from k
+                repeat_shape = b.op(attn, "Concat", [b.sizes_of(attn, k, [0], [c.kv_heads, groups]),
+                                                     b.sizes_of(attn, k, [2], [c.head_dim])], axis=0)
+                merged_shape = b.op(attn, "Concat", [b.sizes_of(attn, k, [0], [c.heads]),
+                                                     b.sizes_of(attn, k, [2], [c.head_dim])], axis=0)
+            else:
+                repeat_shape = b.constant([1, c.kv_heads, groups, total, c.head_dim])
+                merged_shape = b.constant([1, c.heads, total, c.head_dim])
             k_all = b.op(attn, "Reshape", [b.op(attn, "Expand", [b.op(attn, "Unsqueeze", [k, b.constant([2])]),
-                                                                  repeat_shape]),
-                                           b.constant([1, c.heads, total, c.head_dim])])
+                                                                  repeat_shape]), merged_shape])
             v_all = b.op(attn, "Reshape", [b.op(attn, "Expand", [b.op(attn, "Unsqueeze", [v, b.constant([2])]),
-                                                                  repeat_shape]),
-                                           b.constant([1, c.heads, total, c.head_dim])])
+                                                                  repeat_shape]), merged_shape])
             context = b.attention_core(attn, q, k_all, v_all, mask)
         else:
             # Single-head attention (the split phone NPU toolchains apply): every K/V head and every
@@ -288,11 +320,53 @@ def transformer_model(config: TransformerConfig = TransformerConfig(),
     outputs = [helper.make_tensor_value_info("logits", f32, [1, c.sequence, c.vocab])]
     for name, _ in presents:
         outputs.append(helper.make_tensor_value_info(name, f32, [1, c.kv_heads, total, c.head_dim]))
+    if c.legacy_export:
+        _name_dynamic_axes(inputs + outputs)
     graph = helper.make_graph(b.nodes, "decoder", inputs, outputs, b.initializers)
     model = helper.make_model(graph, producer_name="layerscope-samples", producer_version="1",
                               opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
     return model, b.weight_bytes
+
+
+def _name_dynamic_axes(values: list[onnx.ValueInfoProto]) -> None:
+    """The sizes `dynamic_axes` leaves free, named as the legacy exporter names them."""
+    for value in values:
+        dims = value.type.tensor_type.shape.dim
+        dims[0].dim_param = "batch_size"
+        if value.name in ("input_ids", "position_ids", "logits"):
+            dims[1].dim_param = "sequence_length"
+        elif value.name == "attention_mask":
+            dims[1].dim_param = "total_sequence_length"
+        elif value.name.startswith("past_key_values."):
+            dims[2].dim_param = "past_sequence_length"
+        elif value.name.startswith("present."):
+            dims[2].dim_param = "total_sequence_length"
+
+
+def fixed_input_shapes(config: TransformerConfig) -> dict[str, list[int]]:
+    """The input shapes of `config` (what --shape gives a legacy export's named sizes)."""
+    total = config.past + config.sequence
+    shapes = {"input_ids": [1, config.sequence], "attention_mask": [1, total], "position_ids": [1, config.sequence]}
+    for layer in range(config.layers):
+        for kind in ("key", "value"):
+            shapes[f"past_key_values.{layer}.{kind}"] = [1, config.kv_heads, config.past, config.head_dim]
+    return shapes
+
+
+def with_random_weights(model: onnx.ModelProto, seed: int = 0, scale: float = 0.1) -> onnx.ModelProto:
+    """The model with its external (sparse, all-zero) float weights replaced by random values stored
+    in the file: for value checks, where zero weights would make every product zero.  Small
+    dimensions only (the weights are held in memory)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(seed)
+    for tensor in model.graph.initializer:
+        if tensor.data_location == TensorProto.EXTERNAL and tensor.data_type == TensorProto.FLOAT:
+            values = (rng.standard_normal(list(tensor.dims)) * scale).astype(np.float32)
+            tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
+    return model
 
 
 def layers_for_nodes(nodes: int, style: str = "optimum", **dimensions) -> int:

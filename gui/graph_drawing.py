@@ -205,8 +205,6 @@ def _edge_batches(edges, steps: list[int]):
     batches: list[tuple[int, QPainterPath]] = []
     batch_of = np.zeros(len(edges), dtype=np.int64)
     open_batches: dict[int, list] = {}  # step -> [path, count, members]
-    segment_points: list[tuple[float, float, float, float]] = []
-    segment_edge: list[int] = []
 
     def close(step: int, entry: list) -> None:
         index = len(batches)
@@ -223,15 +221,21 @@ def _edge_batches(edges, steps: list[int]):
         entry[0].addPolygon(QPolygonF([QPointF(x, y) for x, y in points]))
         entry[1] += 1
         entry[2].append(index)
-        for (x0, y0), (x1, y1) in zip(points, points[1:]):
-            segment_points.append((x0, y0, x1, y1))
-            segment_edge.append(index)
         if entry[1] >= EDGE_BATCH:
             close(step, open_batches.pop(step))
     for step, entry in sorted(open_batches.items()):
         close(step, entry)
-    segments = np.array(segment_points, dtype=float).reshape(-1, 4)
-    return batches, batch_of, segments, np.array(segment_edge, dtype=np.int64)
+    # Each edge's segments (consecutive points), in edge order, from all points at once: a
+    # segment joins point k to k+1 unless k is the last point of its edge.
+    counts = np.fromiter((len(edge.points) for edge in edges), dtype=np.int64, count=len(edges))
+    points = np.array([point for edge in edges for point in edge.points], dtype=float).reshape(-1, 2)
+    joined = np.ones(len(points), dtype=bool)
+    joined[np.cumsum(counts) - 1] = False  # the last point of every edge starts no segment
+    joined = joined[:-1] if len(points) else joined
+    segments = np.concatenate([points[:-1][joined], points[1:][joined]], axis=1) if len(points) else \
+        np.zeros((0, 4))
+    segment_edge = np.repeat(np.arange(len(edges), dtype=np.int64), np.maximum(counts - 1, 0))
+    return batches, batch_of, segments, segment_edge
 
 
 def _edge_width_steps(edges, graph) -> tuple[list[int], list[float]]:

@@ -14,7 +14,7 @@ import os
 import shutil
 import struct
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, NamedTuple, Optional, Sequence
 
 from engine.ir import (Graph, Initializer, Model, ModelLoadError, Node, TensorType, Value,
                        WeightLocation)
@@ -231,11 +231,15 @@ class ModelBuilder:
 
     # -- graphs ---------------------------------------------------------------------------
 
-    def _walk_nodes(self, graph: GraphProto) -> tuple[list[tuple], dict[tuple[str, str], list[str]]]:
-        """What the IR needs of each node, read from the protobuf once (the costly part of an open:
-        ~5 us per node): (id, op_type, name, namespace, domain, inputs, outputs, attributes,
-        the NodeProto when it is a Constant or holds subgraphs, else None), and the unknown ops."""
-        walked = []
+    def _walk_nodes(self, graph: GraphProto) -> "_WalkedNodes":
+        """The IR nodes of `graph`, read from the protobuf in one pass (the costly part of an open:
+        ~5 us per node), while shape inference runs in the helper process: nothing here needs
+        inferred shapes.  Nodes holding subgraphs wait for the inferred model (their bodies'
+        shapes); Constants are remembered for their values."""
+        nodes: list[Optional[Node]] = []
+        with_bodies: list[tuple] = []  # (index, id, op_type, name, namespace, inputs, outputs, attributes, domain)
+        constants: list[tuple[str, NodeProto]] = []  # (output name, node)
+        referenced: list[str] = []  # every input and output name, in node order
         used_ids: set[str] = set()
         unknown_ops: dict[tuple[str, str], list[str]] = {}
         known_ops: dict[tuple[str, str], bool] = {}
@@ -246,11 +250,13 @@ class ModelBuilder:
             # slice copies a repeated field in one C call (faster than iterating it).
             op_type, name, domain = node.op_type, node.name, node.domain
             inputs, outputs = tuple(node.input[:]), tuple(node.output[:])
+            referenced += inputs
+            referenced += outputs
             node_id = _unique_id(name or f"{op_type}_{index}", used_ids)
-            attributes, keep = {}, op_type == "Constant"
+            attributes, has_bodies = {}, False
             for attribute in node.attribute:
                 if attribute.type in graph_kinds:
-                    keep = True  # bodies are read from the inferred graph, which has their shapes
+                    has_bodies = True  # bodies are read from the inferred graph, which has their shapes
                 else:
                     attributes[attribute.name] = _attribute_value(attribute)
             known = known_ops.get((op_type, domain))
@@ -262,14 +268,20 @@ class ModelBuilder:
             namespace = namespaces.get(scope)
             if namespace is None:
                 namespace = namespaces[scope] = _namespace(name)
-            walked.append((node_id, op_type, name, namespace, domain, inputs, outputs, attributes,
-                           node if keep else None))
-        return walked, unknown_ops
+            if op_type == "Constant":
+                constants.append((outputs[0], node))
+            if has_bodies:
+                with_bodies.append((index, node_id, op_type, name, namespace, inputs, outputs, attributes, domain))
+                nodes.append(None)  # built by _graph
+            else:
+                nodes.append(Node(node_id, op_type, name, namespace, inputs, outputs, attributes, {}, domain))
+        return _WalkedNodes(nodes, with_bodies, constants, referenced, unknown_ops)
 
-    def _graph(self, graph: GraphProto, top_level: bool, walked=None) -> Graph:
+    def _graph(self, graph: GraphProto, top_level: bool, walked: Optional["_WalkedNodes"] = None) -> Graph:
         """The IR graph of `graph` (shape-inferred); `walked`: its nodes from `_walk_nodes`, when
         they were read already (from the same graph before inference, which changes no node)."""
-        walked_nodes, unknown_ops = walked if walked is not None else self._walk_nodes(graph)
+        if walked is None:
+            walked = self._walk_nodes(graph)
         values: dict[str, Value] = {}
         # Exported models repeat a few types thousands of times ([1, 1, 2048] float): one
         # TensorType per distinct serialized TypeProto instead of a walk of its dims per value.
@@ -283,27 +295,24 @@ class ModelBuilder:
         for tensor in graph.initializer:
             values[tensor.name] = self._initializer_value(tensor, values.get(tensor.name))
         initializer_names = {t.name for t in graph.initializer}
+        # Tensors no value_info describes, in the order the nodes name them first.
+        for value_name in dict.fromkeys(walked.referenced):
+            if value_name and value_name not in values:
+                values[value_name] = Value(value_name)
+        for output, proto in walked.constants:
+            values[output] = self._constant_node_value(proto, values[output])
 
-        nodes: list[Node] = []
-        for index, (node_id, op_type, name, namespace, domain, inputs, outputs, attributes, proto) in \
-                enumerate(walked_nodes):
+        nodes = walked.nodes
+        for index, node_id, op_type, name, namespace, inputs, outputs, attributes, domain in walked.with_bodies:
             subgraphs = {}
-            if proto is not None:
-                if walked is not None:
-                    proto = graph.node[index]  # the inferred node: its bodies carry their shapes
-                for attribute in proto.attribute:
-                    if attribute.type == AttributeProto.GRAPH:
-                        subgraphs[attribute.name] = self._graph(attribute.g, top_level=False)
-                    elif attribute.type == AttributeProto.GRAPHS:
-                        for i, sub in enumerate(attribute.graphs):
-                            subgraphs[f"{attribute.name}[{i}]"] = self._graph(sub, top_level=False)
-            for value_name in inputs + outputs:
-                if value_name and value_name not in values:
-                    values[value_name] = Value(value_name)
-            if op_type == "Constant":
-                values[outputs[0]] = self._constant_node_value(proto, values[outputs[0]])
-            nodes.append(Node(node_id, op_type, name, namespace, inputs, outputs, attributes, subgraphs, domain))
-        for (domain, op_type), ids in unknown_ops.items():
+            for attribute in graph.node[index].attribute:  # the inferred node: its bodies carry their shapes
+                if attribute.type == AttributeProto.GRAPH:
+                    subgraphs[attribute.name] = self._graph(attribute.g, top_level=False)
+                elif attribute.type == AttributeProto.GRAPHS:
+                    for i, sub in enumerate(attribute.graphs):
+                        subgraphs[f"{attribute.name}[{i}]"] = self._graph(sub, top_level=False)
+            nodes[index] = Node(node_id, op_type, name, namespace, inputs, outputs, attributes, subgraphs, domain)
+        for (domain, op_type), ids in walked.unknown_ops.items():
             where = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
             self.warnings.append(f"op '{op_type}' (domain {domain}) is not a standard ONNX op: {where} "
                                  "shown with shapes where inferable and cost unknown")
@@ -418,6 +427,16 @@ def _unique_id(candidate: str, used: set[str]) -> str:
 
 
 _MISSING = object()
+
+
+class _WalkedNodes(NamedTuple):
+    """What ModelBuilder._walk_nodes read of a graph's nodes."""
+
+    nodes: list  # the IR nodes in file order; None where a node holds subgraphs (built later)
+    with_bodies: list  # the fields of those nodes, with their index
+    constants: list  # (output name, NodeProto) of each Constant node
+    referenced: list  # every input and output name of the nodes, in node order
+    unknown_ops: dict  # (domain, op_type) -> ids of the nodes of ops ONNX does not define
 
 
 def _namespace(node_name: str) -> str:

@@ -176,7 +176,7 @@ def build_program(source: SourceModel, target_name: str, precision: str = "fp16"
     for onnx_name, mil_name in input_names.items():
         value_type = graph.value_type(onnx_name)
         dtype = types.fp32 if value_type.dtype in ("float32", "float16", "float64") else types.int32
-        shape = list(value_type.shape)
+        shape = list(value_type.shape) or [1]  # Core ML inputs have rank >= 1: a scalar comes as [1]
         if probe is not None:
             shape = list(probe[0].get(onnx_name, shape))
         else:
@@ -194,6 +194,8 @@ def build_program(source: SourceModel, target_name: str, precision: str = "fp16"
     with Function(placeholders, opset_version=target) as function:
         for onnx_name, mil_name in input_names.items():
             var = function.inputs[mil_name]
+            if not graph.value_type(onnx_name).shape:
+                var = mb.squeeze(x=var, axes=[0], name=f"{mil_name}__scalar")  # plumbing: no source node
             if fp16 and ops._is_float_var(var):
                 # Core ML I/O stays fp32; "<input>__to_fp16" belongs to no source node.
                 var = mb.cast(x=var, dtype="fp16", name=f"{mil_name}__to_fp16")

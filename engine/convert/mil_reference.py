@@ -573,10 +573,50 @@ def constexpr_blockwise_shift_scale(args: dict) -> np.ndarray:
     return scale * (data - offset)
 
 
+# -- depth <-> space (issue 17, corpus coverage).  The iOS15 docstrings give the shapes only;
+# the element order is PyTorch's for pixel_shuffle (its docstring's reference) and TensorFlow's
+# for depth_to_space / space_to_depth: coremltools' TF frontend maps tf.nn.depth_to_space and
+# space_to_depth onto them with nothing but NHWC <-> NCHW transposes.
+
+def depth_to_space(args: dict) -> np.ndarray:
+    """channel = (row offset * b + column offset) * C' + c' (TF's order; ONNX's DCR mode)."""
+    x, b = np.asarray(args["x"]), int(args["block_size"])
+    n, c, h, w = x.shape
+    blocks = x.reshape(n, b, b, c // (b * b), h, w).transpose(0, 3, 4, 1, 5, 2)
+    return blocks.reshape(n, c // (b * b), h * b, w * b)
+
+
+def pixel_shuffle(args: dict) -> np.ndarray:
+    """channel = c' * f^2 + row offset * f + column offset (torch.nn.PixelShuffle; ONNX's CRD mode)."""
+    x, f = np.asarray(args["x"]), int(args["upscale_factor"])
+    n, c, h, w = x.shape
+    blocks = x.reshape(n, c // (f * f), f, f, h, w).transpose(0, 1, 4, 2, 5, 3)
+    return blocks.reshape(n, c // (f * f), h * f, w * f)
+
+
+def space_to_depth(args: dict) -> np.ndarray:
+    """The inverse of depth_to_space: channel = (row offset * b + column offset) * C + c."""
+    x, b = np.asarray(args["x"]), int(args["block_size"])
+    n, c, h, w = x.shape
+    blocks = x.reshape(n, c, h // b, b, w // b, b).transpose(0, 3, 5, 1, 2, 4)
+    return blocks.reshape(n, c * b * b, h // b, w // b)
+
+
+def pixel_unshuffle(args: dict) -> np.ndarray:
+    """The inverse of pixel_shuffle (iOS16; torch.nn.PixelUnshuffle): channel = c * f^2 + row offset * f
+    + column offset (ONNX SpaceToDepth's CRD mode)."""
+    x, f = np.asarray(args["x"]), int(args["downscale_factor"])
+    n, c, h, w = x.shape
+    blocks = x.reshape(n, c, h // f, f, w // f, f).transpose(0, 1, 3, 5, 2, 4)
+    return blocks.reshape(n, c * f * f, h // f, w // f)
+
+
 SPEC_OPS: dict[str, Callable[[dict], np.ndarray]] = {
     "conv": conv, "conv_transpose": conv_transpose, "max_pool": max_pool, "avg_pool": avg_pool,
     "batch_norm": batch_norm, "local_response_norm": local_response_norm,
     "upsample_nearest_neighbor": upsample_nearest_neighbor, "upsample_bilinear": upsample_bilinear,
     "resize_bilinear": resize_bilinear, "silu": silu, "gather_nd": gather_nd,
     "constexpr_blockwise_shift_scale": constexpr_blockwise_shift_scale,
+    "depth_to_space": depth_to_space, "pixel_shuffle": pixel_shuffle, "space_to_depth": space_to_depth,
+    "pixel_unshuffle": pixel_unshuffle,
 }

@@ -58,7 +58,15 @@ class NameTable:
         return candidate
 
 
+# Prefixes coremltools passes put before the names of ops they replace (`divide_to_multiply`
+# turns real_div by a constant into mul, named "_inversed_<name>").
+PASS_PREFIXES = ("_inversed_",)
+
+
 def strip_pass_suffixes(name: str) -> str:
+    for prefix in PASS_PREFIXES:
+        if name.startswith(prefix):
+            name = name[len(prefix):]
     changed = True
     while changed:
         changed = False

@@ -311,7 +311,12 @@ def _interleave(begins: Sequence[int], ends: Sequence[int]) -> list[int]:
 
 
 def _check_conv(ctx: NodeContext) -> list[str]:
-    problems = _float_input(ctx) + _const_inputs(ctx, [1], "the weight") + _const_inputs(ctx, [2], "the bias")
+    problems = _float_input(ctx)
+    if ctx.node.op_type == "ConvTranspose":
+        # MIL's conv_transpose takes a constant weight only; conv takes one computed at run time.
+        problems += _const_inputs(ctx, [1], "the weight") + _const_inputs(ctx, [2], "the bias")
+    elif ctx.in_shape(1) is None:
+        problems.append("the shape of the weight (input 1) is not known statically")
     rank = _rank(ctx)
     if rank is not None and not 3 <= rank <= 5:
         problems.append(f"input rank {rank}: Core ML convolutions are 1-D, 2-D or 3-D")
@@ -328,8 +333,8 @@ def _check_conv(ctx: NodeContext) -> list[str]:
 @op("Conv", check=_check_conv)
 def conv(ctx: NodeContext) -> None:
     x = ctx.x(0)
-    weight = ctx.array(ctx.const(1))
-    kernel = list(weight.shape[2:])
+    weight = ctx.x(1)  # a constant, or a tensor computed at run time (MIL's conv takes both)
+    kernel = list(ctx.in_shape(1)[2:])
     spatial = len(kernel)
     strides = [int(s) for s in ctx.attr("strides", [1] * spatial)]
     dilations = [int(d) for d in ctx.attr("dilations", [1] * spatial)]
@@ -341,6 +346,12 @@ def conv(ctx: NodeContext) -> None:
     else:
         begins, ends = _spatial_pads(ctx, ctx.in_shape(0), kernel, strides, dilations)
         kwargs.update(pad_type="custom", pad=_interleave(begins, ends))
+    if ctx.has_input(2) and not ctx.is_const(2):
+        # MIL's bias must be constant: a run-time bias is added after, per channel.
+        y = mb.conv(**kwargs, name=ctx.name("conv"))
+        bias = mb.reshape(x=ctx.x(2), shape=[-1] + [1] * spatial, name=ctx.name("bias_per_channel"))
+        ctx.set_output(0, mb.add(x=y, y=bias, name=ctx.name()))
+        return
     if ctx.has_input(2):
         kwargs["bias"] = ctx.array(ctx.const(2))
     ctx.set_output(0, mb.conv(**kwargs, name=ctx.name()))
@@ -426,7 +437,12 @@ def conv_transpose(ctx: NodeContext) -> None:
 # ----------------------------------------------------------------------------- normalisation
 
 def _check_batchnorm(ctx: NodeContext) -> list[str]:
-    problems = _float_input(ctx) + _const_inputs(ctx, [1, 2, 3, 4], "scale, bias, mean and variance")
+    problems = _float_input(ctx)
+    if ctx.is_const(4) and not all(ctx.is_const(i) for i in (1, 2, 3)):
+        # written out, the constant variance would be stored as rsqrt(variance + epsilon), a weight
+        # the weights check cannot trace to the source
+        problems.append("a constant variance beside a scale, bias or mean computed at run time is not "
+                        "supported (all four constant, or the variance computed at run time, are)")
     if ctx.attr("training_mode", 0):
         problems.append("training_mode=1 (batch statistics) is not an inference op")
     if ctx.opset < 9 and not ctx.attr("spatial", 1):
@@ -442,6 +458,11 @@ def _check_batchnorm(ctx: NodeContext) -> list[str]:
 
 @op("BatchNormalization", check=_check_batchnorm)
 def batch_normalization(ctx: NodeContext) -> None:
+    if not all(ctx.is_const(i) for i in (1, 2, 3, 4)):
+        # MIL's batch_norm takes constant statistics only: written out (ops_general).
+        from engine.convert.ops_general import batch_norm_runtime_statistics
+        batch_norm_runtime_statistics(ctx)
+        return
     x = ctx.x(0)
     scale, bias, mean, variance = (ctx.array(ctx.const(i)).reshape(-1) for i in (1, 2, 3, 4))
     epsilon = ctx.float(ctx.attr("epsilon", 1e-5))
@@ -515,12 +536,20 @@ def _clip_bounds(ctx: NodeContext) -> tuple[Optional[float], Optional[float]]:
 
 
 def _check_clip(ctx: NodeContext) -> list[str]:
-    return _float_input(ctx) + _const_inputs(ctx, [1, 2], "the clip bounds")
+    return _float_input(ctx)
 
 
 @op("Clip", check=_check_clip)
 def clip(ctx: NodeContext) -> None:
     x = ctx.x(0)
+    if any(ctx.has_input(i) and not ctx.is_const(i) for i in (1, 2)):
+        # Bounds computed at run time: max then min, which gives `max` where min > max, as ONNX says.
+        y = mb.maximum(x=x, y=ctx.x(1), name=ctx.name("at_least_min" if ctx.has_input(2) else None)) \
+            if ctx.has_input(1) else x
+        if ctx.has_input(2):
+            y = mb.minimum(x=y, y=ctx.x(2), name=ctx.name())
+        ctx.set_output(0, y)
+        return
     low, high = _clip_bounds(ctx)
     name = ctx.name()
     if low == 0.0 and high == 6.0:
@@ -602,8 +631,10 @@ def _prelu_per_channel(ctx: NodeContext, slope_shape: tuple, shape: Optional[tup
 
 
 def _check_prelu(ctx: NodeContext) -> list[str]:
-    problems = _float_input(ctx) + _const_inputs(ctx, [1], "the slope")
+    problems = _float_input(ctx)
     shape = ctx.in_shape(0)
+    if not ctx.is_const(1):  # a run-time slope takes the general form below (numpy broadcasting)
+        return problems
     if not problems and shape is not None:
         slope_shape = tuple(ctx.const(1).shape)
         if not _prelu_per_channel(ctx, slope_shape, shape) and int(np.prod(slope_shape)) != 1:
@@ -617,14 +648,15 @@ def _check_prelu(ctx: NodeContext) -> list[str]:
 @op("PRelu", check=_check_prelu)
 def prelu(ctx: NodeContext) -> None:
     x = ctx.x(0)
-    slope = ctx.array(ctx.const(1))
+    slope = ctx.x(1)  # constant, or computed at run time (then the general form below)
     shape = ctx.in_shape(0)
-    if slope.size == 1:
+    constant = isinstance(slope, np.ndarray)
+    if constant and slope.size == 1:
         if slope.ndim:  # a one-element parameter tensor becomes leaky_relu's scalar argument
             ctx.state.scalarized_parameters += 1
         ctx.set_output(0, mb.leaky_relu(x=x, alpha=ctx.float(slope.reshape(-1)[0]), name=ctx.name()))
         return
-    if _prelu_per_channel(ctx, slope.shape, shape):
+    if constant and _prelu_per_channel(ctx, slope.shape, shape):
         ctx.set_output(0, mb.prelu(x=x, alpha=slope.reshape(-1), name=ctx.name()))
         return
     # General broadcast slope: max(x, 0) + slope * min(x, 0).
@@ -864,7 +896,20 @@ def _check_matmul(ctx: NodeContext) -> list[str]:
 
 @op("MatMul", check=_check_matmul)
 def matmul(ctx: NodeContext) -> None:
-    ctx.set_output(0, mb.matmul(x=ctx.x(0), y=ctx.x(1), name=ctx.name()))
+    x, y = ctx.x(0), ctx.x(1)
+    x_vector, y_vector = _rank(ctx, 0) == 1, _rank(ctx, 1) == 1
+    if not (x_vector or y_vector):
+        ctx.set_output(0, mb.matmul(x=x, y=y, name=ctx.name()))
+        return
+    # numpy's rule for 1-D operands spelled out (a row / a column, removed again after):
+    # coremltools' matmul type inference gets a 1-D operand against a batch wrong.
+    if x_vector:
+        x = x.reshape(1, -1) if isinstance(x, np.ndarray) else mb.expand_dims(x=x, axes=[0], name=ctx.name("row"))
+    if y_vector:
+        y = y.reshape(-1, 1) if isinstance(y, np.ndarray) else mb.expand_dims(x=y, axes=[-1], name=ctx.name("column"))
+    product = mb.matmul(x=x, y=y, name=ctx.name("matmul"))
+    axes = ([-2] if x_vector else []) + ([-1] if y_vector else [])
+    ctx.set_output(0, mb.squeeze(x=product, axes=axes, name=ctx.name()))
 
 
 # ----------------------------------------------------------------------------- elementwise
@@ -1045,7 +1090,8 @@ def reshape(ctx: NodeContext) -> None:
 @op("Flatten", check=_static_input)
 def flatten(ctx: NodeContext) -> None:
     shape = ctx.in_shape(0)
-    axis = int(ctx.attr("axis", 1)) % (len(shape) + 1)
+    axis = int(ctx.attr("axis", 1))
+    axis = axis + len(shape) if axis < 0 else axis  # ONNX: a negative axis counts from the rank, not rank + 1
     target = [math.prod(shape[:axis]), math.prod(shape[axis:])]
     ctx.set_output(0, mb.reshape(x=ctx.x(0), shape=target, name=ctx.name()))
 
@@ -1356,10 +1402,6 @@ def cast(ctx: NodeContext) -> None:
 
 def _check_layer_norm(ctx: NodeContext) -> list[str]:
     problems = _float_input(ctx) + _static_input(ctx)
-    for index in (1, 2):
-        if ctx.output_used(index):
-            problems.append(f"output {index} (the mean or inverse standard deviation) is used; "
-                            "Core ML's layer_norm gives only the normalised result")
     if problems:
         return problems
     shape = ctx.in_shape(0)
@@ -1384,6 +1426,11 @@ def _broadcasts_to(shape, target) -> bool:
 
 @op("LayerNormalization", check=_check_layer_norm)
 def layer_normalization(ctx: NodeContext) -> None:
+    if ctx.output_used(1) or ctx.output_used(2):
+        # Core ML's layer_norm gives only the normalised result: written out (ops_general).
+        from engine.convert.ops_general import layer_norm_with_statistics
+        layer_norm_with_statistics(ctx)
+        return
     shape = ctx.in_shape(0)
     axis = int(ctx.attr("axis", -1)) % len(shape)
     axes = list(range(axis, len(shape)))
@@ -1420,20 +1467,24 @@ def rms_normalize(ctx: NodeContext, x, axes: list[int], epsilon: float, scale=No
     """x / sqrt(mean(x^2) + eps) * scale, computed on x scaled by its largest magnitude first.
 
     The scaling is coremltools' own RMSNorm lowering (torch frontend `rms_norm`): x^2 of
-    activations above 256 overflows fp16, and the Neural Engine computes in fp16.  As there,
-    epsilon is added to the mean of the *scaled* squares, i.e. it weighs max|x|^2 times what
-    ONNX gives it: the same result wherever epsilon is small against mean(x^2).  The largest
-    magnitude is kept at least 1e-6 so that an all-zero row stays zero instead of 0/0.
+    activations above 256 overflows fp16, and the Neural Engine computes in fp16.  Unlike there,
+    the divisor is max(max|x|, 1) and epsilon is divided by its square before it is added to the
+    mean of the scaled squares, so the result is ONNX's exactly, whatever epsilon (with
+    coremltools' form a large epsilon, as in the ONNX node tests, departs by up to 20 %): rows
+    already within [-1, 1] are not scaled, the others have squares <= 1 and epsilon / max^2 <=
+    epsilon (fp16-safe).  An all-zero row gives 0 / sqrt(epsilon) = 0.
     The last op is named after the node (shared by RMSNormalization and the com.microsoft
     (Skip)SimplifiedLayerNormalization, engine/convert/ops_contrib.py).
     """
     largest = mb.reduce_max(x=mb.abs(x=x, name=ctx.name("abs")), axes=axes, keep_dims=True,
                             name=ctx.name("max_abs"))
-    largest = mb.maximum(x=largest, y=ctx.float(1e-6), name=ctx.name("max_abs_floor"))
+    largest = mb.maximum(x=largest, y=ctx.float(1.0), name=ctx.name("max_abs_floor"))
     scaled = mb.real_div(x=x, y=largest, name=ctx.name("scaled"))
     mean_square = mb.reduce_mean(x=mb.square(x=scaled, name=ctx.name("square")), axes=axes, keep_dims=True,
                                  name=ctx.name("mean_square"))
-    rms = mb.sqrt(x=mb.add(x=mean_square, y=ctx.float(epsilon), name=ctx.name("add_eps")),
+    scaled_epsilon = mb.real_div(x=ctx.float(epsilon), y=mb.square(x=largest, name=ctx.name("max_abs_square")),
+                                 name=ctx.name("scaled_eps"))
+    rms = mb.sqrt(x=mb.add(x=mean_square, y=scaled_epsilon, name=ctx.name("add_eps")),
                   name=ctx.name("rms_scaled"))
     rms = mb.mul(x=rms, y=largest, name=ctx.name("rms"))
     if scale is None:
@@ -1651,3 +1702,6 @@ def supported_op_types() -> list[str]:
 # this module): Attention, GatherElements and GatherND; the ONNX Runtime contrib ops.
 from engine.convert import ops_attention  # noqa: E402,F401
 from engine.convert import ops_contrib  # noqa: E402,F401
+# General ops for corpus coverage (arg reductions, normalisations with statistics, more unary
+# maths, Lp pooling, depth <-> space).
+from engine.convert import ops_general  # noqa: E402,F401

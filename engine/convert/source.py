@@ -395,7 +395,8 @@ def _fast_evaluate(op_type: str, proto: onnx.NodeProto, inputs: list) -> Optiona
             target = [x.shape[i] if d == 0 else d for i, d in enumerate(target)]
         return [x.reshape(target)]
     if op_type == "Flatten":
-        axis = int(attributes.get("axis", 1)) % (x.ndim + 1)
+        axis = int(attributes.get("axis", 1))
+        axis = axis + x.ndim if axis < 0 else axis  # a negative axis counts from the rank
         return [x.reshape(int(np.prod(x.shape[:axis])), -1)]
     if op_type == "Transpose":
         perm = attributes.get("perm")

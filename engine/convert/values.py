@@ -18,7 +18,7 @@ Both say "not run" (never "passed") when they could not run, and why.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Mapping
+from typing import Mapping, Optional
 
 import numpy as np
 
@@ -87,15 +87,22 @@ def _close(stored: np.ndarray, expected: np.ndarray) -> bool:
     for start in range(0, stored.size, _CHUNK):
         a = stored[start:start + _CHUNK].astype(np.float32)
         b = expected[start:start + _CHUNK].astype(np.float32)
-        if not np.all(np.abs(a - b) <= relative * np.abs(b) + absolute):
+        # equal infinities (a causal mask's -inf) are equal; their difference is NaN
+        if not np.all((a == b) | (np.abs(a - b) <= relative * np.abs(b) + absolute)):
             return False
     return True
 
 
-def _candidates(node, input_index: int, array: np.ndarray) -> list[tuple[str, np.ndarray]]:
+def _candidates(node, input_index: int, array: np.ndarray, op_name: str = "") -> list[tuple[str, np.ndarray]]:
     """The forms a source constant may take in the package (the converter's documented layouts):
-    any reshape of it; for Gemm's B also its transpose, each times alpha; Gemm's C times beta."""
+    any reshape of it; for Gemm's B also its transpose, each times alpha; Gemm's C times beta;
+    its reciprocal where coremltools' divide_to_multiply pass turned a division by it into a
+    multiplication (the op is then named "_inversed_<name>")."""
     forms = [("as stored", array)]
+    if op_name.startswith("_inversed_"):
+        forms.append(("reciprocal (divide_to_multiply)", np.float32(1) / array.astype(np.float32)))
+        # in an fp16 program the pass inverts the fp16 constant
+        forms.append(("reciprocal of the fp16 value", np.float32(1) / array.astype(np.float16).astype(np.float32)))
     if node.op_type == "Gemm" and array.ndim == 2 and input_index == 1:
         forms.append(("transposed", array.T))
         alpha = float(node.attributes.get("alpha", 1.0))
@@ -109,6 +116,21 @@ def _candidates(node, input_index: int, array: np.ndarray) -> list[tuple[str, np
     return forms
 
 
+def _constant_value(source, name: str, removed) -> Optional[np.ndarray]:
+    """A source constant, or the value behind a Cast / CastLike of a constant that coremltools
+    folded away (the node is then `removed` and its consumer reads the cast constant)."""
+    if source.is_constant(name):
+        return np.asarray(source.constant(name))
+    producer = source._producers.get(name)
+    if producer is None or producer.id not in removed or producer.op_type not in ("Cast", "CastLike") \
+            or not producer.inputs or not source.is_constant(producer.inputs[0]):
+        return None
+    value_type = source.graph.value_type(name)
+    if value_type is None or value_type.dtype not in ("float32", "float16", "float64"):
+        return None
+    return np.asarray(source.constant(producer.inputs[0])).astype(np.float32)
+
+
 def weights_check(program, layer_map: Mapping, source, optimize: str) -> dict:
     """Every package weight against its ONNX source constant (module docstring)."""
     from engine.analysis import costs
@@ -117,6 +139,7 @@ def weights_check(program, layer_map: Mapping, source, optimize: str) -> dict:
         return _check(NOT_RUN, "optimize='default' folds BatchNorm and biases into convolutions, so weights "
                                "no longer equal single source constants; the values check covers them")
     weights = package_weights(program, layer_map)
+    removed = set(layer_map.get("removed", ()))
     departures, departing_nodes, matched_inputs = [], [], set()
     for op_name, op_type, parameter, node_id, value in weights:
         node = source.graph.node(node_id)
@@ -124,12 +147,14 @@ def weights_check(program, layer_map: Mapping, source, optimize: str) -> dict:
         indices = [wanted] if wanted is not None else range(len(node.inputs))
         found = None
         for index in indices:
-            if index >= len(node.inputs) or not node.inputs[index] or not source.is_constant(node.inputs[index]):
+            if index >= len(node.inputs) or not node.inputs[index]:
                 continue
-            array = np.asarray(source.constant(node.inputs[index]))
+            array = _constant_value(source, node.inputs[index], removed)
+            if array is None:
+                continue
             if not np.issubdtype(array.dtype, np.floating):
                 continue
-            for form, candidate in _candidates(node, index, array):
+            for form, candidate in _candidates(node, index, array, op_name):
                 if _close(value, candidate):
                     found = (index, form)
                     break
@@ -217,6 +242,8 @@ def seeded_inputs(source, image_inputs: Mapping, seed: int = 0) -> tuple[dict, d
         else:
             array = rng.standard_normal(shape).astype(np.float16).astype(value_type.dtype)
             onnx_feed[name], program_feed[name] = array, array.astype(np.float32)
+        if not shape:  # a scalar ONNX input is a [1] Core ML input (engine/convert/builder.py)
+            program_feed[name] = program_feed[name].reshape(1)
     return onnx_feed, program_feed
 
 
@@ -225,7 +252,8 @@ def reference_tensors(source, feed: Mapping[str, np.ndarray], names: list[str]) 
 
     ONNX Runtime with graph optimisations off, so that every tensor is the one its ONNX node
     defines; for models whose op versions ONNX Runtime no longer implements (AveragePool-1,
-    BatchNormalization-6, ...), the onnx package's reference evaluator (the ONNX spec in numpy).
+    BatchNormalization-6, ...) or whose IR version / opset is newer than it supports, the onnx
+    package's reference evaluator (the ONNX spec in numpy).
     """
     import onnx
     import onnxruntime
@@ -263,7 +291,14 @@ def reference_tensors(source, feed: Mapping[str, np.ndarray], names: list[str]) 
     options.log_severity_level = 4
     try:
         session = onnxruntime.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
-    except onnxruntime.capi.onnxruntime_pybind11_state.NotImplemented:
+    except (onnxruntime.capi.onnxruntime_pybind11_state.NotImplemented,
+            onnxruntime.capi.onnxruntime_pybind11_state.Fail) as exc:
+        # An op version ONNX Runtime dropped (NotImplemented), or an IR version / opset newer than
+        # it supports: the onnx package's own reference evaluator instead.  Any other load failure
+        # is the model's problem and is reported.
+        if isinstance(exc, onnxruntime.capi.onnxruntime_pybind11_state.Fail) and not any(
+                text in str(exc) for text in ("Unsupported model IR version", "ValidateOpsetForDomain")):
+            raise
         from onnx.reference import ReferenceEvaluator
 
         evaluator = ReferenceEvaluator(onnx.ModelProto.FromString(serialized))
@@ -285,7 +320,7 @@ def compare(expected: np.ndarray, actual: np.ndarray) -> dict:
     if not expected.size:
         return {"max_abs_error": 0.0, "max_rel_error": 0.0}
     same_nonfinite = np.array_equal(~np.isfinite(expected), ~np.isfinite(actual)) and np.array_equal(
-        expected[~np.isfinite(expected)], actual[~np.isfinite(actual)])
+        expected[~np.isfinite(expected)], actual[~np.isfinite(actual)], equal_nan=True)
     if not same_nonfinite:
         return {"max_abs_error": float("inf"), "max_rel_error": float("inf"), "note": "NaN/inf at other places"}
     finite = np.isfinite(expected)

@@ -308,7 +308,7 @@ def _unsupported_model():
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
              helper.make_node("GridSample", ["c", "grid"], ["g"], name="warp"),
              helper.make_node("Relu", ["g"], ["r"], name="relu"),
-             helper.make_node("Hardmax", ["r"], ["y"], name="pick")]
+             helper.make_node("Det", ["r"], ["y"], name="pick")]
     inits = [numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w"),
              numpy_helper.from_array(np.zeros((1, 8, 8, 2), np.float32), "grid")]
     return helper.make_model(helper.make_graph(nodes, "bad", [x], [y], inits),
@@ -322,7 +322,7 @@ def test_report_blockers_lists_what_cannot_run_on_core_ml(converted, sample_mode
     bad = tmp_path / "bad.onnx"
     onnx.save(_unsupported_model(), bad)
     blockers = report_blockers(bad)
-    assert [(b["node_id"], b["op_type"]) for b in blockers] == [("warp", "GridSample"), ("pick", "Hardmax")]
+    assert [(b["node_id"], b["op_type"]) for b in blockers] == [("warp", "GridSample"), ("pick", "Det")]
     assert all(set(b) == {"node_id", "op_type", "reason"} and b["reason"] for b in blockers)
     # A free input size is a conversion option, not something Core ML cannot run.
     free = mobileunet(alpha=0.25, size=64)
@@ -343,4 +343,4 @@ def test_report_blockers_lists_what_cannot_run_on_core_ml(converted, sample_mode
                             settings={}, end_to_end_samples=[1.0], profiled_samples=(), groups=[], nodes=[],
                             runs_completed=1)
     page = html_report(profile, analyze(open_model(bad)), blockers=blockers)
-    assert "Cannot run on Core ML: 2 nodes" in page and "GridSample" in page and "Hardmax" in page
+    assert "Cannot run on Core ML: 2 nodes" in page and "GridSample" in page and "Det" in page

@@ -367,7 +367,7 @@ def _unsupported_model() -> onnx.ModelProto:
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
              helper.make_node("GridSample", ["c", "grid"], ["g"], name="warp"),
              helper.make_node("Relu", ["g"], ["r"], name="relu"),
-             helper.make_node("Hardmax", ["r"], ["y"], name="pick")]
+             helper.make_node("Det", ["r"], ["y"], name="pick")]
     inits = [numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w"),
              numpy_helper.from_array(np.zeros((1, 8, 8, 2), np.float32), "grid")]
     graph = helper.make_graph(nodes, "bad", [x], [y], inits)
@@ -381,7 +381,7 @@ def test_unsupported_ops_are_all_listed_and_nothing_is_written(tmp_path):
     with pytest.raises(ConversionError) as error:
         convert(source, out_dir / "bad.mlpackage")
     blockers = error.value.blockers
-    assert [(b.node_id, b.op_type) for b in blockers] == [("warp", "GridSample"), ("pick", "Hardmax")]
+    assert [(b.node_id, b.op_type) for b in blockers] == [("warp", "GridSample"), ("pick", "Det")]
     assert "2 unsupported nodes" in str(error.value) and "warp (GridSample)" in str(error.value)
     assert list(out_dir.iterdir()) == []
     assert check_convertible(source) == blockers
@@ -421,7 +421,7 @@ def test_cli_convert_and_unsupported(tmp_path):
     assert failed.returncode == 2
     lines = failed.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("layerscope: ") and "warp (GridSample)" in lines[0] \
-        and "pick (Hardmax)" in lines[0]
+        and "pick (Det)" in lines[0]
     assert not (tmp_path / "b.mlpackage").exists()
 
 

@@ -77,7 +77,7 @@ def _model(path: Path) -> Path:
 
 MUTATIONS = {
     # id: (function, old text, new text, the first node that must depart, the checks that must fail)
-    "negated_conv_weights": (ops.conv, "weight = ctx.array(ctx.const(1))", "weight = -ctx.array(ctx.const(1))",
+    "negated_conv_weights": (ops.conv, "weight = ctx.x(1)", "weight = -ctx.x(1)",
                              "stem/conv", {"weights", "values"}),
     "swapped_padding_order": (ops._interleave, "zip(begins, ends)", "zip(ends, begins)", "stem/conv", {"values"}),
     # output_padding only adds positions at the end of a ConvTranspose's result, so dropping it

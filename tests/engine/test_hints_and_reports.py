@@ -120,8 +120,19 @@ def test_folded_sample_has_no_batchnorm_hint(tmp_path):
     assert "fold_batchnorm" not in rules(profile)
 
 
+def profile_until(path, wanted, attempts=3):
+    """Profiles `path` until `wanted(profile, analysis)` holds, at most `attempts` times: the rules
+    read measured times, and on a machine shared with other jobs one layer's median can be hit by
+    a burst of preemption (seen under CI load: one 3x3 conv at 4 ms beside 0.2 ms ones)."""
+    for _ in range(attempts):
+        profile, analysis = profile_file(path)
+        if wanted(profile, analysis):
+            break
+    return profile, analysis
+
+
 def test_plain_dense_convs_stay_silent(tmp_path):
-    profile, _ = profile_file(_conv_stack(tmp_path, "dense"))
+    profile, _ = profile_until(_conv_stack(tmp_path, "dense"), lambda p, a: p.hints == ())
     assert profile.hints == ()
 
 
@@ -133,7 +144,11 @@ def test_depthwise_on_cpu_fires(tmp_path):
 
 def test_low_efficiency_names_the_odd_layer(tmp_path):
     path = _conv_stack(tmp_path, "odd", channels=64, size=56, layers=5, depthwise_at=(2,))
-    profile, _ = profile_file(path)
+
+    def found(profile, _):
+        hint = next((h for h in profile.hints if h["rule"] == "low_efficiency"), None)
+        return hint is not None and "conv2" in hint["node_ids"]
+    profile, _ = profile_until(path, found)
     hint = next((h for h in profile.hints if h["rule"] == "low_efficiency"), None)
     assert hint is not None and "conv2" in hint["node_ids"]
     assert hint["kind"] == ESTIMATED  # measured times over MACs counted from shapes
@@ -141,7 +156,7 @@ def test_low_efficiency_names_the_odd_layer(tmp_path):
 
 def test_memory_bound_fires_on_elementwise_chain(tmp_path):
     path = _conv_stack(tmp_path, "elementwise", channels=32, size=56, layers=1, elementwise=8)
-    profile, analysis = profile_file(path)
+    profile, analysis = profile_until(path, lambda p, a: any(h["rule"] == "memory_bound" for h in p.hints))
     hint = next((h for h in profile.hints if h["rule"] == "memory_bound"), None)
     assert hint is not None
     assert all(analysis.graph.node(i).op_type in ("Add", "Mul") for i in hint["node_ids"])

@@ -26,7 +26,7 @@ def _unsupported_model():
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
              helper.make_node("GridSample", ["c", "grid"], ["g"], name="warp"),
              helper.make_node("Relu", ["g"], ["r"], name="relu"),
-             helper.make_node("Hardmax", ["r"], ["y"], name="pick")]
+             helper.make_node("Det", ["r"], ["y"], name="pick")]
     inits = [numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w"),
              numpy_helper.from_array(np.zeros((1, 8, 8, 2), np.float32), "grid")]
     return helper.make_model(helper.make_graph(nodes, "bad", [x], [y], inits),
@@ -132,7 +132,7 @@ def test_a_model_with_unsupported_ops_lists_every_blocker_and_writes_nothing(qtb
         dialog.start()
     blockers = dialog.blockers_dialog
     assert blockers is not None and blockers.isVisible()
-    assert [(node, op) for node, op, _ in blockers.rows()] == [("warp", "GridSample"), ("pick", "Hardmax")]
+    assert [(node, op) for node, op, _ in blockers.rows()] == [("warp", "GridSample"), ("pick", "Det")]
     assert all(reason for _, _, reason in blockers.rows())
     assert "Nothing was written" in dialog.status.text() and not dialog.open_button.isEnabled()
     assert list(out.iterdir()) == []
@@ -144,7 +144,7 @@ def test_a_model_with_unsupported_ops_lists_every_blocker_and_writes_nothing(qtb
     window.add_profile(run.entries[0].profile, run.entries[0].analysis)
     report = window.export_profile("html", str(tmp_path / "bad.html"))
     page = Path(report).read_text(encoding="utf-8")
-    assert "Cannot run on Core ML: 2 nodes" in page and "GridSample" in page and "Hardmax" in page
+    assert "Cannot run on Core ML: 2 nodes" in page and "GridSample" in page and "Det" in page
 
 
 def test_convert_needs_an_onnx_model(qtbot, window, tmp_path, sample_model):

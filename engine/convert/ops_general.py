@@ -1,0 +1,415 @@
+"""ONNX op -> MIL ops for the general (non-attention) ops the node-test corpus needs.
+
+Same contract as engine/convert/ops.py (a check per op, a build that names its MIL ops
+through `ctx.name`); importing this module registers them there.  Every translation uses
+MIL ops of coremltools 9 that the MIL reference evaluator can run (a numpy
+`value_inference` in coremltools, or a spec function in mil_reference.py), so the value
+check covers each of them.
+
+Families: arg reductions (ArgMax, ArgMin, Hardmax), normalisations with statistics
+(LayerNormalization's mean / inverse-std outputs, InstanceNormalization,
+GroupNormalization, MeanVarianceNormalization, LpNormalization), more unary maths
+(inverse trigonometric and hyperbolic functions, Swish, Mish, Celu, Shrink, IsNaN, IsInf),
+float Mod and LpPool.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from engine.convert import ops
+from engine.convert.ops import (NodeContext, _axes_from, _check_pool, _float_input, _interleave, _pool_padding,
+                                _rank, _static_input, op)
+
+
+def _mb():
+    return ops.mb  # bound by ops.bind_builder() before any build runs
+
+
+# ----------------------------------------------------------------------------- arg reductions
+
+def _check_arg_reduce(ctx: NodeContext) -> list[str]:
+    problems = _float_input(ctx) + _static_input(ctx)
+    if not problems and not ctx.in_shape(0):
+        problems.append("the input is a scalar")
+    return problems
+
+
+@op("ArgMax", "ArgMin", check=_check_arg_reduce)
+def arg_reduce(ctx: NodeContext) -> None:
+    """reduce_argmax / reduce_argmin; select_last_index=1 runs it on the axis reversed and
+    maps the position back (n - 1 - i), as both pick the first of equal values."""
+    mb = _mb()
+    shape = ctx.in_shape(0)
+    axis = int(ctx.attr("axis", 0)) % len(shape)
+    keep = bool(ctx.attr("keepdims", 1))
+    function = mb.reduce_argmax if ctx.node.op_type == "ArgMax" else mb.reduce_argmin
+    x = ctx.x(0)
+    if not ctx.attr("select_last_index", 0):
+        ctx.set_output(0, function(x=x, axis=axis, keep_dims=keep, name=ctx.name()))
+        return
+    reversed_x = mb.reverse(x=x, axes=[axis], name=ctx.name("reverse"))
+    index = function(x=reversed_x, axis=axis, keep_dims=keep, name=ctx.name("reversed_index"))
+    ctx.set_output(0, mb.sub(x=np.int32(shape[axis] - 1), y=index, name=ctx.name()))
+
+
+def _check_hardmax(ctx: NodeContext) -> list[str]:
+    return _float_input(ctx) + _static_input(ctx)
+
+
+@op("Hardmax", check=_check_hardmax)
+def hardmax(ctx: NodeContext) -> None:
+    """1 at the first largest value along the axis, 0 elsewhere.  Before opset 13 the input is
+    coerced to 2-D at `axis` (ONNX's old softmax rule), so it is reshaped around the op."""
+    mb = _mb()
+    shape = list(ctx.in_shape(0))
+    x = ctx.x(0)
+    if ctx.opset < 13:
+        split = int(ctx.attr("axis", 1)) % max(len(shape), 1)
+        flat = [int(np.prod(shape[:split])), int(np.prod(shape[split:]))]
+        x = mb.reshape(x=x, shape=flat, name=ctx.name("as_2d"))
+        work_shape, axis = flat, 1
+    else:
+        work_shape, axis = shape, int(ctx.attr("axis", -1)) % len(shape)
+    index = mb.reduce_argmax(x=x, axis=axis, keep_dims=True, name=ctx.name("argmax"))
+    positions = np.arange(work_shape[axis], dtype=np.int32).reshape(
+        [-1 if a == axis else 1 for a in range(len(work_shape))])
+    hit = mb.equal(x=index, y=positions, name=ctx.name("is_first_max"))
+    name = ctx.name("as_2d_result") if ctx.opset < 13 else ctx.name()
+    y = mb.cast(x=hit, dtype=ctx.float_name, name=name)
+    if ctx.opset < 13:
+        y = mb.reshape(x=y, shape=shape, name=ctx.name())
+    ctx.set_output(0, y)
+
+
+# ----------------------------------------------------------------------------- normalisation with statistics
+
+def normalize(ctx: NodeContext, x, axes: list[int], epsilon: float):
+    """(x - mean) * rsqrt(var + epsilon), mean and rsqrt(var + epsilon), over `axes` (kept).
+
+    Written out with reduce_mean and rsqrt (rsqrt's own epsilon is added inside the root, as
+    ONNX adds it): Core ML's layer_norm / instance_norm give neither statistic, and
+    instance_norm has no numpy evaluation to check it by value.
+    """
+    mb = _mb()
+    mean = mb.reduce_mean(x=x, axes=axes, keep_dims=True, name=ctx.name("mean"))
+    centred = mb.sub(x=x, y=mean, name=ctx.name("centred"))
+    variance = mb.reduce_mean(x=mb.mul(x=centred, y=centred, name=ctx.name("square")), axes=axes,
+                              keep_dims=True, name=ctx.name("variance"))
+    inverse_std = mb.rsqrt(x=variance, epsilon=ctx.float(epsilon), name=ctx.name("inverse_std"))
+    return mb.mul(x=centred, y=inverse_std, name=ctx.name("normalized")), mean, inverse_std
+
+
+def layer_norm_with_statistics(ctx: NodeContext) -> None:
+    """LayerNormalization whose mean (output 1) or inverse standard deviation (output 2) is used."""
+    mb = _mb()
+    shape = ctx.in_shape(0)
+    axis = int(ctx.attr("axis", -1)) % len(shape)
+    y, mean, inverse_std = normalize(ctx, ctx.x(0), list(range(axis, len(shape))), ctx.attr("epsilon", 1e-5))
+    y = mb.mul(x=y, y=ctx.x(1), name=ctx.name("scaled" if ctx.has_input(2) else None))
+    if ctx.has_input(2):
+        y = mb.add(x=y, y=ctx.x(2), name=ctx.name())
+    ctx.set_output(0, y)
+    if ctx.output_used(1):
+        ctx.set_output(1, mean)
+    if ctx.output_used(2):
+        ctx.set_output(2, inverse_std)
+
+
+def batch_norm_runtime_statistics(ctx: NodeContext) -> None:
+    """BatchNormalization whose scale, bias, mean or variance is computed at run time:
+    (x - mean) * rsqrt(variance + epsilon) * scale + bias, each per channel."""
+    mb = _mb()
+    rank = len(ctx.in_shape(0)) if ctx.in_shape(0) is not None else _rank(ctx)
+    scale, bias, mean, variance = (_per_channel(ctx, ctx.x(i), rank, role) for i, role in
+                                   ((1, "scale_per_channel"), (2, "bias_per_channel"), (3, "mean_per_channel"),
+                                    (4, "variance_per_channel")))
+    centred = mb.sub(x=ctx.x(0), y=mean, name=ctx.name("centred"))
+    inverse_std = mb.rsqrt(x=variance, epsilon=ctx.float(ctx.attr("epsilon", 1e-5)), name=ctx.name("inverse_std"))
+    y = mb.mul(x=mb.mul(x=centred, y=inverse_std, name=ctx.name("normalized")), y=scale, name=ctx.name("scaled"))
+    ctx.set_output(0, mb.add(x=y, y=bias, name=ctx.name()))
+
+
+def _check_instance_norm(ctx: NodeContext) -> list[str]:
+    problems = _float_input(ctx) + _static_input(ctx)
+    if not problems and len(ctx.in_shape(0)) < 3:
+        problems.append(f"input rank {len(ctx.in_shape(0))}: instance normalisation needs N x C x spatial")
+    return problems
+
+
+def _per_channel(ctx: NodeContext, array_or_var, rank: int, role: str):
+    """A [C] scale or bias shaped to broadcast over N x C x spatial."""
+    shape = [-1] + [1] * (rank - 2)
+    if isinstance(array_or_var, np.ndarray):
+        return array_or_var.reshape(shape)
+    return _mb().reshape(x=array_or_var, shape=shape, name=ctx.name(role))
+
+
+@op("InstanceNormalization", check=_check_instance_norm)
+def instance_normalization(ctx: NodeContext) -> None:
+    mb = _mb()
+    rank = len(ctx.in_shape(0))
+    y, _, _ = normalize(ctx, ctx.x(0), list(range(2, rank)), ctx.attr("epsilon", 1e-5))
+    y = mb.mul(x=y, y=_per_channel(ctx, ctx.x(1), rank, "scale_per_channel"), name=ctx.name("scaled"))
+    ctx.set_output(0, mb.add(x=y, y=_per_channel(ctx, ctx.x(2), rank, "bias_per_channel"), name=ctx.name()))
+
+
+def _check_group_norm(ctx: NodeContext) -> list[str]:
+    problems = _check_instance_norm(ctx)
+    if problems:
+        return problems
+    channels, groups = ctx.in_shape(0)[1], int(ctx.attr("num_groups", 1))
+    if groups <= 0 or channels % groups:
+        problems.append(f"{channels} channels do not split into {groups} groups")
+    return problems
+
+
+@op("GroupNormalization", check=_check_group_norm)
+def group_normalization(ctx: NodeContext) -> None:
+    """Statistics per (sample, group of channels): x as N x G x (C/G * spatial), normalised over
+    its last axis.  Scale and bias are per channel (opset 21) or per group (opset 18)."""
+    mb = _mb()
+    shape = list(ctx.in_shape(0))
+    groups = int(ctx.attr("num_groups"))
+    grouped = mb.reshape(x=ctx.x(0), shape=[shape[0], groups, -1], name=ctx.name("grouped"))
+    y, _, _ = normalize(ctx, grouped, [2], ctx.attr("epsilon", 1e-5))
+    scale, bias = ctx.x(1), ctx.x(2)
+    per_group = ctx.in_shape(1) is not None and ctx.in_shape(1)[0] == groups and groups != shape[1]
+    if per_group:
+        y = mb.mul(x=y, y=_grouped_parameter(ctx, scale, "scale_per_group"), name=ctx.name("scaled"))
+        y = mb.add(x=y, y=_grouped_parameter(ctx, bias, "bias_per_group"), name=ctx.name("biased"))
+        ctx.set_output(0, mb.reshape(x=y, shape=shape, name=ctx.name()))
+        return
+    y = mb.reshape(x=y, shape=shape, name=ctx.name("ungrouped"))
+    y = mb.mul(x=y, y=_per_channel(ctx, scale, len(shape), "scale_per_channel"), name=ctx.name("scaled"))
+    ctx.set_output(0, mb.add(x=y, y=_per_channel(ctx, bias, len(shape), "bias_per_channel"), name=ctx.name()))
+
+
+def _grouped_parameter(ctx: NodeContext, array_or_var, role: str):
+    if isinstance(array_or_var, np.ndarray):
+        return array_or_var.reshape(-1, 1)
+    return _mb().reshape(x=array_or_var, shape=[-1, 1], name=ctx.name(role))
+
+
+def _check_mvn(ctx: NodeContext) -> list[str]:
+    return _float_input(ctx) + _static_input(ctx)
+
+
+@op("MeanVarianceNormalization", check=_check_mvn)
+def mean_variance_normalization(ctx: NodeContext) -> None:
+    # ONNX's function body adds epsilon 1e-9 to the standard deviation's square.
+    rank = len(ctx.in_shape(0))
+    axes = _axes_from(ctx, 99) or [0, 2, 3]
+    y, _, _ = normalize(ctx, ctx.x(0), sorted(a % rank for a in axes), 1e-9)
+    ctx.set_output(0, _mb().identity(x=y, name=ctx.name()))
+
+
+def _check_lp_norm(ctx: NodeContext) -> list[str]:
+    problems = _float_input(ctx)
+    if int(ctx.attr("p", 2)) not in (1, 2):
+        problems.append(f"p={ctx.attr('p')} (ONNX allows 1 and 2)")
+    if _rank(ctx) is None:
+        problems.append("the input rank is unknown")
+    return problems
+
+
+@op("LpNormalization", check=_check_lp_norm)
+def lp_normalization(ctx: NodeContext) -> None:
+    mb = _mb()
+    x = ctx.x(0)
+    axis = int(ctx.attr("axis", -1)) % _rank(ctx)
+    function = mb.reduce_l2_norm if int(ctx.attr("p", 2)) == 2 else mb.reduce_l1_norm
+    norm = function(x=x, axes=[axis], keep_dims=True, name=ctx.name("norm"))
+    ctx.set_output(0, mb.real_div(x=x, y=norm, name=ctx.name()))
+
+
+# ----------------------------------------------------------------------------- Lp pooling
+
+def _check_lp_pool(ctx: NodeContext) -> list[str]:
+    problems = _check_pool(ctx)
+    if ctx.attr("ceil_mode", 0):
+        problems.append("ceil_mode=1 is not supported for LpPool")
+    if float(ctx.attr("p", 2)) <= 0:
+        problems.append(f"p={ctx.attr('p')} (must be positive)")
+    return problems
+
+
+@op("LpPool", check=_check_lp_pool)
+def lp_pool(ctx: NodeContext) -> None:
+    """(sum over the window of |x|^p)^(1/p): the window mean of |x|^p with the zero padding
+    counted (`avg_pool`, padding included), times the window size, then the p-th root."""
+    mb = _mb()
+    p = float(ctx.attr("p", 2))
+    kernel = [int(k) for k in ctx.attr("kernel_shape")]
+    strides = [int(s) for s in ctx.attr("strides", [1] * len(kernel))]
+    begins, ends, _ = _pool_padding(ctx)
+    x = ctx.x(0)
+    powered = mb.mul(x=x, y=x, name=ctx.name("square")) if p == 2 else \
+        mb.pow(x=mb.abs(x=x, name=ctx.name("abs")), y=ctx.float(p), name=ctx.name("power"))
+    mean = mb.avg_pool(x=powered, kernel_sizes=kernel, strides=strides, pad_type="custom",
+                       pad=_interleave(begins, ends), exclude_padding_from_average=False, name=ctx.name("mean"))
+    total = mb.mul(x=mean, y=ctx.float(float(np.prod(kernel))), name=ctx.name("sum"))
+    if p == 2:
+        ctx.set_output(0, mb.sqrt(x=total, name=ctx.name()))
+    else:
+        ctx.set_output(0, mb.pow(x=total, y=ctx.float(1.0 / p), name=ctx.name()))
+
+
+# ----------------------------------------------------------------------------- depth <-> space
+
+def _check_depth_space(ctx: NodeContext) -> list[str]:
+    problems = _float_input(ctx) + _static_input(ctx)
+    if problems:
+        return problems
+    shape, block = ctx.in_shape(0), int(ctx.attr("blocksize", 0))
+    if len(shape) != 4:
+        problems.append(f"input rank {len(shape)}: Core ML rearranges N x C x H x W tensors")
+    elif block < 2:
+        problems.append(f"blocksize {block}: Core ML needs 2 or more")
+    elif ctx.node.op_type == "DepthToSpace" and shape[1] % (block * block):
+        problems.append(f"{shape[1]} channels do not divide into {block}x{block} blocks")
+    elif ctx.node.op_type == "SpaceToDepth" and (shape[2] % block or shape[3] % block):
+        problems.append(f"height and width {shape[2:]} do not divide into {block}x{block} blocks")
+    elif ctx.node.op_type == "SpaceToDepth" and str(ctx.attr("mode", "DCR")) == "CRD" \
+            and ctx.source.target in ("iOS15", "macOS12", "tvOS15", "watchOS8"):
+        problems.append("CRD mode needs pixel_unshuffle: deployment target iOS16 or later")
+    return problems
+
+
+@op("DepthToSpace", "SpaceToDepth", check=_check_depth_space)
+def depth_space(ctx: NodeContext) -> None:
+    """DCR mode (the default) is `depth_to_space`'s order, CRD mode is `pixel_shuffle`'s (PyTorch's);
+    SpaceToDepth is `space_to_depth`, or `pixel_unshuffle` in CRD mode.  ONNX's own function bodies need rank-6 reshapes, which Core
+    ML does not have."""
+    mb = _mb()
+    block = np.int32(ctx.attr("blocksize"))
+    crd = str(ctx.attr("mode", "DCR")) == "CRD"
+    if ctx.node.op_type == "SpaceToDepth" and crd:
+        ctx.set_output(0, mb.pixel_unshuffle(x=ctx.x(0), downscale_factor=np.uint32(block), name=ctx.name()))
+    elif ctx.node.op_type == "SpaceToDepth":
+        ctx.set_output(0, mb.space_to_depth(x=ctx.x(0), block_size=block, name=ctx.name()))
+    elif crd:
+        ctx.set_output(0, mb.pixel_shuffle(x=ctx.x(0), upscale_factor=block, name=ctx.name()))
+    else:
+        ctx.set_output(0, mb.depth_to_space(x=ctx.x(0), block_size=block, name=ctx.name()))
+
+
+# ----------------------------------------------------------------------------- more unary maths
+
+_MORE_UNARY = {"Acos": "acos", "Asin": "asin", "Atan": "atan", "Tan": "tan", "Cosh": "cosh",
+               "Sinh": "sinh", "Atanh": "atanh"}
+
+
+def _check_float(ctx: NodeContext) -> list[str]:
+    return _float_input(ctx)
+
+
+def _more_unary(ctx: NodeContext) -> None:
+    function = getattr(_mb(), _MORE_UNARY[ctx.node.op_type])
+    ctx.set_output(0, function(x=ctx.x(0), name=ctx.name()))
+
+
+for _onnx_name in _MORE_UNARY:
+    op(_onnx_name, check=_check_float)(_more_unary)
+
+
+@op("Asinh", "Acosh", check=_check_float)
+def inverse_hyperbolic(ctx: NodeContext) -> None:
+    """asinh x = log(x + sqrt(x^2 + 1)), acosh x = log(x + sqrt(x^2 - 1)) (MIL has neither)."""
+    mb = _mb()
+    x = ctx.x(0)
+    offset = 1.0 if ctx.node.op_type == "Asinh" else -1.0
+    root = mb.sqrt(x=mb.add(x=mb.mul(x=x, y=x, name=ctx.name("square")), y=ctx.float(offset),
+                            name=ctx.name("shifted")), name=ctx.name("root"))
+    ctx.set_output(0, mb.log(x=mb.add(x=x, y=root, name=ctx.name("sum")), epsilon=ctx.float(0.0),
+                             name=ctx.name()))
+
+
+@op("Swish", check=_check_float)
+def swish(ctx: NodeContext) -> None:
+    mb = _mb()
+    x = ctx.x(0)
+    scaled = mb.mul(x=x, y=ctx.float(ctx.attr("alpha", 1.0)), name=ctx.name("scaled"))
+    ctx.set_output(0, mb.mul(x=x, y=mb.sigmoid(x=scaled, name=ctx.name("sigmoid")), name=ctx.name()))
+
+
+@op("Mish", check=_check_float)
+def mish(ctx: NodeContext) -> None:
+    mb = _mb()
+    x = ctx.x(0)
+    gate = mb.tanh(x=mb.softplus(x=x, name=ctx.name("softplus")), name=ctx.name("tanh"))
+    ctx.set_output(0, mb.mul(x=x, y=gate, name=ctx.name()))
+
+
+@op("Celu", check=_check_float)
+def celu(ctx: NodeContext) -> None:
+    """max(0, x) + min(0, alpha * (exp(x / alpha) - 1))."""
+    mb = _mb()
+    x = ctx.x(0)
+    alpha = float(ctx.attr("alpha", 1.0))
+    grown = mb.exp(x=mb.mul(x=x, y=ctx.float(1.0 / alpha), name=ctx.name("over_alpha")), name=ctx.name("exp"))
+    negative = mb.mul(x=mb.sub(x=grown, y=ctx.float(1.0), name=ctx.name("minus_one")), y=ctx.float(alpha),
+                      name=ctx.name("elu"))
+    ctx.set_output(0, mb.add(x=mb.relu(x=x, name=ctx.name("positive")),
+                             y=mb.minimum(x=negative, y=ctx.float(0.0), name=ctx.name("negative")),
+                             name=ctx.name()))
+
+
+@op("Shrink", check=_check_float)
+def shrink(ctx: NodeContext) -> None:
+    """x + bias below -lambd, x - bias above lambd, 0 between."""
+    mb = _mb()
+    x = ctx.x(0)
+    lambd, bias = float(ctx.attr("lambd", 0.5)), float(ctx.attr("bias", 0.0))
+    low = mb.select(cond=mb.less(x=x, y=ctx.float(-lambd), name=ctx.name("below")),
+                    a=mb.add(x=x, y=ctx.float(bias), name=ctx.name("raised")), b=ctx.float(0.0),
+                    name=ctx.name("low_part"))
+    ctx.set_output(0, mb.select(cond=mb.greater(x=x, y=ctx.float(lambd), name=ctx.name("above")),
+                                a=mb.sub(x=x, y=ctx.float(bias), name=ctx.name("lowered")), b=low,
+                                name=ctx.name()))
+
+
+@op("IsNaN", check=_check_float)
+def is_nan(ctx: NodeContext) -> None:
+    x = ctx.x(0)
+    ctx.set_output(0, _mb().not_equal(x=x, y=x, name=ctx.name()))  # NaN is the one value unequal to itself
+
+
+@op("IsInf", check=_check_float)
+def is_inf(ctx: NodeContext) -> None:
+    mb = _mb()
+    x = ctx.x(0)
+    positive, negative = bool(ctx.attr("detect_positive", 1)), bool(ctx.attr("detect_negative", 1))
+    if positive and negative:
+        ctx.set_output(0, mb.equal(x=mb.abs(x=x, name=ctx.name("abs")), y=ctx.float(np.inf), name=ctx.name()))
+    elif positive or negative:
+        ctx.set_output(0, mb.equal(x=x, y=ctx.float(np.inf if positive else -np.inf), name=ctx.name()))
+    else:  # detects nothing: all false (|x| < -1 never holds)
+        ctx.set_output(0, mb.less(x=mb.abs(x=x, name=ctx.name("abs")), y=ctx.float(-1.0), name=ctx.name()))
+
+
+def _check_mod(ctx: NodeContext) -> list[str]:
+    problems = []
+    for index in (0, 1):
+        t = ctx.in_type(index)
+        if t is not None and t.dtype not in ("float32", "float16", "float64"):
+            problems.append(f"input {index} is {t.dtype}; integer Mod is not translated")
+    if not ctx.attr("fmod", 0):
+        problems.append("fmod=0 on floats is not valid ONNX")
+    if ctx.is_const(1) and ctx.const(1).size > 1:
+        # fmod reads the divisor twice (x - trunc(x / y) * y): the package would hold it twice,
+        # once inverted by coremltools' divide_to_multiply, and the parameter check refuses that.
+        problems.append("a constant divisor tensor is not supported (a divisor computed at run time or "
+                        "a single value is)")
+    return problems
+
+
+@op("Mod", check=_check_mod)
+def mod(ctx: NodeContext) -> None:
+    """C's fmod: x - trunc(x / y) * y (the sign of x).  MIL's mod is the floor remainder."""
+    mb = _mb()
+    x, y = ctx.x(0), ctx.x(1)
+    quotient = mb.real_div(x=x, y=y, name=ctx.name("quotient"))
+    truncated = mb.mul(x=mb.sign(x=quotient, name=ctx.name("sign")),
+                       y=mb.floor(x=mb.abs(x=quotient, name=ctx.name("abs")), name=ctx.name("floor")),
+                       name=ctx.name("truncated"))
+    ctx.set_output(0, mb.sub(x=x, y=mb.mul(x=truncated, y=y, name=ctx.name("multiple")), name=ctx.name()))
