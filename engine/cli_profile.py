@@ -224,6 +224,8 @@ def sweep_summary(rows) -> str:
 def compare_summary(comparison, top: int = 10, names=None) -> str:
     names = names or {}
     lines = [f"Compare     a = {comparison.a_label}", f"            b = {comparison.b_label}"]
+    if comparison.a_figures or comparison.b_figures:
+        lines += [f"Figures     a: {comparison.a_figures}", f"            b: {comparison.b_figures}"]
     e2e = comparison.end_to_end
     if e2e is not None:
         lines.append(f"End-to-end  {_ms(e2e.a_ms)} -> {_ms(e2e.b_ms)}  b/a {e2e.ratio:.2f}" if e2e.ratio
