@@ -259,6 +259,11 @@ class AndroidTarget:
             head = handle.read(8)
         if path.suffix.lower() != ".tflite" and head[4:8] != b"TFL3":
             raise TargetError(f"{path.name}: android targets run LiteRT models (.tflite) with benchmark_model")
+        if settings is not None and settings.size is not None:
+            # benchmark_model takes whole shapes (--input_layer_shape), not a height and width
+            raise TargetError(f"--size {settings.size[0]}x{settings.size[1]}: android targets run the model at the "
+                              "shapes stored in it or given whole with --shape NAME=DIMS (passed to benchmark_model "
+                              "as --input_layer_shape); the size and sweeps run on the CPU reference (--target cpu)")
         binary = benchmark_binary(self.binary_option)
         phone = open_android_phone(self.serial)
         abi = elf_abi(binary)

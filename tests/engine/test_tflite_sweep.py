@@ -78,3 +78,12 @@ def test_a_cli_profile_of_an_unrunnable_size_is_one_line(tmp_path):
                              "--size", "320", "--runs", "2"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "selfie_segmentation.tflite cannot run at size 320x320" in result.stderr
+
+
+def test_android_target_refuses_a_size_saying_why():
+    from engine.targets.android import AndroidTarget
+    target = AndroidTarget("android")
+    with pytest.raises(TargetError) as caught:
+        target.prepare(FACE, ProfileSettings(size=(192, 192)))  # refused before any adb or binary is looked for
+    assert "--size 192x192: android targets run the model at the shapes stored in it" in str(caught.value)
+    assert "--target cpu" in str(caught.value)
