@@ -350,12 +350,21 @@ def cmd_profile(args: argparse.Namespace) -> int:
             profile, analysis = kept[-1]
         elif len(sizes) > 1 or len(alphas) > 1:
             kept: list = []
-            if len(sizes) > 1:
-                sweep_rows = sweep_sizes(path, sizes, settings, progress=progress, cancel=ctrl_c.cancel,
-                                         keep_profiles=kept)
-            else:
-                sweep_rows = sweep_alpha(path, alphas, settings, size=sizes[0] if sizes else None,
-                                         progress=progress, cancel=ctrl_c.cancel, keep_profiles=kept)
+            # The sweep runs where it was asked to: a target other than this machine's CPU reference is
+            # made here and handed over (the sweep would otherwise make its own, here).
+            sweep_target = None if args.target == "cpu" else get_target(
+                args.target, team=args.team, model_path=path, **_android_options(args))
+            try:
+                if len(sizes) > 1:
+                    sweep_rows = sweep_sizes(path, sizes, settings, target=sweep_target, progress=progress,
+                                             cancel=ctrl_c.cancel, keep_profiles=kept)
+                else:
+                    sweep_rows = sweep_alpha(path, alphas, settings, size=sizes[0] if sizes else None,
+                                             target=sweep_target, progress=progress, cancel=ctrl_c.cancel,
+                                             keep_profiles=kept)
+            finally:
+                if sweep_target is not None:
+                    sweep_target.close()
             progress.finish()
             if not kept:
                 print("layerscope: interrupted before any setting was measured", file=sys.stderr)

@@ -87,3 +87,15 @@ def test_android_target_refuses_a_size_saying_why():
         target.prepare(FACE, ProfileSettings(size=(192, 192)))  # refused before any adb or binary is looked for
     assert "--size 192x192: android targets run the model at the shapes stored in it" in str(caught.value)
     assert "--target cpu" in str(caught.value)
+
+
+def test_a_sweep_runs_on_the_target_asked_for_not_on_this_machine(tmp_path):
+    """`--target android --size 128 192`: the sweep goes to the phone's target, which refuses sizes;
+    it must not quietly measure both sizes on this machine's CPU and call that the phone's sweep."""
+    out = tmp_path / "sweep.json"
+    result = subprocess.run([sys.executable, "-m", "engine", "profile", str(FACE), "--target", "android",
+                             "--size", "128", "192", "--runs", "2", "--json", str(out)],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert "android targets run the model at the shapes stored in it" in result.stderr
+    assert not out.exists()
