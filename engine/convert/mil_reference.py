@@ -127,6 +127,11 @@ def _evaluate_ops(operations, values: dict, wanted, last_use: Mapping[str, int],
                   state_values: dict) -> dict[str, np.ndarray]:
     for index, op in enumerate(operations):
         if op.op_type == "const":
+            if wanted is not None and op.outputs[0].name in wanted:
+                # A graph output that coremltools' const_elimination turned into a const op
+                # (a Shape of a fixed-size input): its value is the result.
+                values[op.outputs[0].name] = np.asarray(op.outputs[0].val).astype(_numpy_dtype(op.outputs[0]),
+                                                                                 copy=False)
             continue
         try:
             results = _run_state_op(op, values, state_values) if op.op_type in _STATE_OPS else _run_op(op, values)

@@ -63,6 +63,10 @@ class SourceModel:
     def is_constant(self, value_name: str) -> bool:
         return value_name in self._constant_names
 
+    def producer(self, value_name: str) -> Optional[Node]:
+        """The node whose output `value_name` is (None for graph inputs and initializers)."""
+        return self._producers.get(value_name)
+
     def constant(self, value_name: str) -> np.ndarray:
         """The value of a constant tensor (an initializer or the output of a folded node)."""
         if value_name in self._values:

@@ -159,7 +159,22 @@ def flatten_negative_axis(path):
     return _one("Flatten", [2, 3, 4, 5], [6, 20], axis=-2)(path)
 
 
-CASES = {fn.__name__: fn for fn in (arg_max_last_index, layer_norm_with_statistics, instance_norm, group_norm,
+def shape_output_beside_a_computed_one(path):
+    # At fixed shapes Shape(x) is a constant graph output: an identity op of the value carries it
+    shape = helper.make_node("Shape", ["x"], ["s"], name="shape", start=1)
+    relu = helper.make_node("Relu", ["x"], ["y"], name="relu")
+    return _model(path, [shape, relu], [_x("x", [2, 3, 4])], [_x("s", [2], TensorProto.INT64), _x("y", [2, 3, 4])])
+
+
+def constant_only_output(path):
+    # The only output is a Constant; the input is read by nothing (coremltools gives it "x_tmp")
+    value = helper.make_tensor("v", F32, [2, 2], [1.5, -2.0, 0.25, 8.0])
+    node = helper.make_node("Constant", [], ["y"], name="const", value=value)
+    return _model(path, [node], [_x("x", [3])], [_x("y", [2, 2])])
+
+
+CASES = {fn.__name__: fn for fn in (shape_output_beside_a_computed_one, constant_only_output,
+                                    arg_max_last_index, layer_norm_with_statistics, instance_norm, group_norm,
                                      lp_norm, hardmax_opset11, unary_chain, float_mod, conv_runtime_weight_and_bias,
                                      clip_runtime_bounds, matmul_vector_batch, flatten_negative_axis,
                                      div_by_constant_tensor, lp_pool_p3_padded, batch_norm_runtime_statistics,
