@@ -616,6 +616,12 @@ def pixel_unshuffle(args: dict) -> np.ndarray:
     return blocks.reshape(n, c * f * f, h // f, w // f)
 
 
+def fill_like(args: dict) -> np.ndarray:
+    """iOS16 fill_like: a tensor of ref_tensor's shape filled with value (its docstring)."""
+    value = np.asarray(args.get("value", 0.0))
+    return np.full(np.shape(args["ref_tensor"]), value, dtype=value.dtype)
+
+
 SPEC_OPS: dict[str, Callable[[dict], np.ndarray]] = {
     "conv": conv, "conv_transpose": conv_transpose, "max_pool": max_pool, "avg_pool": avg_pool,
     "batch_norm": batch_norm, "local_response_norm": local_response_norm,
@@ -623,5 +629,5 @@ SPEC_OPS: dict[str, Callable[[dict], np.ndarray]] = {
     "resize_bilinear": resize_bilinear, "silu": silu, "gather_nd": gather_nd,
     "constexpr_blockwise_shift_scale": constexpr_blockwise_shift_scale,
     "depth_to_space": depth_to_space, "pixel_shuffle": pixel_shuffle, "space_to_depth": space_to_depth,
-    "pixel_unshuffle": pixel_unshuffle,
+    "pixel_unshuffle": pixel_unshuffle, "fill_like": fill_like,
 }

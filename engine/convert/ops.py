@@ -718,8 +718,6 @@ def _check_pool(ctx: NodeContext) -> list[str]:
     rank = _rank(ctx)
     if rank is not None and not 3 <= rank <= 5:
         problems.append(f"input rank {rank}: Core ML pooling is 1-D, 2-D or 3-D")
-    if any(int(d) != 1 for d in (ctx.attr("dilations") or ())):
-        problems.append("dilated pooling is not supported by Core ML")
     if ctx.node.op_type == "MaxPool":
         if int(ctx.attr("storage_order", 0)) != 0:
             problems.append("storage_order=1 (column-major indices) is not supported")

@@ -413,3 +413,118 @@ def mod(ctx: NodeContext) -> None:
                        y=mb.floor(x=mb.abs(x=quotient, name=ctx.name("abs")), name=ctx.name("floor")),
                        name=ctx.name("truncated"))
     ctx.set_output(0, mb.sub(x=x, y=mb.mul(x=truncated, y=y, name=ctx.name("multiple")), name=ctx.name()))
+
+
+# ----------------------------------------------------------------------------- dilated pooling
+
+def _dilations(ctx: NodeContext) -> list[int]:
+    return [int(d) for d in (ctx.attr("dilations") or [1] * len(ctx.attr("kernel_shape")))]
+
+
+def _is_dilated(ctx: NodeContext) -> bool:
+    return any(d != 1 for d in _dilations(ctx))
+
+
+def _check_pool_dilated_too(ctx: NodeContext) -> list[str]:
+    """ops._check_pool, whose dilation refusal and ceil_mode arithmetic (undilated) do not apply
+    to dilated windows: those are written out below and checked against ONNX's output shape."""
+    if not _is_dilated(ctx):
+        return _check_pool(ctx)
+    problems = _float_input(ctx) + _static_input(ctx) + ops._static_output(ctx)
+    rank = _rank(ctx)
+    if rank is not None and rank < 3:
+        problems.append(f"input rank {rank}: pooling needs N, C and spatial axes")
+    if ctx.node.op_type == "MaxPool" and (int(ctx.attr("storage_order", 0)) != 0 or ctx.output_used(1)):
+        problems.append("the Indices output is used; the dilated max pooling written out here has none")
+    if ctx.node.op_type == "LpPool" and float(ctx.attr("p", 2)) <= 0:
+        problems.append(f"p={ctx.attr('p')} (must be positive)")
+    return problems
+
+
+def _window_reduce(ctx: NodeContext, x, combine: str, pad_value: float, role: str, extra_value=None,
+                   last_name=None):
+    """Reduce every dilated pooling window of x with `combine` ("maximum" or "add"), axis by axis
+    (both are separable): pad, then per spatial axis combine the kernel's strided slices
+    (offset k * dilation, step stride, one element per output position).  Core ML's pooling ops
+    have no dilation; slices and element-wise ops of MIL do this with the same windows.
+
+    pad_value fills the declared pads; extra_value (default pad_value) the overhang ceil_mode
+    adds past them.  last_name names the final op (the node's result)."""
+    mb = _mb()
+    kernel = [int(k) for k in ctx.attr("kernel_shape")]
+    strides = [int(s) for s in ctx.attr("strides", [1] * len(kernel))]
+    dilations = _dilations(ctx)
+    in_shape, out_shape = ctx.in_shape(0), ctx.out_shape(0)
+    begins, ends = ops._spatial_pads(ctx, in_shape, kernel, strides, dilations)
+    extra = [max(0, (out_shape[2 + i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1
+                 - (in_shape[2 + i] + begins[i] + ends[i])) for i in range(len(kernel))]
+    if any(begins) or any(ends):
+        x = mb.pad(x=x, pad=np.array([0, 0, 0, 0] + _interleave(begins, ends), np.int32), mode="constant",
+                   constant_val=ctx.float(pad_value), name=ctx.name(f"{role}_padded"))
+    if any(extra):
+        x = mb.pad(x=x, pad=np.array([0, 0, 0, 0] + _interleave([0] * len(extra), extra), np.int32),
+                   mode="constant", constant_val=ctx.float(pad_value if extra_value is None else extra_value),
+                   name=ctx.name(f"{role}_overhang"))
+    combine_op = getattr(mb, combine)
+    for i in range(len(kernel)):
+        axis = 2 + i
+        shape = list(x.shape)
+        result = None
+        for k in range(kernel[i]):
+            begin = [0] * len(shape)
+            end = list(shape)
+            stride = [1] * len(shape)
+            begin[axis] = k * dilations[i]
+            end[axis] = begin[axis] + (out_shape[axis] - 1) * strides[i] + 1
+            stride[axis] = strides[i]
+            last = i == len(kernel) - 1 and k == kernel[i] - 1 and last_name is not None
+            part = mb.slice_by_index(x=x, begin=begin, end=end, stride=stride,
+                                     name=last_name if last and k == 0 else ctx.name(f"{role}_axis{i}_tap{k}"))
+            result = part if result is None else combine_op(
+                x=result, y=part, name=last_name if last else ctx.name(f"{role}_axis{i}_upto{k}"))
+        x = result
+    return x
+
+
+def dilated_pool(ctx: NodeContext) -> None:
+    """MaxPool / AveragePool / LpPool with dilations (see _window_reduce)."""
+    mb = _mb()
+    op_type = ctx.node.op_type
+    if op_type == "MaxPool":
+        lowest = float(np.finfo(np.float16 if ctx.float_name == "fp16" else np.float32).min)
+        ctx.set_output(0, _window_reduce(ctx, ctx.x(0), "maximum", lowest, "max", last_name=ctx.name()))
+        return
+    x = ctx.x(0)
+    if op_type == "LpPool":
+        p = float(ctx.attr("p", 2))
+        powered = mb.mul(x=x, y=x, name=ctx.name("square")) if p == 2 else \
+            mb.pow(x=mb.abs(x=x, name=ctx.name("abs")), y=ctx.float(p), name=ctx.name("power"))
+        total = _window_reduce(ctx, powered, "add", 0.0, "sum")
+        ctx.set_output(0, mb.pow(x=total, y=ctx.float(1.0 / p), name=ctx.name()))
+        return
+    total = _window_reduce(ctx, x, "add", 0.0, "sum")
+    # The divisor per window: the number of its taps inside the input, or with count_include_pad
+    # inside the declared pads too (never the ceil_mode overhang), counted the same way on ones.
+    ones = mb.fill_like(ref_tensor=x, value=ctx.float(1.0), name=ctx.name("ones"))
+    count = _window_reduce(ctx, ones, "add", 1.0 if ctx.attr("count_include_pad", 0) else 0.0, "count",
+                           extra_value=0.0)
+    ctx.set_output(0, mb.real_div(x=total, y=count, name=ctx.name()))
+
+
+_UNDILATED_POOL = {name: ops.OPS[name] for name in ("MaxPool", "AveragePool", "LpPool")}
+
+
+def _pool_any(ctx: NodeContext) -> None:
+    if _is_dilated(ctx):
+        dilated_pool(ctx)
+    else:
+        _UNDILATED_POOL[ctx.node.op_type].build(ctx)
+
+
+def _check_pool_any(ctx: NodeContext) -> list[str]:
+    if _is_dilated(ctx):
+        return _check_pool_dilated_too(ctx)
+    return _UNDILATED_POOL[ctx.node.op_type].check(ctx)
+
+
+op("MaxPool", "AveragePool", "LpPool", check=_check_pool_any)(_pool_any)

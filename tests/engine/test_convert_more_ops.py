@@ -173,7 +173,31 @@ def constant_only_output(path):
     return _model(path, [node], [_x("x", [3])], [_x("y", [2, 2])])
 
 
-CASES = {fn.__name__: fn for fn in (shape_output_beside_a_computed_one, constant_only_output,
+def dilated_max_pool_padded_ceil(path):
+    # Core ML pooling has no dilation: written out as strided slices; pads and a ceil_mode overhang
+    return _one("MaxPool", [1, 2, 7, 6], [1, 2, 4, 2], kernel_shape=[2, 3], dilations=[2, 2], strides=[2, 2],
+                pads=[1, 0, 0, 1], ceil_mode=1)(path)
+
+
+def dilated_average_pool_excluding_pads(path):
+    # the divisor counts only the taps inside the input (count_include_pad=0), 3-D, with a last
+    # axis of kernel size 1
+    return _one("AveragePool", [1, 2, 5, 6, 4], [1, 2, 3, 5, 4], kernel_shape=[3, 2, 1], dilations=[2, 3, 1],
+                pads=[1, 1, 0, 1, 1, 0], count_include_pad=0, opset=19)(path)
+
+
+def dilated_average_pool_including_pads(path):
+    return _one("AveragePool", [1, 1, 6, 6], [1, 1, 4, 4], kernel_shape=[2, 2], dilations=[2, 2],
+                strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=1, ceil_mode=1, opset=19)(path)
+
+
+def dilated_lp_pool(path):
+    return _one("LpPool", [1, 2, 6, 6], [1, 2, 4, 4], kernel_shape=[2, 2], dilations=[2, 2], p=3, opset=19)(path)
+
+
+CASES = {fn.__name__: fn for fn in (dilated_max_pool_padded_ceil, dilated_average_pool_excluding_pads,
+                                    dilated_average_pool_including_pads, dilated_lp_pool,
+                                    shape_output_beside_a_computed_one, constant_only_output,
                                     arg_max_last_index, layer_norm_with_statistics, instance_norm, group_norm,
                                      lp_norm, hardmax_opset11, unary_chain, float_mod, conv_runtime_weight_and_bias,
                                      clip_runtime_bounds, matmul_vector_batch, flatten_negative_axis,
