@@ -367,8 +367,7 @@ def conv_transpose_head_and_size(ctx: NodeContext) -> tuple[list[int], list[int]
     for SAME_UPPER, total - total // 2 otherwise, 0 when total < 0.
     """
     in_shape = ctx.in_shape(0)
-    weight_shape = ctx.const(1).shape
-    kernel = list(weight_shape[2:])
+    kernel = list(ctx.in_shape(1)[2:])
     spatial = len(kernel)
     strides = [int(s) for s in ctx.attr("strides", [1] * spatial)]
     dilations = [int(d) for d in ctx.attr("dilations", [1] * spatial)]

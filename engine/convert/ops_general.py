@@ -528,3 +528,111 @@ def _check_pool_any(ctx: NodeContext) -> list[str]:
 
 
 op("MaxPool", "AveragePool", "LpPool", check=_check_pool_any)(_pool_any)
+
+
+# ----------------------------------------------------------------------------- ConvTranspose, run-time weight
+
+_CONSTANT_CONV_TRANSPOSE = ops.OPS["ConvTranspose"]
+
+
+def _runtime_weight(ctx: NodeContext) -> bool:
+    return not ctx.is_const(1) or (ctx.has_input(2) and not ctx.is_const(2))
+
+
+def _check_conv_transpose_any(ctx: NodeContext) -> list[str]:
+    problems = _CONSTANT_CONV_TRANSPOSE.check(ctx)
+    if not _runtime_weight(ctx):
+        return problems
+    # Written out with conv, which takes a run-time weight (see conv_transpose_runtime_weight).
+    problems = [p for p in problems if "is computed at run time" not in p]
+    if ctx.in_shape(1) is None:
+        problems.append("the shape of the weight (input 1) is not known statically")
+    elif len(ctx.in_shape(1)) > 4 and int(ctx.attr("group", 1)) != 1:
+        problems.append("a grouped 3-D ConvTranspose with a run-time weight needs a rank-6 weight reshape")
+    return problems
+
+
+def _insert_zeros(ctx: NodeContext, x, axis: int, stride: int, role: str = ""):
+    """stride - 1 zeros between neighbours along `axis`: [A, L, B] -> [A, L, stride, B] (padded
+    with zeros) -> [A, L * stride, B], cut to (L - 1) * stride + 1."""
+    mb = _mb()
+    shape = [int(d) for d in x.shape]
+    before, length, after = int(np.prod(shape[:axis])), shape[axis], int(np.prod(shape[axis + 1:]))
+    grid = mb.reshape(x=x, shape=[before, length, 1, after], name=ctx.name(f"{role}axis{axis}_rows"))
+    grid = mb.pad(x=grid, pad=np.array([0, 0, 0, 0, 0, stride - 1, 0, 0], np.int32), mode="constant",
+                  constant_val=ctx.float(0.0), name=ctx.name(f"{role}axis{axis}_zeros"))
+    spread = mb.reshape(x=grid, shape=[before, length * stride, after], name=ctx.name(f"{role}axis{axis}_spread"))
+    spread = mb.slice_by_index(x=spread, begin=[0, 0, 0], end=[before, (length - 1) * stride + 1, after],
+                               name=ctx.name(f"{role}axis{axis}_cut"))
+    shape[axis] = (length - 1) * stride + 1
+    return mb.reshape(x=spread, shape=shape, name=ctx.name(f"{role}axis{axis}_inserted"))
+
+
+def conv_transpose_runtime_weight(ctx: NodeContext) -> None:
+    """ConvTranspose whose weight (or bias) is computed at run time: MIL's conv_transpose takes a
+    constant weight only, conv takes either.  A transposed convolution is a convolution of the
+    input with stride - 1 zeros inserted between neighbours, padded by (kernel - 1) * dilation
+    minus ONNX's head on each side, with the weight's in/out channels swapped (per group) and its
+    taps reversed.  The pads are chosen so the result is exactly ONNX's window (head, output
+    size; output_padding's rows come from the zero padding); the bias is added after."""
+    mb = _mb()
+    x = ctx.x(0)
+    weight_shape = list(ctx.in_shape(1))
+    spatial = len(weight_shape) - 2
+    strides = [int(s) for s in ctx.attr("strides", [1] * spatial)]
+    dilations = [int(d) for d in ctx.attr("dilations", [1] * spatial)]
+    groups = int(ctx.attr("group", 1))
+    heads, _, outs = ops.conv_transpose_head_and_size(ctx)
+    for i in range(spatial):
+        if strides[i] > 1:
+            x = _insert_zeros(ctx, x, 2 + i, strides[i])
+    lefts, rights, crop_begin, crop_end = [], [], [], []
+    for i in range(spatial):
+        reach = (weight_shape[2 + i] - 1) * dilations[i]
+        length = int(x.shape[2 + i])
+        left = reach - heads[i]
+        right = outs[i] + reach - length - left
+        lefts.append(max(left, 0))
+        rights.append(max(right, 0))
+        crop_begin.append(max(-left, 0))
+        crop_end.append(length - max(-right, 0))
+    if any(crop_begin) or any(c != int(x.shape[2 + i]) for i, c in enumerate(crop_end)):
+        x = mb.slice_by_index(x=x, begin=[0, 0] + crop_begin, end=list(x.shape[:2]) + crop_end,
+                              name=ctx.name("cropped"))
+    if any(lefts) or any(rights):
+        x = mb.pad(x=x, pad=np.array([0, 0, 0, 0] + _interleave(lefts, rights), np.int32), mode="constant",
+                   constant_val=ctx.float(0.0), name=ctx.name("padded"))
+    c_in, c_out_per_group = weight_shape[0], weight_shape[1]
+    kernel = weight_shape[2:]
+    weight = ctx.x(1)
+    if groups == 1:
+        weight = mb.transpose(x=weight, perm=[1, 0] + list(range(2, 2 + spatial)), name=ctx.name("weight_swapped"))
+    else:
+        grouped = mb.reshape(x=weight, shape=[groups, c_in // groups, c_out_per_group] + kernel,
+                             name=ctx.name("weight_groups"))
+        grouped = mb.transpose(x=grouped, perm=[0, 2, 1] + list(range(3, 3 + spatial)),
+                               name=ctx.name("weight_swapped"))
+        weight = mb.reshape(x=grouped, shape=[groups * c_out_per_group, c_in // groups] + kernel,
+                            name=ctx.name("weight_per_group"))
+    weight = mb.reverse(x=weight, axes=list(range(2, 2 + spatial)), name=ctx.name("weight_reversed"))
+    for i in range(spatial):
+        if dilations[i] > 1:
+            # coremltools refuses dilations on a conv with a run-time weight: dilate the weight itself
+            weight = _insert_zeros(ctx, weight, 2 + i, dilations[i], role="weight_")
+    conv = dict(x=x, weight=weight, strides=[1] * spatial, groups=groups, pad_type="valid")
+    if not ctx.has_input(2):
+        ctx.set_output(0, mb.conv(**conv, name=ctx.name()))
+        return
+    y = mb.conv(**conv, name=ctx.name("conv"))
+    bias = mb.reshape(x=ctx.x(2), shape=[-1] + [1] * spatial, name=ctx.name("bias_per_channel"))
+    ctx.set_output(0, mb.add(x=y, y=bias, name=ctx.name()))
+
+
+def _conv_transpose_any(ctx: NodeContext) -> None:
+    if _runtime_weight(ctx):
+        conv_transpose_runtime_weight(ctx)
+    else:
+        _CONSTANT_CONV_TRANSPOSE.build(ctx)
+
+
+op("ConvTranspose", check=_check_conv_transpose_any)(_conv_transpose_any)
