@@ -636,3 +636,184 @@ def _conv_transpose_any(ctx: NodeContext) -> None:
 
 
 op("ConvTranspose", check=_check_conv_transpose_any)(_conv_transpose_any)
+
+
+# ----------------------------------------------------------------------------- recurrent ops, unrolled
+
+_RECURRENT_GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
+_RECURRENT_DEFAULTS = {"RNN": ["Tanh"], "GRU": ["Sigmoid", "Tanh"], "LSTM": ["Sigmoid", "Tanh", "Tanh"]}
+_ACTIVATIONS = {"Sigmoid": "sigmoid", "Tanh": "tanh", "Relu": "relu"}
+
+
+def _recurrent_activations(ctx: NodeContext) -> list[str]:
+    names = [a.decode() if isinstance(a, bytes) else str(a) for a in (ctx.attr("activations") or [])]
+    per_direction = _RECURRENT_DEFAULTS[ctx.node.op_type]
+    return names[:len(per_direction)] if names else per_direction
+
+
+def _check_recurrent(ctx: NodeContext) -> list[str]:
+    problems = _float_input(ctx) + _static_input(ctx)
+    for index in (1, 2):
+        if ctx.in_shape(index) is None:
+            problems.append(f"the shape of input {index} is not known statically")
+    constant = [index for index in (1, 2, 3, 7) if ctx.has_input(index) and ctx.is_const(index)]
+    if constant:
+        # The unrolled steps read per-direction, per-gate slices; coremltools folds slices of a
+        # constant into new constants, which the weights and parameters checks cannot trace back
+        # to the source tensor yet (values would pass, those checks would fail).
+        problems.append(f"constant weights (inputs {', '.join(map(str, constant))}) are not translated yet: "
+                        "only weights given as graph inputs are (the weight checks cannot trace the "
+                        "per-gate slices of a constant)")
+    if ctx.has_input(4):
+        problems.append("sequence_lens (input 4) is given: per-batch sequence lengths are not translated")
+    if ctx.attr("clip") is not None:
+        problems.append("clip is not translated")
+    if ctx.attr("activation_alpha") is not None or ctx.attr("activation_beta") is not None:
+        problems.append("activation_alpha / activation_beta are not translated")
+    names = [a.decode() if isinstance(a, bytes) else str(a) for a in (ctx.attr("activations") or [])]
+    for name in names:
+        if name not in _ACTIVATIONS:
+            problems.append(f"activation {name!r} (Sigmoid, Tanh and Relu are translated)")
+    if names and ctx.attr("direction", b"forward") in (b"bidirectional", "bidirectional") \
+            and names[:len(names) // 2] != names[len(names) // 2:]:
+        problems.append("different activations per direction are not translated")
+    if ctx.node.op_type == "LSTM" and int(ctx.attr("input_forget", 0)):
+        problems.append("input_forget=1 is not translated")
+    return problems
+
+
+def recurrent(ctx: NodeContext) -> None:
+    """RNN, GRU and LSTM unrolled over the (fixed) sequence: per direction and time step the
+    ONNX equations (onnx.ai operator docs) with matmul, element-wise ops and activations, so
+    every step is checked by value.  Core ML's rnn/gru/lstm ops have no numpy evaluation to
+    verify them by.  The input projections of all steps are one matmul per direction."""
+    mb = _mb()
+    op_type = ctx.node.op_type
+    gates = _RECURRENT_GATES[op_type]
+    hidden = int(ctx.attr("hidden_size"))
+    layout = int(ctx.attr("layout", 0))
+    direction = ctx.attr("direction", b"forward")
+    direction = direction.decode() if isinstance(direction, bytes) else str(direction)
+    directions = ["forward", "reverse"] if direction == "bidirectional" else [direction]
+    f, g, h = ([getattr(mb, _ACTIVATIONS[a]) for a in _recurrent_activations(ctx)] + [None, None])[:3]
+    x = ctx.x(0)
+    if layout == 1:
+        x = mb.transpose(x=x, perm=[1, 0, 2], name=ctx.name("time_major"))
+    steps, batch = int(x.shape[0]), int(x.shape[1])
+    w, r = ctx.x(1), ctx.x(2)
+    b = ctx.x(3) if ctx.has_input(3) else None
+    h0 = ctx.x(5) if ctx.has_input(5) else None
+    c0 = ctx.x(6) if op_type == "LSTM" and ctx.has_input(6) else None
+    p = ctx.x(7) if op_type == "LSTM" and ctx.has_input(7) else None
+    linear_before_reset = op_type == "GRU" and int(ctx.attr("linear_before_reset", 0))
+
+    def pick(tensor, d, begin, end, role):  # tensor[d, begin:end] of a [dirs, n] or [dirs, n, m] tensor
+        shape = [int(s) for s in tensor.shape]
+        sliced = mb.slice_by_index(x=tensor, begin=[d, begin] + [0] * (len(shape) - 2),
+                                   end=[d + 1, end] + shape[2:], name=ctx.name(f"{role}_sliced"))
+        return mb.squeeze(x=sliced, axes=[0], name=ctx.name(role))
+
+    def gate_parts(tensor, role):
+        return [mb.slice_by_index(x=tensor, begin=[0, k * hidden], end=[batch, (k + 1) * hidden],
+                                  name=ctx.name(f"{role}_gate{k}")) for k in range(gates)]
+
+    outputs_per_direction, last_h, last_c = [], [], []
+    for d, name in enumerate(directions):
+        tag = f"d{d}"
+        w_d = pick(w, d, 0, gates * hidden, f"{tag}_w")
+        r_d = pick(r, d, 0, gates * hidden, f"{tag}_r")
+        projected = mb.matmul(x=x, y=w_d, transpose_y=True, name=ctx.name(f"{tag}_input_projection"))
+        if b is not None:
+            wb = pick(b, d, 0, gates * hidden, f"{tag}_wb")
+            rb = pick(b, d, gates * hidden, 2 * gates * hidden, f"{tag}_rb")
+            if linear_before_reset:
+                projected = mb.add(x=projected, y=wb, name=ctx.name(f"{tag}_input_projection_biased"))
+            else:
+                projected = mb.add(x=projected, y=mb.add(x=wb, y=rb, name=ctx.name(f"{tag}_bias")),
+                                   name=ctx.name(f"{tag}_input_projection_biased"))
+        else:
+            rb = None
+        # None is a zero state (no initial_h / initial_c): the terms it multiplies are left out
+        # rather than computed from a zero tensor, which would be a constant the source lacks.
+        state = pick(h0, d, 0, batch, f"{tag}_h0") if h0 is not None else None
+        cell = None
+        if op_type == "LSTM":
+            cell = pick(c0, d, 0, batch, f"{tag}_c0") if c0 is not None else None
+            peep = [pick(p, d, k * hidden, (k + 1) * hidden, f"{tag}_p{k}") for k in range(3)] if p is not None else None
+        order = range(steps) if name == "forward" else range(steps - 1, -1, -1)
+        states = {}
+        for t in order:
+            s = f"{tag}_t{t}"
+            xt = mb.squeeze(x=mb.slice_by_index(x=projected, begin=[t, 0, 0], end=[t + 1, batch, gates * hidden],
+                                                name=ctx.name(f"{s}_x_sliced")), axes=[0], name=ctx.name(f"{s}_x"))
+            xs = gate_parts(xt, f"{s}_x")
+            recur = None if state is None else mb.matmul(x=state, y=r_d, transpose_y=True,
+                                                          name=ctx.name(f"{s}_recurrent"))
+
+            def plus(a, b_, role):
+                return a if b_ is None else mb.add(x=a, y=b_, name=ctx.name(role))
+
+            if op_type == "RNN":
+                state = f(x=plus(xs[0], recur, f"{s}_sum"), name=ctx.name(f"{s}_h"))
+            elif op_type == "GRU":
+                rs = gate_parts(recur, f"{s}_r") if recur is not None else [None] * 3
+                if linear_before_reset and rb is not None:
+                    rbs = [mb.slice_by_index(x=rb, begin=[k * hidden], end=[(k + 1) * hidden],
+                                             name=ctx.name(f"{s}_rb{k}")) for k in range(3)]
+                    rs = [plus(rbs[k], rs[k], f"{s}_r{k}_biased") for k in range(3)]
+                z = f(x=plus(xs[0], rs[0], f"{s}_z_sum"), name=ctx.name(f"{s}_z"))
+                reset = f(x=plus(xs[1], rs[1], f"{s}_r_sum"), name=ctx.name(f"{s}_reset"))
+                if linear_before_reset:
+                    candidate_in = None if rs[2] is None else mb.mul(x=reset, y=rs[2],
+                                                                     name=ctx.name(f"{s}_reset_recurrent"))
+                elif state is None:
+                    candidate_in = None
+                else:
+                    r_h = mb.slice_by_index(x=r_d, begin=[2 * hidden, 0], end=[3 * hidden, hidden],
+                                            name=ctx.name(f"{s}_r_h"))
+                    candidate_in = mb.matmul(x=mb.mul(x=reset, y=state, name=ctx.name(f"{s}_reset_state")), y=r_h,
+                                             transpose_y=True, name=ctx.name(f"{s}_reset_recurrent"))
+                candidate = g(x=plus(xs[2], candidate_in, f"{s}_candidate_sum"), name=ctx.name(f"{s}_candidate"))
+                # H = (1 - z) * candidate + z * H_prev = candidate - z * (candidate - H_prev)
+                delta = candidate if state is None else mb.sub(x=candidate, y=state, name=ctx.name(f"{s}_delta"))
+                state = mb.sub(x=candidate, y=mb.mul(x=z, y=delta, name=ctx.name(f"{s}_kept")),
+                               name=ctx.name(f"{s}_h"))
+            else:
+                rs = gate_parts(recur, f"{s}_r") if recur is not None else [None] * 4
+                sums = [plus(xs[k], rs[k], f"{s}_sum{k}") for k in range(4)]
+                if peep is not None and cell is not None:  # P's order is i, o, f; the gates' is i, o, f, c
+                    sums[0] = mb.add(x=sums[0], y=mb.mul(x=peep[0], y=cell, name=ctx.name(f"{s}_peep_i")),
+                                     name=ctx.name(f"{s}_sum0_peep"))
+                    sums[2] = mb.add(x=sums[2], y=mb.mul(x=peep[2], y=cell, name=ctx.name(f"{s}_peep_f")),
+                                     name=ctx.name(f"{s}_sum2_peep"))
+                i_gate = f(x=sums[0], name=ctx.name(f"{s}_i"))
+                f_gate = f(x=sums[2], name=ctx.name(f"{s}_f"))
+                c_new = g(x=sums[3], name=ctx.name(f"{s}_c_candidate"))
+                added = mb.mul(x=i_gate, y=c_new, name=ctx.name(f"{s}_c_added" if cell is not None else f"{s}_c"))
+                cell = added if cell is None else mb.add(
+                    x=mb.mul(x=f_gate, y=cell, name=ctx.name(f"{s}_c_kept")), y=added, name=ctx.name(f"{s}_c"))
+                if peep is not None:
+                    sums[1] = mb.add(x=sums[1], y=mb.mul(x=peep[1], y=cell, name=ctx.name(f"{s}_peep_o")),
+                                     name=ctx.name(f"{s}_sum1_peep"))
+                o_gate = f(x=sums[1], name=ctx.name(f"{s}_o"))
+                state = mb.mul(x=o_gate, y=h(x=cell, name=ctx.name(f"{s}_c_activated")), name=ctx.name(f"{s}_h"))
+            states[t] = state
+        outputs_per_direction.append([states[t] for t in range(steps)])
+        last_h.append(state)
+        last_c.append(cell)
+    if ctx.output_used(0):
+        per_direction = [mb.stack(values=hs, axis=0, name=ctx.name(f"d{d}_y")) for d, hs in enumerate(outputs_per_direction)]
+        y = mb.stack(values=per_direction, axis=1, name=ctx.name("y" if layout == 1 else None))  # [seq, dirs, batch, H]
+        if layout == 1:
+            y = mb.transpose(x=y, perm=[2, 0, 1, 3], name=ctx.name())
+        ctx.set_output(0, y)
+    for index, finals, role in ((1, last_h, "y_h"), (2, last_c, "y_c")):
+        if not ctx.output_used(index):
+            continue
+        y = mb.stack(values=finals, axis=0, name=ctx.name(role if layout == 1 else f"{role}_out"))
+        if layout == 1:
+            y = mb.transpose(x=y, perm=[1, 0, 2], name=ctx.name(f"{role}_out"))
+        ctx.set_output(index, y)
+
+
+op("RNN", "GRU", "LSTM", check=_check_recurrent)(recurrent)

@@ -209,7 +209,33 @@ def conv_transpose_runtime_weight_1d_same(path):
     return _model(path, [node], [_x("x", [2, 3, 5]), _x("w", [3, 2, 4])], [_x("y", [2, 2, 10])])
 
 
-CASES = {fn.__name__: fn for fn in (conv_transpose_runtime_weight_grouped, conv_transpose_runtime_weight_1d_same,
+def lstm_peepholes_initial_state(path):
+    # unrolled: every step's gates are MIL ops; bidirectional, peepholes, initial h and c
+    hidden, size = 3, 2
+    node = helper.make_node("LSTM", ["x", "w", "r", "b", "", "h0", "c0", "p"], ["y", "y_h", "y_c"], name="lstm",
+                            hidden_size=hidden, direction="bidirectional")
+    return _model(path, [node], [_x("x", [4, 2, size]), _x("w", [2, 4 * hidden, size]), _x("r", [2, 4 * hidden, hidden]),
+                                 _x("b", [2, 8 * hidden]), _x("h0", [2, 2, hidden]), _x("c0", [2, 2, hidden]),
+                                 _x("p", [2, 3 * hidden])],
+                  [_x("y", [4, 2, 2, hidden]), _x("y_h", [2, 2, hidden]), _x("y_c", [2, 2, hidden])])
+
+
+def gru_linear_before_reset_reverse(path):
+    hidden, size = 4, 3
+    node = helper.make_node("GRU", ["x", "w", "r", "b"], ["", "y_h"], name="gru", hidden_size=hidden,
+                            linear_before_reset=1, direction="reverse")
+    return _model(path, [node], [_x("x", [3, 2, size]), _x("w", [1, 3 * hidden, size]), _x("r", [1, 3 * hidden, hidden]),
+                                 _x("b", [1, 6 * hidden])], [_x("y_h", [1, 2, hidden])])
+
+
+def rnn_relu_runtime_weights(path):
+    node = helper.make_node("RNN", ["x", "w", "r"], ["y"], name="rnn", hidden_size=3, activations=["Relu"])
+    return _model(path, [node], [_x("x", [3, 2, 2]), _x("w", [1, 3, 2]), _x("r", [1, 3, 3])], [_x("y", [3, 1, 2, 3])])
+
+
+CASES = {fn.__name__: fn for fn in (lstm_peepholes_initial_state, gru_linear_before_reset_reverse,
+                                    rnn_relu_runtime_weights,
+                                    conv_transpose_runtime_weight_grouped, conv_transpose_runtime_weight_1d_same,
                                     dilated_max_pool_padded_ceil, dilated_average_pool_excluding_pads,
                                     dilated_average_pool_including_pads, dilated_lp_pool,
                                     shape_output_beside_a_computed_one, constant_only_output,
@@ -262,6 +288,11 @@ def test_refusals_keep_their_reasons(tmp_path):
                   [_x("y", [3], TensorProto.INT32)])
     reasons = [b.reason for b in check_convertible(path)]
     assert any("integer Mod is not translated" in r for r in reasons), reasons
+    gru = helper.make_node("GRU", ["x", "w", "r"], ["y"], name="gru", hidden_size=2)
+    path = _model(tmp_path / "gru.onnx", [gru], [_x("x", [2, 1, 2]), _x("r", [1, 6, 2])], [_x("y", [2, 1, 1, 2])],
+                  [_const("w", np.ones((1, 6, 2), np.float32))])
+    (blocker,) = check_convertible(path)
+    assert blocker.node_id == "gru" and "constant weights (inputs 1) are not translated yet" in blocker.reason
     bn = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], name="bn")
     path = _model(tmp_path / "bn.onnx", [bn], [_x("x", [1, 2, 3]), _x("m", [2])], [_x("y", [1, 2, 3])],
                   [_const(name, np.ones(2, np.float32)) for name in ("s", "b", "v")])
@@ -287,7 +318,8 @@ EXPECTED = {
     "test_clip_splitbounds_expanded": "passed",  # scalar graph inputs
     "test_celu": "passed",  # IR version ONNX Runtime refuses: the onnx reference evaluator
     # refused, with the op and the reason
-    "test_gru_defaults": "pre-check",
+    "test_gru_batchwise": "passed",  # unrolled; ONNX Runtime refuses layout=1: the onnx reference evaluator
+    "test_dynamicquantizelinear": "pre-check",
     "test_cast_FLOAT_to_BFLOAT16": "pre-check",
     "test_convtranspose": "passed",  # a run-time weight, written out with conv
     "test_maxpool_2d_dilations": "passed",  # dilated pooling, written out with strided slices
@@ -301,7 +333,7 @@ def test_coverage_harness_counts_a_pass_only_after_the_value_check(harness, tmp_
     outcomes = [module.run_case(cases[name], tmp_path, "iOS18") for name in EXPECTED]
     assert {o.name: o.stage for o in outcomes} == EXPECTED
     refusals = {o.name: o.blockers for o in outcomes if o.stage != "passed"}
-    assert refusals["test_gru_defaults"] == [("GRU", "no Core ML translation for this op")]
+    assert refusals["test_dynamicquantizelinear"] == [("DynamicQuantizeLinear", "no Core ML translation for this op")]
     assert refusals["test_cast_FLOAT_to_BFLOAT16"][0][0] == "Cast"
     assert "type 16 is not supported" in refusals["test_cast_FLOAT_to_BFLOAT16"][0][1]
     assert refusals["test_size"][0][0] == "Size"
