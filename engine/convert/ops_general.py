@@ -332,6 +332,16 @@ def swish(ctx: NodeContext) -> None:
     ctx.set_output(0, mb.mul(x=x, y=mb.sigmoid(x=scaled, name=ctx.name("sigmoid")), name=ctx.name()))
 
 
+@op("SwiGLU", check=_check_float)
+def swiglu(ctx: NodeContext) -> None:
+    """Y = Swish_alpha(A) * B (opset 28; A and B have the same shape, no broadcasting)."""
+    mb = _mb()
+    a = ctx.x(0)
+    scaled = mb.mul(x=a, y=ctx.float(ctx.attr("alpha", 1.0)), name=ctx.name("scaled"))
+    gate = mb.mul(x=a, y=mb.sigmoid(x=scaled, name=ctx.name("sigmoid")), name=ctx.name("swish"))
+    ctx.set_output(0, mb.mul(x=gate, y=ctx.x(1), name=ctx.name()))
+
+
 @op("Mish", check=_check_float)
 def mish(ctx: NodeContext) -> None:
     mb = _mb()

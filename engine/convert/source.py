@@ -101,6 +101,11 @@ class SourceModel:
             start = int(node.attributes.get("start", 0))
             end = node.attributes.get("end")
             return [shape[start:None if end is None else int(end)]]
+        if node.op_type == "Size":
+            source = self.graph.value_type(node.inputs[0])
+            if source is None or not source.is_static:
+                raise FoldError(node.id, node.op_type, "the shape of its input is not known")
+            return [np.array(int(np.prod(source.shape, dtype=np.int64)), dtype=np.int64)]
         inputs = [self.constant(name) if name else None for name in node.inputs]
         try:
             if node.op_type == "Constant":

@@ -233,7 +233,21 @@ def rnn_relu_runtime_weights(path):
     return _model(path, [node], [_x("x", [3, 2, 2]), _x("w", [1, 3, 2]), _x("r", [1, 3, 3])], [_x("y", [3, 1, 2, 3])])
 
 
-CASES = {fn.__name__: fn for fn in (lstm_peepholes_initial_state, gru_linear_before_reset_reverse,
+def swiglu_alpha(path):
+    node = helper.make_node("SwiGLU", ["a", "b"], ["y"], name="swiglu", alpha=0.5)
+    return _model(path, [node], [_x("a", [2, 5]), _x("b", [2, 5])], [_x("y", [2, 5])], opset=28)
+
+
+def size_of_fixed_input_scales(path):
+    # Size folds at fixed shapes like Shape: here it feeds a Mul (a constant output is covered above)
+    nodes = [helper.make_node("Size", ["x"], ["n"], name="size"),
+             helper.make_node("Cast", ["n"], ["n_float"], name="to_float", to=F32),
+             helper.make_node("Mul", ["x", "n_float"], ["y"], name="scale")]
+    return _model(path, nodes, [_x("x", [2, 3])], [_x("y", [2, 3])])
+
+
+CASES = {fn.__name__: fn for fn in (swiglu_alpha, size_of_fixed_input_scales,
+                                    lstm_peepholes_initial_state, gru_linear_before_reset_reverse,
                                     rnn_relu_runtime_weights,
                                     conv_transpose_runtime_weight_grouped, conv_transpose_runtime_weight_1d_same,
                                     dilated_max_pool_padded_ceil, dilated_average_pool_excluding_pads,
@@ -324,7 +338,8 @@ EXPECTED = {
     "test_convtranspose": "passed",  # a run-time weight, written out with conv
     "test_maxpool_2d_dilations": "passed",  # dilated pooling, written out with strided slices
     "test_shape": "passed",  # a constant output
-    "test_size": "pre-check",
+    "test_size": "passed",  # Size folded at fixed shapes, a constant output
+    "test_bernoulli_seed": "pre-check",
 }
 
 
@@ -336,7 +351,7 @@ def test_coverage_harness_counts_a_pass_only_after_the_value_check(harness, tmp_
     assert refusals["test_dynamicquantizelinear"] == [("DynamicQuantizeLinear", "no Core ML translation for this op")]
     assert refusals["test_cast_FLOAT_to_BFLOAT16"][0][0] == "Cast"
     assert "type 16 is not supported" in refusals["test_cast_FLOAT_to_BFLOAT16"][0][1]
-    assert refusals["test_size"][0][0] == "Size"
+    assert refusals["test_bernoulli_seed"] == [("Bernoulli", "no Core ML translation for this op")]
 
 
 def test_coverage_table_names_the_stage_and_the_blocking_op(harness, capsys):
