@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     inspect = sub.add_parser("inspect", help="print a static summary of a model (params, MACs, memory, stages)")
-    inspect.add_argument("model", nargs="?", help="model file (.onnx, .mlmodel, .mlpackage, .pt2); "
+    inspect.add_argument("model", nargs="?", help="model file (.onnx, .tflite, .mlmodel, .mlpackage, .pt2); "
                                                   "default: the bundled MobileUNet sample")
     add_json_option(inspect, "the layerscope.inspect/1 JSON document")
     inspect.add_argument("--shape", action="append", metavar="NAME=DIMS",

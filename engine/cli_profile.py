@@ -582,12 +582,15 @@ def _positive_int(text: str) -> int:
 
 
 def add_profile_commands(sub) -> None:
-    profile = sub.add_parser("profile", help="run a model and measure every layer (CPU reference)",
+    profile = sub.add_parser("profile", help="run a model and measure every layer (CPU reference, agent, iPhone "
+                                             "or Android phone)",
                              description="Run a model on a target and measure every layer. "
                                          "Ctrl-C stops after the current run and still writes what was measured.")
-    profile.add_argument("model", nargs="?", help="model file (.onnx); default: the bundled MobileUNet sample")
+    profile.add_argument("model", nargs="?", help="model file (.onnx, or .tflite: LiteRT on this CPU or on an "
+                                                  "Android phone); default: the bundled MobileUNet sample")
     profile.add_argument("--target", default="cpu", metavar="cpu|ws://HOST:PORT|iphone:NAME|android[:SERIAL]",
-                         help="where to run: cpu (ONNX Runtime here, the default), an agent's address "
+                         help="where to run: cpu (ONNX Runtime here, LiteRT for a .tflite; the default), an agent's "
+                              "address "
                               "(ws://HOST:PORT; ?device=PHONE for an iPhone of a Mac agent), iphone:NAME-or-UDID "
                               "for an iPhone connected to this Mac (docs/iphone.md), or android:SERIAL for an "
                               "Android phone over adb ('android' alone: the only one connected; docs/android.md)")

@@ -110,6 +110,9 @@ def compare_profiles(a: Profile, b: Profile, threshold: float = 0.10, a_label: s
     if a.mode != b.mode:
         warnings.append(f"modes differ ({a.mode} vs {b.mode}): in deployed mode fused nodes carry "
                         "attributed times")
+    if a.time_names[0] != b.time_names[0]:  # benchmark_model reports means, our own runs medians
+        warnings.append(f"a's times are {a.time_names[0]}s, b's are {b.time_names[0]}s (a runtime's own summary): "
+                        "the ratios compare different statistics")
     for profile, name in ((a, "a"), (b, "b")):
         if not profile.complete:
             warnings.append(f"profile {name} is incomplete ({profile.runs_completed} runs"

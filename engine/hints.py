@@ -82,7 +82,7 @@ def finding(hint: dict) -> str:
 
 def _evidence(profile: "Profile", what: str, time_ms: float, total_ms: float) -> str:
     """'BatchNorm layers: 0.123 ms, 4.5 % of the summed layer medians (20 runs, cpu, exact mode)'."""
-    return (f"{what}: {time_ms:.3f} ms, {100 * time_ms / total_ms:.1f} % of the summed layer medians "
+    return (f"{what}: {time_ms:.3f} ms, {100 * time_ms / total_ms:.1f} % of the summed layer {profile.time_names[0]}s "
             f"({profile.runs_completed} runs on {profile.target.get('name', 'the target')}, {profile.mode} mode)")
 
 

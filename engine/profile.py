@@ -293,6 +293,11 @@ class TimingStats:
         return len(self.samples_ms) or self.reported_runs
 
     @property
+    def names(self) -> tuple[str, str, str]:
+        """What median_ms, p10_ms and p90_ms hold, for labels: a reported summary holds mean, min, max."""
+        return ("mean", "min", "max") if self.statistic == "mean" else ("median", "p10", "p90")
+
+    @property
     def mean_ms(self) -> float:
         if not self.samples_ms:  # a reported summary: its mean
             return self.median_ms
@@ -619,6 +624,12 @@ class Profile:
                    cpu_wait_share=cpu_wait_share)
 
     # -- queries --------------------------------------------------------------------------
+
+    @property
+    def time_names(self) -> tuple[str, str, str]:
+        """What this profile's median_ms / p10_ms / p90_ms hold (`TimingStats.names`), for table headers."""
+        times = [self.end_to_end] if self.end_to_end else [n.time for n in self.nodes.values()][:1]
+        return times[0].names if times else ("median", "p10", "p90")
 
     @property
     def total_node_ms(self) -> float:

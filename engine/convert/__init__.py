@@ -64,6 +64,8 @@ class Blocker:
     needs_option: bool = field(default=False, compare=False)
 
     def __str__(self) -> str:
+        if self.op_type.startswith("("):  # "(input)", "(option)": already in parentheses
+            return f"{self.node_id} {self.op_type}: {self.reason}"
         return f"{self.node_id} ({self.op_type}): {self.reason}"
 
 
@@ -495,7 +497,7 @@ def convert(model_path: str | os.PathLike, output_path: str | os.PathLike, *, pr
     kv_pairs = []
     if kv_state:
         from engine.convert import kv_state as kv_state_module
-        blockers += [Blocker("kv_state", "(option)", f"--kv-state: {problem}")
+        blockers += [Blocker("--kv-state", "(option)", problem)
                      for problem in kv_state_module.option_problems(source.graph, target)]
         kv_pairs = kv_state_module.find_pairs(source.graph)
         blockers += [Blocker(pair.past, "(option)", "--kv-state: a flexible shape on a KV cache input; "

@@ -133,7 +133,8 @@ def _html_report(profiles: list["Profile"], analysis: Optional["ModelAnalysis"],
     e2e = profile.end_to_end
     ratio_kinds = profile.ratio_kinds()
     cards = [
-        _card("end-to-end median (p10–p90: " + (f"{e2e.p10_ms:.2f}–{e2e.p90_ms:.2f} ms)" if e2e else "–)"),
+        _card("end-to-end {} ({}–{}: ".format(*profile.time_names)
+              + (f"{e2e.p10_ms:.2f}–{e2e.p90_ms:.2f} ms)" if e2e else "–)"),
               _ms(e2e.median_ms if e2e else None), e2e.kind if e2e else NOT_RUN),
         _card("coverage: per-layer sum / end-to-end",
               "–" if profile.coverage is None else f"{profile.coverage:.2f}", ratio_kinds["coverage"] or NOT_RUN),
@@ -223,7 +224,8 @@ def targets_section(profiles: Sequence["Profile"], labels: Sequence[str], names:
         rows.append(
             f"<tr><td class='t'>{escape(label)}</td><td class='t'>{escape(str(profile.target.get('device', profile.target.get('name', ''))))}</td>"
             f"<td>{_ms(e2e.median_ms if e2e else None)} {kind_badge(e2e.kind if e2e else NOT_RUN)}</td>"
-            f"<td>{'–' if e2e is None else f'{e2e.p10_ms:.3f}–{e2e.p90_ms:.3f}'}</td><td>{ratio}</td>"
+            f"<td>{'–' if e2e is None else f'{e2e.p10_ms:.3f}–{e2e.p90_ms:.3f}'}"
+            f"{'' if e2e is None or e2e.statistic == 'median' else ' (mean: min–max)'}</td><td>{ratio}</td>"
             f"<td class='t'>{escape(bottleneck[0]) + f' ({100 * bottleneck[1]:.0f} %)' if bottleneck else '–'}</td>"
             f"<td>{profile.runs_completed}{'' if profile.complete else ' (incomplete)'}</td></tr>")
     parts = [f"<h2>Targets side by side ({len(profiles)})</h2><table><tr><th class='t'>target</th>"
@@ -298,7 +300,9 @@ def _top_layers_section(profile: "Profile", names: Mapping[str, str], top: int) 
          if total else n.kind for n in nodes],
         lows=[n.time.p10_ms for n in nodes], highs=[n.time.p90_ms for n in nodes],
         colours=[svg.STAGE_COLOURS.get(n.stage, "#9c9c9c") for n in nodes])
-    return (f"<h2>Top {len(nodes)} layers by median time</h2><p class='sub'>Bars: median; whiskers: p10–p90; "
+    statistic, low, high = profile.time_names
+    return (f"<h2>Top {len(nodes)} layers by {statistic} time</h2><p class='sub'>Bars: {statistic}; "
+            f"whiskers: {low}–{high}; "
             "colour: stage (blue encoder, purple bottleneck, red decoder, green head).</p>" + chart)
 
 
@@ -398,7 +402,8 @@ def _layer_table(profile: "Profile", analysis: Optional["ModelAnalysis"], names:
             f"the {len(rows)} slowest of {len(rows_of)} layers; the CSV export has every one")
     return ("<h2>Every layer</h2><details><summary>Show the table (" + what + "; MACs and output "
             "sizes are estimated)</summary><table><tr><th>#</th><th class='t'>layer</th><th class='t'>op</th>"
-            "<th class='t'>stage</th><th>median ms</th><th>p10</th><th>p90</th><th>CV</th><th>kind</th><th>share</th>"
+            "<th class='t'>stage</th><th>{} ms</th><th>{}</th><th>{}</th>".format(*profile.time_names) +
+            "<th>CV</th><th>kind</th><th>share</th>"
             "<th>MACs</th><th>output</th></tr>" + "".join(rows) + "</table></details>")
 
 

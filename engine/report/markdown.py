@@ -44,14 +44,17 @@ def profile_markdown(profiles, names: Mapping[str, str], top: int = 10, title: s
     labels = target_labels(profiles)
     total = profile.total_node_ms
     lines = [f"### {title or 'LayerScope profile'}: `{profile.model_path.rsplit('/', 1)[-1]}`", ""]
-    lines.append("| target | end-to-end median (measured) | p10–p90 | vs first | bottleneck stage | runs |")
+    statistic, low, high = profile.time_names  # a row of another statistic says its own
+    lines.append(f"| target | end-to-end {statistic} (measured) | {low}–{high} | vs first | bottleneck stage "
+                 "| runs |")
     lines.append("|---|---:|---:|---:|---|---:|")
     reference = profile.end_to_end.median_ms if profile.end_to_end else None
     for label, each in zip(labels, profiles):
         e2e = each.end_to_end
         ratio = f"{e2e.median_ms / reference:.2f}x" if e2e and reference else "–"
         bottleneck = bottleneck_stage(each)
-        lines.append(f"| {_cell(label)} | {_ms(e2e.median_ms if e2e else None)} | "
+        own = "" if e2e is None or e2e.names[0] == statistic else " ({} of runs; {}–{})".format(*e2e.names)
+        lines.append(f"| {_cell(label)} | {_ms(e2e.median_ms if e2e else None)}{own} | "
                      f"{'–' if e2e is None else f'{e2e.p10_ms:.3f}–{e2e.p90_ms:.3f}'} | {ratio} | "
                      f"{_cell(f'{bottleneck[0]} ({100 * bottleneck[1]:.0f} %)') if bottleneck else '–'} | "
                      f"{each.runs_completed}{'' if each.complete else ' (incomplete: ' + _cell(each.error) + ')'} |")
@@ -71,7 +74,7 @@ def profile_markdown(profiles, names: Mapping[str, str], top: int = 10, title: s
     ranked = profile.top_nodes(top)
     if ranked:
         lines += ["", f"Top {len(ranked)} layers on {_cell(labels[0])}:", "",
-                  "| # | layer | op | stage | median | share | kind |", "|---:|---|---|---|---:|---:|---|"]
+                  f"| # | layer | op | stage | {statistic} | share | kind |", "|---:|---|---|---|---:|---:|---|"]
         for index, node in enumerate(ranked, 1):
             share = node.time.median_ms / total if total else 0.0
             lines.append(f"| {index} | {_cell(names.get(node.node_id, node.node_id))} | {_cell(node.op_type)} | "

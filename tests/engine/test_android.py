@@ -377,13 +377,32 @@ def test_cli_profile_writes_one_json_per_delegate(adb, phone, binary, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     result = subprocess.run([sys.executable, "-m", "engine", "profile", str(MODEL), "--target", f"android:{SERIAL}",
                              "--benchmark-model", str(binary), "--android-delegates", "xnnpack,gpu", "--runs", "5",
-                             "--json", str(out), "--model-explorer", str(tmp_path / "me.json")],
+                             "--json", str(out), "--model-explorer", str(tmp_path / "me.json"),
+                             "--csv", str(tmp_path / "p.csv"), "--report", str(tmp_path / "p.html"),
+                             "--markdown", str(tmp_path / "p.md")],
                             capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     first, gpu = json.loads(out.read_text()), json.loads((tmp_path / "phone.gpu.json").read_text())
     assert first["target"]["delegate"] == "xnnpack" and gpu["target"]["delegate"] == "gpu"
     assert "Delegates (benchmark_model" in result.stdout and "63 on GPU" in result.stdout
     assert (tmp_path / "me.json").exists()
+    # benchmark_model reports means and min/max: no export may call them medians or p10/p90
+    rows = (tmp_path / "p.csv").read_text().splitlines()
+    assert rows[0].endswith(",statistic") and all(row.endswith(",mean") for row in rows[1:])
+    report, markdown = (tmp_path / "p.html").read_text(), (tmp_path / "p.md").read_text()
+    assert "end-to-end mean (min–max" in report and "<th>mean ms</th><th>min</th><th>max</th>" in report
+    assert "summed layer means" in report and "summed layer medians" not in report
+    assert "| end-to-end mean (measured) | min–max |" in markdown and "| stage | mean |" in markdown
+    # compared with a profile of medians, the difference is said
+    medians = json.loads(out.read_text())
+    for time in [medians["end_to_end"]] + [node["time"] for node in medians["nodes"]]:
+        time.pop("statistic"), time.pop("reported_runs")
+        time["samples_ms"] = [time["median_ms"]]
+    (tmp_path / "medians.json").write_text(json.dumps(medians))
+    compared = subprocess.run([sys.executable, "-m", "engine", "compare", str(tmp_path / "medians.json"), str(out)],
+                              capture_output=True, text=True, env=env, timeout=120)
+    assert compared.returncode == 0, compared.stderr
+    assert "a's times are medians, b's are means" in compared.stdout + compared.stderr
 
 
 def test_runtime_rejects_the_model_in_one_line(adb, phone, binary, tmp_path):

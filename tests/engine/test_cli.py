@@ -129,6 +129,15 @@ def test_engine_alone_prints_help_without_starting_the_app():
     assert result.returncode == 0 and "inspect" in result.stdout and "no display" not in result.stderr
 
 
+def test_help_names_every_model_format_and_target_a_command_takes():
+    top = run_cli("--help").stdout
+    assert "CPU reference, agent, iPhone or Android phone" in " ".join(top.split())
+    inspect_help, profile_help = (" ".join(run_cli(name, "--help").stdout.split()) for name in ("inspect", "profile"))
+    assert ".tflite" in inspect_help and ".pt2" in inspect_help
+    assert "or .tflite: LiteRT on this CPU or on an Android phone" in profile_help
+    assert "LiteRT for a .tflite" in profile_help and "android:SERIAL" in profile_help
+
+
 def test_json_without_a_file_name_writes_to_stdout(tmp_path):
     model = tmp_path / "squeezenet.onnx"
     model.write_bytes(light_model("squeezenet").read_bytes())

@@ -268,7 +268,7 @@ def test_the_reference_evaluator_reads_and_writes_state(tmp_path):
 
 def test_kv_state_refusals_are_clear(tmp_path):
     source = attention_with_cache(tmp_path / "cache.onnx")
-    with pytest.raises(ConversionError, match="needs an iOS 18"):
+    with pytest.raises(ConversionError, match=r"1 problem: --kv-state \(option\): Core ML state needs an iOS 18"):
         convert(source, tmp_path / "out.mlpackage", target="iOS17", kv_state=True)
     plain = constant_bool_mask_fused(tmp_path / "plain.onnx")
     with pytest.raises(ConversionError, match="found no KV cache pair"):
