@@ -233,7 +233,6 @@ def _check_lp_pool(ctx: NodeContext) -> list[str]:
     return problems
 
 
-@op("LpPool", check=_check_lp_pool)
 def lp_pool(ctx: NodeContext) -> None:
     """(sum over the window of |x|^p)^(1/p): the window mean of |x|^p with the zero padding
     counted (`avg_pool`, padding included), times the window size, then the p-th root."""
@@ -521,20 +520,21 @@ def dilated_pool(ctx: NodeContext) -> None:
     ctx.set_output(0, mb.real_div(x=total, y=count, name=ctx.name()))
 
 
-_UNDILATED_POOL = {name: ops.OPS[name] for name in ("MaxPool", "AveragePool", "LpPool")}
-
-
 def _pool_any(ctx: NodeContext) -> None:
+    # The undilated translations are looked up when called (ops.pool, lp_pool), not captured,
+    # so that a test swapping one of them sees it used.
     if _is_dilated(ctx):
         dilated_pool(ctx)
+    elif ctx.node.op_type == "LpPool":
+        lp_pool(ctx)
     else:
-        _UNDILATED_POOL[ctx.node.op_type].build(ctx)
+        ops.pool(ctx)
 
 
 def _check_pool_any(ctx: NodeContext) -> list[str]:
     if _is_dilated(ctx):
         return _check_pool_dilated_too(ctx)
-    return _UNDILATED_POOL[ctx.node.op_type].check(ctx)
+    return _check_lp_pool(ctx) if ctx.node.op_type == "LpPool" else ops._check_pool(ctx)
 
 
 op("MaxPool", "AveragePool", "LpPool", check=_check_pool_any)(_pool_any)
@@ -542,15 +542,12 @@ op("MaxPool", "AveragePool", "LpPool", check=_check_pool_any)(_pool_any)
 
 # ----------------------------------------------------------------------------- ConvTranspose, run-time weight
 
-_CONSTANT_CONV_TRANSPOSE = ops.OPS["ConvTranspose"]
-
-
 def _runtime_weight(ctx: NodeContext) -> bool:
     return not ctx.is_const(1) or (ctx.has_input(2) and not ctx.is_const(2))
 
 
 def _check_conv_transpose_any(ctx: NodeContext) -> list[str]:
-    problems = _CONSTANT_CONV_TRANSPOSE.check(ctx)
+    problems = ops._check_conv(ctx)
     if not _runtime_weight(ctx):
         return problems
     # Written out with conv, which takes a run-time weight (see conv_transpose_runtime_weight).
@@ -642,7 +639,7 @@ def _conv_transpose_any(ctx: NodeContext) -> None:
     if _runtime_weight(ctx):
         conv_transpose_runtime_weight(ctx)
     else:
-        _CONSTANT_CONV_TRANSPOSE.build(ctx)
+        ops.conv_transpose(ctx)  # looked up when called, as for pooling above
 
 
 op("ConvTranspose", check=_check_conv_transpose_any)(_conv_transpose_any)
