@@ -186,7 +186,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         result = convert(args.model, args.output, precision=args.precision, target=args.target,
                          input_shapes=fixed_shapes, flexible_shapes=flexible_shapes, image_inputs=image_inputs,
                          optimize=args.optimize, progress=None if args.quiet else progress,
-                         value_checks=not args.no_value_checks, kv_state=args.kv_state)
+                         value_checks=not args.no_value_checks, kv_state=args.kv_state,
+                         assume_full_attention_mask=args.assume_full_attention_mask or False)
     except ConversionError as exc:
         raise CliError(str(exc))
     size = sum(f.stat().st_size for f in result.package_path.rglob("*") if f.is_file())
@@ -199,6 +200,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
               f"{entry['past_input']} (first {entry['past_length']} positions) and output {entry['present_output']}")
     if result.folded_summary():
         print(result.folded_summary())
+    for line in result.assumption_lines():
+        print(line)
     print("verification:")
     for line in result.summary_lines():
         print(f"  {line}")
@@ -320,6 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="hold the KV cache as Core ML state: each past... input and its present... output "
                               "(past_key/present_key, past_key_values.N.key/present.N.key) become one fp16 state "
                               "updated in place (needs --target iOS18 or later; see docs/conversion.md)")
+    convert.add_argument("--assume-full-attention-mask", nargs="?", const="attention_mask", metavar="NAME",
+                         help="take the attention-mask input (default name: attention_mask) as all ones: every "
+                              "row of the batch attends to its whole sequence, no padding. What the model "
+                              "computes from it (GroupQueryAttention's seqlens_k in onnxruntime-genai exports) "
+                              "then folds to constants and the program has no such input; the layer map "
+                              "records the assumption. Needs the mask's shape (--shape NAME=1xTOTAL) if free")
     convert.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     convert.set_defaults(func=cmd_convert)
     return parser

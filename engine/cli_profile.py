@@ -222,6 +222,8 @@ def sweep_summary(rows) -> str:
 def compare_summary(comparison, top: int = 10, names=None) -> str:
     names = names or {}
     lines = [f"Compare     a = {comparison.a_label}", f"            b = {comparison.b_label}"]
+    if comparison.a_figures or comparison.b_figures:
+        lines += [f"Figures     a: {comparison.a_figures}", f"            b: {comparison.b_figures}"]
     e2e = comparison.end_to_end
     if e2e is not None:
         lines.append(f"End-to-end  {_ms(e2e.a_ms)} -> {_ms(e2e.b_ms)}  b/a {e2e.ratio:.2f}" if e2e.ratio
@@ -390,6 +392,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         written.append(_write_text(args.markdown, profile_markdown(profile, names, top=args.top)))
     summary_stream = sys.stderr if args.json == STDOUT else sys.stdout  # stdout carries the JSON
     print(profile_summary(profile, top=args.top, names=names), file=summary_stream)
+    for line in _block_lines(analysis, profile):
+        print(line, file=summary_stream)
     if sweep_rows:
         print(sweep_summary(sweep_rows), file=summary_stream)
     if not sweep_rows and other_runs:
@@ -405,6 +409,17 @@ def cmd_profile(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_INCOMPLETE
     return EXIT_OK
+
+
+def _block_lines(analysis, profile) -> list[str]:
+    """A line per family of repeated blocks (a decoder's layers; engine.grouping): how many, and
+    the slowest block against the median one."""
+    from engine.grouping import block_summary, compare_blocks, namespace_groups, repeated_blocks
+
+    groups = namespace_groups(analysis)
+    return [f"repeated blocks: {len(family.group_ids)} x {family.name} ({family.ops_per_block} ops each): "
+            + block_summary(family, compare_blocks(family, groups, analysis, profile))
+            for family in repeated_blocks(groups, analysis)[:3]]
 
 
 def _android_options(args: argparse.Namespace) -> dict:

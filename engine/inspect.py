@@ -127,3 +127,32 @@ def summary_text(analysis: ModelAnalysis, top: int = 10) -> str:
         lines.append("Warnings")
         lines.extend(f"  - {w}" for w in model.warnings)
     return "\n".join(lines)
+
+
+def quantization_text(quantization) -> str:
+    """A tensor's quantization parameters in one line (engine.ir.Value.quantization): 'scale 0.0078, zero
+    point 128' or 'per-channel on axis 0 (32 channels): scale 0.5 … 0.125, zero point 0'; '' when none."""
+    if not quantization:
+        return ""
+    scales, zero_points = quantization.get("scale") or (), quantization.get("zero_point") or ()
+    channels = int(quantization.get("channels", len(scales)))
+
+    def values(numbers, fmt) -> str:
+        shown = sorted(set(numbers))
+        if len(shown) == 1:
+            return format(shown[0], fmt)
+        return f"{format(min(shown), fmt)} … {format(max(shown), fmt)}" + ("" if len(numbers) == channels else
+                                                                          f" (first {len(numbers)})")
+    parts = []
+    if scales:
+        where = f"per-channel on axis {quantization.get('axis', 0)} ({channels} channels): " if channels > 1 else ""
+        parts.append(f"{where}scale {values(scales, '.4g')}")
+        if zero_points:
+            parts.append(f"zero point {values(zero_points, 'd')}")
+    if quantization.get("min"):
+        parts.append(f"range {quantization['min'][0]:.4g} … {quantization['max'][0]:.4g}")
+    if quantization.get("details"):
+        parts.append(str(quantization["details"]))
+    if quantization.get("sparse"):
+        parts.append("sparse weights")
+    return ", ".join(parts)

@@ -387,3 +387,187 @@ def write_transformer(path: Union[str, Path], config: TransformerConfig = Transf
         handle.truncate(weight_bytes)
     path.write_bytes(model.SerializeToString())
     return path
+
+
+# ----------------------------------------------------------------------------- issue 17 flavours
+#
+# The same decoder written the way two newer exporters write it (kept apart from the legacy
+# "optimum" graphs above; the block layout and node names follow the same module scopes):
+# - "opset23": standard ONNX opset 23, what torch.onnx's dynamo exporter emits for it:
+#   RMSNormalization, RotaryEmbedding (3-D, num_heads, run-time position_ids) and Attention
+#   (3-D q/k/v, q_num_heads/kv_num_heads, is_causal, past/present K/V); no attention_mask input.
+# - "microsoft": what onnxruntime-genai's model builder emits: SimplifiedLayerNormalization for
+#   the first norm, SkipSimplifiedLayerNormalization (residual add + RMS norm) for the others,
+#   com.microsoft RotaryEmbedding on q and k, GroupQueryAttention with the past K/V as inputs and
+#   seqlens_k / total_sequence_length computed from attention_mask (ReduceSum, Sub, Cast; Shape,
+#   Gather, Cast), and, with `quantized=True`, every projection as a 4-bit MatMulNBits.
+# Weights are random (seeded) and stored in the file, for value checks: small dimensions only.
+
+FLAVOURS = ("opset23", "microsoft")
+MICROSOFT = "com.microsoft"
+_FLAVOUR_OPSETS = {"opset23": [("", 23)], "microsoft": [("", 17), (MICROSOFT, 1)]}
+_NBITS_BLOCK = 16  # MatMulNBits' block_size in the quantized microsoft flavour
+
+
+class _FlavourBuilder(_Builder):
+    """Named as exported, with random weights in the file (a value check needs non-zero weights)."""
+
+    def __init__(self, config: TransformerConfig, seed: int):
+        super().__init__(config, weights_file="")
+        import numpy as np
+
+        self.rng = np.random.default_rng(seed)
+
+    def weight(self, name: str, dims: list[int], dtype: int = TensorProto.FLOAT, scale: float = 0.1) -> str:
+        import numpy as np
+        from onnx import numpy_helper
+
+        values = (self.rng.standard_normal(dims) * scale).astype(np.float32)
+        if name.endswith("norm.weight"):
+            values += 1.0  # a norm's gain, around one as trained
+        self.initializers.append(numpy_helper.from_array(values, name))
+        return name
+
+    def initializer(self, name: str, array) -> str:
+        from onnx import numpy_helper
+
+        self.initializers.append(numpy_helper.from_array(array, name))
+        return name
+
+    def linear(self, scope: str, x: str, weight_name: str, rows: int, columns: int, quantized: bool = False) -> str:
+        if not quantized:
+            return self.op(scope, "MatMul", [x, self.weight(weight_name, [rows, columns])])
+        return self.matmul_nbits(scope, x, weight_name, rows, columns)
+
+    def matmul_nbits(self, scope: str, x: str, weight_name: str, k: int, n: int) -> str:
+        """x @ W with W [k, n] stored as ONNX Runtime's 4-bit blocks: B [n, k/32, 16] uint8 (two values a
+        byte, the first in the low bits), a scale and a packed zero point per block of 32 along k."""
+        import numpy as np
+
+        blocks = k // _NBITS_BLOCK
+        values = self.rng.integers(0, 16, size=(n, k)).astype(np.uint8)
+        packed = (values[:, 0::2] | (values[:, 1::2] << 4)).reshape(n, blocks, _NBITS_BLOCK // 2)
+        zero_points = self.rng.integers(0, 16, size=(n, blocks + blocks % 2)).astype(np.uint8)
+        packed_zero_points = zero_points[:, 0::2] | (zero_points[:, 1::2] << 4)
+        scales = (self.rng.random((n, blocks)) * 0.004 + 0.004).astype(np.float32)  # weights within +-0.12
+        inputs = [x, self.initializer(weight_name + ".qweight", packed), self.initializer(weight_name + ".scales", scales),
+                  self.initializer(weight_name + ".qzeros", packed_zero_points)]
+        return self.op(scope, "MatMulNBits", inputs, domain=MICROSOFT, K=k, N=n, bits=4, block_size=_NBITS_BLOCK)
+
+    def rotary_tables(self, rows: int) -> tuple[str, str]:
+        """cos/sin caches [rows, head_dim / 2] of the usual base-10000 frequencies."""
+        import numpy as np
+
+        half = self.config.head_dim // 2
+        angles = np.arange(rows)[:, None] * (10000.0 ** (-np.arange(half) / half))[None, :]
+        return (self.initializer("cos_cache", np.cos(angles).astype(np.float32)),
+                self.initializer("sin_cache", np.sin(angles).astype(np.float32)))
+
+
+def flavour_model(config: TransformerConfig, flavour: str, *, quantized: bool = False, seed: int = 0,
+                  rotary_rows: int = 256) -> onnx.ModelProto:
+    """The decoder of `config` (its layers, sizes, sequence and past) in an issue-17 flavour (see above).
+    Every block is `model/layers.N/...`; outputs `logits` and `present.N.key/value`."""
+    import numpy as np
+
+    config.check()
+    if flavour not in FLAVOURS:
+        raise ValueError(f"unknown flavour {flavour!r}; known: {', '.join(FLAVOURS)}")
+    if quantized and flavour != "microsoft":
+        raise ValueError("quantized=True (MatMulNBits) is a com.microsoft op: only the 'microsoft' flavour")
+    if quantized and (config.hidden % _NBITS_BLOCK or config.intermediate % _NBITS_BLOCK):
+        raise ValueError(f"quantized=True needs hidden and intermediate sizes that are multiples of {_NBITS_BLOCK}")
+    c, b = config, _FlavourBuilder(config, seed)
+    total, kv_width = c.past + c.sequence, c.kv_heads * c.head_dim
+    microsoft = flavour == "microsoft"
+    x = b.op("model/embed_tokens", "Gather", [b.weight("model.embed_tokens.weight", [c.vocab, c.hidden]),
+                                              "input_ids"], axis=0)
+    cos, sin = b.rotary_tables(rotary_rows)
+    if microsoft:
+        # seqlens_k (per row: attended length - 1) and the total length, from attention_mask
+        scope = "model/attn_mask_reformat/attn_mask_subgraph"
+        summed = b.op(scope, "ReduceSum", ["attention_mask", b.constant([1])], keepdims=0)
+        seqlens = b.op(scope, "Cast", [b.op(scope, "Sub", [summed, b.constant([1])])], to=TensorProto.INT32)
+        gathered = b.op(scope, "Gather", [b.op(scope, "Shape", ["attention_mask"]),
+                                          b.initializer("one_index", np.array(1, np.int64))], axis=0)
+        total_length = b.op(scope, "Cast", [gathered], to=TensorProto.INT32)
+
+    def norm(scope: str, value: str, weight: str, skip: str = "") -> tuple[str, str]:
+        """(normalised, residual sum): RMS norm, of value + skip where there is one."""
+        gamma = b.weight(weight, [c.hidden])
+        if not microsoft:
+            summed = b.op(scope.rsplit("/", 1)[0], "Add", [skip, value]) if skip else value
+            return b.op(scope, "RMSNormalization", [summed, gamma], axis=-1, epsilon=1e-6), summed
+        if not skip:
+            return b.op(scope, "SimplifiedLayerNormalization", [value, gamma], axis=-1, epsilon=1e-6), value
+        normed, _, _, summed = b.op(scope, "SkipSimplifiedLayerNormalization", [value, skip, gamma], outputs=4,
+                                    domain=MICROSOFT, epsilon=1e-6)
+        return normed, summed
+
+    presents, pending, residual = [], x, ""
+    for layer in range(c.layers):
+        prefix, weights = f"model/layers.{layer}", f"model.layers.{layer}"
+        h, residual = norm(f"{prefix}/input_layernorm", pending, f"{weights}.input_layernorm.weight", residual)
+        attn = f"{prefix}/attn"
+        q = b.linear(f"{attn}/q_proj", h, f"{weights}.attn.q_proj.weight", c.hidden, c.hidden, quantized)
+        k = b.linear(f"{attn}/k_proj", h, f"{weights}.attn.k_proj.weight", c.hidden, kv_width, quantized)
+        v = b.linear(f"{attn}/v_proj", h, f"{weights}.attn.v_proj.weight", c.hidden, kv_width, quantized)
+        past = [f"past_key_values.{layer}.key", f"past_key_values.{layer}.value"]
+        if microsoft:
+            q = b.op(f"{attn}/q_rotary", "RotaryEmbedding", [q, "position_ids", cos, sin], domain=MICROSOFT,
+                     num_heads=c.heads)
+            k = b.op(f"{attn}/k_rotary", "RotaryEmbedding", [k, "position_ids", cos, sin], domain=MICROSOFT,
+                     num_heads=c.kv_heads)
+            context, present_key, present_value = b.op(
+                attn, "GroupQueryAttention", [q, k, v, *past, seqlens, total_length], outputs=3, domain=MICROSOFT,
+                num_heads=c.heads, kv_num_heads=c.kv_heads)
+        else:
+            q = b.op(f"{attn}/q_rotary", "RotaryEmbedding", [q, cos, sin, "position_ids"], num_heads=c.heads)
+            k = b.op(f"{attn}/k_rotary", "RotaryEmbedding", [k, cos, sin, "position_ids"], num_heads=c.kv_heads)
+            context, present_key, present_value = b.op(attn, "Attention", [q, k, v, "", *past], outputs=3,
+                                                       q_num_heads=c.heads, kv_num_heads=c.kv_heads, is_causal=1)
+        presents += [(f"present.{layer}.key", present_key), (f"present.{layer}.value", present_value)]
+        attended = b.linear(f"{attn}/o_proj", context, f"{weights}.attn.o_proj.weight", c.hidden, c.hidden, quantized)
+        h, residual = norm(f"{prefix}/post_attention_layernorm", attended, f"{weights}.post_attention_layernorm.weight",
+                           residual)
+        mlp = f"{prefix}/mlp"
+        gate = b.linear(f"{mlp}/gate_proj", h, f"{weights}.mlp.gate_proj.weight", c.hidden, c.intermediate, quantized)
+        up = b.linear(f"{mlp}/up_proj", h, f"{weights}.mlp.up_proj.weight", c.hidden, c.intermediate, quantized)
+        activated = b.op(f"{mlp}/act_fn", "Mul", [gate, b.op(f"{mlp}/act_fn", "Sigmoid", [gate])])  # SiLU
+        pending = b.linear(f"{mlp}/down_proj", b.op(mlp, "Mul", [activated, up]), f"{weights}.mlp.down_proj.weight",
+                           c.intermediate, c.hidden, quantized)
+    h, _ = norm("model/norm", pending, "model.norm.weight", residual)
+    logits = b.linear("lm_head", h, "lm_head.weight", c.hidden, c.vocab)
+    b.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="/lm_head/Identity"))
+    for name, value in presents:
+        b.nodes.append(helper.make_node("Identity", [value], [name], name=f"/{name}/Identity"))
+
+    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
+    inputs = [helper.make_tensor_value_info("input_ids", i64, [1, c.sequence])]
+    if microsoft:
+        inputs.append(helper.make_tensor_value_info("attention_mask", i64, [1, total]))
+    inputs.append(helper.make_tensor_value_info("position_ids", i64, [1, c.sequence]))
+    for layer in range(c.layers):
+        for kind in ("key", "value"):
+            inputs.append(helper.make_tensor_value_info(f"past_key_values.{layer}.{kind}", f32,
+                                                        [1, c.kv_heads, c.past, c.head_dim]))
+    outputs = [helper.make_tensor_value_info("logits", f32, [1, c.sequence, c.vocab])]
+    # genai leaves the present length symbolic (ONNX Runtime's GroupQueryAttention shape inference
+    # assumes a shared past/present buffer and would disagree with a fixed size)
+    present_length = "total_sequence_length" if microsoft else total
+    outputs += [helper.make_tensor_value_info(name, f32, [1, c.kv_heads, present_length, c.head_dim])
+                for name, _ in presents]
+    graph = helper.make_graph(b.nodes, "decoder", inputs, outputs, b.initializers)
+    model = helper.make_model(graph, producer_name="layerscope-samples", producer_version="1",
+                              opset_imports=[helper.make_opsetid(domain, version)
+                                             for domain, version in _FLAVOUR_OPSETS[flavour]])
+    model.ir_version = 10 if flavour == "opset23" else 8
+    return model
+
+
+def flavour_layers_for_nodes(nodes: int, flavour: str, **options) -> int:
+    """How many blocks make a flavour model of about `nodes` nodes (at least one)."""
+    small = dict(hidden=64, heads=4, kv_heads=2, intermediate=96, vocab=50)
+    one = len(flavour_model(TransformerConfig(layers=1, **small), flavour, **options).graph.node)
+    two = len(flavour_model(TransformerConfig(layers=2, **small), flavour, **options).graph.node)
+    return max(1, round((nodes - (one - (two - one))) / (two - one)))

@@ -40,6 +40,7 @@ from gui.run_dialog import ProfileWorker, RunDialog
 from gui.app_menus import APP_NAME, MODEL_FILTER, MenusMixin
 from gui.app_profiles import ProfileEntry, ProfilesMixin  # noqa: F401 (ProfileEntry: imported from here)
 from gui.app_exports import ExportsMixin
+from gui.subgraphs import SubgraphChooser
 
 
 
@@ -63,10 +64,11 @@ class LoadedModel:
     # engine.folded_layout.FoldedLayouts of a namespace grouping: every group laid out once, so
     # opening or closing one lays out at most that group (shared by the relayouts of this model).
     folded_layouts: object = None
+    graph_index: int = 0  # which of the model's graphs is shown (a TFLite subgraph; gui.subgraphs)
 
 
 def load_model(path: str, include_constants: bool = False, progress=None, grouping: str = "none",
-               collapsed: Optional[frozenset] = None) -> LoadedModel:
+               collapsed: Optional[frozenset] = None, graph_index: int = 0) -> LoadedModel:
     """Import, analyse and lay out `path`: the engine calls the worker makes (no Qt objects).
 
     With a `grouping` other than "none", the groups in `collapsed` are drawn collapsed (None:
@@ -84,10 +86,11 @@ def load_model(path: str, include_constants: bool = False, progress=None, groupi
     if progress:
         progress("Analysing…")
     start = time.perf_counter()
-    analysis = analyze(model)
+    analysis = analyze(model, graph_index)
     timings["analysis"] = time.perf_counter() - start
-    loaded = LoadedModel(str(path), model, analysis, None, include_constants, analysis.graph.producers(), timings)
-    if grouping == "none" and collapsed is None:
+    loaded = LoadedModel(str(path), model, analysis, None, include_constants, analysis.graph.producers(), timings,
+                         graph_index=graph_index)
+    if grouping == "none" and collapsed is None and graph_index == 0:
         from gui.folded_groups import open_folded
         folded = open_folded(loaded, include_constants, progress)
         if folded is not None:
@@ -131,7 +134,8 @@ def relayout(loaded: LoadedModel, include_constants: bool, progress=None, groupi
                               collapsed=collapsed)
     timings = dict(loaded.timings, layout=time.perf_counter() - start)
     result = LoadedModel(loaded.path, loaded.model, loaded.analysis, layout, include_constants,
-                         loaded.producers, timings, None, grouping, groups, collapsed, note, folded)
+                         loaded.producers, timings, None, grouping, groups, collapsed, note, folded,
+                         graph_index=loaded.graph_index)
     start = time.perf_counter()
     result.scene_data = prepare_scene_data(result)
     result.timings["scene_data"] = time.perf_counter() - start
@@ -308,6 +312,7 @@ class MainWindow(MenusMixin, ProfilesMixin, ExportsMixin, QMainWindow):
         self._build_actions()
         self.view.set_empty_hint(self.empty_hint_text())
         self._build_toolbar()
+        self.subgraph_chooser = SubgraphChooser(self)  # in the toolbar when a model has several graphs
         self._build_status_bar()
         self._update_recent_menu()
         self._update_profile_actions()
@@ -532,7 +537,8 @@ class MainWindow(MenusMixin, ProfilesMixin, ExportsMixin, QMainWindow):
         self.summary_label.setText(
             f"{Path(loaded.path).name}: {totals.compute_nodes} nodes{hidden} · params "
             f"{human_count(totals.params)} · MACs {human_count(totals.macs)} · peak activations "
-            f"{human_bytes(totals.peak_activation_bytes)} (estimated) · layout {loaded.layout.method}")
+            f"{human_bytes(totals.peak_activation_bytes)} (estimated) · layout {loaded.layout.method}"
+            + (" · tensors NHWC" if loaded.analysis.graph.channels_last else ""))
 
     def set_show_constants(self, show: bool) -> None:
         if self.loaded is None or self.loaded.include_constants == show:

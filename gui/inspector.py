@@ -14,7 +14,7 @@ from PySide6.QtGui import QFont, QKeySequence, QShortcut
 from PySide6.QtWidgets import (QAbstractItemView, QApplication, QHeaderView, QStyledItemDelegate, QTreeWidget,
                                QTreeWidgetItem)
 
-from engine.inspect import human_bytes, human_count
+from engine.inspect import human_bytes, human_count, quantization_text
 from engine.layout import INPUT_PREFIX, OUTPUT_PREFIX
 from gui.graph_groups import group_totals
 from gui.graph_view import format_ms, node_transfers
@@ -154,12 +154,14 @@ class Inspector(QTreeWidget):
                 result[f"{section.text(0)}/{child.text(0)}"] = child.text(2)
         return result
 
-    def _tensor_text(self, graph, name: str) -> str:
+    def _tensor_text(self, graph, name: str, activation: bool = True) -> str:
         value_type = graph.value_type(name)
         if value_type is None:
             return "type unknown"
         size = value_type.byte_size
-        return f"{value_type.dtype} {value_type.shape_text()}" + (f"  ({human_bytes(size)})" if size else "")
+        # TFLite activations are NHWC (ONNX's NCHW elsewhere): said, so 1x64x64x24 reads as 24 channels.
+        layout = " NHWC" if activation and graph.channels_last and value_type.rank == 4 else ""
+        return f"{value_type.dtype} {value_type.shape_text()}{layout}" + (f"  ({human_bytes(size)})" if size else "")
 
     def _layer_number(self, analysis, node_id: str) -> str:
         """'layer 2 of 668': the node's place among the layers that run (constants folded away), the
@@ -206,6 +208,14 @@ class Inspector(QTreeWidget):
             self._row(section, "Execution order", self._layer_number(analysis, node_id))
             if metrics.is_constant:
                 self._row(section, "Constant", "yes: folded, drawn as a weight of its consumers")
+            if node.domain == "custom":  # a TFLite custom operator: its kernel is the runtime's, or missing
+                self._row(section, "Custom operator", f"{node.op_type}: runs only where the runtime has this "
+                                                      "kernel registered; static cost from its shapes")
+            for role, body in node.subgraphs.items():  # control flow (WHILE, IF): bodies are graphs of their own
+                from gui.subgraphs import graph_title, subgraph_index
+                index = subgraph_index(loaded.model, body)
+                where = f"graph {graph_title(loaded.model, index)} (toolbar: Graph)" if index >= 0 else body.name
+                self._row(section, f"Subgraph ({role})", where)
             if profile is not None:
                 self._profile_section(profile, node_id, profile_label)
 
@@ -228,12 +238,19 @@ class Inspector(QTreeWidget):
                     role = f"from {producer.name or producer.id}"
                 else:
                     role = "graph input"
-                item = self._row(section, f"#{index} {name}", f"{self._tensor_text(graph, name)} · {role}")
+                activation = role == "graph input" or role.startswith("from ")  # weights and constants: no layout
+                item = self._row(section, f"#{index} {name}", f"{self._tensor_text(graph, name, activation)} · {role}")
                 item.setToolTip(0, name)
             section = self._section(f"Outputs ({sum(1 for n in node.outputs if n)})")
             for index, name in enumerate(node.outputs):
                 if name:
                     self._row(section, f"#{index} {name}", self._tensor_text(graph, name)).setToolTip(0, name)
+            quantized = [(name, graph.values[name].quantization) for name in dict.fromkeys(node.inputs + node.outputs)
+                         if name and name in graph.values and graph.values[name].quantization]
+            if quantized:
+                section = self._section(f"Quantization ({len(quantized)} tensor{'s' if len(quantized) != 1 else ''})")
+                for name, quantization in quantized:
+                    self._row(section, name, quantization_text(quantization)).setToolTip(0, name)
 
             section = self._section("Static cost (estimated from shapes)")
             self._row(section, "Params", f"{human_count(metrics.params)} ({metrics.params:,})", ESTIMATED)

@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, Qt, QThread, QTimer, Signal
-from PySide6.QtWidgets import (QComboBox, QDialog, QFormLayout, QLabel, QLineEdit, QPushButton, QSpinBox,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QComboBox, QDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton,
+                               QSpinBox, QVBoxLayout, QWidget)
 
 from engine.hints import find_hints
 from engine.ir import ModelLoadError
@@ -52,6 +52,10 @@ TARGET_TITLES = {"cpu": "CPU reference (ONNX Runtime)"}
 DEFAULT_THREADS = 1  # the CLI's default (engine/cli_profile.py)
 MODE_TITLES = {"exact": "exact: optimizations off, one timing per layer",
                "deployed": "deployed: optimizations on, fused kernels mapped back"}
+# A .tflite model runs on the LiteRT CPU reference (engine.targets.litert): its own words for the same choices.
+LITERT_TARGET_TITLES = {"cpu": "CPU reference (LiteRT)"}
+LITERT_MODE_TITLES = {"exact": "exact: builtin kernels, one timing per operator",
+                      "deployed": "deployed: XNNPACK (LiteRT's default), fused operators mapped back"}
 
 
 @dataclass(frozen=True)
@@ -385,13 +389,17 @@ def connected_phone_targets() -> list[tuple[str, str]]:
              + ("" if phone["ready"] else " - not ready"), f"iphone:{phone['udid']}") for phone in phones]
 
 
-def connected_android_targets() -> list[tuple[str, str]]:
-    """(title, android:SERIAL) of the Android phones adb knows; none when adb or adbutils is missing."""
+def connected_android_targets(notes: Optional[list] = None) -> list[tuple[str, str]]:
+    """(title, android:SERIAL) of the Android phones adb knows; none when adb or adbutils is missing
+    (why is appended to `notes`).  Can take up to adbutils' 20 s when adb has to start its server:
+    the Run dialog calls it through PhoneFinder, off the UI thread."""
     try:
         from engine.bridge.android import list_android_phones
     except ImportError:
         return []
-    phones, _ = list_android_phones()
+    phones, said = list_android_phones()
+    if notes is not None:
+        notes.extend(said)
     titles = []
     for phone in phones:
         facts = ", ".join(f for f in (phone.get("soc"), f"Android {phone['android_version']}"
@@ -400,6 +408,34 @@ def connected_android_targets() -> list[tuple[str, str]]:
         titles.append((f"{phone.get('model') or phone['serial']} ({facts or 'Android'}, LiteRT){state}",
                        f"android:{phone['serial']}"))
     return titles
+
+
+class PhoneFinder(QObject):
+    """Lists the connected phones (adb's Android phones; a Mac's iPhones) in a daemon thread.
+
+    adb may have to start its server first (adbutils waits up to 20 s), so the Run dialog must
+    not ask on the UI thread.  A daemon Python thread, not a QThread: closing the dialog or the
+    app while adb is still starting must neither wait for it nor destroy a running QThread.
+    `found` is emitted from that thread; Qt queues it to the dialog, and drops it when the
+    dialog is gone.
+    """
+
+    found = Signal(object, object)  # [(title, address)], [notes: why no phone was found]
+
+    def start(self) -> None:
+        threading.Thread(target=self._look, name="layerscope-phone-finder", daemon=True).start()
+
+    def _look(self) -> None:
+        targets, notes = [], []
+        for lister in (connected_phone_targets, lambda: connected_android_targets(notes)):
+            try:
+                targets += lister()
+            except Exception as exc:  # a listing bug must not leave the dialog looking forever
+                notes.append(f"could not list phones ({type(exc).__name__}: {exc})")
+        try:
+            self.found.emit(targets, notes)
+        except RuntimeError:  # this object was deleted with the dialog while adb was answering
+            pass
 
 
 class RunDialog(QDialog):
@@ -424,8 +460,6 @@ class RunDialog(QDialog):
         for name in TARGET_NAMES:
             if name.isidentifier():  # "ws://HOST:PORT", "iphone:NAME-or-UDID" document address forms: typed
                 self.target_combo.addItem(TARGET_TITLES.get(name, name), name)
-        for title, address in connected_phone_targets() + connected_android_targets():
-            self.target_combo.addItem(title, address)
         for address in extra_targets:
             if self.target_combo.findData(address) < 0:
                 self.target_combo.addItem(address, address)
@@ -436,6 +470,18 @@ class RunDialog(QDialog):
                                      "a Mac running the agent by adding ?device=NAME-or-UDID. On a Mac, its "
                                      "connected iPhones are listed (iphone:UDID). See docs/iphone.md.")
         form.addRow("Target", self.target_combo)
+        # Connected phones are added to the targets when adb answers (PhoneFinder); this line says so.
+        self.phones_label = QLabel("")
+        self.phones_label.setWordWrap(True)
+        self.phones_again_button = QPushButton("Look again")
+        self.phones_again_button.setToolTip("Ask adb (and on a Mac, the iPhone service) for connected phones")
+        self.phones_again_button.clicked.connect(self.look_for_phones)
+        phones_row = QHBoxLayout()
+        phones_row.setContentsMargins(0, 0, 0, 0)
+        phones_row.addWidget(self.phones_label, 1)
+        phones_row.addWidget(self.phones_again_button)
+        form.addRow("Phones", phones_row)
+        self.phone_finder: Optional[PhoneFinder] = None
         self.mode_combo = QComboBox()
         for mode in MODES:
             self.mode_combo.addItem(MODE_TITLES.get(mode, mode), mode)
@@ -492,6 +538,50 @@ class RunDialog(QDialog):
         self.status, self.progress = self.footer.status, self.footer.progress
         layout.addWidget(self.footer)
         self.resize(520, self.sizeHint().height())
+        self.look_for_phones()
+
+    # --- connected phones, found off the UI thread ---------------------------------------------
+    def look_for_phones(self) -> None:
+        """Ask for connected phones in the background; the targets list fills in when they answer."""
+        if self.phone_finder is not None:
+            return  # already looking
+        self.phones_label.setText("Looking for phones…")
+        self.phones_again_button.setEnabled(False)
+        self.phone_finder = PhoneFinder()  # no parent: the thread may outlive the dialog
+        self.phone_finder.found.connect(self._on_phones_found)
+        self.phone_finder.start()
+
+    def looking_for_phones(self) -> bool:
+        return self.phone_finder is not None
+
+    def showEvent(self, event) -> None:
+        # The main window keeps this dialog: each time it opens, phones plugged in since are found.
+        super().showEvent(event)
+        if not self.cancel_button.isEnabled():
+            self.look_for_phones()
+
+    def _on_phones_found(self, targets: list, notes: list) -> None:
+        self.phone_finder = None
+        listed = {address for _, address in targets}
+        current = self.target_name()
+        # Phones listed before that are gone now leave the list (unless chosen: a run may use it).
+        for index in reversed(range(self.target_combo.count())):
+            address = str(self.target_combo.itemData(index) or "")
+            if address.startswith(("android:", "iphone:")) and address not in listed and address != current:
+                self.target_combo.removeItem(index)
+        for title, address in targets:
+            index = self.target_combo.findData(address)
+            if index >= 0:
+                self.target_combo.setItemText(index, title)
+            else:
+                self.target_combo.addItem(title, address)
+        if targets:
+            self.phones_label.setText(f"{len(targets)} phone{'s' if len(targets) != 1 else ''} found: "
+                                      "choose one under Target")
+        else:
+            self.phones_label.setText("No phone found" + (f" ({'; '.join(notes)})" if notes else ""))
+        self.phones_again_button.setEnabled(True)
+        self.check_fields()
 
     # --- what the person asked for ---------------------------------------------------------
     def set_model(self, path: str, inputs: tuple = (), resizable: bool = True, model_format: str = "") -> None:
@@ -502,6 +592,13 @@ class RunDialog(QDialog):
             self.footer.progress.setValue(0)
         self.model_path, self.model_inputs, self.resizable = path, tuple(inputs), resizable
         self.model_format = model_format
+        litert = model_format == "tflite"
+        for combo, titles, litert_titles in ((self.target_combo, TARGET_TITLES, LITERT_TARGET_TITLES),
+                                             (self.mode_combo, MODE_TITLES, LITERT_MODE_TITLES)):
+            for key, title in titles.items():
+                index = combo.findData(key)
+                if index >= 0:
+                    combo.setItemText(index, litert_titles[key] if litert else title)
         self.check_fields()
 
     def field_problems(self) -> tuple[str, str]:

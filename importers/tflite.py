@@ -202,6 +202,17 @@ class _Reader:
             name = f"BUILTIN_{builtin}"
         return name, False
 
+    def _signature_key(self, subgraph_index: int) -> str:
+        """The key of the signature that runs this subgraph ('' if none).  An unnamed subgraph is called by
+        it, then "main" / "subgraph_K": the names Model Explorer's TFLite adapter gives, so node data
+        exported per graph (engine.report.exports) lands on the same graph there."""
+        root = self.root
+        for i in range(root.SignatureDefsLength()):
+            signature = root.SignatureDefs(i)
+            if int(signature.SubgraphIndex()) == subgraph_index:
+                return _text(signature.SignatureKey())
+        return ""
+
     def _signatures(self, graphs: list[Graph]) -> list[str]:
         root, texts = self.root, []
         for i in range(root.SignatureDefsLength()):
@@ -280,7 +291,7 @@ class _Reader:
                                  + ("" if op_type in _CUSTOM_OPS_WITH_COSTS else "; cost unknown"))
         graph_inputs_named = tuple(tensor_name(i) for i in _int_vector(subgraph, "Inputs"))
         graph_outputs = tuple(tensor_name(i) for i in _int_vector(subgraph, "Outputs"))
-        name = _text(subgraph.Name()) or ("main" if index == 0 else f"subgraph {index}")
+        name = _text(subgraph.Name()) or self._signature_key(index) or ("main" if index == 0 else f"subgraph_{index}")
         return Graph(name, graph_inputs_named, graph_outputs, tuple(nodes), values, channels_last=True)
 
     # -- tensors --------------------------------------------------------------------------

@@ -273,6 +273,14 @@ class ConversionResult:
         listed = ", ".join(f"{count} {op_type}" for op_type, count in counts.most_common())
         return f"folded {len(folded)} constant nodes ({listed}) into the {len(users)} nodes that use them"
 
+    def assumption_lines(self) -> list[str]:
+        """What the conversion assumed about its inputs (--assume-full-attention-mask), one line each."""
+        return [f"assumed input '{a['input']}' {a['value']} {'x'.join(map(str, a['shape']))}: {a['meaning']}; "
+                f"the program has no such input; {len(a['folded_nodes'])} nodes computed from it folded"
+                + (f" ({', '.join(a['folded_nodes'][:4])}{', ...' if len(a['folded_nodes']) > 4 else ''})"
+                   if a["folded_nodes"] else "")
+                for a in self.layer_map.get("assumptions", ())]
+
     def summary_lines(self) -> list[str]:
         return [f"{name:15s} {check['status']:7s} {check['detail']}" for name, check in self.verification.items()]
 
@@ -365,7 +373,7 @@ def check_convertible(model_path: str | os.PathLike,
                       input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
                       image_inputs: Optional[Mapping[str, ImageInput]] = None,
                       flexible_shapes: Optional[Mapping[str, FlexibleShape]] = None,
-                      target: str = "iOS16") -> list[Blocker]:
+                      target: str = "iOS16", assume_full_attention_mask: bool | str = False) -> list[Blocker]:
     """Everything that stops this ONNX model from converting to Core ML ([] when nothing does).
 
     For the bottleneck report ("cannot run on Core ML: 3 nodes").  Reads the weights
@@ -376,9 +384,9 @@ def check_convertible(model_path: str | os.PathLike,
     problems = _flexible_option_problems(flexible, input_shapes or {})
     if problems:
         return problems
-    source = _load(Path(model_path), input_shapes, flexible)
+    source = _load(Path(model_path), input_shapes, flexible, assume_full_attention_mask)
     source.target = target
-    return _collect_blockers(source, dict(image_inputs or {}))
+    return _assumption_blockers(source) + _collect_blockers(source, dict(image_inputs or {}))
 
 
 def report_blockers(model_path: str | os.PathLike,
@@ -422,14 +430,31 @@ def _flexible_option_problems(flexible: Mapping[str, FlexibleShape], input_shape
     return problems
 
 
-def _load(model_path: Path, input_shapes, flexible: Mapping[str, FlexibleShape]):
+def _load(model_path: Path, input_shapes, flexible: Mapping[str, FlexibleShape],
+          assume_full_attention_mask: bool | str = False):
     """The source at the default shapes, with probe graphs at the other flexible shapes."""
     from engine.convert.source import load_source
 
     shapes = {name: list(v) for name, v in (input_shapes or {}).items()}
     shapes.update({name: list(f.default_shape) for name, f in flexible.items()})
     probes = [{name: shape} for name, f in flexible.items() for shape in f.probe_shapes()]
-    return load_source(model_path, shapes, probe_shapes=probes)
+    return load_source(model_path, shapes, probe_shapes=probes,
+                       full_attention_mask=_attention_mask_name(assume_full_attention_mask))
+
+
+# The input onnxruntime-genai and Optimum exports name the attention mask.
+ATTENTION_MASK_INPUT = "attention_mask"
+
+
+def _attention_mask_name(option: bool | str) -> Optional[str]:
+    if option is True:
+        return ATTENTION_MASK_INPUT
+    return option or None
+
+
+def _assumption_blockers(source) -> list[Blocker]:
+    return [Blocker("assume_full_attention_mask", "(option)", f"--assume-full-attention-mask: {problem}")
+            for problem in source.assumption_problems]
 
 
 # ----------------------------------------------------------------------------- converting
@@ -439,7 +464,7 @@ def convert(model_path: str | os.PathLike, output_path: str | os.PathLike, *, pr
             image_inputs: Optional[Mapping[str, ImageInput]] = None, optimize: str = "exact",
             flexible_shapes: Optional[Mapping[str, FlexibleShape]] = None,
             progress: Optional[Callable[[str], None]] = None, value_checks: bool = True,
-            kv_state: bool = False) -> ConversionResult:
+            kv_state: bool = False, assume_full_attention_mask: bool | str = False) -> ConversionResult:
     """Convert an ONNX model to an ML Program package and write its layer map beside it.
 
     precision: "fp16" (Core ML's default) or "fp32".  target: minimum deployment target
@@ -452,6 +477,11 @@ def convert(model_path: str | os.PathLike, output_path: str | os.PathLike, *, pr
     Runtime (engine/convert/values.py; False leaves those checks "not run").  kv_state: hold
     the KV cache (past_key... inputs with their present_key... outputs) as Core ML state
     (iOS18 or later targets; engine/convert/kv_state.py says what one call then computes).
+    assume_full_attention_mask: True (the input "attention_mask") or an input name: take that
+    input as all ones, i.e. every row of the batch attends to its whole sequence, no padding,
+    so that what the model computes from it (GroupQueryAttention's seqlens_k and total length in
+    onnxruntime-genai exports) folds to constants; the program then has no such input, and
+    the layer map records the assumption ("assumptions") with the nodes it folded.
 
     Raises ConversionError listing every problem (nothing is written then) and
     engine.ir.ModelLoadError for files that cannot be read.
@@ -486,14 +516,14 @@ def convert(model_path: str | os.PathLike, output_path: str | os.PathLike, *, pr
     timings: dict[str, float] = {}
     started = time.perf_counter()
     report(f"reading {model_path.name}")
-    source = _load(model_path, input_shapes, flexible)
+    source = _load(model_path, input_shapes, flexible, assume_full_attention_mask)
     source.target = target
     timings["read"] = time.perf_counter() - started
 
     mark = time.perf_counter()
     compute_count = sum(1 for n in source.order if n.id not in source.folded)
     report(f"checking {compute_count} compute nodes ({len(source.folded)} constant nodes to fold)")
-    blockers = _collect_blockers(source, image_inputs)
+    blockers = _assumption_blockers(source) + _collect_blockers(source, image_inputs)
     kv_pairs = []
     if kv_state:
         from engine.convert import kv_state as kv_state_module
@@ -588,13 +618,16 @@ def convert(model_path: str | os.PathLike, output_path: str | os.PathLike, *, pr
                    "flexible_shapes": {k: v.as_dict() for k, v in flexible.items()},
                    "image_inputs": {k: {"scale": v.scale, "bias": list(v.bias), "color_layout": v.color_layout}
                                     for k, v in image_inputs.items()},
-                   "kv_state": kv_state}
+                   "kv_state": kv_state,
+                   "assume_full_attention_mask": _attention_mask_name(assume_full_attention_mask)}
         owner = attribute_ops(coreml_model.main_graph, built.op_source, built.names.node_of_prefix)
         layer_map = build_layer_map(source=source, built=built, coreml_graph=coreml_model.main_graph,
                                     optimize=optimize, options=options, package_name=package_path.name,
                                     source_sha256=source_sha256)
         if built.states:
             layer_map["kv_state"] = [pair.as_dict(name) for name, pair in built.states.items()]
+        if source.assumed_inputs:
+            layer_map["assumptions"] = list(source.assumed_inputs.values())
         program = None
         if value_checks:
             from engine.convert.mil_reference import load_program

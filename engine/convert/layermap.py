@@ -203,6 +203,21 @@ def attribute_ops(coreml_graph, op_source: Mapping[str, str], node_of_prefix: Ma
         if source is None and ROLE_SEPARATOR not in base:
             source = next((node_of_prefix[p] for p in prefixes if base.startswith(p + "_")), None)
         owner[name] = source
+    # Ops a coremltools pass inserts in front of an op under generated names (from iOS 17,
+    # guard_negative_gather_indices' greater_equal / add / select before a gather of run-time
+    # indices: ONNX's negative indices) belong to the node of the op they all feed.
+    consumers: dict[str, list] = {}
+    for node in coreml_graph.nodes:
+        for name in node.inputs:
+            consumers.setdefault(name, []).append(node)
+    for node in reversed(coreml_graph.nodes):  # consumers first: a chain of such ops resolves in one sweep
+        name = node.name or node.id
+        if owner.get(name) is not None or node.op_type == "cast" or ROLE_SEPARATOR in strip_pass_suffixes(name):
+            continue
+        fed = {owner.get(consumer.name or consumer.id) for output in node.outputs
+               for consumer in consumers.get(output, ())}
+        if len(fed) == 1 and None not in fed:
+            owner[name] = fed.pop()
     return owner
 
 

@@ -174,12 +174,15 @@ class _Rotary:
         return _gather_rows(ctx, ctx.x(index), positions, role)
 
     def apply(self, x, layout: str, role: str = "rotary", tables=None):
-        """Rotates x ([B, S, N, H] when layout is "BSNH", [B, N, S, H] for "BNSH"); returns the result."""
+        """Rotates x ([B, S, N, H] when layout is "BSNH", [B, N, S, H] for "BNSH"); returns the result.
+        `tables`: cos and sin already broadcastable to x (shared by several calls, stored once)."""
         ctx, mb = self.ctx, ops.mb
-        cos, sin = tables or (self.table(self.cos_index, "cos"), self.table(self.sin_index, "sin"))
-        head_axis = 2 if layout == "BSNH" else 1
-        cos = mb.expand_dims(x=cos, axes=[head_axis], name=ctx.name(f"{role}_cos"))
-        sin = mb.expand_dims(x=sin, axes=[head_axis], name=ctx.name(f"{role}_sin"))
+        if tables is not None:
+            cos, sin = tables
+        else:
+            head_axis = 2 if layout == "BSNH" else 1
+            cos = mb.expand_dims(x=self.table(self.cos_index, "cos"), axes=[head_axis], name=ctx.name(f"{role}_cos"))
+            sin = mb.expand_dims(x=self.table(self.sin_index, "sin"), axes=[head_axis], name=ctx.name(f"{role}_sin"))
         shape = list(x.shape)
         half, width = self.dim // 2, self.dim
 
@@ -409,12 +412,14 @@ class _GqaRotary(_Rotary):
         self.interleaved = bool(ctx.attr("rotary_interleaved", 0))
 
     def tables(self, past: int, sequence: int):
+        """cos and sin rows as [1, 1, S, dim/2] (BNSH), one tensor each that q and k both read."""
         ctx, mb = self.ctx, ops.mb
         rows = np.arange(past, past + sequence, dtype=np.int32)
         if ctx.is_const(7) and ctx.is_const(8):
-            return tuple(ctx.array(np.asarray(ctx.const(i))[rows][None]) for i in (7, 8))
+            return tuple(mb.const(val=ctx.array(np.asarray(ctx.const(i))[rows][None, None]), name=ctx.name(f"{role}_rows"))
+                         for i, role in ((7, "cos"), (8, "sin")))
         return tuple(mb.expand_dims(x=_gather_rows(ctx, ctx.x(i), rows, role),
-                                    axes=[0], name=ctx.name(f"{role}_batch"))
+                                    axes=[0, 1], name=ctx.name(f"{role}_batch"))
                      for i, role in ((7, "cos"), (8, "sin")))
 
 

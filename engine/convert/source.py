@@ -52,6 +52,11 @@ class SourceModel:
     flexible: dict[str, frozenset[int]] = field(default_factory=dict)
     probes: list[tuple[dict[str, tuple[int, ...]], Graph]] = field(default_factory=list)
     target: str = "iOS16"  # the deployment target, for op checks that depend on it
+    # Inputs replaced by an assumed constant value (--assume-full-attention-mask): name -> what
+    # was assumed (shape, dtype, value, meaning, the folded nodes that depend on it); and the
+    # reasons an asked-for assumption could not be made (reported as blockers).
+    assumed_inputs: dict = field(default_factory=dict)
+    assumption_problems: list = field(default_factory=list)
     analysis: object = None  # engine.analysis.ModelAnalysis of `model` (stages, costs per node)
     _initializers: dict[str, onnx.TensorProto] = field(default_factory=dict)
     _values: dict[str, np.ndarray] = field(default_factory=dict)
@@ -124,12 +129,14 @@ class SourceModel:
 
 def load_source(path: Path, input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
                 with_weights: bool = True,
-                probe_shapes: Sequence[Mapping[str, Sequence[int]]] = ()) -> SourceModel:
+                probe_shapes: Sequence[Mapping[str, Sequence[int]]] = (),
+                full_attention_mask: Optional[str] = None) -> SourceModel:
     """Read an ONNX model for conversion.  Raises engine.ir.ModelLoadError for unusable files.
 
     input_shapes fixes the shapes the program is built (and checked) at; probe_shapes are
     other input shapes the program must also accept (flexible inputs): the axes whose sizes
-    differ between them are the flexible ones.
+    differ between them are the flexible ones.  full_attention_mask names an attention-mask
+    input to take as all ones (`assume_full_attention_mask`).
     """
     from importers import open_model
 
@@ -140,8 +147,12 @@ def load_source(path: Path, input_shapes: Optional[Mapping[str, Sequence[int]]] 
         raise ModelLoadError(str(path), f"is a {model.format} model: conversion to Core ML "
                                         "starts from an ONNX file")
     proto = onnx.load(str(path), load_external_data=with_weights)
-    if input_shapes:
-        model = _ir_at_shapes(path, proto, input_shapes)
+    assumed, problems = {}, []
+    if full_attention_mask:
+        assumed, problems = assume_full_attention_mask(proto, full_attention_mask, input_shapes or {})
+        input_shapes = {k: v for k, v in (input_shapes or {}).items() if k not in assumed}
+    if input_shapes or assumed:
+        model = _ir_at_shapes(path, proto, input_shapes or {})
     source = _assemble(path, proto, model)
     # The shape-fixing pass: values folded at these shapes (shape arithmetic) may fix shapes
     # that ONNX shape inference could not follow; infer again with them until nothing changes.
@@ -156,7 +167,57 @@ def load_source(path: Path, input_shapes: Optional[Mapping[str, Sequence[int]]] 
         probes.append((shapes, _ir_at_shapes(path, proto, {**dict(input_shapes or {}), **shapes}).main_graph))
     source.probes = probes
     source.flexible = _flexible_axes(source.graph, probes)
+    source.assumption_problems = problems
+    for name, assumption in assumed.items():
+        assumption["folded_nodes"] = _folded_from(source, name)
+    source.assumed_inputs = assumed
     return source
+
+
+FULL_ATTENTION_MASK_MEANING = ("every row of the batch attends to its whole sequence (past and new tokens): "
+                               "no padding, no masked positions")
+
+
+def assume_full_attention_mask(proto: onnx.ModelProto, name: str, input_shapes: Mapping[str, Sequence[int]]
+                               ) -> tuple[dict, list[str]]:
+    """Replace the input `name` of `proto` by a constant of ones (at its --shape or declared shape).
+
+    What onnxruntime-genai exports compute from attention_mask (GroupQueryAttention's seqlens_k
+    = ReduceSum - 1, the total length from its Shape) then folds at conversion time.  Returns
+    ({name: what was assumed}, problems); on a problem the proto is left unchanged.
+    """
+    graph_input = next((value for value in proto.graph.input if value.name == name), None)
+    if graph_input is None:
+        inputs = ", ".join(value.name for value in proto.graph.input
+                           if value.name not in {t.name for t in proto.graph.initializer})
+        return {}, [f"the model has no input '{name}' (its inputs: {inputs})"]
+    tensor_type = graph_input.type.tensor_type
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type) if tensor_type.elem_type else None
+    if dtype is None or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
+                             or dtype == np.bool_):
+        return {}, [f"input '{name}' is not a numeric tensor"]
+    shape = input_shapes.get(name)
+    if shape is None:
+        dims = tensor_type.shape.dim
+        if not all(d.HasField("dim_value") for d in dims):
+            return {}, [f"input '{name}' has free sizes; give them with --shape {name}=1xTOTAL (past + new tokens)"]
+        shape = [d.dim_value for d in dims]
+    shape = [int(d) for d in shape]
+    ones = np.ones(shape, dtype=dtype)
+    proto.graph.input.remove(graph_input)
+    proto.graph.initializer.append(numpy_helper.from_array(ones, name))
+    return {name: {"input": name, "value": "all ones", "shape": shape, "dtype": str(np.dtype(dtype)),
+                   "meaning": FULL_ATTENTION_MASK_MEANING}}, []
+
+
+def _folded_from(source: SourceModel, name: str) -> list[str]:
+    """Ids of the folded nodes whose value depends on the tensor `name`, in execution order."""
+    reached, nodes = {name}, []
+    for node in source.order:
+        if node.id in source.folded and any(value in reached for value in node.inputs if value):
+            reached.update(out for out in node.outputs if out)
+            nodes.append(node.id)
+    return nodes
 
 
 def _assemble(path: Path, proto: onnx.ModelProto, model: Model) -> SourceModel:

@@ -5,7 +5,11 @@
   after the layout change the converter documents (`WEIGHT_SOURCES`; any reshape, Gemm's
   B transposed unless transB and scaled by alpha, C scaled by beta), within half an fp16
   step when stored as fp16 (1e-6 relative as fp32); and every weight of a converted
-  source node is found in the package.
+  source node is found in the package.  Where a translation stores a constant in another form
+  (`derived_forms`: rows of rotary cos/sin caches at constant positions, MultiHeadAttention's
+  bias split per q/k/v, MatMulNBits' bits unpacked into constexpr_blockwise_shift_scale), the
+  check recomputes that form from the source constants itself and compares the package's
+  weight with it (a constexpr op's weight is compared as the tensor it expands to).
 - values: the saved program runs on the MIL reference evaluator (mil_reference.py, which
   takes op meanings from coremltools' op definitions and the MIL spec, not from our
   translation) and ONNX Runtime runs the source on the same seeded inputs; every graph
@@ -56,23 +60,42 @@ def _check(status: str, detail: str, **numbers) -> dict:
 
 def package_weights(program, layer_map: Mapping) -> list[tuple[str, str, str, str, np.ndarray]]:
     """(MIL op, its type, parameter, source node id, value) of every float weight of more than
-    one element that an op with a source node reads (scalars are op arguments)."""
+    one element that an op with a source node reads (scalars are op arguments).  A weight made
+    by a constexpr op (decompressed when Core ML loads the model) is the tensor it expands to,
+    computed by the MIL reference evaluator from the op's stored inputs."""
     ops = layer_map.get("mil_ops", {})
     weights = []
     for op in program.functions["main"].operations:
-        if op.op_type == "const":
+        if op.op_type == "const" or op.op_type.startswith("constexpr_"):
             continue
         source = ops.get(op.name, {}).get("source")
         if source is None:
             continue
         for parameter, given in op.inputs.items():
             for var in (given if isinstance(given, (list, tuple)) else (given,)):  # concat's values: a list
-                if var is None or var.op is None or var.op.op_type != "const":
+                if var is None or var.op is None:
+                    continue
+                if var.op.op_type.startswith("constexpr_"):
+                    value = _expanded_constexpr(var.op)  # None: compared as "cannot expand", a departure
+                    if value is None or value.size > 1:
+                        weights.append((op.name, op.op_type, f"{parameter} ({var.op.op_type})", source, value))
+                    continue
+                if var.op.op_type != "const":
                     continue
                 value = var.val
                 if isinstance(value, np.ndarray) and value.size > 1 and np.issubdtype(value.dtype, np.floating):
                     weights.append((op.name, op.op_type, parameter, source, value))
     return weights
+
+
+def _expanded_constexpr(op) -> Optional[np.ndarray]:
+    """The tensor a constexpr op of constant inputs expands to (None: an op the evaluator lacks)."""
+    from engine.convert.mil_reference import SPEC_OPS
+
+    expand = SPEC_OPS.get(op.op_type)
+    if expand is None or any(var is not None and var.val is None for var in op.inputs.values()):
+        return None
+    return expand({name: var.val for name, var in op.inputs.items() if var is not None})
 
 
 def _close(stored: np.ndarray, expected: np.ndarray) -> bool:
@@ -131,6 +154,113 @@ def _constant_value(source, name: str, removed) -> Optional[np.ndarray]:
     return np.asarray(source.constant(producer.inputs[0])).astype(np.float32)
 
 
+# ----------------------------------------------------------------------------- derived constants
+#
+# Translations that store a source constant in another form (docs/conversion.md).  Each form is
+# recomputed here from the source constants, independently of the translation's code, so the
+# weights check compares the package with what the documented derivation gives, and the
+# parameters check (verify.py) knows how many elements the package holds for the constant.
+
+def _shape(source, name: str) -> tuple[int, ...]:
+    value_type = source.graph.value_type(name)
+    return tuple(value_type.shape) if value_type is not None and value_type.is_static else ()
+
+
+def _const_input(node, source, index: int) -> Optional[np.ndarray]:
+    if index < len(node.inputs) and node.inputs[index] and source.is_constant(node.inputs[index]):
+        return np.asarray(source.constant(node.inputs[index]))
+    return None
+
+
+def _rotary_rows(node, source) -> list:
+    """RotaryEmbedding with constant positions: the cos/sin rows of those positions."""
+    microsoft = node.domain == "com.microsoft"
+    cos_index, sin_index, positions_index = (2, 3, 1) if microsoft else (1, 2, 3)
+    positions = _const_input(node, source, positions_index)
+    shape = _shape(source, node.inputs[0])
+    if positions is None or len(shape) not in (3, 4):
+        return []
+    positions = positions.astype(np.int64)
+    if positions.ndim == 1:  # com.microsoft: one start position for every row of the batch
+        sequence = shape[1] if len(shape) == 3 else shape[2]
+        positions = positions[0] + np.arange(sequence)[None, :]
+    forms = []
+    for index, table in ((cos_index, "cos_cache"), (sin_index, "sin_cache")):
+        array = _const_input(node, source, index)
+        if array is not None:
+            forms.append(((index,), f"{table} rows at the constant positions", np.take(array, positions, axis=0)))
+    return forms
+
+
+def _gqa_rotary_rows(node, source) -> list:
+    """GroupQueryAttention with do_rotary: cos/sin rows past .. past + S - 1."""
+    if not int(node.attributes.get("do_rotary", 0)):
+        return []
+    past = _shape(source, node.inputs[3])[2] if len(node.inputs) > 3 and node.inputs[3] else 0
+    sequence = _shape(source, node.inputs[0])[1]
+    forms = []
+    for index, table in ((7, "cos_cache"), (8, "sin_cache")):
+        array = _const_input(node, source, index)
+        if array is not None:
+            forms.append(((index,), f"{table} rows {past}..{past + sequence - 1}", array[past:past + sequence]))
+    return forms
+
+
+def _mha_bias_parts(node, source) -> list:
+    """MultiHeadAttention's input bias [q | k | v], added to each projection apart."""
+    bias = _const_input(node, source, 3)
+    if bias is None:
+        return []
+    hidden = _shape(source, node.inputs[0])[2]
+    return [((3,), f"bias {part} part", piece)
+            for part, piece in zip(("q", "k", "v"), (bias[:hidden], bias[hidden:2 * hidden], bias[2 * hidden:]))]
+
+
+def _matmul_nbits_weight(node, source) -> list:
+    """MatMulNBits: the N x K weight its packed bits, scales and zero points stand for."""
+    bits, block = int(node.attributes.get("bits", 4)), int(node.attributes.get("block_size", 0))
+    k, n = int(node.attributes.get("K", 0)), int(node.attributes.get("N", 0))
+    packed, scales = _const_input(node, source, 1), _const_input(node, source, 2)
+    if packed is None or scales is None or not block or k % block:
+        return []
+
+    def fields(array: np.ndarray, count: int) -> np.ndarray:
+        # bit fields of `bits` bits, lowest first, read through numpy's little-endian unpackbits
+        bit_rows = np.unpackbits(np.ascontiguousarray(array, dtype=np.uint8).reshape(n, -1), axis=1,
+                                 bitorder="little")
+        groups = bit_rows.reshape(n, -1, bits).astype(np.int64)
+        return (groups << np.arange(bits)).sum(axis=2)[:, :count]
+
+    blocks = k // block
+    quantized = fields(packed, k).astype(np.float32)
+    zero_points = _const_input(node, source, 3)
+    if zero_points is None:
+        zero = np.full((n, blocks), float(1 << (bits - 1)), np.float32)
+    elif zero_points.dtype == np.uint8:
+        zero = fields(zero_points, blocks).astype(np.float32)
+    else:
+        zero = zero_points.reshape(n, blocks).astype(np.float32)
+    scale = scales.reshape(n, blocks).astype(np.float32)
+    weight = (quantized.reshape(n, blocks, block) - zero[..., None]) * scale[..., None]
+    covered = tuple(i for i in (1, 2, 3) if i < len(node.inputs) and node.inputs[i])
+    return [(covered, f"{bits}-bit weight expanded from its bits, scales and zero points", weight.reshape(n, k))]
+
+
+DERIVED_FORMS = {
+    ("com.microsoft", "RotaryEmbedding"): _rotary_rows, ("", "RotaryEmbedding"): _rotary_rows,
+    ("com.microsoft", "GroupQueryAttention"): _gqa_rotary_rows,
+    ("com.microsoft", "MultiHeadAttention"): _mha_bias_parts,
+    ("com.microsoft", "MatMulNBits"): _matmul_nbits_weight,
+}
+
+
+def derived_forms(node, source) -> list[tuple[tuple[int, ...], str, np.ndarray]]:
+    """(input indices it is made of, how, the array) of every constant the node's translation stores
+    in another form than the source's; [] where it stores its constants as given."""
+    make = DERIVED_FORMS.get((node.domain if node.domain not in ("ai.onnx",) else "", node.op_type))
+    return make(node, source) if make is not None else []
+
+
 def weights_check(program, layer_map: Mapping, source, optimize: str) -> dict:
     """Every package weight against its ONNX source constant (module docstring)."""
     from engine.analysis import costs
@@ -141,12 +271,26 @@ def weights_check(program, layer_map: Mapping, source, optimize: str) -> dict:
     weights = package_weights(program, layer_map)
     removed = set(layer_map.get("removed", ()))
     departures, departing_nodes, matched_inputs = [], [], set()
+    derived_by_node: dict[str, list] = {}
+    derived_matches: Counter = Counter()
     for op_name, op_type, parameter, node_id, value in weights:
         node = source.graph.node(node_id)
+        if node_id not in derived_by_node:
+            derived_by_node[node_id] = derived_forms(node, source)
+        found = None
+        for indices, form, candidate in derived_by_node[node_id]:
+            if value is not None and _close(value, candidate):
+                matched_inputs.update((node_id, index) for index in indices)
+                derived_matches[f"{node.op_type}: {form}"] += 1
+                found = (indices[0], form)
+                break
+        if found:
+            continue
         wanted = WEIGHT_SOURCES.get((node.op_type, op_type, parameter))
         indices = [wanted] if wanted is not None else range(len(node.inputs))
-        found = None
         for index in indices:
+            if value is None:
+                break
             if index >= len(node.inputs) or not node.inputs[index]:
                 continue
             array = _constant_value(source, node.inputs[index], removed)
@@ -162,9 +306,10 @@ def weights_check(program, layer_map: Mapping, source, optimize: str) -> dict:
                 break
         if found is None:
             where = f"input {wanted}" if wanted is not None else "any constant input"
+            stored = ("an expansion the MIL reference evaluator lacks" if value is None
+                      else f"{'x'.join(map(str, value.shape))} {value.dtype}")
             departures.append(f"{node_id} ({node.op_type}): {op_type} {op_name}.{parameter} "
-                              f"{'x'.join(map(str, value.shape))} {value.dtype} does not equal {where} of the "
-                              "source node")
+                              f"{stored} does not equal {where} of the source node")
             departing_nodes.append(node_id)
         else:
             matched_inputs.add((node_id, found[0]))
@@ -185,6 +330,9 @@ def weights_check(program, layer_map: Mapping, source, optimize: str) -> dict:
     source.release_constants()
     detail = (f"{len(weights)} weight tensors of the package read back with coremltools' weight reader and "
               "compared with their ONNX source constants (layouts as documented; fp16 within half an fp16 step)")
+    if derived_matches:
+        detail += ("; in a derived form recomputed here from the source constants: "
+                   + ", ".join(f"{count} x {form}" for form, count in sorted(derived_matches.items())))
     if departures or missing:
         problems = departures[:3] + [f"not in the package: {m}" for m in missing[:3]]
         first = next(n.id for n in source.order if n.id in set(departing_nodes))

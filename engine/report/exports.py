@@ -96,26 +96,39 @@ def write_chrome_trace(profile: "Profile", path) -> Path:
 
 
 def model_explorer_node_data(profile: "Profile", analysis: "ModelAnalysis", graph_id: Optional[str] = None) -> dict:
-    """Model Explorer "node data" (ModelNodeData: graph id -> {results, gradient}).
+    """Model Explorer "node data" (ModelNodeData: graph id -> GraphNodeData {results, gradient}).
 
     Results are keyed by each node's first output tensor name, which Model
     Explorer matches against the node's outputs whatever adapter built the
-    graph; the value is the node's median time in ms.  TFLite results are keyed by operator
-    index (our node id), as Model Explorer's TFLite adapter names its nodes and as Google's
-    benchmark_model profiles are painted there.
+    graph; the value is the node's median time in ms.  TFLite results are keyed as Model Explorer's
+    TFLite adapter names things: one graph per subgraph, under the subgraph's name (else its
+    signature key, else "main" / "subgraph_K": the importer names graphs the same way), and each
+    node by its operator index within its subgraph ("12"), as Google's benchmark_model profiles
+    are painted there.
     """
-    results = {}
     by_operator_index = analysis.model.format == "tflite"
+    graphs: dict[str, dict] = {}
+    main_name = graph_id or analysis.graph.name or "main"
     for node_id, timing in profile.nodes.items():
+        value = {"value": round(timing.time.median_ms, 6)}
+        if by_operator_index:
+            from importers.tflite import parse_operator_node_id
+            try:
+                subgraph, operator = parse_operator_node_id(node_id)
+            except ValueError:
+                continue  # not an operator (a whole-model group's id)
+            if subgraph >= len(analysis.model.graphs):
+                continue
+            name = main_name if subgraph == 0 else analysis.model.graphs[subgraph].name
+            graphs.setdefault(name, {})[str(operator)] = value
+            continue
         node = analysis.graph.nodes_by_id.get(node_id)
         if node is None:
             continue
-        key = node_id if by_operator_index else next((out for out in node.outputs if out), node_id)
-        results[key] = {"value": round(timing.time.median_ms, 6)}
-    graph_name = graph_id or analysis.graph.name or "main"
-    return {graph_name: {"results": results,
-                         "gradient": [{"stop": 0, "bgColor": "#fff7bc"}, {"stop": 0.5, "bgColor": "#fe9929"},
-                                      {"stop": 1, "bgColor": "#993404"}]}}
+        graphs.setdefault(main_name, {})[next((out for out in node.outputs if out), node_id)] = value
+    gradient = [{"stop": 0, "bgColor": "#fff7bc"}, {"stop": 0.5, "bgColor": "#fe9929"},
+                {"stop": 1, "bgColor": "#993404"}]
+    return {name: {"results": results, "gradient": gradient} for name, results in (graphs or {main_name: {}}).items()}
 
 
 def write_model_explorer(profile: "Profile", analysis: "ModelAnalysis", path) -> Path:

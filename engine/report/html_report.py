@@ -345,6 +345,9 @@ def _compare_section(compare: Mapping[str, Any], names: Mapping[str, str]) -> st
     stages = compare.get("stages", [])
     nodes = compare.get("nodes", [])
     parts = [f"<h2>Comparison: {escape(str(compare.get('a_label', 'A')))} → {escape(str(compare.get('b_label', 'B')))}</h2>"]
+    figures = [(side, compare.get(f"{side.lower()}_figures")) for side in ("A", "B")]
+    if any(text for _, text in figures):
+        parts.append("<p>" + "<br>".join(f"{side}: {escape(str(text))}" for side, text in figures if text) + "</p>")
     end_to_end = compare.get("end_to_end")
     if end_to_end:
         parts.append(f"<p>End-to-end: {_opt_ms(end_to_end.get('a_ms'))} → {_opt_ms(end_to_end.get('b_ms'))} "

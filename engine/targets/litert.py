@@ -464,10 +464,9 @@ class LiteRtCpuTarget:
         path = Path(model_path)
         if not path.exists():
             raise ModelLoadError(str(path), "no such file or directory")
-        if settings.size is not None or settings.input_shapes:
-            raise TargetError("the LiteRT CPU reference runs a .tflite model at the input shapes stored in it; "
-                              "--size and --shape are not supported for .tflite models")
         model = tflite.load(path)
+        if settings.size is not None or settings.input_shapes:
+            raise TargetError(_resize_refused(model, settings))
         analysis = analyze(model)
         feed = self._make_inputs(model, settings)
         plain = _CompiledModel(path, self._kernel_mode(settings), settings.threads, profiling=False)
@@ -732,6 +731,28 @@ class LiteRtCpuTarget:
             warnings.append(f"{len(missing)} operator(s) have no time (LiteRT reported no event for them): "
                             f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
         return groups, nodes, warnings
+
+
+def _resize_refused(model: Model, settings: ProfileSettings) -> str:
+    """Why --size / --shape is refused, in the model's own terms.
+
+    LiteRT resizes an input only where the model's shape signature leaves a dimension free (-1):
+    its strict resize refuses the others, and forcing them (non-strict) made XNNPACK fail to
+    prepare 3 of the 5 mediapipe models tried (ai-edge-litert 2.3.0).  Free dimensions are
+    not resized by this target yet either, so both cases are refused, each saying so."""
+    graph = model.main_graph
+    asked = ", ".join(([f"--size {settings.size[0]}x{settings.size[1]}"] if settings.size else [])
+                      + [f"--shape {n}={'x'.join(map(str, d))}" for n, d in settings.input_shapes.items()])
+    shapes = {name: graph.value_type(name).shape if graph.value_type(name) else None for name in graph.inputs}
+    described = ", ".join(f"{name} {'x'.join('?' if d is None else str(d) for d in shape or ())}"
+                          for name, shape in shapes.items())
+    if all(shape and all(isinstance(d, int) for d in shape) for shape in shapes.values()):
+        return (f"{asked}: this .tflite model has fixed input shapes ({described}) and LiteRT resizes only "
+                "dimensions a model leaves free; profile it at its own size (leave out --size/--shape), or "
+                "convert the model again with a free height and width")
+    return (f"{asked}: the LiteRT CPU reference does not resize inputs yet, even the free dimensions of this "
+            f"model ({described}); convert it at the size you want, or profile it at its stored "
+            "shape (leave out --size/--shape)")
 
 
 def _run_refused(exc: TargetError, model: Model, settings: ProfileSettings) -> str:

@@ -57,6 +57,9 @@ def elf_header(machine: int = ARM64_MACHINE) -> bytes:
             + b"fake benchmark_model body " * 40)
 
 
+ANSWER_WAIT_S = 15.0  # at most this long without answering (adbutils waits up to 20 s for a starting server)
+
+
 class FakeAdbServer:
     def __init__(self, phones=()):
         self.phones: dict[str, FakePhone] = {p.serial: p for p in phones}
@@ -66,6 +69,9 @@ class FakeAdbServer:
         self._socket.listen(16)
         self.port = self._socket.getsockname()[1]
         self._stop = threading.Event()
+        # Cleared by a test: requests wait (up to ANSWER_WAIT_S) as when adb is still starting its server.
+        self.answering = threading.Event()
+        self.answering.set()
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
 
@@ -109,6 +115,7 @@ class FakeAdbServer:
         conn.sendall(b"FAIL" + self._block(text))
 
     def _serve(self, conn) -> None:
+        self.answering.wait(ANSWER_WAIT_S)
         try:
             with conn:
                 self._dispatch(conn)

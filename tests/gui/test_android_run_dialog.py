@@ -33,6 +33,7 @@ def adb(monkeypatch):
 def test_android_phones_are_targets_with_their_fields(qtbot, adb, tmp_path):
     dialog = RunDialog()
     qtbot.addWidget(dialog)
+    qtbot.waitUntil(lambda: not dialog.looking_for_phones(), timeout=20_000)
     items = {dialog.target_combo.itemData(i): dialog.target_combo.itemText(i)
              for i in range(dialog.target_combo.count())}
     assert "Tensor G3" in items[f"android:{SERIAL}"] and "unauthorized" in items["android:0B191JEC2"]

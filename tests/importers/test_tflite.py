@@ -67,7 +67,7 @@ def test_custom_op_is_named_and_transposed_conv_opens_the_decoder():
     assert {s.kind for s in analysis.stages} >= {"encoder", "decoder"}
 
 
-def _build_model(path: Path) -> Path:
+def build_small_model(path: Path) -> Path:
     """Input [1,8,8,4] -> DEPTHWISE_CONV_2D -> FULLY_CONNECTED(int8 weights, per-channel quantized)
     -> a custom op with flexbuffer options; a second subgraph holds one ADD."""
     def tensor(name, shape, dtype=fb.TensorType.FLOAT32, buffer=0, quantization=None):
@@ -127,7 +127,7 @@ def _build_model(path: Path) -> Path:
 
 
 def test_built_model_subgraphs_quantization_custom_options_and_costs(tmp_path):
-    path = _build_model(tmp_path / "built.bin")  # no .tflite suffix: found by its identifier
+    path = build_small_model(tmp_path / "built.bin")  # no .tflite suffix: found by its identifier
     assert importer_for(path).FORMAT == "tflite"
     model = open_model(path)
     main, body = model.graphs
