@@ -215,7 +215,7 @@ def _fold_constants(graph: Graph, order: list[Node]) -> tuple[set[str], set[str]
 
     Initializers are constant; so is the output of a deterministic node whose
     inputs are all constant (ConstantOfShape on a shape initializer: the light
-    zoo's weights) and of Shape on a tensor whose shape is static.
+    zoo's weights) and of Shape or Size on a tensor whose shape is static.
     """
     constant_values = {name for name, value in graph.values.items() if value.initializer is not None}
     constant_values.difference_update(graph.inputs)
@@ -224,7 +224,7 @@ def _fold_constants(graph: Graph, order: list[Node]) -> tuple[set[str], set[str]
     for node in order:
         if node.op_type in _NONDETERMINISTIC or node.subgraphs:
             continue
-        if node.op_type == "Shape" and any(node.inputs):
+        if node.op_type in ("Shape", "Size") and any(node.inputs):
             source = type_of(next(name for name in node.inputs if name))
             folds = source is not None and source.is_static
         else:

@@ -308,10 +308,15 @@ def _collect_blockers(source, image_inputs: Mapping[str, ImageInput], evaluate_c
                                     needs_option=True))
         elif value_type.dtype not in ("float32", "float16", "float64", "int32", "int64"):
             blockers.append(Blocker(name, "(input)", f"{value_type.dtype} inputs are not supported"))
+    # A constant graph output (a Shape of a fixed-size input) is carried by an identity op
+    # (builder._bind_constant_output); its value must be computable.
     for name in graph.outputs:
-        if source.is_constant(name):
-            blockers.append(Blocker(name, "(output)", "the output is a constant; Core ML programs "
-                                                      "cannot output constants"))
+        if evaluate_constants and source.is_constant(name):
+            try:
+                source.constant(name)
+            except FoldError as exc:
+                blockers.append(Blocker(name, "(output)", f"the output is the constant result of {exc.node_id} "
+                                                          f"({exc.op_type}), which {exc.reason}"))
     for name, image in image_inputs.items():
         if name not in graph.inputs:
             blockers.append(Blocker(name, "(option)", f"--image-input names '{name}', but the model's inputs "

@@ -219,6 +219,8 @@ def build_program(source: SourceModel, target_name: str, precision: str = "fp16"
         outputs = []
         used_vars: set[int] = set()
         for onnx_name, mil_name in output_names.items():
+            if onnx_name not in state.vars and source.is_constant(onnx_name):
+                _bind_constant_output(state, source, onnx_name)
             var = state.vars[onnx_name]
             owner = state.alias_of.get(onnx_name)
             if fp16 and ops._is_float_var(var):
@@ -247,6 +249,23 @@ def build_program(source: SourceModel, target_name: str, precision: str = "fp16"
         _compare_shapes(state, probe[1], shape_check, f" (input {label})", {})
     return BuiltProgram(program, names, op_source, input_names, output_names, removed, shape_check,
                         state.scalarized_parameters, state.built_tensors, state_names)
+
+
+def _bind_constant_output(state: BuildState, source: SourceModel, onnx_name: str) -> None:
+    """A graph output that folding made constant (a Shape of a fixed-size input, a Constant):
+    Core ML programs output only op results, so an identity op of the value carries it.  The
+    folded node that produced it owns that op (or the output itself, for an initializer)."""
+    mb = ops.mb
+    value = source.constant(onnx_name)
+    producer = source.producer(onnx_name)
+    owner = producer.id if producer is not None else onnx_name
+    array = ops.mil_array(np.asarray(value))
+    if array.dtype.kind == "f":
+        array = array.astype(state.float_dtype)
+    name = state.op_name(producer, "constant_output") if producer is not None else f"{onnx_name}__constant_output"
+    var = mb.identity(x=array, name=name)
+    state.bind(onnx_name, var, owner)
+    state.built_tensors.append((owner, onnx_name, var))
 
 
 def _compare_shapes(state: BuildState, graph, check: ShapeCheck, label: str,

@@ -127,6 +127,11 @@ def _evaluate_ops(operations, values: dict, wanted, last_use: Mapping[str, int],
                   state_values: dict) -> dict[str, np.ndarray]:
     for index, op in enumerate(operations):
         if op.op_type == "const":
+            if wanted is not None and op.outputs[0].name in wanted:
+                # A graph output that coremltools' const_elimination turned into a const op
+                # (a Shape of a fixed-size input): its value is the result.
+                values[op.outputs[0].name] = np.asarray(op.outputs[0].val).astype(_numpy_dtype(op.outputs[0]),
+                                                                                 copy=False)
             continue
         try:
             results = _run_state_op(op, values, state_values) if op.op_type in _STATE_OPS else _run_op(op, values)
@@ -611,6 +616,12 @@ def pixel_unshuffle(args: dict) -> np.ndarray:
     return blocks.reshape(n, c * f * f, h // f, w // f)
 
 
+def fill_like(args: dict) -> np.ndarray:
+    """iOS16 fill_like: a tensor of ref_tensor's shape filled with value (its docstring)."""
+    value = np.asarray(args.get("value", 0.0))
+    return np.full(np.shape(args["ref_tensor"]), value, dtype=value.dtype)
+
+
 SPEC_OPS: dict[str, Callable[[dict], np.ndarray]] = {
     "conv": conv, "conv_transpose": conv_transpose, "max_pool": max_pool, "avg_pool": avg_pool,
     "batch_norm": batch_norm, "local_response_norm": local_response_norm,
@@ -618,5 +629,5 @@ SPEC_OPS: dict[str, Callable[[dict], np.ndarray]] = {
     "resize_bilinear": resize_bilinear, "silu": silu, "gather_nd": gather_nd,
     "constexpr_blockwise_shift_scale": constexpr_blockwise_shift_scale,
     "depth_to_space": depth_to_space, "pixel_shuffle": pixel_shuffle, "space_to_depth": space_to_depth,
-    "pixel_unshuffle": pixel_unshuffle,
+    "pixel_unshuffle": pixel_unshuffle, "fill_like": fill_like,
 }

@@ -367,8 +367,7 @@ def conv_transpose_head_and_size(ctx: NodeContext) -> tuple[list[int], list[int]
     for SAME_UPPER, total - total // 2 otherwise, 0 when total < 0.
     """
     in_shape = ctx.in_shape(0)
-    weight_shape = ctx.const(1).shape
-    kernel = list(weight_shape[2:])
+    kernel = list(ctx.in_shape(1)[2:])
     spatial = len(kernel)
     strides = [int(s) for s in ctx.attr("strides", [1] * spatial)]
     dilations = [int(d) for d in ctx.attr("dilations", [1] * spatial)]
@@ -718,8 +717,6 @@ def _check_pool(ctx: NodeContext) -> list[str]:
     rank = _rank(ctx)
     if rank is not None and not 3 <= rank <= 5:
         problems.append(f"input rank {rank}: Core ML pooling is 1-D, 2-D or 3-D")
-    if any(int(d) != 1 for d in (ctx.attr("dilations") or ())):
-        problems.append("dilated pooling is not supported by Core ML")
     if ctx.node.op_type == "MaxPool":
         if int(ctx.attr("storage_order", 0)) != 0:
             problems.append("storage_order=1 (column-major indices) is not supported")

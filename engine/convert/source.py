@@ -68,6 +68,10 @@ class SourceModel:
     def is_constant(self, value_name: str) -> bool:
         return value_name in self._constant_names
 
+    def producer(self, value_name: str) -> Optional[Node]:
+        """The node whose output `value_name` is (None for graph inputs and initializers)."""
+        return self._producers.get(value_name)
+
     def constant(self, value_name: str) -> np.ndarray:
         """The value of a constant tensor (an initializer or the output of a folded node)."""
         if value_name in self._values:
@@ -102,6 +106,11 @@ class SourceModel:
             start = int(node.attributes.get("start", 0))
             end = node.attributes.get("end")
             return [shape[start:None if end is None else int(end)]]
+        if node.op_type == "Size":
+            source = self.graph.value_type(node.inputs[0])
+            if source is None or not source.is_static:
+                raise FoldError(node.id, node.op_type, "the shape of its input is not known")
+            return [np.array(int(np.prod(source.shape, dtype=np.int64)), dtype=np.int64)]
         inputs = [self.constant(name) if name else None for name in node.inputs]
         try:
             if node.op_type == "Constant":

@@ -327,6 +327,8 @@ def _is_plumbing(name: str, layer_map: Mapping) -> bool:
     info = layer_map["mil_ops"].get(name, {})
     if info.get("type") in ("cast", "read_state", "write_state", "coreml_update_state"):
         return True
+    if info.get("type") == "identity" and name.endswith("_tmp") and name[:-4] in layer_map["inputs"].values():
+        return True  # coremltools' handle_unused_inputs: an input no op reads gets "<input>_tmp"
     if any(name.startswith(f"{entry['state']}__") for entry in layer_map.get("kv_state", ())):
         return True  # the past taken from a state's tensor (engine/convert/kv_state.py)
     return name.endswith("__scaled__") or name.endswith("__biased__") or name.endswith("__scalar")

@@ -390,7 +390,7 @@ def test_unsupported_ops_are_all_listed_and_nothing_is_written(tmp_path):
 def test_unsupported_attributes_are_listed_with_the_reason(tmp_path):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])
     nodes = [helper.make_node("Resize", ["x", "", "scales"], ["a"], name="cubic", mode="cubic"),
-             helper.make_node("MaxPool", ["a"], ["b"], name="dilated", kernel_shape=[3, 3], dilations=[2, 2]),
+             helper.make_node("MaxPool", ["a"], ["b"], name="column_major", kernel_shape=[3, 3], storage_order=1),
              helper.make_node("Pad", ["b", "pads"], ["y"], name="wrap", mode="wrap")]
     inits = [numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
              numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads")]
@@ -398,8 +398,8 @@ def test_unsupported_attributes_are_listed_with_the_reason(tmp_path):
                               inits)
     source = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]), tmp_path / "a.onnx")
     blockers = check_convertible(source)
-    assert [b.node_id for b in blockers] == ["cubic", "dilated", "wrap"]
-    assert "cubic" in blockers[0].reason and "dilated" in blockers[1].reason and "wrap" in blockers[2].reason
+    assert [b.node_id for b in blockers] == ["cubic", "column_major", "wrap"]
+    assert "cubic" in blockers[0].reason and "storage_order" in blockers[1].reason and "wrap" in blockers[2].reason
 
 
 def test_cli_convert_and_unsupported(tmp_path):
@@ -610,10 +610,9 @@ def test_op_coverage(case, tmp_path):
         assert layer_map["nodes"][node_id]
 
 
-# What Core ML itself cannot do: dilated pooling, rank-6 tensors (PixelShuffle's reshape).
+# What Core ML itself cannot do: rank-6 tensors (PixelShuffle's reshape).  (Dilated max pooling,
+# test_MaxPool{1,2}d_stride_padding_dilation, is written out with strided slices and converts.)
 PYTORCH_CONVERTED_BLOCKED = {
-    "test_MaxPool1d_stride_padding_dilation": [("MaxPool_0", "dilated pooling")],
-    "test_MaxPool2d_stride_padding_dilation": [("MaxPool_0", "dilated pooling")],
     "test_PixelShuffle": [("Reshape_1", "rank 6"), ("Transpose_2", "rank 6")],
 }
 
