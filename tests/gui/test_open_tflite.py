@@ -53,8 +53,8 @@ def test_a_tflite_model_opens_and_profiles_on_litert_from_the_run_dialog(qtbot, 
     assert not window.subgraph_chooser.isVisibleTo(window)  # one graph: no chooser
 
     dialog = window.show_run_dialog()
-    dialog.sizes_field.setText("256")  # the model's input is fixed at 128x128: said as it is typed
-    assert "fixed shape 1x128x128x3" in dialog.check_label.text() and not dialog.run_button.isEnabled()
+    dialog.sizes_field.setText("256")  # the model's input is fixed at 128x128: LiteRT resizes it, said as typed
+    assert "LiteRT resizes them anyway" in dialog.check_label.text() and dialog.run_button.isEnabled()
     dialog.sizes_field.setText("")
     dialog, exact = _run(qtbot, window, "exact")
     assert dialog.target_combo.itemText(dialog.target_combo.findData("cpu")) == "CPU reference (LiteRT)"
