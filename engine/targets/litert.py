@@ -843,8 +843,10 @@ def _run_refused(exc: TargetError, model: Model, settings: ProfileSettings) -> s
     """A clear line for a model LiteRT will not compile or run here."""
     custom = model.metadata.get("custom_ops", "")
     if custom:
-        where = ("LiteRT's builtin kernels (exact mode) do not include them; try --mode deployed (XNNPACK "
-                 "implements some of mediapipe's custom ops)" if settings.mode == MODE_EXACT
+        # One text for the CLI and the app: it names the flag and the Run dialog's setting.
+        where = ("LiteRT's builtin kernels (exact mode) do not include them; try the deployed mode (--mode "
+                 "deployed, or Mode: deployed in the Run dialog; XNNPACK implements some of mediapipe's custom "
+                 "ops)" if settings.mode == MODE_EXACT
                  else "neither XNNPACK nor LiteRT's builtin kernels include them")
         return f"{exc}: the model uses custom ops ({custom}) and {where}"
     return str(exc)
