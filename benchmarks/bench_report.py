@@ -54,12 +54,14 @@ def estimated_profile(analysis, model_path: str):
                          profiled_samples=(), groups=groups, nodes=nodes, runs_completed=1)
 
 
-def measured_profile(path: Path):
+def measured_profile(path: Path, settings=None):
+    """The model at `path` profiled on the CPU reference (exact mode; 3 runs unless `settings`), with its
+    hints, and its analysis. Also the tests' way to get a real profile."""
     from engine.analysis import analyze
     from engine.hints import find_hints
     from engine.targets import ProfileSettings, get_target
     from importers import open_model
-    settings = ProfileSettings(mode="exact", runs=3, warmup=1, threads=1)
+    settings = settings or ProfileSettings(mode="exact", runs=3, warmup=1, threads=1)
     target = get_target("cpu")
     try:
         target.prepare(str(path), settings)

@@ -13,27 +13,19 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from engine.analysis import analyze
 from engine.hints import find_hints
 from engine.profile import ATTRIBUTED, DERIVED, ESTIMATED, MEASURED, Profile
 from engine.report import chrome_trace, csv_text, html_report, model_explorer_node_data, write_html
 from engine.report.exports import CSV_COLUMNS
 from engine.samples import mobileunet
-from engine.targets import ProfileSettings, get_target
-from importers import open_model
+from engine.targets import ProfileSettings
+from benchmarks.bench_report import measured_profile
 
 SETTINGS = ProfileSettings(mode="exact", runs=7, warmup=2, threads=1)
 
 
 def profile_file(path, settings=SETTINGS):
-    target = get_target("cpu")
-    try:
-        target.prepare(str(path), settings)
-        profile = target.profile(settings)
-    finally:
-        target.close()
-    analysis = analyze(open_model(path))
-    return profile.with_hints(find_hints(profile, analysis)), analysis
+    return measured_profile(path, settings)
 
 
 def _save(proto, tmp_path, name):

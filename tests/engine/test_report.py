@@ -20,29 +20,22 @@ from onnx import TensorProto, helper, numpy_helper
 
 from engine.analysis import analyze
 from engine.cli import main as cli_main
-from engine.hints import GUIDANCE_MARK, find_hints
+from engine.hints import GUIDANCE_MARK
 from engine.naming import layer_names, layer_names_for_profile
 from engine.profile import Profile
 from engine.report import html_report, write_html
 from engine.report.folding import MAX_CHILDREN, fold_graph
-from engine.targets import ProfileSettings, get_target
+from engine.targets import ProfileSettings
 from importers import open_model
 from benchmarks.bench_gui_open import residual_model
-from benchmarks.bench_report import estimated_profile
+from benchmarks.bench_report import estimated_profile, measured_profile
 from tests.conftest import light_model
 
 QUICK = ProfileSettings(mode="exact", runs=3, warmup=1, threads=1)
 
 
 def profile_file(path, settings=QUICK):
-    target = get_target("cpu")
-    try:
-        target.prepare(str(path), settings)
-        profile = target.profile(settings)
-    finally:
-        target.close()
-    analysis = analyze(open_model(path))
-    return profile.with_hints(find_hints(profile, analysis)), analysis
+    return measured_profile(path, settings)
 
 
 @pytest.fixture(scope="module")
