@@ -22,6 +22,7 @@ import numpy as np
 from engine.bridge.protocol import ProtocolError
 from engine.profile import MEASURED, TimingStats
 from engine.targets import TargetError
+from engine.targets.prepared import merged_feed
 
 MAX_TENSORS = 4096  # names per request
 
@@ -91,16 +92,7 @@ def ort_intermediates(session, names: Sequence[str], feed: Optional[Mapping[str,
         raise TargetError(f"the model has no tensor {', '.join(repr(n) for n in unknown[:3])}"
                           + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
                           + " (ask for node outputs by their names in the ONNX file)")
-    inputs = session.target.inputs
-    if feed:
-        for name, value in feed.items():
-            if name not in inputs:
-                raise TargetError(f"the model has no input '{name}' (inputs: {', '.join(inputs)})")
-            array = np.asarray(value, dtype=inputs[name].dtype)
-            if array.shape != inputs[name].shape:
-                raise TargetError(f"input '{name}' has shape {'x'.join(map(str, array.shape))}; the loaded model "
-                                  f"runs {'x'.join(map(str, inputs[name].shape))}")
-            inputs[name] = array
+    inputs = merged_feed(session.target.inputs, feed)
     try:
         values = ort_session.run(list(names), inputs)
     except Exception as exc:

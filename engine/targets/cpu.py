@@ -50,6 +50,7 @@ from onnx import numpy_helper
 from engine.ir import Graph, Model, ModelLoadError
 from engine.profile import (ATTRIBUTED, MEASURED, MODE_DEPLOYED, MODE_EXACT, NodeTiming, Profile, TimingGroup,
                             TimingStats)
+from engine.targets.prepared import PreparedModelTarget
 from engine.targets.settings import ProfileSettings, ProgressCallback, TargetError
 
 try:  # the target must import (and say why it cannot run) even where ORT is missing
@@ -866,7 +867,7 @@ def read_profile_events(path) -> list:
     return events
 
 
-class CpuTarget:
+class CpuTarget(PreparedModelTarget):
     """ONNX Runtime on this computer's CPU.  Not thread-safe: one profile at a time per instance."""
 
     # Execution providers, in order; a subclass (the bridge agent's ORT backend) puts an
@@ -893,63 +894,34 @@ class CpuTarget:
 
     # -- lifecycle ------------------------------------------------------------------------
 
+    def describe(self) -> dict:
+        return describe_cpu(self._prepared.settings.threads if self._prepared else 0)
+
     def close(self) -> None:
         self._prepared = None
         if self._workdir is not None:
             self._finalizer()
             self._workdir = None
 
-    def __enter__(self) -> "CpuTarget":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def describe(self) -> dict:
-        threads = self._prepared.settings.threads if self._prepared else 0
-        return describe_cpu(threads)
-
-    @property
-    def analysis(self):
-        """Static analysis of the prepared model (with the input shapes the target runs)."""
-        if self._prepared is None:
-            raise TargetError("no model prepared: call prepare(model_path, settings) first")
-        return self._prepared.analysis
-
     @property
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
-        if self._prepared is None:
-            raise TargetError("no model prepared: call prepare(model_path, settings) first")
-        return dict(self._prepared.input_shapes)
+        return dict(self._require_prepared().input_shapes)
 
     @property
     def session_model_path(self) -> Path:
         """The session copy ORT runs (nodes named by IR id, shapes fixed, constants folded).
 
         Lives in the target's work folder: valid until the target is closed."""
-        if self._prepared is None:
-            raise TargetError("no model prepared: call prepare(model_path, settings) first")
-        return self._prepared.session_model
-
-    @property
-    def inputs(self) -> dict[str, np.ndarray]:
-        """The input values of a plain run (generated from the settings, or read from the .npz)."""
-        if self._prepared is None:
-            raise TargetError("no model prepared: call prepare(model_path, settings) first")
-        return dict(self._prepared.feed)
+        return self._require_prepared().session_model
 
     @property
     def folded_node_ids(self) -> list[str]:
         """Nodes static analysis found constant, replaced by initializers in the session copy."""
-        if self._prepared is None:
-            raise TargetError("no model prepared: call prepare(model_path, settings) first")
-        return list(self._prepared.folded_ids)
+        return list(self._require_prepared().folded_ids)
 
     @property
     def load_warnings(self) -> list[str]:
-        if self._prepared is None:
-            raise TargetError("no model prepared: call prepare(model_path, settings) first")
-        return list(self._prepared.warnings)
+        return list(self._require_prepared().warnings)
 
     # -- prepare --------------------------------------------------------------------------
 
@@ -1044,31 +1016,11 @@ class CpuTarget:
         except Exception as exc:
             raise _load_error(exc, source_path, ir_graph, opsets) from None
 
-    def _ensure(self, settings: ProfileSettings, model_path=None) -> _Prepared:
-        prepared = self._prepared
-        if prepared is None:
-            if model_path is None:
-                raise TargetError("no model prepared: call prepare(model_path, settings) first")
-            self.prepare(model_path, settings)
-        elif prepared.key != settings.session_key():
-            self.prepare(prepared.model_path, settings)
-        return self._prepared  # type: ignore[return-value]
-
     # -- run ------------------------------------------------------------------------------
 
     def run(self, inputs: Optional[Mapping[str, Any]] = None) -> dict[str, np.ndarray]:
         """One plain run; `inputs` default to the generated ones."""
-        prepared = self._ensure(self._prepared.settings if self._prepared else ProfileSettings())
-        feed = dict(prepared.feed)
-        if inputs:
-            for name, value in inputs.items():
-                if name not in feed:
-                    raise TargetError(f"the model has no input '{name}' (inputs: {', '.join(feed)})")
-                array = np.asarray(value, dtype=feed[name].dtype)
-                if array.shape != feed[name].shape:
-                    raise TargetError(f"input '{name}' has shape {_dims_text(array.shape)}; the prepared "
-                                      f"model runs {_dims_text(feed[name].shape)} (prepare again to change it)")
-                feed[name] = array
+        prepared, feed = self._plain_feed(inputs)
         names = [o.name for o in prepared.plain.get_outputs()]
         try:
             return dict(zip(names, prepared.plain.run(names, feed)))

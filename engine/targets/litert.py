@@ -39,6 +39,7 @@ import numpy as np
 from engine.ir import Model, ModelLoadError
 from engine.profile import (ATTRIBUTED, MEASURED, MODE_DEPLOYED, MODE_EXACT, NodeTiming, Profile, TimingGroup,
                             TimingStats)
+from engine.targets.prepared import PreparedModelTarget
 from engine.targets.settings import ProfileSettings, ProgressCallback, TargetError
 from importers.tflite import PROPAGATION_FAILED as _PROPAGATION_FAILED
 
@@ -455,39 +456,18 @@ class _Prepared:
     stored_shapes: dict[str, tuple[int, ...]]  # name -> shape stored in the model, of the inputs resized
 
 
-class LiteRtCpuTarget:
+class LiteRtCpuTarget(PreparedModelTarget):
     """LiteRT on this computer's CPU.  Not thread-safe: one profile at a time per instance."""
 
     name = "cpu"
-
-    def __init__(self):
-        self._prepared: Optional[_Prepared] = None
 
     def close(self) -> None:
         if self._prepared is not None:
             self._prepared.plain.close()
             self._prepared = None
 
-    def __enter__(self) -> "LiteRtCpuTarget":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def describe(self) -> dict:
         return describe_cpu(self._prepared.settings.threads if self._prepared else 0)
-
-    @property
-    def analysis(self):
-        if self._prepared is None:
-            raise TargetError("no model prepared: call prepare(model_path, settings) first")
-        return self._prepared.analysis
-
-    @property
-    def inputs(self) -> dict[str, np.ndarray]:
-        if self._prepared is None:
-            raise TargetError("no model prepared: call prepare(model_path, settings) first")
-        return dict(self._prepared.feed)
 
     @property
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -601,23 +581,8 @@ class LiteRtCpuTarget:
             feed[name] = array
         return feed
 
-    def _ensure(self, settings: ProfileSettings, model_path=None) -> _Prepared:
-        prepared = self._prepared
-        if prepared is None:
-            if model_path is None:
-                raise TargetError("no model prepared: call prepare(model_path, settings) first")
-            self.prepare(model_path, settings)
-        elif prepared.key != settings.session_key():
-            self.prepare(prepared.model_path, settings)
-        return self._prepared  # type: ignore[return-value]
-
     def run(self, inputs: Optional[Mapping[str, Any]] = None) -> dict[str, np.ndarray]:
-        prepared = self._ensure(self._prepared.settings if self._prepared else ProfileSettings())
-        feed = dict(prepared.feed)
-        for name, value in (inputs or {}).items():
-            if name not in feed:
-                raise TargetError(f"the model has no input '{name}' (inputs: {', '.join(feed)})")
-            feed[name] = np.asarray(value, dtype=feed[name].dtype).reshape(feed[name].shape)
+        prepared, feed = self._plain_feed(inputs)
         prepared.plain.write_inputs(list(feed.values()))
         prepared.plain.run()
         graph = prepared.model.main_graph

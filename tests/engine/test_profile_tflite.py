@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("ai_edge_litert")
@@ -131,3 +132,15 @@ def test_every_wheel_model_litert_runs_is_timed_per_operator(tflite_wheel_models
         covered = [i for g in profile.groups for i in g.node_ids]
         assert sorted(covered) == sorted(n.id for n in analysis.graph.nodes), path.name
     assert exact_runs >= 18 and deployed_runs >= 20, (exact_runs, deployed_runs)
+
+
+def test_changed_settings_prepare_the_model_again():
+    """A profile with other load settings (here the input seed) than the prepared ones re-prepares:
+    the inputs it runs are those of the new settings (engine/targets/prepared.py, shared with ONNX)."""
+    with get_target("cpu", model_path=FACE) as target:
+        target.prepare(FACE, ProfileSettings(seed=1, **FAST))
+        first = target.inputs
+        target.profile(ProfileSettings(seed=2, **FAST))
+        second = target.inputs
+        assert target.run().keys() and set(first) == set(second)
+        assert any(not np.array_equal(first[name], second[name]) for name in first)
