@@ -9,6 +9,7 @@ inference and analysis need them.
 """
 from __future__ import annotations
 
+import marshal
 import mmap
 import os
 import shutil
@@ -89,32 +90,41 @@ def load(path: Path, input_shapes: Optional[Mapping[str, Sequence[int]]] = None)
         raise ModelLoadError(str(path), f"not a valid ONNX file ({exc})") from None
     if not proto.HasField("graph"):
         raise ModelLoadError(str(path), "not a valid ONNX file (it has no graph)")
-    return ModelBuilder(proto, path, embedded, input_shapes or {}).build()
+    return ModelBuilder(proto, path, embedded, input_shapes or {}, stripped).build()
 
 
 def _strip_large_tensors(buf) -> tuple[bytes, dict[str, WeightLocation]]:
     """Copy of the ModelProto bytes without large initializer payloads, plus where those are."""
     embedded: dict[str, WeightLocation] = {}
-    model_parts = []
+    model_parts, stripped_any = [], False
     for field in protowire.iter_fields(buf):
         if field.number == _MODEL_GRAPH and field.wire_type == protowire.LENGTH_DELIMITED:
             # The graph's other fields (nodes, value_info, inputs) are copied as they are, in
-            # runs between initializers: one slice per run, not per field.
+            # runs between stripped initializers: one slice per run, not per field.
             graph_parts, copied_to = [], field.start
             for tag_start, payload, end in protowire.find_fields(buf, _GRAPH_INITIALIZER, field.start, field.end):
-                graph_parts.append(buf[copied_to:tag_start])
+                if end - payload <= SMALL_TENSOR_BYTES:
+                    continue  # no payload inside can be large: stays in the run (most QDQ scales)
                 tensor = _strip_tensor(buf, protowire.Field(_GRAPH_INITIALIZER, protowire.LENGTH_DELIMITED,
                                                             tag_start, payload, end, end - payload), embedded)
+                if tensor is None:
+                    continue
+                graph_parts.append(buf[copied_to:tag_start])
                 graph_parts.append(protowire.length_delimited(_GRAPH_INITIALIZER, tensor))
                 copied_to = end
-            graph_parts.append(buf[copied_to:field.end])
-            model_parts.append(protowire.length_delimited(_MODEL_GRAPH, b"".join(graph_parts)))
-        else:
-            model_parts.append(bytes(buf[field.tag_start:field.end]))
+            if graph_parts:
+                stripped_any = True
+                graph_parts.append(buf[copied_to:field.end])
+                model_parts.append(protowire.length_delimited(_MODEL_GRAPH, b"".join(graph_parts)))
+                continue
+        model_parts.append(buf[field.tag_start:field.end])
+    if not stripped_any:
+        return bytes(buf), embedded  # nothing large inside (weights external or small): one copy
     return b"".join(model_parts), embedded
 
 
-def _strip_tensor(buf, tensor_field: protowire.Field, embedded: dict[str, WeightLocation]) -> bytes:
+def _strip_tensor(buf, tensor_field: protowire.Field, embedded: dict[str, WeightLocation]) -> Optional[bytes]:
+    """The tensor's bytes without its large payload (None when it has none)."""
     kept, name, big = [], "", None
     for field in protowire.iter_fields(buf, tensor_field.start, tensor_field.end):
         if field.number == _TENSOR_NAME and field.wire_type == protowire.LENGTH_DELIMITED:
@@ -123,8 +133,9 @@ def _strip_tensor(buf, tensor_field: protowire.Field, embedded: dict[str, Weight
             big = field  # the payload stays in the file; only its place is remembered
             continue
         kept.append(bytes(buf[field.tag_start:field.end]))
-    if big is not None:
-        embedded[name] = WeightLocation("embedded", "", big.start, big.end - big.start)
+    if big is None:
+        return None
+    embedded[name] = WeightLocation("embedded", "", big.start, big.end - big.start)
     return b"".join(kept)
 
 
@@ -132,8 +143,9 @@ class ModelBuilder:
     """Turns a (stripped) ModelProto into the IR, with shapes from ONNX shape inference."""
 
     def __init__(self, proto: ModelProto, path: Path, embedded: dict[str, WeightLocation],
-                 input_shapes: Mapping[str, Sequence[int]]):
+                 input_shapes: Mapping[str, Sequence[int]], proto_bytes: Optional[bytes] = None):
         self.proto = proto
+        self.proto_bytes = proto_bytes  # `proto` serialized (what it was parsed from), while unchanged
         self.path = path
         self.embedded = embedded
         self.input_shapes = dict(input_shapes)
@@ -142,13 +154,14 @@ class ModelBuilder:
         self.opsets = {entry.domain or "ai.onnx": entry.version for entry in proto.opset_import}
 
     def build(self) -> Model:
-        self._apply_input_shapes()
+        if self._apply_input_shapes():
+            self.proto_bytes = None  # inference must see the new shapes
         # Shape inference (C++) and the walk of the nodes (Python) need nothing from each other:
         # with a helper process the nodes are read while it infers (see set_inference_executor).
         inference = self._start_shape_inference()
         walked = self._walk_nodes(self.proto.graph)
         inferred = self._finish_shape_inference(inference)
-        graph = self._graph(inferred.graph, top_level=True, walked=walked)
+        graph = self._graph(self.proto.graph, top_level=True, walked=walked, inferred=inferred)
         for name in self.input_shapes:
             if name not in graph.inputs:
                 raise ModelLoadError(str(self.path), f"--shape names input '{name}', but the model's "
@@ -166,7 +179,8 @@ class ModelBuilder:
 
     # -- shapes ---------------------------------------------------------------------------
 
-    def _apply_input_shapes(self) -> None:
+    def _apply_input_shapes(self) -> bool:
+        """Applies --shape and a free batch dimension to the model's inputs; True when that changed it."""
         graph = self.proto.graph
         initializer_names = {t.name for t in graph.initializer}
         changed = False
@@ -206,28 +220,31 @@ class ModelBuilder:
             for graph_output in graph.output:
                 if graph_output.type.tensor_type.HasField("shape"):
                     graph_output.type.tensor_type.ClearField("shape")
+        return changed
 
     def _start_shape_inference(self):
         """Inference of the model's shapes: handed to the helper process for a big graph (a
-        `_HandedOver`), else done here (the serialized result, or the exception it raised)."""
+        `_HandedOver`), else done here (an `_Inferred`, or the exception it raised)."""
         try:
+            model_bytes = self.proto_bytes if self.proto_bytes is not None else self.proto.SerializeToString()
             executor = _inference_executor
             if executor is not None and len(self.proto.graph.node) >= INFERENCE_OFFLOAD_NODES:
-                return _HandedOver(executor, self.proto.SerializeToString())
-            return infer_shapes_bytes(self.proto.SerializeToString())
+                return _HandedOver(executor, model_bytes)
+            graph = ModelProto.FromString(infer_shapes_bytes(model_bytes)).graph
+            return _Inferred(value_type_table(graph), graph.node)
         except Exception as exc:
             return exc
 
-    def _finish_shape_inference(self, inference) -> ModelProto:
-        """The inferred model; the stored one when inference failed (the graph must still open)."""
+    def _finish_shape_inference(self, inference) -> "_Inferred":
+        """What inference found; the stored value types when it failed (the graph must still open)."""
         try:
             if isinstance(inference, Exception):
                 raise inference
-            return ModelProto.FromString(inference if isinstance(inference, bytes) else inference.result())
+            return inference.result() if isinstance(inference, _HandedOver) else inference
         except Exception as exc:  # inference errors must not stop the graph from opening
             self.warnings.append(f"shape inference failed ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
                                  "shapes shown are those stored in the file")
-            return self.proto
+            return _Inferred(value_type_table(self.proto.graph), self.proto.graph.node)
 
     # -- graphs ---------------------------------------------------------------------------
 
@@ -275,28 +292,27 @@ class ModelBuilder:
                 nodes.append(None)  # built by _graph
             else:
                 nodes.append(Node(node_id, op_type, name, namespace, inputs, outputs, attributes, {}, domain))
-        return _WalkedNodes(nodes, with_bodies, constants, referenced, unknown_ops)
+        # Deduplicated here, not after inference: in the app this runs while the helper infers.
+        return _WalkedNodes(nodes, with_bodies, constants, dict.fromkeys(referenced), unknown_ops)
 
-    def _graph(self, graph: GraphProto, top_level: bool, walked: Optional["_WalkedNodes"] = None) -> Graph:
-        """The IR graph of `graph` (shape-inferred); `walked`: its nodes from `_walk_nodes`, when
-        they were read already (from the same graph before inference, which changes no node)."""
+    def _graph(self, graph: GraphProto, top_level: bool, walked: Optional["_WalkedNodes"] = None,
+               inferred: Optional["_Inferred"] = None) -> Graph:
+        """The IR graph of `graph`: shape-inferred, or the graph before inference with `inferred`,
+        what inference found (the value types, and the nodes holding subgraphs with their
+        inferred bodies).  `walked`: its nodes from `_walk_nodes`, when they were read already
+        (from the same graph before inference, which changes no node)."""
         if walked is None:
             walked = self._walk_nodes(graph)
-        values: dict[str, Value] = {}
-        # Exported models repeat a few types thousands of times ([1, 1, 2048] float): one
-        # TensorType per distinct serialized TypeProto instead of a walk of its dims per value.
-        types: dict[bytes, Optional[TensorType]] = {}
-        for info in list(graph.value_info) + list(graph.input) + list(graph.output):
-            key = info.type.SerializeToString()
-            tensor_type = types.get(key, _MISSING)
-            if tensor_type is _MISSING:
-                tensor_type = types[key] = _tensor_type(info.type)
-            values[info.name] = Value(info.name, tensor_type)
+        if inferred is None:
+            inferred = _Inferred(value_type_table(graph), graph.node)
+        names, type_ids, type_tuples = inferred.value_types
+        types = [None if t is None else TensorType(dtype_name(t[0]), t[1]) for t in type_tuples]
+        values: dict[str, Value] = {name: Value(name, types[i]) for name, i in zip(names, type_ids)}
         for tensor in graph.initializer:
             values[tensor.name] = self._initializer_value(tensor, values.get(tensor.name))
         initializer_names = {t.name for t in graph.initializer}
         # Tensors no value_info describes, in the order the nodes name them first.
-        for value_name in dict.fromkeys(walked.referenced):
+        for value_name in walked.referenced:
             if value_name and value_name not in values:
                 values[value_name] = Value(value_name)
         for output, proto in walked.constants:
@@ -305,7 +321,7 @@ class ModelBuilder:
         nodes = walked.nodes
         for index, node_id, op_type, name, namespace, inputs, outputs, attributes, domain in walked.with_bodies:
             subgraphs = {}
-            for attribute in graph.node[index].attribute:  # the inferred node: its bodies carry their shapes
+            for attribute in inferred.nodes[index].attribute:  # the inferred node: its bodies carry their shapes
                 if attribute.type == AttributeProto.GRAPH:
                     subgraphs[attribute.name] = self._graph(attribute.g, top_level=False)
                 elif attribute.type == AttributeProto.GRAPHS:
@@ -385,30 +401,110 @@ class _HandedOver:
 
         self.directory = tempfile.mkdtemp(prefix="layerscope-inference-")
         self.model_path = os.path.join(self.directory, "model.onnx")
-        self.result_path = os.path.join(self.directory, "inferred.onnx")
+        self.result_path = os.path.join(self.directory, "value_types.bin")
         try:
             with open(self.model_path, "wb") as handle:
                 handle.write(model_bytes)
-            self.call = executor.submit(infer_shapes_file, self.model_path, self.result_path)
+            self.call = executor.submit(infer_value_types_file, self.model_path, self.result_path)
         except BaseException:
             shutil.rmtree(self.directory, ignore_errors=True)
             raise
 
-    def result(self) -> bytes:
+    def result(self) -> "_Inferred":
         try:
             self.call.result()
-            with open(self.result_path, "rb") as handle:
-                return handle.read()
+            value_types, bodies = read_value_types(self.result_path)
+            return _Inferred(value_types, {index: NodeProto.FromString(node) for index, node in bodies.items()})
         finally:
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def infer_shapes_file(model_path: str, result_path: str) -> None:
-    """Shape inference from a serialized model file to another (what the helper process runs)."""
+class _Inferred(NamedTuple):
+    """What shape inference found in a graph, as `ModelBuilder._graph` reads it."""
+
+    value_types: tuple  # value_type_table() of the inferred graph
+    nodes: object  # index -> inferred NodeProto, for (at least) every node holding subgraphs
+
+
+def value_type_table(graph: GraphProto) -> tuple[list, list, list]:
+    """The described values of `graph` (value_info, then inputs, then outputs) as three plain
+    lists: their names, the index of each one's type in the third, and the distinct types, each
+    None (not a tensor) or (element type, dims or None), a dim being an int, a str or None.
+
+    Plain lists, because the helper process sends them back (marshal): a 100,000-node model's
+    are ~4 MB, where its whole inferred model was 31 MB to write, read and parse again.
+    Exported models repeat a few types thousands of times ([1, 1, 2048] float): one entry per
+    distinct serialized TypeProto instead of a walk of its dims per value.
+    """
+    names, type_ids, types = [], [], []
+    seen: dict[bytes, int] = {}
+    for infos in (graph.value_info, graph.input, graph.output):
+        for info in infos:
+            type_proto = info.type
+            key = type_proto.SerializeToString()
+            type_id = seen.get(key)
+            if type_id is None:
+                type_id = seen[key] = len(types)
+                types.append(_type_tuple(type_proto))
+            names.append(info.name)
+            type_ids.append(type_id)
+    return names, type_ids, types
+
+
+def _type_tuple(type_proto: TypeProto) -> Optional[tuple]:
+    if not type_proto.HasField("tensor_type"):
+        return None
+    tensor_type = type_proto.tensor_type
+    shape = None
+    if tensor_type.HasField("shape"):
+        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                      for d in tensor_type.shape.dim)
+    return tensor_type.elem_type, shape
+
+
+# Serialized attribute fields `type: GRAPH` and `type: GRAPHS` (field 20, varint 5 / 10), as the
+# protobuf library writes them: a model without either has no node holding subgraphs.
+_GRAPH_ATTRIBUTE_TAGS = (b"\xa0\x01\x05", b"\xa0\x01\x0a")
+_VALUE_TYPES_MAGIC = b"LSVT1\n"
+
+
+def infer_value_types_file(model_path: str, result_path: str) -> None:
+    """Shape inference of a serialized model file (what the helper process runs): writes the
+    inferred graph's `value_type_table` and its nodes holding subgraphs, serialized (their
+    bodies' shapes are read from them), for `read_value_types`."""
     with open(model_path, "rb") as handle:
-        inferred = infer_shapes_bytes(handle.read())
+        inferred_bytes = infer_shapes_bytes(handle.read())
+    graph = ModelProto.FromString(inferred_bytes).graph
+    bodies = {}
+    if any(tag in inferred_bytes for tag in _GRAPH_ATTRIBUTE_TAGS):  # one C-speed search, not a node walk
+        graph_kinds = (AttributeProto.GRAPH, AttributeProto.GRAPHS)
+        for index, node in enumerate(graph.node):
+            if any(attribute.type in graph_kinds for attribute in node.attribute):
+                bodies[index] = node.SerializeToString()
+    payload = marshal.dumps((value_type_table(graph), bodies))
     with open(result_path, "wb") as handle:
-        handle.write(inferred)
+        handle.write(_VALUE_TYPES_MAGIC + len(payload).to_bytes(8, "little") + payload)
+
+
+def read_value_types(result_path: str) -> tuple[tuple, dict]:
+    """(value_type_table, {node index: serialized NodeProto}) from `infer_value_types_file`'s file;
+    ValueError naming the file when it is not such a file or is cut short."""
+    with open(result_path, "rb") as handle:
+        data = handle.read()
+    header = len(_VALUE_TYPES_MAGIC) + 8
+    if not data.startswith(_VALUE_TYPES_MAGIC):
+        raise ValueError(f"the helper process's result {result_path} is not a value-type table")
+    expected = int.from_bytes(data[len(_VALUE_TYPES_MAGIC):header], "little") if len(data) >= header else -1
+    if len(data) - header != expected:
+        raise ValueError(f"the helper process's result {result_path} is truncated "
+                         f"({len(data)} bytes, {expected + header} expected)")
+    try:
+        (names, type_ids, types), bodies = marshal.loads(data[header:])
+        if len(names) != len(type_ids) or (type_ids and not 0 <= min(type_ids) <= max(type_ids) < len(types)):
+            raise ValueError("its lists disagree")
+    except (ValueError, EOFError, TypeError) as exc:
+        raise ValueError(f"the helper process's result {result_path} is unreadable ({exc})") from None
+    return (names, type_ids, types), bodies
 
 
 def set_inference_executor(executor) -> None:
@@ -426,16 +522,13 @@ def _unique_id(candidate: str, used: set[str]) -> str:
     return node_id
 
 
-_MISSING = object()
-
-
 class _WalkedNodes(NamedTuple):
     """What ModelBuilder._walk_nodes read of a graph's nodes."""
 
     nodes: list  # the IR nodes in file order; None where a node holds subgraphs (built later)
     with_bodies: list  # the fields of those nodes, with their index
     constants: list  # (output name, NodeProto) of each Constant node
-    referenced: list  # every input and output name of the nodes, in node order
+    referenced: dict  # every input and output name of the nodes, in the order they are first named
     unknown_ops: dict  # (domain, op_type) -> ids of the nodes of ops ONNX does not define
 
 
@@ -447,17 +540,6 @@ def _namespace(node_name: str) -> str:
         # whose every node has a scope of its own asks this once per node).
         return scope[1:] if scope.startswith("/") else scope
     return "/".join(part for part in scope.split("/") if part)
-
-
-def _tensor_type(type_proto: TypeProto) -> Optional[TensorType]:
-    if not type_proto.HasField("tensor_type"):
-        return None
-    tensor_type = type_proto.tensor_type
-    shape = None
-    if tensor_type.HasField("shape"):
-        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                      for d in tensor_type.shape.dim)
-    return TensorType(dtype_name(tensor_type.elem_type), shape)
 
 
 # struct codes of the element types whose small values the analysis reads (shape vectors, axes,
