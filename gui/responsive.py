@@ -94,7 +94,7 @@ def start_helper_process() -> Optional[ProcessPoolExecutor]:
     """Start (once per process) the helper process for shape inference and layout of large graphs.
 
     The process is "spawn"ed (forking a process that runs Qt threads is unsafe) and
-    warmed at once: its first call (inference of an empty model) imports onnx now,
+    warmed at once: its first call (inference of an empty model) imports onnx and the importer now,
     while the person looks at the window.  It is registered with the importer and
     the layout only when that call has answered, so a helper that cannot start
     (e.g. a script without an `if __name__ == "__main__":` guard, which the spawned
@@ -106,7 +106,7 @@ def start_helper_process() -> Optional[ProcessPoolExecutor]:
     never starts helpers of its own.
     """
     global _executor
-    from importers.onnx import infer_shapes_bytes
+    from importers.onnx import warm_up_inference
 
     if multiprocessing.parent_process() is not None:
         return None
@@ -116,7 +116,7 @@ def start_helper_process() -> Optional[ProcessPoolExecutor]:
             executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                                            initializer=_exit_with_parent)
             _executor = executor
-            warm = executor.submit(infer_shapes_bytes, b"")
+            warm = executor.submit(warm_up_inference)
             warm.add_done_callback(lambda future, e=executor: _register(e, future))
         return _executor
 
