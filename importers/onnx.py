@@ -356,7 +356,7 @@ class ModelBuilder:
                                       int(info.get("length", 0) or tensor_type.byte_size or 0))
             if not exists:
                 warnings.append(f"external weight file '{info.get('location', '')}' of tensor "
-                                     f"'{tensor.name}' is missing: the graph opens, but the model cannot run")
+                                f"'{tensor.name}' is missing: the graph opens, but the model cannot run")
         elif tensor.name in self.embedded:
             place = self.embedded[tensor.name]
             location = WeightLocation("embedded", str(self.path), place.offset, place.length)
@@ -405,7 +405,7 @@ class _HandedOver:
     import was 1.2 s slower with the walk overlapping inference than without).  A file is
     written in one call before the walk and read in one call after it.  What comes back is
     not the inferred model (31 MB at 100,000 nodes, written, read and parsed again on the
-    critical path) but its `value_type_table` and the nodes holding subgraphs (7 MB).
+    critical path) but its `value_type_table` and the nodes holding subgraphs (6.5 MB).
     """
 
     def __init__(self, executor, model_bytes: bytes):
@@ -444,7 +444,7 @@ def value_type_table(graph: GraphProto) -> tuple[list, list, list]:
     None (not a tensor) or (element type, dims or None), a dim being an int, a str or None.
 
     Plain lists, because the helper process sends them back (marshal): a 100,000-node model's
-    are ~4 MB, where its whole inferred model was 31 MB to write, read and parse again.
+    are 6.5 MB, where its whole inferred model was 31 MB to write, read and parse again.
     Exported models repeat a few types thousands of times ([1, 1, 2048] float): one entry per
     distinct serialized TypeProto instead of a walk of its dims per value.
     """
@@ -474,8 +474,9 @@ def _type_tuple(type_proto: TypeProto) -> Optional[tuple]:
     return tensor_type.elem_type, shape
 
 
-# Serialized attribute fields `type: GRAPH` and `type: GRAPHS` (field 20, varint 5 / 10), as the
-# protobuf library writes them: a model without either has no node holding subgraphs.
+# Serialized attribute fields `type: GRAPH` and `type: GRAPHS` (field 20, varint 5 / 10) as the
+# protobuf library writes them (inference's output is always its serialization, so canonical
+# varints): a model without either byte string has no node holding subgraphs.
 _GRAPH_ATTRIBUTE_TYPE = re.compile(b"\xa0\x01[\x05\x0a]")
 _VALUE_TYPES_MAGIC = b"LSVT1\n"
 
@@ -512,10 +513,10 @@ def read_value_types(result_path: str) -> tuple[tuple, dict]:
     header = len(_VALUE_TYPES_MAGIC) + 8
     if not data.startswith(_VALUE_TYPES_MAGIC):
         raise ValueError(f"the helper process's result {result_path} is not a value-type table")
-    expected = int.from_bytes(data[len(_VALUE_TYPES_MAGIC):header], "little") if len(data) >= header else -1
-    if len(data) - header != expected:
+    expected = header + int.from_bytes(data[len(_VALUE_TYPES_MAGIC):header], "little")
+    if len(data) < header or len(data) != expected:
         raise ValueError(f"the helper process's result {result_path} is truncated "
-                         f"({len(data)} bytes, {expected + header} expected)")
+                         f"({len(data)} bytes{f', {expected} expected' if len(data) >= header else ''})")
     try:
         (names, type_ids, types), bodies = marshal.loads(data[header:])
         if len(names) != len(type_ids) or (type_ids and not 0 <= min(type_ids) <= max(type_ids) < len(types)):
