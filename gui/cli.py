@@ -32,6 +32,7 @@ def _run_app(no_display_advice: str, model, **options) -> int:
         return EXIT_BAD_INPUT
     _check_platform_libraries()
     try:
+        import_engine_before_qt()
         from gui.app import run_app
     except ImportError as exc:
         raise CliError(f"the desktop app is not available: {exc}")
@@ -44,6 +45,35 @@ def _check_platform_libraries() -> None:
     problem = display_problem()
     if problem:
         raise CliError(problem)
+
+
+def import_engine_before_qt(screenshot: bool = False) -> None:
+    """Import what opening a model needs before Qt; for a screenshot, numpy with one BLAS thread.
+
+    PySide6 reads the source of every module imported after it, looking for the text "PySide6"
+    (the import hook of its `__feature__` switch, PYSIDE-2029): numpy, igraph, the importers and
+    the engine are about 200 modules whose reading costs 30-50 ms if Qt comes first.  Numpy's
+    OpenBLAS starts a thread per core when it loads and joins them at exit, 50-100 ms of CPU on a
+    2-core machine; a screenshot does no linear algebra, so its process starts OpenBLAS with one
+    thread (the variable is restored at once: processes started later are not affected).  The app
+    keeps OpenBLAS's default (a conversion checks its values in this process) and lays out large
+    graphs in a helper process, so igraph is loaded here only for a screenshot, which lays out in
+    this process.
+    """
+    if screenshot and "numpy" not in sys.modules and "OPENBLAS_NUM_THREADS" not in os.environ:
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"
+        try:
+            import numpy  # noqa: F401
+        finally:
+            del os.environ["OPENBLAS_NUM_THREADS"]
+    if screenshot:
+        import igraph  # noqa: F401
+    import engine.analysis  # noqa: F401
+    import engine.layout  # noqa: F401
+    import engine.session  # noqa: F401
+    import importers
+
+    importers.formats()  # the format modules, as the first open imports them
 
 
 def cmd_app(args: argparse.Namespace) -> int:
@@ -72,6 +102,7 @@ def cmd_view(args: argparse.Namespace) -> int:
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
     _check_platform_libraries()
     try:
+        import_engine_before_qt(screenshot=True)
         from gui.app import render_screenshot
     except ImportError as exc:
         raise CliError(f"the desktop app is not available: {exc}")
