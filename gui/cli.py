@@ -19,6 +19,9 @@ VIEW_OVERLAYS = ("none", "time", "compute_unit", "transfer", "macs", "params", "
                  "arithmetic_intensity")
 PROFILE_OVERLAYS = ("time", "compute_unit", "transfer")  # need --profile
 
+# Set once `view --screenshot` has written its PNG: `script` may then end the process at once.
+_screenshot_written = False
+
 
 def _display_missing() -> bool:
     return sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) \
@@ -111,6 +114,8 @@ def cmd_view(args: argparse.Namespace) -> int:
                                  select=args.select, profile=profile)
     except OSError as exc:
         raise CliError(f"--screenshot {args.screenshot}: {exc}")
+    global _screenshot_written
+    _screenshot_written = True
     print(f"wrote {path}")
     return EXIT_OK
 
@@ -150,5 +155,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return engine_cli.main(argv, parser=parser)
 
 
+def script() -> None:
+    """The `layerscope` program (pyproject's entry point, `python -m gui`): main(), then exit.
+
+    After `view --screenshot` the process ends with os._exit once stdout and stderr are flushed:
+    the PNG is written and closed, and Python's teardown (destroying the Qt objects and the
+    modules one by one, 20-30 ms) would only discard what the window kept in memory.
+    """
+    code = main()
+    if _screenshot_written:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    script()
