@@ -60,3 +60,33 @@ def test_charts_are_built_for_the_first_run_not_at_start(qtbot, window, sample_m
     window.show_run_dialog().hide()
     assert window.panels.created
     assert window.panels.layer_ids == []  # the real charts answer through the stand-in
+
+
+def test_app_started_by_the_command_opens_its_model(tmp_path):
+    """`layerscope MODEL`: the window opens the model (engine imported before Qt, as for a screenshot)."""
+    model = light_model("squeezenet")
+    code = ("import sys, threading, time\n"
+            "from gui.cli import main\n"
+            "def quit_when_loaded():\n"  # a person closing the window once the graph is drawn
+            "    while 'PySide6.QtWidgets' not in sys.modules:\n"  # imported by the command, not here first
+            "        time.sleep(0.01)\n"
+            "    from PySide6.QtCore import QMetaObject, Qt\n"
+            "    from PySide6.QtWidgets import QApplication\n"
+            "    while True:\n"
+            "        app = QApplication.instance()\n"
+            "        shown = [w for w in (app.topLevelWidgets() if app else []) if getattr(w, 'loaded', None)]\n"
+            "        if shown:\n"
+            "            print('LOADED', shown[0].loaded.path, flush=True)\n"
+            "            QMetaObject.invokeMethod(app, 'quit', Qt.ConnectionType.QueuedConnection)\n"
+            "            return\n"
+            "        time.sleep(0.05)\n"
+            "threading.Thread(target=quit_when_loaded, daemon=True).start()\n"
+            f"print('EXIT', main([{str(model)!r}]))\n"
+            "print('MODULES', ','.join(sys.modules))\n")
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", XDG_CONFIG_HOME=str(tmp_path))  # own settings
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    printed = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line.split(" ")[0].isupper())
+    assert printed["LOADED"] == str(model) and printed["EXIT"] == "0"
+    order = printed["MODULES"].split(",")
+    assert max(order.index(name) for name in ("numpy", "engine.layout", "importers.onnx")) < order.index("PySide6")
