@@ -18,8 +18,10 @@ BEFORE_QT = ("numpy", "igraph", "engine.layout", "engine.analysis", "importers.o
 
 
 def _screenshot_in_fresh_process(model, png, env_extra=None) -> dict:
-    code = ("import multiprocessing, os, sys\nfrom gui.cli import main\n"
+    code = ("import gc, multiprocessing, os, sys\nfrom gui.cli import main\n"
+            "full_collections = gc.get_stats()[2]['collections']\n"
             f"assert main(['view', {str(model)!r}, '--screenshot', {str(png)!r}]) == 0\n"
+            "print('FULL_GC', gc.get_stats()[2]['collections'] - full_collections, gc.isenabled())\n"
             "print('MODULES', ','.join(sys.modules))\n"  # in the order they were first imported
             "print('CHILDREN', len(multiprocessing.active_children()))\n"
             "print('OPENBLAS', os.environ.get('OPENBLAS_NUM_THREADS', '-'))\n")
@@ -43,6 +45,8 @@ def test_view_screenshot_paints_without_charts_runtime_or_onnx_package(tmp_path)
     assert printed["CHILDREN"] == "0"
     # numpy's OpenBLAS started with one thread, the variable not left for processes started later
     assert printed["OPENBLAS"] == "-"
+    # no full garbage collection while it ran (~30 ms each), collection back on after it
+    assert printed["FULL_GC"] == "0 True"
 
 
 def test_screenshot_keeps_a_blas_thread_count_the_person_set(tmp_path):
