@@ -5,7 +5,8 @@
 Models: every .onnx shipped under onnx/backend/test/data, a few built here for what those lack
 (If/Loop/Scan bodies, nested; Constant nodes; a free batch dimension; stale stored value_info;
 an embedded large weight; external data; an op ONNX does not define; sequence types; repeated
-node names), and the MODEL files given.  Each is opened twice per checkout, in a fresh process
+node names; files cut short, not protobuf, or without a graph, whose errors must match), and the
+MODEL files given.  Each is opened twice per checkout, in a fresh process
 per checkout and way: in-process shape inference (the CLI's way), and handed to the app's
 helper process (gui.responsive.start_helper_process, every graph offloaded).  The digest is a
 SHA-256 over the repr of the whole Model (every node's id, op, domain, inputs, outputs,
@@ -18,6 +19,7 @@ import argparse
 import hashlib
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -140,6 +142,15 @@ def build_feature_models(folder: Path) -> list[Path]:
     save("stale_value_info", stale)
     save("external_data", stale, save_as_external_data=True, all_tensors_to_one_file=True,
          location="external_data.bin", size_threshold=0)
+
+    # Files that must fail (or open) the same way: cut short, not protobuf, an empty graph, no graph.
+    whole = paths[0].read_bytes()
+    for name, content in (("truncated", whole[:len(whole) * 2 // 3]),
+                          ("random_bytes", random.Random(0).randbytes(5000)),
+                          ("empty_graph", b"\x08\x07\x3a\x00"), ("no_graph", b"\x08\x07\x12\x04test")):
+        path = folder / f"{name}.onnx"
+        path.write_bytes(content)
+        paths.append(path)
     return paths
 
 
