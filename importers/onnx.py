@@ -3,7 +3,9 @@
 Opening does not load weights.  The file is memory-mapped and walked with the
 protobuf wire format; large tensor payloads inside initializers are skipped
 (their offsets recorded) and only the rest — a few hundred kilobytes even for
-a large model — is parsed by the onnx package and shape-inferred.  Small
+a large model — is parsed by the onnx package and shape-inferred.  A file of
+up to 64 MB is parsed whole first, and used as it is when it holds no large
+payload (weights external or all small: big exported graphs).  Small
 constants (shape vectors, axes, scalars) keep their values, because shape
 inference and analysis need them.
 """
