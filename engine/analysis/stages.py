@@ -19,7 +19,7 @@ A graph with no spatial ops at all gets one stage of kind "other".
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 from engine.analysis import costs
 from engine.ir import Graph, Node
@@ -45,26 +45,29 @@ class Stage:
     params: int
 
 
-def find_stages(graph: Graph, order: list[Node], metrics: Mapping[str, "NodeMetrics"],
-                producers: Mapping[str, Node]) -> tuple[tuple[Stage, ...], dict[str, str]]:
-    compute = [node for node in order if not metrics[node.id].is_constant]
-    is_spatial_model = any(costs.canonical_op(n) in _SPATIAL_OPS for n in compute) and \
-        any((metrics[n.id].spatial_size or 0) > 1 for n in compute)
-    stage_of: dict[str, str] = {}
+def find_stages(graph: Graph, order: Sequence[Node], metrics: Sequence["NodeMetrics"],
+                ops: Sequence[Optional[str]]) -> tuple[tuple[Stage, ...], list[str]]:
+    """(the stages, each node's stage name).  `metrics` and `ops` (canonical op types, None for
+    folded nodes) are by position in the execution order `order`."""
+    compute = [position for position, op in enumerate(ops) if op is not None]
+    is_spatial_model = not _SPATIAL_OPS.isdisjoint(ops) and \
+        any((metrics[p].spatial_size or 0) > 1 for p in compute)
     if not is_spatial_model:
-        for node in order:
-            stage_of[node.id] = "model"
-        return _collect(order, metrics, stage_of, {"model": "other"}), stage_of
+        stage_list = ["model"] * len(order)
+        return _collect(order, metrics, stage_list, {"model": "other"}), stage_list
 
+    stage_of: dict[str, str] = {}
     consumers: dict[str, list[Node]] = {}
-    for node in compute:
+    for p in compute:
+        node = order[p]
         for name in node.inputs:
             if name:
                 consumers.setdefault(name, []).append(node)
+    spatial_size = {m.node_id: m.spatial_size for m in metrics}
 
     # 1. decoder: downstream of any upsampling op
     decoder: set[str] = set()
-    frontier = [n for n in compute if costs.is_upsampling(n, graph)]
+    frontier = [order[p] for p in compute if ops[p] in costs.UPSAMPLING and costs.is_upsampling(order[p], graph)]
     while frontier:
         node = frontier.pop()
         if node.id in decoder:
@@ -74,26 +77,28 @@ def find_stages(graph: Graph, order: list[Node], metrics: Mapping[str, "NodeMetr
             frontier.extend(consumers.get(out, ()))
 
     # 2. head: the tail
-    head = _head(compute, metrics, graph, has_decoder=bool(decoder))
+    compute_nodes = [order[p] for p in compute]
+    head = _head(compute_nodes, spatial_size, graph, has_decoder=bool(decoder))
     for node_id in head:
         stage_of[node_id] = "head"
     for node_id in decoder:
         stage_of.setdefault(node_id, "decoder")
 
     # 3. bottleneck: lowest resolution on the encoder side (only meaningful with a decoder)
-    encoder_side = [n for n in compute if n.id not in stage_of]
+    encoder_side = [n for n in compute_nodes if n.id not in stage_of]
     if decoder:
-        sizes = [metrics[n.id].spatial_size for n in encoder_side if metrics[n.id].spatial_size]
+        sizes = [spatial_size[n.id] for n in encoder_side if spatial_size[n.id]]
         lowest = min(sizes) if sizes else None
         for node in encoder_side:
-            if lowest is not None and metrics[node.id].spatial_size == lowest:
+            if lowest is not None and spatial_size[node.id] == lowest:
                 stage_of[node.id] = "bottleneck"
 
     # 4. encoder, and nodes without a spatial output of their own follow a neighbour
-    for node in compute:
+    producers = graph.producers()
+    for node in compute_nodes:
         if node.id in stage_of:
             continue
-        if metrics[node.id].spatial_size is not None:
+        if spatial_size[node.id] is not None:
             stage_of[node.id] = "encoder"
             continue
         neighbour = next((stage_of[p.id] for name in node.inputs if name
@@ -107,17 +112,15 @@ def find_stages(graph: Graph, order: list[Node], metrics: Mapping[str, "NodeMetr
                                if c.id in stage_of), None)
         stage_of[node.id] = consumer_stage or "encoder"
     kinds = {kind: kind for kind in STAGE_KINDS}
-    return _collect(order, metrics, stage_of, kinds), stage_of
+    stage_list = [stage_of[node.id] for node in order]
+    return _collect(order, metrics, stage_list, kinds), stage_list
 
 
-def _head(compute: list[Node], metrics: Mapping[str, "NodeMetrics"], graph: Graph,
+def _head(compute: list[Node], spatial_size: Mapping[str, Optional[int]], graph: Graph,
           has_decoder: bool) -> list[str]:
-    def spatial(node: Node) -> bool:
-        return (metrics[node.id].spatial_size or 0) > 1
-
     tail: list[str] = []
     for node in reversed(compute):  # classifier: trailing non-spatial run
-        if spatial(node):
+        if (spatial_size[node.id] or 0) > 1:
             break
         tail.append(node.id)
     if tail and len(tail) < len(compute):
@@ -137,20 +140,21 @@ def _head(compute: list[Node], metrics: Mapping[str, "NodeMetrics"], graph: Grap
     return tail if projections else []
 
 
-def _collect(order: list[Node], metrics: Mapping[str, "NodeMetrics"], stage_of: Mapping[str, str],
+def _collect(order: Sequence[Node], metrics: Sequence["NodeMetrics"], stage_list: list[str],
              kinds: Mapping[str, str]) -> tuple[Stage, ...]:
-    members: dict[str, list[str]] = {}
-    for node in order:
-        members.setdefault(stage_of[node.id], []).append(node.id)
+    members: dict[str, list[int]] = {}
+    for position, stage in enumerate(stage_list):
+        members.setdefault(stage, []).append(position)
     stages = []
     for name in sorted(members, key=lambda s: STAGE_KINDS.index(kinds.get(s, "other"))
                        if kinds.get(s, "other") in STAGE_KINDS else len(STAGE_KINDS)):
-        ids = members[name]
+        positions = members[name]
         macs = flops = params = 0
-        for node_id in ids:  # one pass over the stage's metrics, not one per sum
-            m = metrics[node_id]
+        for position in positions:  # one pass over the stage's metrics, not one per sum
+            m = metrics[position]
             macs += m.macs or 0
             flops += m.flops or 0
             params += m.params
-        stages.append(Stage(name, kinds.get(name, "other"), tuple(ids), macs, flops, params))
+        stages.append(Stage(name, kinds.get(name, "other"), tuple(order[p].id for p in positions),
+                            macs, flops, params))
     return tuple(stages)
