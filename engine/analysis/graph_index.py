@@ -11,7 +11,7 @@ omitted optional input or output) has an id of its own, `EMPTY`, that every pass
 from __future__ import annotations
 
 import heapq
-from itertools import repeat
+from itertools import chain, repeat
 from typing import Optional, Sequence
 
 import numpy as np
@@ -68,7 +68,7 @@ class GraphIndex:
     def _edges(self, names_per_node: list[tuple[str, ...]]) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """(value id of every (node, name) pair in order, the node position of each, the first
         pair of each node and one past the last)."""
-        flat = [name for names in names_per_node for name in names]
+        flat = list(chain.from_iterable(names_per_node))
         ids = np.fromiter(map(self.value_id.get, flat, repeat(-1)), np.int64, len(flat))
         if len(flat) and ids.min() < 0:  # names without a value: ids of their own
             for edge in np.flatnonzero(ids < 0).tolist():
@@ -77,7 +77,7 @@ class GraphIndex:
                     self.value_id[name] = len(self.names)
                     self.names.append(name)
                 ids[edge] = self.value_id[name]
-        counts = [len(names) for names in names_per_node]
+        counts = np.fromiter(map(len, names_per_node), np.int64, len(names_per_node))
         positions = np.repeat(np.arange(len(names_per_node)), counts)
         start = np.zeros(len(counts) + 1, np.int64)
         np.cumsum(counts, out=start[1:])
