@@ -58,7 +58,12 @@ class GraphIndex:
         self.type_id = np.array(type_ids + [0] * extra, np.int64)
         self.type_id[EMPTY] = -1
         type_sizes = [0] + [t.byte_size or 0 for t in self.types[1:]]
-        self.size = np.array(type_sizes, np.int64)[self.type_id.clip(0)]  # bytes; 0 when unknown
+        # Bytes by id (0: unknown).  A size past 64 bits leaves them all 0 (largest_size says so):
+        # memory.peak_activation then walks with Python integers.
+        self.largest_size = max(type_sizes)
+        if self.largest_size >= 2 ** 63:
+            type_sizes = [0] * len(type_sizes)
+        self.size = np.array(type_sizes, np.int64)[self.type_id.clip(0)]
         self.size[EMPTY] = 0
 
     @property

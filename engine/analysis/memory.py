@@ -33,7 +33,7 @@ def peak_activation(index: GraphIndex, constant_value: np.ndarray) -> tuple[int,
         start += (value_type.byte_size or 0) if value_type is not None else 0
     size = index.size
     steps_bound = index.value_count + len(index.out_ids) + len(graph.inputs) + 1
-    if (int(size.max()) if len(size) else 0) * steps_bound >= _INT64_SAFE:
+    if index.largest_size * steps_bound >= _INT64_SAFE:  # sums could overflow 64-bit integers
         constants = {index.names[i] for i in np.flatnonzero(constant_value).tolist()}
         return peak_activation_walk(graph, order, constants)
     count = len(order)
