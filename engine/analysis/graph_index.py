@@ -118,27 +118,30 @@ class GraphIndex:
         never = np.zeros(count, bool)  # nondeterministic or with subgraphs: never folds
         decided = np.zeros(count, bool)  # Shape/Size: folds by the static shape alone
         by_shape = np.zeros(count, bool)
-        for position, node in enumerate(nodes):
+        special = NONDETERMINISTIC | {"Shape", "Size"}
+        for position in [p for p, node in enumerate(nodes) if node.subgraphs or node.op_type in special]:
+            node = nodes[position]
             if node.op_type in NONDETERMINISTIC or node.subgraphs:
                 never[position] = True
             elif node.op_type in ("Shape", "Size") and any(node.inputs):
                 decided[position] = True
-                source = self.graph.value_types.get(next(name for name in node.inputs if name))
+                source = graph.value_types.get(next(name for name in node.inputs if name))
                 by_shape[position] = source is not None and source.is_static
-        read = self.in_ids != EMPTY
+        # An input is constant when its node runs if it is an initializer or a node before folded
+        # it; a node folds when all its inputs are.  Each step adds the nodes whose inputs the
+        # folds so far make constant: the step after the last addition changes nothing.  Only
+        # inputs that are not initializers are looked at in the steps.
+        read = (self.in_ids != EMPTY) & ~initial[self.in_ids]
         reads, readers = self.in_ids[read], self.in_position[read]
         made = self.out_ids != EMPTY
         outputs, makers = self.out_ids[made], self.out_position[made]
-        # An input is constant when its node runs if it is an initializer or a node before folded
-        # it; a node folds when all its inputs are.  Each step adds the nodes whose inputs the
-        # folds so far make constant: the step after the last addition changes nothing.
         folded = np.zeros(count, bool)
+        first_fold = np.full(self.value_count, count, np.int64)  # by value: the earliest folded producer
         for _ in range(_MAX_FOLD_STEPS):
-            first_fold = np.full(self.value_count, count, np.int64)  # earliest folded producer
+            first_fold.fill(count)
             folding = folded[makers]
             np.minimum.at(first_fold, outputs[folding], makers[folding])
-            ready = initial[reads] | (first_fold[reads] < readers)
-            waiting = np.bincount(readers[~ready], minlength=count)
+            waiting = np.bincount(readers[first_fold[reads] >= readers], minlength=count)
             now = np.where(decided, by_shape, waiting == 0) & ~never
             if (now == folded).all():
                 break
