@@ -198,6 +198,7 @@ def _node_metrics(order: list[Node], figures: list[_Figures], stage_list: list[s
     params_by_dtype, unknown = sums.params_by_dtype, sums.unknown
     node_metrics: list[NodeMetrics] = []
     weight_bytes = total_params = total_buffers = total_macs = total_flops = 0
+    new_tuple = tuple.__new__  # skips the named tuple's Python-level __new__: 15 % of this loop
     for position, (node, node_figures, stage) in enumerate(zip(order, figures, stage_list)):
         op, macs, flops, output_bytes, bytes_moved, intensity, spatial, weights = node_figures
         params = param_bytes = buffers = 0
@@ -221,8 +222,9 @@ def _node_metrics(order: list[Node], figures: list[_Figures], stage_list: list[s
             total_macs += macs
         total_params += params
         total_buffers += buffers
-        node_metrics.append(NodeMetrics(node.id, node.op_type, position, op is None, params, param_bytes, buffers,
-                                        macs, flops, output_bytes, bytes_moved, intensity, spatial, stage))
+        node_metrics.append(new_tuple(NodeMetrics, (node.id, node.op_type, position, op is None, params, param_bytes,
+                                                    buffers, macs, flops, output_bytes, bytes_moved, intensity,
+                                                    spatial, stage)))
     sums.params, sums.buffers, sums.weight_bytes = total_params, total_buffers, weight_bytes
     sums.macs, sums.flops = total_macs, total_flops
     return node_metrics, sums

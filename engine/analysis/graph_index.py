@@ -33,16 +33,18 @@ class GraphIndex:
     def __init__(self, graph: Graph, nodes: Sequence[Node]):
         self.graph = graph
         self.nodes = nodes
-        value_types = graph.value_types
+        values = graph.values  # value i has id i + 1
         self.value_id: dict[str, int] = {"": EMPTY}
-        self.value_id.update(zip(value_types, range(1, len(value_types) + 1)))
+        self.value_id.update(zip(values, range(1, len(values) + 1)))
         self.value_id[""] = EMPTY  # even if a value is named "": every pass treats "" as omitted
-        self.names: list[str] = [""] + list(value_types)
+        self.names: list[str] = [""] + list(values)
+        self.initializer_ids = [i for i, value in enumerate(values.values(), 1) if value.initializer is not None]
         # Types by id, interned: equal types (dtype and shape) share a type id (0: unknown).
         interned: dict[tuple, int] = {}
         type_ids = [0]
         self.types: list[Optional[TensorType]] = [None]
-        for value_type in value_types.values():
+        for value in values.values():
+            value_type = value.type
             if value_type is None:
                 type_ids.append(0)
                 continue
@@ -111,7 +113,7 @@ class GraphIndex:
         """
         graph, nodes = self.graph, self.nodes
         constant_value = np.zeros(self.value_count, bool)
-        constant_value[self.ids(name for name, value in graph.values.items() if value.initializer is not None)] = True
+        constant_value[self.initializer_ids] = True
         constant_value[self.ids(graph.inputs)] = False
         initial = constant_value.copy()
         count = len(nodes)

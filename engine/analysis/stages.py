@@ -145,8 +145,11 @@ def collect_stages(node_ids: Sequence[str], metrics: Sequence["NodeMetrics"], st
     """The stages of `find_stages`, in STAGE_KINDS order, with their nodes and sums (`node_ids`,
     `metrics` and `stage_list` by position in the execution order)."""
     members: dict[str, list[int]] = {}
-    for position, stage in enumerate(stage_list):
-        members.setdefault(stage, []).append(position)
+    if len(set(stage_list)) == 1:  # one stage (every model without spatial ops): all positions
+        members[stage_list[0]] = list(range(len(stage_list)))
+    else:
+        for position, stage in enumerate(stage_list):
+            members.setdefault(stage, []).append(position)
     stages = []
     for name in sorted(members, key=lambda s: STAGE_KINDS.index(kinds.get(s, "other"))
                        if kinds.get(s, "other") in STAGE_KINDS else len(STAGE_KINDS)):
