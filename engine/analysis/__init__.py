@@ -4,23 +4,31 @@
 graph (never stored on nodes).  Everything here is linear in the number of
 nodes and values, and a 100,000-node model is analysed in about half a second:
 the whole-graph passes (execution order, constant folding, peak memory) work on
-numpy arrays of value ids (graph_index, memory), and a node's cost figures are
-computed once per signature (op, attributes, input and output types), which
-the repeated blocks of a big model share.
+numpy arrays of value ids (graph_index; small graphs walk by name: walks), and
+a node's cost figures are computed once per signature (op, attributes, input
+and output types), which the repeated blocks of a big model share.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, NamedTuple, Optional
+from typing import TYPE_CHECKING, Mapping, NamedTuple, Optional
 
-from engine.analysis import costs
-from engine.analysis.graph_index import GraphIndex, kahn_order
-from engine.analysis.memory import peak_activation
+from engine.analysis import costs, walks
 from engine.analysis.stages import Stage, collect_stages, find_stages
+from engine.analysis.walks import execution_order  # noqa: F401  (part of this package's interface)
 from engine.gc_pause import collector_paused
 from engine.ir import FLOAT_DTYPES, Graph, Model, Node
 
+if TYPE_CHECKING:
+    import numpy as np
+
+    from engine.analysis.graph_index import GraphIndex
+
 _PARAM_DTYPES = FLOAT_DTYPES | {"int8", "uint8", "int4", "uint4"}
+# Graphs with this many nodes are analysed on index arrays (graph_index, numpy): 2.5x faster at
+# 100,000 nodes.  Smaller ones walk by name (walks), a few milliseconds, and spare the CLI numpy's
+# import (~70 ms, most of `layerscope inspect` on a small model).  The figures are the same.
+INDEX_FROM_NODES = 5000
 
 
 class NodeMetrics(NamedTuple):
@@ -91,20 +99,18 @@ def analyze(model: Model, graph_index: int = 0) -> ModelAnalysis:
         return _analyze(model, graph_index)
 
 
-def _analyze(model: Model, graph_index: int) -> ModelAnalysis:
+def _analyze(model: Model, graph_index: int, by_index: Optional[bool] = None) -> ModelAnalysis:
+    """`by_index`: the whole-graph passes on index arrays (True) or by name (False); None: by the
+    graph's size (INDEX_FROM_NODES)."""
     graph = model.graphs[graph_index]
-    index = GraphIndex(graph, graph.nodes)
-    if not index.file_order_is_valid():
-        index = GraphIndex(graph, kahn_order(graph))
-    order = index.nodes
-    constant_value, folded = index.fold_constants()
-    figures = _node_figures(index, constant_value, folded)
+    if by_index is None:
+        by_index = len(graph.nodes) >= INDEX_FROM_NODES
+    order, figures, (peak_bytes, peak_node) = (_passes_by_index if by_index else _passes_by_name)(graph)
     stage_list, stage_kinds = find_stages(graph, order, [f.op for f in figures], [f.spatial_size for f in figures])
     node_metrics, sums = _node_metrics(order, figures, stage_list)
     node_ids = [node.id for node in order]
     stages = collect_stages(node_ids, node_metrics, stage_list, stage_kinds)
-    peak_bytes, peak_node = peak_activation(index, constant_value)
-    constant_nodes = int(folded.sum())
+    constant_nodes = sum(f.op is None for f in figures)
     totals = Totals(
         nodes=len(graph.nodes), compute_nodes=len(graph.nodes) - constant_nodes,
         constant_nodes=constant_nodes, params=sums.params, params_by_dtype=sums.params_by_dtype,
@@ -113,11 +119,25 @@ def _analyze(model: Model, graph_index: int) -> ModelAnalysis:
     return ModelAnalysis(model, graph, tuple(node_ids), dict(zip(node_ids, node_metrics)), stages, totals)
 
 
-def execution_order(graph: Graph) -> list[Node]:
-    """A topological order that keeps the file's order wherever the file is already valid."""
-    if GraphIndex(graph, graph.nodes).file_order_is_valid():
-        return list(graph.nodes)
-    return kahn_order(graph)
+def _passes_by_name(graph: Graph) -> tuple[list[Node], list["_Figures"], tuple[int, Optional[str]]]:
+    """(execution order, each node's figures, peak activation) walking node by node."""
+    order = walks.execution_order(graph)
+    constant_values, constant_nodes = walks.fold_constants(graph, order)
+    figures = [_folded_figures(graph, node) if node.id in constant_nodes else _figures(graph, node, constant_values)
+               for node in order]
+    return order, figures, walks.peak_activation(graph, order, constant_values)
+
+
+def _passes_by_index(graph: Graph) -> tuple[list[Node], list["_Figures"], tuple[int, Optional[str]]]:
+    """`_passes_by_name` on index arrays, each node's figures computed once per signature."""
+    from engine.analysis.graph_index import GraphIndex, peak_activation  # numpy: see INDEX_FROM_NODES
+
+    index = GraphIndex(graph, graph.nodes)
+    if not index.file_order_is_valid():
+        index = GraphIndex(graph, walks.kahn_order(graph))
+    constant_value, folded = index.fold_constants()
+    figures = _node_figures(index, constant_value, folded)
+    return list(index.nodes), figures, peak_activation(index, constant_value)
 
 
 class _Figures(NamedTuple):
@@ -135,7 +155,7 @@ class _Figures(NamedTuple):
     weights: tuple
 
 
-def _node_figures(index: GraphIndex, constant_value, folded) -> list[_Figures]:
+def _node_figures(index: "GraphIndex", constant_value: "np.ndarray", folded: "np.ndarray") -> list[_Figures]:
     """Each node's figures, in execution order.
 
     A node's figures depend only on its op type, attributes and the type and constness of each
@@ -148,6 +168,7 @@ def _node_figures(index: GraphIndex, constant_value, folded) -> list[_Figures]:
     tokens = index.type_id * 2 + constant_value
     in_tokens, out_tokens = tokens[index.in_ids].tolist(), tokens[index.out_ids].tolist()
     in_start, out_start = index.in_start, index.out_start
+    constant_names = {index.names[i] for i in constant_value.nonzero()[0].tolist()}
     figures_of: dict[tuple, _Figures] = {}
     figures_of_folded: dict[tuple, _Figures] = {}
     result = []
@@ -170,10 +191,10 @@ def _node_figures(index: GraphIndex, constant_value, folded) -> list[_Figures]:
         try:
             figures = figures_of.get(key)
         except TypeError:  # an unhashable attribute value (a list, an array): no reuse
-            figures = _figures(graph, node, index, constant_value)
+            figures = _figures(graph, node, constant_names)
         else:
             if figures is None:
-                figures = figures_of[key] = _figures(graph, node, index, constant_value)
+                figures = figures_of[key] = _figures(graph, node, constant_names)
         result.append(figures)
     return result
 
@@ -240,10 +261,9 @@ def _folded_figures(graph: Graph, node: Node) -> _Figures:
     return _Figures(None, 0, 0, output_bytes, output_bytes, intensity, spatial, ())
 
 
-def _figures(graph: Graph, node: Node, index: GraphIndex, constant_value) -> _Figures:
-    """A computed node's figures."""
+def _figures(graph: Graph, node: Node, constant_values: set[str]) -> _Figures:
+    """A computed node's figures (`constant_values`: names of the constant values)."""
     type_of = graph.value_types.get
-    value_id = index.value_id
     op = costs.canonical_op(node)
     arguments, buffer_slots = costs.argument_inputs(op, node), costs.buffer_inputs(op, node)
     in_types = [type_of(name) if name else None for name in node.inputs]
@@ -255,7 +275,7 @@ def _figures(graph: Graph, node: Node, index: GraphIndex, constant_value) -> _Fi
             continue
         value_type = in_types[slot]
         size = value_type.byte_size if value_type is not None else None
-        if constant_value[value_id[name]]:
+        if name in constant_values:
             if slot in arguments or value_type is None or value_type.dtype not in _PARAM_DTYPES \
                     or value_type.shape == ():
                 continue  # arguments (shapes, axes, epsilon, clip bounds) are not parameters

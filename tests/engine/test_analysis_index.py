@@ -1,81 +1,31 @@
 """The analysis's index-array passes and per-signature figures against plain reference versions.
 
-engine.analysis computes the execution order, constant folding and peak memory on numpy arrays
-of value ids, and a node's figures once per (op, attributes, input/output types) signature.  The
-references below are the straightforward walks those replaced (node by node, name by name); on
-random graphs with the awkward cases (nodes out of file order, cycles, names produced twice,
-omitted "" inputs, names without a value, graph inputs with initializers, Shape of static and
-dynamic tensors, random and control-flow ops, attributes that change a cost) every figure must
-be equal.
+Big graphs (engine.analysis.INDEX_FROM_NODES) get their execution order, constant folding and
+peak memory on numpy arrays of value ids, and a node's figures once per (op, attributes,
+input/output types) signature.  The references are the straightforward walks those replaced
+(engine.analysis.walks: node by node, name by name, the analysis of small graphs) and, below,
+every node's figures computed on their own.  On random graphs with the awkward cases (nodes out
+of file order, cycles, names produced twice, omitted "" inputs, names without a value, graph
+inputs with initializers, Shape of static and dynamic tensors, random and control-flow ops,
+attributes that change a cost) every figure must be equal.
 """
 from __future__ import annotations
 
-import heapq
 import random
+import subprocess
+import sys
 
 import pytest
 
-from engine.analysis import NodeMetrics, analyze, costs, execution_order
-from engine.analysis.graph_index import GraphIndex, fold_constants_walk
-from engine.analysis.memory import peak_activation, peak_activation_walk
+from conftest import light_model
+from engine.analysis import NodeMetrics, _analyze, analyze, costs, walks
+from engine.analysis.graph_index import GraphIndex, peak_activation
 from engine.ir import FLOAT_DTYPES, Graph, Initializer, Model, Node, TensorType, Value, WeightLocation
 
-NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
-                    "Multinomial", "Bernoulli"}
 PARAM_DTYPES = FLOAT_DTYPES | {"int8", "uint8", "int4", "uint4"}
 
 
 # ---------------------------------------------------------------------------- references
-
-
-def reference_order(graph: Graph) -> list[Node]:
-    produced_by = {out: i for i, node in enumerate(graph.nodes) for out in node.outputs if out}
-    seen: set[int] = set()
-    valid = True
-    for i, node in enumerate(graph.nodes):
-        for name in node.inputs:
-            j = produced_by.get(name)
-            if j is not None and j not in seen and j != i:
-                valid = False
-        seen.add(i)
-    if valid:
-        return list(graph.nodes)
-    dependents: dict[int, list[int]] = {}
-    pending = [0] * len(graph.nodes)
-    for i, node in enumerate(graph.nodes):
-        for j in {produced_by[n] for n in node.inputs if n in produced_by and produced_by[n] != i}:
-            dependents.setdefault(j, []).append(i)
-            pending[i] += 1
-    ready = [i for i, count in enumerate(pending) if count == 0]
-    heapq.heapify(ready)
-    result = []
-    while ready:
-        i = heapq.heappop(ready)
-        result.append(graph.nodes[i])
-        for k in dependents.get(i, ()):
-            pending[k] -= 1
-            if pending[k] == 0:
-                heapq.heappush(ready, k)
-    placed = {id(n) for n in result}
-    return result + [n for n in graph.nodes if id(n) not in placed]
-
-
-def reference_fold(graph: Graph, order: list[Node]) -> tuple[set[str], set[str]]:
-    constant_values = {name for name, value in graph.values.items() if value.initializer is not None}
-    constant_values.difference_update(graph.inputs)
-    constant_nodes: set[str] = set()
-    for node in order:
-        if node.op_type in NONDETERMINISTIC or node.subgraphs:
-            continue
-        if node.op_type in ("Shape", "Size") and any(node.inputs):
-            source = graph.value_type(next(name for name in node.inputs if name))
-            folds = source is not None and source.is_static
-        else:
-            folds = all(not name or name in constant_values for name in node.inputs)
-        if folds:
-            constant_nodes.add(node.id)
-            constant_values.update(out for out in node.outputs if out)
-    return constant_values, constant_nodes
 
 
 def reference_metrics(graph: Graph, order: list[Node], constant_values: set[str], constant_nodes: set[str]):
@@ -201,16 +151,24 @@ def random_model(seed: int, nodes: int = 60) -> Model:
 # ---------------------------------------------------------------------------- tests
 
 
+def digest(analysis) -> tuple:
+    t = analysis.totals
+    return (analysis.order, [(key, tuple(m)) for key, m in analysis.nodes.items()],
+            [(s.name, s.kind, s.node_ids, s.macs, s.flops, s.params) for s in analysis.stages],
+            (t.nodes, t.compute_nodes, t.constant_nodes, t.params, list(t.params_by_dtype.items()), t.buffers,
+             t.weight_bytes, t.macs, t.flops, t.peak_activation_bytes, t.peak_node_id, t.unknown_cost_nodes))
+
+
 @pytest.mark.parametrize("seed", range(40))
-def test_analysis_equals_the_plain_walks_on_random_graphs(seed):
+def test_analysis_on_index_arrays_equals_the_plain_walks_on_random_graphs(seed):
     model = random_model(seed)
     graph = model.graphs[0]
-    order = reference_order(graph)
-    constant_values, constant_nodes = reference_fold(graph, order)
+    order = walks.execution_order(graph)
+    constant_values, constant_nodes = walks.fold_constants(graph, order)
     expected, sums, by_dtype, unknown = reference_metrics(graph, order, constant_values, constant_nodes)
 
-    analysis = analyze(model)
-    assert [n.id for n in execution_order(graph)] == [n.id for n in order]
+    analysis = _analyze(model, 0, by_index=True)
+    assert digest(analysis) == digest(_analyze(model, 0, by_index=False))
     assert analysis.order == tuple(n.id for n in order)
     assert {node_id: tuple(m)[:13] for node_id, m in analysis.nodes.items()} == expected
     assert list(analysis.nodes) == list(expected)
@@ -220,33 +178,36 @@ def test_analysis_equals_the_plain_walks_on_random_graphs(seed):
     assert list(t.params_by_dtype.items()) == list(by_dtype.items())
     assert t.unknown_cost_nodes == unknown
     assert t.constant_nodes == len(constant_nodes)
-    assert (t.peak_activation_bytes, t.peak_node_id) == peak_activation_walk(graph, order, constant_values)
-    assert [(s.name, s.macs, s.flops, s.params) for s in analysis.stages] == \
-        [(s.name, sum(analysis.nodes[i].macs or 0 for i in s.node_ids), sum(analysis.nodes[i].flops or 0 for i in s.node_ids),
-          sum(analysis.nodes[i].params for i in s.node_ids)) for s in analysis.stages]
+    assert (t.peak_activation_bytes, t.peak_node_id) == walks.peak_activation(graph, order, constant_values)
+    for stage in analysis.stages:
+        members = [analysis.nodes[i] for i in stage.node_ids]
+        assert (stage.macs, stage.flops, stage.params) == (sum(m.macs or 0 for m in members),
+                                                           sum(m.flops or 0 for m in members),
+                                                           sum(m.params for m in members))
     assert sorted(i for s in analysis.stages for i in s.node_ids) == sorted(analysis.order)
 
 
 @pytest.mark.parametrize("seed", range(40))
 def test_index_passes_equal_the_walks(seed):
     graph = random_model(seed, nodes=120).graphs[0]
-    order = reference_order(graph)
+    order = walks.execution_order(graph)
+    in_file_order = [n.id for n in order] == [n.id for n in graph.nodes]
+    assert GraphIndex(graph, graph.nodes).file_order_is_valid() == in_file_order
     index = GraphIndex(graph, order)
-    constant_values, constant_nodes = reference_fold(graph, order)
+    constant_values, constant_nodes = walks.fold_constants(graph, order)
     constant_value, folded = index.fold_constants()
-    assert {index.names[i] for i in constant_value.nonzero()[0]} == constant_values
+    assert {index.names[i] for i in constant_value.nonzero()[0]} == constant_values - {""}
     assert {order[p].id for p in folded.nonzero()[0]} == constant_nodes
-    walked = fold_constants_walk(index, _initial_constants(index))
-    assert (walked[0] == constant_value).all() and (walked[1] == folded).all()
-    assert peak_activation(index, constant_value) == peak_activation_walk(graph, order, constant_values)
+    assert peak_activation(index, constant_value) == walks.peak_activation(graph, order, constant_values)
 
 
-def _initial_constants(index: GraphIndex):
-    initial = index.ids(name for name, value in index.graph.values.items() if value.initializer is not None)
-    constant = __import__("numpy").zeros(index.value_count, bool)
-    constant[initial] = True
-    constant[index.ids(index.graph.inputs)] = False
-    return constant
+def test_small_graphs_are_analysed_without_the_index():
+    # the CLI's inspect of a small model imports no numpy for the analysis (see INDEX_FROM_NODES)
+    code = (f"import sys\nfrom importers import open_model\nfrom engine.analysis import analyze\n"
+            f"analyze(open_model({str(light_model('resnet50'))!r}))\n"
+            f"print('numpy' in sys.modules, 'engine.analysis.graph_index' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.stdout.split() == ["False", "False"], done.stderr
 
 
 def test_nodes_of_equal_types_but_other_attributes_or_constness_get_their_own_figures():
@@ -267,8 +228,8 @@ def test_nodes_of_equal_types_but_other_attributes_or_constness_get_their_own_fi
         nodes.append(Node(f"n{i}", op, inputs=inputs, outputs=(f"o{i}",), attributes=attributes))
         values[f"o{i}"] = Value(f"o{i}", out_type)
     graph = Graph("g", ("x", "img"), tuple(f"o{i}" for i in range(len(specs))), tuple(nodes), values)
-    analysis = analyze(Model("onnx", "test", (graph,)))
-    constant_values, constant_nodes = reference_fold(graph, list(nodes))
+    analysis = _analyze(Model("onnx", "test", (graph,)), 0, by_index=True)
+    constant_values, constant_nodes = walks.fold_constants(graph, list(nodes))
     expected = reference_metrics(graph, list(nodes), constant_values, constant_nodes)[0]
     assert {node_id: tuple(m)[:13] for node_id, m in analysis.nodes.items()} == expected
     assert analysis.nodes["n0"].macs != analysis.nodes["n1"].macs  # the case is a real one
@@ -281,8 +242,8 @@ def test_a_node_listed_just_before_its_producer_runs_after_it():
     nodes = (Node("first", "Relu", inputs=("x",), outputs=("a",)), Node("third", "Add", inputs=("b", "a"), outputs=("y",)),
              Node("second", "Relu", inputs=("a",), outputs=("b",)))
     graph = Graph("g", ("x",), ("y",), nodes, values)
-    assert analyze(Model("onnx", "test", (graph,))).order == ("first", "second", "third")
-    assert [n.id for n in execution_order(graph)] == ["first", "second", "third"]
+    for by_index in (True, False):
+        assert _analyze(Model("onnx", "test", (graph,)), 0, by_index).order == ("first", "second", "third")
 
 
 def test_a_long_chain_of_constants_folds_like_the_walk():
@@ -296,7 +257,8 @@ def test_a_long_chain_of_constants_folds_like_the_walk():
     nodes.append(Node("add", "Add", inputs=("x", "c199"), outputs=("y",)))
     values["y"] = Value("y", t)
     graph = Graph("g", ("x",), ("y",), tuple(nodes), values)
-    analysis = analyze(Model("onnx", "test", (graph,)))
+    analysis = _analyze(Model("onnx", "test", (graph,)), 0, by_index=True)
+    assert digest(analysis) == digest(_analyze(Model("onnx", "test", (graph,)), 0, by_index=False))
     assert analysis.totals.constant_nodes == 200
     assert analysis.nodes["add"].params == 16 and not analysis.nodes["add"].is_constant
 
@@ -306,7 +268,7 @@ def test_sizes_beyond_64_bits_stay_exact():
     huge = TensorType("float64", (2 ** 30, 2 ** 30))
     values = {"x": Value("x", huge), "a": Value("a", huge), "b": Value("b", huge)}
     nodes = (Node("r", "Relu", inputs=("x",), outputs=("a",)), Node("s", "Add", inputs=("a", "x"), outputs=("b",)))
-    analysis = analyze(Model("onnx", "test", (Graph("g", ("x",), ("b",), nodes, values),)))
+    analysis = _analyze(Model("onnx", "test", (Graph("g", ("x",), ("b",), nodes, values),)), 0, by_index=True)
     assert analysis.totals.peak_activation_bytes == 3 * 8 * 2 ** 60
     assert analysis.totals.peak_node_id == "s"
 
