@@ -1,7 +1,7 @@
 """Issue 14: is `engine.analysis.analyze` of this checkout identical, figure for figure, to another
 checkout's?  A check, not a timing: run it after changing the analysis.
 
-    python3 benchmarks/check_analysis_identical.py --before CHECKOUT [--skip-zoo] [MODEL ...]
+    python3 benchmarks/check_analysis_identical.py --before CHECKOUT [--skip-zoo] [--by-index] [MODEL ...]
 
 Models: every model.onnx / *.onnx under the onnx package's backend test data (light zoo,
 pytorch-converted, pytorch-operator, simple), tests/data's .pt2 and .tflite files, the mobileunet
@@ -9,7 +9,9 @@ sample (a decoder: every stage kind), small transformers of both styles and flav
 paths given (e.g. bench_big_open's generated 20k / 100k models).  Each checkout's child imports
 every model with that checkout's code and analyses every graph of it; the parent compares the
 digests section by section (order, per-node metrics, stages, totals, conventions) and prints a
-table of models per result.  Exit status 1 when anything differs.
+table of models per result.  Exit status 1 when anything differs.  --by-index analyses every
+model of this checkout on index arrays (engine.analysis.graph_index), as graphs of
+INDEX_FROM_NODES nodes and more are, instead of by name as small graphs are.
 """
 from __future__ import annotations
 
@@ -44,9 +46,15 @@ def digest(analysis) -> dict[str, str]:
     }
 
 
-def child(list_file: str) -> None:
-    from engine.analysis import analyze
+def child(list_file: str, by_index: bool) -> None:
+    from engine import analysis
     from importers import open_model
+
+    def analyze(model, index):
+        if by_index:
+            with analysis.collector_paused():
+                return analysis._analyze(model, index, by_index=True)
+        return analysis.analyze(model, index)
 
     results = {}
     for path in Path(list_file).read_text().splitlines():
@@ -80,10 +88,10 @@ def model_paths(workdir: Path, extra: list[str], skip_zoo: bool) -> list[str]:
     return paths + [str(Path(p).resolve()) for p in extra]
 
 
-def run_child(checkout: str, list_file: Path) -> dict:
+def run_child(checkout: str, list_file: Path, by_index: bool = False) -> dict:
     env = dict(os.environ, PYTHONPATH=checkout)
-    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", str(list_file)], env=env,
-                          cwd=checkout, capture_output=True, text=True, timeout=3600)
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", str(list_file)] + (["--by-index"] if by_index else [])
+    done = subprocess.run(command, env=env, cwd=checkout, capture_output=True, text=True, timeout=3600)
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
@@ -95,10 +103,12 @@ def main() -> int:
     parser.add_argument("models", nargs="*", help="more model files to compare")
     parser.add_argument("--before", metavar="CHECKOUT", help="the checkout to compare with (e.g. a checkout of main)")
     parser.add_argument("--skip-zoo", action="store_true", help="leave out the onnx package's test models")
+    parser.add_argument("--by-index", action="store_true",
+                        help="analyse every model of this checkout on index arrays, whatever its size")
     parser.add_argument("--child", metavar="LIST", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child)
+        child(args.child, args.by_index)
         return 0
     if not args.before:
         parser.error("--before CHECKOUT is required")
@@ -107,7 +117,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="layerscope-analysis-check-"))
     list_file = workdir / "models.txt"
     list_file.write_text("\n".join(model_paths(workdir, args.models, args.skip_zoo)))
-    this, before = run_child(here, list_file), run_child(str(Path(args.before).resolve()), list_file)
+    this, before = run_child(here, list_file, args.by_index), run_child(str(Path(args.before).resolve()), list_file)
     identical, errors_alike, differing = [], [], []
     for path in this:
         mine, theirs = this[path], before.get(path)
@@ -119,7 +129,8 @@ def main() -> int:
                 differing.append((path, "differs in " + ", ".join(sections)))
             else:
                 differing.append((path, f"this: {str(mine)[:80]}; before: {str(theirs)[:80]}"))
-    print(f"Analysis of this checkout against {args.before} ({len(this)} models, every graph of each)")
+    how = "on index arrays" if args.by_index else "as analyze() chooses"
+    print(f"Analysis of this checkout ({how}) against {args.before} ({len(this)} models, every graph of each)")
     print(f"{'result':24} {'models':>6}")
     print(f"{'identical':24} {len(identical):6d}")
     print(f"{'same import error':24} {len(errors_alike):6d}")
