@@ -2,28 +2,39 @@
 
 `analyze(model)` returns a `ModelAnalysis` keyed by node id, kept beside the
 graph (never stored on nodes).  Everything here is linear in the number of
-nodes and values so that a 10,000-node model is analysed in well under a
-second.
+nodes and values, and a 100,000-node model is analysed in about half a second:
+the whole-graph passes (execution order, constant folding, peak memory) work on
+numpy arrays of value ids (graph_index; small graphs walk by name: walks), and
+a node's cost figures are computed once per signature (op, attributes, input
+and output types), which the repeated blocks of a big model share.
 """
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import TYPE_CHECKING, Mapping, NamedTuple, Optional
 
-from engine.analysis import costs
-from engine.analysis.stages import Stage, find_stages
+from engine.analysis import costs, walks
+from engine.analysis.stages import Stage, collect_stages, find_stages
+from engine.analysis.walks import execution_order  # noqa: F401  (part of this package's interface)
 from engine.gc_pause import collector_paused
 from engine.ir import FLOAT_DTYPES, Graph, Model, Node
 
-# Ops that produce the same value on every run when their inputs are constant.
-_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
-                     "Multinomial", "Bernoulli"}
+if TYPE_CHECKING:
+    import numpy as np
+
+    from engine.analysis.graph_index import GraphIndex
+
 _PARAM_DTYPES = FLOAT_DTYPES | {"int8", "uint8", "int4", "uint4"}
+# Graphs with this many nodes are analysed on index arrays (graph_index, numpy): 2.5x faster at
+# 100,000 nodes.  Smaller ones walk by name (walks), a few milliseconds, and spare the CLI numpy's
+# import (~70 ms, most of `layerscope inspect` on a small model).  The figures are the same.
+INDEX_FROM_NODES = 5000
 
 
-@dataclass(frozen=True, slots=True)
-class NodeMetrics:
+class NodeMetrics(NamedTuple):
+    """One node's static figures.  Immutable; a named tuple rather than a frozen dataclass because
+    a big model has 100,000 of them and a tuple is built in a third of the time (0.1 s of 0.3 s)."""
+
     node_id: str
     op_type: str
     order: int  # position in the execution order
@@ -88,155 +99,199 @@ def analyze(model: Model, graph_index: int = 0) -> ModelAnalysis:
         return _analyze(model, graph_index)
 
 
-def _analyze(model: Model, graph_index: int) -> ModelAnalysis:
+def _analyze(model: Model, graph_index: int, by_index: Optional[bool] = None) -> ModelAnalysis:
+    """`by_index`: the whole-graph passes on index arrays (True) or by name (False); None: by the
+    graph's size (INDEX_FROM_NODES)."""
     graph = model.graphs[graph_index]
-    order = execution_order(graph)
-    constant_values, constant_nodes = _fold_constants(graph, order)
-    producers = {out: node for node in graph.nodes for out in node.outputs if out}
-
-    metrics: dict[str, NodeMetrics] = {}
-    counted: set[str] = set()
-    params_by_dtype: dict[str, int] = {}
-    total_params = total_buffers = weight_bytes = total_macs = total_flops = 0
-    unknown: list[str] = []
-    # Per-value lookups, bound once: the loop below runs ~10 of them per node.
-    type_of = graph.value_types.get
-    canonical_op, argument_inputs, buffer_inputs = costs.canonical_op, costs.argument_inputs, costs.buffer_inputs
-    cost_from_types, spatial_size = costs.cost_from_types, costs.spatial_size
-    no_cost = costs.Cost(0, 0)
-    channels_last = graph.channels_last
-    for position, node in enumerate(order):
-        is_constant = node.id in constant_nodes
-        params = param_bytes = buffers = 0
-        cost = no_cost
-        input_bytes: Optional[int] = 0
-        out_types = [type_of(name) if name else None for name in node.outputs]
-        if not is_constant:
-            op = canonical_op(node)
-            arguments, buffer_slots = argument_inputs(op, node), buffer_inputs(op, node)
-            in_types = [type_of(name) if name else None for name in node.inputs]
-            for index, name in enumerate(node.inputs):
-                if not name:
-                    continue
-                value_type = in_types[index]
-                size = value_type.byte_size if value_type is not None else None
-                if name in constant_values:
-                    if index in arguments or value_type is None or value_type.dtype not in _PARAM_DTYPES \
-                            or value_type.shape == ():
-                        continue  # arguments (shapes, axes, epsilon, clip bounds) are not parameters
-                    size = size or 0
-                    input_bytes = None if input_bytes is None else input_bytes + size
-                    if name in counted:
-                        continue
-                    counted.add(name)
-                    elements = value_type.element_count or 0
-                    weight_bytes += size
-                    if index in buffer_slots:
-                        buffers += elements
-                    else:
-                        params += elements
-                        param_bytes += size
-                        params_by_dtype[value_type.dtype] = params_by_dtype.get(value_type.dtype, 0) + elements
-                else:
-                    input_bytes = None if size is None or input_bytes is None else input_bytes + size
-            cost = cost_from_types(node, op, in_types, out_types)
-            if cost.flops is None:
-                unknown.append(node.id)
-        output_bytes = _output_bytes(node.outputs, out_types)
-        bytes_moved = None if input_bytes is None or output_bytes is None else input_bytes + output_bytes
-        intensity = None
-        if cost.flops is not None and bytes_moved:
-            intensity = cost.flops / bytes_moved
-        total_params += params
-        total_buffers += buffers
-        total_macs += cost.macs or 0
-        total_flops += cost.flops or 0
-        first_output = out_types[0] if out_types else None
-        metrics[node.id] = NodeMetrics(node.id, node.op_type, position, is_constant, params, param_bytes,
-                                       buffers, cost.macs, cost.flops, output_bytes, bytes_moved, intensity,
-                                       spatial_size(first_output, channels_last))
-
-    peak_bytes, peak_node = _peak_activation(graph, order, constant_values)
-    stages, stage_of = find_stages(graph, order, metrics, producers)
-    # The stage is the one field set after the others (stages are found from them): set in place,
-    # before the analysis is returned, instead of copying 20,000 frozen objects (0.2 s).
-    for node_id, m in metrics.items():
-        object.__setattr__(m, "stage", stage_of.get(node_id, ""))
+    if by_index is None:
+        by_index = len(graph.nodes) >= INDEX_FROM_NODES
+    order, figures, (peak_bytes, peak_node) = (_passes_by_index if by_index else _passes_by_name)(graph)
+    stage_list, stage_kinds = find_stages(graph, order, [f.op for f in figures], [f.spatial_size for f in figures])
+    node_metrics, sums = _node_metrics(order, figures, stage_list)
+    node_ids = [node.id for node in order]
+    stages = collect_stages(node_ids, node_metrics, stage_list, stage_kinds)
+    constant_nodes = sum(f.op is None for f in figures)
     totals = Totals(
-        nodes=len(graph.nodes), compute_nodes=len(graph.nodes) - len(constant_nodes),
-        constant_nodes=len(constant_nodes), params=total_params, params_by_dtype=params_by_dtype,
-        buffers=total_buffers, weight_bytes=weight_bytes, macs=total_macs, flops=total_flops,
-        peak_activation_bytes=peak_bytes, peak_node_id=peak_node, unknown_cost_nodes=tuple(unknown))
-    return ModelAnalysis(model, graph, tuple(n.id for n in order), metrics, stages, totals)
+        nodes=len(graph.nodes), compute_nodes=len(graph.nodes) - constant_nodes,
+        constant_nodes=constant_nodes, params=sums.params, params_by_dtype=sums.params_by_dtype,
+        buffers=sums.buffers, weight_bytes=sums.weight_bytes, macs=sums.macs, flops=sums.flops,
+        peak_activation_bytes=peak_bytes, peak_node_id=peak_node, unknown_cost_nodes=tuple(sums.unknown))
+    return ModelAnalysis(model, graph, tuple(node_ids), dict(zip(node_ids, node_metrics)), stages, totals)
 
 
+def _passes_by_name(graph: Graph) -> tuple[list[Node], list["_Figures"], tuple[int, Optional[str]]]:
+    """(execution order, each node's figures, peak activation) walking node by node."""
+    order = walks.execution_order(graph)
+    constant_values, constant_nodes = walks.fold_constants(graph, order)
+    figures = [_folded_figures(graph, node) if node.id in constant_nodes else _figures(graph, node, constant_values)
+               for node in order]
+    return order, figures, walks.peak_activation(graph, order, constant_values)
 
-def execution_order(graph: Graph) -> list[Node]:
-    """A topological order that keeps the file's order wherever the file is already valid."""
-    produced_by = {out: i for i, node in enumerate(graph.nodes) for out in node.outputs if out}
-    in_file_order_ok = True
-    seen: set[int] = set()
-    for i, node in enumerate(graph.nodes):
-        for name in node.inputs:
-            j = produced_by.get(name)
-            if j is not None and j not in seen and j != i:
-                in_file_order_ok = False
-                break
-        if not in_file_order_ok:
-            break
-        seen.add(i)
-    if in_file_order_ok:
-        return list(graph.nodes)
-    # Kahn's algorithm, smallest file index first, so the order stays close to the file's.
-    dependents: dict[int, list[int]] = {}
-    pending = [0] * len(graph.nodes)
-    for i, node in enumerate(graph.nodes):
-        for j in {produced_by[n] for n in node.inputs if n in produced_by and produced_by[n] != i}:
-            dependents.setdefault(j, []).append(i)
-            pending[i] += 1
-    ready = [i for i, count in enumerate(pending) if count == 0]
-    heapq.heapify(ready)
+
+def _passes_by_index(graph: Graph) -> tuple[list[Node], list["_Figures"], tuple[int, Optional[str]]]:
+    """`_passes_by_name` on index arrays, each node's figures computed once per signature."""
+    from engine.analysis.graph_index import GraphIndex, peak_activation  # numpy: see INDEX_FROM_NODES
+
+    index = GraphIndex(graph, graph.nodes)
+    if not index.file_order_is_valid():
+        index = GraphIndex(graph, walks.kahn_order(graph))
+    constant_value, folded = index.fold_constants()
+    figures = _node_figures(index, constant_value, folded)
+    return list(index.nodes), figures, peak_activation(index, constant_value)
+
+
+class _Figures(NamedTuple):
+    """A node's figures apart from its parameters (`_node_metrics` counts those)."""
+
+    op: Optional[str]  # canonical op type (costs.canonical_op); None: a folded node
+    macs: Optional[int]
+    flops: Optional[int]
+    output_bytes: Optional[int]
+    bytes_moved: Optional[int]
+    arithmetic_intensity: Optional[float]
+    spatial_size: Optional[int]
+    # (input slot, dtype, elements, bytes, is a buffer) of each constant input that counts as a
+    # parameter or buffer where it is first read
+    weights: tuple
+
+
+def _node_figures(index: "GraphIndex", constant_value: "np.ndarray", folded: "np.ndarray") -> list[_Figures]:
+    """Each node's figures, in execution order.
+
+    A node's figures depend only on its op type, attributes and the type and constness of each
+    input and output (costs.canonical_op, argument_inputs, buffer_inputs and cost_from_types read
+    nothing else), and the repeated blocks of a big model have a few dozen such signatures
+    (70 in a 100,000-node transformer): figures are computed once per signature.
+    """
+    graph, order = index.graph, index.nodes
+    # A token per value: its interned type and whether it is constant (-2: an omitted name).
+    tokens = index.type_id * 2 + constant_value
+    in_tokens, out_tokens = tokens[index.in_ids].tolist(), tokens[index.out_ids].tolist()
+    in_start, out_start = index.in_start, index.out_start
+    constant_names = {index.names[i] for i in constant_value.nonzero()[0].tolist()}
+    figures_of: dict[tuple, _Figures] = {}
+    figures_of_folded: dict[tuple, _Figures] = {}
     result = []
-    while ready:
-        i = heapq.heappop(ready)
-        result.append(graph.nodes[i])
-        for k in dependents.get(i, ()):
-            pending[k] -= 1
-            if pending[k] == 0:
-                heapq.heappush(ready, k)
-    if len(result) < len(graph.nodes):  # a cycle: keep the rest in file order rather than drop it
-        placed = {id(n) for n in result}
-        result.extend(n for n in graph.nodes if id(n) not in placed)
+    for node, is_constant, in_first, in_end, out_first, out_end in zip(
+            order, folded.tolist(), in_start, in_start[1:], out_start, out_start[1:]):
+        outputs_key = tuple(out_tokens[out_first:out_end])
+        if is_constant:  # costs nothing at run time: only its outputs' sizes count
+            figures = figures_of_folded.get(outputs_key)
+            if figures is None:
+                figures = figures_of_folded[outputs_key] = _folded_figures(graph, node)
+            result.append(figures)
+            continue
+        attributes = node.attributes
+        if attributes:  # equal attributes of the same types (1 and True are equal, their texts not)
+            values = tuple(attributes.values())
+            key = (node.op_type, tuple(in_tokens[in_first:in_end]), outputs_key, tuple(attributes),
+                   tuple(map(type, values)), values)
+        else:
+            key = (node.op_type, tuple(in_tokens[in_first:in_end]), outputs_key)
+        try:
+            figures = figures_of.get(key)
+        except TypeError:  # an unhashable attribute value (a list, an array): no reuse
+            figures = _figures(graph, node, constant_names)
+        else:
+            if figures is None:
+                figures = figures_of[key] = _figures(graph, node, constant_names)
+        result.append(figures)
     return result
 
 
-def _fold_constants(graph: Graph, order: list[Node]) -> tuple[set[str], set[str]]:
-    """Values known before any input arrives, and the nodes that only produce such values.
+@dataclass
+class _Sums:
+    """Whole-model sums gathered while the nodes' metrics are made."""
+    params: int = 0
+    buffers: int = 0
+    weight_bytes: int = 0
+    macs: int = 0
+    flops: int = 0
+    params_by_dtype: dict = field(default_factory=dict)
+    unknown: list = field(default_factory=list)  # ids of nodes whose cost is unknown
 
-    Initializers are constant; so is the output of a deterministic node whose
-    inputs are all constant (ConstantOfShape on a shape initializer: the light
-    zoo's weights) and of Shape or Size on a tensor whose shape is static.
-    """
-    constant_values = {name for name, value in graph.values.items() if value.initializer is not None}
-    constant_values.difference_update(graph.inputs)
-    constant_nodes: set[str] = set()
-    type_of = graph.value_types.get
-    for node in order:
-        if node.op_type in _NONDETERMINISTIC or node.subgraphs:
-            continue
-        if node.op_type in ("Shape", "Size") and any(node.inputs):
-            source = type_of(next(name for name in node.inputs if name))
-            folds = source is not None and source.is_static
+
+def _node_metrics(order: list[Node], figures: list[_Figures], stage_list: list[str]) -> tuple[list[NodeMetrics], _Sums]:
+    """Every node's metrics in execution order, and the sums.  A weight's parameters count where it
+    is first read."""
+    counted: set[str] = set()
+    sums = _Sums()
+    params_by_dtype, unknown = sums.params_by_dtype, sums.unknown
+    node_metrics: list[NodeMetrics] = []
+    weight_bytes = total_params = total_buffers = total_macs = total_flops = 0
+    new_tuple = tuple.__new__  # skips the named tuple's Python-level __new__: 15 % of this loop
+    for position, (node, node_figures, stage) in enumerate(zip(order, figures, stage_list)):
+        op, macs, flops, output_bytes, bytes_moved, intensity, spatial, weights = node_figures
+        params = param_bytes = buffers = 0
+        for slot, dtype, elements, size, is_buffer in weights:
+            name = node.inputs[slot]
+            if name in counted:
+                continue
+            counted.add(name)
+            weight_bytes += size
+            if is_buffer:
+                buffers += elements
+            else:
+                params += elements
+                param_bytes += size
+                params_by_dtype[dtype] = params_by_dtype.get(dtype, 0) + elements
+        if flops is None:
+            unknown.append(node.id)
         else:
-            folds = True
-            for name in node.inputs:  # most nodes read an activation: stop at the first
-                if name and name not in constant_values:
-                    folds = False
-                    break
-        if folds:
-            constant_nodes.add(node.id)
-            constant_values.update(out for out in node.outputs if out)
-    return constant_values, constant_nodes
+            total_flops += flops
+        if macs:
+            total_macs += macs
+        total_params += params
+        total_buffers += buffers
+        node_metrics.append(new_tuple(NodeMetrics, (node.id, node.op_type, position, op is None, params, param_bytes,
+                                                    buffers, macs, flops, output_bytes, bytes_moved, intensity,
+                                                    spatial, stage)))
+    sums.params, sums.buffers, sums.weight_bytes = total_params, total_buffers, weight_bytes
+    sums.macs, sums.flops = total_macs, total_flops
+    return node_metrics, sums
+
+
+def _folded_figures(graph: Graph, node: Node) -> _Figures:
+    """A folded node's figures: no op, no cost, no weights; it reads nothing."""
+    type_of = graph.value_types.get
+    out_types = [type_of(name) if name else None for name in node.outputs]
+    output_bytes = _output_bytes(node.outputs, out_types)
+    intensity = 0 / output_bytes if output_bytes else None  # 0 FLOPs over its bytes, as a computed node's
+    spatial = costs.spatial_size(out_types[0] if out_types else None, graph.channels_last)
+    return _Figures(None, 0, 0, output_bytes, output_bytes, intensity, spatial, ())
+
+
+def _figures(graph: Graph, node: Node, constant_values: set[str]) -> _Figures:
+    """A computed node's figures (`constant_values`: names of the constant values)."""
+    type_of = graph.value_types.get
+    op = costs.canonical_op(node)
+    arguments, buffer_slots = costs.argument_inputs(op, node), costs.buffer_inputs(op, node)
+    in_types = [type_of(name) if name else None for name in node.inputs]
+    out_types = [type_of(name) if name else None for name in node.outputs]
+    input_bytes: Optional[int] = 0
+    weights = []
+    for slot, name in enumerate(node.inputs):
+        if not name:
+            continue
+        value_type = in_types[slot]
+        size = value_type.byte_size if value_type is not None else None
+        if name in constant_values:
+            if slot in arguments or value_type is None or value_type.dtype not in _PARAM_DTYPES \
+                    or value_type.shape == ():
+                continue  # arguments (shapes, axes, epsilon, clip bounds) are not parameters
+            size = size or 0
+            input_bytes = None if input_bytes is None else input_bytes + size
+            weights.append((slot, value_type.dtype, value_type.element_count or 0, size, slot in buffer_slots))
+        else:
+            input_bytes = None if size is None or input_bytes is None else input_bytes + size
+    cost = costs.cost_from_types(node, op, in_types, out_types)
+    output_bytes = _output_bytes(node.outputs, out_types)
+    bytes_moved = None if input_bytes is None or output_bytes is None else input_bytes + output_bytes
+    intensity = None
+    if cost.flops is not None and bytes_moved:
+        intensity = cost.flops / bytes_moved
+    spatial = costs.spatial_size(out_types[0] if out_types else None, graph.channels_last)
+    return _Figures(op, cost.macs, cost.flops, output_bytes, bytes_moved, intensity, spatial, tuple(weights))
 
 
 def _output_bytes(outputs: tuple[str, ...], out_types: list) -> Optional[int]:
@@ -250,44 +305,3 @@ def _output_bytes(outputs: tuple[str, ...], out_types: list) -> Optional[int]:
             return None
         total += size
     return total
-
-
-def _peak_activation(graph: Graph, order: list[Node], constants: set[str]) -> tuple[int, Optional[str]]:
-    """Peak of live activation bytes along `order`; a tensor is freed after its last consumer runs."""
-    last_use: dict[str, int] = {}
-    for position, node in enumerate(order):
-        for name in node.inputs:
-            if name and name not in constants:
-                last_use[name] = position
-    keep_to_end = set(graph.outputs)
-
-    # Every tensor's size in one dict (a tensor is asked for 2-3 times below); a name without a
-    # value, or without a known size, counts 0.
-    sizes = {name: (value_type.byte_size or 0) if value_type is not None else 0
-             for name, value_type in graph.value_types.items()}
-    size_of = sizes.get
-
-    live = 0
-    for name in graph.inputs:
-        live += size_of(name, 0)
-    peak, peak_node = live, None
-    frees_at: dict[int, list[str]] = {}
-    for name, position in last_use.items():
-        if name not in keep_to_end:
-            frees_at.setdefault(position, []).append(name)
-    no_frees: list[str] = []
-    for position, node in enumerate(order):
-        outputs = [out for out in node.outputs if out and out not in constants]
-        if node.outputs and not outputs:
-            continue  # every output is constant (folded): nothing is computed here
-        for out in outputs:
-            live += size_of(out, 0)
-        if live > peak:
-            peak, peak_node = live, node.id
-        for name in frees_at.get(position, no_frees):
-            live -= size_of(name, 0)
-        # An output nobody reads is freed at once (e.g. Dropout's mask).
-        for out in outputs:
-            if out not in last_use and out not in keep_to_end:
-                live -= size_of(out, 0)
-    return peak, peak_node

@@ -178,7 +178,9 @@ def node_cost(node: Node, graph: Graph) -> Cost:
 
 def cost_from_types(node: Node, op: str, in_types: list, out_types: list) -> Cost:
     """node_cost, given the node's canonical op and the types of its inputs and outputs (None
-    for an omitted one): the analysis has them already."""
+    for an omitted one): the analysis has them already.  Reads nothing of the node but its op
+    type, attributes and number of inputs: the analysis reuses the result for every node with
+    the same op type, attributes and input/output types."""
     out0 = out_types[0] if out_types else None
     out_elements = _elements(out0)
     if op in MAC_OPS:

@@ -19,7 +19,8 @@ A graph with no spatial ops at all gets one stage of kind "other".
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping
+from operator import attrgetter
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 from engine.analysis import costs
 from engine.ir import Graph, Node
@@ -45,91 +46,93 @@ class Stage:
     params: int
 
 
-def find_stages(graph: Graph, order: list[Node], metrics: Mapping[str, "NodeMetrics"],
-                producers: Mapping[str, Node]) -> tuple[tuple[Stage, ...], dict[str, str]]:
-    compute = [node for node in order if not metrics[node.id].is_constant]
-    is_spatial_model = any(costs.canonical_op(n) in _SPATIAL_OPS for n in compute) and \
-        any((metrics[n.id].spatial_size or 0) > 1 for n in compute)
-    stage_of: dict[str, str] = {}
+def find_stages(graph: Graph, order: Sequence[Node], ops: Sequence[Optional[str]],
+                spatial_sizes: Sequence[Optional[int]]) -> tuple[list[str], dict[str, str]]:
+    """(each node's stage name, each stage's kind).  `ops` (canonical op types, None for folded
+    nodes) and `spatial_sizes` (NodeMetrics.spatial_size) are by position in the execution
+    order `order`."""
+    compute = [position for position, op in enumerate(ops) if op is not None]
+    is_spatial_model = not _SPATIAL_OPS.isdisjoint(ops) and any((spatial_sizes[p] or 0) > 1 for p in compute)
     if not is_spatial_model:
-        for node in order:
-            stage_of[node.id] = "model"
-        return _collect(order, metrics, stage_of, {"model": "other"}), stage_of
+        return ["model"] * len(order), {"model": "other"}
 
-    consumers: dict[str, list[Node]] = {}
-    for node in compute:
-        for name in node.inputs:
-            if name:
-                consumers.setdefault(name, []).append(node)
+    stage: list[Optional[str]] = [None] * len(order)  # by position
+    consumers: dict[str, list[int]] = {}  # value name -> positions of the computed nodes reading it
+    if not costs.UPSAMPLING.isdisjoint(ops) or len(compute) < len(order):
+        for p in compute:
+            for name in order[p].inputs:
+                if name:
+                    consumers.setdefault(name, []).append(p)
 
     # 1. decoder: downstream of any upsampling op
-    decoder: set[str] = set()
-    frontier = [n for n in compute if costs.is_upsampling(n, graph)]
+    decoder: set[int] = set()
+    frontier = [p for p in compute if ops[p] in costs.UPSAMPLING and costs.is_upsampling(order[p], graph)]
     while frontier:
-        node = frontier.pop()
-        if node.id in decoder:
+        p = frontier.pop()
+        if p in decoder:
             continue
-        decoder.add(node.id)
-        for out in node.outputs:
+        decoder.add(p)
+        for out in order[p].outputs:
             frontier.extend(consumers.get(out, ()))
 
     # 2. head: the tail
-    head = _head(compute, metrics, graph, has_decoder=bool(decoder))
-    for node_id in head:
-        stage_of[node_id] = "head"
-    for node_id in decoder:
-        stage_of.setdefault(node_id, "decoder")
+    for p in _head(compute, order, spatial_sizes, graph):
+        stage[p] = "head"
+    for p in decoder:
+        if stage[p] is None:
+            stage[p] = "decoder"
 
     # 3. bottleneck: lowest resolution on the encoder side (only meaningful with a decoder)
-    encoder_side = [n for n in compute if n.id not in stage_of]
     if decoder:
-        sizes = [metrics[n.id].spatial_size for n in encoder_side if metrics[n.id].spatial_size]
+        encoder_side = [p for p in compute if stage[p] is None]
+        sizes = [spatial_sizes[p] for p in encoder_side if spatial_sizes[p]]
         lowest = min(sizes) if sizes else None
-        for node in encoder_side:
-            if lowest is not None and metrics[node.id].spatial_size == lowest:
-                stage_of[node.id] = "bottleneck"
+        for p in encoder_side:
+            if lowest is not None and spatial_sizes[p] == lowest:
+                stage[p] = "bottleneck"
 
     # 4. encoder, and nodes without a spatial output of their own follow a neighbour
-    for node in compute:
-        if node.id in stage_of:
+    producer_position = None
+    for p in compute:
+        if stage[p] is not None:
             continue
-        if metrics[node.id].spatial_size is not None:
-            stage_of[node.id] = "encoder"
+        if spatial_sizes[p] is not None:
+            stage[p] = "encoder"
             continue
-        neighbour = next((stage_of[p.id] for name in node.inputs if name
-                          for p in [producers.get(name)] if p is not None and p.id in stage_of), None)
-        stage_of[node.id] = neighbour or "encoder"
+        if producer_position is None:  # the value's producer (the last in the file)
+            position_of = {node.id: q for q, node in enumerate(order)}
+            producer_position = {name: position_of[node.id] for name, node in graph.producers().items()}
+        neighbour = next((stage[q] for name in order[p].inputs if name
+                          for q in [producer_position.get(name)] if q is not None and stage[q] is not None), None)
+        stage[p] = neighbour or "encoder"
     # constants are drawn as weights of their consumer, so they take its stage
-    for node in reversed(order):
-        if node.id in stage_of:
+    for p in range(len(order) - 1, -1, -1):
+        if stage[p] is not None:
             continue
-        consumer_stage = next((stage_of[c.id] for out in node.outputs for c in consumers.get(out, ())
-                               if c.id in stage_of), None)
-        stage_of[node.id] = consumer_stage or "encoder"
-    kinds = {kind: kind for kind in STAGE_KINDS}
-    return _collect(order, metrics, stage_of, kinds), stage_of
+        consumer_stage = next((stage[c] for out in order[p].outputs for c in consumers.get(out, ())
+                               if stage[c] is not None), None)
+        stage[p] = consumer_stage or "encoder"
+    return stage, {kind: kind for kind in STAGE_KINDS}  # type: ignore[return-value]
 
 
-def _head(compute: list[Node], metrics: Mapping[str, "NodeMetrics"], graph: Graph,
-          has_decoder: bool) -> list[str]:
-    def spatial(node: Node) -> bool:
-        return (metrics[node.id].spatial_size or 0) > 1
-
-    tail: list[str] = []
-    for node in reversed(compute):  # classifier: trailing non-spatial run
-        if spatial(node):
+def _head(compute: list[int], order: Sequence[Node], spatial_sizes: Sequence[Optional[int]],
+          graph: Graph) -> list[int]:
+    """Positions of the head: a classifier's trailing non-spatial run, or a dense-prediction
+    net's trailing pointwise ops and the 1x1 projection before them."""
+    tail: list[int] = []
+    for p in reversed(compute):
+        if (spatial_sizes[p] or 0) > 1:
             break
-        tail.append(node.id)
+        tail.append(p)
     if tail and len(tail) < len(compute):
         return tail
-    # dense prediction: trailing pointwise ops and one 1x1 projection
     tail, projections = [], 0
-    for node in reversed(compute):
-        op = costs.canonical_op(node)
+    for p in reversed(compute):
+        op = costs.canonical_op(order[p])
         if op in _POINTWISE_OPS:
-            tail.append(node.id)
-        elif op == "Conv" and costs.kernel_is_pointwise(node, graph):
-            tail.append(node.id)  # the projection; what feeds it is the decoder's work
+            tail.append(p)
+        elif op == "Conv" and costs.kernel_is_pointwise(order[p], graph):
+            tail.append(p)  # the projection; what feeds it is the decoder's work
             projections += 1
             break
         else:
@@ -137,20 +140,26 @@ def _head(compute: list[Node], metrics: Mapping[str, "NodeMetrics"], graph: Grap
     return tail if projections else []
 
 
-def _collect(order: list[Node], metrics: Mapping[str, "NodeMetrics"], stage_of: Mapping[str, str],
-             kinds: Mapping[str, str]) -> tuple[Stage, ...]:
-    members: dict[str, list[str]] = {}
-    for node in order:
-        members.setdefault(stage_of[node.id], []).append(node.id)
+def collect_stages(node_ids: Sequence[str], metrics: Sequence["NodeMetrics"], stage_list: Sequence[str],
+                   kinds: Mapping[str, str]) -> tuple[Stage, ...]:
+    """The stages of `find_stages`, in STAGE_KINDS order, with their nodes and sums (`node_ids`,
+    `metrics` and `stage_list` by position in the execution order)."""
+    members: dict[str, list[int]] = {}
+    if len(set(stage_list)) == 1:  # one stage (every model without spatial ops): all positions
+        members[stage_list[0]] = list(range(len(stage_list)))
+    else:
+        for position, stage in enumerate(stage_list):
+            members.setdefault(stage, []).append(position)
     stages = []
     for name in sorted(members, key=lambda s: STAGE_KINDS.index(kinds.get(s, "other"))
                        if kinds.get(s, "other") in STAGE_KINDS else len(STAGE_KINDS)):
-        ids = members[name]
-        macs = flops = params = 0
-        for node_id in ids:  # one pass over the stage's metrics, not one per sum
-            m = metrics[node_id]
-            macs += m.macs or 0
-            flops += m.flops or 0
-            params += m.params
-        stages.append(Stage(name, kinds.get(name, "other"), tuple(ids), macs, flops, params))
+        positions = members[name]
+        everything = len(positions) == len(metrics)
+        stage_metrics = metrics if everything else list(map(metrics.__getitem__, positions))
+        # None (unknown) adds nothing, as 0 does: filter(None, ...) drops both
+        macs = sum(filter(None, map(attrgetter("macs"), stage_metrics)))
+        flops = sum(filter(None, map(attrgetter("flops"), stage_metrics)))
+        params = sum(map(attrgetter("params"), stage_metrics))
+        ids = tuple(node_ids) if everything else tuple(map(node_ids.__getitem__, positions))
+        stages.append(Stage(name, kinds.get(name, "other"), ids, macs, flops, params))
     return tuple(stages)
