@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import TYPE_CHECKING, Iterable, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -307,16 +308,17 @@ def layout_nodes(graph: Graph, visible_order: Sequence[str], include_io: bool = 
     count = len(ids)
     if count == 0:
         return GraphLayout({}, (), {}, 0.0, 0.0, "sugiyama", hidden, visible_members, drawn_box_for)
-    layers = _longest_path_layers(count, edge_list)
-    dummies = sum(max(0, int(layers[t]) - int(layers[s]) - 1) for s, t, _ in edge_list)
+    vertex_pairs = _vertex_pairs(edge_list)
+    layers = _longest_path_layers(count, vertex_pairs)
+    dummies = int(np.maximum(0, layers[vertex_pairs[:, 1]] - layers[vertex_pairs[:, 0]] - 1).sum())
     if dummies <= max_dummy_vertices:
-        columns, routes = _sugiyama(count, edge_list, layers)
+        columns, routes = _sugiyama(count, vertex_pairs, layers)
         method = "sugiyama"
     else:
-        columns, routes = _barycenter_columns(count, edge_list, layers), None
+        columns, routes = _barycenter_columns(count, vertex_pairs, layers), None
         method = "layered"
-    return _to_scene(ids, sizes, layers, columns, edge_list, routes, method, hidden, visible_members,
-                     drawn_box_for, edge_values)
+    return _to_scene(ids, sizes, layers, columns, edge_list, vertex_pairs, routes, method, hidden,
+                     visible_members, drawn_box_for, edge_values)
 
 
 def _merge_group_edges(edges: list[tuple[int, int, str]], group_vertices: set[int], graph: Graph):
@@ -770,14 +772,20 @@ def group_totals(group: NodeGroup, analysis: "ModelAnalysis", profile=None) -> G
                    time_kind=combine_kinds(t.kind for t in timed), timed_nodes=len(timed))
 
 
-def _longest_path_layers(count: int, edges: list[tuple[int, int, str]]) -> np.ndarray:
+def _vertex_pairs(edges: list[tuple[int, int, str]]) -> np.ndarray:
+    """(m, 2) array of the (source, target) vertices of `edges`."""
+    return np.fromiter(chain.from_iterable((s, t) for s, t, _ in edges), dtype=np.int64,
+                       count=2 * len(edges)).reshape(-1, 2)
+
+
+def _longest_path_layers(count: int, pairs: np.ndarray) -> np.ndarray:
     """Layer of each vertex: 1 + the deepest predecessor; vertices are numbered in topological order.
 
-    An edge that goes backwards in that numbering (only in a cyclic graph) is ignored.
-    Sources (graph inputs, nodes without inputs) are then pulled down to just above
-    their first consumer, so a second input used at the end has no edge across the graph.
+    `pairs`: (source, target) of each edge.  An edge that goes backwards in that numbering
+    (only in a cyclic graph) is ignored.  Sources (graph inputs, nodes without inputs) are
+    then pulled down to just above their first consumer, so a second input used at the end
+    has no edge across the graph.
     """
-    pairs = np.array([(s, t) for s, t, _ in edges], dtype=np.int64).reshape(-1, 2)
     pairs = pairs[pairs[:, 0] < pairs[:, 1]]
     sources, targets = pairs[:, 0], pairs[:, 1]
     # Edges by target: every edge into a vertex comes before any edge out of it (sources are
@@ -832,8 +840,7 @@ def sugiyama_columns(count: int, edge_pairs: np.ndarray, layers: np.ndarray):
     return columns, route_counts, route_points
 
 
-def _sugiyama(count: int, edges: list[tuple[int, int, str]], layers: np.ndarray):
-    pairs = np.array([(s, t) for s, t, _ in edges], dtype=np.int64).reshape(-1, 2)
+def _sugiyama(count: int, pairs: np.ndarray, layers: np.ndarray):
     executor = _layout_executor
     if executor is not None and count >= LAYOUT_OFFLOAD_VERTICES:
         try:
@@ -863,11 +870,9 @@ def _separate(columns: np.ndarray, layers: np.ndarray) -> np.ndarray:
     return np.asarray(result)
 
 
-def _barycenter_columns(count: int, edges: list[tuple[int, int, str]], layers: np.ndarray,
-                        sweeps: int = 2) -> np.ndarray:
+def _barycenter_columns(count: int, pairs: np.ndarray, layers: np.ndarray, sweeps: int = 2) -> np.ndarray:
     """Column of each vertex: barycenter ordering within layers, a few downward/upward sweeps."""
-    edge_array = np.array([(s, t) for s, t, _ in edges], dtype=np.int64).reshape(-1, 2)
-    sources, targets = edge_array[:, 0], edge_array[:, 1]
+    sources, targets = pairs[:, 0], pairs[:, 1]
     # Start with the topological order inside each layer.
     position = np.zeros(count, dtype=float)
     order_in_layer = np.lexsort((np.arange(count), layers))
@@ -892,7 +897,8 @@ def _barycenter_columns(count: int, edges: list[tuple[int, int, str]], layers: n
 
 
 def _to_scene(ids: list[str], sizes: list[tuple[float, float]], layers: np.ndarray, columns: np.ndarray,
-              edges: list[tuple[int, int, str]], routes: Optional[tuple[np.ndarray, np.ndarray]], method: str,
+              edges: list[tuple[int, int, str]], pairs: np.ndarray,
+              routes: Optional[tuple[np.ndarray, np.ndarray]], method: str,
               hidden: frozenset[str], members: Mapping[str, tuple[str, ...]],
               box_for: Mapping[str, str], edge_values: Optional[list[tuple[str, ...]]] = None) -> GraphLayout:
     """Boxes and edge polylines in scene units.  `routes`: (control points per edge, all of them)
@@ -908,7 +914,6 @@ def _to_scene(ids: list[str], sizes: list[tuple[float, float]], layers: np.ndarr
     boxes: dict[str, Rect] = dict(zip(ids, zip((center_x - widths / 2).tolist(), (center_y - heights / 2).tolist(),
                                               widths.tolist(), heights.tolist())))
     # Each edge from the bottom of its source to the top of its target, through its control points.
-    pairs = np.array([(s, t) for s, t, _ in edges], dtype=np.int64).reshape(-1, 2)
     sources, targets = pairs[:, 0], pairs[:, 1]
     starts = zip(center_x[sources].tolist(), (center_y[sources] + heights[sources] / 2).tolist())
     ends = zip(center_x[targets].tolist(), (center_y[targets] - heights[targets] / 2).tolist())
