@@ -820,6 +820,27 @@ def set_layout_executor(executor) -> None:
     _layout_executor = executor
 
 
+_warmed_executor = None
+
+
+def warm_layout_executor(node_count: int) -> None:
+    """Have the layout executor import igraph now, if a graph of `node_count` nodes will be laid out there.
+
+    Its first Sugiyama otherwise imports igraph first (~0.1 s, half the wait for a 20,000-node
+    layout).  Called once a model is read (gui.app.load_model): the import then runs beside
+    the analysis.  The result is not waited for; once per executor.
+    """
+    global _warmed_executor
+    executor = _layout_executor
+    if executor is None or executor is _warmed_executor or node_count < LAYOUT_OFFLOAD_VERTICES:
+        return
+    _warmed_executor = executor
+    try:
+        executor.submit(sugiyama_columns, 2, np.array([[0, 1]], dtype=np.int64), np.array([0, 1], dtype=np.int64))
+    except Exception:  # a broken executor: the layout will find out and run in-process
+        pass
+
+
 def sugiyama_columns(count: int, edge_pairs: np.ndarray, layers: np.ndarray):
     """igraph's Sugiyama: the x of each vertex, and each edge's control points (arrays, quick to pickle).
 

@@ -175,8 +175,7 @@ def prepare_scene_data(loaded) -> SceneData:
     node_ids = list(layout.boxes)
     rects = np.array(list(layout.boxes.values()), dtype=float).reshape(-1, 4)
     groups = getattr(loaded, "groups", None) or {}
-    category = GraphScene.box_category
-    categories = ["group" if is_group(node_id) else category(node_id, graph, analysis) for node_id in node_ids]
+    categories = _box_categories(node_ids, graph, analysis)
     # A folded model draws the same nodes again as groups open and close: their text is kept.
     folded = getattr(loaded, "folded_layouts", None)
     known = folded.annotations.setdefault("scene_text", {}) if folded is not None else None
@@ -190,6 +189,28 @@ def prepare_scene_data(loaded) -> SceneData:
     titles = [frame_title(groups[g], analysis) for g in frame_ids]
     return SceneData(node_ids, rects, categories, lines, steps, widths, tips, batches, batch_of,
                      segments, segment_edge, frame_ids, frame_rects, titles)
+
+
+def _box_categories(node_ids: Sequence[str], graph, analysis) -> list[str]:
+    """The colour category of every box: "io", "group", "constant" (a folded constant shown) or its op's
+    category (engine.layout.op_category, looked up once per op type).  Plain data, any thread."""
+    metrics, nodes = analysis.nodes, graph.nodes_by_id
+    of_op: dict[str, str] = {}
+    categories = []
+    for node_id in node_ids:
+        if node_id.startswith((INPUT_PREFIX, OUTPUT_PREFIX)):
+            categories.append("io")
+        elif is_group(node_id):
+            categories.append("group")
+        elif metrics[node_id].is_constant:
+            categories.append("constant")
+        else:
+            op_type = nodes[node_id].op_type
+            category = of_op.get(op_type)
+            if category is None:
+                category = of_op[op_type] = op_category(op_type)
+            categories.append(category)
+    return categories
 
 
 class BoxLines:
@@ -347,13 +368,12 @@ def _edge_width_steps(edges, graph) -> tuple[list[int], list[float]]:
 
     Unknown sizes get the thinnest pen.  Set once at build time: overlays never touch edges.
     """
-    byte_sizes: dict[str, float] = {}  # per tensor: a tensor feeding many consumers is looked up once
-    value_type = graph.value_type
-    for edge in edges:
-        if edge.value not in byte_sizes:
-            found = value_type(edge.value)
-            byte_sizes[edge.value] = float((found.byte_size or 0) if found is not None else 0)
-    sizes = np.fromiter((byte_sizes[e.value] for e in edges), dtype=float, count=len(edges))
+    values = [edge.value for edge in edges]
+    # Per tensor: a tensor feeding many consumers is looked up once.
+    position = {value: i for i, value in enumerate(dict.fromkeys(values))}
+    tensor_sizes = np.array([float((found.byte_size or 0) if found is not None else 0)
+                             for found in map(graph.value_type, position)], dtype=float)
+    sizes = tensor_sizes[np.fromiter(map(position.__getitem__, values), dtype=np.int64, count=len(values))]
     positive = sizes[sizes > 0]
     steps = np.zeros(len(edges), dtype=int)
     if len(positive):
@@ -579,15 +599,6 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
         self._also_selected = [index for index in indexes[1:] if index is not None]
         for index in self._also_selected:
             self.node_items[index].setPen(self.selection_pen)
-
-    @staticmethod
-    def box_category(node_id: str, graph, analysis) -> str:
-        """Colour category of a node's or graph input's/output's box; plain data, any thread."""
-        if node_id.startswith((INPUT_PREFIX, OUTPUT_PREFIX)):
-            return "io"
-        if analysis.nodes[node_id].is_constant:
-            return "constant"
-        return op_category(graph.node(node_id).op_type)
 
     @staticmethod
     def box_lines(node_id: str, graph, analysis) -> tuple[str, str, str]:
