@@ -128,3 +128,35 @@ def test_light_zoo_layers_equal_the_per_vertex_loops(path):
     index = {box: i for i, box in enumerate(ids)}
     edges = [(index[e.source], index[e.target], e.value) for e in layout.edges]
     assert [layout.layers[box] for box in ids] == reference_layers(len(ids), edges)
+
+
+def test_layout_executor_imports_igraph_once_for_a_big_graph():
+    """warm_layout_executor hands one small Sugiyama to the executor, for big graphs only, once per
+    executor (a real thread pool stands in for the app's helper process: only submissions are counted)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import engine.layout as layout_module
+
+    class CountingPool(ThreadPoolExecutor):
+        def __init__(self):
+            super().__init__(max_workers=1)
+            self.futures = []
+
+        def submit(self, function, *args):
+            self.futures.append(super().submit(function, *args))
+            return self.futures[-1]
+
+    pool = CountingPool()
+    layout_module.set_layout_executor(pool)
+    try:
+        layout_module.warm_layout_executor(layout_module.LAYOUT_OFFLOAD_VERTICES - 1)
+        assert pool.futures == []
+        layout_module.warm_layout_executor(layout_module.LAYOUT_OFFLOAD_VERTICES)
+        layout_module.warm_layout_executor(layout_module.LAYOUT_OFFLOAD_VERTICES * 4)
+        assert len(pool.futures) == 1
+        columns, route_counts, route_points = pool.futures[0].result(timeout=60)
+        assert columns.tolist() == [0.0, 0.0] and route_counts.tolist() == [0] and route_points.shape == (0, 2)
+    finally:
+        layout_module.set_layout_executor(None)
+        pool.shutdown()
+    layout_module.warm_layout_executor(layout_module.LAYOUT_OFFLOAD_VERTICES)  # no executor: nothing to do
