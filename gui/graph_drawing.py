@@ -218,36 +218,37 @@ class BoxLines:
 
     Only the labels of the boxes on screen are painted, and a 20,000-node model's text took
     0.1 s of every open when made for all boxes up front; made here, a paint makes the few
-    it shows.  `known` (node id -> lines) is shared by the relayouts of one folded model.
+    it shows.  A collapsed group's text is made at once (see below).  `known` (node id ->
+    lines) is shared by the relayouts of one folded model.
     """
 
     def __init__(self, node_ids: Sequence[str], analysis, groups: Mapping, known: Optional[dict] = None):
         self._node_ids = node_ids
         self._analysis = analysis
-        self._groups = groups
         self._known = {} if known is None else known
         self._made: dict[int, tuple[str, ...]] = {}  # by box index: read, or set (a group's time line)
+        # A collapsed group's text sums its members (up to 100,000 nodes): made now, by the worker
+        # that prepares the scene, and its totals are then cached for the UI thread (gui.graph_groups).
+        for index, node_id in enumerate(node_ids):
+            if is_group(node_id):
+                self._made[index] = group_lines(groups[node_id], analysis)
 
     def __len__(self) -> int:
         return len(self._node_ids)
 
     def __getitem__(self, index: int) -> tuple[str, ...]:
+        index = range(len(self._node_ids))[index]  # IndexError past either end; a negative index counts back
         found = self._made.get(index)
         if found is None:
-            index = range(len(self._node_ids))[index]  # IndexError past the end; a negative index counts back
             node_id = self._node_ids[index]
-            if is_group(node_id):
-                found = group_lines(self._groups[node_id], self._analysis)
-            else:
-                found = self._known.get(node_id)
-                if found is None:
-                    found = self._known[node_id] = GraphScene.box_lines(node_id, self._analysis.graph,
-                                                                        self._analysis)
+            found = self._known.get(node_id)
+            if found is None:
+                found = self._known[node_id] = GraphScene.box_lines(node_id, self._analysis.graph, self._analysis)
             self._made[index] = found
         return found
 
     def __setitem__(self, index: int, lines: tuple[str, ...]) -> None:
-        self._made[range(len(self._node_ids))[index]] = lines
+        self._made[range(len(self._node_ids))[index]] = lines  # a negative index counts back
 
     def __iter__(self):
         return (self[i] for i in range(len(self._node_ids)))

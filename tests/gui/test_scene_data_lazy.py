@@ -68,7 +68,8 @@ def test_box_text_is_made_when_read_and_equals_each_box_text(sample_model):
     data = prepare_scene_data(grouped)
     lines, analysis = data.lines, grouped.analysis
     assert isinstance(lines, BoxLines) and len(lines) == len(data.node_ids)
-    assert lines._made == {}, "no text is made before it is read"
+    groups_at = {i for i, node_id in enumerate(data.node_ids) if node_id in grouped.groups}
+    assert groups_at and set(lines._made) == groups_at, "only collapsed groups' text is made before it is read"
     for index, node_id in enumerate(data.node_ids):
         if node_id in grouped.groups:
             assert data.categories[index] == "group"
@@ -80,8 +81,11 @@ def test_box_text_is_made_when_read_and_equals_each_box_text(sample_model):
             assert lines[index] == GraphScene.box_lines(node_id, analysis.graph, analysis)
     assert list(lines) == [lines[i] for i in range(len(lines))]
     assert lines[-1] == lines[len(lines) - 1]
-    with pytest.raises(IndexError):
-        lines[len(lines)]
+    for outside in (len(lines), -len(lines) - 1):
+        with pytest.raises(IndexError):
+            lines[outside]
+    group_index = min(groups_at)
+    assert lines[group_index - len(lines)] == group_lines(grouped.groups[data.node_ids[group_index]], analysis)
     lines[0] = ("replaced", "text", "")
     assert lines[0] == ("replaced", "text", "") and lines[-len(lines)] == lines[0]
     categories = {data.categories[data.node_ids.index(n)] for n in data.node_ids}
