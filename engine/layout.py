@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import TYPE_CHECKING, Iterable, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -307,16 +308,17 @@ def layout_nodes(graph: Graph, visible_order: Sequence[str], include_io: bool = 
     count = len(ids)
     if count == 0:
         return GraphLayout({}, (), {}, 0.0, 0.0, "sugiyama", hidden, visible_members, drawn_box_for)
-    layers = _longest_path_layers(count, edge_list)
-    dummies = sum(max(0, int(layers[t]) - int(layers[s]) - 1) for s, t, _ in edge_list)
+    vertex_pairs = _vertex_pairs(edge_list)
+    layers = _longest_path_layers(count, vertex_pairs)
+    dummies = int(np.maximum(0, layers[vertex_pairs[:, 1]] - layers[vertex_pairs[:, 0]] - 1).sum())
     if dummies <= max_dummy_vertices:
-        columns, routes = _sugiyama(count, edge_list, layers)
+        columns, routes = _sugiyama(count, vertex_pairs, layers)
         method = "sugiyama"
     else:
-        columns, routes = _barycenter_columns(count, edge_list, layers), None
+        columns, routes = _barycenter_columns(count, vertex_pairs, layers), None
         method = "layered"
-    return _to_scene(ids, sizes, layers, columns, edge_list, routes, method, hidden, visible_members,
-                     drawn_box_for, edge_values)
+    return _to_scene(ids, sizes, layers, columns, edge_list, vertex_pairs, routes, method, hidden,
+                     visible_members, drawn_box_for, edge_values)
 
 
 def _merge_group_edges(edges: list[tuple[int, int, str]], group_vertices: set[int], graph: Graph):
@@ -770,27 +772,38 @@ def group_totals(group: NodeGroup, analysis: "ModelAnalysis", profile=None) -> G
                    time_kind=combine_kinds(t.kind for t in timed), timed_nodes=len(timed))
 
 
-def _longest_path_layers(count: int, edges: list[tuple[int, int, str]]) -> np.ndarray:
+def _vertex_pairs(edges: list[tuple[int, int, str]]) -> np.ndarray:
+    """(m, 2) array of the (source, target) vertices of `edges`."""
+    return np.fromiter(chain.from_iterable((s, t) for s, t, _ in edges), dtype=np.int64,
+                       count=2 * len(edges)).reshape(-1, 2)
+
+
+def _longest_path_layers(count: int, pairs: np.ndarray) -> np.ndarray:
     """Layer of each vertex: 1 + the deepest predecessor; vertices are numbered in topological order.
 
-    An edge that goes backwards in that numbering (only in a cyclic graph) is ignored.
-    Sources (graph inputs, nodes without inputs) are then pulled down to just above
-    their first consumer, so a second input used at the end has no edge across the graph.
+    `pairs`: (source, target) of each edge.  An edge that goes backwards in that numbering
+    (only in a cyclic graph) is ignored.  Sources (graph inputs, nodes without inputs) are
+    then pulled down to just above their first consumer, so a second input used at the end
+    has no edge across the graph.
     """
+    pairs = pairs[pairs[:, 0] < pairs[:, 1]]
+    sources, targets = pairs[:, 0], pairs[:, 1]
+    # Edges by target: every edge into a vertex comes before any edge out of it (sources are
+    # numbered lower), so one pass sees each vertex's layer final before it is used.
+    by_target = np.argsort(targets, kind="stable")
     layers = [0] * count
-    predecessors: list[list[int]] = [[] for _ in range(count)]
-    successors: list[list[int]] = [[] for _ in range(count)]
-    for s, t, _ in edges:
-        if s < t:
-            predecessors[t].append(s)
-            successors[s].append(t)
-    for vertex, preds in enumerate(predecessors):
-        if preds:
-            layers[vertex] = max([layers[p] for p in preds]) + 1
-    for vertex in range(count - 1, -1, -1):
-        if not predecessors[vertex] and successors[vertex]:
-            layers[vertex] = max(0, min([layers[s] for s in successors[vertex]]) - 1)
-    return np.asarray(layers, dtype=np.int64)
+    for s, t in zip(sources[by_target].tolist(), targets[by_target].tolist()):
+        if layers[s] >= layers[t]:
+            layers[t] = layers[s] + 1
+    result = np.asarray(layers, dtype=np.int64)
+    # A source's successors all have a predecessor (it), so their layers are final already.
+    has_predecessor = np.zeros(count, dtype=bool)
+    has_predecessor[targets] = True
+    lowest_successor = np.full(count, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(lowest_successor, sources, result[targets])
+    pulled = ~has_predecessor & (lowest_successor < np.iinfo(np.int64).max)
+    result[pulled] = np.maximum(0, lowest_successor[pulled] - 1)
+    return result
 
 
 # igraph's Sugiyama is one C call that holds the GIL (~90 ms for 20,000 nodes).  A GUI laying out
@@ -807,28 +820,57 @@ def set_layout_executor(executor) -> None:
     _layout_executor = executor
 
 
-def sugiyama_columns(count: int, edge_pairs: list[tuple[int, int]], layers: list[int]):
-    """igraph's Sugiyama: (x of each vertex, control points per edge or None); picklable in and out."""
+_warmed_executor = None
+
+
+def warm_layout_executor(node_count: int) -> None:
+    """Have the layout executor import igraph now, if a graph of `node_count` nodes will be laid out there.
+
+    Its first Sugiyama otherwise imports igraph first (~0.1 s, half the wait for a 20,000-node
+    layout).  Called once a model is read (gui.app.load_model): the import then runs beside
+    the analysis.  The result is not waited for; once per executor.
+    """
+    global _warmed_executor
+    executor = _layout_executor
+    if executor is None or executor is _warmed_executor or node_count < LAYOUT_OFFLOAD_VERTICES:
+        return
+    _warmed_executor = executor
+    try:
+        executor.submit(sugiyama_columns, 2, np.array([[0, 1]], dtype=np.int64), np.array([0, 1], dtype=np.int64))
+    except Exception:  # a broken executor: the layout will find out and run in-process
+        pass
+
+
+def sugiyama_columns(count: int, edge_pairs: np.ndarray, layers: np.ndarray):
+    """igraph's Sugiyama: the x of each vertex, and each edge's control points (arrays, quick to pickle).
+
+    `edge_pairs` (m, 2) and `layers` (count,): integers.  Returns (columns (count,), the number of
+    control points of each edge (m,), all of them, edge after edge (k, 2)).  Lists of lists took
+    60 ms to pickle there and back for a 20,000-node model, arrays take ~1 ms.
+    """
     import igraph
 
-    g = igraph.Graph(n=count, edges=edge_pairs, directed=True)
-    result = g.layout_sugiyama(layers=layers, maxiter=20)
-    columns = [xy[0] for xy in result.coords[:count]]
-    return columns, getattr(result, "edge_routing", None)  # lists of [x, y] lists: picklable
+    g = igraph.Graph(n=count, edges=np.asarray(edge_pairs).tolist(), directed=True)
+    result = g.layout_sugiyama(layers=np.asarray(layers).tolist(), maxiter=20)
+    columns = np.array([xy[0] for xy in result.coords[:count]], dtype=float)
+    routes = getattr(result, "edge_routing", None) or []
+    edge_count = len(edge_pairs)
+    route_counts = np.zeros(edge_count, dtype=np.int64)
+    route_counts[:min(len(routes), edge_count)] = [len(route) for route in routes[:edge_count]]
+    route_points = np.array([xy for route in routes[:edge_count] for xy in route], dtype=float).reshape(-1, 2)
+    return columns, route_counts, route_points
 
 
-def _sugiyama(count: int, edges: list[tuple[int, int, str]], layers: np.ndarray):
-    pairs = [(s, t) for s, t, _ in edges]
-    layer_list = [int(v) for v in layers]
+def _sugiyama(count: int, pairs: np.ndarray, layers: np.ndarray):
     executor = _layout_executor
     if executor is not None and count >= LAYOUT_OFFLOAD_VERTICES:
         try:
-            columns, routes = executor.submit(sugiyama_columns, count, pairs, layer_list).result()
+            columns, route_counts, route_points = executor.submit(sugiyama_columns, count, pairs, layers).result()
         except Exception:  # a broken worker process: lay out here (slower for a GUI, same result)
-            columns, routes = sugiyama_columns(count, pairs, layer_list)
+            columns, route_counts, route_points = sugiyama_columns(count, pairs, layers)
     else:
-        columns, routes = sugiyama_columns(count, pairs, layer_list)
-    return _separate(np.asarray(columns, dtype=float), layers), routes
+        columns, route_counts, route_points = sugiyama_columns(count, pairs, layers)
+    return _separate(columns, layers), (route_counts, route_points)
 
 
 def _separate(columns: np.ndarray, layers: np.ndarray) -> np.ndarray:
@@ -849,11 +891,9 @@ def _separate(columns: np.ndarray, layers: np.ndarray) -> np.ndarray:
     return np.asarray(result)
 
 
-def _barycenter_columns(count: int, edges: list[tuple[int, int, str]], layers: np.ndarray,
-                        sweeps: int = 2) -> np.ndarray:
+def _barycenter_columns(count: int, pairs: np.ndarray, layers: np.ndarray, sweeps: int = 2) -> np.ndarray:
     """Column of each vertex: barycenter ordering within layers, a few downward/upward sweeps."""
-    edge_array = np.array([(s, t) for s, t, _ in edges], dtype=np.int64).reshape(-1, 2)
-    sources, targets = edge_array[:, 0], edge_array[:, 1]
+    sources, targets = pairs[:, 0], pairs[:, 1]
     # Start with the topological order inside each layer.
     position = np.zeros(count, dtype=float)
     order_in_layer = np.lexsort((np.arange(count), layers))
@@ -878,31 +918,44 @@ def _barycenter_columns(count: int, edges: list[tuple[int, int, str]], layers: n
 
 
 def _to_scene(ids: list[str], sizes: list[tuple[float, float]], layers: np.ndarray, columns: np.ndarray,
-              edges: list[tuple[int, int, str]], routes: Optional[list], method: str,
+              edges: list[tuple[int, int, str]], pairs: np.ndarray,
+              routes: Optional[tuple[np.ndarray, np.ndarray]], method: str,
               hidden: frozenset[str], members: Mapping[str, tuple[str, ...]],
               box_for: Mapping[str, str], edge_values: Optional[list[tuple[str, ...]]] = None) -> GraphLayout:
+    """Boxes and edge polylines in scene units.  `routes`: (control points per edge, all of them)
+    from `sugiyama_columns`, in columns and layers; None: straight edges."""
     column_step = NODE_WIDTH + HORIZONTAL_GAP
     row_step = NODE_HEIGHT + VERTICAL_GAP
     min_column = float(columns.min())
     center_x = (columns - min_column) * column_step + NODE_WIDTH / 2
-    top = max(h for _, h in sizes) / 2  # NODE_HEIGHT / 2, or more when a collapsed group is taller
+    size_array = np.array(sizes, dtype=float).reshape(-1, 2)
+    widths, heights = size_array[:, 0], size_array[:, 1]
+    top = float(heights.max()) / 2  # NODE_HEIGHT / 2, or more when a collapsed group is taller
     center_y = layers.astype(float) * row_step + top
-    xs, ys = center_x.tolist(), center_y.tolist()
-    boxes: dict[str, Rect] = {}
-    for vertex_id, x, y, (w, h) in zip(ids, xs, ys, sizes):
-        boxes[vertex_id] = (x - w / 2, y - h / 2, w, h)
-    layout_edges = []
-    offset_x = NODE_WIDTH / 2 - min_column * column_step
-    offset_y = top
-    for k, (s, t, value) in enumerate(edges):
-        points: list[Point] = [(xs[s], ys[s] + sizes[s][1] / 2)]
-        route = routes[k] if routes is not None and k < len(routes) else None
-        if route is not None and len(route):
-            points.extend((cx * column_step + offset_x, cy * row_step + offset_y) for cx, cy in route)
-        points.append((xs[t], ys[t] - sizes[t][1] / 2))
-        layout_edges.append(LayoutEdge(ids[s], ids[t], value, tuple(points),
-                                       edge_values[k] if edge_values is not None else ()))
+    boxes: dict[str, Rect] = dict(zip(ids, zip((center_x - widths / 2).tolist(), (center_y - heights / 2).tolist(),
+                                              widths.tolist(), heights.tolist())))
+    # Each edge from the bottom of its source to the top of its target, through its control points.
+    sources, targets = pairs[:, 0], pairs[:, 1]
+    starts = zip(center_x[sources].tolist(), (center_y[sources] + heights[sources] / 2).tolist())
+    ends = zip(center_x[targets].tolist(), (center_y[targets] - heights[targets] / 2).tolist())
+    no_values = [()] * len(edges)
+    if routes is not None and len(routes[1]):
+        route_counts, route_points = routes
+        offset_x = NODE_WIDTH / 2 - min_column * column_step
+        offset_y = top
+        scene_points = np.empty_like(route_points)
+        scene_points[:, 0] = route_points[:, 0] * column_step + offset_x
+        scene_points[:, 1] = route_points[:, 1] * row_step + offset_y
+        flat = list(zip(*scene_points.T.tolist()))
+        route_ends = np.cumsum(route_counts).tolist()
+        middles = [tuple(flat[end - n:end]) if n else () for n, end in zip(route_counts.tolist(), route_ends)]
+        layout_edges = [LayoutEdge(ids[s], ids[t], value, (start, *middle, end), values)
+                        for (s, t, value), start, middle, end, values
+                        in zip(edges, starts, middles, ends, edge_values or no_values)]
+    else:
+        layout_edges = [LayoutEdge(ids[s], ids[t], value, (start, end), values)
+                        for (s, t, value), start, end, values in zip(edges, starts, ends, edge_values or no_values)]
     width = float(center_x.max() + NODE_WIDTH / 2)
-    height = float(max(y + h / 2 for y, (_, h) in zip(ys, sizes)))
+    height = float((center_y + heights / 2).max())
     layer_of = dict(zip(ids, layers.tolist()))
     return GraphLayout(boxes, tuple(layout_edges), layer_of, width, height, method, hidden, members, box_for)

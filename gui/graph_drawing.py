@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import math
 import time
+from itertools import chain
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import shiboken6
-from PySide6.QtCore import QPointF, QRectF, Qt, QTimer
+from PySide6.QtCore import QByteArray, QDataStream, QPointF, QRectF, Qt, QTimer
 from PySide6.QtGui import QBrush, QColor, QFont, QFontMetrics, QPainter, QPainterPath, QPen, QPolygonF
 from PySide6.QtWidgets import QGraphicsItem, QGraphicsScene, QStyleOptionGraphicsItem
 
@@ -172,26 +173,16 @@ def prepare_scene_data(loaded) -> SceneData:
     layout, analysis = loaded.layout, loaded.analysis
     graph = analysis.graph
     node_ids = list(layout.boxes)
-    rects = np.array([layout.boxes[n] for n in node_ids], dtype=float).reshape(-1, 4)
-    categories, lines = [], []
-    describe = GraphScene.describe
+    rects = np.array(list(layout.boxes.values()), dtype=float).reshape(-1, 4)
     groups = getattr(loaded, "groups", None) or {}
+    categories = _box_categories(node_ids, graph, analysis)
     # A folded model draws the same nodes again as groups open and close: their text is kept.
-    described = getattr(loaded, "folded_layouts", None)
-    described = described.annotations.setdefault("scene_text", {}) if described is not None else {}
-    for node_id in node_ids:
-        if is_group(node_id):
-            category, text = "group", group_lines(groups[node_id], analysis)
-        else:
-            found = described.get(node_id)
-            if found is None:
-                found = described[node_id] = describe(node_id, graph, analysis)
-            category, text = found
-        categories.append(category)
-        lines.append(text)
-    steps, widths = _edge_width_steps(layout.edges, graph)
-    tips = np.array([e.points[-1] for e in layout.edges], dtype=float).reshape(-1, 2)
-    batches, batch_of, segments, segment_edge = _edge_batches(layout.edges, steps)
+    folded = getattr(loaded, "folded_layouts", None)
+    known = folded.annotations.setdefault("scene_text", {}) if folded is not None else None
+    lines = BoxLines(node_ids, analysis, groups, known)
+    edges = layout.edges
+    steps, widths = _edge_width_steps(edges, graph)
+    batches, batch_of, segments, segment_edge, tips = _edge_batches(edges, steps)
     frames = getattr(layout, "frames", None) or {}
     frame_ids = list(frames)
     frame_rects = np.array([frames[g] for g in frame_ids], dtype=float).reshape(-1, 4)
@@ -200,8 +191,154 @@ def prepare_scene_data(loaded) -> SceneData:
                      segments, segment_edge, frame_ids, frame_rects, titles)
 
 
+def _box_categories(node_ids: Sequence[str], graph, analysis) -> list[str]:
+    """The colour category of every box: "io", "group", "constant" (a folded constant shown) or its op's
+    category (engine.layout.op_category, looked up once per op type).  Plain data, any thread."""
+    metrics, nodes = analysis.nodes, graph.nodes_by_id
+    of_op: dict[str, str] = {}
+    categories = []
+    for node_id in node_ids:
+        if node_id.startswith((INPUT_PREFIX, OUTPUT_PREFIX)):
+            categories.append("io")
+        elif is_group(node_id):
+            categories.append("group")
+        elif metrics[node_id].is_constant:
+            categories.append("constant")
+        else:
+            op_type = nodes[node_id].op_type
+            category = of_op.get(op_type)
+            if category is None:
+                category = of_op[op_type] = op_category(op_type)
+            categories.append(category)
+    return categories
+
+
+class BoxLines:
+    """The label lines of every box (a list of tuples to its readers), each made when first read.
+
+    Only the labels of the boxes on screen are painted, and a 20,000-node model's text took
+    0.1 s of every open when made for all boxes up front; made here, a paint makes the few
+    it shows.  A collapsed group's text is made at once (see below).  `known` (node id ->
+    lines) is shared by the relayouts of one folded model.
+    """
+
+    def __init__(self, node_ids: Sequence[str], analysis, groups: Mapping, known: Optional[dict] = None):
+        self._node_ids = node_ids
+        self._analysis = analysis
+        self._known = {} if known is None else known
+        self._made: dict[int, tuple[str, ...]] = {}  # by box index: read, or set (a group's time line)
+        # A collapsed group's text sums its members (up to 100,000 nodes): made now, by the worker
+        # that prepares the scene, and its totals are then cached for the UI thread (gui.graph_groups).
+        for index, node_id in enumerate(node_ids):
+            if is_group(node_id):
+                self._made[index] = group_lines(groups[node_id], analysis)
+
+    def __len__(self) -> int:
+        return len(self._node_ids)
+
+    def __getitem__(self, index: int) -> tuple[str, ...]:
+        index = range(len(self._node_ids))[index]  # IndexError past either end; a negative index counts back
+        found = self._made.get(index)
+        if found is None:
+            node_id = self._node_ids[index]
+            found = self._known.get(node_id)
+            if found is None:
+                found = self._known[node_id] = GraphScene.box_lines(node_id, self._analysis.graph, self._analysis)
+            self._made[index] = found
+        return found
+
+    def __setitem__(self, index: int, lines: tuple[str, ...]) -> None:
+        self._made[range(len(self._node_ids))[index]] = lines  # a negative index counts back
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self._node_ids)))
+
+
 def _edge_batches(edges, steps: list[int]):
-    """Group edges of one pen width, in layout order (so a batch covers nearby edges), EDGE_BATCH at a time."""
+    """Group edges of one pen width, in layout order (so a batch covers nearby edges), EDGE_BATCH at a time.
+
+    Returns the batches (pen width step, path), the batch of each edge, every straight segment
+    of every edge with the edge it belongs to (hit tests), and each edge's end point (arrows).
+
+    The batches are what adding each edge's polygon to its width's open path (closed at
+    EDGE_BATCH edges; the open ones last, by width) makes, computed for all edges at once with
+    numpy and read by Qt from the bytes QDataStream writes for a path: 24,000 polygons added
+    one by one from Python took 0.1 s of every 20,000-node open.
+    """
+    count = len(edges)
+    counts = np.fromiter((len(edge.points) for edge in edges), dtype=np.int64, count=count)
+    points = np.fromiter(chain.from_iterable(chain.from_iterable(edge.points for edge in edges)),
+                         dtype=float, count=2 * int(counts.sum())).reshape(-1, 2)
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    tips = points[ends - 1] if count else np.zeros((0, 2))
+    # Each edge's segments (consecutive points), in edge order: a segment joins point k to k+1
+    # unless k is the last point of its edge.
+    joined = np.ones(len(points), dtype=bool)
+    joined[ends - 1] = False  # the last point of every edge starts no segment
+    joined = joined[:-1] if len(points) else joined
+    segments = np.concatenate([points[:-1][joined], points[1:][joined]], axis=1) if len(points) else \
+        np.zeros((0, 4))
+    segment_edge = np.repeat(np.arange(count, dtype=np.int64), np.maximum(counts - 1, 0))
+    if count and int(counts.min()) < 2:  # not a polyline (no layout makes one): the paths one by one
+        return _edge_batches_one_by_one(edges, steps) + (segments, segment_edge, tips)
+    # The batch of each edge: the k-th edge of a width goes into that width's (k // EDGE_BATCH)-th
+    # path.  A full path is closed by its last edge (batches are numbered in that order), the
+    # partly filled ones after all of them, thinnest first.
+    step_array = np.asarray(steps, dtype=np.int64).reshape(-1)
+    by_step = np.lexsort((np.arange(count), step_array))  # edges of each width, in layout order
+    sorted_steps = step_array[by_step]
+    rank = np.arange(count) - np.searchsorted(sorted_steps, sorted_steps, side="left")
+    group = rank // EDGE_BATCH
+    width_count = np.bincount(sorted_steps, minlength=EDGE_WIDTH_STEPS)[sorted_steps]
+    full = (group + 1) * EDGE_BATCH <= width_count
+    is_last = (rank % EDGE_BATCH == EDGE_BATCH - 1) | (rank == width_count - 1)
+    # Key of each batch (at its last member): a full one's closing edge, else past every edge by width.
+    keys = np.where(full, by_step, count + sorted_steps)[is_last]
+    batch_number = np.empty(len(keys), dtype=np.int64)
+    batch_number[np.argsort(keys, kind="stable")] = np.arange(len(keys))
+    batch_in_sorted = batch_number[np.cumsum(is_last) - is_last]  # each edge's batch (sorted order)
+    batch_of = np.empty(count, dtype=np.int64)
+    batch_of[by_step] = batch_in_sorted
+    batch_steps = sorted_steps[is_last][np.argsort(batch_number)].tolist()
+    # The paths' elements, batch after batch, each batch's edges in layout order: a move to an
+    # edge's first point, lines to the others.
+    order = np.lexsort((np.arange(count), batch_of))
+    ordered_counts = counts[order]
+    first_element = np.cumsum(ordered_counts) - ordered_counts
+    point_index = np.repeat(starts[order] - first_element, ordered_counts) + np.arange(len(points))
+    elements = np.empty(len(points), dtype=_PATH_ELEMENT)
+    elements["type"] = 1  # QPainterPath.LineToElement
+    elements["type"][first_element] = 0  # MoveToElement
+    elements["x"] = points[point_index, 0]
+    elements["y"] = points[point_index, 1]
+    edge_ends = np.cumsum(np.bincount(batch_of, minlength=len(batch_steps)))
+    element_ends = np.cumsum(np.bincount(batch_of, weights=counts, minlength=len(batch_steps))).astype(np.int64)
+    batches = []
+    edge_start = element_start = 0
+    for step, edge_end, element_end in zip(batch_steps, edge_ends.tolist(), element_ends.tolist()):
+        last_move = element_end - int(ordered_counts[edge_end - 1])  # where the path's last polygon starts
+        batches.append((step, _read_path(element_end - element_start, elements[element_start:element_end],
+                                         last_move - element_start)))
+        edge_start, element_start = edge_end, element_end
+    return batches, batch_of, segments, segment_edge, tips
+
+
+# QDataStream's form of a QPainterPath (Qt's operator<<): the element count, then per element its
+# type and x, y (big-endian int32, doubles), then the index of the last subpath's start and the fill rule.
+_PATH_ELEMENT = np.dtype([("type", ">i4"), ("x", ">f8"), ("y", ">f8")])
+
+
+def _read_path(count: int, elements: np.ndarray, last_move: int) -> QPainterPath:
+    raw = (np.array([count], dtype=">i4").tobytes() + elements.tobytes()
+           + np.array([last_move, int(Qt.FillRule.OddEvenFill.value)], dtype=">i4").tobytes())
+    path = QPainterPath()
+    QDataStream(QByteArray(raw)) >> path
+    return path
+
+
+def _edge_batches_one_by_one(edges, steps: list[int]):
+    """`_edge_batches`'s paths and batch of each edge, adding one polygon at a time."""
     batches: list[tuple[int, QPainterPath]] = []
     batch_of = np.zeros(len(edges), dtype=np.int64)
     open_batches: dict[int, list] = {}  # step -> [path, count, members]
@@ -217,25 +354,14 @@ def _edge_batches(edges, steps: list[int]):
         entry = open_batches.get(step)
         if entry is None:
             entry = open_batches[step] = [QPainterPath(), 0, []]
-        points = edge.points
-        entry[0].addPolygon(QPolygonF([QPointF(x, y) for x, y in points]))
+        entry[0].addPolygon(QPolygonF([QPointF(x, y) for x, y in edge.points]))
         entry[1] += 1
         entry[2].append(index)
         if entry[1] >= EDGE_BATCH:
             close(step, open_batches.pop(step))
     for step, entry in sorted(open_batches.items()):
         close(step, entry)
-    # Each edge's segments (consecutive points), in edge order, from all points at once: a
-    # segment joins point k to k+1 unless k is the last point of its edge.
-    counts = np.fromiter((len(edge.points) for edge in edges), dtype=np.int64, count=len(edges))
-    points = np.array([point for edge in edges for point in edge.points], dtype=float).reshape(-1, 2)
-    joined = np.ones(len(points), dtype=bool)
-    joined[np.cumsum(counts) - 1] = False  # the last point of every edge starts no segment
-    joined = joined[:-1] if len(points) else joined
-    segments = np.concatenate([points[:-1][joined], points[1:][joined]], axis=1) if len(points) else \
-        np.zeros((0, 4))
-    segment_edge = np.repeat(np.arange(len(edges), dtype=np.int64), np.maximum(counts - 1, 0))
-    return batches, batch_of, segments, segment_edge
+    return batches, batch_of
 
 
 def _edge_width_steps(edges, graph) -> tuple[list[int], list[float]]:
@@ -243,13 +369,12 @@ def _edge_width_steps(edges, graph) -> tuple[list[int], list[float]]:
 
     Unknown sizes get the thinnest pen.  Set once at build time: overlays never touch edges.
     """
-    byte_sizes: dict[str, float] = {}  # per tensor: a tensor feeding many consumers is looked up once
-    value_type = graph.value_type
-    for edge in edges:
-        if edge.value not in byte_sizes:
-            found = value_type(edge.value)
-            byte_sizes[edge.value] = float((found.byte_size or 0) if found is not None else 0)
-    sizes = np.fromiter((byte_sizes[e.value] for e in edges), dtype=float, count=len(edges))
+    values = [edge.value for edge in edges]
+    # Per tensor: a tensor feeding many consumers is looked up once.
+    position = {value: i for i, value in enumerate(dict.fromkeys(values))}
+    tensor_sizes = np.array([float((found.byte_size or 0) if found is not None else 0)
+                             for found in map(graph.value_type, position)], dtype=float)
+    sizes = tensor_sizes[np.fromiter(map(position.__getitem__, values), dtype=np.int64, count=len(values))]
     positive = sizes[sizes > 0]
     steps = np.zeros(len(edges), dtype=int)
     if len(positive):
@@ -286,6 +411,7 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
         self.node_ids: list[str] = data.node_ids
         self.node_index = {node_id: i for i, node_id in enumerate(self.node_ids)}
         self.node_items = []
+        self._item_index: dict = {}  # node item -> its index (`index_of_item`)
         self.box_brushes: list[QBrush] = []  # the brush of each box, as set (the minimap reads colours here)
         self.edge_items = []
         self.edges = layout.edges
@@ -295,7 +421,7 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
         self.box_pen = QPen(BOX_PEN, 1.0)
         self.group_pen = QPen(GROUP_PEN_COLOR, 2.0)
         self.groups = dict(getattr(loaded, "groups", None) or {})  # engine.layout.NodeGroup by box id
-        self.group_indexes = {i for i, node_id in enumerate(self.node_ids) if is_group(node_id)}
+        self.group_indexes = {i for i, category in enumerate(data.categories) if category == "group"}
         self.top_pen = QPen(TOP_PEN_COLOR, 4.0)
         self.selection_pen = QPen(QColor("#000000"), 3.0)
         self.link_pen = QPen(LINK_PEN_COLOR, 5.0)
@@ -358,17 +484,19 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
             backdrop = self.addPath(stack, QPen(GROUP_PEN_COLOR, 1.0), QBrush(QColor("#d3cbe8")))
             backdrop.setAcceptedMouseButtons(Qt.MouseButton.NoButton)
             self.edge_items.append(backdrop)  # torn down with the edges
+        box_brushes = [brushes[category] for category in data.categories]
+        pens = [self.box_pen] * len(self.node_ids)
+        for i in self.group_indexes:
+            pens[i] = self.group_pen
+        node_items = self.node_items
         for start in range(0, len(self.node_ids), self.CHUNK_NODES):
-            for i in range(start, min(start + self.CHUNK_NODES, len(self.node_ids))):
-                category = data.categories[i]
-                self.categories.append(category)
-                x, y, w, h = rects[i]
-                item = add_rect(x, y, w, h, self.group_pen if i in self.group_indexes else self.box_pen,
-                                brushes[category])
-                self.box_brushes.append(brushes[category])
-                item.setFlag(selectable)
-                item.setData(0, self.node_ids[i])
-                self.node_items.append(item)
+            end = start + self.CHUNK_NODES
+            for (x, y, w, h), pen, brush in zip(rects[start:end], pens[start:end], box_brushes[start:end]):
+                item = add_rect(x, y, w, h, pen, brush)
+                item.setFlag(selectable, True)  # with `True`: half the cost of the one-argument call
+                node_items.append(item)
+            self.categories.extend(data.categories[start:end])
+            self.box_brushes.extend(box_brushes[start:end])
             yield
         self.labels = LabelLayer(self.rects, self._lines, data.tips)
         self.addItem(self.labels)
@@ -385,6 +513,7 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
         """
         self.complete = False
         self.blockSignals(True)  # no selectionChanged for removed items: no slot may touch them
+        self._item_index = {}  # it would keep the items alive
         remove = self.removeItem
         for attribute in ("edge_items", "node_items"):
             items = getattr(self, attribute)
@@ -444,41 +573,51 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
         for index in self._linked:
             self.node_items[index].setPen(self.link_pen)
 
+    def index_of_item(self, item) -> Optional[int]:
+        """The index of box `item` (one of `node_items`), None for any other item.
+
+        A box gets its node id as `data(0)` when it is first selected (here, from
+        `_mark_selection`, the first slot of selectionChanged), not when it is made: setting
+        it on 20,000 boxes cost 30 ms of every build.  Readers of `data(0)` read selected boxes.
+        """
+        if len(self._item_index) != len(self.node_items):
+            self._item_index = dict(zip(self.node_items, range(len(self.node_items))))
+        return self._item_index.get(item)
+
     def _mark_selection(self) -> None:
         """A thick outline on the selected box (Qt's dashed one is hard to see on a coloured box)."""
         previous = self._selected_index
         for index in ([previous] if previous is not None else []) + self._also_selected:
             self.node_items[index].setPen(self._base_pen(index))
         selected = self.selectedItems()
-        node_id = selected[0].data(0) if selected else None
-        self._selected_index = self.node_index.get(node_id) if isinstance(node_id, str) else None
+        indexes = [self.index_of_item(item) for item in selected]
+        for item, index in zip(selected, indexes):
+            if index is not None and item.data(0) is None:  # see `index_of_item`
+                item.setData(0, self.node_ids[index])
+        self._selected_index = indexes[0] if indexes else None
         if self._selected_index is not None:
             self.node_items[self._selected_index].setPen(self.selection_pen)
-        others = (self.node_index.get(item.data(0)) for item in selected[1:])
-        self._also_selected = [index for index in others if index is not None]
+        self._also_selected = [index for index in indexes[1:] if index is not None]
         for index in self._also_selected:
             self.node_items[index].setPen(self.selection_pen)
 
     @staticmethod
-    def describe(node_id: str, graph, analysis) -> tuple[str, tuple[str, str, str]]:
-        """Colour category and label lines (title, name, detail) of a box; plain data, any thread."""
+    def box_lines(node_id: str, graph, analysis) -> tuple[str, str, str]:
+        """Label lines (title, name, detail) of a node's or graph input's/output's box; plain data, any thread."""
         if node_id.startswith(INPUT_PREFIX):
             name = node_id[len(INPUT_PREFIX):]
-            value_type = graph.value_type(name)
-            return "io", (f"input  {name}", _type_text(value_type), "")
+            return (f"input  {name}", _type_text(graph.value_type(name)), "")
         if node_id.startswith(OUTPUT_PREFIX):
             name = node_id[len(OUTPUT_PREFIX):]
-            value_type = graph.value_type(name)
-            return "io", (f"output  {name}", _type_text(value_type), "")
+            return (f"output  {name}", _type_text(graph.value_type(name)), "")
         node = graph.node(node_id)
         metrics = analysis.nodes[node_id]
-        category = "constant" if metrics.is_constant else op_category(node.op_type)
         first = node.outputs[0] if node.outputs else ""
         value_type = graph.value_type(first) if first else None
         detail = value_type.shape_text() if value_type is not None else ""
         if metrics.params:
             detail += f"   W {human_count(metrics.params)}"
-        return category, (node.op_type, node.name or node.id, detail)
+        return (node.op_type, node.name or node.id, detail)
 
     # --- overlays -------------------------------------------------------------------------
     def set_profile(self, profile) -> None:
