@@ -21,13 +21,14 @@ model costs the layout of those 3,000 nodes once, and a few milliseconds when re
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
 
+from engine.group_index import GroupIndex, LevelGraph, level_graph, node_arrays
 from engine.layout import (GROUP_HEIGHT, NODE_WIDTH, VERTICAL_GAP, GraphLayout, LayoutEdge, NodeGroup, Rect,
-                           collapsed_boxes, layout_graph, layout_nodes)
+                           attach_constants, collapsed_boxes, layout_graph, layout_nodes)
 
 if TYPE_CHECKING:
     from engine.analysis import ModelAnalysis
@@ -80,6 +81,32 @@ class _BoxFor(Mapping):
         return len(self._every())
 
 
+class _Innermost(Mapping):
+    """node id -> the deepest group holding it (engine.grouping.innermost_group) from a GroupIndex."""
+
+    def __init__(self, index: GroupIndex):
+        self._index = index
+        self._nodes: Optional[list] = None
+
+    def get(self, node_id, default=None):
+        found = self._index.innermost_of(node_id)
+        return default if found is None else found
+
+    def __getitem__(self, node_id):
+        found = self._index.innermost_of(node_id)
+        if found is None:
+            raise KeyError(node_id)
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        if self._nodes is None:
+            self._nodes = self._index.grouped_nodes()
+        return iter(self._nodes)
+
+    def __len__(self) -> int:
+        return int((self._index.innermost >= 0).sum())
+
+
 @dataclass
 class _Piece:
     """A composed level in its own coordinates (origin at its top-left)."""
@@ -118,10 +145,38 @@ class FoldedLayouts:
         # it, or opening another group elsewhere, reuses it whole.  Pieces are never changed.
         self._framed_pieces: dict[tuple[str, frozenset], _Piece] = {}
         self._descendants: dict[str, frozenset] = {}
-        self._lock = threading.Lock()
-        nodes = analysis.nodes
-        self.hidden = frozenset() if include_constants else frozenset(n for n in analysis.order if nodes[n].is_constant)
+        self._lock = threading.RLock()  # re-entered: a level's layout looks up the groups' index
+        self.arrays = node_arrays(analysis)
+        self.hidden = frozenset() if include_constants else \
+            frozenset(self.arrays.id_array[self.arrays.constant].tolist())
+        self._index: Optional[GroupIndex] = None  # the groups as arrays (first level laid out)
+        self._fast: Optional[bool] = None  # whether the arrays stand for the walks (see _indexed)
         self.seconds_laying_out = 0.0  # time spent in engine.layout (what the cache saves)
+
+    def _indexed(self) -> Optional[GroupIndex]:
+        """The GroupIndex, when the levels can be derived from arrays: every tensor has one producer
+        and every group lists its members in execution order (namespace groups do); else None
+        and the levels are found by walking their nodes."""
+        if self._fast is None:
+            index = GroupIndex(self.groups, self.arrays)
+            ordered = all(len(m) < 2 or bool((np.diff(m) > 0).all()) for m in index.members)
+            self._index, self._fast = index, self.arrays.tensors().exact and ordered
+        return self._index if self._fast else None
+
+    def _level_box_for(self, drawn_children: Iterable[str]) -> "_BoxFor":
+        """node id -> the child group box drawing it in a level (GraphLayout.box_for), looked up."""
+        return _BoxFor(self.groups, self._innermost(), frozenset(drawn_children))
+
+    def _innermost(self) -> Mapping[str, str]:
+        with self._lock:
+            if self._member_of is None:
+                index = self._indexed()
+                if index is not None:
+                    self._member_of = _Innermost(index)
+                else:
+                    from engine.grouping import innermost_group
+                    self._member_of = innermost_group(self.groups)
+            return self._member_of
 
     def cached(self, level: Optional[str]) -> bool:
         return level in self._levels
@@ -139,6 +194,50 @@ class FoldedLayouts:
 
     def _lay_out(self, level: Optional[str]) -> GraphLayout:
         children = self._children.get(level, [])
+        index = self._indexed()
+        if index is None:
+            return self._lay_out_walking(level, children)
+        arrays, graph = self.arrays, self.analysis.graph
+        members = {child: self.groups[child].members for child in children}
+        if level is None:  # as layout_graph: laid out without constants, shown ones attached after
+            nodes = np.flatnonzero(~arrays.constant)
+            boxes = level_graph(arrays, arrays.pairs(False), index, nodes, children, include_io=True)
+            hidden = frozenset(arrays.id_array[arrays.constant].tolist())
+            layout = layout_nodes(graph, boxes.boxes, include_io=True, hidden=hidden,
+                                  box_for={child: child for child in children}, members=members,
+                                  tensors=(boxes.pairs, boxes.producer_of))
+            layout = replace(layout, box_for=self._level_box_for(layout.members))
+            return attach_constants(layout, self.analysis) if self.include_constants else layout
+        positions = index.members[index.number[level]]
+        nodes = positions[arrays.visible(self.include_constants)[positions]]
+        boxes = level_graph(arrays, arrays.pairs(self.include_constants), index, nodes, children, include_io=False)
+        visible = arrays.names(nodes)
+        structure = self._structure_of(boxes, index, children)
+        twin = self._by_structure.get(structure)
+        if twin is not None:
+            self.reused_levels += 1
+            return self._reuse(self._levels[twin[0]], twin[1], twin[2], visible, children, None, members)
+        layout = layout_nodes(graph, boxes.boxes, include_io=False, box_for={child: child for child in children},
+                              members=members, tensors=(boxes.pairs, {}))
+        self._by_structure[structure] = (level, visible, children)
+        return replace(layout, box_for=self._level_box_for(layout.members))
+
+    def _structure_of(self, boxes: LevelGraph, index: GroupIndex, children: list[str]) -> tuple:
+        """_structure from the arrays: op types, the child group of each node (its position in
+        `children`, -1: none) and the wires (producer position, output slot, consumer position)."""
+        arrays, nodes = self.arrays, boxes.nodes
+        child_position = np.full(len(index.ids), -1, dtype=np.int64)
+        child_position[[index.number[c] for c in children]] = np.arange(len(children), dtype=np.int64)
+        inside = np.where(boxes.box_code >= 0, child_position[np.maximum(boxes.box_code, 0)], -1)
+        source, target, tensor = boxes.level_pairs
+        forward = source < target  # a wire comes from a node earlier in the level
+        source, target, tensor = source[forward], target[forward], tensor[forward]
+        wires = np.stack([np.searchsorted(nodes, source), tensor - arrays.out_start[source],
+                          np.searchsorted(nodes, target)], axis=1).astype(np.int64)
+        return (arrays.op_code[nodes].tobytes(), inside.astype(np.int64).tobytes(), wires.tobytes(), len(children))
+
+    def _lay_out_walking(self, level: Optional[str], children: list[str]) -> GraphLayout:
+        """_lay_out by walking the level's nodes (a model whose tensors the arrays cannot stand for)."""
         if level is None:
             return layout_graph(self.analysis, include_constants=self.include_constants, groups=self.groups,
                                 collapsed=children)
@@ -174,8 +273,9 @@ class FoldedLayouts:
         return tuple(ops), tuple(inside), tuple(wires), len(children)
 
     def _reuse(self, twin: GraphLayout, twin_visible: list[str], twin_children: list[str], visible: list[str],
-               children: list[str], box_for: Mapping[str, str], members: Mapping[str, tuple]) -> GraphLayout:
-        """`twin`'s geometry with this level's node, group and tensor names (same structure)."""
+               children: list[str], box_for: Optional[Mapping[str, str]], members: Mapping[str, tuple]) -> GraphLayout:
+        """`twin`'s geometry with this level's node, group and tensor names (same structure); `box_for`
+        None: the level's box_for is looked up through the groups."""
         graph = self.analysis.graph
         rename = dict(zip(twin_visible, visible))
         rename.update(zip(twin_children, children))
@@ -187,8 +287,10 @@ class FoldedLayouts:
                                  tuple(tensor[v] for v in e.values)) for e in twin.edges)
         layers = {rename[b]: layer for b, layer in twin.layers.items()}
         drawn = {b: m for b, m in members.items() if b in boxes}
+        drawn_box_for = self._level_box_for(drawn) if box_for is None else \
+            {n: b for n, b in box_for.items() if b in boxes}
         return GraphLayout(boxes, edges, layers, twin.width, twin.height, twin.method, twin.hidden, drawn,
-                           {n: b for n, b in box_for.items() if b in boxes})
+                           drawn_box_for)
 
     # --- composing the levels ----------------------------------------------------------------
     def compose(self, collapsed: Iterable[str]) -> FoldedLayout:
@@ -203,11 +305,7 @@ class FoldedLayouts:
         edges = tuple(LayoutEdge(s, t, v, tuple(points[starts[k]:starts[k + 1]]), vs)
                       for k, (s, t, v, vs) in enumerate(piece.edges))
         method = self.level(None).method + (", per group" if frames else "")
-        with self._lock:
-            if self._member_of is None:
-                from engine.grouping import innermost_group
-                self._member_of = innermost_group(self.groups)
-        box_for = _BoxFor(self.groups, self._member_of, frozenset(piece.members))
+        box_for = _BoxFor(self.groups, self._innermost(), frozenset(piece.members))
         return FoldedLayout(boxes, edges, {}, piece.width, piece.height, method, self.hidden, piece.members,
                             box_for, frames=frames)
 
@@ -352,6 +450,10 @@ class FoldedLayouts:
         found = self._crossing.get(group_id)
         if found is not None:
             return found
+        index = self._indexed()
+        if index is not None:
+            found = self._crossing[group_id] = self._crossing_from_arrays(group_id, index)
+            return found
         producer_of, consumers_of, outputs = self._tensor_maps()
         graph, hidden = self.analysis.graph, self.hidden
         level_box = self.level(group_id).box_for
@@ -374,6 +476,49 @@ class FoldedLayouts:
         leaving = {box: list(dict.fromkeys(names)) for box, names in leaving.items()}
         self._crossing[group_id] = (entering, leaving)
         return entering, leaving
+
+    def _crossing_from_arrays(self, group_id: str, index: GroupIndex) -> tuple[dict, dict]:
+        """_crossing_tensors from the arrays: the reads into the group's span of nodes from outside
+        it, and the reads out of it (and graph outputs made in it), each on its box of the level."""
+        arrays = self.arrays
+        number = index.number[group_id]
+        members = index.members[number]
+        nodes = members[arrays.visible(self.include_constants)[members]]
+        if not len(nodes):
+            return {}, {}
+        inside = np.zeros(arrays.count, dtype=bool)
+        inside[members] = True
+        drawn = np.zeros(arrays.count, dtype=bool)
+        drawn[nodes] = True
+        pairs = arrays.pairs(self.include_constants)
+        window = pairs.into(int(nodes[0]), int(nodes[-1]))
+        source, target, tensor = pairs.source[window], pairs.target[window], pairs.tensor[window]
+        entering = drawn[target] & ((source < 0) | ~inside[np.maximum(source, 0)])
+        reads = pairs.out_of(int(nodes[0]), int(nodes[-1]))
+        reads = reads[drawn[pairs.source[reads]] & ~inside[pairs.target[reads]]]
+        made = np.flatnonzero(arrays.is_output[:arrays.produced])
+        made = made[drawn[arrays.tensor_source[made]]]
+        leaving = np.union1d(pairs.tensor[reads], made)  # ascending: node by node, output by output
+        names = arrays.tensor_names
+        box = self._boxes_in(number, index)
+        into: dict[str, list[str]] = {}
+        for node, k in zip(target[entering].tolist(), tensor[entering].tolist()):
+            into.setdefault(box(node), []).append(names[k])
+        out: dict[str, list[str]] = {}
+        for node, k in zip(arrays.tensor_source[leaving].tolist(), leaving.tolist()):
+            out.setdefault(box(node), []).append(names[k])
+        return ({b: list(dict.fromkeys(n)) for b, n in into.items()}, {b: list(dict.fromkeys(n)) for b, n in out.items()})
+
+    def _boxes_in(self, number: int, index: GroupIndex):
+        """node position -> its box in group `number`'s level: the child group holding it, or its own."""
+        innermost, parent, ids, node_ids = index.innermost, index.parent, index.ids, self.arrays.ids
+
+        def box(position: int) -> str:
+            group, child = int(innermost[position]), None
+            while group >= 0 and group != number:
+                group, child = int(parent[group]), group
+            return node_ids[position] if child is None else ids[child]
+        return box
 
     def _tensor_maps(self) -> tuple:
         """(tensor -> producer: a drawn node or input:NAME, tensor -> drawn consumers, graph outputs);
