@@ -138,6 +138,9 @@ class FoldedLayouts:
         self._crossing: dict[str, tuple[dict, dict]] = {}  # group id -> tensors entering, leaving (per box)
         # Repeated blocks: a level with the same structure as one laid out already reuses its geometry.
         self._by_structure: dict[tuple, tuple[str, list[str], list[str]]] = {}
+        # The same from arrays: (nodes, children, wires) -> [[structure or None (not made yet), level,
+        # its nodes, its children, its LevelGraph until its structure is made], ...]
+        self._by_shape: dict[tuple, list[list]] = {}
         self.reused_levels = 0
         self.annotations: dict[str, dict] = {}  # what a viewer derives per node and keeps (label text)
         self._member_of: Optional[dict[str, str]] = None  # node id -> innermost group (first compose)
@@ -159,7 +162,7 @@ class FoldedLayouts:
         and the levels are found by walking their nodes."""
         if self._fast is None:
             index = GroupIndex(self.groups, self.arrays)
-            ordered = all(len(m) < 2 or bool((np.diff(m) > 0).all()) for m in index.members)
+            ordered = index.members_in_order()
             self._index, self._fast = index, self.arrays.tensors().exact and ordered
         return self._index if self._fast else None
 
@@ -212,14 +215,23 @@ class FoldedLayouts:
         nodes = positions[arrays.visible(self.include_constants)[positions]]
         boxes = level_graph(arrays, arrays.pairs(self.include_constants), index, nodes, children, include_io=False)
         visible = arrays.names(nodes)
-        structure = self._structure_of(boxes, index, children)
-        twin = self._by_structure.get(structure)
-        if twin is not None:
-            self.reused_levels += 1
-            return self._reuse(self._levels[twin[0]], twin[1], twin[2], visible, children, None, members)
+        # Only a level with as many nodes, children and wires can have the same structure: the
+        # structures are compared (and made) only then, so a one-off level costs nothing here.
+        shape = (len(nodes), len(children), len(boxes.level_pairs[0]))
+        laid_out = self._by_shape.setdefault(shape, [])
+        if laid_out:
+            structure = self._structure_of(boxes, index, children)
+            for twin in laid_out:
+                if twin[0] is None:
+                    twin[0], twin[4] = self._structure_of(twin[4], index, twin[3]), None
+                if twin[0] == structure:
+                    self.reused_levels += 1
+                    return self._reuse(self._levels[twin[1]], twin[2], twin[3], visible, children, None, members)
+            laid_out.append([structure, level, visible, children, None])
+        else:
+            laid_out.append([None, level, visible, children, boxes])  # its structure is made when needed
         layout = layout_nodes(graph, boxes.boxes, include_io=False, box_for={child: child for child in children},
                               members=members, tensors=(boxes.pairs, {}))
-        self._by_structure[structure] = (level, visible, children)
         return replace(layout, box_for=self._level_box_for(layout.members))
 
     def _structure_of(self, boxes: LevelGraph, index: GroupIndex, children: list[str]) -> tuple:
@@ -234,7 +246,7 @@ class FoldedLayouts:
         source, target, tensor = source[forward], target[forward], tensor[forward]
         wires = np.stack([np.searchsorted(nodes, source), tensor - arrays.out_start[source],
                           np.searchsorted(nodes, target)], axis=1).astype(np.int64)
-        return (arrays.op_code[nodes].tobytes(), inside.astype(np.int64).tobytes(), wires.tobytes(), len(children))
+        return (arrays.op_codes(nodes).tobytes(), inside.astype(np.int64).tobytes(), wires.tobytes(), len(children))
 
     def _lay_out_walking(self, level: Optional[str], children: list[str]) -> GraphLayout:
         """_lay_out by walking the level's nodes (a model whose tensors the arrays cannot stand for)."""

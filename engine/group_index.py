@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+import itertools
 from itertools import chain, repeat
 from operator import attrgetter
 from typing import TYPE_CHECKING, Mapping, Optional, Sequence
@@ -45,16 +46,24 @@ class NodeArrays:
         self.count = len(order)
         self.ids = order
         self.id_array = np.array(order, dtype=object)
-        metrics = list(map(analysis.nodes.__getitem__, order))
-        self.constant = np.fromiter(map(attrgetter("is_constant"), metrics), dtype=bool, count=self.count)
+        self.constant = np.fromiter(map(attrgetter("is_constant"), self.metrics(analysis)), dtype=bool,
+                                    count=self.count)
         self._position: Optional[dict[str, int]] = None
+        self._nodes: Optional[Sequence] = None
         self._known_positions: dict[int, tuple] = {}  # id of a member tuple -> (it, its positions)
         self._tensors_built = False
         self._pairs: dict[bool, Pairs] = {}
-        self._op_code: Optional[np.ndarray] = None
+        self._op_numbers: dict[str, int] = {}
         self._figures = None
         self._profile: tuple = (None, None)
         self._lock = threading.RLock()
+
+    def metrics(self, analysis: "ModelAnalysis") -> Sequence:
+        """The NodeMetrics in execution order."""
+        metrics = analysis.nodes
+        if len(metrics) == self.count and list(metrics) == self.ids:
+            return list(metrics.values())  # listed in execution order (the analysis makes them so)
+        return list(map(metrics.__getitem__, self.ids))
 
     @property
     def position(self) -> dict[str, int]:
@@ -64,13 +73,17 @@ class NodeArrays:
                 self._position = dict(zip(self.ids, range(self.count)))
             return self._position
 
-    def nodes(self) -> list:
+    def nodes(self) -> Sequence:
         """The graph's nodes in execution order."""
-        graph = self.analysis.graph
-        nodes = graph.nodes
-        if len(nodes) == self.count and list(map(attrgetter("id"), nodes)) == self.ids:
-            return list(nodes)  # the file's order is the execution order (the usual case)
-        return list(map(graph.nodes_by_id.__getitem__, self.ids))
+        with self._lock:
+            if self._nodes is None:
+                graph = self.analysis.graph
+                nodes = graph.nodes
+                if len(nodes) == self.count and list(map(attrgetter("id"), nodes)) == self.ids:
+                    self._nodes = nodes  # the file's order is the execution order (the usual case)
+                else:
+                    self._nodes = list(map(graph.nodes_by_id.__getitem__, self.ids))
+            return self._nodes
 
     def _build_tensors(self) -> None:
         """Tensors: every output slot of every node, in execution order, then the graph inputs that
@@ -114,15 +127,12 @@ class NodeArrays:
             self._build_tensors()
         return self
 
-    @property
-    def op_code(self) -> np.ndarray:
-        """A number per op type, per node."""
+    def op_codes(self, positions: np.ndarray) -> np.ndarray:
+        """A number per op type (the same for the same op type in one model) of the nodes at `positions`."""
+        nodes = self.nodes()
         with self._lock:
-            if self._op_code is None:
-                ops = list(map(attrgetter("op_type"), self.nodes()))
-                codes = {op: k for k, op in enumerate(dict.fromkeys(ops))}
-                self._op_code = np.fromiter(map(codes.__getitem__, ops), dtype=np.int64, count=self.count)
-            return self._op_code
+            ops = map(attrgetter("op_type"), map(nodes.__getitem__, positions.tolist()))
+            return np.fromiter(map(self._op_numbers.setdefault, ops, itertools.count()), dtype=np.int64, count=len(positions))
 
     def visible(self, include_constants: bool) -> np.ndarray:
         return np.ones(self.count, dtype=bool) if include_constants else ~self.constant
@@ -139,12 +149,16 @@ class NodeArrays:
                 found = self._pairs[include_constants] = Pairs(source[keep], target[keep], tensor[keep])
             return found
 
-    def positions(self, node_ids: Sequence[str]) -> np.ndarray:
-        """Positions of `node_ids` (all of them nodes of this graph), in their order."""
+    def positions(self, node_ids: Sequence[str], missing: Optional[int] = None) -> np.ndarray:
+        """Positions of `node_ids` in their order (`missing` for an id that is no node; None: a KeyError)."""
         known = self._known_positions.get(id(node_ids))
         if known is not None and known[0] is node_ids:
             return known[1]
-        return np.fromiter(map(self.position.__getitem__, node_ids), dtype=np.int64, count=len(node_ids))
+        if missing is None:
+            found = map(self.position.__getitem__, node_ids)
+        else:
+            found = map(self.position.get, node_ids, repeat(missing))
+        return np.fromiter(found, dtype=np.int64, count=len(node_ids))
 
     def remember_positions(self, node_ids: tuple, positions: np.ndarray) -> None:
         """`positions(node_ids)` is `positions` (engine.layout.node_groups knows its groups' members')."""
@@ -159,10 +173,12 @@ class NodeArrays:
         the masks of the known ones; None when a figure is too big for exact int64 sums."""
         with self._lock:
             if self._figures is None:
-                metrics = list(map(analysis.nodes.__getitem__, self.ids))
+                names = ("macs", "flops", "output_bytes", "bytes_moved", "params")
+                table = np.array(list(map(attrgetter(*names), self.metrics(analysis))),
+                                 dtype=float).reshape(-1, len(names))  # None -> nan
                 figures: dict = {}
-                for name in ("macs", "flops", "output_bytes", "bytes_moved", "params"):
-                    values = np.array([getattr(m, name) for m in metrics], dtype=float)  # None -> nan
+                for column, name in enumerate(names):
+                    values = table[:, column]
                     known = ~np.isnan(values)
                     largest = float(np.abs(values[known]).max()) if known.any() else 0.0
                     if largest >= 2.0 ** 53 or largest * max(1, self.count) >= 2.0 ** 62:
@@ -231,9 +247,8 @@ def figures_of(analysis: "ModelAnalysis", members: Sequence[str], profile=None) 
     figures = arrays.figures(analysis)
     if figures is None:
         return None
-    position = arrays.position
-    found = np.fromiter((position.get(n, -1) for n in members), dtype=np.int64, count=len(members))
-    found = found[found >= 0]
+    found = arrays.positions(members, missing=-1)
+    found = found[found >= 0]  # a member that is no node of this graph counts nowhere (as before)
     compute = found[~arrays.constant[found]]
     macs_known = figures["macs_known"][compute]
     flops_known = figures["flops_known"][compute]
@@ -267,6 +282,16 @@ class GroupIndex:
             innermost[members] = k  # a deeper group comes later and wins (engine.grouping.innermost_group)
         self.innermost = innermost
         self.arrays = arrays
+
+    def members_in_order(self) -> bool:
+        """Whether every group lists its members in execution order."""
+        if not self.members:
+            return True
+        joined = np.concatenate(self.members)
+        rising = np.r_[np.diff(joined) > 0, True]
+        last = np.cumsum([len(m) for m in self.members]) - 1  # a group's last member starts no pair
+        rising[last[last >= 0]] = True
+        return bool(rising.all())
 
     def innermost_of(self, node_id: str) -> Optional[str]:
         position = self.arrays.position.get(node_id)

@@ -697,14 +697,19 @@ def _namespace_groups(analysis: "ModelAnalysis") -> dict[str, NodeGroup]:
     """node_groups(analysis, "namespace") from arrays: one pass over the nodes for their namespaces
     (a model has far fewer: 100,000 nodes, ~6,000 scopes), then each depth's members found by one
     stable sort of the nodes by their scope path at that depth (execution order kept)."""
+    import itertools
     from operator import attrgetter
 
     from engine.group_index import node_arrays
 
     arrays = node_arrays(analysis)
     namespaces = list(map(attrgetter("namespace"), arrays.nodes()))
-    namespace_number = {namespace: k for k, namespace in enumerate(dict.fromkeys(namespaces))}
-    node_namespace = np.fromiter(map(namespace_number.__getitem__, namespaces), dtype=np.int64, count=arrays.count)
+    # One look-up per node: each namespace is numbered by its first node's position, then densely.
+    first_of: dict[str, int] = {}
+    first = np.fromiter(map(first_of.setdefault, namespaces, itertools.count()), dtype=np.int64, count=arrays.count)
+    _, node_namespace = np.unique(first, return_inverse=True)
+    node_namespace = node_namespace.reshape(-1)
+    namespace_number = first_of  # its namespaces in order of first appearance (the numbers' order)
     # Every prefix of every namespace (a path), numbered in order of first appearance.
     path_number: dict[str, int] = {}
     paths: list[str] = []
@@ -769,6 +774,11 @@ def _namespace_groups(analysis: "ModelAnalysis") -> dict[str, NodeGroup]:
 
 def group_totals(group: NodeGroup, analysis: "ModelAnalysis", profile=None) -> GroupTotals:
     """Node count, MACs and parameters of `group` (static analysis), and its time in `profile`."""
+    from engine.group_index import figures_of
+
+    found = figures_of(analysis, group.members, profile)  # from arrays: a group can hold 100,000 nodes
+    if found is not None:
+        return GroupTotals(**found)
     metrics = analysis.nodes
     compute = [metrics[n] for n in group.members if n in metrics and not metrics[n].is_constant]
     static = GroupTotals(
