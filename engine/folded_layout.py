@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
 
-from engine.group_index import GroupIndex, LevelGraph, level_graph, node_arrays
+from engine.group_index import GroupIndex, LevelGraph, contains, level_graph, node_arrays
 from engine.layout import (GROUP_HEIGHT, NODE_WIDTH, VERTICAL_GAP, GraphLayout, LayoutEdge, NodeGroup, Rect,
                            attach_constants, collapsed_boxes, layout_graph, layout_nodes)
 
@@ -128,8 +128,12 @@ class FoldedLayouts:
     computed on first use; `compose(collapsed)` draws the model with those groups collapsed.
     Thread-safe: the GUI composes in worker threads."""
 
-    def __init__(self, analysis: "ModelAnalysis", groups: Mapping[str, NodeGroup], include_constants: bool):
+    def __init__(self, analysis: "ModelAnalysis", groups: Mapping[str, NodeGroup], include_constants: bool,
+                 from_arrays: bool = True):
+        """`from_arrays` False: find every level by walking its nodes (the way a model whose tensors
+        the arrays cannot stand for is laid out; the same layouts, slower)."""
         self.analysis, self.groups, self.include_constants = analysis, groups, include_constants
+        self.from_arrays = from_arrays
         self._levels: dict[Optional[str], GraphLayout] = {}
         self._children: dict[Optional[str], list[str]] = {}
         for group in groups.values():
@@ -158,12 +162,11 @@ class FoldedLayouts:
 
     def _indexed(self) -> Optional[GroupIndex]:
         """The GroupIndex, when the levels can be derived from arrays: every tensor has one producer
-        and every group lists its members in execution order (namespace groups do); else None
-        and the levels are found by walking their nodes."""
+        and the groups are node_groups' (nested, members in execution order); else None and the
+        levels are found by walking their nodes."""
         if self._fast is None:
             index = GroupIndex(self.groups, self.arrays)
-            ordered = index.members_in_order()
-            self._index, self._fast = index, self.arrays.tensors().exact and ordered
+            self._index, self._fast = index, self.from_arrays and index.nested and self.arrays.tensors().exact
         return self._index if self._fast else None
 
     def _level_box_for(self, drawn_children: Iterable[str]) -> "_BoxFor":
@@ -204,7 +207,7 @@ class FoldedLayouts:
         members = {child: self.groups[child].members for child in children}
         if level is None:  # as layout_graph: laid out without constants, shown ones attached after
             nodes = np.flatnonzero(~arrays.constant)
-            boxes = level_graph(arrays, arrays.pairs(False), index, nodes, children, include_io=True)
+            boxes = level_graph(arrays, arrays.pairs(False), index, nodes, None, include_io=True)
             hidden = frozenset(arrays.id_array[arrays.constant].tolist())
             layout = layout_nodes(graph, boxes.boxes, include_io=True, hidden=hidden,
                                   box_for={child: child for child in children}, members=members,
@@ -213,7 +216,8 @@ class FoldedLayouts:
             return attach_constants(layout, self.analysis) if self.include_constants else layout
         positions = index.members[index.number[level]]
         nodes = positions[arrays.visible(self.include_constants)[positions]]
-        boxes = level_graph(arrays, arrays.pairs(self.include_constants), index, nodes, children, include_io=False)
+        boxes = level_graph(arrays, arrays.pairs(self.include_constants), index, nodes, level,
+                            include_io=False)
         visible = arrays.names(nodes)
         # Only a level with as many nodes, children and wires can have the same structure: the
         # structures are compared (and made) only then, so a one-off level costs nothing here.
@@ -493,44 +497,35 @@ class FoldedLayouts:
         """_crossing_tensors from the arrays: the reads into the group's span of nodes from outside
         it, and the reads out of it (and graph outputs made in it), each on its box of the level."""
         arrays = self.arrays
-        number = index.number[group_id]
-        members = index.members[number]
+        members = index.members[index.number[group_id]]  # constants included: a group holds them
         nodes = members[arrays.visible(self.include_constants)[members]]
         if not len(nodes):
             return {}, {}
-        inside = np.zeros(arrays.count, dtype=bool)
-        inside[members] = True
-        drawn = np.zeros(arrays.count, dtype=bool)
-        drawn[nodes] = True
+        first, last = int(nodes[0]), int(nodes[-1])
         pairs = arrays.pairs(self.include_constants)
-        window = pairs.into(int(nodes[0]), int(nodes[-1]))
+        window = pairs.into(first, last)
         source, target, tensor = pairs.source[window], pairs.target[window], pairs.tensor[window]
-        entering = drawn[target] & ((source < 0) | ~inside[np.maximum(source, 0)])
-        reads = pairs.out_of(int(nodes[0]), int(nodes[-1]))
-        reads = reads[drawn[pairs.source[reads]] & ~inside[pairs.target[reads]]]
-        made = np.flatnonzero(arrays.is_output[:arrays.produced])
-        made = made[drawn[arrays.tensor_source[made]]]
+        entering = contains(nodes, target) & ((source < 0) | ~contains(members, source))
+        reads = pairs.out_of(first, last)
+        reads = reads[contains(nodes, pairs.source[reads]) & ~contains(members, pairs.target[reads])]
+        made = arrays.output_tensors
+        made = made[(made >= arrays.out_start[first]) & (made < arrays.out_start[last + 1])]
+        made = made[contains(nodes, arrays.tensor_source[made])]
         leaving = np.union1d(pairs.tensor[reads], made)  # ascending: node by node, output by output
         names = arrays.tensor_names
-        box = self._boxes_in(number, index)
         into: dict[str, list[str]] = {}
-        for node, k in zip(target[entering].tolist(), tensor[entering].tolist()):
-            into.setdefault(box(node), []).append(names[k])
+        for box, k in zip(self._boxes_in(group_id, index, target[entering]), tensor[entering].tolist()):
+            into.setdefault(box, []).append(names[k])
         out: dict[str, list[str]] = {}
-        for node, k in zip(arrays.tensor_source[leaving].tolist(), leaving.tolist()):
-            out.setdefault(box(node), []).append(names[k])
+        for box, k in zip(self._boxes_in(group_id, index, arrays.tensor_source[leaving]), leaving.tolist()):
+            out.setdefault(box, []).append(names[k])
         return ({b: list(dict.fromkeys(n)) for b, n in into.items()}, {b: list(dict.fromkeys(n)) for b, n in out.items()})
 
-    def _boxes_in(self, number: int, index: GroupIndex):
-        """node position -> its box in group `number`'s level: the child group holding it, or its own."""
-        innermost, parent, ids, node_ids = index.innermost, index.parent, index.ids, self.arrays.ids
-
-        def box(position: int) -> str:
-            group, child = int(innermost[position]), None
-            while group >= 0 and group != number:
-                group, child = int(parent[group]), group
-            return node_ids[position] if child is None else ids[child]
-        return box
+    def _boxes_in(self, group_id: str, index: GroupIndex, positions: np.ndarray) -> list[str]:
+        """The box of each node (positions) in the level of `group_id`: its child group, or its own."""
+        child = index.child_within(group_id, positions)
+        node_ids, group_ids = self.arrays.ids, index.ids
+        return [node_ids[p] if c < 0 else group_ids[c] for p, c in zip(positions.tolist(), child.tolist())]
 
     def _tensor_maps(self) -> tuple:
         """(tensor -> producer: a drawn node or input:NAME, tensor -> drawn consumers, graph outputs);

@@ -116,13 +116,13 @@ class NodeArrays:
         reader = np.repeat(np.arange(count, dtype=np.int64), in_counts)
         known = read >= 0
         self._reads = (self.tensor_source[read[known]], reader[known], read[known])
-        self.is_output = np.zeros(len(self.tensor_names), dtype=bool)
-        self.is_output[[number[name] for name in graph.outputs if name in number]] = True
+        self.output_tensors = np.unique(np.array([number[name] for name in graph.outputs if name in number],
+                                                 dtype=np.int64))  # the graph outputs' tensors, ascending
         self._tensors_built = True
 
     def tensors(self) -> "NodeArrays":
         """These arrays with the tensor fields built (out_start, produced, tensor_names,
-        tensor_source, is_output, exact)."""
+        tensor_source, output_tensors, exact)."""
         with self._lock:
             self._build_tensors()
         return self
@@ -163,6 +163,14 @@ class NodeArrays:
     def remember_positions(self, node_ids: tuple, positions: np.ndarray) -> None:
         """`positions(node_ids)` is `positions` (engine.layout.node_groups knows its groups' members')."""
         self._known_positions[id(node_ids)] = (node_ids, positions)
+
+    def remembered(self, node_ids: Sequence[str]) -> bool:
+        known = self._known_positions.get(id(node_ids))
+        return known is not None and known[0] is node_ids
+
+    def forget_positions(self) -> None:
+        """Drop the remembered member positions (a new grouping of the model replaces them)."""
+        self._known_positions = {}
 
     def names(self, positions: np.ndarray) -> list[str]:
         return self.id_array[positions].tolist()
@@ -276,6 +284,10 @@ class GroupIndex:
         self.ids = list(groups)
         self.number = {group_id: k for k, group_id in enumerate(self.ids)}
         self.parent = np.array([self.number.get(groups[g].parent, -1) for g in self.ids], dtype=np.int64)
+        # Groups that engine.layout.node_groups made for this analysis nest (a child's members are
+        # its parent's) and list their members in execution order: what the level and crossing
+        # look-ups here rely on.  Any other groups are laid out by walking (FoldedLayouts).
+        self.nested = all(arrays.remembered(groups[g].members) for g in self.ids)
         self.members = [arrays.positions(groups[g].members) for g in self.ids]
         innermost = np.full(arrays.count, -1, dtype=np.int64)
         for k, members in enumerate(self.members):
@@ -283,15 +295,19 @@ class GroupIndex:
         self.innermost = innermost
         self.arrays = arrays
 
-    def members_in_order(self) -> bool:
-        """Whether every group lists its members in execution order."""
-        if not self.members:
-            return True
-        joined = np.concatenate(self.members)
-        rising = np.r_[np.diff(joined) > 0, True]
-        last = np.cumsum([len(m) for m in self.members]) - 1  # a group's last member starts no pair
-        rising[last[last >= 0]] = True
-        return bool(rising.all())
+    def child_within(self, level: Optional[str], positions: np.ndarray) -> np.ndarray:
+        """Per node (all of them inside `level`; None: the root): the number of the child group of
+        `level` holding it, or -1 when no child does (it is drawn as itself there)."""
+        top = -1 if level is None else self.number[level]
+        group = self.innermost[positions].copy()
+        parent = self.parent
+        while True:
+            climbing = (group >= 0) & (group != top)
+            climbing[climbing] = parent[group[climbing]] != top
+            if not climbing.any():
+                break
+            group[climbing] = parent[group[climbing]]
+        return np.where((group >= 0) & (group != top), group, -1)
 
     def innermost_of(self, node_id: str) -> Optional[str]:
         position = self.arrays.position.get(node_id)
@@ -316,30 +332,34 @@ class LevelGraph:
         self.level_pairs = level_pairs  # (source, target, tensor) reads inside the level, in pairs order
 
 
-def level_graph(arrays: NodeArrays, pairs: Pairs, index: GroupIndex, nodes: np.ndarray, children: Sequence[str],
+def contains(sorted_values: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per value: whether it is in `sorted_values` (ascending) (np.isin without sorting both)."""
+    at = np.searchsorted(sorted_values, values)
+    found = at < len(sorted_values)
+    found[found] = sorted_values[at[found]] == values[found]
+    return found
+
+
+def level_graph(arrays: NodeArrays, pairs: "Pairs", index: GroupIndex, nodes: np.ndarray, level: Optional[str],
                 include_io: bool) -> LevelGraph:
     """The boxes of a level in order of first appearance (a node's own box, or its child group's
-    when one of `children` holds it: the last listed wins, as engine.layout.collapsed_boxes)
-    and the distinct (source box, target box, tensor) reads between different boxes in order of
-    first appearance: what engine.layout.layout_nodes derives from `_node_pairs` of `nodes`."""
-    count = arrays.count
-    group_of = np.full(count, -1, dtype=np.int64)
-    for child in children:
-        group_of[index.members[index.number[child]]] = index.number[child]
-    in_level = np.zeros(count, dtype=bool)
-    in_level[nodes] = True
-    box_of = np.where(group_of >= 0, count + group_of, np.arange(count))  # box code per node position
-    if len(nodes):
+    when one holds it) and the distinct (source box, target box, tensor) reads between different
+    boxes in order of first appearance: what engine.layout.layout_nodes derives from
+    `_node_pairs` of `nodes` with the level's children collapsed.  Costs what the level holds."""
+    count = len(nodes)
+    child = index.child_within(level, nodes)
+    box = np.where(child >= 0, count + child, np.arange(count))  # a box code per node of the level
+    if count:
         window = pairs.into(int(nodes[0]), int(nodes[-1]))
         source, target, tensor = pairs.source[window], pairs.target[window], pairs.tensor[window]
     else:
         source = target = tensor = np.zeros(0, dtype=np.int64)
     from_input = source < 0
-    keep = in_level[target] & np.where(from_input, include_io, in_level[np.maximum(source, 0)])
+    keep = contains(nodes, target) & np.where(from_input, include_io, contains(nodes, source))
     source, target, tensor = source[keep], target[keep], tensor[keep]
     level_pairs = (source, target, tensor)
-    source_box = np.where(source < 0, source, box_of[np.maximum(source, 0)])
-    target_box = box_of[target]
+    source_box = np.where(source < 0, source, box[np.searchsorted(nodes, source)])
+    target_box = box[np.searchsorted(nodes, target)]
     between = source_box != target_box
     source_box, target_box, tensor = source_box[between], target_box[between], tensor[between]
     inputs = len(arrays.tensor_names) - arrays.produced
@@ -350,28 +370,24 @@ def level_graph(arrays: NodeArrays, pairs: Pairs, index: GroupIndex, nodes: np.n
     else:
         _, first = np.unique(np.stack([source_box, target_box, tensor], axis=1), axis=0, return_index=True)
     first.sort()
-    node_box = box_of[nodes]
-    _, box_first = np.unique(node_box, return_index=True)
+    _, box_first = np.unique(box, return_index=True)
     box_first.sort()
+    tensor_names, node_ids = arrays.tensor_names, arrays.ids
 
     def name(code: int) -> str:
         if code < 0:
-            return INPUT_PREFIX + arrays.tensor_names[arrays.produced - 1 - code]
-        return arrays.ids[code] if code < count else index.ids[code - count]
+            return INPUT_PREFIX + tensor_names[arrays.produced - 1 - code]
+        return node_ids[int(nodes[code])] if code < count else index.ids[code - count]
 
-    boxes = [name(code) for code in node_box[box_first].tolist()]
-    tensor_names = arrays.tensor_names
+    boxes = [name(code) for code in box[box_first].tolist()]
     box_pairs = [(name(s), name(t), tensor_names[k]) for s, t, k in
                  zip(source_box[first].tolist(), target_box[first].tolist(), tensor[first].tolist())]
     producer_of: dict[str, str] = {}
     if include_io:
-        visible_source = np.zeros(count, dtype=bool)
-        visible_source[nodes] = True
-        for k in np.flatnonzero(arrays.is_output).tolist():
+        for k in arrays.output_tensors.tolist():
             producer = int(arrays.tensor_source[k])
             if producer < 0:
                 producer_of[tensor_names[k]] = name(producer)
-            elif visible_source[producer]:
-                producer_of[tensor_names[k]] = name(int(box_of[producer]))
-    return LevelGraph(boxes, box_pairs, producer_of, nodes, np.where(group_of[nodes] >= 0, group_of[nodes], -1),
-                      level_pairs)
+            elif count and contains(nodes, np.array([producer]))[0]:
+                producer_of[tensor_names[k]] = name(int(box[np.searchsorted(nodes, producer)]))
+    return LevelGraph(boxes, box_pairs, producer_of, nodes, child, level_pairs)

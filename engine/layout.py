@@ -703,6 +703,7 @@ def _namespace_groups(analysis: "ModelAnalysis") -> dict[str, NodeGroup]:
     from engine.group_index import node_arrays
 
     arrays = node_arrays(analysis)
+    arrays.forget_positions()
     namespaces = list(map(attrgetter("namespace"), arrays.nodes()))
     # One look-up per node: each namespace is numbered by its first node's position, then densely.
     first_of: dict[str, int] = {}
