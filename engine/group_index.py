@@ -54,6 +54,7 @@ class NodeArrays:
         self._tensors_built = False
         self._pairs: dict[bool, Pairs] = {}
         self._op_numbers: dict[str, int] = {}
+        self._op_counter = itertools.count()  # numbers new op types (distinct, never reused)
         self._figures = None
         self._profile: tuple = (None, None)
         self._lock = threading.RLock()
@@ -132,7 +133,7 @@ class NodeArrays:
         nodes = self.nodes()
         with self._lock:
             ops = map(attrgetter("op_type"), map(nodes.__getitem__, positions.tolist()))
-            return np.fromiter(map(self._op_numbers.setdefault, ops, itertools.count()), dtype=np.int64, count=len(positions))
+            return np.fromiter(map(self._op_numbers.setdefault, ops, self._op_counter), dtype=np.int64, count=len(positions))
 
     def visible(self, include_constants: bool) -> np.ndarray:
         return np.ones(self.count, dtype=bool) if include_constants else ~self.constant
