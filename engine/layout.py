@@ -745,8 +745,8 @@ def _namespace_groups(analysis: "ModelAnalysis") -> dict[str, NodeGroup]:
         keys = node_path[at]
         order = np.argsort(keys, kind="stable")  # stable: each path's members stay in execution order
         sorted_nodes, sorted_keys = at[order], keys[order]
-        starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-        ends = np.r_[starts[1:], len(sorted_keys)]
+        starts = np.flatnonzero(np.concatenate([[True], sorted_keys[1:] != sorted_keys[:-1]]))
+        ends = np.append(starts[1:], len(sorted_keys))
         for path, start, end in zip(sorted_keys[starts].tolist(), starts.tolist(), ends.tolist()):
             members_of[path] = sorted_nodes[start:end]
         compute_count += np.bincount(keys[compute[at]], minlength=len(paths))
