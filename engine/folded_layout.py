@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 FRAME_PAD = 18.0  # frame margin left, right and below the contents (the lanes run in it)
 FRAME_TITLE = 30.0  # frame band above the contents: the group's name and totals
 LANE_INSET = 7.0  # the lanes' distance from the frame's side
+COMPOSED_KEPT = 8  # composed drawings kept: closing and reopening a group returns the same one
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,7 @@ class FoldedLayouts:
         # An opened group as composed, by (group, which of its descendants are collapsed): reopening
         # it, or opening another group elsewhere, reuses it whole.  Pieces are never changed.
         self._framed_pieces: dict[tuple[str, frozenset], _Piece] = {}
+        self._composed: dict[frozenset, FoldedLayout] = {}  # the last COMPOSED_KEPT drawings, by collapsed groups
         self._descendants: dict[str, frozenset] = {}
         self._lock = threading.RLock()  # re-entered: a level's layout looks up the groups' index
         self.arrays = node_arrays(analysis)
@@ -313,6 +315,11 @@ class FoldedLayouts:
         """The whole drawing with the groups in `collapsed` as boxes and every other group opened
         (a group inside a collapsed one is not drawn, open or not)."""
         closed = frozenset(collapsed)
+        with self._lock:
+            found = self._composed.pop(closed, None)
+            if found is not None:
+                self._composed[closed] = found  # the most recently used goes last
+                return found
         piece = self._compose(None, closed)
         boxes = {node_id: tuple(rect) for node_id, rect in zip(piece.ids, piece.rects.tolist())}
         frames = {group_id: tuple(rect) for group_id, rect in zip(piece.frame_ids, piece.frame_rects.tolist())}
@@ -322,8 +329,13 @@ class FoldedLayouts:
                       for k, (s, t, v, vs) in enumerate(piece.edges))
         method = self.level(None).method + (", per group" if frames else "")
         box_for = _BoxFor(self.groups, self._innermost(), frozenset(piece.members))
-        return FoldedLayout(boxes, edges, {}, piece.width, piece.height, method, self.hidden, piece.members,
-                            box_for, frames=frames)
+        composed = FoldedLayout(boxes, edges, {}, piece.width, piece.height, method, self.hidden, piece.members,
+                                box_for, frames=frames)
+        with self._lock:
+            self._composed[closed] = composed
+            while len(self._composed) > COMPOSED_KEPT:
+                self._composed.pop(next(iter(self._composed)))
+        return composed
 
     def _compose(self, level: Optional[str], closed: frozenset) -> _Piece:
         base = self.level(level)
