@@ -244,9 +244,8 @@ class FoldedLayouts:
         """_structure from the arrays: op types, the child group of each node (its position in
         `children`, -1: none) and the wires (producer position, output slot, consumer position)."""
         arrays, nodes = self.arrays, boxes.nodes
-        child_position = np.full(len(index.ids), -1, dtype=np.int64)
-        child_position[[index.number[c] for c in children]] = np.arange(len(children), dtype=np.int64)
-        inside = np.where(boxes.box_code >= 0, child_position[np.maximum(boxes.box_code, 0)], -1)
+        numbers = np.array([index.number[c] for c in children], dtype=np.int64)  # ascending: groups' order
+        inside = np.where(boxes.box_code >= 0, np.searchsorted(numbers, boxes.box_code), -1)
         source, target, tensor = boxes.level_pairs
         forward = source < target  # a wire comes from a node earlier in the level
         source, target, tensor = source[forward], target[forward], tensor[forward]

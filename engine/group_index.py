@@ -53,6 +53,7 @@ class NodeArrays:
         self._known_positions: dict[int, tuple] = {}  # id of a member tuple -> (it, its positions)
         self._tensors_built = False
         self._pairs: dict[bool, Pairs] = {}
+        self._visible: dict[bool, np.ndarray] = {}
         self._op_numbers: dict[str, int] = {}
         self._op_counter = itertools.count()  # numbers new op types (distinct, never reused)
         self._figures = None
@@ -136,7 +137,12 @@ class NodeArrays:
             return np.fromiter(map(self._op_numbers.setdefault, ops, self._op_counter), dtype=np.int64, count=len(positions))
 
     def visible(self, include_constants: bool) -> np.ndarray:
-        return np.ones(self.count, dtype=bool) if include_constants else ~self.constant
+        """Per node: whether it is drawn (constants only with `include_constants`)."""
+        found = self._visible.get(include_constants)
+        if found is None:
+            found = self._visible[include_constants] = np.ones(self.count, dtype=bool) if include_constants \
+                else ~self.constant
+        return found
 
     def pairs(self, include_constants: bool) -> "Pairs":
         """The reads between drawn nodes (and from graph inputs): _node_pairs of every drawn node."""
