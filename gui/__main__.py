@@ -1,5 +1,3 @@
-import sys
+from gui.cli import script
 
-from gui.cli import main
-
-sys.exit(main())
+script()

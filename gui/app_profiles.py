@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QListWidgetItem, QMessageBox
@@ -15,7 +15,9 @@ from engine.profile import Profile
 from engine.session import profile_analysis, profiled_at
 from gui.graph_view import OVERLAYS, format_ms
 from gui import numerics_view
-from gui.run_dialog import ProfileWorker, RunDialog, RunRequest, RunResult, make_profile_runner
+
+if TYPE_CHECKING:  # gui.run_dialog is imported by the first run, not before the first paint
+    from gui.run_dialog import ProfileWorker, RunDialog, RunRequest, RunResult
 
 
 def _main_module():
@@ -274,6 +276,8 @@ class ProfilesMixin:
     # --- profiling ------------------------------------------------------------------------
     def show_run_dialog(self) -> RunDialog:
         if self.run_dialog is None:
+            from gui.run_dialog import RunDialog
+
             _main_module()._warm_profiling_imports()
             self.panels.real()  # the charts a run will fill: built now, not when its result arrives
             remembered = self.settings.value("bridgeTargets", []) or []
@@ -306,6 +310,8 @@ class ProfilesMixin:
         """
         if self.worker is not None or self.loaded is None:
             return None
+        from gui.run_dialog import make_profile_runner
+
         worker = make_profile_runner(request, self.loaded.analysis, self)
         self.worker = worker
         worker.progressed.connect(self._on_profile_progress)

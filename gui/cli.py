@@ -8,16 +8,21 @@ Qt itself is imported only when a window is wanted.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from typing import Optional, Sequence
 
 from engine import cli as engine_cli
 from engine.cli import EXIT_BAD_INPUT, EXIT_OK, CliError
+from engine.gc_pause import collector_paused
 
 VIEW_OVERLAYS = ("none", "time", "compute_unit", "transfer", "macs", "params", "output_bytes",
                  "arithmetic_intensity")
 PROFILE_OVERLAYS = ("time", "compute_unit", "transfer")  # need --profile
+
+# Set once `view --screenshot` has written its PNG: `script` may then end the process at once.
+_screenshot_written = False
 
 
 def _display_missing() -> bool:
@@ -32,9 +37,12 @@ def _run_app(no_display_advice: str, model, **options) -> int:
         return EXIT_BAD_INPUT
     _check_platform_libraries()
     try:
-        from gui.app import run_app
+        with collector_paused():  # as for a screenshot (cmd_view): the imports leave next to no garbage
+            import_engine_before_qt()
+            from gui.app import run_app
     except ImportError as exc:
         raise CliError(f"the desktop app is not available: {exc}")
+    gc.freeze()  # the modules' objects: the app's full collections need not walk them again
     return run_app(model, **options)
 
 
@@ -44,6 +52,35 @@ def _check_platform_libraries() -> None:
     problem = display_problem()
     if problem:
         raise CliError(problem)
+
+
+def import_engine_before_qt(screenshot: bool = False) -> None:
+    """Import what opening a model needs before Qt; for a screenshot, numpy with one BLAS thread.
+
+    PySide6 reads the source of every module imported after it, looking for the text "PySide6"
+    (the import hook of its `__feature__` switch, PYSIDE-2029): numpy, igraph, the importers and
+    the engine are about 200 modules whose reading costs 30-50 ms if Qt comes first.  Numpy's
+    OpenBLAS starts a thread per core when it loads and joins them at exit, 50-100 ms of CPU on a
+    2-core machine; a screenshot does no linear algebra, so its process starts OpenBLAS with one
+    thread (the variable is restored at once: processes started later are not affected).  The app
+    keeps OpenBLAS's default (a conversion checks its values in this process) and lays out large
+    graphs in a helper process, so igraph is loaded here only for a screenshot, which lays out in
+    this process.
+    """
+    if screenshot and "numpy" not in sys.modules and "OPENBLAS_NUM_THREADS" not in os.environ:
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"
+        try:
+            import numpy  # noqa: F401
+        finally:
+            del os.environ["OPENBLAS_NUM_THREADS"]
+    if screenshot:
+        import igraph  # noqa: F401
+    import engine.analysis  # noqa: F401
+    import engine.layout  # noqa: F401
+    import engine.session  # noqa: F401
+    import importers
+
+    importers.formats()  # the format modules, as the first open imports them
 
 
 def cmd_app(args: argparse.Namespace) -> int:
@@ -71,15 +108,22 @@ def cmd_view(args: argparse.Namespace) -> int:
     if _display_missing():
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
     _check_platform_libraries()
-    try:
-        from gui.app import render_screenshot
-    except ImportError as exc:
-        raise CliError(f"the desktop app is not available: {exc}")
-    try:
-        path = render_screenshot(args.model, args.screenshot, overlay=args.overlay, size=args.size,
-                                 select=args.select, profile=profile)
-    except OSError as exc:
-        raise CliError(f"--screenshot {args.screenshot}: {exc}")
+    # No automatic cyclic collection in this short process (engine.gc_pause): its imports and the
+    # open triggered ~120 collections, 50 ms, which found under 1,000 objects that reference
+    # counting had not freed (ResNet-50).
+    with collector_paused():
+        try:
+            import_engine_before_qt(screenshot=True)
+            from gui.app import render_screenshot
+        except ImportError as exc:
+            raise CliError(f"the desktop app is not available: {exc}")
+        try:
+            path = render_screenshot(args.model, args.screenshot, overlay=args.overlay, size=args.size,
+                                     select=args.select, profile=profile)
+        except OSError as exc:
+            raise CliError(f"--screenshot {args.screenshot}: {exc}")
+    global _screenshot_written
+    _screenshot_written = True
     print(f"wrote {path}")
     return EXIT_OK
 
@@ -119,5 +163,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return engine_cli.main(argv, parser=parser)
 
 
+def script() -> None:
+    """The `layerscope` program (pyproject's entry point, `python -m gui`): main(), then exit.
+
+    After `view --screenshot` the process ends with os._exit once stdout and stderr are flushed:
+    the PNG is written and closed, and Python's teardown (destroying the Qt objects and the
+    modules one by one, 20-30 ms) would only discard what the window kept in memory.
+    """
+    code = main()
+    if _screenshot_written:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    script()

@@ -37,7 +37,10 @@ def test_screenshot_of_sample_is_not_blank(qtbot, tmp_path, sample_model):
 
 def test_view_command_writes_png(tmp_path):
     out = tmp_path / "densenet.png"
-    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    # Buffered stdout, as in a person's shell: the program ends with os._exit after a screenshot
+    # (gui.cli.script), so this checks that what it printed was flushed first.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM", "PYTHONUNBUFFERED")}
     result = subprocess.run([sys.executable, "-m", "gui", "view", str(light_model("densenet121")),
                              "--screenshot", str(out), "--overlay", "params", "--size", "1000x700"],
                             capture_output=True, text=True, env=env, timeout=120)
