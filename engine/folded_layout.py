@@ -173,9 +173,10 @@ class FoldedLayouts:
 
     def _level_box_for(self, drawn_children: Iterable[str]) -> "_BoxFor":
         """node id -> the child group box drawing it in a level (GraphLayout.box_for), looked up."""
-        return _BoxFor(self.groups, self._innermost(), frozenset(drawn_children))
+        return _BoxFor(self.groups, self.innermost(), frozenset(drawn_children))
 
-    def _innermost(self) -> Mapping[str, str]:
+    def innermost(self) -> Mapping[str, str]:
+        """node id -> the deepest group holding it (engine.grouping.innermost_group), looked up."""
         with self._lock:
             if self._member_of is None:
                 index = self._indexed()
@@ -327,7 +328,7 @@ class FoldedLayouts:
         edges = tuple(LayoutEdge(s, t, v, tuple(points[starts[k]:starts[k + 1]]), vs)
                       for k, (s, t, v, vs) in enumerate(piece.edges))
         method = self.level(None).method + (", per group" if frames else "")
-        box_for = _BoxFor(self.groups, self._innermost(), frozenset(piece.members))
+        box_for = _BoxFor(self.groups, self.innermost(), frozenset(piece.members))
         composed = FoldedLayout(boxes, edges, {}, piece.width, piece.height, method, self.hidden, piece.members,
                                 box_for, frames=frames)
         with self._lock:

@@ -68,6 +68,15 @@ def folded_scene_data(loaded):
 _member_cache: tuple[Optional[object], dict] = (None, {})
 
 
+def innermost_of_model(loaded) -> dict:
+    """node id -> its deepest group, for the groups of `loaded`: looked up in its folded layouts'
+    arrays when it has them, else engine.grouping.innermost_group (kept per groups)."""
+    folded = getattr(loaded, "folded_layouts", None)
+    if folded is not None and folded.groups is loaded.groups:
+        return folded.innermost()
+    return _innermost(loaded.groups)
+
+
 def _innermost(groups) -> dict:
     """innermost_group(groups), kept for the groups of the open model (a scan of every member)."""
     global _member_cache
@@ -87,7 +96,7 @@ def open_groups_to(window, node_id: str) -> bool:
         return False  # not a node, or a folded constant: it has no box of its own to open to
     if loaded.layout.box_of(node_id) not in loaded.groups:
         return False  # drawn already
-    closed = [g for g in enclosing_groups(node_id, loaded.groups, _innermost(loaded.groups))
+    closed = [g for g in enclosing_groups(node_id, loaded.groups, innermost_of_model(loaded))
               if g in loaded.collapsed]
     if not closed:
         return False

@@ -251,3 +251,16 @@ def test_opening_a_group_shows_its_frame(qtbot, folded):
     assert window.view.current_scale() >= window.view.READABLE_SCALE
     assert visible.contains(QPointF(x + w / 2, y + 10))  # its title band, and its contents from the top
     assert visible.intersects(QRectF(x, y, w, h).adjusted(0, 0, 0, -max(0.0, h - visible.height())))
+
+
+def test_a_node_in_opened_frames_names_its_groups_innermost_first(qtbot, folded):
+    window = folded
+    block = BLOCK.format(2)
+    _relaid(qtbot, window, lambda: window.toggle_group(block, False))
+    scene, groups = window.scene, window.loaded.groups
+    node_id = _inside_block(window, 2, "self_attn")
+    # What double-click and the context menu close: the opened groups holding the node, deepest first.
+    walked = sorted((g for g in groups if node_id in groups[g].members and g not in scene.node_index),
+                    key=lambda g: -groups[g].depth)
+    assert scene.enclosing_groups(node_id) == walked and walked[-1] == "group:namespace:model"
+    assert block in walked
