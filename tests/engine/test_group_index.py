@@ -13,7 +13,7 @@ from engine.analysis import analyze
 from engine.folded_layout import FoldedLayouts
 from engine.group_index import GroupIndex, node_arrays
 from engine.grouping import folded_start, innermost_group, namespace_groups
-from engine.layout import GROUP_PREFIX, NodeGroup, group_totals, node_groups
+from engine.layout import GROUP_PREFIX, NodeGroup, group_totals, layout_graph, node_groups
 from engine.profile import combine_kinds
 from engine.targets import ProfileSettings
 from engine.targets.cpu import CpuTarget
@@ -196,3 +196,40 @@ def test_groups_not_made_by_node_groups_are_laid_out_by_walking(awkward):
     layouts = FoldedLayouts(awkward, copied, include_constants=False)
     assert layouts._indexed() is None  # members it cannot vouch for: nested? in order?
     assert layouts.compose(frozenset()).boxes == FoldedLayouts(awkward, groups, False).compose(frozenset()).boxes
+
+
+def test_a_tensor_written_twice_is_laid_out_by_walking(tmp_path):
+    # Not valid ONNX, but it opens: the arrays cannot say which write a reader sees (the walk takes
+    # the last), so the folded layout walks, and draws what the flat layout draws.
+    nodes = [helper.make_node("Relu", ["x"], ["t"], name="/a/Relu"),
+             helper.make_node("Sigmoid", ["x"], ["t"], name="/a/Sigmoid"),
+             helper.make_node("Tanh", ["t"], ["u"], name="/b/Tanh"), helper.make_node("Neg", ["u"], ["y"], name="/b/Neg")]
+    graph = helper.make_graph(nodes, "twice", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    path = tmp_path / "twice.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    analysis = analyze(open_model(str(path)))
+    groups = namespace_groups(analysis)
+    assert not node_arrays(analysis).tensors().exact
+    layouts = FoldedLayouts(analysis, groups, include_constants=False)
+    assert layouts._indexed() is None
+    folded = layouts.compose(frozenset(groups))
+    flat = layout_graph(analysis, groups=groups, collapsed=list(groups))
+    assert folded.boxes == flat.boxes and [tuple(e) for e in folded.edges] == [tuple(e) for e in flat.edges]
+    assert {(e.source, e.target) for e in folded.edges} >= {("group:namespace:a", "group:namespace:b")}
+
+
+def test_a_drawing_composed_again_is_the_one_kept(transformer):
+    from engine.folded_layout import COMPOSED_KEPT
+    analysis = transformer[1]
+    groups = namespace_groups(analysis)
+    layouts = FoldedLayouts(analysis, groups, include_constants=False)
+    start = folded_start(groups, analysis)
+    first = layouts.compose(start)
+    blocks = [g for g in groups if groups[g].depth == 1]
+    opened = [layouts.compose(start - {block}) for block in blocks]
+    assert layouts.compose(start) is first and layouts.compose(start - {blocks[0]}) is opened[0]
+    for k in range(COMPOSED_KEPT):  # other drawings push the oldest out: composed anew, the same geometry
+        layouts.compose(start - set(list(groups)[k:k + 2]))
+    again = layouts.compose(start)
+    assert again is not first and again.boxes == first.boxes and again.frames == first.frames

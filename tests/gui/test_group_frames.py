@@ -264,3 +264,20 @@ def test_a_node_in_opened_frames_names_its_groups_innermost_first(qtbot, folded)
                     key=lambda g: -groups[g].depth)
     assert scene.enclosing_groups(node_id) == walked and walked[-1] == "group:namespace:model"
     assert block in walked
+
+
+def test_a_reopened_group_is_drawn_from_the_kept_scene_data_with_its_own_labels(qtbot, folded):
+    from gui.folded_groups import folded_scene_data
+    window = folded
+    block = BLOCK.format(3)
+    _relaid(qtbot, window, lambda: window.toggle_group(block, False))
+    opened = window.loaded
+    _relaid(qtbot, window, lambda: window.toggle_group(block, True))
+    _relaid(qtbot, window, lambda: window.toggle_group(block, False))
+    assert window.loaded.layout is opened.layout  # the composed drawing was kept
+    again, before = window.loaded.scene_data, opened.scene_data
+    assert again.edge_batches is before.edge_batches and again.node_ids == before.node_ids
+    assert again.lines == before.lines and again.lines is not before.lines  # a scene rewrites its own
+    fresh = folded_scene_data(window.loaded)
+    fresh.lines[0] = ("changed",)
+    assert folded_scene_data(window.loaded).lines[0] != ("changed",)
