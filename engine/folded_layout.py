@@ -16,7 +16,10 @@ group lays out at most that group, then `compose` puts the cached levels togethe
   bottom, where the level's edge starts.
 
 Composition is numpy over the drawn boxes; opening a group of 3,000 nodes in a 100,000-node
-model costs the layout of those 3,000 nodes once, and a few milliseconds when reopened.
+model costs the layout of those 3,000 nodes once, and a few milliseconds when reopened.  A
+level's boxes and edges, and the tensors crossing a frame, come from the model's arrays
+(engine.group_index, built once per model), so they cost what the level holds, not what the
+model holds; the last few composed drawings are kept whole.
 """
 from __future__ import annotations
 
@@ -166,10 +169,11 @@ class FoldedLayouts:
         """The GroupIndex, when the levels can be derived from arrays: every tensor has one producer
         and the groups are node_groups' (nested, members in execution order); else None and the
         levels are found by walking their nodes."""
-        if self._fast is None:
-            index = GroupIndex(self.groups, self.arrays)
-            self._index, self._fast = index, self.from_arrays and index.nested and self.arrays.tensors().exact
-        return self._index if self._fast else None
+        with self._lock:
+            if self._fast is None:
+                index = GroupIndex(self.groups, self.arrays)
+                self._index, self._fast = index, self.from_arrays and index.nested and self.arrays.tensors().exact
+            return self._index if self._fast else None
 
     def _level_box_for(self, drawn_children: Iterable[str]) -> "_BoxFor":
         """node id -> the child group box drawing it in a level (GraphLayout.box_for), looked up."""
