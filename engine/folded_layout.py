@@ -16,18 +16,22 @@ group lays out at most that group, then `compose` puts the cached levels togethe
   bottom, where the level's edge starts.
 
 Composition is numpy over the drawn boxes; opening a group of 3,000 nodes in a 100,000-node
-model costs the layout of those 3,000 nodes once, and a few milliseconds when reopened.
+model costs the layout of those 3,000 nodes once, and a few milliseconds when reopened.  A
+level's boxes and edges, and the tensors crossing a frame, come from the model's arrays
+(engine.group_index, built once per model), so they cost what the level holds, not what the
+model holds; the last few composed drawings are kept whole.
 """
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
 
+from engine.group_index import GroupIndex, LevelGraph, contains, level_graph, node_arrays
 from engine.layout import (GROUP_HEIGHT, NODE_WIDTH, VERTICAL_GAP, GraphLayout, LayoutEdge, NodeGroup, Rect,
-                           collapsed_boxes, layout_graph, layout_nodes)
+                           attach_constants, collapsed_boxes, layout_graph, layout_nodes)
 
 if TYPE_CHECKING:
     from engine.analysis import ModelAnalysis
@@ -35,6 +39,7 @@ if TYPE_CHECKING:
 FRAME_PAD = 18.0  # frame margin left, right and below the contents (the lanes run in it)
 FRAME_TITLE = 30.0  # frame band above the contents: the group's name and totals
 LANE_INSET = 7.0  # the lanes' distance from the frame's side
+COMPOSED_KEPT = 8  # composed drawings kept: closing and reopening a group returns the same one
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,32 @@ class _BoxFor(Mapping):
         return len(self._every())
 
 
+class _Innermost(Mapping):
+    """node id -> the deepest group holding it (engine.grouping.innermost_group) from a GroupIndex."""
+
+    def __init__(self, index: GroupIndex):
+        self._index = index
+        self._nodes: Optional[list] = None
+
+    def get(self, node_id, default=None):
+        found = self._index.innermost_of(node_id)
+        return default if found is None else found
+
+    def __getitem__(self, node_id):
+        found = self._index.innermost_of(node_id)
+        if found is None:
+            raise KeyError(node_id)
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        if self._nodes is None:
+            self._nodes = self._index.grouped_nodes()
+        return iter(self._nodes)
+
+    def __len__(self) -> int:
+        return int((self._index.innermost >= 0).sum())
+
+
 @dataclass
 class _Piece:
     """A composed level in its own coordinates (origin at its top-left)."""
@@ -101,8 +132,12 @@ class FoldedLayouts:
     computed on first use; `compose(collapsed)` draws the model with those groups collapsed.
     Thread-safe: the GUI composes in worker threads."""
 
-    def __init__(self, analysis: "ModelAnalysis", groups: Mapping[str, NodeGroup], include_constants: bool):
+    def __init__(self, analysis: "ModelAnalysis", groups: Mapping[str, NodeGroup], include_constants: bool,
+                 from_arrays: bool = True):
+        """`from_arrays` False: find every level by walking its nodes (the way a model whose tensors
+        the arrays cannot stand for is laid out; the same layouts, slower)."""
         self.analysis, self.groups, self.include_constants = analysis, groups, include_constants
+        self.from_arrays = from_arrays
         self._levels: dict[Optional[str], GraphLayout] = {}
         self._children: dict[Optional[str], list[str]] = {}
         for group in groups.values():
@@ -111,17 +146,50 @@ class FoldedLayouts:
         self._crossing: dict[str, tuple[dict, dict]] = {}  # group id -> tensors entering, leaving (per box)
         # Repeated blocks: a level with the same structure as one laid out already reuses its geometry.
         self._by_structure: dict[tuple, tuple[str, list[str], list[str]]] = {}
+        # The same from arrays: (nodes, children, wires) -> [[structure or None (not made yet), level,
+        # its nodes, its children, its LevelGraph until its structure is made], ...]
+        self._by_shape: dict[tuple, list[list]] = {}
         self.reused_levels = 0
         self.annotations: dict[str, dict] = {}  # what a viewer derives per node and keeps (label text)
         self._member_of: Optional[dict[str, str]] = None  # node id -> innermost group (first compose)
         # An opened group as composed, by (group, which of its descendants are collapsed): reopening
         # it, or opening another group elsewhere, reuses it whole.  Pieces are never changed.
         self._framed_pieces: dict[tuple[str, frozenset], _Piece] = {}
+        self._composed: dict[frozenset, FoldedLayout] = {}  # the last COMPOSED_KEPT drawings, by collapsed groups
         self._descendants: dict[str, frozenset] = {}
-        self._lock = threading.Lock()
-        nodes = analysis.nodes
-        self.hidden = frozenset() if include_constants else frozenset(n for n in analysis.order if nodes[n].is_constant)
+        self._lock = threading.RLock()  # re-entered: a level's layout looks up the groups' index
+        self.arrays = node_arrays(analysis)
+        self.hidden = frozenset() if include_constants else \
+            frozenset(self.arrays.id_array[self.arrays.constant].tolist())
+        self._index: Optional[GroupIndex] = None  # the groups as arrays (first level laid out)
+        self._fast: Optional[bool] = None  # whether the arrays stand for the walks (see _indexed)
         self.seconds_laying_out = 0.0  # time spent in engine.layout (what the cache saves)
+
+    def _indexed(self) -> Optional[GroupIndex]:
+        """The GroupIndex, when the levels can be derived from arrays: every tensor has one producer
+        and the groups are node_groups' (nested, members in execution order); else None and the
+        levels are found by walking their nodes."""
+        with self._lock:
+            if self._fast is None:
+                index = GroupIndex(self.groups, self.arrays)
+                self._index, self._fast = index, self.from_arrays and index.nested and self.arrays.tensors().exact
+            return self._index if self._fast else None
+
+    def _level_box_for(self, drawn_children: Iterable[str]) -> "_BoxFor":
+        """node id -> the child group box drawing it in a level (GraphLayout.box_for), looked up."""
+        return _BoxFor(self.groups, self.innermost(), frozenset(drawn_children))
+
+    def innermost(self) -> Mapping[str, str]:
+        """node id -> the deepest group holding it (engine.grouping.innermost_group), looked up."""
+        with self._lock:
+            if self._member_of is None:
+                index = self._indexed()
+                if index is not None:
+                    self._member_of = _Innermost(index)
+                else:
+                    from engine.grouping import innermost_group
+                    self._member_of = innermost_group(self.groups)
+            return self._member_of
 
     def cached(self, level: Optional[str]) -> bool:
         return level in self._levels
@@ -139,6 +207,59 @@ class FoldedLayouts:
 
     def _lay_out(self, level: Optional[str]) -> GraphLayout:
         children = self._children.get(level, [])
+        index = self._indexed()
+        if index is None:
+            return self._lay_out_walking(level, children)
+        arrays, graph = self.arrays, self.analysis.graph
+        members = {child: self.groups[child].members for child in children}
+        if level is None:  # as layout_graph: laid out without constants, shown ones attached after
+            nodes = np.flatnonzero(~arrays.constant)
+            boxes = level_graph(arrays, arrays.pairs(False), index, nodes, None, include_io=True)
+            hidden = frozenset(arrays.id_array[arrays.constant].tolist())
+            layout = layout_nodes(graph, boxes.boxes, include_io=True, hidden=hidden,
+                                  box_for={child: child for child in children}, members=members,
+                                  tensors=(boxes.pairs, boxes.producer_of))
+            layout = replace(layout, box_for=self._level_box_for(layout.members))
+            return attach_constants(layout, self.analysis) if self.include_constants else layout
+        positions = index.members[index.number[level]]
+        nodes = positions[arrays.visible(self.include_constants)[positions]]
+        boxes = level_graph(arrays, arrays.pairs(self.include_constants), index, nodes, level,
+                            include_io=False)
+        visible = arrays.names(nodes)
+        # Only a level with as many nodes, children and wires can have the same structure: the
+        # structures are compared (and made) only then, so a one-off level costs nothing here.
+        shape = (len(nodes), len(children), len(boxes.level_pairs[0]))
+        laid_out = self._by_shape.setdefault(shape, [])
+        if laid_out:
+            structure = self._structure_of(boxes, index, children)
+            for twin in laid_out:
+                if twin[0] is None:
+                    twin[0], twin[4] = self._structure_of(twin[4], index, twin[3]), None
+                if twin[0] == structure:
+                    self.reused_levels += 1
+                    return self._reuse(self._levels[twin[1]], twin[2], twin[3], visible, children, None, members)
+            laid_out.append([structure, level, visible, children, None])
+        else:
+            laid_out.append([None, level, visible, children, boxes])  # its structure is made when needed
+        layout = layout_nodes(graph, boxes.boxes, include_io=False, box_for={child: child for child in children},
+                              members=members, tensors=(boxes.pairs, {}))
+        return replace(layout, box_for=self._level_box_for(layout.members))
+
+    def _structure_of(self, boxes: LevelGraph, index: GroupIndex, children: list[str]) -> tuple:
+        """_structure from the arrays: op types, the child group of each node (its position in
+        `children`, -1: none) and the wires (producer position, output slot, consumer position)."""
+        arrays, nodes = self.arrays, boxes.nodes
+        numbers = np.array([index.number[c] for c in children], dtype=np.int64)  # ascending: groups' order
+        inside = np.where(boxes.box_code >= 0, np.searchsorted(numbers, boxes.box_code), -1)
+        source, target, tensor = boxes.level_pairs
+        forward = source < target  # a wire comes from a node earlier in the level
+        source, target, tensor = source[forward], target[forward], tensor[forward]
+        wires = np.stack([np.searchsorted(nodes, source), tensor - arrays.out_start[source],
+                          np.searchsorted(nodes, target)], axis=1).astype(np.int64)
+        return (arrays.op_codes(nodes).tobytes(), inside.astype(np.int64).tobytes(), wires.tobytes(), len(children))
+
+    def _lay_out_walking(self, level: Optional[str], children: list[str]) -> GraphLayout:
+        """_lay_out by walking the level's nodes (a model whose tensors the arrays cannot stand for)."""
         if level is None:
             return layout_graph(self.analysis, include_constants=self.include_constants, groups=self.groups,
                                 collapsed=children)
@@ -174,8 +295,9 @@ class FoldedLayouts:
         return tuple(ops), tuple(inside), tuple(wires), len(children)
 
     def _reuse(self, twin: GraphLayout, twin_visible: list[str], twin_children: list[str], visible: list[str],
-               children: list[str], box_for: Mapping[str, str], members: Mapping[str, tuple]) -> GraphLayout:
-        """`twin`'s geometry with this level's node, group and tensor names (same structure)."""
+               children: list[str], box_for: Optional[Mapping[str, str]], members: Mapping[str, tuple]) -> GraphLayout:
+        """`twin`'s geometry with this level's node, group and tensor names (same structure); `box_for`
+        None: the level's box_for is looked up through the groups."""
         graph = self.analysis.graph
         rename = dict(zip(twin_visible, visible))
         rename.update(zip(twin_children, children))
@@ -187,14 +309,21 @@ class FoldedLayouts:
                                  tuple(tensor[v] for v in e.values)) for e in twin.edges)
         layers = {rename[b]: layer for b, layer in twin.layers.items()}
         drawn = {b: m for b, m in members.items() if b in boxes}
+        drawn_box_for = self._level_box_for(drawn) if box_for is None else \
+            {n: b for n, b in box_for.items() if b in boxes}
         return GraphLayout(boxes, edges, layers, twin.width, twin.height, twin.method, twin.hidden, drawn,
-                           {n: b for n, b in box_for.items() if b in boxes})
+                           drawn_box_for)
 
     # --- composing the levels ----------------------------------------------------------------
     def compose(self, collapsed: Iterable[str]) -> FoldedLayout:
         """The whole drawing with the groups in `collapsed` as boxes and every other group opened
         (a group inside a collapsed one is not drawn, open or not)."""
         closed = frozenset(collapsed)
+        with self._lock:
+            found = self._composed.pop(closed, None)
+            if found is not None:
+                self._composed[closed] = found  # the most recently used goes last
+                return found
         piece = self._compose(None, closed)
         boxes = {node_id: tuple(rect) for node_id, rect in zip(piece.ids, piece.rects.tolist())}
         frames = {group_id: tuple(rect) for group_id, rect in zip(piece.frame_ids, piece.frame_rects.tolist())}
@@ -203,13 +332,14 @@ class FoldedLayouts:
         edges = tuple(LayoutEdge(s, t, v, tuple(points[starts[k]:starts[k + 1]]), vs)
                       for k, (s, t, v, vs) in enumerate(piece.edges))
         method = self.level(None).method + (", per group" if frames else "")
+        box_for = _BoxFor(self.groups, self.innermost(), frozenset(piece.members))
+        composed = FoldedLayout(boxes, edges, {}, piece.width, piece.height, method, self.hidden, piece.members,
+                                box_for, frames=frames)
         with self._lock:
-            if self._member_of is None:
-                from engine.grouping import innermost_group
-                self._member_of = innermost_group(self.groups)
-        box_for = _BoxFor(self.groups, self._member_of, frozenset(piece.members))
-        return FoldedLayout(boxes, edges, {}, piece.width, piece.height, method, self.hidden, piece.members,
-                            box_for, frames=frames)
+            self._composed[closed] = composed
+            while len(self._composed) > COMPOSED_KEPT:
+                self._composed.pop(next(iter(self._composed)))
+        return composed
 
     def _compose(self, level: Optional[str], closed: frozenset) -> _Piece:
         base = self.level(level)
@@ -352,6 +482,10 @@ class FoldedLayouts:
         found = self._crossing.get(group_id)
         if found is not None:
             return found
+        index = self._indexed()
+        if index is not None:
+            found = self._crossing[group_id] = self._crossing_from_arrays(group_id, index)
+            return found
         producer_of, consumers_of, outputs = self._tensor_maps()
         graph, hidden = self.analysis.graph, self.hidden
         level_box = self.level(group_id).box_for
@@ -374,6 +508,40 @@ class FoldedLayouts:
         leaving = {box: list(dict.fromkeys(names)) for box, names in leaving.items()}
         self._crossing[group_id] = (entering, leaving)
         return entering, leaving
+
+    def _crossing_from_arrays(self, group_id: str, index: GroupIndex) -> tuple[dict, dict]:
+        """_crossing_tensors from the arrays: the reads into the group's span of nodes from outside
+        it, and the reads out of it (and graph outputs made in it), each on its box of the level."""
+        arrays = self.arrays
+        members = index.members[index.number[group_id]]  # constants included: a group holds them
+        nodes = members[arrays.visible(self.include_constants)[members]]
+        if not len(nodes):
+            return {}, {}
+        first, last = int(nodes[0]), int(nodes[-1])
+        pairs = arrays.pairs(self.include_constants)
+        window = pairs.into(first, last)
+        source, target, tensor = pairs.source[window], pairs.target[window], pairs.tensor[window]
+        entering = contains(nodes, target) & ((source < 0) | ~contains(members, source))
+        reads = pairs.out_of(first, last)
+        reads = reads[contains(nodes, pairs.source[reads]) & ~contains(members, pairs.target[reads])]
+        made = arrays.output_tensors
+        made = made[(made >= arrays.out_start[first]) & (made < arrays.out_start[last + 1])]
+        made = made[contains(nodes, arrays.tensor_source[made])]
+        leaving = np.union1d(pairs.tensor[reads], made)  # ascending: node by node, output by output
+        names = arrays.tensor_names
+        into: dict[str, list[str]] = {}
+        for box, k in zip(self._boxes_in(group_id, index, target[entering]), tensor[entering].tolist()):
+            into.setdefault(box, []).append(names[k])
+        out: dict[str, list[str]] = {}
+        for box, k in zip(self._boxes_in(group_id, index, arrays.tensor_source[leaving]), leaving.tolist()):
+            out.setdefault(box, []).append(names[k])
+        return ({b: list(dict.fromkeys(n)) for b, n in into.items()}, {b: list(dict.fromkeys(n)) for b, n in out.items()})
+
+    def _boxes_in(self, group_id: str, index: GroupIndex, positions: np.ndarray) -> list[str]:
+        """The box of each node (positions) in the level of `group_id`: its child group, or its own."""
+        child = index.child_within(group_id, positions)
+        node_ids, group_ids = self.arrays.ids, index.ids
+        return [node_ids[p] if c < 0 else group_ids[c] for p, c in zip(positions.tolist(), child.tolist())]
 
     def _tensor_maps(self) -> tuple:
         """(tensor -> producer: a drawn node or input:NAME, tensor -> drawn consumers, graph outputs);

@@ -185,12 +185,11 @@ def folded_start(groups: Mapping[str, NodeGroup], analysis: "ModelAnalysis") -> 
     of the model (`model/` around every block of an export), which would otherwise be the only
     box on screen; its children are opened the same way."""
     total = analysis.totals.compute_nodes or 1
-    nodes = analysis.nodes
     collapsed = set(groups)
     level = top_level(groups)
     while level:
         biggest = max(level, key=lambda g: len(g.members))
-        compute = sum(1 for n in biggest.members if not nodes[n].is_constant)
+        compute = group_totals(biggest, analysis).nodes
         if compute * 2 <= total:
             break
         collapsed.discard(biggest.id)

@@ -692,64 +692,96 @@ def node_groups(analysis: "ModelAnalysis", by: str) -> dict[str, NodeGroup]:
             group_id = f"{GROUP_PREFIX}stage:{stage.name}"
             groups[group_id] = NodeGroup(group_id, "stage", stage.name, tuple(stage.node_ids))
         return groups
-    graph, metrics = analysis.graph, analysis.nodes
-    found: dict[str, list[str]] = {}  # namespace path -> member node ids, execution order
-    # A model has far fewer namespaces than nodes (100,000 nodes, ~6,000 scopes): the member
-    # lists of a namespace's prefixes are found once per namespace, not split per node.
-    lists_of: dict[str, list[list[str]]] = {}
-    nodes_by_id = graph.nodes_by_id
-    for node_id in analysis.order:
-        namespace = nodes_by_id[node_id].namespace
-        lists = lists_of.get(namespace)
-        if lists is None:
-            parts = [p for p in namespace.split("/") if p]
-            lists = lists_of[namespace] = [found.setdefault("/".join(parts[:depth]), [])
-                                           for depth in range(1, len(parts) + 1)]
-        for members in lists:
-            members.append(node_id)
-    kept: dict[str, tuple[str, ...]] = {}
-    for path in sorted(found, key=lambda p: p.count("/")):  # a parent is decided before its children
-        nodes = tuple(found[path])
-        if not _two_compute_nodes(nodes, metrics):
-            continue
-        parent = _kept_parent(path, kept)
-        if parent is not None and kept[parent] == nodes:
-            continue
-        kept[path] = nodes
-    first = {node_id: position for position, node_id in enumerate(analysis.order)}
-    groups = {}
-    for path in sorted(kept, key=lambda p: (p.count("/"), first[kept[p][0]])):
-        parent = _kept_parent(path, kept)
-        group_id = f"{GROUP_PREFIX}namespace:{path}"
-        parent_id = f"{GROUP_PREFIX}namespace:{parent}" if parent is not None else None
+    return _namespace_groups(analysis)
+
+
+def _namespace_groups(analysis: "ModelAnalysis") -> dict[str, NodeGroup]:
+    """node_groups(analysis, "namespace") from arrays: one pass over the nodes for their namespaces
+    (a model has far fewer: 100,000 nodes, ~6,000 scopes), then each depth's members found by one
+    stable sort of the nodes by their scope path at that depth (execution order kept)."""
+    import itertools
+    from operator import attrgetter
+
+    from engine.group_index import node_arrays
+
+    arrays = node_arrays(analysis)
+    arrays.forget_positions()
+    namespaces = list(map(attrgetter("namespace"), arrays.nodes()))
+    # One look-up per node: each namespace is numbered by its first node's position, then densely.
+    first_of: dict[str, int] = {}
+    first = np.fromiter(map(first_of.setdefault, namespaces, itertools.count()), dtype=np.int64, count=arrays.count)
+    _, node_namespace = np.unique(first, return_inverse=True)
+    node_namespace = node_namespace.reshape(-1)
+    namespace_number = first_of  # its namespaces in order of first appearance (the numbers' order)
+    # Every prefix of every namespace (a path), numbered in order of first appearance.
+    path_number: dict[str, int] = {}
+    paths: list[str] = []
+    above: list[int] = []  # the path one level up (-1 at the top)
+    depth_of: list[int] = []
+    rows: list[list[int]] = []
+    for namespace in namespace_number:
+        parts = [p for p in namespace.split("/") if p]
+        row: list[int] = []
+        for depth in range(1, len(parts) + 1):
+            path = "/".join(parts[:depth])
+            number = path_number.get(path)
+            if number is None:
+                number = path_number[path] = len(paths)
+                paths.append(path)
+                above.append(row[-1] if row else -1)
+                depth_of.append(depth)
+            row.append(number)
+        rows.append(row)
+    deepest = max(map(len, rows), default=0)
+    if deepest == 0:
+        return {}
+    table = np.full((len(rows), deepest), -1, dtype=np.int64)
+    for k, row in enumerate(rows):
+        table[k, :len(row)] = row
+    compute = ~arrays.constant
+    members_of: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(paths)
+    compute_count = np.zeros(len(paths), dtype=np.int64)
+    for column in range(deepest):
+        node_path = table[node_namespace, column]
+        at = np.flatnonzero(node_path >= 0)
+        keys = node_path[at]
+        order = np.argsort(keys, kind="stable")  # stable: each path's members stay in execution order
+        sorted_nodes, sorted_keys = at[order], keys[order]
+        starts = np.flatnonzero(np.concatenate([[True], sorted_keys[1:] != sorted_keys[:-1]]))
+        ends = np.append(starts[1:], len(sorted_keys))
+        for path, start, end in zip(sorted_keys[starts].tolist(), starts.tolist(), ends.tolist()):
+            members_of[path] = sorted_nodes[start:end]
+        compute_count += np.bincount(keys[compute[at]], minlength=len(paths))
+    # A parent is decided before its children: kept when it holds two compute nodes and not
+    # exactly the nodes of the kept level above it.
+    kept_above = [-1] * len(paths)  # the nearest kept path at or above each path
+    kept: list[int] = []
+    for path in sorted(range(len(paths)), key=depth_of.__getitem__):
+        parent = kept_above[above[path]] if above[path] >= 0 else -1
+        if compute_count[path] >= 2 and (parent < 0 or len(members_of[parent]) != len(members_of[path])):
+            kept.append(path)
+            kept_above[path] = path
+        else:
+            kept_above[path] = parent
+    groups: dict[str, NodeGroup] = {}
+    for path in sorted(kept, key=lambda p: (depth_of[p], int(members_of[p][0]))):
+        parent = kept_above[above[path]] if above[path] >= 0 else -1
+        group_id = f"{GROUP_PREFIX}namespace:{paths[path]}"
+        parent_id = f"{GROUP_PREFIX}namespace:{paths[parent]}" if parent >= 0 else None
         depth = 0 if parent_id is None else groups[parent_id].depth + 1
-        groups[group_id] = NodeGroup(group_id, "namespace", path, kept[path], parent_id, depth)
+        members = tuple(arrays.names(members_of[path]))
+        arrays.remember_positions(members, members_of[path])
+        groups[group_id] = NodeGroup(group_id, "namespace", paths[path], members, parent_id, depth)
     return groups
-
-
-def _two_compute_nodes(node_ids: Sequence[str], metrics) -> bool:
-    """Whether at least two of `node_ids` are compute (not folded constant) nodes; stops at the
-    second, so the outermost groups' long member lists are not walked to the end."""
-    found = 0
-    for node_id in node_ids:
-        if not metrics[node_id].is_constant:
-            found += 1
-            if found == 2:
-                return True
-    return False
-
-
-def _kept_parent(path: str, kept: Mapping[str, tuple[str, ...]]) -> Optional[str]:
-    parts = path.split("/")
-    for depth in range(len(parts) - 1, 0, -1):
-        candidate = "/".join(parts[:depth])
-        if candidate in kept:
-            return candidate
-    return None
 
 
 def group_totals(group: NodeGroup, analysis: "ModelAnalysis", profile=None) -> GroupTotals:
     """Node count, MACs and parameters of `group` (static analysis), and its time in `profile`."""
+    from engine.group_index import figures_of
+
+    found = figures_of(analysis, group.members, profile)  # from arrays: a group can hold 100,000 nodes
+    if found is not None:
+        return GroupTotals(**found)
     metrics = analysis.nodes
     compute = [metrics[n] for n in group.members if n in metrics and not metrics[n].is_constant]
     static = GroupTotals(

@@ -141,7 +141,11 @@ def relayout(loaded: LoadedModel, include_constants: bool, progress=None, groupi
                          loaded.producers, timings, None, grouping, groups, collapsed, note, folded,
                          graph_index=loaded.graph_index)
     start = time.perf_counter()
-    result.scene_data = prepare_scene_data(result)
+    if folded is not None:  # kept per composed layout: a group opened again is drawn from them
+        from gui.folded_groups import folded_scene_data
+        result.scene_data = folded_scene_data(result)
+    else:
+        result.scene_data = prepare_scene_data(result)
     result.timings["scene_data"] = time.perf_counter() - start
     return result
 

@@ -43,7 +43,38 @@ def folded_layouts(loaded, groups, include_constants: bool):
     return FoldedLayouts(loaded.analysis, groups, include_constants)
 
 
+# Scene data of the last few composed layouts of a model: opening a group again draws the layout
+# composed for it before (engine.folded_layout keeps it), and its labels and edge paths with it.
+SCENE_DATA_KEPT = 8
+
+
+def folded_scene_data(loaded):
+    """gui.graph_drawing.prepare_scene_data of `loaded` (a folded LoadedModel), made once per
+    composed layout; each caller gets its own label lines (a scene rewrites them per profile)."""
+    from dataclasses import replace
+
+    from gui.graph_drawing import prepare_scene_data
+
+    kept = loaded.folded_layouts.annotations.setdefault("scene_data", {})
+    found = kept.get(id(loaded.layout))
+    if found is None or found[0] is not loaded.layout:
+        data = prepare_scene_data(loaded)
+        found = kept[id(loaded.layout)] = (loaded.layout, data, list(data.lines))
+        while len(kept) > SCENE_DATA_KEPT:
+            kept.pop(next(iter(kept)))
+    return replace(found[1], lines=list(found[2]), rects=found[1].rects.copy())
+
+
 _member_cache: tuple[Optional[object], dict] = (None, {})
+
+
+def innermost_of_model(loaded) -> dict:
+    """node id -> its deepest group, for the groups of `loaded`: looked up in its folded layouts'
+    arrays when it has them, else engine.grouping.innermost_group (kept per groups)."""
+    folded = getattr(loaded, "folded_layouts", None)
+    if folded is not None and folded.groups is loaded.groups:
+        return folded.innermost()
+    return _innermost(loaded.groups)
 
 
 def _innermost(groups) -> dict:
@@ -65,7 +96,7 @@ def open_groups_to(window, node_id: str) -> bool:
         return False  # not a node, or a folded constant: it has no box of its own to open to
     if loaded.layout.box_of(node_id) not in loaded.groups:
         return False  # drawn already
-    closed = [g for g in enclosing_groups(node_id, loaded.groups, _innermost(loaded.groups))
+    closed = [g for g in enclosing_groups(node_id, loaded.groups, innermost_of_model(loaded))
               if g in loaded.collapsed]
     if not closed:
         return False

@@ -168,6 +168,14 @@ class GroupSceneMixin:
 
     def enclosing_groups(self, node_id: str) -> list[str]:
         """Ids of the expanded groups that hold `node_id`, innermost first (what a collapse can close)."""
+        if self.loaded is not None and getattr(self.loaded, "folded_layouts", None) is not None:
+            # Nested namespaces: the node's innermost group and its parents (no walk over every member).
+            from gui.folded_groups import innermost_of_model
+            group, chain = innermost_of_model(self.loaded).get(node_id), []
+            while group is not None:
+                chain.append(group)
+                group = self.groups[group].parent
+            return [g for g in chain if g not in self.node_index]
         if not hasattr(self, "_groups_of"):
             self._groups_of: dict[str, list[str]] = {}
             for group in sorted(self.groups.values(), key=lambda g: -g.depth):

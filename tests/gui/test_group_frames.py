@@ -251,3 +251,33 @@ def test_opening_a_group_shows_its_frame(qtbot, folded):
     assert window.view.current_scale() >= window.view.READABLE_SCALE
     assert visible.contains(QPointF(x + w / 2, y + 10))  # its title band, and its contents from the top
     assert visible.intersects(QRectF(x, y, w, h).adjusted(0, 0, 0, -max(0.0, h - visible.height())))
+
+
+def test_a_node_in_opened_frames_names_its_groups_innermost_first(qtbot, folded):
+    window = folded
+    block = BLOCK.format(2)
+    _relaid(qtbot, window, lambda: window.toggle_group(block, False))
+    scene, groups = window.scene, window.loaded.groups
+    node_id = _inside_block(window, 2, "self_attn")
+    # What double-click and the context menu close: the opened groups holding the node, deepest first.
+    walked = sorted((g for g in groups if node_id in groups[g].members and g not in scene.node_index),
+                    key=lambda g: -groups[g].depth)
+    assert scene.enclosing_groups(node_id) == walked and walked[-1] == "group:namespace:model"
+    assert block in walked
+
+
+def test_a_reopened_group_is_drawn_from_the_kept_scene_data_with_its_own_labels(qtbot, folded):
+    from gui.folded_groups import folded_scene_data
+    window = folded
+    block = BLOCK.format(3)
+    _relaid(qtbot, window, lambda: window.toggle_group(block, False))
+    opened = window.loaded
+    _relaid(qtbot, window, lambda: window.toggle_group(block, True))
+    _relaid(qtbot, window, lambda: window.toggle_group(block, False))
+    assert window.loaded.layout is opened.layout  # the composed drawing was kept
+    again, before = window.loaded.scene_data, opened.scene_data
+    assert again.edge_batches is before.edge_batches and again.node_ids == before.node_ids
+    assert again.lines == before.lines and again.lines is not before.lines  # a scene rewrites its own
+    fresh = folded_scene_data(window.loaded)
+    fresh.lines[0] = ("changed",)
+    assert folded_scene_data(window.loaded).lines[0] != ("changed",)
