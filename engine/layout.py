@@ -912,11 +912,21 @@ def sugiyama_columns(count: int, edge_pairs: np.ndarray, layers: np.ndarray):
     edge_starts = np.searchsorted(edge_component[edges_by_component], np.arange(component_count + 1))
     vertices_by_component = np.argsort(membership, kind="stable")
     vertex_starts = np.searchsorted(membership[vertices_by_component], np.arange(component_count + 1))
+    # Components without a skip edge get no dummy vertices, which igraph lays out right side by side:
+    # a run of them is one call (a level of thousands of unconnected boxes is not thousands of
+    # calls), of at most COMPONENTS_PER_CALL: igraph walks every vertex once per component.
+    skips = np.zeros(component_count, dtype=bool)
+    skips[edge_component[np.abs(layers[edge_pairs[:, 1]] - layers[edge_pairs[:, 0]]) > 1]] = True
     local_index = np.empty(count, dtype=np.int64)
     offset = 0.0  # igraph's `dx`: where the next component starts
-    for component in range(component_count):
-        vertices = vertices_by_component[vertex_starts[component]:vertex_starts[component + 1]]
-        edges = edges_by_component[edge_starts[component]:edge_starts[component + 1]]
+    first = 0
+    while first < component_count:
+        last = first + 1
+        if not skips[first]:
+            while last < component_count and not skips[last] and last - first < COMPONENTS_PER_CALL:
+                last += 1
+        vertices = np.sort(vertices_by_component[vertex_starts[first]:vertex_starts[last]])
+        edges = np.sort(edges_by_component[edge_starts[first]:edge_starts[last]])
         local_index[vertices] = np.arange(len(vertices))
         sub = igraph.Graph(n=len(vertices), edges=local_index[edge_pairs[edges]].tolist(), directed=True)
         sub_columns, sub_counts, sub_points = _igraph_sugiyama(sub, len(vertices), len(edges), layers[vertices])
@@ -926,10 +936,22 @@ def sugiyama_columns(count: int, edge_pairs: np.ndarray, layers: np.ndarray):
         for routed in np.flatnonzero(sub_counts).tolist():
             end = int(sub_ends[routed])
             points_of_edge[int(edges[routed])] = sub_points[end - int(sub_counts[routed]):end] + (offset, 0.0)
-        widest = max(0.0, float(sub_columns.max()), float(sub_points[:, 0].max()) if len(sub_points) else 0.0)
-        offset += widest + 1.0  # igraph's hgap
+        # Where igraph would start the next component: after the rightmost vertex or bend of each
+        # one so far (at least its start), one column (hgap) apart.
+        in_order = columns[vertices_by_component[vertex_starts[first]:vertex_starts[last]]] - offset
+        rightmost = np.maximum.reduceat(in_order, vertex_starts[first:last] - vertex_starts[first])
+        if len(sub_points):
+            rightmost[0] = max(rightmost[0], float(sub_points[:, 0].max()))  # a skip component is alone
+        start = 0.0
+        for right in rightmost.tolist():
+            start = max(start, right) + 1.0
+        offset += start
+        first = last
     route_points = np.concatenate([p for p in points_of_edge if p is not None] or [np.empty((0, 2))])
     return columns, route_counts, route_points.reshape(-1, 2)
+
+
+COMPONENTS_PER_CALL = 64
 
 
 # A helper process that died running this is not asked to run it in the app's process (gui.responsive).
