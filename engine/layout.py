@@ -38,6 +38,11 @@ cost grows with the number of dummy vertices (one per layer an edge skips),
 so a graph whose long edges would need more than `MAX_DUMMY_VERTICES` of them
 (a tensor read by thousands of layers) gets the "layered" fallback instead:
 the same layers, barycenter ordering in numpy and straight edges.
+
+Deterministic: the same graph gives the same boxes and bends in every run and process (in-process or
+in the layout helper).  igraph 1.0 misroutes graphs of several unconnected pieces, so each piece is
+laid out on its own (`sugiyama_columns`), and its answer is checked before it is drawn
+(`_checked_routes`); see docs/known-issues.md.
 """
 from __future__ import annotations
 
