@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from itertools import chain
@@ -908,7 +909,7 @@ def sugiyama_columns(count: int, edge_pairs: np.ndarray, layers: np.ndarray):
     membership = np.asarray(g.connected_components(mode="weak").membership, dtype=np.int64)
     component_count = int(membership.max()) + 1 if count else 0
     if component_count <= 1:
-        return _igraph_sugiyama(g, count, edge_count, layers)
+        return _igraph_sugiyama(g, count, edge_pairs, layers)
     columns = np.zeros(count, dtype=float)
     route_counts = np.zeros(edge_count, dtype=np.int64)
     points_of_edge: list = [None] * edge_count
@@ -933,8 +934,9 @@ def sugiyama_columns(count: int, edge_pairs: np.ndarray, layers: np.ndarray):
         vertices = np.sort(vertices_by_component[vertex_starts[first]:vertex_starts[last]])
         edges = np.sort(edges_by_component[edge_starts[first]:edge_starts[last]])
         local_index[vertices] = np.arange(len(vertices))
-        sub = igraph.Graph(n=len(vertices), edges=local_index[edge_pairs[edges]].tolist(), directed=True)
-        sub_columns, sub_counts, sub_points = _igraph_sugiyama(sub, len(vertices), len(edges), layers[vertices])
+        sub_pairs = local_index[edge_pairs[edges]]
+        sub = igraph.Graph(n=len(vertices), edges=sub_pairs.tolist(), directed=True)
+        sub_columns, sub_counts, sub_points = _igraph_sugiyama(sub, len(vertices), sub_pairs, layers[vertices])
         columns[vertices] = sub_columns + offset
         route_counts[edges] = sub_counts
         sub_ends = np.cumsum(sub_counts)
@@ -963,15 +965,55 @@ COMPONENTS_PER_CALL = 64
 sugiyama_columns.rerun_after_helper_crash = False
 
 
-def _igraph_sugiyama(g, count: int, edge_count: int, layers: np.ndarray):
+# igraph places the blocks of a layer's vertices recursively (Brandes-Koepf compaction): one C stack
+# frame per block, up to one per vertex and dummy vertex.  A layer ~60,000 wide (a star, or a
+# tensor read by thousands of layers) overflowed the usual 8 MB stack: a segmentation fault.  A
+# graph with more vertices and dummies than this is laid out in a thread whose stack is sized for it.
+DEEP_STACK_VERTICES = 20_000
+STACK_BYTES_PER_VERTEX = 512  # measured: ~140 bytes per frame (8 MB held 50,000, not 70,000)
+
+
+def _igraph_sugiyama(g, count: int, edge_pairs: np.ndarray, layers: np.ndarray):
     """One igraph call on a connected graph (or one without skip edges): columns, route counts, points."""
-    result = g.layout_sugiyama(layers=layers.tolist(), maxiter=20)
+    edge_count = len(edge_pairs)
+    dummies = int(np.maximum(np.abs(layers[edge_pairs[:, 1]] - layers[edge_pairs[:, 0]]) - 1, 0).sum())
+    if count + dummies <= DEEP_STACK_VERTICES:
+        result = g.layout_sugiyama(layers=layers.tolist(), maxiter=20)
+    else:
+        result = _with_stack(16 * 2**20 + STACK_BYTES_PER_VERTEX * (count + dummies),
+                             g.layout_sugiyama, layers=layers.tolist(), maxiter=20)
     columns = np.array([xy[0] for xy in result.coords[:count]], dtype=float)
     routes = getattr(result, "edge_routing", None) or []
     route_counts = np.zeros(edge_count, dtype=np.int64)
     route_counts[:min(len(routes), edge_count)] = [len(route) for route in routes[:edge_count]]
     route_points = np.array([xy for route in routes[:edge_count] for xy in route], dtype=float).reshape(-1, 2)
     return columns, route_counts, route_points
+
+
+_stack_lock = threading.Lock()
+
+
+def _with_stack(stack_bytes: int, function, *args, **kwargs):
+    """function(*args, **kwargs) run in a thread with a stack of `stack_bytes` (reserved, used as needed)."""
+    answer: list = []
+
+    def run() -> None:
+        try:
+            answer.append((True, function(*args, **kwargs)))
+        except BaseException as error:  # handed to the caller
+            answer.append((False, error))
+    with _stack_lock:  # the stack size is process-wide for threads started meanwhile
+        previous = threading.stack_size(stack_bytes)
+        try:
+            worker = threading.Thread(target=run, name="layerscope-sugiyama")
+            worker.start()
+        finally:
+            threading.stack_size(previous)
+    worker.join()
+    ok, value = answer[0]
+    if not ok:
+        raise value
+    return value
 
 
 def _checked_routes(columns: np.ndarray, pairs: np.ndarray, layers: np.ndarray, route_counts: np.ndarray,

@@ -134,6 +134,25 @@ def test_a_skip_edge_beside_many_unconnected_vertices(tmp_path):
     assert lone_min > max(chain + [points[0][0]]) and right == lone_min + 100_000 - 1
 
 
+def test_a_layer_wider_than_the_usual_stack_holds():
+    """igraph places a layer's blocks recursively, a C stack frame each: a star of 100,000 leaves
+    overflowed an 8 MB stack (segmentation fault), in the main thread as in a worker thread.
+    Run in a child process, from a worker thread, as the app's layout runs."""
+    child = ("import json, threading, numpy as np\nfrom engine.layout import sugiyama_columns\n"
+             "n = 100_000\nfound = []\n"
+             "def lay_out():\n"
+             "    found.append(sugiyama_columns(n + 1, np.array([(0, k) for k in range(1, n + 1)]), "
+             "np.array([0] + [1] * n)))\n"
+             "worker = threading.Thread(target=lay_out)\nworker.start()\nworker.join()\n"
+             "columns, counts, points = found[0]\n"
+             "print(json.dumps([sorted(columns[1:].tolist()) == list(map(float, range(n))), "
+             "int(counts.sum()), len(points)]))")
+    done = subprocess.run([sys.executable, "-c", child], cwd=ROOT, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
+    assert json.loads(done.stdout) == [True, 0, 0]  # the leaves one column apart, no bends
+
+
 def test_pieces_without_skip_edges_are_placed_as_one_igraph_call_places_them():
     """Runs of pieces without skip edges go to igraph together (one call each); where igraph is
     right (no skip edge anywhere) the answer is exactly its answer for the whole graph."""
