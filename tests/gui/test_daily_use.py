@@ -39,8 +39,7 @@ def sweep(sample_model):
 
 def _accept_next_file_dialog(seen: list, path: Path) -> None:
     """Note where the next file dialog starts (its folder, its suggested name), then accept `path`."""
-    # 1,200 polls of 25 ms: a loaded CI machine can take seconds to show the save dialog after the question.
-    def fill(remaining=1200):
+    def fill(remaining=200):
         dialog = QApplication.activeModalWidget()
         if not isinstance(dialog, QFileDialog):
             if remaining:
