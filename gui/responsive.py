@@ -99,9 +99,9 @@ class _HelperCall:
 class _HelperClient:
     """What `importers.onnx` and `engine.layout` see as their executor: `submit(fn, *args).result()`."""
 
-    def __init__(self, executor: ProcessPoolExecutor, warm: Future):
+    def __init__(self, executor: ProcessPoolExecutor, warm: Optional[Future] = None):
         self.executor = executor
-        self.warm = warm  # the helper's first call: answered once it has started
+        self.warm = warm  # the helper's first call: answered once it has started (None: started)
 
     def started(self) -> bool:
         """Whether the helper has answered its first call (waits for it up to HELPER_START_TIMEOUT_S).
@@ -109,6 +109,8 @@ class _HelperClient:
         False when it failed or did not answer in time: it is unregistered (calls run in-process;
         one that answers late registers again, see `_register`).
         """
+        if self.warm is None:
+            return True
         try:
             self.warm.result(timeout=HELPER_START_TIMEOUT_S)
             return True
