@@ -82,7 +82,7 @@ class FrameLayer(QGraphicsItem):
 
     The titles come made (by the worker that prepared the scene).  A profile selected later
     changes them all (their time line): `retitle` makes each again when it is first painted
-    or read, not all at once (Expand all on a 100,000-node model opens ~7,000 frames, whose
+    or read, not all at once (Expand all on a 100,000-node model opens ~6,000 frames, whose
     titles took 0.2 s of one UI-thread turn).
     """
 
