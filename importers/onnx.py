@@ -298,8 +298,7 @@ class ModelBuilder:
         node_ids = _unique_ids([name or f"{op_type}_{index}" for index, (name, op_type)
                                 in enumerate(zip(names, op_types))] if "" in names else names)
         attributes, with_body_indices = _node_attributes(list(map(_ATTRIBUTE_OF, protos)))
-        # A scope is the part of a name before its last "/".
-        namespaces = _scope_namespaces([name.rpartition("/")[0] for name in names])
+        namespaces = _namespaces(names)
 
         unknown_ops: dict[tuple[str, str], list[str]] = {}
         known = {pair: _is_known_op(pair[0], pair[1], self.opsets) for pair in set(zip(op_types, domains))}
@@ -605,15 +604,18 @@ def _node_attributes(attribute_lists: list) -> tuple[list[dict], list[int]]:
     return attributes, with_bodies
 
 
-def _scope_namespaces(scopes: list[str]) -> list[str]:
-    """`_scope_namespace` of each scope; one string per distinct scope, shared by its nodes."""
-    distinct = set(scopes)
-    joined = "\0".join(distinct)
-    if "//" in joined or "/\0" in joined or joined.endswith("/"):  # some scope has an empty part
-        namespace_of = {scope: _scope_namespace(scope) for scope in distinct}
-    else:  # every scope is "/a/b" or "a/b": no call per scope
-        namespace_of = {scope: scope[1:] if scope[:1] == "/" else scope for scope in distinct}
-    return list(map(namespace_of.__getitem__, scopes))
+def _namespaces(names: list[str]) -> list[str]:
+    """`_namespace` of each node name."""
+    if "//" in "\0".join(names):  # a scope with an empty part, or ending in "/": the general rule
+        namespace_of: dict[str, str] = {}  # one call per distinct scope
+        scopes = [name.rpartition("/")[0] for name in names]
+        for scope in scopes:
+            if scope not in namespace_of:
+                namespace_of[scope] = _scope_namespace(scope)
+        return list(map(namespace_of.__getitem__, scopes))
+    # No name holds "//", so no scope has an empty part but a leading one: the namespace is the
+    # name up to its last "/", without a leading "/" ("" when there is no "/").
+    return [name[1:name.rfind("/")] if name[:1] == "/" else name[:max(name.rfind("/"), 0)] for name in names]
 
 
 # Building the IR's frozen dataclasses fast.  Their `__init__` stores each field through
