@@ -656,11 +656,16 @@ def _builds_like_constructor(cls: type, field_names: tuple) -> bool:
             and not hasattr(cls, "__post_init__"))
 
 
-if not _builds_like_constructor(Node, ("id", "op_type", "name", "namespace", "inputs", "outputs", "attributes",
-                                       "subgraphs", "domain")):
+# Node or Value changed (a field, a __post_init__): their constructors then build them (slower)
+# until `_node`/`_value` are updated; tests/importers/test_onnx_walk.py says so.
+FAST_IR_CONSTRUCTION = (
+    _builds_like_constructor(Node, ("id", "op_type", "name", "namespace", "inputs", "outputs", "attributes",
+                                    "subgraphs", "domain"))
+    and _builds_like_constructor(Value, ("name", "type", "initializer", "small_data", "quantization")))
+if not FAST_IR_CONSTRUCTION:
     def _node(node_id, op_type, name, namespace, inputs, outputs, attributes, domain):  # noqa: F811
         return Node(node_id, op_type, name, namespace, inputs, outputs, attributes, {}, domain)
-if not _builds_like_constructor(Value, ("name", "type", "initializer", "small_data", "quantization")):
+
     def _value(name, value_type):  # noqa: F811
         return Value(name, value_type)
 
