@@ -578,29 +578,29 @@ def _node_attributes(attribute_lists: list) -> tuple[list[dict], list[int]]:
     indices of the nodes holding subgraphs (GRAPH/GRAPHS attributes: their bodies are read from
     the inferred graph, which has their shapes, so they are left out here).
 
-    Nodes of one op mostly carry the same attributes (every Conv its pads): a value is read once
-    per distinct serialized attribute (its name, type and value; 2 us for a 4-int `pads` read from
-    the protobuf, 0.5 us to serialize and look up) and shared, as values are immutable (tensor
-    descriptions, which are dicts, are read for each node)."""
+    Nodes of one op mostly carry the same attributes (every Conv its pads): a number, string or
+    list of them is read once per distinct serialized attribute (its name, type and value; 2 us
+    for a 4-int `pads` read from the protobuf, 0.5 us to serialize and look up) and shared, as
+    such values are immutable.  Tensors and bodies are never serialized for this (they can be
+    large); tensor descriptions are dicts, one per node."""
     attributes = [{} for _ in attribute_lists]
     with_bodies: list[int] = []
     known: dict[bytes, tuple[str, object]] = {}  # serialized attribute -> (name, value)
     for index in compress(range(len(attribute_lists)), attribute_lists):  # the nodes with attributes
         values = attributes[index]
         for attribute in attribute_lists[index][:]:  # a slice: iterating the field ends in an IndexError
-            key = attribute.SerializeToString()
-            entry = known.get(key)
-            if entry is not None:
-                values[entry[0]] = entry[1]
-                continue
             kind = attribute.type
-            if kind in _GRAPH_KINDS:
+            if kind in _SHARED_KINDS:
+                key = attribute.SerializeToString()
+                entry = known.get(key)
+                if entry is None:
+                    entry = known[key] = (attribute.name, _attribute_value(attribute))
+                values[entry[0]] = entry[1]
+            elif kind in _GRAPH_KINDS:
                 if not with_bodies or with_bodies[-1] != index:
                     with_bodies.append(index)
-                continue
-            value = values[attribute.name] = _attribute_value(attribute)
-            if kind != AttributeProto.TENSOR:
-                known[key] = (attribute.name, value)
+            else:
+                values[attribute.name] = _attribute_value(attribute)
     return attributes, with_bodies
 
 
@@ -676,6 +676,8 @@ _INPUT_OF, _OUTPUT_OF, _ATTRIBUTE_OF = attrgetter("input"), attrgetter("output")
 _ALL = itemgetter(slice(None))  # container[:]: a repeated field copied to a list in one C call
 _chain = chain.from_iterable
 _GRAPH_KINDS = (AttributeProto.GRAPH, AttributeProto.GRAPHS)
+_SHARED_KINDS = frozenset({AttributeProto.INT, AttributeProto.FLOAT, AttributeProto.STRING, AttributeProto.INTS,
+                           AttributeProto.FLOATS, AttributeProto.STRINGS})
 
 
 class _Weights(NamedTuple):
