@@ -18,7 +18,7 @@ import re
 import shutil
 import struct
 from dataclasses import fields as dataclass_fields
-from itertools import chain, compress
+from itertools import chain
 from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Mapping, NamedTuple, Optional, Sequence
@@ -289,25 +289,27 @@ class ModelBuilder:
         ops are asked once per distinct op and attribute values read once per distinct
         serialized attribute (`_node_attributes`); nodes are built by `_node`."""
         protos = graph.node[:]  # a slice copies the repeated field in one C call
-        count = len(protos)
         op_types = list(map(_OP_TYPE_OF, protos))
         names = list(map(_NAME_OF, protos))
         domains = list(map(_DOMAIN_OF, protos))
         inputs = list(map(tuple, map(_ALL, map(_INPUT_OF, protos))))
         outputs = list(map(tuple, map(_ALL, map(_OUTPUT_OF, protos))))
+        attribute_fields = [(index, field) for index, field in enumerate(map(_ATTRIBUTE_OF, protos)) if field]
+        constants = ([(outputs[i][0], protos[i]) for i, op_type in enumerate(op_types) if op_type == "Constant"]
+                     if "Constant" in op_types else [])
+        del protos  # wrapper objects (with the attribute fields ~40 MB at 100,000 nodes): freed before building
+
+        attributes, with_body_indices = _node_attributes(len(op_types), attribute_fields)
+        del attribute_fields
         node_ids = _unique_ids([name or f"{op_type}_{index}" for index, (name, op_type)
                                 in enumerate(zip(names, op_types))] if "" in names else names)
-        attributes, with_body_indices = _node_attributes(list(map(_ATTRIBUTE_OF, protos)))
         namespaces = _namespaces(names)
-
         unknown_ops: dict[tuple[str, str], list[str]] = {}
         known = {pair: _is_known_op(pair[0], pair[1], self.opsets) for pair in set(zip(op_types, domains))}
         if not all(known.values()):
             for op_type, domain, node_id in zip(op_types, domains, node_ids):
                 if not known[op_type, domain]:
                     unknown_ops.setdefault((domain or "ai.onnx", op_type), []).append(node_id)
-        constants = ([(outputs[i][0], protos[i]) for i in range(count) if op_types[i] == "Constant"]
-                     if "Constant" in op_types else [])
         # Every input and output name, deduplicated in node order.  Here, not after inference: in
         # the app this runs while the helper infers.
         referenced = dict.fromkeys(_chain(_chain(zip(inputs, outputs))))
@@ -573,22 +575,23 @@ def _unique_ids(candidates: list[str]) -> list[str]:
     return [_unique_id(candidate, used) for candidate in candidates]
 
 
-def _node_attributes(attribute_lists: list) -> tuple[list[dict], list[int]]:
-    """Each node's attributes as {name: value}, from its repeated AttributeProto field, and the
-    indices of the nodes holding subgraphs (GRAPH/GRAPHS attributes: their bodies are read from
-    the inferred graph, which has their shapes, so they are left out here).
+def _node_attributes(count: int, attribute_fields: list[tuple]) -> tuple[list[dict], list[int]]:
+    """Each of `count` nodes' attributes as {name: value}, given the repeated AttributeProto field
+    of each node that has attributes (its index, the field), and the indices of the nodes holding
+    subgraphs (GRAPH/GRAPHS attributes: their bodies are read from the inferred graph, which has
+    their shapes, so they are left out here).
 
     Nodes of one op mostly carry the same attributes (every Conv its pads): a number, string or
     list of them is read once per distinct serialized attribute (its name, type and value; 2 us
     for a 4-int `pads` read from the protobuf, 0.5 us to serialize and look up) and shared, as
     such values are immutable.  Tensors and bodies are never serialized for this (they can be
     large); tensor descriptions are dicts, one per node."""
-    attributes = [{} for _ in attribute_lists]
+    attributes = [{} for _ in range(count)]
     with_bodies: list[int] = []
     known: dict[bytes, tuple[str, object]] = {}  # serialized attribute -> (name, value)
-    for index in compress(range(len(attribute_lists)), attribute_lists):  # the nodes with attributes
+    for index, field in attribute_fields:
         values = attributes[index]
-        for attribute in attribute_lists[index][:]:  # a slice: iterating the field ends in an IndexError
+        for attribute in field[:]:  # a slice: iterating the field ends in an IndexError
             kind = attribute.type
             if kind in _SHARED_KINDS:
                 key = attribute.SerializeToString()
