@@ -618,7 +618,9 @@ def _namespaces(names: list[str]) -> list[str]:
         return list(map(namespace_of.__getitem__, scopes))
     # No name holds "//", so no scope has an empty part but a leading one: the namespace is the
     # name up to its last "/", without a leading "/" ("" when there is no "/").
-    return [name[1:name.rfind("/")] if name[:1] == "/" else name[:max(name.rfind("/"), 0)] for name in names]
+    namespaces = [name[1:name.rfind("/")] if name[:1] == "/" else name[:max(name.rfind("/"), 0)] for name in names]
+    shared: dict[str, str] = {}  # one string per namespace, kept by all its nodes (8 MB less at 100,000)
+    return list(map(shared.setdefault, namespaces, namespaces))
 
 
 # Building the IR's frozen dataclasses fast.  Their `__init__` stores each field through
