@@ -25,9 +25,9 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import shiboken6
-from PySide6.QtCore import QByteArray, QDataStream, QPointF, QRectF, Qt, QTimer
+from PySide6.QtCore import QByteArray, QDataStream, QIODevice, QPointF, QRectF, Qt, QTimer
 from PySide6.QtGui import QBrush, QColor, QFont, QFontMetrics, QPainter, QPainterPath, QPen, QPolygonF
-from PySide6.QtWidgets import QGraphicsItem, QGraphicsScene, QStyleOptionGraphicsItem
+from PySide6.QtWidgets import QGraphicsItem, QGraphicsPathItem, QGraphicsScene, QStyleOptionGraphicsItem
 
 from engine.inspect import human_bytes, human_count
 from engine.layout import INPUT_PREFIX, OUTPUT_PREFIX, op_category
@@ -163,6 +163,9 @@ class SceneData:
 # model 54 ms and a fitted view 90 ms (the unindexed scene walks every item on every paint);
 # batched, 23 ms and 20 ms, and building the edges takes 40 ms instead of 300 ms.
 EDGE_BATCH = 64
+# A batch of edges taller or wider than this (scene units; a window shows ~1,900 x 1,200 at a
+# readable zoom) is a LongEdgeBatch, painted clipped to what is shown.
+LONG_EDGE_BATCH_EXTENT = 6000.0
 
 
 def prepare_scene_data(loaded) -> SceneData:
@@ -337,6 +340,102 @@ def _read_path(count: int, elements: np.ndarray, last_move: int) -> QPainterPath
     return path
 
 
+def _path_elements(path: QPainterPath) -> np.ndarray:
+    """The elements (type, x, y) of a path of polylines, read from the bytes QDataStream writes for it."""
+    raw = QByteArray()
+    stream = QDataStream(raw, QIODevice.OpenModeFlag.WriteOnly)
+    stream << path
+    count = int(np.frombuffer(raw.data(), dtype=">i4", count=1)[0])
+    return np.frombuffer(raw.data(), dtype=_PATH_ELEMENT, count=count, offset=4)
+
+
+def _slab(start: np.ndarray, delta: np.ndarray, low: float, high: float) -> tuple[np.ndarray, np.ndarray]:
+    """Where segments start + t * delta enter and leave the band low <= coordinate <= high (t, unbounded)."""
+    flat = delta == 0
+    safe = np.where(flat, 1.0, delta)
+    to_low, to_high = (low - start) / safe, (high - start) / safe
+    inside = (start >= low) & (start <= high)
+    enter = np.where(flat, np.where(inside, -np.inf, np.inf), np.minimum(to_low, to_high))
+    leave = np.where(flat, np.where(inside, np.inf, -np.inf), np.maximum(to_low, to_high))
+    return enter, leave
+
+
+class LongEdgeBatch(QGraphicsPathItem):
+    """A batch of edges reaching far beyond what is shown: painted clipped to the exposed rectangle.
+
+    Qt strokes a pen wider than a device pixel as an outline of the whole path before it clips:
+    two batches of 64 edges running the length of a 100,000-node model (lanes of a KV cache,
+    146,000 units tall) cost 40 ms of every paint at a readable zoom, against ~2 ms for the
+    rest of an opened block's edges.  Clipped first (the pieces of segments within a margin of
+    the exposed rectangle, in numpy), the same edges cost ~1 ms.  What is shown is the same:
+    every cut lies outside the exposed rectangle by more than the pen reaches (anti-aliased
+    rims of long, nearly level lines may differ by a few levels of grey, from rounding).
+    """
+
+    # Clip when the batch is this many times larger than the exposed rectangle (either way);
+    # below it, Qt's own paint of the whole path is as cheap.
+    CLIP_RATIO = 3.0
+
+    def __init__(self, path: QPainterPath, pen: QPen):
+        super().__init__(path)
+        self.setPen(pen)
+        self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemUsesExtendedStyleOption, True)  # exposedRect
+        self._bounds = path.boundingRect()
+        self._segments: Optional[tuple] = None  # start, delta and first point of every segment (made when first clipped)
+        self._clipped: tuple = (None, None)  # (clip rectangle, its path): a repaint of the same view reuses it
+
+    def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem, widget=None) -> None:
+        painter.setPen(self.pen())
+        painter.setBrush(self.brush())
+        exposed, bounds = option.exposedRect, self._bounds
+        if (bounds.width() <= self.CLIP_RATIO * exposed.width()
+                and bounds.height() <= self.CLIP_RATIO * exposed.height()):
+            painter.drawPath(self.path())
+            return
+        # Beyond the pen's reach (square caps, bevel joins: half its width) and the anti-aliasing.
+        scale = QStyleOptionGraphicsItem.levelOfDetailFromTransform(painter.worldTransform())
+        margin = 2.0 * self.pen().widthF() + 4.0 / max(scale, 1e-6)
+        clip = (exposed.left() - margin, exposed.top() - margin, exposed.right() + margin, exposed.bottom() + margin)
+        if self._clipped[0] != clip:
+            self._clipped = (clip, self.clipped_path(*clip))
+        painter.drawPath(self._clipped[1])
+
+    def clipped_path(self, left: float, top: float, right: float, bottom: float) -> QPainterPath:
+        """The pieces of this batch's polylines inside the rectangle, as one path (polylines kept
+        whole where no cut falls: the joins are Qt's as before)."""
+        if self._segments is None:
+            elements = _path_elements(self.path())
+            points = np.stack([elements["x"], elements["y"]], axis=1).astype(float)
+            joined = elements["type"][1:] != 0  # a segment ends at every element but a move
+            self._segments = (points[:-1][joined], points[1:][joined] - points[:-1][joined], np.flatnonzero(joined))
+        start, delta, first_point = self._segments
+        enter_x, leave_x = _slab(start[:, 0], delta[:, 0], left, right)
+        enter_y, leave_y = _slab(start[:, 1], delta[:, 1], top, bottom)
+        enter = np.maximum(np.maximum(enter_x, enter_y), 0.0)
+        leave = np.minimum(np.minimum(leave_x, leave_y), 1.0)
+        kept = np.flatnonzero(enter <= leave)
+        if not len(kept):
+            return QPainterPath()
+        enter, leave = enter[kept], leave[kept]
+        begin = start[kept] + enter[:, None] * delta[kept]
+        end = start[kept] + leave[:, None] * delta[kept]
+        begin[enter == 0] = start[kept][enter == 0]  # uncut ends exactly as laid out
+        end[leave == 1] = (start[kept] + delta[kept])[leave == 1]
+        # A kept segment continues the previous one when they share an uncut point.
+        follows = np.zeros(len(kept), dtype=bool)
+        follows[1:] = (first_point[kept][1:] == first_point[kept][:-1] + 1) & (leave[:-1] == 1) & (enter[1:] == 0)
+        moves = ~follows
+        count = len(kept) + int(moves.sum())
+        ends = np.arange(len(kept)) + np.cumsum(moves)  # element of each segment's end (a line to it)
+        elements = np.empty(count, dtype=_PATH_ELEMENT)
+        elements["type"] = 1
+        elements["x"][ends], elements["y"][ends] = end[:, 0], end[:, 1]
+        starts = ends[moves] - 1
+        elements["type"][starts] = 0
+        elements["x"][starts], elements["y"][starts] = begin[moves, 0], begin[moves, 1]
+        return _read_path(count, elements, int(starts[-1]))
+
+
 def _edge_batches_one_by_one(edges, steps: list[int]):
     """`_edge_batches`'s paths and batch of each edge, adding one polygon at a time."""
     batches: list[tuple[int, QPainterPath]] = []
@@ -463,11 +562,17 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
         pens = [QPen(EDGE_COLOR, float(EDGE_MIN_WIDTH + k * (EDGE_MAX_WIDTH - EDGE_MIN_WIDTH)
                                        / (EDGE_WIDTH_STEPS - 1))) for k in range(EDGE_WIDTH_STEPS)]
         self.edge_widths = data.edge_widths
-        add_path = self.addPath
+        add_path, add_item = self.addPath, self.addItem
         batches = data.edge_batches
+        long_extent = LONG_EDGE_BATCH_EXTENT
         for start in range(0, len(batches), self.CHUNK_EDGE_BATCHES):
             for step, path in batches[start:start + self.CHUNK_EDGE_BATCHES]:
-                item = add_path(path, pens[step])
+                bounds = path.boundingRect()
+                if bounds.width() > long_extent or bounds.height() > long_extent:
+                    item = LongEdgeBatch(path, pens[step])
+                    add_item(item)
+                else:
+                    item = add_path(path, pens[step])
                 item.setAcceptedMouseButtons(Qt.MouseButton.NoButton)  # clicks go through to the background
                 self.edge_items.append(item)
             yield
