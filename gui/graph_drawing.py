@@ -381,7 +381,7 @@ class LongEdgeBatch(QGraphicsPathItem):
         self.setPen(pen)
         self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemUsesExtendedStyleOption, True)  # exposedRect
         self._bounds = path.boundingRect()
-        self._segments: Optional[tuple] = None  # start, delta and first point of every segment (made when first clipped)
+        self._segments: Optional[tuple] = None  # start, end, delta, first point of every segment (when first clipped)
         self._clipped: tuple = (None, None)  # (clip rectangle, its path): a repaint of the same view reuses it
 
     def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem, widget=None) -> None:
@@ -407,8 +407,9 @@ class LongEdgeBatch(QGraphicsPathItem):
             elements = _path_elements(self.path())
             points = np.stack([elements["x"], elements["y"]], axis=1).astype(float)
             joined = elements["type"][1:] != 0  # a segment ends at every element but a move
-            self._segments = (points[:-1][joined], points[1:][joined] - points[:-1][joined], np.flatnonzero(joined))
-        start, delta, first_point = self._segments
+            start, stop = points[:-1][joined], points[1:][joined]
+            self._segments = (start, stop, stop - start, np.flatnonzero(joined))
+        start, stop, delta, first_point = self._segments
         enter_x, leave_x = _slab(start[:, 0], delta[:, 0], left, right)
         enter_y, leave_y = _slab(start[:, 1], delta[:, 1], top, bottom)
         enter = np.maximum(np.maximum(enter_x, enter_y), 0.0)
@@ -420,7 +421,7 @@ class LongEdgeBatch(QGraphicsPathItem):
         begin = start[kept] + enter[:, None] * delta[kept]
         end = start[kept] + leave[:, None] * delta[kept]
         begin[enter == 0] = start[kept][enter == 0]  # uncut ends exactly as laid out
-        end[leave == 1] = (start[kept] + delta[kept])[leave == 1]
+        end[leave == 1] = stop[kept][leave == 1]
         # A kept segment continues the previous one when they share an uncut point.
         follows = np.zeros(len(kept), dtype=bool)
         follows[1:] = (first_point[kept][1:] == first_point[kept][:-1] + 1) & (leave[:-1] == 1) & (enter[1:] == 0)
