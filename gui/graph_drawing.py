@@ -363,13 +363,16 @@ def _slab(start: np.ndarray, delta: np.ndarray, low: float, high: float) -> tupl
 class LongEdgeBatch(QGraphicsPathItem):
     """A batch of edges reaching far beyond what is shown: painted clipped to the exposed rectangle.
 
-    Qt strokes a pen wider than a device pixel as an outline of the whole path before it clips:
-    two batches of 64 edges running the length of a 100,000-node model (lanes of a KV cache,
-    146,000 units tall) cost 40 ms of every paint at a readable zoom, against ~2 ms for the
-    rest of an opened block's edges.  Clipped first (the pieces of segments within a margin of
-    the exposed rectangle, in numpy), the same edges cost ~1 ms.  What is shown is the same:
-    every cut lies outside the exposed rectangle by more than the pen reaches (anti-aliased
-    rims of long, nearly level lines may differ by a few levels of grey, from rounding).
+    Two batches of 64 edges running the length of a 100,000-node model (the lanes from its
+    top inputs to every block, 146,000 units tall) cost 40-70 ms of every paint at a readable
+    zoom, against ~10 ms for everything else of an opened block.  Qt strokes a pen wider than
+    a device pixel as the outline of the whole path before it clips, and fills the outline of
+    one path at once: where its edges run side by side (23 lanes in a band 50 pixels high) the
+    anti-aliased fill of their crossing outlines alone took 25 ms.  Here only the pieces of
+    segments within a margin of the exposed rectangle are drawn (numpy), each edge as a path of
+    its own: ~1-3 ms.  The strokes are the same: every cut lies outside the exposed rectangle by
+    more than the pen reaches; anti-aliased rims may differ by a few levels of grey (rounding of
+    a cut line, two edges' rims blended where they meet instead of merged).
     """
 
     # Clip when the batch is this many times larger than the exposed rectangle (either way);
@@ -381,8 +384,8 @@ class LongEdgeBatch(QGraphicsPathItem):
         self.setPen(pen)
         self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemUsesExtendedStyleOption, True)  # exposedRect
         self._bounds = path.boundingRect()
-        self._segments: Optional[tuple] = None  # start, end, delta, first point of every segment (when first clipped)
-        self._clipped: tuple = (None, None)  # (clip rectangle, its path): a repaint of the same view reuses it
+        self._segments: Optional[tuple] = None  # start, end, delta, first point, edge of every segment (when first clipped)
+        self._clipped: tuple = (None, [])  # (clip rectangle, its paths): a repaint of the same view reuses them
 
     def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem, widget=None) -> None:
         painter.setPen(self.pen())
@@ -397,27 +400,30 @@ class LongEdgeBatch(QGraphicsPathItem):
         margin = 2.0 * self.pen().widthF() + 4.0 / max(scale, 1e-6)
         clip = (exposed.left() - margin, exposed.top() - margin, exposed.right() + margin, exposed.bottom() + margin)
         if self._clipped[0] != clip:
-            self._clipped = (clip, self.clipped_path(*clip))
-        painter.drawPath(self._clipped[1])
+            self._clipped = (clip, self.clipped_paths(*clip))
+        for path in self._clipped[1]:
+            painter.drawPath(path)
 
-    def clipped_path(self, left: float, top: float, right: float, bottom: float) -> QPainterPath:
-        """The pieces of this batch's polylines inside the rectangle, as one path (polylines kept
-        whole where no cut falls: the joins are Qt's as before)."""
+    def clipped_paths(self, left: float, top: float, right: float, bottom: float) -> list[QPainterPath]:
+        """The pieces of this batch's polylines inside the rectangle, a path per edge (polylines
+        kept whole where no cut falls: the joins are Qt's as before)."""
         if self._segments is None:
             elements = _path_elements(self.path())
             points = np.stack([elements["x"], elements["y"]], axis=1).astype(float)
             joined = elements["type"][1:] != 0  # a segment ends at every element but a move
             start, stop = points[:-1][joined], points[1:][joined]
-            self._segments = (start, stop, stop - start, np.flatnonzero(joined))
-        start, stop, delta, first_point = self._segments
+            first_point = np.flatnonzero(joined)
+            edge = np.cumsum(elements["type"] == 0)[first_point]
+            self._segments = (start, stop, stop - start, first_point, edge)
+        start, stop, delta, first_point, edge = self._segments
         enter_x, leave_x = _slab(start[:, 0], delta[:, 0], left, right)
         enter_y, leave_y = _slab(start[:, 1], delta[:, 1], top, bottom)
         enter = np.maximum(np.maximum(enter_x, enter_y), 0.0)
         leave = np.minimum(np.minimum(leave_x, leave_y), 1.0)
         kept = np.flatnonzero(enter <= leave)
         if not len(kept):
-            return QPainterPath()
-        enter, leave = enter[kept], leave[kept]
+            return []
+        enter, leave, edge = enter[kept], leave[kept], edge[kept]
         begin = start[kept] + enter[:, None] * delta[kept]
         end = start[kept] + leave[:, None] * delta[kept]
         begin[enter == 0] = start[kept][enter == 0]  # uncut ends exactly as laid out
@@ -434,7 +440,15 @@ class LongEdgeBatch(QGraphicsPathItem):
         starts = ends[moves] - 1
         elements["type"][starts] = 0
         elements["x"][starts], elements["y"][starts] = begin[moves, 0], begin[moves, 1]
-        return _read_path(count, elements, int(starts[-1]))
+        # One path per edge: its first element, from the first of its kept segments.
+        first_of_edge = np.flatnonzero(np.r_[True, edge[1:] != edge[:-1]])
+        bounds = (ends[first_of_edge] - 1).tolist() + [count]
+        paths = []
+        for piece_start, piece_end in zip(bounds[:-1], bounds[1:]):
+            piece = elements[piece_start:piece_end]
+            last_move = int(np.flatnonzero(piece["type"] == 0)[-1])
+            paths.append(_read_path(piece_end - piece_start, piece, last_move))
+        return paths
 
 
 def _edge_batches_one_by_one(edges, steps: list[int]):

@@ -64,8 +64,8 @@ def test_the_clipped_path_is_exactly_the_part_of_the_edges_inside_the_rectangle(
     lines = _polylines(seed)
     item = LongEdgeBatch(_path(lines), QPen(QColor("#7a7a7a"), 2.5))
     left, top, right, bottom = rect
-    clipped = item.clipped_path(left, top, right, bottom)
-    pieces = _pieces(clipped)
+    paths = item.clipped_paths(left, top, right, bottom)
+    pieces = [piece for path in paths for piece in _pieces(path)]
     # Points sampled along every laid-out segment: those inside the rectangle lie on a clipped
     # piece, those outside on none; the pieces lie inside the rectangle.
     samples = np.concatenate([line[k] + np.linspace(0, 1, 97)[:, None] * (line[k + 1] - line[k])
@@ -89,24 +89,35 @@ def test_the_clipped_path_is_exactly_the_part_of_the_edges_inside_the_rectangle(
     laid_out = {tuple(point) for line in lines for point in line.tolist()}
     for piece in pieces:
         assert all(tuple(point) in laid_out for point in piece[1:-1].tolist())
+    # A path per edge: all of a path's points lie on one edge, and no two paths on the same one.
+    line_segments = [np.concatenate([line[:-1], line[1:]], axis=1) for line in lines]
+    edges_of_paths = []
+    for path in paths:
+        points = np.concatenate(_pieces(path))
+        on = [i for i, segs in enumerate(line_segments) if _distance_to_segments(points, segs).max() < 1e-6]
+        assert on
+        edges_of_paths.append(on[0])
+    assert len(set(edges_of_paths)) == len(paths)
 
 
 def test_edges_inside_the_rectangle_are_drawn_as_laid_out(qapp):
     lines = _polylines(5)
     path = _path(lines)
     item = LongEdgeBatch(path, QPen(QColor("#7a7a7a"), 2.5))
-    clipped = item.clipped_path(-10, -10, 3010, 20010)
-    assert np.array_equal(_path_elements(clipped), _path_elements(path))
-    assert item.clipped_path(4000, 0, 5000, 100).isEmpty()
+    clipped = item.clipped_paths(-10, -10, 3010, 20010)
+    assert len(clipped) == len(lines)  # a path per edge, each as laid out
+    assert np.array_equal(np.concatenate([_path_elements(p) for p in clipped]), _path_elements(path))
+    assert item.clipped_paths(4000, 0, 5000, 100) == []
 
 
 def _looks_the_same(expected: np.ndarray, shown: np.ndarray) -> bool:
-    """The same strokes: only anti-aliased rims may differ (rounding where the lines are cut: on a
-    long, nearly level line a rim's grey steps shift sideways), never a stroke's body (an edge
-    piece missing or added differs by ~130 levels of grey), and the ink is the same."""
+    """The same strokes: only anti-aliased rims may differ (rounding where a line is cut, so a rim's
+    grey steps shift along a long, nearly level line; the rims of two edges blended where they
+    cross instead of merged), never a stroke's body: an edge piece missing or added differs by
+    ~130 levels of grey.  The ink (sum of darkness) stays within 2 %."""
     difference = np.abs(expected.astype(int) - shown.astype(int)).max()
     ink, shown_ink = (255 - expected[..., :3].astype(int)).sum(), (255 - shown[..., :3].astype(int)).sum()
-    return difference <= 64 and abs(ink - shown_ink) <= 0.005 * max(ink, 1)
+    return difference <= 64 and abs(ink - shown_ink) <= 0.02 * max(ink, 1)
 
 
 def _grab(scene: QGraphicsScene, scale: float, center: tuple[float, float]) -> np.ndarray:
