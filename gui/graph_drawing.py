@@ -8,7 +8,9 @@ Speed (see benchmarks/bench_gui_open.py): the scene holds one
 of one width, all painted by Qt in C++; the paths, label text and colours are
 prepared by the worker that opens the model (`prepare_scene_data`), so the UI
 thread only creates items, a slice per event-loop turn, and an old scene is
-deleted the same way (`retire_scene`).  Text is the expensive part of a scene (a
+deleted the same way (`retire_scene`).  A batch of edges reaching far beyond
+the view (lanes running the length of a big model) is a `LongEdgeBatch`,
+painted clipped to what is shown.  Text is the expensive part of a scene (a
 `QGraphicsSimpleTextItem` costs ~20 us to create, 0.4 s for 20,000 nodes), so
 all labels are painted by one `LabelLayer` item that draws only the labels of
 the boxes in the exposed rectangle, found with numpy, and none when zoomed
@@ -345,8 +347,9 @@ def _path_elements(path: QPainterPath) -> np.ndarray:
     raw = QByteArray()
     stream = QDataStream(raw, QIODevice.OpenModeFlag.WriteOnly)
     stream << path
-    count = int(np.frombuffer(raw.data(), dtype=">i4", count=1)[0])
-    return np.frombuffer(raw.data(), dtype=_PATH_ELEMENT, count=count, offset=4)
+    data = raw.data()
+    count = int(np.frombuffer(data, dtype=">i4", count=1)[0])
+    return np.frombuffer(data, dtype=_PATH_ELEMENT, count=count, offset=4)
 
 
 def _slab(start: np.ndarray, delta: np.ndarray, low: float, high: float) -> tuple[np.ndarray, np.ndarray]:
