@@ -258,6 +258,14 @@ class BoxLines:
     def __iter__(self):
         return (self[i] for i in range(len(self._node_ids)))
 
+    def copy(self) -> "BoxLines":
+        """Lines of the same boxes that a scene may rewrite (a group's time line) without touching
+        these: what is made already is shared, nothing more is made."""
+        twin = BoxLines.__new__(BoxLines)
+        twin._node_ids, twin._analysis, twin._known = self._node_ids, self._analysis, self._known
+        twin._made = dict(self._made)
+        return twin
+
 
 def _edge_batches(edges, steps: list[int]):
     """Group edges of one pen width, in layout order (so a batch covers nearby edges), EDGE_BATCH at a time.

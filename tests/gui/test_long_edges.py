@@ -209,3 +209,19 @@ def test_a_reopened_group_draws_what_its_first_open_drew(qtbot, window, decoder,
     assert window.loaded.folded_layouts is layouts
     for expected, shown in zip(first, _regions(window.scene)):
         assert np.array_equal(expected, shown)
+
+
+def test_a_first_open_makes_no_label_text_until_a_box_is_painted(qtbot, window, decoder, monkeypatch):
+    from gui.app import relayout
+    from gui.graph_drawing import GraphScene as Scene
+    monkeypatch.setenv(FOLD_NODES_ENVIRONMENT, "100")
+    open_and_wait(qtbot, window, decoder)
+    loaded = window.loaded
+    known = loaded.folded_layouts.annotations.setdefault("scene_text", {})
+    made_before = dict(known)
+    opened = relayout(loaded, loaded.include_constants, collapsed=loaded.collapsed - {BLOCK.format(4)})
+    assert known == made_before  # the worker made the scene data of the new layout without text
+    lines, analysis = opened.scene_data.lines, loaded.analysis
+    node = next(i for i, n in enumerate(opened.scene_data.node_ids) if n not in opened.groups and n not in known)
+    assert lines[node] == Scene.box_lines(opened.scene_data.node_ids[node], analysis.graph, analysis)
+    assert opened.scene_data.node_ids[node] in known  # made when read, and kept for the next relayout
