@@ -753,8 +753,9 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
     # --- overlays -------------------------------------------------------------------------
     def set_profile(self, profile) -> None:
         """Show `profile` (engine.profile.Profile or None) in the profile overlays; re-applies the current one."""
-        self.profile = profile
-        self._update_group_lines()
+        changed, self.profile = profile is not self.profile, profile
+        if changed:  # a new scene shown with no profile has its groups' text already: no rewrite, no repaint
+            self._update_group_lines()
         spec = OVERLAYS.get(self.overlay_key)
         if spec is not None and spec.needs_profile:
             self.set_overlay(self.overlay_key)
