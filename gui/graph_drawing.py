@@ -159,14 +159,18 @@ class SceneData:
     frame_ids: list[str] = field(default_factory=list)
     frame_rects: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
     frame_titles: list[str] = field(default_factory=list)
+    # Per edge batch: the reach of its longest edge (scene units), None if not known: a batch with
+    # an edge reaching further than LONG_EDGE_BATCH_EXTENT is a LongEdgeBatch.
+    edge_batch_reach: Optional[np.ndarray] = None
 
 
 # Edges per path item.  One QGraphicsPathItem per edge made the first paint of a 20,000-node
 # model 54 ms and a fitted view 90 ms (the unindexed scene walks every item on every paint);
 # batched, 23 ms and 20 ms, and building the edges takes 40 ms instead of 300 ms.
 EDGE_BATCH = 64
-# A batch of edges taller or wider than this (scene units; a window shows ~1,900 x 1,200 at a
-# readable zoom) is a LongEdgeBatch, painted clipped to what is shown.
+# A batch with an edge taller or wider than this (scene units; a window shows ~1,900 x 1,200 at
+# a readable zoom) is a LongEdgeBatch, painted clipped to what is shown.  A batch of many short
+# edges spread down a tall model is as tall, but Qt paints it whole as fast (~0.1 ms).
 LONG_EDGE_BATCH_EXTENT = 6000.0
 
 
@@ -187,13 +191,13 @@ def prepare_scene_data(loaded) -> SceneData:
     lines = BoxLines(node_ids, analysis, groups, known)
     edges = layout.edges
     steps, widths = _edge_width_steps(edges, graph)
-    batches, batch_of, segments, segment_edge, tips = _edge_batches(edges, steps)
+    batches, batch_of, segments, segment_edge, tips, reach = _edge_batches(edges, steps)
     frames = getattr(layout, "frames", None) or {}
     frame_ids = list(frames)
     frame_rects = np.array([frames[g] for g in frame_ids], dtype=float).reshape(-1, 4)
     titles = [frame_title(groups[g], analysis) for g in frame_ids]
     return SceneData(node_ids, rects, categories, lines, steps, widths, tips, batches, batch_of,
-                     segments, segment_edge, frame_ids, frame_rects, titles)
+                     segments, segment_edge, frame_ids, frame_rects, titles, reach)
 
 
 def _box_categories(node_ids: Sequence[str], graph, analysis) -> list[str]:
@@ -271,7 +275,9 @@ def _edge_batches(edges, steps: list[int]):
     """Group edges of one pen width, in layout order (so a batch covers nearby edges), EDGE_BATCH at a time.
 
     Returns the batches (pen width step, path), the batch of each edge, every straight segment
-    of every edge with the edge it belongs to (hit tests), and each edge's end point (arrows).
+    of every edge with the edge it belongs to (hit tests), each edge's end point (arrows), and
+    per batch the reach of its longest edge (the larger side of the edge's bounding box; None
+    when some edge is not a polyline).
 
     The batches are what adding each edge's polygon to its width's open path (closed at
     EDGE_BATCH edges; the open ones last, by width) makes, computed for all edges at once with
@@ -294,7 +300,7 @@ def _edge_batches(edges, steps: list[int]):
         np.zeros((0, 4))
     segment_edge = np.repeat(np.arange(count, dtype=np.int64), np.maximum(counts - 1, 0))
     if count and int(counts.min()) < 2:  # not a polyline (no layout makes one): the paths one by one
-        return _edge_batches_one_by_one(edges, steps) + (segments, segment_edge, tips)
+        return _edge_batches_one_by_one(edges, steps) + (segments, segment_edge, tips, None)
     # The batch of each edge: the k-th edge of a width goes into that width's (k // EDGE_BATCH)-th
     # path.  A full path is closed by its last edge (batches are numbered in that order), the
     # partly filled ones after all of them, thinnest first.
@@ -334,7 +340,12 @@ def _edge_batches(edges, steps: list[int]):
         batches.append((step, _read_path(element_end - element_start, elements[element_start:element_end],
                                          last_move - element_start)))
         edge_start, element_start = edge_end, element_end
-    return batches, batch_of, segments, segment_edge, tips
+    reach = np.zeros(len(batches))
+    if count:
+        sides = [np.maximum.reduceat(points[:, axis], starts) - np.minimum.reduceat(points[:, axis], starts)
+                 for axis in (0, 1)]
+        np.maximum.at(reach, batch_of, np.maximum(*sides))
+    return batches, batch_of, segments, segment_edge, tips, reach
 
 
 # QDataStream's form of a QPainterPath (Qt's operator<<): the element count, then per element its
@@ -406,10 +417,14 @@ class LongEdgeBatch(QGraphicsPathItem):
                 and bounds.height() <= self.CLIP_RATIO * exposed.height()):
             painter.drawPath(self.path())
             return
-        # Beyond the pen's reach (square caps, bevel joins: half its width) and the anti-aliasing.
+        # Cut outside the exposed rectangle by more than the pen reaches (square caps, bevel joins:
+        # half its width) and the anti-aliasing.  The rectangle cut to is the exposed one grown to
+        # a grid of half its size, so a pan of less than half a view repaints from the same pieces.
         scale = QStyleOptionGraphicsItem.levelOfDetailFromTransform(painter.worldTransform())
         margin = 2.0 * self.pen().widthF() + 4.0 / max(scale, 1e-6)
-        clip = (exposed.left() - margin, exposed.top() - margin, exposed.right() + margin, exposed.bottom() + margin)
+        step_x, step_y = max(exposed.width(), 1.0) / 2, max(exposed.height(), 1.0) / 2
+        left, top = math.floor(exposed.left() / step_x) * step_x, math.floor(exposed.top() / step_y) * step_y
+        clip = (left - margin, top - margin, left + 3 * step_x + margin, top + 3 * step_y + margin)
         if self._clipped[0] != clip:
             self._clipped = (clip, self.clipped_paths(*clip))
         for path in self._clipped[1]:
@@ -424,9 +439,21 @@ class LongEdgeBatch(QGraphicsPathItem):
             joined = elements["type"][1:] != 0  # a segment ends at every element but a move
             start, stop = points[:-1][joined], points[1:][joined]
             first_point = np.flatnonzero(joined)
-            edge = np.cumsum(elements["type"] == 0)[first_point]
-            self._segments = (start, stop, stop - start, first_point, edge)
-        start, stop, delta, first_point, edge = self._segments
+            edge = np.cumsum(elements["type"] == 0)[first_point] - 1
+            # Each edge's extent: most edges of a batch are nowhere near the view, and are left out
+            # at the cost of four comparisons per edge (not per segment).
+            moves = np.flatnonzero(elements["type"] == 0)
+            extent = [np.minimum.reduceat(points[:, 0], moves), np.minimum.reduceat(points[:, 1], moves),
+                      np.maximum.reduceat(points[:, 0], moves), np.maximum.reduceat(points[:, 1], moves)]
+            self._segments = (start, stop, stop - start, first_point, edge, extent)
+        start, stop, delta, first_point, edge, (min_x, min_y, max_x, max_y) = self._segments
+        near = (min_x <= right) & (max_x >= left) & (min_y <= bottom) & (max_y >= top)
+        if not near.any():
+            return []
+        if not near.all():
+            chosen = np.flatnonzero(near[edge])
+            start, stop, delta, first_point, edge = (start[chosen], stop[chosen], delta[chosen], first_point[chosen],
+                                                     edge[chosen])
         enter_x, leave_x = _slab(start[:, 0], delta[:, 0], left, right)
         enter_y, leave_y = _slab(start[:, 1], delta[:, 1], top, bottom)
         enter = np.maximum(np.maximum(enter_x, enter_y), 0.0)
@@ -591,10 +618,15 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
         add_path, add_item = self.addPath, self.addItem
         batches = data.edge_batches
         long_extent = LONG_EDGE_BATCH_EXTENT
+        if data.edge_batch_reach is not None:
+            is_long = (data.edge_batch_reach > long_extent).tolist()
+        else:  # the batches' bounds, a wider choice
+            is_long = [max(path.boundingRect().width(), path.boundingRect().height()) > long_extent
+                       for _, path in batches]
         for start in range(0, len(batches), self.CHUNK_EDGE_BATCHES):
-            for step, path in batches[start:start + self.CHUNK_EDGE_BATCHES]:
-                bounds = path.boundingRect()
-                if bounds.width() > long_extent or bounds.height() > long_extent:
+            for (step, path), long in zip(batches[start:start + self.CHUNK_EDGE_BATCHES],
+                                          is_long[start:start + self.CHUNK_EDGE_BATCHES]):
+                if long:
                     item = LongEdgeBatch(path, pens[step])
                     add_item(item)
                 else:
