@@ -478,7 +478,9 @@ class LongEdgeBatch(QGraphicsPathItem):
         starts = ends[moves] - 1
         elements["type"][starts] = 0
         elements["x"][starts], elements["y"][starts] = begin[moves, 0], begin[moves, 1]
-        # One path per edge: its first element, from the first of its kept segments.
+        # A path per edge (one path of 23 lanes side by side took 25 ms to fill, 23 paths 2.5 ms; where
+        # 1,200 lanes pass a view, a whole 20,000-node transformer, the calls cost about what Qt's paint
+        # of the whole batches did): its first element, from the first of its kept segments.
         first_of_edge = np.flatnonzero(np.r_[True, edge[1:] != edge[:-1]])
         bounds = (ends[first_of_edge] - 1).tolist() + [count]
         paths = []
