@@ -391,8 +391,8 @@ class LongEdgeBatch(QGraphicsPathItem):
     a device pixel as the outline of the whole path before it clips, and fills the outline of
     one path at once: where its edges run side by side (23 lanes in a band 50 pixels high) the
     anti-aliased fill of their crossing outlines alone took 25 ms.  Here only the pieces of
-    segments within a margin of the exposed rectangle are drawn (numpy), edges that meet by
-    paths of their own: ~1-3 ms.  The strokes are the same: every cut lies outside the exposed rectangle by
+    segments within a margin of the exposed rectangle are drawn (numpy), each edge as a path of
+    its own: ~1-3 ms.  The strokes are the same: every cut lies outside the exposed rectangle by
     more than the pen reaches; anti-aliased rims may differ by a few levels of grey (rounding of
     a cut line, two edges' rims blended where they meet instead of merged).
     """
@@ -478,33 +478,19 @@ class LongEdgeBatch(QGraphicsPathItem):
         starts = ends[moves] - 1
         elements["type"][starts] = 0
         elements["x"][starts], elements["y"][starts] = begin[moves, 0], begin[moves, 1]
-        # Edges whose pieces keep apart (bounding boxes grown by the pen) share a path: their strokes
-        # cannot meet, so one path draws what separate ones would, in one call.  Edges that meet are
-        # drawn by separate paths (see the class docstring: lanes side by side in one path are slow).
+        # A path per edge (one path of 23 lanes side by side took 25 ms to fill, 23 paths 2.5 ms).  Its
+        # price: a call per edge.  Where ~1,200 lanes pass the view (a 20,000-node transformer laid out
+        # whole, at 1:1) a pan repaint costs ~10-15 % more CPU than Qt's paint of the whole batches, and
+        # a pan past the grid ~45 ms more (4 edges per path, or edges that keep apart sharing a path,
+        # made the opened blocks' paint 2-3x slower again; measured, loaded machine).  Its first
+        # element, from the first of its kept segments.
         first_of_edge = np.flatnonzero(np.r_[True, edge[1:] != edge[:-1]])
-        reach = self.pen().widthF()
-        corners = np.concatenate([begin, end], axis=1)  # x0, y0, x1, y1 of every kept piece
-        low = np.minimum(corners[:, :2], corners[:, 2:])
-        high = np.maximum(corners[:, :2], corners[:, 2:])
-        low = np.minimum.reduceat(low, first_of_edge) - reach
-        high = np.maximum.reduceat(high, first_of_edge) + reach
-        meet = ((low[:, None, 0] <= high[None, :, 0]) & (high[:, None, 0] >= low[None, :, 0])
-                & (low[:, None, 1] <= high[None, :, 1]) & (high[:, None, 1] >= low[None, :, 1]))
-        shares: list[list[int]] = []  # edges (by position among the kept ones) per path
-        for index in range(len(first_of_edge)):
-            for members in shares:
-                if not meet[index, members].any():
-                    members.append(index)
-                    break
-            else:
-                shares.append([index])
-        element_starts = (ends[first_of_edge] - 1).tolist() + [count]
+        bounds = (ends[first_of_edge] - 1).tolist() + [count]
         paths = []
-        for members in shares:
-            piece = np.concatenate([elements[element_starts[i]:element_starts[i + 1]] for i in members])
-            piece = piece.astype(_PATH_ELEMENT, copy=False)  # concatenate gives native byte order
+        for piece_start, piece_end in zip(bounds[:-1], bounds[1:]):
+            piece = elements[piece_start:piece_end]
             last_move = int(np.flatnonzero(piece["type"] == 0)[-1])
-            paths.append(_read_path(len(piece), piece, last_move))
+            paths.append(_read_path(piece_end - piece_start, piece, last_move))
         return paths
 
 
