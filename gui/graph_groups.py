@@ -160,8 +160,6 @@ class GroupSceneMixin:
     """The group side of gui.graph_drawing.GraphScene (it sets `groups`, `node_index`, `loaded`,
     `profile`, `labels`, `group_indexes`)."""
 
-    _lines_profile = None  # the profile the groups' lines show (a scene's data is made without one)
-
     def box_id(self, node_id: str) -> Optional[str]:
         """The id of the box drawing `node_id` here: its own, or its collapsed group's (None: not drawn)."""
         if node_id in self.node_index:
@@ -211,15 +209,9 @@ class GroupSceneMixin:
         return group_totals(self.groups[group_id], self.loaded.analysis, self.profile)
 
     def _update_group_lines(self) -> None:
-        """A profile was selected: the time line of every collapsed group and opened frame.
-
-        Nothing changes when the lines already show this profile: the window selects the current
-        profile (most often none) on every scene it has just drawn, whose lines were made without one.
-        """
+        """A profile was selected: the time line of every collapsed group and opened frame (these
+        made when first painted: see FrameLayer)."""
         profile = self.profile
-        if profile is self._lines_profile:
-            return
-        self._lines_profile = profile
         analysis = self.loaded.analysis if self.loaded is not None else None
         groups = self.groups
         if self.group_indexes and self.labels is not None:
