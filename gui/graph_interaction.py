@@ -4,6 +4,7 @@ legend and its minimap.  The scene it shows is gui.graph_drawing's; the group ge
 """
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Optional, Sequence
 
 import numpy as np
@@ -140,6 +141,65 @@ class LegendWidget(QWidget):
             painter.drawText(QRectF(x + 15, y, column - 15, row), Qt.AlignmentFlag.AlignVCenter, text)
 
 
+_RASTER_WORKER: Optional[ThreadPoolExecutor] = None
+
+
+def _raster_worker() -> ThreadPoolExecutor:
+    """One thread for minimap rasters: a newer one waits behind an older one, never races it."""
+    global _RASTER_WORKER
+    if _RASTER_WORKER is None:
+        _RASTER_WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minimap-raster")
+    return _RASTER_WORKER
+
+
+def _blank_thumbnail(width: int, height: int) -> QImage:
+    image = QImage(width, height, QImage.Format.Format_ARGB32_Premultiplied)
+    image.fill(QColor(250, 250, 250, 235))
+    return image
+
+
+def _raster(brushes: list[QBrush], rects: np.ndarray, frames: np.ndarray, source: tuple[float, float, float, float],
+            width: int, height: int) -> QImage:
+    """Boxes as coloured pixels, with numpy: QGraphicsScene.render of 20,000 items took 130 ms.
+
+    Reads no scene, so it runs in a worker thread (QImage, not QPixmap: allowed off the UI thread).
+    """
+    left, top, source_width, source_height = source
+    background = _blank_thumbnail(width, height)
+    pixels = np.frombuffer(background.constBits(), dtype=np.uint32).reshape(height, background.bytesPerLine() // 4)
+    pixels = pixels[:, :width].copy()
+    rgba: dict[int, int] = {}  # a few hundred distinct brushes are shared by all the boxes
+
+    def colour(brush: QBrush) -> int:
+        value = rgba.get(id(brush))
+        if value is None:
+            value = rgba[id(brush)] = brush.color().rgba()
+        return value
+
+    colours = np.fromiter((colour(b) for b in brushes), dtype=np.uint32, count=len(brushes))
+    sx, sy = width / source_width, height / source_height
+    x0 = np.clip(((rects[:, 0] - left) * sx).astype(int), 0, width - 1)
+    x1 = np.clip(((rects[:, 0] + rects[:, 2] - left) * sx).astype(int), 0, width - 1)
+    y0 = np.clip(((rects[:, 1] - top) * sy).astype(int), 0, height - 1)
+    y1 = np.clip(((rects[:, 1] + rects[:, 3] - top) * sy).astype(int), 0, height - 1)
+    if len(frames):  # opened groups: their outlines, under the boxes
+        fx0 = np.clip(((frames[:, 0] - left) * sx).astype(int), 0, width - 1)
+        fx1 = np.clip(((frames[:, 0] + frames[:, 2] - left) * sx).astype(int), 0, width - 1)
+        fy0 = np.clip(((frames[:, 1] - top) * sy).astype(int), 0, height - 1)
+        fy1 = np.clip(((frames[:, 1] + frames[:, 3] - top) * sy).astype(int), 0, height - 1)
+        outline = QColor(GROUP_PEN_COLOR).rgba()
+        for fleft, fright, ftop, fbottom in zip(fx0.tolist(), fx1.tolist(), fy0.tolist(), fy1.tolist()):
+            pixels[[ftop, fbottom], fleft:fright + 1] = outline
+            pixels[ftop:fbottom + 1, [fleft, fright]] = outline
+    if len(colours):
+        for dy in range(min(4, int((y1 - y0).max()) + 1)):  # each box: its few pixels (at most 4 x 12)
+            rows = np.minimum(y0 + dy, y1)
+            for dx in range(min(12, int((x1 - x0).max()) + 1)):
+                pixels[rows, np.minimum(x0 + dx, x1)] = colours
+    image = QImage(pixels.tobytes(), width, height, width * 4, QImage.Format.Format_ARGB32_Premultiplied)
+    return image.copy()  # owns its pixels
+
+
 class Minimap(QWidget):
     """An overview of the whole graph in the view's top-right corner, with the visible part outlined.
 
@@ -154,14 +214,22 @@ class Minimap(QWidget):
     # per item: 2,800 boxes of an opened block took 160 ms on a loaded machine, in one turn.
     RENDER_ITEMS_MAX = 1000
 
+    # A raster finished in the worker thread: (generation, image), delivered to the UI thread.
+    _rasterDone = Signal(int, QImage)
+
     def __init__(self, view: "GraphView"):
         super().__init__(view)
         self.view = view
         self.thumbnail: Optional[QImage] = None
         self.source = QRectF()  # the scene rectangle the thumbnail shows
+        # Each render bumps the generation; a raster finished for an older one is dropped.
+        self._generation = 0
+        self.raster_job: Optional[Future] = None  # the latest raster painted in the worker thread
+        self._pending_source = QRectF()  # the scene rectangle of that raster
+        self._rasterDone.connect(self._show_raster)
         # 60 ms: after the new scene's first paint, before the old scene's teardown (150 ms)
         self._refresh_timer = QTimer(self, singleShot=True, interval=60)
-        self._refresh_timer.timeout.connect(self.render_thumbnail)
+        self._refresh_timer.timeout.connect(lambda: self.render_thumbnail(in_background=True))
         self.setCursor(Qt.CursorShape.PointingHandCursor)
         self.setToolTip("Overview: click or drag to move the view")
 
@@ -170,29 +238,57 @@ class Minimap(QWidget):
         """Render the thumbnail again soon (scene replaced or recoloured); repeated calls coalesce."""
         self._refresh_timer.start()
 
-    def render_thumbnail(self) -> None:
+    def render_thumbnail(self, in_background: bool = False) -> None:
+        """Draw the thumbnail now, or with in_background, paint a big graph's raster in a worker
+        thread and show it when done (100k boxes: ~200 ms of numpy and brush reads, one UI turn)."""
+        self._generation += 1
         scene = self.view.graph_scene
         if scene is None or not scene.complete:
             self.thumbnail = None
             self.hide()
             return
-        self.source = scene.sceneRect()
-        scale = min(self.MAX_WIDTH / max(self.source.width(), 1.0), self.MAX_HEIGHT / max(self.source.height(), 1.0))
-        width = max(self.MIN_WIDTH, int(round(self.source.width() * scale)))
-        height = max(24, int(round(self.source.height() * scale)))
-        image = QImage(width, height, QImage.Format.Format_ARGB32_Premultiplied)
-        image.fill(QColor(250, 250, 250, 235))
-        painter = QPainter(image)
-        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-        # A tall, narrow graph is stretched sideways to the minimum width: an overview to steer by,
-        # not a drawing to scale (the outline of the visible part is stretched the same way).
+        source = scene.sceneRect()
+        scale = min(self.MAX_WIDTH / max(source.width(), 1.0), self.MAX_HEIGHT / max(source.height(), 1.0))
+        width = max(self.MIN_WIDTH, int(round(source.width() * scale)))
+        height = max(24, int(round(source.height() * scale)))
         if len(scene.node_items) <= self.RENDER_ITEMS_MAX:
-            scene.render(painter, QRectF(0, 0, width, height), self.source, Qt.AspectRatioMode.IgnoreAspectRatio)
-        painter.end()
-        if len(scene.node_items) > self.RENDER_ITEMS_MAX:
-            image = self._raster(scene, image)
+            image = _blank_thumbnail(width, height)
+            painter = QPainter(image)
+            painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+            # A tall, narrow graph is stretched sideways to the minimum width: an overview to steer by,
+            # not a drawing to scale (the outline of the visible part is stretched the same way).
+            scene.render(painter, QRectF(0, 0, width, height), source, Qt.AspectRatioMode.IgnoreAspectRatio)
+            painter.end()
+            self._show(source, image)
+            return
+        # A snapshot the UI thread may change afterwards: the list of brushes (the brushes are
+        # replaced, never changed in place), box and frame rectangles.
+        frames = scene.frame_layer.rects if scene.frame_layer is not None else np.zeros((0, 4))
+        snapshot = (list(scene.box_brushes), np.array(scene.rects[: len(scene.box_brushes)]), np.array(frames),
+                    (source.left(), source.top(), source.width(), source.height()), width, height)
+        if not in_background:
+            self._show(source, _raster(*snapshot))
+            return
+        generation = self._generation
+        self._pending_source = source
+
+        def paint() -> None:
+            image = _raster(*snapshot)
+            try:
+                self._rasterDone.emit(generation, image)  # queued: this object lives in the UI thread
+            except RuntimeError:  # the window was closed meanwhile: nobody to show it to
+                pass
+
+        self.raster_job = _raster_worker().submit(paint)
+
+    def _show_raster(self, generation: int, image: QImage) -> None:
+        if generation == self._generation:  # else the scene or its colours changed since
+            self._show(self._pending_source, image)
+
+    def _show(self, source: QRectF, image: QImage) -> None:
+        self.source = source
         self.thumbnail = image
-        self.resize(width + 2, height + 2)
+        self.resize(image.width() + 2, image.height() + 2)
         self.view.place_overlays()
         self.follow_view()
 
@@ -209,44 +305,6 @@ class Minimap(QWidget):
         if wanted:
             self.view.place_minimap()  # the view moved: keep the selected box in sight
             self.update()
-
-    def _raster(self, scene: "GraphScene", background: QImage) -> QImage:
-        """Boxes as coloured pixels, with numpy: QGraphicsScene.render of 20,000 items took 130 ms."""
-        width, height = background.width(), background.height()
-        pixels = np.frombuffer(background.constBits(), dtype=np.uint32).reshape(height, background.bytesPerLine() // 4)
-        pixels = pixels[:, :width].copy()
-        rgba: dict[int, int] = {}  # a few hundred distinct brushes are shared by all the boxes
-
-        def colour(brush: QBrush) -> int:
-            value = rgba.get(id(brush))
-            if value is None:
-                value = rgba[id(brush)] = brush.color().rgba()
-            return value
-
-        colours = np.fromiter((colour(b) for b in scene.box_brushes), dtype=np.uint32,
-                              count=len(scene.box_brushes))
-        rects = scene.rects[: len(colours)]
-        sx, sy = width / self.source.width(), height / self.source.height()
-        x0 = np.clip(((rects[:, 0] - self.source.left()) * sx).astype(int), 0, width - 1)
-        x1 = np.clip(((rects[:, 0] + rects[:, 2] - self.source.left()) * sx).astype(int), 0, width - 1)
-        y0 = np.clip(((rects[:, 1] - self.source.top()) * sy).astype(int), 0, height - 1)
-        y1 = np.clip(((rects[:, 1] + rects[:, 3] - self.source.top()) * sy).astype(int), 0, height - 1)
-        frames = scene.frame_layer.rects if scene.frame_layer is not None else np.zeros((0, 4))
-        if len(frames):  # opened groups: their outlines, under the boxes
-            fx0 = np.clip(((frames[:, 0] - self.source.left()) * sx).astype(int), 0, width - 1)
-            fx1 = np.clip(((frames[:, 0] + frames[:, 2] - self.source.left()) * sx).astype(int), 0, width - 1)
-            fy0 = np.clip(((frames[:, 1] - self.source.top()) * sy).astype(int), 0, height - 1)
-            fy1 = np.clip(((frames[:, 1] + frames[:, 3] - self.source.top()) * sy).astype(int), 0, height - 1)
-            outline = QColor(GROUP_PEN_COLOR).rgba()
-            for left, right, top, bottom in zip(fx0.tolist(), fx1.tolist(), fy0.tolist(), fy1.tolist()):
-                pixels[[top, bottom], left:right + 1] = outline
-                pixels[top:bottom + 1, [left, right]] = outline
-        for dy in range(min(4, int((y1 - y0).max()) + 1)):  # each box: its few pixels (at most 4 x 12)
-            rows = np.minimum(y0 + dy, y1)
-            for dx in range(min(12, int((x1 - x0).max()) + 1)):
-                pixels[rows, np.minimum(x0 + dx, x1)] = colours
-        image = QImage(pixels.tobytes(), width, height, width * 4, QImage.Format.Format_ARGB32_Premultiplied)
-        return image.copy()  # owns its pixels
 
     # --- geometry: scene <-> minimap -----------------------------------------------------------
     def _target(self) -> QRectF:
