@@ -205,7 +205,9 @@ class Minimap(QWidget):
 
     The graph is drawn once into a thumbnail (QGraphicsScene.render; ~30 ms for 20,000 boxes),
     again only when the scene or its colours change (`refresh`, debounced), never while the
-    person pans: each pan only repaints the thumbnail and the outline.  A click or a drag
+    person pans: each pan only repaints the thumbnail and the outline.  A big graph's thumbnail
+    (a raster of coloured pixels) is painted in a worker thread from a snapshot of the boxes and
+    shown when ready; one finished after a newer render started is dropped.  A click or a drag
     centres the main view on that point.
     """
 
