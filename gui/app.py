@@ -535,6 +535,9 @@ class MainWindow(MenusMixin, ProfilesMixin, ExportsMixin, QMainWindow):
             self._show_model_in_run_dialog()
         self.modelLoaded.emit(loaded.path)
         QTimer.singleShot(1000, self.panels, self.panels.warm_up)  # charts' import, off the first paint
+        if loaded.folded_layouts is not None:  # first opens of its collapsed groups, in the background
+            from gui.folded_groups import prepare_group_opens
+            prepare_group_opens(loaded)
         if session is not None:
             self.sessionOpened.emit(loaded.path)
 
