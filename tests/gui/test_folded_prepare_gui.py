@@ -57,9 +57,12 @@ def test_an_open_stops_the_preparation_running(qtbot, window, transformer, monke
     open_and_wait(qtbot, window, transformer)
     loaded = window.loaded
     assert folded_groups.preparation_running()
-    thread = folded_groups._preparation[0]
+    thread, stop, _ = folded_groups._preparation
+    stopped_when_shown = []
+    window.modelLoaded.connect(lambda _: stopped_when_shown.append(stop.is_set()))
     with qtbot.waitSignal(window.modelLoaded, timeout=LOAD_TIMEOUT_MS):
         window._relayout_groups(_whole(loaded, _blocks(loaded)[1]), "Expanding")
+    assert stopped_when_shown == [True]  # by the open's worker, not only by the next preparation
     thread.join(timeout=5)
     assert not thread.is_alive()  # stopped by the open, before doing anything
     assert (_blocks(loaded)[2], frozenset()) not in loaded.folded_layouts._framed_pieces
