@@ -53,6 +53,7 @@ def folded_layouts(loaded, groups, include_constants: bool):
 # open runs alone and the preparation starts again once it is shown), and holds collection off
 # while it runs (a full collection in it would stall the UI thread like one in an open).
 PREPARE_DELAY_MS = 300
+PREPARE_REST_S = 0.05
 _preparation: Optional[tuple] = None  # (thread, stop event, FoldedLayouts) of the running one
 
 
@@ -60,6 +61,7 @@ def prepare_group_opens(loaded) -> None:
     """Start preparing, in a background thread, the first opens of the groups `loaded` draws
     collapsed (top to bottom); a preparation running for another model stops."""
     import threading
+    import time
 
     cancel_preparation()
     folded = getattr(loaded, "folded_layouts", None)
@@ -75,9 +77,18 @@ def prepare_group_opens(loaded) -> None:
 
         if stop.wait(PREPARE_DELAY_MS / 1000):
             return
+        last = [time.perf_counter()]
+
+        def paused_or_stopped() -> bool:
+            # Between steps, rest as long as the step ran (at most PREPARE_REST_S): the UI thread
+            # then has the GIL at least half the time and its paints stay near their usual cost.
+            stopped = stop.wait(min(time.perf_counter() - last[0], PREPARE_REST_S))
+            last[0] = time.perf_counter()
+            return stopped
+
         hold_gc()
         try:
-            folded.prepare_opens(todo, stop.is_set)
+            folded.prepare_opens(todo, paused_or_stopped)
         finally:
             release_gc()
 
