@@ -855,16 +855,17 @@ def set_layout_executor(executor) -> None:
 _warmed_executor = None
 
 
-def warm_layout_executor(node_count: int) -> None:
-    """Have the layout executor import igraph now, if a graph of `node_count` nodes will be laid out there.
-
-    Its first Sugiyama otherwise imports igraph first (~0.1 s, half the wait for a 20,000-node
-    layout).  Called once a model is read (gui.app.load_model): the import then runs beside
-    the analysis.  The result is not waited for; once per executor.
+def warm_layout_executor() -> None:
+    """Have the layout executor import igraph now (its first Sugiyama otherwise imports it, ~0.1 s
+    of a 20,000-node layout's wait).  Called when the executor is registered, while no model
+    opens (gui.responsive): done beside a model's analysis, as it was, that work in the helper
+    process took the analysis's core on a busy 2-core machine (analysis 0.27-0.48 s instead of
+    0.09-0.12 s for the 20,000-node residual net, same CPU time).  The result is not waited
+    for; once per executor.
     """
     global _warmed_executor
     executor = _layout_executor
-    if executor is None or executor is _warmed_executor or node_count < LAYOUT_OFFLOAD_VERTICES:
+    if executor is None or executor is _warmed_executor:
         return
     _warmed_executor = executor
     try:

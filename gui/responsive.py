@@ -122,17 +122,19 @@ def start_helper_process() -> Optional[ProcessPoolExecutor]:
 
 
 def _register(executor: ProcessPoolExecutor, warm: Future) -> None:
-    from engine.layout import set_layout_executor
+    from engine.layout import set_layout_executor, warm_layout_executor
     from importers.onnx import set_inference_executor
 
     if warm.cancelled() or warm.exception() is not None:
         return  # the helper could not start: inference and layout stay in-process
     with _lock:
-        if _executor is executor:
-            client = _HelperClient(executor)
-            set_inference_executor(client)
-            set_layout_executor(client)
-            _ready.set()
+        if _executor is not executor:
+            return
+        client = _HelperClient(executor)
+        set_inference_executor(client)
+        set_layout_executor(client)
+        _ready.set()
+    warm_layout_executor()  # outside the lock: a failing submit replaces the helper, which takes it
 
 
 def _helper_failed(executor: ProcessPoolExecutor) -> None:

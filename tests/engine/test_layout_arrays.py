@@ -130,9 +130,9 @@ def test_light_zoo_layers_equal_the_per_vertex_loops(path):
     assert [layout.layers[box] for box in ids] == reference_layers(len(ids), edges)
 
 
-def test_layout_executor_imports_igraph_once_for_a_big_graph():
-    """warm_layout_executor hands one small Sugiyama to the executor, for big graphs only, once per
-    executor (a real thread pool stands in for the app's helper process: only submissions are counted)."""
+def test_layout_executor_imports_igraph_once():
+    """warm_layout_executor hands one small Sugiyama to the executor, once per executor (a real
+    thread pool stands in for the app's helper process: only submissions are counted)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import engine.layout as layout_module
@@ -146,17 +146,17 @@ def test_layout_executor_imports_igraph_once_for_a_big_graph():
             self.futures.append(super().submit(function, *args))
             return self.futures[-1]
 
-    pool = CountingPool()
-    layout_module.set_layout_executor(pool)
+    pools = [CountingPool(), CountingPool()]
     try:
-        layout_module.warm_layout_executor(layout_module.LAYOUT_OFFLOAD_VERTICES - 1)
-        assert pool.futures == []
-        layout_module.warm_layout_executor(layout_module.LAYOUT_OFFLOAD_VERTICES)
-        layout_module.warm_layout_executor(layout_module.LAYOUT_OFFLOAD_VERTICES * 4)
-        assert len(pool.futures) == 1
-        columns, route_counts, route_points = pool.futures[0].result(timeout=60)
-        assert columns.tolist() == [0.0, 0.0] and route_counts.tolist() == [0] and route_points.shape == (0, 2)
+        for pool in pools:
+            layout_module.set_layout_executor(pool)
+            layout_module.warm_layout_executor()
+            layout_module.warm_layout_executor()
+            assert len(pool.futures) == 1
+            columns, route_counts, route_points = pool.futures[0].result(timeout=60)
+            assert columns.tolist() == [0.0, 0.0] and route_counts.tolist() == [0] and route_points.shape == (0, 2)
     finally:
         layout_module.set_layout_executor(None)
-        pool.shutdown()
-    layout_module.warm_layout_executor(layout_module.LAYOUT_OFFLOAD_VERTICES)  # no executor: nothing to do
+        for pool in pools:
+            pool.shutdown()
+    layout_module.warm_layout_executor()  # no executor: nothing to do

@@ -19,6 +19,7 @@ import pytest
 from PySide6.QtCore import QTimer
 
 from benchmarks.bench_gui_open import residual_model
+import engine.layout as layout_module
 from engine.analysis import analyze
 from engine.grouping import FOLD_NODES_ENVIRONMENT
 from engine.layout import LAYOUT_OFFLOAD_VERTICES, layout_graph
@@ -98,6 +99,9 @@ def _wait_retired(qtbot) -> None:
 def test_a_large_model_opens_through_the_helper_process_with_the_same_graph(qtbot, window, large_model,
                                                                              sample_model):
     assert responsive.start_helper_process() is not None and responsive.helper_ready(timeout=30)
+    # Registered, the helper imports igraph at once, not while a model opens (it took the analysis's core).
+    qtbot.waitUntil(lambda: layout_module._warmed_executor is layout_module._layout_executor is not None,
+                    timeout=10_000)
     open_and_wait(qtbot, window, sample_model)
     with GapMeter() as meter:
         open_and_wait(qtbot, window, large_model)
