@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import time
 from itertools import chain
+from operator import attrgetter
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
@@ -30,7 +31,7 @@ from PySide6.QtGui import QBrush, QColor, QFont, QFontMetrics, QPainter, QPainte
 from PySide6.QtWidgets import QGraphicsItem, QGraphicsScene, QStyleOptionGraphicsItem
 
 from engine.inspect import human_bytes, human_count
-from engine.layout import INPUT_PREFIX, OUTPUT_PREFIX, op_category
+from engine.layout import GROUP_PREFIX, INPUT_PREFIX, OUTPUT_PREFIX, op_category
 from engine.profile import KINDS
 from gui.graph_groups import FrameLayer, GroupSceneMixin, frame_title, group_lines
 from gui.graph_style import (BOX_PEN, CATEGORY_COLORS, EDGE_COLOR, EDGE_MAX_WIDTH, EDGE_MIN_WIDTH,
@@ -191,26 +192,23 @@ def prepare_scene_data(loaded) -> SceneData:
                      segments, segment_edge, frame_ids, frame_rects, titles)
 
 
+class _OpCategories(dict):
+    """op type -> engine.layout.op_category, each looked up when first asked for."""
+
+    def __missing__(self, op_type: str) -> str:
+        category = self[op_type] = op_category(op_type)
+        return category
+
+
 def _box_categories(node_ids: Sequence[str], graph, analysis) -> list[str]:
     """The colour category of every box: "io", "group", "constant" (a folded constant shown) or its op's
     category (engine.layout.op_category, looked up once per op type).  Plain data, any thread."""
-    metrics, nodes = analysis.nodes, graph.nodes_by_id
-    of_op: dict[str, str] = {}
-    categories = []
-    for node_id in node_ids:
-        if node_id.startswith((INPUT_PREFIX, OUTPUT_PREFIX)):
-            categories.append("io")
-        elif is_group(node_id):
-            categories.append("group")
-        elif metrics[node_id].is_constant:
-            categories.append("constant")
-        else:
-            op_type = nodes[node_id].op_type
-            category = of_op.get(op_type)
-            if category is None:
-                category = of_op[op_type] = op_category(op_type)
-            categories.append(category)
-    return categories
+    metrics, nodes, of_op = analysis.nodes, graph.nodes_by_id, _OpCategories()
+    io_prefixes = (INPUT_PREFIX, OUTPUT_PREFIX)
+    box_prefixes = (INPUT_PREFIX, OUTPUT_PREFIX, GROUP_PREFIX)  # one test per box finds the rare io and groups
+    return [("io" if node_id.startswith(io_prefixes) else "group") if node_id.startswith(box_prefixes)
+            else "constant" if metrics[node_id].is_constant else of_op[nodes[node_id].op_type]
+            for node_id in node_ids]
 
 
 class BoxLines:
@@ -266,8 +264,9 @@ def _edge_batches(edges, steps: list[int]):
     one by one from Python took 0.1 s of every 20,000-node open.
     """
     count = len(edges)
-    counts = np.fromiter((len(edge.points) for edge in edges), dtype=np.int64, count=count)
-    points = np.fromiter(chain.from_iterable(chain.from_iterable(edge.points for edge in edges)),
+    edge_points = list(map(attrgetter("points"), edges))
+    counts = np.fromiter(map(len, edge_points), dtype=np.int64, count=count)
+    points = np.fromiter(chain.from_iterable(chain.from_iterable(edge_points)),
                          dtype=float, count=2 * int(counts.sum())).reshape(-1, 2)
     ends = np.cumsum(counts)
     starts = ends - counts
@@ -373,7 +372,7 @@ def _edge_width_steps(edges, graph) -> tuple[list[int], list[float]]:
     # Per tensor: a tensor feeding many consumers is looked up once.
     position = {value: i for i, value in enumerate(dict.fromkeys(values))}
     tensor_sizes = np.array([float((found.byte_size or 0) if found is not None else 0)
-                             for found in map(graph.value_type, position)], dtype=float)
+                             for found in map(graph.value_types.get, position)], dtype=float)
     sizes = tensor_sizes[np.fromiter(map(position.__getitem__, values), dtype=np.int64, count=len(values))]
     positive = sizes[sizes > 0]
     steps = np.zeros(len(edges), dtype=int)
