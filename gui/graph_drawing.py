@@ -176,7 +176,7 @@ def prepare_scene_data(loaded) -> SceneData:
     node_ids = list(layout.boxes)
     rects = np.array(list(layout.boxes.values()), dtype=float).reshape(-1, 4)
     groups = getattr(loaded, "groups", None) or {}
-    categories = _box_categories(node_ids, graph, analysis)
+    categories = _box_categories(node_ids, analysis)
     # A folded model draws the same nodes again as groups open and close: their text is kept.
     folded = getattr(loaded, "folded_layouts", None)
     known = folded.annotations.setdefault("scene_text", {}) if folded is not None else None
@@ -200,14 +200,15 @@ class _OpCategories(dict):
         return category
 
 
-def _box_categories(node_ids: Sequence[str], graph, analysis) -> list[str]:
+def _box_categories(node_ids: Sequence[str], analysis) -> list[str]:
     """The colour category of every box: "io", "group", "constant" (a folded constant shown) or its op's
     category (engine.layout.op_category, looked up once per op type).  Plain data, any thread."""
-    metrics, nodes, of_op = analysis.nodes, graph.nodes_by_id, _OpCategories()
+    # The op type from the node's metrics: no graph.nodes_by_id (a 100,000-node dict) for a folded view.
+    metrics, of_op = analysis.nodes, _OpCategories()
     io_prefixes = (INPUT_PREFIX, OUTPUT_PREFIX)
     box_prefixes = (INPUT_PREFIX, OUTPUT_PREFIX, GROUP_PREFIX)  # one test per box finds the rare io and groups
     return [("io" if node_id.startswith(io_prefixes) else "group") if node_id.startswith(box_prefixes)
-            else "constant" if metrics[node_id].is_constant else of_op[nodes[node_id].op_type]
+            else "constant" if (node := metrics[node_id]).is_constant else of_op[node.op_type]
             for node_id in node_ids]
 
 

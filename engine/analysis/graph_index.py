@@ -43,7 +43,7 @@ class GraphIndex:
         # Types by id, interned: equal types (dtype and shape) share a type id (0: unknown), numbered
         # in order of first appearance.  Importers share one TensorType object among the values of
         # a type, so the key is made once per distinct object (20,000 values, a few dozen objects).
-        value_types = [value.type for value in value_list]
+        value_types = list(graph.value_types.values())  # the figures read this dict too: made once
         interned: dict[tuple, int] = {}
         type_id_of_object = {id(None): 0}
         self.types: list[Optional[TensorType]] = [None]
