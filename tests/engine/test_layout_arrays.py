@@ -203,10 +203,10 @@ def _model_with_repeats_and_self_loops():
     produced twice (the later producer feeds what follows), an omitted input and a weight input."""
     t = TensorType("float32", (1, 4))
     w = Value("w", t, Initializer(t, WeightLocation("inline")))
-    values = {name: Value(name, t) for name in ("x", "a", "b", "c", "y")} | {"w": w}
+    values = {name: Value(name, t) for name in ("x", "a", "b", "s", "c", "y")} | {"w": w}
     nodes = (Node("n0", "Relu", inputs=("x",), outputs=("a",)),
              Node("n1", "Add", inputs=("a", "a"), outputs=("b",)),
-             Node("n2", "Add", inputs=("b", "b"), outputs=("b",)),
+             Node("n2", "Add", inputs=("b", "s"), outputs=("s",)),
              Node("n3", "Mul", inputs=("b", "", "w", "a"), outputs=("c",)),
              Node("n4", "Relu", inputs=("c",), outputs=("a",)),
              Node("n5", "Add", inputs=("a", "x"), outputs=("y",)))
