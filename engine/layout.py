@@ -38,10 +38,18 @@ cost grows with the number of dummy vertices (one per layer an edge skips),
 so a graph whose long edges would need more than `MAX_DUMMY_VERTICES` of them
 (a tensor read by thousands of layers) gets the "layered" fallback instead:
 the same layers, barycenter ordering in numpy and straight edges.
+
+Deterministic: the same graph gives the same boxes and bends in every run and process (in-process or
+in the layout helper).  igraph 1.0 misroutes graphs of several unconnected pieces, so each piece is
+laid out on its own (`sugiyama_columns`), and its answer is checked before it is drawn
+(`_checked_routes`); see docs/known-issues.md.
 """
 from __future__ import annotations
 
+import logging
 import math
+import threading
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import chain, repeat
@@ -53,6 +61,8 @@ from engine.ir import Graph
 
 if TYPE_CHECKING:
     from engine.analysis import ModelAnalysis
+
+_log = logging.getLogger(__name__)
 
 # Scene units (the GUI draws 1 unit = 1 pixel at zoom 1).
 NODE_WIDTH = 180.0
@@ -313,9 +323,9 @@ def layout_nodes(graph: Graph, visible_order: Sequence[str], include_io: bool = 
     vertex_pairs = _vertex_pairs(edge_list)
     layers = _longest_path_layers(count, vertex_pairs)
     dummies = int(np.maximum(0, layers[vertex_pairs[:, 1]] - layers[vertex_pairs[:, 0]] - 1).sum())
-    if dummies <= max_dummy_vertices:
-        columns, routes = _sugiyama(count, vertex_pairs, layers)
-        method = "sugiyama"
+    laid_out = _sugiyama(count, vertex_pairs, layers) if dummies <= max_dummy_vertices else None
+    if laid_out is not None:
+        (columns, routes), method = laid_out, "sugiyama"
     else:
         columns, routes = _barycenter_columns(count, vertex_pairs, layers), None
         method = "layered"
@@ -878,30 +888,199 @@ def sugiyama_columns(count: int, edge_pairs: np.ndarray, layers: np.ndarray):
     `edge_pairs` (m, 2) and `layers` (count,): integers.  Returns (columns (count,), the number of
     control points of each edge (m,), all of them, edge after edge (k, 2)).  Lists of lists took
     60 ms to pickle there and back for a 20,000-node model, arrays take ~1 ms.
+
+    igraph 1.0 routes edges wrongly when the graph has more than one weakly connected component
+    and an edge skips a layer: it looks up the edge of each dummy vertex at the wrong index, so
+    control points go to the wrong edges and are read from past the end of its own arrays --
+    garbage bends (1e296), different ones from run to run, and a segmentation fault when enough
+    is read (src/layout/sugiyama.c, `new_vertex_id_to_edge_id` is sized for every vertex of the
+    graph but indexed by the component's).  A folded group's level is often such a graph (the
+    heads of an attention block are separate chains).  So each component is laid out by a call
+    of its own, placed side by side as igraph places them (left to right in order of their
+    lowest vertex, one column apart); a connected graph is one call, exactly as before.
     """
     import igraph
 
-    g = igraph.Graph(n=count, edges=np.asarray(edge_pairs).tolist(), directed=True)
-    result = g.layout_sugiyama(layers=np.asarray(layers).tolist(), maxiter=20)
+    edge_pairs = np.asarray(edge_pairs, dtype=np.int64).reshape(-1, 2)
+    layers = np.asarray(layers, dtype=np.int64)
+    edge_count = len(edge_pairs)
+    g = igraph.Graph(n=count, edges=edge_pairs.tolist(), directed=True)
+    membership = np.asarray(g.connected_components(mode="weak").membership, dtype=np.int64)
+    component_count = int(membership.max()) + 1 if count else 0
+    if component_count <= 1:
+        return _igraph_sugiyama(g, count, edge_pairs, layers)
+    columns = np.zeros(count, dtype=float)
+    route_counts = np.zeros(edge_count, dtype=np.int64)
+    points_of_edge: list = [None] * edge_count
+    edge_component = membership[edge_pairs[:, 0]]
+    edges_by_component = np.argsort(edge_component, kind="stable")
+    edge_starts = np.searchsorted(edge_component[edges_by_component], np.arange(component_count + 1))
+    vertices_by_component = np.argsort(membership, kind="stable")
+    vertex_starts = np.searchsorted(membership[vertices_by_component], np.arange(component_count + 1))
+    # Components without a skip edge get no dummy vertices, which igraph lays out right side by side:
+    # a run of them is one call (a level of thousands of unconnected boxes is not thousands of
+    # calls), of at most COMPONENTS_PER_CALL: igraph walks every vertex once per component.
+    skips = np.zeros(component_count, dtype=bool)
+    skips[edge_component[np.abs(layers[edge_pairs[:, 1]] - layers[edge_pairs[:, 0]]) > 1]] = True
+    local_index = np.empty(count, dtype=np.int64)
+    offset = 0.0  # igraph's `dx`: where the next component starts
+    first = 0
+    while first < component_count:
+        last = first + 1
+        if not skips[first]:
+            while last < component_count and not skips[last] and last - first < COMPONENTS_PER_CALL:
+                last += 1
+        vertices = np.sort(vertices_by_component[vertex_starts[first]:vertex_starts[last]])
+        edges = np.sort(edges_by_component[edge_starts[first]:edge_starts[last]])
+        local_index[vertices] = np.arange(len(vertices))
+        sub_pairs = local_index[edge_pairs[edges]]
+        sub = igraph.Graph(n=len(vertices), edges=sub_pairs.tolist(), directed=True)
+        sub_columns, sub_counts, sub_points = _igraph_sugiyama(sub, len(vertices), sub_pairs, layers[vertices])
+        columns[vertices] = sub_columns + offset
+        route_counts[edges] = sub_counts
+        sub_ends = np.cumsum(sub_counts)
+        for routed in np.flatnonzero(sub_counts).tolist():
+            end = int(sub_ends[routed])
+            points_of_edge[int(edges[routed])] = sub_points[end - int(sub_counts[routed]):end] + (offset, 0.0)
+        # Where igraph would start the next component: after the rightmost vertex or bend of each
+        # one so far (at least its start), one column (hgap) apart.
+        in_order = columns[vertices_by_component[vertex_starts[first]:vertex_starts[last]]] - offset
+        rightmost = np.maximum.reduceat(in_order, vertex_starts[first:last] - vertex_starts[first])
+        if len(sub_points):
+            rightmost[0] = max(rightmost[0], float(sub_points[:, 0].max()))  # a skip component is alone
+        start = 0.0
+        for right in rightmost.tolist():
+            start = max(start, right) + 1.0
+        offset += start
+        first = last
+    route_points = np.concatenate([p for p in points_of_edge if p is not None] or [np.empty((0, 2))])
+    return columns, route_counts, route_points.reshape(-1, 2)
+
+
+COMPONENTS_PER_CALL = 64
+
+
+# A helper process that died running this is not asked to run it in the app's process (gui.responsive).
+sugiyama_columns.rerun_after_helper_crash = False
+
+
+# igraph places the blocks of a layer's vertices recursively (Brandes-Koepf compaction): one C stack
+# frame per block, up to one per vertex and dummy vertex.  A layer ~60,000 wide (a star, or a
+# tensor read by thousands of layers) overflowed the usual 8 MB stack: a segmentation fault.  A
+# graph with more vertices and dummies than this is laid out in a thread whose stack is sized for it.
+DEEP_STACK_VERTICES = 20_000
+STACK_BYTES_PER_VERTEX = 512  # measured: ~140 bytes per frame (8 MB held 50,000, not 70,000)
+
+
+def _igraph_sugiyama(g, count: int, edge_pairs: np.ndarray, layers: np.ndarray):
+    """One igraph call on a connected graph (or one without skip edges): columns, route counts, points."""
+    edge_count = len(edge_pairs)
+    dummies = int(np.maximum(np.abs(layers[edge_pairs[:, 1]] - layers[edge_pairs[:, 0]]) - 1, 0).sum())
+    if count + dummies <= DEEP_STACK_VERTICES:
+        result = g.layout_sugiyama(layers=layers.tolist(), maxiter=20)
+    else:
+        result = _with_stack(16 * 2**20 + STACK_BYTES_PER_VERTEX * (count + dummies),
+                             g.layout_sugiyama, layers=layers.tolist(), maxiter=20)
     columns = np.array([xy[0] for xy in result.coords[:count]], dtype=float)
     routes = getattr(result, "edge_routing", None) or []
-    edge_count = len(edge_pairs)
     route_counts = np.zeros(edge_count, dtype=np.int64)
     route_counts[:min(len(routes), edge_count)] = [len(route) for route in routes[:edge_count]]
     route_points = np.array([xy for route in routes[:edge_count] for xy in route], dtype=float).reshape(-1, 2)
     return columns, route_counts, route_points
 
 
+_stack_lock = threading.Lock()
+
+
+def _with_stack(stack_bytes: int, function, *args, **kwargs):
+    """function(*args, **kwargs) run in a thread with a stack of `stack_bytes` (reserved, used as needed)."""
+    answer: list = []
+
+    def run() -> None:
+        try:
+            answer.append((True, function(*args, **kwargs)))
+        except BaseException as error:  # handed to the caller
+            answer.append((False, error))
+    with _stack_lock:  # the stack size is process-wide for threads started meanwhile
+        previous = threading.stack_size(stack_bytes)
+        try:
+            worker = threading.Thread(target=run, name="layerscope-sugiyama")
+            worker.start()
+        finally:
+            threading.stack_size(previous)
+    worker.join()
+    ok, value = answer[0]
+    if not ok:
+        raise value
+    return value
+
+
+def _checked_routes(columns: np.ndarray, pairs: np.ndarray, layers: np.ndarray, route_counts: np.ndarray,
+                    route_points: np.ndarray):
+    """The control points of edges that are sane, or None when the columns themselves are not.
+
+    igraph's answer is checked before it is drawn (a wrong answer of a dependency must not reach
+    the scene): every column finite; every control point finite, strictly between its edge's two
+    layers, no more points than layers skipped, and within the drawing's width (the columns'
+    span widened by one column per vertex and control point -- the most a compaction can spread).
+    An edge with a bad point is drawn straight instead.  Logs what it dropped.
+    """
+    columns = np.asarray(columns, dtype=float)
+    edge_count = len(pairs)
+    route_counts = np.asarray(route_counts, dtype=np.int64).reshape(-1)
+    route_points = np.asarray(route_points, dtype=float).reshape(-1, 2)
+    if columns.shape != (len(layers),) or not np.isfinite(columns).all():
+        _log.warning("igraph's Sugiyama returned %s vertex columns; laying out with the layered fallback",
+                     "non-finite" if columns.shape == (len(layers),) else f"{columns.shape} instead of {len(layers)}")
+        return None
+    if (route_counts.shape != (edge_count,) or (route_counts < 0).any()
+            or int(route_counts.sum()) != len(route_points)):
+        _log.warning("igraph's Sugiyama returned %d control points for %d edges that do not add up; "
+                     "drawing every edge straight", len(route_points), edge_count)
+        return np.zeros(edge_count, dtype=np.int64), np.empty((0, 2))
+    if not len(route_points):
+        return route_counts, route_points
+    source_layers, target_layers = layers[pairs[:, 0]], layers[pairs[:, 1]]
+    low, high = np.minimum(source_layers, target_layers), np.maximum(source_layers, target_layers)
+    edge_of_point = np.repeat(np.arange(edge_count), route_counts)
+    reach = float(len(columns) + len(route_points))
+    left, right = float(columns.min()) - reach, float(columns.max()) + reach
+    with np.errstate(invalid="ignore"):
+        x, y = route_points[:, 0], route_points[:, 1]
+        good_point = (np.isfinite(route_points).all(axis=1) & (y > low[edge_of_point]) & (y < high[edge_of_point])
+                      & (x >= left) & (x <= right))
+    bad_edge = route_counts > np.maximum(high - low - 1, 0)
+    bad_edge[edge_of_point[~good_point]] = True
+    if not bad_edge.any():
+        return route_counts, route_points
+    first = int(np.flatnonzero(bad_edge)[0])
+    _log.warning("igraph's Sugiyama returned bad control points (non-finite, off the drawing or outside the "
+                 "edge's layers) for %d of %d edges (first: vertex %d -> %d); drawing those edges straight",
+                 int(bad_edge.sum()), edge_count, int(pairs[first, 0]), int(pairs[first, 1]))
+    route_points = route_points[~bad_edge[edge_of_point]]
+    route_counts = np.where(bad_edge, 0, route_counts)
+    return route_counts, route_points
+
+
 def _sugiyama(count: int, pairs: np.ndarray, layers: np.ndarray):
+    """Columns and routes from igraph, checked; None when the layered fallback must draw instead."""
     executor = _layout_executor
     if executor is not None and count >= LAYOUT_OFFLOAD_VERTICES:
         try:
             columns, route_counts, route_points = executor.submit(sugiyama_columns, count, pairs, layers).result()
+        except BrokenProcessPool:
+            # The helper died running igraph: running it here could take the app down the same way.
+            _log.warning("igraph's Sugiyama ended the layout helper process (%d vertices, %d edges); "
+                         "laying out with the layered fallback", count, len(pairs))
+            return None
         except Exception:  # a broken worker process: lay out here (slower for a GUI, same result)
             columns, route_counts, route_points = sugiyama_columns(count, pairs, layers)
     else:
         columns, route_counts, route_points = sugiyama_columns(count, pairs, layers)
-    return _separate(columns, layers), (route_counts, route_points)
+    routes = _checked_routes(columns, pairs, layers, route_counts, route_points)
+    if routes is None:
+        return None
+    return _separate(np.asarray(columns, dtype=float), layers), routes
 
 
 def _separate(columns: np.ndarray, layers: np.ndarray) -> np.ndarray:

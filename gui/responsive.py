@@ -61,7 +61,12 @@ def _exit_with_parent() -> None:
 
 
 class _HelperCall:
-    """The future handed to the importer and the layout: waits for the helper, or runs the call here."""
+    """The future handed to the importer and the layout: waits for the helper, or runs the call here.
+
+    A function marked `rerun_after_helper_crash = False` (igraph's Sugiyama) is not run here
+    when the helper died running it: the same C code could take the app down the same way.
+    The caller gets the BrokenProcessPool and falls back to code of its own.
+    """
 
     def __init__(self, client: "_HelperClient", future: Optional[Future], function, args):
         self.client, self.future, self.function, self.args = client, future, function, args
@@ -70,7 +75,11 @@ class _HelperCall:
         if self.future is not None:
             try:
                 return self.future.result(timeout=HELPER_TIMEOUT_S)
-            except (BrokenProcessPool, FutureTimeout, CancelledError):
+            except BrokenProcessPool:
+                _helper_failed(self.client.executor)
+                if not getattr(self.function, "rerun_after_helper_crash", True):
+                    raise
+            except (FutureTimeout, CancelledError):
                 _helper_failed(self.client.executor)
         return self.function(*self.args)
 
