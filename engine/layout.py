@@ -53,6 +53,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import chain, repeat
+from operator import itemgetter
 from typing import TYPE_CHECKING, Iterable, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -233,10 +234,9 @@ def layout_graph(analysis: "ModelAnalysis", include_constants: bool = False, inc
     if cached[0] is analysis and cached[1] == key:
         visible, hidden, tensors = cached[2]
     else:
-        visible = [node_id for node_id in analysis.order
-                   if include_constants or not analysis.nodes[node_id].is_constant]
-        shown = set(visible)
-        hidden = frozenset(node_id for node_id in analysis.order if node_id not in shown)
+        metrics = analysis.nodes  # constants are hidden here (shown ones are attached above)
+        visible = [node_id for node_id in analysis.order if not metrics[node_id].is_constant]
+        hidden = frozenset(node_id for node_id in analysis.order if metrics[node_id].is_constant)
         constant_values = {name for name, value in graph.values.items() if value.initializer is not None}
         tensors = _node_pairs(graph, visible, include_io, constant_values)
         _last_tensors = (analysis, key, (visible, hidden, tensors))
@@ -279,7 +279,8 @@ def layout_nodes(graph: Graph, visible_order: Sequence[str], include_io: bool = 
         tensors = _node_pairs(graph, visible_order, include_io, constant_values)
     pairs, producer_of = tensors
     # The boxes: a node's own, or its collapsed group's (first appearance in execution order).
-    box_ids = list(dict.fromkeys(box_for.get(node_id, node_id) for node_id in visible_order))
+    box_ids = list(dict.fromkeys((box_for.get(node_id, node_id) for node_id in visible_order) if box_for
+                                 else visible_order))
     if box_for:
         box_ids = _box_order(box_ids, pairs, box_for)
     if include_io:
@@ -814,7 +815,7 @@ def group_totals(group: NodeGroup, analysis: "ModelAnalysis", profile=None) -> G
 
 def _vertex_pairs(edges: list[tuple[int, int, str]]) -> np.ndarray:
     """(m, 2) array of the (source, target) vertices of `edges`."""
-    return np.fromiter(chain.from_iterable((s, t) for s, t, _ in edges), dtype=np.int64,
+    return np.fromiter(chain.from_iterable(map(itemgetter(0, 1), edges)), dtype=np.int64,
                        count=2 * len(edges)).reshape(-1, 2)
 
 
@@ -1169,7 +1170,7 @@ def _to_scene(ids: list[str], sizes: list[tuple[float, float]], layers: np.ndarr
     flat = list(zip(*points.T.tolist()))
     edge_points = [tuple(flat[end - n:end]) for n, end in zip(point_counts.tolist(), ends.tolist())]
     vertex_id = ids.__getitem__
-    fields = zip(map(vertex_id, sources.tolist()), map(vertex_id, targets.tolist()), (edge[2] for edge in edges),
+    fields = zip(map(vertex_id, sources.tolist()), map(vertex_id, targets.tolist()), map(itemgetter(2), edges),
                  edge_points, edge_values or repeat((), edge_count))
     layout_edges = list(map(partial(tuple.__new__, LayoutEdge), fields))  # skips LayoutEdge's Python __new__
     width = float(center_x.max() + NODE_WIDTH / 2)
