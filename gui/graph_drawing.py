@@ -18,6 +18,7 @@ items; they never add or remove items.
 from __future__ import annotations
 
 import math
+import struct
 import time
 from itertools import chain
 from operator import attrgetter
@@ -314,27 +315,29 @@ def _edge_batches(edges, steps: list[int]):
     elements["y"] = points[point_index, 1]
     edge_ends = np.cumsum(np.bincount(batch_of, minlength=len(batch_steps)))
     element_ends = np.cumsum(np.bincount(batch_of, weights=counts, minlength=len(batch_steps))).astype(np.int64)
-    batches = []
-    edge_start = element_start = 0
-    for step, edge_end, element_end in zip(batch_steps, edge_ends.tolist(), element_ends.tolist()):
+    # Every path's bytes one after the other, read from one stream (a stream per path cost ~20 us each).
+    raw = []
+    element_start = 0
+    fill_rule = int(Qt.FillRule.OddEvenFill.value)
+    for edge_end, element_end in zip(edge_ends.tolist(), element_ends.tolist()):
         last_move = element_end - int(ordered_counts[edge_end - 1])  # where the path's last polygon starts
-        batches.append((step, _read_path(element_end - element_start, elements[element_start:element_end],
-                                         last_move - element_start)))
-        edge_start, element_start = edge_end, element_end
+        raw += (_PATH_COUNT.pack(element_end - element_start), elements[element_start:element_end].tobytes(),
+                _PATH_END.pack(last_move - element_start, fill_rule))
+        element_start = element_end
+    stream = QDataStream(QByteArray(b"".join(raw)))
+    batches = []
+    for step in batch_steps:
+        path = QPainterPath()
+        stream >> path
+        batches.append((step, path))
     return batches, batch_of, segments, segment_edge, tips
 
 
 # QDataStream's form of a QPainterPath (Qt's operator<<): the element count, then per element its
 # type and x, y (big-endian int32, doubles), then the index of the last subpath's start and the fill rule.
 _PATH_ELEMENT = np.dtype([("type", ">i4"), ("x", ">f8"), ("y", ">f8")])
-
-
-def _read_path(count: int, elements: np.ndarray, last_move: int) -> QPainterPath:
-    raw = (np.array([count], dtype=">i4").tobytes() + elements.tobytes()
-           + np.array([last_move, int(Qt.FillRule.OddEvenFill.value)], dtype=">i4").tobytes())
-    path = QPainterPath()
-    QDataStream(QByteArray(raw)) >> path
-    return path
+_PATH_COUNT = struct.Struct(">i")
+_PATH_END = struct.Struct(">ii")
 
 
 def _edge_batches_one_by_one(edges, steps: list[int]):
