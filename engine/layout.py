@@ -51,7 +51,6 @@ import math
 import threading
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from functools import partial
 from itertools import chain, repeat
 from operator import itemgetter
 from typing import TYPE_CHECKING, Iterable, Mapping, NamedTuple, Optional, Sequence
@@ -1169,10 +1168,12 @@ def _to_scene(ids: list[str], sizes: list[tuple[float, float]], layers: np.ndarr
         points[is_route, 1] = route_points[:, 1] * row_step + top
     flat = list(zip(*points.T.tolist()))
     edge_points = [tuple(flat[end - n:end]) for n, end in zip(point_counts.tolist(), ends.tolist())]
-    vertex_id = ids.__getitem__
-    fields = zip(map(vertex_id, sources.tolist()), map(vertex_id, targets.tolist()), map(itemgetter(2), edges),
-                 edge_points, edge_values or repeat((), edge_count))
-    layout_edges = list(map(partial(tuple.__new__, LayoutEdge), fields))  # skips LayoutEdge's Python __new__
+    # tuple.__new__ skips LayoutEdge's Python-level __new__.  A comprehension, not list(map(...)):
+    # a worker thread running it still hands the GIL to the UI thread every few milliseconds.
+    new = tuple.__new__
+    layout_edges = [new(LayoutEdge, (ids[s], ids[t], edge[2], points, values))
+                    for s, t, edge, points, values in zip(sources.tolist(), targets.tolist(), edges, edge_points,
+                                                          edge_values or repeat((), edge_count))]
     width = float(center_x.max() + NODE_WIDTH / 2)
     height = float((center_y + heights / 2).max())
     layer_of = dict(zip(ids, layers.tolist()))

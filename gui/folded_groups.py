@@ -59,10 +59,12 @@ def folded_scene_data(loaded):
     found = kept.get(id(loaded.layout))
     if found is None or found[0] is not loaded.layout:
         data = prepare_scene_data(loaded)
-        found = kept[id(loaded.layout)] = (loaded.layout, data, list(data.lines))
+        # Kept unread: each caller gets a copy, whose text is made as its scene paints it (a list
+        # of every box's lines made them all, ~10 ms of each first open of a block).
+        found = kept[id(loaded.layout)] = (loaded.layout, data, data.lines.copy())
         while len(kept) > SCENE_DATA_KEPT:
             kept.pop(next(iter(kept)))
-    return replace(found[1], lines=list(found[2]), rects=found[1].rects.copy())
+    return replace(found[1], lines=found[2].copy(), rects=found[1].rects.copy())
 
 
 _member_cache: tuple[Optional[object], dict] = (None, {})

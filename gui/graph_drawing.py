@@ -8,7 +8,9 @@ Speed (see benchmarks/bench_gui_open.py): the scene holds one
 of one width, all painted by Qt in C++; the paths, label text and colours are
 prepared by the worker that opens the model (`prepare_scene_data`), so the UI
 thread only creates items, a slice per event-loop turn, and an old scene is
-deleted the same way (`retire_scene`).  Text is the expensive part of a scene (a
+deleted the same way (`retire_scene`).  A batch of edges reaching far beyond
+the view (lanes running the length of a big model) is a `LongEdgeBatch`,
+painted clipped to what is shown.  Text is the expensive part of a scene (a
 `QGraphicsSimpleTextItem` costs ~20 us to create, 0.4 s for 20,000 nodes), so
 all labels are painted by one `LabelLayer` item that draws only the labels of
 the boxes in the exposed rectangle, found with numpy, and none when zoomed
@@ -27,9 +29,9 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import shiboken6
-from PySide6.QtCore import QByteArray, QDataStream, QPointF, QRectF, Qt, QTimer
+from PySide6.QtCore import QByteArray, QDataStream, QIODevice, QPointF, QRectF, Qt, QTimer
 from PySide6.QtGui import QBrush, QColor, QFont, QFontMetrics, QPainter, QPainterPath, QPen, QPolygonF
-from PySide6.QtWidgets import QGraphicsItem, QGraphicsScene, QStyleOptionGraphicsItem
+from PySide6.QtWidgets import QGraphicsItem, QGraphicsPathItem, QGraphicsScene, QStyleOptionGraphicsItem
 
 from engine.inspect import human_bytes, human_count
 from engine.layout import GROUP_PREFIX, INPUT_PREFIX, OUTPUT_PREFIX, op_category
@@ -159,12 +161,19 @@ class SceneData:
     frame_ids: list[str] = field(default_factory=list)
     frame_rects: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
     frame_titles: list[str] = field(default_factory=list)
+    # Per edge batch: the reach of its longest edge (scene units), None if not known: a batch with
+    # an edge reaching further than LONG_EDGE_BATCH_EXTENT is a LongEdgeBatch.
+    edge_batch_reach: Optional[np.ndarray] = None
 
 
 # Edges per path item.  One QGraphicsPathItem per edge made the first paint of a 20,000-node
 # model 54 ms and a fitted view 90 ms (the unindexed scene walks every item on every paint);
 # batched, 23 ms and 20 ms, and building the edges takes 40 ms instead of 300 ms.
 EDGE_BATCH = 64
+# A batch with an edge taller or wider than this (scene units; a window shows ~1,900 x 1,200 at
+# a readable zoom) is a LongEdgeBatch, painted clipped to what is shown.  A batch of many short
+# edges spread down a tall model is as tall, but Qt paints it whole as fast (~0.1 ms).
+LONG_EDGE_BATCH_EXTENT = 6000.0
 
 
 def prepare_scene_data(loaded) -> SceneData:
@@ -184,13 +193,13 @@ def prepare_scene_data(loaded) -> SceneData:
     lines = BoxLines(node_ids, analysis, groups, known)
     edges = layout.edges
     steps, widths = _edge_width_steps(edges, graph)
-    batches, batch_of, segments, segment_edge, tips = _edge_batches(edges, steps)
+    batches, batch_of, segments, segment_edge, tips, reach = _edge_batches(edges, steps)
     frames = getattr(layout, "frames", None) or {}
     frame_ids = list(frames)
     frame_rects = np.array([frames[g] for g in frame_ids], dtype=float).reshape(-1, 4)
     titles = [frame_title(groups[g], analysis) for g in frame_ids]
     return SceneData(node_ids, rects, categories, lines, steps, widths, tips, batches, batch_of,
-                     segments, segment_edge, frame_ids, frame_rects, titles)
+                     segments, segment_edge, frame_ids, frame_rects, titles, reach)
 
 
 class _OpCategories(dict):
@@ -253,12 +262,22 @@ class BoxLines:
     def __iter__(self):
         return (self[i] for i in range(len(self._node_ids)))
 
+    def copy(self) -> "BoxLines":
+        """Lines of the same boxes that a scene may rewrite (a group's time line) without touching
+        these: what is made already is shared, nothing more is made."""
+        twin = BoxLines.__new__(BoxLines)
+        twin._node_ids, twin._analysis, twin._known = self._node_ids, self._analysis, self._known
+        twin._made = dict(self._made)
+        return twin
+
 
 def _edge_batches(edges, steps: list[int]):
     """Group edges of one pen width, in layout order (so a batch covers nearby edges), EDGE_BATCH at a time.
 
     Returns the batches (pen width step, path), the batch of each edge, every straight segment
-    of every edge with the edge it belongs to (hit tests), and each edge's end point (arrows).
+    of every edge with the edge it belongs to (hit tests), each edge's end point (arrows), and
+    per batch the reach of its longest edge (the larger side of the edge's bounding box; None
+    when some edge is not a polyline).
 
     The batches are what adding each edge's polygon to its width's open path (closed at
     EDGE_BATCH edges; the open ones last, by width) makes, computed for all edges at once with
@@ -282,7 +301,7 @@ def _edge_batches(edges, steps: list[int]):
         np.zeros((0, 4))
     segment_edge = np.repeat(np.arange(count, dtype=np.int64), np.maximum(counts - 1, 0))
     if count and int(counts.min()) < 2:  # not a polyline (no layout makes one): the paths one by one
-        return _edge_batches_one_by_one(edges, steps) + (segments, segment_edge, tips)
+        return _edge_batches_one_by_one(edges, steps) + (segments, segment_edge, tips, None)
     # The batch of each edge: the k-th edge of a width goes into that width's (k // EDGE_BATCH)-th
     # path.  A full path is closed by its last edge (batches are numbered in that order), the
     # partly filled ones after all of them, thinnest first.
@@ -330,7 +349,12 @@ def _edge_batches(edges, steps: list[int]):
         path = QPainterPath()
         stream >> path
         batches.append((step, path))
-    return batches, batch_of, segments, segment_edge, tips
+    reach = np.zeros(len(batches))
+    if count:
+        sides = [np.maximum.reduceat(points[:, axis], starts) - np.minimum.reduceat(points[:, axis], starts)
+                 for axis in (0, 1)]
+        np.maximum.at(reach, batch_of, np.maximum(*sides))
+    return batches, batch_of, segments, segment_edge, tips, reach
 
 
 # QDataStream's form of a QPainterPath (Qt's operator<<): the element count, then per element its
@@ -338,6 +362,147 @@ def _edge_batches(edges, steps: list[int]):
 _PATH_ELEMENT = np.dtype([("type", ">i4"), ("x", ">f8"), ("y", ">f8")])
 _PATH_COUNT = struct.Struct(">i")
 _PATH_END = struct.Struct(">ii")
+
+
+def _read_path(count: int, elements: np.ndarray, last_move: int) -> QPainterPath:
+    """One path of `count` elements (_PATH_ELEMENT), its last subpath starting at `last_move`."""
+    path = QPainterPath()
+    QDataStream(QByteArray(_PATH_COUNT.pack(count) + elements.tobytes()
+                           + _PATH_END.pack(last_move, int(Qt.FillRule.OddEvenFill.value)))) >> path
+    return path
+
+
+def _path_elements(path: QPainterPath) -> np.ndarray:
+    """The elements (type, x, y) of a path of polylines, read from the bytes QDataStream writes for it."""
+    raw = QByteArray()
+    stream = QDataStream(raw, QIODevice.OpenModeFlag.WriteOnly)
+    stream << path
+    data = raw.data()
+    count = int(np.frombuffer(data, dtype=">i4", count=1)[0])
+    return np.frombuffer(data, dtype=_PATH_ELEMENT, count=count, offset=4)
+
+
+def _slab(start: np.ndarray, delta: np.ndarray, low: float, high: float) -> tuple[np.ndarray, np.ndarray]:
+    """Where segments start + t * delta enter and leave the band low <= coordinate <= high (t, unbounded)."""
+    flat = delta == 0
+    safe = np.where(flat, 1.0, delta)
+    to_low, to_high = (low - start) / safe, (high - start) / safe
+    inside = (start >= low) & (start <= high)
+    enter = np.where(flat, np.where(inside, -np.inf, np.inf), np.minimum(to_low, to_high))
+    leave = np.where(flat, np.where(inside, np.inf, -np.inf), np.maximum(to_low, to_high))
+    return enter, leave
+
+
+class LongEdgeBatch(QGraphicsPathItem):
+    """A batch of edges reaching far beyond what is shown: painted clipped to the exposed rectangle.
+
+    Two batches of 64 edges running the length of a 100,000-node model (the lanes from its
+    top inputs to every block, 146,000 units tall) cost 40-70 ms of every paint at a readable
+    zoom, against ~10 ms for everything else of an opened block.  Qt strokes a pen wider than
+    a device pixel as the outline of the whole path before it clips, and fills the outline of
+    one path at once: where its edges run side by side (23 lanes in a band 50 pixels high) the
+    anti-aliased fill of their crossing outlines alone took 25 ms.  Here only the pieces of
+    segments within a margin of the exposed rectangle are drawn (numpy), each edge as a path of
+    its own: ~1-3 ms.  The strokes are the same: every cut lies outside the exposed rectangle by
+    more than the pen reaches; anti-aliased rims may differ by a few levels of grey (rounding of
+    a cut line, two edges' rims blended where they meet instead of merged).
+    """
+
+    # Clip when the batch is this many times larger than the exposed rectangle (either way);
+    # below it, Qt's own paint of the whole path is as cheap.
+    CLIP_RATIO = 3.0
+
+    def __init__(self, path: QPainterPath, pen: QPen):
+        super().__init__(path)
+        self.setPen(pen)
+        self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemUsesExtendedStyleOption, True)  # exposedRect
+        self._bounds = path.boundingRect()
+        self._segments: Optional[tuple] = None  # start, end, delta, first point, edge of every segment (when first clipped)
+        self._clipped: tuple = (None, [])  # (clip rectangle, its paths): a repaint of the same view reuses them
+
+    def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem, widget=None) -> None:
+        painter.setPen(self.pen())
+        painter.setBrush(self.brush())
+        exposed, bounds = option.exposedRect, self._bounds
+        if (bounds.width() <= self.CLIP_RATIO * exposed.width()
+                and bounds.height() <= self.CLIP_RATIO * exposed.height()):
+            painter.drawPath(self.path())
+            return
+        # Cut outside the exposed rectangle by more than the pen reaches (square caps, bevel joins:
+        # half its width) and the anti-aliasing.  The rectangle cut to is the exposed one grown to
+        # a grid of half its size, so a pan of less than half a view repaints from the same pieces.
+        scale = QStyleOptionGraphicsItem.levelOfDetailFromTransform(painter.worldTransform())
+        margin = 2.0 * self.pen().widthF() + 4.0 / max(scale, 1e-6)
+        step_x, step_y = max(exposed.width(), 1.0) / 2, max(exposed.height(), 1.0) / 2
+        left, top = math.floor(exposed.left() / step_x) * step_x, math.floor(exposed.top() / step_y) * step_y
+        clip = (left - margin, top - margin, left + 3 * step_x + margin, top + 3 * step_y + margin)
+        if self._clipped[0] != clip:
+            self._clipped = (clip, self.clipped_paths(*clip))
+        for path in self._clipped[1]:
+            painter.drawPath(path)
+
+    def clipped_paths(self, left: float, top: float, right: float, bottom: float) -> list[QPainterPath]:
+        """The pieces of this batch's polylines inside the rectangle, a path per edge (polylines
+        kept whole where no cut falls: the joins are Qt's as before)."""
+        if self._segments is None:
+            elements = _path_elements(self.path())
+            points = np.stack([elements["x"], elements["y"]], axis=1).astype(float)
+            joined = elements["type"][1:] != 0  # a segment ends at every element but a move
+            start, stop = points[:-1][joined], points[1:][joined]
+            first_point = np.flatnonzero(joined)
+            edge = np.cumsum(elements["type"] == 0)[first_point] - 1
+            # Each edge's extent: most edges of a batch are nowhere near the view, and are left out
+            # at the cost of four comparisons per edge (not per segment).
+            moves = np.flatnonzero(elements["type"] == 0)
+            extent = [np.minimum.reduceat(points[:, 0], moves), np.minimum.reduceat(points[:, 1], moves),
+                      np.maximum.reduceat(points[:, 0], moves), np.maximum.reduceat(points[:, 1], moves)]
+            self._segments = (start, stop, stop - start, first_point, edge, extent)
+        start, stop, delta, first_point, edge, (min_x, min_y, max_x, max_y) = self._segments
+        near = (min_x <= right) & (max_x >= left) & (min_y <= bottom) & (max_y >= top)
+        if not near.any():
+            return []
+        if not near.all():
+            chosen = np.flatnonzero(near[edge])
+            start, stop, delta, first_point, edge = (start[chosen], stop[chosen], delta[chosen], first_point[chosen],
+                                                     edge[chosen])
+        enter_x, leave_x = _slab(start[:, 0], delta[:, 0], left, right)
+        enter_y, leave_y = _slab(start[:, 1], delta[:, 1], top, bottom)
+        enter = np.maximum(np.maximum(enter_x, enter_y), 0.0)
+        leave = np.minimum(np.minimum(leave_x, leave_y), 1.0)
+        kept = np.flatnonzero(enter <= leave)
+        if not len(kept):
+            return []
+        enter, leave, edge = enter[kept], leave[kept], edge[kept]
+        begin = start[kept] + enter[:, None] * delta[kept]
+        end = start[kept] + leave[:, None] * delta[kept]
+        begin[enter == 0] = start[kept][enter == 0]  # uncut ends exactly as laid out
+        end[leave == 1] = stop[kept][leave == 1]
+        # A kept segment continues the previous one when they share an uncut point.
+        follows = np.zeros(len(kept), dtype=bool)
+        follows[1:] = (first_point[kept][1:] == first_point[kept][:-1] + 1) & (leave[:-1] == 1) & (enter[1:] == 0)
+        moves = ~follows
+        count = len(kept) + int(moves.sum())
+        ends = np.arange(len(kept)) + np.cumsum(moves)  # element of each segment's end (a line to it)
+        elements = np.empty(count, dtype=_PATH_ELEMENT)
+        elements["type"] = 1
+        elements["x"][ends], elements["y"][ends] = end[:, 0], end[:, 1]
+        starts = ends[moves] - 1
+        elements["type"][starts] = 0
+        elements["x"][starts], elements["y"][starts] = begin[moves, 0], begin[moves, 1]
+        # A path per edge (one path of 23 lanes side by side took 25 ms to fill, 23 paths 2.5 ms).  Its
+        # price: a call per edge.  Where ~1,200 lanes pass the view (a 20,000-node transformer laid out
+        # whole, at 1:1) a pan repaint costs ~10-15 % more CPU than Qt's paint of the whole batches, and
+        # a pan past the grid ~45 ms more (4 edges per path, or edges that keep apart sharing a path,
+        # made the opened blocks' paint 2-3x slower again; measured, loaded machine).  Its first
+        # element, from the first of its kept segments.
+        first_of_edge = np.flatnonzero(np.r_[True, edge[1:] != edge[:-1]])
+        bounds = (ends[first_of_edge] - 1).tolist() + [count]
+        paths = []
+        for piece_start, piece_end in zip(bounds[:-1], bounds[1:]):
+            piece = elements[piece_start:piece_end]
+            last_move = int(np.flatnonzero(piece["type"] == 0)[-1])
+            paths.append(_read_path(piece_end - piece_start, piece, last_move))
+        return paths
 
 
 def _edge_batches_one_by_one(edges, steps: list[int]):
@@ -466,11 +631,22 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
         pens = [QPen(EDGE_COLOR, float(EDGE_MIN_WIDTH + k * (EDGE_MAX_WIDTH - EDGE_MIN_WIDTH)
                                        / (EDGE_WIDTH_STEPS - 1))) for k in range(EDGE_WIDTH_STEPS)]
         self.edge_widths = data.edge_widths
-        add_path = self.addPath
+        add_path, add_item = self.addPath, self.addItem
         batches = data.edge_batches
+        long_extent = LONG_EDGE_BATCH_EXTENT
+        if data.edge_batch_reach is not None:
+            is_long = (data.edge_batch_reach > long_extent).tolist()
+        else:  # the batches' bounds, a wider choice
+            is_long = [max(path.boundingRect().width(), path.boundingRect().height()) > long_extent
+                       for _, path in batches]
         for start in range(0, len(batches), self.CHUNK_EDGE_BATCHES):
-            for step, path in batches[start:start + self.CHUNK_EDGE_BATCHES]:
-                item = add_path(path, pens[step])
+            for (step, path), long in zip(batches[start:start + self.CHUNK_EDGE_BATCHES],
+                                          is_long[start:start + self.CHUNK_EDGE_BATCHES]):
+                if long:
+                    item = LongEdgeBatch(path, pens[step])
+                    add_item(item)
+                else:
+                    item = add_path(path, pens[step])
                 item.setAcceptedMouseButtons(Qt.MouseButton.NoButton)  # clicks go through to the background
                 self.edge_items.append(item)
             yield
@@ -625,8 +801,9 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
     # --- overlays -------------------------------------------------------------------------
     def set_profile(self, profile) -> None:
         """Show `profile` (engine.profile.Profile or None) in the profile overlays; re-applies the current one."""
-        self.profile = profile
-        self._update_group_lines()
+        changed, self.profile = profile is not self.profile, profile
+        if changed:  # a new scene shown with no profile has its groups' text already: no rewrite, no repaint
+            self._update_group_lines()
         spec = OVERLAYS.get(self.overlay_key)
         if spec is not None and spec.needs_profile:
             self.set_overlay(self.overlay_key)

@@ -22,7 +22,7 @@ def _elements(path) -> list[tuple[int, float, float]]:
 
 
 def _assert_batches_equal(edges, steps) -> None:
-    batches, batch_of, segments, segment_edge, tips = _edge_batches(edges, steps)
+    batches, batch_of, segments, segment_edge, tips, reach = _edge_batches(edges, steps)
     expected, expected_of = _edge_batches_one_by_one(edges, steps)
     assert [step for step, _ in batches] == [step for step, _ in expected]
     for (_, path), (_, wanted) in zip(batches, expected):
@@ -34,6 +34,15 @@ def _assert_batches_equal(edges, steps) -> None:
     assert segments.tolist() == [list(s) for s in wanted_segments]
     assert segment_edge.tolist() == [k for k, edge in enumerate(edges) for _ in edge.points[1:]]
     assert tips.tolist() == [list(edge.points[-1]) for edge in edges]
+    # Per batch, the larger side of its longest edge's bounding box (None: an edge is not a polyline).
+    if min(len(edge.points) for edge in edges) < 2:
+        assert reach is None
+        return
+    wanted_reach = [0.0] * len(batches)
+    for edge, batch in zip(edges, batch_of.tolist()):
+        xs, ys = [x for x, _ in edge.points], [y for _, y in edge.points]
+        wanted_reach[batch] = max(wanted_reach[batch], max(xs) - min(xs), max(ys) - min(ys))
+    assert reach.tolist() == wanted_reach
 
 
 @pytest.mark.parametrize("name", ["densenet121", "inception_v1", "squeezenet"])
@@ -56,8 +65,8 @@ def test_edge_paths_of_many_widths_and_odd_edges():
     _assert_batches_equal(edges, steps)
     odd = edges[:5] + [LayoutEdge("a", "b", "v", ((1.0, 2.0),))] + edges[5:9]
     _assert_batches_equal(odd, steps[:10])
-    batches, batch_of, segments, segment_edge, tips = _edge_batches((), [])
-    assert batches == [] and len(batch_of) == len(segments) == len(segment_edge) == len(tips) == 0
+    batches, batch_of, segments, segment_edge, tips, reach = _edge_batches((), [])
+    assert batches == [] and len(batch_of) == len(segments) == len(segment_edge) == len(tips) == len(reach) == 0
 
 
 def test_box_text_is_made_when_read_and_equals_each_box_text(sample_model):
