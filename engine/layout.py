@@ -860,26 +860,16 @@ def set_layout_executor(executor) -> None:
     _layout_executor = executor
 
 
-_warmed_executor = None
-
-
-def warm_layout_executor() -> None:
-    """Have the layout executor import igraph now (its first Sugiyama otherwise imports it, ~0.1 s
-    of a 20,000-node layout's wait).  Called when the executor is registered, while no model
-    opens (gui.responsive): done beside a model's analysis, as it was, that work in the helper
-    process took the analysis's core on a busy 2-core machine (analysis 0.27-0.48 s instead of
-    0.09-0.12 s for the 20,000-node residual net, same CPU time).  The result is not waited
-    for; once per executor.
+def warm_up_layout() -> None:
+    """Import igraph and run one tiny Sugiyama in this process.  The layout helper process does this
+    in its first call (gui.responsive), before it is registered, so its first big layout does not
+    import igraph (~0.1 s of a 20,000-node layout's wait).  Done beside a model's analysis, as it
+    was (a warm-up call sent after the import), that work took the analysis's core on a busy
+    2-core machine: analysis 0.27-0.48 s instead of 0.09-0.12 s for the 20,000-node residual net,
+    same CPU time; sent when the helper was registered, it could still be queued before a model's
+    shape inference.
     """
-    global _warmed_executor
-    executor = _layout_executor
-    if executor is None or executor is _warmed_executor:
-        return
-    _warmed_executor = executor
-    try:
-        executor.submit(sugiyama_columns, 2, np.array([[0, 1]], dtype=np.int64), np.array([0, 1], dtype=np.int64))
-    except Exception:  # a broken executor: the layout will find out and run in-process
-        pass
+    sugiyama_columns(2, np.array([[0, 1]], dtype=np.int64), np.array([0, 1], dtype=np.int64))
 
 
 def sugiyama_columns(count: int, edge_pairs: np.ndarray, layers: np.ndarray):

@@ -103,8 +103,8 @@ def start_helper_process() -> Optional[ProcessPoolExecutor]:
     """Start (once per process) the helper process for shape inference and layout of large graphs.
 
     The process is "spawn"ed (forking a process that runs Qt threads is unsafe) and
-    warmed at once: its first call (inference of an empty model) imports onnx and the importer now,
-    while the person looks at the window.  It is registered with the importer and
+    warmed at once: its first call (`_warm_up_helper`: inference of an empty model, a tiny
+    Sugiyama) imports onnx, the importer and igraph now, while the person looks at the window.  It is registered with the importer and
     the layout only when that call has answered, so a helper that cannot start
     (e.g. a script without an `if __name__ == "__main__":` guard, which the spawned
     process would run again) leaves opening in-process instead of waiting forever.
@@ -115,8 +115,6 @@ def start_helper_process() -> Optional[ProcessPoolExecutor]:
     never starts helpers of its own.
     """
     global _executor
-    from importers.onnx import warm_up_inference
-
     if multiprocessing.parent_process() is not None:
         return None
     with _lock:
@@ -125,25 +123,34 @@ def start_helper_process() -> Optional[ProcessPoolExecutor]:
             executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                                            initializer=_exit_with_parent)
             _executor = executor
-            warm = executor.submit(warm_up_inference)
+            warm = executor.submit(_warm_up_helper)
             warm.add_done_callback(lambda future, e=executor: _register(e, future))
         return _executor
 
 
+def _warm_up_helper() -> None:
+    """The helper process's first call, while the person looks at the window: the importer's shape
+    inference, engine.layout and igraph imported, so no later call of the helper waits for them
+    and nothing of the kind runs there while a model opens."""
+    from engine.layout import warm_up_layout
+    from importers.onnx import warm_up_inference
+
+    warm_up_inference()
+    warm_up_layout()
+
+
 def _register(executor: ProcessPoolExecutor, warm: Future) -> None:
-    from engine.layout import set_layout_executor, warm_layout_executor
+    from engine.layout import set_layout_executor
     from importers.onnx import set_inference_executor
 
     if warm.cancelled() or warm.exception() is not None:
         return  # the helper could not start: inference and layout stay in-process
     with _lock:
-        if _executor is not executor:
-            return
-        client = _HelperClient(executor)
-        set_inference_executor(client)
-        set_layout_executor(client)
-        _ready.set()
-    warm_layout_executor()  # outside the lock: a failing submit replaces the helper, which takes it
+        if _executor is executor:
+            client = _HelperClient(executor)
+            set_inference_executor(client)
+            set_layout_executor(client)
+            _ready.set()
 
 
 def _helper_failed(executor: ProcessPoolExecutor) -> None:

@@ -131,36 +131,17 @@ def test_light_zoo_layers_equal_the_per_vertex_loops(path):
     assert [layout.layers[box] for box in ids] == reference_layers(len(ids), edges)
 
 
-def test_layout_executor_imports_igraph_once():
-    """warm_layout_executor hands one small Sugiyama to the executor, once per executor (a real
-    thread pool stands in for the app's helper process: only submissions are counted)."""
-    from concurrent.futures import ThreadPoolExecutor
+def test_warm_up_layout_imports_igraph_and_runs_a_sugiyama():
+    """warm_up_layout (the layout helper's first call, see gui.responsive) imports igraph in the
+    process that runs it; a fresh process, as the helper is."""
+    import subprocess
+    import sys
 
-    import engine.layout as layout_module
-
-    class CountingPool(ThreadPoolExecutor):
-        def __init__(self):
-            super().__init__(max_workers=1)
-            self.futures = []
-
-        def submit(self, function, *args):
-            self.futures.append(super().submit(function, *args))
-            return self.futures[-1]
-
-    pools = [CountingPool(), CountingPool()]
-    try:
-        for pool in pools:
-            layout_module.set_layout_executor(pool)
-            layout_module.warm_layout_executor()
-            layout_module.warm_layout_executor()
-            assert len(pool.futures) == 1
-            columns, route_counts, route_points = pool.futures[0].result(timeout=60)
-            assert columns.tolist() == [0.0, 0.0] and route_counts.tolist() == [0] and route_points.shape == (0, 2)
-    finally:
-        layout_module.set_layout_executor(None)
-        for pool in pools:
-            pool.shutdown()
-    layout_module.warm_layout_executor()  # no executor: nothing to do
+    code = ("import sys, engine.layout as layout; assert 'igraph' not in sys.modules; "
+            "layout.warm_up_layout(); print('igraph' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == "True"
 
 
 def reference_node_pairs(graph, visible_order, include_io, constant_values):

@@ -19,7 +19,6 @@ import pytest
 from PySide6.QtCore import QTimer
 
 from benchmarks.bench_gui_open import residual_model
-import engine.layout as layout_module
 from engine.analysis import analyze
 from engine.grouping import FOLD_NODES_ENVIRONMENT
 from engine.layout import LAYOUT_OFFLOAD_VERTICES, layout_graph
@@ -99,9 +98,6 @@ def _wait_retired(qtbot) -> None:
 def test_a_large_model_opens_through_the_helper_process_with_the_same_graph(qtbot, window, large_model,
                                                                              sample_model):
     assert responsive.start_helper_process() is not None and responsive.helper_ready(timeout=30)
-    # Registered, the helper imports igraph at once, not while a model opens (it took the analysis's core).
-    qtbot.waitUntil(lambda: layout_module._warmed_executor is layout_module._layout_executor is not None,
-                    timeout=10_000)
     open_and_wait(qtbot, window, sample_model)
     with GapMeter() as meter:
         open_and_wait(qtbot, window, large_model)
@@ -201,3 +197,18 @@ def test_a_scene_build_that_fails_reports_it_and_releases_everything(qtbot, samp
     assert calls == ["a broken step"] and not responsive.gc_held()
     cancel()
     assert not responsive.gc_held()
+
+
+def test_the_helpers_first_call_imports_what_its_calls_need_and_no_qt():
+    """The helper's warm-up (its first call, before it is registered) imports the importer's shape inference
+    and igraph, so none of that runs in the helper while a model opens (there it took the
+    analysis's core on a busy machine), and loads no Qt.  Run as the helper runs it: a fresh process."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from gui.responsive import _warm_up_helper; "
+            "assert 'igraph' not in sys.modules; _warm_up_helper(); "
+            "print(sorted(m for m in ('igraph', 'importers.onnx', 'engine.layout', 'PySide6') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[-2] == "['engine.layout', 'igraph', 'importers.onnx']"
