@@ -1055,7 +1055,10 @@ def _checked_routes(columns: np.ndarray, pairs: np.ndarray, layers: np.ndarray, 
 def _sugiyama(count: int, pairs: np.ndarray, layers: np.ndarray):
     """Columns and routes from igraph, checked; None when the layered fallback must draw instead."""
     executor = _layout_executor
-    if executor is not None and count >= LAYOUT_OFFLOAD_VERTICES:
+    # Long edges become chains of dummy vertices inside igraph: a folded level of 257 boxes whose
+    # KV-cache inputs span the whole level had 62,250 and held the GIL for 0.3 s.  Both count.
+    dummies = int(np.maximum(np.abs(layers[pairs[:, 1]] - layers[pairs[:, 0]]) - 1, 0).sum()) if len(pairs) else 0
+    if executor is not None and count + dummies >= LAYOUT_OFFLOAD_VERTICES:
         try:
             columns, route_counts, route_points = executor.submit(sugiyama_columns, count, pairs, layers).result()
         except BrokenProcessPool:

@@ -9,7 +9,11 @@ event-loop gaps while a 20,000-node model opened (benchmarks/bench_gui_open.py):
   nodes, 260 ms for 20,000) and igraph's Sugiyama layout (~90 ms for
   20,000).  `start_helper_process` starts one warm process and registers it
   with `importers.onnx.set_inference_executor` and
-  `engine.layout.set_layout_executor`, which hand large graphs to it.
+  `engine.layout.set_layout_executor`, which hand large graphs to it.  It is
+  registered as it starts, not once it has answered: a model opened while it
+  starts (the first open of a fresh app, ~1-3 s of spawn and imports) waits
+  for it in the worker thread instead of inferring in-process, which froze the
+  window for 0.9-2.5 s at 100,000 nodes.
   (ONNX Runtime's session creation and profile parsing are the same kind of
   call: the Run dialog runs the CLI as a child process, see gui/run_dialog.py.)
 - Python's full garbage collections: opening a model allocates hundreds of
@@ -43,9 +47,14 @@ from typing import Optional
 # A call the helper has not answered in this time is run in-process instead (a safety net: a
 # 20,000-node graph takes the helper ~0.3 s).
 HELPER_TIMEOUT_S = 60.0
+# A call made while the helper starts waits this long for its first answer (spawn, onnx's
+# import: 1-3 s on a loaded machine), then runs in-process: a helper that never answers (a
+# script without an `if __name__ == "__main__":` guard runs again in it) must not hang opening.
+HELPER_START_TIMEOUT_S = 20.0
 
 _lock = threading.Lock()
 _executor: Optional[ProcessPoolExecutor] = None
+_registered: Optional["_HelperClient"] = None  # the client the importer and the layout call
 _ready = threading.Event()  # set once the helper answered its warm-up call and is registered
 
 
@@ -72,6 +81,9 @@ class _HelperCall:
         self.client, self.future, self.function, self.args = client, future, function, args
 
     def result(self, timeout: Optional[float] = None):
+        if self.future is not None and not self.client.started():
+            self.future.cancel()  # not started: the helper never got this far
+            self.future = None
         if self.future is not None:
             try:
                 return self.future.result(timeout=HELPER_TIMEOUT_S)
@@ -87,8 +99,24 @@ class _HelperCall:
 class _HelperClient:
     """What `importers.onnx` and `engine.layout` see as their executor: `submit(fn, *args).result()`."""
 
-    def __init__(self, executor: ProcessPoolExecutor):
+    def __init__(self, executor: ProcessPoolExecutor, warm: Optional[Future] = None):
         self.executor = executor
+        self.warm = warm  # the helper's first call: answered once it has started (None: started)
+
+    def started(self) -> bool:
+        """Whether the helper has answered its first call (waits for it up to HELPER_START_TIMEOUT_S).
+
+        False when it failed or did not answer in time: it is unregistered (calls run in-process;
+        one that answers late registers again, see `_register`).
+        """
+        if self.warm is None:
+            return True
+        try:
+            self.warm.result(timeout=HELPER_START_TIMEOUT_S)
+            return True
+        except Exception:  # failed to start, cancelled, or still not answering
+            _unregister(self)
+            return False
 
     def submit(self, function, *args) -> _HelperCall:
         try:
@@ -104,10 +132,11 @@ def start_helper_process() -> Optional[ProcessPoolExecutor]:
 
     The process is "spawn"ed (forking a process that runs Qt threads is unsafe) and
     warmed at once: its first call (`_warm_up_helper`: inference of an empty model, a tiny
-    Sugiyama) imports onnx, the importer and igraph now, while the person looks at the window.  It is registered with the importer and
-    the layout only when that call has answered, so a helper that cannot start
-    (e.g. a script without an `if __name__ == "__main__":` guard, which the spawned
-    process would run again) leaves opening in-process instead of waiting forever.
+    Sugiyama) imports onnx, the importer and igraph now, while the person looks at the window.  It is registered with the importer and the layout at
+    once: their calls queue behind that first one, and wait for it up to HELPER_START_TIMEOUT_S
+    in the worker thread that makes them.  A helper that cannot start (e.g. a script without an
+    `if __name__ == "__main__":` guard, which the spawned process would run again) is
+    unregistered then, and opening runs in-process instead of waiting forever.
     A helper that dies or does not answer is replaced at once (calls run in-process
     until the new one answers).  Stopped by `stop_helper_process`
     (the app calls it on exit; atexit as a safety net); it also exits by itself
@@ -123,8 +152,9 @@ def start_helper_process() -> Optional[ProcessPoolExecutor]:
             executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                                            initializer=_exit_with_parent)
             _executor = executor
-            warm = executor.submit(_warm_up_helper)
-            warm.add_done_callback(lambda future, e=executor: _register(e, future))
+            client = _HelperClient(executor, executor.submit(_warm_up_helper))
+            _set_executors(client)
+            client.warm.add_done_callback(lambda future, c=client: _register(c))
         return _executor
 
 
@@ -139,33 +169,45 @@ def _warm_up_helper() -> None:
     warm_up_layout()
 
 
-def _register(executor: ProcessPoolExecutor, warm: Future) -> None:
+def _set_executors(client: Optional[_HelperClient]) -> None:
+    """Register `client` (None: nobody) with the importer and the layout; called holding _lock."""
+    global _registered
     from engine.layout import set_layout_executor
     from importers.onnx import set_inference_executor
 
+    _registered = client
+    set_inference_executor(client)
+    set_layout_executor(client)
+
+
+def _register(client: _HelperClient) -> None:
+    """The helper answered its first call: ready (registered again if a caller gave up waiting)."""
+    warm = client.warm
     if warm.cancelled() or warm.exception() is not None:
-        return  # the helper could not start: inference and layout stay in-process
+        _unregister(client)  # the helper could not start: inference and layout stay in-process
+        return
     with _lock:
-        if _executor is executor:
-            client = _HelperClient(executor)
-            set_inference_executor(client)
-            set_layout_executor(client)
+        if _executor is client.executor:
+            _set_executors(client)
             _ready.set()
+
+
+def _unregister(client: _HelperClient) -> None:
+    """Calls run in-process from now on (the helper stays, in case it answers late)."""
+    with _lock:
+        if _registered is client:
+            _set_executors(None)
 
 
 def _helper_failed(executor: ProcessPoolExecutor) -> None:
     """The helper died or hung: unregister it and start a new one (registered once it answers)."""
     global _executor
-    from engine.layout import set_layout_executor
-    from importers.onnx import set_inference_executor
-
     with _lock:
         if _executor is not executor:
             return
         _executor = None
         _ready.clear()
-        set_inference_executor(None)
-        set_layout_executor(None)
+        _set_executors(None)
     executor.shutdown(wait=False, cancel_futures=True)
     start_helper_process()
 
@@ -178,16 +220,12 @@ def helper_ready(timeout: Optional[float] = None) -> bool:
 def stop_helper_process() -> None:
     """Unregister and stop the helper; opening falls back to in-process inference and layout."""
     global _executor
-    from engine.layout import set_layout_executor
-    from importers.onnx import set_inference_executor
-
     with _lock:
         executor, _executor = _executor, None
         _ready.clear()
         if executor is None:
             return
-        set_inference_executor(None)
-        set_layout_executor(None)
+        _set_executors(None)
     executor.shutdown(wait=True, cancel_futures=True)
 
 

@@ -71,7 +71,7 @@ def test_opening_a_group_lays_out_only_that_group_and_reuses_it(qtbot, folded):
     above = [b for b in kept if before[b][1] + before[b][3] < before[block][1]]
     assert above and all(loaded.layout.boxes[b][1] == before[b][1] for b in above)
     # The frame carries the group's totals; edges reach into it, none dangles.
-    title = scene.frame_layer.titles[scene.frame_layer.ids.index(block)]
+    title = scene.frame_layer.title(scene.frame_layer.ids.index(block))
     totals = scene.group_totals(block)
     assert "layers.2" in title and f"{totals.nodes} nodes" in title and "MACs" in title
     drawn = set(scene.node_index) | set(scene.frame_layer.ids)
@@ -153,7 +153,7 @@ def test_a_chart_bar_and_an_inspector_row_open_the_groups_of_their_node(qtbot, f
     assert window.inspector.node_id == target and window.scene.item_for(target).isSelected()
     # Once profiled, collapsed boxes and frames carry their time with its kind.
     scene = window.scene
-    frame_title = scene.frame_layer.titles[scene.frame_layer.ids.index(BLOCK.format(closed))]
+    frame_title = scene.frame_layer.title(scene.frame_layer.ids.index(BLOCK.format(closed)))
     assert "time " in frame_title and "(measured)" in frame_title
     other = next(BLOCK.format(i) for i in range(6) if BLOCK.format(i) in window.loaded.collapsed)
     _, _, _, time_line = scene.labels._lines[scene.node_index[other]]
@@ -281,3 +281,44 @@ def test_a_reopened_group_is_drawn_from_the_kept_scene_data_with_its_own_labels(
     fresh = folded_scene_data(window.loaded)
     fresh.lines[0] = ("changed",)
     assert folded_scene_data(window.loaded).lines[0] != ("changed",)
+
+
+def test_frame_titles_follow_the_profile_made_when_read_not_all_at_once(qtbot, folded, decoder):
+    from engine.targets import ProfileSettings
+    from engine.targets.cpu import CpuTarget
+    from gui.graph_groups import frame_title
+
+    window = folded
+    _relaid(qtbot, window, lambda: window.set_all_groups(False))  # Expand all: every group a frame
+    scene, analysis, groups = window.scene, window.loaded.analysis, window.loaded.groups
+    layer = scene.frame_layer
+    frames = len(layer.ids)
+    assert frames == len(groups) and not window.loaded.collapsed
+
+    def titles():
+        return [layer.title(i) for i in range(frames)]
+
+    # Drawn without a profile: the worker's titles, not made again on the UI thread.
+    assert layer.titles_made() == frames
+    assert titles() == [frame_title(groups[g], analysis) for g in layer.ids]
+    assert not any("time" in t for t in titles())
+    with CpuTarget() as target:
+        profile = target.profile(ProfileSettings(runs=2, warmup=1), model_path=decoder)
+    scene.set_profile(profile)
+    assert layer.titles_made() == 0  # each made when painted or read
+    assert titles() == [frame_title(groups[g], analysis, profile) for g in layer.ids]
+    assert all("time " in t and "(measured)" in t for t in titles())
+    scene.set_profile(profile)  # the same profile again: nothing to make again
+    assert layer.titles_made() == frames
+    scene.set_profile(None)
+    assert titles() == [frame_title(groups[g], analysis) for g in layer.ids]
+    # Selected in the window, then a group closed: the new scene's frames carry the time too.
+    window.add_profile(profile)
+    _relaid(qtbot, window, lambda: window.toggle_group(BLOCK.format(2), True))
+    scene = window.scene
+    layer = scene.frame_layer
+    assert BLOCK.format(2) in window.loaded.collapsed and BLOCK.format(2) not in layer.ids
+    assert [layer.title(i) for i in range(len(layer.ids))] == \
+        [frame_title(groups[g], analysis, profile) for g in layer.ids]
+    _, _, _, time_line = scene.labels._lines[scene.node_index[BLOCK.format(2)]]
+    assert time_line.startswith("time ") and time_line.endswith("(measured)")

@@ -132,6 +132,40 @@ def test_a_dead_helper_process_is_replaced_and_opening_still_works(qtbot, window
     assert responsive.helper_ready(timeout=30) and responsive.start_helper_process() is not executor
 
 
+def test_calls_made_while_the_helper_starts_wait_for_it_instead_of_running_here():
+    """The first open of a fresh app: inference must go to the helper still starting (in-process
+    it held the GIL, and froze the window, for 0.9-2.5 s at 100,000 nodes)."""
+    from importers import onnx as onnx_importer
+
+    responsive.stop_helper_process()
+    try:
+        responsive.start_helper_process()
+        assert not responsive.helper_ready()  # spawned, not answered yet: registered all the same
+        assert onnx_importer._inference_executor is not None
+        helper_pid = onnx_importer._inference_executor.submit(os.getpid).result()
+        assert helper_pid != os.getpid() and responsive.helper_ready()
+    finally:
+        responsive.stop_helper_process()
+
+
+def test_a_helper_that_does_not_start_in_time_is_unregistered_and_the_call_runs_here(monkeypatch):
+    from concurrent.futures import Future
+
+    from importers import onnx as onnx_importer
+
+    monkeypatch.setattr(responsive, "HELPER_START_TIMEOUT_S", 0.2)
+    executor = responsive.start_helper_process()
+    assert responsive.helper_ready(timeout=30)
+    never_answered = responsive._HelperClient(executor, Future())  # a helper stuck in its start
+    with responsive._lock:
+        responsive._set_executors(never_answered)
+    try:
+        assert never_answered.submit(os.getpid).result() == os.getpid()
+        assert onnx_importer._inference_executor is None  # later calls do not wait for it again
+    finally:
+        responsive.stop_helper_process()
+
+
 def test_an_old_scene_is_deleted_in_slices_and_its_model_freed(qtbot, window, large_model, sample_model,
                                                               monkeypatch):
     # A slice short enough that no machine deletes this scene in one: the test is about slicing,
