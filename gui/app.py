@@ -85,8 +85,6 @@ def load_model(path: str, include_constants: bool = False, progress=None, groupi
         progress("Reading model…")
     model = open_model(path)
     timings["import"] = time.perf_counter() - start
-    from engine.layout import warm_layout_executor
-    warm_layout_executor(len(model.main_graph.nodes))  # igraph's import in the helper, beside the analysis
     if progress:
         progress("Analysing…")
     start = time.perf_counter()
