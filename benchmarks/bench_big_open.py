@@ -91,18 +91,21 @@ def run_child(checkout: str, model: Path, folded: bool) -> dict:
     raise RuntimeError(f"the child on {checkout} failed:\n{done.stderr[-2000:]}")
 
 
-def make_models(workdir: Path, nodes: int) -> list[tuple[str, Path, bool]]:
+def make_models(workdir: Path, nodes: int, only: str = "") -> list[tuple[str, Path, bool]]:
+    """(label, generated file, opened folded) of each model whose label contains `only`."""
     from benchmarks.bench_gui_open import residual_model
     from engine.transformer_samples import TransformerConfig, layers_for_nodes, write_transformer
 
-    return [
-        ("residual net 20k, whole", residual_model(workdir / "residual20k.onnx", 20_000), False),
-        ("transformer 20k, whole", write_transformer(workdir / "t20k.onnx",
-                                                     TransformerConfig(layers=layers_for_nodes(20_000))), False),
+    makers = [
+        ("residual net 20k, whole", lambda: residual_model(workdir / "residual20k.onnx", 20_000), False),
+        ("transformer 20k, whole", lambda: write_transformer(workdir / "t20k.onnx",
+                                                             TransformerConfig(layers=layers_for_nodes(20_000))), False),
         (f"transformer {nodes // 1000}k QDQ, folded",
-         write_transformer(workdir / "big.onnx", TransformerConfig(layers=layers_for_nodes(nodes, "per_head_qdq"),
-                                                                   style="per_head_qdq")), True),
+         lambda: write_transformer(workdir / "big.onnx",
+                                   TransformerConfig(layers=layers_for_nodes(nodes, "per_head_qdq"), style="per_head_qdq")),
+         True),
     ]
+    return [(label, make(), folded) for label, make, folded in makers if only in label]
 
 
 def main() -> int:
@@ -111,6 +114,8 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=100_000)
     parser.add_argument("--before", metavar="CHECKOUT", default="",
                         help="also run the open on this checkout (e.g. a checkout of main) and print ratios")
+    parser.add_argument("--only", metavar="TEXT", default="",
+                        help="only the models whose label contains TEXT (e.g. residual): more runs in the same minutes")
     parser.add_argument("--child", metavar="MODEL", help=argparse.SUPPRESS)
     parser.add_argument("--folded", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -121,7 +126,7 @@ def main() -> int:
     sys.path.insert(0, here)
     checkouts = {"this": here, **({"before": str(Path(args.before).resolve())} if args.before else {})}
     workdir = Path(tempfile.mkdtemp(prefix="layerscope-bigopen-"))
-    models = make_models(workdir, args.nodes)
+    models = make_models(workdir, args.nodes, args.only)
     print(f"In-app open, stage by stage (wall seconds, median of {args.runs} fresh processes; "
           f"load average at start {os.getloadavg()[0]:.1f})")
     header = f"{'model':32} {'code':6} {'nodes':>7} {'boxes':>6} " + " ".join(f"{s[:8]:>8}" for s in STAGES) + \

@@ -85,8 +85,6 @@ def load_model(path: str, include_constants: bool = False, progress=None, groupi
         progress("Reading model…")
     model = open_model(path)
     timings["import"] = time.perf_counter() - start
-    from engine.layout import warm_layout_executor
-    warm_layout_executor(len(model.main_graph.nodes))  # igraph's import in the helper, beside the analysis
     if progress:
         progress("Analysing…")
     start = time.perf_counter()
@@ -535,6 +533,9 @@ class MainWindow(MenusMixin, ProfilesMixin, ExportsMixin, QMainWindow):
             self._show_model_in_run_dialog()
         self.modelLoaded.emit(loaded.path)
         QTimer.singleShot(1000, self.panels, self.panels.warm_up)  # charts' import, off the first paint
+        if loaded.folded_layouts is not None:  # first opens of its collapsed groups, in the background
+            from gui.folded_groups import prepare_group_opens
+            prepare_group_opens(loaded)
         if session is not None:
             self.sessionOpened.emit(loaded.path)
 

@@ -131,8 +131,8 @@ def start_helper_process() -> Optional[ProcessPoolExecutor]:
     """Start (once per process) the helper process for shape inference and layout of large graphs.
 
     The process is "spawn"ed (forking a process that runs Qt threads is unsafe) and
-    warmed at once: its first call (inference of an empty model) imports onnx and the importer now,
-    while the person looks at the window.  It is registered with the importer and the layout at
+    warmed at once: its first call (`_warm_up_helper`: inference of an empty model, a tiny
+    Sugiyama) imports onnx, the importer and igraph now, while the person looks at the window.  It is registered with the importer and the layout at
     once: their calls queue behind that first one, and wait for it up to HELPER_START_TIMEOUT_S
     in the worker thread that makes them.  A helper that cannot start (e.g. a script without an
     `if __name__ == "__main__":` guard, which the spawned process would run again) is
@@ -144,8 +144,6 @@ def start_helper_process() -> Optional[ProcessPoolExecutor]:
     never starts helpers of its own.
     """
     global _executor
-    from importers.onnx import warm_up_inference
-
     if multiprocessing.parent_process() is not None:
         return None
     with _lock:
@@ -154,10 +152,21 @@ def start_helper_process() -> Optional[ProcessPoolExecutor]:
             executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                                            initializer=_exit_with_parent)
             _executor = executor
-            client = _HelperClient(executor, executor.submit(warm_up_inference))
+            client = _HelperClient(executor, executor.submit(_warm_up_helper))
             _set_executors(client)
             client.warm.add_done_callback(lambda future, c=client: _register(c))
         return _executor
+
+
+def _warm_up_helper() -> None:
+    """The helper process's first call, while the person looks at the window: the importer's shape
+    inference, engine.layout and igraph imported, so no later call of the helper waits for them
+    and nothing of the kind runs there while a model opens."""
+    from engine.layout import warm_up_layout
+    from importers.onnx import warm_up_inference
+
+    warm_up_inference()
+    warm_up_layout()
 
 
 def _set_executors(client: Optional[_HelperClient]) -> None:

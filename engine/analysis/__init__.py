@@ -106,11 +106,12 @@ def _analyze(model: Model, graph_index: int, by_index: Optional[bool] = None) ->
     if by_index is None:
         by_index = len(graph.nodes) >= INDEX_FROM_NODES
     order, figures, (peak_bytes, peak_node) = (_passes_by_index if by_index else _passes_by_name)(graph)
-    stage_list, stage_kinds = find_stages(graph, order, [f.op for f in figures], [f.spatial_size for f in figures])
+    ops = [f.op for f in figures]
+    stage_list, stage_kinds = find_stages(graph, order, ops, [f.spatial_size for f in figures])
     node_metrics, sums = _node_metrics(order, figures, stage_list)
     node_ids = [node.id for node in order]
     stages = collect_stages(node_ids, node_metrics, stage_list, stage_kinds)
-    constant_nodes = sum(f.op is None for f in figures)
+    constant_nodes = ops.count(None)  # a folded node's figures have no op
     totals = Totals(
         nodes=len(graph.nodes), compute_nodes=len(graph.nodes) - constant_nodes,
         constant_nodes=constant_nodes, params=sums.params, params_by_dtype=sums.params_by_dtype,

@@ -38,22 +38,26 @@ class GraphIndex:
         self.value_id.update(zip(values, range(1, len(values) + 1)))
         self.value_id[""] = EMPTY  # even if a value is named "": every pass treats "" as omitted
         self.names: list[str] = [""] + list(values)
-        self.initializer_ids = [i for i, value in enumerate(values.values(), 1) if value.initializer is not None]
-        # Types by id, interned: equal types (dtype and shape) share a type id (0: unknown).
+        value_list = list(values.values())
+        self.initializer_ids = [i for i, value in enumerate(value_list, 1) if value.initializer is not None]
+        # Types by id, interned: equal types (dtype and shape) share a type id (0: unknown), numbered
+        # in order of first appearance.  Importers share one TensorType object among the values of
+        # a type, so the key is made once per distinct object (20,000 values, a few dozen objects).
+        value_types = list(graph.value_types.values())  # the figures read this dict too: made once
         interned: dict[tuple, int] = {}
-        type_ids = [0]
+        type_id_of_object = {id(None): 0}
         self.types: list[Optional[TensorType]] = [None]
-        for value in values.values():
-            value_type = value.type
+        for value_type in {id(value_type): value_type for value_type in value_types}.values():
             if value_type is None:
-                type_ids.append(0)
                 continue
             key = (value_type.dtype, value_type.shape)
             type_id = interned.get(key)
             if type_id is None:
                 type_id = interned[key] = len(self.types)
                 self.types.append(value_type)
-            type_ids.append(type_id)
+            type_id_of_object[id(value_type)] = type_id
+        type_ids = [0]
+        type_ids += map(type_id_of_object.__getitem__, map(id, value_types))
         self.in_ids, self.in_position, self.in_start = self._edges([node.inputs for node in nodes])
         self.out_ids, self.out_position, self.out_start = self._edges([node.outputs for node in nodes])
         extra = len(self.names) - len(type_ids)  # names used by nodes but without a value

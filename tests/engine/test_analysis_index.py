@@ -279,3 +279,34 @@ def test_node_metrics_are_immutable():
     assert isinstance(metrics, NodeMetrics)
     with pytest.raises(AttributeError):
         metrics.flops = 1  # type: ignore[misc]
+
+
+def test_value_types_are_interned_by_dtype_and_shape_shared_objects_or_not():
+    """Importers share one TensorType object among values of a type (the index makes a key per
+    object); other graphs have equal types as objects of their own: both number a type by the
+    first value of that dtype and shape, and give equal types one id."""
+    rng = random.Random(7)
+    shared = [TensorType(dtype, shape) for dtype in ("float32", "int64") for shape in ((1, 4), (2,), None)]
+    values = {}
+    for i in range(300):
+        pick = rng.random()
+        if pick < 0.5:
+            value_type = rng.choice(shared)  # a shared object
+        elif pick < 0.9:
+            value_type = TensorType(rng.choice(("float32", "int64", "float16")), rng.choice(((1, 4), (2,), None)))
+        else:
+            value_type = None
+        values[f"v{i}"] = Value(f"v{i}", value_type)
+    nodes = tuple(Node(f"n{i}", "Relu", inputs=(f"v{i}",), outputs=(f"v{i + 1}",)) for i in range(299))
+    graph = Graph("g", ("v0",), ("v299",), nodes, values)
+    index = GraphIndex(graph, graph.nodes)
+    numbered: dict[tuple, int] = {}  # the plain interning: a type id per (dtype, shape), first seen first
+    expected = [0]
+    for value in values.values():
+        if value.type is None:
+            expected.append(0)
+        else:
+            expected.append(numbered.setdefault((value.type.dtype, value.type.shape), len(numbered) + 1))
+    assert index.type_id.tolist() == [-1] + expected[1:]
+    assert [None if t is None else (t.dtype, t.shape) for t in index.types] == [None] + list(numbered)
+    assert index.size.tolist() == [0] + [(v.type.byte_size or 0) if v.type else 0 for v in values.values()]

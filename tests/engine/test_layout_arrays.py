@@ -8,9 +8,10 @@ import pytest
 
 from conftest import LIGHT_ZOO
 from engine.analysis import analyze
-from engine.layout import (GROUP_HEIGHT, HORIZONTAL_GAP, IO_HEIGHT, IO_WIDTH, NODE_HEIGHT, NODE_WIDTH,
-                           VERTICAL_GAP, GraphLayout, LayoutEdge, _longest_path_layers, _separate, _to_scene,
-                           _vertex_pairs, layout_graph, sugiyama_columns)
+from engine.ir import Graph, Initializer, Model, Node, TensorType, Value, WeightLocation
+from engine.layout import (GROUP_HEIGHT, HORIZONTAL_GAP, INPUT_PREFIX, IO_HEIGHT, IO_WIDTH, NODE_HEIGHT, NODE_WIDTH,
+                           OUTPUT_PREFIX, VERTICAL_GAP, GraphLayout, LayoutEdge, _longest_path_layers, _node_pairs,
+                           _separate, _to_scene, _vertex_pairs, layout_graph, sugiyama_columns)
 from importers import open_model
 
 
@@ -130,33 +131,87 @@ def test_light_zoo_layers_equal_the_per_vertex_loops(path):
     assert [layout.layers[box] for box in ids] == reference_layers(len(ids), edges)
 
 
-def test_layout_executor_imports_igraph_once_for_a_big_graph():
-    """warm_layout_executor hands one small Sugiyama to the executor, for big graphs only, once per
-    executor (a real thread pool stands in for the app's helper process: only submissions are counted)."""
-    from concurrent.futures import ThreadPoolExecutor
+def test_warm_up_layout_imports_igraph_and_runs_a_sugiyama():
+    """warm_up_layout (the layout helper's first call, see gui.responsive) imports igraph in the
+    process that runs it; a fresh process, as the helper is."""
+    import subprocess
+    import sys
 
-    import engine.layout as layout_module
+    code = ("import sys, engine.layout as layout; assert 'igraph' not in sys.modules; "
+            "layout.warm_up_layout(); print('igraph' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == "True"
 
-    class CountingPool(ThreadPoolExecutor):
-        def __init__(self):
-            super().__init__(max_workers=1)
-            self.futures = []
 
-        def submit(self, function, *args):
-            self.futures.append(super().submit(function, *args))
-            return self.futures[-1]
+def reference_node_pairs(graph, visible_order, include_io, constant_values):
+    """The per-node loops _node_pairs used before: ([(producer, consumer, tensor)], {tensor: producer})."""
+    nodes = graph.nodes_by_id
+    producer_of = {}
+    if include_io:
+        for name in graph.inputs:
+            if name not in constant_values:
+                producer_of[name] = INPUT_PREFIX + name
+    for node_id in visible_order:
+        for out in nodes[node_id].outputs:
+            if out:
+                producer_of[out] = node_id
+    pairs = []
+    for node_id in visible_order:
+        for name in nodes[node_id].inputs:
+            source = producer_of.get(name)
+            if source is not None:
+                pairs.append((source, node_id, name))
+    return pairs, producer_of
 
-    pool = CountingPool()
-    layout_module.set_layout_executor(pool)
-    try:
-        layout_module.warm_layout_executor(layout_module.LAYOUT_OFFLOAD_VERTICES - 1)
-        assert pool.futures == []
-        layout_module.warm_layout_executor(layout_module.LAYOUT_OFFLOAD_VERTICES)
-        layout_module.warm_layout_executor(layout_module.LAYOUT_OFFLOAD_VERTICES * 4)
-        assert len(pool.futures) == 1
-        columns, route_counts, route_points = pool.futures[0].result(timeout=60)
-        assert columns.tolist() == [0.0, 0.0] and route_counts.tolist() == [0] and route_points.shape == (0, 2)
-    finally:
-        layout_module.set_layout_executor(None)
-        pool.shutdown()
-    layout_module.warm_layout_executor(layout_module.LAYOUT_OFFLOAD_VERTICES)  # no executor: nothing to do
+
+def reference_edges(graph, pairs, producer_of, include_io):
+    """The edge loop layout_nodes used before (no collapsed groups): one edge per distinct
+    (source, target, tensor) in order of first appearance, none from a box to itself, then one
+    per graph output."""
+    seen, edges = set(), []
+    for source, target, name in pairs:
+        if source != target and (source, target, name) not in seen:
+            seen.add((source, target, name))
+            edges.append((source, target, name))
+    if include_io:
+        edges += [(producer_of[name], OUTPUT_PREFIX + name, name) for name in graph.outputs if name in producer_of]
+    return edges
+
+
+def _model_with_repeats_and_self_loops():
+    """A tensor read twice by one node (one edge), a node reading its own output (no edge), a name
+    produced twice (the later producer feeds what follows), an omitted input and a weight input."""
+    t = TensorType("float32", (1, 4))
+    w = Value("w", t, Initializer(t, WeightLocation("inline")))
+    values = {name: Value(name, t) for name in ("x", "a", "b", "s", "c", "y")} | {"w": w}
+    nodes = (Node("n0", "Relu", inputs=("x",), outputs=("a",)),
+             Node("n1", "Add", inputs=("a", "a"), outputs=("b",)),
+             Node("n2", "Add", inputs=("b", "s"), outputs=("s",)),
+             Node("n3", "Mul", inputs=("b", "", "w", "a"), outputs=("c",)),
+             Node("n4", "Relu", inputs=("c",), outputs=("a",)),
+             Node("n5", "Add", inputs=("a", "x"), outputs=("y",)))
+    return Model("onnx", "test", (Graph("g", ("x", "w"), ("y", "c"), nodes, values),))
+
+
+@pytest.mark.parametrize("include_io", [True, False])
+@pytest.mark.parametrize("source", ["repeats"] + [p.stem for p in LIGHT_ZOO[:3]])
+def test_node_pairs_and_edges_equal_the_per_node_loops(source, include_io):
+    model = _model_with_repeats_and_self_loops() if source == "repeats" else \
+        open_model(next(p for p in LIGHT_ZOO if p.stem == source))
+    analysis = analyze(model)
+    graph = analysis.graph
+    visible = [n for n in analysis.order if not analysis.nodes[n].is_constant]
+    constant_values = {name for name, value in graph.values.items() if value.initializer is not None}
+    expected_pairs, expected_producers = reference_node_pairs(graph, visible, include_io, constant_values)
+    pairs, producer_of = _node_pairs(graph, visible, include_io, constant_values)
+    assert pairs == expected_pairs and producer_of == expected_producers
+    assert list(producer_of) == list(expected_producers)
+    layout = layout_graph(analysis, include_io=include_io)
+    assert [(e.source, e.target, e.value) for e in layout.edges] == \
+        reference_edges(graph, expected_pairs, expected_producers, include_io)
+    inputs = [INPUT_PREFIX + n for n in graph.inputs if n not in constant_values] if include_io else []
+    outputs = [OUTPUT_PREFIX + n for n in graph.outputs] if include_io else []
+    assert list(layout.boxes) == inputs + visible + outputs
+    assert all(layout.boxes[b][2:] == ((IO_WIDTH, IO_HEIGHT) if b in inputs + outputs else (NODE_WIDTH, NODE_HEIGHT))
+               for b in layout.boxes)

@@ -231,3 +231,18 @@ def test_a_scene_build_that_fails_reports_it_and_releases_everything(qtbot, samp
     assert calls == ["a broken step"] and not responsive.gc_held()
     cancel()
     assert not responsive.gc_held()
+
+
+def test_the_helpers_first_call_imports_what_its_calls_need_and_no_qt():
+    """The helper's warm-up (its first call, before it is registered) imports the importer's shape inference
+    and igraph, so none of that runs in the helper while a model opens (there it took the
+    analysis's core on a busy machine), and loads no Qt.  Run as the helper runs it: a fresh process."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from gui.responsive import _warm_up_helper; "
+            "assert 'igraph' not in sys.modules; _warm_up_helper(); "
+            "print(sorted(m for m in ('igraph', 'importers.onnx', 'engine.layout', 'PySide6') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[-2] == "['engine.layout', 'igraph', 'importers.onnx']"
