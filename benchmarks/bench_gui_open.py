@@ -283,7 +283,7 @@ def ui_thread_gaps(app, window, light: Path, chain: Path, residual: Path, profil
     # A sweep (several sizes) runs in a worker thread of the app, not in a child process.
     window.open_path(str(sample))
     settle()
-    request = RunRequest(str(sample), "cpu", ProfileSettings(runs=profile_runs // 2, warmup=2, threads=1),
+    request = RunRequest(str(sample), "cpu", ProfileSettings(runs=max(1, profile_runs // 2), warmup=2, threads=1),
                          sizes=((128, 128), (160, 160)))
     gap, seconds = longest_gap(app, lambda: window.start_profile(request).finished)
     yield f"sweep of the sample, 2 sizes ({profile_runs // 2} runs each)", gap, seconds
