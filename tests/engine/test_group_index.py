@@ -19,6 +19,7 @@ from engine.targets import ProfileSettings
 from engine.targets.cpu import CpuTarget
 from engine.transformer_samples import STYLES, TransformerConfig, write_transformer
 from importers import open_model
+from test_big_graph_engine import _namespace_groups_by_definition  # the rule written out node by node
 
 
 @pytest.fixture(scope="module", params=STYLES)
@@ -62,34 +63,13 @@ def awkward(tmp_path_factory):
 
 
 def _walked_namespace_groups(analysis) -> dict:
-    """node_groups(analysis, "namespace") as it was written before the arrays: a walk per node."""
-    graph, metrics = analysis.graph, analysis.nodes
-    found: dict[str, list[str]] = {}
-    for node_id in analysis.order:
-        parts = [p for p in graph.node(node_id).namespace.split("/") if p]
-        for depth in range(1, len(parts) + 1):
-            found.setdefault("/".join(parts[:depth]), []).append(node_id)
-
-    def kept_parent(path, kept):
-        parts = path.split("/")
-        return next(("/".join(parts[:d]) for d in range(len(parts) - 1, 0, -1) if "/".join(parts[:d]) in kept), None)
-    kept: dict[str, tuple] = {}
-    for path in sorted(found, key=lambda p: p.count("/")):
-        nodes = tuple(found[path])
-        if sum(1 for n in nodes if not metrics[n].is_constant) < 2:
-            continue
-        parent = kept_parent(path, kept)
-        if parent is not None and kept[parent] == nodes:
-            continue
-        kept[path] = nodes
-    first = {node_id: position for position, node_id in enumerate(analysis.order)}
+    """node_groups(analysis, "namespace") as it was written before the arrays: a walk per node
+    (test_big_graph_engine's definition), made into NodeGroups with their depths."""
     groups: dict[str, NodeGroup] = {}
-    for path in sorted(kept, key=lambda p: (p.count("/"), first[kept[p][0]])):
-        parent = kept_parent(path, kept)
-        parent_id = f"{GROUP_PREFIX}namespace:{parent}" if parent is not None else None
+    for group_id, nodes, parent_id in _namespace_groups_by_definition(analysis):
         depth = 0 if parent_id is None else groups[parent_id].depth + 1
-        groups[f"{GROUP_PREFIX}namespace:{path}"] = NodeGroup(f"{GROUP_PREFIX}namespace:{path}", "namespace", path,
-                                                            kept[path], parent_id, depth)
+        path = group_id[len(f"{GROUP_PREFIX}namespace:"):]
+        groups[group_id] = NodeGroup(group_id, "namespace", path, nodes, parent_id, depth)
     return groups
 
 
