@@ -31,7 +31,8 @@ import numpy as np
 import shiboken6
 from PySide6.QtCore import QByteArray, QDataStream, QIODevice, QPointF, QRectF, Qt, QTimer
 from PySide6.QtGui import QBrush, QColor, QFont, QFontMetrics, QPainter, QPainterPath, QPen, QPolygonF
-from PySide6.QtWidgets import QGraphicsItem, QGraphicsPathItem, QGraphicsScene, QStyleOptionGraphicsItem
+from PySide6.QtWidgets import (QGraphicsItem, QGraphicsPathItem, QGraphicsRectItem, QGraphicsScene,
+                               QStyleOptionGraphicsItem)
 
 from engine.inspect import human_bytes, human_count
 from engine.layout import GROUP_PREFIX, INPUT_PREFIX, OUTPUT_PREFIX, op_category
@@ -174,6 +175,7 @@ EDGE_BATCH = 64
 # a readable zoom) is a LongEdgeBatch, painted clipped to what is shown.  A batch of many short
 # edges spread down a tall model is as tall, but Qt paints it whole as fast (~0.1 ms).
 LONG_EDGE_BATCH_EXTENT = 6000.0
+BOX_GROUP_MARGIN = 10.0
 
 
 def prepare_scene_data(loaded) -> SceneData:
@@ -562,6 +564,7 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
     # the slice: with 1,500 nodes per step a slice overran to 100+ ms on a 20,000-node model.
     CHUNK_NODES = 400
     CHUNK_EDGE_BATCHES = 50  # of EDGE_BATCH edges each
+    BOX_GROUP_MIN = 2000
     CHUNK_TEARDOWN = 1000  # items removed and deleted per teardown step (~10 ms)
 
     def __init__(self, loaded, parent=None, build: bool = True):
@@ -582,6 +585,7 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
         self._item_index: dict = {}  # node item -> its index (`index_of_item`)
         self.box_brushes: list[QBrush] = []  # the brush of each box, as set (the minimap reads colours here)
         self.edge_items = []
+        self.box_groups: list[QGraphicsRectItem] = []  # big scenes: the boxes' parent items (BOX_GROUP_MIN)
         self.edges = layout.edges
         self.categories: list[str] = []  # filled as the boxes are made (overlays zip them with the items)
         self.rects = data.rects
@@ -651,6 +655,8 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
                 self.edge_items.append(item)
             yield
         selectable = QGraphicsItem.GraphicsItemFlag.ItemIsSelectable
+        contains_children = QGraphicsItem.GraphicsItemFlag.ItemContainsChildrenInShape
+        no_pen = QPen(Qt.PenStyle.NoPen)
         add_rect = self.addRect
         brushes = self._category_brushes
         rects = data.rects.tolist()
@@ -668,12 +674,28 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
         for i in self.group_indexes:
             pens[i] = self.group_pen
         node_items = self.node_items
+        grouped = len(self.node_ids) >= self.BOX_GROUP_MIN
         for start in range(0, len(self.node_ids), self.CHUNK_NODES):
             end = start + self.CHUNK_NODES
-            for (x, y, w, h), pen, brush in zip(rects[start:end], pens[start:end], box_brushes[start:end]):
-                item = add_rect(x, y, w, h, pen, brush)
-                item.setFlag(selectable, True)  # with `True`: half the cost of the one-argument call
-                node_items.append(item)
+            if grouped:
+                chunk = data.rects[start:end]
+                left, top = chunk[:, 0].min() - BOX_GROUP_MARGIN, chunk[:, 1].min() - BOX_GROUP_MARGIN
+                right = (chunk[:, 0] + chunk[:, 2]).max() + BOX_GROUP_MARGIN
+                bottom = (chunk[:, 1] + chunk[:, 3]).max() + BOX_GROUP_MARGIN
+                group = add_rect(float(left), float(top), float(right - left), float(bottom - top), no_pen)
+                group.setFlag(contains_children, True)
+                group.setAcceptedMouseButtons(Qt.MouseButton.NoButton)
+                self.box_groups.append(group)
+                for (x, y, w, h), pen, brush in zip(rects[start:end], pens[start:end], box_brushes[start:end]):
+                    item = add_rect(x, y, w, h, pen, brush)
+                    item.setFlag(selectable, True)
+                    item.setParentItem(group)
+                    node_items.append(item)
+            else:
+                for (x, y, w, h), pen, brush in zip(rects[start:end], pens[start:end], box_brushes[start:end]):
+                    item = add_rect(x, y, w, h, pen, brush)
+                    item.setFlag(selectable, True)  # with `True`: half the cost of the one-argument call
+                    node_items.append(item)
             self.categories.extend(data.categories[start:end])
             self.box_brushes.extend(box_brushes[start:end])
             yield
