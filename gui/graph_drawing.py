@@ -716,7 +716,7 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
         self.blockSignals(True)  # no selectionChanged for removed items: no slot may touch them
         self._item_index = {}  # it would keep the items alive
         remove = self.removeItem
-        for attribute in ("edge_items", "node_items"):
+        for attribute in ("edge_items", "node_items", "box_groups"):  # the boxes before their (then empty) parents
             items = getattr(self, attribute)
             setattr(self, attribute, [])
             while items:
