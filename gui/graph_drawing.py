@@ -4,8 +4,9 @@ Geometry comes from `engine.layout` (computed in a worker thread); this module
 only turns it into scene items and recolours them.
 
 Speed (see benchmarks/bench_gui_open.py): the scene holds one
-`QGraphicsRectItem` per node and one `QGraphicsPathItem` per EDGE_BATCH edges
-of one width, all painted by Qt in C++; the paths, label text and colours are
+`QGraphicsRectItem` per node (in a big scene, children of a parent item per
+few hundred boxes, so a paint skips those out of view) and one
+`QGraphicsPathItem` per EDGE_BATCH edges of one width, all painted by Qt in C++; the paths, label text and colours are
 prepared by the worker that opens the model (`prepare_scene_data`), so the UI
 thread only creates items, a slice per event-loop turn, and an old scene is
 deleted the same way (`retire_scene`).  A batch of edges reaching far beyond
@@ -175,6 +176,8 @@ EDGE_BATCH = 64
 # a readable zoom) is a LongEdgeBatch, painted clipped to what is shown.  A batch of many short
 # edges spread down a tall model is as tall, but Qt paints it whole as fast (~0.1 ms).
 LONG_EDGE_BATCH_EXTENT = 6000.0
+# A box parent's rectangle reaches this far (scene units) past its boxes: more than half the
+# widest outline a box gets (GraphScene.link_pen, 5), so every box paints inside its parent.
 BOX_GROUP_MARGIN = 10.0
 
 
@@ -564,6 +567,13 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
     # the slice: with 1,500 nodes per step a slice overran to 100+ ms on a 20,000-node model.
     CHUNK_NODES = 400
     CHUNK_EDGE_BATCHES = 50  # of EDGE_BATCH edges each
+    # From this many boxes on, the boxes of each build chunk are children of one parent item
+    # (`_box_parent`).  Qt's paint visits every top-level item, and the first paint of a view
+    # records a rectangle per item it visits (an allocation each): with 91,000 top-level boxes
+    # (big.onnx after Expand all) that first paint took 100-240 ms, 65 % of it in malloc and page
+    # faults (perf, loaded machine); with a parent per 400 boxes it skips the parents outside the
+    # view: 11-34 ms, later paints 3-9 ms instead of 12-40 ms.  Smaller scenes keep one top-level
+    # item per box (their paint is quick either way).
     BOX_GROUP_MIN = 2000
     CHUNK_TEARDOWN = 1000  # items removed and deleted per teardown step (~10 ms)
 
@@ -655,8 +665,6 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
                 self.edge_items.append(item)
             yield
         selectable = QGraphicsItem.GraphicsItemFlag.ItemIsSelectable
-        contains_children = QGraphicsItem.GraphicsItemFlag.ItemContainsChildrenInShape
-        no_pen = QPen(Qt.PenStyle.NoPen)
         add_rect = self.addRect
         brushes = self._category_brushes
         rects = data.rects.tolist()
@@ -677,31 +685,34 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
         grouped = len(self.node_ids) >= self.BOX_GROUP_MIN
         for start in range(0, len(self.node_ids), self.CHUNK_NODES):
             end = start + self.CHUNK_NODES
-            if grouped:
-                chunk = data.rects[start:end]
-                left, top = chunk[:, 0].min() - BOX_GROUP_MARGIN, chunk[:, 1].min() - BOX_GROUP_MARGIN
-                right = (chunk[:, 0] + chunk[:, 2]).max() + BOX_GROUP_MARGIN
-                bottom = (chunk[:, 1] + chunk[:, 3]).max() + BOX_GROUP_MARGIN
-                group = add_rect(float(left), float(top), float(right - left), float(bottom - top), no_pen)
-                group.setFlag(contains_children, True)
-                group.setAcceptedMouseButtons(Qt.MouseButton.NoButton)
-                self.box_groups.append(group)
-                for (x, y, w, h), pen, brush in zip(rects[start:end], pens[start:end], box_brushes[start:end]):
-                    item = add_rect(x, y, w, h, pen, brush)
-                    item.setFlag(selectable, True)
-                    item.setParentItem(group)
-                    node_items.append(item)
-            else:
-                for (x, y, w, h), pen, brush in zip(rects[start:end], pens[start:end], box_brushes[start:end]):
-                    item = add_rect(x, y, w, h, pen, brush)
-                    item.setFlag(selectable, True)  # with `True`: half the cost of the one-argument call
-                    node_items.append(item)
+            parent = self._box_parent(data.rects[start:end]) if grouped else None
+            for (x, y, w, h), pen, brush in zip(rects[start:end], pens[start:end], box_brushes[start:end]):
+                item = add_rect(x, y, w, h, pen, brush)
+                item.setFlag(selectable, True)  # with `True`: half the cost of the one-argument call
+                if parent is not None:  # just added, so last of the scene's top-level items: taken off at no cost
+                    item.setParentItem(parent)
+                node_items.append(item)
             self.categories.extend(data.categories[start:end])
             self.box_brushes.extend(box_brushes[start:end])
             yield
         self.labels = LabelLayer(self.rects, self._lines, data.tips)
         self.addItem(self.labels)
         self.complete = True
+
+    def _box_parent(self, rects: np.ndarray) -> QGraphicsRectItem:
+        """An item to hold the boxes at `rects` (x, y, w, h each): a rectangle round them, drawn with no
+        pen or brush, that says its children paint only inside it, so a paint skips them all when it
+        lies outside the exposed area (see BOX_GROUP_MIN).  It takes no clicks: they reach the boxes,
+        or the background between them."""
+        left, top = rects[:, 0].min() - BOX_GROUP_MARGIN, rects[:, 1].min() - BOX_GROUP_MARGIN
+        right = (rects[:, 0] + rects[:, 2]).max() + BOX_GROUP_MARGIN
+        bottom = (rects[:, 1] + rects[:, 3]).max() + BOX_GROUP_MARGIN
+        parent = self.addRect(float(left), float(top), float(right - left), float(bottom - top),
+                              QPen(Qt.PenStyle.NoPen))
+        parent.setFlag(QGraphicsItem.GraphicsItemFlag.ItemContainsChildrenInShape, True)
+        parent.setAcceptedMouseButtons(Qt.MouseButton.NoButton)
+        self.box_groups.append(parent)
+        return parent
 
     def teardown_steps(self):
         """Remove and delete the items a slice at a time; yields between slices (see `retire_scene`).
