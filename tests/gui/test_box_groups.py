@@ -139,3 +139,23 @@ def test_a_grouped_scene_is_torn_down_a_slice_at_a_time(qtbot, window, monkeypat
     assert all(item.scene() is None and item.parentItem() is None and shiboken6.ownedByPython(item)
                for item in boxes + parents)
     assert window.scene is not old and window.scene.box_groups
+
+
+def test_the_worker_makes_the_scene_look_ups_and_a_scene_checks_they_are_for_its_layout(qtbot, sample_model):
+    from dataclasses import replace
+
+    from gui.app import load_model, relayout
+
+    loaded = relayout(load_model(str(sample_model)), False, grouping="stage")  # collapsed groups: group boxes
+    data = loaded.scene_data
+    assert data.boxes is loaded.layout.boxes
+    assert data.node_index == {node_id: i for i, node_id in enumerate(data.node_ids)}
+    assert data.group_indexes == {i for i, c in enumerate(data.categories) if c == "group"} and data.group_indexes
+    scene = GraphScene(loaded, build=False)
+    assert scene.node_index is data.node_index and scene.group_indexes is data.group_indexes
+    # Scene data made for another layout (the same model laid out whole) is not used: made again.
+    whole = load_model(str(sample_model))
+    scene = GraphScene(replace(whole, scene_data=data), build=False)
+    assert scene.node_ids == list(whole.layout.boxes) and scene._data is not data
+    assert scene.node_index == {node_id: i for i, node_id in enumerate(scene.node_ids)}
+    assert not scene.group_indexes
