@@ -159,3 +159,35 @@ def test_the_worker_makes_the_scene_look_ups_and_a_scene_checks_they_are_for_its
     assert scene.node_ids == list(whole.layout.boxes) and scene._data is not data
     assert scene.node_index == {node_id: i for i, node_id in enumerate(scene.node_ids)}
     assert not scene.group_indexes
+
+
+def test_a_paint_skips_the_boxes_of_a_parent_outside_the_view(qtbot, window, monkeypatch):
+    # Qt paints a parent's children only where the parent is exposed: a red probe rectangle made a
+    # child of the first parent but placed far from it is not painted, while one that is a top-level
+    # item is.  (This is what keeps the first paint of 91,000 boxes short: see BOX_GROUP_MIN.)
+    from PySide6.QtGui import QBrush, QColor, QPen
+
+    _group_every_scene(monkeypatch)
+    open_and_wait(qtbot, window, light_model("densenet121"))
+    scene, view = window.scene, window.view
+    view.set_minimap_enabled(False)
+    # Right of the model, where no parent reaches (the scene grown to show it).
+    area = scene.sceneRect()
+    far = QRectF(area.right() + 1000, area.top(), 200, 200)
+    scene.setSceneRect(area.united(far.adjusted(-1000, 0, 1000, 1000)))
+    assert not any(g.sceneBoundingRect().intersects(far.adjusted(-1000, 0, 1000, 1000)) for g in scene.box_groups)
+    probe = scene.addRect(far, QPen(Qt.PenStyle.NoPen), QBrush(QColor("#ff0000")))
+    probe.setZValue(20)
+    view.setTransform(QTransform())
+    view.centerOn(far.center())
+
+    def red_pixels() -> int:
+        image = view.viewport().grab().toImage()
+        return sum(image.pixelColor(x, y).name() == "#ff0000"
+                   for x in range(0, image.width(), 4) for y in range(0, image.height(), 4))
+
+    assert red_pixels() > 50  # a top-level item there is painted
+    probe.setParentItem(scene.box_groups[0])
+    assert red_pixels() == 0  # a child of a parent outside the view is not
+    probe.setParentItem(None)
+    scene.removeItem(probe)
