@@ -8,8 +8,9 @@ Every test here opens a real model (DenseNet-121, ~900 boxes) with the grouping 
 from __future__ import annotations
 
 import shiboken6
-from PySide6.QtCore import QPointF, QRectF, Qt
+from PySide6.QtCore import QPoint, QPointF, QRectF, Qt
 from PySide6.QtGui import QTransform
+from PySide6.QtTest import QTest
 
 from gui.app import MainWindow
 from gui.graph_drawing import GraphScene, retiring_scenes
@@ -113,6 +114,14 @@ def test_click_search_and_overlays_work_on_grouped_boxes(qtbot, window, monkeypa
     view.centerOn(gap)
     qtbot.mouseClick(view.viewport(), Qt.MouseButton.LeftButton, pos=view.mapFromScene(gap))
     assert window.inspector.node_id is None and scene.selectedItems() == []
+    # A drag from there pans the view (the parent takes no mouse button).
+    start, bar = view.mapFromScene(gap), view.verticalScrollBar()
+    before = bar.value()
+    qtbot.mousePress(view.viewport(), Qt.MouseButton.LeftButton, pos=start)
+    for step in range(1, 6):
+        QTest.mouseMove(view.viewport(), start + QPoint(0, -20 * step))
+    qtbot.mouseRelease(view.viewport(), Qt.MouseButton.LeftButton, pos=start + QPoint(0, -100))
+    assert bar.value() > before
     # Search selects and shows what it finds.
     window.search_field.setText("conv")
     found = window.search_next()
