@@ -4,19 +4,19 @@ Geometry comes from `engine.layout` (computed in a worker thread); this module
 only turns it into scene items and recolours them.
 
 Speed (see benchmarks/bench_gui_open.py): the scene holds one
-`QGraphicsRectItem` per node (in a big scene, children of a parent item per
-few hundred boxes, so a paint skips those out of view) and one
-`QGraphicsPathItem` per EDGE_BATCH edges of one width, all painted by Qt in C++; the paths, label text and colours are
-prepared by the worker that opens the model (`prepare_scene_data`), so the UI
-thread only creates items, a slice per event-loop turn, and an old scene is
-deleted the same way (`retire_scene`).  A batch of edges reaching far beyond
-the view (lanes running the length of a big model) is a `LongEdgeBatch`,
-painted clipped to what is shown.  Text is the expensive part of a scene (a
-`QGraphicsSimpleTextItem` costs ~20 us to create, 0.4 s for 20,000 nodes), so
-all labels are painted by one `LabelLayer` item that draws only the labels of
-the boxes in the exposed rectangle, found with numpy, and none when zoomed
-out too far to read them.  Overlays change brushes and pens of the existing
-items; they never add or remove items.
+`QGraphicsRectItem` per node (in a big scene, children of a parent item per few
+hundred boxes, so a paint skips those out of view) and one `QGraphicsPathItem`
+per EDGE_BATCH edges of one width, all painted by Qt in C++; the paths, label
+text and colours are prepared by the worker that opens the model
+(`prepare_scene_data`), so the UI thread only creates items, a slice per
+event-loop turn, and an old scene is deleted the same way (`retire_scene`). A
+batch of edges reaching far beyond the view (lanes running the length of a big
+model) is a `LongEdgeBatch`, painted clipped to what is shown. Text is the
+expensive part of a scene (a `QGraphicsSimpleTextItem` costs ~20 us to create,
+0.4 s for 20,000 nodes), so all labels are painted by one `LabelLayer` item
+that draws only the labels of the boxes in the exposed rectangle, found with
+numpy, and none when zoomed out too far to read them. Overlays change brushes
+and pens of the existing items; they never add or remove items.
 """
 from __future__ import annotations
 
@@ -598,7 +598,9 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
             data = prepare_scene_data(loaded)
         self._data = data
         self.node_ids: list[str] = data.node_ids
-        self.node_index = data.node_index  # read only: shared with other scenes of the same data
+        # Read only: shared with other scenes of the same data.
+        self.node_index = data.node_index if data.node_index is not None else \
+            dict(zip(self.node_ids, range(len(self.node_ids))))
         self.node_items = []
         self._item_index: dict = {}  # node item -> its index (`index_of_item`)
         self.box_brushes: list[QBrush] = []  # the brush of each box, as set (the minimap reads colours here)
@@ -611,7 +613,8 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
         self.box_pen = QPen(BOX_PEN, 1.0)
         self.group_pen = QPen(GROUP_PEN_COLOR, 2.0)
         self.groups = dict(getattr(loaded, "groups", None) or {})  # engine.layout.NodeGroup by box id
-        self.group_indexes = data.group_indexes  # read only, as node_index
+        self.group_indexes = data.group_indexes if data.group_indexes is not None else \
+            {i for i, category in enumerate(data.categories) if category == "group"}  # read only, as node_index
         self.top_pen = QPen(TOP_PEN_COLOR, 4.0)
         self.selection_pen = QPen(QColor("#000000"), 3.0)
         self.link_pen = QPen(LINK_PEN_COLOR, 5.0)
