@@ -390,27 +390,29 @@ def attach_constants(layout: GraphLayout, analysis: "ModelAnalysis", include_io:
     """
     graph, metrics = analysis.graph, analysis.nodes
     nodes = graph.nodes_by_id
-    constants = [n for n in analysis.order if metrics[n].is_constant and n not in layout.box_for]
+    box_for, box_of, old_boxes = layout.box_for, layout.box_of, layout.boxes
+    constants = [n for n in analysis.order if metrics[n].is_constant and n not in box_for]
     if not constants:
         return _replace_layout(layout, hidden=frozenset())
     shown = set(constants)
-    position = {node_id: metrics[node_id].order for node_id in analysis.order}
-    consumers: dict[str, list[str]] = {}  # tensor -> the nodes reading it, in execution order
-    producer: dict[str, str] = {}  # tensor -> the box drawing its producer (a constant's own)
+    # Only the tensors into and out of the shown constants matter (DenseNet-121: 2,000 of 5,000).
+    constant_nodes = list(map(nodes.__getitem__, constants))
+    their_outputs = {name for node in constant_nodes for name in node.outputs if name}
+    their_inputs = {name for node in constant_nodes for name in node.inputs if name}
+    consumers: dict[str, list[str]] = {}  # a constant's tensor -> the nodes reading it, in execution order
+    for name, node_id in [(name, node_id) for node_id in analysis.order for name in nodes[node_id].inputs
+                          if name in their_outputs]:
+        consumers.setdefault(name, []).append(node_id)
+    producer: dict[str, str] = {}  # a tensor a constant reads -> the box drawing its producer (a constant's own)
     if include_io:
         for name in graph.inputs:
-            if INPUT_PREFIX + name in layout.boxes:
+            if name in their_inputs and INPUT_PREFIX + name in old_boxes:
                 producer[name] = INPUT_PREFIX + name
-    for node_id in analysis.order:
-        node = nodes[node_id]
-        for name in node.inputs:
-            if name:
-                consumers.setdefault(name, []).append(node_id)
-        drawn = node_id if node_id in shown else layout.box_of(node_id)
+    for name, node_id in [(name, node_id) for node_id in analysis.order for name in nodes[node_id].outputs
+                          if name in their_inputs]:
+        drawn = node_id if node_id in shown else box_of(node_id)
         if drawn is not None:
-            for name in node.outputs:
-                if name:
-                    producer[name] = drawn
+            producer[name] = drawn
     graph_outputs = set(graph.outputs) if include_io else set()
 
     # Each constant hangs off its first consumer: another shown constant (its parent in a tree)
@@ -418,16 +420,20 @@ def attach_constants(layout: GraphLayout, analysis: "ModelAnalysis", include_io:
     feeders: dict[str, list[str]] = {}  # a constant or an anchor box -> the constants hanging off it
     anchors: list[str] = []  # in order of first use
     orphans: list[str] = []
-    for constant in constants:
-        readers = [reader for name in nodes[constant].outputs for reader in consumers.get(name, ())
-                   if position[reader] > position[constant]]
+    for constant, node in zip(constants, constant_nodes):
+        own_order = metrics[constant].order
+        first, first_order = None, 0
+        for name in node.outputs:
+            for reader in consumers.get(name, ()):
+                order = metrics[reader].order
+                if order > own_order and (first is None or order < first_order):
+                    first, first_order = reader, order
         parent = None
-        if readers:
-            first = min(readers, key=position.__getitem__)
-            parent = first if first in shown else layout.box_of(first)
+        if first is not None:
+            parent = first if first in shown else box_of(first)
         if parent is None:
-            parent = next((OUTPUT_PREFIX + name for name in nodes[constant].outputs
-                           if name in graph_outputs and OUTPUT_PREFIX + name in layout.boxes), None)
+            parent = next((OUTPUT_PREFIX + name for name in node.outputs
+                           if name in graph_outputs and OUTPUT_PREFIX + name in old_boxes), None)
         if parent is None:
             orphans.append(constant)
             continue
@@ -436,18 +442,23 @@ def attach_constants(layout: GraphLayout, analysis: "ModelAnalysis", include_io:
         feeders.setdefault(parent, []).append(constant)
 
     obstacles = _Obstacles(layout)
-    boxes = dict(layout.boxes)
+    boxes = dict(old_boxes)
     layers = dict(layout.layers)
     edges = list(layout.edges)
+    new_edge = tuple.__new__  # skips LayoutEdge's Python-level __new__ (5,000 edges on DenseNet-121)
     attached: set[tuple[str, str, str]] = set()  # (constant, reader's box, tensor) drawn as short edges
     step_x, step_y = CONSTANT_WIDTH + CONSTANT_GAP, CONSTANT_HEIGHT + CONSTANT_GAP
-    left = min((x for x, _, _, _ in layout.boxes.values()), default=0.0)
+    left = min((x for x, _, _, _ in old_boxes.values()), default=0.0)
     for anchor in anchors + orphans:
-        roots = feeders[anchor] if anchor in layout.boxes else [anchor]
-        cells, columns, rows = _constant_tree(roots, feeders)
+        roots = feeders[anchor] if anchor in old_boxes else [anchor]
+        nested = any(root in feeders for root in roots)
+        if nested:
+            cells, columns, rows = _constant_tree(roots, feeders)
+        else:  # the usual case (a weight, a shape): the box's constants side by side in one row
+            cells, columns, rows = {root: (float(k), 0) for k, root in enumerate(roots)}, len(roots), 1
         width, height = columns * step_x - CONSTANT_GAP, rows * step_y - CONSTANT_GAP
-        if anchor in layout.boxes:
-            ax, ay, aw, _ = layout.boxes[anchor]
+        if anchor in old_boxes:
+            ax, ay, aw, _ = old_boxes[anchor]
             x, side = obstacles.free_x(ax, ax + aw, ay - CONSTANT_LIFT - height, width, height)
             layer = layout.layers.get(anchor, 0)
         else:  # an orphan: left of everything, at the top
@@ -459,18 +470,20 @@ def attach_constants(layout: GraphLayout, analysis: "ModelAnalysis", include_io:
             boxes[constant] = (x + column * step_x, top + (rows - 1 - row) * step_y, CONSTANT_WIDTH, CONSTANT_HEIGHT)
             layers[constant] = layer
         # Short edges: each constant to the constant (or the anchor) it hangs off.
-        if anchor in layout.boxes:
-            ax, ay, aw, _ = layout.boxes[anchor]
+        if anchor in old_boxes:
             level = ay - CONSTANT_LIFT / 2
+            reader = nodes.get(anchor)
             for k, constant in enumerate(roots):
                 cx, cy, cw, ch = boxes[constant]
                 entry = min(10.0 + 9.0 * k, aw / 2)
                 entry_x = ax + entry if side == "left" else ax + aw - entry
                 start = (cx + cw / 2, cy + ch)
-                edges.append(LayoutEdge(constant, anchor, _tensor_to(nodes, constant, anchor, nodes[anchor] if anchor
-                                                                     in nodes else None),
-                                        (start, (start[0], level), (entry_x, level), (entry_x, ay))))
-                attached.add((constant, anchor, edges[-1].value))
+                value = _tensor_to(nodes, constant, anchor, reader)
+                edges.append(new_edge(LayoutEdge, (constant, anchor, value,
+                                                   (start, (start[0], level), (entry_x, level), (entry_x, ay)), ())))
+                attached.add((constant, anchor, value))
+        if not nested:
+            continue
         for parent in cells:
             px, py, pw, _ = boxes[parent]
             for constant in feeders.get(parent, ()):
@@ -480,26 +493,26 @@ def attach_constants(layout: GraphLayout, analysis: "ModelAnalysis", include_io:
                 points = (start, end) if abs(start[0] - end[0]) < 1e-6 else \
                     (start, (start[0], middle), (end[0], middle), end)
                 value = _tensor_to(nodes, constant, parent, nodes[parent])
-                edges.append(LayoutEdge(constant, parent, value, points))
+                edges.append(new_edge(LayoutEdge, (constant, parent, value, points, ())))
                 attached.add((constant, parent, value))
     # Every other tensor into or out of a shown constant: a straight edge (a constant read by a
     # second node, a shape computed from a tensor the graph makes).
     seen: set[tuple[str, str, str]] = set()
-    for constant in constants:
-        node = nodes[constant]
+    for constant, node in zip(constants, constant_nodes):
         links = [(producer.get(name), constant, name) for name in node.inputs if name]
-        links += [(constant, layout.box_of(reader) if reader not in shown else reader, name)
+        links += [(constant, reader if reader in shown else box_of(reader), name)
                   for name in node.outputs if name for reader in consumers.get(name, ())]
-        links += [(constant, OUTPUT_PREFIX + name, name) for name in node.outputs
-                  if name in graph_outputs and OUTPUT_PREFIX + name in boxes]
-        for source, target, name in links:
-            key = (source, target, name)
+        if graph_outputs:
+            links += [(constant, OUTPUT_PREFIX + name, name) for name in node.outputs
+                      if name in graph_outputs and OUTPUT_PREFIX + name in boxes]
+        for key in links:
+            source, target, name = key
             if source is None or target is None or source == target or key in attached or key in seen:
                 continue
             seen.add(key)
             sx, sy, sw, sh = boxes[source]
             tx, ty, tw, _ = boxes[target]
-            edges.append(LayoutEdge(source, target, name, ((sx + sw / 2, sy + sh), (tx + tw / 2, ty))))
+            edges.append(new_edge(LayoutEdge, (source, target, name, ((sx + sw / 2, sy + sh), (tx + tw / 2, ty)), ())))
     return GraphLayout(boxes, tuple(edges), layers,
                        max(layout.width, max(x + w for x, _, w, _ in boxes.values())),
                        max(layout.height, max(y + h for _, y, _, h in boxes.values())),
@@ -517,6 +530,8 @@ def _replace_layout(layout: GraphLayout, **changes) -> GraphLayout:
 def _tensor_to(nodes, constant: str, reader_box: str, reader) -> str:
     """The tensor from `constant` to the node `reader` (the first one, when a group box reads it)."""
     outputs = [name for name in nodes[constant].outputs if name]
+    if len(outputs) == 1:  # the usual case: whatever reads it reads this one
+        return outputs[0]
     if reader is not None:
         for name in outputs:
             if name in reader.inputs:
@@ -567,30 +582,44 @@ class _Obstacles:
     def __init__(self, layout: GraphLayout):
         self.rects: list[Rect] = []
         self.cells: dict[tuple[int, int], list[int]] = {}
+        add = self.add
         for rect in layout.boxes.values():
-            self.add(rect)
+            add(rect)
         for edge in layout.edges:  # a long edge runs straight down its column past many layers
-            for (x0, y0), (x1, y1) in zip(edge.points, edge.points[1:]):
-                if abs(x1 - x0) < 1.0 and abs(y1 - y0) > 1.0:
-                    self.add((min(x0, x1) - 1.0, min(y0, y1), 2.0, abs(y1 - y0)))
-
-    def _keys(self, x: float, y: float, w: float, h: float):
-        cell = self.CELL
-        rows = range(math.floor(y / cell), math.floor((y + h) / cell) + 1)
-        return [(i, j) for i in range(math.floor(x / cell), math.floor((x + w) / cell) + 1) for j in rows]
+            points = edge.points
+            x0, y0 = points[0]
+            for x1, y1 in points[1:]:
+                if -1.0 < x1 - x0 < 1.0 and not -1.0 <= y1 - y0 <= 1.0:
+                    add((min(x0, x1) - 1.0, min(y0, y1), 2.0, abs(y1 - y0)))
+                x0, y0 = x1, y1
 
     def add(self, rect: Rect) -> None:
         index = len(self.rects)
         self.rects.append(rect)
-        for key in self._keys(*rect):
-            self.cells.setdefault(key, []).append(index)
+        x, y, w, h = rect
+        cell, cells = self.CELL, self.cells
+        rows = range(math.floor(y / cell), math.floor((y + h) / cell) + 1)
+        for i in range(math.floor(x / cell), math.floor((x + w) / cell) + 1):
+            for j in rows:
+                bucket = cells.get((i, j))
+                if bucket is None:
+                    cells[(i, j)] = [index]
+                else:
+                    bucket.append(index)
 
     def hits(self, x: float, y: float, w: float, h: float) -> list[Rect]:
         """The rectangles closer than CONSTANT_SIDE_GAP to (x, y, w, h)."""
-        gap = CONSTANT_SIDE_GAP
+        gap, cell, cells = CONSTANT_SIDE_GAP, self.CELL, self.cells
         x0, y0, x1, y1 = x - gap, y - gap, x + w + gap, y + h + gap
-        found = {i for key in self._keys(x0, y0, x1 - x0, y1 - y0) for i in self.cells.get(key, ())}
-        return [r for r in (self.rects[i] for i in found)
+        rows = range(math.floor(y0 / cell), math.floor(y1 / cell) + 1)
+        found: set[int] = set()
+        for i in range(math.floor(x0 / cell), math.floor(x1 / cell) + 1):
+            for j in rows:
+                bucket = cells.get((i, j))
+                if bucket is not None:
+                    found.update(bucket)
+        rects = self.rects
+        return [r for r in map(rects.__getitem__, found)
                 if r[0] < x1 and r[0] + r[2] > x0 and r[1] < y1 and r[1] + r[3] > y0]
 
     def free_x(self, left: float, right: float, y: float, w: float, h: float,
@@ -600,6 +629,8 @@ class _Obstacles:
         best: Optional[tuple[float, float, str]] = None
         for side in sides:
             x = left - CONSTANT_SIDE_GAP - w if side == "left" else right + CONSTANT_SIDE_GAP
+            if best is not None and (x - right if side == "right" else left - (x + w)) >= best[0]:
+                continue  # sliding only takes it further: this side cannot be nearer
             while True:
                 hit = self.hits(x, y, w, h)
                 if not hit:
