@@ -420,11 +420,13 @@ def attach_constants(layout: GraphLayout, analysis: "ModelAnalysis", include_io:
     feeders: dict[str, list[str]] = {}  # a constant or an anchor box -> the constants hanging off it
     anchors: list[str] = []  # in order of first use
     orphans: list[str] = []
+    plain: set[str] = set()  # constants with no edge but the one to what they hang off (most of them)
     for constant, node in zip(constants, constant_nodes):
         own_order = metrics[constant].order
-        first, first_order = None, 0
+        first, first_order, reads = None, 0, 0
         for name in node.outputs:
             for reader in consumers.get(name, ()):
+                reads += 1
                 order = metrics[reader].order
                 if order > own_order and (first is None or order < first_order):
                     first, first_order = reader, order
@@ -434,6 +436,9 @@ def attach_constants(layout: GraphLayout, analysis: "ModelAnalysis", include_io:
         if parent is None:
             parent = next((OUTPUT_PREFIX + name for name in node.outputs
                            if name in graph_outputs and OUTPUT_PREFIX + name in old_boxes), None)
+        elif reads == 1 and len(node.outputs) == 1 and node.outputs[0] not in graph_outputs \
+                and not any(name in producer for name in node.inputs):
+            plain.add(constant)
         if parent is None:
             orphans.append(constant)
             continue
@@ -450,10 +455,11 @@ def attach_constants(layout: GraphLayout, analysis: "ModelAnalysis", include_io:
     step_x, step_y = CONSTANT_WIDTH + CONSTANT_GAP, CONSTANT_HEIGHT + CONSTANT_GAP
     left = min((x for x, _, _, _ in old_boxes.values()), default=0.0)
     for anchor in anchors + orphans:
-        roots = feeders[anchor] if anchor in old_boxes else [anchor]
+        is_box = anchor in old_boxes
+        roots = feeders[anchor] if is_box else [anchor]
         cells, columns, rows = _constant_tree(roots, feeders)
         width, height = columns * step_x - CONSTANT_GAP, rows * step_y - CONSTANT_GAP
-        if anchor in old_boxes:
+        if is_box:
             ax, ay, aw, _ = old_boxes[anchor]
             x, side = obstacles.free_x(ax, ax + aw, ay - CONSTANT_LIFT - height, width, height)
             layer = layout.layers.get(anchor, 0)
@@ -462,19 +468,23 @@ def attach_constants(layout: GraphLayout, analysis: "ModelAnalysis", include_io:
             x, side = obstacles.free_x(left, left, 0.0, width, height, sides=("left",))
         top = ay - CONSTANT_LIFT - height
         obstacles.add((x, top, width, height))
-        for constant, (column, row) in cells.items():
-            boxes[constant] = (x + column * step_x, top + (rows - 1 - row) * step_y, CONSTANT_WIDTH, CONSTANT_HEIGHT)
-            layers[constant] = layer
+        boxes.update({constant: (x + column * step_x, top + (rows - 1 - row) * step_y, CONSTANT_WIDTH, CONSTANT_HEIGHT)
+                      for constant, (column, row) in cells.items()})
+        layers.update(dict.fromkeys(cells, layer))
         # Short edges: each constant to the constant (or the anchor) it hangs off.
-        if anchor in old_boxes:
-            level = ay - CONSTANT_LIFT / 2
+        if is_box:
+            level, half = ay - CONSTANT_LIFT / 2, aw / 2
             reader = nodes.get(anchor)
             for k, constant in enumerate(roots):
                 cx, cy, cw, ch = boxes[constant]
-                entry = min(10.0 + 9.0 * k, aw / 2)
+                entry = 10.0 + 9.0 * k
+                if entry > half:
+                    entry = half
                 entry_x = ax + entry if side == "left" else ax + aw - entry
                 start = (cx + cw / 2, cy + ch)
-                value = _tensor_to(nodes, constant, anchor, reader)
+                outputs = nodes[constant].outputs
+                value = outputs[0] if len(outputs) == 1 and outputs[0] else \
+                    _tensor_to(nodes, constant, anchor, reader)
                 edges.append(new_edge(LayoutEdge, (constant, anchor, value,
                                                    (start, (start[0], level), (entry_x, level), (entry_x, ay)), ())))
                 attached.add((constant, anchor, value))
@@ -495,6 +505,8 @@ def attach_constants(layout: GraphLayout, analysis: "ModelAnalysis", include_io:
     # second node, a shape computed from a tensor the graph makes).
     seen: set[tuple[str, str, str]] = set()
     for constant, node in zip(constants, constant_nodes):
+        if constant in plain:
+            continue
         links = [(producer.get(name), constant, name) for name in node.inputs if name]
         links += [(constant, reader if reader in shown else box_of(reader), name)
                   for name in node.outputs if name for reader in consumers.get(name, ())]
