@@ -603,59 +603,53 @@ def _constant_chains(roots: Sequence[str], feeders: Mapping[str, list[str]]
 class _Obstacles:
     """Rectangles constants must keep clear of: boxes, vertical runs of edges, placed constants.
 
-    A grid of buckets, so that finding what a rectangle hits costs about the same at any size.
+    A grid of buckets (each holding the rectangles that reach into it), so that finding what a
+    rectangle hits costs about the same at any size.
     """
 
     CELL = 256.0
 
     def __init__(self, layout: GraphLayout):
-        self.rects: list[Rect] = list(layout.boxes.values())
+        self.cells: dict[tuple[int, int], list[Rect]] = {}
+        runs = []
         for edge in layout.edges:  # a long edge runs straight down its column past many layers
             points = edge.points
             x0, y0 = points[0]
             for x1, y1 in points[1:]:
                 if -1.0 < x1 - x0 < 1.0 and not -1.0 <= y1 - y0 <= 1.0:
-                    self.rects.append((min(x0, x1) - 1.0, min(y0, y1), 2.0, abs(y1 - y0)))
+                    runs.append((min(x0, x1) - 1.0, min(y0, y1), 2.0, abs(y1 - y0)))
                 x0, y0 = x1, y1
-        self.cells: dict[tuple[int, int], list[int]] = {}
         cell, cells, floor = self.CELL, self.cells, math.floor
-        for index, (x, y, w, h) in enumerate(self.rects):  # add()'s loop, inline: 2,000 rectangles
+        for rect in chain(layout.boxes.values(), runs):  # add()'s loop, inline: 2,000 rectangles
+            x, y, w, h = rect
             rows = range(floor(y / cell), floor((y + h) / cell) + 1)
             for i in range(floor(x / cell), floor((x + w) / cell) + 1):
                 for j in rows:
                     bucket = cells.get((i, j))
                     if bucket is None:
-                        cells[(i, j)] = [index]
+                        cells[(i, j)] = [rect]
                     else:
-                        bucket.append(index)
+                        bucket.append(rect)
 
     def add(self, rect: Rect) -> None:
-        index = len(self.rects)
-        self.rects.append(rect)
         x, y, w, h = rect
-        cell, cells = self.CELL, self.cells
-        rows = range(math.floor(y / cell), math.floor((y + h) / cell) + 1)
-        for i in range(math.floor(x / cell), math.floor((x + w) / cell) + 1):
+        cell, cells, floor = self.CELL, self.cells, math.floor
+        rows = range(floor(y / cell), floor((y + h) / cell) + 1)
+        for i in range(floor(x / cell), floor((x + w) / cell) + 1):
             for j in rows:
                 bucket = cells.get((i, j))
                 if bucket is None:
-                    cells[(i, j)] = [index]
+                    cells[(i, j)] = [rect]
                 else:
-                    bucket.append(index)
+                    bucket.append(rect)
 
     def hits(self, x: float, y: float, w: float, h: float) -> list[Rect]:
-        """The rectangles closer than CONSTANT_SIDE_GAP to (x, y, w, h)."""
-        gap, cell, cells = CONSTANT_SIDE_GAP, self.CELL, self.cells
+        """The rectangles closer than CONSTANT_SIDE_GAP to (x, y, w, h) (one reaching into two
+        buckets is listed twice)."""
+        gap, cell, cells, floor = CONSTANT_SIDE_GAP, self.CELL, self.cells, math.floor
         x0, y0, x1, y1 = x - gap, y - gap, x + w + gap, y + h + gap
-        rows = range(math.floor(y0 / cell), math.floor(y1 / cell) + 1)
-        found: set[int] = set()
-        for i in range(math.floor(x0 / cell), math.floor(x1 / cell) + 1):
-            for j in rows:
-                bucket = cells.get((i, j))
-                if bucket is not None:
-                    found.update(bucket)
-        rects = self.rects
-        return [r for r in map(rects.__getitem__, found)
+        rows = range(floor(y0 / cell), floor(y1 / cell) + 1)
+        return [r for i in range(floor(x0 / cell), floor(x1 / cell) + 1) for j in rows for r in cells.get((i, j), ())
                 if r[0] < x1 and r[0] + r[2] > x0 and r[1] < y1 and r[1] + r[3] > y0]
 
     def free_x(self, left: float, right: float, y: float, w: float, h: float,
