@@ -446,28 +446,24 @@ def attach_constants(layout: GraphLayout, analysis: "ModelAnalysis", include_io:
             anchors.append(parent)
         feeders.setdefault(parent, []).append(constant)
 
-    obstacles = _Obstacles(layout)
     boxes = dict(old_boxes)
     layers = dict(layout.layers)
     edges = list(layout.edges)
     new_edge = tuple.__new__  # skips LayoutEdge's Python-level __new__ (5,000 edges on DenseNet-121)
     attached: set[tuple[str, str, str]] = set()  # (constant, reader's box, tensor) drawn as short edges
     step_x, step_y = CONSTANT_WIDTH + CONSTANT_GAP, CONSTANT_HEIGHT + CONSTANT_GAP
-    left = min((x for x, _, _, _ in old_boxes.values()), default=0.0)
-    for anchor in anchors + orphans:
+    trees = [_constant_tree(feeders[anchor], feeders) for anchor in anchors]
+    trees += [_constant_tree([orphan], feeders) for orphan in orphans]
+    sizes = [(columns * step_x - CONSTANT_GAP, rows * step_y - CONSTANT_GAP) for _, columns, rows in trees]
+    spots = _constant_spots(layout, anchors, sizes)
+    for anchor, (cells, _, rows), (x, top, side) in zip(anchors + orphans, trees, spots):
         is_box = anchor in old_boxes
         roots = feeders[anchor] if is_box else [anchor]
-        cells, columns, rows = _constant_tree(roots, feeders)
-        width, height = columns * step_x - CONSTANT_GAP, rows * step_y - CONSTANT_GAP
         if is_box:
             ax, ay, aw, _ = old_boxes[anchor]
-            x, side = obstacles.free_x(ax, ax + aw, ay - CONSTANT_LIFT - height, width, height)
             layer = layout.layers.get(anchor, 0)
-        else:  # an orphan: left of everything, at the top
-            ay, layer = height + CONSTANT_LIFT, 0
-            x, side = obstacles.free_x(left, left, 0.0, width, height, sides=("left",))
-        top = ay - CONSTANT_LIFT - height
-        obstacles.add((x, top, width, height))
+        else:
+            layer = 0
         boxes.update({constant: (x + column * step_x, top + (rows - 1 - row) * step_y, CONSTANT_WIDTH, CONSTANT_HEIGHT)
                       for constant, (column, row) in cells.items()})
         layers.update(dict.fromkeys(cells, layer))
@@ -600,6 +596,109 @@ def _constant_chains(roots: Sequence[str], feeders: Mapping[str, list[str]]
     return cells
 
 
+def _constant_spots(layout: GraphLayout, anchors: list[str], sizes: list[tuple[float, float]]
+                    ) -> list[tuple[float, float, str]]:
+    """(x, top, side) of each tree of constants: the trees of `anchors` (boxes of `layout`), then
+    those of orphans (no box reads them), `sizes` their (width, height), in that order.
+
+    A tree goes just left of its box, bottom CONSTANT_LIFT above the box's top, or, where that
+    spot is taken (by a box, an edge's vertical run or a tree placed before), as near as it can
+    by sliding left or right (`_Obstacles.free_x`).  Most spots are free: they are found for all
+    trees at once with numpy, and the search runs from the first tree whose spot is not.
+    """
+    runs = _vertical_runs(layout.edges)
+    spots: list[tuple[float, float, str]] = []
+    count = len(anchors)
+    if count:
+        anchor = np.array([layout.boxes[a] for a in anchors], dtype=float).reshape(-1, 4)
+        size = np.array(sizes[:count], dtype=float).reshape(-1, 2)
+        ax, ay, aw = anchor[:, 0], anchor[:, 1], anchor[:, 2]
+        w, h = size[:, 0], size[:, 1]
+        # As free_x computes them (the same float operations): the spot just left of the box, and
+        # how far from the box it and the first spot on the right are.
+        x, y = ax - CONSTANT_SIDE_GAP - w, ay - CONSTANT_LIFT - h
+        right = ax + aw
+        left_distance, right_distance = ax - (x + w), (right + CONSTANT_SIDE_GAP) - right
+        gap = CONSTANT_SIDE_GAP
+        query = np.stack([x - gap, x + w + gap, y - gap, y + h + gap], axis=1)
+        taken = right_distance < left_distance  # rounding: the right might be nearer, searched
+        rects = np.concatenate([np.array(list(layout.boxes.values()), dtype=float).reshape(-1, 4),
+                                np.array(runs, dtype=float).reshape(-1, 4)])
+        hit, _ = _overlapping(query, np.stack([rects[:, 0], rects[:, 0] + rects[:, 2],
+                                               rects[:, 1], rects[:, 1] + rects[:, 3]], axis=1))
+        taken[hit] = True
+        hit, earlier = _overlapping(query, np.stack([x, x + w, y, y + h], axis=1))
+        taken[hit[earlier < hit]] = True  # by the tree of a box before it (placed there: none is taken before)
+        settled = int(np.argmax(taken)) if taken.any() else count
+        spots = list(zip(x[:settled].tolist(), y[:settled].tolist(), repeat("left")))
+    if len(spots) == len(sizes):
+        return spots
+    obstacles = _Obstacles(chain(layout.boxes.values(), runs))
+    for (x, top, _), (w, h) in zip(spots, sizes):
+        obstacles.add((x, top, w, h))
+    leftmost = min((x for x, _, _, _ in layout.boxes.values()), default=0.0)
+    for index in range(len(spots), len(sizes)):
+        width, height = sizes[index]
+        if index < count:
+            ax, ay, aw, _ = layout.boxes[anchors[index]]
+            top = ay - CONSTANT_LIFT - height
+            x, side = obstacles.free_x(ax, ax + aw, top, width, height)
+        else:  # an orphan: left of everything, at the top
+            top = height + CONSTANT_LIFT - CONSTANT_LIFT - height
+            x, side = obstacles.free_x(leftmost, leftmost, 0.0, width, height, sides=("left",))
+        obstacles.add((x, top, width, height))
+        spots.append((x, top, side))
+    return spots
+
+
+def _vertical_runs(edges: Iterable[LayoutEdge]) -> list[Rect]:
+    """The vertical segments of `edges` as 2-unit-wide rectangles (a long edge runs straight down
+    its column past many layers: constants must not sit on it)."""
+    runs = []
+    for edge in edges:
+        points = edge.points
+        x0, y0 = points[0]
+        for x1, y1 in points[1:]:
+            if -1.0 < x1 - x0 < 1.0 and not -1.0 <= y1 - y0 <= 1.0:
+                runs.append((min(x0, x1) - 1.0, min(y0, y1), 2.0, abs(y1 - y0)))
+            x0, y0 = x1, y1
+    return runs
+
+
+def _overlapping(queries: np.ndarray, spans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(query, span) index pairs of the rectangles that overlap (open intervals), both given as
+    rows (left, right, top, bottom); a pair may come twice.  Bucketed as `_Obstacles` does."""
+    cell = _Obstacles.CELL
+
+    def buckets(rows: np.ndarray):
+        first_i, first_j = np.floor(rows[:, 0] / cell), np.floor(rows[:, 2] / cell)
+        across = (np.floor(rows[:, 1] / cell) - first_i + 1).astype(np.int64)
+        down = (np.floor(rows[:, 3] / cell) - first_j + 1).astype(np.int64)
+        reach = across * down
+        owner = np.repeat(np.arange(len(rows)), reach)
+        k = np.arange(len(owner)) - np.repeat(np.cumsum(reach) - reach, reach)
+        return owner, (first_i[owner] + k // down[owner]).astype(np.int64), \
+            (first_j[owner] + k % down[owner]).astype(np.int64)
+
+    none = np.zeros(0, dtype=np.int64)
+    if not len(queries) or not len(spans):
+        return none, none
+    query, query_i, query_j = buckets(queries)
+    span, span_i, span_j = buckets(spans)
+    low_i, low_j = min(query_i.min(), span_i.min()), min(query_j.min(), span_j.min())
+    height = max(query_j.max(), span_j.max()) - low_j + 1
+    query_key, span_key = (query_i - low_i) * height + query_j - low_j, (span_i - low_i) * height + span_j - low_j
+    order = np.argsort(span_key, kind="stable")
+    span_key, span = span_key[order], span[order]
+    start, stop = np.searchsorted(span_key, query_key, "left"), np.searchsorted(span_key, query_key, "right")
+    found = stop - start
+    query = np.repeat(query, found)
+    span = span[np.repeat(start, found) + np.arange(len(query)) - np.repeat(np.cumsum(found) - found, found)]
+    q, r = queries[query], spans[span]
+    overlap = (r[:, 0] < q[:, 1]) & (r[:, 1] > q[:, 0]) & (r[:, 2] < q[:, 3]) & (r[:, 3] > q[:, 2])
+    return query[overlap], span[overlap]
+
+
 class _Obstacles:
     """Rectangles constants must keep clear of: boxes, vertical runs of edges, placed constants.
 
@@ -609,27 +708,10 @@ class _Obstacles:
 
     CELL = 256.0
 
-    def __init__(self, layout: GraphLayout):
+    def __init__(self, rects: Iterable[Rect]):
         self.cells: dict[tuple[int, int], list[Rect]] = {}
-        runs = []
-        for edge in layout.edges:  # a long edge runs straight down its column past many layers
-            points = edge.points
-            x0, y0 = points[0]
-            for x1, y1 in points[1:]:
-                if -1.0 < x1 - x0 < 1.0 and not -1.0 <= y1 - y0 <= 1.0:
-                    runs.append((min(x0, x1) - 1.0, min(y0, y1), 2.0, abs(y1 - y0)))
-                x0, y0 = x1, y1
-        cell, cells, floor = self.CELL, self.cells, math.floor
-        for rect in chain(layout.boxes.values(), runs):  # add()'s loop, inline: 2,000 rectangles
-            x, y, w, h = rect
-            rows = range(floor(y / cell), floor((y + h) / cell) + 1)
-            for i in range(floor(x / cell), floor((x + w) / cell) + 1):
-                for j in rows:
-                    bucket = cells.get((i, j))
-                    if bucket is None:
-                        cells[(i, j)] = [rect]
-                    else:
-                        bucket.append(rect)
+        for rect in rects:
+            self.add(rect)
 
     def add(self, rect: Rect) -> None:
         x, y, w, h = rect
