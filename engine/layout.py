@@ -622,18 +622,19 @@ def _constant_spots(layout: GraphLayout, anchors: list[str], sizes: list[tuple[f
         gap = CONSTANT_SIDE_GAP
         query = np.stack([x - gap, x + w + gap, y - gap, y + h + gap], axis=1)
         taken = right_distance < left_distance  # rounding: the right might be nearer, searched
-        rects = np.concatenate([np.array(list(layout.boxes.values()), dtype=float).reshape(-1, 4),
-                                np.array(runs, dtype=float).reshape(-1, 4)])
-        hit, _ = _overlapping(query, np.stack([rects[:, 0], rects[:, 0] + rects[:, 2],
-                                               rects[:, 1], rects[:, 1] + rects[:, 3]], axis=1))
-        taken[hit] = True
-        hit, earlier = _overlapping(query, np.stack([x, x + w, y, y + h], axis=1))
-        taken[hit[earlier < hit]] = True  # by the tree of a box before it (placed there: none is taken before)
+        # What could be in the way: every box, every vertical run, every spot before (the trees
+        # before the first taken spot are placed there).
+        rects = np.concatenate([np.array(list(layout.boxes.values()), dtype=float).reshape(-1, 4), runs])
+        obstacles = len(rects)
+        hit, by = _overlapping(query, np.concatenate([
+            np.stack([rects[:, 0], rects[:, 0] + rects[:, 2], rects[:, 1], rects[:, 1] + rects[:, 3]], axis=1),
+            np.stack([x, x + w, y, y + h], axis=1)]))
+        taken[hit[(by < obstacles) | (by - obstacles < hit)]] = True
         settled = int(np.argmax(taken)) if taken.any() else count
         spots = list(zip(x[:settled].tolist(), y[:settled].tolist(), repeat("left")))
     if len(spots) == len(sizes):
         return spots
-    obstacles = _Obstacles(chain(layout.boxes.values(), runs))
+    obstacles = _Obstacles(chain(layout.boxes.values(), runs.tolist()))
     for (x, top, _), (w, h) in zip(spots, sizes):
         obstacles.add((x, top, w, h))
     leftmost = min((x for x, _, _, _ in layout.boxes.values()), default=0.0)
@@ -651,18 +652,19 @@ def _constant_spots(layout: GraphLayout, anchors: list[str], sizes: list[tuple[f
     return spots
 
 
-def _vertical_runs(edges: Iterable[LayoutEdge]) -> list[Rect]:
-    """The vertical segments of `edges` as 2-unit-wide rectangles (a long edge runs straight down
-    its column past many layers: constants must not sit on it)."""
-    runs = []
-    for edge in edges:
-        points = edge.points
-        x0, y0 = points[0]
-        for x1, y1 in points[1:]:
-            if -1.0 < x1 - x0 < 1.0 and not -1.0 <= y1 - y0 <= 1.0:
-                runs.append((min(x0, x1) - 1.0, min(y0, y1), 2.0, abs(y1 - y0)))
-            x0, y0 = x1, y1
-    return runs
+def _vertical_runs(edges: Sequence[LayoutEdge]) -> np.ndarray:
+    """The vertical segments of `edges` as 2-unit-wide rectangles, rows (x, y, width, height): a
+    long edge runs straight down its column past many layers, and constants must not sit on it."""
+    point_lists = [edge.points for edge in edges]
+    counts = np.fromiter(map(len, point_lists), dtype=np.int64, count=len(point_lists))
+    points = np.fromiter(chain.from_iterable(chain.from_iterable(point_lists)), dtype=float,
+                         count=2 * int(counts.sum())).reshape(-1, 2)
+    start, end = points[:-1], points[1:]
+    vertical = (np.abs(end[:, 0] - start[:, 0]) < 1.0) & (np.abs(end[:, 1] - start[:, 1]) > 1.0)
+    vertical[np.cumsum(counts)[:-1] - 1] = False  # from an edge's last point to the next edge's first
+    start, end = start[vertical], end[vertical]
+    return np.stack([np.minimum(start[:, 0], end[:, 0]) - 1.0, np.minimum(start[:, 1], end[:, 1]),
+                     np.full(len(start), 2.0), np.abs(end[:, 1] - start[:, 1])], axis=1)
 
 
 def _overlapping(queries: np.ndarray, spans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
