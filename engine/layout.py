@@ -422,29 +422,40 @@ def attach_constants(layout: GraphLayout, analysis: "ModelAnalysis", include_io:
     orphans: list[str] = []
     plain: set[str] = set()  # constants with no edge but the one to what they hang off (most of them)
     for constant, node in zip(constants, constant_nodes):
-        own_order = metrics[constant].order
-        first, first_order, reads = None, 0, 0
-        for name in node.outputs:
-            for reader in consumers.get(name, ()):
-                reads += 1
-                order = metrics[reader].order
-                if order > own_order and (first is None or order < first_order):
-                    first, first_order = reader, order
+        outputs = node.outputs
+        readers = consumers.get(outputs[0], ()) if len(outputs) == 1 else None
+        if readers is not None and len(readers) == 1:  # the usual case: one tensor, one reader
+            first, reads = readers[0], 1
+            if metrics[first].order <= metrics[constant].order:
+                first = None
+        else:
+            own_order = metrics[constant].order
+            first, first_order, reads = None, 0, 0
+            for name in outputs:
+                for reader in consumers.get(name, ()):
+                    reads += 1
+                    order = metrics[reader].order
+                    if order > own_order and (first is None or order < first_order):
+                        first, first_order = reader, order
         parent = None
         if first is not None:
-            parent = first if first in shown else box_of(first)
+            parent = first if first in shown or first in old_boxes else box_for.get(first)
         if parent is None:
-            parent = next((OUTPUT_PREFIX + name for name in node.outputs
+            parent = next((OUTPUT_PREFIX + name for name in outputs
                            if name in graph_outputs and OUTPUT_PREFIX + name in old_boxes), None)
-        elif reads == 1 and len(node.outputs) == 1 and node.outputs[0] not in graph_outputs \
-                and not any(name in producer for name in node.inputs):
+            if parent is None:
+                orphans.append(constant)
+                continue
+        elif reads == 1 and len(outputs) == 1 and outputs[0] not in graph_outputs \
+                and producer.keys().isdisjoint(node.inputs):
             plain.add(constant)
-        if parent is None:
-            orphans.append(constant)
-            continue
-        if parent not in shown and parent not in feeders:
-            anchors.append(parent)
-        feeders.setdefault(parent, []).append(constant)
+        hanging = feeders.get(parent)
+        if hanging is None:
+            feeders[parent] = [constant]
+            if parent not in shown:
+                anchors.append(parent)
+        else:
+            hanging.append(constant)
 
     boxes = dict(old_boxes)
     layers = dict(layout.layers)
