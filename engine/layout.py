@@ -457,57 +457,72 @@ def attach_constants(layout: GraphLayout, analysis: "ModelAnalysis", include_io:
         else:
             hanging.append(constant)
 
-    boxes = dict(old_boxes)
-    layers = dict(layout.layers)
-    edges = list(layout.edges)
-    new_edge = tuple.__new__  # skips LayoutEdge's Python-level __new__ (5,000 edges on DenseNet-121)
-    attached: set[tuple[str, str, str]] = set()  # (constant, reader's box, tensor) drawn as short edges
     step_x, step_y = CONSTANT_WIDTH + CONSTANT_GAP, CONSTANT_HEIGHT + CONSTANT_GAP
     trees = [_constant_tree(feeders[anchor], feeders) for anchor in anchors]
     trees += [_constant_tree([orphan], feeders) for orphan in orphans]
     sizes = [(columns * step_x - CONSTANT_GAP, rows * step_y - CONSTANT_GAP) for _, columns, rows in trees]
-    spots = _constant_spots(layout, anchors, sizes)
-    for anchor, (cells, _, rows), (x, top, side) in zip(anchors + orphans, trees, spots):
-        is_box = anchor in old_boxes
-        roots = feeders[anchor] if is_box else [anchor]
-        if is_box:
-            ax, ay, aw, _ = old_boxes[anchor]
-            layer = layout.layers.get(anchor, 0)
-        else:
-            layer = 0
-        boxes.update({constant: (x + column * step_x, top + (rows - 1 - row) * step_y, CONSTANT_WIDTH, CONSTANT_HEIGHT)
-                      for constant, (column, row) in cells.items()})
-        layers.update(dict.fromkeys(cells, layer))
-        # Short edges: each constant to the constant (or the anchor) it hangs off.
-        if is_box:
-            level, half = ay - CONSTANT_LIFT / 2, aw / 2
-            reader = nodes.get(anchor)
-            for k, constant in enumerate(roots):
-                cx, cy, cw, ch = boxes[constant]
-                entry = 10.0 + 9.0 * k
-                if entry > half:
-                    entry = half
-                entry_x = ax + entry if side == "left" else ax + aw - entry
-                start = (cx + cw / 2, cy + ch)
-                outputs = nodes[constant].outputs
-                value = outputs[0] if len(outputs) == 1 and outputs[0] else \
-                    _tensor_to(nodes, constant, anchor, reader)
-                edges.append(new_edge(LayoutEdge, (constant, anchor, value,
-                                                   (start, (start[0], level), (entry_x, level), (entry_x, ay)), ())))
-                attached.add((constant, anchor, value))
-        if rows == 1:
+    old = np.array(list(old_boxes.values()), dtype=float).reshape(-1, 4)
+    anchor_box = np.array([old_boxes[anchor] for anchor in anchors], dtype=float).reshape(-1, 4)
+    spots = _constant_spots(layout, old, anchors, anchor_box, sizes)
+
+    # Every constant's box, all at once: its tree's spot, moved by its column and row in the tree.
+    names = [constant for cells, _, _ in trees for constant in cells]
+    place = np.array([cell for cells, _, _ in trees for cell in cells.values()], dtype=float).reshape(-1, 2)
+    owner = np.repeat(np.arange(len(trees)), [len(cells) for cells, _, _ in trees])
+    spot = np.array([(x, top) for x, top, _ in spots], dtype=float).reshape(-1, 2)
+    tree_height = np.array([rows for _, _, rows in trees], dtype=np.int64)
+    xs = spot[owner, 0] + place[:, 0] * step_x
+    ys = spot[owner, 1] + (tree_height[owner] - 1 - place[:, 1]) * step_y
+    index = dict(zip(names, range(len(names))))
+    boxes = dict(old_boxes)
+    boxes.update(zip(names, zip(xs.tolist(), ys.tolist(), repeat(CONSTANT_WIDTH), repeat(CONSTANT_HEIGHT))))
+    layers = dict(layout.layers)
+    tree_layers = [layout.layers.get(anchor, 0) for anchor in anchors] + [0] * len(orphans)
+    layers.update(zip(names, np.array(tree_layers, dtype=np.int64)[owner].tolist()))
+
+    # Short edges from the bottom of each constant a box reads to the box's top: down, across
+    # above the box, down into it (the k-th of a box's constants enters 10 + 9k units in).
+    new_edge = tuple.__new__  # skips LayoutEdge's Python-level __new__ (5,000 edges on DenseNet-121)
+    root_counts = [len(feeders[anchor]) for anchor in anchors]
+    roots = [constant for anchor in anchors for constant in feeders[anchor]]
+    root_anchor = list(chain.from_iterable(map(repeat, anchors, root_counts)))
+    values = [outputs[0] if len(outputs) == 1 and outputs[0] else _tensor_to(nodes, constant, anchor, nodes.get(anchor))
+              for constant, anchor, outputs in zip(roots, root_anchor, (nodes[c].outputs for c in roots))]
+    root = np.array([index[constant] for constant in roots], dtype=np.int64)
+    tree = np.repeat(np.arange(len(anchors)), root_counts)
+    k = np.arange(len(roots)) - np.repeat(np.cumsum(root_counts) - root_counts, root_counts)
+    ax, ay, aw = anchor_box[tree, 0], anchor_box[tree, 1], anchor_box[tree, 2]
+    entry = np.minimum(10.0 + 9.0 * k, aw / 2)
+    on_left = np.array([side == "left" for _, _, side in spots[:len(anchors)]], dtype=bool)[tree]
+    entry_x = np.where(on_left, ax + entry, ax + aw - entry).tolist()
+    start_x, level, ay = (xs[root] + CONSTANT_WIDTH / 2).tolist(), (ay - CONSTANT_LIFT / 2).tolist(), ay.tolist()
+    root_edges = [new_edge(LayoutEdge, (constant, anchor, value, ((x0, y0), (x0, y1), (x1, y1), (x1, y2)), ()))
+                  for constant, anchor, value, x0, y0, y1, x1, y2
+                  in zip(roots, root_anchor, values, start_x, (ys[root] + CONSTANT_HEIGHT).tolist(), level,
+                         entry_x, ay)]
+    attached: set[tuple[str, str, str]] = set(zip(roots, root_anchor, values))  # drawn as short edges
+    # Then, tree by tree, the edges between constants (a constant to the one it feeds), after the tree's
+    # short edges.
+    edges = list(layout.edges)
+    done = 0  # short edges in `edges` so far
+    ends = np.cumsum(root_counts).tolist() + [len(roots)] * len(orphans)
+    for (cells, _, tree_rows), end in zip(trees, ends):
+        if tree_rows == 1:
             continue  # no constant feeds another here
+        edges += root_edges[done:end]
+        done = end
         for parent in cells:
             px, py, pw, _ = boxes[parent]
             for constant in feeders.get(parent, ()):
                 cx, cy, cw, ch = boxes[constant]
-                start, end = (cx + cw / 2, cy + ch), (px + pw / 2, py)
-                middle = (start[1] + end[1]) / 2
-                points = (start, end) if abs(start[0] - end[0]) < 1e-6 else \
-                    (start, (start[0], middle), (end[0], middle), end)
+                start, end_point = (cx + cw / 2, cy + ch), (px + pw / 2, py)
+                middle = (start[1] + end_point[1]) / 2
+                points = (start, end_point) if abs(start[0] - end_point[0]) < 1e-6 else \
+                    (start, (start[0], middle), (end_point[0], middle), end_point)
                 value = _tensor_to(nodes, constant, parent, nodes[parent])
                 edges.append(new_edge(LayoutEdge, (constant, parent, value, points, ())))
                 attached.add((constant, parent, value))
+    edges += root_edges[done:]
     # Every other tensor into or out of a shown constant: a straight edge (a constant read by a
     # second node, a shape computed from a tensor the graph makes).
     seen: set[tuple[str, str, str]] = set()
@@ -528,12 +543,17 @@ def attach_constants(layout: GraphLayout, analysis: "ModelAnalysis", include_io:
             sx, sy, sw, sh = boxes[source]
             tx, ty, tw, _ = boxes[target]
             edges.append(new_edge(LayoutEdge, (source, target, name, ((sx + sw / 2, sy + sh), (tx + tw / 2, ty)), ())))
-    return GraphLayout(boxes, tuple(edges), layers,
-                       max(layout.width, max(x + w for x, _, w, _ in boxes.values())),
-                       max(layout.height, max(y + h for _, y, _, h in boxes.values())),
+    # The drawing's extent: the boxes' and the constants'.
+    rights, bottoms = [float((xs + CONSTANT_WIDTH).max())], [float((ys + CONSTANT_HEIGHT).max())]
+    lefts, tops = [float(xs.min())], [float(ys.min())]
+    if len(old):
+        rights.append(float((old[:, 0] + old[:, 2]).max()))
+        bottoms.append(float((old[:, 1] + old[:, 3]).max()))
+        lefts.append(float(old[:, 0].min()))
+        tops.append(float(old[:, 1].min()))
+    return GraphLayout(boxes, tuple(edges), layers, max(layout.width, *rights), max(layout.height, *bottoms),
                        layout.method, frozenset(), layout.members, layout.box_for,
-                       min(layout.left, min(x for x, _, _, _ in boxes.values())),
-                       min(layout.top, min(y for _, y, _, _ in boxes.values())))
+                       min(layout.left, *lefts), min(layout.top, *tops))
 
 
 def _replace_layout(layout: GraphLayout, **changes) -> GraphLayout:
@@ -607,10 +627,11 @@ def _constant_chains(roots: Sequence[str], feeders: Mapping[str, list[str]]
     return cells
 
 
-def _constant_spots(layout: GraphLayout, anchors: list[str], sizes: list[tuple[float, float]]
-                    ) -> list[tuple[float, float, str]]:
+def _constant_spots(layout: GraphLayout, old: np.ndarray, anchors: list[str], anchor_box: np.ndarray,
+                    sizes: list[tuple[float, float]]) -> list[tuple[float, float, str]]:
     """(x, top, side) of each tree of constants: the trees of `anchors` (boxes of `layout`), then
-    those of orphans (no box reads them), `sizes` their (width, height), in that order.
+    those of orphans (no box reads them), `sizes` their (width, height), in that order.  `old`:
+    the boxes of `layout` (rows x, y, width, height), `anchor_box` those of `anchors`.
 
     A tree goes just left of its box, bottom CONSTANT_LIFT above the box's top, or, where that
     spot is taken (by a box, an edge's vertical run or a tree placed before), as near as it can
@@ -621,9 +642,8 @@ def _constant_spots(layout: GraphLayout, anchors: list[str], sizes: list[tuple[f
     spots: list[tuple[float, float, str]] = []
     count = len(anchors)
     if count:
-        anchor = np.array([layout.boxes[a] for a in anchors], dtype=float).reshape(-1, 4)
         size = np.array(sizes[:count], dtype=float).reshape(-1, 2)
-        ax, ay, aw = anchor[:, 0], anchor[:, 1], anchor[:, 2]
+        ax, ay, aw = anchor_box[:, 0], anchor_box[:, 1], anchor_box[:, 2]
         w, h = size[:, 0], size[:, 1]
         # As free_x computes them (the same float operations): the spot just left of the box, and
         # how far from the box it and the first spot on the right are.
@@ -635,7 +655,7 @@ def _constant_spots(layout: GraphLayout, anchors: list[str], sizes: list[tuple[f
         taken = right_distance < left_distance  # rounding: the right might be nearer, searched
         # What could be in the way: every box, every vertical run, every spot before (the trees
         # before the first taken spot are placed there).
-        rects = np.concatenate([np.array(list(layout.boxes.values()), dtype=float).reshape(-1, 4), runs])
+        rects = np.concatenate([old, runs])
         obstacles = len(rects)
         hit, by = _overlapping(query, np.concatenate([
             np.stack([rects[:, 0], rects[:, 0] + rects[:, 2], rects[:, 1], rects[:, 1] + rects[:, 3]], axis=1),
@@ -648,7 +668,7 @@ def _constant_spots(layout: GraphLayout, anchors: list[str], sizes: list[tuple[f
     obstacles = _Obstacles(chain(layout.boxes.values(), runs.tolist()))
     for (x, top, _), (w, h) in zip(spots, sizes):
         obstacles.add((x, top, w, h))
-    leftmost = min((x for x, _, _, _ in layout.boxes.values()), default=0.0)
+    leftmost = float(old[:, 0].min()) if len(old) else 0.0
     for index in range(len(spots), len(sizes)):
         width, height = sizes[index]
         if index < count:
