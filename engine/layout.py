@@ -481,7 +481,6 @@ def _attach_constants(layout: GraphLayout, analysis: "ModelAnalysis", include_io
     tree_height = np.array([rows for _, _, rows in trees], dtype=np.int64)
     xs = spot[owner, 0] + place[:, 0] * step_x
     ys = spot[owner, 1] + (tree_height[owner] - 1 - place[:, 1]) * step_y
-    index = dict(zip(names, range(len(names))))
     boxes = dict(old_boxes)
     boxes.update(zip(names, zip(xs.tolist(), ys.tolist(), repeat(CONSTANT_WIDTH), repeat(CONSTANT_HEIGHT))))
     layers = dict(layout.layers)
@@ -491,13 +490,14 @@ def _attach_constants(layout: GraphLayout, analysis: "ModelAnalysis", include_io
     # Short edges from the bottom of each constant a box reads to the box's top: down, across
     # above the box, down into it (the k-th of a box's constants enters 10 + 9k units in).
     new_edge = tuple.__new__  # skips LayoutEdge's Python-level __new__ (5,000 edges on DenseNet-121)
-    root_counts = [len(feeders[anchor]) for anchor in anchors]
-    roots = [constant for anchor in anchors for constant in feeders[anchor]]
-    root_anchor = list(chain.from_iterable(map(repeat, anchors, root_counts)))
+    # A box's constants are its tree's row 0, in order (the trees of orphans come last: no box).
+    root = np.flatnonzero((place[:, 1] == 0) & (owner < len(anchors)))
+    tree = owner[root]
+    root_counts = np.bincount(tree, minlength=len(anchors))
+    roots = [names[i] for i in root.tolist()]
+    root_anchor = [anchors[t] for t in tree.tolist()]
     values = [outputs[0] if len(outputs) == 1 and outputs[0] else _tensor_to(nodes, constant, anchor, nodes.get(anchor))
               for constant, anchor, outputs in zip(roots, root_anchor, (nodes[c].outputs for c in roots))]
-    root = np.array([index[constant] for constant in roots], dtype=np.int64)
-    tree = np.repeat(np.arange(len(anchors)), root_counts)
     k = np.arange(len(roots)) - np.repeat(np.cumsum(root_counts) - root_counts, root_counts)
     ax, ay, aw = anchor_box[tree, 0], anchor_box[tree, 1], anchor_box[tree, 2]
     entry = np.minimum(10.0 + 9.0 * k, aw / 2)
@@ -593,7 +593,7 @@ def _constant_tree(roots: Sequence[str], feeders: Mapping[str, list[str]]
     """
     chains = _constant_chains(roots, feeders)
     if chains is not None:
-        return chains, len(roots), 1 + max(row for _, row in chains.values())
+        return chains[0], len(roots), chains[1]
     preorder: list[tuple[str, int]] = []
     stack = [(root, 0) for root in reversed(roots)]
     while stack:  # iterative: a chain of shape arithmetic can be longer than Python's recursion limit
@@ -618,10 +618,11 @@ def _constant_tree(roots: Sequence[str], feeders: Mapping[str, list[str]]
 
 
 def _constant_chains(roots: Sequence[str], feeders: Mapping[str, list[str]]
-                     ) -> Optional[dict[str, tuple[float, int]]]:
-    """`_constant_tree`'s cells when no constant has two feeders (the usual case, a
+                     ) -> Optional[tuple[dict[str, tuple[float, int]], int]]:
+    """`_constant_tree`'s cells and rows when no constant has two feeders (the usual case, a
     `ConstantOfShape -> Unsqueeze -> Mul` chain): each root's chain in a column of its own."""
     cells: dict[str, tuple[float, int]] = {}
+    rows = 1
     for column, root in enumerate(roots):
         constant, row = root, 0
         while True:
@@ -632,7 +633,9 @@ def _constant_chains(roots: Sequence[str], feeders: Mapping[str, list[str]]
             if len(above) > 1:
                 return None
             constant, row = above[0], row + 1
-    return cells
+        if row >= rows:
+            rows = row + 1
+    return cells, rows
 
 
 def _constant_spots(layout: GraphLayout, old: np.ndarray, anchors: list[str], anchor_box: np.ndarray,
