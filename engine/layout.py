@@ -395,7 +395,10 @@ def attach_constants(layout: GraphLayout, analysis: "ModelAnalysis", include_io:
         return _attach_constants(layout, analysis, include_io)
 
 
-def _attach_constants(layout: GraphLayout, analysis: "ModelAnalysis", include_io: bool) -> GraphLayout:
+def _attach_constants(layout: GraphLayout, analysis: "ModelAnalysis", include_io: bool,
+                      search_all: bool = False) -> GraphLayout:
+    """`attach_constants`; `search_all`: every tree's spot searched for one by one (what the numpy
+    check of `_constant_spots` must agree with)."""
     graph, metrics = analysis.graph, analysis.nodes
     nodes = graph.nodes_by_id
     box_for, box_of, old_boxes = layout.box_for, layout.box_of, layout.boxes
@@ -471,7 +474,7 @@ def _attach_constants(layout: GraphLayout, analysis: "ModelAnalysis", include_io
     sizes = [(columns * step_x - CONSTANT_GAP, rows * step_y - CONSTANT_GAP) for _, columns, rows in trees]
     old = np.array(list(old_boxes.values()), dtype=float).reshape(-1, 4)
     anchor_box = np.array([old_boxes[anchor] for anchor in anchors], dtype=float).reshape(-1, 4)
-    spots = _constant_spots(layout, old, anchors, anchor_box, sizes)
+    spots = _constant_spots(layout, old, anchors, anchor_box, sizes, search_all)
 
     # Every constant's box, all at once: its tree's spot, moved by its column and row in the tree.
     names = [constant for cells, _, _ in trees for constant in cells]
@@ -639,7 +642,7 @@ def _constant_chains(roots: Sequence[str], feeders: Mapping[str, list[str]]
 
 
 def _constant_spots(layout: GraphLayout, old: np.ndarray, anchors: list[str], anchor_box: np.ndarray,
-                    sizes: list[tuple[float, float]]) -> list[tuple[float, float, str]]:
+                    sizes: list[tuple[float, float]], search_all: bool = False) -> list[tuple[float, float, str]]:
     """(x, top, side) of each tree of constants: the trees of `anchors` (boxes of `layout`), then
     those of orphans (no box reads them), `sizes` their (width, height), in that order.  `old`:
     the boxes of `layout` (rows x, y, width, height), `anchor_box` those of `anchors`.
@@ -647,12 +650,13 @@ def _constant_spots(layout: GraphLayout, old: np.ndarray, anchors: list[str], an
     A tree goes just left of its box, bottom CONSTANT_LIFT above the box's top, or, where that
     spot is taken (by a box, an edge's vertical run or a tree placed before), as near as it can
     by sliding left or right (`_Obstacles.free_x`).  Most spots are free: they are found for all
-    trees at once with numpy, and the search runs from the first tree whose spot is not.
+    trees at once with numpy, and the search runs from the first tree whose spot is not
+    (`search_all`: from the first tree).
     """
     runs = _vertical_runs(layout.edges)
     spots: list[tuple[float, float, str]] = []
     count = len(anchors)
-    if count:
+    if count and not search_all:
         size = np.array(sizes[:count], dtype=float).reshape(-1, 2)
         ax, ay, aw = anchor_box[:, 0], anchor_box[:, 1], anchor_box[:, 2]
         w, h = size[:, 0], size[:, 1]
@@ -674,6 +678,16 @@ def _constant_spots(layout: GraphLayout, old: np.ndarray, anchors: list[str], an
         taken[hit[(by < obstacles) | (by - obstacles < hit)]] = True
         settled = int(np.argmax(taken)) if taken.any() else count
         spots = list(zip(x[:settled].tolist(), y[:settled].tolist(), repeat("left")))
+    return _searched_spots(layout, old, runs, anchors, sizes, spots)
+
+
+def _searched_spots(layout: GraphLayout, old: np.ndarray, runs: np.ndarray, anchors: list[str],
+                    sizes: list[tuple[float, float]], spots: list[tuple[float, float, str]]
+                    ) -> list[tuple[float, float, str]]:
+    """`spots` (those of the first trees, placed) followed by the spots of the other trees, one
+    at a time, each searched for with `_Obstacles.free_x`; the arguments as `_constant_spots`'s,
+    `runs` the vertical runs of the layout's edges."""
+    spots = list(spots)
     if len(spots) == len(sizes):
         return spots
     obstacles = _Obstacles(chain(layout.boxes.values(), runs.tolist()))
@@ -682,7 +696,7 @@ def _constant_spots(layout: GraphLayout, old: np.ndarray, anchors: list[str], an
     leftmost = float(old[:, 0].min()) if len(old) else 0.0
     for index in range(len(spots), len(sizes)):
         width, height = sizes[index]
-        if index < count:
+        if index < len(anchors):
             ax, ay, aw, _ = layout.boxes[anchors[index]]
             top = ay - CONSTANT_LIFT - height
             x, side = obstacles.free_x(ax, ax + aw, top, width, height)
