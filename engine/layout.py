@@ -406,7 +406,7 @@ def _attach_constants(layout: GraphLayout, analysis: "ModelAnalysis", include_io
     if not constants:
         return _replace_layout(layout, hidden=frozenset())
     shown = set(constants)
-    # Only the tensors into and out of the shown constants matter (DenseNet-121: 2,000 of 5,000).
+    # Only the tensors into and out of the shown constants are indexed.
     constant_nodes = list(map(nodes.__getitem__, constants))
     their_outputs = {name for node in constant_nodes for name in node.outputs if name}
     their_inputs = {name for node in constant_nodes for name in node.inputs if name}
