@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, Optiona
 
 import numpy as np
 
-from engine.group_index import GroupIndex, LevelGraph, contains, level_graph, node_arrays
+from engine.group_index import GroupIndex, LevelGraph, SubtreeShape, contains, level_graph, node_arrays, subtree_shape
 from engine.layout import (GROUP_HEIGHT, NODE_WIDTH, VERTICAL_GAP, GraphLayout, LayoutEdge, NodeGroup, Rect,
                            attach_constants, collapsed_boxes, layout_graph, layout_nodes)
 
@@ -133,11 +133,12 @@ class FoldedLayouts:
     Thread-safe: the GUI composes in worker threads."""
 
     def __init__(self, analysis: "ModelAnalysis", groups: Mapping[str, NodeGroup], include_constants: bool,
-                 from_arrays: bool = True):
+                 from_arrays: bool = True, twin_pieces: bool = True):
         """`from_arrays` False: find every level by walking its nodes (the way a model whose tensors
-        the arrays cannot stand for is laid out; the same layouts, slower)."""
+        the arrays cannot stand for is laid out; the same layouts, slower).  `twin_pieces` False:
+        every opened group is composed from its levels, none renamed from a twin's (see _twin_piece)."""
         self.analysis, self.groups, self.include_constants = analysis, groups, include_constants
-        self.from_arrays = from_arrays
+        self.from_arrays, self.twin_pieces = from_arrays, twin_pieces
         self._levels: dict[Optional[str], GraphLayout] = {}
         self._children: dict[Optional[str], list[str]] = {}
         for group in groups.values():
@@ -157,6 +158,11 @@ class FoldedLayouts:
         self._framed_pieces: dict[tuple[str, frozenset], _Piece] = {}
         self._composed: dict[frozenset, FoldedLayout] = {}  # the last COMPOSED_KEPT drawings, by collapsed groups
         self._descendants: dict[str, frozenset] = {}
+        # Repeated groups whole (layers.0 ... layers.N, the heads in each): the groups composed, by
+        # (members, descendants) counts, and the shape of each group compared (made when needed).
+        self._composed_by_counts: dict[tuple[int, int], list[str]] = {}
+        self._shapes: dict[str, SubtreeShape] = {}
+        self.renamed_pieces = 0  # opened groups drawn as a twin's piece renamed
         self._lock = threading.RLock()  # re-entered: a level's layout looks up the groups' index
         self.arrays = node_arrays(analysis)
         self.hidden = frozenset() if include_constants else \
@@ -447,12 +453,83 @@ class FoldedLayouts:
 
     def _framed(self, group_id: str, closed: frozenset) -> _Piece:
         """The opened group `group_id` in its frame's coordinates: contents moved under the title
-        band, its lanes added, the frame itself first among the frames (kept: see _framed_pieces)."""
-        key = (group_id, closed & self._descendants_of(group_id))
+        band, its lanes added, the frame itself first among the frames (kept: see _framed_pieces).
+        A group shaped like one composed before is that one's piece renamed (see _twin_piece)."""
+        inner = closed & self._descendants_of(group_id)
+        key = (group_id, inner)
         found = self._framed_pieces.get(key)
         if found is None:
-            found = self._framed_pieces[key] = self._frame(group_id, closed)
+            found = self._twin_piece(group_id, inner)
+            if found is None:
+                found = self._frame(group_id, closed)
+                self._composed_here(group_id)
+            self._framed_pieces[key] = found
         return found
+
+    # --- repeated groups: a twin's piece renamed --------------------------------------------
+    # Opening a block of a 100,000-node transformer composed ~140 levels (its sub-groups), each
+    # ~1 ms of bookkeeping even when its geometry is a twin level's (see _reuse): ~0.12 s.  A group
+    # whose shape (engine.group_index.subtree_shape: ops, nesting, wiring, crossing tensors) equals
+    # that of a group composed before is drawn exactly as that one, under its own names: renaming
+    # its piece costs ~5 ms for a block, and inside the first block the heads are twins too.
+    def _counts(self, group_id: str, index: GroupIndex) -> tuple[int, int]:
+        return len(index.members[index.number[group_id]]), len(self._descendants_of(group_id))
+
+    def _composed_here(self, group_id: str) -> None:
+        """Note that `group_id` was composed from its levels: a twin may be renamed from it."""
+        index = self._indexed()
+        if index is None or not self.twin_pieces:
+            return
+        with self._lock:
+            composed = self._composed_by_counts.setdefault(self._counts(group_id, index), [])
+            if group_id not in composed:
+                composed.append(group_id)
+
+    def _shape(self, group_id: str, index: GroupIndex) -> SubtreeShape:
+        with self._lock:
+            found = self._shapes.get(group_id)
+            if found is None:
+                found = self._shapes[group_id] = subtree_shape(
+                    self.arrays, self.arrays.pairs(self.include_constants), index, group_id,
+                    tuple(self._descendants_of(group_id)))
+            return found
+
+    def _twin_piece(self, group_id: str, inner: frozenset) -> Optional[_Piece]:
+        """`group_id` opened, with the descendants `inner` collapsed, renamed from the piece of a
+        group of the same shape composed that way before; None when there is none."""
+        index = self._indexed() if self.twin_pieces else None
+        if index is None:
+            return None
+        with self._lock:
+            candidates = [g for g in self._composed_by_counts.get(self._counts(group_id, index), ()) if g != group_id]
+            if not candidates:
+                return None
+            mine = self._shape(group_id, index)
+            for twin in candidates:
+                theirs = self._shape(twin, index)
+                if theirs.key != mine.key:
+                    continue
+                piece = self._framed_pieces.get((twin, frozenset(theirs.groups[mine.rank[g]] for g in inner)))
+                if piece is not None:
+                    break
+            else:
+                return None
+            self.renamed_pieces += 1
+            self.reused_levels += len(piece.frame_ids)  # every level the piece is made of
+        return self._renamed(piece, theirs, mine)
+
+    def _renamed(self, piece: _Piece, theirs: SubtreeShape, mine: SubtreeShape) -> _Piece:
+        """`piece` (of the group `theirs`) under the names of `mine`: the same geometry, shared
+        (pieces are never changed)."""
+        ids = self.arrays.id_array
+        rename = dict(zip(ids[theirs.members].tolist(), ids[mine.members].tolist()))
+        rename.update(zip(theirs.groups, mine.groups))
+        names = self.arrays.tensor_names
+        tensor = dict(zip(map(names.__getitem__, theirs.tensors.tolist()), map(names.__getitem__, mine.tensors.tolist())))
+        edges = [(rename[s], rename[t], tensor[v], tuple(map(tensor.__getitem__, vs))) for s, t, v, vs in piece.edges]
+        members = {rename[b]: self.groups[rename[b]].members for b in piece.members}
+        return _Piece(list(map(rename.__getitem__, piece.ids)), piece.rects, list(map(rename.__getitem__, piece.frame_ids)),
+                      piece.frame_rects, edges, piece.starts, piece.points, members, piece.width, piece.height)
 
     def _descendants_of(self, group_id: str) -> frozenset:
         found = self._descendants.get(group_id)
