@@ -24,6 +24,7 @@ model holds; the last few composed drawings are kept whole.
 from __future__ import annotations
 
 import threading
+from itertools import chain
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, Optional
 
@@ -322,38 +323,35 @@ class FoldedLayouts:
 
     # --- opening groups in advance -----------------------------------------------------------
     def prepare_opens(self, group_ids: Iterable[str], cancelled: Callable[[], bool] = lambda: False) -> list[str]:
-        """Do now what the first open of each group in `group_ids` needs: its level and every
-        descendant's (a repeated block reuses its twins' geometry, but still costs ~1 ms a level:
-        ~0.1 s for a block of ~140 levels), the tensors crossing their frames, and the group
-        composed opened whole and opened alone, so a first open costs what a reopen does.  The
-        same functions an open calls, so an open draws the same either way.  Stops between
-        steps once `cancelled()` is true; returns the groups prepared.  Models whose levels are
-        found by walking (no arrays) are not prepared: that would walk the whole model."""
+        """Do now what the first open of each group in `group_ids` needs: the group composed opened
+        whole and opened alone (its levels laid out, the tensors crossing their frames found), so a
+        first open costs what a reopen does.  A step is one group of the subtree composed, children
+        first (a group with a twin composed already: renamed, one step for its whole subtree).  The
+        same functions an open calls, so an open draws the same either way.  Stops between steps
+        once `cancelled()` is true; returns the groups prepared.  Models whose levels are found by
+        walking (no arrays) are not prepared: that would walk the whole model."""
         prepared: list[str] = []
         if self._indexed() is None:
             return prepared
         for group_id in group_ids:
             below = self._descendants_of(group_id)
-            if (group_id, frozenset()) not in self._framed_pieces or (group_id, below) not in self._framed_pieces:
-                for level in self._subtree(group_id):
-                    if cancelled():
-                        return prepared
-                    self.level(level)
-                    self._crossing_tensors(level)
-                for closed in (below, frozenset()):  # opened alone (a double-click), opened whole
-                    if cancelled():
-                        return prepared
-                    self._framed(group_id, closed)
+            # Lazily: whether a group has a twin to rename depends on the steps before it.
+            for step, closed in chain(((g, frozenset()) for g in self._bottom_up(group_id)), [(group_id, below)]):
+                if (step, closed & self._descendants_of(step)) in self._framed_pieces:
+                    continue
+                if cancelled():
+                    return prepared
+                self._framed(step, closed)  # opened whole; last the group opened alone (a double-click)
             prepared.append(group_id)
         return prepared
 
-    def _subtree(self, group_id: str) -> Iterator[str]:
-        """`group_id` and its descendants, parents first, children in the groups' order."""
-        pending = [group_id]
-        while pending:
-            current = pending.pop()
-            yield current
-            pending.extend(reversed(self._children.get(current, ())))
+    def _bottom_up(self, group_id: str) -> Iterator[str]:
+        """`group_id`'s subtree, children before their parent, except below a group with a twin
+        whose piece opened whole can be renamed (it is composed in one step)."""
+        if self._twin_of(group_id, frozenset()) is None:
+            for child in self._children.get(group_id, ()):
+                yield from self._bottom_up(child)
+        yield group_id
 
     # --- composing the levels ----------------------------------------------------------------
     def compose(self, collapsed: Iterable[str]) -> FoldedLayout:
@@ -497,6 +495,18 @@ class FoldedLayouts:
     def _twin_piece(self, group_id: str, inner: frozenset) -> Optional[_Piece]:
         """`group_id` opened, with the descendants `inner` collapsed, renamed from the piece of a
         group of the same shape composed that way before; None when there is none."""
+        found = self._twin_of(group_id, inner)
+        if found is None:
+            return None
+        piece, theirs, mine = found
+        with self._lock:
+            self.renamed_pieces += 1
+            self.reused_levels += len(piece.frame_ids)  # every level the piece is made of
+        return self._renamed(piece, theirs, mine)
+
+    def _twin_of(self, group_id: str, inner: frozenset) -> Optional[tuple[_Piece, SubtreeShape, SubtreeShape]]:
+        """(the piece of a twin of `group_id` opened with the descendants matching `inner` collapsed,
+        the twin's shape, the group's shape), or None."""
         index = self._indexed() if self.twin_pieces else None
         if index is None:
             return None
@@ -514,9 +524,7 @@ class FoldedLayouts:
                     break
             else:
                 return None
-            self.renamed_pieces += 1
-            self.reused_levels += len(piece.frame_ids)  # every level the piece is made of
-        return self._renamed(piece, theirs, mine)
+        return piece, theirs, mine
 
     def _renamed(self, piece: _Piece, theirs: SubtreeShape, mine: SubtreeShape) -> _Piece:
         """`piece` (of the group `theirs`) under the names of `mine`: the same geometry, shared
