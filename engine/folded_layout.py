@@ -366,10 +366,10 @@ class FoldedLayouts:
         piece = self._compose(None, closed)
         boxes = {node_id: tuple(rect) for node_id, rect in zip(piece.ids, piece.rects.tolist())}
         frames = {group_id: tuple(rect) for group_id, rect in zip(piece.frame_ids, piece.frame_rects.tolist())}
-        points = [tuple(p) for p in piece.points.tolist()]
+        points = list(map(tuple, piece.points.tolist()))
         starts = piece.starts.tolist()
-        edges = tuple(LayoutEdge(s, t, v, tuple(points[starts[k]:starts[k + 1]]), vs)
-                      for k, (s, t, v, vs) in enumerate(piece.edges))
+        lines = map(tuple, map(points.__getitem__, map(slice, starts[:-1], starts[1:])))  # each edge's points
+        edges = tuple(LayoutEdge(s, t, v, line, vs) for (s, t, v, vs), line in zip(piece.edges, lines))
         method = self.level(None).method + (", per group" if frames else "")
         box_for = _BoxFor(self.groups, self.innermost(), frozenset(piece.members))
         composed = FoldedLayout(boxes, edges, {}, piece.width, piece.height, method, self.hidden, piece.members,
