@@ -19,7 +19,10 @@ Composition is numpy over the drawn boxes; opening a group of 3,000 nodes in a 1
 model costs the layout of those 3,000 nodes once, and a few milliseconds when reopened.  A
 level's boxes and edges, and the tensors crossing a frame, come from the model's arrays
 (engine.group_index, built once per model), so they cost what the level holds, not what the
-model holds; the last few composed drawings are kept whole.
+model holds; the last few composed drawings are kept whole.  A group shaped exactly like one
+composed before (a repeated block, a head: engine.group_index.subtree_shape) is not composed
+from its levels: it is that group's composed piece under its own names (~10 ms instead of ~0.1 s
+for a block of ~140 levels).
 """
 from __future__ import annotations
 
