@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout
 
@@ -32,10 +33,7 @@ def _opens(analysis, groups, start, twin_pieces: bool, runs: int) -> tuple[list,
     from benchmarks.bench_group_open import _blocks, _inside
     from engine.folded_layout import FoldedLayouts
 
-    class Loaded:  # what bench_group_open's helpers read
-        pass
-    loaded = Loaded()
-    loaded.groups = groups
+    loaded = SimpleNamespace(groups=groups)  # what bench_group_open's helpers read of a LoadedModel
     layouts = FoldedLayouts(analysis, groups, include_constants=False, twin_pieces=twin_pieces)
     layouts.compose(start)
     walls, cpus = [], []

@@ -63,6 +63,8 @@ def test_renamed_twins_draw_what_composing_them_from_their_levels_draws(decoder,
     for block in blocks:
         for collapsed in _opens(groups, start, block):
             assert _drawing(twins.compose(collapsed)) == _drawing(levels.compose(collapsed)), (block, len(collapsed))
+    everything = frozenset()  # Expand all
+    assert _drawing(twins.compose(everything)) == _drawing(levels.compose(everything))
     # The blocks after the first two were renamed whole: their own level was never laid out.
     assert not any(twins.cached(b) for b in blocks[2:]) and all(levels.cached(b) for b in blocks)
     assert twins.renamed_pieces >= 3 * 2 and levels.renamed_pieces == 0
