@@ -160,6 +160,7 @@ class FoldedLayouts:
         # An opened group as composed, by (group, which of its descendants are collapsed): reopening
         # it, or opening another group elsewhere, reuses it whole.  Pieces are never changed.
         self._framed_pieces: dict[tuple[str, frozenset], _Piece] = {}
+        self._level_pieces: dict[Optional[str], tuple] = {}  # a level as arrays (see _level_arrays)
         self._composed: dict[frozenset, FoldedLayout] = {}  # the last COMPOSED_KEPT drawings, by collapsed groups
         self._descendants: dict[str, frozenset] = {}
         # Repeated groups whole (layers.0 ... layers.N, the heads in each): the groups composed, by
@@ -383,23 +384,36 @@ class FoldedLayouts:
                 self._composed.pop(next(iter(self._composed)))
         return composed
 
+    def _level_arrays(self, level: Optional[str]) -> tuple:
+        """(box ids, rects, edges as (source, target, value, values), point starts, points, rank) of
+        a level, in a piece's coordinates: made once (the root and `model` levels are composed again
+        on every open; ~17 ms each time for 250 blocks' edges).  Never changed: callers copy."""
+        found = self._level_pieces.get(level)
+        if found is None:
+            base = self.level(level)
+            ids = list(base.boxes)
+            rects = np.array([base.boxes[n] for n in ids], dtype=float).reshape(-1, 4)
+            # Shown constants beside the leftmost or topmost boxes reach below 0: a piece starts at 0.
+            shift = np.array([-min(0.0, getattr(base, "left", 0.0)), -min(0.0, getattr(base, "top", 0.0))])
+            rects[:, :2] += shift
+            edges = [(e.source, e.target, e.value, e.values) for e in base.edges]
+            starts = np.cumsum([0] + [len(e.points) for e in base.edges])
+            points = np.array([p for e in base.edges for p in e.points], dtype=float).reshape(-1, 2) + shift
+            # A box's rank (its row; a shown constant has its reader's): see _compose.
+            rank = np.array([base.layers.get(n, -1) for n in ids], dtype=float)
+            found = self._level_pieces[level] = (ids, rects, edges, starts, points, rank)
+        return found
+
     def _compose(self, level: Optional[str], closed: frozenset) -> _Piece:
         base = self.level(level)
-        ids = list(base.boxes)
-        rects = np.array([base.boxes[n] for n in ids], dtype=float).reshape(-1, 4)
-        # Shown constants beside the leftmost or topmost boxes reach below 0: a piece starts at 0.
-        shift = np.array([-min(0.0, getattr(base, "left", 0.0)), -min(0.0, getattr(base, "top", 0.0))])
-        rects[:, :2] += shift
+        ids, rects, edges, starts, points, rank = self._level_arrays(level)
+        rects, points = rects.copy(), points.copy()  # moved below
         reference = rects[:, :2] + rects[:, 2:] / 2  # a box's centre decides which way it moves
-        edges = [(e.source, e.target, e.value, e.values) for e in base.edges]
-        starts = np.cumsum([0] + [len(e.points) for e in base.edges])
-        points = np.array([p for e in base.edges for p in e.points], dtype=float).reshape(-1, 2) + shift
         opened = [(i, ids[i]) for i in range(len(ids)) if ids[i] in base.members and ids[i] not in closed]
         inner: dict[int, _Piece] = {}
-        # A box's rank (its row; a shown constant has its reader's): the rows below an opened
-        # group move down, and only its own row moves right (above and below it nothing moves
-        # sideways: no blank band across the drawing).  Rows stay rows: every edge still runs down.
-        rank = np.array([base.layers.get(n, -1) for n in ids], dtype=float)
+        # A box's rank (its row): the rows below an opened group move down, and only its own row
+        # moves right (above and below it nothing moves sideways: no blank band across the
+        # drawing).  Rows stay rows: every edge still runs down.
         unranked = rank < 0
         for index, group_id in opened:
             piece = self._framed(group_id, closed)
