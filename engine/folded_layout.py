@@ -27,8 +27,8 @@ for a block of ~140 levels).
 from __future__ import annotations
 
 import threading
-from itertools import chain
 from dataclasses import dataclass, field, replace
+from itertools import chain
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
@@ -160,7 +160,7 @@ class FoldedLayouts:
         # An opened group as composed, by (group, which of its descendants are collapsed): reopening
         # it, or opening another group elsewhere, reuses it whole.  Pieces are never changed.
         self._framed_pieces: dict[tuple[str, frozenset], _Piece] = {}
-        self._level_pieces: dict[Optional[str], tuple] = {}  # a level as arrays (see _level_arrays)
+        self._arrays_of_level: dict[Optional[str], tuple] = {}  # a level as arrays (see _level_arrays)
         self._composed: dict[frozenset, FoldedLayout] = {}  # the last COMPOSED_KEPT drawings, by collapsed groups
         self._descendants: dict[str, frozenset] = {}
         # Repeated groups whole (layers.0 ... layers.N, the heads in each): the groups composed, by
@@ -388,7 +388,7 @@ class FoldedLayouts:
         """(box ids, rects, edges as (source, target, value, values), point starts, points, rank) of
         a level, in a piece's coordinates: made once (the root and `model` levels are composed again
         on every open; ~17 ms each time for 250 blocks' edges).  Never changed: callers copy."""
-        found = self._level_pieces.get(level)
+        found = self._arrays_of_level.get(level)
         if found is None:
             base = self.level(level)
             ids = list(base.boxes)
@@ -401,7 +401,7 @@ class FoldedLayouts:
             points = np.array([p for e in base.edges for p in e.points], dtype=float).reshape(-1, 2) + shift
             # A box's rank (its row; a shown constant has its reader's): see _compose.
             rank = np.array([base.layers.get(n, -1) for n in ids], dtype=float)
-            found = self._level_pieces[level] = (ids, rects, edges, starts, points, rank)
+            found = self._arrays_of_level[level] = (ids, rects, edges, starts, points, rank)
         return found
 
     def _compose(self, level: Optional[str], closed: frozenset) -> _Piece:
