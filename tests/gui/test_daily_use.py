@@ -46,9 +46,9 @@ def choose_file(dialog: QFileDialog, path: Path) -> None:
     """Select `path` in the shown `dialog`, as a person would, with its file name field focused or not.
 
     QFileDialog.selectFile keeps the text of a focused file name field (what a person is typing)
-    and only changes the folder.  This test file's quit-and-save test failed once under load that
-    way: the dialog's window had been activated by then (an event-loop race), the suggested name
-    stayed, and the session was written under it.
+    and only changes the folder.  Whether the field had focus when a test chose the file was an
+    event-loop race (the dialog's window activated or not yet): under CPU load the quit-and-save
+    test failed 4 of 15 runs, the session written under the suggested name, not the chosen one.
     """
     if _focus_inside(dialog):
         QApplication.focusWidget().clearFocus()
