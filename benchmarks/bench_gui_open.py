@@ -13,8 +13,11 @@ DenseNet-121 (recolour, and recolour + repaint), redraws of the full-window
 graph view of a wide model (48 Conv/Relu chains side by side) at several zooms,
 about 1,000 visible boxes among them, and the longest event-loop gap on the UI thread (what a person
 feels as a frozen window; a QTimer ticking every 10 ms) while models open through
-the worker one after another (so each open also deletes the previous scene) and
-while the app profiles the sample and DenseNet-121 (CPU reference, 1 thread).
+the worker one after another (so each open also deletes the previous scene), while the residual
+net is grouped by namespace, one group expanded and ungrouped again (it opens folded by namespace,
+being above the fold threshold, so it is ungrouped first, not measured), and while the app profiles
+the sample and DenseNet-121 (CPU reference, 1 thread).  A step the app starts no work for, or
+whose done signal does not come within its timeout, prints "not measured:" and why.
 """
 from __future__ import annotations
 
