@@ -250,6 +250,8 @@ def ui_thread_gaps(app, window, light: Path, chain: Path, residual: Path, profil
         deadline = time.perf_counter() + 30
         while (window.loading or retiring_scenes()) and time.perf_counter() < deadline:
             app.processEvents()
+        if window.loading or retiring_scenes():
+            print(f"  (still busy after 30 s, going on: {state()})", file=sys.stderr, flush=True)
         QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
 
     def state() -> str:
@@ -329,8 +331,12 @@ def ui_thread_gaps(app, window, light: Path, chain: Path, residual: Path, profil
             app.processEvents()
         request = RunRequest(str(path), "cpu", ProfileSettings(runs=runs, warmup=2, threads=1))
         yield step(f"{label} ({runs} runs)", lambda r=request: window.start_profile(r).finished)
-        while window.worker is not None:
+        deadline = time.perf_counter() + 120
+        while window.worker is not None and time.perf_counter() < deadline:
             app.processEvents()
+        if window.worker is not None:
+            print(f"  (the {label} run still going after 120 s: stopped; {state()})", file=sys.stderr, flush=True)
+            window.stop_profile_worker()
     # A sweep (several sizes) runs in a worker thread of the app, not in a child process.
     window.open_path(str(sample))
     settle()
