@@ -1135,6 +1135,7 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
 
 _retiring: set = set()  # scenes being torn down; kept alive here until their last slice
 _building: set = set()  # scenes being built in slices; kept alive here until done or cancelled
+_slice_timers: set = set()  # the timers running their slices
 
 
 def build_in_slices(scene: GraphScene, done, time_slice: float = 0.02, steps=None, failed=None):
@@ -1152,6 +1153,11 @@ def build_in_slices(scene: GraphScene, done, time_slice: float = 0.02, steps=Non
     cancelled = False
     _building.add(scene)
     hold_gc()  # a full collection among the new items' wrappers would stall a turn by 50-150 ms
+    # A zero-interval timer runs a slice per event-loop turn.  Each slice posting the next with
+    # QTimer.singleShot(0) ran two slices per turn: a 10 ms timer (or a person's input) waited ~40 ms.
+    timer = QTimer()
+    timer.setInterval(0)
+    _slice_timers.add(timer)  # kept alive here until the build ends
 
     def work() -> None:
         if cancelled:
@@ -1160,6 +1166,7 @@ def build_in_slices(scene: GraphScene, done, time_slice: float = 0.02, steps=Non
         try:
             while time.perf_counter() < deadline:
                 if next(steps, StopIteration) is StopIteration:
+                    timer.stop()
                     QTimer.singleShot(0, finish)
                     return
         except Exception as exc:
@@ -1170,7 +1177,6 @@ def build_in_slices(scene: GraphScene, done, time_slice: float = 0.02, steps=Non
                 raise
             failed(exc)
             return
-        QTimer.singleShot(0, work)
 
     def finish() -> None:
         if cancelled:
@@ -1185,11 +1191,14 @@ def build_in_slices(scene: GraphScene, done, time_slice: float = 0.02, steps=Non
             end()
 
     def end() -> None:
+        timer.stop()
+        _slice_timers.discard(timer)
         if scene in _building:
             _building.discard(scene)
             release_gc()
 
-    QTimer.singleShot(0, work)
+    timer.timeout.connect(work)
+    timer.start()
     return cancel
 
 

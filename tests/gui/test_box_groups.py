@@ -200,3 +200,38 @@ def test_a_paint_skips_the_boxes_of_a_parent_outside_the_view(qtbot, window, mon
     assert red_pixels() == 0  # a child of a parent outside the view is not
     probe.setParentItem(None)
     scene.removeItem(probe)
+
+
+def test_a_build_runs_one_slice_per_event_loop_turn(qtbot, sample_model):
+    # Between two slices the event loop turns: a timer (or a person's input) gets its turn.  Each
+    # step here is longer than the slice, so each slice runs one step.  (Slices that posted the
+    # next with QTimer.singleShot(0) ran two per turn: the timer waited ~40 ms instead of ~20.)
+    import time
+
+    from PySide6.QtCore import QTimer
+
+    from gui.app import load_model
+    from gui.graph_drawing import build_in_slices
+
+    scene = GraphScene(load_model(str(sample_model)), build=False)
+    events = []
+
+    def steps():
+        for _ in range(12):
+            events.append("step")
+            end = time.perf_counter() + 0.003
+            while time.perf_counter() < end:
+                pass
+            yield
+
+    ticker = QTimer()
+    ticker.setInterval(0)
+    ticker.timeout.connect(lambda: events.append("tick"))
+    ticker.start()
+    done = []
+    build_in_slices(scene, lambda: done.append(True), 0.001, steps())
+    qtbot.waitUntil(lambda: bool(done), timeout=10_000)
+    ticker.stop()
+    assert events.count("step") == 12
+    steps_in_a_row = [i for i in range(1, len(events)) if events[i] == events[i - 1] == "step"]
+    assert steps_in_a_row == []  # a tick between every two steps
