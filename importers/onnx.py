@@ -23,6 +23,7 @@ from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Mapping, NamedTuple, Optional, Sequence
 
+from engine.gil_slices import SLICE_ITEMS, clear, slice_starts
 from engine.ir import (Graph, Initializer, Model, ModelLoadError, Node, TensorType, Value,
                        WeightLocation)
 from importers import protowire
@@ -288,14 +289,14 @@ class ModelBuilder:
         read costs 0.2-0.7 us, and Python statements around it per node as much again); known
         ops are asked once per distinct op and attribute values read once per distinct
         serialized attribute (`_node_attributes`); nodes are built by `_node`."""
-        # A chunk of nodes at a time: each `map` below is one C call that holds the GIL, and over a
-        # whole 100,000-node column one took 30-100 ms, a freeze of the app's window while its worker
-        # opens the model (gui.responsive); between chunks the interpreter can hand the GIL over.
+        # A slice of nodes at a time (engine.gil_slices): each `map` below is one C call that holds
+        # the GIL, and over a whole 100,000-node column one took 30-100 ms, a freeze of the app's
+        # window while its worker opens the model.
         node_field, count = graph.node, len(graph.node)
         op_types, names, domains, inputs, outputs = [], [], [], [], []
         attribute_fields, constants = [], []
-        for start in range(0, count, WALK_CHUNK_NODES):
-            protos = node_field[start:start + WALK_CHUNK_NODES]  # a slice copies the repeated field in one C call
+        for start in slice_starts(count):
+            protos = node_field[start:start + SLICE_ITEMS]  # a slice copies the repeated field in one C call
             chunk_ops = list(map(_OP_TYPE_OF, protos))
             op_types += chunk_ops
             names += map(_NAME_OF, protos)
@@ -307,12 +308,12 @@ class ModelBuilder:
             if "Constant" in chunk_ops:
                 constants += [(outputs[start + i][0], protos[i]) for i, op_type in enumerate(chunk_ops)
                               if op_type == "Constant"]
-        # The last chunk's wrapper objects freed before building (the earlier ones went chunk by chunk:
+        # The last slice's wrapper objects freed before building (the earlier ones went slice by slice:
         # with the attribute fields ~40 MB at 100,000 nodes).
         protos = chunk_ops = None
 
         attributes, with_body_indices = _node_attributes(len(op_types), attribute_fields)
-        _clear_in_chunks(attribute_fields)
+        clear(attribute_fields)
         node_ids = _unique_ids([name or f"{op_type}_{index}" for index, (name, op_type)
                                 in enumerate(zip(names, op_types))] if "" in names else names)
         namespaces = _namespaces(names)
@@ -325,9 +326,9 @@ class ModelBuilder:
         # Every input and output name, deduplicated in node order.  Here, not after inference: in
         # the app this runs while the helper infers.
         referenced = {}
-        for start in range(0, count, WALK_CHUNK_NODES):  # in chunks, as above
-            referenced.update(dict.fromkeys(_chain(_chain(zip(inputs[start:start + WALK_CHUNK_NODES],
-                                                              outputs[start:start + WALK_CHUNK_NODES])))))
+        for start in slice_starts(count):  # a slice at a time, as above
+            referenced.update(dict.fromkeys(_chain(_chain(zip(inputs[start:start + SLICE_ITEMS],
+                                                              outputs[start:start + SLICE_ITEMS])))))
 
         nodes: list[Optional[Node]] = list(map(_node, node_ids, op_types, names, namespaces, inputs, outputs,
                                                attributes, domains))
@@ -688,17 +689,6 @@ if not FAST_IR_CONSTRUCTION:
 
     def _value(name, value_type):  # noqa: F811
         return Value(name, value_type)
-
-
-# Nodes read per C-level `map` call in `_walk_nodes` (~2-4 ms each at most).
-WALK_CHUNK_NODES = 4096
-
-
-def _clear_in_chunks(items: list) -> None:
-    """Empty `items`, freeing what only it holds a chunk at a time (one `del` of a 100,000-item
-    list frees it all in one C call that holds the GIL, ~25 ms for the node wrappers)."""
-    while items:
-        del items[-WALK_CHUNK_NODES:]  # from the end: nothing left to move
 
 
 # Column readers of NodeProto fields for `map` (C-level calls).
