@@ -34,7 +34,7 @@ from engine.session import Session, SessionFormatError, SweepResult, profile_ana
 from gui.graph_view import OVERLAYS, GraphScene, GraphView, build_in_slices, prepare_scene_data, retire_scene
 from gui import numerics_view
 from gui.inspector import Inspector
-from gui.responsive import hold_gc, release_gc, start_helper_process, stop_helper_process
+from gui.responsive import free_in_background, hold_gc, release_gc, start_helper_process, stop_helper_process
 from gui.deferred_panels import DeferredProfilePanels
 from gui.app_menus import APP_NAME, MODEL_FILTER, MenusMixin
 from gui.app_profiles import ProfileEntry, ProfilesMixin  # noqa: F401 (ProfileEntry: imported from here)
@@ -536,6 +536,8 @@ class MainWindow(MenusMixin, ProfilesMixin, ExportsMixin, QMainWindow):
         if loaded.folded_layouts is not None:  # first opens of its collapsed groups, in the background
             from gui.folded_groups import prepare_group_opens
             prepare_group_opens(loaded)
+        if previous is not None and previous is not loaded:  # freed off this thread (gui.responsive)
+            free_in_background(previous, still_used=list(vars(loaded).values()))
         if session is not None:
             self.sessionOpened.emit(loaded.path)
 

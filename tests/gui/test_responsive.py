@@ -195,6 +195,7 @@ def test_an_old_scene_is_deleted_in_slices_and_its_model_freed(qtbot, window, la
 
 
 def test_gc_holds_nest_and_freeze_what_is_alive():
+    assert responsive.freeing_done(60)  # a replaced model freed meanwhile would lower the count
     frozen_before = gc.get_freeze_count()
     responsive.hold_gc()
     responsive.hold_gc()
