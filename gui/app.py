@@ -369,6 +369,12 @@ class MainWindow(MenusMixin, ProfilesMixin, ExportsMixin, QMainWindow):
             return
         if self.helper_process:
             start_helper_process()  # no-op while it runs; replaces one that died
+        # The shown model's background preparation of group opens stops now, not once this open
+        # reaches its layout: a third thread wanting the GIL through the import and the analysis
+        # lengthens the UI thread's waits for it.  It starts again if this open fails.
+        folded_groups = sys.modules.get("gui.folded_groups")  # imported by a folded open: else none runs
+        if folded_groups is not None:
+            folded_groups.cancel_preparation()
         include_constants = self.show_constants_action.isChecked()
         # The grouping chosen for this model does not carry over to another one (its groups differ).
         grouping = self.grouping() if same else "none"
@@ -411,6 +417,9 @@ class MainWindow(MenusMixin, ProfilesMixin, ExportsMixin, QMainWindow):
             release_gc()
 
     def _on_failed(self, message: str, title: str = "Cannot open model") -> None:
+        if self.loaded is not None and self.loaded.folded_layouts is not None:
+            from gui.folded_groups import prepare_group_opens
+            prepare_group_opens(self.loaded)  # the shown model stays: its preparation goes on
         if self.error_dialogs:
             QMessageBox.critical(self, title, message)
         self.loadFailed.emit(message)
