@@ -14,15 +14,21 @@ importers use it too.
 from __future__ import annotations
 
 from itertools import repeat
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 # Items per C-level call: a few milliseconds of work at most (about 1 us per item or less).
 SLICE_ITEMS = 4096
 
 
-def slice_starts(count: int) -> range:
-    """The first index of each slice of `count` items."""
-    return range(0, count, SLICE_ITEMS)
+def slice_bounds(count: int) -> list[tuple[int, int]]:
+    """(start, stop) of each slice of `count` items."""
+    return [(start, min(start + SLICE_ITEMS, count)) for start in range(0, count, SLICE_ITEMS)]
+
+
+def parts(items: Sequence) -> Iterator[Sequence]:
+    """`items` a slice at a time (each a copy: `items[start:stop]`)."""
+    for start, stop in slice_bounds(len(items)):
+        yield items[start:stop]
 
 
 def array_of(function: Callable, items: Sequence, dtype, *constants):
@@ -31,10 +37,9 @@ def array_of(function: Callable, items: Sequence, dtype, *constants):
     import numpy as np
 
     result = np.empty(len(items), dtype)
-    for start in slice_starts(len(items)):
-        part = items[start:start + SLICE_ITEMS]
-        result[start:start + len(part)] = np.fromiter(map(function, part, *map(repeat, constants)), dtype,
-                                                      len(part))
+    for start, stop in slice_bounds(len(items)):
+        result[start:stop] = np.fromiter(map(function, items[start:stop], *map(repeat, constants)), dtype,
+                                         stop - start)
     return result
 
 
@@ -44,8 +49,8 @@ def table_of(rows: Sequence, dtype, columns: int):
 
     if not rows:
         return np.zeros((0, columns), dtype)
-    return np.concatenate([np.array(rows[start:start + SLICE_ITEMS], dtype).reshape(-1, columns)
-                           for start in slice_starts(len(rows))])
+    return np.concatenate([np.array(rows[start:stop], dtype).reshape(-1, columns)
+                           for start, stop in slice_bounds(len(rows))])
 
 
 def clear(items: list) -> None:

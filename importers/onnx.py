@@ -23,7 +23,7 @@ from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Mapping, NamedTuple, Optional, Sequence
 
-from engine.gil_slices import SLICE_ITEMS, clear, slice_starts
+from engine.gil_slices import clear, parts, slice_bounds
 from engine.ir import (Graph, Initializer, Model, ModelLoadError, Node, TensorType, Value,
                        WeightLocation)
 from importers import protowire
@@ -295,8 +295,8 @@ class ModelBuilder:
         node_field, count = graph.node, len(graph.node)
         op_types, names, domains, inputs, outputs = [], [], [], [], []
         attribute_fields, constants = [], []
-        for start in slice_starts(count):
-            protos = node_field[start:start + SLICE_ITEMS]  # a slice copies the repeated field in one C call
+        for start, stop in slice_bounds(count):
+            protos = node_field[start:stop]  # a slice copies the repeated field in one C call
             chunk_ops = list(map(_OP_TYPE_OF, protos))
             op_types += chunk_ops
             names += map(_NAME_OF, protos)
@@ -318,7 +318,10 @@ class ModelBuilder:
                                 in enumerate(zip(names, op_types))] if "" in names else names)
         namespaces = _namespaces(names)
         unknown_ops: dict[tuple[str, str], list[str]] = {}
-        known = {pair: _is_known_op(pair[0], pair[1], self.opsets) for pair in set(zip(op_types, domains))}
+        pairs: set[tuple[str, str]] = set()
+        for start, stop in slice_bounds(count):
+            pairs.update(zip(op_types[start:stop], domains[start:stop]))
+        known = {pair: _is_known_op(pair[0], pair[1], self.opsets) for pair in pairs}
         if not all(known.values()):
             for op_type, domain, node_id in zip(op_types, domains, node_ids):
                 if not known[op_type, domain]:
@@ -326,9 +329,8 @@ class ModelBuilder:
         # Every input and output name, deduplicated in node order.  Here, not after inference: in
         # the app this runs while the helper infers.
         referenced = {}
-        for start in slice_starts(count):  # a slice at a time, as above
-            referenced.update(dict.fromkeys(_chain(_chain(zip(inputs[start:start + SLICE_ITEMS],
-                                                              outputs[start:start + SLICE_ITEMS])))))
+        for start, stop in slice_bounds(count):  # a slice at a time, as above
+            referenced.update(dict.fromkeys(_chain(_chain(zip(inputs[start:stop], outputs[start:stop])))))
 
         nodes: list[Optional[Node]] = list(map(_node, node_ids, op_types, names, namespaces, inputs, outputs,
                                                attributes, domains))
@@ -585,8 +587,11 @@ def _unique_id(candidate: str, used: set[str]) -> str:
 
 def _unique_ids(candidates: list[str]) -> list[str]:
     """Node ids in node order: each candidate, or it with "#2", "#3"... when taken already."""
-    if len(set(candidates)) == len(candidates):
-        return candidates  # the usual case: all names distinct (one C-level set build)
+    distinct: set[str] = set()
+    for part in parts(candidates):
+        distinct.update(part)
+    if len(distinct) == len(candidates):
+        return candidates  # the usual case: all names distinct (a C-level set build per slice)
     used: set[str] = set()
     return [_unique_id(candidate, used) for candidate in candidates]
 
@@ -625,7 +630,8 @@ def _node_attributes(count: int, attribute_fields: list[tuple]) -> tuple[list[di
 
 def _namespaces(names: list[str]) -> list[str]:
     """`_namespace` of each node name."""
-    if "//" in "\0".join(names):  # a scope with an empty part, or ending in "/": the general rule
+    if any("//" in "\0".join(part) for part in parts(names)):  # a scope with an empty part, or ending in
+        # "/": the general rule (names sliced: engine.gil_slices)
         namespace_of: dict[str, str] = {}  # one call per distinct scope
         scopes = [name.rpartition("/")[0] for name in names]
         for scope in scopes:
@@ -636,7 +642,10 @@ def _namespaces(names: list[str]) -> list[str]:
     # name up to its last "/", without a leading "/" ("" when there is no "/").
     namespaces = [name[1:name.rfind("/")] if name[:1] == "/" else name[:max(name.rfind("/"), 0)] for name in names]
     shared: dict[str, str] = {}  # one string per namespace, kept by all its nodes (8 MB less at 100,000)
-    return list(map(shared.setdefault, namespaces, namespaces))
+    result: list[str] = []
+    for part in parts(namespaces):
+        result += map(shared.setdefault, part, part)
+    return result
 
 
 # Building the IR's frozen dataclasses fast.  Their `__init__` stores each field through
