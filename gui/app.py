@@ -402,6 +402,8 @@ class MainWindow(MenusMixin, ProfilesMixin, ExportsMixin, QMainWindow):
         QThreadPool.globalInstance().start(task)
 
     def _task_done(self, task: _LoadTask, result: Optional[LoadedModel], error: Optional[str], on_done) -> None:
+        task.function = None  # its closure holds the model a relayout replaces; the task itself is
+        # kept by its signals' connections (which hold it): it would keep that model for good
         if task not in self._tasks:  # the window was closed meanwhile
             return
         self._tasks.discard(task)

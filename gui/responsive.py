@@ -303,21 +303,23 @@ def free_in_background(old, still_used=()) -> Optional[threading.Thread]:
     walked.  Qt objects are neither walked nor kept (they are freed where they are, as before);
     objects that are still used elsewhere are only referenced for a while, never changed.
 
-    Returns the thread, or None when `old` cannot be watched (no weak reference).
+    Returns the thread (its `walked` event is set once it holds `old` no more), or None when
+    `old` cannot be watched (no weak reference).
     """
+    gone = threading.Event()
     try:
-        gone = weakref.ref(old)
+        watch = weakref.ref(old, lambda _: gone.set())  # called where the last reference goes
     except TypeError:
         return None
     skip = {id(part) for part in still_used}
     holder = [old]  # the thread's reference while it walks, dropped before it waits
+    walked = threading.Event()
 
     def run() -> None:
         kept_collections, kept = _keep_collections(holder, skip)
         holder.clear()  # the last reference may be this one: then the skeleton is freed here
-        deadline = time.monotonic() + FREE_WAIT_S
-        while gone() is not None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        walked.set()
+        gone.wait(FREE_WAIT_S)
         rest = _Rest()
         while kept_collections:
             kept_collections.pop()  # its items are kept: a few ms at most for 100,000 of them
@@ -326,8 +328,11 @@ def free_in_background(old, still_used=()) -> Optional[threading.Thread]:
             del kept[-FREE_SLICE_ITEMS:]  # from the end: nothing left to move
             rest()
         _freeing.discard(thread)
+        del watch_kept[:]
 
+    watch_kept = [watch]  # the weak reference lives as long as the thread (its callback with it)
     thread = threading.Thread(target=run, name="layerscope-free-model", daemon=True)
+    thread.walked = walked
     _freeing.add(thread)
     thread.start()
     return thread
