@@ -279,9 +279,13 @@ def gc_held() -> bool:
 FREE_COLLECTION_ITEMS = 256
 # Kept objects let go of per step: ~2-5 ms of freeing (a node of the IR is a handful of objects).
 FREE_SLICE_ITEMS = 2048
-# The thread works this long, then rests as long as it worked (the UI thread then has the GIL at
-# least half the time; a thread that never rests makes each of its GIL requests wait 5 ms).
+# The thread starts this long after the new model is shown (its first paints and the minimap come
+# first: another thread wanting the GIL slows every turn of the UI thread), then works FREE_STEP_S
+# at a time and rests twice as long (a thread that never rests makes each of the UI thread's GIL
+# requests wait up to the 5 ms switch interval).
+FREE_DELAY_S = 1.0
 FREE_STEP_S = 0.003
+FREE_REST_SHARE = 2.0
 # Kept objects are let go of after this long even if the model is still alive (something else keeps
 # it: nothing is freed then, and nothing is lost).
 FREE_WAIT_S = 60.0
@@ -303,7 +307,8 @@ def free_in_background(old, still_used=()) -> Optional[threading.Thread]:
     walked.  Qt objects are neither walked nor kept (they are freed where they are, as before);
     objects that are still used elsewhere are only referenced for a while, never changed.
 
-    Returns the thread (its `walked` event is set once it holds `old` no more), or None when
+    It starts FREE_DELAY_S after the call.  Returns the thread (its `walked` event is set once it
+    holds `old` no more), or None when
     `old` cannot be watched (no weak reference).
     """
     gone = threading.Event()
@@ -316,6 +321,7 @@ def free_in_background(old, still_used=()) -> Optional[threading.Thread]:
     walked = threading.Event()
 
     def run() -> None:
+        time.sleep(FREE_DELAY_S)
         kept_collections, kept = _keep_collections(holder, skip)
         holder.clear()  # the last reference may be this one: then the skeleton is freed here
         walked.set()
@@ -347,8 +353,8 @@ def freeing_done(timeout: float) -> bool:
 
 
 class _Rest:
-    """Called between steps: rests as long as the thread worked since its last rest, once it
-    worked FREE_STEP_S."""
+    """Called between steps: once the thread worked FREE_STEP_S since its last rest, it rests
+    FREE_REST_SHARE times as long."""
 
     def __init__(self):
         self.since = time.perf_counter()
@@ -356,7 +362,7 @@ class _Rest:
     def __call__(self) -> None:
         worked = time.perf_counter() - self.since
         if worked >= FREE_STEP_S:
-            time.sleep(worked)
+            time.sleep(worked * FREE_REST_SHARE)
             self.since = time.perf_counter()
 
 
