@@ -19,17 +19,21 @@ Composition is numpy over the drawn boxes; opening a group of 3,000 nodes in a 1
 model costs the layout of those 3,000 nodes once, and a few milliseconds when reopened.  A
 level's boxes and edges, and the tensors crossing a frame, come from the model's arrays
 (engine.group_index, built once per model), so they cost what the level holds, not what the
-model holds; the last few composed drawings are kept whole.
+model holds; the last few composed drawings are kept whole.  A group shaped exactly like one
+composed before (a repeated block, a head: engine.group_index.subtree_shape) is not composed
+from its levels: it is that group's composed piece under its own names (~10 ms instead of ~0.1 s
+for a block of ~140 levels).
 """
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field, replace
+from itertools import chain
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
 
-from engine.group_index import GroupIndex, LevelGraph, contains, level_graph, node_arrays
+from engine.group_index import GroupIndex, LevelGraph, SubtreeShape, contains, level_graph, node_arrays, subtree_shape
 from engine.layout import (GROUP_HEIGHT, NODE_WIDTH, VERTICAL_GAP, GraphLayout, LayoutEdge, NodeGroup, Rect,
                            attach_constants, collapsed_boxes, layout_graph, layout_nodes)
 
@@ -133,11 +137,12 @@ class FoldedLayouts:
     Thread-safe: the GUI composes in worker threads."""
 
     def __init__(self, analysis: "ModelAnalysis", groups: Mapping[str, NodeGroup], include_constants: bool,
-                 from_arrays: bool = True):
+                 from_arrays: bool = True, twin_pieces: bool = True):
         """`from_arrays` False: find every level by walking its nodes (the way a model whose tensors
-        the arrays cannot stand for is laid out; the same layouts, slower)."""
+        the arrays cannot stand for is laid out; the same layouts, slower).  `twin_pieces` False:
+        every opened group is composed from its levels, none renamed from a twin's (see _twin_piece)."""
         self.analysis, self.groups, self.include_constants = analysis, groups, include_constants
-        self.from_arrays = from_arrays
+        self.from_arrays, self.twin_pieces = from_arrays, twin_pieces
         self._levels: dict[Optional[str], GraphLayout] = {}
         self._children: dict[Optional[str], list[str]] = {}
         for group in groups.values():
@@ -155,8 +160,14 @@ class FoldedLayouts:
         # An opened group as composed, by (group, which of its descendants are collapsed): reopening
         # it, or opening another group elsewhere, reuses it whole.  Pieces are never changed.
         self._framed_pieces: dict[tuple[str, frozenset], _Piece] = {}
+        self._arrays_of_level: dict[Optional[str], tuple] = {}  # a level as arrays (see _level_arrays)
         self._composed: dict[frozenset, FoldedLayout] = {}  # the last COMPOSED_KEPT drawings, by collapsed groups
         self._descendants: dict[str, frozenset] = {}
+        # Repeated groups whole (layers.0 ... layers.N, the heads in each): the groups composed, by
+        # (members, descendants) counts, and the shape of each group compared (made when needed).
+        self._composed_by_counts: dict[tuple[int, int], list[str]] = {}
+        self._shapes: dict[str, SubtreeShape] = {}
+        self.renamed_pieces = 0  # opened groups drawn as a twin's piece renamed
         self._lock = threading.RLock()  # re-entered: a level's layout looks up the groups' index
         self.arrays = node_arrays(analysis)
         self.hidden = frozenset() if include_constants else \
@@ -316,38 +327,35 @@ class FoldedLayouts:
 
     # --- opening groups in advance -----------------------------------------------------------
     def prepare_opens(self, group_ids: Iterable[str], cancelled: Callable[[], bool] = lambda: False) -> list[str]:
-        """Do now what the first open of each group in `group_ids` needs: its level and every
-        descendant's (a repeated block reuses its twins' geometry, but still costs ~1 ms a level:
-        ~0.1 s for a block of ~140 levels), the tensors crossing their frames, and the group
-        composed opened whole and opened alone, so a first open costs what a reopen does.  The
-        same functions an open calls, so an open draws the same either way.  Stops between
-        steps once `cancelled()` is true; returns the groups prepared.  Models whose levels are
-        found by walking (no arrays) are not prepared: that would walk the whole model."""
+        """Do now what the first open of each group in `group_ids` needs: the group composed opened
+        whole and opened alone (its levels laid out, the tensors crossing their frames found), so a
+        first open costs what a reopen does.  A step is one group of the subtree composed, children
+        first (a group with a twin composed already: renamed, one step for its whole subtree).  The
+        same functions an open calls, so an open draws the same either way.  Stops between steps
+        once `cancelled()` is true; returns the groups prepared.  Models whose levels are found by
+        walking (no arrays) are not prepared: that would walk the whole model."""
         prepared: list[str] = []
         if self._indexed() is None:
             return prepared
         for group_id in group_ids:
             below = self._descendants_of(group_id)
-            if (group_id, frozenset()) not in self._framed_pieces or (group_id, below) not in self._framed_pieces:
-                for level in self._subtree(group_id):
-                    if cancelled():
-                        return prepared
-                    self.level(level)
-                    self._crossing_tensors(level)
-                for closed in (below, frozenset()):  # opened alone (a double-click), opened whole
-                    if cancelled():
-                        return prepared
-                    self._framed(group_id, closed)
+            # Lazily: whether a group has a twin to rename depends on the steps before it.
+            for step, closed in chain(((g, frozenset()) for g in self._bottom_up(group_id)), [(group_id, below)]):
+                if (step, closed & self._descendants_of(step)) in self._framed_pieces:
+                    continue
+                if cancelled():
+                    return prepared
+                self._framed(step, closed)  # opened whole; last the group opened alone (a double-click)
             prepared.append(group_id)
         return prepared
 
-    def _subtree(self, group_id: str) -> Iterator[str]:
-        """`group_id` and its descendants, parents first, children in the groups' order."""
-        pending = [group_id]
-        while pending:
-            current = pending.pop()
-            yield current
-            pending.extend(reversed(self._children.get(current, ())))
+    def _bottom_up(self, group_id: str) -> Iterator[str]:
+        """`group_id`'s subtree, children before their parent, except below a group with a twin
+        whose piece opened whole can be renamed (it is composed in one step)."""
+        if self._twin_of(group_id, frozenset()) is None:
+            for child in self._children.get(group_id, ()):
+                yield from self._bottom_up(child)
+        yield group_id
 
     # --- composing the levels ----------------------------------------------------------------
     def compose(self, collapsed: Iterable[str]) -> FoldedLayout:
@@ -362,10 +370,10 @@ class FoldedLayouts:
         piece = self._compose(None, closed)
         boxes = {node_id: tuple(rect) for node_id, rect in zip(piece.ids, piece.rects.tolist())}
         frames = {group_id: tuple(rect) for group_id, rect in zip(piece.frame_ids, piece.frame_rects.tolist())}
-        points = [tuple(p) for p in piece.points.tolist()]
+        points = list(map(tuple, piece.points.tolist()))
         starts = piece.starts.tolist()
-        edges = tuple(LayoutEdge(s, t, v, tuple(points[starts[k]:starts[k + 1]]), vs)
-                      for k, (s, t, v, vs) in enumerate(piece.edges))
+        lines = map(tuple, map(points.__getitem__, map(slice, starts[:-1], starts[1:])))  # each edge's points
+        edges = tuple(LayoutEdge(s, t, v, line, vs) for (s, t, v, vs), line in zip(piece.edges, lines))
         method = self.level(None).method + (", per group" if frames else "")
         box_for = _BoxFor(self.groups, self.innermost(), frozenset(piece.members))
         composed = FoldedLayout(boxes, edges, {}, piece.width, piece.height, method, self.hidden, piece.members,
@@ -376,23 +384,36 @@ class FoldedLayouts:
                 self._composed.pop(next(iter(self._composed)))
         return composed
 
+    def _level_arrays(self, level: Optional[str]) -> tuple:
+        """(box ids, rects, edges as (source, target, value, values), point starts, points, rank) of
+        a level, in a piece's coordinates: made once (the root and `model` levels are composed again
+        on every open; ~17 ms each time for 250 blocks' edges).  Never changed: callers copy."""
+        found = self._arrays_of_level.get(level)
+        if found is None:
+            base = self.level(level)
+            ids = list(base.boxes)
+            rects = np.array([base.boxes[n] for n in ids], dtype=float).reshape(-1, 4)
+            # Shown constants beside the leftmost or topmost boxes reach below 0: a piece starts at 0.
+            shift = np.array([-min(0.0, getattr(base, "left", 0.0)), -min(0.0, getattr(base, "top", 0.0))])
+            rects[:, :2] += shift
+            edges = [(e.source, e.target, e.value, e.values) for e in base.edges]
+            starts = np.cumsum([0] + [len(e.points) for e in base.edges])
+            points = np.array([p for e in base.edges for p in e.points], dtype=float).reshape(-1, 2) + shift
+            # A box's rank (its row; a shown constant has its reader's): see _compose.
+            rank = np.array([base.layers.get(n, -1) for n in ids], dtype=float)
+            found = self._arrays_of_level[level] = (ids, rects, edges, starts, points, rank)
+        return found
+
     def _compose(self, level: Optional[str], closed: frozenset) -> _Piece:
         base = self.level(level)
-        ids = list(base.boxes)
-        rects = np.array([base.boxes[n] for n in ids], dtype=float).reshape(-1, 4)
-        # Shown constants beside the leftmost or topmost boxes reach below 0: a piece starts at 0.
-        shift = np.array([-min(0.0, getattr(base, "left", 0.0)), -min(0.0, getattr(base, "top", 0.0))])
-        rects[:, :2] += shift
+        ids, rects, edges, starts, points, rank = self._level_arrays(level)
+        rects, points = rects.copy(), points.copy()  # moved below
         reference = rects[:, :2] + rects[:, 2:] / 2  # a box's centre decides which way it moves
-        edges = [(e.source, e.target, e.value, e.values) for e in base.edges]
-        starts = np.cumsum([0] + [len(e.points) for e in base.edges])
-        points = np.array([p for e in base.edges for p in e.points], dtype=float).reshape(-1, 2) + shift
         opened = [(i, ids[i]) for i in range(len(ids)) if ids[i] in base.members and ids[i] not in closed]
         inner: dict[int, _Piece] = {}
-        # A box's rank (its row; a shown constant has its reader's): the rows below an opened
-        # group move down, and only its own row moves right (above and below it nothing moves
-        # sideways: no blank band across the drawing).  Rows stay rows: every edge still runs down.
-        rank = np.array([base.layers.get(n, -1) for n in ids], dtype=float)
+        # A box's rank (its row): the rows below an opened group move down, and only its own row
+        # moves right (above and below it nothing moves sideways: no blank band across the
+        # drawing).  Rows stay rows: every edge still runs down.
         unranked = rank < 0
         for index, group_id in opened:
             piece = self._framed(group_id, closed)
@@ -447,12 +468,93 @@ class FoldedLayouts:
 
     def _framed(self, group_id: str, closed: frozenset) -> _Piece:
         """The opened group `group_id` in its frame's coordinates: contents moved under the title
-        band, its lanes added, the frame itself first among the frames (kept: see _framed_pieces)."""
-        key = (group_id, closed & self._descendants_of(group_id))
+        band, its lanes added, the frame itself first among the frames (kept: see _framed_pieces).
+        A group shaped like one composed before is that one's piece renamed (see _twin_piece)."""
+        inner = closed & self._descendants_of(group_id)
+        key = (group_id, inner)
         found = self._framed_pieces.get(key)
         if found is None:
-            found = self._framed_pieces[key] = self._frame(group_id, closed)
+            found = self._twin_piece(group_id, inner)
+            if found is None:
+                found = self._frame(group_id, closed)
+                self._composed_here(group_id)
+            self._framed_pieces[key] = found
         return found
+
+    # --- repeated groups: a twin's piece renamed --------------------------------------------
+    # Opening a block of a 100,000-node transformer composed ~140 levels (its sub-groups), each
+    # ~1 ms of bookkeeping even when its geometry is a twin level's (see _reuse): ~0.12 s.  A group
+    # whose shape (engine.group_index.subtree_shape: ops, nesting, wiring, crossing tensors) equals
+    # that of a group composed before is drawn exactly as that one, under its own names: renaming
+    # its piece costs ~5 ms for a block, and inside the first block the heads are twins too.
+    def _counts(self, group_id: str, index: GroupIndex) -> tuple[int, int]:
+        return len(index.members[index.number[group_id]]), len(self._descendants_of(group_id))
+
+    def _composed_here(self, group_id: str) -> None:
+        """Note that `group_id` was composed from its levels: a twin may be renamed from it."""
+        index = self._indexed()
+        if index is None or not self.twin_pieces:
+            return
+        with self._lock:
+            composed = self._composed_by_counts.setdefault(self._counts(group_id, index), [])
+            if group_id not in composed:
+                composed.append(group_id)
+
+    def _shape(self, group_id: str, index: GroupIndex) -> SubtreeShape:
+        with self._lock:
+            found = self._shapes.get(group_id)
+            if found is None:
+                found = self._shapes[group_id] = subtree_shape(
+                    self.arrays, self.arrays.pairs(self.include_constants), index, group_id,
+                    tuple(self._descendants_of(group_id)))
+            return found
+
+    def _twin_piece(self, group_id: str, inner: frozenset) -> Optional[_Piece]:
+        """`group_id` opened, with the descendants `inner` collapsed, renamed from the piece of a
+        group of the same shape composed that way before; None when there is none."""
+        found = self._twin_of(group_id, inner)
+        if found is None:
+            return None
+        piece, theirs, mine = found
+        with self._lock:
+            self.renamed_pieces += 1
+            self.reused_levels += len(piece.frame_ids)  # every level the piece is made of
+        return self._renamed(piece, theirs, mine)
+
+    def _twin_of(self, group_id: str, inner: frozenset) -> Optional[tuple[_Piece, SubtreeShape, SubtreeShape]]:
+        """(the piece of a twin of `group_id` opened with the descendants matching `inner` collapsed,
+        the twin's shape, the group's shape), or None."""
+        index = self._indexed() if self.twin_pieces else None
+        if index is None:
+            return None
+        with self._lock:
+            candidates = [g for g in self._composed_by_counts.get(self._counts(group_id, index), ()) if g != group_id]
+            if not candidates:
+                return None
+            mine = self._shape(group_id, index)
+            for twin in candidates:
+                theirs = self._shape(twin, index)
+                if theirs.key != mine.key:
+                    continue
+                piece = self._framed_pieces.get((twin, frozenset(theirs.groups[mine.rank[g]] for g in inner)))
+                if piece is not None:
+                    break
+            else:
+                return None
+        return piece, theirs, mine
+
+    def _renamed(self, piece: _Piece, theirs: SubtreeShape, mine: SubtreeShape) -> _Piece:
+        """`piece` (of the group `theirs`) under the names of `mine`: the same geometry, shared
+        (pieces are never changed)."""
+        ids = self.arrays.id_array
+        rename = dict(zip(ids[theirs.members].tolist(), ids[mine.members].tolist()))
+        rename.update(zip(theirs.groups, mine.groups))
+        names = self.arrays.tensor_names
+        tensor = dict(zip(map(names.__getitem__, theirs.tensors.tolist()), map(names.__getitem__, mine.tensors.tolist())))
+        edges = [(rename[s], rename[t], tensor[v], tuple(map(tensor.__getitem__, vs))) for s, t, v, vs in piece.edges]
+        members = {rename[b]: self.groups[rename[b]].members for b in piece.members}
+        return _Piece(list(map(rename.__getitem__, piece.ids)), piece.rects, list(map(rename.__getitem__, piece.frame_ids)),
+                      piece.frame_rects, edges, piece.starts, piece.points, members, piece.width, piece.height)
 
     def _descendants_of(self, group_id: str) -> frozenset:
         found = self._descendants.get(group_id)

@@ -399,3 +399,62 @@ def level_graph(arrays: NodeArrays, pairs: "Pairs", index: GroupIndex, nodes: np
             elif count and contains(nodes, np.array([producer]))[0]:
                 producer_of[tensor_names[k]] = name(int(box[np.searchsorted(nodes, producer)]))
     return LevelGraph(boxes, box_pairs, producer_of, nodes, child, level_pairs)
+
+
+class SubtreeShape:
+    """What the drawing of a group opened (with any of its descendants collapsed) depends on, up
+    to names (see `subtree_shape`): two groups with equal `key`s are drawn alike, and one's drawing
+    becomes the other's by renaming member i, group i and tensor i of the one to those of the other."""
+
+    def __init__(self, key: tuple, members: np.ndarray, groups: list[str], tensors: np.ndarray):
+        self.key = key
+        self.members = members  # the member positions, ascending
+        self.groups = groups  # the group and its descendants, by number
+        self.rank = {group_id: i for i, group_id in enumerate(groups)}
+        self.tensors = tensors  # every tensor its drawing can name, in the key's order
+
+
+def subtree_shape(arrays: NodeArrays, pairs: Pairs, index: GroupIndex, group_id: str,
+                  descendants: Sequence[str]) -> SubtreeShape:
+    """The shape of `group_id` with its `descendants`, from the arrays: every member's op type,
+    drawn or not (a constant), output count and innermost group (by rank in the subtree); the
+    groups' parents (by rank); each read by a member (by rank) of a tensor made by a member (its
+    rank and output slot) or made outside (numbered in order of first appearance: which outside
+    tensors are one); and the members' tensors read outside or graph outputs (rank and slot).
+    That is everything the group's levels, their wiring and the tensors crossing their frames are
+    made of (FoldedLayouts._lay_out, _crossing_from_arrays), so equal keys mean equal drawings."""
+    numbers = np.array(sorted(index.number[g] for g in (group_id, *descendants)), dtype=np.int64)
+    members = index.members[index.number[group_id]]
+    out_start = arrays.tensors().out_start
+    parents = index.parent[numbers]
+    parent_rank = np.where(contains(numbers, parents), np.searchsorted(numbers, parents), -1)
+    parts = [len(members), len(numbers), arrays.op_codes(members).tobytes(), arrays.constant[members].tobytes(),
+             (out_start[members + 1] - out_start[members]).tobytes(),
+             np.searchsorted(numbers, index.innermost[members]).tobytes(), parent_rank.tobytes()]
+    tensors = [np.zeros(0, dtype=np.int64)] * 2
+    if len(members):
+        first, last = int(members[0]), int(members[-1])
+        window = pairs.into(first, last)
+        source, target, tensor = pairs.source[window], pairs.target[window], pairs.tensor[window]
+        read = contains(members, target)
+        source, target, tensor = source[read], target[read], tensor[read]
+        inside = contains(members, source)
+        source_rank = np.where(inside, np.searchsorted(members, source), -1)
+        outside = tensor[~inside]
+        _, seen, again = np.unique(outside, return_index=True, return_inverse=True)
+        order = np.empty(len(seen), dtype=np.int64)
+        order[np.argsort(seen, kind="stable")] = np.arange(len(seen))
+        code = np.empty(len(tensor), dtype=np.int64)
+        code[inside] = tensor[inside] - out_start[source[inside]]  # output slot
+        code[~inside] = order[again.reshape(-1)]  # which outside tensor
+        reads = pairs.out_of(first, last)
+        reads = reads[contains(members, pairs.source[reads]) & ~contains(members, pairs.target[reads])]
+        made = arrays.output_tensors
+        made = made[(made >= out_start[first]) & (made < out_start[last + 1])]
+        made = made[contains(members, arrays.tensor_source[made])]
+        leaving = np.union1d(pairs.tensor[reads], made)
+        maker = arrays.tensor_source[leaving]
+        parts += [np.stack([np.searchsorted(members, target), source_rank, code]).tobytes(),
+                  np.stack([np.searchsorted(members, maker), leaving - out_start[maker]]).tobytes()]
+        tensors = [tensor, leaving]
+    return SubtreeShape(tuple(parts), members, [index.ids[k] for k in numbers.tolist()], np.concatenate(tensors))

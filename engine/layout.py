@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping, NamedTuple, Optional, Seque
 
 import numpy as np
 
+from engine.gc_pause import collector_paused
 from engine.ir import Graph
 
 if TYPE_CHECKING:
@@ -388,29 +389,41 @@ def attach_constants(layout: GraphLayout, analysis: "ModelAnalysis", include_io:
     The boxes and edges of `layout` keep their places; see the module docstring for where the
     constants go.  Constants inside a collapsed group stay drawn by the group's box.
     """
+    # Thousands of tuples (boxes, edges and their points) and no cycles: see engine.gc_pause.  In
+    # an open of DenseNet-121 with its 1,078 constants shown, ~15 collections (~2 ms) ran here.
+    with collector_paused():
+        return _attach_constants(layout, analysis, include_io)
+
+
+def _attach_constants(layout: GraphLayout, analysis: "ModelAnalysis", include_io: bool,
+                      search_all: bool = False) -> GraphLayout:
+    """`attach_constants`; `search_all`: every tree's spot searched for one by one (what the numpy
+    check of `_constant_spots` must agree with)."""
     graph, metrics = analysis.graph, analysis.nodes
     nodes = graph.nodes_by_id
-    constants = [n for n in analysis.order if metrics[n].is_constant and n not in layout.box_for]
+    box_for, box_of, old_boxes = layout.box_for, layout.box_of, layout.boxes
+    constants = [n for n in analysis.order if metrics[n].is_constant and n not in box_for]
     if not constants:
         return _replace_layout(layout, hidden=frozenset())
     shown = set(constants)
-    position = {node_id: metrics[node_id].order for node_id in analysis.order}
-    consumers: dict[str, list[str]] = {}  # tensor -> the nodes reading it, in execution order
-    producer: dict[str, str] = {}  # tensor -> the box drawing its producer (a constant's own)
+    # Only the tensors into and out of the shown constants are indexed.
+    constant_nodes = list(map(nodes.__getitem__, constants))
+    their_outputs = {name for node in constant_nodes for name in node.outputs if name}
+    their_inputs = {name for node in constant_nodes for name in node.inputs if name}
+    consumers: dict[str, list[str]] = {}  # a constant's tensor -> the nodes reading it, in execution order
+    for name, node_id in [(name, node_id) for node_id in analysis.order for name in nodes[node_id].inputs
+                          if name in their_outputs]:
+        consumers.setdefault(name, []).append(node_id)
+    producer: dict[str, str] = {}  # a tensor a constant reads -> the box drawing its producer (a constant's own)
     if include_io:
         for name in graph.inputs:
-            if INPUT_PREFIX + name in layout.boxes:
+            if name in their_inputs and INPUT_PREFIX + name in old_boxes:
                 producer[name] = INPUT_PREFIX + name
-    for node_id in analysis.order:
-        node = nodes[node_id]
-        for name in node.inputs:
-            if name:
-                consumers.setdefault(name, []).append(node_id)
-        drawn = node_id if node_id in shown else layout.box_of(node_id)
+    for name, node_id in [(name, node_id) for node_id in analysis.order for name in nodes[node_id].outputs
+                          if name in their_inputs]:
+        drawn = node_id if node_id in shown else box_of(node_id)
         if drawn is not None:
-            for name in node.outputs:
-                if name:
-                    producer[name] = drawn
+            producer[name] = drawn
     graph_outputs = set(graph.outputs) if include_io else set()
 
     # Each constant hangs off its first consumer: another shown constant (its parent in a tree)
@@ -418,94 +431,140 @@ def attach_constants(layout: GraphLayout, analysis: "ModelAnalysis", include_io:
     feeders: dict[str, list[str]] = {}  # a constant or an anchor box -> the constants hanging off it
     anchors: list[str] = []  # in order of first use
     orphans: list[str] = []
-    for constant in constants:
-        readers = [reader for name in nodes[constant].outputs for reader in consumers.get(name, ())
-                   if position[reader] > position[constant]]
+    plain: set[str] = set()  # constants with no edge but the one to what they hang off (most of them)
+    for constant, node in zip(constants, constant_nodes):
+        outputs = node.outputs
+        readers = consumers.get(outputs[0], ()) if len(outputs) == 1 else None
+        if readers is not None and len(readers) == 1:  # the usual case: one tensor, one reader
+            first, reads = readers[0], 1
+            if metrics[first].order <= metrics[constant].order:
+                first = None
+        else:
+            own_order = metrics[constant].order
+            first, first_order, reads = None, 0, 0
+            for name in outputs:
+                for reader in consumers.get(name, ()):
+                    reads += 1
+                    order = metrics[reader].order
+                    if order > own_order and (first is None or order < first_order):
+                        first, first_order = reader, order
         parent = None
-        if readers:
-            first = min(readers, key=position.__getitem__)
-            parent = first if first in shown else layout.box_of(first)
+        if first is not None:
+            parent = first if first in shown or first in old_boxes else box_for.get(first)
         if parent is None:
-            parent = next((OUTPUT_PREFIX + name for name in nodes[constant].outputs
-                           if name in graph_outputs and OUTPUT_PREFIX + name in layout.boxes), None)
-        if parent is None:
-            orphans.append(constant)
-            continue
-        if parent not in shown and parent not in feeders:
-            anchors.append(parent)
-        feeders.setdefault(parent, []).append(constant)
+            parent = next((OUTPUT_PREFIX + name for name in outputs
+                           if name in graph_outputs and OUTPUT_PREFIX + name in old_boxes), None)
+            if parent is None:
+                orphans.append(constant)
+                continue
+        elif reads == 1 and len(outputs) == 1 and outputs[0] not in graph_outputs \
+                and producer.keys().isdisjoint(node.inputs):
+            plain.add(constant)
+        hanging = feeders.get(parent)
+        if hanging is None:
+            feeders[parent] = [constant]
+            if parent not in shown:
+                anchors.append(parent)
+        else:
+            hanging.append(constant)
 
-    obstacles = _Obstacles(layout)
-    boxes = dict(layout.boxes)
-    layers = dict(layout.layers)
-    edges = list(layout.edges)
-    attached: set[tuple[str, str, str]] = set()  # (constant, reader's box, tensor) drawn as short edges
     step_x, step_y = CONSTANT_WIDTH + CONSTANT_GAP, CONSTANT_HEIGHT + CONSTANT_GAP
-    left = min((x for x, _, _, _ in layout.boxes.values()), default=0.0)
-    for anchor in anchors + orphans:
-        roots = feeders[anchor] if anchor in layout.boxes else [anchor]
-        cells, columns, rows = _constant_tree(roots, feeders)
-        width, height = columns * step_x - CONSTANT_GAP, rows * step_y - CONSTANT_GAP
-        if anchor in layout.boxes:
-            ax, ay, aw, _ = layout.boxes[anchor]
-            x, side = obstacles.free_x(ax, ax + aw, ay - CONSTANT_LIFT - height, width, height)
-            layer = layout.layers.get(anchor, 0)
-        else:  # an orphan: left of everything, at the top
-            ay, layer = height + CONSTANT_LIFT, 0
-            x, side = obstacles.free_x(left, left, 0.0, width, height, sides=("left",))
-        top = ay - CONSTANT_LIFT - height
-        obstacles.add((x, top, width, height))
-        for constant, (column, row) in cells.items():
-            boxes[constant] = (x + column * step_x, top + (rows - 1 - row) * step_y, CONSTANT_WIDTH, CONSTANT_HEIGHT)
-            layers[constant] = layer
-        # Short edges: each constant to the constant (or the anchor) it hangs off.
-        if anchor in layout.boxes:
-            ax, ay, aw, _ = layout.boxes[anchor]
-            level = ay - CONSTANT_LIFT / 2
-            for k, constant in enumerate(roots):
-                cx, cy, cw, ch = boxes[constant]
-                entry = min(10.0 + 9.0 * k, aw / 2)
-                entry_x = ax + entry if side == "left" else ax + aw - entry
-                start = (cx + cw / 2, cy + ch)
-                edges.append(LayoutEdge(constant, anchor, _tensor_to(nodes, constant, anchor, nodes[anchor] if anchor
-                                                                     in nodes else None),
-                                        (start, (start[0], level), (entry_x, level), (entry_x, ay))))
-                attached.add((constant, anchor, edges[-1].value))
+    trees = [_constant_tree(feeders[anchor], feeders) for anchor in anchors]
+    trees += [_constant_tree([orphan], feeders) for orphan in orphans]
+    sizes = [(columns * step_x - CONSTANT_GAP, rows * step_y - CONSTANT_GAP) for _, columns, rows in trees]
+    old = np.array(list(old_boxes.values()), dtype=float).reshape(-1, 4)
+    anchor_box = np.array([old_boxes[anchor] for anchor in anchors], dtype=float).reshape(-1, 4)
+    spots = _constant_spots(layout, old, anchors, anchor_box, sizes, search_all)
+
+    # Every constant's box, all at once: its tree's spot, moved by its column and row in the tree.
+    names = [constant for cells, _, _ in trees for constant in cells]
+    place = np.array([cell for cells, _, _ in trees for cell in cells.values()], dtype=float).reshape(-1, 2)
+    owner = np.repeat(np.arange(len(trees)), [len(cells) for cells, _, _ in trees])
+    spot = np.array([(x, top) for x, top, _ in spots], dtype=float).reshape(-1, 2)
+    tree_height = np.array([rows for _, _, rows in trees], dtype=np.int64)
+    xs = spot[owner, 0] + place[:, 0] * step_x
+    ys = spot[owner, 1] + (tree_height[owner] - 1 - place[:, 1]) * step_y
+    boxes = dict(old_boxes)
+    boxes.update(zip(names, zip(xs.tolist(), ys.tolist(), repeat(CONSTANT_WIDTH), repeat(CONSTANT_HEIGHT))))
+    layers = dict(layout.layers)
+    tree_layers = [layout.layers.get(anchor, 0) for anchor in anchors] + [0] * len(orphans)
+    layers.update(zip(names, np.array(tree_layers, dtype=np.int64)[owner].tolist()))
+
+    # Short edges from the bottom of each constant a box reads to the box's top: down, across
+    # above the box, down into it (the k-th of a box's constants enters 10 + 9k units in).
+    new_edge = tuple.__new__  # skips LayoutEdge's Python-level __new__ (5,000 edges on DenseNet-121)
+    # A box's constants are its tree's row 0, in order (the trees of orphans come last: no box).
+    root = np.flatnonzero((place[:, 1] == 0) & (owner < len(anchors)))
+    tree = owner[root]
+    root_counts = np.bincount(tree, minlength=len(anchors))
+    roots = [names[i] for i in root.tolist()]
+    root_anchor = [anchors[t] for t in tree.tolist()]
+    values = [outputs[0] if len(outputs) == 1 and outputs[0] else _tensor_to(nodes, constant, anchor, nodes.get(anchor))
+              for constant, anchor, outputs in zip(roots, root_anchor, (nodes[c].outputs for c in roots))]
+    k = np.arange(len(roots)) - np.repeat(np.cumsum(root_counts) - root_counts, root_counts)
+    ax, ay, aw = anchor_box[tree, 0], anchor_box[tree, 1], anchor_box[tree, 2]
+    entry = np.minimum(10.0 + 9.0 * k, aw / 2)
+    on_left = np.array([side == "left" for _, _, side in spots[:len(anchors)]], dtype=bool)[tree]
+    entry_x = np.where(on_left, ax + entry, ax + aw - entry).tolist()
+    start_x, level, ay = (xs[root] + CONSTANT_WIDTH / 2).tolist(), (ay - CONSTANT_LIFT / 2).tolist(), ay.tolist()
+    root_edges = [new_edge(LayoutEdge, (constant, anchor, value, ((x0, y0), (x0, y1), (x1, y1), (x1, y2)), ()))
+                  for constant, anchor, value, x0, y0, y1, x1, y2
+                  in zip(roots, root_anchor, values, start_x, (ys[root] + CONSTANT_HEIGHT).tolist(), level,
+                         entry_x, ay)]
+    attached: set[tuple[str, str, str]] = set(zip(roots, root_anchor, values))  # drawn as short edges
+    # Then, tree by tree, the edges between constants (a constant to the one it feeds), after the tree's
+    # short edges.
+    edges = list(layout.edges)
+    done = 0  # short edges in `edges` so far
+    ends = np.cumsum(root_counts).tolist() + [len(roots)] * len(orphans)
+    for (cells, _, tree_rows), end in zip(trees, ends):
+        if tree_rows == 1:
+            continue  # no constant feeds another here
+        edges += root_edges[done:end]
+        done = end
         for parent in cells:
             px, py, pw, _ = boxes[parent]
             for constant in feeders.get(parent, ()):
                 cx, cy, cw, ch = boxes[constant]
-                start, end = (cx + cw / 2, cy + ch), (px + pw / 2, py)
-                middle = (start[1] + end[1]) / 2
-                points = (start, end) if abs(start[0] - end[0]) < 1e-6 else \
-                    (start, (start[0], middle), (end[0], middle), end)
+                start, end_point = (cx + cw / 2, cy + ch), (px + pw / 2, py)
+                middle = (start[1] + end_point[1]) / 2
+                points = (start, end_point) if abs(start[0] - end_point[0]) < 1e-6 else \
+                    (start, (start[0], middle), (end_point[0], middle), end_point)
                 value = _tensor_to(nodes, constant, parent, nodes[parent])
-                edges.append(LayoutEdge(constant, parent, value, points))
+                edges.append(new_edge(LayoutEdge, (constant, parent, value, points, ())))
                 attached.add((constant, parent, value))
+    edges += root_edges[done:]
     # Every other tensor into or out of a shown constant: a straight edge (a constant read by a
     # second node, a shape computed from a tensor the graph makes).
     seen: set[tuple[str, str, str]] = set()
-    for constant in constants:
-        node = nodes[constant]
+    for constant, node in zip(constants, constant_nodes):
+        if constant in plain:
+            continue
         links = [(producer.get(name), constant, name) for name in node.inputs if name]
-        links += [(constant, layout.box_of(reader) if reader not in shown else reader, name)
+        links += [(constant, reader if reader in shown else box_of(reader), name)
                   for name in node.outputs if name for reader in consumers.get(name, ())]
-        links += [(constant, OUTPUT_PREFIX + name, name) for name in node.outputs
-                  if name in graph_outputs and OUTPUT_PREFIX + name in boxes]
-        for source, target, name in links:
-            key = (source, target, name)
+        if graph_outputs:
+            links += [(constant, OUTPUT_PREFIX + name, name) for name in node.outputs
+                      if name in graph_outputs and OUTPUT_PREFIX + name in boxes]
+        for key in links:
+            source, target, name = key
             if source is None or target is None or source == target or key in attached or key in seen:
                 continue
             seen.add(key)
             sx, sy, sw, sh = boxes[source]
             tx, ty, tw, _ = boxes[target]
-            edges.append(LayoutEdge(source, target, name, ((sx + sw / 2, sy + sh), (tx + tw / 2, ty))))
-    return GraphLayout(boxes, tuple(edges), layers,
-                       max(layout.width, max(x + w for x, _, w, _ in boxes.values())),
-                       max(layout.height, max(y + h for _, y, _, h in boxes.values())),
+            edges.append(new_edge(LayoutEdge, (source, target, name, ((sx + sw / 2, sy + sh), (tx + tw / 2, ty)), ())))
+    # The drawing's extent: the boxes' and the constants'.
+    rights, bottoms = [float((xs + CONSTANT_WIDTH).max())], [float((ys + CONSTANT_HEIGHT).max())]
+    lefts, tops = [float(xs.min())], [float(ys.min())]
+    if len(old):
+        rights.append(float((old[:, 0] + old[:, 2]).max()))
+        bottoms.append(float((old[:, 1] + old[:, 3]).max()))
+        lefts.append(float(old[:, 0].min()))
+        tops.append(float(old[:, 1].min()))
+    return GraphLayout(boxes, tuple(edges), layers, max(layout.width, *rights), max(layout.height, *bottoms),
                        layout.method, frozenset(), layout.members, layout.box_for,
-                       min(layout.left, min(x for x, _, _, _ in boxes.values())),
-                       min(layout.top, min(y for _, y, _, _ in boxes.values())))
+                       min(layout.left, *lefts), min(layout.top, *tops))
 
 
 def _replace_layout(layout: GraphLayout, **changes) -> GraphLayout:
@@ -517,6 +576,8 @@ def _replace_layout(layout: GraphLayout, **changes) -> GraphLayout:
 def _tensor_to(nodes, constant: str, reader_box: str, reader) -> str:
     """The tensor from `constant` to the node `reader` (the first one, when a group box reads it)."""
     outputs = [name for name in nodes[constant].outputs if name]
+    if len(outputs) == 1:  # the usual case: whatever reads it reads this one
+        return outputs[0]
     if reader is not None:
         for name in outputs:
             if name in reader.inputs:
@@ -533,6 +594,9 @@ def _constant_tree(roots: Sequence[str], feeders: Mapping[str, list[str]]
     Row 0 holds `roots` (the constants the box reads), row r the constants r steps away; each
     constant's feeders take the columns above it and it sits centred under them.
     """
+    chains = _constant_chains(roots, feeders)
+    if chains is not None:
+        return chains[0], len(roots), chains[1]
     preorder: list[tuple[str, int]] = []
     stack = [(root, 0) for root in reversed(roots)]
     while stack:  # iterative: a chain of shape arithmetic can be longer than Python's recursion limit
@@ -556,41 +620,176 @@ def _constant_tree(roots: Sequence[str], feeders: Mapping[str, list[str]]
     return cells, sum(span[root] for root in roots), 1 + max(row for _, row in preorder)
 
 
+def _constant_chains(roots: Sequence[str], feeders: Mapping[str, list[str]]
+                     ) -> Optional[tuple[dict[str, tuple[float, int]], int]]:
+    """`_constant_tree`'s cells and rows when no constant has two feeders (the usual case, a
+    `ConstantOfShape -> Unsqueeze -> Mul` chain): each root's chain in a column of its own."""
+    cells: dict[str, tuple[float, int]] = {}
+    rows = 1
+    for column, root in enumerate(roots):
+        constant, row = root, 0
+        while True:
+            cells[constant] = (float(column), row)
+            above = feeders.get(constant)
+            if not above:
+                break
+            if len(above) > 1:
+                return None
+            constant, row = above[0], row + 1
+        if row >= rows:
+            rows = row + 1
+    return cells, rows
+
+
+def _constant_spots(layout: GraphLayout, old: np.ndarray, anchors: list[str], anchor_box: np.ndarray,
+                    sizes: list[tuple[float, float]], search_all: bool = False) -> list[tuple[float, float, str]]:
+    """(x, top, side) of each tree of constants: the trees of `anchors` (boxes of `layout`), then
+    those of orphans (no box reads them), `sizes` their (width, height), in that order.  `old`:
+    the boxes of `layout` (rows x, y, width, height), `anchor_box` those of `anchors`.
+
+    A tree goes just left of its box, bottom CONSTANT_LIFT above the box's top, or, where that
+    spot is taken (by a box, an edge's vertical run or a tree placed before), as near as it can
+    by sliding left or right (`_Obstacles.free_x`).  Most spots are free: they are found for all
+    trees at once with numpy, and the search runs from the first tree whose spot is not
+    (`search_all`: from the first tree).
+    """
+    runs = _vertical_runs(layout.edges)
+    spots: list[tuple[float, float, str]] = []
+    count = len(anchors)
+    if count and not search_all:
+        size = np.array(sizes[:count], dtype=float).reshape(-1, 2)
+        ax, ay, aw = anchor_box[:, 0], anchor_box[:, 1], anchor_box[:, 2]
+        w, h = size[:, 0], size[:, 1]
+        # As free_x computes them (the same float operations): the spot just left of the box, and
+        # how far from the box it and the first spot on the right are.
+        x, y = ax - CONSTANT_SIDE_GAP - w, ay - CONSTANT_LIFT - h
+        right = ax + aw
+        left_distance, right_distance = ax - (x + w), (right + CONSTANT_SIDE_GAP) - right
+        gap = CONSTANT_SIDE_GAP
+        query = np.stack([x - gap, x + w + gap, y - gap, y + h + gap], axis=1)
+        taken = right_distance < left_distance  # rounding: the right might be nearer, searched
+        # What could be in the way: every box, every vertical run, every spot before (the trees
+        # before the first taken spot are placed there).
+        rects = np.concatenate([old, runs])
+        obstacles = len(rects)
+        hit, by = _overlapping(query, np.concatenate([
+            np.stack([rects[:, 0], rects[:, 0] + rects[:, 2], rects[:, 1], rects[:, 1] + rects[:, 3]], axis=1),
+            np.stack([x, x + w, y, y + h], axis=1)]))
+        taken[hit[(by < obstacles) | (by - obstacles < hit)]] = True
+        settled = int(np.argmax(taken)) if taken.any() else count
+        spots = list(zip(x[:settled].tolist(), y[:settled].tolist(), repeat("left")))
+    return _searched_spots(layout, old, runs, anchors, sizes, spots)
+
+
+def _searched_spots(layout: GraphLayout, old: np.ndarray, runs: np.ndarray, anchors: list[str],
+                    sizes: list[tuple[float, float]], spots: list[tuple[float, float, str]]
+                    ) -> list[tuple[float, float, str]]:
+    """`spots` (those of the first trees, placed) followed by the spots of the other trees, one
+    at a time, each searched for with `_Obstacles.free_x`; the arguments as `_constant_spots`'s,
+    `runs` the vertical runs of the layout's edges."""
+    spots = list(spots)
+    if len(spots) == len(sizes):
+        return spots
+    obstacles = _Obstacles(chain(layout.boxes.values(), runs.tolist()))
+    for (x, top, _), (w, h) in zip(spots, sizes):
+        obstacles.add((x, top, w, h))
+    leftmost = float(old[:, 0].min()) if len(old) else 0.0
+    for index in range(len(spots), len(sizes)):
+        width, height = sizes[index]
+        if index < len(anchors):
+            ax, ay, aw, _ = layout.boxes[anchors[index]]
+            top = ay - CONSTANT_LIFT - height
+            x, side = obstacles.free_x(ax, ax + aw, top, width, height)
+        else:  # an orphan: left of everything, at the top
+            top = height + CONSTANT_LIFT - CONSTANT_LIFT - height
+            x, side = obstacles.free_x(leftmost, leftmost, 0.0, width, height, sides=("left",))
+        obstacles.add((x, top, width, height))
+        spots.append((x, top, side))
+    return spots
+
+
+def _vertical_runs(edges: Sequence[LayoutEdge]) -> np.ndarray:
+    """The vertical segments of `edges` as 2-unit-wide rectangles, rows (x, y, width, height): a
+    long edge runs straight down its column past many layers, and constants must not sit on it."""
+    point_lists = [edge.points for edge in edges]
+    counts = np.fromiter(map(len, point_lists), dtype=np.int64, count=len(point_lists))
+    points = np.fromiter(chain.from_iterable(chain.from_iterable(point_lists)), dtype=float,
+                         count=2 * int(counts.sum())).reshape(-1, 2)
+    start, end = points[:-1], points[1:]
+    vertical = (np.abs(end[:, 0] - start[:, 0]) < 1.0) & (np.abs(end[:, 1] - start[:, 1]) > 1.0)
+    vertical[np.cumsum(counts)[:-1] - 1] = False  # from an edge's last point to the next edge's first
+    start, end = start[vertical], end[vertical]
+    return np.stack([np.minimum(start[:, 0], end[:, 0]) - 1.0, np.minimum(start[:, 1], end[:, 1]),
+                     np.full(len(start), 2.0), np.abs(end[:, 1] - start[:, 1])], axis=1)
+
+
+def _overlapping(queries: np.ndarray, spans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(query, span) index pairs of the rectangles that overlap (open intervals), both given as
+    rows (left, right, top, bottom); a pair may come twice.  Bucketed as `_Obstacles` does."""
+    cell = _Obstacles.CELL
+
+    def buckets(rows: np.ndarray):
+        first_i, first_j = np.floor(rows[:, 0] / cell), np.floor(rows[:, 2] / cell)
+        across = (np.floor(rows[:, 1] / cell) - first_i + 1).astype(np.int64)
+        down = (np.floor(rows[:, 3] / cell) - first_j + 1).astype(np.int64)
+        reach = across * down
+        owner = np.repeat(np.arange(len(rows)), reach)
+        k = np.arange(len(owner)) - np.repeat(np.cumsum(reach) - reach, reach)
+        return owner, (first_i[owner] + k // down[owner]).astype(np.int64), \
+            (first_j[owner] + k % down[owner]).astype(np.int64)
+
+    none = np.zeros(0, dtype=np.int64)
+    if not len(queries) or not len(spans):
+        return none, none
+    query, query_i, query_j = buckets(queries)
+    span, span_i, span_j = buckets(spans)
+    low_i, low_j = min(query_i.min(), span_i.min()), min(query_j.min(), span_j.min())
+    height = max(query_j.max(), span_j.max()) - low_j + 1
+    query_key, span_key = (query_i - low_i) * height + query_j - low_j, (span_i - low_i) * height + span_j - low_j
+    order = np.argsort(span_key, kind="stable")
+    span_key, span = span_key[order], span[order]
+    start, stop = np.searchsorted(span_key, query_key, "left"), np.searchsorted(span_key, query_key, "right")
+    found = stop - start
+    query = np.repeat(query, found)
+    span = span[np.repeat(start, found) + np.arange(len(query)) - np.repeat(np.cumsum(found) - found, found)]
+    q, r = queries[query], spans[span]
+    overlap = (r[:, 0] < q[:, 1]) & (r[:, 1] > q[:, 0]) & (r[:, 2] < q[:, 3]) & (r[:, 3] > q[:, 2])
+    return query[overlap], span[overlap]
+
+
 class _Obstacles:
     """Rectangles constants must keep clear of: boxes, vertical runs of edges, placed constants.
 
-    A grid of buckets, so that finding what a rectangle hits costs about the same at any size.
+    A grid of buckets (each holding the rectangles that reach into it), so that finding what a
+    rectangle hits costs about the same at any size.
     """
 
     CELL = 256.0
 
-    def __init__(self, layout: GraphLayout):
-        self.rects: list[Rect] = []
-        self.cells: dict[tuple[int, int], list[int]] = {}
-        for rect in layout.boxes.values():
+    def __init__(self, rects: Iterable[Rect]):
+        self.cells: dict[tuple[int, int], list[Rect]] = {}
+        for rect in rects:
             self.add(rect)
-        for edge in layout.edges:  # a long edge runs straight down its column past many layers
-            for (x0, y0), (x1, y1) in zip(edge.points, edge.points[1:]):
-                if abs(x1 - x0) < 1.0 and abs(y1 - y0) > 1.0:
-                    self.add((min(x0, x1) - 1.0, min(y0, y1), 2.0, abs(y1 - y0)))
-
-    def _keys(self, x: float, y: float, w: float, h: float):
-        cell = self.CELL
-        rows = range(math.floor(y / cell), math.floor((y + h) / cell) + 1)
-        return [(i, j) for i in range(math.floor(x / cell), math.floor((x + w) / cell) + 1) for j in rows]
 
     def add(self, rect: Rect) -> None:
-        index = len(self.rects)
-        self.rects.append(rect)
-        for key in self._keys(*rect):
-            self.cells.setdefault(key, []).append(index)
+        x, y, w, h = rect
+        cell, cells, floor = self.CELL, self.cells, math.floor
+        rows = range(floor(y / cell), floor((y + h) / cell) + 1)
+        for i in range(floor(x / cell), floor((x + w) / cell) + 1):
+            for j in rows:
+                bucket = cells.get((i, j))
+                if bucket is None:
+                    cells[(i, j)] = [rect]
+                else:
+                    bucket.append(rect)
 
     def hits(self, x: float, y: float, w: float, h: float) -> list[Rect]:
-        """The rectangles closer than CONSTANT_SIDE_GAP to (x, y, w, h)."""
-        gap = CONSTANT_SIDE_GAP
+        """The rectangles closer than CONSTANT_SIDE_GAP to (x, y, w, h) (one reaching into two
+        buckets is listed twice)."""
+        gap, cell, cells, floor = CONSTANT_SIDE_GAP, self.CELL, self.cells, math.floor
         x0, y0, x1, y1 = x - gap, y - gap, x + w + gap, y + h + gap
-        found = {i for key in self._keys(x0, y0, x1 - x0, y1 - y0) for i in self.cells.get(key, ())}
-        return [r for r in (self.rects[i] for i in found)
+        rows = range(floor(y0 / cell), floor(y1 / cell) + 1)
+        return [r for i in range(floor(x0 / cell), floor(x1 / cell) + 1) for j in rows for r in cells.get((i, j), ())
                 if r[0] < x1 and r[0] + r[2] > x0 and r[1] < y1 and r[1] + r[3] > y0]
 
     def free_x(self, left: float, right: float, y: float, w: float, h: float,
@@ -600,6 +799,8 @@ class _Obstacles:
         best: Optional[tuple[float, float, str]] = None
         for side in sides:
             x = left - CONSTANT_SIDE_GAP - w if side == "left" else right + CONSTANT_SIDE_GAP
+            if best is not None and (x - right if side == "right" else left - (x + w)) >= best[0]:
+                continue  # sliding only takes it further: this side cannot be nearer
             while True:
                 hit = self.hits(x, y, w, h)
                 if not hit:

@@ -54,7 +54,7 @@ def test_a_prepared_first_open_draws_what_an_unprepared_one_draws(decoder):
     laid_out, pieces = prepared.seconds_laying_out, set(prepared._framed_pieces)
     for block in blocks:
         for collapsed in _opens(groups, start, block):
-            plain = FoldedLayouts(analysis, groups, include_constants=False)
+            plain = FoldedLayouts(analysis, groups, include_constants=False, twin_pieces=False)  # from levels
             plain.compose(start)
             assert _drawing(prepared.compose(collapsed)) == _drawing(plain.compose(collapsed))
     # Nothing was laid out, and no block composed anew, by the opens: the preparation did it
@@ -68,14 +68,15 @@ def test_levels_reused_from_another_block_have_a_fresh_layouts_coordinates(decod
     analysis, groups, start = decoder
     blocks = _blocks(groups)
     last = blocks[-1]
-    after_others = FoldedLayouts(analysis, groups, include_constants=False)
+    # Levels, not whole blocks (see test_twin_pieces): each level of the last block laid out or reused.
+    after_others = FoldedLayouts(analysis, groups, include_constants=False, twin_pieces=False)
     for block in blocks[:-1]:
         after_others.compose(_opens(groups, start, block)[0])
     reused = after_others.reused_levels
     drawn = after_others.compose(_opens(groups, start, last)[0])
     # every level of the last block (itself included) is a twin of one in the blocks before
     assert after_others.reused_levels - reused == len(_inside(groups, last))
-    alone = FoldedLayouts(analysis, groups, include_constants=False)  # the last block laid out first
+    alone = FoldedLayouts(analysis, groups, include_constants=False, twin_pieces=False)  # laid out first
     assert _drawing(drawn) == _drawing(alone.compose(_opens(groups, start, last)[0]))
 
 
@@ -83,15 +84,19 @@ def test_a_cancelled_preparation_stops_and_leaves_opens_drawing_the_same(decoder
     analysis, groups, start = decoder
     blocks = _blocks(groups)
     layouts = FoldedLayouts(analysis, groups, include_constants=False)
-    steps = []
+    below = [g for g in _inside(groups, blocks[0]) if g != blocks[0]]
 
-    def cancelled() -> bool:
-        steps.append(1)
-        return len(steps) > len(_inside(groups, blocks[0])) + 3  # within the second block
-    assert layouts.prepare_opens(blocks, cancelled) == blocks[:1]
-    assert layouts.cached(blocks[1]) and not layouts.cached(blocks[2])
+    def within_the_first_block() -> bool:  # once a group inside it is composed, before it is
+        return any((g, frozenset()) in layouts._framed_pieces for g in below)
+    assert layouts.prepare_opens(blocks, within_the_first_block) == []
+    assert (blocks[0], frozenset()) not in layouts._framed_pieces
+
+    def after_the_first_block() -> bool:
+        return (blocks[0], frozenset(below)) in layouts._framed_pieces
+    assert layouts.prepare_opens(blocks, after_the_first_block) == blocks[:1]
+    assert not any(group in _inside(groups, blocks[1]) for group, _ in layouts._framed_pieces)
     assert layouts.prepare_opens(blocks, lambda: True) == blocks[:1]  # done before: listed, nothing more
-    plain = FoldedLayouts(analysis, groups, include_constants=False)
+    plain = FoldedLayouts(analysis, groups, include_constants=False, twin_pieces=False)
     for block in blocks:
         for collapsed in _opens(groups, start, block):
             assert _drawing(layouts.compose(collapsed)) == _drawing(plain.compose(collapsed))
