@@ -13,11 +13,22 @@ importers use it too.
 """
 from __future__ import annotations
 
+import time
 from itertools import repeat
 from typing import Callable, Iterator, Sequence
 
 # Items per C-level call: a few milliseconds of work at most (about 1 us per item or less).
 SLICE_ITEMS = 4096
+
+
+def hand_over() -> None:
+    """Let a thread waiting for the GIL have it now (`time.sleep(0)` releases it).
+
+    Between slices the interpreter would hand the GIL over by itself at its next check, but a
+    loop of `np.fromiter` calls was measured not to: a thread waiting for the GIL waited 160-290 ms
+    while one ran over 265,000 items in slices of 4,096, and 3 ms with this call after each slice.
+    """
+    time.sleep(0)
 
 
 def slice_bounds(count: int) -> list[tuple[int, int]]:
@@ -40,6 +51,7 @@ def array_of(function: Callable, items: Sequence, dtype, *constants):
     for start, stop in slice_bounds(len(items)):
         result[start:stop] = np.fromiter(map(function, items[start:stop], *map(repeat, constants)), dtype,
                                          stop - start)
+        hand_over()
     return result
 
 
@@ -49,8 +61,11 @@ def table_of(rows: Sequence, dtype, columns: int):
 
     if not rows:
         return np.zeros((0, columns), dtype)
-    return np.concatenate([np.array(rows[start:stop], dtype).reshape(-1, columns)
-                           for start, stop in slice_bounds(len(rows))])
+    tables = []
+    for start, stop in slice_bounds(len(rows)):
+        tables.append(np.array(rows[start:stop], dtype).reshape(-1, columns))
+        hand_over()
+    return np.concatenate(tables)
 
 
 def clear(items: list) -> None:
