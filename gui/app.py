@@ -369,12 +369,6 @@ class MainWindow(MenusMixin, ProfilesMixin, ExportsMixin, QMainWindow):
             return
         if self.helper_process:
             start_helper_process()  # no-op while it runs; replaces one that died
-        # The shown model's background preparation of group opens stops now, not once this open
-        # reaches its layout: a third thread wanting the GIL through the import and the analysis
-        # lengthens the UI thread's waits for it.  It starts again if this open fails.
-        folded_groups = sys.modules.get("gui.folded_groups")  # imported by a folded open: else none runs
-        if folded_groups is not None:
-            folded_groups.cancel_preparation()
         include_constants = self.show_constants_action.isChecked()
         # The grouping chosen for this model does not carry over to another one (its groups differ).
         grouping = self.grouping() if same else "none"
@@ -391,6 +385,13 @@ class MainWindow(MenusMixin, ProfilesMixin, ExportsMixin, QMainWindow):
         self._on_loaded(loaded, incremental=False)
 
     def _start_task(self, function, message: str, on_done) -> None:
+        # The shown model's background preparation of group opens stops now, whatever the task
+        # (an open, a relayout, an ungroup): a third thread wanting the GIL through the import and
+        # the analysis lengthens the UI thread's waits for it.  A folded model shown starts it
+        # again; a failed task restarts it for the model still shown (_on_failed).
+        folded_groups = sys.modules.get("gui.folded_groups")  # imported by a folded open: else none runs
+        if folded_groups is not None:
+            folded_groups.cancel_preparation()
         task = _LoadTask(function)
         self._tasks.add(task)
         hold_gc()  # until the task is done (see gui.responsive): no full collection while opening
