@@ -53,6 +53,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from typing import Optional
 
+from engine import gc_pause
+
 # A call the helper has not answered in this time is run in-process instead (a safety net: a
 # 20,000-node graph takes the helper ~0.3 s).
 HELPER_TIMEOUT_S = 60.0
@@ -240,37 +242,21 @@ def stop_helper_process() -> None:
 
 # ----------------------------------------------------------------------------- garbage collection
 
-_gc_holds = 0
-_gc_was_enabled = True
-
-
 def hold_gc() -> None:
-    """Switch automatic garbage collection off until the matching `release_gc` (holds nest)."""
-    global _gc_holds, _gc_was_enabled
-    with _lock:
-        if _gc_holds == 0:
-            _gc_was_enabled = gc.isenabled()
-            gc.disable()
-        _gc_holds += 1
+    """Switch automatic garbage collection off until the matching `release_gc` (holds nest, and
+    share one count with engine.gc_pause's pauses in workers)."""
+    gc_pause.pause()
 
 
 def release_gc() -> None:
     """End one hold; the last one freezes what is alive (see the module docstring) and re-enables collection."""
-    global _gc_holds
-    with _lock:
-        if _gc_holds == 0:
-            return
-        _gc_holds -= 1
-        if _gc_holds == 0:
-            # No collection first: with collection off, everything made while opening is still
-            # in the youngest generation, so even gc.collect(0) would walk the whole new model.
-            gc.freeze()
-            if _gc_was_enabled:
-                gc.enable()
+    # No collection first: with collection off, everything made while opening is still in the
+    # youngest generation, so even gc.collect(0) would walk the whole new model.
+    gc_pause.resume(freeze=True)
 
 
 def gc_held() -> bool:
-    return _gc_holds > 0
+    return gc_pause.paused()
 
 
 # ------------------------------------------------------------------------- freeing a replaced model

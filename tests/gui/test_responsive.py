@@ -212,6 +212,20 @@ def test_gc_holds_nest_and_freeze_what_is_alive():
     assert gc.isenabled()
 
 
+def test_a_workers_pause_that_ends_inside_a_hold_leaves_collection_off():
+    """engine.gc_pause's pauses (import, analysis, layout in workers) and the GUI's holds share
+    one count: a pause begun before a hold and ended inside it does not switch collection back
+    on in the middle of the hold (the interleaving of two threads, played in one)."""
+    from engine.gc_pause import collector_paused
+
+    assert gc.isenabled() and not responsive.gc_held()
+    with collector_paused():  # a worker's import starts while nothing holds collection
+        responsive.hold_gc()  # the UI thread starts a scene build
+    assert not gc.isenabled() and responsive.gc_held()  # the worker's pause ended: still held
+    responsive.release_gc()
+    assert gc.isenabled() and not responsive.gc_held()
+
+
 def test_a_scene_build_that_fails_reports_it_and_releases_everything(qtbot, sample_model):
     """A step that raises ends the build: `failed` gets the error, the gc hold is released,
     and `done` is never called; cancelling afterwards is harmless."""
