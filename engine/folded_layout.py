@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field, replace
+from functools import partial
 from itertools import chain
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, Optional
 
@@ -35,7 +36,7 @@ import numpy as np
 
 from engine.group_index import GroupIndex, LevelGraph, SubtreeShape, contains, level_graph, node_arrays, subtree_shape
 from engine.layout import (GROUP_HEIGHT, NODE_WIDTH, VERTICAL_GAP, GraphLayout, LayoutEdge, NodeGroup, Rect,
-                           attach_constants, collapsed_boxes, layout_graph, layout_nodes)
+                           attach_constants, collapsed_boxes, layout_graph, layout_nodes, tensor_bytes)
 
 if TYPE_CHECKING:
     from engine.analysis import ModelAnalysis
@@ -316,13 +317,19 @@ class FoldedLayouts:
         for mine, theirs in zip(visible, twin_visible):
             tensor.update(zip(graph.node(theirs).outputs, graph.node(mine).outputs))
         boxes = {rename[b]: rect for b, rect in twin.boxes.items()}
-        edges = tuple(LayoutEdge(rename[e.source], rename[e.target], tensor[e.value], e.points,
-                                 tuple(tensor[v] for v in e.values)) for e in twin.edges)
+        # An edge to or from a collapsed group is named after its largest tensor: the twin's may not
+        # be this level's (blocks alike but for their tensors' sizes).
+        size = partial(tensor_bytes, graph)
+        edges = []
+        for e in twin.edges:
+            values = tuple(map(tensor.__getitem__, e.values))
+            value = max(values, key=size) if values else tensor[e.value]
+            edges.append(LayoutEdge(rename[e.source], rename[e.target], value, e.points, values))
         layers = {rename[b]: layer for b, layer in twin.layers.items()}
         drawn = {b: m for b, m in members.items() if b in boxes}
         drawn_box_for = self._level_box_for(drawn) if box_for is None else \
             {n: b for n, b in box_for.items() if b in boxes}
-        return GraphLayout(boxes, edges, layers, twin.width, twin.height, twin.method, twin.hidden, drawn,
+        return GraphLayout(boxes, tuple(edges), layers, twin.width, twin.height, twin.method, twin.hidden, drawn,
                            drawn_box_for)
 
     # --- opening groups in advance -----------------------------------------------------------
@@ -516,10 +523,12 @@ class FoldedLayouts:
         if found is None:
             return None
         piece, theirs, mine = found
-        with self._lock:
-            self.renamed_pieces += 1
-            self.reused_levels += len(piece.frame_ids)  # every level the piece is made of
-        return self._renamed(piece, theirs, mine)
+        renamed = self._renamed(piece, theirs, mine)
+        if renamed is not None:
+            with self._lock:
+                self.renamed_pieces += 1
+                self.reused_levels += len(piece.frame_ids)  # every level the piece is made of
+        return renamed
 
     def _twin_of(self, group_id: str, inner: frozenset) -> Optional[tuple[_Piece, SubtreeShape, SubtreeShape]]:
         """(the piece of a twin of `group_id` opened with the descendants matching `inner` collapsed,
@@ -543,15 +552,21 @@ class FoldedLayouts:
                 return None
         return piece, theirs, mine
 
-    def _renamed(self, piece: _Piece, theirs: SubtreeShape, mine: SubtreeShape) -> _Piece:
+    def _renamed(self, piece: _Piece, theirs: SubtreeShape, mine: SubtreeShape) -> Optional[_Piece]:
         """`piece` (of the group `theirs`) under the names of `mine`: the same geometry, shared
-        (pieces are never changed)."""
+        (pieces are never changed); None when an edge would carry another tensor's name."""
         ids = self.arrays.id_array
         rename = dict(zip(ids[theirs.members].tolist(), ids[mine.members].tolist()))
         rename.update(zip(theirs.groups, mine.groups))
         names = self.arrays.tensor_names
         tensor = dict(zip(map(names.__getitem__, theirs.tensors.tolist()), map(names.__getitem__, mine.tensors.tolist())))
         edges = [(rename[s], rename[t], tensor[v], tuple(map(tensor.__getitem__, vs))) for s, t, v, vs in piece.edges]
+        # A merged edge is named after its largest tensor (and a lane after its first): the same one
+        # only if the tensors it carries have the sizes the twin's have.
+        size = partial(tensor_bytes, self.analysis.graph)
+        if any(list(map(size, vs)) != list(map(size, mine_vs)) for (_, _, _, vs), (_, _, _, mine_vs)
+               in zip(piece.edges, edges) if len(vs) > 1):
+            return None
         members = {rename[b]: self.groups[rename[b]].members for b in piece.members}
         return _Piece(list(map(rename.__getitem__, piece.ids)), piece.rects, list(map(rename.__getitem__, piece.frame_ids)),
                       piece.frame_rects, edges, piece.starts, piece.points, members, piece.width, piece.height)

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 import numpy as np
 
+from engine.gil_slices import array_of, table_of
+
 if TYPE_CHECKING:
     from engine.analysis import ModelAnalysis
     from engine.layout import NodeGroup
@@ -113,8 +115,7 @@ class NodeArrays:
         self.exact = exact
         inputs_of = list(map(attrgetter("inputs"), nodes))
         in_counts = np.fromiter(map(len, inputs_of), dtype=np.int64, count=count)
-        total = int(in_counts.sum())
-        read = np.fromiter(map(number.get, chain.from_iterable(inputs_of), repeat(-1)), dtype=np.int64, count=total)
+        read = array_of(number.get, list(chain.from_iterable(inputs_of)), np.int64, -1)  # engine.gil_slices
         reader = np.repeat(np.arange(count, dtype=np.int64), in_counts)
         known = read >= 0
         self._reads = (self.tensor_source[read[known]], reader[known], read[known])
@@ -189,8 +190,8 @@ class NodeArrays:
         with self._lock:
             if self._figures is None:
                 names = ("macs", "flops", "output_bytes", "bytes_moved", "params")
-                table = np.array(list(map(attrgetter(*names), self.metrics(analysis))),
-                                 dtype=float).reshape(-1, len(names))  # None -> nan
+                table = table_of(list(map(attrgetter(*names), self.metrics(analysis))), float,
+                                 len(names))  # None -> nan; sliced: engine.gil_slices
                 figures: dict = {}
                 for column, name in enumerate(names):
                     values = table[:, column]

@@ -51,6 +51,7 @@ import math
 import threading
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import chain, repeat
 from operator import itemgetter
 from typing import TYPE_CHECKING, Iterable, Mapping, NamedTuple, Optional, Sequence
@@ -348,10 +349,7 @@ def _merge_group_edges(edges: list[tuple[int, int, str]], group_vertices: set[in
         else:
             kept.append((source, target, value))
 
-    def size(name: str) -> int:
-        value_type = graph.value_type(name)
-        return (value_type.byte_size or 0) if value_type is not None else 0
-
+    size = partial(tensor_bytes, graph)
     result, values = [], []
     for source, target, value in kept:
         names = merged.get((source, target))
@@ -362,6 +360,12 @@ def _merge_group_edges(edges: list[tuple[int, int, str]], group_vertices: set[in
             result.append((source, target, max(names, key=size)))
             values.append(tuple(names))
     return result, values
+
+
+def tensor_bytes(graph: Graph, name: str) -> int:
+    """The size of tensor `name` (0: unknown): a merged edge is named after its largest tensor."""
+    value_type = graph.value_type(name)
+    return (value_type.byte_size or 0) if value_type is not None else 0
 
 
 def _node_pairs(graph: Graph, visible_order: Sequence[str], include_io: bool, constant_values: set[str]

@@ -34,7 +34,7 @@ from engine.session import Session, SessionFormatError, SweepResult, profile_ana
 from gui.graph_view import OVERLAYS, GraphScene, GraphView, build_in_slices, prepare_scene_data, retire_scene
 from gui import numerics_view
 from gui.inspector import Inspector
-from gui.responsive import hold_gc, release_gc, start_helper_process, stop_helper_process
+from gui.responsive import free_in_background, hold_gc, release_gc, start_helper_process, stop_helper_process
 from gui.deferred_panels import DeferredProfilePanels
 from gui.app_menus import APP_NAME, MODEL_FILTER, MenusMixin
 from gui.app_profiles import ProfileEntry, ProfilesMixin  # noqa: F401 (ProfileEntry: imported from here)
@@ -385,6 +385,13 @@ class MainWindow(MenusMixin, ProfilesMixin, ExportsMixin, QMainWindow):
         self._on_loaded(loaded, incremental=False)
 
     def _start_task(self, function, message: str, on_done) -> None:
+        # The shown model's background preparation of group opens stops now, whatever the task
+        # (an open, a relayout, an ungroup): a third thread wanting the GIL through the import and
+        # the analysis lengthens the UI thread's waits for it.  A folded model shown starts it
+        # again; a failed task restarts it for the model still shown (_on_failed).
+        folded_groups = sys.modules.get("gui.folded_groups")  # imported by a folded open: else none runs
+        if folded_groups is not None:
+            folded_groups.cancel_preparation()
         task = _LoadTask(function)
         self._tasks.add(task)
         hold_gc()  # until the task is done (see gui.responsive): no full collection while opening
@@ -396,6 +403,8 @@ class MainWindow(MenusMixin, ProfilesMixin, ExportsMixin, QMainWindow):
         QThreadPool.globalInstance().start(task)
 
     def _task_done(self, task: _LoadTask, result: Optional[LoadedModel], error: Optional[str], on_done) -> None:
+        task.function = None  # its closure holds the model a relayout replaces; the task itself is
+        # kept by its signals' connections (which hold it): it would keep that model for good
         if task not in self._tasks:  # the window was closed meanwhile
             return
         self._tasks.discard(task)
@@ -411,6 +420,9 @@ class MainWindow(MenusMixin, ProfilesMixin, ExportsMixin, QMainWindow):
             release_gc()
 
     def _on_failed(self, message: str, title: str = "Cannot open model") -> None:
+        if self.loaded is not None and self.loaded.folded_layouts is not None:
+            from gui.folded_groups import prepare_group_opens
+            prepare_group_opens(self.loaded)  # the shown model stays: its preparation goes on
         if self.error_dialogs:
             QMessageBox.critical(self, title, message)
         self.loadFailed.emit(message)
@@ -536,6 +548,8 @@ class MainWindow(MenusMixin, ProfilesMixin, ExportsMixin, QMainWindow):
         if loaded.folded_layouts is not None:  # first opens of its collapsed groups, in the background
             from gui.folded_groups import prepare_group_opens
             prepare_group_opens(loaded)
+        if previous is not None and previous is not loaded:  # freed off this thread (gui.responsive)
+            free_in_background(previous, still_used=list(vars(loaded).values()))
         if session is not None:
             self.sessionOpened.emit(loaded.path)
 

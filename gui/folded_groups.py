@@ -26,6 +26,9 @@ def open_folded(loaded, include_constants: bool, progress=None):
         return None  # no scopes: laid out whole (stages would give a handful of huge groups)
     loaded.grouping, loaded.groups = "namespace", groups
     result = relayout(loaded, include_constants, progress, None, folded_start(groups, analysis))
+    # The labels of the boxes that are nodes read graph.node: its index of every node is built here,
+    # not by the first paint on the UI thread (a 30-50 ms turn at 100,000 nodes, measured).
+    analysis.graph.nodes_by_id  # noqa: B018 (a cached property, made for its side effect)
     result.note = (f"{analysis.totals.compute_nodes:,} nodes: opened folded by namespace (above "
                    f"{fold_threshold():,}); double-click a group to open it")
     return result

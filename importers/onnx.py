@@ -23,6 +23,7 @@ from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Mapping, NamedTuple, Optional, Sequence
 
+from engine.gil_slices import clear, parts, slice_bounds
 from engine.ir import (Graph, Initializer, Model, ModelLoadError, Node, TensorType, Value,
                        WeightLocation)
 from importers import protowire
@@ -288,31 +289,48 @@ class ModelBuilder:
         read costs 0.2-0.7 us, and Python statements around it per node as much again); known
         ops are asked once per distinct op and attribute values read once per distinct
         serialized attribute (`_node_attributes`); nodes are built by `_node`."""
-        protos = graph.node[:]  # a slice copies the repeated field in one C call
-        op_types = list(map(_OP_TYPE_OF, protos))
-        names = list(map(_NAME_OF, protos))
-        domains = list(map(_DOMAIN_OF, protos))
-        inputs = list(map(tuple, map(_ALL, map(_INPUT_OF, protos))))
-        outputs = list(map(tuple, map(_ALL, map(_OUTPUT_OF, protos))))
-        attribute_fields = [(index, field) for index, field in enumerate(map(_ATTRIBUTE_OF, protos)) if field]
-        constants = ([(outputs[i][0], protos[i]) for i, op_type in enumerate(op_types) if op_type == "Constant"]
-                     if "Constant" in op_types else [])
-        del protos  # wrapper objects (with the attribute fields ~40 MB at 100,000 nodes): freed before building
+        # A slice of nodes at a time (engine.gil_slices): each `map` below is one C call that holds
+        # the GIL, and over a whole 100,000-node column one took 30-100 ms, a freeze of the app's
+        # window while its worker opens the model.
+        node_field, count = graph.node, len(graph.node)
+        op_types, names, domains, inputs, outputs = [], [], [], [], []
+        attribute_fields, constants = [], []
+        for start, stop in slice_bounds(count):
+            protos = node_field[start:stop]  # a slice copies the repeated field in one C call
+            chunk_ops = list(map(_OP_TYPE_OF, protos))
+            op_types += chunk_ops
+            names += map(_NAME_OF, protos)
+            domains += map(_DOMAIN_OF, protos)
+            inputs += map(tuple, map(_ALL, map(_INPUT_OF, protos)))
+            outputs += map(tuple, map(_ALL, map(_OUTPUT_OF, protos)))
+            attribute_fields += [(index, field) for index, field in enumerate(map(_ATTRIBUTE_OF, protos), start)
+                                 if field]
+            if "Constant" in chunk_ops:
+                constants += [(outputs[start + i][0], protos[i]) for i, op_type in enumerate(chunk_ops)
+                              if op_type == "Constant"]
+        # The last slice's wrapper objects freed before building (the earlier ones went slice by slice:
+        # with the attribute fields ~40 MB at 100,000 nodes).
+        protos = chunk_ops = None
 
         attributes, with_body_indices = _node_attributes(len(op_types), attribute_fields)
-        del attribute_fields
+        clear(attribute_fields)
         node_ids = _unique_ids([name or f"{op_type}_{index}" for index, (name, op_type)
                                 in enumerate(zip(names, op_types))] if "" in names else names)
         namespaces = _namespaces(names)
         unknown_ops: dict[tuple[str, str], list[str]] = {}
-        known = {pair: _is_known_op(pair[0], pair[1], self.opsets) for pair in set(zip(op_types, domains))}
+        pairs: set[tuple[str, str]] = set()
+        for start, stop in slice_bounds(count):
+            pairs.update(zip(op_types[start:stop], domains[start:stop]))
+        known = {pair: _is_known_op(pair[0], pair[1], self.opsets) for pair in pairs}
         if not all(known.values()):
             for op_type, domain, node_id in zip(op_types, domains, node_ids):
                 if not known[op_type, domain]:
                     unknown_ops.setdefault((domain or "ai.onnx", op_type), []).append(node_id)
         # Every input and output name, deduplicated in node order.  Here, not after inference: in
         # the app this runs while the helper infers.
-        referenced = dict.fromkeys(_chain(_chain(zip(inputs, outputs))))
+        referenced = {}
+        for start, stop in slice_bounds(count):  # a slice at a time, as above
+            referenced.update(dict.fromkeys(_chain(_chain(zip(inputs[start:stop], outputs[start:stop])))))
 
         nodes: list[Optional[Node]] = list(map(_node, node_ids, op_types, names, namespaces, inputs, outputs,
                                                attributes, domains))
@@ -569,8 +587,11 @@ def _unique_id(candidate: str, used: set[str]) -> str:
 
 def _unique_ids(candidates: list[str]) -> list[str]:
     """Node ids in node order: each candidate, or it with "#2", "#3"... when taken already."""
-    if len(set(candidates)) == len(candidates):
-        return candidates  # the usual case: all names distinct (one C-level set build)
+    distinct: set[str] = set()
+    for part in parts(candidates):
+        distinct.update(part)
+    if len(distinct) == len(candidates):
+        return candidates  # the usual case: all names distinct (a C-level set build per slice)
     used: set[str] = set()
     return [_unique_id(candidate, used) for candidate in candidates]
 
@@ -609,7 +630,8 @@ def _node_attributes(count: int, attribute_fields: list[tuple]) -> tuple[list[di
 
 def _namespaces(names: list[str]) -> list[str]:
     """`_namespace` of each node name."""
-    if "//" in "\0".join(names):  # a scope with an empty part, or ending in "/": the general rule
+    if any("//" in "\0".join(part) for part in parts(names)):  # a scope with an empty part, or ending in
+        # "/": the general rule (names sliced: engine.gil_slices)
         namespace_of: dict[str, str] = {}  # one call per distinct scope
         scopes = [name.rpartition("/")[0] for name in names]
         for scope in scopes:
@@ -620,7 +642,10 @@ def _namespaces(names: list[str]) -> list[str]:
     # name up to its last "/", without a leading "/" ("" when there is no "/").
     namespaces = [name[1:name.rfind("/")] if name[:1] == "/" else name[:max(name.rfind("/"), 0)] for name in names]
     shared: dict[str, str] = {}  # one string per namespace, kept by all its nodes (8 MB less at 100,000)
-    return list(map(shared.setdefault, namespaces, namespaces))
+    result: list[str] = []
+    for part in parts(namespaces):
+        result += map(shared.setdefault, part, part)
+    return result
 
 
 # Building the IR's frozen dataclasses fast.  Their `__init__` stores each field through

@@ -11,13 +11,14 @@ omitted optional input or output) has an id of its own, `EMPTY`, that every pass
 """
 from __future__ import annotations
 
-from itertools import chain, repeat
+from itertools import chain
 from typing import Optional, Sequence
 
 import numpy as np
 
 from engine.analysis import walks
 from engine.analysis.walks import NONDETERMINISTIC
+from engine.gil_slices import array_of
 from engine.ir import Graph, Node, TensorType
 
 EMPTY = 0  # the id of "" (an omitted input or output)
@@ -80,7 +81,7 @@ class GraphIndex:
         """(value id of every (node, name) pair in order, the node position of each, the first
         pair of each node and one past the last)."""
         flat = list(chain.from_iterable(names_per_node))
-        ids = np.fromiter(map(self.value_id.get, flat, repeat(-1)), np.int64, len(flat))
+        ids = array_of(self.value_id.get, flat, np.int64, -1)  # sliced: engine.gil_slices
         if len(flat) and ids.min() < 0:  # names without a value: ids of their own
             for edge in np.flatnonzero(ids < 0).tolist():
                 name = flat[edge]

@@ -5,38 +5,13 @@ Generated transformers with repeated blocks (`model/layers.N`, heads inside each
 each drawing is compared whole: boxes, edges with every point, frames, members, size."""
 from __future__ import annotations
 
-import pytest
-
-from engine.analysis import analyze
 from engine.folded_layout import FoldedLayouts
-from engine.grouping import folded_start, namespace_groups
-from engine.transformer_samples import STYLES, TransformerConfig, write_transformer
-from importers import open_model
-
-
-@pytest.fixture(scope="module", params=STYLES)
-def decoder(request, tmp_path_factory):
-    config = TransformerConfig(layers=4, hidden=64, heads=4, kv_heads=2, intermediate=96, vocab=50, past=5,
-                               style=request.param)
-    path = write_transformer(tmp_path_factory.mktemp(request.param) / "decoder.onnx", config)
-    analysis = analyze(open_model(str(path)))
-    groups = namespace_groups(analysis)
-    return analysis, groups, folded_start(groups, analysis)
+from tests.engine.folded_fixtures import decoder, drawing as _drawing, inside as _inside  # noqa: F401 (a fixture)
 
 
 def _blocks(groups) -> list[str]:
     return [g for g, group in groups.items() if group.title.startswith("layers.") and group.parent is not None
             and groups[group.parent].title == "model"]
-
-
-def _inside(groups, block: str) -> set[str]:
-    name = groups[block].name + "/"
-    return {g for g, group in groups.items() if g == block or group.name.startswith(name)}
-
-
-def _drawing(layout) -> tuple:
-    return (layout.boxes, [tuple(e) for e in layout.edges], dict(layout.frames), dict(layout.members),
-            layout.width, layout.height, layout.method)
 
 
 def _opens(groups, start, block) -> list[frozenset]:

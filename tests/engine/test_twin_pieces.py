@@ -15,34 +15,14 @@ from onnx import TensorProto, helper
 
 from engine.analysis import analyze
 from engine.folded_layout import FoldedLayouts
-from engine.grouping import folded_start, namespace_groups
-from engine.transformer_samples import STYLES, TransformerConfig, write_transformer
+from engine.grouping import namespace_groups
 from importers import open_model
-
-
-@pytest.fixture(scope="module", params=STYLES)
-def decoder(request, tmp_path_factory):
-    config = TransformerConfig(layers=4, hidden=64, heads=4, kv_heads=2, intermediate=96, vocab=50, past=5,
-                               style=request.param)
-    path = write_transformer(tmp_path_factory.mktemp(request.param) / "decoder.onnx", config)
-    analysis = analyze(open_model(str(path)))
-    groups = namespace_groups(analysis)
-    return analysis, groups, folded_start(groups, analysis)
+from tests.engine.folded_fixtures import decoder, drawing as _drawing, inside as _inside  # noqa: F401 (a fixture)
 
 
 def _blocks(groups, title="layers.") -> list[str]:
     return [g for g, group in groups.items() if group.title.startswith(title) and group.parent is not None
             and group.depth == groups[group.parent].depth + 1 and groups[group.parent].parent is None]
-
-
-def _inside(groups, block: str) -> set[str]:
-    name = groups[block].name + "/"
-    return {g for g, group in groups.items() if g == block or group.name.startswith(name)}
-
-
-def _drawing(layout) -> tuple:
-    return (layout.boxes, [tuple(e) for e in layout.edges], dict(layout.frames), dict(layout.members),
-            layout.width, layout.height, layout.method)
 
 
 def _opens(groups, start, block) -> list[frozenset]:
@@ -169,3 +149,44 @@ def test_only_groups_wired_and_crossed_alike_are_renamed(look_alikes):
     lanes = sorted((e.source, e.target, e.value) for e in drawn.edges
                    if e.source in (blocks[5], inner) and e.target in (inner, relu, sigmoid))
     assert lanes == sorted([(blocks[5], inner, "d4"), (inner, relu, "d4"), (inner, sigmoid, "d4")])
+
+
+@pytest.fixture(scope="module")
+def unequal_splits(tmp_path_factory):
+    """Two blocks /blk.K of the same ops and wiring: an `inner` scope (Relu, then a Split in two)
+    whose two outputs both reach the block's Concat.  Collapsed, `inner` has one edge to the Concat
+    carrying both tensors, named after the larger (engine.layout._merge_group_edges): blk.0 splits
+    8 as 6 + 2, blk.1 as 2 + 6, so the larger is blk.0's first output and blk.1's second."""
+    nodes, values, inits, previous = [], [], [], "x"
+    for k, sizes in enumerate(((6, 2), (2, 6))):
+        scope = f"/blk.{k}"
+        inits.append(helper.make_tensor(f"split{k}", TensorProto.INT64, [2], list(sizes)))
+        nodes += [helper.make_node("Relu", [previous], [f"r{k}"], name=f"{scope}/inner/Relu"),
+                  helper.make_node("Split", [f"r{k}", f"split{k}"], [f"p{k}", f"q{k}"], axis=1,
+                                   name=f"{scope}/inner/Split"),
+                  helper.make_node("Concat", [f"p{k}", f"q{k}"], [f"c{k}"], axis=1, name=f"{scope}/Concat"),
+                  helper.make_node("Relu", [f"c{k}"], [f"d{k}"], name=f"{scope}/Relu")]
+        values += [helper.make_tensor_value_info(f"p{k}", TensorProto.FLOAT, [1, sizes[0]]),
+                   helper.make_tensor_value_info(f"q{k}", TensorProto.FLOAT, [1, sizes[1]])]
+        previous = f"d{k}"
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 8]) for n in ("x", previous)]
+    graph = helper.make_graph(nodes, "unequal_splits", io[:1], io[1:], initializer=inits, value_info=values)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path_factory.mktemp("unequal_splits") / "unequal_splits.onnx"
+    path.write_bytes(model.SerializeToString())
+    analysis = analyze(open_model(str(path)))
+    return analysis, namespace_groups(analysis)
+
+
+@pytest.mark.parametrize("twin_pieces", [True, False])
+def test_a_twin_with_other_tensor_sizes_names_its_edges_after_its_own_larger_tensor(unequal_splits, twin_pieces):
+    analysis, groups = unequal_splits
+    blocks = sorted(g for g, group in groups.items() if group.title.startswith("blk."))
+    inners = [b + "/inner" for b in blocks]
+    assert len(blocks) == 2 and all(i in groups for i in inners)
+    closed = frozenset(inners)  # both blocks opened, their inner scopes collapsed
+    folded = FoldedLayouts(analysis, groups, include_constants=False, twin_pieces=twin_pieces)
+    folded.compose(frozenset(blocks[1:]) | closed)  # blk.0 first: blk.1 may then be its twin
+    drawn = {e.source: e for e in folded.compose(closed).edges if e.source in inners}
+    assert (drawn[inners[0]].value, drawn[inners[0]].values) == ("p0", ("p0", "q0"))
+    assert (drawn[inners[1]].value, drawn[inners[1]].values) == ("q1", ("p1", "q1"))

@@ -187,7 +187,9 @@ def test_an_old_scene_is_deleted_in_slices_and_its_model_freed(qtbot, window, la
           f"the event loop ran {turns} timer ticks between its slices")
     assert old_scene.node_items == [] and old_scene.edge_items == [] and old_scene.labels is None
     assert old_scene.loaded is None
-    assert old_model() is None  # nothing kept the previous model alive (gui.responsive freezes the heap)
+    # Nothing kept the previous model alive (gui.responsive freezes the heap); it is freed by
+    # free_in_background's thread, which holds it until its walk is done (FREE_DELAY_S and more).
+    qtbot.waitUntil(lambda: old_model() is None, timeout=LOAD_TIMEOUT_MS)
     # Deleted a slice per turn, the app answering between slices (a count of turns, not a time:
     # one-turn deletion of this scene takes about as long as a slow machine's gap, so the gap
     # itself cannot tell them apart here).
@@ -195,6 +197,7 @@ def test_an_old_scene_is_deleted_in_slices_and_its_model_freed(qtbot, window, la
 
 
 def test_gc_holds_nest_and_freeze_what_is_alive():
+    assert responsive.freeing_done(60)  # a replaced model freed meanwhile would lower the count
     frozen_before = gc.get_freeze_count()
     responsive.hold_gc()
     responsive.hold_gc()
@@ -207,6 +210,20 @@ def test_gc_holds_nest_and_freeze_what_is_alive():
     assert gc.get_freeze_count() >= frozen_before + 1000
     responsive.release_gc()  # an unmatched release changes nothing
     assert gc.isenabled()
+
+
+def test_a_workers_pause_that_ends_inside_a_hold_leaves_collection_off():
+    """engine.gc_pause's pauses (import, analysis, layout in workers) and the GUI's holds share
+    one count: a pause begun before a hold and ended inside it does not switch collection back
+    on in the middle of the hold (the interleaving of two threads, played in one)."""
+    from engine.gc_pause import collector_paused
+
+    assert gc.isenabled() and not responsive.gc_held()
+    with collector_paused():  # a worker's import starts while nothing holds collection
+        responsive.hold_gc()  # the UI thread starts a scene build
+    assert not gc.isenabled() and responsive.gc_held()  # the worker's pause ended: still held
+    responsive.release_gc()
+    assert gc.isenabled() and not responsive.gc_held()
 
 
 def test_a_scene_build_that_fails_reports_it_and_releases_everything(qtbot, sample_model):
