@@ -159,6 +159,11 @@ class SceneData:
     edge_batch_of: np.ndarray  # (m,): the batch drawing each edge
     segments: np.ndarray  # (k, 4): x0, y0, x1, y1 of every straight piece of every edge (hit tests)
     segment_edge: np.ndarray  # (k,): the edge of each segment
+    # Look-ups a scene needs at once, made here: on the UI thread they took 20-60 ms of the turn
+    # that starts drawing big.onnx expanded (91,000 boxes; the GIL shared with a worker).
+    node_index: dict  # node id -> its box's index
+    group_indexes: set  # indexes of the collapsed groups' boxes
+    boxes: dict  # the layout's boxes this was made of (GraphScene checks it is for its layout)
     # Opened groups of a folded layout (engine.folded_layout): their frames, outermost first.
     frame_ids: list[str] = field(default_factory=list)
     frame_rects: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
@@ -166,11 +171,6 @@ class SceneData:
     # Per edge batch: the reach of its longest edge (scene units), None if not known: a batch with
     # an edge reaching further than LONG_EDGE_BATCH_EXTENT is a LongEdgeBatch.
     edge_batch_reach: Optional[np.ndarray] = None
-    # Look-ups a scene needs at once, made here: on the UI thread they took 20-60 ms of the turn
-    # that starts drawing big.onnx expanded (91,000 boxes; the GIL shared with a worker).
-    node_index: Optional[dict] = None  # node id -> its box's index
-    group_indexes: Optional[set] = None  # indexes of the collapsed groups' boxes
-    boxes: Optional[dict] = None  # the layout's boxes this was made of (GraphScene checks it is for its layout)
 
 
 # Edges per path item.  One QGraphicsPathItem per edge made the first paint of a 20,000-node
@@ -211,8 +211,8 @@ def prepare_scene_data(loaded) -> SceneData:
     node_index = dict(zip(node_ids, range(len(node_ids))))
     group_indexes = {i for i, category in enumerate(categories) if category == "group"}
     return SceneData(node_ids, rects, categories, lines, steps, widths, tips, batches, batch_of,
-                     segments, segment_edge, frame_ids, frame_rects, titles, reach, node_index, group_indexes,
-                     layout.boxes)
+                     segments, segment_edge, node_index, group_indexes, layout.boxes, frame_ids, frame_rects,
+                     titles, reach)
 
 
 class _OpCategories(dict):
@@ -598,9 +598,7 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
             data = prepare_scene_data(loaded)
         self._data = data
         self.node_ids: list[str] = data.node_ids
-        # Read only: shared with other scenes of the same data.
-        self.node_index = data.node_index if data.node_index is not None else \
-            dict(zip(self.node_ids, range(len(self.node_ids))))
+        self.node_index = data.node_index  # read only: shared with other scenes of the same data
         self.node_items = []
         self._item_index: dict = {}  # node item -> its index (`index_of_item`)
         self.box_brushes: list[QBrush] = []  # the brush of each box, as set (the minimap reads colours here)
@@ -613,8 +611,7 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
         self.box_pen = QPen(BOX_PEN, 1.0)
         self.group_pen = QPen(GROUP_PEN_COLOR, 2.0)
         self.groups = dict(getattr(loaded, "groups", None) or {})  # engine.layout.NodeGroup by box id
-        self.group_indexes = data.group_indexes if data.group_indexes is not None else \
-            {i for i, category in enumerate(data.categories) if category == "group"}  # read only, as node_index
+        self.group_indexes = data.group_indexes  # read only, as node_index
         self.top_pen = QPen(TOP_PEN_COLOR, 4.0)
         self.selection_pen = QPen(QColor("#000000"), 3.0)
         self.link_pen = QPen(LINK_PEN_COLOR, 5.0)
