@@ -217,8 +217,7 @@ def _pieces(data: bytes, split_field: int) -> Iterator[bytes | memoryview]:
                 buffer = bytearray(size)
             buffer[:len(header)] = header
             buffer[len(header):size] = view[part_start:part_end]
-            with memoryview(buffer) as piece:
-                yield piece[:size]
+            yield memoryview(buffer)[:size]
             part_start = part_end
         run_start = field.end
     if run_start < len(data):
