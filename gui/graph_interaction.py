@@ -527,7 +527,8 @@ class GraphView(GroupViewMixin, QGraphicsView):
 
     def fit(self) -> None:
         """The whole graph when it is readable so; a tall (or wide) one at its full width, never
-        below FIT_MIN_SCALE, from its top (the minimap shows the whole)."""
+        below FIT_MIN_SCALE, from its top (the minimap shows the whole); a folded one wider than
+        that from the top of its first blocks (`_first_screen`)."""
         scene = self.graph_scene
         if scene is None:
             return
@@ -540,7 +541,12 @@ class GraphView(GroupViewMixin, QGraphicsView):
             self.setTransform(QTransform.fromScale(scale, scale))
             shown_width, shown_height = view.width() / scale, view.height() / scale
             x = rect.center().x() if shown_width >= width else rect.left() + shown_width / 2
-            self.centerOn(QPointF(x, rect.top() + shown_height / 2))
+            top = rect.top()
+            region = scene.structure_rect() if shown_width < width else None
+            if region is not None:  # a folded model wider than the window: its first blocks, not a row of inputs
+                across, top = self._first_screen(region, scale)
+                x = x if across is None else across
+            self.centerOn(QPointF(x, top + shown_height / 2))
         self.zoomChanged.emit(self.current_scale())
 
     READABLE_SCALE = 0.75  # a group box's name, node count, MACs and params are readable from here
@@ -578,7 +584,7 @@ class GraphView(GroupViewMixin, QGraphicsView):
             self.centerOn(scene.sceneRect().center())
         region = scene.structure_rect() if self.current_scale() < 0.55 else None
         if region is not None:  # a folded model: its groups, not the rows of inputs around them
-            self.show_region(region, *self._first_screen(region))
+            self.show_region(region, *self._first_screen(region, self.READABLE_SCALE))
         elif self.current_scale() < 0.55:
             self.setTransform(QTransform.fromScale(0.75, 0.75))
             rect = scene.sceneRect()
@@ -589,8 +595,8 @@ class GraphView(GroupViewMixin, QGraphicsView):
             self.centerOn(QPointF(x, rect.top() + visible_height / 2))
             self.zoomChanged.emit(0.75)
 
-    def _first_screen(self, region: QRectF) -> tuple[Optional[float], float]:
-        """(across, top) of the first view of a folded model's `region` at READABLE_SCALE.
+    def _first_screen(self, region: QRectF, scale: float) -> tuple[Optional[float], float]:
+        """(across, top) of the first view of a folded model's `region` at `scale`.
 
         A frame wider than the window (a KV cache's hundreds of inputs spread the blocks over
         thousands of pixels): across, the window that holds the first block whole and, with it,
@@ -599,8 +605,7 @@ class GraphView(GroupViewMixin, QGraphicsView):
         them.  Either way moved up to whole boxes when the edge would cut a row."""
         scene, margin = self.graph_scene, 24.0
         left, top, width, height = scene.rects.T
-        shown_width = self.viewport().width() / self.READABLE_SCALE
-        shown_height = self.viewport().height() / self.READABLE_SCALE
+        shown_width, shown_height = self.viewport().width() / scale, self.viewport().height() / scale
 
         def uncut(edge: float) -> float:
             cut = (top < edge) & (top + height > edge)
