@@ -53,6 +53,9 @@ def test_the_first_view_holds_the_first_blocks_whole_and_readable(opened):
     for block in (BLOCK.format(0), BLOCK.format(1)):
         assert visible.contains(_box(scene, block)), block
     assert _cut_by_top_edge(view) == []
+    # No empty band of the frame above them: the model's first whole boxes start in the top quarter.
+    shown = [QRectF(*r) for n, r in zip(scene.node_ids, scene.rects.tolist()) if not n.startswith("input:")]
+    assert min(r.top() for r in shown if visible.contains(r)) - visible.top() < visible.height() / 4
 
 
 def test_fit_graph_shows_the_first_block_not_the_left_end_of_the_inputs(qtbot, opened):
