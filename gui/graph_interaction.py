@@ -541,11 +541,11 @@ class GraphView(GroupViewMixin, QGraphicsView):
             self.setTransform(QTransform.fromScale(scale, scale))
             shown_width, shown_height = view.width() / scale, view.height() / scale
             x = rect.center().x() if shown_width >= width else rect.left() + shown_width / 2
-            top = rect.top()
-            region = scene.structure_rect() if shown_width < width else None
+            across, top = None, None
+            region = scene.structure_rect() if shown_width < width and scene.group_indexes else None
             if region is not None:  # a folded model wider than the window: its first blocks, not a row of inputs
                 across, top = self._first_screen(region, scale)
-                x = x if across is None else across
+            x, top = x if across is None else across, rect.top() if top is None else top
             self.centerOn(QPointF(x, top + shown_height / 2))
         self.zoomChanged.emit(self.current_scale())
 
@@ -595,8 +595,9 @@ class GraphView(GroupViewMixin, QGraphicsView):
             self.centerOn(QPointF(x, rect.top() + visible_height / 2))
             self.zoomChanged.emit(0.75)
 
-    def _first_screen(self, region: QRectF, scale: float) -> tuple[Optional[float], float]:
-        """(across, top) of the first view of a folded model's `region` at `scale`.
+    def _first_screen(self, region: QRectF, scale: float) -> tuple[Optional[float], Optional[float]]:
+        """(across, top) of the first view of a folded model's `region` at `scale`; (None, None)
+        when no group is collapsed (Expand all: tens of thousands of boxes, no block to look for).
 
         A frame wider than the window (a KV cache's hundreds of inputs spread the blocks over
         thousands of pixels): across, the window that holds the first block whole and, with it,
@@ -604,8 +605,14 @@ class GraphView(GroupViewMixin, QGraphicsView):
         when the chosen boxes start far below it (an empty band of the frame), a little above
         them.  Either way moved up to whole boxes when the edge would cut a row."""
         scene, margin = self.graph_scene, 24.0
-        left, top, width, height = scene.rects.T
+        if not scene.group_indexes:
+            return None, None
         shown_width, shown_height = self.viewport().width() / scale, self.viewport().height() / scale
+        # One pass over the boxes: those that reach into the band a first screen can show.
+        band = np.flatnonzero((scene.rects[:, 1] < region.top() + shown_height)
+                              & (scene.rects[:, 1] + scene.rects[:, 3] > region.top() - 3 * margin))
+        rects = scene.rects[band]
+        left, top, width, height = rects.T
 
         def uncut(edge: float) -> float:
             cut = (top < edge) & (top + height > edge)
@@ -618,7 +625,7 @@ class GraphView(GroupViewMixin, QGraphicsView):
             return None, edge
         # The first block: the topmost of the first screen's big groups (a transformer's first
         # layer, not the few nodes of its rotary embedding above it), else the topmost box.
-        sizes = {i: len(scene.groups[scene.node_ids[i]].members) for i in first if i in scene.group_indexes}
+        sizes = {i: len(scene.groups[scene.node_ids[band[i]]].members) for i in first if band[i] in scene.group_indexes}
         blocks = [i for i, size in sizes.items() if 2 * size >= max(sizes.values())]
         anchor = min(blocks or first, key=lambda i: (top[i], left[i]))
         lefts, rights = left[first], left[first] + width[first]
