@@ -629,7 +629,7 @@ class GraphView(GroupViewMixin, QGraphicsView):
         blocks = [i for i, size in sizes.items() if 2 * size >= max(sizes.values())]
         anchor = min(blocks or first, key=lambda i: (top[i], left[i]))
         lefts, rights = left[first], left[first] + width[first]
-        room = shown_width - margin  # a box keeps half a margin from each side
+        room = shown_width - 2 * margin  # a box keeps a margin from each side
         # The best window starts at some box's left edge: try each one that keeps the anchor whole.
         starts = lefts[(lefts <= left[anchor]) & (lefts + room >= left[anchor] + width[anchor])]
         if len(starts) == 0:  # the first block alone is wider than the window
