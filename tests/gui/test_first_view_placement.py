@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from PySide6.QtCore import QRectF, Qt
+from PySide6.QtGui import QColor
 
 from engine.grouping import FOLD_NODES_ENVIRONMENT
 from engine.transformer_samples import TransformerConfig, write_transformer
@@ -44,6 +45,14 @@ def _cut_by_top_edge(view) -> list[str]:
             if y < visible.top() < y + h and x < visible.right() and x + w > visible.left()]
 
 
+def _dark_pixels_inside(view, rect: QRectF) -> int:
+    """Pixels of text (dark) painted inside `rect` (scene), its border left out."""
+    image = view.viewport().grab().toImage()
+    box = view.mapFromScene(rect).boundingRect().adjusted(3, 3, -3, -3)
+    return sum(QColor(image.pixel(x, y)).lightness() < 128
+               for x in range(box.left(), box.right()) for y in range(box.top(), box.bottom()))
+
+
 def test_the_first_view_holds_the_first_blocks_whole_and_readable(opened):
     view, scene = opened.view, opened.scene
     inputs = scene.rects[[i for i, n in enumerate(scene.node_ids) if n.startswith("input:")]]
@@ -66,5 +75,8 @@ def test_fit_graph_shows_the_first_block_not_the_left_end_of_the_inputs(qtbot, o
     assert view.current_scale() == pytest.approx(view.FIT_MIN_SCALE)  # as wide as Fit goes: labels still drawn
     assert _visible(view).contains(_box(scene, BLOCK.format(0)))
     assert _cut_by_top_edge(view) == []
+    # Its labels are drawn: at exactly the smallest label zoom, thousands of pixels from the origin
+    # (Qt's level of detail there rounds to a hair below it).
+    assert _dark_pixels_inside(view, _box(scene, BLOCK.format(0))) > 20
     opened.fit_action.trigger()  # the menu item and the toolbar button: the same place again
     assert _visible(view).contains(_box(scene, BLOCK.format(0)))
