@@ -18,7 +18,7 @@ import numpy as np
 
 from engine.analysis import walks
 from engine.analysis.walks import NONDETERMINISTIC
-from engine.gil_slices import array_of, hand_over, slice_bounds
+from engine.gil_slices import array_of, update
 from engine.ir import Graph, Node, TensorType
 
 EMPTY = 0  # the id of "" (an omitted input or output)
@@ -37,11 +37,9 @@ class GraphIndex:
         values = graph.values  # value i has id i + 1
         self.names: list[str] = [""] + list(values)
         self.value_id: dict[str, int] = {"": EMPTY}
-        # A slice at a time (engine.gil_slices): one update over 100,000 names held the GIL 20-33 ms,
-        # a freeze of the app's window while its worker opened big.onnx.
-        for start, stop in slice_bounds(len(values)):
-            self.value_id.update(zip(self.names[start + 1:stop + 1], range(start + 1, stop + 1)))
-            hand_over()
+        # A slice at a time: one update over big.onnx's 100,000 names held the GIL 20-33 ms, a freeze
+        # of the app's window while its worker opened the model.
+        update(self.value_id, self.names[1:], range(1, len(self.names)))
         self.value_id[""] = EMPTY  # even if a value is named "": every pass treats "" as omitted
         value_list = list(values.values())
         self.initializer_ids = [i for i, value in enumerate(value_list, 1) if value.initializer is not None]

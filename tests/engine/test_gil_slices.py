@@ -34,6 +34,10 @@ def test_the_sliced_helpers_give_what_one_call_gives(monkeypatch, count):
     table = gil_slices.table_of(rows, float, 3)
     assert table.shape == (count, 3)
     assert np.array_equal(table, np.array(rows, float).reshape(-1, 3), equal_nan=True)
+    keys = [f"k{i % 5}" for i in range(count)]  # repeated keys: the last value wins, as in one update
+    mapping = {"k0": -1, "other": -2}
+    gil_slices.update(mapping, keys, range(count))
+    assert mapping == {"k0": -1, "other": -2, **dict(zip(keys, range(count)))} and list(mapping)[:2] == ["k0", "other"]
     shared = object()
     items = [shared] * count + [[i] for i in range(count)]
     gil_slices.clear(items)
