@@ -85,6 +85,7 @@ class DeferredProfilePanels(QWidget):
         self._layout.addWidget(panels)
         panels.show()
         self._real = panels
+        yield  # laid out and painted empty in a pass of their own (the fill comes next)
 
     # The calls the window makes with nothing to show do not create the charts.
     def set_profile(self, profile, label: str = "") -> None:
