@@ -614,7 +614,13 @@ class MainWindow(MenusMixin, ProfilesMixin, ExportsMixin, QMainWindow):
     def set_all_groups(self, collapse: bool) -> None:
         if self.loaded is None or not self.loaded.groups:
             return
-        self._focus_after_build = None
+        # The place stays: a selection is centred again after the relayout; without one, the box
+        # nearest the middle of the view (a group's first node when collapsing: group ids nested in
+        # a collapsed group have no box).  Else the view would jump to the model's first row.
+        focus = None if self.inspector.node_id else self.view.box_near_centre()
+        if collapse and focus in self.loaded.groups:
+            focus = self.loaded.groups[focus].members[0]
+        self._focus_after_build = focus
         self._relayout_groups(frozenset(self.loaded.groups) if collapse else frozenset(),
                               "Collapsing all groups" if collapse else "Expanding all groups")
 

@@ -484,6 +484,15 @@ class GraphView(GroupViewMixin, QGraphicsView):
             self.centerOn(QPointF(x + w / 2, y + h / 2))
             self.place_minimap()  # even when the view could not scroll it to the centre
 
+    def box_near_centre(self) -> Optional[str]:
+        """The id of the box whose centre is nearest the middle of the view (None: no graph)."""
+        scene = self.graph_scene
+        if scene is None or not len(scene.rects):
+            return None
+        middle, rects = self.mapToScene(self.viewport().rect().center()), scene.rects
+        distances = np.hypot(rects[:, 0] + rects[:, 2] / 2 - middle.x(), rects[:, 1] + rects[:, 3] / 2 - middle.y())
+        return scene.node_ids[int(np.argmin(distances))]
+
     # --- zoom -----------------------------------------------------------------------------
     def current_scale(self) -> float:
         return self.transform().m11()

@@ -1,0 +1,62 @@
+"""Small faults found by clicking through the real window (Xvfb, sixth round): the place kept by
+Expand all / Collapse all, groups opened and closed from the keyboard, the Run dialog's phone line
+shown whole, the empty graph area while the first model opens, the status line's figures."""
+from __future__ import annotations
+
+import pytest
+from PySide6.QtCore import QPointF, QRectF, Qt
+
+from engine.grouping import FOLD_NODES_ENVIRONMENT
+from engine.transformer_samples import TransformerConfig, write_transformer
+from tests.gui.gui_fixtures import LOAD_TIMEOUT_MS, open_and_wait, settings, window  # noqa: F401 (fixtures)
+
+BLOCK = "group:namespace:model/layers.{}"
+
+
+@pytest.fixture(scope="module")
+def decoder(tmp_path_factory):
+    config = TransformerConfig(layers=12, hidden=64, heads=4, kv_heads=2, intermediate=96, vocab=50, past=5)
+    return write_transformer(tmp_path_factory.mktemp("walkthrough") / "decoder.onnx", config)
+
+
+@pytest.fixture
+def folded(qtbot, window, decoder, monkeypatch):
+    monkeypatch.setenv(FOLD_NODES_ENVIRONMENT, "100")
+    open_and_wait(qtbot, window, decoder)
+    assert BLOCK.format(8) in window.loaded.collapsed
+    return window
+
+
+def _relaid(qtbot, window, action):
+    with qtbot.waitSignal(window.modelLoaded, timeout=LOAD_TIMEOUT_MS):
+        action()
+
+
+def _visible(window) -> QRectF:
+    return window.view.mapToScene(window.view.viewport().rect()).boundingRect()
+
+
+def _box_centre(window, box_id: str) -> QPointF:
+    x, y, w, h = window.scene.rects[window.scene.node_index[box_id]].tolist()
+    return QPointF(x + w / 2, y + h / 2)
+
+
+def test_expand_all_and_collapse_all_keep_the_place_looked_at(qtbot, folded):
+    window = folded
+    block = BLOCK.format(8)
+    window.view.center_on_node(block)
+    assert window.view.box_near_centre() == block and window.inspector.node_id is None
+    _relaid(qtbot, window, lambda: window.set_all_groups(False))
+    assert not window.loaded.collapsed
+    # The block just opened is in view (its frame's title band), not the model's first row.
+    x, y, w, h = window.loaded.layout.frames[block]
+    visible = _visible(window)
+    assert visible.contains(QPointF(x + w / 2, y + 10)), (visible, (x, y, w, h))
+    first_row = min(r[1] for r in window.loaded.layout.boxes.values())
+    assert visible.top() > first_row
+    # Collapse all from a node inside it: the view is on the box that now holds that node.
+    inside = next(n for n in window.loaded.groups[block].members if n in window.scene.node_index)
+    window.view.center_on_node(inside)
+    _relaid(qtbot, window, lambda: window.set_all_groups(True))
+    holder = window.scene.box_id(inside)
+    assert holder is not None and _visible(window).contains(_box_centre(window, holder))
