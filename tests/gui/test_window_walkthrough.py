@@ -60,3 +60,17 @@ def test_expand_all_and_collapse_all_keep_the_place_looked_at(qtbot, folded):
     _relaid(qtbot, window, lambda: window.set_all_groups(True))
     holder = window.scene.box_id(inside)
     assert holder is not None and _visible(window).contains(_box_centre(window, holder))
+
+
+def test_the_run_dialogs_phone_line_is_shown_whole(qtbot):
+    from engine.bridge.android import NO_PHONE
+    from gui.run_dialog import RunDialog
+
+    dialog = RunDialog()
+    qtbot.addWidget(dialog)
+    dialog.show()
+    qtbot.waitUntil(lambda: not dialog.looking_for_phones(), timeout=30_000)  # adb's answer here
+    dialog._on_phones_found([], [f"Android: {NO_PHONE}"])  # what it says on a machine without adb phones
+    label = dialog.phones_label
+    qtbot.waitUntil(lambda: label.height() >= label.heightForWidth(label.width()))
+    assert "USB debugging" in label.text() and label.heightForWidth(label.width()) > 2 * label.fontMetrics().height()
