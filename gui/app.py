@@ -372,6 +372,8 @@ class MainWindow(MenusMixin, ProfilesMixin, ExportsMixin, QMainWindow):
         include_constants = self.show_constants_action.isChecked()
         # The grouping chosen for this model does not carry over to another one (its groups differ).
         grouping = self.grouping() if same else "none"
+        if self.loaded is None:  # the empty area said "No model open": it says what is on its way
+            self.view.set_empty_hint(f"Opening {Path(path).name}…")
         self._start_task(lambda progress: load_model(path, include_constants, progress, grouping),
                          f"Opening {Path(path).name}", self._on_loaded)
 
@@ -420,6 +422,8 @@ class MainWindow(MenusMixin, ProfilesMixin, ExportsMixin, QMainWindow):
             release_gc()
 
     def _on_failed(self, message: str, title: str = "Cannot open model") -> None:
+        if self.loaded is None:
+            self.view.set_empty_hint(self.empty_hint_text())
         if self.loaded is not None and self.loaded.folded_layouts is not None:
             from gui.folded_groups import prepare_group_opens
             prepare_group_opens(self.loaded)  # the shown model stays: its preparation goes on

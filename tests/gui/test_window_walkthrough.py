@@ -74,3 +74,19 @@ def test_the_run_dialogs_phone_line_is_shown_whole(qtbot):
     label = dialog.phones_label
     qtbot.waitUntil(lambda: label.height() >= label.heightForWidth(label.width()))
     assert "USB debugging" in label.text() and label.heightForWidth(label.width()) > 2 * label.fontMetrics().height()
+
+
+def test_the_empty_area_says_a_model_is_opening_not_that_none_is_open(qtbot, window, decoder, tmp_path):
+    hint = window.view.empty_hint
+    assert hint.isVisible() and hint.text().startswith("No model open")
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(decoder.read_bytes()[:5000])
+    window.error_dialogs = False
+    with qtbot.waitSignal(window.loadFailed, timeout=LOAD_TIMEOUT_MS):
+        window.open_path(str(broken))
+        assert hint.isVisible() and hint.text() == "Opening broken.onnx…"
+    assert hint.isVisible() and hint.text().startswith("No model open")  # it failed: how to open one
+    with qtbot.waitSignal(window.modelLoaded, timeout=LOAD_TIMEOUT_MS):
+        window.open_path(str(decoder))
+        assert hint.text() == "Opening decoder.onnx…"
+    assert not hint.isVisible()
