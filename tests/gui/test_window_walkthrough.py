@@ -15,7 +15,7 @@ BLOCK = "group:namespace:model/layers.{}"
 
 @pytest.fixture(scope="module")
 def decoder(tmp_path_factory):
-    config = TransformerConfig(layers=12, hidden=64, heads=4, kv_heads=2, intermediate=96, vocab=50, past=5)
+    config = TransformerConfig(layers=17, hidden=64, heads=4, kv_heads=2, intermediate=96, vocab=50, past=5)
     return write_transformer(tmp_path_factory.mktemp("walkthrough") / "decoder.onnx", config)
 
 
@@ -90,3 +90,12 @@ def test_the_empty_area_says_a_model_is_opening_not_that_none_is_open(qtbot, win
         window.open_path(str(decoder))
         assert hint.text() == "Opening decoder.onnx…"
     assert not hint.isVisible()
+
+
+def test_the_status_line_says_its_figures_are_estimated_and_shows_whole_on_hover(qtbot, folded):
+    window = folded
+    totals = window.loaded.analysis.totals
+    text = window.summary_label.text()
+    assert f"{totals.compute_nodes:,} nodes ({totals.constant_nodes:,} constant nodes folded)" in text
+    assert "peak activations" in text and text.index("MACs") < text.index("(estimated from shapes)")
+    assert totals.compute_nodes >= 1000 and window.summary_label.toolTip() == text
