@@ -281,6 +281,8 @@ class MenusMixin:
                                      action.shortcut().toString(QKeySequence.SequenceFormat.NativeText)))
         return rows + [("Graph: select a producer / a consumer of the selected layer", "Up / Down"),
                        ("Graph: select the next layer of the same row", "Left / Right"),
+                       ("Graph: open the selected group / close the group around the selection",
+                        "Enter / Backspace"),
                        ("Find: next / previous match", "Enter / Shift+Enter"),
                        ("Compare window: close", "Esc")]
 

@@ -611,6 +611,9 @@ class GraphView(GroupViewMixin, QGraphicsView):
 
     ARROW_STEPS = {Qt.Key.Key_Up: "up", Qt.Key.Key_Down: "down", Qt.Key.Key_Left: "left", Qt.Key.Key_Right: "right"}
 
+    # The keyboard's double-click: open the selected group / close the one around the selection.
+    GROUP_KEYS = {Qt.Key.Key_Return: False, Qt.Key.Key_Enter: False, Qt.Key.Key_Backspace: True}
+
     def keyPressEvent(self, event) -> None:
         if event.key() in (Qt.Key.Key_Plus, Qt.Key.Key_Equal):
             self.zoom_in()
@@ -619,6 +622,9 @@ class GraphView(GroupViewMixin, QGraphicsView):
         elif event.key() in self.ARROW_STEPS and self.graph_scene is not None \
                 and event.modifiers() == Qt.KeyboardModifier.NoModifier:
             self.step_selection(self.ARROW_STEPS[event.key()])
+        elif event.key() in self.GROUP_KEYS and self.graph_scene is not None \
+                and self.toggle_selected_group(self.GROUP_KEYS[event.key()]):
+            pass
         else:
             super().keyPressEvent(event)
 

@@ -99,3 +99,21 @@ def test_the_status_line_says_its_figures_are_estimated_and_shows_whole_on_hover
     assert f"{totals.compute_nodes:,} nodes ({totals.constant_nodes:,} constant nodes folded)" in text
     assert "peak activations" in text and text.index("MACs") < text.index("(estimated from shapes)")
     assert totals.compute_nodes >= 1000 and window.summary_label.toolTip() == text
+
+
+def test_enter_opens_the_selected_group_and_backspace_closes_it(qtbot, folded):
+    window = folded
+    view, block = window.view, BLOCK.format(8)
+    view.select_node(block)
+    view.setFocus()
+    _relaid(qtbot, window, lambda: qtbot.keyClick(view.viewport(), Qt.Key.Key_Return))
+    assert block not in window.loaded.collapsed and block in window.loaded.layout.frames
+    inside = next(n for n in window.loaded.groups[block].members if n in window.scene.node_index)
+    view.select_node(inside)
+    _relaid(qtbot, window, lambda: qtbot.keyClick(view.viewport(), Qt.Key.Key_Backspace))
+    assert block in window.loaded.collapsed and block in window.scene.node_index
+    # Nothing to toggle (a plain node outside any group selected, or nothing): the key does nothing.
+    view.scene().clearSelection()
+    assert not view.toggle_selected_group(False) and not view.toggle_selected_group(True)
+    assert ("Graph: open the selected group / close the group around the selection", "Enter / Backspace") \
+        in window.shortcuts()
