@@ -561,11 +561,12 @@ class MainWindow(MenusMixin, ProfilesMixin, ExportsMixin, QMainWindow):
         loaded = self.loaded
         totals = loaded.analysis.totals
         hidden = "" if loaded.include_constants else f" ({totals.constant_nodes:,} constant nodes folded)"
-        # The three figures are static estimates (the inspector's "estimated from shapes"): one
-        # parenthesis after all of them, which "(estimated)" after the last one only did not say.
-        text = (f"{Path(loaded.path).name}: {totals.compute_nodes:,} nodes{hidden} · params "
+        # The three figures are static estimates (the inspector's "estimated from shapes"), said
+        # before them: "(estimated)" after the last one read as that one's only, and was the first
+        # word cut when a note beside the line leaves it too little room.
+        text = (f"{Path(loaded.path).name}: {totals.compute_nodes:,} nodes{hidden} · estimated: params "
                 f"{human_count(totals.params)}, MACs {human_count(totals.macs)}, peak activations "
-                f"{human_bytes(totals.peak_activation_bytes)} (estimated from shapes) · layout {loaded.layout.method}"
+                f"{human_bytes(totals.peak_activation_bytes)} · layout {loaded.layout.method}"
                 + (" · tensors NHWC" if loaded.analysis.graph.channels_last else ""))
         self.summary_label.setText(text)
         self.summary_label.setToolTip(text)  # whole, when a note beside it leaves it too little room

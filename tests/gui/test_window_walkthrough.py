@@ -97,7 +97,7 @@ def test_the_status_line_says_its_figures_are_estimated_and_shows_whole_on_hover
     totals = window.loaded.analysis.totals
     text = window.summary_label.text()
     assert f"{totals.compute_nodes:,} nodes ({totals.constant_nodes:,} constant nodes folded)" in text
-    assert "peak activations" in text and text.index("MACs") < text.index("(estimated from shapes)")
+    assert "· estimated: params " in text and text.index("estimated:") < text.index("MACs") < text.index("peak")
     assert totals.compute_nodes >= 1000 and window.summary_label.toolTip() == text
 
 
