@@ -622,10 +622,10 @@ class MainWindow(MenusMixin, ProfilesMixin, ExportsMixin, QMainWindow):
     def set_all_groups(self, collapse: bool) -> None:
         if self.loaded is None or not self.loaded.groups:
             return
-        # The place stays: a selection is centred again after the relayout; without one, the box
-        # nearest the middle of the view (a group's first node when collapsing: group ids nested in
-        # a collapsed group have no box).  Else the view would jump to the model's first row.
-        focus = None if self.inspector.node_id else self.view.box_near_centre()
+        # The place stays: the view goes to the selection, else to the box nearest its middle (a
+        # group's first node when collapsing: a group nested in a collapsed one has no box, its
+        # nodes have the outer group's).  Else it jumped to the model's first row.
+        focus = self.inspector.node_id or self.view.box_near_centre()
         if collapse and focus in self.loaded.groups:
             focus = self.loaded.groups[focus].members[0]
         self._focus_after_build = focus

@@ -62,6 +62,17 @@ def test_expand_all_and_collapse_all_keep_the_place_looked_at(qtbot, folded):
     assert holder is not None and _visible(window).contains(_box_centre(window, holder))
 
 
+def test_collapse_all_with_a_group_selected_goes_to_the_box_that_holds_it(qtbot, folded):
+    window = folded
+    block = BLOCK.format(8)
+    window.view.select_node(block)
+    assert window.inspector.node_id == block
+    window.view.center_on_node(BLOCK.format(0))  # looking elsewhere: the selection decides
+    _relaid(qtbot, window, lambda: window.set_all_groups(True))
+    holder = window.scene.box_id(window.loaded.groups[block].members[0])
+    assert holder is not None and holder != block and _visible(window).contains(_box_centre(window, holder))
+
+
 def test_the_run_dialogs_phone_line_is_shown_whole(qtbot):
     from engine.bridge.android import NO_PHONE
     from gui.run_dialog import RunDialog
