@@ -128,3 +128,16 @@ def test_enter_opens_the_selected_group_and_backspace_closes_it(qtbot, folded):
     assert not view.toggle_selected_group(False) and not view.toggle_selected_group(True)
     assert ("Graph: open the selected group / close the group around the selection", "Enter / Backspace") \
         in window.shortcuts()
+
+
+def test_the_status_line_ends_in_an_ellipsis_where_a_note_leaves_it_no_room(qtbot, folded):
+    window = folded
+    label, text = window.summary_label, window.summary_label.text()
+    assert window.progress_label.text().endswith("double-click a group to open it")  # the folded-open note
+    window.resize(3000, 800)
+    qtbot.waitUntil(lambda: label.shown_text() == text)  # room enough: all of it
+    window.resize(700, 800)
+    qtbot.waitUntil(lambda: label.width() < label.fontMetrics().horizontalAdvance(text))
+    shown = label.shown_text()
+    assert shown.endswith("…") and text.startswith(shown[:-1]) and len(shown) > 10
+    assert label.fontMetrics().horizontalAdvance(shown) <= label.contentsRect().width()
