@@ -141,3 +141,20 @@ def test_the_status_line_ends_in_an_ellipsis_where_a_note_leaves_it_no_room(qtbo
     shown = label.shown_text()
     assert shown.endswith("…") and text.startswith(shown[:-1]) and len(shown) > 10
     assert label.fontMetrics().horizontalAdvance(shown) <= label.contentsRect().width()
+
+
+def test_a_tall_graph_exported_as_png_keeps_its_whole_legend(qtbot, window, sample_model, tmp_path):
+    from PySide6.QtGui import QImage
+
+    open_and_wait(qtbot, window, sample_model)
+    legend = window.view.legend
+    path = tmp_path / "tall.png"
+    window.export_graph(str(path), max_side=1200)  # a 92-layer chain at 1,200 px: narrower than the legend
+    scene = window.scene.sceneRect()
+    assert scene.width() * 1200 / (scene.height() + legend.height() + 16) < legend.width()
+    image = QImage(str(path))
+    assert image.width() >= legend.width() + 16
+    # The legend's right border is drawn (not cut): a dark pixel in its last columns, on its first rows.
+    right = legend.width() + 8 - 1
+    column = [image.pixelColor(x, y).lightness() for x in range(right - 3, right + 1) for y in range(8, 8 + legend.height())]
+    assert min(column) < 230
