@@ -264,6 +264,16 @@ class MenusMixin:
             self._docks_sized = True
             self.size_docks()
 
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        # A smaller window shrinks the graph first, to a strip beside docks kept at their old size
+        # (800 x 600: a 310 x 200 graph under its legend and minimap): docks grown past their
+        # share of the window go back to the usual shares.
+        if self._docks_sized and self.isVisible() and (
+                self.inspector_dock.width() > 0.4 * self.width()
+                or (self.panels_dock.isVisible() and self.panels_dock.height() > 0.4 * self.height())):
+            self.size_docks()
+
     def size_docks(self) -> None:
         """The graph gets about 70 % of the width; the charts (when shown) about 30 % of the height."""
         self.resizeDocks([self.inspector_dock, self.profiles_dock], [int(self.width() * 0.3)] * 2,

@@ -158,3 +158,16 @@ def test_a_tall_graph_exported_as_png_keeps_its_whole_legend(qtbot, window, samp
     right = legend.width() + 8 - 1
     column = [image.pixelColor(x, y).lightness() for x in range(right - 3, right + 1) for y in range(8, 8 + legend.height())]
     assert min(column) < 230
+
+
+def test_a_smaller_window_keeps_most_of_its_width_for_the_graph(qtbot, window, sample_model):
+    open_and_wait(qtbot, window, sample_model)
+    window.resize(1600, 1000)
+    qtbot.waitUntil(lambda: window.width() == 1600)
+    window.size_docks()  # as when first shown at this size: the docks get 30 % of 1,600 px
+    qtbot.waitUntil(lambda: window.inspector_dock.width() > 0.4 * 800)
+    wide = window.inspector_dock.width()
+    window.resize(800, 600)
+    qtbot.waitUntil(lambda: window.width() == 800)
+    qtbot.waitUntil(lambda: window.inspector_dock.width() <= 0.4 * 800)
+    assert window.inspector_dock.width() < wide and window.view.width() >= 0.5 * 800
