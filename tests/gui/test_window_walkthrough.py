@@ -171,3 +171,24 @@ def test_a_smaller_window_keeps_most_of_its_width_for_the_graph(qtbot, window, s
     qtbot.waitUntil(lambda: window.width() == 800)
     qtbot.waitUntil(lambda: window.inspector_dock.width() <= 0.4 * 800)
     assert window.inspector_dock.width() < wide and window.view.width() >= 0.5 * 800
+
+
+def test_the_run_dialog_builds_the_charts_before_the_import_thread_starts(qtbot, window, sample_model, monkeypatch):
+    # The charts' ~650 signal connections each waited for the GIL the importing thread held: the
+    # dialog's first opening took 1.8-2.3 s instead of 0.2 s (measured on this 2-core machine).
+    import threading
+
+    started = []
+    original_start = threading.Thread.start
+
+    def start(thread):
+        started.append((thread.name, window.panels.created))
+        return original_start(thread)
+
+    open_and_wait(qtbot, window, sample_model)
+    assert not window.panels.created
+    monkeypatch.setattr(threading.Thread, "start", start)
+    dialog = window.show_run_dialog()
+    monkeypatch.undo()
+    assert dialog.isVisible() and window.panels.created
+    assert ("layerscope-warm-imports", True) in started
