@@ -180,6 +180,15 @@ def block_summary(family: BlockFamily, times: list[BlockTime]) -> str:
             f"({slowest.time_ms:.3f} ms vs {median_ms:.3f} ms, {slowest.kind or 'unknown kind'})")
 
 
+def repeated_block_lines(analysis: "ModelAnalysis", profile, limit: int = 3) -> list[str]:
+    """A line per family of repeated blocks (a decoder's layers), the largest first: how many, and
+    the slowest block against the median one (the CLI's summary and the HTML report)."""
+    groups = namespace_groups(analysis)
+    return [f"{len(family.group_ids)} x {family.name} ({family.ops_per_block} ops each): "
+            + block_summary(family, compare_blocks(family, groups, analysis, profile))
+            for family in repeated_blocks(groups, analysis)[:limit]]
+
+
 def folded_start(groups: Mapping[str, NodeGroup], analysis: "ModelAnalysis") -> frozenset[str]:
     """The groups collapsed when a big model opens: all of them, except a group that holds most
     of the model (`model/` around every block of an export), which would otherwise be the only
