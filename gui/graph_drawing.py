@@ -40,7 +40,7 @@ from engine.layout import GROUP_PREFIX, INPUT_PREFIX, OUTPUT_PREFIX, op_category
 from engine.profile import KINDS
 from gui.graph_groups import FrameLayer, GroupSceneMixin, frame_title, group_lines
 from gui.graph_style import (BOX_PEN, CATEGORY_COLORS, EDGE_COLOR, EDGE_MAX_WIDTH, EDGE_MIN_WIDTH,
-                             EDGE_WIDTH_STEPS, GROUP_PEN_COLOR, LABEL_MAX_COUNT, LABEL_MIN_SCALE,
+                             EDGE_WIDTH_STEPS, GROUP_PEN_COLOR, LABEL_MAX_COUNT, labels_drawn_at,
                              LINK_PEN_COLOR, OVERLAYS, RATIO_LIMIT, TOP_PEN_COLOR, UNKNOWN_COLOR,
                              ZERO_COLOR, _type_text, diverging_color, format_ms, gradient_color, is_group,
                              is_io, node_transfers, unit_color)
@@ -103,7 +103,7 @@ class LabelLayer(QGraphicsItem):
 
     def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem, widget=None) -> None:
         scale = QStyleOptionGraphicsItem.levelOfDetailFromTransform(painter.worldTransform())
-        if scale < LABEL_MIN_SCALE or not len(self._rects):
+        if not labels_drawn_at(scale) or not len(self._rects):
             return
         exposed = option.exposedRect
         tips = self._tips

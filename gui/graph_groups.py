@@ -17,7 +17,7 @@ from PySide6.QtWidgets import QGraphicsItem, QMenu, QStyleOptionGraphicsItem
 
 from engine.inspect import human_bytes, human_count
 from engine.layout import group_totals as engine_group_totals
-from gui.graph_style import GROUP_PEN_COLOR, LABEL_MIN_SCALE, format_ms, is_group
+from gui.graph_style import GROUP_PEN_COLOR, format_ms, is_group, labels_drawn_at
 
 # Opened groups' frames: tinted a little darker per nesting level, so a block inside a block shows.
 FRAME_FILLS = (QColor(238, 234, 248, 150), QColor(228, 222, 244, 150), QColor(216, 208, 238, 150))
@@ -146,7 +146,7 @@ class FrameLayer(QGraphicsItem):
             x, y, w, h = rects[index].tolist()
             painter.setBrush(self._brushes[min(self.depths[index], len(self._brushes) - 1)])
             painter.drawRoundedRect(QRectF(x, y, w, h), 8, 8)
-        if scale < LABEL_MIN_SCALE:
+        if not labels_drawn_at(scale):
             return
         painter.setFont(self.font)
         painter.setPen(QColor("#2e2450"))

@@ -536,7 +536,8 @@ class GraphView(GroupViewMixin, QGraphicsView):
 
     def fit(self) -> None:
         """The whole graph when it is readable so; a tall (or wide) one at its full width, never
-        below FIT_MIN_SCALE, from its top (the minimap shows the whole)."""
+        below FIT_MIN_SCALE, from its top (the minimap shows the whole); a folded one wider than
+        that from the top of its first blocks (`_first_screen`)."""
         scene = self.graph_scene
         if scene is None:
             return
@@ -549,15 +550,20 @@ class GraphView(GroupViewMixin, QGraphicsView):
             self.setTransform(QTransform.fromScale(scale, scale))
             shown_width, shown_height = view.width() / scale, view.height() / scale
             x = rect.center().x() if shown_width >= width else rect.left() + shown_width / 2
-            self.centerOn(QPointF(x, rect.top() + shown_height / 2))
+            across, top = None, None
+            region = scene.structure_rect() if shown_width < width and scene.group_indexes else None
+            if region is not None:  # a folded model wider than the window: its first blocks, not a row of inputs
+                across, top = self._first_screen(region, scale)
+            x, top = x if across is None else across, rect.top() if top is None else top
+            self.centerOn(QPointF(x, top + shown_height / 2))
         self.zoomChanged.emit(self.current_scale())
 
     READABLE_SCALE = 0.75  # a group box's name, node count, MACs and params are readable from here
 
-    def show_region(self, rect: QRectF, across: Optional[float] = None) -> None:
+    def show_region(self, rect: QRectF, across: Optional[float] = None, top: Optional[float] = None) -> None:
         """Show `rect` (scene coordinates) whole when it fits at a readable zoom (never above 1:1),
-        else its top at READABLE_SCALE, centred across (on `across` when given, else from its
-        left when it is wider than the view)."""
+        else its top at READABLE_SCALE (the view's top edge at `top` when given), centred across
+        (on `across` when given, else from its left when it is wider than the view)."""
         view, margin = self.viewport().rect(), 24.0
         width, height = max(1.0, rect.width()), max(1.0, rect.height())
         scale = min(1.0, (view.width() - 2 * margin) / width, (view.height() - 2 * margin) / height)
@@ -571,7 +577,8 @@ class GraphView(GroupViewMixin, QGraphicsView):
             x = rect.center().x() if shown_width - 2 * margin >= width else \
                 across if across is not None else rect.left() - margin + shown_width / 2
             # A little above the top: the tensors entering it (and the inputs they come from) show.
-            self.centerOn(QPointF(x, rect.top() - 3 * margin + shown_height / 2))
+            top = rect.top() - 3 * margin if top is None else top
+            self.centerOn(QPointF(x, top + shown_height / 2))
         self.zoomChanged.emit(scale)
         self.place_minimap()
 
@@ -586,12 +593,7 @@ class GraphView(GroupViewMixin, QGraphicsView):
             self.centerOn(scene.sceneRect().center())
         region = scene.structure_rect() if self.current_scale() < 0.55 else None
         if region is not None:  # a folded model: its groups, not the rows of inputs around them
-            # A frame wider than the window (long lanes of a KV cache): across, on its first group boxes.
-            rects, shown_height = scene.rects, self.viewport().height() / self.READABLE_SCALE
-            first = [i for i in scene.group_indexes if region.top() <= rects[i, 1] <= region.top() + shown_height
-                     and region.left() <= rects[i, 0] <= region.right()]
-            across = float(np.mean([rects[i, 0] + rects[i, 2] / 2 for i in first])) if first else None
-            self.show_region(region, across)
+            self.show_region(region, *self._first_screen(region, self.READABLE_SCALE))
         elif self.current_scale() < 0.55:
             self.setTransform(QTransform.fromScale(0.75, 0.75))
             rect = scene.sceneRect()
@@ -601,6 +603,52 @@ class GraphView(GroupViewMixin, QGraphicsView):
             x = float((first[:, 0] + first[:, 2] / 2).mean()) if len(first) else rect.center().x()
             self.centerOn(QPointF(x, rect.top() + visible_height / 2))
             self.zoomChanged.emit(0.75)
+
+    def _first_screen(self, region: QRectF, scale: float) -> tuple[Optional[float], Optional[float]]:
+        """(across, top) of the first view of a folded model's `region` at `scale`; (None, None)
+        when no group is collapsed (Expand all: tens of thousands of boxes, no block to look for).
+
+        A frame wider than the window (a KV cache's hundreds of inputs spread the blocks over
+        thousands of pixels): across, the window that holds the first block whole and, with it,
+        the most boxes of the first screen, its boxes centred.  Top: a little above the region;
+        when the chosen boxes start far below it (an empty band of the frame), a little above
+        them.  Either way moved up to whole boxes when the edge would cut a row."""
+        scene, margin = self.graph_scene, 24.0
+        if not scene.group_indexes:
+            return None, None
+        shown_width, shown_height = self.viewport().width() / scale, self.viewport().height() / scale
+        # One pass over the boxes: those that reach into the band a first screen can show.
+        band = np.flatnonzero((scene.rects[:, 1] < region.top() + shown_height)
+                              & (scene.rects[:, 1] + scene.rects[:, 3] > region.top() - 3 * margin))
+        rects = scene.rects[band]
+        left, top, width, height = rects.T
+
+        def uncut(edge: float) -> float:
+            cut = (top < edge) & (top + height > edge)
+            return float(top[cut].min()) - margin / 2 if cut.any() else edge
+
+        edge = uncut(region.top() - 3 * margin)
+        first = np.flatnonzero((top >= region.top()) & (top + height <= edge + shown_height)
+                               & (left >= region.left()) & (left + width <= region.right()))
+        if len(first) == 0:
+            return None, edge
+        # The first block: the topmost of the first screen's big groups (a transformer's first
+        # layer, not the few nodes of its rotary embedding above it), else the topmost box.
+        sizes = {i: len(scene.groups[scene.node_ids[band[i]]].members) for i in first if band[i] in scene.group_indexes}
+        blocks = [i for i, size in sizes.items() if 2 * size >= max(sizes.values())]
+        anchor = min(blocks or first, key=lambda i: (top[i], left[i]))
+        lefts, rights = left[first], left[first] + width[first]
+        room = shown_width - 2 * margin  # a box keeps a margin from each side
+        # The best window starts at some box's left edge: try each one that keeps the anchor whole.
+        starts = lefts[(lefts <= left[anchor]) & (lefts + room >= left[anchor] + width[anchor])]
+        if len(starts) == 0:  # the first block alone is wider than the window
+            return float(left[anchor] + width[anchor] / 2), edge
+        inside = (lefts[None, :] >= starts[:, None]) & (rights[None, :] <= starts[:, None] + room)
+        best = first[inside[int(np.argmax(inside.sum(axis=1)))]]
+        highest = float(top[best].min())
+        if highest - edge > shown_height / 4:
+            edge = uncut(highest - 3 * margin)
+        return float(left[best].min() + (left[best] + width[best]).max()) / 2, edge
 
     def wheelEvent(self, event) -> None:
         delta = event.angleDelta().y()

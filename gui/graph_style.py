@@ -41,6 +41,13 @@ LABEL_MIN_SCALE = 0.3  # below this zoom labels are unreadable: not drawn
 LABEL_MAX_COUNT = 4000  # more visible boxes than this: labels not drawn (too small anyway)
 
 
+def labels_drawn_at(level_of_detail: float) -> bool:
+    """Whether labels are drawn at this zoom (a painter's level of detail).  Qt's level of detail
+    of a view at exactly LABEL_MIN_SCALE comes out a hair below it when the view is far from the
+    scene's origin (0.2999999999996 at x = 100,000: Fit graph on a wide folded model)."""
+    return level_of_detail >= LABEL_MIN_SCALE - 1e-9
+
+
 @dataclass(frozen=True)
 class OverlaySpec:
     key: str
