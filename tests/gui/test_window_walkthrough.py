@@ -192,3 +192,12 @@ def test_the_run_dialog_builds_the_charts_before_the_import_thread_starts(qtbot,
     monkeypatch.undo()
     assert dialog.isVisible() and window.panels.created
     assert ("layerscope-warm-imports", True) in started
+
+
+def test_the_status_bar_run_progress_does_not_contradict_the_run_count(qtbot, window, sample_model):
+    open_and_wait(qtbot, window, sample_model)
+    # What the worker reports 67 measured runs into 2,000 (after 3 warm-up runs): done and total count
+    # the warm-up runs, the message does not.
+    window._on_profile_progress(70, 2003, "run 67/2000: 8.46 ms")
+    assert window.progress_label.text() == "Profiling: run 67/2000: 8.46 ms"
+    assert window.run_progress.text() == "3%" and "2003" not in window.run_progress.text()
