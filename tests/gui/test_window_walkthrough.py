@@ -6,30 +6,22 @@ from __future__ import annotations
 import pytest
 from PySide6.QtCore import QPointF, QRectF, Qt
 
-from engine.grouping import FOLD_NODES_ENVIRONMENT
-from engine.transformer_samples import TransformerConfig, write_transformer
-from tests.gui.gui_fixtures import LOAD_TIMEOUT_MS, open_and_wait, settings, window  # noqa: F401 (fixtures)
+from tests.gui.gui_fixtures import (LOAD_TIMEOUT_MS, open_and_wait, open_folded, relaid, settings,  # noqa: F401
+                                    window, write_small_decoder)
 
 BLOCK = "group:namespace:model/layers.{}"
 
 
 @pytest.fixture(scope="module")
 def decoder(tmp_path_factory):
-    config = TransformerConfig(layers=17, hidden=64, heads=4, kv_heads=2, intermediate=96, vocab=50, past=5)
-    return write_transformer(tmp_path_factory.mktemp("walkthrough") / "decoder.onnx", config)
+    return write_small_decoder(tmp_path_factory.mktemp("walkthrough"), layers=17)  # 1,106 nodes
 
 
 @pytest.fixture
 def folded(qtbot, window, decoder, monkeypatch):
-    monkeypatch.setenv(FOLD_NODES_ENVIRONMENT, "100")
-    open_and_wait(qtbot, window, decoder)
+    open_folded(qtbot, window, decoder, monkeypatch)
     assert BLOCK.format(8) in window.loaded.collapsed
     return window
-
-
-def _relaid(qtbot, window, action):
-    with qtbot.waitSignal(window.modelLoaded, timeout=LOAD_TIMEOUT_MS):
-        action()
 
 
 def _visible(window) -> QRectF:
@@ -46,7 +38,7 @@ def test_expand_all_and_collapse_all_keep_the_place_looked_at(qtbot, folded):
     block = BLOCK.format(8)
     window.view.center_on_node(block)
     assert window.view.box_near_centre() == block and window.inspector.node_id is None
-    _relaid(qtbot, window, lambda: window.set_all_groups(False))
+    relaid(qtbot, window, lambda: window.set_all_groups(False))
     assert not window.loaded.collapsed
     # The block just opened is in view (its frame's title band), not the model's first row.
     x, y, w, h = window.loaded.layout.frames[block]
@@ -57,7 +49,7 @@ def test_expand_all_and_collapse_all_keep_the_place_looked_at(qtbot, folded):
     # Collapse all from a node inside it: the view is on the box that now holds that node.
     inside = next(n for n in window.loaded.groups[block].members if n in window.scene.node_index)
     window.view.center_on_node(inside)
-    _relaid(qtbot, window, lambda: window.set_all_groups(True))
+    relaid(qtbot, window, lambda: window.set_all_groups(True))
     holder = window.scene.box_id(inside)
     assert holder is not None and _visible(window).contains(_box_centre(window, holder))
 
@@ -68,7 +60,7 @@ def test_collapse_all_with_a_group_selected_goes_to_the_box_that_holds_it(qtbot,
     window.view.select_node(block)
     assert window.inspector.node_id == block
     window.view.center_on_node(BLOCK.format(0))  # looking elsewhere: the selection decides
-    _relaid(qtbot, window, lambda: window.set_all_groups(True))
+    relaid(qtbot, window, lambda: window.set_all_groups(True))
     holder = window.scene.box_id(window.loaded.groups[block].members[0])
     assert holder is not None and holder != block and _visible(window).contains(_box_centre(window, holder))
 
@@ -117,11 +109,11 @@ def test_enter_opens_the_selected_group_and_backspace_closes_it(qtbot, folded):
     view, block = window.view, BLOCK.format(8)
     view.select_node(block)
     view.setFocus()
-    _relaid(qtbot, window, lambda: qtbot.keyClick(view.viewport(), Qt.Key.Key_Return))
+    relaid(qtbot, window, lambda: qtbot.keyClick(view.viewport(), Qt.Key.Key_Return))
     assert block not in window.loaded.collapsed and block in window.loaded.layout.frames
     inside = next(n for n in window.loaded.groups[block].members if n in window.scene.node_index)
     view.select_node(inside)
-    _relaid(qtbot, window, lambda: qtbot.keyClick(view.viewport(), Qt.Key.Key_Backspace))
+    relaid(qtbot, window, lambda: qtbot.keyClick(view.viewport(), Qt.Key.Key_Backspace))
     assert block in window.loaded.collapsed and block in window.scene.node_index
     # Nothing to toggle (a plain node outside any group selected, or nothing): the key does nothing.
     view.scene().clearSelection()
