@@ -269,10 +269,10 @@ class MenusMixin:
     def resizeEvent(self, event) -> None:
         super().resizeEvent(event)
         # A smaller window shrinks the graph first, to a strip beside docks kept at their old size
-        # (800 x 600: a 310 x 200 graph under its legend and minimap): docks grown past their
-        # share of the window go back to the usual shares.
+        # (800 x 600: a 310 x 200 graph under its legend and minimap), and a larger one grows only
+        # the graph: docks far from their share of the window go back to the usual shares.
         if self._docks_sized and self.isVisible() and (
-                self.inspector_dock.width() > 0.4 * self.width()
+                not 0.2 * self.width() <= self.inspector_dock.width() <= 0.4 * self.width()
                 or (self.panels_dock.isVisible() and self.panels_dock.height() > 0.4 * self.height())):
             self.size_docks()
 

@@ -163,6 +163,9 @@ def test_a_smaller_window_keeps_most_of_its_width_for_the_graph(qtbot, window, s
     qtbot.waitUntil(lambda: window.width() == 800)
     qtbot.waitUntil(lambda: window.inspector_dock.width() <= 0.4 * 800)
     assert window.inspector_dock.width() < wide and window.view.width() >= 0.5 * 800
+    window.resize(1600, 1000)  # and back: the inspector is not left at a fifth of the width or less
+    qtbot.waitUntil(lambda: window.width() == 1600)
+    qtbot.waitUntil(lambda: window.inspector_dock.width() >= 0.2 * 1600)
 
 
 def test_the_run_dialog_builds_the_charts_before_the_import_thread_starts(qtbot, window, sample_model, monkeypatch):
