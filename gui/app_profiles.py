@@ -388,7 +388,7 @@ class ProfilesMixin:
 
     def _on_profile_failed(self, message: str) -> None:
         if self.run_dialog is not None:
-            self.run_dialog.show_finished(f"Failed: {message}")
+            self.run_dialog.show_finished(f"Failed: {message}", complete=False)  # not a full bar
         self.progress_label.setText("Profiling failed")
         if self.error_dialogs:
             QMessageBox.critical(self.run_dialog if self.run_dialog and self.run_dialog.isVisible() else self,

@@ -775,7 +775,8 @@ def check_external_data_fits(proto: onnx.ModelProto, path: Path) -> None:
     if external > available:
         raise TargetError(f"{path.name}: its weights outside the model file take {external / 2**30:,.1f} GiB, more "
                           f"than the {available / 2**30:,.1f} GiB of memory free on this computer; profile it where "
-                          "there is more (an agent there: --target ws://HOST:PORT), or free memory first")
+                          "there is more (with `layerscope agent` there, the target ws://HOST:PORT), or free "
+                          "memory first")
 
 
 @dataclass

@@ -196,3 +196,20 @@ def test_the_status_bar_run_progress_does_not_contradict_the_run_count(qtbot, wi
     window._on_profile_progress(70, 2003, "run 67/2000: 8.46 ms")
     assert window.progress_label.text() == "Profiling: run 67/2000: 8.46 ms"
     assert window.run_progress.text() == "3%" and "2003" not in window.run_progress.text()
+
+
+def test_a_run_refused_for_memory_says_why_and_does_not_show_a_full_bar(qtbot, window, tmp_path):
+    from tests.engine.test_weights_beyond_memory import _model_with_external_weight
+    from engine.targets.cpu import available_memory_bytes
+
+    path = _model_with_external_weight(tmp_path, int(2 * available_memory_bytes() / 32) + 1)
+    open_and_wait(qtbot, window, path)  # opened: its weights are located, not read
+    window.error_dialogs = False
+    dialog = window.show_run_dialog()
+    dialog.runs_spin.setValue(1)
+    dialog.warmup_spin.setValue(0)
+    with qtbot.waitSignal(window.profileFailed, timeout=60_000) as failed:
+        qtbot.mouseClick(dialog.run_button, Qt.MouseButton.LeftButton)
+    assert "GiB of memory free on this computer" in failed.args[0] and "--target" not in failed.args[0]
+    assert dialog.status.text().startswith("Failed: model.onnx: its weights outside the model file take")
+    assert dialog.progress.value() < dialog.progress.maximum()  # it did not finish: no 100 %
