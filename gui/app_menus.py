@@ -230,7 +230,7 @@ class MenusMixin:
         # Enter: next match; Shift+Enter: the previous one (QLineEdit reports both as returnPressed).
         self.search_field.returnPressed.connect(lambda: self.search_next(
             -1 if QApplication.keyboardModifiers() & Qt.KeyboardModifier.ShiftModifier else 1))
-        self.search_field.textChanged.connect(self._search_changed)
+        self.search_field.textChanged.connect(self._search_typed)
         bar.addWidget(self.search_field)
         self.search_label = QLabel("")
         self.search_label.setMinimumWidth(90)

@@ -213,3 +213,17 @@ def test_a_run_refused_for_memory_says_why_and_does_not_show_a_full_bar(qtbot, w
     assert "GiB of memory free on this computer" in failed.args[0] and "--target" not in failed.args[0]
     assert dialog.status.text().startswith("Failed: model.onnx: its weights outside the model file take")
     assert dialog.progress.value() < dialog.progress.maximum()  # it did not finish: no 100 %
+
+
+def test_a_large_model_is_searched_once_typing_pauses(qtbot, folded, monkeypatch):
+    window = folded
+    monkeypatch.setattr(type(window), "SEARCH_AT_ONCE_NODES", 1_000)  # this decoder has 1,106 nodes
+    qtbot.keyClicks(window.search_field, "layers.8/mlp/down")  # 17 keystrokes: no search yet
+    assert window.search_label.text() == "…" and window._search_timer.isActive()
+    qtbot.waitUntil(lambda: window.search_label.text().endswith("found"), timeout=3_000)
+    assert window.search_label.text() == f"{len(window.scene.find_nodes('layers.8/mlp/down'))} found"
+    # Enter right after typing does not wait for the pause: the match is selected at once.
+    window.search_field.clear()
+    qtbot.keyClicks(window.search_field, "layers.9/mlp/down_proj/MatMul")
+    relaid(qtbot, window, lambda: qtbot.keyClick(window.search_field, Qt.Key.Key_Return))
+    assert "layers.9/mlp/down_proj/MatMul" in window.inspector.node_id and window.search_label.text() == "1 / 1"
