@@ -145,8 +145,8 @@ class MenusMixin:
             self.overlay_actions[key] = action
         self.overlay_actions["none"].setChecked(True)
         view_menu.addSeparator()
-        view_menu.addAction(self.profiles_dock.toggleViewAction())
-        view_menu.addAction(self.inspector_dock.toggleViewAction())
+        # The charts only: the Profiles and Inspector docks cannot be closed, so Qt disables their
+        # toggles, which the menu showed checked and greyed, as if broken.
         view_menu.addAction(self.panels_dock.toggleViewAction())
 
         model_menu = self.menuBar().addMenu("&Model")

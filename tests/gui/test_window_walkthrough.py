@@ -227,3 +227,11 @@ def test_a_large_model_is_searched_once_typing_pauses(qtbot, folded, monkeypatch
     qtbot.keyClicks(window.search_field, "layers.9/mlp/down_proj/MatMul")
     relaid(qtbot, window, lambda: qtbot.keyClick(window.search_field, Qt.Key.Key_Return))
     assert "layers.9/mlp/down_proj/MatMul" in window.inspector.node_id and window.search_label.text() == "1 / 1"
+
+
+def test_the_view_menu_shows_no_item_that_can_never_be_used(qtbot, window, sample_model):
+    open_and_wait(qtbot, window, sample_model)
+    view_menu = next(a.menu() for a in window.menuBar().actions() if a.text().replace("&", "") == "View")
+    greyed = [a.text() for a in view_menu.actions() if not a.isSeparator() and not a.isEnabled()]
+    assert greyed == []
+    assert window.panels_dock.toggleViewAction() in view_menu.actions()  # the charts can be shown again
