@@ -283,8 +283,10 @@ class ProfilesMixin:
         if self.run_dialog is None:
             from gui.run_dialog import RunDialog
 
-            _main_module()._warm_profiling_imports()
             self.panels.real()  # the charts a run will fill: built now, not when its result arrives
+            # After the charts, not before: their ~650 signal connections each wait for the GIL
+            # the importing thread holds (1.8-2.3 s for the dialog's first opening, 0.2 s alone).
+            _main_module()._warm_profiling_imports()
             remembered = self.settings.value("bridgeTargets", []) or []
             if isinstance(remembered, str):
                 remembered = [remembered]
@@ -391,7 +393,7 @@ class ProfilesMixin:
 
     def _on_profile_failed(self, message: str) -> None:
         if self.run_dialog is not None:
-            self.run_dialog.show_finished(f"Failed: {message}")
+            self.run_dialog.show_finished(f"Failed: {message}", complete=False)  # not a full bar
         self.progress_label.setText("Profiling failed")
         if self.error_dialogs:
             QMessageBox.critical(self.run_dialog if self.run_dialog and self.run_dialog.isVisible() else self,
