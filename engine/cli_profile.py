@@ -403,8 +403,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
         written.append(_write_text(args.markdown, profile_markdown(profile, names, top=args.top)))
     summary_stream = sys.stderr if args.json == STDOUT else sys.stdout  # stdout carries the JSON
     print(profile_summary(profile, top=args.top, names=names), file=summary_stream)
-    for line in _block_lines(analysis, profile):
-        print(line, file=summary_stream)
+    from engine.grouping import repeated_block_lines
+    for line in repeated_block_lines(analysis, profile):
+        print(f"repeated blocks: {line}", file=summary_stream)
     if sweep_rows:
         print(sweep_summary(sweep_rows), file=summary_stream)
     if not sweep_rows and other_runs:
@@ -420,17 +421,6 @@ def cmd_profile(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_INCOMPLETE
     return EXIT_OK
-
-
-def _block_lines(analysis, profile) -> list[str]:
-    """A line per family of repeated blocks (a decoder's layers; engine.grouping): how many, and
-    the slowest block against the median one."""
-    from engine.grouping import block_summary, compare_blocks, namespace_groups, repeated_blocks
-
-    groups = namespace_groups(analysis)
-    return [f"repeated blocks: {len(family.group_ids)} x {family.name} ({family.ops_per_block} ops each): "
-            + block_summary(family, compare_blocks(family, groups, analysis, profile))
-            for family in repeated_blocks(groups, analysis)[:3]]
 
 
 def _android_options(args: argparse.Namespace) -> dict:

@@ -108,7 +108,7 @@ def profile_label(profile: Profile) -> str:
             parts.append(f"{h}x{w}")
     threads = profile.settings.get("threads")
     if threads:
-        parts.append(f"{threads} threads")
+        parts.append(f"{threads} thread{'' if threads == 1 else 's'}")
     return " ".join(parts)
 
 

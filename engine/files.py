@@ -20,6 +20,9 @@ def write_text_atomically(path: Union[str, os.PathLike], text: str) -> Path:
     except OSError as exc:  # name the file asked for, not the temporary
         raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
+        # mkstemp makes the file private (0600); a report or export is an ordinary file: the
+        # mode a plain open() would give (the folder's umask), or the replaced file's own.
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
             stream.flush()
@@ -32,6 +35,13 @@ def write_text_atomically(path: Union[str, os.PathLike], text: str) -> Path:
             pass
         raise
     return path
+
+
+def _umask() -> int:
+    """The process's umask (os.umask can only be read by setting it, so it is set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def jsonable(value):

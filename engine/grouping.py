@@ -126,15 +126,18 @@ class BlockTime:
 def repeated_blocks(groups: Mapping[str, NodeGroup], analysis: "ModelAnalysis",
                     minimum: int = 3) -> list[BlockFamily]:
     """Families of `minimum` or more sibling groups named NAME<index> whose compute nodes run the
-    same op types in the same order.  Siblings whose ops differ (a first block with an extra
-    projection) are left out of the family, so every member compares like with like."""
+    same op types in the same order, each with the same MACs.  Siblings whose ops differ (a first
+    block with an extra projection) or whose work does (a CNN's blocks at falling resolutions:
+    MobileUNet's "block1 is 2.71x the median block" compared 80x80 with 5x5 maps) are left out of
+    the family, so every member compares like with like."""
     candidates: dict[tuple[Optional[str], str, tuple[str, ...]], list[tuple[int, str]]] = {}
     nodes = analysis.nodes
     for group in groups.values():
         match = _INDEXED_NAME.match(group.title)
         if match is None:
             continue
-        signature = tuple(analysis.graph.node(n).op_type for n in group.members if not nodes[n].is_constant)
+        signature = tuple((analysis.graph.node(n).op_type, nodes[n].macs) for n in group.members
+                          if not nodes[n].is_constant)
         key = (group.parent, match.group(1), signature)
         candidates.setdefault(key, []).append((int(match.group(2)), group.id))
     families = []
@@ -178,6 +181,15 @@ def block_summary(family: BlockFamily, times: list[BlockTime]) -> str:
     title = slowest.group_id.rsplit("/", 1)[-1].rsplit(":", 1)[-1]
     return (f"{title} is {slowest.ratio_to_median:.2f}x the median block of {family.name} "
             f"({slowest.time_ms:.3f} ms vs {median_ms:.3f} ms, {slowest.kind or 'unknown kind'})")
+
+
+def repeated_block_lines(analysis: "ModelAnalysis", profile, limit: int = 3) -> list[str]:
+    """A line per family of repeated blocks (a decoder's layers), the largest first: how many, and
+    the slowest block against the median one (the CLI's summary and the HTML report)."""
+    groups = namespace_groups(analysis)
+    return [f"{len(family.group_ids)} x {family.name} ({family.ops_per_block} ops each): "
+            + block_summary(family, compare_blocks(family, groups, analysis, profile))
+            for family in repeated_blocks(groups, analysis)[:limit]]
 
 
 def folded_start(groups: Mapping[str, NodeGroup], analysis: "ModelAnalysis") -> frozenset[str]:

@@ -240,16 +240,19 @@ class ExportsMixin:
         svg = path.lower().endswith(".svg")
         scale = 1.0 if svg else min(1.0, max_side / max(source.width(), source.height() + band))
         width, height = max(1, int(source.width() * scale)), max(1, int(source.height() * scale))
+        # A tall model scaled to max_side is narrower than its legend: the picture is widened (the
+        # graph on its left), else the legend was cut at the picture's edge.
+        picture_width = max(width, legend.width() + 16 if legend is not None else 0)
         if svg:
             from PySide6.QtSvg import QSvgGenerator
             device = QSvgGenerator()
             device.setFileName(path)
-            device.setSize(QSize(width, height + band))
-            device.setViewBox(QRectF(0, 0, width, height + band))
+            device.setSize(QSize(picture_width, height + band))
+            device.setViewBox(QRectF(0, 0, picture_width, height + band))
             device.setTitle(Path(self.loaded.path).name)
             device.setDescription("LayerScope graph export")
         else:
-            device = QImage(width, height + band, QImage.Format.Format_ARGB32_Premultiplied)
+            device = QImage(picture_width, height + band, QImage.Format.Format_ARGB32_Premultiplied)
             device.fill(Qt.GlobalColor.white)
         painter = QPainter(device)
         painter.setRenderHints(QPainter.RenderHint.Antialiasing | QPainter.RenderHint.TextAntialiasing)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from PySide6.QtCore import Qt
-from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtCore import QSize, Qt
+from PySide6.QtGui import QAction, QKeySequence, QPainter
 from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QComboBox, QHBoxLayout, QLabel,
                                QLineEdit, QListWidget, QMessageBox, QProgressBar, QPushButton, QToolBar,
                                QVBoxLayout, QWidget)
@@ -38,6 +38,21 @@ def _main_module():
     """gui.app, imported when first needed: it imports this module (MainWindow mixes this class in)."""
     from gui import app
     return app
+
+
+class ElidedLabel(QLabel):
+    """A one-line label that ends in "…" where the room ends (a plain QLabel cuts mid-word: the
+    status line read "· lay 89,356 nodes: opened folded…" beside a note); the whole text in its tooltip."""
+
+    def shown_text(self) -> str:
+        return self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideRight, self.contentsRect().width())
+
+    def paintEvent(self, event) -> None:
+        painter = QPainter(self)
+        painter.drawText(self.contentsRect(), int(self.alignment() | Qt.AlignmentFlag.AlignVCenter), self.shown_text())
+
+    def minimumSizeHint(self) -> QSize:  # may be narrower than its text: it elides
+        return QSize(0, super().minimumSizeHint().height())
 
 
 class MenusMixin:
@@ -130,8 +145,8 @@ class MenusMixin:
             self.overlay_actions[key] = action
         self.overlay_actions["none"].setChecked(True)
         view_menu.addSeparator()
-        view_menu.addAction(self.profiles_dock.toggleViewAction())
-        view_menu.addAction(self.inspector_dock.toggleViewAction())
+        # The charts only: the Profiles and Inspector docks cannot be closed, so Qt disables their
+        # toggles, which the menu showed checked and greyed, as if broken.
         view_menu.addAction(self.panels_dock.toggleViewAction())
 
         model_menu = self.menuBar().addMenu("&Model")
@@ -215,7 +230,7 @@ class MenusMixin:
         # Enter: next match; Shift+Enter: the previous one (QLineEdit reports both as returnPressed).
         self.search_field.returnPressed.connect(lambda: self.search_next(
             -1 if QApplication.keyboardModifiers() & Qt.KeyboardModifier.ShiftModifier else 1))
-        self.search_field.textChanged.connect(self._search_changed)
+        self.search_field.textChanged.connect(self._search_typed)
         bar.addWidget(self.search_field)
         self.search_label = QLabel("")
         self.search_label.setMinimumWidth(90)
@@ -223,7 +238,7 @@ class MenusMixin:
 
     def _build_status_bar(self) -> None:
         status = self.statusBar()
-        self.summary_label = QLabel("No model")
+        self.summary_label = ElidedLabel("No model")
         status.addWidget(self.summary_label, 1)
         self.progress_label = QLabel("")
         self.progress = QProgressBar()
@@ -236,7 +251,9 @@ class MenusMixin:
         self.run_progress = QProgressBar()  # profiling: runs done of runs planned
         self.run_progress.setFixedWidth(140)
         self.run_progress.setMaximumHeight(14)
-        self.run_progress.setFormat("%v/%m runs")
+        # A share, as the Run dialog's bar: the count includes the warm-up runs, and read "70/2003
+        # runs" beside the message's "run 67/2000" (measured runs only).
+        self.run_progress.setFormat("%p%")
         status.addPermanentWidget(self.run_progress)
         self.run_progress.hide()
         self.zoom_label = QLabel("")
@@ -247,6 +264,16 @@ class MenusMixin:
         super().showEvent(event)
         if not self._docks_sized:
             self._docks_sized = True
+            self.size_docks()
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        # A smaller window shrinks the graph first, to a strip beside docks kept at their old size
+        # (800 x 600: a 310 x 200 graph under its legend and minimap), and a larger one grows only
+        # the graph: docks far from their share of the window go back to the usual shares.
+        if self._docks_sized and self.isVisible() and (
+                not 0.2 * self.width() <= self.inspector_dock.width() <= 0.4 * self.width()
+                or (self.panels_dock.isVisible() and self.panels_dock.height() > 0.4 * self.height())):
             self.size_docks()
 
     def size_docks(self) -> None:
@@ -281,6 +308,8 @@ class MenusMixin:
                                      action.shortcut().toString(QKeySequence.SequenceFormat.NativeText)))
         return rows + [("Graph: select a producer / a consumer of the selected layer", "Up / Down"),
                        ("Graph: select the next layer of the same row", "Left / Right"),
+                       ("Graph: open the selected group / close the group around the selection",
+                        "Enter / Backspace"),
                        ("Find: next / previous match", "Enter / Shift+Enter"),
                        ("Compare window: close", "Esc")]
 

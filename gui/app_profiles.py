@@ -95,7 +95,7 @@ class ProfilesMixin:
             # and handles what came meanwhile between them.
             QTimer.singleShot(50, self, self._show_panels)
             QTimer.singleShot(100, self, lambda: self._fill_charts(entry, profile, label))
-            # (the charts fill in two steps of their own, see _fill_charts)
+            # (the charts are made, when not yet, and filled in steps of their own, see _fill_charts)
         else:
             self.panels.set_profile(profile, label)
             if profile is not None:
@@ -149,14 +149,19 @@ class ProfilesMixin:
 
     def _fill_charts(self, entry, profile, label: str, steps=None) -> None:
         """The deferred part of select_profile for large profiles, one step per call 50 ms apart
-        (the per-layer chart, then the other tabs); dropped if another profile was selected since."""
+        (the charts made a tab at a time if this is the first profile, the per-layer chart filled,
+        then the other tabs); dropped if another profile was selected since."""
         if self.selected_entry() is not entry:
             return
-        steps = steps or self.panels.profile_steps(profile, label)
+        steps = steps or self._chart_steps(profile, label)
         if next(steps, StopIteration) is not StopIteration:
             QTimer.singleShot(50, self, lambda: self._fill_charts(entry, profile, label, steps))
         elif self.inspector.node_id:
             self.panels.highlight_node(self.inspector.node_id)
+
+    def _chart_steps(self, profile, label: str):
+        yield from self.panels.build_steps()  # (none once the charts exist)
+        yield from self.panels.real().profile_steps(profile, label)
 
     def _profile_row_changed(self, row: int) -> None:
         if row != self.selected_profile and -1 <= row < len(self.entries):
@@ -278,8 +283,10 @@ class ProfilesMixin:
         if self.run_dialog is None:
             from gui.run_dialog import RunDialog
 
-            _main_module()._warm_profiling_imports()
             self.panels.real()  # the charts a run will fill: built now, not when its result arrives
+            # After the charts, not before: their ~650 signal connections each wait for the GIL
+            # the importing thread holds (1.8-2.3 s for the dialog's first opening, 0.2 s alone).
+            _main_module()._warm_profiling_imports()
             remembered = self.settings.value("bridgeTargets", []) or []
             if isinstance(remembered, str):
                 remembered = [remembered]
@@ -386,7 +393,7 @@ class ProfilesMixin:
 
     def _on_profile_failed(self, message: str) -> None:
         if self.run_dialog is not None:
-            self.run_dialog.show_finished(f"Failed: {message}")
+            self.run_dialog.show_finished(f"Failed: {message}", complete=False)  # not a full bar
         self.progress_label.setText("Profiling failed")
         if self.error_dialogs:
             QMessageBox.critical(self.run_dialog if self.run_dialog and self.run_dialog.isVisible() else self,

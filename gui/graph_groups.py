@@ -252,6 +252,24 @@ class GroupViewMixin:
             return
         super().mouseDoubleClickEvent(event)
 
+    def toggle_selected_group(self, collapse: bool) -> bool:
+        """Enter / Backspace: open the selected collapsed group, or close the innermost opened group
+        around the selected box, as a double-click would.  False when there was none to toggle."""
+        scene = self.graph_scene
+        selected = [item.data(0) for item in scene.selectedItems()[:1]]
+        node_id = selected[0] if selected and isinstance(selected[0], str) else None
+        if node_id is None:
+            return False
+        if not collapse:
+            target = node_id if is_group(node_id) else None
+        elif is_group(node_id):
+            target = scene.groups[node_id].parent
+        else:
+            target = next(iter(scene.enclosing_groups(node_id)), None)
+        if target is not None:
+            self.groupToggled.emit(target, collapse)
+        return target is not None
+
     def group_menu(self, node_id: Optional[str]) -> QMenu:
         """The context menu for the box `node_id` (None: the background): expand / collapse groups."""
         menu = QMenu(self)

@@ -484,6 +484,15 @@ class GraphView(GroupViewMixin, QGraphicsView):
             self.centerOn(QPointF(x + w / 2, y + h / 2))
             self.place_minimap()  # even when the view could not scroll it to the centre
 
+    def box_near_centre(self) -> Optional[str]:
+        """The id of the box whose centre is nearest the middle of the view (None: no graph)."""
+        scene = self.graph_scene
+        if scene is None or not len(scene.rects):
+            return None
+        middle, rects = self.mapToScene(self.viewport().rect().center()), scene.rects
+        distances = np.hypot(rects[:, 0] + rects[:, 2] / 2 - middle.x(), rects[:, 1] + rects[:, 3] / 2 - middle.y())
+        return scene.node_ids[int(np.argmin(distances))]
+
     # --- zoom -----------------------------------------------------------------------------
     def current_scale(self) -> float:
         return self.transform().m11()
@@ -650,6 +659,9 @@ class GraphView(GroupViewMixin, QGraphicsView):
 
     ARROW_STEPS = {Qt.Key.Key_Up: "up", Qt.Key.Key_Down: "down", Qt.Key.Key_Left: "left", Qt.Key.Key_Right: "right"}
 
+    # The keyboard's double-click: open the selected group / close the one around the selection.
+    GROUP_KEYS = {Qt.Key.Key_Return: False, Qt.Key.Key_Enter: False, Qt.Key.Key_Backspace: True}
+
     def keyPressEvent(self, event) -> None:
         if event.key() in (Qt.Key.Key_Plus, Qt.Key.Key_Equal):
             self.zoom_in()
@@ -658,6 +670,9 @@ class GraphView(GroupViewMixin, QGraphicsView):
         elif event.key() in self.ARROW_STEPS and self.graph_scene is not None \
                 and event.modifiers() == Qt.KeyboardModifier.NoModifier:
             self.step_selection(self.ARROW_STEPS[event.key()])
+        elif event.key() in self.GROUP_KEYS and self.graph_scene is not None \
+                and self.toggle_selected_group(self.GROUP_KEYS[event.key()]):
+            pass
         else:
             super().keyPressEvent(event)
 

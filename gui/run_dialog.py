@@ -476,10 +476,13 @@ class RunDialog(QDialog):
         self.phones_again_button = QPushButton("Look again")
         self.phones_again_button.setToolTip("Ask adb (and on a Mac, the iPhone service) for connected phones")
         self.phones_again_button.clicked.connect(self.look_for_phones)
-        phones_row = QHBoxLayout()
-        phones_row.setContentsMargins(0, 0, 0, 0)
-        phones_row.addWidget(self.phones_label, 1)
-        phones_row.addWidget(self.phones_again_button)
+        # In a widget, not a bare layout: QFormLayout gives a nested layout one line's height, which
+        # cut the wrapped "No phone found (…how to connect one…)" to its first lines.
+        phones_row = QWidget()
+        phones_layout = QHBoxLayout(phones_row)
+        phones_layout.setContentsMargins(0, 0, 0, 0)
+        phones_layout.addWidget(self.phones_label, 1)
+        phones_layout.addWidget(self.phones_again_button)
         form.addRow("Phones", phones_row)
         self.phone_finder: Optional[PhoneFinder] = None
         self.mode_combo = QComboBox()

@@ -163,6 +163,8 @@ def _html_report(profiles: list["Profile"], analysis: Optional["ModelAnalysis"],
         parts.append("</table>")
 
     parts.append(_stages_section(profile, analysis))
+    if analysis is not None:
+        parts.append(_repeated_blocks_section(profile, analysis))
     parts.append(_top_layers_section(profile, names, top))
     parts.append(_op_types_section(profile))
     if sweep:
@@ -289,6 +291,17 @@ def _stages_section(profile: "Profile", analysis: Optional["ModelAnalysis"]) -> 
     return ("<h2>Where the time goes, by stage</h2>" + svg.stacked_bar(segments) +
             "<table><tr><th class='t'>stage</th><th>time</th><th>share of time</th><th>MACs</th>"
             "<th>share of MACs</th></tr>" + "".join(rows) + "</table>")
+
+
+def _repeated_blocks_section(profile: "Profile", analysis: "ModelAnalysis") -> str:
+    """A decoder's layers and other repeated blocks: the slowest block against the median one (the
+    app's inspector and `layerscope profile` say the same); empty when the model repeats none."""
+    from engine.grouping import repeated_block_lines
+    lines = repeated_block_lines(analysis, profile)
+    if not lines:
+        return ""
+    return ("<h2>Repeated blocks</h2><ul>" + "".join(f"<li>{escape(line)}</li>" for line in lines)
+            + "</ul>")
 
 
 def _top_layers_section(profile: "Profile", names: Mapping[str, str], top: int) -> str:

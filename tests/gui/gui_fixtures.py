@@ -63,3 +63,26 @@ def answer_next_message_box(qtbot, answer, asked: list = None, tries: int = 200)
 
     QTimer.singleShot(0, click)
     return asked
+
+
+def write_small_decoder(folder, layers: int):
+    """A generated decoder (engine.transformer_samples) with `layers` repeated blocks, small enough
+    for a test to open, lay out and profile in a few seconds."""
+    from engine.transformer_samples import TransformerConfig, write_transformer
+    config = TransformerConfig(layers=layers, hidden=64, heads=4, kv_heads=2, intermediate=96, vocab=50, past=5)
+    return write_transformer(folder / "decoder.onnx", config)
+
+
+def open_folded(qtbot, window, path, monkeypatch) -> None:
+    """Open `path` as a big model opens: folded by namespace (the threshold lowered to 100 nodes)."""
+    from engine.grouping import FOLD_NODES_ENVIRONMENT
+    monkeypatch.setenv(FOLD_NODES_ENVIRONMENT, "100")
+    open_and_wait(qtbot, window, path)
+    assert window.loaded.grouping == "namespace"
+
+
+def relaid(qtbot, window, action):
+    """Run `action` (a relayout: open or close a group, Expand all, …) and wait until it is shown."""
+    with qtbot.waitSignal(window.modelLoaded, timeout=LOAD_TIMEOUT_MS):
+        result = action()
+    return result

@@ -9,31 +9,22 @@ from PySide6.QtCore import QEvent, QPoint, QPointF, QRectF, Qt
 from PySide6.QtGui import QHelpEvent
 from PySide6.QtWidgets import QToolTip
 
-from engine.grouping import FOLD_NODES_ENVIRONMENT
-from engine.transformer_samples import TransformerConfig, write_transformer
-from tests.gui.gui_fixtures import LOAD_TIMEOUT_MS, open_and_wait, settings, window  # noqa: F401 (fixtures)
+from tests.gui.gui_fixtures import (LOAD_TIMEOUT_MS, open_and_wait, open_folded, relaid, settings,  # noqa: F401
+                                    window, write_small_decoder)
 
 BLOCK = "group:namespace:model/layers.{}"
 
 
 @pytest.fixture(scope="module")
 def decoder(tmp_path_factory):
-    config = TransformerConfig(layers=6, hidden=64, heads=4, kv_heads=2, intermediate=96, vocab=50, past=5)
-    return write_transformer(tmp_path_factory.mktemp("frames") / "decoder.onnx", config)
+    return write_small_decoder(tmp_path_factory.mktemp("frames"), layers=6)
 
 
 @pytest.fixture
 def folded(qtbot, window, decoder, monkeypatch):
-    monkeypatch.setenv(FOLD_NODES_ENVIRONMENT, "100")
-    open_and_wait(qtbot, window, decoder)
-    assert window.loaded.grouping == "namespace" and BLOCK.format(4) in window.loaded.collapsed
+    open_folded(qtbot, window, decoder, monkeypatch)
+    assert BLOCK.format(4) in window.loaded.collapsed
     return window
-
-
-def _relaid(qtbot, window, action):
-    with qtbot.waitSignal(window.modelLoaded, timeout=LOAD_TIMEOUT_MS):
-        result = action()
-    return result
 
 
 def _inside_block(window, index: int, start: str) -> str:
@@ -53,7 +44,7 @@ def test_opening_a_group_lays_out_only_that_group_and_reuses_it(qtbot, folded):
     before = dict(window.loaded.layout.boxes)
     block = BLOCK.format(2)
     assert not layouts.cached(block)
-    _relaid(qtbot, window, lambda: window.toggle_group(block, False))
+    relaid(qtbot, window, lambda: window.toggle_group(block, False))
     loaded, scene = window.loaded, window.scene
     assert loaded.folded_layouts is layouts and layouts.cached(block)
     # Its contents are drawn inside its frame, under the title band; nothing overlaps; the boxes
@@ -79,9 +70,9 @@ def test_opening_a_group_lays_out_only_that_group_and_reuses_it(qtbot, folded):
     assert any(e.source == block and e.target in inside for e in scene.edges)  # a tensor entering
     # Closed and opened again: no level is laid out again.
     spent = layouts.seconds_laying_out
-    _relaid(qtbot, window, lambda: window.toggle_group(block, True))
+    relaid(qtbot, window, lambda: window.toggle_group(block, True))
     assert block in window.scene.node_index and not window.loaded.layout.frames.get(block)
-    _relaid(qtbot, window, lambda: window.toggle_group(block, False))
+    relaid(qtbot, window, lambda: window.toggle_group(block, False))
     assert layouts.seconds_laying_out == spent
     assert window.loaded.layout.boxes == loaded.layout.boxes
 
@@ -90,9 +81,9 @@ def test_a_repeated_block_reuses_its_twins_layout(qtbot, folded):
     from engine.layout import collapsed_boxes, layout_nodes
     window = folded
     layouts = window.loaded.folded_layouts
-    _relaid(qtbot, window, lambda: window.toggle_group(BLOCK.format(1), False))
+    relaid(qtbot, window, lambda: window.toggle_group(BLOCK.format(1), False))
     reused = layouts.reused_levels
-    _relaid(qtbot, window, lambda: window.toggle_group(BLOCK.format(3), False))
+    relaid(qtbot, window, lambda: window.toggle_group(BLOCK.format(3), False))
     assert layouts.reused_levels == reused + 1
     # The same geometry as laying it out afresh, under its own names.
     groups, analysis = window.loaded.groups, window.loaded.analysis
@@ -113,7 +104,7 @@ def test_search_opens_the_groups_that_hide_a_match_and_centres_it(qtbot, folded)
     name = window.loaded.analysis.graph.node(node_id).name
     window.search_field.setText(name)
     assert window.scene.find_nodes(name) == [node_id]  # found as itself, not as its group's box
-    _relaid(qtbot, window, window.search_next)
+    relaid(qtbot, window, window.search_next)
     assert window.inspector.node_id == node_id and window.scene.item_for(node_id).isSelected()
     assert BLOCK.format(4) not in window.loaded.collapsed and BLOCK.format(3) in window.loaded.collapsed
     visible = window.view.mapToScene(window.view.viewport().rect()).boundingRect()
@@ -137,7 +128,7 @@ def test_a_chart_bar_and_an_inspector_row_open_the_groups_of_their_node(qtbot, f
     row, node_id = next((i, n) for i, n in enumerate(panels.top_ids)
                         if window.loaded.layout.box_of(n) in window.loaded.collapsed)
     block = window.loaded.layout.box_of(node_id)
-    _relaid(qtbot, window, lambda: _click_chart(qtbot, panels.top_chart, 0.00001, row))
+    relaid(qtbot, window, lambda: _click_chart(qtbot, panels.top_chart, 0.00001, row))
     assert window.inspector.node_id == node_id and window.scene.item_for(node_id).isSelected()
     assert block not in window.loaded.collapsed
     # A collapsed group in the inspector lists its slowest nodes; Enter on one goes to it.
@@ -149,7 +140,7 @@ def test_a_chart_bar_and_an_inspector_row_open_the_groups_of_their_node(qtbot, f
     assert target.startswith(f"/model/layers.{closed}/")
     window.inspector.setCurrentItem(rows[target])
     window.inspector.setFocus()
-    _relaid(qtbot, window, lambda: qtbot.keyClick(window.inspector, Qt.Key.Key_Return))
+    relaid(qtbot, window, lambda: qtbot.keyClick(window.inspector, Qt.Key.Key_Return))
     assert window.inspector.node_id == target and window.scene.item_for(target).isSelected()
     # Once profiled, collapsed boxes and frames carry their time with its kind.
     scene = window.scene
@@ -174,7 +165,7 @@ def test_a_chart_bar_and_an_inspector_row_open_the_groups_of_their_node(qtbot, f
 def test_the_frame_answers_tooltip_double_click_and_minimap(qtbot, folded):
     window = folded
     block = BLOCK.format(1)
-    _relaid(qtbot, window, lambda: window.toggle_group(block, False))
+    relaid(qtbot, window, lambda: window.toggle_group(block, False))
     view, scene = window.view, window.scene
     x, y, w, h = window.loaded.layout.frames[block]
     inside_frame = QPointF(x + 6, y + h - 4)  # the frame's margin: no box, no edge
@@ -195,7 +186,7 @@ def test_the_frame_answers_tooltip_double_click_and_minimap(qtbot, folded):
     # Double-click on the frame's margin closes the group.
     view.centerOn(inside_frame)
     point = view.mapFromScene(inside_frame)
-    _relaid(qtbot, window, lambda: qtbot.mouseDClick(view.viewport(), Qt.MouseButton.LeftButton, pos=point))
+    relaid(qtbot, window, lambda: qtbot.mouseDClick(view.viewport(), Qt.MouseButton.LeftButton, pos=point))
     assert block in window.loaded.collapsed and block in window.scene.node_index
 
 
@@ -216,7 +207,7 @@ def test_selecting_a_node_in_the_compare_view_opens_its_groups(qtbot, folded, de
     block = BLOCK.format(5)
     assert window.loaded.layout.box_of(node_id) == block  # hidden in the main view
     assert compare.scene.item_for(node_id) is not None  # drawn in the compare view (laid out whole)
-    _relaid(qtbot, window, lambda: compare.view.select_node(node_id))
+    relaid(qtbot, window, lambda: compare.view.select_node(node_id))
     assert block not in window.loaded.collapsed and BLOCK.format(4) in window.loaded.collapsed
     assert window.inspector.node_id == node_id and window.scene.item_for(node_id).isSelected()
     visible = window.view.mapToScene(window.view.viewport().rect()).boundingRect()
@@ -245,7 +236,7 @@ def test_the_first_view_of_a_folded_model_shows_its_groups_readably(qtbot, folde
 def test_opening_a_group_shows_its_frame(qtbot, folded):
     window = folded
     block = BLOCK.format(5)
-    _relaid(qtbot, window, lambda: window.toggle_group(block, False))
+    relaid(qtbot, window, lambda: window.toggle_group(block, False))
     x, y, w, h = window.loaded.layout.frames[block]
     visible = _visible(window)
     assert window.view.current_scale() >= window.view.READABLE_SCALE
@@ -256,7 +247,7 @@ def test_opening_a_group_shows_its_frame(qtbot, folded):
 def test_a_node_in_opened_frames_names_its_groups_innermost_first(qtbot, folded):
     window = folded
     block = BLOCK.format(2)
-    _relaid(qtbot, window, lambda: window.toggle_group(block, False))
+    relaid(qtbot, window, lambda: window.toggle_group(block, False))
     scene, groups = window.scene, window.loaded.groups
     node_id = _inside_block(window, 2, "self_attn")
     # What double-click and the context menu close: the opened groups holding the node, deepest first.
@@ -270,10 +261,10 @@ def test_a_reopened_group_is_drawn_from_the_kept_scene_data_with_its_own_labels(
     from gui.folded_groups import folded_scene_data
     window = folded
     block = BLOCK.format(3)
-    _relaid(qtbot, window, lambda: window.toggle_group(block, False))
+    relaid(qtbot, window, lambda: window.toggle_group(block, False))
     opened = window.loaded
-    _relaid(qtbot, window, lambda: window.toggle_group(block, True))
-    _relaid(qtbot, window, lambda: window.toggle_group(block, False))
+    relaid(qtbot, window, lambda: window.toggle_group(block, True))
+    relaid(qtbot, window, lambda: window.toggle_group(block, False))
     assert window.loaded.layout is opened.layout  # the composed drawing was kept
     again, before = window.loaded.scene_data, opened.scene_data
     assert again.edge_batches is before.edge_batches and again.node_ids == before.node_ids
@@ -289,7 +280,7 @@ def test_frame_titles_follow_the_profile_made_when_read_not_all_at_once(qtbot, f
     from gui.graph_groups import frame_title
 
     window = folded
-    _relaid(qtbot, window, lambda: window.set_all_groups(False))  # Expand all: every group a frame
+    relaid(qtbot, window, lambda: window.set_all_groups(False))  # Expand all: every group a frame
     scene, analysis, groups = window.scene, window.loaded.analysis, window.loaded.groups
     layer = scene.frame_layer
     frames = len(layer.ids)
@@ -314,7 +305,7 @@ def test_frame_titles_follow_the_profile_made_when_read_not_all_at_once(qtbot, f
     assert titles() == [frame_title(groups[g], analysis) for g in layer.ids]
     # Selected in the window, then a group closed: the new scene's frames carry the time too.
     window.add_profile(profile)
-    _relaid(qtbot, window, lambda: window.toggle_group(BLOCK.format(2), True))
+    relaid(qtbot, window, lambda: window.toggle_group(BLOCK.format(2), True))
     scene = window.scene
     layer = scene.frame_layer
     assert BLOCK.format(2) in window.loaded.collapsed and BLOCK.format(2) not in layer.ids

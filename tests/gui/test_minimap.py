@@ -71,7 +71,8 @@ def _box(view, node_id):
 def test_the_minimap_moves_off_the_selected_or_linked_box(qtbot, window, sample_model, tmp_path):
     open_and_wait(qtbot, window, sample_model)
     view, minimap, scene = window.view, window.view.minimap, window.scene
-    window.resize(870, 800)  # a narrow graph view, as each half of the side-by-side window
+    window.resize(870, 800)  # a narrow graph view, as each half of the side-by-side window:
+    window.resizeDocks([window.inspector_dock], [360], Qt.Orientation.Horizontal)  # ~500 px beside the docks
     view.set_scale(2.0)  # the graph taller than the view: every box can be scrolled up to the minimap
     _wait_thumbnail(qtbot, minimap)
     top_right = minimap.pos()

@@ -233,7 +233,7 @@ def test_sweep_draws_latency_against_size(qtbot, window, sample_model):
     open_and_wait(qtbot, window, sample_model)
     _run_from_dialog(qtbot, window, runs=2, warmup=0, sizes="128, 160")
     _wait_idle(qtbot, window)
-    assert [e.label for e in window.entries] == ["cpu exact 128x128 1 threads", "cpu exact 160x160 1 threads"]
+    assert [e.label for e in window.entries] == ["cpu exact 128x128 1 thread", "cpu exact 160x160 1 thread"]
     assert len(window.sweeps) == 1 and [r["setting"] for r in window.sweeps[0].rows] == ["128x128", "160x160"]
     panels = window.panels
     assert panels.tabs.isTabEnabled(panels.sweep_tab_index)
@@ -342,7 +342,7 @@ def test_saved_session_reopens_with_the_same_profiles(qtbot, window, settings, s
         other.open_session(str(path))
     assert other.loaded.path == str(sample_model.resolve())
     assert [e.label for e in other.entries] == [e.label for e in window.entries] == \
-        ["cpu exact 160x160 1 threads", "cpu deployed 160x160 1 threads"]
+        ["cpu exact 160x160 1 thread", "cpu deployed 160x160 1 thread"]
     assert [e.profile.to_json_dict() for e in other.entries] == [e.profile.to_json_dict() for e in window.entries]
     assert other.selected_profile == 0 and other.overlay_combo.currentData() == "compute_unit"
     assert other.scene.profile is other.entries[0].profile
