@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
-from engine.gil_slices import hand_over
 
 VARINT, FIXED64, LENGTH_DELIMITED, START_GROUP, END_GROUP, FIXED32 = 0, 1, 2, 3, 4, 5
 
@@ -176,7 +175,7 @@ def parse_in_pieces(message_class, data: bytes, split_field: int):
     a message field (repeated fields append, singular ones: the last wins, as within one message),
     and parsing a+b is merging b's parse into a's.  So the top-level field `split_field` (ONNX: the
     graph) is cut between two of its own top-level fields, and each part is fed as that field to
-    one `MergeFromString` call; between calls the GIL is handed over.
+    one `MergeFromString` call; between calls other threads get the GIL.
 
     Every cut is at a field boundary found by walking the fields' tags and lengths (a Python loop,
     ~0.25 us a field, that hands the GIL over by itself).  Anything the walk finds wrong, and any
@@ -188,8 +187,11 @@ def parse_in_pieces(message_class, data: bytes, split_field: int):
     message = message_class()
     try:
         for piece in _pieces(data, split_field):
+            # No gil_slices.hand_over() here: the interpreter lets a waiting thread in between the calls
+            # of this loop by itself (within its switch interval, 5 ms, plus one piece; measured), and a
+            # forced switch after every piece would hand a busy third thread (a background import) 5 ms
+            # each time.
             message.MergeFromString(piece)
-            hand_over()
     except Exception:  # WireError from the walk, DecodeError from a piece: the whole parse says what
         return message_class.FromString(data)
     return message
