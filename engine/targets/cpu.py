@@ -770,13 +770,26 @@ def check_external_data_fits(proto: onnx.ModelProto, path: Path) -> None:
     available = available_memory_bytes()
     if available is None:
         return
-    external = sum(int(np.prod(t.dims, dtype=np.float64)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-                   for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL)
+    external = sum(_external_bytes(t, path.parent) for t in proto.graph.initializer
+                   if t.data_location == onnx.TensorProto.EXTERNAL)
     if external > available:
-        raise TargetError(f"{path.name}: its weights outside the model file take {external / 2**30:,.1f} GiB, more "
-                          f"than the {available / 2**30:,.1f} GiB of memory free on this computer; profile it where "
+        raise TargetError(f"{path.name}: its weights outside the model file take {external / 2**30:,.1f} GiB (as "
+                          f"stored), more than the {available / 2**30:,.1f} GiB of memory free on this computer "
+                          "(the system's estimate); profiling reads them all into memory: profile it where "
                           "there is more (with `layerscope agent` there, the target ws://HOST:PORT), or free "
                           "memory first")
+
+
+def _external_bytes(tensor: onnx.TensorProto, folder: Path) -> int:
+    """The bytes onnx reads for a tensor kept outside the model file, as stored: its `length`, else
+    the rest of its file (not elements x a byte: int4 and smaller types pack several to a byte)."""
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    try:
+        if "length" in info:
+            return int(info["length"])
+        return max(0, (folder / info["location"]).stat().st_size - int(info.get("offset", 0)))
+    except (KeyError, OSError, ValueError):
+        return 0  # no such file or a bad entry: reading it fails with its own error
 
 
 @dataclass
