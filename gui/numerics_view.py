@@ -206,7 +206,7 @@ class NumericsDialog(QDialog):
         self.resultReady.emit(result)
 
     def _failed(self, message: str) -> None:
-        self.footer.show_finished("")
+        self.footer.show_finished("", complete=False)  # failed: the bar stays where it stopped
         self.footer.status.setText(f"<span style='color:#b00'>{message}</span>")
 
     def closeEvent(self, event) -> None:

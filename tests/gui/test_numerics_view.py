@@ -104,3 +104,4 @@ def test_bad_npz_says_what_is_wrong_in_the_dialog(qtbot, window, tmp_path):
     dialog.run_button.click()
     qtbot.waitUntil(lambda: "no array for input(s) x" in dialog.footer.status.text(), timeout=60_000)
     assert window.numerics_result() is None and dialog.run_button.isEnabled()
+    assert dialog.footer.progress.value() < dialog.footer.progress.maximum()  # it failed: no full bar
