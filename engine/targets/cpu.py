@@ -766,7 +766,8 @@ def available_memory_bytes() -> Optional[int]:
 def check_external_data_fits(proto: onnx.ModelProto, path: Path) -> None:
     """Refuse, before reading them, weights kept outside the model file that the free memory cannot
     hold: reading them all (as the session copy does) would swap or be killed, e.g. t20k.onnx's
-    45.6 GB of weights on a 24 GiB computer, with no word of why."""
+    45.6 GB of weights on a 24 GiB computer, with no word of why.  A device agent is no way out:
+    it takes single-file models only (engine.bridge.backends.refuse_external_data)."""
     available = available_memory_bytes()
     if available is None:
         return
@@ -775,9 +776,8 @@ def check_external_data_fits(proto: onnx.ModelProto, path: Path) -> None:
     if external > available:
         raise TargetError(f"{path.name}: its weights outside the model file take {external / 2**30:,.1f} GiB (as "
                           f"stored), more than the {available / 2**30:,.1f} GiB of memory free on this computer "
-                          "(the system's estimate); profiling reads them all into memory: profile it where "
-                          "there is more (with `layerscope agent` there, the target ws://HOST:PORT), or free "
-                          "memory first")
+                          "(the system's estimate); profiling reads them all into memory: profile it on a "
+                          "computer with more memory (`layerscope profile` there), or free memory first")
 
 
 def _external_bytes(tensor: onnx.TensorProto, folder: Path) -> int:

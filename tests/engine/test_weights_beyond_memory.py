@@ -59,6 +59,11 @@ def test_weights_larger_than_the_free_memory_are_refused_before_reading(tmp_path
     message = str(refused.value)
     assert message.startswith("model.onnx: its weights outside the model file take ")
     assert "GiB of memory free on this computer" in message
+    # Where to go instead: not a device agent, which takes single-file models of up to 2 GB only
+    # (engine.bridge.backends.refuse_external_data), so none of those refused here.
+    assert "ws://" not in message and "agent" not in message
+    assert message.endswith("profile it on a computer with more memory (`layerscope profile` there), or free "
+                            "memory first")
 
 
 def test_weights_that_fit_are_profiled(tmp_path):
