@@ -11,7 +11,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from engine.targets import ProfileSettings
-from engine.targets.cpu import CpuTarget, available_memory_bytes, check_external_data_fits
+from engine.free_memory import available_memory_bytes
+from engine.targets.cpu import CpuTarget, check_external_data_fits
 from engine.targets.settings import TargetError
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="free memory read from /proc/meminfo")
@@ -107,3 +108,26 @@ def test_weights_without_a_length_count_the_rest_of_their_file(tmp_path):
         weights.truncate(2 * available_memory_bytes())
     with pytest.raises(TargetError, match="weights outside the model file take"):
         check_external_data_fits(proto, path)
+
+
+def test_conversion_refuses_them_too_before_reading(tmp_path):
+    """Conversion to Core ML reads every weight as well (engine.convert.source): the same refusal,
+    a clear load error instead of a computer swapping 42 GiB."""
+    from engine.convert.source import load_source
+    from engine.ir import ModelLoadError
+
+    path = _model_with_external_weight(tmp_path, int(2 * available_memory_bytes() / 32) + 1)
+    with pytest.raises(ModelLoadError) as refused:
+        load_source(path)
+    message = str(refused.value)
+    assert "its weights outside the model file take " in message and "GiB of memory free on this computer" in message
+    assert message.endswith("converting reads them all into memory: convert it on a computer with more memory, "
+                            "or free memory first")
+
+
+def test_conversion_reads_weights_that_fit(tmp_path):
+    from engine.convert.source import load_source
+
+    source = load_source(_model_with_external_weight(tmp_path, 16))
+    weight = next(t for t in source.proto.graph.initializer if t.name == "w")
+    assert weight.data_location == TensorProto.DEFAULT and (numpy_helper.to_array(weight) == 1).all()

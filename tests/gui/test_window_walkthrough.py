@@ -200,7 +200,7 @@ def test_the_status_bar_run_progress_does_not_contradict_the_run_count(qtbot, wi
 
 def test_a_run_refused_for_memory_says_why_and_does_not_show_a_full_bar(qtbot, window, tmp_path):
     from tests.engine.test_weights_beyond_memory import _model_with_external_weight
-    from engine.targets.cpu import available_memory_bytes
+    from engine.free_memory import available_memory_bytes
 
     if available_memory_bytes() is None:
         pytest.skip("the free memory is read from Linux's /proc/meminfo: elsewhere nothing is refused")
