@@ -162,7 +162,10 @@ def test_cancel_stops_the_run_and_keeps_earlier_profiles(qtbot, window, sample_m
     with qtbot.waitSignal(window.profileCancelled, timeout=RUN_TIMEOUT_MS):
         with qtbot.waitSignal(dialog.cancel_button.clicked, timeout=RUN_TIMEOUT_MS):
             qtbot.mouseClick(dialog.run_button, Qt.MouseButton.LeftButton)
-            qtbot.waitUntil(lambda: dialog.progress.value() >= 3, timeout=RUN_TIMEOUT_MS)
+            # The bar counts the warm-up runs too: wait for two measured runs, else under load the
+            # cancel can land right after the warm-ups with nothing measured to keep.
+            measured = dialog.warmup_spin.value() + 2
+            qtbot.waitUntil(lambda: dialog.progress.value() >= measured, timeout=RUN_TIMEOUT_MS)
             started = time.perf_counter()
             qtbot.mouseClick(dialog.cancel_button, Qt.MouseButton.LeftButton)
     _wait_idle(qtbot, window)
