@@ -230,7 +230,7 @@ class FoldedLayouts:
             hidden = frozenset(arrays.id_array[arrays.constant].tolist())
             layout = layout_nodes(graph, boxes.boxes, include_io=True, hidden=hidden,
                                   box_for={child: child for child in children}, members=members,
-                                  tensors=(boxes.pairs, boxes.producer_of))
+                                  tensors=(boxes.pairs, boxes.producer_of), broadcast_lanes=True)
             layout = replace(layout, box_for=self._level_box_for(layout.members))
             return attach_constants(layout, self.analysis) if self.include_constants else layout
         positions = index.members[index.number[level]]
@@ -254,7 +254,7 @@ class FoldedLayouts:
         else:
             laid_out.append([None, level, visible, children, boxes])  # its structure is made when needed
         layout = layout_nodes(graph, boxes.boxes, include_io=False, box_for={child: child for child in children},
-                              members=members, tensors=(boxes.pairs, {}))
+                              members=members, tensors=(boxes.pairs, {}), broadcast_lanes=True)
         return replace(layout, box_for=self._level_box_for(layout.members))
 
     def _structure_of(self, boxes: LevelGraph, index: GroupIndex, children: list[str]) -> tuple:
@@ -274,7 +274,7 @@ class FoldedLayouts:
         """_lay_out by walking the level's nodes (a model whose tensors the arrays cannot stand for)."""
         if level is None:
             return layout_graph(self.analysis, include_constants=self.include_constants, groups=self.groups,
-                                collapsed=children)
+                                collapsed=children, broadcast_lanes=True)
         visible = [n for n in self.groups[level].members if n not in self.hidden]
         box_for, members = collapsed_boxes(self.groups, children)
         structure = self._structure(visible, box_for, children)
@@ -282,7 +282,8 @@ class FoldedLayouts:
         if twin is not None:
             self.reused_levels += 1
             return self._reuse(self._levels[twin[0]], twin[1], twin[2], visible, children, box_for, members)
-        layout = layout_nodes(self.analysis.graph, visible, include_io=False, box_for=box_for, members=members)
+        layout = layout_nodes(self.analysis.graph, visible, include_io=False, box_for=box_for, members=members,
+                              broadcast_lanes=True)
         self._by_structure[structure] = (level, visible, children)
         return layout
 
