@@ -1,0 +1,123 @@
+"""A folded decoder's blocks form a column: the tensors every block reads (attention mask, rotary
+cos and sin) are drawn in lanes left of the boxes, not laid out (engine.layout._broadcast_split).
+Laid out, their long edges spread the blocks into a staircase 100,000 units wide (t20k.onnx)."""
+from __future__ import annotations
+
+import pytest
+
+from engine.analysis import analyze
+from engine.folded_layout import FoldedLayouts
+from engine.group_index import level_graph
+from engine.grouping import folded_start, namespace_groups
+from engine.layout import BROADCAST_READERS, NODE_WIDTH, layout_nodes
+from engine.transformer_samples import STYLES, TransformerConfig, write_transformer
+from importers import open_model
+
+
+def _decoder(tmp_path_factory, layers: int, style: str):
+    config = TransformerConfig(layers=layers, hidden=64, heads=4, kv_heads=2, intermediate=96, vocab=50, past=5,
+                               style=style)
+    path = write_transformer(tmp_path_factory.mktemp(f"{style}{layers}") / "decoder.onnx", config)
+    analysis = analyze(open_model(str(path)))
+    groups = namespace_groups(analysis)
+    return analysis, groups
+
+
+@pytest.fixture(scope="module", params=STYLES)
+def decoder(request, tmp_path_factory):
+    return _decoder(tmp_path_factory, 24, request.param)
+
+
+def _blocks(layout, groups) -> list[str]:
+    return [g for g in layout.boxes if g in groups and groups[g].name.rsplit("/", 1)[-1].startswith("layers.")]
+
+
+def _level_laid_out(folded: FoldedLayouts, level: str, lanes: bool):
+    """The level as FoldedLayouts lays it out, with or without lanes (engine.layout directly)."""
+    index, arrays = folded._indexed(), folded.arrays
+    positions = index.members[index.number[level]]
+    nodes = positions[arrays.visible(False)[positions]]
+    boxes = level_graph(arrays, arrays.pairs(False), index, nodes, level, include_io=False)
+    children = [c for c in folded.groups if folded.groups[c].parent == level]
+    return layout_nodes(folded.analysis.graph, boxes.boxes, include_io=False, box_for={c: c for c in children},
+                        members={c: folded.groups[c].members for c in children}, tensors=(boxes.pairs, {}),
+                        broadcast_lanes=lanes)
+
+
+def _crosses(points, rect) -> bool:
+    """Whether the polyline's axis-aligned segments pass through the rectangle's inside."""
+    x, y, w, h = rect
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if max(x0, x1) > x + 1e-6 and min(x0, x1) < x + w - 1e-6 and \
+                max(y0, y1) > y + 1e-6 and min(y0, y1) < y + h - 1e-6:
+            return True
+    return False
+
+
+def test_folded_decoder_blocks_form_a_column(decoder):
+    analysis, groups = decoder
+    layout = FoldedLayouts(analysis, groups, False).compose(folded_start(groups, analysis))
+    blocks = _blocks(layout, groups)
+    assert len(blocks) == 24
+    centres = [layout.boxes[b][0] + layout.boxes[b][2] / 2 for b in blocks]
+    assert max(centres) - min(centres) < NODE_WIDTH / 2, centres
+    tops = [layout.boxes[b][1] for b in blocks]
+    assert tops == sorted(tops)  # layers.0 at the top, each block below the one before
+
+
+def test_every_tensor_is_still_drawn_and_lanes_cross_no_box(decoder):
+    analysis, groups = decoder
+    folded = FoldedLayouts(analysis, groups, False)
+    level = next(g for g, group in groups.items() if group.name == "model")
+    with_lanes, without = _level_laid_out(folded, level, True), _level_laid_out(folded, level, False)
+    assert with_lanes.boxes.keys() == without.boxes.keys()
+
+    def reads(layout):
+        return {(e.source, e.target, name) for e in layout.edges for name in (e.values or (e.value,))}
+
+    assert reads(with_lanes) == reads(without)
+    # The level as FoldedLayouts keeps it is the one with lanes.
+    assert [tuple(e) for e in folded.level(level).edges] == [tuple(e) for e in with_lanes.edges]
+    laid_out = {(e.source, e.target) for e in without.edges}
+    lanes = [e for e in with_lanes.edges if len(e.points) == 6 and e.points[2][0] < min(
+        x for x, _, _, _ in with_lanes.boxes.values())]
+    # 3 tensors (mask, cos, sin) from 2 boxes to each of 24 blocks: one edge per pair of boxes.
+    assert len(lanes) == 2 * 24
+    assert all((e.source, e.target) in laid_out for e in lanes)
+    for edge in lanes:
+        sx, sy, sw, sh = with_lanes.boxes[edge.source]
+        tx, ty, tw, _ = with_lanes.boxes[edge.target]
+        assert edge.points[0] == (sx + sw / 2, sy + sh) and edge.points[-1][1] == ty
+        assert tx < edge.points[-1][0] < tx + tw
+        assert not [b for b, rect in with_lanes.boxes.items() if _crosses(edge.points, rect)], edge
+    assert with_lanes.left <= min(e.points[2][0] for e in lanes)
+
+
+def test_a_block_opened_from_the_column_gets_its_lanes_at_its_frame(decoder):
+    analysis, groups = decoder
+    folded = FoldedLayouts(analysis, groups, False)
+    start = folded_start(groups, analysis)
+    block = next(g for g, group in groups.items() if group.name.endswith("layers.5"))
+    opened = folded.compose(start - {block})
+    frame = opened.frames[block]
+    into = [e for e in opened.edges if e.target == block or opened.box_for.get(e.target) == block]
+    assert into
+    blocks = _blocks(opened, groups)
+    assert len(blocks) == 23
+    # The column stays a column around the frame, and no box overlaps the frame.
+    centres = [opened.boxes[b][0] + opened.boxes[b][2] / 2 for b in blocks]
+    assert max(centres) - min(centres) < NODE_WIDTH / 2
+    fx, fy, fw, fh = frame
+    for b in blocks:
+        x, y, w, h = opened.boxes[b]
+        assert y + h <= fy or y >= fy + fh or x + w <= fx or x >= fx + fw, b
+
+
+def test_a_few_readers_are_laid_out_as_before(tmp_path_factory):
+    """Below BROADCAST_READERS readers nothing changes: a 4-block decoder's level is the same."""
+    assert BROADCAST_READERS > 4
+    analysis, groups = _decoder(tmp_path_factory, 4, STYLES[0])
+    folded = FoldedLayouts(analysis, groups, False)
+    level = next(g for g, group in groups.items() if group.name == "model")
+    with_lanes, without = _level_laid_out(folded, level, True), _level_laid_out(folded, level, False)
+    assert with_lanes == without
