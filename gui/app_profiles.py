@@ -95,7 +95,7 @@ class ProfilesMixin:
             # and handles what came meanwhile between them.
             QTimer.singleShot(50, self, self._show_panels)
             QTimer.singleShot(100, self, lambda: self._fill_charts(entry, profile, label))
-            # (the charts fill in two steps of their own, see _fill_charts)
+            # (the charts are made, when not yet, and filled in steps of their own, see _fill_charts)
         else:
             self.panels.set_profile(profile, label)
             if profile is not None:
@@ -149,14 +149,19 @@ class ProfilesMixin:
 
     def _fill_charts(self, entry, profile, label: str, steps=None) -> None:
         """The deferred part of select_profile for large profiles, one step per call 50 ms apart
-        (the per-layer chart, then the other tabs); dropped if another profile was selected since."""
+        (the charts made a tab at a time if this is the first profile, the per-layer chart filled,
+        then the other tabs); dropped if another profile was selected since."""
         if self.selected_entry() is not entry:
             return
-        steps = steps or self.panels.profile_steps(profile, label)
+        steps = steps or self._chart_steps(profile, label)
         if next(steps, StopIteration) is not StopIteration:
             QTimer.singleShot(50, self, lambda: self._fill_charts(entry, profile, label, steps))
         elif self.inspector.node_id:
             self.panels.highlight_node(self.inspector.node_id)
+
+    def _chart_steps(self, profile, label: str):
+        yield from self.panels.build_steps()  # (none once the charts exist)
+        yield from self.panels.real().profile_steps(profile, label)
 
     def _profile_row_changed(self, row: int) -> None:
         if row != self.selected_profile and -1 <= row < len(self.entries):

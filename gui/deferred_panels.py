@@ -27,6 +27,7 @@ class DeferredProfilePanels(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
         self._real = None
+        self._building = None  # (ProfilePanels being built, its remaining build steps), see build_steps
         self._warm_thread: Optional[threading.Thread] = None
         self._layout = QVBoxLayout(self)
         self._layout.setContentsMargins(0, 0, 0, 0)
@@ -52,18 +53,39 @@ class DeferredProfilePanels(QWidget):
         self._warm_thread.start()
 
     def real(self):
-        """The ProfilePanels, created now if it was not yet."""
+        """The ProfilePanels, created now if it was not yet (a build begun by `build_steps` is finished)."""
         if self._real is None:
+            for _ in self.build_steps():
+                pass
+        return self._real
+
+    def build_steps(self):
+        """Create the ProfilePanels a chart per step (a generator; nothing when created already):
+        the window runs the steps in separate event-loop passes when a large profile arrives, so
+        the five charts (70-90 ms together) do not freeze it at once.  The panels are shown, and
+        answer for this stand-in, once whole; `real()` meanwhile finishes the build."""
+        if self._real is not None:
+            return
+        if self._building is None:
             from gui.panels import ProfilePanels
 
-            panels = ProfilePanels(self)
-            panels.nodeClicked.connect(self.nodeClicked)
-            panels.nodesClicked.connect(self.nodesClicked)
-            self._layout.removeWidget(self._placeholder)
-            self._placeholder.deleteLater()
-            self._layout.addWidget(panels)
-            self._real = panels
-        return self._real
+            panels = ProfilePanels(self, build_now=False)
+            panels.hide()  # (a child made after its parent is shown stays hidden until laid out)
+            self._building = (panels, panels.build_steps())
+        panels, steps = self._building
+        for _ in steps:
+            yield
+            if self._real is not None:  # finished by real() meanwhile
+                return
+        self._building = None
+        panels.nodeClicked.connect(self.nodeClicked)
+        panels.nodesClicked.connect(self.nodesClicked)
+        self._layout.removeWidget(self._placeholder)
+        self._placeholder.deleteLater()
+        self._layout.addWidget(panels)
+        panels.show()
+        self._real = panels
+        yield  # laid out and painted empty in a pass of their own (the fill comes next)
 
     # The calls the window makes with nothing to show do not create the charts.
     def set_profile(self, profile, label: str = "") -> None:
@@ -83,6 +105,6 @@ class DeferredProfilePanels(QWidget):
 
     def __getattr__(self, name: str):
         # Only reached for names this widget lacks: the charts' own attributes and methods.
-        if name.startswith("__") or name in ("_real", "_warm_thread", "_layout", "_placeholder"):
+        if name.startswith("__") or name in ("_real", "_building", "_warm_thread", "_layout", "_placeholder"):
             raise AttributeError(name)
         return getattr(self.real(), name)

@@ -114,7 +114,9 @@ class ProfilePanels(QWidget):
     nodeClicked = Signal(str)
     nodesClicked = Signal(list)  # a hint's layers, in its order
 
-    def __init__(self, parent=None):
+    def __init__(self, parent=None, build_now: bool = True):
+        """`build_now=False`: only the summary and the tabs are made; `build_steps()` makes the
+        charts, one per step (gui.deferred_panels runs them in separate event-loop passes)."""
         super().__init__(parent)
         self.profile = None
         self.layer_ids: list[str] = []  # execution order (x of the per-layer chart)
@@ -135,7 +137,20 @@ class ProfilePanels(QWidget):
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
         layout.addWidget(self.tabs, 1)
+        if build_now:
+            for _ in self.build_steps():
+                pass
 
+    def build_steps(self):
+        """The charts and the hints, a tab per step (a generator): each pyqtgraph chart takes
+        ~10-20 ms to make, all five 70-90 ms, a frozen window when made at once."""
+        for build in (self._build_layer_chart, self._build_top_chart, self._build_stage_chart,
+                      self._build_op_chart, self._build_sweep_chart, self._build_hints):
+            build()
+            yield
+        self.set_profile(None)
+
+    def _build_layer_chart(self) -> None:
         # Per-layer time in execution order: one bar series per stage.
         self.layer_chart = _Chart("x", one_based=True)
         # The stage colours are explained in the axis title: a legend box would hide the tallest bars.
@@ -156,6 +171,7 @@ class ProfilePanels(QWidget):
         self.hover_text = ""
         self.tabs.addTab(self.layer_chart, "Per layer")
 
+    def _build_top_chart(self) -> None:
         # The slowest layers, slowest on top.
         self.top_chart = _Chart("y")
         self.top_chart.getPlotItem().invertY(True)
@@ -170,6 +186,7 @@ class ProfilePanels(QWidget):
         self.top_chart.barClicked.connect(lambda i: self._emit(self.top_ids, i))
         self.tabs.addTab(self.top_chart, f"Top {TOP_COUNT}")
 
+    def _build_stage_chart(self) -> None:
         # Stage and op-type breakdowns.
         self.stage_chart = _Chart("x")
         self.stage_chart.setMouseEnabled(x=False, y=False)
@@ -179,6 +196,7 @@ class ProfilePanels(QWidget):
         self.stage_labels: list[pg.TextItem] = []
         self.tabs.addTab(self.stage_chart, "Stages")
 
+    def _build_op_chart(self) -> None:
         self.op_chart = _Chart("x")
         self.op_chart.setMouseEnabled(x=False, y=False)
         self.op_bars = pg.BarGraphItem(x=np.zeros(0), height=np.zeros(0), width=0.6, brush="#4e79a7",
@@ -186,6 +204,7 @@ class ProfilePanels(QWidget):
         self.op_chart.addItem(self.op_bars)
         self.tabs.addTab(self.op_chart, "Op types")
 
+    def _build_sweep_chart(self) -> None:
         # Latency against input size: one line per target.
         self.sweep_chart = pg.PlotWidget(background="w")
         self.sweep_chart.getPlotItem().showGrid(x=True, y=True, alpha=0.25)
@@ -201,6 +220,7 @@ class ProfilePanels(QWidget):
         self.tabs.setTabToolTip(self.sweep_tab_index, "Run with several input sizes (e.g. 128, 160, 224) "
                                                       "to draw latency against size")
 
+    def _build_hints(self) -> None:
         hints_panel = QSplitter(Qt.Orientation.Horizontal)
         self.hints = QTreeWidget()
         self.hints.setColumnCount(2)
@@ -219,7 +239,6 @@ class ProfilePanels(QWidget):
         hints_panel.addWidget(self.hint_text)
         hints_panel.setSizes([520, 420])
         self.hints_tab_index = self.tabs.addTab(hints_panel, "Hints")
-        self.set_profile(None)
 
     # --- data -----------------------------------------------------------------------------
     def set_profile(self, profile, label: str = "") -> None:
