@@ -225,15 +225,18 @@ _category_of_other: dict[str, str] = {}  # op types not in _CATEGORY_OF -> their
 
 def layout_graph(analysis: "ModelAnalysis", include_constants: bool = False, include_io: bool = True,
                  max_dummy_vertices: int = MAX_DUMMY_VERTICES, groups: Optional[Mapping[str, NodeGroup]] = None,
-                 collapsed: Iterable[str] = (), broadcast_lanes: bool = False) -> GraphLayout:
+                 collapsed: Iterable[str] = (), broadcast_lanes: bool = False,
+                 inputs_beside: Sequence[tuple[str, str, str]] = (),
+                 left_out_inputs: frozenset[str] = frozenset()) -> GraphLayout:
     """Lay out the analysed graph; see the module docstring for what is visible.
 
     `groups` (from `node_groups`) and `collapsed` (ids of groups drawn as one box each);
-    `broadcast_lanes` as `layout_nodes`'.
+    `broadcast_lanes` and `left_out_inputs` as `layout_nodes`'; `inputs_beside` drawn by
+    `inputs_beside` (engine.folded_layout's root level).
     """
     if include_constants:
         without = layout_graph(analysis, False, include_io, max_dummy_vertices, groups, collapsed,
-                               broadcast_lanes)
+                               broadcast_lanes, inputs_beside, left_out_inputs)
         return attach_constants(without, analysis, include_io)
     graph = analysis.graph
     global _last_tensors
@@ -249,9 +252,10 @@ def layout_graph(analysis: "ModelAnalysis", include_constants: bool = False, inc
         tensors = _node_pairs(graph, visible, include_io, constant_values)
         _last_tensors = (analysis, key, (visible, hidden, tensors))
     box_for, members = collapsed_boxes(groups or {}, collapsed)
-    return layout_nodes(graph, visible, include_io=include_io, hidden=hidden,
+    layout = layout_nodes(graph, visible, include_io=include_io, hidden=hidden,
                         max_dummy_vertices=max_dummy_vertices, box_for=box_for, members=members, tensors=tensors,
-                        broadcast_lanes=broadcast_lanes)
+                        broadcast_lanes=broadcast_lanes, left_out_inputs=left_out_inputs)
+    return globals()["inputs_beside"](layout, list(inputs_beside)) if inputs_beside else layout
 
 
 # The visible nodes and tensors of the model laid out last: opening or closing a group of the
@@ -263,13 +267,15 @@ def layout_nodes(graph: Graph, visible_order: Sequence[str], include_io: bool = 
                  hidden: frozenset[str] = frozenset(), max_dummy_vertices: int = MAX_DUMMY_VERTICES,
                  box_for: Optional[Mapping[str, str]] = None,
                  members: Optional[Mapping[str, tuple[str, ...]]] = None, tensors=None,
-                 broadcast_lanes: bool = False) -> GraphLayout:
+                 broadcast_lanes: bool = False, left_out_inputs: frozenset[str] = frozenset()) -> GraphLayout:
     """Lay out the nodes `visible_order` (a topological order of node ids) of `graph`.
 
     `box_for` maps nodes inside collapsed groups to their group's box id (see `collapsed_boxes`).
     `tensors`: `_node_pairs` of these nodes, when the caller has them already.
     `broadcast_lanes`: a tensor read by BROADCAST_READERS boxes or more takes no part in the
-    layering and is drawn in a lane left of the boxes (`_broadcast_edges`).
+    layering and is drawn in a lane left of the boxes (`_broadcast_edges`).  `left_out_inputs`:
+    names of graph inputs neither drawn nor read here (engine.folded_layout draws them beside
+    their reader, `inputs_beside`).
     """
     box_for = dict(box_for or {})
     members = dict(members or {})
@@ -290,6 +296,9 @@ def layout_nodes(graph: Graph, visible_order: Sequence[str], include_io: bool = 
         constant_values = {name for name, value in graph.values.items() if value.initializer is not None}
         tensors = _node_pairs(graph, visible_order, include_io, constant_values)
     pairs, producer_of = tensors
+    if left_out_inputs and include_io:
+        pairs = [pair for pair in pairs if pair[0][len(INPUT_PREFIX):] not in left_out_inputs
+                 or not pair[0].startswith(INPUT_PREFIX)]
     # The boxes: a node's own, or its collapsed group's (first appearance in execution order).
     box_ids = list(dict.fromkeys((box_for.get(node_id, node_id) for node_id in visible_order) if box_for
                                  else visible_order))
@@ -297,7 +306,8 @@ def layout_nodes(graph: Graph, visible_order: Sequence[str], include_io: bool = 
         box_ids = _box_order(box_ids, pairs, box_for)
     if include_io:
         for name in graph.inputs:
-            if getattr(graph.values.get(name), "initializer", None) is None:  # not a weight listed as an input
+            # Not a weight listed as an input.
+            if getattr(graph.values.get(name), "initializer", None) is None and name not in left_out_inputs:
                 add_vertex(INPUT_PREFIX + name, (IO_WIDTH, IO_HEIGHT))
     # The boxes at once (add_vertex's work, 20,000 calls for a model laid out whole).
     first_box = len(ids)
@@ -354,6 +364,38 @@ def layout_nodes(graph: Graph, visible_order: Sequence[str], include_io: bool = 
     return _broadcast_edges(layout, ids, broadcast, broadcast_values) if broadcast else layout
 
 
+def inputs_beside(layout: GraphLayout, beside: list[tuple[str, str, str]]) -> GraphLayout:
+    """`layout` with the graph inputs of `beside` ((input box, box reading it, tensor)) drawn as
+    shown constants are (`attach_constants`): a box's inputs in a row just left of it and above
+    it (or right, or slid outward: `_constant_spots`), each with a short edge into the middle of
+    the box's top (where a laid-out edge ends: an opened frame's lanes start there)."""
+    by_box: dict[str, list[tuple[str, str]]] = {}
+    for input_box, reader, name in beside:
+        by_box.setdefault(reader, []).append((input_box, name))
+    anchors = list(by_box)
+    step = IO_WIDTH + CONSTANT_GAP
+    sizes = [(len(by_box[anchor]) * step - CONSTANT_GAP, IO_HEIGHT) for anchor in anchors]
+    old = np.array(list(layout.boxes.values()), dtype=float).reshape(-1, 4)
+    anchor_box = np.array([layout.boxes[anchor] for anchor in anchors], dtype=float).reshape(-1, 4)
+    spots = _constant_spots(layout, old, anchors, anchor_box, sizes)
+    boxes, layers, edges = dict(layout.boxes), dict(layout.layers), list(layout.edges)
+    for anchor, (x, top, _) in zip(anchors, spots):
+        ax, ay, aw, _ = layout.boxes[anchor]
+        entry_x, level = ax + min(aw, NODE_WIDTH) / 2, ay - CONSTANT_LIFT / 2
+        for k, (input_box, name) in enumerate(by_box[anchor]):
+            left = x + k * step
+            boxes[input_box] = (left, top, IO_WIDTH, IO_HEIGHT)
+            layers[input_box] = layers[anchor]  # its reader's row (engine.folded_layout: not its extent)
+            start_x = left + IO_WIDTH / 2
+            edges.append(LayoutEdge(input_box, anchor, name, ((start_x, top + IO_HEIGHT), (start_x, level),
+                                                              (entry_x, level), (entry_x, ay)), (name,)))
+    placed = np.array(list(boxes.values()), dtype=float).reshape(-1, 4)
+    return GraphLayout(boxes, tuple(edges), layers, max(layout.width, float((placed[:, 0] + placed[:, 2]).max())),
+                       max(layout.height, float((placed[:, 1] + placed[:, 3]).max())), layout.method, layout.hidden,
+                       layout.members, layout.box_for, min(layout.left, float(placed[:, 0].min())),
+                       min(layout.top, float(placed[:, 1].min())))
+
+
 def _broadcast_split(edges: list[tuple[int, int, str]]) -> tuple[list, list]:
     """(edges laid out, edges drawn in lanes): a tensor read by BROADCAST_READERS boxes or more (a
     decoder's attention mask, its rotary cos and sin, read by every block) goes to a lane, with
@@ -376,12 +418,11 @@ def _broadcast_edges(layout: GraphLayout, ids: list[str], edges: list[tuple[int,
     """`layout` with `edges` (vertex pairs, see `_broadcast_split`) drawn: from the source's bottom
     into the gap below its row, left to the source's lane (one per source box, left of every box),
     down it to the gap above the reader's row, right and into the reader's top (the k-th lane edge
-    of a reader enters 10 + 9k units in from its left)."""
+    at the middle of its top)."""
     boxes = layout.boxes
     half_row = (NODE_HEIGHT + VERTICAL_GAP) / 2
     leftmost = min(x for x, _, _, _ in boxes.values())
     lane_of: dict[int, float] = {}
-    entries: dict[int, int] = {}
     drawn = []
     for (source, target, value), names in zip(edges, values):
         lane = lane_of.get(source)
@@ -389,8 +430,7 @@ def _broadcast_edges(layout: GraphLayout, ids: list[str], edges: list[tuple[int,
             lane = lane_of[source] = leftmost - BROADCAST_LANE_STEP * (len(lane_of) + 1)
         sx, sy, sw, sh = boxes[ids[source]]
         tx, ty, tw, th = boxes[ids[target]]
-        k = entries[target] = entries.get(target, -1) + 1
-        entry = tx + min(10.0 + 9.0 * k, tw / 2)
+        entry = tx + min(tw, NODE_WIDTH) / 2  # where a laid-out edge ends (an opened frame's lanes start)
         below, above = sy + sh / 2 + half_row, ty + th / 2 - half_row
         points = ((sx + sw / 2, sy + sh), (sx + sw / 2, below), (lane, below), (lane, above), (entry, above),
                   (entry, ty))

@@ -1,6 +1,8 @@
 """A folded decoder's blocks form a column: the tensors every block reads (attention mask, rotary
 cos and sin) are drawn in lanes left of the boxes, not laid out (engine.layout._broadcast_split).
-Laid out, their long edges spread the blocks into a staircase 100,000 units wide (t20k.onnx)."""
+Laid out, their long edges spread the blocks into a staircase 100,000 units wide (t20k.onnx).  Its
+KV-cache inputs, each read by one block, are drawn beside that block inside the `model` frame, not
+in the top row (FoldedLayouts._inputs_homed)."""
 from __future__ import annotations
 
 import pytest
@@ -9,7 +11,7 @@ from engine.analysis import analyze
 from engine.folded_layout import FoldedLayouts
 from engine.group_index import level_graph
 from engine.grouping import folded_start, namespace_groups
-from engine.layout import BROADCAST_READERS, NODE_WIDTH, layout_nodes
+from engine.layout import BROADCAST_READERS, GROUP_PREFIX, INPUT_PREFIX, NODE_WIDTH, layout_nodes
 from engine.transformer_samples import STYLES, TransformerConfig, write_transformer
 from importers import open_model
 
@@ -76,8 +78,9 @@ def test_every_tensor_is_still_drawn_and_lanes_cross_no_box(decoder):
         return {(e.source, e.target, name) for e in layout.edges for name in (e.values or (e.value,))}
 
     assert reads(with_lanes) == reads(without)
-    # The level as FoldedLayouts keeps it is the one with lanes.
-    assert [tuple(e) for e in folded.level(level).edges] == [tuple(e) for e in with_lanes.edges]
+    # The level as FoldedLayouts keeps it is the one with lanes (and the KV-cache inputs beside).
+    kept = [tuple(e) for e in folded.level(level).edges if not e.source.startswith(INPUT_PREFIX)]
+    assert kept == [tuple(e) for e in with_lanes.edges]
     laid_out = {(e.source, e.target) for e in without.edges}
     lanes = [e for e in with_lanes.edges if len(e.points) == 6 and e.points[2][0] < min(
         x for x, _, _, _ in with_lanes.boxes.values())]
@@ -121,3 +124,55 @@ def test_a_few_readers_are_laid_out_as_before(tmp_path_factory):
     level = next(g for g, group in groups.items() if group.name == "model")
     with_lanes, without = _level_laid_out(folded, level, True), _level_laid_out(folded, level, False)
     assert with_lanes == without
+
+
+def _kv_inputs(analysis) -> list[str]:
+    return [INPUT_PREFIX + name for name in analysis.graph.inputs if name.startswith("past_key_values.")]
+
+
+def _reader_block(analysis, groups, box: str) -> str:
+    name = box[len(INPUT_PREFIX):]
+    block = name.split(".")[1]
+    return next(g for g, group in groups.items() if group.name.endswith(f"model/layers.{block}"))
+
+
+def test_kv_inputs_are_beside_their_block_not_in_the_top_row(decoder):
+    analysis, groups = decoder
+    layout = FoldedLayouts(analysis, groups, False).compose(folded_start(groups, analysis))
+    kv = _kv_inputs(analysis)
+    assert len(kv) == 2 * 24
+    model = next(g for g, group in groups.items() if group.name == "model")
+    fx, fy, fw, fh = layout.frames[model]
+    top_row = [b for b in layout.boxes if b.startswith(INPUT_PREFIX) and layout.boxes[b][1] < fy]
+    assert top_row and not set(top_row) & set(kv)  # input_ids, attention_mask ... stay on top
+    for box in kv:
+        x, y, w, h = layout.boxes[box]
+        assert fx < x and x + w < fx + fw and fy < y < fy + fh, box  # inside the `model` frame
+        block = _reader_block(analysis, groups, box)
+        bx, by, bw, _ = layout.boxes[block]
+        assert y + h < by and by - (y + h) < 30, box  # just above the block's top
+        assert abs((x + w / 2) - (bx + bw / 2)) < 3 * NODE_WIDTH, box  # and beside it
+        edges = [e for e in layout.edges if e.source == box]
+        assert len(edges) == 1 and edges[0].target == block and edges[0].points[-1][1] == by
+    # Nothing enters the `model` frame for them: its lanes carry the other inputs only.
+    lanes = [e for e in layout.edges if e.source == model or e.target == model]
+    assert lanes and not {n for e in lanes for n in (e.values or (e.value,))} & {b[len(INPUT_PREFIX):] for b in kv}
+
+
+def test_a_kv_input_runs_into_its_block_opened_and_is_hidden_with_model(decoder):
+    analysis, groups = decoder
+    folded = FoldedLayouts(analysis, groups, False)
+    start = folded_start(groups, analysis)
+    block = next(g for g, group in groups.items() if group.name.endswith("model/layers.5"))
+    opened = folded.compose(start - {block})
+    fx, fy, fw, fh = opened.frames[block]
+    kv = [b for b in _kv_inputs(analysis) if b.split(".")[1] == "5"]
+    for box in kv:
+        (edge,) = [e for e in opened.edges if e.source == box]
+        assert edge.target == block and edge.points[-1] == (fx + NODE_WIDTH / 2, fy)  # where its lane starts
+        lane = [e for e in opened.edges if e.source == block and box[len(INPUT_PREFIX):] in (e.values or (e.value,))]
+        assert lane and lane[0].points[0] == (fx + NODE_WIDTH / 2, fy)
+    # Every group collapsed (Collapse all): the inputs are inside `model`, not drawn.
+    closed = folded.compose(frozenset(g for g in groups if g.startswith(GROUP_PREFIX)))
+    assert not set(_kv_inputs(analysis)) & set(closed.boxes)
+    assert all(e.source in closed.boxes and e.target in closed.boxes for e in closed.edges)
