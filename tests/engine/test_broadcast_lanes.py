@@ -176,3 +176,31 @@ def test_a_kv_input_runs_into_its_block_opened_and_is_hidden_with_model(decoder)
     closed = folded.compose(frozenset(g for g in groups if g.startswith(GROUP_PREFIX)))
     assert not set(_kv_inputs(analysis)) & set(closed.boxes)
     assert all(e.source in closed.boxes and e.target in closed.boxes for e in closed.edges)
+
+
+@pytest.mark.parametrize("opened", ["all", "layers.0 layers.1 layers.7", "layers.6 layers.6/self_attn"])
+def test_opened_blocks_and_expand_all_overlap_nothing_and_edges_stay_attached(decoder, opened):
+    analysis, groups = decoder
+    start = folded_start(groups, analysis)
+    collapsed = frozenset() if opened == "all" else \
+        start - {g for g, group in groups.items() if group.name.removeprefix("model/") in opened.split()}
+    layout = FoldedLayouts(analysis, groups, False).compose(collapsed)
+    rects = {**layout.boxes, **layout.frames}
+
+    def holds(a, b):
+        return a[0] <= b[0] and b[0] + b[2] <= a[0] + a[2] and a[1] <= b[1] and b[1] + b[3] <= a[1] + a[3]
+
+    def meet(a, b):
+        return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+    kv = [b for b in _kv_inputs(analysis) if b in layout.boxes]
+    assert len(kv) == 2 * 24
+    for box in kv:  # an input against every box and frame
+        crossing = [other for other, rect in rects.items() if other != box and meet(rects[box], rect)
+                    and not holds(rect, rects[box])]
+        assert not crossing, (box, crossing)
+    for e in layout.edges:  # from its source's bottom to its target's top (a frame's top or bottom)
+        for end, (px, py), bottom in ((e.source, e.points[0], True), (e.target, e.points[-1], False)):
+            x, y, w, h = rects[end]
+            sides = (y, y + h) if end in layout.frames else ((y + h,) if bottom else (y,))
+            assert x - 1e-6 <= px <= x + w + 1e-6 and min(abs(py - s) for s in sides) < 1e-6, (e, end)
