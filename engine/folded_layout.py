@@ -369,10 +369,17 @@ class FoldedLayouts:
     def _homed_under(self, group_id: str) -> np.ndarray:
         """The positions of the graph inputs drawn in `group_id`'s level or deeper (sorted)."""
         homes, homed = self._inputs_homed()
-        inside = self._descendants_of(group_id) | {group_id}
-        mine = {box for level, beside in homes.items() if level in inside for box, _, _ in beside}
-        names = [name for name in homed.values() if INPUT_PREFIX + name in mine]
-        return np.array(sorted(k for k, name in homed.items() if name in set(names)), dtype=np.int64)
+        mine = {box for level, beside in homes.items() if self._within(level, group_id) for box, _, _ in beside}
+        return np.array(sorted(k for k, name in homed.items() if INPUT_PREFIX + name in mine), dtype=np.int64)
+
+    def _within(self, level: Optional[str], group_id: str) -> bool:
+        """Whether `level` is `group_id` or a group inside it (a few parents up, not its descendants:
+        those of a decoder's `model` are thousands)."""
+        while level is not None:
+            if level == group_id:
+                return True
+            level = self.groups[level].parent
+        return False
 
     def _structure_of(self, boxes: LevelGraph, index: GroupIndex, children: list[str]) -> tuple:
         """_structure from the arrays: op types, the child group of each node (its position in
@@ -720,9 +727,7 @@ class FoldedLayouts:
 
     def _holds_inputs(self, group_id: str) -> bool:
         """Whether graph inputs are drawn in the group's level or deeper (its piece cannot be renamed)."""
-        homes, _ = self._inputs_homed()
-        return any(level is not None and (level == group_id or level in self._descendants_of(group_id))
-                   for level in homes)
+        return any(self._within(level, group_id) for level in self._inputs_homed()[0])
 
     def _descendants_of(self, group_id: str) -> frozenset:
         found = self._descendants.get(group_id)
@@ -796,8 +801,7 @@ class FoldedLayouts:
         level_box = self.level(group_id).box_for
         inside = set(self.groups[group_id].members)
         homes, _ = self._inputs_homed()
-        below = self._descendants_of(group_id) | {group_id}
-        inside |= {box for level, beside in homes.items() if level in below for box, _, _ in beside}
+        inside |= {box for level, beside in homes.items() if self._within(level, group_id) for box, _, _ in beside}
         entering: dict[str, list[str]] = {}
         leaving: dict[str, list[str]] = {}
         for node_id in self.groups[group_id].members:
