@@ -38,7 +38,15 @@ def write_text_atomically(path: Union[str, os.PathLike], text: str) -> Path:
 
 
 def _umask() -> int:
-    """The process's umask (os.umask can only be read by setting it, so it is set back at once)."""
+    """The process's umask.  Linux reports it; elsewhere os.umask can only read it by setting it
+    (set back at once, but a file another thread makes in between gets 022, not the user's mask)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

@@ -280,9 +280,9 @@ class ConvertDialog(QDialog):
         else:
             self.footer.show_busy(message)
 
-    def _done(self, message: str) -> None:
+    def _done(self, message: str, complete: bool = True) -> None:
         self._set_running(False)
-        self.footer.show_finished(message)
+        self.footer.show_finished(message, complete)  # a refused or failed one: not a full bar
 
     def _on_succeeded(self, result) -> None:
         self.result = result
@@ -310,7 +310,7 @@ class ConvertDialog(QDialog):
     def _on_blocked(self, error: ConversionError) -> None:
         count = len(error.blockers)
         self._done(f"<span style='color:#b00'>Cannot convert: {count} problem{'s' if count != 1 else ''} "
-                   "(listed in the dialog). Nothing was written.</span>")
+                   "(listed in the dialog). Nothing was written.</span>", complete=False)
         if self.blockers_dialog is not None:
             self.blockers_dialog.close()
         self.blockers_dialog = BlockersDialog(self.model_path, error, self)
@@ -318,7 +318,7 @@ class ConvertDialog(QDialog):
         self.conversionFailed.emit(str(error))
 
     def _on_failed(self, message: str) -> None:
-        self._done(f"<span style='color:#b00'>Failed: {message}</span>")
+        self._done(f"<span style='color:#b00'>Failed: {message}</span>", complete=False)
         self.conversionFailed.emit(message)
 
     def _on_finished(self, worker: ConvertWorker) -> None:

@@ -202,11 +202,11 @@ class NumericsDialog(QDialog):
         first = result.first_departing or "none"
         state = "" if result.complete else f" — stopped ({result.error}); the layers compared are shown"
         self.footer.show_finished(f"{len(result.layers)} layers compared; first departing layer: {first}; "
-                                  f"first overflow: {result.first_overflow or 'none'}{state}")
+                                  f"first overflow: {result.first_overflow or 'none'}{state}", result.complete)
         self.resultReady.emit(result)
 
     def _failed(self, message: str) -> None:
-        self.footer.show_finished("")
+        self.footer.show_finished("", complete=False)  # failed: the bar stays where it stopped
         self.footer.status.setText(f"<span style='color:#b00'>{message}</span>")
 
     def closeEvent(self, event) -> None:

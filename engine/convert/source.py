@@ -146,7 +146,15 @@ def load_source(path: Path, input_shapes: Optional[Mapping[str, Sequence[int]]] 
         from engine.ir import ModelLoadError
         raise ModelLoadError(str(path), f"is a {model.format} model: conversion to Core ML "
                                         "starts from an ONNX file")
-    proto = onnx.load(str(path), load_external_data=with_weights)
+    proto = onnx.load(str(path), load_external_data=False)
+    if with_weights:  # all of them, into memory: refused first when they cannot fit
+        from engine.free_memory import external_data_beyond_memory
+        from engine.ir import ModelLoadError
+        problem = external_data_beyond_memory(proto, path)
+        if problem is not None:
+            raise ModelLoadError(str(path), f"{problem}; converting reads them all into memory: convert it on a "
+                                            "computer with more memory, or free memory first")
+        onnx.load_external_data_for_model(proto, str(path.parent))
     assumed, problems = {}, []
     if full_attention_mask:
         assumed, problems = assume_full_attention_mask(proto, full_attention_mask, input_shapes or {})

@@ -751,32 +751,15 @@ def check_memory_budget(analysis, budget_bytes: int) -> None:
                           "input size")
 
 
-def available_memory_bytes() -> Optional[int]:
-    """The memory this computer has free for a new load (Linux's MemAvailable), None where unknown."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def check_external_data_fits(proto: onnx.ModelProto, path: Path) -> None:
     """Refuse, before reading them, weights kept outside the model file that the free memory cannot
-    hold: reading them all (as the session copy does) would swap or be killed, e.g. t20k.onnx's
-    45.6 GB of weights on a 24 GiB computer, with no word of why."""
-    available = available_memory_bytes()
-    if available is None:
-        return
-    external = sum(int(np.prod(t.dims, dtype=np.float64)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-                   for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL)
-    if external > available:
-        raise TargetError(f"{path.name}: its weights outside the model file take {external / 2**30:,.1f} GiB, more "
-                          f"than the {available / 2**30:,.1f} GiB of memory free on this computer; profile it where "
-                          "there is more (with `layerscope agent` there, the target ws://HOST:PORT), or free "
-                          "memory first")
+    hold (engine.free_memory).  A device agent is no way out: it takes single-file models only
+    (engine.bridge.backends.refuse_external_data)."""
+    from engine.free_memory import external_data_beyond_memory
+    problem = external_data_beyond_memory(proto, path)
+    if problem is not None:
+        raise TargetError(f"{path.name}: {problem}; profiling reads them all into memory: profile it on a "
+                          "computer with more memory (`layerscope profile` there), or free memory first")
 
 
 @dataclass

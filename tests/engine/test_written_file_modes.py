@@ -33,3 +33,19 @@ def test_a_replaced_file_keeps_its_own_mode(tmp_path, umask_022):
     path.chmod(0o640)
     write_text_atomically(path, '{"a": 1}')
     assert stat.S_IMODE(path.stat().st_mode) == 0o640 and path.read_text() == '{"a": 1}'
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux reports the umask in /proc/self/status")
+def test_the_umask_is_read_without_being_changed(tmp_path, monkeypatch):
+    """Setting the umask to read it changes it for the whole process for a moment: a file another
+    thread (a profile's worker) makes meanwhile would get 022, not the user's private 077."""
+    old = os.umask(0o077)
+    set_to = []
+    real_umask = os.umask
+    monkeypatch.setattr(os, "umask", lambda mask: set_to.append(mask) or real_umask(mask))
+    try:
+        path = write_text_atomically(tmp_path / "report.html", "<html></html>")
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and set_to == []

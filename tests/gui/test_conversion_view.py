@@ -135,6 +135,7 @@ def test_a_model_with_unsupported_ops_lists_every_blocker_and_writes_nothing(qtb
     assert [(node, op) for node, op, _ in blockers.rows()] == [("warp", "GridSample"), ("pick", "Det")]
     assert all(reason for _, _, reason in blockers.rows())
     assert "Nothing was written" in dialog.status.text() and not dialog.open_button.isEnabled()
+    assert dialog.progress.value() < dialog.progress.maximum()  # it did not finish: no full bar
     assert list(out.iterdir()) == []
     qtbot.mouseClick(blockers.close_button, Qt.MouseButton.LeftButton)
     assert not blockers.isVisible()

@@ -85,6 +85,7 @@ def test_cancel_keeps_the_layers_compared_and_says_so(qtbot, window, sample_mode
     result = blocker.args[0]
     assert not result.complete and result.error == "cancelled" and 3 <= len(result.layers) < 92
     assert "stopped (cancelled)" in dialog.footer.status.text()
+    assert dialog.footer.progress.value() < dialog.footer.progress.maximum()  # stopped: no full bar
     qtbot.waitUntil(lambda: dialog.run_button.isEnabled(), timeout=10_000)
     # Layers not reached say so in the Inspector.
     window.select_node("/head/Sigmoid")
@@ -104,3 +105,4 @@ def test_bad_npz_says_what_is_wrong_in_the_dialog(qtbot, window, tmp_path):
     dialog.run_button.click()
     qtbot.waitUntil(lambda: "no array for input(s) x" in dialog.footer.status.text(), timeout=60_000)
     assert window.numerics_result() is None and dialog.run_button.isEnabled()
+    assert dialog.footer.progress.value() < dialog.footer.progress.maximum()  # it failed: no full bar
