@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, Optiona
 import numpy as np
 
 from engine.group_index import GroupIndex, LevelGraph, SubtreeShape, contains, level_graph, node_arrays, subtree_shape
-from engine.layout import (GROUP_HEIGHT, NODE_WIDTH, VERTICAL_GAP, GraphLayout, LayoutEdge, NodeGroup, Rect,
-                           attach_constants, collapsed_boxes, layout_graph, layout_nodes, tensor_bytes)
+from engine.layout import (CONSTANT_LIFT, GROUP_HEIGHT, NODE_WIDTH, VERTICAL_GAP, GraphLayout, LayoutEdge, NodeGroup, Rect,
+                           INPUT_PREFIX, attach_constants, collapsed_boxes, inputs_beside, layout_graph, layout_nodes,
+                           tensor_bytes)
 
 if TYPE_CHECKING:
     from engine.analysis import ModelAnalysis
@@ -176,6 +177,7 @@ class FoldedLayouts:
         self._index: Optional[GroupIndex] = None  # the groups as arrays (first level laid out)
         self._fast: Optional[bool] = None  # whether the arrays stand for the walks (see _indexed)
         self.seconds_laying_out = 0.0  # time spent in engine.layout (what the cache saves)
+        self._homes: Optional[tuple[dict, dict]] = None  # graph inputs drawn inside a level (see _inputs_homed)
 
     def _indexed(self) -> Optional[GroupIndex]:
         """The GroupIndex, when the levels can be derived from arrays: every tensor has one producer
@@ -224,13 +226,17 @@ class FoldedLayouts:
             return self._lay_out_walking(level, children)
         arrays, graph = self.arrays, self.analysis.graph
         members = {child: self.groups[child].members for child in children}
+        homes, homed = self._inputs_homed()
         if level is None:  # as layout_graph: laid out without constants, shown ones attached after
             nodes = np.flatnonzero(~arrays.constant)
             boxes = level_graph(arrays, arrays.pairs(False), index, nodes, None, include_io=True)
             hidden = frozenset(arrays.id_array[arrays.constant].tolist())
             layout = layout_nodes(graph, boxes.boxes, include_io=True, hidden=hidden,
                                   box_for={child: child for child in children}, members=members,
-                                  tensors=(boxes.pairs, boxes.producer_of))
+                                  tensors=(boxes.pairs, boxes.producer_of), broadcast_lanes=True,
+                                  left_out_inputs=frozenset(homed.values()))
+            if homes.get(None):
+                layout = inputs_beside(layout, homes[None])
             layout = replace(layout, box_for=self._level_box_for(layout.members))
             return attach_constants(layout, self.analysis) if self.include_constants else layout
         positions = index.members[index.number[level]]
@@ -238,6 +244,11 @@ class FoldedLayouts:
         boxes = level_graph(arrays, arrays.pairs(self.include_constants), index, nodes, level,
                             include_io=False)
         visible = arrays.names(nodes)
+        if homes.get(level):  # drawn with graph inputs: a twin's geometry would lack them
+            layout = layout_nodes(graph, boxes.boxes, include_io=False, box_for={child: child for child in children},
+                                  members=members, tensors=(boxes.pairs, {}), broadcast_lanes=True)
+            layout = inputs_beside(layout, homes[level])
+            return replace(layout, box_for=self._level_box_for(layout.members))
         # Only a level with as many nodes, children and wires can have the same structure: the
         # structures are compared (and made) only then, so a one-off level costs nothing here.
         shape = (len(nodes), len(children), len(boxes.level_pairs[0]))
@@ -254,8 +265,121 @@ class FoldedLayouts:
         else:
             laid_out.append([None, level, visible, children, boxes])  # its structure is made when needed
         layout = layout_nodes(graph, boxes.boxes, include_io=False, box_for={child: child for child in children},
-                              members=members, tensors=(boxes.pairs, {}))
+                              members=members, tensors=(boxes.pairs, {}), broadcast_lanes=True)
         return replace(layout, box_for=self._level_box_for(layout.members))
+
+    def _inputs_homed(self) -> tuple[dict, dict]:
+        """({level: [(input box, child group box, tensor)]}, {input tensor position: its name}) of the
+        graph inputs drawn inside a level beside the child group that alone reads them, not in the
+        root's top row (a decoder's KV-cache inputs: ~500 of them, each read by one block, made a
+        top row 100,000 units wide and a lane each down the `model` frame).  An input goes down from
+        the root while one child group reads all of it and that group reads nothing else there but
+        graph inputs (`model`); it stays in the first level where that group is fed by another box
+        (`model/layers.3`, fed by `layers.2`).  Found from the arrays; none when levels are walked."""
+        with self._lock:
+            if self._homes is None:
+                self._homes = self._find_homes()
+            return self._homes
+
+    def _find_homes(self) -> tuple[dict, dict]:
+        index = self._indexed()
+        homes: dict[Optional[str], list] = {}
+        homed: dict[int, str] = {}
+        if index is None:
+            return self._find_homes_walking()
+        arrays, names = self.arrays, self.arrays.tensor_names
+        pairs = arrays.pairs(self.include_constants)
+        from_input = np.flatnonzero(pairs.source < 0)
+        if not len(from_input):
+            return homes, homed
+        tensors, readers = pairs.tensor[from_input], pairs.target[from_input]
+        order = np.argsort(tensors, kind="stable")
+        tensors, readers = tensors[order], readers[order]
+        distinct, starts = np.unique(tensors, return_index=True)
+        outputs = set(self.analysis.graph.outputs)
+        fed: dict[str, bool] = {}
+        for tensor, read_by in zip(distinct.tolist(), np.split(readers, starts[1:])):
+            name = names[tensor]
+            if name in outputs:
+                continue
+            level = None
+            while True:
+                child = index.child_within(level, read_by)
+                first = int(child[0])
+                if first < 0 or (child != first).any():
+                    break
+                group = index.ids[first]
+                found = fed.get(group)
+                if found is None:
+                    found = fed[group] = self._fed(group, index)
+                if found:
+                    homes.setdefault(level, []).append((INPUT_PREFIX + name, group, name))
+                    homed[tensor] = name
+                    break
+                level = group
+        return homes, homed
+
+    def _fed(self, group_id: str, index: GroupIndex) -> bool:
+        """Whether a node of the group reads a tensor a node outside it makes (not only graph inputs)."""
+        members = index.members[index.number[group_id]]
+        if not len(members):
+            return False
+        pairs = self.arrays.pairs(self.include_constants)
+        window = pairs.into(int(members[0]), int(members[-1]))
+        source, target = pairs.source[window], pairs.target[window]
+        made = (source >= 0) & contains(members, target)
+        return bool((~contains(members, source[made])).any())
+
+    def _find_homes_walking(self) -> tuple[dict, dict]:
+        """_find_homes by walking the nodes (levels found by walking); tensors by name."""
+        producer_of, consumers_of, outputs = self._tensor_maps()
+        groups, innermost = self.groups, self.innermost()
+        homes: dict[Optional[str], list] = {}
+        homed: dict[str, str] = {}
+        fed: dict[str, bool] = {}
+        for name in self.analysis.graph.inputs:
+            read_by = consumers_of.get(name)
+            if not read_by or name in outputs or producer_of.get(name) != INPUT_PREFIX + name:
+                continue
+            level = None
+            while True:
+                children = set()
+                for node_id in read_by:
+                    group = innermost.get(node_id)
+                    while group is not None and groups[group].parent != level:
+                        group = groups[group].parent
+                    children.add(group)
+                if len(children) != 1 or None in children:
+                    break
+                group = children.pop()
+                found = fed.get(group)
+                if found is None:
+                    inside = set(groups[group].members)
+                    found = fed[group] = any(
+                        not producer_of.get(k, INPUT_PREFIX).startswith(INPUT_PREFIX) and producer_of[k] not in inside
+                        for node_id in groups[group].members if node_id not in self.hidden
+                        for k in self.analysis.graph.node(node_id).inputs)
+                if found:
+                    homes.setdefault(level, []).append((INPUT_PREFIX + name, group, name))
+                    homed[name] = name
+                    break
+                level = group
+        return homes, homed
+
+    def _homed_under(self, group_id: str) -> np.ndarray:
+        """The positions of the graph inputs drawn in `group_id`'s level or deeper (sorted)."""
+        homes, homed = self._inputs_homed()
+        mine = {box for level, beside in homes.items() if self._within(level, group_id) for box, _, _ in beside}
+        return np.array(sorted(k for k, name in homed.items() if INPUT_PREFIX + name in mine), dtype=np.int64)
+
+    def _within(self, level: Optional[str], group_id: str) -> bool:
+        """Whether `level` is `group_id` or a group inside it (a few parents up, not its descendants:
+        those of a decoder's `model` are thousands)."""
+        while level is not None:
+            if level == group_id:
+                return True
+            level = self.groups[level].parent
+        return False
 
     def _structure_of(self, boxes: LevelGraph, index: GroupIndex, children: list[str]) -> tuple:
         """_structure from the arrays: op types, the child group of each node (its position in
@@ -272,17 +396,24 @@ class FoldedLayouts:
 
     def _lay_out_walking(self, level: Optional[str], children: list[str]) -> GraphLayout:
         """_lay_out by walking the level's nodes (a model whose tensors the arrays cannot stand for)."""
+        homes, homed = self._inputs_homed()
         if level is None:
             return layout_graph(self.analysis, include_constants=self.include_constants, groups=self.groups,
-                                collapsed=children)
+                                collapsed=children, broadcast_lanes=True,
+                                inputs_beside=homes.get(None, ()), left_out_inputs=frozenset(homed.values()))
         visible = [n for n in self.groups[level].members if n not in self.hidden]
         box_for, members = collapsed_boxes(self.groups, children)
+        if homes.get(level):  # drawn with graph inputs: a twin's geometry would lack them
+            layout = layout_nodes(self.analysis.graph, visible, include_io=False, box_for=box_for, members=members,
+                                  broadcast_lanes=True)
+            return inputs_beside(layout, homes[level])
         structure = self._structure(visible, box_for, children)
         twin = self._by_structure.get(structure)
         if twin is not None:
             self.reused_levels += 1
             return self._reuse(self._levels[twin[0]], twin[1], twin[2], visible, children, box_for, members)
-        layout = layout_nodes(self.analysis.graph, visible, include_io=False, box_for=box_for, members=members)
+        layout = layout_nodes(self.analysis.graph, visible, include_io=False, box_for=box_for, members=members,
+                              broadcast_lanes=True)
         self._by_structure[structure] = (level, visible, children)
         return layout
 
@@ -408,12 +539,18 @@ class FoldedLayouts:
             points = np.array([p for e in base.edges for p in e.points], dtype=float).reshape(-1, 2) + shift
             # A box's rank (its row; a shown constant has its reader's): see _compose.
             rank = np.array([base.layers.get(n, -1) for n in ids], dtype=float)
-            found = self._arrays_of_level[level] = (ids, rects, edges, starts, points, rank)
+            # Graph inputs drawn beside their reader (_inputs_homed): their boxes move with its row
+            # but do not stretch it, and their short edges are drawn again after the moves.
+            position = {n: i for i, n in enumerate(ids)} if self._inputs_homed()[0] else {}
+            beside = [(k, position[e.source], position[e.target]) for k, e in enumerate(base.edges)
+                      if e.source.startswith(INPUT_PREFIX) and len(e.points) == 4 and e.target in base.members] \
+                if position else []
+            found = self._arrays_of_level[level] = (ids, rects, edges, starts, points, rank, beside)
         return found
 
     def _compose(self, level: Optional[str], closed: frozenset) -> _Piece:
         base = self.level(level)
-        ids, rects, edges, starts, points, rank = self._level_arrays(level)
+        ids, rects, edges, starts, points, rank, beside_edges = self._level_arrays(level)
         rects, points = rects.copy(), points.copy()  # moved below
         reference = rects[:, :2] + rects[:, 2:] / 2  # a box's centre decides which way it moves
         opened = [(i, ids[i]) for i in range(len(ids)) if ids[i] in base.members and ids[i] not in closed]
@@ -422,27 +559,44 @@ class FoldedLayouts:
         # moves right (above and below it nothing moves sideways: no blank band across the
         # drawing).  Rows stay rows: every edge still runs down.
         unranked = rank < 0
+        attached = np.zeros(len(ids), dtype=bool)
+        beside_from = np.array([source for _, source, _ in beside_edges], dtype=np.int64)
+        beside_to = np.array([target for _, _, target in beside_edges], dtype=np.int64)
+        attached[beside_from] = True
         for index, group_id in opened:
             piece = self._framed(group_id, closed)
             inner[index] = piece
             x, y, w, h = rects[index].tolist()
             cx, cy = reference[index].tolist()
             dx, dy = piece.width - w, piece.height - h
+            # Inputs drawn above a box of a row below reach up into the gap: clear of the frame.
+            up = attached & (rank > rank[index]) & (rects[:, 0] < x + piece.width) & (rects[:, 0] + rects[:, 2] > x)
+            if up.any():
+                dy = max(dy, y + piece.height + FRAME_PAD - float(rects[up, 1].min()))
             row = rank == rank[index]
             below = np.where(unranked, reference[:, 1] > cy, rank > rank[index])
             beside = (reference[:, 0] > cx) & np.where(unranked, (reference[:, 1] >= y) & (reference[:, 1] <= y + h), row)
-            row_top = float(rects[row, 1].min())
-            row_bottom = float((rects[row, 1] + rects[row, 3]).max())
+            if beside_edges:  # an input beside a box moves aside with it (not with its own centre)
+                beside[beside_from] = beside[beside_to]
+            row_top = float(rects[row & ~attached, 1].min())
+            row_bottom = float((rects[row & ~attached, 1] + rects[row & ~attached, 3]).max())
             points_beside = (points[:, 0] > cx) & (points[:, 1] >= row_top) & (points[:, 1] <= row_bottom)
             # Below its row; and its own bottom anchor (where the tensors leaving it start).
-            points_below = (points[:, 1] > row_bottom) | ((np.abs(points[:, 0] - cx) < 1e-6) & (points[:, 1] > cy))
+            points_below = points[:, 1] > row_bottom
+            own_bottom = ~points_below & (np.abs(points[:, 0] - cx) < 1e-6) & (points[:, 1] > cy)
             rects[below, 1] += dy
             reference[below, 1] += dy
             rects[beside, 0] += dx
             reference[beside, 0] += dx
             points[points_below, 1] += dy
+            points[own_bottom, 1] += piece.height - h  # the frame's bottom (dy may be more: inputs below)
             points[points_beside, 0] += dx
             rects[index, 2:] = (piece.width, piece.height)
+        for k, source, target in beside_edges:  # down from the input, across, into its reader's top
+            x, y, w, h = rects[source].tolist()
+            tx, ty, tw, _ = rects[target].tolist()
+            entry_x, start_x, level_y = tx + min(tw, NODE_WIDTH) / 2, x + w / 2, ty - CONSTANT_LIFT / 2
+            points[starts[k]:starts[k] + 4] = ((start_x, y + h), (start_x, level_y), (entry_x, level_y), (entry_x, ty))
         # Assemble: the level's collapsed boxes and nodes, then each frame and its contents.
         keep = [i for i in range(len(ids)) if i not in inner]
         out_ids = [ids[i] for i in keep]
@@ -534,7 +688,7 @@ class FoldedLayouts:
         """(the piece of a twin of `group_id` opened with the descendants matching `inner` collapsed,
         the twin's shape, the group's shape), or None."""
         index = self._indexed() if self.twin_pieces else None
-        if index is None:
+        if index is None or self._holds_inputs(group_id):
             return None
         with self._lock:
             candidates = [g for g in self._composed_by_counts.get(self._counts(group_id, index), ()) if g != group_id]
@@ -543,7 +697,7 @@ class FoldedLayouts:
             mine = self._shape(group_id, index)
             for twin in candidates:
                 theirs = self._shape(twin, index)
-                if theirs.key != mine.key:
+                if theirs.key != mine.key or self._holds_inputs(twin):
                     continue
                 piece = self._framed_pieces.get((twin, frozenset(theirs.groups[mine.rank[g]] for g in inner)))
                 if piece is not None:
@@ -570,6 +724,10 @@ class FoldedLayouts:
         members = {rename[b]: self.groups[rename[b]].members for b in piece.members}
         return _Piece(list(map(rename.__getitem__, piece.ids)), piece.rects, list(map(rename.__getitem__, piece.frame_ids)),
                       piece.frame_rects, edges, piece.starts, piece.points, members, piece.width, piece.height)
+
+    def _holds_inputs(self, group_id: str) -> bool:
+        """Whether graph inputs are drawn in the group's level or deeper (its piece cannot be renamed)."""
+        return any(self._within(level, group_id) for level in self._inputs_homed()[0])
 
     def _descendants_of(self, group_id: str) -> frozenset:
         found = self._descendants.get(group_id)
@@ -642,6 +800,8 @@ class FoldedLayouts:
         graph, hidden = self.analysis.graph, self.hidden
         level_box = self.level(group_id).box_for
         inside = set(self.groups[group_id].members)
+        homes, _ = self._inputs_homed()
+        inside |= {box for level, beside in homes.items() if self._within(level, group_id) for box, _, _ in beside}
         entering: dict[str, list[str]] = {}
         leaving: dict[str, list[str]] = {}
         for node_id in self.groups[group_id].members:
@@ -674,6 +834,9 @@ class FoldedLayouts:
         window = pairs.into(first, last)
         source, target, tensor = pairs.source[window], pairs.target[window], pairs.tensor[window]
         entering = contains(nodes, target) & ((source < 0) | ~contains(members, source))
+        inputs_inside = self._homed_under(group_id)  # graph inputs drawn inside it: not entering
+        if len(inputs_inside):
+            entering &= ~((source < 0) & contains(inputs_inside, tensor))
         reads = pairs.out_of(first, last)
         reads = reads[contains(nodes, pairs.source[reads]) & ~contains(members, pairs.target[reads])]
         made = arrays.output_tensors

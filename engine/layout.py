@@ -81,6 +81,11 @@ CONSTANT_GAP = 8.0  # between the constants of one consumer
 CONSTANT_SIDE_GAP = 12.0  # between a consumer and its constants, and between constants and other boxes
 CONSTANT_LIFT = 14.0  # the lowest constants end this far above their consumer's top: room for the edges
 
+# A tensor read by this many boxes of a folded level is drawn in a lane, not laid out (see
+# _broadcast_split); lanes are this far apart.
+BROADCAST_READERS = 8
+BROADCAST_LANE_STEP = 12.0
+
 # Above this many dummy vertices igraph's Sugiyama becomes slow (seconds): use the fallback.
 MAX_DUMMY_VERTICES = 200_000
 
@@ -220,13 +225,18 @@ _category_of_other: dict[str, str] = {}  # op types not in _CATEGORY_OF -> their
 
 def layout_graph(analysis: "ModelAnalysis", include_constants: bool = False, include_io: bool = True,
                  max_dummy_vertices: int = MAX_DUMMY_VERTICES, groups: Optional[Mapping[str, NodeGroup]] = None,
-                 collapsed: Iterable[str] = ()) -> GraphLayout:
+                 collapsed: Iterable[str] = (), broadcast_lanes: bool = False,
+                 inputs_beside: Sequence[tuple[str, str, str]] = (),
+                 left_out_inputs: frozenset[str] = frozenset()) -> GraphLayout:
     """Lay out the analysed graph; see the module docstring for what is visible.
 
-    `groups` (from `node_groups`) and `collapsed` (ids of groups drawn as one box each).
+    `groups` (from `node_groups`) and `collapsed` (ids of groups drawn as one box each);
+    `broadcast_lanes` and `left_out_inputs` as `layout_nodes`'; `inputs_beside` drawn by
+    `inputs_beside` (engine.folded_layout's root level).
     """
     if include_constants:
-        without = layout_graph(analysis, False, include_io, max_dummy_vertices, groups, collapsed)
+        without = layout_graph(analysis, False, include_io, max_dummy_vertices, groups, collapsed,
+                               broadcast_lanes, inputs_beside, left_out_inputs)
         return attach_constants(without, analysis, include_io)
     graph = analysis.graph
     global _last_tensors
@@ -242,8 +252,10 @@ def layout_graph(analysis: "ModelAnalysis", include_constants: bool = False, inc
         tensors = _node_pairs(graph, visible, include_io, constant_values)
         _last_tensors = (analysis, key, (visible, hidden, tensors))
     box_for, members = collapsed_boxes(groups or {}, collapsed)
-    return layout_nodes(graph, visible, include_io=include_io, hidden=hidden,
-                        max_dummy_vertices=max_dummy_vertices, box_for=box_for, members=members, tensors=tensors)
+    layout = layout_nodes(graph, visible, include_io=include_io, hidden=hidden,
+                        max_dummy_vertices=max_dummy_vertices, box_for=box_for, members=members, tensors=tensors,
+                        broadcast_lanes=broadcast_lanes, left_out_inputs=left_out_inputs)
+    return globals()["inputs_beside"](layout, list(inputs_beside)) if inputs_beside else layout
 
 
 # The visible nodes and tensors of the model laid out last: opening or closing a group of the
@@ -254,11 +266,16 @@ _last_tensors: tuple = (None, None, None)
 def layout_nodes(graph: Graph, visible_order: Sequence[str], include_io: bool = True,
                  hidden: frozenset[str] = frozenset(), max_dummy_vertices: int = MAX_DUMMY_VERTICES,
                  box_for: Optional[Mapping[str, str]] = None,
-                 members: Optional[Mapping[str, tuple[str, ...]]] = None, tensors=None) -> GraphLayout:
+                 members: Optional[Mapping[str, tuple[str, ...]]] = None, tensors=None,
+                 broadcast_lanes: bool = False, left_out_inputs: frozenset[str] = frozenset()) -> GraphLayout:
     """Lay out the nodes `visible_order` (a topological order of node ids) of `graph`.
 
     `box_for` maps nodes inside collapsed groups to their group's box id (see `collapsed_boxes`).
     `tensors`: `_node_pairs` of these nodes, when the caller has them already.
+    `broadcast_lanes`: a tensor read by BROADCAST_READERS boxes or more takes no part in the
+    layering and is drawn in a lane left of the boxes (`_broadcast_edges`).  `left_out_inputs`:
+    names of graph inputs neither drawn nor read here (engine.folded_layout draws them beside
+    their reader, `inputs_beside`).
     """
     box_for = dict(box_for or {})
     members = dict(members or {})
@@ -279,6 +296,9 @@ def layout_nodes(graph: Graph, visible_order: Sequence[str], include_io: bool = 
         constant_values = {name for name, value in graph.values.items() if value.initializer is not None}
         tensors = _node_pairs(graph, visible_order, include_io, constant_values)
     pairs, producer_of = tensors
+    if left_out_inputs and include_io:
+        pairs = [pair for pair in pairs if pair[0][len(INPUT_PREFIX):] not in left_out_inputs
+                 or not pair[0].startswith(INPUT_PREFIX)]
     # The boxes: a node's own, or its collapsed group's (first appearance in execution order).
     box_ids = list(dict.fromkeys((box_for.get(node_id, node_id) for node_id in visible_order) if box_for
                                  else visible_order))
@@ -286,7 +306,8 @@ def layout_nodes(graph: Graph, visible_order: Sequence[str], include_io: bool = 
         box_ids = _box_order(box_ids, pairs, box_for)
     if include_io:
         for name in graph.inputs:
-            if getattr(graph.values.get(name), "initializer", None) is None:  # not a weight listed as an input
+            # Not a weight listed as an input.
+            if getattr(graph.values.get(name), "initializer", None) is None and name not in left_out_inputs:
                 add_vertex(INPUT_PREFIX + name, (IO_WIDTH, IO_HEIGHT))
     # The boxes at once (add_vertex's work, 20,000 calls for a model laid out whole).
     first_box = len(ids)
@@ -305,6 +326,9 @@ def layout_nodes(graph: Graph, visible_order: Sequence[str], include_io: bool = 
     else:
         keys = [(vertex(s), vertex(t), name) for s, t, name in pairs]
     edge_list: list[tuple[int, int, str]] = [key for key in dict.fromkeys(keys) if key[0] != key[1]]
+    broadcast: list[tuple[int, int, str]] = []
+    if broadcast_lanes:
+        edge_list, broadcast = _broadcast_split(edge_list)
     if include_io:
         for name in graph.outputs:
             source_node = producer_of.get(name)
@@ -314,9 +338,13 @@ def layout_nodes(graph: Graph, visible_order: Sequence[str], include_io: bool = 
                 edge_list.append((source, target, name))
 
     if members:
-        edge_list, edge_values = _merge_group_edges(edge_list, {index[b] for b in members if b in index}, graph)
+        group_vertices = {index[b] for b in members if b in index}
+        edge_list, edge_values = _merge_group_edges(edge_list, group_vertices, graph)
+        if broadcast:
+            broadcast, broadcast_values = _merge_group_edges(broadcast, group_vertices, graph)
     else:
         edge_values = None
+        broadcast_values = [()] * len(broadcast)
     visible_members = {box: group_members for box, group_members in members.items() if box in index}
     drawn_box_for = {node_id: box for node_id, box in box_for.items() if box in index}
     count = len(ids)
@@ -331,8 +359,85 @@ def layout_nodes(graph: Graph, visible_order: Sequence[str], include_io: bool = 
     else:
         columns, routes = _barycenter_columns(count, vertex_pairs, layers), None
         method = "layered"
-    return _to_scene(ids, sizes, layers, columns, edge_list, vertex_pairs, routes, method, hidden,
-                     visible_members, drawn_box_for, edge_values)
+    layout = _to_scene(ids, sizes, layers, columns, edge_list, vertex_pairs, routes, method, hidden,
+                       visible_members, drawn_box_for, edge_values)
+    return _broadcast_edges(layout, ids, broadcast, broadcast_values) if broadcast else layout
+
+
+def inputs_beside(layout: GraphLayout, beside: list[tuple[str, str, str]]) -> GraphLayout:
+    """`layout` with the graph inputs of `beside` ((input box, box reading it, tensor)) drawn as
+    shown constants are (`attach_constants`): a box's inputs in a row just left of it and above
+    it (or right, or slid outward: `_constant_spots`), each with a short edge into the middle of
+    the box's top (where a laid-out edge ends: an opened frame's lanes start there)."""
+    by_box: dict[str, list[tuple[str, str]]] = {}
+    for input_box, reader, name in beside:
+        by_box.setdefault(reader, []).append((input_box, name))
+    anchors = list(by_box)
+    step = IO_WIDTH + CONSTANT_GAP
+    sizes = [(len(by_box[anchor]) * step - CONSTANT_GAP, IO_HEIGHT) for anchor in anchors]
+    old = np.array(list(layout.boxes.values()), dtype=float).reshape(-1, 4)
+    anchor_box = np.array([layout.boxes[anchor] for anchor in anchors], dtype=float).reshape(-1, 4)
+    spots = _constant_spots(layout, old, anchors, anchor_box, sizes)
+    boxes, layers, edges = dict(layout.boxes), dict(layout.layers), list(layout.edges)
+    for anchor, (x, top, _) in zip(anchors, spots):
+        ax, ay, aw, _ = layout.boxes[anchor]
+        entry_x, level = ax + min(aw, NODE_WIDTH) / 2, ay - CONSTANT_LIFT / 2
+        for k, (input_box, name) in enumerate(by_box[anchor]):
+            left = x + k * step
+            boxes[input_box] = (left, top, IO_WIDTH, IO_HEIGHT)
+            layers[input_box] = layers[anchor]  # its reader's row (engine.folded_layout: not its extent)
+            start_x = left + IO_WIDTH / 2
+            edges.append(LayoutEdge(input_box, anchor, name, ((start_x, top + IO_HEIGHT), (start_x, level),
+                                                              (entry_x, level), (entry_x, ay)), (name,)))
+    placed = np.array(list(boxes.values()), dtype=float).reshape(-1, 4)
+    return GraphLayout(boxes, tuple(edges), layers, max(layout.width, float((placed[:, 0] + placed[:, 2]).max())),
+                       max(layout.height, float((placed[:, 1] + placed[:, 3]).max())), layout.method, layout.hidden,
+                       layout.members, layout.box_for, min(layout.left, float(placed[:, 0].min())),
+                       min(layout.top, float(placed[:, 1].min())))
+
+
+def _broadcast_split(edges: list[tuple[int, int, str]]) -> tuple[list, list]:
+    """(edges laid out, edges drawn in lanes): a tensor read by BROADCAST_READERS boxes or more (a
+    decoder's attention mask, its rotary cos and sin, read by every block) goes to a lane, with
+    every other tensor between the same two boxes (one edge joins them).  In the layering each
+    such edge needs a dummy vertex per row it skips: 750 of them beside the blocks of a
+    250-block decoder spread the level 100,000 units wide and the blocks in a staircase."""
+    readers: dict[str, int] = {}
+    for _, _, name in edges:
+        readers[name] = readers.get(name, 0) + 1
+    wide = {name for name, count in readers.items() if count >= BROADCAST_READERS}
+    if not wide:
+        return edges, []
+    pairs = {(source, target) for source, target, name in edges if name in wide}
+    return ([edge for edge in edges if (edge[0], edge[1]) not in pairs],
+            [edge for edge in edges if (edge[0], edge[1]) in pairs])
+
+
+def _broadcast_edges(layout: GraphLayout, ids: list[str], edges: list[tuple[int, int, str]],
+                     values: list[tuple[str, ...]]) -> GraphLayout:
+    """`layout` with `edges` (vertex pairs, see `_broadcast_split`) drawn: from the source's bottom
+    into the gap below its row, left to the source's lane (one per source box, left of every box),
+    down it to the gap above the reader's row, right and into the reader's top (the k-th lane edge
+    at the middle of its top)."""
+    boxes = layout.boxes
+    half_row = (NODE_HEIGHT + VERTICAL_GAP) / 2
+    leftmost = min(x for x, _, _, _ in boxes.values())
+    lane_of: dict[int, float] = {}
+    drawn = []
+    for (source, target, value), names in zip(edges, values):
+        lane = lane_of.get(source)
+        if lane is None:
+            lane = lane_of[source] = leftmost - BROADCAST_LANE_STEP * (len(lane_of) + 1)
+        sx, sy, sw, sh = boxes[ids[source]]
+        tx, ty, tw, th = boxes[ids[target]]
+        entry = tx + min(tw, NODE_WIDTH) / 2  # where a laid-out edge ends (an opened frame's lanes start)
+        below, above = sy + sh / 2 + half_row, ty + th / 2 - half_row
+        points = ((sx + sw / 2, sy + sh), (sx + sw / 2, below), (lane, below), (lane, above), (entry, above),
+                  (entry, ty))
+        drawn.append(LayoutEdge(ids[source], ids[target], value, points, names))
+    return GraphLayout(boxes, layout.edges + tuple(drawn), layout.layers, layout.width, layout.height,
+                       layout.method, layout.hidden, layout.members, layout.box_for,
+                       min(layout.left, min(lane_of.values()) - BROADCAST_LANE_STEP), layout.top)
 
 
 def _merge_group_edges(edges: list[tuple[int, int, str]], group_vertices: set[int], graph: Graph):

@@ -131,10 +131,13 @@ def test_the_root_level_has_the_edges_between_top_level_boxes(awkward):
     groups = namespace_groups(awkward)
     root = FoldedLayouts(awkward, groups, include_constants=False).level(None)
     boxes = {b.removeprefix("group:namespace:") for b in root.boxes}
-    assert boxes == {"enc", "dec", "input:x", "input:y", "output:out", "output:t4", "Add_top"}
+    # y, read only inside enc/only (fed by enc/lonely), is drawn in enc's level beside enc/only.
+    assert boxes == {"enc", "dec", "input:x", "output:out", "output:t4", "Add_top"}
     pairs = {(e.source.removeprefix("group:namespace:"), e.target.removeprefix("group:namespace:")) for e in root.edges}
-    assert pairs == {("input:x", "enc"), ("input:y", "enc"), ("enc", "dec"), ("dec", "Add_top"),
+    assert pairs == {("input:x", "enc"), ("enc", "dec"), ("dec", "Add_top"),
                      ("input:x", "Add_top"), ("Add_top", "output:out"), ("enc", "output:t4")}
+    enc = FoldedLayouts(awkward, groups, include_constants=False).level("group:namespace:enc")
+    assert [(e.source, e.target) for e in enc.edges if e.source == "input:y"] == [("input:y", "group:namespace:enc/only")]
 
 
 def _walked_totals(group, analysis, profile=None) -> dict:

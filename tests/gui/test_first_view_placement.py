@@ -55,9 +55,10 @@ def _dark_pixels_inside(view, rect: QRectF) -> int:
 
 def test_the_first_view_holds_the_first_blocks_whole_and_readable(opened):
     view, scene = opened.view, opened.scene
-    inputs = scene.rects[[i for i, n in enumerate(scene.node_ids) if n.startswith("input:")]]
+    # The wide row: since the KV-cache inputs are drawn beside their blocks, the outputs' (below).
+    outputs = scene.rects[[i for i, n in enumerate(scene.node_ids) if n.startswith("output:")]]
     visible = _visible(view)
-    assert (inputs[:, 0] + inputs[:, 2]).max() - inputs[:, 0].min() > 8 * visible.width()  # the wide row
+    assert (outputs[:, 0] + outputs[:, 2]).max() - outputs[:, 0].min() > 8 * visible.width()
     assert view.current_scale() >= view.READABLE_SCALE
     for block in (BLOCK.format(0), BLOCK.format(1)):
         assert visible.contains(_box(scene, block)), block
