@@ -266,6 +266,9 @@ class MainWindow(MenusMixin, ProfilesMixin, ExportsMixin, QMainWindow):
         self._focus_after_build: Optional[str] = None  # box to centre on once a relayout is drawn
         self._search_matches: list[str] = []
         self._search_position = -1
+        # The charts' background import, once nothing is opening (see _warm_charts_when_idle).
+        self._chart_warm_timer = QTimer(self, singleShot=True, interval=self.CHART_WARM_DELAY_MS)
+        self._chart_warm_timer.timeout.connect(self._warm_charts_when_idle)
         # Search as you type, on a large model once typing pauses (see _search_typed).
         self._search_timer = QTimer(self, singleShot=True, interval=self.SEARCH_PAUSE_MS)
         self._search_timer.timeout.connect(lambda: self._search_changed(self.search_field.text()))
@@ -334,7 +337,7 @@ class MainWindow(MenusMixin, ProfilesMixin, ExportsMixin, QMainWindow):
 
     def _warm_charts_when_idle(self) -> None:
         if self.loading:  # an open, relayout or build is running: after it
-            QTimer.singleShot(self.CHART_WARM_DELAY_MS, self, self._warm_charts_when_idle)
+            self._chart_warm_timer.start()
             return
         self.panels.warm_up()
 
@@ -563,7 +566,7 @@ class MainWindow(MenusMixin, ProfilesMixin, ExportsMixin, QMainWindow):
         if self.run_dialog is not None:
             self._show_model_in_run_dialog()
         self.modelLoaded.emit(loaded.path)
-        QTimer.singleShot(self.CHART_WARM_DELAY_MS, self, self._warm_charts_when_idle)  # off the first paint
+        self._chart_warm_timer.start()  # off the first paint (one timer: every show restarts it)
         if loaded.folded_layouts is not None:  # first opens of its collapsed groups, in the background
             from gui.folded_groups import prepare_group_opens
             prepare_group_opens(loaded)

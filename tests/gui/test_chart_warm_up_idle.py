@@ -10,7 +10,7 @@ from tests.gui.gui_fixtures import LOAD_TIMEOUT_MS, open_and_wait, settings, win
 
 
 def test_the_charts_import_waits_until_nothing_is_opening(qtbot, window, sample_model):
-    window.CHART_WARM_DELAY_MS = 20  # the instance's own: the test need not wait a second
+    window._chart_warm_timer.setInterval(20)  # the test need not wait a second
     open_and_wait(qtbot, window, sample_model)
     window.ask_before_discarding = False
     window.open_path(str(sample_model))  # a second open, running now
