@@ -36,7 +36,7 @@ import numpy as np
 
 from engine.group_index import GroupIndex, LevelGraph, SubtreeShape, contains, level_graph, node_arrays, subtree_shape
 from engine.layout import (CONSTANT_LIFT, GROUP_HEIGHT, NODE_WIDTH, VERTICAL_GAP, GraphLayout, LayoutEdge, NodeGroup, Rect,
-                           INPUT_PREFIX, attach_constants, collapsed_boxes, inputs_beside, layout_graph, layout_nodes,
+                           INPUT_PREFIX, attach_constants, collapsed_boxes, attach_inputs, layout_graph, layout_nodes,
                            tensor_bytes)
 
 if TYPE_CHECKING:
@@ -236,7 +236,7 @@ class FoldedLayouts:
                                   tensors=(boxes.pairs, boxes.producer_of), broadcast_lanes=True,
                                   left_out_inputs=frozenset(homed.values()))
             if homes.get(None):
-                layout = inputs_beside(layout, homes[None])
+                layout = attach_inputs(layout, homes[None])
             layout = replace(layout, box_for=self._level_box_for(layout.members))
             return attach_constants(layout, self.analysis) if self.include_constants else layout
         positions = index.members[index.number[level]]
@@ -247,7 +247,7 @@ class FoldedLayouts:
         if homes.get(level):  # drawn with graph inputs: a twin's geometry would lack them
             layout = layout_nodes(graph, boxes.boxes, include_io=False, box_for={child: child for child in children},
                                   members=members, tensors=(boxes.pairs, {}), broadcast_lanes=True)
-            layout = inputs_beside(layout, homes[level])
+            layout = attach_inputs(layout, homes[level])
             return replace(layout, box_for=self._level_box_for(layout.members))
         # Only a level with as many nodes, children and wires can have the same structure: the
         # structures are compared (and made) only then, so a one-off level costs nothing here.
@@ -406,7 +406,7 @@ class FoldedLayouts:
         if homes.get(level):  # drawn with graph inputs: a twin's geometry would lack them
             layout = layout_nodes(self.analysis.graph, visible, include_io=False, box_for=box_for, members=members,
                                   broadcast_lanes=True)
-            return inputs_beside(layout, homes[level])
+            return attach_inputs(layout, homes[level])
         structure = self._structure(visible, box_for, children)
         twin = self._by_structure.get(structure)
         if twin is not None:

@@ -232,7 +232,7 @@ def layout_graph(analysis: "ModelAnalysis", include_constants: bool = False, inc
 
     `groups` (from `node_groups`) and `collapsed` (ids of groups drawn as one box each);
     `broadcast_lanes` and `left_out_inputs` as `layout_nodes`'; `inputs_beside` drawn by
-    `inputs_beside` (engine.folded_layout's root level).
+    `attach_inputs` (engine.folded_layout's root level).
     """
     if include_constants:
         without = layout_graph(analysis, False, include_io, max_dummy_vertices, groups, collapsed,
@@ -255,7 +255,7 @@ def layout_graph(analysis: "ModelAnalysis", include_constants: bool = False, inc
     layout = layout_nodes(graph, visible, include_io=include_io, hidden=hidden,
                         max_dummy_vertices=max_dummy_vertices, box_for=box_for, members=members, tensors=tensors,
                         broadcast_lanes=broadcast_lanes, left_out_inputs=left_out_inputs)
-    return globals()["inputs_beside"](layout, list(inputs_beside)) if inputs_beside else layout
+    return attach_inputs(layout, list(inputs_beside)) if inputs_beside else layout
 
 
 # The visible nodes and tensors of the model laid out last: opening or closing a group of the
@@ -275,7 +275,7 @@ def layout_nodes(graph: Graph, visible_order: Sequence[str], include_io: bool = 
     `broadcast_lanes`: a tensor read by BROADCAST_READERS boxes or more takes no part in the
     layering and is drawn in a lane left of the boxes (`_broadcast_edges`).  `left_out_inputs`:
     names of graph inputs neither drawn nor read here (engine.folded_layout draws them beside
-    their reader, `inputs_beside`).
+    their reader, `attach_inputs`).
     """
     box_for = dict(box_for or {})
     members = dict(members or {})
@@ -364,7 +364,7 @@ def layout_nodes(graph: Graph, visible_order: Sequence[str], include_io: bool = 
     return _broadcast_edges(layout, ids, broadcast, broadcast_values) if broadcast else layout
 
 
-def inputs_beside(layout: GraphLayout, beside: list[tuple[str, str, str]]) -> GraphLayout:
+def attach_inputs(layout: GraphLayout, beside: list[tuple[str, str, str]]) -> GraphLayout:
     """`layout` with the graph inputs of `beside` ((input box, box reading it, tensor)) drawn as
     shown constants are (`attach_constants`): a box's inputs in a row just left of it and above
     it (or right, or slid outward: `_constant_spots`), each with a short edge into the middle of
