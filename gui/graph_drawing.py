@@ -1119,48 +1119,50 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
         needle = text.strip().lower()
         if not needle:
             return []
-        order = self.node_index  # box id -> its position
-        found: dict[str, tuple[int, int]] = {}  # id -> (its box's position, execution position)
-        hidden_in: dict[str, str] = {}  # node id -> the collapsed group box drawing it (as box_id)
-        for node_id in self.node_ids:
-            if node_id in self.groups:
-                hidden_in.update(dict.fromkeys(self.groups[node_id].members, node_id))
-                if needle in self.groups[node_id].name.lower():
-                    found[node_id] = (order[node_id], -1)
-            elif is_io(node_id) and needle in node_id.lower():
-                found[node_id] = (order[node_id], -1)
-        nodes, constants_folded = self.loaded.analysis.nodes, not self.loaded.include_constants
-        for position, node_id in text_matches(self.loaded.analysis, needle):
-            if node_id in order:
-                found[node_id] = (order[node_id], position)
-                continue
-            box = hidden_in.get(node_id)
-            if box is not None and not (constants_folded and nodes[node_id].is_constant):
-                found[node_id] = (order[box], position)
-        return sorted(found, key=found.__getitem__)
+        matched = text_matches(self.loaded.analysis, needle)
+        # Hidden in a collapsed group: reached when matched, and not a folded constant.
+        reachable = matched.nodes if self.loaded.include_constants else matched.compute_nodes
+        found = []
+        for box in self.node_ids:  # boxes in drawing order, a group's members in execution order
+            group = self.groups.get(box)
+            if group is not None:
+                if needle in group.name.lower():
+                    found.append(box)
+                found.extend(m for m in group.members if m in reachable)
+            elif box in matched.nodes or (is_io(box) and needle in box.lower()):
+                found.append(box)
+        return found
 
 
-# The nodes matching the last search text, of one analysis: the text match does not depend on
-# the layout, so a relayout (a block opened, constants shown) only places them again.  Matching
-# every node's name, id and op type is ~0.3 s at 100,000 nodes; placing them ~0.05 s.
-_last_text_matches: tuple = (None, "", [])  # (weakref to the analysis, needle, matches)
+@dataclass(frozen=True)
+class TextMatches:
+    """The nodes of an analysis whose name, id or op type contains a search text."""
+
+    nodes: frozenset  # constants included
+    compute_nodes: frozenset  # constants left out
 
 
-def text_matches(analysis, needle: str) -> list[tuple[int, str]]:
-    """(execution position, node id) of the nodes of `analysis` whose name, id or op type
-    contains `needle` (lower case), constants included; kept for the last analysis and needle."""
+# The text match does not depend on the layout: kept for the last analysis and text, a relayout
+# (a block opened, constants shown) only walks the boxes again.  Matching every node's name, id
+# and op type takes ~0.3 s at 100,000 nodes; the walk ~0.02 s.
+_last_text_matches: tuple = (None, "", None)  # (weakref to the analysis, needle, TextMatches)
+
+
+def text_matches(analysis, needle: str) -> TextMatches:
+    """The nodes of `analysis` whose name, id or op type contains `needle` (lower case)."""
     import weakref
 
     global _last_text_matches
     analysis_ref, last_needle, matches = _last_text_matches
     if analysis_ref is not None and analysis_ref() is analysis and last_needle == needle:
         return matches
-    graph = analysis.graph
-    matches = []
-    for position, node_id in enumerate(analysis.order):
+    graph, metrics = analysis.graph, analysis.nodes
+    nodes = []
+    for node_id in analysis.order:
         node = graph.node(node_id)
         if needle in node.name.lower() or needle in node_id.lower() or needle in node.op_type.lower():
-            matches.append((position, node_id))
+            nodes.append(node_id)
+    matches = TextMatches(frozenset(nodes), frozenset(n for n in nodes if not metrics[n].is_constant))
     _last_text_matches = (weakref.ref(analysis), needle, matches)
     return matches
 
