@@ -226,9 +226,14 @@ def main() -> int:
     window.show()
     app.processEvents()
     paths = [transformer_model(size, workdir) for size in sizes] + list(args.model)
-    results = [measure(path, args.runs, app, window, prepare) for path in paths]
+    try:
+        results = [measure(path, args.runs, app, window, prepare) for path in paths]
+    except PreparationNotFinished as exc:
+        print(f"bench_group_open: {exc}; run with --no-prepare to measure unprepared opens only", file=sys.stderr)
+        return 1
+    finally:
+        window.close()
     print_table(results, args.runs)
-    window.close()
     return 0
 
 
