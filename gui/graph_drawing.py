@@ -514,8 +514,8 @@ class LongEdgeBatch(QGraphicsPathItem):
         # A piece of one segment: it starts a piece and the next segment starts another.
         alone = moves & np.r_[moves[1:], True]
         # Each distinct piece once.  Hundreds of edges may run down one lane (a decoder's mask read by
-        # each of 250 blocks; every block's outputs leaving its frame): drawn once, a lane looks as Qt
-        # paints the whole batch (one outline filled once), and costs one stroke, not hundreds.
+        # each of 250 blocks; every block's outputs leaving its frame): drawn once, a lane looks like
+        # one edge (its anti-aliased rims not darkened by hundreds of copies) and costs one stroke.
         lines = np.unique(np.concatenate([begin[alone], end[alone]], axis=1), axis=0)
         if alone.all():
             return lines, []
