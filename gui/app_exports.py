@@ -101,9 +101,8 @@ class ExportsMixin:
             self.open_session(path)
 
     def open_session(self, path: str) -> None:
-        """Read the session and open its model in a worker; the profiles come back once it is drawn."""
-        if not self.confirm_leaving(f"open {Path(path).name}"):
-            return
+        """Read the session and open its model in a worker; the profiles come back once it is drawn.
+        The shown session's unsaved profiles are asked about once the new one has opened."""
         include_constants, grouping = self.show_constants_action.isChecked(), self.grouping()
 
         def work(progress):
@@ -114,7 +113,8 @@ class ExportsMixin:
             return session, _main_module().load_model(session.model_path, session.show_constants, progress, session.grouping,
                                        frozenset(session.collapsed))
 
-        self._start_task(work, f"Opening session {Path(path).name}", self._on_session_loaded)
+        self._start_task(work, f"Opening session {Path(path).name}",
+                         self._once_agreed(f"open {Path(path).name}", self._on_session_loaded))
 
     def _on_session_loaded(self, result) -> None:
         session, loaded = result
