@@ -286,6 +286,8 @@ class MainWindow(MenusMixin, ProfilesMixin, ExportsMixin, QMainWindow):
         self.convert_dialog = None  # gui.convert_dialog.ConvertDialog (Model > Convert to Core ML…)
         self.convert_view = None  # gui.convert_view.ConvertView: a converted package beside its source
         self._docks_sized = False
+        self._settled_size = None  # the window's size once its last resize was handled
+        self._dock_shares = None  # shares of the window the docks keep across resizes (gui.app_menus)
         self.setWindowTitle(APP_NAME)
         self.resize(1400, 900)
         self.setAcceptDrops(True)
