@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from engine.analysis import analyze
-from engine.grouping import (compare_blocks, member_text, namespace_groups, repeated_block_lines, repeated_blocks)
-from engine.targets import ProfileSettings
-from engine.targets.cpu import CpuTarget
-from engine.transformer_samples import TransformerConfig, write_transformer
-from importers import open_model
+from engine.grouping import compare_blocks, member_text, namespace_groups, repeated_block_lines, repeated_blocks
+from tests.engine.test_report_repeated_blocks import profiled_decoder  # noqa: F401 (the profiled 4-layer decoder)
 
 
 @pytest.fixture(scope="module")
-def decoder(tmp_path_factory):
-    config = TransformerConfig(layers=4, hidden=64, heads=4, kv_heads=2, intermediate=96, vocab=50, past=5)
-    path = write_transformer(tmp_path_factory.mktemp("wording") / "decoder.onnx", config)
-    with CpuTarget() as target:
-        profile = target.profile(ProfileSettings(runs=3, warmup=1), model_path=path)
-    analysis = analyze(open_model(path))
+def decoder(profiled_decoder):
+    profile, analysis = profiled_decoder
     groups = namespace_groups(analysis)
     family = repeated_blocks(groups, analysis)[0]
     return profile, analysis, family, compare_blocks(family, groups, analysis, profile)
