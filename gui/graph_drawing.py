@@ -38,7 +38,7 @@ from PySide6.QtWidgets import (QGraphicsItem, QGraphicsPathItem, QGraphicsRectIt
 from engine.inspect import human_bytes, human_count
 from engine.layout import GROUP_PREFIX, INPUT_PREFIX, OUTPUT_PREFIX, op_category
 from engine.profile import KINDS
-from gui.graph_groups import FrameLayer, GroupSceneMixin, frame_title, group_lines
+from gui.graph_groups import FrameLayer, GroupSceneMixin, frame_title, group_lines, prime_group_totals
 from gui.graph_style import (BOX_PEN, CATEGORY_COLORS, EDGE_COLOR, EDGE_MAX_WIDTH, EDGE_MIN_WIDTH,
                              EDGE_WIDTH_STEPS, GROUP_PEN_COLOR, LABEL_MAX_COUNT, labels_drawn_at,
                              LINK_PEN_COLOR, OVERLAYS, RATIO_LIMIT, TOP_PEN_COLOR, UNKNOWN_COLOR,
@@ -200,11 +200,14 @@ def prepare_scene_data(loaded) -> SceneData:
     # A folded model draws the same nodes again as groups open and close: their text is kept.
     folded = getattr(loaded, "folded_layouts", None)
     known = folded.annotations.setdefault("scene_text", {}) if folded is not None else None
+    frames = getattr(layout, "frames", None) or {}
+    if groups:  # the totals of every group drawn, at once (each box's and frame's text reads them)
+        prime_group_totals([groups[b] for b, c in zip(node_ids, categories) if c == "group"] +
+                           [groups[g] for g in frames], analysis)
     lines = BoxLines(node_ids, analysis, groups, known)
     edges = layout.edges
     steps, widths = _edge_width_steps(edges, graph)
     batches, batch_of, segments, segment_edge, tips, reach = _edge_batches(edges, steps)
-    frames = getattr(layout, "frames", None) or {}
     frame_ids = list(frames)
     frame_rects = np.array([frames[g] for g in frame_ids], dtype=float).reshape(-1, 4)
     titles = [frame_title(groups[g], analysis) for g in frame_ids]
