@@ -31,7 +31,8 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import shiboken6
 from PySide6.QtCore import QByteArray, QDataStream, QIODevice, QPointF, QRectF, Qt, QTimer
-from PySide6.QtGui import QBrush, QColor, QFont, QFontMetrics, QPainter, QPainterPath, QPen, QPolygonF
+from PySide6.QtGui import (QBrush, QColor, QFont, QFontMetrics, QPainter, QPainterPath, QPen, QPolygonF,
+                           QStaticText)
 from PySide6.QtWidgets import (QGraphicsItem, QGraphicsPathItem, QGraphicsRectItem, QGraphicsScene,
                                QStyleOptionGraphicsItem)
 
@@ -41,14 +42,23 @@ from engine.profile import KINDS
 from gui.graph_groups import FrameLayer, GroupSceneMixin, frame_title, group_lines
 from gui.graph_style import (BOX_PEN, CATEGORY_COLORS, EDGE_COLOR, EDGE_MAX_WIDTH, EDGE_MIN_WIDTH,
                              EDGE_WIDTH_STEPS, GROUP_PEN_COLOR, LABEL_MAX_COUNT, labels_drawn_at,
-                             LINK_PEN_COLOR, OVERLAYS, RATIO_LIMIT, TOP_PEN_COLOR, UNKNOWN_COLOR,
+                             LINK_PEN_COLOR, OVERLAYS, RATIO_LIMIT, TEXT_FONT_PIXELS, TITLE_FONT_PIXELS,
+                             TOP_PEN_COLOR, UNKNOWN_COLOR, text_drawn_at,
                              ZERO_COLOR, _type_text, diverging_color, format_ms, gradient_color, is_group,
                              is_io, node_transfers, unit_color)
 from gui.responsive import hold_gc, release_gc
 
 
 class LabelLayer(QGraphicsItem):
-    """Paints the text of every visible box in one paint() call (see the module docstring)."""
+    """Paints the text of every visible box in one paint() call (see the module docstring).
+
+    Each line's text is elided once and laid out once (a QStaticText, kept while the zoom stays:
+    the shaping of a plain drawText was half of its cost), and drawn font by font.  Lines too small
+    to read at the zoom are not drawn (`gui.graph_style.text_drawn_at`)."""
+
+    # Boxes whose laid-out text is kept: a pan across a 20,000-box model at a readable zoom would
+    # otherwise keep all of it (~1 KB a line); beyond this the cache starts again.
+    STATIC_TEXT_LIMIT = 3 * LABEL_MAX_COUNT
 
     def __init__(self, rects: np.ndarray, lines: Sequence[tuple[str, str, str]], arrow_tips: np.ndarray):
         super().__init__()
@@ -59,7 +69,8 @@ class LabelLayer(QGraphicsItem):
         self._right = rects[:, 0] + rects[:, 2]
         self._bottom = rects[:, 1] + rects[:, 3]
         self._lines = lines
-        self._elided: dict[int, tuple[str, str, str]] = {}
+        self._elided: dict[int, tuple[str, ...]] = {}
+        self._static: dict[int, tuple[Optional[QStaticText], ...]] = {}  # None: an empty line
         if len(rects):
             self._bounds = QRectF(float(rects[:, 0].min()), float(rects[:, 1].min()),
                                   float(self._right.max() - rects[:, 0].min()),
@@ -67,10 +78,10 @@ class LabelLayer(QGraphicsItem):
         else:
             self._bounds = QRectF()
         self.title_font = QFont()
-        self.title_font.setPixelSize(13)
+        self.title_font.setPixelSize(TITLE_FONT_PIXELS)
         self.title_font.setBold(True)
         self.text_font = QFont()
-        self.text_font.setPixelSize(11)
+        self.text_font.setPixelSize(TEXT_FONT_PIXELS)
         self._title_metrics = QFontMetrics(self.title_font)
         self._text_metrics = QFontMetrics(self.text_font)
         self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemUsesExtendedStyleOption)
@@ -89,16 +100,38 @@ class LabelLayer(QGraphicsItem):
         if cached is None:
             width = int(self._rects[index, 2]) - 10
             title, name, *details = self._lines[index]
-            cached = (self._title_metrics.elidedText(title, Qt.TextElideMode.ElideRight, width),
+            title_metrics = self._title_metrics if self._rects[index, 3] >= 40 else self._text_metrics
+            cached = (title_metrics.elidedText(title, Qt.TextElideMode.ElideRight, width),
                       self._text_metrics.elidedText(name, Qt.TextElideMode.ElideMiddle, width),
                       *(self._text_metrics.elidedText(d, Qt.TextElideMode.ElideRight, width) for d in details))
             self._elided[index] = cached
         return cached
 
+    def _static_text(self, index: int) -> tuple[Optional[QStaticText], ...]:
+        cached = self._static.get(index)
+        if cached is None:
+            if len(self._static) >= self.STATIC_TEXT_LIMIT:
+                self._static.clear()
+            cached = self._static[index] = tuple(_plain_static_text(line) if line else None
+                                                 for line in self._elide(index))
+        return cached
+
+    def drawn_lines(self, index: int, level_of_detail: float, device_pixel_ratio: float = 1.0) -> list[str]:
+        """The lines of box `index` a paint at this zoom draws, top to bottom (elided)."""
+        titles = text_drawn_at(TITLE_FONT_PIXELS, level_of_detail, device_pixel_ratio)
+        texts = text_drawn_at(TEXT_FONT_PIXELS, level_of_detail, device_pixel_ratio)
+        title, name, *details = self._elide(index)
+        h = float(self._rects[index, 3])
+        if h < 40:  # graph input/output: kind and name, then the tensor type, both in the text font
+            return [line for line in (title, name) if texts and line]
+        rows = details[: max(1, int((h - 19) // self._text_metrics.height()) - 1)]
+        return [line for line in ([title] if titles else []) + ([name, *rows] if texts else []) if line]
+
     def set_line(self, index: int, lines: tuple[str, ...]) -> None:
         """Replace the text of box `index` (a collapsed group's time line follows the selected profile)."""
         self._lines[index] = lines
         self._elided.pop(index, None)
+        self._static.pop(index, None)
         self.update()
 
     def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem, widget=None) -> None:
@@ -119,25 +152,41 @@ class LabelLayer(QGraphicsItem):
                                  & (self._bottom >= exposed.top()) & (self._rects[:, 1] <= exposed.bottom()))
         if len(visible) > LABEL_MAX_COUNT:
             return
+        device = painter.device()
+        ratio = device.devicePixelRatioF() if device is not None else 1.0
+        boxes = list(zip(visible.tolist(), self._rects[visible].tolist()))
+        static_text, draw = self._static_text, painter.drawStaticText
         painter.setPen(QColor("#111111"))
-        title_ascent = self._title_metrics.ascent()
-        text_ascent = self._text_metrics.ascent()
-        line = self._text_metrics.height()
-        for index in visible.tolist():
-            x, y, w, h = self._rects[index].tolist()
-            title, name, *details = self._elide(index)
-            if h < 40:  # graph input/output: kind and name, then the tensor type
-                painter.setFont(self.text_font)
-                painter.drawText(QPointF(x + 6, y + 3 + text_ascent), title)
-                painter.drawText(QPointF(x + 6, y + 3 + line + text_ascent), name)
-                continue
+        # Font by font: a QStaticText drawn with another font than its last is laid out again.
+        if text_drawn_at(TITLE_FONT_PIXELS, scale, ratio):
             painter.setFont(self.title_font)
-            painter.drawText(QPointF(x + 6, y + 3 + title_ascent), title)
-            painter.setFont(self.text_font)
-            painter.drawText(QPointF(x + 6, y + 19 + text_ascent), name)
+            for index, (x, y, w, h) in boxes:
+                if h >= 40:
+                    title = static_text(index)[0]
+                    if title is not None:
+                        draw(QPointF(x + 6, y + 3), title)
+        if not text_drawn_at(TEXT_FONT_PIXELS, scale, ratio):
+            return
+        painter.setFont(self.text_font)
+        line = self._text_metrics.height()
+        for index, (x, y, w, h) in boxes:
+            title, name, *details = static_text(index)
+            if h < 40:  # graph input/output: kind and name, then the tensor type
+                for row, text in enumerate((title, name)):
+                    if text is not None:
+                        draw(QPointF(x + 6, y + 3 + row * line), text)
+                continue
+            if name is not None:
+                draw(QPointF(x + 6, y + 19), name)
             for row, detail in enumerate(details[: max(1, int((h - 19) // line) - 1)], 1):
-                if detail:  # a collapsed group's box is taller: totals, then the profile's time
-                    painter.drawText(QPointF(x + 6, y + 19 + row * line + text_ascent), detail)
+                if detail is not None:  # a collapsed group's box is taller: totals, then the profile's time
+                    draw(QPointF(x + 6, y + 19 + row * line), detail)
+
+
+def _plain_static_text(text: str) -> QStaticText:
+    static = QStaticText(text)
+    static.setTextFormat(Qt.TextFormat.PlainText)  # a node named "<b>" is text, not markup
+    return static
 
 
 @dataclass
