@@ -32,7 +32,7 @@ import numpy as np
 import shiboken6
 from PySide6.QtCore import QByteArray, QDataStream, QIODevice, QPointF, QRectF, Qt, QTimer
 from PySide6.QtGui import (QBrush, QColor, QFont, QFontMetrics, QPainter, QPainterPath, QPen, QPolygonF,
-                           QStaticText)
+                           QGlyphRun, QTextLayout)
 from PySide6.QtWidgets import (QGraphicsItem, QGraphicsPathItem, QGraphicsRectItem, QGraphicsScene,
                                QStyleOptionGraphicsItem)
 
@@ -52,13 +52,13 @@ from gui.responsive import hold_gc, release_gc
 class LabelLayer(QGraphicsItem):
     """Paints the text of every visible box in one paint() call (see the module docstring).
 
-    Each line's text is elided once and laid out once (a QStaticText, kept while the zoom stays:
-    the shaping of a plain drawText was half of its cost), and drawn font by font.  Lines too small
-    to read at the zoom are not drawn (`gui.graph_style.text_drawn_at`)."""
+    Each line's text is elided and laid out once, then drawn as glyph runs at any zoom
+    (`_glyph_runs`).  Lines too small to read at the zoom are not drawn
+    (`gui.graph_style.text_drawn_at`)."""
 
     # Boxes whose laid-out text is kept: a pan across a 20,000-box model at a readable zoom would
     # otherwise keep all of it (~1 KB a line); beyond this the cache starts again.
-    STATIC_TEXT_LIMIT = 3 * LABEL_MAX_COUNT
+    LAID_OUT_LIMIT = 3 * LABEL_MAX_COUNT
 
     def __init__(self, rects: np.ndarray, lines: Sequence[tuple[str, str, str]], arrow_tips: np.ndarray):
         super().__init__()
@@ -70,7 +70,8 @@ class LabelLayer(QGraphicsItem):
         self._bottom = rects[:, 1] + rects[:, 3]
         self._lines = lines
         self._elided: dict[int, tuple[str, ...]] = {}
-        self._static: dict[int, tuple[Optional[QStaticText], ...]] = {}  # None: an empty line
+        self._headings: dict[int, list[QGlyphRun]] = {}  # laid-out titles (see _heading_runs)
+        self._texts: dict[int, list[list[QGlyphRun]]] = {}  # laid-out other lines (see _text_runs)
         if len(rects):
             self._bounds = QRectF(float(rects[:, 0].min()), float(rects[:, 1].min()),
                                   float(self._right.max() - rects[:, 0].min()),
@@ -107,14 +108,29 @@ class LabelLayer(QGraphicsItem):
             self._elided[index] = cached
         return cached
 
-    def _static_text(self, index: int) -> tuple[Optional[QStaticText], ...]:
-        cached = self._static.get(index)
+    def _heading_runs(self, index: int) -> list[QGlyphRun]:
+        """Box `index`'s title laid out in the title font (not used for a graph input's/output's box)."""
+        cached = self._headings.get(index)
         if cached is None:
-            if len(self._static) >= self.STATIC_TEXT_LIMIT:
-                self._static.clear()
-            cached = self._static[index] = tuple(_plain_static_text(line) if line else None
-                                                 for line in self._elide(index))
+            self._limit_laid_out()
+            cached = self._headings[index] = _glyph_runs(self._elide(index)[0], self.title_font)
         return cached
+
+    def _text_runs(self, index: int) -> list[list[QGlyphRun]]:
+        """Box `index`'s lines in the text font laid out: a graph input's/output's two lines, another
+        box's lines after its title."""
+        cached = self._texts.get(index)
+        if cached is None:
+            self._limit_laid_out()
+            lines = self._elide(index)
+            lines = lines[:2] if self._rects[index, 3] < 40 else lines[1:]
+            cached = self._texts[index] = [_glyph_runs(line, self.text_font) for line in lines]
+        return cached
+
+    def _limit_laid_out(self) -> None:
+        if len(self._headings) + len(self._texts) >= self.LAID_OUT_LIMIT:
+            self._headings.clear()
+            self._texts.clear()
 
     def drawn_lines(self, index: int, level_of_detail: float, device_pixel_ratio: float = 1.0) -> list[str]:
         """The lines of box `index` a paint at this zoom draws, top to bottom (elided)."""
@@ -131,7 +147,8 @@ class LabelLayer(QGraphicsItem):
         """Replace the text of box `index` (a collapsed group's time line follows the selected profile)."""
         self._lines[index] = lines
         self._elided.pop(index, None)
-        self._static.pop(index, None)
+        self._headings.pop(index, None)
+        self._texts.pop(index, None)
         self.update()
 
     def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem, widget=None) -> None:
@@ -154,39 +171,43 @@ class LabelLayer(QGraphicsItem):
             return
         device = painter.device()
         ratio = device.devicePixelRatioF() if device is not None else 1.0
-        boxes = list(zip(visible.tolist(), self._rects[visible].tolist()))
-        static_text, draw = self._static_text, painter.drawStaticText
-        painter.setPen(QColor("#111111"))
-        # Font by font: a QStaticText drawn with another font than its last is laid out again.
-        if text_drawn_at(TITLE_FONT_PIXELS, scale, ratio):
-            painter.setFont(self.title_font)
-            for index, (x, y, w, h) in boxes:
-                if h >= 40:
-                    title = static_text(index)[0]
-                    if title is not None:
-                        draw(QPointF(x + 6, y + 3), title)
-        if not text_drawn_at(TEXT_FONT_PIXELS, scale, ratio):
+        titles = text_drawn_at(TITLE_FONT_PIXELS, scale, ratio)
+        if not titles:
             return
-        painter.setFont(self.text_font)
+        texts = text_drawn_at(TEXT_FONT_PIXELS, scale, ratio)
+        painter.setPen(QColor("#111111"))
+        heading_runs, text_runs, draw = self._heading_runs, self._text_runs, painter.drawGlyphRun
         line = self._text_metrics.height()
-        for index, (x, y, w, h) in boxes:
-            title, name, *details = static_text(index)
-            if h < 40:  # graph input/output: kind and name, then the tensor type
-                for row, text in enumerate((title, name)):
-                    if text is not None:
-                        draw(QPointF(x + 6, y + 3 + row * line), text)
+        for index, (x, y, w, h) in zip(visible.tolist(), self._rects[visible].tolist()):
+            if h < 40:  # graph input/output: kind and name, then the tensor type (the text font)
+                if texts:
+                    for row, runs in enumerate(text_runs(index)):
+                        for run in runs:
+                            draw(QPointF(x + 6, y + 3 + row * line), run)
                 continue
-            if name is not None:
-                draw(QPointF(x + 6, y + 19), name)
+            for run in heading_runs(index):
+                draw(QPointF(x + 6, y + 3), run)
+            if not texts:
+                continue
+            name, *details = text_runs(index)
+            for run in name:
+                draw(QPointF(x + 6, y + 19), run)
             for row, detail in enumerate(details[: max(1, int((h - 19) // line) - 1)], 1):
-                if detail is not None:  # a collapsed group's box is taller: totals, then the profile's time
-                    draw(QPointF(x + 6, y + 19 + row * line), detail)
+                for run in detail:  # a collapsed group's box is taller: totals, then the profile's time
+                    draw(QPointF(x + 6, y + 19 + row * line), run)
 
 
-def _plain_static_text(text: str) -> QStaticText:
-    static = QStaticText(text)
-    static.setTextFormat(Qt.TextFormat.PlainText)  # a node named "<b>" is text, not markup
-    return static
+def _glyph_runs(text: str, font: QFont) -> list[QGlyphRun]:
+    """`text` laid out (shaped) in `font` on one line, its top left at (0, 0): a paint draws these
+    glyphs at any zoom without shaping the text again (a plain drawText shapes it on every paint,
+    half of its cost; a QStaticText shapes it again at every new zoom)."""
+    if not text:
+        return []
+    layout = QTextLayout(text, font)
+    layout.beginLayout()
+    layout.createLine()
+    layout.endLayout()
+    return layout.glyphRuns()
 
 
 @dataclass
