@@ -31,8 +31,8 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import shiboken6
 from PySide6.QtCore import QByteArray, QDataStream, QIODevice, QPointF, QRectF, Qt, QTimer
-from PySide6.QtGui import (QBrush, QColor, QFont, QFontMetrics, QPainter, QPainterPath, QPen, QPolygonF,
-                           QGlyphRun, QTextLayout)
+from PySide6.QtGui import (QBrush, QColor, QFont, QFontMetrics, QGlyphRun, QPainter, QPaintEngine, QPainterPath,
+                           QPen, QPolygonF, QTextLayout)
 from PySide6.QtWidgets import (QGraphicsItem, QGraphicsPathItem, QGraphicsRectItem, QGraphicsScene,
                                QStyleOptionGraphicsItem)
 
@@ -85,6 +85,7 @@ class LabelLayer(QGraphicsItem):
         self.text_font.setPixelSize(TEXT_FONT_PIXELS)
         self._title_metrics = QFontMetrics(self.title_font)
         self._text_metrics = QFontMetrics(self.text_font)
+        self._line_height = self._text_metrics.height()
         self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemUsesExtendedStyleOption)
         self.setAcceptedMouseButtons(Qt.MouseButton.NoButton)
         self.setAcceptHoverEvents(False)
@@ -132,16 +133,31 @@ class LabelLayer(QGraphicsItem):
             self._headings.clear()
             self._texts.clear()
 
+    def _placed_lines(self, visible: np.ndarray, titles: bool, texts: bool):
+        """Where a paint draws each line of the boxes `visible`: (box index, line number in
+        `_elide`'s tuple, x, y of the line's top left); titles / other lines only when `titles` /
+        `texts` (`text_drawn_at`)."""
+        line = self._line_height
+        for index, (x, y, w, h) in zip(visible.tolist(), self._rects[visible].tolist()):
+            if h < 40:  # graph input/output: kind and name, then the tensor type (the text font)
+                if texts:
+                    yield index, 0, x + 6, y + 3
+                    yield index, 1, x + 6, y + 3 + line
+                continue
+            if titles:
+                yield index, 0, x + 6, y + 3
+            if texts:
+                yield index, 1, x + 6, y + 19
+                # A collapsed group's box is taller: totals, then the profile's time.
+                for row in range(1, min(len(self._lines[index]) - 2, max(1, int((h - 19) // line) - 1)) + 1):
+                    yield index, 1 + row, x + 6, y + 19 + row * line
+
     def drawn_lines(self, index: int, level_of_detail: float, device_pixel_ratio: float = 1.0) -> list[str]:
-        """The lines of box `index` a paint at this zoom draws, top to bottom (elided)."""
-        titles = text_drawn_at(TITLE_FONT_PIXELS, level_of_detail, device_pixel_ratio)
-        texts = text_drawn_at(TEXT_FONT_PIXELS, level_of_detail, device_pixel_ratio)
-        title, name, *details = self._elide(index)
-        h = float(self._rects[index, 3])
-        if h < 40:  # graph input/output: kind and name, then the tensor type, both in the text font
-            return [line for line in (title, name) if texts and line]
-        rows = details[: max(1, int((h - 19) // self._text_metrics.height()) - 1)]
-        return [line for line in ([title] if titles else []) + ([name, *rows] if texts else []) if line]
+        """The text a paint at this zoom draws in box `index`, line by line (elided; empty lines left out)."""
+        placed = self._placed_lines(np.array([index]),
+                                    text_drawn_at(TITLE_FONT_PIXELS, level_of_detail, device_pixel_ratio),
+                                    text_drawn_at(TEXT_FONT_PIXELS, level_of_detail, device_pixel_ratio))
+        return [text for text in (self._elide(index)[number] for _, number, _, _ in placed) if text]
 
     def set_line(self, index: int, lines: tuple[str, ...]) -> None:
         """Replace the text of box `index` (a collapsed group's time line follows the selected profile)."""
@@ -171,30 +187,28 @@ class LabelLayer(QGraphicsItem):
             return
         device = painter.device()
         ratio = device.devicePixelRatioF() if device is not None else 1.0
-        titles = text_drawn_at(TITLE_FONT_PIXELS, scale, ratio)
-        if not titles:
-            return
-        texts = text_drawn_at(TEXT_FONT_PIXELS, scale, ratio)
+        placed = self._placed_lines(visible, text_drawn_at(TITLE_FONT_PIXELS, scale, ratio),
+                                    text_drawn_at(TEXT_FONT_PIXELS, scale, ratio))
         painter.setPen(QColor("#111111"))
-        heading_runs, text_runs, draw = self._heading_runs, self._text_runs, painter.drawGlyphRun
-        line = self._text_metrics.height()
-        for index, (x, y, w, h) in zip(visible.tolist(), self._rects[visible].tolist()):
-            if h < 40:  # graph input/output: kind and name, then the tensor type (the text font)
-                if texts:
-                    for row, runs in enumerate(text_runs(index)):
-                        for run in runs:
-                            draw(QPointF(x + 6, y + 3 + row * line), run)
-                continue
-            for run in heading_runs(index):
-                draw(QPointF(x + 6, y + 3), run)
-            if not texts:
-                continue
-            name, *details = text_runs(index)
-            for run in name:
-                draw(QPointF(x + 6, y + 19), run)
-            for row, detail in enumerate(details[: max(1, int((h - 19) // line) - 1)], 1):
-                for run in detail:  # a collapsed group's box is taller: totals, then the profile's time
-                    draw(QPointF(x + 6, y + 19 + row * line), run)
+        if painter.paintEngine().type() != QPaintEngine.Type.Raster:
+            self._draw_strings(painter, placed)  # SVG, PDF: text stays text (searchable, selectable)
+            return
+        heading_runs, text_runs, draw, rects = self._heading_runs, self._text_runs, painter.drawGlyphRun, self._rects
+        for index, number, x, y in placed:
+            if rects[index, 3] < 40:
+                runs = text_runs(index)[number]
+            else:
+                runs = heading_runs(index) if number == 0 else text_runs(index)[number - 1]
+            for run in runs:
+                draw(QPointF(x, y), run)
+
+    def _draw_strings(self, painter: QPainter, placed) -> None:
+        """The lines as strings (drawText): what a paint engine other than the screen's keeps as text."""
+        fonts = ((self.title_font, self._title_metrics.ascent()), (self.text_font, self._text_metrics.ascent()))
+        for index, number, x, y in placed:
+            font, ascent = fonts[0 if number == 0 and self._rects[index, 3] >= 40 else 1]
+            painter.setFont(font)
+            painter.drawText(QPointF(x, y + ascent), self._elide(index)[number])
 
 
 def _glyph_runs(text: str, font: QFont) -> list[QGlyphRun]:
