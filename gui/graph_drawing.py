@@ -176,11 +176,10 @@ class LabelLayer(QGraphicsItem):
         if len(tips):
             shown = np.flatnonzero((tips[:, 0] >= exposed.left() - 5) & (tips[:, 0] <= exposed.right() + 5)
                                    & (tips[:, 1] >= exposed.top()) & (tips[:, 1] <= exposed.bottom() + 8))
-            if len(shown) <= LABEL_MAX_COUNT:
+            if 0 < len(shown) <= LABEL_MAX_COUNT:
                 painter.setPen(Qt.PenStyle.NoPen)
                 painter.setBrush(EDGE_COLOR)
-                for x, y in tips[shown].tolist():
-                    painter.drawPolygon([QPointF(x, y), QPointF(x - 4, y - 7), QPointF(x + 4, y - 7)])
+                painter.drawPath(_arrow_heads(tips[shown]))
         visible = np.flatnonzero((self._right >= exposed.left()) & (self._rects[:, 0] <= exposed.right())
                                  & (self._bottom >= exposed.top()) & (self._rects[:, 1] <= exposed.bottom()))
         if len(visible) > LABEL_MAX_COUNT:
@@ -209,6 +208,22 @@ class LabelLayer(QGraphicsItem):
             font, ascent = fonts[0 if number == 0 and self._rects[index, 3] >= 40 else 1]
             painter.setFont(font)
             painter.drawText(QPointF(x, y + ascent), self._elide(index)[number])
+
+
+def _arrow_heads(tips: np.ndarray) -> QPainterPath:
+    """One path of a triangle pointing down at each tip (x, y): made from numpy in one call, not
+    a drawPolygon per arrow (~4 us each from Python, 500 at zoom 0.3)."""
+    corners = np.repeat(tips, 4, axis=0).reshape(-1, 4, 2) + _ARROW_CORNERS
+    elements = np.empty(len(tips) * 4, dtype=_PATH_ELEMENT)
+    elements["type"] = np.tile(_ARROW_TYPES, len(tips))
+    elements["x"], elements["y"] = corners[:, :, 0].ravel(), corners[:, :, 1].ravel()
+    path = _read_path(len(elements), elements, max(0, len(elements) - 4))
+    path.setFillRule(Qt.FillRule.WindingFill)  # two arrows into one point are drawn, not cut out
+    return path
+
+
+_ARROW_CORNERS = np.array([[0.0, 0.0], [-4.0, -7.0], [4.0, -7.0], [0.0, 0.0]])
+_ARROW_TYPES = np.array([0, 1, 1, 1])  # QPainterPath element types: move to, then lines to
 
 
 def _glyph_runs(text: str, font: QFont) -> list[QGlyphRun]:
