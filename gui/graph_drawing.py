@@ -56,8 +56,8 @@ class LabelLayer(QGraphicsItem):
     (`_glyph_runs`).  Lines too small to read at the zoom are not drawn
     (`gui.graph_style.text_drawn_at`)."""
 
-    # Boxes whose laid-out text is kept: a pan across a 20,000-box model at a readable zoom would
-    # otherwise keep all of it (~1 KB a line); beyond this the cache starts again.
+    # Laid-out titles and texts kept (~2.5 KB for a box's name and shape lines, measured): a pan
+    # across a 20,000-box model would keep them all; beyond this (~20 MB) the cache starts again.
     LAID_OUT_LIMIT = 3 * LABEL_MAX_COUNT
 
     def __init__(self, rects: np.ndarray, lines: Sequence[tuple[str, str, str]], arrow_tips: np.ndarray):
