@@ -150,3 +150,13 @@ def test_an_svg_export_keeps_the_labels_as_text(opened, tmp_path):
     opened.export_graph(str(path))
     text = path.read_text(encoding="utf-8")
     assert CONV in text and RELU in text and "Relu" in text
+
+
+def test_the_laid_out_text_kept_is_bounded(qtbot, opened, monkeypatch):
+    scene, labels = opened.scene, opened.scene.labels
+    monkeypatch.setattr(type(labels), "LAID_OUT_LIMIT", 3)  # the 4 boxes lay out 6 titles and texts
+    labels._headings.clear()
+    labels._texts.clear()
+    _show(opened, 1.0, RELU)
+    assert all(visible > 3 for visible in _painted(opened, RELU))  # still drawn
+    assert 0 < len(labels._headings) + len(labels._texts) <= 3
