@@ -52,8 +52,8 @@ TITLE_FONT_PIXELS = 13  # a box's first line, bold: its op type (a group: its na
 TEXT_FONT_PIXELS = 11  # its other lines: node name, tensor type, a group's totals and time
 # The smallest text drawn, in device pixels: a box's bold title at the zoom where labels start
 # (13 px x 0.3 = 3.9 px: "Conv", "layers.7" still tell apart).  The 11 px lines are 3.3 px there,
-# a grey smear nobody reads, and painting them was two thirds of a redraw (~30 us a box); they
-# come back one zoom step in (0.36).
+# a grey smear nobody reads, two of a box's three lines to paint; they come back one zoom step in
+# (0.36).
 MIN_TEXT_PIXELS = TITLE_FONT_PIXELS * LABEL_MIN_SCALE
 
 
