@@ -52,8 +52,8 @@ from gui.responsive import hold_gc, release_gc
 class LabelLayer(QGraphicsItem):
     """Paints the text of every visible box in one paint() call (see the module docstring).
 
-    Each line's text is elided and laid out once, then drawn as glyph runs at any zoom
-    (`_glyph_runs`).  Lines too small to read at the zoom are not drawn
+    Each line's text is elided once; from a box's second paint on it is drawn as glyph runs laid
+    out once for any zoom (`_glyph_runs`).  Lines too small to read at the zoom are not drawn
     (`gui.graph_style.text_drawn_at`)."""
 
     # Laid-out titles and texts kept (~2.5 KB for a box's name and shape lines, measured): a pan
@@ -72,6 +72,7 @@ class LabelLayer(QGraphicsItem):
         self._elided: dict[int, tuple[str, ...]] = {}
         self._headings: dict[int, list[QGlyphRun]] = {}  # laid-out titles (see _heading_runs)
         self._texts: dict[int, list[list[QGlyphRun]]] = {}  # laid-out other lines (see _text_runs)
+        self._painted: set[int] = set()  # boxes whose text was painted once (see paint)
         if len(rects):
             self._bounds = QRectF(float(rects[:, 0].min()), float(rects[:, 1].min()),
                                   float(self._right.max() - rects[:, 0].min()),
@@ -192,14 +193,23 @@ class LabelLayer(QGraphicsItem):
         if painter.paintEngine().type() != QPaintEngine.Type.Raster:
             self._draw_strings(painter, placed)  # SVG, PDF: text stays text (searchable, selectable)
             return
+        # A box's first paint draws its strings (a layout costs more than one drawText: the first
+        # paint of a new scene or an expanded group is not slowed); later paints its glyph runs.
         heading_runs, text_runs, draw, rects = self._heading_runs, self._text_runs, painter.drawGlyphRun, self._rects
-        for index, number, x, y in placed:
-            if rects[index, 3] < 40:
-                runs = text_runs(index)[number]
+        painted, first = self._painted, []
+        for placement in placed:
+            index, number, x, y = placement
+            if index not in painted:
+                first.append(placement)
+            elif rects[index, 3] < 40:
+                for run in text_runs(index)[number]:
+                    draw(QPointF(x, y), run)
             else:
-                runs = heading_runs(index) if number == 0 else text_runs(index)[number - 1]
-            for run in runs:
-                draw(QPointF(x, y), run)
+                for run in heading_runs(index) if number == 0 else text_runs(index)[number - 1]:
+                    draw(QPointF(x, y), run)
+        if first:
+            self._draw_strings(painter, first)
+            painted.update(placement[0] for placement in first)
 
     def _draw_strings(self, painter: QPainter, placed) -> None:
         """The lines as strings (drawText): what a paint engine other than the screen's keeps as text."""

@@ -160,3 +160,18 @@ def test_the_laid_out_text_kept_is_bounded(qtbot, opened, monkeypatch):
     _show(opened, 1.0, RELU)
     assert all(visible > 3 for visible in _painted(opened, RELU))  # still drawn
     assert 0 < len(labels._headings) + len(labels._texts) <= 3
+
+
+def test_a_first_paint_draws_strings_later_paints_the_same_glyphs(qtbot, window, stem):  # noqa: F811
+    open_and_wait(qtbot, window, stem)
+    window.view.set_minimap_enabled(False)
+    labels = window.scene.labels
+    labels._painted.clear()  # as before the scene's first paint
+    labels._headings.clear()
+    labels._texts.clear()
+    _show(window, 1.0, CONV)
+    first = window.view.viewport().grab().toImage()
+    assert labels._headings == {} and labels._texts == {}  # no layout on a first paint: it costs more
+    second = window.view.viewport().grab().toImage()
+    assert window.scene.node_index[CONV] in labels._headings  # laid out once, drawn as glyph runs
+    assert first == second  # the same picture
