@@ -52,13 +52,14 @@ from gui.responsive import hold_gc, release_gc
 class LabelLayer(QGraphicsItem):
     """Paints the text of every visible box in one paint() call (see the module docstring).
 
-    Each line's text is elided once; from a box's second paint on it is drawn as glyph runs laid
-    out once for any zoom (`_glyph_runs`).  Lines too small to read at the zoom are not drawn
+    Each line's text is elided once and laid out once, then drawn as glyph runs at any zoom
+    (`_glyph_runs`; a few layouts per paint).  Lines too small to read at the zoom are not drawn
     (`gui.graph_style.text_drawn_at`)."""
 
     # Laid-out titles and texts kept (~2.5 KB for a box's name and shape lines, measured): a pan
     # across a 20,000-box model would keep them all; beyond this (~20 MB) the cache starts again.
     LAID_OUT_LIMIT = 3 * LABEL_MAX_COUNT
+    LAYOUTS_PER_PAINT = 64  # titles or texts laid out by one paint (see paint): ~10 us each
 
     def __init__(self, rects: np.ndarray, lines: Sequence[tuple[str, str, str]], arrow_tips: np.ndarray):
         super().__init__()
@@ -72,7 +73,6 @@ class LabelLayer(QGraphicsItem):
         self._elided: dict[int, tuple[str, ...]] = {}
         self._headings: dict[int, list[QGlyphRun]] = {}  # laid-out titles (see _heading_runs)
         self._texts: dict[int, list[list[QGlyphRun]]] = {}  # laid-out other lines (see _text_runs)
-        self._painted: set[int] = set()  # boxes whose text was painted once (see paint)
         if len(rects):
             self._bounds = QRectF(float(rects[:, 0].min()), float(rects[:, 1].min()),
                                   float(self._right.max() - rects[:, 0].min()),
@@ -193,23 +193,25 @@ class LabelLayer(QGraphicsItem):
         if painter.paintEngine().type() != QPaintEngine.Type.Raster:
             self._draw_strings(painter, placed)  # SVG, PDF: text stays text (searchable, selectable)
             return
-        # A box's first paint draws its strings (a layout costs more than one drawText: the first
-        # paint of a new scene or an expanded group is not slowed); later paints its glyph runs.
-        heading_runs, text_runs, draw, rects = self._heading_runs, self._text_runs, painter.drawGlyphRun, self._rects
-        painted, first = self._painted, []
+        # A line not laid out yet is drawn as a string (one drawText costs less than a layout):
+        # a paint lays out at most LAYOUTS_PER_PAINT, so no paint (a new scene's first, an expanded
+        # group's) is slowed by more than ~1 ms, and repaints soon draw only glyph runs.
+        headings, texts, rects, draw = self._headings, self._texts, self._rects, painter.drawGlyphRun
+        budget, strings = self.LAYOUTS_PER_PAINT, []
         for placement in placed:
             index, number, x, y = placement
-            if index not in painted:
-                first.append(placement)
-            elif rects[index, 3] < 40:
-                for run in text_runs(index)[number]:
-                    draw(QPointF(x, y), run)
-            else:
-                for run in heading_runs(index) if number == 0 else text_runs(index)[number - 1]:
-                    draw(QPointF(x, y), run)
-        if first:
-            self._draw_strings(painter, first)
-            painted.update(placement[0] for placement in first)
+            heading = number == 0 and rects[index, 3] >= 40
+            laid_out = headings.get(index) if heading else texts.get(index)
+            if laid_out is None:
+                if budget <= 0:
+                    strings.append(placement)
+                    continue
+                budget -= 1
+                laid_out = self._heading_runs(index) if heading else self._text_runs(index)
+            for run in laid_out if heading else laid_out[number if rects[index, 3] < 40 else number - 1]:
+                draw(QPointF(x, y), run)
+        if strings:
+            self._draw_strings(painter, strings)
 
     def _draw_strings(self, painter: QPainter, placed) -> None:
         """The lines as strings (drawText): what a paint engine other than the screen's keeps as text."""
