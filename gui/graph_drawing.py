@@ -1218,30 +1218,74 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
         return text
 
     def find_nodes(self, text: str) -> list[str]:
-        """Nodes whose name, id or op type contains `text` (case-insensitive), and groups and graph
-        inputs/outputs whose name does, in the order of their boxes (then execution order).
+        """What a search for `text` can reach, in the order of their boxes (then execution order):
+        nodes whose name, id or op type contains `text` (case-insensitive), and groups drawn as
+        boxes and graph inputs/outputs whose name does.
 
         A node inside a collapsed group is found as itself, not as its group's box: selecting it
-        (gui.folded_groups.open_groups_to) opens the groups that hide it.
+        (gui.folded_groups.open_groups_to) opens the groups that hide it.  A constant folded into
+        its consumers (Constants off) is not found: it has no box, and opening its group would not
+        draw one (box_id would name the collapsed group holding it).
         """
         needle = text.strip().lower()
         if not needle:
             return []
-        graph = self.loaded.analysis.graph
-        order = {node_id: i for i, node_id in enumerate(self.node_ids)}
-        found: dict[str, tuple[int, int]] = {}  # id -> (its box's position, execution position)
-        for node_id in self.node_ids:
-            if is_io(node_id) and needle in node_id.lower():
-                found[node_id] = (order[node_id], -1)
-            elif node_id in self.groups and needle in self.groups[node_id].name.lower():
-                found[node_id] = (order[node_id], -1)
-        for position, node_id in enumerate(self.loaded.analysis.order):
-            node = graph.node(node_id)
-            if needle in node.name.lower() or needle in node_id.lower() or needle in node.op_type.lower():
-                box = self.box_id(node_id)
-                if box is not None:  # None: a folded constant, drawn as a weight of its consumers
-                    found[node_id] = (order[box], position)
-        return sorted(found, key=found.__getitem__)
+        matched = text_matches(self.loaded.analysis, needle)
+        found = []
+        for box in self.node_ids:  # boxes in drawing order, a group's members in execution order
+            group = self.groups.get(box)
+            if group is not None:
+                if needle in group.name.lower():
+                    found.append(box)
+                found.extend(matched.members_in(group, self.loaded.include_constants))
+            elif box in matched.nodes or (is_io(box) and needle in box.lower()):
+                found.append(box)
+        return found
+
+
+@dataclass(frozen=True)
+class TextMatches:
+    """The nodes of an analysis whose name, id or op type contains a search text."""
+
+    nodes: frozenset  # constants included
+    compute_nodes: frozenset  # constants left out
+    _members: dict = field(default_factory=dict)  # (group id, constants shown) -> members_in
+
+    def members_in(self, group, include_constants: bool) -> list[str]:
+        """The matching members of `group` (a collapsed one: hidden in its box) that the search
+        reaches, in execution order: constants only when shown (a folded one has no box even
+        with its group opened).  Kept: a relayout draws most collapsed groups again."""
+        key = (group.id, include_constants)
+        found = self._members.get(key)
+        if found is None:
+            within = self.nodes if include_constants else self.compute_nodes
+            found = self._members[key] = [m for m in group.members if m in within]
+        return found
+
+
+# The text match does not depend on the layout: kept for the last analysis and text, a relayout
+# (a block opened, constants shown) only walks the boxes again.  Matching every node's name, id
+# and op type took ~0.1-0.3 s at 100,000 nodes (big.onnx, "/"); listing a group's matches ~0.015 s.
+_last_text_matches: tuple = (None, "", None)  # (weakref to the analysis, needle, TextMatches)
+
+
+def text_matches(analysis, needle: str) -> TextMatches:
+    """The nodes of `analysis` whose name, id or op type contains `needle` (lower case)."""
+    import weakref
+
+    global _last_text_matches
+    analysis_ref, last_needle, matches = _last_text_matches
+    if analysis_ref is not None and analysis_ref() is analysis and last_needle == needle:
+        return matches
+    graph, metrics = analysis.graph, analysis.nodes
+    nodes = []
+    for node_id in analysis.order:
+        node = graph.node(node_id)
+        if needle in node.name.lower() or needle in node_id.lower() or needle in node.op_type.lower():
+            nodes.append(node_id)
+    matches = TextMatches(frozenset(nodes), frozenset(n for n in nodes if not metrics[n].is_constant))
+    _last_text_matches = (weakref.ref(analysis), needle, matches)
+    return matches
 
 
 _retiring: set = set()  # scenes being torn down; kept alive here until their last slice
