@@ -141,8 +141,9 @@ class LabelLayer(QGraphicsItem):
         line = self._line_height
         for index, (x, y, w, h) in zip(visible.tolist(), self._rects[visible].tolist()):
             if h < 40:  # graph input/output: kind and name, then the tensor type (the text font)
-                if texts:
+                if titles or texts:  # the name is this box's title: without it the box shows blank
                     yield index, 0, x + 6, y + 3
+                if texts:
                     yield index, 1, x + 6, y + 3 + line
                 continue
             if titles:
