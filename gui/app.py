@@ -286,6 +286,8 @@ class MainWindow(MenusMixin, ProfilesMixin, ExportsMixin, QMainWindow):
         self.convert_dialog = None  # gui.convert_dialog.ConvertDialog (Model > Convert to Core ML…)
         self.convert_view = None  # gui.convert_view.ConvertView: a converted package beside its source
         self._docks_sized = False
+        self._settled_size = None  # the window's size once its last resize was handled
+        self._dock_shares = None  # shares of the window the docks keep across resizes (gui.app_menus)
         self.setWindowTitle(APP_NAME)
         self.resize(1400, 900)
         self.setAcceptDrops(True)
@@ -377,14 +379,13 @@ class MainWindow(MenusMixin, ProfilesMixin, ExportsMixin, QMainWindow):
         """Open `path` in a worker; the current model stays until the new one is ready.
 
         A session file (`.layerscope`) opens as a session.  Another model replaces the
-        profiles of this one: a running profile or unsaved profiles are asked about first.
+        profiles of this one: a running profile or unsaved profiles are asked about once it has
+        opened (`_once_agreed`), so a file that fails to open asks nothing and stops nothing.
         """
         if is_session_file(path):
             self.open_session(path)
             return
         same = self.loaded is not None and _same_file(self.loaded.path, path)
-        if self.loaded is not None and not same and not self.confirm_leaving(f"open {Path(path).name}"):
-            return
         if self.helper_process:
             start_helper_process()  # no-op while it runs; replaces one that died
         include_constants = self.show_constants_action.isChecked()
@@ -393,7 +394,23 @@ class MainWindow(MenusMixin, ProfilesMixin, ExportsMixin, QMainWindow):
         if self.loaded is None:  # the empty area said "No model open": it says what is on its way
             self.view.set_empty_hint(f"Opening {Path(path).name}…")
         self._start_task(lambda progress: load_model(path, include_constants, progress, grouping),
-                         f"Opening {Path(path).name}", self._on_loaded)
+                         f"Opening {Path(path).name}",
+                         self._once_agreed(f"open {Path(path).name}", self._on_loaded, other_model_only=True))
+
+    def _once_agreed(self, action: str, show, other_model_only: bool = False):
+        """`show` for what a task opened, once the person agrees to leave the shown session: asked
+        here, when the new model is known to open, not before (the file may fail to open, and a
+        running profile would have been stopped for nothing).  Declined: the shown model stays.
+        `other_model_only`: the same file opened again keeps its profiles, so nothing is asked."""
+        def done(result) -> None:
+            opened = result[1] if isinstance(result, tuple) else result  # (session, model) for a session
+            shown = self.loaded
+            if shown is None or (other_model_only and _same_file(shown.path, opened.path)) \
+                    or self.confirm_leaving(action):
+                show(result)
+            else:
+                self._keep_shown_model()
+        return done
 
     def load_blocking(self, path: str) -> None:
         """Open `path` in this thread (for `layerscope view --screenshot` and scripts)."""
@@ -439,12 +456,16 @@ class MainWindow(MenusMixin, ProfilesMixin, ExportsMixin, QMainWindow):
         finally:
             release_gc()
 
-    def _on_failed(self, message: str, title: str = "Cannot open model") -> None:
+    def _keep_shown_model(self) -> None:
+        """A task's result is not shown (it failed, or the person kept the current session)."""
         if self.loaded is None:
             self.view.set_empty_hint(self.empty_hint_text())
         if self.loaded is not None and self.loaded.folded_layouts is not None:
             from gui.folded_groups import prepare_group_opens
             prepare_group_opens(self.loaded)  # the shown model stays: its preparation goes on
+
+    def _on_failed(self, message: str, title: str = "Cannot open model") -> None:
+        self._keep_shown_model()
         if self.error_dialogs:
             QMessageBox.critical(self, title, message)
         self.loadFailed.emit(message)

@@ -5,16 +5,28 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple, Optional
 
 from PySide6.QtCore import QRectF, QSize, Qt
-from PySide6.QtGui import QImage, QPainter
+from PySide6.QtGui import QImage, QPainter, QPixmap
 from PySide6.QtWidgets import QFileDialog, QMessageBox
 
 from engine.ir import ModelLoadError
 from engine.profile import Profile, ProfileFormatError
 from engine.session import Session, load_profile_json, load_session, profile_analysis, save_session
 from gui.app_menus import PROFILE_EXPORTS, SESSION_FILTER
+from gui.graph_style import LABEL_MIN_SCALE
 from gui.graph_view import OVERLAYS
+
+
+class _Picture(NamedTuple):
+    source: QRectF  # the scene's rectangle drawn
+    scale: float
+    width: int  # of the graph drawn, in pixels
+    height: int
+    legend: Optional[QPixmap]
+    band: int  # height of the legend's band above the graph
+    picture_width: int  # the graph's width, or the legend's when wider
 
 
 def _main_module():
@@ -101,9 +113,8 @@ class ExportsMixin:
             self.open_session(path)
 
     def open_session(self, path: str) -> None:
-        """Read the session and open its model in a worker; the profiles come back once it is drawn."""
-        if not self.confirm_leaving(f"open {Path(path).name}"):
-            return
+        """Read the session and open its model in a worker; the profiles come back once it is drawn.
+        The shown session's unsaved profiles are asked about once the new one has opened."""
         include_constants, grouping = self.show_constants_action.isChecked(), self.grouping()
 
         def work(progress):
@@ -114,7 +125,8 @@ class ExportsMixin:
             return session, _main_module().load_model(session.model_path, session.show_constants, progress, session.grouping,
                                        frozenset(session.collapsed))
 
-        self._start_task(work, f"Opening session {Path(path).name}", self._on_session_loaded)
+        self._start_task(work, f"Opening session {Path(path).name}",
+                         self._once_agreed(f"open {Path(path).name}", self._on_session_loaded))
 
     def _on_session_loaded(self, result) -> None:
         session, loaded = result
@@ -217,6 +229,10 @@ class ExportsMixin:
     def export_dialog(self, kind: str) -> None:
         if self.scene is None:
             return
+        if kind == "png" and self.png_scale() < LABEL_MIN_SCALE:
+            kind = self._unreadable_png_choice()
+            if kind is None:
+                return
         suggested = self._suggest(Path(self.loaded.path).with_suffix("." + kind).name)
         path = self._chosen(QFileDialog.getSaveFileName(self, f"Export graph as {kind.upper()}", suggested,
                                                         f"{kind.upper()} (*.{kind})")[0])
@@ -226,23 +242,60 @@ class ExportsMixin:
             except OSError as exc:
                 QMessageBox.critical(self, "Export failed", f"{path}: {exc}")
 
-    def export_graph(self, path: str, max_side: int = 16000) -> None:
-        """Write the whole graph as PNG (at most `max_side` pixels per side) or SVG (by suffix).
+    def _unreadable_png_choice(self) -> str | None:
+        """Asked before a PNG in which the graph would be shrunk below the scale where labels are
+        drawn (the window's own limit, LABEL_MIN_SCALE): "svg", "png" (anyway) or None (cancel).
+
+        Why not a bigger PNG: expanded big.onnx is 33,252 x 6,239,984 at full size; at the readable
+        30 % that is 10,000 x 1,870,000 px, 75 GB of pixels, beyond any image.  An SVG keeps it all."""
+        picture = self._picture(False)
+        scale, width, height = picture.scale, picture.picture_width, picture.height + picture.band
+        box = QMessageBox(QMessageBox.Icon.Warning, "The PNG would be unreadable",
+                          f"At {self.PNG_MAX_SIDE:,} pixels a side at most, the PNG of this graph would be "
+                          f"{width:,} x {height:,} pixels: the graph shrunk to {scale:.1%} of its size, "
+                          f"where no label is drawn (they need {LABEL_MIN_SCALE:.0%}).", parent=self)
+        collapse = (" Or collapse groups first (View > Group by > Collapse all groups): a smaller graph may fit."
+                    if self.loaded.groups and len(self.loaded.collapsed) < len(self.loaded.groups) else "")
+        box.setInformativeText("An SVG keeps every box and label at full size, to zoom into."
+                               + collapse)
+        svg = box.addButton("Save as SVG…", QMessageBox.ButtonRole.AcceptRole)
+        png = box.addButton("Save PNG Anyway…", QMessageBox.ButtonRole.DestructiveRole)
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.setDefaultButton(svg)
+        box.exec()
+        return {svg: "svg", png: "png"}.get(box.clickedButton())
+
+    # A PNG's longest side, in pixels: a graph bigger than that is shrunk to fit.
+    PNG_MAX_SIDE = 16000
+
+    def _picture(self, svg: bool, max_side: int | None = None) -> _Picture:
+        """What an export draws: the graph at its scale (SVG: 1; PNG: less for a graph bigger than
+        `max_side`, else PNG_MAX_SIDE) under a band holding the legend the window shows."""
+        source = self.scene.sceneRect()
+        legend = self.view.legend.grab() if not self.view.legend.isHidden() else None
+        band = legend.height() + 16 if legend is not None else 0
+        scale = 1.0 if svg else min(1.0, (max_side or self.PNG_MAX_SIDE) / max(source.width(), source.height() + band))
+        width, height = max(1, int(source.width() * scale)), max(1, int(source.height() * scale))
+        # A tall model scaled to max_side is narrower than its legend: the picture is widened (the
+        # graph on its left), else the legend was cut at the picture's edge.
+        picture_width = max(width, legend.width() + 16 if legend is not None else 0)
+        return _Picture(source, scale, width, height, legend, band, picture_width)
+
+    def png_scale(self, max_side: int | None = None) -> float:
+        """The scale of the graph in a PNG export: 1, or less for a graph bigger than the PNG's limit."""
+        return self._picture(False, max_side).scale
+
+    def export_graph(self, path: str, max_side: int | None = None) -> None:
+        """Write the whole graph as PNG (at most `max_side`, else PNG_MAX_SIDE, pixels per side) or
+        SVG (by suffix).
 
         The picture is the scene's rectangle (every box and every edge's polyline) under a band
         holding the legend the window shows (op categories, or the overlay's scale and kind).
         """
         if self.scene is None:
             raise OSError("no model is open")
-        source = self.scene.sceneRect()
-        legend = self.view.legend.grab() if not self.view.legend.isHidden() else None
-        band = legend.height() + 16 if legend is not None else 0
         svg = path.lower().endswith(".svg")
-        scale = 1.0 if svg else min(1.0, max_side / max(source.width(), source.height() + band))
-        width, height = max(1, int(source.width() * scale)), max(1, int(source.height() * scale))
-        # A tall model scaled to max_side is narrower than its legend: the picture is widened (the
-        # graph on its left), else the legend was cut at the picture's edge.
-        picture_width = max(width, legend.width() + 16 if legend is not None else 0)
+        source, scale, width, height, legend, band, picture_width = self._picture(svg, max_side)
         if svg:
             from PySide6.QtSvg import QSvgGenerator
             device = QSvgGenerator()

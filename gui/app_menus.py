@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Optional
 
-from PySide6.QtCore import QSize, Qt
+from PySide6.QtCore import QEvent, QSize, Qt
 from PySide6.QtGui import QAction, QKeySequence, QPainter
 from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QComboBox, QHBoxLayout, QLabel,
                                QLineEdit, QListWidget, QMessageBox, QProgressBar, QPushButton, QToolBar,
@@ -268,17 +269,46 @@ class MenusMixin:
         super().showEvent(event)
         if not self._docks_sized:
             self._docks_sized = True
+            for dock in (self.inspector_dock, self.profiles_dock, self.panels_dock):
+                dock.installEventFilter(self)
             self.size_docks()
+
+    def eventFilter(self, watched, event) -> bool:
+        # A dock resized while the window keeps its size: the person moved a separator (or a sizing
+        # of ours took effect).  Those shares of the window are what a window resize keeps.
+        if event.type() == QEvent.Type.Resize and self.size() == self._settled_size:
+            self._dock_shares = self._current_dock_shares()
+        return super().eventFilter(watched, event)
 
     def resizeEvent(self, event) -> None:
         super().resizeEvent(event)
-        # A smaller window shrinks the graph first, to a strip beside docks kept at their old size
-        # (800 x 600: a 310 x 200 graph under its legend and minimap), and a larger one grows only
-        # the graph: docks far from their share of the window go back to the usual shares.
-        if self._docks_sized and self.isVisible() and (
-                not 0.2 * self.width() <= self.inspector_dock.width() <= 0.4 * self.width()
-                or (self.panels_dock.isVisible() and self.panels_dock.height() > 0.4 * self.height())):
-            self.size_docks()
+        # The window's layout keeps the docks' sizes in pixels and gives or takes the difference
+        # from the graph: a smaller window left the graph a strip beside them (800 x 600: a 310 x
+        # 200 graph), a larger one grew only the graph.  The docks get back their shares of the
+        # window instead: those the person last gave them, else size_docks' usual ones.
+        self._settled_size = self.size()
+        if self._docks_sized and self.isVisible() and self._dock_shares is not None:
+            self._restore_dock_shares(self._dock_shares)
+
+    def _current_dock_shares(self) -> tuple[Optional[float], Optional[float], Optional[float]]:
+        """(right column's width, profiles' height, charts' height), each a share of the window's;
+        None for a dock that is floating or hidden."""
+        def share(dock, size: int, window_size: int) -> Optional[float]:
+            return size / window_size if dock.isVisible() and not dock.isFloating() and window_size else None
+        return (share(self.inspector_dock, self.inspector_dock.width(), self.width()),
+                share(self.profiles_dock, self.profiles_dock.height(), self.height()),
+                share(self.panels_dock, self.panels_dock.height(), self.height()))
+
+    def _restore_dock_shares(self, shares) -> None:
+        right, profiles, charts = shares
+        now = self._current_dock_shares()
+        horizontal, vertical = Qt.Orientation.Horizontal, Qt.Orientation.Vertical
+        for dock, share, current, orientation, window_size in (
+                (self.inspector_dock, right, now[0], horizontal, self.width()),
+                (self.profiles_dock, profiles, now[1], vertical, self.height()),
+                (self.panels_dock, charts, now[2], vertical, self.height())):
+            if share is not None and current is not None and abs(share - current) * window_size >= 2:
+                self.resizeDocks([dock], [round(share * window_size)], orientation)
 
     def size_docks(self) -> None:
         """The graph gets about 70 % of the width; the charts (when shown) about 30 % of the height."""

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-from engine.grouping import (block_family_of, block_summary, compare_blocks, enclosing_groups, fold_threshold,
-                             folded_start, innermost_group, namespace_groups, opens_folded, repeated_blocks)
+from engine.grouping import (block_family_of, compare_blocks, enclosing_groups, fold_threshold,
+                             folded_start, innermost_group, member_text, namespace_groups, opens_folded,
+                             repeated_blocks)
 
 
 def open_folded(loaded, include_constants: bool, progress=None):
@@ -185,17 +186,12 @@ _family_cache: tuple[Optional[object], list] = (None, [])
 
 def repeated_block_text(loaded, group_id: str, profile=None) -> Optional[str]:
     """What the inspector says about a group that is one of a family of repeated blocks: with a
-    profile, its time against the median block ("1.40x the median block of model/layers.*")."""
+    profile, its time against the median block (engine.grouping.member_text)."""
     global _family_cache
     if _family_cache[0] is not loaded.groups:
         _family_cache = (loaded.groups, repeated_blocks(loaded.groups, loaded.analysis))
     family = block_family_of(group_id, _family_cache[1])
     if family is None:
         return None
-    where = f"{family.name} ({len(family.group_ids)} blocks of {family.ops_per_block} nodes)"
-    times = compare_blocks(family, loaded.groups, loaded.analysis, profile)
-    mine = next((t for t in times if t.group_id == group_id), None)
-    if mine is None:
-        return f"one of {where}" + (": not timed in this profile" if profile is not None else "")
-    slowest = block_summary(family, times)
-    return f"{mine.ratio_to_median:.2f}x the median block of {where}; slowest: {slowest}"
+    return member_text(family, compare_blocks(family, loaded.groups, loaded.analysis, profile), group_id,
+                       profile is not None)

@@ -59,12 +59,33 @@ def importer_for(path: Path) -> ModuleType:
         for module in modules:
             if getattr(module, "DIRECTORY_FORMAT", False):
                 return module  # says what a model directory of its format must contain
-    raise ModelLoadError(
-        str(path),
-        "not a model file LayerScope can read: the content is neither ONNX nor Core ML nor a PyTorch .pt2 program "
-        "nor a TFLite/LiteRT flatbuffer "
-        f"(supported: {', '.join(supported_extensions())})",
-    )
+    what = "the content is neither ONNX nor Core ML nor a PyTorch .pt2 program nor a TFLite/LiteRT flatbuffer"
+    if path.is_file():
+        with open(path, "rb") as handle:
+            kind = content_kind(handle.read(512))
+        what = f"the file is {kind}" if kind else what
+    raise ModelLoadError(str(path), f"not a model file LayerScope can read: {what} "
+                                    f"(supported: {', '.join(supported_extensions())})")
+
+
+# Leading bytes of files people open by mistake, so an error can say what the file is.
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+               (b"%PDF-", "a PDF document"), (b"PK\x03\x04", "a zip archive"), (b"\x1f\x8b", "a gzip archive"),
+               (b"\x7fELF", "a program (ELF)"))
+
+
+def content_kind(head: bytes) -> Optional[str]:
+    """\"a PNG image\", \"plain text\"... for the first bytes of a file that is not a model; None if unknown."""
+    for signature, kind in _SIGNATURES:
+        if head.startswith(signature):
+            return kind
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:  # may end inside a character: then judge the rest
+        text = head[:-3].decode("utf-8", errors="replace")
+    if text and "\ufffd" not in text and all(c.isprintable() or c in "\t\r\n" for c in text):
+        return "plain text"
+    return None
 
 
 def open_model(path: str | Path, input_shapes: Optional[InputShapes] = None) -> Model:

@@ -42,6 +42,7 @@ from engine.ir import (
     Value,
     WeightLocation,
 )
+from importers import content_kind
 
 FORMAT = "coreml"
 EXTENSIONS = (".mlmodel", ".mlpackage")
@@ -231,8 +232,16 @@ def _parse_spec(source: Path, spec_path: Path):
     try:
         spec.ParseFromString(data)
     except Exception as exc:  # google.protobuf.message.DecodeError and friends
-        raise ModelLoadError(str(source), "is not a valid Core ML model: the protobuf data is "
-                                          f"truncated or damaged ({exc})") from None
+        # The parser's words ("Wire format was corrupt") come last, as the cause.
+        with open(spec_path, "rb") as handle:
+            starts_as_coreml = _looks_like_coreml_spec(handle, len(data))
+        if starts_as_coreml:
+            problem = "truncated or damaged Core ML model: it starts as one, but its content does not parse"
+        else:
+            kind = content_kind(data[:512])
+            problem = (f"not a Core ML model: the file is {kind}, which does not parse as a Core ML protobuf" if kind
+                       else "not a Core ML model: the content does not parse as a Core ML protobuf")
+        raise ModelLoadError(str(source), f"{problem} ({exc})") from None
     if spec.WhichOneof("Type") is None:
         raise ModelLoadError(str(source), "does not contain a Core ML model (no model type in the "
                                           "spec): the file is damaged or not a Core ML file")

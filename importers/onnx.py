@@ -27,7 +27,7 @@ from typing import Mapping, NamedTuple, Optional, Sequence
 from engine.gil_slices import clear, parts, slice_bounds
 from engine.ir import (Graph, Initializer, Model, ModelLoadError, Node, TensorType, Value,
                        WeightLocation)
-from importers import protowire
+from importers import content_kind, protowire
 # Not `import onnx`: that takes a second longer (ml_dtypes); see importers/onnx_proto.py.
 from importers.onnx_proto import (AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, TypeProto,
                                   has_schema, infer_shapes_bytes)
@@ -98,15 +98,43 @@ def load(path: Path, input_shapes: Optional[Mapping[str, Sequence[int]]] = None)
                 try:
                     stripped, embedded = _strip_large_tensors(buf)
                 except protowire.WireError as exc:
-                    raise ModelLoadError(str(path), f"not a valid ONNX file ({exc})") from None
+                    raise ModelLoadError(str(path), _unreadable(buf, exc)) from None
     if proto is None:
         try:
             proto = _parse(stripped)
         except Exception as exc:  # DecodeError: well-formed wire data of another message type
-            raise ModelLoadError(str(path), f"not a valid ONNX file ({exc})") from None
+            raise ModelLoadError(str(path), _unreadable(stripped, exc)) from None
     if not proto.HasField("graph"):
-        raise ModelLoadError(str(path), "not a valid ONNX file (it has no graph)")
+        raise ModelLoadError(str(path), "not an ONNX model: the content holds no graph "
+                                        "(it parses as protobuf, but is some other message)")
     return ModelBuilder(proto, path, embedded, input_shapes or {}, stripped).build()
+
+
+def _unreadable(buf, exc: Exception) -> str:
+    """The problem with a file that does not parse, in a person's terms first; the parser's words
+    (\"unexpected wire type 4 at byte 2\") follow as the cause.
+
+    A file whose first fields are those of an ONNX model and that ends inside one was cut short (a
+    copy or download that stopped); one that goes wrong further in is damaged; anything else (text,
+    an image, another format renamed .onnx) is not an ONNX model at all.
+    """
+    kind = content_kind(bytes(buf[:512]))
+    if kind is not None:
+        return f"not an ONNX model: the file is {kind}, which does not parse as an ONNX protobuf ({exc})"
+    numbers = []
+    try:
+        for field in protowire.iter_fields(buf):
+            numbers.append(field.number)
+            if len(numbers) == 64:
+                break
+    except protowire.WireError:
+        pass
+    if not numbers or not set(numbers) <= _MODEL_FIELDS:
+        return f"not an ONNX model: the content does not parse as an ONNX protobuf ({exc})"
+    if isinstance(exc, protowire.TruncatedError):
+        return ("truncated ONNX model: the file ends in the middle of the model; it was probably cut short "
+                f"while being copied or downloaded ({exc})")
+    return f"damaged ONNX model: it starts as one, but part of its content does not parse ({exc})"
 
 
 # A file up to this size is parsed whole first: when none of its initializers is large (weights

@@ -19,6 +19,10 @@ class WireError(ValueError):
     """The bytes are not a well-formed protobuf message (truncated or not protobuf at all)."""
 
 
+class TruncatedError(WireError):
+    """The data ends inside a field: well formed up to there, cut short (or not protobuf at all)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Field:
     number: int
@@ -34,7 +38,7 @@ def read_varint(buf, pos: int, end: int) -> tuple[int, int]:
     shift = 0
     while True:
         if pos >= end:
-            raise WireError(f"varint runs past the end of the data at byte {pos}")
+            raise TruncatedError(f"varint runs past the end of the data at byte {pos}")
         byte = buf[pos]
         pos += 1
         result |= (byte & 0x7F) << shift
@@ -74,19 +78,18 @@ def iter_fields(buf, start: int = 0, end: int | None = None) -> Iterator[Field]:
             length, payload = read_varint(buf, pos, end)
             pos = payload + length
             if pos > end:
-                raise WireError(
-                    f"field {number} at byte {tag_start} claims {length} bytes but only "
-                    f"{end - payload} remain (the data is truncated)")
+                raise TruncatedError(
+                    f"field {number} at byte {tag_start} claims {length} bytes but only {end - payload} remain")
             yield Field(number, wire_type, tag_start, payload, pos, length)
         elif wire_type == FIXED64:
             pos += 8
             if pos > end:
-                raise WireError(f"fixed64 field {number} at byte {tag_start} runs past the end")
+                raise TruncatedError(f"fixed64 field {number} at byte {tag_start} runs past the end")
             yield Field(number, wire_type, tag_start, pos - 8, pos, int.from_bytes(buf[pos - 8:pos], "little"))
         elif wire_type == FIXED32:
             pos += 4
             if pos > end:
-                raise WireError(f"fixed32 field {number} at byte {tag_start} runs past the end")
+                raise TruncatedError(f"fixed32 field {number} at byte {tag_start} runs past the end")
             yield Field(number, wire_type, tag_start, pos - 4, pos, int.from_bytes(buf[pos - 4:pos], "little"))
         else:
             # Groups are deprecated and used by neither ONNX nor Core ML.
@@ -130,7 +133,7 @@ def find_fields(buf, number: int, start: int = 0, end: int | None = None) -> lis
             raise WireError(f"field number 0 at byte {tag_start}")
         if wire_type == LENGTH_DELIMITED:
             if pos >= end:
-                raise WireError(f"varint runs past the end of the data at byte {pos}")
+                raise TruncatedError(f"varint runs past the end of the data at byte {pos}")
             length = buf[pos]
             if length < 0x80:
                 payload = pos + 1
@@ -140,9 +143,8 @@ def find_fields(buf, number: int, start: int = 0, end: int | None = None) -> lis
                 length, payload = read_varint(buf, pos, end)
             pos = payload + length
             if pos > end:
-                raise WireError(
-                    f"field {tag >> 3} at byte {tag_start} claims {length} bytes but only "
-                    f"{end - payload} remain (the data is truncated)")
+                raise TruncatedError(
+                    f"field {tag >> 3} at byte {tag_start} claims {length} bytes but only {end - payload} remain")
             if tag >> 3 == number:
                 found.append((tag_start, payload, pos))
         elif wire_type == VARINT:
@@ -150,7 +152,7 @@ def find_fields(buf, number: int, start: int = 0, end: int | None = None) -> lis
         elif wire_type == FIXED64 or wire_type == FIXED32:
             pos += 8 if wire_type == FIXED64 else 4
             if pos > end:
-                raise WireError(f"fixed{64 if wire_type == FIXED64 else 32} field {tag >> 3} at byte {tag_start} "
+                raise TruncatedError(f"fixed{64 if wire_type == FIXED64 else 32} field {tag >> 3} at byte {tag_start} "
                                 "runs past the end")
         else:
             raise WireError(f"unexpected wire type {wire_type} at byte {tag_start}")
@@ -263,5 +265,5 @@ def _field_start_after(buf, pos: int, target: int, end: int) -> int:
         else:
             raise WireError(f"unexpected wire type {wire_type} at byte {pos}")
     if pos > end:
-        raise WireError(f"a field runs past the end of the data (byte {end})")
+        raise TruncatedError(f"a field runs past the end of the data (byte {end})")
     return pos

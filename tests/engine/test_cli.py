@@ -84,7 +84,7 @@ def test_bad_input_gives_one_clear_line(tmp_path, sample_model, case):
     elif case == "random":
         path = tmp_path / "noise.onnx"
         path.write_bytes(np.random.default_rng(3).bytes(4096))
-        expected_code, needle = 2, "not a valid ONNX file"
+        expected_code, needle = 2, "not an ONNX model"
     elif case == "directory":
         path = tmp_path / "folder.mlpackage"
         path.mkdir()

@@ -77,7 +77,7 @@ def test_blocks_compared_on_a_real_profile(tiny_transformer):
     assert sorted(t.ratio_to_median for t in times)[1] <= 1.0 <= sorted(t.ratio_to_median for t in times)[2]
     slowest = max(times, key=lambda t: t.ratio_to_median)
     text = block_summary(family, times)
-    assert text.startswith(f"layers.{slowest.index} is {slowest.ratio_to_median:.2f}x the median block")
+    assert text.startswith(f"the slowest, layers.{slowest.index}, is {slowest.ratio_to_median:.2f}x the median block")
     assert slowest.kind in text
     assert compare_blocks(family, groups, analysis, None) == []
 

@@ -43,7 +43,7 @@ def open_and_wait(qtbot, window, path) -> None:
     assert not window.loading
 
 
-def answer_next_message_box(qtbot, answer, asked: list = None, tries: int = 200) -> list:
+def answer_next_message_box(qtbot, answer, asked: list = None, tries: int = 1200) -> list:
     """Click `answer` (a QMessageBox.StandardButton, or a button's text) in the next modal message
     box, with a real mouse click, once it is shown; returns a list that receives the box's text."""
     asked = [] if asked is None else asked

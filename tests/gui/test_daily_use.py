@@ -126,8 +126,8 @@ def test_opening_another_model_asks_before_its_profiles_go(qtbot, window, sample
     window.add_profile(sample_profile)
     other = light_model("squeezenet")
     asked = answer_next_message_box(qtbot, CANCEL)
-    window.open_path(str(other))
-    assert asked and not window.loading  # nothing started
+    window.open_path(str(other))  # opens, then asks (a file that fails to open asks nothing)
+    qtbot.waitUntil(lambda: bool(asked) and not window.loading, timeout=LOAD_TIMEOUT_MS)
     assert window.loaded.path == str(sample_model) and len(window.entries) == 1
     answer_next_message_box(qtbot, DISCARD)
     open_and_wait(qtbot, window, other)
@@ -144,8 +144,9 @@ def test_opening_another_model_during_a_run_asks_before_stopping_it(qtbot, windo
     qtbot.waitUntil(lambda: dialog.progress.value() >= 2, timeout=RUN_TIMEOUT_MS)
     asked = answer_next_message_box(qtbot, CANCEL)
     window.open_path(str(light_model("squeezenet")))
+    qtbot.waitUntil(lambda: bool(asked) and not window.loading, timeout=LOAD_TIMEOUT_MS)
     assert asked == ["A profile run is in progress. Stop it and open light_squeezenet.onnx?"]
-    assert window.worker is not None and not window.loading  # still running, nothing opened
+    assert window.worker is not None and window.loaded.path == str(sample_model)  # still running, not opened
     answer_next_message_box(qtbot, "Stop and open")
     open_and_wait(qtbot, window, light_model("squeezenet"))
     assert window.worker is None and window.entries == [] and window.run_action.isEnabled()

@@ -1,0 +1,51 @@
+"""The repeated-block texts (report and CLI line, group tooltip and inspector row) say each thing
+once: the family's name, the median block, the slowest block."""
+from __future__ import annotations
+
+import pytest
+
+from engine.grouping import compare_blocks, member_text, namespace_groups, repeated_block_lines, repeated_blocks
+from tests.engine.test_report_repeated_blocks import profiled_decoder  # noqa: F401 (the profiled 4-layer decoder)
+
+
+@pytest.fixture(scope="module")
+def decoder(profiled_decoder):
+    profile, analysis = profiled_decoder
+    groups = namespace_groups(analysis)
+    family = repeated_blocks(groups, analysis)[0]
+    return profile, analysis, family, compare_blocks(family, groups, analysis, profile)
+
+
+def _once(text: str, *parts: str) -> None:
+    for part in parts:
+        assert text.count(part) == 1, (part, text)
+
+
+def test_report_line(decoder):
+    profile, analysis, family, times = decoder
+    ops = family.ops_per_block
+    assert repeated_block_lines(analysis, None)[0] == f"model/layers.* x 4 ({ops} ops each): not profiled"
+    line = repeated_block_lines(analysis, profile)[0]
+    slowest = max(times, key=lambda t: t.ratio_to_median)
+    assert line.startswith(f"model/layers.* x 4 ({ops} ops each): the slowest, layers.{slowest.index}, is "
+                           f"{slowest.ratio_to_median:.2f}x the median block (")
+    assert line.endswith(f", {slowest.kind})")
+    _once(line, "model/layers.*", "median block", "slowest", " 4 ", f"layers.{slowest.index}")
+
+
+def test_member_texts(decoder):
+    profile, analysis, family, times = decoder
+    slowest = max(times, key=lambda t: t.ratio_to_median)
+    for time in times:
+        text = member_text(family, times, time.group_id, True)
+        assert text.startswith("one of the 4 blocks model/layers.*")
+        _once(text, "model/layers.*", "median block", "slowest", f"{time.ratio_to_median:.2f}x", time.kind)
+        if time is slowest:
+            assert text.startswith("one of the 4 blocks model/layers.*, the slowest: ")
+            assert f"layers.{time.index}" not in text  # the tooltip's first line names it
+        else:
+            assert f"the slowest, layers.{slowest.index}, is {slowest.ratio_to_median:.2f}x (" in text
+    block = family.group_ids[1]
+    assert member_text(family, [], block, False) == "one of the 4 blocks model/layers.*"
+    untimed = [t for t in times if t.group_id != block]
+    assert member_text(family, untimed, block, True) == "one of the 4 blocks model/layers.*: not timed in this profile"
