@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, Optiona
 import numpy as np
 
 from engine.group_index import GroupIndex, LevelGraph, SubtreeShape, contains, level_graph, node_arrays, subtree_shape
-from engine.layout import (CONSTANT_LIFT, GROUP_HEIGHT, NODE_WIDTH, VERTICAL_GAP, GraphLayout, LayoutEdge, NodeGroup, Rect,
-                           INPUT_PREFIX, attach_constants, collapsed_boxes, attach_inputs, layout_graph, layout_nodes,
-                           tensor_bytes)
+from engine.layout import (CONSTANT_LIFT, CONSTANT_SIDE_GAP, GROUP_HEIGHT, NODE_WIDTH, OUTPUT_PREFIX, VERTICAL_GAP,
+                           GraphLayout, LayoutEdge, NodeGroup, Rect, INPUT_PREFIX, attach_constants, attach_outputs,
+                           collapsed_boxes, attach_inputs, down_across, layout_graph, layout_nodes, tensor_bytes)
 
 if TYPE_CHECKING:
     from engine.analysis import ModelAnalysis
@@ -178,6 +178,7 @@ class FoldedLayouts:
         self._fast: Optional[bool] = None  # whether the arrays stand for the walks (see _indexed)
         self.seconds_laying_out = 0.0  # time spent in engine.layout (what the cache saves)
         self._homes: Optional[tuple[dict, dict]] = None  # graph inputs drawn inside a level (see _inputs_homed)
+        self._output_homes: Optional[tuple] = None  # graph outputs drawn inside a level (see _outputs_homed)
 
     def _indexed(self) -> Optional[GroupIndex]:
         """The GroupIndex, when the levels can be derived from arrays: every tensor has one producer
@@ -227,27 +228,38 @@ class FoldedLayouts:
         arrays, graph = self.arrays, self.analysis.graph
         members = {child: self.groups[child].members for child in children}
         homes, homed = self._inputs_homed()
+        output_homes, moved_feeders, homed_outputs = self._outputs_homed()
         if level is None:  # as layout_graph: laid out without constants, shown ones attached after
             nodes = np.flatnonzero(~arrays.constant)
+            if len(moved_feeders):
+                nodes = nodes[~contains(moved_feeders, nodes)]
             boxes = level_graph(arrays, arrays.pairs(False), index, nodes, None, include_io=True)
             hidden = frozenset(arrays.id_array[arrays.constant].tolist())
             layout = layout_nodes(graph, boxes.boxes, include_io=True, hidden=hidden,
                                   box_for={child: child for child in children}, members=members,
                                   tensors=(boxes.pairs, boxes.producer_of), broadcast_lanes=True,
-                                  left_out_inputs=frozenset(homed.values()))
+                                  left_out_inputs=frozenset(homed.values()), left_out_outputs=homed_outputs)
             if homes.get(None):
                 layout = attach_inputs(layout, homes[None])
             layout = replace(layout, box_for=self._level_box_for(layout.members))
             return attach_constants(layout, self.analysis) if self.include_constants else layout
         positions = index.members[index.number[level]]
         nodes = positions[arrays.visible(self.include_constants)[positions]]
+        moved_out = len(moved_feeders) and contains(moved_feeders, nodes).any()
+        if moved_out:
+            nodes = nodes[~contains(moved_feeders, nodes)]
         boxes = level_graph(arrays, arrays.pairs(self.include_constants), index, nodes, level,
                             include_io=False)
         visible = arrays.names(nodes)
-        if homes.get(level):  # drawn with graph inputs: a twin's geometry would lack them
+        # Drawn with graph inputs or outputs (or without the nodes feeding outputs drawn elsewhere):
+        # a twin's geometry would lack them.
+        if homes.get(level) or output_homes.get(level) or moved_out:
             layout = layout_nodes(graph, boxes.boxes, include_io=False, box_for={child: child for child in children},
                                   members=members, tensors=(boxes.pairs, {}), broadcast_lanes=True)
-            layout = attach_inputs(layout, homes[level])
+            if homes.get(level):
+                layout = attach_inputs(layout, homes[level])
+            if output_homes.get(level):
+                layout = attach_outputs(layout, output_homes[level])
             return replace(layout, box_for=self._level_box_for(layout.members))
         # Only a level with as many nodes, children and wires can have the same structure: the
         # structures are compared (and made) only then, so a one-off level costs nothing here.
@@ -318,6 +330,85 @@ class FoldedLayouts:
                     break
                 level = group
         return homes, homed
+
+    def _outputs_homed(self) -> tuple[dict, np.ndarray, frozenset]:
+        """({level: [(child group box, feeder node id or None, tensor out of the group, output name)]},
+        positions of the feeders drawn there (sorted), names of the outputs drawn there): the graph
+        outputs drawn beside the child group that makes them (engine.layout.attach_outputs), not in
+        the root's bottom row (a decoder's `present.N.key/value`: ~500 boxes 100,000 units wide,
+        fed by a fan of long edges out of the `model` frame).  The mirror of _inputs_homed: an output
+        (with the node feeding only it, an Identity, if any) goes down from the level drawing it
+        while one child group makes it and that group is fed by graph inputs only (`model`); it
+        stays in the first level where that group is fed by another box (`model`, beside
+        `layers.3`).  Only outputs that go down at least one level move.  Found from the arrays;
+        none when levels are walked."""
+        with self._lock:
+            if self._output_homes is None:
+                self._output_homes = self._find_output_homes()
+            return self._output_homes
+
+    def _find_output_homes(self) -> tuple[dict, np.ndarray, frozenset]:
+        index = self._indexed()
+        homes: dict[Optional[str], list] = {}
+        feeders: list[int] = []
+        if index is None or not len(self.arrays.output_tensors):
+            return homes, np.zeros(0, dtype=np.int64), frozenset()
+        arrays, names = self.arrays, self.arrays.tensor_names
+        pairs = arrays.pairs(self.include_constants)
+        visible = arrays.visible(self.include_constants)
+        read = np.unique(pairs.tensor)
+        fed: dict[str, bool] = {}
+        for tensor in arrays.output_tensors.tolist():
+            if tensor >= arrays.produced or contains(read, np.array([tensor])).any():
+                continue  # a graph input listed as output, or read inside the model: stays
+            maker = int(arrays.tensor_source[tensor])
+            if not visible[maker]:
+                continue
+            window = pairs.into(maker, maker)
+            sources, into = pairs.source[window], pairs.tensor[window]
+            feeder = None
+            start: Optional[str] = None
+            if arrays.out_start[maker + 1] - arrays.out_start[maker] == 1 and len(sources) == 1 and sources[0] >= 0:
+                feeder, maker = arrays.ids[maker], int(sources[0])  # an Identity: it goes along
+                inner = int(index.innermost[arrays.position[feeder]])
+                start = None if inner < 0 else index.ids[inner]
+            level, home = start, None
+            while True:
+                child = int(index.child_within(level, np.array([maker], dtype=np.int64))[0])
+                if child < 0:
+                    break
+                group = index.ids[child]
+                found = fed.get(group)
+                if found is None:
+                    found = fed[group] = self._fed(group, index)
+                if found:
+                    home = level if level != start else None
+                    break
+                level = group
+            if home is None:
+                continue
+            homes.setdefault(home, []).append((group, feeder, names[int(into[0])] if feeder else names[tensor],
+                                               names[tensor]))
+            if feeder is not None:
+                feeders.append(arrays.position[feeder])
+        drawn = frozenset(name for beside in homes.values() for _, _, _, name in beside)
+        return homes, np.array(sorted(feeders), dtype=np.int64), drawn
+
+    def _outputs_under(self, group_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """(positions of the feeders, of the output tensors) of the graph outputs drawn in
+        `group_id`'s level or deeper (sorted): tensors into them do not leave its frame."""
+        homes, _, _ = self._outputs_homed()
+        position, number = self.arrays.position, {}
+        mine = [(feeder, name) for level, beside in homes.items() if self._within(level, group_id)
+                for _, feeder, _, name in beside]
+        if not mine:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        outputs = set(name for _, name in mine)
+        for k in self.arrays.output_tensors.tolist():
+            if self.arrays.tensor_names[k] in outputs:
+                number[self.arrays.tensor_names[k]] = k
+        return (np.array(sorted(position[f] for f, _ in mine if f is not None), dtype=np.int64),
+                np.array(sorted(number[n] for _, n in mine), dtype=np.int64))
 
     def _fed(self, group_id: str, index: GroupIndex) -> bool:
         """Whether a node of the group reads a tensor a node outside it makes (not only graph inputs)."""
@@ -545,12 +636,34 @@ class FoldedLayouts:
             beside = [(k, position[e.source], position[e.target]) for k, e in enumerate(base.edges)
                       if e.source.startswith(INPUT_PREFIX) and len(e.points) == 4 and e.target in base.members] \
                 if position else []
-            found = self._arrays_of_level[level] = (ids, rects, edges, starts, points, rank, beside)
+            found = self._arrays_of_level[level] = (ids, rects, edges, starts, points, rank, beside,
+                                                    self._outputs_beside(level, ids, base, points, starts))
         return found
+
+    def _outputs_beside(self, level: Optional[str], ids: list, base: GraphLayout, points: np.ndarray,
+                        starts: np.ndarray) -> tuple:
+        """(boxes, their makers) of the graph outputs (and their feeders) drawn beside their maker in
+        the level (_outputs_homed), and their edges (edge, source box, target box, height of the run
+        across above the target's top): the boxes move with their maker, the edges are drawn again."""
+        beside = self._outputs_homed()[0].get(level)
+        if not beside:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), []
+        position = {n: i for i, n in enumerate(ids)}
+        maker_of = {}
+        for group, feeder, _, name in beside:
+            maker_of[OUTPUT_PREFIX + name] = group
+            if feeder is not None:
+                maker_of[feeder] = group
+        boxes = np.array([position[b] for b in maker_of], dtype=np.int64)
+        makers = np.array([position[g] for g in maker_of.values()], dtype=np.int64)
+        edges = [(k, position[e.source], position[e.target], float(points[starts[k] + 3, 1] - points[starts[k] + 1, 1]))
+                 for k, e in enumerate(base.edges) if e.target in maker_of and len(e.points) == 4]
+        return boxes, makers, edges
 
     def _compose(self, level: Optional[str], closed: frozenset) -> _Piece:
         base = self.level(level)
-        ids, rects, edges, starts, points, rank, beside_edges = self._level_arrays(level)
+        ids, rects, edges, starts, points, rank, beside_edges, (out_boxes, out_makers, out_edges) = \
+            self._level_arrays(level)
         rects, points = rects.copy(), points.copy()  # moved below
         reference = rects[:, :2] + rects[:, 2:] / 2  # a box's centre decides which way it moves
         opened = [(i, ids[i]) for i in range(len(ids)) if ids[i] in base.members and ids[i] not in closed]
@@ -563,6 +676,8 @@ class FoldedLayouts:
         beside_from = np.array([source for _, source, _ in beside_edges], dtype=np.int64)
         beside_to = np.array([target for _, _, target in beside_edges], dtype=np.int64)
         attached[beside_from] = True
+        below_maker = np.zeros(len(ids), dtype=bool)  # graph outputs beside their maker (hang below its row)
+        below_maker[out_boxes] = True
         for index, group_id in opened:
             piece = self._framed(group_id, closed)
             inner[index] = piece
@@ -578,8 +693,11 @@ class FoldedLayouts:
             beside = (reference[:, 0] > cx) & np.where(unranked, (reference[:, 1] >= y) & (reference[:, 1] <= y + h), row)
             if beside_edges:  # an input beside a box moves aside with it (not with its own centre)
                 beside[beside_from] = beside[beside_to]
-            row_top = float(rects[row & ~attached, 1].min())
-            row_bottom = float((rects[row & ~attached, 1] + rects[row & ~attached, 3]).max())
+            if len(out_boxes):  # outputs beside a box move aside with it, and right when it opens
+                beside[out_boxes] = beside[out_makers] | (out_makers == index)
+            in_row = row & ~attached & ~below_maker
+            row_top = float(rects[in_row, 1].min())
+            row_bottom = float((rects[in_row, 1] + rects[in_row, 3]).max())
             points_beside = (points[:, 0] > cx) & (points[:, 1] >= row_top) & (points[:, 1] <= row_bottom)
             # Below its row; and its own bottom anchor (where the tensors leaving it start).
             points_below = points[:, 1] > row_bottom
@@ -592,11 +710,17 @@ class FoldedLayouts:
             points[own_bottom, 1] += piece.height - h  # the frame's bottom (dy may be more: inputs below)
             points[points_beside, 0] += dx
             rects[index, 2:] = (piece.width, piece.height)
+            if len(out_boxes):
+                self._outputs_clear_of(index, rects, reference, rank, out_boxes, out_makers, piece.height - h)
         for k, source, target in beside_edges:  # down from the input, across, into its reader's top
             x, y, w, h = rects[source].tolist()
             tx, ty, tw, _ = rects[target].tolist()
             entry_x, start_x, level_y = tx + min(tw, NODE_WIDTH) / 2, x + w / 2, ty - CONSTANT_LIFT / 2
             points[starts[k]:starts[k] + 4] = ((start_x, y + h), (start_x, level_y), (entry_x, level_y), (entry_x, ty))
+        for k, source, target, lift in out_edges:  # down from the maker (or feeder), across, into the box's top
+            x, y, w, h = rects[source].tolist()
+            tx, ty, tw, _ = rects[target].tolist()
+            points[starts[k]:starts[k] + 4] = down_across((x + min(w, NODE_WIDTH) / 2, y + h), (tx + tw / 2, ty), ty - lift)
         # Assemble: the level's collapsed boxes and nodes, then each frame and its contents.
         keep = [i for i in range(len(ids)) if i not in inner]
         out_ids = [ids[i] for i in keep]
@@ -626,6 +750,25 @@ class FoldedLayouts:
         height = float((extent[:, 1] + extent[:, 3]).max()) if len(extent) else 0.0
         return _Piece(out_ids, all_rects, frame_ids, all_frames, out_edges, np.concatenate(out_starts), all_points,
                       members, width, height)
+
+    @staticmethod
+    def _outputs_clear_of(index: int, rects: np.ndarray, reference: np.ndarray, rank: np.ndarray,
+                          out_boxes: np.ndarray, out_makers: np.ndarray, grown: float) -> None:
+        """After box `index` opened (`grown` taller): its outputs move down under its frame, and the
+        outputs of rows above that now reach into the frame move right of it (whole, per maker)."""
+        own = out_boxes[out_makers == index]
+        rects[own, 1] += grown
+        reference[own, 1] += grown
+        x, y, w, h = rects[index].tolist()
+        r = rects[out_boxes]
+        hit = (rank[out_boxes] < rank[index]) & (r[:, 1] + r[:, 3] > y) & (r[:, 1] < y + h) & \
+            (r[:, 0] < x + w + CONSTANT_SIDE_GAP) & (r[:, 0] + r[:, 2] > x)
+        for maker in np.unique(out_makers[hit]).tolist():
+            moved = out_boxes[out_makers == maker]
+            dx = x + w + CONSTANT_SIDE_GAP - float(rects[moved, 0].min())
+            if dx > 0:
+                rects[moved, 0] += dx
+                reference[moved, 0] += dx
 
     def _framed(self, group_id: str, closed: frozenset) -> _Piece:
         """The opened group `group_id` in its frame's coordinates: contents moved under the title
@@ -726,8 +869,9 @@ class FoldedLayouts:
                       piece.frame_rects, edges, piece.starts, piece.points, members, piece.width, piece.height)
 
     def _holds_inputs(self, group_id: str) -> bool:
-        """Whether graph inputs are drawn in the group's level or deeper (its piece cannot be renamed)."""
-        return any(self._within(level, group_id) for level in self._inputs_homed()[0])
+        """Whether graph inputs or outputs are drawn in the group's level or deeper (its piece cannot
+        be renamed)."""
+        return any(self._within(level, group_id) for level in chain(self._inputs_homed()[0], self._outputs_homed()[0]))
 
     def _descendants_of(self, group_id: str) -> frozenset:
         found = self._descendants.get(group_id)
@@ -842,6 +986,11 @@ class FoldedLayouts:
         made = arrays.output_tensors
         made = made[(made >= arrays.out_start[first]) & (made < arrays.out_start[last + 1])]
         made = made[contains(nodes, arrays.tensor_source[made])]
+        feeders_inside, outputs_inside = self._outputs_under(group_id)  # graph outputs drawn inside it
+        if len(feeders_inside):
+            reads = reads[~contains(feeders_inside, pairs.target[reads])]
+        if len(outputs_inside):
+            made = made[~contains(outputs_inside, made)]
         leaving = np.union1d(pairs.tensor[reads], made)  # ascending: node by node, output by output
         names = arrays.tensor_names
         into: dict[str, list[str]] = {}

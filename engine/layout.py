@@ -267,7 +267,8 @@ def layout_nodes(graph: Graph, visible_order: Sequence[str], include_io: bool = 
                  hidden: frozenset[str] = frozenset(), max_dummy_vertices: int = MAX_DUMMY_VERTICES,
                  box_for: Optional[Mapping[str, str]] = None,
                  members: Optional[Mapping[str, tuple[str, ...]]] = None, tensors=None,
-                 broadcast_lanes: bool = False, left_out_inputs: frozenset[str] = frozenset()) -> GraphLayout:
+                 broadcast_lanes: bool = False, left_out_inputs: frozenset[str] = frozenset(),
+                 left_out_outputs: frozenset[str] = frozenset()) -> GraphLayout:
     """Lay out the nodes `visible_order` (a topological order of node ids) of `graph`.
 
     `box_for` maps nodes inside collapsed groups to their group's box id (see `collapsed_boxes`).
@@ -275,7 +276,8 @@ def layout_nodes(graph: Graph, visible_order: Sequence[str], include_io: bool = 
     `broadcast_lanes`: a tensor read by BROADCAST_READERS boxes or more takes no part in the
     layering and is drawn in a lane left of the boxes (`_broadcast_edges`).  `left_out_inputs`:
     names of graph inputs neither drawn nor read here (engine.folded_layout draws them beside
-    their reader, `attach_inputs`).
+    their reader, `attach_inputs`).  `left_out_outputs`: names of graph outputs not drawn here
+    (engine.folded_layout draws them beside the box making them, `attach_outputs`).
     """
     box_for = dict(box_for or {})
     members = dict(members or {})
@@ -331,6 +333,8 @@ def layout_nodes(graph: Graph, visible_order: Sequence[str], include_io: bool = 
         edge_list, broadcast = _broadcast_split(edge_list)
     if include_io:
         for name in graph.outputs:
+            if name in left_out_outputs:
+                continue
             source_node = producer_of.get(name)
             source = index[box_for.get(source_node, source_node)] if source_node is not None else None
             target = add_vertex(OUTPUT_PREFIX + name, (IO_WIDTH, IO_HEIGHT))
@@ -389,11 +393,63 @@ def attach_inputs(layout: GraphLayout, beside: list[tuple[str, str, str]]) -> Gr
             start_x = left + IO_WIDTH / 2
             edges.append(LayoutEdge(input_box, anchor, name, ((start_x, top + IO_HEIGHT), (start_x, level),
                                                               (entry_x, level), (entry_x, ay)), (name,)))
+    return _with_boxes(layout, boxes, edges, layers)
+
+
+def _with_boxes(layout: GraphLayout, boxes: dict, edges: list, layers: dict) -> GraphLayout:
+    """`layout` with boxes and edges added (`boxes`, `edges`, `layers`: all of them), its extent grown."""
     placed = np.array(list(boxes.values()), dtype=float).reshape(-1, 4)
     return GraphLayout(boxes, tuple(edges), layers, max(layout.width, float((placed[:, 0] + placed[:, 2]).max())),
                        max(layout.height, float((placed[:, 1] + placed[:, 3]).max())), layout.method, layout.hidden,
                        layout.members, layout.box_for, min(layout.left, float(placed[:, 0].min())),
                        min(layout.top, float(placed[:, 1].min())))
+
+
+def down_across(start: Point, end: Point, level: float) -> tuple[Point, Point, Point, Point]:
+    """An edge from `start` (a box's bottom) down to `level`, across and down into `end` (a box's top)."""
+    return (start, (start[0], level), (end[0], level), end)
+
+
+def attach_outputs(layout: GraphLayout, beside: list[tuple[str, Optional[str], str, str]]) -> GraphLayout:
+    """`layout` with the graph outputs of `beside` ((box making it, the node between them or None,
+    tensor out of the box, output name)) drawn beside the box making them, mirroring `attach_inputs`:
+    right of the box, below its bottom (a decoder's `present.N.key/value` beside block N, not in a
+    bottom row 100,000 units wide fed by a fan of long edges).  The nodes between (an Identity each)
+    go in a row CONSTANT_LIFT below the box's bottom, the outputs in a row below them and right of
+    them, so every edge runs down into its box; the whole is slid right past whatever is in the way."""
+    by_box: dict[str, list[tuple[Optional[str], str, str]]] = {}
+    for box, feeder, tensor, name in beside:
+        by_box.setdefault(box, []).append((feeder, tensor, name))
+    obstacles = _Obstacles(chain(layout.boxes.values(), _vertical_runs(layout.edges).tolist()))
+    boxes, layers, edges = dict(layout.boxes), dict(layout.layers), list(layout.edges)
+    step = IO_WIDTH + CONSTANT_GAP
+    for box, outputs in by_box.items():
+        ax, ay, aw, ah = layout.boxes[box]
+        feeders = sum(feeder is not None for feeder, _, _ in outputs)
+        node_top = ay + ah + CONSTANT_LIFT
+        output_top = node_top + (NODE_HEIGHT + CONSTANT_LIFT if feeders else 0.0)
+        width = (feeders + len(outputs)) * step - CONSTANT_GAP
+        x, _ = obstacles.free_x(ax, ax + aw, node_top, width, output_top + IO_HEIGHT - node_top, sides=("right",))
+        obstacles.add((x, node_top, width, output_top + IO_HEIGHT - node_top))
+        exit_point = (ax + min(aw, NODE_WIDTH) / 2, ay + ah)  # where a laid-out edge starts (an opened frame's lanes end)
+        k = 0
+        for j, (feeder, tensor, name) in enumerate(outputs):
+            output_box, output_x = OUTPUT_PREFIX + name, x + (feeders + j) * step
+            boxes[output_box], layers[output_box] = (output_x, output_top, IO_WIDTH, IO_HEIGHT), layers[box]
+            into_output = (output_x + IO_WIDTH / 2, output_top)
+            if feeder is None:
+                edges.append(LayoutEdge(box, output_box, name, down_across(exit_point, into_output, ay + ah + CONSTANT_LIFT / 2)))
+                continue
+            feeder_x = x + k * step
+            boxes[feeder], layers[feeder] = (feeder_x, node_top, NODE_WIDTH, NODE_HEIGHT), layers[box]
+            edges.append(LayoutEdge(box, feeder, tensor, down_across(exit_point, (feeder_x + NODE_WIDTH / 2, node_top),
+                                                                     ay + ah + CONSTANT_LIFT / 2)))
+            # Each feeder's edge across at its own height: they would overlap at one.
+            level = node_top + NODE_HEIGHT + CONSTANT_LIFT * (feeders - k) / (feeders + 1)
+            edges.append(LayoutEdge(feeder, output_box, name, down_across((feeder_x + NODE_WIDTH / 2, node_top + NODE_HEIGHT),
+                                                                          into_output, level)))
+            k += 1
+    return _with_boxes(layout, boxes, edges, layers) if by_box else layout
 
 
 def _broadcast_split(edges: list[tuple[int, int, str]]) -> tuple[list, list]:
