@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, Optiona
 import numpy as np
 
 from engine.group_index import GroupIndex, LevelGraph, SubtreeShape, contains, level_graph, node_arrays, subtree_shape
-from engine.layout import (CONSTANT_LIFT, CONSTANT_SIDE_GAP, GROUP_HEIGHT, NODE_WIDTH, OUTPUT_PREFIX, VERTICAL_GAP,
-                           GraphLayout, LayoutEdge, NodeGroup, Rect, INPUT_PREFIX, attach_constants, attach_outputs,
-                           collapsed_boxes, attach_inputs, down_across, layout_graph, layout_nodes, tensor_bytes)
+from engine.layout import (CONSTANT_LIFT, GROUP_HEIGHT, NODE_WIDTH, VERTICAL_GAP, GraphLayout, LayoutEdge, NodeGroup, Rect,
+                           INPUT_PREFIX, attach_constants, attach_outputs, collapsed_boxes, attach_inputs, layout_graph,
+                           layout_nodes, tensor_bytes)
 
 if TYPE_CHECKING:
     from engine.analysis import ModelAnalysis
@@ -256,10 +256,10 @@ class FoldedLayouts:
         if homes.get(level) or output_homes.get(level) or moved_out:
             layout = layout_nodes(graph, boxes.boxes, include_io=False, box_for={child: child for child in children},
                                   members=members, tensors=(boxes.pairs, {}), broadcast_lanes=True)
+            if output_homes.get(level):  # first: the inputs keep clear of them
+                layout = attach_outputs(layout, output_homes[level])
             if homes.get(level):
                 layout = attach_inputs(layout, homes[level])
-            if output_homes.get(level):
-                layout = attach_outputs(layout, output_homes[level])
             return replace(layout, box_for=self._level_box_for(layout.members))
         # Only a level with as many nodes, children and wires can have the same structure: the
         # structures are compared (and made) only then, so a one-off level costs nothing here.
@@ -636,34 +636,12 @@ class FoldedLayouts:
             beside = [(k, position[e.source], position[e.target]) for k, e in enumerate(base.edges)
                       if e.source.startswith(INPUT_PREFIX) and len(e.points) == 4 and e.target in base.members] \
                 if position else []
-            found = self._arrays_of_level[level] = (ids, rects, edges, starts, points, rank, beside,
-                                                    self._outputs_beside(level, ids, base, points, starts))
+            found = self._arrays_of_level[level] = (ids, rects, edges, starts, points, rank, beside)
         return found
-
-    def _outputs_beside(self, level: Optional[str], ids: list, base: GraphLayout, points: np.ndarray,
-                        starts: np.ndarray) -> tuple:
-        """(boxes, their makers) of the graph outputs (and their feeders) drawn beside their maker in
-        the level (_outputs_homed), and their edges (edge, source box, target box, height of the run
-        across above the target's top): the boxes move with their maker, the edges are drawn again."""
-        beside = self._outputs_homed()[0].get(level)
-        if not beside:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), []
-        position = {n: i for i, n in enumerate(ids)}
-        maker_of = {}
-        for group, feeder, _, name in beside:
-            maker_of[OUTPUT_PREFIX + name] = group
-            if feeder is not None:
-                maker_of[feeder] = group
-        boxes = np.array([position[b] for b in maker_of], dtype=np.int64)
-        makers = np.array([position[g] for g in maker_of.values()], dtype=np.int64)
-        edges = [(k, position[e.source], position[e.target], float(points[starts[k] + 3, 1] - points[starts[k] + 1, 1]))
-                 for k, e in enumerate(base.edges) if e.target in maker_of and len(e.points) == 4]
-        return boxes, makers, edges
 
     def _compose(self, level: Optional[str], closed: frozenset) -> _Piece:
         base = self.level(level)
-        ids, rects, edges, starts, points, rank, beside_edges, (out_boxes, out_makers, out_edges) = \
-            self._level_arrays(level)
+        ids, rects, edges, starts, points, rank, beside_edges = self._level_arrays(level)
         rects, points = rects.copy(), points.copy()  # moved below
         reference = rects[:, :2] + rects[:, 2:] / 2  # a box's centre decides which way it moves
         opened = [(i, ids[i]) for i in range(len(ids)) if ids[i] in base.members and ids[i] not in closed]
@@ -676,8 +654,6 @@ class FoldedLayouts:
         beside_from = np.array([source for _, source, _ in beside_edges], dtype=np.int64)
         beside_to = np.array([target for _, _, target in beside_edges], dtype=np.int64)
         attached[beside_from] = True
-        below_maker = np.zeros(len(ids), dtype=bool)  # graph outputs beside their maker (hang below its row)
-        below_maker[out_boxes] = True
         for index, group_id in opened:
             piece = self._framed(group_id, closed)
             inner[index] = piece
@@ -693,11 +669,8 @@ class FoldedLayouts:
             beside = (reference[:, 0] > cx) & np.where(unranked, (reference[:, 1] >= y) & (reference[:, 1] <= y + h), row)
             if beside_edges:  # an input beside a box moves aside with it (not with its own centre)
                 beside[beside_from] = beside[beside_to]
-            if len(out_boxes):  # outputs beside a box move aside with it, and right when it opens
-                beside[out_boxes] = beside[out_makers] | (out_makers == index)
-            in_row = row & ~attached & ~below_maker
-            row_top = float(rects[in_row, 1].min())
-            row_bottom = float((rects[in_row, 1] + rects[in_row, 3]).max())
+            row_top = float(rects[row & ~attached, 1].min())
+            row_bottom = float((rects[row & ~attached, 1] + rects[row & ~attached, 3]).max())
             points_beside = (points[:, 0] > cx) & (points[:, 1] >= row_top) & (points[:, 1] <= row_bottom)
             # Below its row; and its own bottom anchor (where the tensors leaving it start).
             points_below = points[:, 1] > row_bottom
@@ -710,17 +683,11 @@ class FoldedLayouts:
             points[own_bottom, 1] += piece.height - h  # the frame's bottom (dy may be more: inputs below)
             points[points_beside, 0] += dx
             rects[index, 2:] = (piece.width, piece.height)
-            if len(out_boxes):
-                self._outputs_clear_of(index, rects, reference, rank, out_boxes, out_makers, piece.height - h)
         for k, source, target in beside_edges:  # down from the input, across, into its reader's top
             x, y, w, h = rects[source].tolist()
             tx, ty, tw, _ = rects[target].tolist()
             entry_x, start_x, level_y = tx + min(tw, NODE_WIDTH) / 2, x + w / 2, ty - CONSTANT_LIFT / 2
             points[starts[k]:starts[k] + 4] = ((start_x, y + h), (start_x, level_y), (entry_x, level_y), (entry_x, ty))
-        for k, source, target, lift in out_edges:  # down from the maker (or feeder), across, into the box's top
-            x, y, w, h = rects[source].tolist()
-            tx, ty, tw, _ = rects[target].tolist()
-            points[starts[k]:starts[k] + 4] = down_across((x + min(w, NODE_WIDTH) / 2, y + h), (tx + tw / 2, ty), ty - lift)
         # Assemble: the level's collapsed boxes and nodes, then each frame and its contents.
         keep = [i for i in range(len(ids)) if i not in inner]
         out_ids = [ids[i] for i in keep]
@@ -750,25 +717,6 @@ class FoldedLayouts:
         height = float((extent[:, 1] + extent[:, 3]).max()) if len(extent) else 0.0
         return _Piece(out_ids, all_rects, frame_ids, all_frames, out_edges, np.concatenate(out_starts), all_points,
                       members, width, height)
-
-    @staticmethod
-    def _outputs_clear_of(index: int, rects: np.ndarray, reference: np.ndarray, rank: np.ndarray,
-                          out_boxes: np.ndarray, out_makers: np.ndarray, grown: float) -> None:
-        """After box `index` opened (`grown` taller): its outputs move down under its frame, and the
-        outputs of rows above that now reach into the frame move right of it (whole, per maker)."""
-        own = out_boxes[out_makers == index]
-        rects[own, 1] += grown
-        reference[own, 1] += grown
-        x, y, w, h = rects[index].tolist()
-        r = rects[out_boxes]
-        hit = (rank[out_boxes] < rank[index]) & (r[:, 1] + r[:, 3] > y) & (r[:, 1] < y + h) & \
-            (r[:, 0] < x + w + CONSTANT_SIDE_GAP) & (r[:, 0] + r[:, 2] > x)
-        for maker in np.unique(out_makers[hit]).tolist():
-            moved = out_boxes[out_makers == maker]
-            dx = x + w + CONSTANT_SIDE_GAP - float(rects[moved, 0].min())
-            if dx > 0:
-                rects[moved, 0] += dx
-                reference[moved, 0] += dx
 
     def _framed(self, group_id: str, closed: frozenset) -> _Piece:
         """The opened group `group_id` in its frame's coordinates: contents moved under the title

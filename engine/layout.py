@@ -50,7 +50,7 @@ import logging
 import math
 import threading
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from itertools import chain, repeat
 from operator import itemgetter
@@ -412,44 +412,87 @@ def down_across(start: Point, end: Point, level: float) -> tuple[Point, Point, P
 
 def attach_outputs(layout: GraphLayout, beside: list[tuple[str, Optional[str], str, str]]) -> GraphLayout:
     """`layout` with the graph outputs of `beside` ((box making it, the node between them or None,
-    tensor out of the box, output name)) drawn beside the box making them, mirroring `attach_inputs`:
-    right of the box, below its bottom (a decoder's `present.N.key/value` beside block N, not in a
-    bottom row 100,000 units wide fed by a fan of long edges).  The nodes between (an Identity each)
-    go in a row CONSTANT_LIFT below the box's bottom, the outputs in a row below them and right of
-    them, so every edge runs down into its box; the whole is slid right past whatever is in the way."""
+    tensor out of the box, output name)) drawn beside the box making them, mirroring
+    `attach_inputs` (a decoder's `present.N.key/value` below block N, not in a bottom row 100,000
+    units wide fed by a fan of long edges): the nodes between (an Identity each) in a row
+    CONSTANT_LIFT below the box's bottom, right of it, the outputs in a row below them and
+    right of them, so that every edge runs down into a box.  The rows below move down to make room
+    (the boxes of the next row are closer than that), and the whole slides right past whatever is
+    in the way.  Their row (`layers`) is the box's plus a half: engine.folded_layout moves them
+    down, not aside, with the rows below when the box opens."""
     by_box: dict[str, list[tuple[Optional[str], str, str]]] = {}
     for box, feeder, tensor, name in beside:
         by_box.setdefault(box, []).append((feeder, tensor, name))
-    obstacles = _Obstacles(chain(layout.boxes.values(), _vertical_runs(layout.edges).tolist()))
-    boxes, layers, edges = dict(layout.boxes), dict(layout.layers), list(layout.edges)
+    if not by_box:
+        return layout
+    ids = list(layout.boxes)
+    rects = np.array([layout.boxes[b] for b in ids], dtype=float).reshape(-1, 4)
+    tops, bottoms = rects[:, 1], rects[:, 1] + rects[:, 3]
+    # Room below each box's row: the rows below move down by what the outputs need more than the gap.
+    needs: dict[float, float] = {}
+    for box, outputs in by_box.items():
+        x, y, w, h = layout.boxes[box]
+        row_bottom = float(bottoms[tops < y + h].max())  # its row's (and those above) lowest box
+        below = tops[tops >= y + h]
+        height = _outputs_height(outputs)
+        if len(below):
+            needs[row_bottom] = max(needs.get(row_bottom, 0.0), row_bottom + height + CONSTANT_LIFT - float(below.min()))
+    cuts = np.array(sorted(needs), dtype=float)
+    extra = np.cumsum([max(0.0, needs[c]) for c in sorted(needs)]) if needs else np.zeros(0)
+
+    def moved(y: np.ndarray) -> np.ndarray:  # y plus the room made above it
+        k = np.searchsorted(cuts, y, side="left")  # cuts strictly above y
+        return y + np.where(k > 0, extra[np.maximum(k - 1, 0)], 0.0)
+
+    if len(cuts) and extra[-1] > 0:
+        rects[:, 1] = moved(rects[:, 1])
+        edges = []
+        for e in layout.edges:
+            points = np.array(e.points, dtype=float)
+            points[:, 1] = moved(points[:, 1])
+            edges.append(LayoutEdge(e.source, e.target, e.value, tuple(map(tuple, points.tolist())), e.values))
+    else:
+        edges = list(layout.edges)
+    boxes = dict(zip(ids, map(tuple, rects.tolist())))
+    layers: dict = dict(layout.layers)
+    obstacles = _Obstacles(chain(boxes.values(), _vertical_runs(edges).tolist()))
     step = IO_WIDTH + CONSTANT_GAP
     for box, outputs in by_box.items():
-        ax, ay, aw, ah = layout.boxes[box]
+        ax, ay, aw, ah = boxes[box]
         feeders = sum(feeder is not None for feeder, _, _ in outputs)
         node_top = ay + ah + CONSTANT_LIFT
         output_top = node_top + (NODE_HEIGHT + CONSTANT_LIFT if feeders else 0.0)
-        width = (feeders + len(outputs)) * step - CONSTANT_GAP
-        x, _ = obstacles.free_x(ax, ax + aw, node_top, width, output_top + IO_HEIGHT - node_top, sides=("right",))
-        obstacles.add((x, node_top, width, output_top + IO_HEIGHT - node_top))
+        width, height = (feeders + len(outputs)) * step - CONSTANT_GAP, _outputs_height(outputs) - CONSTANT_LIFT
+        x, _ = obstacles.free_x(ax + aw / 2, ax + aw, node_top, width, height, sides=("right",))
+        obstacles.add((x, node_top, width, height))
         exit_point = (ax + min(aw, NODE_WIDTH) / 2, ay + ah)  # where a laid-out edge starts (an opened frame's lanes end)
+        row = layers.get(box, 0) + 0.5
         k = 0
         for j, (feeder, tensor, name) in enumerate(outputs):
             output_box, output_x = OUTPUT_PREFIX + name, x + (feeders + j) * step
-            boxes[output_box], layers[output_box] = (output_x, output_top, IO_WIDTH, IO_HEIGHT), layers[box]
+            boxes[output_box], layers[output_box] = (output_x, output_top, IO_WIDTH, IO_HEIGHT), row
             into_output = (output_x + IO_WIDTH / 2, output_top)
             if feeder is None:
-                edges.append(LayoutEdge(box, output_box, name, down_across(exit_point, into_output, ay + ah + CONSTANT_LIFT / 2)))
+                edges.append(LayoutEdge(box, output_box, name, down_across(exit_point, into_output,
+                                                                           ay + ah + CONSTANT_LIFT / 2)))
                 continue
             feeder_x = x + k * step
-            boxes[feeder], layers[feeder] = (feeder_x, node_top, NODE_WIDTH, NODE_HEIGHT), layers[box]
+            boxes[feeder], layers[feeder] = (feeder_x, node_top, NODE_WIDTH, NODE_HEIGHT), row
             edges.append(LayoutEdge(box, feeder, tensor, down_across(exit_point, (feeder_x + NODE_WIDTH / 2, node_top),
                                                                      ay + ah + CONSTANT_LIFT / 2)))
-            # Each feeder's edge across at its own height: they would overlap at one.
+            # Each feeder's edge runs across at its own height: they would overlap at one.
             level = node_top + NODE_HEIGHT + CONSTANT_LIFT * (feeders - k) / (feeders + 1)
-            edges.append(LayoutEdge(feeder, output_box, name, down_across((feeder_x + NODE_WIDTH / 2, node_top + NODE_HEIGHT),
-                                                                          into_output, level)))
+            edges.append(LayoutEdge(feeder, output_box, name, down_across(
+                (feeder_x + NODE_WIDTH / 2, node_top + NODE_HEIGHT), into_output, level)))
             k += 1
-    return _with_boxes(layout, boxes, edges, layers) if by_box else layout
+    grown = float(extra[-1]) if len(extra) else 0.0
+    return _with_boxes(replace(layout, height=layout.height + grown), boxes, edges, layers)
+
+
+def _outputs_height(outputs: list) -> float:
+    """From a box's bottom to the bottom of its outputs drawn beside it (attach_outputs)."""
+    feeders = any(feeder is not None for feeder, _, _ in outputs)
+    return CONSTANT_LIFT + (NODE_HEIGHT + CONSTANT_LIFT if feeders else 0.0) + IO_HEIGHT
 
 
 def _broadcast_split(edges: list[tuple[int, int, str]]) -> tuple[list, list]:
