@@ -351,7 +351,9 @@ class FoldedLayouts:
         index = self._indexed()
         homes: dict[Optional[str], list] = {}
         feeders: list[int] = []
-        if index is None or not len(self.arrays.output_tensors):
+        if index is None:
+            return self._find_output_homes_walking()
+        if not len(self.arrays.output_tensors):
             return homes, np.zeros(0, dtype=np.int64), frozenset()
         arrays, names = self.arrays, self.arrays.tensor_names
         pairs = arrays.pairs(self.include_constants)
@@ -445,17 +447,55 @@ class FoldedLayouts:
                 group = children.pop()
                 found = fed.get(group)
                 if found is None:
-                    inside = set(groups[group].members)
-                    found = fed[group] = any(
-                        not producer_of.get(k, INPUT_PREFIX).startswith(INPUT_PREFIX) and producer_of[k] not in inside
-                        for node_id in groups[group].members if node_id not in self.hidden
-                        for k in self.analysis.graph.node(node_id).inputs)
+                    found = fed[group] = self._fed_walking(group, producer_of)
                 if found:
                     homes.setdefault(level, []).append((INPUT_PREFIX + name, group, name))
                     homed[name] = name
                     break
                 level = group
         return homes, homed
+
+    def _fed_walking(self, group_id: str, producer_of: Mapping[str, str]) -> bool:
+        """_fed by walking the group's nodes."""
+        inside = set(self.groups[group_id].members)
+        return any(not producer_of.get(k, INPUT_PREFIX).startswith(INPUT_PREFIX) and producer_of[k] not in inside
+                   for node_id in self.groups[group_id].members if node_id not in self.hidden
+                   for k in self.analysis.graph.node(node_id).inputs)
+
+    def _find_output_homes_walking(self) -> tuple[dict, np.ndarray, frozenset]:
+        """_find_output_homes by walking the nodes (levels found by walking); feeders as node ids."""
+        producer_of, consumers_of, outputs = self._tensor_maps()
+        groups, innermost, graph = self.groups, self.innermost(), self.analysis.graph
+        homes: dict[Optional[str], list] = {}
+        fed: dict[str, bool] = {}
+        for name in graph.outputs:
+            maker = producer_of.get(name)
+            if maker is None or maker.startswith(INPUT_PREFIX) or consumers_of.get(name):
+                continue
+            node = graph.node(maker)
+            reads = [k for k in node.inputs if k in producer_of]
+            feeder, start = None, None
+            if len(node.outputs) == 1 and len(reads) == 1 and not producer_of[reads[0]].startswith(INPUT_PREFIX):
+                feeder, maker, start = maker, producer_of[reads[0]], innermost.get(maker)
+            level, home = start, None
+            while True:
+                group = innermost.get(maker)
+                while group is not None and groups[group].parent != level:
+                    group = groups[group].parent
+                if group is None or group == level:
+                    break
+                found = fed.get(group)
+                if found is None:
+                    found = fed[group] = self._fed_walking(group, producer_of)
+                if found:
+                    home = level if level != start else None
+                    break
+                level = group
+            if home is not None:
+                homes.setdefault(home, []).append((group, feeder, reads[0] if feeder else name, name))
+        feeders = [feeder for beside in homes.values() for _, feeder, _, _ in beside if feeder is not None]
+        return homes, np.array(sorted(self.arrays.position[f] for f in feeders), dtype=np.int64), \
+            frozenset(name for beside in homes.values() for _, _, _, name in beside)
 
     def _homed_under(self, group_id: str) -> np.ndarray:
         """The positions of the graph inputs drawn in `group_id`'s level or deeper (sorted)."""
@@ -488,16 +528,30 @@ class FoldedLayouts:
     def _lay_out_walking(self, level: Optional[str], children: list[str]) -> GraphLayout:
         """_lay_out by walking the level's nodes (a model whose tensors the arrays cannot stand for)."""
         homes, homed = self._inputs_homed()
-        if level is None:
+        output_homes, moved_feeders, homed_outputs = self._outputs_homed()
+        moved = frozenset(self.arrays.names(moved_feeders)) if len(moved_feeders) else frozenset()
+        if level is None and not moved:
             return layout_graph(self.analysis, include_constants=self.include_constants, groups=self.groups,
                                 collapsed=children, broadcast_lanes=True,
                                 inputs_beside=homes.get(None, ()), left_out_inputs=frozenset(homed.values()))
-        visible = [n for n in self.groups[level].members if n not in self.hidden]
         box_for, members = collapsed_boxes(self.groups, children)
-        if homes.get(level):  # drawn with graph inputs: a twin's geometry would lack them
+        if level is None:  # as layout_graph, without the feeders of outputs drawn elsewhere
+            hidden = frozenset(n for n in self.analysis.order if self.analysis.nodes[n].is_constant)
+            visible = [n for n in self.analysis.order if n not in hidden and n not in moved]
+            layout = layout_nodes(self.analysis.graph, visible, include_io=True, hidden=hidden, box_for=box_for,
+                                  members=members, broadcast_lanes=True, left_out_inputs=frozenset(homed.values()),
+                                  left_out_outputs=homed_outputs)
+            if homes.get(None):
+                layout = attach_inputs(layout, homes[None])
+            return attach_constants(layout, self.analysis) if self.include_constants else layout
+        visible = [n for n in self.groups[level].members if n not in self.hidden and n not in moved]
+        if homes.get(level) or output_homes.get(level) or len(visible) < len(self.groups[level].members) - sum(
+                n in self.hidden for n in self.groups[level].members):  # a twin's geometry would lack them
             layout = layout_nodes(self.analysis.graph, visible, include_io=False, box_for=box_for, members=members,
                                   broadcast_lanes=True)
-            return attach_inputs(layout, homes[level])
+            if output_homes.get(level):
+                layout = attach_outputs(layout, output_homes[level])
+            return attach_inputs(layout, homes[level]) if homes.get(level) else layout
         structure = self._structure(visible, box_for, children)
         twin = self._by_structure.get(structure)
         if twin is not None:
@@ -894,6 +948,11 @@ class FoldedLayouts:
         inside = set(self.groups[group_id].members)
         homes, _ = self._inputs_homed()
         inside |= {box for level, beside in homes.items() if self._within(level, group_id) for box, _, _ in beside}
+        output_homes = self._outputs_homed()[0]  # graph outputs drawn inside it (and their feeders)
+        inside |= {feeder for level, beside in output_homes.items() if self._within(level, group_id)
+                   for _, feeder, _, _ in beside if feeder is not None}
+        outputs = outputs - {name for level, beside in output_homes.items() if self._within(level, group_id)
+                             for _, _, _, name in beside}
         entering: dict[str, list[str]] = {}
         leaving: dict[str, list[str]] = {}
         for node_id in self.groups[group_id].members:
