@@ -446,11 +446,15 @@ def attach_outputs(layout: GraphLayout, beside: list[tuple[str, Optional[str], s
 
     if len(cuts) and extra[-1] > 0:
         rects[:, 1] = moved(rects[:, 1])
-        edges = []
-        for e in layout.edges:
-            points = np.array(e.points, dtype=float)
-            points[:, 1] = moved(points[:, 1])
-            edges.append(LayoutEdge(e.source, e.target, e.value, tuple(map(tuple, points.tolist())), e.values))
+        lists = [e.points for e in layout.edges]
+        counts = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+        points = np.fromiter(chain.from_iterable(chain.from_iterable(lists)), dtype=float,
+                             count=2 * int(counts.sum())).reshape(-1, 2)
+        points[:, 1] = moved(points[:, 1])
+        flat = list(map(tuple, points.tolist()))
+        ends = np.cumsum(counts).tolist()
+        edges = [LayoutEdge(e.source, e.target, e.value, tuple(flat[end - n:end]), e.values)
+                 for e, n, end in zip(layout.edges, counts.tolist(), ends)]
     else:
         edges = list(layout.edges)
     boxes = dict(zip(ids, map(tuple, rects.tolist())))
@@ -927,8 +931,18 @@ def _vertical_runs(edges: Sequence[LayoutEdge]) -> np.ndarray:
     vertical = (np.abs(end[:, 0] - start[:, 0]) < 1.0) & (np.abs(end[:, 1] - start[:, 1]) > 1.0)
     vertical[np.cumsum(counts)[:-1] - 1] = False  # from an edge's last point to the next edge's first
     start, end = start[vertical], end[vertical]
-    return np.stack([np.minimum(start[:, 0], end[:, 0]) - 1.0, np.minimum(start[:, 1], end[:, 1]),
-                     np.full(len(start), 2.0), np.abs(end[:, 1] - start[:, 1])], axis=1)
+    x, top, bottom = np.minimum(start[:, 0], end[:, 0]), np.minimum(start[:, 1], end[:, 1]), \
+        np.maximum(start[:, 1], end[:, 1])
+    # Runs down one line that overlap are one run: a lane's edges run down it together (250 of
+    # them beside a decoder's blocks), each a rectangle in every bucket it passes (_Obstacles).
+    order = np.lexsort((top, x))
+    x, top, bottom = x[order], top[order], bottom[order]
+    line = np.r_[0, np.cumsum(x[1:] != x[:-1])]
+    reach = np.maximum.accumulate(bottom + line * 1e12) - line * 1e12  # lowest end so far on the line
+    first = np.r_[True, (line[1:] != line[:-1]) | (top[1:] > reach[:-1])]
+    starts = np.flatnonzero(first)
+    ends = np.r_[starts[1:], len(x)] - 1
+    return np.stack([x[starts] - 1.0, top[starts], np.full(len(starts), 2.0), reach[ends] - top[starts]], axis=1)
 
 
 def _overlapping(queries: np.ndarray, spans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
