@@ -933,6 +933,8 @@ def _vertical_runs(edges: Sequence[LayoutEdge]) -> np.ndarray:
     start, end = start[vertical], end[vertical]
     x, top, bottom = np.minimum(start[:, 0], end[:, 0]), np.minimum(start[:, 1], end[:, 1]), \
         np.maximum(start[:, 1], end[:, 1])
+    if not len(x):
+        return np.zeros((0, 4))
     # Runs down one line that overlap are one run: a lane's edges run down it together (250 of
     # them beside a decoder's blocks), each a rectangle in every bucket it passes (_Obstacles).
     order = np.lexsort((top, x))
