@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.grouping import compare_blocks, member_text, namespace_groups, repeated_block_lines, repeated_blocks
+from engine.grouping import compare_blocks, family_line, member_text, namespace_groups, repeated_block_lines, repeated_blocks
 from tests.engine.test_report_repeated_blocks import profiled_decoder  # noqa: F401 (the profiled 4-layer decoder)
 
 
@@ -49,3 +49,20 @@ def test_member_texts(decoder):
     assert member_text(family, [], block, False) == "one of the 4 blocks model/layers.*"
     untimed = [t for t in times if t.group_id != block]
     assert member_text(family, untimed, block, True) == "one of the 4 blocks model/layers.*: not timed in this profile"
+
+
+def test_a_family_of_mixed_kinds_is_labelled_with_the_weakest(decoder):
+    """The median and the ratios are made from every block's time: one block measured among
+    attributed ones does not make them measured (the slowest's or the block's own kind did)."""
+    from dataclasses import replace
+
+    profile, analysis, family, times = decoder
+    slowest = max(times, key=lambda t: t.ratio_to_median)
+    mixed = [t if t is slowest else replace(t, kind="attributed") for t in times]
+    assert slowest.kind == "measured"
+    line = family_line(family, mixed)
+    assert line.endswith(", attributed)") and "measured" not in line, line
+    for time in mixed:
+        text = member_text(family, mixed, time.group_id, True)
+        _once(text, "attributed")
+        assert "measured" not in text, text
