@@ -235,10 +235,11 @@ class MenusMixin:
         bar.addWidget(self.search_field)
         self.search_label = QLabel("")
         self.search_label.setMinimumWidth(90)
-        self.search_label.setToolTip("Counted: the nodes whose name, id or op type contains the text, and the "
-                                     "groups and graph inputs/outputs whose name does, that Enter can go to "
-                                     "(inside collapsed groups too); constants folded into their consumers "
-                                     "(Constants off) are not")
+        self.search_label.setToolTip("Counted: what Enter can go to: the nodes whose name, id or op type contains "
+                                     "the text (inside collapsed groups too, except constants folded into their "
+                                     "consumers while Constants is off), and the group boxes drawn and graph "
+                                     "inputs/outputs whose name does (a group inside a collapsed one counts once "
+                                     "it is drawn)")
         bar.addWidget(self.search_label)
 
     def _build_status_bar(self) -> None:
