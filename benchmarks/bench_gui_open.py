@@ -464,10 +464,16 @@ def main() -> int:
     print(f"\nredraw of the graph view ({view.viewport().width()}x{view.viewport().height()} px), wide model "
           f"({len(r)} boxes), median of 7:")
     from gui.graph_view import LABEL_MIN_SCALE
+    try:
+        from gui.graph_style import TEXT_FONT_PIXELS, text_drawn_at
+    except ImportError:  # a checkout from before the per-line size rule
+        text_drawn_at = None
     for scale in (0.1, 0.15, 0.2, LABEL_MIN_SCALE, 0.5, 1.0):
         visible, ms = redraw_ms(scale)
         note = "labels" if scale >= LABEL_MIN_SCALE else "boxes only (labels unreadable below " \
             f"{LABEL_MIN_SCALE:.2f})"
+        if scale >= LABEL_MIN_SCALE and text_drawn_at is not None and not text_drawn_at(TEXT_FONT_PIXELS, scale):
+            note = "labels: titles only (smaller lines unreadable)"
         print(f"  zoom {scale:4.2f}: {visible:5d} visible boxes, {ms:5.1f} ms  {note}  (budget 30 ms)")
 
     # Longest event-loop gap (a QTimer ticking every 10 ms on the UI thread) while models open

@@ -31,24 +31,35 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import shiboken6
 from PySide6.QtCore import QByteArray, QDataStream, QIODevice, QPointF, QRectF, Qt, QTimer
-from PySide6.QtGui import QBrush, QColor, QFont, QFontMetrics, QPainter, QPainterPath, QPen, QPolygonF
+from PySide6.QtGui import (QBrush, QColor, QFont, QFontMetrics, QGlyphRun, QPainter, QPaintEngine, QPainterPath,
+                           QPen, QPolygonF, QTextLayout)
 from PySide6.QtWidgets import (QGraphicsItem, QGraphicsPathItem, QGraphicsRectItem, QGraphicsScene,
                                QStyleOptionGraphicsItem)
 
 from engine.inspect import human_bytes, human_count
 from engine.layout import GROUP_PREFIX, INPUT_PREFIX, OUTPUT_PREFIX, op_category
 from engine.profile import KINDS
-from gui.graph_groups import FrameLayer, GroupSceneMixin, frame_title, group_lines
+from gui.graph_groups import FrameLayer, GroupSceneMixin, frame_title, group_lines, prime_group_totals
 from gui.graph_style import (BOX_PEN, CATEGORY_COLORS, EDGE_COLOR, EDGE_MAX_WIDTH, EDGE_MIN_WIDTH,
                              EDGE_WIDTH_STEPS, GROUP_PEN_COLOR, LABEL_MAX_COUNT, labels_drawn_at,
-                             LINK_PEN_COLOR, OVERLAYS, RATIO_LIMIT, TOP_PEN_COLOR, UNKNOWN_COLOR,
+                             LINK_PEN_COLOR, OVERLAYS, RATIO_LIMIT, TEXT_FONT_PIXELS, TITLE_FONT_PIXELS,
+                             TOP_PEN_COLOR, UNKNOWN_COLOR, text_drawn_at,
                              ZERO_COLOR, _type_text, diverging_color, format_ms, gradient_color, is_group,
                              is_io, node_transfers, unit_color)
 from gui.responsive import hold_gc, release_gc
 
 
 class LabelLayer(QGraphicsItem):
-    """Paints the text of every visible box in one paint() call (see the module docstring)."""
+    """Paints the text of every visible box in one paint() call (see the module docstring).
+
+    Each line's text is elided once and laid out once, then drawn as glyph runs at any zoom
+    (`_glyph_runs`; a few layouts per paint).  Lines too small to read at the zoom are not drawn
+    (`gui.graph_style.text_drawn_at`)."""
+
+    # Laid-out titles and texts kept (~2.5 KB for a box's name and shape lines, measured): a pan
+    # across a 20,000-box model would keep them all; beyond this (~20 MB) the cache starts again.
+    LAID_OUT_LIMIT = 3 * LABEL_MAX_COUNT
+    LAYOUTS_PER_PAINT = 64  # titles or texts laid out by one paint (see paint): ~10 us each
 
     def __init__(self, rects: np.ndarray, lines: Sequence[tuple[str, str, str]], arrow_tips: np.ndarray):
         super().__init__()
@@ -59,7 +70,9 @@ class LabelLayer(QGraphicsItem):
         self._right = rects[:, 0] + rects[:, 2]
         self._bottom = rects[:, 1] + rects[:, 3]
         self._lines = lines
-        self._elided: dict[int, tuple[str, str, str]] = {}
+        self._elided: dict[int, tuple[str, ...]] = {}
+        self._headings: dict[int, list[QGlyphRun]] = {}  # laid-out titles (see _heading_runs)
+        self._texts: dict[int, list[list[QGlyphRun]]] = {}  # laid-out other lines (see _text_runs)
         if len(rects):
             self._bounds = QRectF(float(rects[:, 0].min()), float(rects[:, 1].min()),
                                   float(self._right.max() - rects[:, 0].min()),
@@ -67,12 +80,13 @@ class LabelLayer(QGraphicsItem):
         else:
             self._bounds = QRectF()
         self.title_font = QFont()
-        self.title_font.setPixelSize(13)
+        self.title_font.setPixelSize(TITLE_FONT_PIXELS)
         self.title_font.setBold(True)
         self.text_font = QFont()
-        self.text_font.setPixelSize(11)
+        self.text_font.setPixelSize(TEXT_FONT_PIXELS)
         self._title_metrics = QFontMetrics(self.title_font)
         self._text_metrics = QFontMetrics(self.text_font)
+        self._line_height = self._text_metrics.height()
         self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemUsesExtendedStyleOption)
         self.setAcceptedMouseButtons(Qt.MouseButton.NoButton)
         self.setAcceptHoverEvents(False)
@@ -89,16 +103,69 @@ class LabelLayer(QGraphicsItem):
         if cached is None:
             width = int(self._rects[index, 2]) - 10
             title, name, *details = self._lines[index]
-            cached = (self._title_metrics.elidedText(title, Qt.TextElideMode.ElideRight, width),
+            title_metrics = self._title_metrics if self._rects[index, 3] >= 40 else self._text_metrics
+            cached = (title_metrics.elidedText(title, Qt.TextElideMode.ElideRight, width),
                       self._text_metrics.elidedText(name, Qt.TextElideMode.ElideMiddle, width),
                       *(self._text_metrics.elidedText(d, Qt.TextElideMode.ElideRight, width) for d in details))
             self._elided[index] = cached
         return cached
 
+    def _heading_runs(self, index: int) -> list[QGlyphRun]:
+        """Box `index`'s title laid out in the title font (not used for a graph input's/output's box)."""
+        cached = self._headings.get(index)
+        if cached is None:
+            self._limit_laid_out()
+            cached = self._headings[index] = _glyph_runs(self._elide(index)[0], self.title_font)
+        return cached
+
+    def _text_runs(self, index: int) -> list[list[QGlyphRun]]:
+        """Box `index`'s lines in the text font laid out: a graph input's/output's two lines, another
+        box's lines after its title."""
+        cached = self._texts.get(index)
+        if cached is None:
+            self._limit_laid_out()
+            lines = self._elide(index)
+            lines = lines[:2] if self._rects[index, 3] < 40 else lines[1:]
+            cached = self._texts[index] = [_glyph_runs(line, self.text_font) for line in lines]
+        return cached
+
+    def _limit_laid_out(self) -> None:
+        if len(self._headings) + len(self._texts) >= self.LAID_OUT_LIMIT:
+            self._headings.clear()
+            self._texts.clear()
+
+    def _placed_lines(self, visible: np.ndarray, titles: bool, texts: bool):
+        """Where a paint draws each line of the boxes `visible`: (box index, line number in
+        `_elide`'s tuple, x, y of the line's top left); titles / other lines only when `titles` /
+        `texts` (`text_drawn_at`)."""
+        line = self._line_height
+        for index, (x, y, w, h) in zip(visible.tolist(), self._rects[visible].tolist()):
+            if h < 40:  # graph input/output: kind and name, then the tensor type (the text font)
+                if texts:
+                    yield index, 0, x + 6, y + 3
+                    yield index, 1, x + 6, y + 3 + line
+                continue
+            if titles:
+                yield index, 0, x + 6, y + 3
+            if texts:
+                yield index, 1, x + 6, y + 19
+                # A collapsed group's box is taller: totals, then the profile's time.
+                for row in range(1, min(len(self._lines[index]) - 2, max(1, int((h - 19) // line) - 1)) + 1):
+                    yield index, 1 + row, x + 6, y + 19 + row * line
+
+    def drawn_lines(self, index: int, level_of_detail: float, device_pixel_ratio: float = 1.0) -> list[str]:
+        """The text a paint at this zoom draws in box `index`, line by line (elided; empty lines left out)."""
+        placed = self._placed_lines(np.array([index]),
+                                    text_drawn_at(TITLE_FONT_PIXELS, level_of_detail, device_pixel_ratio),
+                                    text_drawn_at(TEXT_FONT_PIXELS, level_of_detail, device_pixel_ratio))
+        return [text for text in (self._elide(index)[number] for _, number, _, _ in placed) if text]
+
     def set_line(self, index: int, lines: tuple[str, ...]) -> None:
         """Replace the text of box `index` (a collapsed group's time line follows the selected profile)."""
         self._lines[index] = lines
         self._elided.pop(index, None)
+        self._headings.pop(index, None)
+        self._texts.pop(index, None)
         self.update()
 
     def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem, widget=None) -> None:
@@ -110,34 +177,78 @@ class LabelLayer(QGraphicsItem):
         if len(tips):
             shown = np.flatnonzero((tips[:, 0] >= exposed.left() - 5) & (tips[:, 0] <= exposed.right() + 5)
                                    & (tips[:, 1] >= exposed.top()) & (tips[:, 1] <= exposed.bottom() + 8))
-            if len(shown) <= LABEL_MAX_COUNT:
+            if 0 < len(shown) <= LABEL_MAX_COUNT:
                 painter.setPen(Qt.PenStyle.NoPen)
                 painter.setBrush(EDGE_COLOR)
-                for x, y in tips[shown].tolist():
-                    painter.drawPolygon([QPointF(x, y), QPointF(x - 4, y - 7), QPointF(x + 4, y - 7)])
+                painter.drawPath(_arrow_heads(tips[shown]))
         visible = np.flatnonzero((self._right >= exposed.left()) & (self._rects[:, 0] <= exposed.right())
                                  & (self._bottom >= exposed.top()) & (self._rects[:, 1] <= exposed.bottom()))
         if len(visible) > LABEL_MAX_COUNT:
             return
+        device = painter.device()
+        ratio = device.devicePixelRatioF() if device is not None else 1.0
+        placed = self._placed_lines(visible, text_drawn_at(TITLE_FONT_PIXELS, scale, ratio),
+                                    text_drawn_at(TEXT_FONT_PIXELS, scale, ratio))
         painter.setPen(QColor("#111111"))
-        title_ascent = self._title_metrics.ascent()
-        text_ascent = self._text_metrics.ascent()
-        line = self._text_metrics.height()
-        for index in visible.tolist():
-            x, y, w, h = self._rects[index].tolist()
-            title, name, *details = self._elide(index)
-            if h < 40:  # graph input/output: kind and name, then the tensor type
-                painter.setFont(self.text_font)
-                painter.drawText(QPointF(x + 6, y + 3 + text_ascent), title)
-                painter.drawText(QPointF(x + 6, y + 3 + line + text_ascent), name)
-                continue
-            painter.setFont(self.title_font)
-            painter.drawText(QPointF(x + 6, y + 3 + title_ascent), title)
-            painter.setFont(self.text_font)
-            painter.drawText(QPointF(x + 6, y + 19 + text_ascent), name)
-            for row, detail in enumerate(details[: max(1, int((h - 19) // line) - 1)], 1):
-                if detail:  # a collapsed group's box is taller: totals, then the profile's time
-                    painter.drawText(QPointF(x + 6, y + 19 + row * line + text_ascent), detail)
+        if painter.paintEngine().type() != QPaintEngine.Type.Raster:
+            self._draw_strings(painter, placed)  # SVG, PDF: text stays text (searchable, selectable)
+            return
+        # A line not laid out yet is drawn as a string (one drawText costs less than a layout):
+        # a paint lays out at most LAYOUTS_PER_PAINT, so no paint (a new scene's first, an expanded
+        # group's) is slowed by more than ~1 ms, and repaints soon draw only glyph runs.
+        headings, texts, rects, draw = self._headings, self._texts, self._rects, painter.drawGlyphRun
+        budget, strings = self.LAYOUTS_PER_PAINT, []
+        for placement in placed:
+            index, number, x, y = placement
+            heading = number == 0 and rects[index, 3] >= 40
+            laid_out = headings.get(index) if heading else texts.get(index)
+            if laid_out is None:
+                if budget <= 0:
+                    strings.append(placement)
+                    continue
+                budget -= 1
+                laid_out = self._heading_runs(index) if heading else self._text_runs(index)
+            for run in laid_out if heading else laid_out[number if rects[index, 3] < 40 else number - 1]:
+                draw(QPointF(x, y), run)
+        if strings:
+            self._draw_strings(painter, strings)
+
+    def _draw_strings(self, painter: QPainter, placed) -> None:
+        """The lines as strings (drawText): what a paint engine other than the screen's keeps as text."""
+        fonts = ((self.title_font, self._title_metrics.ascent()), (self.text_font, self._text_metrics.ascent()))
+        for index, number, x, y in placed:
+            font, ascent = fonts[0 if number == 0 and self._rects[index, 3] >= 40 else 1]
+            painter.setFont(font)
+            painter.drawText(QPointF(x, y + ascent), self._elide(index)[number])
+
+
+def _arrow_heads(tips: np.ndarray) -> QPainterPath:
+    """One path of a triangle pointing down at each tip (x, y): made from numpy in one call, not
+    a drawPolygon per arrow (~4 us each from Python, 500 at zoom 0.3)."""
+    corners = np.repeat(tips, 4, axis=0).reshape(-1, 4, 2) + _ARROW_CORNERS
+    elements = np.empty(len(tips) * 4, dtype=_PATH_ELEMENT)
+    elements["type"] = np.tile(_ARROW_TYPES, len(tips))
+    elements["x"], elements["y"] = corners[:, :, 0].ravel(), corners[:, :, 1].ravel()
+    path = _read_path(len(elements), elements, max(0, len(elements) - 4))
+    path.setFillRule(Qt.FillRule.WindingFill)  # two arrows into one point are drawn, not cut out
+    return path
+
+
+_ARROW_CORNERS = np.array([[0.0, 0.0], [-4.0, -7.0], [4.0, -7.0], [0.0, 0.0]])
+_ARROW_TYPES = np.array([0, 1, 1, 1])  # QPainterPath element types: move to, then lines to
+
+
+def _glyph_runs(text: str, font: QFont) -> list[QGlyphRun]:
+    """`text` laid out (shaped) in `font` on one line, its top left at (0, 0): a paint draws these
+    glyphs at any zoom without shaping the text again (a plain drawText shapes it on every paint,
+    half of its cost; a QStaticText shapes it again at every new zoom)."""
+    if not text:
+        return []
+    layout = QTextLayout(text, font)
+    layout.beginLayout()
+    layout.createLine()
+    layout.endLayout()
+    return layout.glyphRuns()
 
 
 @dataclass
@@ -200,11 +311,14 @@ def prepare_scene_data(loaded) -> SceneData:
     # A folded model draws the same nodes again as groups open and close: their text is kept.
     folded = getattr(loaded, "folded_layouts", None)
     known = folded.annotations.setdefault("scene_text", {}) if folded is not None else None
+    frames = getattr(layout, "frames", None) or {}
+    if groups:  # the totals of every group drawn, at once (each box's and frame's text reads them)
+        prime_group_totals([groups[b] for b, c in zip(node_ids, categories) if c == "group"] +
+                           [groups[g] for g in frames], analysis)
     lines = BoxLines(node_ids, analysis, groups, known)
     edges = layout.edges
     steps, widths = _edge_width_steps(edges, graph)
     batches, batch_of, segments, segment_edge, tips, reach = _edge_batches(edges, steps)
-    frames = getattr(layout, "frames", None) or {}
     frame_ids = list(frames)
     frame_rects = np.array([frames[g] for g in frame_ids], dtype=float).reshape(-1, 4)
     titles = [frame_title(groups[g], analysis) for g in frame_ids]

@@ -42,6 +42,22 @@ def group_totals(group, analysis, profile=None):
     return totals
 
 
+def prime_group_totals(groups: Sequence, analysis) -> None:
+    """Make the totals without a profile of those of `groups` not kept yet, all at once (as
+    group_totals would one by one): a new drawing's frame titles and group boxes read them."""
+    from engine.group_index import figures_of_many
+    from engine.layout import GroupTotals
+
+    per_model = _totals_cache.get(id(analysis))
+    if per_model is None:
+        per_model = _totals_cache[id(analysis)] = {}
+        weakref.finalize(analysis, _totals_cache.pop, id(analysis), None)
+    missing = list({g.id: g for g in groups if (g.id, id(None)) not in per_model}.values())
+    found = figures_of_many(analysis, [g.members for g in missing]) if missing else None
+    for group, figures in zip(missing, found or ()):
+        per_model[(group.id, id(None))] = (None, GroupTotals(**figures))
+
+
 def group_lines(group, analysis, profile=None) -> tuple[str, str, str, str]:
     """The text of a collapsed group's box: name, what it is, its totals, and its time in `profile`."""
     totals = group_totals(group, analysis, profile)

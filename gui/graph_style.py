@@ -48,6 +48,23 @@ def labels_drawn_at(level_of_detail: float) -> bool:
     return level_of_detail >= LABEL_MIN_SCALE - 1e-9
 
 
+TITLE_FONT_PIXELS = 13  # a box's first line, bold: its op type (a group: its name)
+TEXT_FONT_PIXELS = 11  # its other lines: node name, tensor type, a group's totals and time
+# The smallest text drawn, in device pixels: a box's bold title at the zoom where labels start
+# (13 px x 0.3 = 3.9 px: "Conv", "layers.7" still tell apart).  The 11 px lines are 3.3 px there,
+# a grey smear nobody reads, two of a box's three lines to paint; they come back one zoom step in
+# (0.36).
+MIN_TEXT_PIXELS = TITLE_FONT_PIXELS * LABEL_MIN_SCALE
+
+
+def text_drawn_at(font_pixels: float, level_of_detail: float, device_pixel_ratio: float = 1.0) -> bool:
+    """Whether a line of text in a font `font_pixels` tall is drawn at this zoom: labels are drawn
+    (`labels_drawn_at`) and the line is at least MIN_TEXT_PIXELS tall in device pixels (a
+    high-density screen shows smaller text readably)."""
+    return (labels_drawn_at(level_of_detail)
+            and font_pixels * level_of_detail * device_pixel_ratio >= MIN_TEXT_PIXELS - 1e-6)
+
+
 @dataclass(frozen=True)
 class OverlaySpec:
     key: str
