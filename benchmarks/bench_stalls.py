@@ -8,7 +8,10 @@ the command line or right after start meets: the helper process is still startin
 "stall" is the longest gap between ticks of a 10 ms QTimer on the UI thread during the step
 and until 600 ms after it; "cpu" is the CPU time the whole process (every thread) spent during
 that gap.  On a shared machine a gap whose cpu is far below its wall time is mostly the process
-waiting for a core, not our code holding the UI thread: compare the cpu column too.
+waiting for a core, not our code holding the UI thread: compare the cpu column too.  "ui cpu" is
+the UI thread's own CPU time in that gap, and "ui busiest" the most the UI thread spent in any gap
+of the step: what a person would wait for on an idle machine (other threads wanting the GIL add to
+it, a loaded machine's waits for a core do not).
 `--before CHECKOUT` runs the same steps with another checkout's code, interleaved with this one
 (run by run), so both see the same load.  Figures are measured (wall clock, process CPU time);
 medians of --runs.
@@ -46,10 +49,10 @@ def _child(model: str) -> None:
 
     def step(label, start) -> None:
         gc.collect()  # what earlier steps left is not this step's doing
-        ticks = [(time.perf_counter(), time.process_time())]
+        ticks = [(time.perf_counter(), time.process_time(), time.thread_time())]
         ticker = QTimer()
         ticker.setInterval(10)
-        ticker.timeout.connect(lambda: ticks.append((time.perf_counter(), time.process_time())))
+        ticker.timeout.connect(lambda: ticks.append((time.perf_counter(), time.process_time(), time.thread_time())))
         loop = QEventLoop()
         window.modelLoaded.connect(loop.quit)
         ticker.start()
@@ -59,10 +62,11 @@ def _child(model: str) -> None:
         window.modelLoaded.disconnect(loop.quit)
         QTimer.singleShot(600, loop.quit)
         loop.exec()
-        ticks.append((time.perf_counter(), time.process_time()))
+        ticks.append((time.perf_counter(), time.process_time(), time.thread_time()))
         ticker.stop()
-        stall, cpu = max((b[0] - a[0], b[1] - a[1]) for a, b in zip(ticks, ticks[1:]))
-        print(json.dumps([label, seconds, stall, cpu]), flush=True)
+        gaps = [(b[0] - a[0], b[1] - a[1], b[2] - a[2]) for a, b in zip(ticks, ticks[1:])]
+        stall, cpu, ui_cpu = max(gaps)
+        print(json.dumps([label, seconds, stall, cpu, ui_cpu, max(gap[2] for gap in gaps)]), flush=True)
 
     step(STEPS[0], lambda: window.open_path(model))
     step(STEPS[1], lambda: window.open_path(model))
@@ -78,7 +82,7 @@ def _run(checkout: Path, model: str) -> dict:
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("[")]
     if done.returncode != 0 or len(rows) != len(STEPS):
         raise RuntimeError(f"{checkout}: the run failed ({done.returncode}): {done.stderr[-2000:]}")
-    return {label: (seconds, stall, cpu) for label, seconds, stall, cpu in rows}
+    return {label: tuple(figures) for label, *figures in rows}  # seconds, stall, cpu, ui cpu, ui busiest
 
 
 def main() -> None:
@@ -99,18 +103,22 @@ def main() -> None:
             results[name].append(_run(checkout, args.model))
     print(f"{Path(args.model).name}: longest UI-thread stall per step, fresh process per run, "
           f"median of {args.runs} (measured; load {os.getloadavg()[0]:.1f} at the end)")
-    header = f"{'step':18s} {'code':7s} {'seconds':>8s} {'stall ms':>9s} {'cpu ms':>7s} {'stalls, every run (ms)':>24s}"
+    header = (f"{'step':18s} {'code':7s} {'seconds':>8s} {'stall ms':>9s} {'cpu ms':>7s} {'ui cpu':>7s} "
+              f"{'ui busiest':>10s} {'stalls, every run (ms)':>24s} {'ui busiest, every run':>24s}")
     print(header)
     for label in STEPS:
         for name, _ in checkouts:
             runs = [r[label] for r in results[name]]
-            seconds, stall, cpu = (statistics.median(r[k] for r in runs) for k in range(3))
+            seconds, stall, cpu, ui_cpu, busiest = (statistics.median(r[k] for r in runs) for k in range(5))
             every = " ".join(f"{r[1] * 1000:.0f}" for r in runs)
-            print(f"{label:18s} {name:7s} {seconds:8.2f} {stall * 1000:9.0f} {cpu * 1000:7.0f} {every:>24s}")
+            every_busiest = " ".join(f"{r[4] * 1000:.0f}" for r in runs)
+            print(f"{label:18s} {name:7s} {seconds:8.2f} {stall * 1000:9.0f} {cpu * 1000:7.0f} {ui_cpu * 1000:7.0f} "
+                  f"{busiest * 1000:10.0f} {every:>24s} {every_busiest:>24s}")
         if args.before:
-            ratio = statistics.median(r[label][1] for r in results["this"]) / \
-                statistics.median(r[label][1] for r in results["before"])
-            print(f"{'':18s} {'this/before stall':26s} {ratio:.2f}")
+            for figure, k in (("stall", 1), ("ui busiest", 4)):
+                ratio = statistics.median(r[label][k] for r in results["this"]) / \
+                    statistics.median(r[label][k] for r in results["before"])
+                print(f"{'':18s} {'this/before ' + figure:26s} {ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import shiboken6
-from PySide6.QtCore import QByteArray, QDataStream, QIODevice, QPointF, QRectF, Qt, QTimer
+from PySide6.QtCore import QByteArray, QDataStream, QIODevice, QLineF, QPointF, QRectF, Qt, QTimer
 from PySide6.QtGui import (QBrush, QColor, QFont, QFontMetrics, QGlyphRun, QPainter, QPaintEngine, QPainterPath,
                            QPen, QPolygonF, QTextLayout)
 from PySide6.QtWidgets import (QGraphicsItem, QGraphicsPathItem, QGraphicsRectItem, QGraphicsScene,
@@ -141,8 +141,9 @@ class LabelLayer(QGraphicsItem):
         line = self._line_height
         for index, (x, y, w, h) in zip(visible.tolist(), self._rects[visible].tolist()):
             if h < 40:  # graph input/output: kind and name, then the tensor type (the text font)
-                if texts:
+                if titles or texts:  # the name is this box's title: without it the box shows blank
                     yield index, 0, x + 6, y + 3
+                if texts:
                     yield index, 1, x + 6, y + 3 + line
                 continue
             if titles:
@@ -530,9 +531,11 @@ class LongEdgeBatch(QGraphicsPathItem):
     one path at once: where its edges run side by side (23 lanes in a band 50 pixels high) the
     anti-aliased fill of their crossing outlines alone took 25 ms.  Here only the pieces of
     segments within a margin of the exposed rectangle are drawn (numpy), each edge as a path of
-    its own: ~1-3 ms.  The strokes are the same: every cut lies outside the exposed rectangle by
-    more than the pen reaches; anti-aliased rims may differ by a few levels of grey (rounding of
-    a cut line, two edges' rims blended where they meet instead of merged).
+    its own (pieces of one segment as lines, in one call), each distinct piece once: ~1-3 ms.
+    The strokes are the same: every cut lies outside the exposed rectangle by more than the pen
+    reaches; anti-aliased rims may differ by a few levels of grey (rounding of a cut line, two
+    edges' rims blended where they meet instead of merged), and where many edges of a batch run
+    together (a lane) their rims are those of one edge, not darkened by hundreds of copies.
     """
 
     # Clip when the batch is this many times larger than the exposed rectangle (either way);
@@ -545,7 +548,7 @@ class LongEdgeBatch(QGraphicsPathItem):
         self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemUsesExtendedStyleOption, True)  # exposedRect
         self._bounds = path.boundingRect()
         self._segments: Optional[tuple] = None  # start, end, delta, first point, edge of every segment (when first clipped)
-        self._clipped: tuple = (None, [])  # (clip rectangle, its paths): a repaint of the same view reuses them
+        self._clipped: tuple = (None, ([], []))  # (clip rectangle, its lines and paths): a repaint of the same view reuses them
 
     def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem, widget=None) -> None:
         painter.setPen(self.pen())
@@ -564,13 +567,26 @@ class LongEdgeBatch(QGraphicsPathItem):
         left, top = math.floor(exposed.left() / step_x) * step_x, math.floor(exposed.top() / step_y) * step_y
         clip = (left - margin, top - margin, left + 3 * step_x + margin, top + 3 * step_y + margin)
         if self._clipped[0] != clip:
-            self._clipped = (clip, self.clipped_paths(*clip))
-        for path in self._clipped[1]:
+            lines, paths = self.clipped_pieces(*clip)
+            self._clipped = (clip, ([QLineF(*line) for line in lines.tolist()], paths))
+        lines, paths = self._clipped[1]
+        if lines:
+            painter.drawLines(lines)
+        for path in paths:
             painter.drawPath(path)
 
-    def clipped_paths(self, left: float, top: float, right: float, bottom: float) -> list[QPainterPath]:
-        """The pieces of this batch's polylines inside the rectangle, a path per edge (polylines
-        kept whole where no cut falls: the joins are Qt's as before)."""
+    def clipped_pieces(self, left: float, top: float, right: float, bottom: float
+                       ) -> tuple[np.ndarray, list[QPainterPath]]:
+        """The pieces of this batch's polylines inside the rectangle: (the pieces of one segment,
+        as rows x0, y0, x1, y1; the others, a path per edge: polylines kept whole where no cut
+        falls, so the joins are Qt's as before).
+
+        A piece of one segment has no join to keep: all of them are drawn with one drawLines call,
+        which Qt strokes line by line on its fast path.  Where hundreds of edges pass a view (the
+        lanes of a 20,000-node transformer expanded: a decoder's mask and rotary lanes, its
+        blocks' outputs leaving the `model` frame, the fan to the outputs) a call and a stroked
+        path per edge took 20-35 ms of each paint; the lines take a few."""
+        no_lines = np.zeros((0, 4))
         if self._segments is None:
             elements = _path_elements(self.path())
             points = np.stack([elements["x"], elements["y"]], axis=1).astype(float)
@@ -587,7 +603,7 @@ class LongEdgeBatch(QGraphicsPathItem):
         start, stop, delta, first_point, edge, (min_x, min_y, max_x, max_y) = self._segments
         near = (min_x <= right) & (max_x >= left) & (min_y <= bottom) & (max_y >= top)
         if not near.any():
-            return []
+            return no_lines, []
         if not near.all():
             chosen = np.flatnonzero(near[edge])
             start, stop, delta, first_point, edge = (start[chosen], stop[chosen], delta[chosen], first_point[chosen],
@@ -598,18 +614,30 @@ class LongEdgeBatch(QGraphicsPathItem):
         leave = np.minimum(np.minimum(leave_x, leave_y), 1.0)
         kept = np.flatnonzero(enter <= leave)
         if not len(kept):
-            return []
+            return no_lines, []
         enter, leave, edge = enter[kept], leave[kept], edge[kept]
-        begin = start[kept] + enter[:, None] * delta[kept]
-        end = start[kept] + leave[:, None] * delta[kept]
+        # Cut ends on a grid of 1/1024 unit (they lie outside what is shown): the pieces of edges that
+        # run together (a lane) then come out identical, and are drawn once (below).
+        begin = np.round((start[kept] + enter[:, None] * delta[kept]) * 1024.0) / 1024.0
+        end = np.round((start[kept] + leave[:, None] * delta[kept]) * 1024.0) / 1024.0
         begin[enter == 0] = start[kept][enter == 0]  # uncut ends exactly as laid out
         end[leave == 1] = stop[kept][leave == 1]
         # A kept segment continues the previous one when they share an uncut point.
         follows = np.zeros(len(kept), dtype=bool)
         follows[1:] = (first_point[kept][1:] == first_point[kept][:-1] + 1) & (leave[:-1] == 1) & (enter[1:] == 0)
         moves = ~follows
-        count = len(kept) + int(moves.sum())
-        ends = np.arange(len(kept)) + np.cumsum(moves)  # element of each segment's end (a line to it)
+        # A piece of one segment: it starts a piece and the next segment starts another.
+        alone = moves & np.r_[moves[1:], True]
+        # Each distinct piece once.  Hundreds of edges may run down one lane (a decoder's mask read by
+        # each of 250 blocks; every block's outputs leaving its frame): drawn once, a lane looks like
+        # one edge (its anti-aliased rims not darkened by hundreds of copies) and costs one stroke.
+        lines = np.unique(np.concatenate([begin[alone], end[alone]], axis=1), axis=0)
+        if alone.all():
+            return lines, []
+        joined = ~alone
+        begin, end, edge, moves = begin[joined], end[joined], edge[joined], moves[joined]
+        count = int(joined.sum()) + int(moves.sum())
+        ends = np.arange(len(begin)) + np.cumsum(moves)  # element of each segment's end (a line to it)
         elements = np.empty(count, dtype=_PATH_ELEMENT)
         elements["type"] = 1
         elements["x"][ends], elements["y"][ends] = end[:, 0], end[:, 1]
@@ -624,12 +652,16 @@ class LongEdgeBatch(QGraphicsPathItem):
         # element, from the first of its kept segments.
         first_of_edge = np.flatnonzero(np.r_[True, edge[1:] != edge[:-1]])
         bounds = (ends[first_of_edge] - 1).tolist() + [count]
-        paths = []
+        paths, drawn = [], set()
         for piece_start, piece_end in zip(bounds[:-1], bounds[1:]):
             piece = elements[piece_start:piece_end]
+            key = piece.tobytes()
+            if key in drawn:  # the same pieces as another edge's (edges from one source down its lane)
+                continue
+            drawn.add(key)
             last_move = int(np.flatnonzero(piece["type"] == 0)[-1])
             paths.append(_read_path(piece_end - piece_start, piece, last_move))
-        return paths
+        return lines, paths
 
 
 def _edge_batches_one_by_one(edges, steps: list[int]):

@@ -253,6 +253,8 @@ def release_gc() -> None:
     # No collection first: with collection off, everything made while opening is still in the
     # youngest generation, so even gc.collect(0) would walk the whole new model.
     gc_pause.resume(freeze=True)
+    global _last_release
+    _last_release = time.monotonic()
 
 
 def gc_held() -> bool:
@@ -272,6 +274,13 @@ FREE_SLICE_ITEMS = 2048
 FREE_DELAY_S = 1.0
 FREE_STEP_S = 0.003
 FREE_REST_SHARE = 2.0
+# While a task opens or lays out a model, or a scene is built (collection is held for them), and
+# FREE_AFTER_HOLD_S after (the new scene's first paints), the thread waits, up to FREE_YIELD_S in
+# all: its turns with the GIL made the build slices and the first paint of an Expand all (~1 s
+# after an open, when the model that open replaced is freed) 7-22 ms longer.
+FREE_YIELD_S = 5.0
+FREE_AFTER_HOLD_S = 0.3
+_last_release = 0.0  # time.monotonic() of the last release_gc
 # Kept objects are let go of after this long even if the model is still alive (something else keeps
 # it: nothing is freed then, and nothing is lost).
 FREE_WAIT_S = 60.0
@@ -344,11 +353,16 @@ class _Rest:
 
     def __init__(self):
         self.since = time.perf_counter()
+        self.yielded = 0.0  # seconds waited for the UI thread's work (FREE_YIELD_S)
 
     def __call__(self) -> None:
         worked = time.perf_counter() - self.since
         if worked >= FREE_STEP_S:
             time.sleep(worked * FREE_REST_SHARE)
+            while self.yielded < FREE_YIELD_S and (
+                    gc_held() or time.monotonic() - _last_release < FREE_AFTER_HOLD_S):
+                time.sleep(0.01)
+                self.yielded += 0.01
             self.since = time.perf_counter()
 
 

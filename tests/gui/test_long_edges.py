@@ -48,6 +48,13 @@ def _pieces(path: QPainterPath) -> list[np.ndarray]:
     return [points[a:b] for a, b in zip(moves[:-1], moves[1:])]
 
 
+def _clipped(item: LongEdgeBatch, left: float, top: float, right: float, bottom: float):
+    """(pieces, paths) of item.clipped_pieces: every drawn polyline (the lines of one segment and
+    each path's pieces), and the paths."""
+    lines, paths = item.clipped_pieces(left, top, right, bottom)
+    return [line.reshape(2, 2) for line in lines] + [piece for path in paths for piece in _pieces(path)], paths
+
+
 def _distance_to_segments(points: np.ndarray, segments: np.ndarray) -> np.ndarray:
     """Distance of each point to the nearest of the segments (x0, y0, x1, y1)."""
     start, end = segments[:, :2], segments[:, 2:]
@@ -64,8 +71,7 @@ def test_the_clipped_path_is_exactly_the_part_of_the_edges_inside_the_rectangle(
     lines = _polylines(seed)
     item = LongEdgeBatch(_path(lines), QPen(QColor("#7a7a7a"), 2.5))
     left, top, right, bottom = rect
-    paths = item.clipped_paths(left, top, right, bottom)
-    pieces = [piece for path in paths for piece in _pieces(path)]
+    pieces, paths = _clipped(item, left, top, right, bottom)
     # Points sampled along every laid-out segment: those inside the rectangle lie on a clipped
     # piece, those outside on none; the pieces lie inside the rectangle.
     samples = np.concatenate([line[k] + np.linspace(0, 1, 97)[:, None] * (line[k + 1] - line[k])
@@ -79,22 +85,24 @@ def test_the_clipped_path_is_exactly_the_part_of_the_edges_inside_the_rectangle(
         return
     assert inside.any()  # the rectangles above cut the edges
     segments = np.concatenate([np.concatenate([p[:-1], p[1:]], axis=1) for p in pieces])
-    assert _distance_to_segments(samples[inside], segments).max() < 1e-6
+    # (Cut ends are put on a grid of 1/1024 unit: the pieces of edges running together come out identical.)
+    assert _distance_to_segments(samples[inside], segments).max() < 1e-3
     if outside.any():
         assert _distance_to_segments(samples[outside], segments).min() > 0
     corners = np.concatenate(pieces)
-    assert ((corners[:, 0] >= left - 1e-9) & (corners[:, 0] <= right + 1e-9)
-            & (corners[:, 1] >= top - 1e-9) & (corners[:, 1] <= bottom + 1e-9)).all()
+    assert ((corners[:, 0] >= left - 1e-3) & (corners[:, 0] <= right + 1e-3)
+            & (corners[:, 1] >= top - 1e-3) & (corners[:, 1] <= bottom + 1e-3)).all()
     # Each piece is one run of uncut segments of one edge: its inner corners are laid-out points.
     laid_out = {tuple(point) for line in lines for point in line.tolist()}
     for piece in pieces:
         assert all(tuple(point) in laid_out for point in piece[1:-1].tolist())
-    # A path per edge: all of a path's points lie on one edge, and no two paths on the same one.
+    # A path per edge (pieces of one segment are lines): all of a path's points lie on one edge, and
+    # no two paths on the same one.
     line_segments = [np.concatenate([line[:-1], line[1:]], axis=1) for line in lines]
     edges_of_paths = []
     for path in paths:
         points = np.concatenate(_pieces(path))
-        on = [i for i, segs in enumerate(line_segments) if _distance_to_segments(points, segs).max() < 1e-6]
+        on = [i for i, segs in enumerate(line_segments) if _distance_to_segments(points, segs).max() < 1e-3]
         assert on
         edges_of_paths.append(on[0])
     assert len(set(edges_of_paths)) == len(paths)
@@ -104,10 +112,11 @@ def test_edges_inside_the_rectangle_are_drawn_as_laid_out(qapp):
     lines = _polylines(5)
     path = _path(lines)
     item = LongEdgeBatch(path, QPen(QColor("#7a7a7a"), 2.5))
-    clipped = item.clipped_paths(-10, -10, 3010, 20010)
-    assert len(clipped) == len(lines)  # a path per edge, each as laid out
-    assert np.array_equal(np.concatenate([_path_elements(p) for p in clipped]), _path_elements(path))
-    assert item.clipped_paths(4000, 0, 5000, 100) == []
+    pieces, paths = _clipped(item, -10, -10, 3010, 20010)
+    assert len(pieces) == len(lines)  # each edge whole, as laid out: a line if it is one segment
+    assert len(paths) == sum(len(line) > 2 for line in lines)
+    assert sorted(map(np.ndarray.tolist, pieces)) == sorted(map(np.ndarray.tolist, _pieces(path)))
+    assert _clipped(item, 4000, 0, 5000, 100) == ([], [])
 
 
 def _looks_the_same(expected: np.ndarray, shown: np.ndarray) -> bool:
