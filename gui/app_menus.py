@@ -129,9 +129,14 @@ class MenusMixin:
             self.group_actions[key] = action
         self.group_actions["none"].setChecked(True)
         group_menu.addSeparator()
+        # A tree control's keys for expanding and collapsing everything (Ctrl+* / Ctrl+/, the keypad's
+        # too).  The letters and Ctrl+Shift+= clashed: Ctrl+Shift+E is the HTML report,
+        # Ctrl+Shift+= is Zoom in on US keyboards, Ctrl+Alt+letter is AltGr on Windows (AltGr+E: €).
         self.expand_all_action = QAction("&Expand all groups", self, enabled=False,
+                                         shortcut=QKeySequence("Ctrl+*"),
                                          triggered=lambda: self.set_all_groups(False))
         self.collapse_all_action = QAction("&Collapse all groups", self, enabled=False,
+                                           shortcut=QKeySequence("Ctrl+/"),
                                            triggered=lambda: self.set_all_groups(True))
         group_menu.addAction(self.expand_all_action)
         group_menu.addAction(self.collapse_all_action)
