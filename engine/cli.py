@@ -187,7 +187,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
                          input_shapes=fixed_shapes, flexible_shapes=flexible_shapes, image_inputs=image_inputs,
                          optimize=args.optimize, progress=None if args.quiet else progress,
                          value_checks=not args.no_value_checks, kv_state=args.kv_state,
-                         assume_full_attention_mask=args.assume_full_attention_mask or False)
+                         assume_full_attention_mask=args.assume_full_attention_mask or False,
+                         ignore_memory_check=args.ignore_memory_check)
     except ConversionError as exc:
         raise CliError(str(exc))
     size = sum(f.stat().st_size for f in result.package_path.rglob("*") if f.is_file())
@@ -329,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "computes from it (GroupQueryAttention's seqlens_k in onnxruntime-genai exports) "
                               "then folds to constants and the program has no such input; the layer map "
                               "records the assumption. Needs the mask's shape (--shape NAME=1xTOTAL) if free")
+    convert.add_argument("--ignore-memory-check", action="store_true",
+                         help="convert even when the weights kept outside the model file exceed the memory free "
+                              "on this computer (refused otherwise, before any is read)")
     convert.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     convert.set_defaults(func=cmd_convert)
     return parser

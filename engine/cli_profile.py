@@ -326,7 +326,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     mode = args.mode or (MODE_DEPLOYED if is_coreml_target(args.target) else MODE_EXACT)
     settings = ProfileSettings(mode=mode, runs=args.runs, warmup=args.warmup, threads=args.threads,
                                inputs=args.inputs, seed=args.seed,
-                               input_shapes=parse_shape_option(args.shape))
+                               input_shapes=parse_shape_option(args.shape),
+                               ignore_memory_check=args.ignore_memory_check)
     if len(sizes) > 1 and len(alphas) > 1:
         raise CliError("sweep either sizes or alphas, not both at once")
     units = _compute_units_option(args)
@@ -637,6 +638,9 @@ def add_profile_commands(sub) -> None:
     profile.add_argument("--inputs", default="random", metavar="random|zeros|FILE.npz",
                          help="input values: random (seeded), zeros, or arrays named after the inputs in a .npz")
     profile.add_argument("--seed", type=int, default=0, help="seed of random inputs (default 0)")
+    profile.add_argument("--ignore-memory-check", action="store_true",
+                         help="CPU reference: read the weights kept outside the model file even when they exceed "
+                              "the memory free on this computer (refused otherwise, before any is read)")
     add_json_option(profile, "the layerscope.profile/1 JSON")
     profile.add_argument("--report", metavar="FILE", help="write a self-contained HTML report")
     profile.add_argument("--csv", metavar="FILE", help="write one CSV row per layer")

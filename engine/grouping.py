@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Mapping, Optional
 
 from engine.layout import GroupTotals, NodeGroup, group_totals, node_groups
+from engine.profile import combine_kinds
 
 if TYPE_CHECKING:
     from engine.analysis import ModelAnalysis
@@ -177,6 +178,13 @@ def _title(group_id: str) -> str:
     return group_id.rsplit("/", 1)[-1].rsplit(":", 1)[-1]
 
 
+def _kind_of(times: list[BlockTime]) -> str:
+    """The kind of figures made from all of `times` (their median, the ratios to it): the weakest
+    of theirs, as one block's is of its nodes' (one block's own kind would claim more for the others)."""
+    kinds = {t.kind for t in times}
+    return "unknown kind" if None in kinds else combine_kinds(kinds)
+
+
 def block_summary(family: BlockFamily, times: list[BlockTime]) -> str:
     """"the slowest, layers.17, is 1.40x the median block (1.230 ms vs 0.880 ms, measured)"; or
     "not profiled".  The family is named by the caller, once."""
@@ -185,7 +193,7 @@ def block_summary(family: BlockFamily, times: list[BlockTime]) -> str:
     slowest = max(times, key=lambda t: t.ratio_to_median)
     median_ms = statistics.median(t.time_ms for t in times)
     return (f"the slowest, {_title(slowest.group_id)}, is {slowest.ratio_to_median:.2f}x the median block "
-            f"({slowest.time_ms:.3f} ms vs {median_ms:.3f} ms, {slowest.kind or 'unknown kind'})")
+            f"({slowest.time_ms:.3f} ms vs {median_ms:.3f} ms, {_kind_of(times)})")
 
 
 def family_line(family: BlockFamily, times: list[BlockTime]) -> str:
@@ -203,7 +211,7 @@ def member_text(family: BlockFamily, times: list[BlockTime], group_id: str, prof
         return where + (": not timed in this profile" if profiled else "")
     median_ms = statistics.median(t.time_ms for t in times)
     slowest = max(times, key=lambda t: t.ratio_to_median)
-    median = f"the median block ({median_ms:.3f} ms, {mine.kind or 'unknown kind'})"
+    median = f"the median block ({median_ms:.3f} ms, {_kind_of(times)})"
     if slowest.group_id == group_id:
         return f"{where}, the slowest: {mine.ratio_to_median:.2f}x {median}"
     return (f"{where}: {mine.ratio_to_median:.2f}x {median}; the slowest, {_title(slowest.group_id)}, "

@@ -274,7 +274,11 @@ class ExportsMixin:
         source = self.scene.sceneRect()
         legend = self.view.legend.grab() if not self.view.legend.isHidden() else None
         band = legend.height() + 16 if legend is not None else 0
-        scale = 1.0 if svg else min(1.0, (max_side or self.PNG_MAX_SIDE) / max(source.width(), source.height() + band))
+        # The legend's band is not scaled: the graph's height gets what the band leaves of the limit
+        # (dividing the limit by the height plus the band made a tall graph's PNG taller than it).
+        limit = max_side or self.PNG_MAX_SIDE
+        scale = 1.0 if svg else min(1.0, limit / max(source.width(), 1.0),
+                                    max(1, limit - band) / max(source.height(), 1.0))
         width, height = max(1, int(source.width() * scale)), max(1, int(source.height() * scale))
         # A tall model scaled to max_side is narrower than its legend: the picture is widened (the
         # graph on its left), else the legend was cut at the picture's edge.

@@ -129,9 +129,14 @@ class MenusMixin:
             self.group_actions[key] = action
         self.group_actions["none"].setChecked(True)
         group_menu.addSeparator()
+        # A tree control's keys for expanding and collapsing everything (Ctrl+* / Ctrl+/, the keypad's
+        # too).  The letters and Ctrl+Shift+= clashed: Ctrl+Shift+E is the HTML report,
+        # Ctrl+Shift+= is Zoom in on US keyboards, Ctrl+Alt+letter is AltGr on Windows (AltGr+E: €).
         self.expand_all_action = QAction("&Expand all groups", self, enabled=False,
+                                         shortcut=QKeySequence("Ctrl+*"),
                                          triggered=lambda: self.set_all_groups(False))
         self.collapse_all_action = QAction("&Collapse all groups", self, enabled=False,
+                                           shortcut=QKeySequence("Ctrl+/"),
                                            triggered=lambda: self.set_all_groups(True))
         group_menu.addAction(self.expand_all_action)
         group_menu.addAction(self.collapse_all_action)
@@ -235,10 +240,11 @@ class MenusMixin:
         bar.addWidget(self.search_field)
         self.search_label = QLabel("")
         self.search_label.setMinimumWidth(90)
-        self.search_label.setToolTip("Counted: the nodes whose name, id or op type contains the text, and the "
-                                     "groups and graph inputs/outputs whose name does, that Enter can go to "
-                                     "(inside collapsed groups too); constants folded into their consumers "
-                                     "(Constants off) are not")
+        self.search_label.setToolTip("Counted: what Enter can go to: the nodes whose name, id or op type contains "
+                                     "the text (inside collapsed groups too, except constants folded into their "
+                                     "consumers while Constants is off), and the group boxes drawn and graph "
+                                     "inputs/outputs whose name does (a group inside a collapsed one counts once "
+                                     "it is drawn)")
         bar.addWidget(self.search_label)
 
     def _build_status_bar(self) -> None:

@@ -11,6 +11,7 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QListWidgetItem, QMessageBox
 
 from engine.compare import profile_label
+from engine.free_memory import is_memory_refusal
 from engine.profile import Profile
 from engine.session import profile_analysis, profiled_at
 from gui.graph_view import OVERLAYS, format_ms
@@ -395,10 +396,28 @@ class ProfilesMixin:
         if self.run_dialog is not None:
             self.run_dialog.show_finished(f"Failed: {message}", complete=False)  # not a full bar
         self.progress_label.setText("Profiling failed")
-        if self.error_dialogs:
+        request = getattr(self.sender(), "request", None)
+        if self.error_dialogs and request is not None and is_memory_refusal(message):
+            self._ask_to_run_anyway(message, request)
+        elif self.error_dialogs:
             QMessageBox.critical(self.run_dialog if self.run_dialog and self.run_dialog.isVisible() else self,
                                  "Profiling failed", message)
         self.profileFailed.emit(message)
+
+    def _ask_to_run_anyway(self, message: str, request) -> None:
+        """The weights exceed the free memory (engine.free_memory): the person may know better (swap,
+        memory about to be freed) and run it anyway, as `layerscope profile --ignore-memory-check`."""
+        box = QMessageBox(QMessageBox.Icon.Warning, "Not enough free memory", message,
+                          QMessageBox.StandardButton.Cancel,
+                          self.run_dialog if self.run_dialog and self.run_dialog.isVisible() else self)
+        box.setInformativeText("Run anyway reads all the weights into memory: the computer may swap, or the "
+                               "profiler be stopped by the system.")
+        anyway = box.addButton("Run anyway", QMessageBox.ButtonRole.AcceptRole)
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        box.exec()
+        if box.clickedButton() is anyway:
+            again = replace(request, settings=request.settings.replace(ignore_memory_check=True))
+            QTimer.singleShot(0, lambda: self.start_profile(again))  # once this run's worker has finished
 
     def _on_worker_finished(self, worker: ProfileWorker) -> None:
         if self.worker is worker:

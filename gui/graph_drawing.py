@@ -764,6 +764,10 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
         self.linked_node_ids: list[str] = []  # outlined: what the other view's selection maps to
         self._linked: set[int] = set()
         self._category_brushes = {name: QBrush(QColor(color)) for name, color in CATEGORY_COLORS.items()}
+        self._io_mask: Optional[np.ndarray] = None  # which boxes are graph inputs/outputs (`io_mask`)
+        # apply_values' brushes, kept: a box whose colour step stays keeps its brush, unset again.
+        self._value_brushes: dict[int, QBrush] = {-1: self._category_brushes["io"], -2: QBrush(UNKNOWN_COLOR),
+                                                  -3: QBrush(ZERO_COLOR)}
         self.overlay_key = "none"
         self.overlay_range: Optional[tuple[float, float]] = None
         self.overlay_kind = ""  # how the shown values were obtained: estimated / measured / attributed
@@ -1015,14 +1019,12 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
                 values.append(sum(charged) if charged else None)
             return values
         if spec is not None and spec.needs_profile:
-            timings = self.profile.nodes if self.profile is not None else {}
-            for node_id in self.node_ids:
-                if node_id in self.groups:
-                    values.append(self.group_totals(node_id).time_ms)
-                    continue
-                timing = timings.get(node_id)
-                values.append(None if timing is None else getattr(timing.time, spec.metric))
-            return values
+            # A plain dict's get (the profile's read-only map answers through a Python method).
+            get = dict(self.profile.nodes.items()).get if self.profile is not None else {}.get
+            metric, groups = spec.metric, self.groups
+            return [self.group_totals(node_id).time_ms if node_id in groups
+                    else None if (timing := get(node_id)) is None else getattr(timing.time, metric)
+                    for node_id in self.node_ids]
         nodes = self.loaded.analysis.nodes
         for node_id in self.node_ids:
             if node_id in self.groups and spec is not None:
@@ -1069,6 +1071,14 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
             self._apply_units()
             return
         self.apply_values(self.overlay_values(key), top_count, spec.low_is_hot)
+
+    @property
+    def io_mask(self) -> np.ndarray:
+        """Which boxes are graph inputs/outputs, by box index (made once: a scene's boxes stay)."""
+        if self._io_mask is None:
+            self._io_mask = np.fromiter((category == "io" for category in self._data.categories), dtype=bool,
+                                        count=len(self.node_ids))
+        return self._io_mask
 
     def _apply_units(self) -> None:
         """Colour each box by the compute unit the profile reports for it (categorical, no gradient)."""
@@ -1133,8 +1143,8 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
     def apply_values(self, values: Sequence[Optional[float]], top_count: int = 10, low_is_hot: bool = False) -> None:
         """Colour boxes by `values` (one per node, None = unknown) on a log scale; outline the largest
         (`low_is_hot`: the scale runs the other way, and the smallest are outlined)."""
-        known = np.array([v if v is not None else np.nan for v in values], dtype=float)
-        io_mask = np.array([is_io(n) for n in self.node_ids], dtype=bool)
+        known = np.array(values, dtype=float)  # None: nan
+        io_mask = self.io_mask
         known[io_mask] = np.nan
         finite = known[np.isfinite(known)]
         positive = finite[finite > 0]
@@ -1158,16 +1168,18 @@ class GraphScene(GroupSceneMixin, QGraphicsScene):
             steps[positive_mask] = 100 - steps[positive_mask]
         steps[np.isfinite(known) & (known <= 0)] = -3  # zero
         steps[io_mask] = -1
-        brushes: dict[int, QBrush] = {-1: self._category_brushes["io"], -2: QBrush(UNKNOWN_COLOR),
-                                      -3: QBrush(ZERO_COLOR)}
-        box_brushes = self.box_brushes
+        brushes = self._value_brushes
+        step_list = steps.tolist()
+        for step in set(step_list).difference(brushes):
+            brushes[step] = QBrush(gradient_color(step / 100))
+        items = self.node_items
+        new = list(map(brushes.__getitem__, step_list[:len(items)]))
         self._clear_outlines()
-        for i, (item, step) in enumerate(zip(self.node_items, steps.tolist())):
-            brush = brushes.get(step)
-            if brush is None:
-                brush = brushes[step] = QBrush(gradient_color(step / 100))
-            item.setBrush(brush)
-            box_brushes[i] = brush
+        # setBrush on the boxes whose brush changes only (each call queues a repaint of its box).
+        for item, brush, old in zip(items, new, self.box_brushes):
+            if brush is not old:
+                item.setBrush(brush)
+        self.box_brushes[:len(new)] = new
         if low_is_hot:  # the smallest positive values first (zero and unknown last)
             ranked = np.argsort(np.where(positive_mask, known, np.inf), kind="stable")
         else:

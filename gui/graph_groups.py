@@ -25,14 +25,21 @@ FRAME_FILLS = (QColor(238, 234, 248, 150), QColor(228, 222, 244, 150), QColor(21
 _totals_cache: dict[int, dict] = {}  # id of an analysis -> {(group id, id of profile): (profile, totals)}
 
 
-def group_totals(group, analysis, profile=None):
-    """engine.layout.group_totals, kept per analysis, group and profile (all immutable): a relayout of
-    a folded model redraws the same groups' boxes and frames, each a sum over up to 100,000 nodes.
-    An analysis's entries go with it (nothing here keeps a closed model alive)."""
+def _kept_totals(analysis) -> dict:
+    """The totals kept for `analysis`; its entry goes with it (nothing here keeps a closed model
+    alive, and an id reused by a later analysis finds no stale entry)."""
     per_model = _totals_cache.get(id(analysis))
     if per_model is None:
         per_model = _totals_cache[id(analysis)] = {}
         weakref.finalize(analysis, _totals_cache.pop, id(analysis), None)
+    return per_model
+
+
+def group_totals(group, analysis, profile=None):
+    """engine.layout.group_totals, kept per analysis, group and profile (all immutable): a relayout of
+    a folded model redraws the same groups' boxes and frames, each a sum over up to 100,000 nodes.
+    An analysis's entries go with it (nothing here keeps a closed model alive)."""
+    per_model = _kept_totals(analysis)
     key = (group.id, id(profile))
     found = per_model.get(key)
     if found is not None and found[0] is profile:
@@ -48,10 +55,7 @@ def prime_group_totals(groups: Sequence, analysis) -> None:
     from engine.group_index import figures_of_many
     from engine.layout import GroupTotals
 
-    per_model = _totals_cache.get(id(analysis))
-    if per_model is None:
-        per_model = _totals_cache[id(analysis)] = {}
-        weakref.finalize(analysis, _totals_cache.pop, id(analysis), None)
+    per_model = _kept_totals(analysis)
     missing = list({g.id: g for g in groups if (g.id, id(None)) not in per_model}.values())
     found = figures_of_many(analysis, [g.members for g in missing]) if missing else None
     for group, figures in zip(missing, found or ()):

@@ -42,6 +42,7 @@ from PySide6.QtWidgets import (QComboBox, QDialog, QFormLayout, QHBoxLayout, QLa
                                QSpinBox, QVBoxLayout, QWidget)
 
 from engine.hints import find_hints
+from engine.free_memory import IGNORE_OPTION
 from engine.ir import ModelLoadError
 from engine.profile import MODES, Profile, ProfileFormatError
 from engine.session import SweepResult, load_profile_json
@@ -201,6 +202,8 @@ def profile_command(request: RunRequest, json_path: str) -> list[str]:
     if request.sizes:
         height, width = request.sizes[0]
         arguments += ["--size", f"{height}x{width}"]
+    if settings.ignore_memory_check:
+        arguments.append(IGNORE_OPTION)
     if is_android_target(request.target):
         if request.benchmark_model:
             arguments += ["--benchmark-model", request.benchmark_model]

@@ -431,7 +431,7 @@ def _flexible_option_problems(flexible: Mapping[str, FlexibleShape], input_shape
 
 
 def _load(model_path: Path, input_shapes, flexible: Mapping[str, FlexibleShape],
-          assume_full_attention_mask: bool | str = False):
+          assume_full_attention_mask: bool | str = False, ignore_memory_check: bool = False):
     """The source at the default shapes, with probe graphs at the other flexible shapes."""
     from engine.convert.source import load_source
 
@@ -439,7 +439,8 @@ def _load(model_path: Path, input_shapes, flexible: Mapping[str, FlexibleShape],
     shapes.update({name: list(f.default_shape) for name, f in flexible.items()})
     probes = [{name: shape} for name, f in flexible.items() for shape in f.probe_shapes()]
     return load_source(model_path, shapes, probe_shapes=probes,
-                       full_attention_mask=_attention_mask_name(assume_full_attention_mask))
+                       full_attention_mask=_attention_mask_name(assume_full_attention_mask),
+                       ignore_memory_check=ignore_memory_check)
 
 
 # The input onnxruntime-genai and Optimum exports name the attention mask.
@@ -464,7 +465,8 @@ def convert(model_path: str | os.PathLike, output_path: str | os.PathLike, *, pr
             image_inputs: Optional[Mapping[str, ImageInput]] = None, optimize: str = "exact",
             flexible_shapes: Optional[Mapping[str, FlexibleShape]] = None,
             progress: Optional[Callable[[str], None]] = None, value_checks: bool = True,
-            kv_state: bool = False, assume_full_attention_mask: bool | str = False) -> ConversionResult:
+            kv_state: bool = False, assume_full_attention_mask: bool | str = False,
+            ignore_memory_check: bool = False) -> ConversionResult:
     """Convert an ONNX model to an ML Program package and write its layer map beside it.
 
     precision: "fp16" (Core ML's default) or "fp32".  target: minimum deployment target
@@ -482,6 +484,8 @@ def convert(model_path: str | os.PathLike, output_path: str | os.PathLike, *, pr
     so that what the model computes from it (GroupQueryAttention's seqlens_k and total length in
     onnxruntime-genai exports) folds to constants; the program then has no such input, and
     the layer map records the assumption ("assumptions") with the nodes it folded.
+    ignore_memory_check: convert a model whose weights kept outside its file exceed the free
+    memory (engine.free_memory) instead of refusing it; the result's warnings say so.
 
     Raises ConversionError listing every problem (nothing is written then) and
     engine.ir.ModelLoadError for files that cannot be read.
@@ -516,7 +520,7 @@ def convert(model_path: str | os.PathLike, output_path: str | os.PathLike, *, pr
     timings: dict[str, float] = {}
     started = time.perf_counter()
     report(f"reading {model_path.name}")
-    source = _load(model_path, input_shapes, flexible, assume_full_attention_mask)
+    source = _load(model_path, input_shapes, flexible, assume_full_attention_mask, ignore_memory_check)
     source.target = target
     timings["read"] = time.perf_counter() - started
 
@@ -657,7 +661,7 @@ def convert(model_path: str | os.PathLike, output_path: str | os.PathLike, *, pr
     timings["total"] = time.perf_counter() - started
     report(f"wrote {package_path} and {layer_map_file.name} in {timings['total']:.1f} s")
     return ConversionResult(package_path, layer_map_file, layer_map, verification, timings,
-                            list(source.model.warnings) + ct_warnings)
+                            source.load_warnings + list(source.model.warnings) + ct_warnings)
 
 
 def _build_failure(exc: Exception, source) -> Blocker:

@@ -58,6 +58,7 @@ class SourceModel:
     assumed_inputs: dict = field(default_factory=dict)
     assumption_problems: list = field(default_factory=list)
     analysis: object = None  # engine.analysis.ModelAnalysis of `model` (stages, costs per node)
+    load_warnings: list = field(default_factory=list)  # the free-memory check skipped or overridden
     _initializers: dict[str, onnx.TensorProto] = field(default_factory=dict)
     _values: dict[str, np.ndarray] = field(default_factory=dict)
     _producers: dict[str, Node] = field(default_factory=dict)
@@ -130,13 +131,14 @@ class SourceModel:
 def load_source(path: Path, input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
                 with_weights: bool = True,
                 probe_shapes: Sequence[Mapping[str, Sequence[int]]] = (),
-                full_attention_mask: Optional[str] = None) -> SourceModel:
+                full_attention_mask: Optional[str] = None, ignore_memory_check: bool = False) -> SourceModel:
     """Read an ONNX model for conversion.  Raises engine.ir.ModelLoadError for unusable files.
 
     input_shapes fixes the shapes the program is built (and checked) at; probe_shapes are
     other input shapes the program must also accept (flexible inputs): the axes whose sizes
     differ between them are the flexible ones.  full_attention_mask names an attention-mask
-    input to take as all ones (`assume_full_attention_mask`).
+    input to take as all ones (`assume_full_attention_mask`).  ignore_memory_check: read weights
+    kept outside the file even when they exceed the free memory (engine.free_memory).
     """
     from importers import open_model
 
@@ -147,14 +149,20 @@ def load_source(path: Path, input_shapes: Optional[Mapping[str, Sequence[int]]] 
         raise ModelLoadError(str(path), f"is a {model.format} model: conversion to Core ML "
                                         "starts from an ONNX file")
     proto = onnx.load(str(path), load_external_data=False)
+    memory_note = None
     if with_weights:  # all of them, into memory: refused first when they cannot fit
-        from engine.free_memory import external_data_beyond_memory
+        from engine.free_memory import IGNORE_OPTION, check_external_data
         from engine.ir import ModelLoadError
-        problem = external_data_beyond_memory(proto, path)
-        if problem is not None:
-            raise ModelLoadError(str(path), f"{problem}; converting reads them all into memory: convert it on a "
-                                            "computer with more memory, or free memory first")
-        onnx.load_external_data_for_model(proto, str(path.parent))
+        check = check_external_data(proto, path, ignore_memory_check)
+        if check.refusal is not None:
+            raise ModelLoadError(str(path), f"{check.refusal}; converting reads them all into memory: convert it "
+                                            "on a computer with more memory, or free memory first, or convert it "
+                                            f"anyway ({IGNORE_OPTION})")
+        memory_note = check.note
+        try:
+            onnx.load_external_data_for_model(proto, str(path.parent))
+        except Exception as exc:  # a weights file shorter than the model says, or missing
+            raise ModelLoadError(str(path), f"could not read its external data: {type(exc).__name__}: {exc}") from None
     assumed, problems = {}, []
     if full_attention_mask:
         assumed, problems = assume_full_attention_mask(proto, full_attention_mask, input_shapes or {})
@@ -179,6 +187,7 @@ def load_source(path: Path, input_shapes: Optional[Mapping[str, Sequence[int]]] 
     for name, assumption in assumed.items():
         assumption["folded_nodes"] = _folded_from(source, name)
     source.assumed_inputs = assumed
+    source.load_warnings = [f"{path.name}: {memory_note}"] if memory_note else []
     return source
 
 

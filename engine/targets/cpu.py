@@ -751,15 +751,18 @@ def check_memory_budget(analysis, budget_bytes: int) -> None:
                           "input size")
 
 
-def check_external_data_fits(proto: onnx.ModelProto, path: Path) -> None:
+def check_external_data_fits(proto: onnx.ModelProto, path: Path, ignore: bool = False) -> Optional[str]:
     """Refuse, before reading them, weights kept outside the model file that the free memory cannot
-    hold (engine.free_memory).  A device agent is no way out: it takes single-file models only
+    hold (engine.free_memory), unless `ignore`; returns a warning when the check was skipped or
+    overridden.  A device agent is no way out: it takes single-file models only
     (engine.bridge.backends.refuse_external_data)."""
-    from engine.free_memory import external_data_beyond_memory
-    problem = external_data_beyond_memory(proto, path)
-    if problem is not None:
-        raise TargetError(f"{path.name}: {problem}; profiling reads them all into memory: profile it on a "
-                          "computer with more memory (`layerscope profile` there), or free memory first")
+    from engine.free_memory import IGNORE_OPTION, check_external_data
+    check = check_external_data(proto, path, ignore)
+    if check.refusal is not None:
+        raise TargetError(f"{path.name}: {check.refusal}; profiling reads them all into memory: profile it on a "
+                          f"computer with more memory (`layerscope profile` there), or free memory first, or "
+                          f"run it anyway ({IGNORE_OPTION})")
+    return None if check.note is None else f"{path.name}: {check.note}"
 
 
 @dataclass
@@ -790,7 +793,7 @@ def write_session_copy(path: Path, settings: ProfileSettings, workdir: Path, mem
                                         f"{str(exc)[:300]}") from None
     if check_proto is not None:
         check_proto(proto)
-    check_external_data_fits(proto, path)
+    memory_note = check_external_data_fits(proto, path, settings.ignore_memory_check)
     try:
         onnx.load_external_data_for_model(proto, str(path.parent))
     except Exception as exc:
@@ -831,6 +834,8 @@ def write_session_copy(path: Path, settings: ProfileSettings, workdir: Path, mem
     proto.ir_version = max(proto.ir_version, 4) if ir_version is None else ir_version
     constant_ids = {i for i, m in analysis.nodes.items() if m.is_constant}
     folded_ids, warnings = _fold_constant_nodes(proto, ir_graph, constant_ids)
+    if memory_note is not None:
+        warnings.insert(0, memory_note)
 
     session_model = workdir / "session.onnx"
     size = _serialized_size(proto)  # once: ByteSize holds the GIL for about a second per 100 MB

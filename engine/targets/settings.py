@@ -47,6 +47,8 @@ class ProfileSettings:
     seed: int = 0
     input_shapes: Mapping[str, Sequence[int]] = field(default_factory=dict)
     size: Optional[tuple[int, int]] = None
+    # Read weights kept outside the model file even when they exceed the free memory (engine.free_memory).
+    ignore_memory_check: bool = False
 
     def __post_init__(self):
         if self.mode not in MODES:

@@ -4,7 +4,6 @@ model whose CumSum has no known FLOPs, and lists no grouping makes (empty, a nam
 from __future__ import annotations
 
 import pytest
-from onnx import TensorProto, helper
 
 from engine.analysis import analyze
 from engine.group_index import figures_of, figures_of_many
@@ -12,7 +11,7 @@ from engine.grouping import namespace_groups
 from engine.layout import node_groups
 from engine.transformer_samples import TransformerConfig, write_transformer
 from importers import open_model
-from test_group_index import _walked_totals  # the sums written out node by node
+from test_group_index import _walked_totals, cumsum_block  # the sums written out node by node; a CumSum model
 
 
 @pytest.fixture(scope="module", params=["per_head_qdq", "optimum"])
@@ -39,15 +38,7 @@ def test_many_groups_summed_together_equal_each_summed_alone(decoder):
 
 
 def test_unknown_figures_count_as_in_a_group_alone(tmp_path):
-    axis = helper.make_tensor("axis", TensorProto.INT64, [], [1])
-    nodes = [helper.make_node("Relu", ["x"], ["a"], name="/blk/Relu"),
-             helper.make_node("CumSum", ["a", "axis"], ["b"], name="/blk/CumSum"),
-             helper.make_node("Add", ["b", "a"], ["y"], name="/blk/Add")]
-    graph = helper.make_graph(nodes, "cumsum", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], [axis])
-    path = tmp_path / "cumsum.onnx"
-    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
-    analysis = analyze(open_model(str(path)))
+    analysis = cumsum_block(tmp_path)
     assert analysis.nodes["/blk/CumSum"].flops is None and analysis.nodes["/blk/CumSum"].macs is None
     lists = [("/blk/Relu", "/blk/CumSum"), ("/blk/CumSum",), ("/blk/Add", "/blk/Relu", "/blk/CumSum")]
     together = figures_of_many(analysis, lists)

@@ -172,19 +172,25 @@ def test_group_totals_from_arrays_equal_plain_sums_with_and_without_a_profile(tr
     assert any(group_totals(g, analysis, profile).time_ms for g in groups.values())
 
 
-def test_bytes_moved_of_a_group_counts_only_nodes_whose_flops_are_known(tmp_path):
-    """A group's bytes moved sum the nodes whose FLOPs are known too, so that its arithmetic
-    intensity (FLOPs / bytes moved) divides figures of the same nodes.  CumSum has no cost formula
-    (FLOPs unknown) but its tensors' sizes are known (bytes moved known): its bytes stay out."""
+def cumsum_block(folder):
+    """The analysis of /blk: Relu, CumSum (no cost formula: FLOPs and MACs unknown), Add, on 1x8 floats."""
     axis = helper.make_tensor("axis", TensorProto.INT64, [], [1])
     nodes = [helper.make_node("Relu", ["x"], ["a"], name="/blk/Relu"),
              helper.make_node("CumSum", ["a", "axis"], ["b"], name="/blk/CumSum"),
              helper.make_node("Add", ["b", "a"], ["y"], name="/blk/Add")]
     graph = helper.make_graph(nodes, "cumsum", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], [axis])
-    path = tmp_path / "cumsum.onnx"
+    path = folder / "cumsum.onnx"
     path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
     analysis = analyze(open_model(str(path)))
+    return analysis
+
+
+def test_bytes_moved_of_a_group_counts_only_nodes_whose_flops_are_known(tmp_path):
+    """A group's bytes moved sum the nodes whose FLOPs are known too, so that its arithmetic
+    intensity (FLOPs / bytes moved) divides figures of the same nodes.  CumSum has no cost formula
+    (FLOPs unknown) but its tensors' sizes are known (bytes moved known): its bytes stay out."""
+    analysis = cumsum_block(tmp_path)
     cumsum = analysis.nodes["/blk/CumSum"]
     assert cumsum.flops is None and cumsum.bytes_moved == 64  # the case: 8 floats in, 8 out
     (group,) = namespace_groups(analysis).values()

@@ -64,7 +64,7 @@ def test_weights_larger_than_the_free_memory_are_refused_before_reading(tmp_path
     # (engine.bridge.backends.refuse_external_data), so none of those refused here.
     assert "ws://" not in message and "agent" not in message
     assert message.endswith("profile it on a computer with more memory (`layerscope profile` there), or free "
-                            "memory first")
+                            "memory first, or run it anyway (--ignore-memory-check)")
 
 
 def test_weights_that_fit_are_profiled(tmp_path):
@@ -122,7 +122,7 @@ def test_conversion_refuses_them_too_before_reading(tmp_path):
     message = str(refused.value)
     assert "its weights outside the model file take " in message and "GiB of memory free on this computer" in message
     assert message.endswith("converting reads them all into memory: convert it on a computer with more memory, "
-                            "or free memory first")
+                            "or free memory first, or convert it anyway (--ignore-memory-check)")
 
 
 def test_conversion_reads_weights_that_fit(tmp_path):

@@ -1,5 +1,5 @@
 """benchmarks/bench_group_open.py finishes when the background preparation of group opens is
-switched off (gui.folded_groups.PREPARE_DELAY_MS set huge, as /work/notes-style scripts do, or
+switched off (gui.folded_groups.PREPARE_DELAY_MS set huge by a script that runs it, or
 --no-prepare): it once waited for a preparation that only waited for its delay.
 
 The bench runs as its users run it (a real app offscreen, in its own process, on a small folded

@@ -39,15 +39,22 @@ def test_a_rest_lasts_while_collection_is_held():
     assert not resting.is_alive()
 
 
-def test_a_model_freed_while_collection_is_held_is_freed_once_released(residual, monkeypatch):
+def _free_while_held(residual, monkeypatch):
+    """A model handed to the freeing thread while collection is held (its last reference dropped once
+    the thread has walked it); returns a weak reference to its graph."""
     monkeypatch.setattr(responsive, "FREE_DELAY_S", 0.0)
     holder = [load_model(str(residual))]
     gone = weakref.ref(holder[0].model.main_graph)
     responsive.hold_gc()
+    thread = responsive.free_in_background(holder[0])
+    assert thread.walked.wait(60)
+    holder.clear()
+    return gone
+
+
+def test_a_model_freed_while_collection_is_held_is_freed_once_released(residual, monkeypatch):
     try:
-        thread = responsive.free_in_background(holder[0])
-        assert thread.walked.wait(60)
-        holder.clear()
+        gone = _free_while_held(residual, monkeypatch)
     finally:
         responsive.release_gc()
     assert responsive.freeing_done(60)
@@ -56,15 +63,9 @@ def test_a_model_freed_while_collection_is_held_is_freed_once_released(residual,
 
 def test_freeing_waits_no_longer_than_its_budget(residual, monkeypatch):
     """A hold that never ends (a stuck task) delays the freeing by FREE_YIELD_S at most."""
-    monkeypatch.setattr(responsive, "FREE_DELAY_S", 0.0)
     monkeypatch.setattr(responsive, "FREE_YIELD_S", 0.2)
-    holder = [load_model(str(residual))]
-    gone = weakref.ref(holder[0].model.main_graph)
-    responsive.hold_gc()
     try:
-        thread = responsive.free_in_background(holder[0])
-        assert thread.walked.wait(60)
-        holder.clear()
+        gone = _free_while_held(residual, monkeypatch)
         assert responsive.freeing_done(60)  # finished while still held
         assert gone() is None
     finally:

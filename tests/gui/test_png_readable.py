@@ -7,6 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 from PySide6.QtGui import QImage
+from PySide6.QtWidgets import QMessageBox
 
 from gui.graph_style import LABEL_MIN_SCALE
 from tests.gui.gui_fixtures import answer_next_message_box, open_and_wait, settings, window  # noqa: F401
@@ -58,3 +59,16 @@ def test_readable_png_asks_nothing(qtbot, window, sample_model, tmp_path):
     _accept_next_file_dialog(seen, tmp_path / "sample.png")
     window.export_dialog("png")  # the file dialog comes first: no question
     assert seen and not QImage(str(tmp_path / "sample.png")).isNull()
+
+
+def test_a_tall_graph_png_keeps_within_its_side_limit(qtbot, window, tall_chain, tmp_path):
+    """The legend's band above the graph is counted in the limit: a tall graph's PNG is not taller than it."""
+    open_and_wait(qtbot, window, tall_chain)
+    for max_side in (window.PNG_MAX_SIDE, 3000):
+        path = tmp_path / f"chain{max_side}.png"
+        window.export_graph(str(path), max_side=max_side)
+        image = QImage(str(path))
+        assert image.height() <= max_side and image.height() >= max_side - 2, (max_side, image.height())
+    asked = answer_next_message_box(qtbot, QMessageBox.StandardButton.Cancel)
+    window.export_dialog("png")
+    assert _stated_size(asked[0])[1] <= window.PNG_MAX_SIDE, asked

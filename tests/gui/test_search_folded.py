@@ -111,3 +111,21 @@ def test_another_model_opened_is_searched_anew(qtbot, folded, transformers):
     matches = list(window._search_matches)  # the search text stays: searched in the new model
     assert len(matches) > len(window.loaded.analysis.order) / 2 and not set(matches) & set(first)
     assert matches == reachable(window, "/")
+
+
+def test_a_group_hidden_in_a_collapsed_one_is_counted_once_drawn(qtbot, folded):
+    """Enter can go to a node inside collapsed groups (it opens them), not to a group hidden inside
+    one: the count (and its tooltip) says so, and counts the group once its box is drawn."""
+    window, inner = folded, BLOCK + "/self_attn"
+    assert BLOCK in window.loaded.collapsed and inner in window.loaded.groups
+    matches = search(qtbot, window, "layers.1/self_attn")
+    members = window.loaded.groups[inner].members
+    assert inner not in matches and set(matches) <= set(members) and matches, matches
+    tooltip = window.search_label.toolTip()
+    assert "group boxes drawn" in tooltip and "a group inside a collapsed one counts once it is drawn" in tooltip
+    with qtbot.waitSignal(window.modelLoaded, timeout=LOAD_TIMEOUT_MS):
+        window.toggle_group(BLOCK, False)
+    assert inner in window.loaded.collapsed and inner in window.scene.node_index  # its box drawn in the frame
+    matches = search(qtbot, window, "layers.1/self_attn")
+    assert matches[0] == inner, matches
+    assert matches == reachable(window, "layers.1/self_attn")
