@@ -69,7 +69,7 @@ def test_present_outputs_are_beside_their_block_inside_model_not_in_a_bottom_row
             assert tx < edge.points[-1][0] < tx + tw and edge.points[-1][1] == ty
             assert all(b[1] >= a[1] for a, b in zip(edge.points, edge.points[1:]))  # it only runs down
     # No fan out of the frame: nothing leaves `model` for them, and below it only `logits` is drawn.
-    leaving = set().union(*(_carried(e) for e in layout.edges if e.source == model))
+    leaving = set().union(*(_carried(e) for e in layout.edges if model in (e.source, e.target)))  # lanes, and out
     assert leaving and not leaving & {b[len(OUTPUT_PREFIX):] for b in presents}
     assert not leaving & {analysis.graph.node(f).inputs[0] for f, _ in presents.values() if f}
     below = [b for b, (x, y, w, h) in layout.boxes.items() if y > fy + fh]
