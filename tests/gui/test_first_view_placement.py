@@ -55,10 +55,10 @@ def _dark_pixels_inside(view, rect: QRectF) -> int:
 
 def test_the_first_view_holds_the_first_blocks_whole_and_readable(opened):
     view, scene = opened.view, opened.scene
-    # The wide row: since the KV-cache inputs are drawn beside their blocks, the outputs' (below).
+    # No wide row left: the KV-cache inputs and the present outputs are drawn beside their blocks.
     outputs = scene.rects[[i for i, n in enumerate(scene.node_ids) if n.startswith("output:")]]
     visible = _visible(view)
-    assert (outputs[:, 0] + outputs[:, 2]).max() - outputs[:, 0].min() > 8 * visible.width()
+    assert len(outputs) > 40 and (outputs[:, 0] + outputs[:, 2]).max() - outputs[:, 0].min() < 2 * visible.width()
     assert view.current_scale() >= view.READABLE_SCALE
     for block in (BLOCK.format(0), BLOCK.format(1)):
         assert visible.contains(_box(scene, block)), block
@@ -73,7 +73,7 @@ def test_fit_graph_shows_the_first_block_not_the_left_end_of_the_inputs(qtbot, o
     view.centerOn(scene.sceneRect().bottomRight())  # somewhere else first
     view.setFocus()
     qtbot.keyClick(view, Qt.Key.Key_0, Qt.KeyboardModifier.ControlModifier)  # the shortcut of View > Fit graph
-    assert view.current_scale() == pytest.approx(view.FIT_MIN_SCALE)  # as wide as Fit goes: labels still drawn
+    assert view.current_scale() >= view.FIT_MIN_SCALE  # labels still drawn
     assert _visible(view).contains(_box(scene, BLOCK.format(0)))
     assert _cut_by_top_edge(view) == []
     # Its labels are drawn: at exactly the smallest label zoom, thousands of pixels from the origin

@@ -51,7 +51,12 @@ def _middle_clip(layout, lane_edges: list[int], lane_x: float) -> tuple[float, f
     """A rectangle across the lane, around the middle of its run, between two readers' rows (no
     branch leaves the lane inside it)."""
     turns = sorted({layout.edges[k].points[3][1] for k in lane_edges})
-    low, high = max(zip(turns, turns[1:]), key=lambda pair: pair[1] - pair[0])  # the longest run between readers
+    spans = [sorted((layout.edges[k].points[2][1], layout.edges[k].points[3][1])) for k in lane_edges]
+
+    def along(pair):  # the edges running down the lane past this run, then its length
+        return sum(a <= pair[0] and pair[1] <= b for a, b in spans), pair[1] - pair[0]
+
+    low, high = max(zip(turns, turns[1:]), key=along)  # the run between readers most edges pass, the longest
     middle = (low + high) / 2
     half = min(200.0, (high - low) / 3)
     return lane_x - 150.0, middle - half, lane_x + 150.0, middle + half
