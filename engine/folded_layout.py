@@ -179,6 +179,7 @@ class FoldedLayouts:
         self.seconds_laying_out = 0.0  # time spent in engine.layout (what the cache saves)
         self._homes: Optional[tuple[dict, dict]] = None  # graph inputs drawn inside a level (see _inputs_homed)
         self._output_homes: Optional[tuple] = None  # graph outputs drawn inside a level (see _outputs_homed)
+        self._outputs_at: dict[Optional[str], tuple] = {}  # their feeders and tensors, per level (_outputs_of_level)
 
     def _indexed(self) -> Optional[GroupIndex]:
         """The GroupIndex, when the levels can be derived from arrays: every tensor has one producer
@@ -399,18 +400,25 @@ class FoldedLayouts:
     def _outputs_under(self, group_id: str) -> tuple[np.ndarray, np.ndarray]:
         """(positions of the feeders, of the output tensors) of the graph outputs drawn in
         `group_id`'s level or deeper (sorted): tensors into them do not leave its frame."""
-        homes, _, _ = self._outputs_homed()
-        position, number = self.arrays.position, {}
-        mine = [(feeder, name) for level, beside in homes.items() if self._within(level, group_id)
-                for _, feeder, _, name in beside]
-        if not mine:
+        levels = [level for level in self._outputs_homed()[0] if self._within(level, group_id)]
+        if not levels:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        outputs = set(name for _, name in mine)
-        for k in self.arrays.output_tensors.tolist():
-            if self.arrays.tensor_names[k] in outputs:
-                number[self.arrays.tensor_names[k]] = k
-        return (np.array(sorted(position[f] for f, _ in mine if f is not None), dtype=np.int64),
-                np.array(sorted(number[n] for _, n in mine), dtype=np.int64))
+        drawn = [self._outputs_of_level(level) for level in levels]
+        return np.unique(np.concatenate([d[0] for d in drawn])), np.unique(np.concatenate([d[1] for d in drawn]))
+
+    def _outputs_of_level(self, level: Optional[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(feeder positions, output tensor positions) of the outputs drawn in `level`, found once."""
+        with self._lock:
+            found = self._outputs_at.get(level)
+            if found is None:
+                beside = self._outputs_homed()[0][level]
+                names = {name for _, _, _, name in beside}
+                arrays, position = self.arrays, self.arrays.position
+                tensors = [k for k in arrays.output_tensors.tolist() if arrays.tensor_names[k] in names]
+                found = self._outputs_at[level] = (
+                    np.array(sorted(position[f] for _, f, _, _ in beside if f is not None), dtype=np.int64),
+                    np.array(sorted(tensors), dtype=np.int64))
+            return found
 
     def _fed(self, group_id: str, index: GroupIndex) -> bool:
         """Whether a node of the group reads a tensor a node outside it makes (not only graph inputs)."""
