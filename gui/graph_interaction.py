@@ -485,16 +485,13 @@ class GraphView(GroupViewMixin, QGraphicsView):
             self.place_minimap()  # even when the view could not scroll it to the centre
 
     def box_near_centre(self) -> Optional[str]:
-        """The id of the box nearest the middle of the view: the one it is on, else the one whose
-        edge is nearest (None: no graph).  Measured to the box, not its centre: a collapsed group
-        under the middle of the view is the place looked at, not a small box whose centre is nearer."""
+        """The id of the box whose centre is nearest the middle of the view (None: no graph)."""
         scene = self.graph_scene
         if scene is None or not len(scene.rects):
             return None
         middle, rects = self.mapToScene(self.viewport().rect().center()), scene.rects
-        dx = np.maximum(np.maximum(rects[:, 0] - middle.x(), middle.x() - rects[:, 0] - rects[:, 2]), 0.0)
-        dy = np.maximum(np.maximum(rects[:, 1] - middle.y(), middle.y() - rects[:, 1] - rects[:, 3]), 0.0)
-        return scene.node_ids[int(np.argmin(np.hypot(dx, dy)))]
+        distances = np.hypot(rects[:, 0] + rects[:, 2] / 2 - middle.x(), rects[:, 1] + rects[:, 3] / 2 - middle.y())
+        return scene.node_ids[int(np.argmin(distances))]
 
     # --- zoom -----------------------------------------------------------------------------
     def current_scale(self) -> float:

@@ -1,7 +1,8 @@
 """Expand all / Collapse all keep the place looked at (the box or group under the middle of the
 view), also after a second open of the same folded decoder, which starts with every group
-collapsed: on main the box nearest the middle there was an Identity of the row of `present.N.*`
-outputs, and Expand all went to the bottom of the model.  Real window offscreen, a generated
+collapsed: on main the box nearest the middle there was an Identity of the root's row of
+`present.N.*` outputs, and Expand all went to the bottom of the model; those are now drawn beside
+their block (tests/engine/test_outputs_beside.py), and the box there is `model`.  Real window offscreen, a generated
 decoder (engine.transformer_samples)."""
 from __future__ import annotations
 
