@@ -14,6 +14,7 @@ from engine.grouping import folded_start, namespace_groups
 from engine.layout import BROADCAST_READERS, GROUP_PREFIX, INPUT_PREFIX, NODE_WIDTH, layout_nodes
 from engine.transformer_samples import STYLES, TransformerConfig, write_transformer
 from importers import open_model
+from tests.engine.folded_fixtures import assert_edges_attached, composed_with_opened, crossing
 
 
 def _decoder(tmp_path_factory, layers: int, style: str):
@@ -183,26 +184,11 @@ def test_a_kv_input_runs_into_its_block_opened_and_is_hidden_with_model(decoder)
 @pytest.mark.parametrize("opened", ["all", "layers.0 layers.1 layers.7", "layers.6 layers.6/self_attn"])
 def test_opened_blocks_and_expand_all_overlap_nothing_and_edges_stay_attached(decoder, opened):
     analysis, groups = decoder
-    start = folded_start(groups, analysis)
-    collapsed = frozenset() if opened == "all" else \
-        start - {g for g, group in groups.items() if group.name.removeprefix("model/") in opened.split()}
-    layout = FoldedLayouts(analysis, groups, False).compose(collapsed)
+    layout = composed_with_opened(analysis, groups, opened)
     rects = {**layout.boxes, **layout.frames}
-
-    def holds(a, b):
-        return a[0] <= b[0] and b[0] + b[2] <= a[0] + a[2] and a[1] <= b[1] and b[1] + b[3] <= a[1] + a[3]
-
-    def meet(a, b):
-        return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
 
     kv = [b for b in _kv_inputs(analysis) if b in layout.boxes]
     assert len(kv) == 2 * 24
     for box in kv:  # an input against every box and frame
-        crossing = [other for other, rect in rects.items() if other != box and meet(rects[box], rect)
-                    and not holds(rect, rects[box])]
-        assert not crossing, (box, crossing)
-    for e in layout.edges:  # from its source's bottom to its target's top (a frame's top or bottom)
-        for end, (px, py), bottom in ((e.source, e.points[0], True), (e.target, e.points[-1], False)):
-            x, y, w, h = rects[end]
-            sides = (y, y + h) if end in layout.frames else ((y + h,) if bottom else (y,))
-            assert x - 1e-6 <= px <= x + w + 1e-6 and min(abs(py - s) for s in sides) < 1e-6, (e, end)
+        assert not crossing(rects, box), (box, crossing(rects, box))
+    assert_edges_attached(layout)

@@ -12,6 +12,7 @@ from engine.grouping import folded_start, namespace_groups
 from engine.layout import NODE_WIDTH, OUTPUT_PREFIX
 from engine.transformer_samples import STYLES, TransformerConfig, write_transformer
 from importers import open_model
+from tests.engine.folded_fixtures import assert_edges_attached, composed_with_opened, crossing
 
 LAYERS = 12
 
@@ -79,31 +80,16 @@ def test_present_outputs_are_beside_their_block_inside_model_not_in_a_bottom_row
 @pytest.mark.parametrize("opened", ["all", "layers.0 layers.1 layers.7", "layers.6 layers.6/self_attn"])
 def test_opened_blocks_keep_their_outputs_beside_them_clear_of_every_box(decoder, opened):
     analysis, groups = decoder
-    start = folded_start(groups, analysis)
-    collapsed = frozenset() if opened == "all" else \
-        start - {g for g, group in groups.items() if group.name.removeprefix("model/") in opened.split()}
-    layout = FoldedLayouts(analysis, groups, False).compose(collapsed)
+    layout = composed_with_opened(analysis, groups, opened)
     rects = {**layout.boxes, **layout.frames}
-
-    def holds(a, b):
-        return a[0] <= b[0] and b[0] + b[2] <= a[0] + a[2] and a[1] <= b[1] and b[1] + b[3] <= a[1] + a[3]
-
-    def meet(a, b):
-        return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
 
     presents = _presents(analysis)
     drawn = [b for b in presents] + [f for f, _ in presents.values() if f]
     for box in drawn:
-        crossing = [other for other, rect in rects.items() if other != box and meet(rects[box], rect)
-                    and not holds(rect, rects[box])]
-        assert not crossing, (box, crossing)
+        assert not crossing(rects, box), (box, crossing(rects, box))
     for box, (feeder, number) in presents.items():
         block = _group(groups, f"model/layers.{number}")
         bx, by, bw, bh = rects[block]  # a frame when opened: they hang under it, right of where its lanes leave
         x, y, _, _ = rects[feeder or box]
         assert x >= bx + min(bw, NODE_WIDTH) and by + bh < y < by + bh + 150, (box, block)
-    for e in layout.edges:  # every edge from its source's bottom to its target's top (a frame's top or bottom)
-        for end, (px, py), bottom in ((e.source, e.points[0], True), (e.target, e.points[-1], False)):
-            x, y, w, h = rects[end]
-            sides = (y, y + h) if end in layout.frames else ((y + h,) if bottom else (y,))
-            assert x - 1e-6 <= px <= x + w + 1e-6 and min(abs(py - s) for s in sides) < 1e-6, (e, end)
+    assert_edges_attached(layout)
