@@ -104,10 +104,12 @@ def relayout(loaded: LoadedModel, include_constants: bool, progress=None, groupi
              collapsed: Optional[frozenset] = None) -> LoadedModel:
     """Lay `loaded` out again: constants shown or not, another grouping, other groups collapsed.
 
-    `grouping` None keeps the current one; a new grouping starts with every group collapsed.
+    `grouping` None keeps the current one; a new grouping starts with every group collapsed (by
+    namespace, a model above the fold threshold: as it opens, `engine.grouping.folded_start`).
     `collapsed` None keeps the current collapsed groups.  A model without namespaces grouped
     "by namespace" is grouped by stage (the design's fallback), and `note` says so.
     """
+    from engine.grouping import folded_start, opens_folded
     from engine.layout import layout_graph, node_groups
 
     note = ""
@@ -121,7 +123,9 @@ def relayout(loaded: LoadedModel, include_constants: bool, progress=None, groupi
         if grouping == "namespace" and not groups:
             note = "This model has no namespaces: grouped by stage instead."
             grouping, groups = "stage", node_groups(loaded.analysis, "stage")
-        collapsed = frozenset(groups) if collapsed is None else collapsed
+        if collapsed is None:  # a big model grouped by namespace starts as its first open does
+            collapsed = folded_start(groups, loaded.analysis) if grouping == "namespace" and \
+                opens_folded(loaded.analysis) else frozenset(groups)
     collapsed = frozenset(g for g in collapsed if g in groups)
     if progress:
         progress("Laying out…")

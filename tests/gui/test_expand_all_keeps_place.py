@@ -1,8 +1,8 @@
 """Expand all / Collapse all keep the place looked at (the box or group under the middle of the
-view), also after a second open of the same folded decoder, which starts with every group
-collapsed: on main the box nearest the middle there was an Identity of the root's row of
-`present.N.*` outputs, and Expand all went to the bottom of the model; those are now drawn beside
-their block (tests/engine/test_outputs_beside.py), and the box there is `model`.  Real window offscreen, a generated
+view), also after a second open of the same folded decoder, which starts as the first did (it
+started with every group collapsed, and the box nearest the middle was an Identity of the root's
+row of `present.N.*` outputs: Expand all went to the bottom of the model; those outputs are now
+drawn beside their block, tests/engine/test_outputs_beside.py).  Real window offscreen, a generated
 decoder (engine.transformer_samples)."""
 from __future__ import annotations
 
@@ -27,18 +27,18 @@ def _group(window, name: str) -> str:
     return next(g for g, group in window.loaded.groups.items() if group.name == name)
 
 
-def test_expand_all_after_a_second_open_stays_at_the_top_of_the_model(qtbot, window, decoder, monkeypatch):
+def test_expand_all_after_a_second_open_stays_at_the_box_looked_at(qtbot, window, decoder, monkeypatch):
     open_folded(qtbot, window, decoder, monkeypatch)
-    open_and_wait(qtbot, window, decoder)  # the same file again: every group collapsed
-    model = _group(window, "model")
-    assert model in window.loaded.collapsed
-    assert window.view.box_near_centre() == model
+    first_open = window.loaded.collapsed
+    assert _group(window, "model") not in first_open
+    open_and_wait(qtbot, window, decoder)  # the same file again: it starts as the first open did
+    assert window.loaded.grouping == "namespace" and window.loaded.collapsed == first_open
+    looked_at = window.view.box_near_centre()
+    block = window.loaded.groups[looked_at].name
+    assert block.startswith("model/layers.")  # a block of the column of blocks, not an output's Identity
     relaid(qtbot, window, lambda: window.set_all_groups(False))
     assert not window.loaded.collapsed
-    visible, frame = _visible(window.view), QRectF(*window.loaded.layout.frames[model])
-    assert visible.intersects(frame) and visible.top() < frame.top() + visible.height()  # the model's top, not its bottom
-    first = _group(window, "model/layers.0")
-    assert visible.intersects(QRectF(*window.loaded.layout.frames[first]))
+    assert _visible(window.view).intersects(QRectF(*window.loaded.layout.frames[looked_at])), block
 
 
 def test_collapse_all_from_inside_a_block_lands_on_the_block(qtbot, window, decoder, monkeypatch):
