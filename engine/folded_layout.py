@@ -350,10 +350,10 @@ class FoldedLayouts:
 
     def _find_output_homes(self) -> tuple[dict, np.ndarray, frozenset]:
         index = self._indexed()
-        homes: dict[Optional[str], list] = {}
-        feeders: list[int] = []
         if index is None:
             return self._find_output_homes_walking()
+        homes: dict[Optional[str], list] = {}
+        feeders: list[int] = []
         if not len(self.arrays.output_tensors):
             return homes, np.zeros(0, dtype=np.int64), frozenset()
         arrays, names = self.arrays, self.arrays.tensor_names
@@ -552,9 +552,10 @@ class FoldedLayouts:
             if homes.get(None):
                 layout = attach_inputs(layout, homes[None])
             return attach_constants(layout, self.analysis) if self.include_constants else layout
-        visible = [n for n in self.groups[level].members if n not in self.hidden and n not in moved]
-        if homes.get(level) or output_homes.get(level) or len(visible) < len(self.groups[level].members) - sum(
-                n in self.hidden for n in self.groups[level].members):  # a twin's geometry would lack them
+        shown = [n for n in self.groups[level].members if n not in self.hidden]
+        visible = [n for n in shown if n not in moved]
+        moved_out = len(visible) < len(shown)  # feeders of outputs drawn elsewhere left out
+        if homes.get(level) or output_homes.get(level) or moved_out:  # a twin's geometry would lack them
             layout = layout_nodes(self.analysis.graph, visible, include_io=False, box_for=box_for, members=members,
                                   broadcast_lanes=True)
             if output_homes.get(level):
