@@ -229,10 +229,12 @@ class ExportsMixin:
     def export_dialog(self, kind: str) -> None:
         if self.scene is None:
             return
-        if kind == "png" and self.png_scale() < LABEL_MIN_SCALE:
-            kind = self._unreadable_png_choice()
-            if kind is None:
-                return
+        if kind == "png":
+            picture = self._picture(False)  # (grabs the legend: made once for the question)
+            if picture.scale < LABEL_MIN_SCALE:
+                kind = self._unreadable_png_choice(picture)
+                if kind is None:
+                    return
         suggested = self._suggest(Path(self.loaded.path).with_suffix("." + kind).name)
         path = self._chosen(QFileDialog.getSaveFileName(self, f"Export graph as {kind.upper()}", suggested,
                                                         f"{kind.upper()} (*.{kind})")[0])
@@ -242,13 +244,12 @@ class ExportsMixin:
             except OSError as exc:
                 QMessageBox.critical(self, "Export failed", f"{path}: {exc}")
 
-    def _unreadable_png_choice(self) -> str | None:
+    def _unreadable_png_choice(self, picture: _Picture) -> str | None:
         """Asked before a PNG in which the graph would be shrunk below the scale where labels are
         drawn (the window's own limit, LABEL_MIN_SCALE): "svg", "png" (anyway) or None (cancel).
 
         Why not a bigger PNG: expanded big.onnx is 33,252 x 6,239,984 at full size; at the readable
         30 % that is 10,000 x 1,870,000 px, 75 GB of pixels, beyond any image.  An SVG keeps it all."""
-        picture = self._picture(False)
         scale, width, height = picture.scale, picture.picture_width, picture.height + picture.band
         box = QMessageBox(QMessageBox.Icon.Warning, "The PNG would be unreadable",
                           f"At {self.PNG_MAX_SIDE:,} pixels a side at most, the PNG of this graph would be "
