@@ -391,8 +391,8 @@ def attach_inputs(layout: GraphLayout, beside: list[tuple[str, str, str]]) -> Gr
             boxes[input_box] = (left, top, IO_WIDTH, IO_HEIGHT)
             layers[input_box] = layers[anchor]  # its reader's row (engine.folded_layout: not its extent)
             start_x = left + IO_WIDTH / 2
-            edges.append(LayoutEdge(input_box, anchor, name, ((start_x, top + IO_HEIGHT), (start_x, level),
-                                                              (entry_x, level), (entry_x, ay)), (name,)))
+            edges.append(LayoutEdge(input_box, anchor, name, down_across((start_x, top + IO_HEIGHT), (entry_x, ay),
+                                                                         level), (name,)))
     return _with_boxes(layout, boxes, edges, layers)
 
 
