@@ -34,7 +34,8 @@ from engine.session import Session, SessionFormatError, SweepResult, profile_ana
 from gui.graph_view import OVERLAYS, GraphScene, GraphView, build_in_slices, prepare_scene_data, retire_scene
 from gui import numerics_view
 from gui.inspector import Inspector
-from gui.responsive import free_in_background, hold_gc, release_gc, start_helper_process, stop_helper_process
+from gui.responsive import (free_in_background, hold_gc, release_gc, shorten_gil_switch_interval, start_helper_process,
+                             stop_helper_process)
 from gui.deferred_panels import DeferredProfilePanels
 from gui.app_menus import APP_NAME, MODEL_FILTER, MenusMixin
 from gui.app_profiles import ProfileEntry, ProfilesMixin  # noqa: F401 (ProfileEntry: imported from here)
@@ -253,6 +254,9 @@ class MainWindow(MenusMixin, ProfilesMixin, ExportsMixin, QMainWindow):
         # False for offscreen rendering: a failure is reported through loadFailed only.
         self.error_dialogs = error_dialogs
         self.helper_process = helper_process
+        # Workers run Python beside this thread (opening, grouping, freeing): hand the GIL back to it
+        # within 1 ms, not Python's 5 ms per hand-over (gui.responsive).
+        shorten_gil_switch_interval()
         if helper_process:
             # Shape inference and layout of large graphs in a warm process of its own: their C++
             # calls hold the GIL and would freeze this thread while a worker opens the model.
