@@ -789,6 +789,7 @@ class MainWindow(MenusMixin, ProfilesMixin, ExportsMixin, QMainWindow):
             dialog = ConvertDialog(self.loaded.path, list(self.loaded.analysis.graph.inputs), self)
             dialog.openRequested.connect(lambda result: self.show_converted(result.package_path))
             self.convert_dialog = dialog
+        dialog.error_dialogs = self.error_dialogs  # a refusal for memory asks whether to convert anyway
         dialog.show()
         dialog.raise_()
         return dialog

@@ -5,7 +5,10 @@ progress lines, and reports the outcome:
 
 - success: the verification summary, and "Open side by side" (gui.convert_view);
 - a model that cannot be converted: `BlockersDialog` lists every problem at once (node,
-  op, why).  `convert` writes nothing then.
+  op, why).  `convert` writes nothing then;
+- a model whose weights kept outside its file exceed the free memory (engine.free_memory):
+  refused before any is read; with error dialogs on, a question offers "Convert anyway", the
+  same conversion past the check (the app's way to `convert --ignore-memory-check`).
 """
 from __future__ import annotations
 
@@ -17,8 +20,8 @@ from typing import Optional, Sequence
 
 from PySide6.QtCore import QThread, Signal
 from PySide6.QtWidgets import (QComboBox, QDialog, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout,
-                               QHeaderView, QLabel, QLineEdit, QPushButton, QTableWidget, QTableWidgetItem,
-                               QVBoxLayout, QWidget)
+                               QHeaderView, QLabel, QLineEdit, QMessageBox, QPushButton, QTableWidget,
+                               QTableWidgetItem, QVBoxLayout, QWidget)
 
 from engine.convert import (DEFAULT_TARGET, DEPLOYMENT_TARGETS, OPTIMIZE_MODES, PRECISIONS, ConversionError,
                             ImageInput, parse_shape_options)
@@ -46,6 +49,7 @@ class ConvertWorker(QThread):
     progressed = Signal(str)
     succeeded = Signal(object)  # engine.convert.ConversionResult
     blocked = Signal(object)  # engine.convert.ConversionError (its .blockers: every problem)
+    refused = Signal(object)  # engine.convert.source.MemoryRefusalError (its .refusal: both sizes)
     failed = Signal(str)
 
     def __init__(self, model_path: str, output_path: str, options: dict, parent=None):
@@ -53,13 +57,18 @@ class ConvertWorker(QThread):
         self.model_path = model_path
         self.output_path = output_path
         self.options = options
+        self.refusal = None  # the MemoryRefusalError, once refused
 
     def run(self) -> None:
         from engine.convert import convert
+        from engine.convert.source import MemoryRefusalError
         try:
             result = convert(self.model_path, self.output_path, progress=self.progressed.emit, **self.options)
         except ConversionError as exc:
             self.blocked.emit(exc)
+        except MemoryRefusalError as exc:
+            self.refusal = exc  # read once the thread has ended: the question is asked then
+            self.refused.emit(exc)
         except ModelLoadError as exc:
             self.failed.emit(str(exc))
         except Exception as exc:  # a converter bug must not kill the app: say what happened
@@ -114,14 +123,18 @@ class BlockersDialog(QDialog):
 class ConvertDialog(QDialog):
     """Modeless: the options, a Convert button, live progress, then the outcome."""
 
+    conversionStarted = Signal(object)  # the ConvertWorker, its thread started
     converted = Signal(object)  # engine.convert.ConversionResult
     openRequested = Signal(object)  # the result to open side by side with its source
     conversionFailed = Signal(str)
 
-    def __init__(self, model_path: str, input_names: Sequence[str] = (), parent: Optional[QWidget] = None):
+    def __init__(self, model_path: str, input_names: Sequence[str] = (), parent: Optional[QWidget] = None,
+                 error_dialogs: bool = True):
         super().__init__(parent)
         self.setWindowTitle("Convert to Core ML")
         self.model_path = model_path
+        # Questions in message boxes (a person is there); off, a refusal is only reported (offscreen, scripts).
+        self.error_dialogs = error_dialogs
         self.worker: Optional[ConvertWorker] = None
         self.result = None  # the last ConversionResult
         self.blockers_dialog: Optional[BlockersDialog] = None
@@ -251,6 +264,9 @@ class ConvertDialog(QDialog):
         except ConvertOptionsError as exc:
             self.status.setText(f"<span style='color:#b00'>{exc}</span>")
             return None
+        return self._run(output, options)
+
+    def _run(self, output: str, options: dict) -> ConvertWorker:
         self.result = None
         self.open_button.setEnabled(False)
         worker = ConvertWorker(self.model_path, output, options, self)
@@ -258,10 +274,12 @@ class ConvertDialog(QDialog):
         worker.progressed.connect(self._on_progress)
         worker.succeeded.connect(self._on_succeeded)
         worker.blocked.connect(self._on_blocked)
+        worker.refused.connect(self._on_refused)
         worker.failed.connect(self._on_failed)
         worker.finished.connect(lambda w=worker: self._on_finished(w))
         self._set_running(True)
         worker.start()
+        self.conversionStarted.emit(worker)
         return worker
 
     def _set_running(self, running: bool) -> None:
@@ -318,20 +336,43 @@ class ConvertDialog(QDialog):
         self.conversionFailed.emit(str(error))
 
     def _on_failed(self, message: str) -> None:
-        self._done(f"<span style='color:#b00'>Failed: {message}</span>", complete=False)
+        self._done(f"<span style='color:#b00'>Failed: {html.escape(message)}</span>", complete=False)
         self.conversionFailed.emit(message)
+
+    def _on_refused(self, error) -> None:
+        """Refused for memory: the CLI's message names its option; the app says it in its own words."""
+        from engine.convert.source import MEMORY_ADVICE  # loaded by the worker already
+        way_past = ", or press Convert again and choose Convert anyway" if self.error_dialogs else ""
+        self._on_failed(f"{Path(error.path).name}: {error.refusal}; {MEMORY_ADVICE}{way_past}.")
 
     def _on_finished(self, worker: ConvertWorker) -> None:
         if self.worker is worker:
             self.worker = None
         worker.deleteLater()
+        if worker.refusal is not None and self.error_dialogs and self.isVisible():
+            self._ask_to_convert_anyway(worker)
+
+    def _ask_to_convert_anyway(self, refused: ConvertWorker) -> None:
+        """The person may know better (swap, memory about to be freed): the same conversion, past the
+        check.  Asked once the refused worker has ended, so that the new one can start at once."""
+        output, options = refused.output_path, {**refused.options, "ignore_memory_check": True}
+        box = QMessageBox(QMessageBox.Icon.Warning, "Not enough free memory",
+                          f"{Path(refused.model_path).name}: {refused.refusal.refusal}.\n\nConvert it anyway?",
+                          QMessageBox.StandardButton.Cancel, self)
+        box.setInformativeText("Converting reads all the weights into memory, inside LayerScope: the computer "
+                               "may swap, or the system stop LayerScope, unsaved profiles with it.")
+        anyway = box.addButton("Convert anyway", QMessageBox.ButtonRole.AcceptRole)
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        box.exec()
+        if box.clickedButton() is anyway and self.worker is None:
+            self._run(output, options)
 
     def closeEvent(self, event) -> None:
         # A conversion cannot be interrupted midway (coremltools has no cancel): wait for it, so
         # that no thread outlives the window and nothing half-written is left.
         if self.worker is not None:
             worker = self.worker
-            for signal in (worker.progressed, worker.succeeded, worker.blocked, worker.failed):
+            for signal in (worker.progressed, worker.succeeded, worker.blocked, worker.refused, worker.failed):
                 try:
                     signal.disconnect()
                 except (RuntimeError, TypeError):

@@ -21,7 +21,8 @@ import onnx
 from onnx import numpy_helper
 
 from engine.analysis import analyze
-from engine.ir import Graph, Model, Node, TensorType
+from engine.free_memory import IGNORE_OPTION, check_external_data
+from engine.ir import Graph, Model, ModelLoadError, Node, TensorType
 
 
 class FoldError(Exception):
@@ -32,6 +33,21 @@ class FoldError(Exception):
         self.op_type = op_type
         self.reason = reason
         super().__init__(f"{node_id} ({op_type}): {reason}")
+
+
+# What a conversion refused for memory leaves a person to do, the way past it aside (each front end
+# names its own: the CLI an option, the app a button).
+MEMORY_ADVICE = ("converting reads them all into memory: convert it on a computer with more memory, "
+                 "or free memory first")
+
+
+class MemoryRefusalError(ModelLoadError):
+    """The weights kept outside the model file exceed the free memory (engine.free_memory): refused
+    before any is read.  `refusal` names both sizes; the message ends with the CLI's way past it."""
+
+    def __init__(self, path: Path, refusal: str):
+        self.refusal = refusal
+        super().__init__(str(path), f"{refusal}; {MEMORY_ADVICE}, or convert it anyway ({IGNORE_OPTION})")
 
 
 @dataclass
@@ -145,19 +161,14 @@ def load_source(path: Path, input_shapes: Optional[Mapping[str, Sequence[int]]] 
     path = Path(path)
     model = open_model(path)
     if model.format != "onnx":
-        from engine.ir import ModelLoadError
         raise ModelLoadError(str(path), f"is a {model.format} model: conversion to Core ML "
                                         "starts from an ONNX file")
     proto = onnx.load(str(path), load_external_data=False)
     memory_note = None
     if with_weights:  # all of them, into memory: refused first when they cannot fit
-        from engine.free_memory import IGNORE_OPTION, check_external_data
-        from engine.ir import ModelLoadError
         check = check_external_data(proto, path, ignore_memory_check)
         if check.refusal is not None:
-            raise ModelLoadError(str(path), f"{check.refusal}; converting reads them all into memory: convert it "
-                                            "on a computer with more memory, or free memory first, or convert it "
-                                            f"anyway ({IGNORE_OPTION})")
+            raise MemoryRefusalError(path, check.refusal)
         memory_note = check.note
         try:
             onnx.load_external_data_for_model(proto, str(path.parent))
