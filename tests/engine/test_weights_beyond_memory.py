@@ -123,6 +123,9 @@ def test_conversion_refuses_them_too_before_reading(tmp_path):
     assert "its weights outside the model file take " in message and "GiB of memory free on this computer" in message
     assert message.endswith("converting reads them all into memory: convert it on a computer with more memory, "
                             "or free memory first, or convert it anyway (--ignore-memory-check)")
+    # The sizes alone, for the app to offer its own way past (gui.convert_dialog: "Convert anyway").
+    assert message == f"{path}: {refused.value.refusal}; converting reads them all into memory: convert it on a " \
+                      "computer with more memory, or free memory first, or convert it anyway (--ignore-memory-check)"
 
 
 def test_conversion_reads_weights_that_fit(tmp_path):

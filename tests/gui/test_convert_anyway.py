@@ -32,13 +32,16 @@ def _refused_model_in_dialog(qtbot, window, tmp_path, error_dialogs: bool):
 
 
 class QuestionWatch:
-    """Cancels every message box shown while it watches (Esc), keeping their texts: a question that
-    should not come would otherwise block the test, modal.  Stopped at the end of the test."""
+    """Once started, cancels every message box shown (Esc), keeping their texts: a question that
+    should not come would otherwise block the test, modal.  Stopped at the end of the test, passed
+    or failed (fixture `question_watch`), so that it cannot answer another test's question."""
 
     def __init__(self):
         self.told: list[str] = []
         self.timer = QTimer()
         self.timer.timeout.connect(self._cancel)
+
+    def start(self) -> None:
         self.timer.start(25)
 
     def _cancel(self) -> None:
@@ -52,11 +55,18 @@ class QuestionWatch:
         return self.told
 
 
+@pytest.fixture
+def question_watch():
+    watch = QuestionWatch()
+    yield watch
+    watch.stop()
+
+
 def _gib(figure: float) -> str:
     return f"{figure / 2**30:,.1f} GiB"
 
 
-def test_convert_anyway_converts_again_past_the_memory_check(qtbot, window, tmp_path):
+def test_convert_anyway_converts_again_past_the_memory_check(qtbot, window, tmp_path, question_watch):
     dialog, declared = _refused_model_in_dialog(qtbot, window, tmp_path, error_dialogs=True)
     dialog.precision_combo.setCurrentIndex(dialog.precision_combo.findData("fp32"))
     started, failures = [], []
@@ -66,7 +76,7 @@ def test_convert_anyway_converts_again_past_the_memory_check(qtbot, window, tmp_
     qtbot.mouseClick(dialog.convert_button, Qt.MouseButton.LeftButton)
     # The question, once the refused worker has ended: both sizes, as the refusal says them.
     qtbot.waitUntil(lambda: asked != [], timeout=CONVERT_TIMEOUT_MS)
-    watch = QuestionWatch()  # a second question would be cancelled, and counted
+    question_watch.start()  # a second question would be cancelled, and counted
     assert asked[0].startswith(f"model.onnx: its weights outside the model file take {_gib(declared)} (as stored), "
                                "more than the ")
     assert "GiB of memory free on this computer (the system's estimate)." in asked[0]
@@ -82,7 +92,8 @@ def test_convert_anyway_converts_again_past_the_memory_check(qtbot, window, tmp_
     assert "could not read its external data" in failures[1] and "memory free" not in failures[1]
     qtbot.waitUntil(lambda: dialog.worker is None, timeout=CONVERT_TIMEOUT_MS)
     qtbot.wait(300)
-    assert watch.stop() == [] and len(started) == 2  # no second question: a failure past the check is only reported
+    # No second question: a failure past the check is only reported.
+    assert question_watch.stop() == [] and len(started) == 2
     assert "could not read its external data" in dialog.status.text()
     assert dialog.convert_button.isEnabled() and not (tmp_path / "out.mlpackage").exists()
 
@@ -108,14 +119,14 @@ def test_cancel_leaves_the_dialog_usable_with_the_refusal_shown(qtbot, window, t
     assert again[0].split(" more than ")[0] == asked[0].split(" more than ")[0]  # the free memory moves
 
 
-def test_without_error_dialogs_the_refusal_is_reported_in_the_apps_words(qtbot, window, tmp_path):
+def test_without_error_dialogs_the_refusal_is_reported_in_the_apps_words(qtbot, window, tmp_path, question_watch):
     dialog, _ = _refused_model_in_dialog(qtbot, window, tmp_path, error_dialogs=False)
-    watch = QuestionWatch()  # a question would be cancelled, and counted: none is asked
+    question_watch.start()  # a question would be cancelled, and counted: none is asked
     with qtbot.waitSignal(dialog.conversionFailed, timeout=CONVERT_TIMEOUT_MS) as refused:
         qtbot.mouseClick(dialog.convert_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: dialog.worker is None, timeout=CONVERT_TIMEOUT_MS)
     qtbot.wait(300)
-    assert watch.stop() == []
+    assert question_watch.stop() == []
     message = refused.args[0]
     assert message.startswith("model.onnx: its weights outside the model file take ")
     assert message.endswith("converting reads them all into memory: convert it on a computer with more memory, "
