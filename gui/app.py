@@ -31,6 +31,7 @@ from engine.ir import ModelLoadError
 from engine.layout import GROUPINGS
 from engine.profile import Profile
 from engine.session import Session, SessionFormatError, SweepResult, profile_analysis
+from gui.graph_drawing import forget_text_matches
 from gui.graph_view import OVERLAYS, GraphScene, GraphView, build_in_slices, prepare_scene_data, retire_scene
 from gui import numerics_view
 from gui.inspector import Inspector
@@ -579,6 +580,8 @@ class MainWindow(MenusMixin, ProfilesMixin, ExportsMixin, QMainWindow):
         else:
             self.view.show_start()
         self._sync_grouping_controls(loaded)
+        if previous is not None and previous.analysis is not loaded.analysis:
+            forget_text_matches()  # the replaced model's: kept, it would stay until the next search
         matches, position = self._search_matches, self._search_position
         current = matches[position] if 0 <= position < len(matches) else None
         self._search_matches, self._search_position = [], -1
@@ -863,6 +866,7 @@ class MainWindow(MenusMixin, ProfilesMixin, ExportsMixin, QMainWindow):
         for window in (self.run_dialog, self.compare_view, self.convert_dialog, self.convert_view):
             if window is not None:
                 window.close()
+        forget_text_matches()
         super().closeEvent(event)
 
     def stop_profile_worker(self) -> None:

@@ -1313,7 +1313,16 @@ class TextMatches:
 # The text match does not depend on the layout: kept for the last analysis and text, a relayout
 # (a block opened, constants shown) only walks the boxes again.  Matching every node's name, id
 # and op type took ~0.1-0.3 s at 100,000 nodes (big.onnx, "/"); listing a group's matches ~0.015 s.
-_last_text_matches: tuple = (None, "", None)  # (weakref to the analysis, needle, TextMatches)
+# The window forgets it when another model replaces the searched one, or it closes: its node-id
+# sets are a few MB for "/" at 100,000 nodes, and would otherwise stay until the next search.
+_NO_TEXT_MATCHES: tuple = (None, "", None)
+_last_text_matches: tuple = _NO_TEXT_MATCHES  # (weakref to the analysis, needle, TextMatches)
+
+
+def forget_text_matches() -> None:
+    """Drop the kept match of the last search (its model replaced or closed)."""
+    global _last_text_matches
+    _last_text_matches = _NO_TEXT_MATCHES
 
 
 def text_matches(analysis, needle: str) -> TextMatches:

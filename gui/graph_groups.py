@@ -170,6 +170,9 @@ class FrameLayer(QGraphicsItem):
             return
         painter.setFont(self.font)
         painter.setPen(QColor("#2e2450"))
+        # Elided at each paint, not kept: ~12-16 us a title, 10 titles in a 1600x1000 view at zoom 0.3
+        # where t20k (expanded) has the most frames: ~0.15 ms of a 6-11 ms repaint, and a kept copy
+        # per (title, width) measured no faster (measured 2026-12-03, loaded machine).
         for index in shown.tolist():
             x, y, w, _ = rects[index].tolist()
             text = self._metrics.elidedText(self.title(index), Qt.TextElideMode.ElideRight, int(w) - 24)

@@ -120,6 +120,24 @@ def test_parsing_a_big_model_in_pieces_hands_the_gil_over(monkeypatch, tmp_path)
     assert longest[1 << 16] < 0.5 * longest[WHOLE]
 
 
+def test_a_model_of_a_few_megabytes_is_parsed_in_pieces_too(tmp_path):
+    # 20,000 nodes, ~3 MB: one parse held the GIL 40-60 ms in a fresh app's first second, long enough
+    # with the window's first paint to stall it over 100 ms.  Above one piece (1 MB), the importer's
+    # parse is made in pieces; the bound is loose (pieces of 1 MB: about a third of a whole parse each).
+    data = residual_model(tmp_path / "residual20k.onnx", 20_000).read_bytes()
+    assert protowire.PIECE_BYTES < len(data) <= 4 * protowire.PIECE_BYTES
+    assert len(list(protowire._pieces(data, 7))) >= 2
+    from importers.onnx import _parse
+
+    parsed, longest = [], {}
+    for name, parse in (("whole", ModelProto.FromString), ("importer", _parse)) * 3:  # the least of 3
+        longest[name] = min(longest.get(name, float("inf")), longest_hold_ms(lambda: parsed.append(parse(data))))
+    assert all(message == parsed[0] for message in parsed[1:])
+    print(f"\nlongest GIL hold while a 20,000-node model ({len(data) / 1e6:.1f} MB) is parsed: "
+          f"{longest['whole']:.1f} ms of CPU in one call, {longest['importer']:.1f} ms as the importer parses it")
+    assert longest["importer"] < 0.7 * longest["whole"]
+
+
 def test_onnx_reads_what_the_pieces_give(monkeypatch, transformer):
     # The onnx package's own parse agrees (another reader of the same bytes).
     monkeypatch.setattr(protowire, "PIECE_BYTES", 128)
