@@ -165,9 +165,10 @@ def start_helper_process() -> Optional[ProcessPoolExecutor]:
 
     The process is "spawn"ed (forking a process that runs Qt threads is unsafe) and
     warmed at once: its first call (`_warm_up_helper`: inference of an empty model, a tiny
-    Sugiyama) imports onnx, the importer and igraph now, while the person looks at the window.  It is registered with the importer and the layout at
-    once: their calls queue behind that first one, and wait for it up to HELPER_START_TIMEOUT_S
-    in the worker thread that makes them.  A helper that cannot start (e.g. a script without an
+    Sugiyama) imports onnx, the importer and igraph now, while the person looks at the
+    window.  It is registered with the importer and the layout at once: their calls queue
+    behind that first one, and wait for it up to HELPER_START_TIMEOUT_S in the worker
+    thread that makes them.  A helper that cannot start (e.g. a script without an
     `if __name__ == "__main__":` guard, which the spawned process would run again) is
     unregistered then, and opening runs in-process instead of waiting forever.
     A helper that dies or does not answer is replaced at once (calls run in-process
