@@ -364,7 +364,8 @@ class ConvertDialog(QDialog):
         anyway = box.addButton("Convert anyway", QMessageBox.ButtonRole.AcceptRole)
         box.setDefaultButton(QMessageBox.StandardButton.Cancel)
         box.exec()
-        if box.clickedButton() is anyway and self.worker is None:
+        # Not once the dialog is closed (the window closing it while asked: the question stays open).
+        if box.clickedButton() is anyway and self.worker is None and self.isVisible():
             self._run(output, options)
 
     def closeEvent(self, event) -> None:

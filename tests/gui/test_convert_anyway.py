@@ -134,3 +134,29 @@ def test_without_error_dialogs_the_refusal_is_reported_in_the_apps_words(qtbot, 
     assert IGNORE_OPTION not in message and IGNORE_OPTION not in dialog.status.text()
     assert "GiB of memory free on this computer" in dialog.status.text()
     assert dialog.convert_button.isEnabled()
+
+
+def test_convert_anyway_answered_after_the_dialog_closed_starts_nothing(qtbot, window, tmp_path):
+    """The dialog closed while its question is open (the window closing it; the question stays): a
+    "Convert anyway" then must not start a conversion nobody sees, in a thread that could outlive
+    the window (a QThread destroyed running aborts the process)."""
+    dialog, _ = _refused_model_in_dialog(qtbot, window, tmp_path, error_dialogs=True)
+    started, asked = [], []
+    dialog.conversionStarted.connect(started.append)
+
+    def close_then_answer(remaining=1200):
+        box = QApplication.activeModalWidget()
+        if not isinstance(box, QMessageBox):
+            if remaining:
+                QTimer.singleShot(25, lambda: close_then_answer(remaining - 1))
+            return
+        asked.append(box.text())
+        dialog.close()
+        anyway = next(b for b in box.buttons() if b.text().replace("&", "") == "Convert anyway")
+        qtbot.mouseClick(anyway, Qt.MouseButton.LeftButton)
+
+    QTimer.singleShot(0, close_then_answer)
+    qtbot.mouseClick(dialog.convert_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: asked != [], timeout=CONVERT_TIMEOUT_MS)
+    qtbot.wait(300)
+    assert len(started) == 1 and dialog.worker is None and not dialog.isVisible()
