@@ -1,7 +1,8 @@
 """Keeping the UI thread responsive while a model opens: a helper process and garbage-collection pauses.
 
 A worker thread keeps the window responsive only while it runs Python code
-(the interpreter hands the GIL over every 5 ms).  Two things stop the UI
+(the interpreter hands the GIL over every switch interval: 5 ms by default,
+1 ms once the window is made, see the fourth below).  Two things stop the UI
 thread however the work is threaded, and both were measured as the longest
 event-loop gaps while a 20,000-node model opened (benchmarks/bench_gui_open.py):
 
@@ -293,7 +294,7 @@ FREE_SLICE_ITEMS = 2048
 # The thread starts this long after the new model is shown (its first paints and the minimap come
 # first: another thread wanting the GIL slows every turn of the UI thread), then works FREE_STEP_S
 # at a time and rests twice as long (a thread that never rests makes each of the UI thread's GIL
-# requests wait up to the 5 ms switch interval).
+# requests wait up to the switch interval).
 FREE_DELAY_S = 1.0
 FREE_STEP_S = 0.003
 FREE_REST_SHARE = 2.0

@@ -194,8 +194,8 @@ def parse_in_pieces(message_class, data: bytes, split_field: int):
         for piece in _pieces(data, split_field):
             # No gil_slices.hand_over() here: the interpreter lets a waiting thread in between the calls
             # of this loop by itself (within its switch interval, 1 ms in the app, plus one piece; measured), and a
-            # forced switch after every piece would hand a busy third thread (a background import) 5 ms
-            # each time.
+            # forced switch after every piece would hand a busy third thread (a background import) a switch
+            # interval each time.
             message.MergeFromString(piece)
     except Exception:  # WireError from the walk, DecodeError from a piece: the whole parse says what
         return message_class.FromString(data)

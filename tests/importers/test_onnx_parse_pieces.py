@@ -121,8 +121,9 @@ def test_parsing_a_big_model_in_pieces_hands_the_gil_over(monkeypatch, tmp_path)
 
 
 def test_a_model_of_a_few_megabytes_is_parsed_in_pieces_too(tmp_path):
-    # 20,000 nodes, ~3 MB: one parse held the GIL 40-60 ms in a fresh app's first second, long enough
-    # with the window's first paint to stall it over 100 ms.  Above one piece (1 MB), the importer's
+    # 20,000 nodes, ~3 MB: one parse call (~13 ms of CPU here) took tens of ms of wall time in a fresh
+    # app's first second (docs/benchmarks.md, eighth round), long enough with the window's first paint
+    # to stall it over 100 ms.  Above one piece (1 MB), the importer's
     # parse is made in pieces; the bound is loose (pieces of 1 MB: about a third of a whole parse each).
     data = residual_model(tmp_path / "residual20k.onnx", 20_000).read_bytes()
     assert protowire.PIECE_BYTES < len(data) <= 4 * protowire.PIECE_BYTES
