@@ -18,6 +18,9 @@ from tests.engine.test_weights_beyond_memory import _model_with_external_weight
 from tests.gui.gui_fixtures import answer_next_message_box, open_and_wait, settings, window  # noqa: F401
 
 CONVERT_TIMEOUT_MS = 120_000
+# The answerer looks for the question every 25 ms for as long as the test waits for it: a question shown
+# after it gave up would stay open, modal, and the test would hang instead of failing.
+ANSWER_TRIES = CONVERT_TIMEOUT_MS // 25
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="free memory read from /proc/meminfo")
 
 
@@ -72,7 +75,7 @@ def test_convert_anyway_converts_again_past_the_memory_check(qtbot, window, tmp_
     started, failures = [], []
     dialog.conversionStarted.connect(started.append)
     dialog.conversionFailed.connect(failures.append)
-    asked = answer_next_message_box(qtbot, "Convert anyway")
+    asked = answer_next_message_box(qtbot, "Convert anyway", tries=ANSWER_TRIES)
     qtbot.mouseClick(dialog.convert_button, Qt.MouseButton.LeftButton)
     # The question, once the refused worker has ended: both sizes, as the refusal says them.
     qtbot.waitUntil(lambda: asked != [], timeout=CONVERT_TIMEOUT_MS)
@@ -100,7 +103,7 @@ def test_convert_anyway_converts_again_past_the_memory_check(qtbot, window, tmp_
 
 def test_cancel_leaves_the_dialog_usable_with_the_refusal_shown(qtbot, window, tmp_path):
     dialog, _ = _refused_model_in_dialog(qtbot, window, tmp_path, error_dialogs=True)
-    asked = answer_next_message_box(qtbot, QMessageBox.StandardButton.Cancel)
+    asked = answer_next_message_box(qtbot, QMessageBox.StandardButton.Cancel, tries=ANSWER_TRIES)
     with qtbot.waitSignal(dialog.conversionFailed, timeout=CONVERT_TIMEOUT_MS):
         qtbot.mouseClick(dialog.convert_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: asked != [], timeout=CONVERT_TIMEOUT_MS)
@@ -113,7 +116,7 @@ def test_cancel_leaves_the_dialog_usable_with_the_refusal_shown(qtbot, window, t
                          "free memory first, or press Convert again and choose Convert anyway.</span>")
     assert IGNORE_OPTION not in text and dialog.progress.value() < dialog.progress.maximum()
     # Convert again asks again.
-    again = answer_next_message_box(qtbot, QMessageBox.StandardButton.Cancel)
+    again = answer_next_message_box(qtbot, QMessageBox.StandardButton.Cancel, tries=ANSWER_TRIES)
     qtbot.mouseClick(dialog.convert_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: again != [], timeout=CONVERT_TIMEOUT_MS)
     assert again[0].split(" more than ")[0] == asked[0].split(" more than ")[0]  # the free memory moves
@@ -144,7 +147,7 @@ def test_convert_anyway_answered_after_the_dialog_closed_starts_nothing(qtbot, w
     started, asked = [], []
     dialog.conversionStarted.connect(started.append)
 
-    def close_then_answer(remaining=1200):
+    def close_then_answer(remaining=ANSWER_TRIES):
         box = QApplication.activeModalWidget()
         if not isinstance(box, QMessageBox):
             if remaining:
