@@ -138,6 +138,7 @@ class ConvertDialog(QDialog):
         self.worker: Optional[ConvertWorker] = None
         self.result = None  # the last ConversionResult
         self.blockers_dialog: Optional[BlockersDialog] = None
+        self.question: Optional[QMessageBox] = None  # "Convert anyway?", while it is asked
         layout = QVBoxLayout(self)
         intro = QLabel(f"Convert <b>{Path(model_path).name}</b> to a Core ML ML Program (.mlpackage), with a "
                        "layer map that keeps every ONNX node's link to what it became "
@@ -363,8 +364,12 @@ class ConvertDialog(QDialog):
                                "may swap, or the system stop LayerScope, unsaved profiles with it.")
         anyway = box.addButton("Convert anyway", QMessageBox.ButtonRole.AcceptRole)
         box.setDefaultButton(QMessageBox.StandardButton.Cancel)
-        box.exec()
-        # Not once the dialog is closed (the window closing it while asked: the question stays open).
+        self.question = box
+        try:
+            box.exec()
+        finally:
+            self.question = None
+        # Not once the dialog is closed (the window closing it while asked): nobody would see it.
         if box.clickedButton() is anyway and self.worker is None and self.isVisible():
             self._run(output, options)
 
@@ -382,4 +387,6 @@ class ConvertDialog(QDialog):
             self.worker = None
         if self.blockers_dialog is not None:
             self.blockers_dialog.close()
+        if self.question is not None:  # a window of its own: it would stay open, asking about nothing
+            self.question.reject()
         super().closeEvent(event)

@@ -140,11 +140,11 @@ def test_without_error_dialogs_the_refusal_is_reported_in_the_apps_words(qtbot, 
 
 
 def test_convert_anyway_answered_after_the_dialog_closed_starts_nothing(qtbot, window, tmp_path):
-    """The dialog closed while its question is open (the window closing it; the question stays): a
-    "Convert anyway" then must not start a conversion nobody sees, in a thread that could outlive
-    the window (a QThread destroyed running aborts the process)."""
+    """The dialog closed while its question is open (the window closing it) takes the question with it,
+    and a "Convert anyway" clicked then starts no conversion nobody sees, in a thread that could
+    outlive the window (a QThread destroyed running aborts the process)."""
     dialog, _ = _refused_model_in_dialog(qtbot, window, tmp_path, error_dialogs=True)
-    started, asked = [], []
+    started, asked, closed_with_it = [], [], []
     dialog.conversionStarted.connect(started.append)
 
     def close_then_answer(remaining=ANSWER_TRIES):
@@ -155,6 +155,7 @@ def test_convert_anyway_answered_after_the_dialog_closed_starts_nothing(qtbot, w
             return
         asked.append(box.text())
         dialog.close()
+        closed_with_it.append(not box.isVisible())
         anyway = next(b for b in box.buttons() if b.text().replace("&", "") == "Convert anyway")
         qtbot.mouseClick(anyway, Qt.MouseButton.LeftButton)
 
@@ -163,3 +164,4 @@ def test_convert_anyway_answered_after_the_dialog_closed_starts_nothing(qtbot, w
     qtbot.waitUntil(lambda: asked != [], timeout=CONVERT_TIMEOUT_MS)
     qtbot.wait(300)
     assert len(started) == 1 and dialog.worker is None and not dialog.isVisible()
+    assert closed_with_it == [True] and dialog.question is None
