@@ -57,7 +57,7 @@ class ConvertWorker(QThread):
         self.model_path = model_path
         self.output_path = output_path
         self.options = options
-        self.refusal = None  # the MemoryRefusalError, once refused
+        self.refusal: Optional[str] = None  # a MemoryRefusalError's sizes, once refused
 
     def run(self) -> None:
         from engine.convert import convert
@@ -67,7 +67,9 @@ class ConvertWorker(QThread):
         except ConversionError as exc:
             self.blocked.emit(exc)
         except MemoryRefusalError as exc:
-            self.refusal = exc  # read once the thread has ended: the question is asked then
+            # Read once the thread has ended (the question is asked then): the sizes only, not the
+            # exception, whose traceback holds the model being read until a garbage collection.
+            self.refusal = exc.refusal
             self.refused.emit(exc)
         except ModelLoadError as exc:
             self.failed.emit(str(exc))
@@ -358,7 +360,7 @@ class ConvertDialog(QDialog):
         check.  Asked once the refused worker has ended, so that the new one can start at once."""
         output, options = refused.output_path, {**refused.options, "ignore_memory_check": True}
         box = QMessageBox(QMessageBox.Icon.Warning, "Not enough free memory",
-                          f"{Path(refused.model_path).name}: {refused.refusal.refusal}.\n\nConvert it anyway?",
+                          f"{Path(refused.model_path).name}: {refused.refusal}.\n\nConvert it anyway?",
                           QMessageBox.StandardButton.Cancel, self)
         box.setInformativeText("Converting reads all the weights into memory, inside LayerScope: the computer "
                                "may swap, or the system stop LayerScope, unsaved profiles with it.")

@@ -159,13 +159,14 @@ def find_fields(buf, number: int, start: int = 0, end: int | None = None) -> lis
     return found
 
 
-# Bytes of wire data per piece parse_in_pieces hands to the parser: 1-3 ms of one C call (upb parses
-# 0.4-2 GB/s, the slow end in a fresh process, where the pages it writes are new).
+# Bytes of wire data per piece parse_in_pieces hands to the parser: a few ms of one C call (1-3 ms at
+# upb's 0.4-2 GB/s; up to 5-7.5 ms of CPU measured in tests/importers/test_onnx_parse_pieces.py, where
+# the pages it writes are new).
 PIECE_BYTES = 1 << 20
 # Data up to this many pieces is parsed in one call.  Pieces cost CPU (the walk, ~0.25 us a field, and
 # more for the merges: 25-30 ms instead of 15-20 for a 2.9 MB, 20,000-node model in a fresh process),
-# but one call over 4 MB, ~12 ms of CPU on a quiet machine, took 40-60 ms of wall time in an app's
-# first second (the helper process starting on the other core), all of it with the window unable to
+# but one call over 4 MB, ~12 ms of CPU on a quiet machine, took 32-37 ms of wall time (38-61 ms on a
+# busy machine) in an app's first second (the helper process starting on the other core), all of it with the window unable to
 # paint: a 3.8 MB model's first open stalled the window over 100 ms in 14 of 30 runs with 4 here,
 # 5 of 30 with 1 (alternated, machine loaded).  So only a file of one piece is parsed in one call.
 ONE_CALL_PIECES = 1
