@@ -15,6 +15,7 @@ from engine.free_memory import is_memory_refusal
 from engine.profile import Profile
 from engine.session import profile_analysis, profiled_at
 from gui.graph_view import OVERLAYS, format_ms
+from gui.memory_question import read_anyway_question
 from gui import numerics_view
 
 if TYPE_CHECKING:  # gui.run_dialog is imported by the first run, not before the first paint
@@ -407,13 +408,10 @@ class ProfilesMixin:
     def _ask_to_run_anyway(self, message: str, request) -> None:
         """The weights exceed the free memory (engine.free_memory): the person may know better (swap,
         memory about to be freed) and run it anyway, as `layerscope profile --ignore-memory-check`."""
-        box = QMessageBox(QMessageBox.Icon.Warning, "Not enough free memory", message,
-                          QMessageBox.StandardButton.Cancel,
-                          self.run_dialog if self.run_dialog and self.run_dialog.isVisible() else self)
-        box.setInformativeText("Run anyway reads all the weights into memory: the computer may swap, or the "
-                               "profiler be stopped by the system.")
-        anyway = box.addButton("Run anyway", QMessageBox.ButtonRole.AcceptRole)
-        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        box, anyway = read_anyway_question(
+            self.run_dialog if self.run_dialog and self.run_dialog.isVisible() else self, message,
+            "Run anyway reads all the weights into memory: the computer may swap, or the profiler be stopped "
+            "by the system.", "Run anyway")
         box.exec()
         if box.clickedButton() is anyway:
             again = replace(request, settings=request.settings.replace(ignore_memory_check=True))

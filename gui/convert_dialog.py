@@ -27,6 +27,7 @@ from engine.convert import (DEFAULT_TARGET, DEPLOYMENT_TARGETS, OPTIMIZE_MODES, 
                             ImageInput, parse_shape_options)
 from engine.ir import ModelLoadError
 from gui.job_footer import JobFooter
+from gui.memory_question import read_anyway_question
 
 PRECISION_TITLES = {"fp16": "fp16 (Core ML default, half the weight bytes)", "fp32": "fp32"}
 OPTIMIZE_TITLES = {"exact": "exact (one source node per Core ML op)",
@@ -359,13 +360,10 @@ class ConvertDialog(QDialog):
         """The person may know better (swap, memory about to be freed): the same conversion, past the
         check.  Asked once the refused worker has ended, so that the new one can start at once."""
         output, options = refused.output_path, {**refused.options, "ignore_memory_check": True}
-        box = QMessageBox(QMessageBox.Icon.Warning, "Not enough free memory",
-                          f"{Path(refused.model_path).name}: {refused.refusal}.\n\nConvert it anyway?",
-                          QMessageBox.StandardButton.Cancel, self)
-        box.setInformativeText("Converting reads all the weights into memory, inside LayerScope: the computer "
-                               "may swap, or the system stop LayerScope, unsaved profiles with it.")
-        anyway = box.addButton("Convert anyway", QMessageBox.ButtonRole.AcceptRole)
-        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        box, anyway = read_anyway_question(
+            self, f"{Path(refused.model_path).name}: {refused.refusal}.\n\nConvert it anyway?",
+            "Converting reads all the weights into memory, inside LayerScope: the computer may swap, or the "
+            "system stop LayerScope, unsaved profiles with it.", "Convert anyway")
         self.question = box
         try:
             box.exec()
