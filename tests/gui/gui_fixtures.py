@@ -43,25 +43,36 @@ def open_and_wait(qtbot, window, path) -> None:
     assert not window.loading
 
 
+def on_next_message_box(handle, tries: int = 1200) -> None:
+    """Call `handle(box)` with the next modal message box once it is shown (looked for every 25 ms,
+    `tries` times: as long as the test waits for it, or a late box would stay open and hang the test)."""
+    def look(remaining=tries):
+        box = QApplication.activeModalWidget()
+        if isinstance(box, QMessageBox):
+            handle(box)
+        elif remaining:
+            QTimer.singleShot(25, lambda: look(remaining - 1))
+
+    QTimer.singleShot(0, look)
+
+
+def message_box_button(box: QMessageBox, answer):
+    """The button of `answer` (a QMessageBox.StandardButton, or a button's text without its &)."""
+    if isinstance(answer, QMessageBox.StandardButton):
+        return box.button(answer)
+    return next(b for b in box.buttons() if b.text().replace("&", "") == answer)
+
+
 def answer_next_message_box(qtbot, answer, asked: list = None, tries: int = 1200) -> list:
-    """Click `answer` (a QMessageBox.StandardButton, or a button's text) in the next modal message
-    box, with a real mouse click, once it is shown; returns a list that receives the box's text."""
+    """Click `answer` (see message_box_button) in the next modal message box, with a real mouse
+    click, once it is shown; returns a list that receives the box's text."""
     asked = [] if asked is None else asked
 
-    def click(remaining=tries):
-        box = QApplication.activeModalWidget()
-        if not isinstance(box, QMessageBox):
-            if remaining:
-                QTimer.singleShot(25, lambda: click(remaining - 1))
-            return
+    def click(box):
         asked.append(box.text())
-        if isinstance(answer, QMessageBox.StandardButton):
-            button = box.button(answer)
-        else:
-            button = next(b for b in box.buttons() if b.text().replace("&", "") == answer)
-        qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+        qtbot.mouseClick(message_box_button(box, answer), Qt.MouseButton.LeftButton)
 
-    QTimer.singleShot(0, click)
+    on_next_message_box(click, tries)
     return asked
 
 

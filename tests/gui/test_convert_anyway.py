@@ -15,7 +15,8 @@ from PySide6.QtWidgets import QApplication, QMessageBox
 
 from engine.free_memory import IGNORE_OPTION, available_memory_bytes
 from tests.engine.test_weights_beyond_memory import _model_with_external_weight
-from tests.gui.gui_fixtures import answer_next_message_box, open_and_wait, settings, window  # noqa: F401
+from tests.gui.gui_fixtures import (answer_next_message_box, message_box_button, on_next_message_box,  # noqa: F401
+                                   open_and_wait, settings, window)
 
 CONVERT_TIMEOUT_MS = 120_000
 # The answerer looks for the question every 25 ms for as long as the test waits for it: a question shown
@@ -147,19 +148,13 @@ def test_convert_anyway_answered_after_the_dialog_closed_starts_nothing(qtbot, w
     started, asked, closed_with_it = [], [], []
     dialog.conversionStarted.connect(started.append)
 
-    def close_then_answer(remaining=ANSWER_TRIES):
-        box = QApplication.activeModalWidget()
-        if not isinstance(box, QMessageBox):
-            if remaining:
-                QTimer.singleShot(25, lambda: close_then_answer(remaining - 1))
-            return
+    def close_then_answer(box):
         asked.append(box.text())
         dialog.close()
         closed_with_it.append(not box.isVisible())
-        anyway = next(b for b in box.buttons() if b.text().replace("&", "") == "Convert anyway")
-        qtbot.mouseClick(anyway, Qt.MouseButton.LeftButton)
+        qtbot.mouseClick(message_box_button(box, "Convert anyway"), Qt.MouseButton.LeftButton)
 
-    QTimer.singleShot(0, close_then_answer)
+    on_next_message_box(close_then_answer, ANSWER_TRIES)
     qtbot.mouseClick(dialog.convert_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: asked != [], timeout=CONVERT_TIMEOUT_MS)
     qtbot.wait(300)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import sys
 
 import pytest
-from PySide6.QtCore import Qt, QTimer
-from PySide6.QtWidgets import QApplication, QMessageBox
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QMessageBox
 
 from engine.free_memory import IGNORE_OPTION, available_memory_bytes, is_memory_refusal
 from tests.engine.test_weights_beyond_memory import _model_with_external_weight
-from tests.gui.gui_fixtures import answer_next_message_box, open_and_wait, settings, window  # noqa: F401
+from tests.gui.gui_fixtures import (answer_next_message_box, on_next_message_box, open_and_wait,  # noqa: F401
+                                   settings, window)
 
 RUN_TIMEOUT_MS = 120_000
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="free memory read from /proc/meminfo")
@@ -20,16 +21,11 @@ def close_next_message_box(tries: int = 4800) -> list:
     """Close the next modal message box, whatever its buttons (Esc); returns a list that receives its text."""
     told = []
 
-    def close(remaining=tries):
-        box = QApplication.activeModalWidget()
-        if not isinstance(box, QMessageBox):
-            if remaining:
-                QTimer.singleShot(25, lambda: close(remaining - 1))
-            return
+    def close(box):
         told.append(box.text())
         box.reject()
 
-    QTimer.singleShot(0, close)
+    on_next_message_box(close, tries)
     return told
 
 
