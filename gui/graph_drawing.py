@@ -69,6 +69,8 @@ class LabelLayer(QGraphicsItem):
         self._tips = arrow_tips  # (m, 2): end point of each edge
         self._right = rects[:, 0] + rects[:, 2]
         self._bottom = rects[:, 1] + rects[:, 3]
+        # A graph input's/output's box is the short one: its two lines in the text font, no title.
+        self._io_box = (rects[:, 3] < 40).tolist()
         self._lines = lines
         self._elided: dict[int, tuple[str, ...]] = {}
         self._headings: dict[int, list[QGlyphRun]] = {}  # laid-out titles (see _heading_runs)
@@ -103,7 +105,7 @@ class LabelLayer(QGraphicsItem):
         if cached is None:
             width = int(self._rects[index, 2]) - 10
             title, name, *details = self._lines[index]
-            title_metrics = self._title_metrics if self._rects[index, 3] >= 40 else self._text_metrics
+            title_metrics = self._text_metrics if self._io_box[index] else self._title_metrics
             cached = (title_metrics.elidedText(title, Qt.TextElideMode.ElideRight, width),
                       self._text_metrics.elidedText(name, Qt.TextElideMode.ElideMiddle, width),
                       *(self._text_metrics.elidedText(d, Qt.TextElideMode.ElideRight, width) for d in details))
@@ -125,7 +127,7 @@ class LabelLayer(QGraphicsItem):
         if cached is None:
             self._limit_laid_out()
             lines = self._elide(index)
-            lines = lines[:2] if self._rects[index, 3] < 40 else lines[1:]
+            lines = lines[:2] if self._io_box[index] else lines[1:]
             cached = self._texts[index] = [_glyph_runs(line, self.text_font) for line in lines]
         return cached
 
@@ -138,9 +140,9 @@ class LabelLayer(QGraphicsItem):
         """Where a paint draws each line of the boxes `visible`: (box index, line number in
         `_elide`'s tuple, x, y of the line's top left); titles / other lines only when `titles` /
         `texts` (`text_drawn_at`)."""
-        line = self._line_height
+        line, io_box = self._line_height, self._io_box
         for index, (x, y, w, h) in zip(visible.tolist(), self._rects[visible].tolist()):
-            if h < 40:  # graph input/output: kind and name, then the tensor type (the text font)
+            if io_box[index]:  # graph input/output: kind and name, then the tensor type (the text font)
                 if titles or texts:  # the name is this box's title: without it the box shows blank
                     yield index, 0, x + 6, y + 3
                 if texts:
@@ -197,11 +199,11 @@ class LabelLayer(QGraphicsItem):
         # A line not laid out yet is drawn as a string (one drawText costs less than a layout):
         # a paint lays out at most LAYOUTS_PER_PAINT, so no paint (a new scene's first, an expanded
         # group's) is slowed by more than ~1 ms, and repaints soon draw only glyph runs.
-        headings, texts, rects, draw = self._headings, self._texts, self._rects, painter.drawGlyphRun
+        headings, texts, io_box, draw = self._headings, self._texts, self._io_box, painter.drawGlyphRun
         budget, strings = self.LAYOUTS_PER_PAINT, []
         for placement in placed:
             index, number, x, y = placement
-            heading = number == 0 and rects[index, 3] >= 40
+            heading = number == 0 and not io_box[index]
             laid_out = headings.get(index) if heading else texts.get(index)
             if laid_out is None:
                 if budget <= 0:
@@ -209,7 +211,7 @@ class LabelLayer(QGraphicsItem):
                     continue
                 budget -= 1
                 laid_out = self._heading_runs(index) if heading else self._text_runs(index)
-            for run in laid_out if heading else laid_out[number if rects[index, 3] < 40 else number - 1]:
+            for run in laid_out if heading else laid_out[number if io_box[index] else number - 1]:
                 draw(QPointF(x, y), run)
         if strings:
             self._draw_strings(painter, strings)
@@ -218,7 +220,7 @@ class LabelLayer(QGraphicsItem):
         """The lines as strings (drawText): what a paint engine other than the screen's keeps as text."""
         fonts = ((self.title_font, self._title_metrics.ascent()), (self.text_font, self._text_metrics.ascent()))
         for index, number, x, y in placed:
-            font, ascent = fonts[0 if number == 0 and self._rects[index, 3] >= 40 else 1]
+            font, ascent = fonts[0 if number == 0 and not self._io_box[index] else 1]
             painter.setFont(font)
             painter.drawText(QPointF(x, y + ascent), self._elide(index)[number])
 

@@ -123,6 +123,17 @@ def test_the_drawn_glyphs_spell_the_box_text(qtbot, opened):
     assert _painted(opened, CONV)[1] > 3
 
 
+def test_a_graph_inputs_box_draws_its_two_lines_in_the_text_font(qtbot, opened):
+    scene, labels = opened.scene, opened.scene.labels
+    source = scene.node_index["input:input"]
+    _show(opened, 1.0, "input:input")
+    opened.view.viewport().grab()  # a paint lays the lines out
+    lines = labels._text_runs(source)
+    assert [line[0].rawFont().pixelSize() for line in lines] == [TEXT_FONT_PIXELS, TEXT_FONT_PIXELS]
+    assert _spelled(lines[0]) == lines[0][0].rawFont().glyphIndexesForString("input  input")
+    assert source not in labels._headings  # no title in the title font
+
+
 def test_a_high_density_screen_draws_the_small_lines_sooner(qtbot, opened):
     scene, labels = opened.scene, opened.scene.labels
     conv = scene.node_index[CONV]
