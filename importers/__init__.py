@@ -88,6 +88,13 @@ def content_kind(head: bytes) -> Optional[str]:
     return None
 
 
+def not_a_model(model: str, kind: Optional[str], exc: Exception) -> str:
+    """"not an ONNX model: the file is plain text, which does not parse as an ONNX protobuf (the
+    parser's words)"; `model` is "an ONNX", "a Core ML"; `kind` what content_kind found, or None."""
+    content = f"the file is {kind}, which does not parse" if kind else "the content does not parse"
+    return f"not {model} model: {content} as {model} protobuf ({exc})"
+
+
 def open_model(path: str | Path, input_shapes: Optional[InputShapes] = None) -> Model:
     """Open any supported model file.  Raises ModelLoadError with a readable message."""
     path = Path(path)

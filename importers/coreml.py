@@ -42,7 +42,7 @@ from engine.ir import (
     Value,
     WeightLocation,
 )
-from importers import content_kind
+from importers import content_kind, not_a_model
 
 FORMAT = "coreml"
 EXTENSIONS = (".mlmodel", ".mlpackage")
@@ -235,13 +235,9 @@ def _parse_spec(source: Path, spec_path: Path):
         # The parser's words ("Wire format was corrupt") come last, as the cause.
         with open(spec_path, "rb") as handle:
             starts_as_coreml = _looks_like_coreml_spec(handle, len(data))
-        if starts_as_coreml:
-            problem = "truncated or damaged Core ML model: it starts as one, but its content does not parse"
-        else:
-            kind = content_kind(data[:512])
-            problem = (f"not a Core ML model: the file is {kind}, which does not parse as a Core ML protobuf" if kind
-                       else "not a Core ML model: the content does not parse as a Core ML protobuf")
-        raise ModelLoadError(str(source), f"{problem} ({exc})") from None
+        problem = (f"truncated or damaged Core ML model: it starts as one, but its content does not parse ({exc})"
+                   if starts_as_coreml else not_a_model("a Core ML", content_kind(data[:512]), exc))
+        raise ModelLoadError(str(source), problem) from None
     if spec.WhichOneof("Type") is None:
         raise ModelLoadError(str(source), "does not contain a Core ML model (no model type in the "
                                           "spec): the file is damaged or not a Core ML file")

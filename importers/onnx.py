@@ -27,7 +27,7 @@ from typing import Mapping, NamedTuple, Optional, Sequence
 from engine.gil_slices import clear, parts, slice_bounds
 from engine.ir import (Graph, Initializer, Model, ModelLoadError, Node, TensorType, Value,
                        WeightLocation)
-from importers import content_kind, protowire
+from importers import content_kind, not_a_model, protowire
 # Not `import onnx`: that takes a second longer (ml_dtypes); see importers/onnx_proto.py.
 from importers.onnx_proto import (AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, TypeProto,
                                   has_schema, infer_shapes_bytes)
@@ -120,7 +120,7 @@ def _unreadable(buf, exc: Exception) -> str:
     """
     kind = content_kind(bytes(buf[:512]))
     if kind is not None:
-        return f"not an ONNX model: the file is {kind}, which does not parse as an ONNX protobuf ({exc})"
+        return not_a_model("an ONNX", kind, exc)
     numbers = []
     try:
         for field in protowire.iter_fields(buf):
@@ -130,7 +130,7 @@ def _unreadable(buf, exc: Exception) -> str:
     except protowire.WireError:
         pass
     if not numbers or not set(numbers) <= _MODEL_FIELDS:
-        return f"not an ONNX model: the content does not parse as an ONNX protobuf ({exc})"
+        return not_a_model("an ONNX", None, exc)
     if isinstance(exc, protowire.TruncatedError):
         return ("truncated ONNX model: the file ends in the middle of the model; it was probably cut short "
                 f"while being copied or downloaded ({exc})")
