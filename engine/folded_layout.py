@@ -133,6 +133,24 @@ class _Piece:
     height: float
 
 
+def _output_home(start: Optional[str], child_of, fed: dict[str, bool], is_fed) -> tuple[Optional[str], Optional[str]]:
+    """(level, child group making it) where a graph output is drawn (FoldedLayouts._outputs_homed):
+    down from `start` through the child groups making it (`child_of(level)`, None below the last)
+    while each is fed by graph inputs only; level None when it stays at `start`.  `fed` keeps
+    `is_fed(group)` per group across outputs."""
+    level = start
+    while True:
+        group = child_of(level)
+        if group is None:
+            return None, None
+        found = fed.get(group)
+        if found is None:
+            found = fed[group] = is_fed(group)
+        if found:
+            return (level if level != start else None), group
+        level = group
+
+
 class FoldedLayouts:
     """The laid-out levels of one analysed, namespace-grouped model (root and each group), each
     computed on first use; `compose(collapsed)` draws the model with those groups collapsed.
@@ -375,19 +393,12 @@ class FoldedLayouts:
                 feeder, maker = arrays.ids[maker], int(sources[0])  # an Identity: it goes along
                 inner = int(index.innermost[arrays.position[feeder]])
                 start = None if inner < 0 else index.ids[inner]
-            level, home = start, None
-            while True:
+
+            def child_of(level: Optional[str], maker: int = maker) -> Optional[str]:
                 child = int(index.child_within(level, np.array([maker], dtype=np.int64))[0])
-                if child < 0:
-                    break
-                group = index.ids[child]
-                found = fed.get(group)
-                if found is None:
-                    found = fed[group] = self._fed(group, index)
-                if found:
-                    home = level if level != start else None
-                    break
-                level = group
+                return None if child < 0 else index.ids[child]
+
+            home, group = _output_home(start, child_of, fed, lambda group: self._fed(group, index))
             if home is None:
                 continue
             homes.setdefault(home, []).append((group, feeder, names[int(into[0])] if feeder else names[tensor],
@@ -485,20 +496,14 @@ class FoldedLayouts:
             feeder, start = None, None
             if len(node.outputs) == 1 and len(reads) == 1 and not producer_of[reads[0]].startswith(INPUT_PREFIX):
                 feeder, maker, start = maker, producer_of[reads[0]], innermost.get(maker)
-            level, home = start, None
-            while True:
-                group = innermost.get(maker)
+
+            def child_of(level: Optional[str], maker: str = maker) -> Optional[str]:
+                group = innermost.get(maker)  # up to the group right inside `level` (None: not inside it)
                 while group is not None and groups[group].parent != level:
                     group = groups[group].parent
-                if group is None or group == level:
-                    break
-                found = fed.get(group)
-                if found is None:
-                    found = fed[group] = self._fed_walking(group, producer_of)
-                if found:
-                    home = level if level != start else None
-                    break
-                level = group
+                return group
+
+            home, group = _output_home(start, child_of, fed, lambda group: self._fed_walking(group, producer_of))
             if home is not None:
                 homes.setdefault(home, []).append((group, feeder, reads[0] if feeder else name, name))
         feeders = [feeder for beside in homes.values() for _, feeder, _, _ in beside if feeder is not None]

@@ -93,3 +93,16 @@ def test_opened_blocks_keep_their_outputs_beside_them_clear_of_every_box(decoder
         x, y, _, _ = rects[feeder or box]
         assert x >= bx + min(bw, NODE_WIDTH) and by + bh < y < by + bh + 150, (box, block)
     assert_edges_attached(layout)
+
+
+def test_the_outputs_found_by_walking_are_those_found_from_the_arrays(decoder):
+    # Models whose tensors the arrays cannot stand for are laid out by walking the nodes: the same homes.
+    analysis, groups = decoder
+    indexed, walking = FoldedLayouts(analysis, groups, False), FoldedLayouts(analysis, groups, False, from_arrays=False)
+    assert indexed._indexed() is not None and walking._indexed() is None
+    (homes, feeders, names), (walked_homes, walked_feeders, walked_names) = indexed._outputs_homed(), \
+        walking._outputs_homed()
+    assert len(names) == 2 * LAYERS and names == walked_names
+    assert {level: sorted(beside) for level, beside in homes.items()} == \
+        {level: sorted(beside) for level, beside in walked_homes.items()}
+    assert feeders.tolist() == walked_feeders.tolist()
